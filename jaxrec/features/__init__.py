@@ -1,0 +1,1 @@
+"""jaxrec.features."""
