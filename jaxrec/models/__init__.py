@@ -1,1 +1,10 @@
-"""jaxrec.models."""
+"""jaxrec.models: one file per model family, each registering a builder by name.
+
+See ``jaxrec.models._registry`` for the model contract (``encode`` / ``loss_terms``).
+"""
+
+from jaxrec.models._registry import Built as Built
+from jaxrec.models._registry import available as available
+from jaxrec.models._registry import build as build
+from jaxrec.models._registry import get_builder as get_builder
+from jaxrec.models._registry import register as register

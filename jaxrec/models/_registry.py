@@ -1,0 +1,117 @@
+"""The model contract and the registry that finds models by name.
+
+A jaxrec model is a Flax linen ``Module`` with two entry points, both pure:
+
+``encode(ctx, train) -> (user_emb, item_emb)``
+    Embeddings for ALL users ``(n_users, d)`` and ALL items ``(n_items, d)`` whose dot
+    products are the model's ranking scores (biases are folded in as an extra column).
+    Ranking, evaluation and serving only ever call this.
+
+``loss_terms(ctx, batch, train) -> dict[str, scalar]``
+    The model's named, UNWEIGHTED loss terms for one batch. The trainer multiplies them by
+    the config's ``loss_weights`` and sums them; it never looks inside a model.
+
+``ctx`` is a pytree (nested dicts) of the dataset's device arrays the model needs — item
+modality features and masks, graph edge lists — passed as arguments to jitted functions,
+never closed over, so large arrays are not baked into compiled programs as constants.
+``batch`` holds at least ``users`` (B,), ``pos_items`` (B,) and ``neg_items`` (B, n_neg)
+int32 arrays (plus ``ratings`` (B,) for rating models). Randomness in a model (dropout,
+edge dropout) comes from the ``"dropout"`` PRNG stream that the trainer passes to ``apply``.
+
+A model file registers a *builder*: a function ``build(dataset, **model_args) -> Built``
+that reads the static sizes it needs from a ``MultimodalDataset``, prepares the context
+arrays (e.g. a normalized graph), and returns the module and its context. Unknown
+``model_args`` must raise (Python does, for a builder with explicit keyword arguments).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+import pkgutil
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from flax import linen as nn
+
+from jaxrec.errors import ConfigError
+
+
+@dataclasses.dataclass(frozen=True)
+class Built:
+    """What a model builder returns.
+
+    Attributes:
+      module: the linen module (with ``encode`` and ``loss_terms`` methods).
+      ctx: the pytree of arrays passed as ``ctx`` to both entry points.
+      default_loss_weights: weight per loss term when the config gives none; the
+        config's ``loss_weights`` override these name by name.
+      host_update: optional ``fn(ctx, epoch, rng) -> ctx`` run on the host between epochs
+        (e.g. FREEDOM's per-epoch degree-sensitive edge pruning); None for most models.
+    """
+
+    module: nn.Module
+    ctx: Mapping[str, Any]
+    default_loss_weights: Mapping[str, float]
+    host_update: Callable | None = None
+
+
+_BUILDERS: dict[str, Callable[..., Built]] = {}
+
+
+def register(name: str):
+    """Decorator registering a model builder under ``name`` (lower case)."""
+
+    def decorate(builder):
+        key = name.lower()
+        if key in _BUILDERS and _BUILDERS[key] is not builder:
+            raise ValueError(f"model name {key!r} registered twice")
+        _BUILDERS[key] = builder
+        return builder
+
+    return decorate
+
+
+def _import_model_files() -> None:
+    # Every module in jaxrec.models registers itself on import; importing them all here
+    # keeps the registry complete without a hand-kept list.
+    import jaxrec.models as package
+
+    for info in pkgutil.iter_modules(package.__path__):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"jaxrec.models.{info.name}")
+
+
+def available() -> list[str]:
+    """Names of all registered models."""
+    _import_model_files()
+    return sorted(_BUILDERS)
+
+
+def get_builder(name: str) -> Callable[..., Built]:
+    """The builder registered as ``name``; an unknown name raises with the closest names."""
+    _import_model_files()
+    key = str(name).lower()
+    if key not in _BUILDERS:
+        close = difflib.get_close_matches(key, _BUILDERS, n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ConfigError(f"unknown model {name!r}.{hint} Available: {', '.join(sorted(_BUILDERS))}")
+    return _BUILDERS[key]
+
+
+def build(name: str, dataset, **model_args) -> Built:
+    """Build model ``name`` for ``dataset``; bad ``model_args`` raise ``ConfigError``."""
+    builder = get_builder(name)
+    try:
+        return builder(dataset, **model_args)
+    except TypeError as error:
+        if "unexpected keyword argument" in str(error):
+            import inspect
+
+            known = [p for p in inspect.signature(builder).parameters if p != "dataset"]
+            bad = str(error).split("'")[-2] if "'" in str(error) else str(error)
+            close = difflib.get_close_matches(bad, known, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"model {name!r} has no argument {bad!r}.{hint} Known: {', '.join(known)}") from None
+        raise
