@@ -1,0 +1,368 @@
+"""Full-ranking evaluation of a split: every evaluated user against every (candidate) item.
+
+:func:`prepare_split` does the host work once (checks, dedup, grouping the pairs by user
+batch, padding to static shapes, one transfer to the device); :func:`evaluate_prepared`
+scores, masks, ranks and averages on device in one compiled program; :func:`evaluate_split`
+is both in one call. A trainer that evaluates every epoch prepares each split once and calls
+:func:`evaluate_prepared` with the new embeddings: same shapes, no re-compilation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxrec.errors import ConfigError, DataError
+from jaxrec.eval import _pairs, _ranking
+
+DEFAULT_KS = (5, 10, 20, 50)
+DEFAULT_METRICS = ("recall", "ndcg", "precision", "map", "hit", "mrr")
+# "recall2" is MMRec's micro-averaged recall: sum of hits over sum of |T_u|.
+KNOWN_METRICS = DEFAULT_METRICS + ("recall2",)
+
+# Scores of one batch are a dense (batch_size, num_items) block; about 2**24 entries (64 MiB
+# in float32) keeps the matmul efficient without straining host or accelerator memory.
+_BLOCK_ENTRIES = 2**24
+_MAX_AUTO_BATCH = 4096
+
+
+class EvalSplit(NamedTuple):
+    """A split laid out for batched full ranking (built by :func:`prepare_split`).
+
+    Attributes:
+      batches: device arrays with a leading ``num_batches`` axis: ``users`` ``(B,)``,
+        ``num_relevant`` ``(B,)`` (0 on padding rows), ``exclude_rows``/``exclude_items``
+        ``(E,)`` and ``target_rows``/``target_items`` ``(T,)`` (row ``B`` marks padding).
+      candidate_mask: ``(num_items,)`` bool device array, True for rankable items.
+      num_items: number of items scored.
+      batch_size: users per batch ``B``.
+      num_users: number of evaluated users (those with at least one held-out candidate item).
+      num_targets: number of distinct held-out (user, item) pairs evaluated.
+      num_dropped_targets: held-out pairs dropped because their item is not a candidate.
+      max_user_id: the largest user id referenced, checked against the embeddings.
+    """
+
+    batches: dict[str, jax.Array]
+    candidate_mask: jax.Array
+    num_items: int
+    batch_size: int
+    num_users: int
+    num_targets: int
+    num_dropped_targets: int
+    max_user_id: int
+
+
+def auto_batch_size(num_items: int, num_users: int) -> int:
+    """Users per batch so that one score block has about ``2**24`` entries (at most 4096)."""
+    size = max(8, min(_MAX_AUTO_BATCH, _BLOCK_ENTRIES // max(num_items, 1)))
+    return max(1, min(size, num_users))
+
+
+def check_batch_size(batch_size: int | None, num_items: int, num_users: int) -> int:
+    if batch_size is None:
+        return auto_batch_size(num_items, num_users)
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive int or None; found {batch_size!r}")
+    return max(1, min(batch_size, num_users))
+
+
+def layout_batches(users: np.ndarray, batch_size: int, pair_groups: dict) -> dict[str, np.ndarray]:
+    """Pads the user list to whole batches and lays out each group of (position, item) pairs.
+
+    Args:
+      users: ``(n,)`` user ids in evaluation order.
+      batch_size: users per batch.
+      pair_groups: name -> ``(positions, items)``; each becomes ``{name}_rows`` and
+        ``{name}_items`` of shape ``(num_batches, width)``.
+
+    Returns:
+      dict of numpy arrays with a leading ``num_batches`` axis, including ``users`` and
+      ``row_valid`` ``(num_batches, batch_size)``.
+    """
+    num_batches = -(-users.size // batch_size)
+    padded = num_batches * batch_size
+    batch_users = np.zeros(padded, np.int32)
+    batch_users[: users.size] = users
+    row_valid = np.zeros(padded, bool)
+    row_valid[: users.size] = True
+    out = {
+        "users": batch_users.reshape(num_batches, batch_size),
+        "row_valid": row_valid.reshape(num_batches, batch_size),
+    }
+    for name, (positions, items) in pair_groups.items():
+        rows, cols = _pairs.layout_by_batch(
+            positions, items, batch_size=batch_size, num_batches=num_batches)
+        out[f"{name}_rows"], out[f"{name}_items"] = rows, cols
+    return out
+
+
+def candidate_mask_of(candidate_items, num_items: int) -> np.ndarray:
+    mask = np.ones(num_items, bool)
+    if candidate_items is not None:
+        mask[:] = False
+        mask[_pairs.as_item_ids(candidate_items, field="candidate_items", num_items=num_items)] = True
+    return mask
+
+
+def prepare_split(
+    *,
+    num_items: int,
+    train_pairs,
+    target_pairs,
+    extra_exclude_pairs=None,
+    candidate_items=None,
+    batch_size: int | None = None,
+) -> EvalSplit:
+    """Lays out one split for :func:`evaluate_prepared` (host work, done once per split).
+
+    The evaluated users are those with at least one held-out pair whose item is a candidate,
+    in ascending id order. Each user's items in ``train_pairs`` and ``extra_exclude_pairs``
+    are excluded from its ranking; duplicate pairs count once.
+
+    Args:
+      num_items: number of items the scores cover; every item id must be below it.
+      train_pairs: ``(n, 2)`` int (user, item) pairs to exclude (the training interactions).
+      target_pairs: ``(m, 2)`` int held-out (user, item) pairs, the ground truth.
+      extra_exclude_pairs: optional ``(e, 2)`` more pairs to exclude (e.g. validation
+        interactions at test time, see :func:`jaxrec.eval.protocol_pairs`).
+      candidate_items: optional 1-D item ids; only these are ranked (cold-start evaluation).
+        Held-out pairs on other items are dropped (counted in ``num_dropped_targets``).
+      batch_size: users per batch; None picks about ``2**24 / num_items`` (at most 4096).
+
+    Returns:
+      an :class:`EvalSplit` whose arrays are on the default device.
+
+    Raises:
+      DataError: malformed pairs, ids out of range, or no held-out candidate pair at all.
+      ConfigError: a bad ``batch_size``.
+    """
+    if not isinstance(num_items, (int, np.integer)) or num_items < 1:
+        raise ConfigError(f"num_items must be a positive int; found {num_items!r}")
+    num_items = int(num_items)
+    candidate_mask = candidate_mask_of(candidate_items, num_items)
+
+    target_users, target_items = _pairs.as_pairs(
+        target_pairs, field="target_pairs", num_items=num_items)
+    is_candidate = candidate_mask[target_items]
+    kept_users, kept_items = target_users[is_candidate], target_items[is_candidate]
+    users = np.unique(kept_users)
+    if users.size == 0:
+        raise DataError(
+            "no held-out pair to evaluate" + (" among the candidate items"
+                                              if candidate_items is not None else ""),
+            field="target_pairs", found=f"{target_users.size} pairs",
+            expected="at least one (user, item) pair" + (" on a candidate item"
+                                                         if candidate_items is not None else ""),
+        )
+    target_pos, target_item = _pairs.unique_pairs(
+        _pairs.positions_of(kept_users, users), kept_items, num_items)
+    num_relevant = np.bincount(target_pos, minlength=users.size)
+
+    exclude_users, exclude_items = [], []
+    for field, pairs in (("train_pairs", train_pairs), ("extra_exclude_pairs", extra_exclude_pairs)):
+        pair_users, pair_items = _pairs.as_pairs(pairs, field=field, num_items=num_items)
+        exclude_users.append(pair_users)
+        exclude_items.append(pair_items)
+    exclude_users, exclude_items = np.concatenate(exclude_users), np.concatenate(exclude_items)
+    exclude_pos = _pairs.positions_of(exclude_users, users)
+    # Pairs of users outside the split, or on non-candidate items, change no ranking.
+    useful = (exclude_pos >= 0) & candidate_mask[exclude_items]
+    exclude_pos, exclude_item = _pairs.unique_pairs(
+        exclude_pos[useful], exclude_items[useful], num_items)
+
+    batch_size = check_batch_size(batch_size, num_items, users.size)
+    arrays = layout_batches(users, batch_size, {
+        "exclude": (exclude_pos, exclude_item),
+        "target": (target_pos, target_item),
+    })
+    relevant = np.zeros(arrays["users"].size, np.int32)
+    relevant[: users.size] = num_relevant
+    arrays["num_relevant"] = relevant.reshape(arrays["users"].shape)
+    del arrays["row_valid"]  # num_relevant > 0 marks the real rows
+    max_user_id = int(max(users.max(), exclude_users.max(initial=0)))
+    return EvalSplit(
+        batches={name: jnp.asarray(value) for name, value in arrays.items()},
+        candidate_mask=jnp.asarray(candidate_mask),
+        num_items=num_items,
+        batch_size=batch_size,
+        num_users=int(users.size),
+        num_targets=int(target_pos.size),
+        num_dropped_targets=int((~is_candidate).sum()),
+        max_user_id=max_user_id,
+    )
+
+
+def check_ks(ks) -> tuple[int, ...]:
+    if isinstance(ks, (int, np.integer)):
+        ks = (ks,)
+    try:
+        ks = tuple(ks)
+    except TypeError:
+        raise ConfigError(f"ks must be a sequence of positive ints; found {ks!r}") from None
+    if not ks or not all(isinstance(k, (int, np.integer)) and not isinstance(k, bool) and k >= 1
+                         for k in ks):
+        raise ConfigError(f"ks must be a non-empty sequence of positive ints; found {ks!r}")
+    return tuple(dict.fromkeys(int(k) for k in ks))
+
+
+def check_metrics(metrics) -> tuple[str, ...]:
+    if isinstance(metrics, str):
+        metrics = (metrics,)
+    metrics = tuple(str(m).lower() for m in metrics)
+    unknown = [m for m in metrics if m not in KNOWN_METRICS]
+    if not metrics or unknown:
+        raise ConfigError(
+            f"unknown ranking metric(s) {unknown or metrics!r}; known: {', '.join(KNOWN_METRICS)}")
+    return tuple(dict.fromkeys(metrics))
+
+
+def resolve_scorer(user_emb, item_emb, score_fn, num_items_hint: int | None = None):
+    """Checks the scoring inputs; returns ``(score_fn, num_items, num_users or None)``."""
+    if score_fn is None:
+        user_emb, item_emb = jnp.asarray(user_emb), jnp.asarray(item_emb)
+        for field, emb in (("user_emb", user_emb), ("item_emb", item_emb)):
+            if emb.ndim != 2:
+                raise DataError("embeddings must be a 2-D array", field=field,
+                                found=f"shape {emb.shape}", expected="shape (n, d)")
+        if user_emb.shape[1] != item_emb.shape[1]:
+            raise DataError(
+                "user and item embeddings must have the same width", field="item_emb",
+                found=f"shape {item_emb.shape}",
+                expected=f"(num_items, {user_emb.shape[1]}) to match user_emb {user_emb.shape}")
+        return _ranking.dot_product_scores, int(item_emb.shape[0]), int(user_emb.shape[0])
+    probe = jax.ShapeDtypeStruct((2,), jnp.int32)
+    out = jax.eval_shape(score_fn, probe, user_emb, item_emb)
+    if len(out.shape) != 2 or out.shape[0] != 2 or not jnp.issubdtype(out.dtype, jnp.floating):
+        raise DataError(
+            "score_fn must return float scores of shape (batch, num_items)", field="score_fn",
+            found=f"{out.dtype} of shape {out.shape} for a batch of 2 users",
+            expected=f"float of shape (2, {num_items_hint or 'num_items'})")
+    num_users = None
+    if hasattr(user_emb, "ndim") and getattr(user_emb, "ndim", 0) >= 1:
+        num_users = int(user_emb.shape[0])
+    return score_fn, int(out.shape[1]), num_users
+
+
+def evaluate_prepared(
+    split: EvalSplit,
+    user_emb: Any,
+    item_emb: Any,
+    *,
+    ks: Sequence[int] = DEFAULT_KS,
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    score_fn=None,
+) -> dict[str, float | int]:
+    """Ranks every evaluated user of a prepared split and averages the metrics on device.
+
+    Args:
+      split: from :func:`prepare_split` (or :func:`jaxrec.eval.prepare_protocol`).
+      user_emb: ``(num_users, d)`` user embeddings, or any pytree ``score_fn`` reads.
+      item_emb: ``(num_items, d)`` item embeddings, or any pytree ``score_fn`` reads.
+      ks: list cut-offs; ``k`` above the number of rankable items is allowed (the list is
+        read as padded with non-hits; precision still divides by ``k``).
+      metrics: names among ``recall, ndcg, precision, map, hit, mrr, recall2``.
+      score_fn: optional jittable ``(users (B,) int32, user_emb, item_emb) -> (B, num_items)``;
+        default inner product. Keep the same function object across calls: it is a static
+        argument of the compiled program (a new lambda each call means a new compilation).
+
+    Returns:
+      ``{"recall@20": float, ...}`` for every (metric, k), averaged over evaluated users
+      (``recall2`` over held-out pairs), plus ``num_users``, ``num_targets`` and
+      ``num_dropped_targets`` (ints).
+
+    Raises:
+      DataError: embeddings of the wrong shape, or NaN scores on rankable items.
+      ConfigError: unknown metric or bad ``ks``.
+    """
+    ks, metrics = check_ks(ks), check_metrics(metrics)
+    score_fn, num_items, num_users = resolve_scorer(user_emb, item_emb, score_fn, split.num_items)
+    if num_items != split.num_items:
+        raise DataError("scores cover a different number of items than the split was prepared for",
+                        field="item_emb", found=f"{num_items} items",
+                        expected=f"{split.num_items} items")
+    if num_users is not None and split.max_user_id >= num_users:
+        raise DataError("a pair refers to a user without an embedding", field="user_emb",
+                        found=f"{num_users} user rows", expected=f"more than {split.max_user_id}")
+    device_metrics = tuple(m if m != "recall2" else "hits" for m in metrics)
+    list_len = min(max(ks), num_items)
+    sums, num_nan = _ranking.split_metric_sums(
+        split.batches, split.candidate_mask, user_emb, item_emb, score_fn=score_fn, ks=ks,
+        metric_names=device_metrics, list_len=list_len)
+    sums, num_nan = np.asarray(sums, np.float64).sum(0), int(np.asarray(num_nan).sum())
+    if num_nan:
+        raise DataError("the model produced NaN scores for rankable items", field="scores",
+                        found=f"{num_nan} NaN scores", expected="finite scores (or -inf)")
+    result: dict[str, float | int] = {}
+    column = 0
+    for name in metrics:
+        denominator = split.num_targets if name == "recall2" else split.num_users
+        for k in ks:
+            result[f"{name}@{k}"] = float(sums[column] / denominator)
+            column += 1
+    result["num_users"] = split.num_users
+    result["num_targets"] = split.num_targets
+    result["num_dropped_targets"] = split.num_dropped_targets
+    return result
+
+
+def evaluate_split(
+    user_emb: Any,
+    item_emb: Any,
+    *,
+    train_pairs,
+    target_pairs,
+    extra_exclude_pairs=None,
+    ks: Sequence[int] = DEFAULT_KS,
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    batch_size: int | None = None,
+    candidate_items=None,
+    score_fn=None,
+) -> dict[str, float | int]:
+    r"""Full-ranking top-k evaluation of one split (MMRec protocol by default).
+
+    For every user :math:`u` with held-out items :math:`T_u` (users without any are skipped),
+    all items are scored (:math:`s_{ui} = \langle e_u, e_i \rangle` or ``score_fn``), the
+    user's ``train_pairs`` and ``extra_exclude_pairs`` items and every non-candidate item are
+    set to :math:`-\infty`, and ``lax.top_k`` picks the list. Equal scores are ranked by
+    ascending item id; ``-inf`` entries are never hits. Each metric is averaged over users:
+
+    .. math::
+      M@k = \frac{1}{|U_{\mathrm{eval}}|} \sum_{u \in U_{\mathrm{eval}}} M@k(u)
+
+    with the per-user definitions of :func:`recall_at_k`, :func:`ndcg_at_k`,
+    :func:`precision_at_k`, :func:`map_at_k`, :func:`hit_rate_at_k`, :func:`mrr_at_k`
+    (MMRec's recall/NDCG/precision/MAP; RecBole's hit/MRR); ``recall2`` is
+    :math:`\sum_u \mathrm{hits}_u / \sum_u |T_u|`.
+
+    Args:
+      user_emb: ``(num_users, d)`` user embeddings (or a pytree for ``score_fn``).
+      item_emb: ``(num_items, d)`` item embeddings (or a pytree for ``score_fn``).
+      train_pairs: ``(n, 2)`` int (user, item) pairs excluded from each user's ranking.
+      target_pairs: ``(m, 2)`` int held-out pairs (validation or test split).
+      extra_exclude_pairs: optional ``(e, 2)`` pairs also excluded (Cornac-style test).
+      ks: list cut-offs (default 5, 10, 20, 50).
+      metrics: default ``recall, ndcg, precision, map, hit, mrr``; also ``recall2``.
+      batch_size: users per batch (default: about ``2**24 / num_items``, at most 4096).
+      candidate_items: optional 1-D item ids; only they are ranked and only held-out pairs
+        on them count (cold-start evaluation of new items).
+      score_fn: optional jittable ``(users, user_emb, item_emb) -> (B, num_items)``.
+
+    Returns:
+      ``{"recall@5": ..., "ndcg@20": ..., "num_users": ..., "num_targets": ...,
+      "num_dropped_targets": ...}``.
+
+    References:
+      Zhou et al., *A Comprehensive Survey on Multimodal Recommender Systems: Taxonomy,
+      Evaluation, and Future Directions* (MMRec), 2023: ``src/common/trainer.py::evaluate``
+      and ``src/utils/topk_evaluator.py`` in https://github.com/enoche/MMRec.
+    """
+    _, num_items, _ = resolve_scorer(user_emb, item_emb, score_fn)
+    split = prepare_split(
+        num_items=num_items, train_pairs=train_pairs, target_pairs=target_pairs,
+        extra_exclude_pairs=extra_exclude_pairs, candidate_items=candidate_items,
+        batch_size=batch_size)
+    return evaluate_prepared(split, user_emb, item_emb, ks=ks, metrics=metrics, score_fn=score_fn)

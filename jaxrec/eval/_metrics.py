@@ -1,0 +1,365 @@
+"""Per-user top-k ranking metrics computed from a hit matrix.
+
+Every function takes ``hits``, a ``(..., list_len)`` array whose entry ``[u, i]`` says whether
+the item at rank ``i + 1`` of user ``u``'s recommendation list is one of the user's held-out
+(relevant) items, and ``num_relevant``, the ``(...,)`` number of held-out items of each user
+(``|T_u|``). They return one value per user; averaging over the evaluated users is the
+caller's job (:func:`jaxrec.eval.evaluate_split` does it on device).
+
+A list shorter than ``k`` (fewer than ``k`` rankable items) is read as padded with non-hits,
+so every metric is defined for every ``k >= 1``. Users with ``num_relevant == 0`` get 0 from
+every metric; they are never part of an evaluation average (MMRec evaluates only the users
+that have held-out items in the split).
+
+The definitions are MMRec's (``src/utils/metrics.py`` in enoche/MMRec) for recall, NDCG,
+precision and MAP, and RecBole's for hit rate and MRR, which MMRec's evaluator docstring
+lists but does not implement. Where MMRec departs from a textbook definition the docstring
+says so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+from jaxrec.errors import ConfigError, DataError
+
+
+def _check_ks(ks) -> tuple[int, ...]:
+    ks = tuple(ks)
+    if not ks or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in ks):
+        raise ConfigError(f"k must be a positive int; found {ks!r}")
+    return ks
+
+
+def _hits_at_k(hits: jax.Array, k: int) -> jax.Array:
+    """The first ``k`` columns of ``hits`` as float32, padding a shorter list with non-hits."""
+    hits = hits.astype(jnp.float32)
+    list_len = hits.shape[-1]
+    if list_len >= k:
+        return hits[..., :k]
+    padding = [(0, 0)] * (hits.ndim - 1) + [(0, k - list_len)]
+    return jnp.pad(hits, padding)
+
+
+def _relevant(num_relevant: ArrayLike, hits: jax.Array) -> jax.Array:
+    num_relevant = jnp.asarray(num_relevant)
+    if num_relevant.shape != hits.shape[:-1]:
+        raise DataError(
+            "num_relevant must have one entry per row of hits",
+            field="num_relevant",
+            found=f"shape {num_relevant.shape}",
+            expected=f"shape {hits.shape[:-1]} (hits of shape {hits.shape} without its rank axis)",
+        )
+    return num_relevant.astype(jnp.float32)
+
+
+def _safe_divide(numerator: jax.Array, denominator: jax.Array) -> jax.Array:
+    """numerator / denominator, and 0 where the denominator is 0."""
+    safe = jnp.where(denominator > 0, denominator, 1.0)
+    return jnp.where(denominator > 0, numerator / safe, 0.0)
+
+
+def ranking_metrics(
+    hits: ArrayLike,
+    num_relevant: ArrayLike,
+    *,
+    ks: Sequence[int],
+    metrics: Sequence[str] = ("recall", "ndcg", "precision", "map", "hit", "mrr"),
+) -> dict[str, jax.Array]:
+    r"""Several per-user ranking metrics at several cut-offs in one pass over the hit matrix.
+
+    Every metric is read off running sums over the ranked list taken at columns ``k - 1``, so
+    the cost does not grow with the number of cut-offs. The formulas are those of
+    :func:`recall_at_k`, :func:`ndcg_at_k`, :func:`precision_at_k`, :func:`map_at_k`,
+    :func:`hit_rate_at_k`, :func:`mrr_at_k` and :func:`hits_at_k` (names ``recall``,
+    ``ndcg``, ``precision``, ``map``, ``hit``, ``mrr``, ``hits``).
+
+    Args:
+      hits: ``(..., list_len)`` bool or 0/1; ``hits[..., i]`` is 1 when rank ``i + 1`` holds
+        a held-out item. A list shorter than ``k`` is padded with non-hits.
+      num_relevant: ``(...,)`` number of held-out items ``|T_u|`` of each user.
+      ks: cut-offs, positive ints.
+      metrics: metric names.
+
+    Returns:
+      name -> ``(..., len(ks))`` float32 per-user values (0 where ``num_relevant == 0``).
+
+    Example:
+      >>> out = ranking_metrics(jnp.array([[0, 1, 1]]), jnp.array([2]), ks=(1, 3))
+      >>> out["recall"].tolist(), out["mrr"].tolist()
+      ([[0.0, 1.0]], [[0.0, 0.5]])
+    """
+    ks = _check_ks(ks)
+    unknown = [name for name in metrics if name not in _FORMULAS]
+    if unknown:
+        raise ConfigError(f"unknown ranking metric(s) {unknown}; known: {', '.join(_FORMULAS)}")
+    hits = jnp.asarray(hits)
+    if hits.ndim < 1:
+        raise DataError(
+            "hits must have a rank axis", field="hits", found=f"shape {hits.shape}",
+            expected="shape (..., list_len)",
+        )
+    relevant = _relevant(num_relevant, hits)[..., None]
+    max_k = max(ks)
+    top = _hits_at_k(hits, max_k)
+    ranks = jnp.arange(1, max_k + 1, dtype=jnp.float32)
+    at_k = jnp.asarray([k - 1 for k in ks])
+    k = jnp.asarray(ks, jnp.float32)
+    running = _RunningSums(top, ranks, at_k)
+    return {name: _FORMULAS[name](running, relevant, k) for name in metrics}
+
+
+class _RunningSums:
+    """Running sums over the ranked list, read at the cut-off columns ``at_k = k - 1``."""
+
+    def __init__(self, top: jax.Array, ranks: jax.Array, at_k: jax.Array):
+        self.top, self.ranks, self.at_k = top, ranks, at_k
+        self.discounts = 1.0 / jnp.log2(ranks + 1.0)
+        self.cumulative_hits = jnp.cumsum(top, axis=-1)
+        self.hits = self.cumulative_hits[..., at_k]  # hits in the top k, (..., len(ks))
+
+    def dcg(self) -> jax.Array:
+        return jnp.cumsum(self.top * self.discounts, axis=-1)[..., self.at_k]
+
+    def ideal_dcg(self, ideal_len: jax.Array) -> jax.Array:
+        cumulative = jnp.concatenate([jnp.zeros((1,), jnp.float32), jnp.cumsum(self.discounts)])
+        return cumulative[ideal_len.astype(jnp.int32)]
+
+    def precision_weighted_hits(self) -> jax.Array:
+        # sum over i <= k of P(i) * rel(i), with P(i) the precision at rank i.
+        precision_at_rank = self.cumulative_hits / self.ranks
+        return jnp.cumsum(precision_at_rank * self.top, axis=-1)[..., self.at_k]
+
+    def first_hit_reciprocal_rank(self) -> jax.Array:
+        # For 0/1 hits the running max of hit / rank is 1 / (rank of the first hit).
+        return jax.lax.cummax(self.top / self.ranks, axis=self.top.ndim - 1)[..., self.at_k]
+
+
+def _recall(running, relevant, k):
+    return _safe_divide(running.hits, relevant)
+
+
+def _precision(running, relevant, k):
+    return jnp.where(relevant > 0, running.hits / k, 0.0)
+
+
+def _ndcg(running, relevant, k):
+    return _safe_divide(running.dcg(), running.ideal_dcg(jnp.minimum(relevant, k)))
+
+
+def _map(running, relevant, k):
+    return _safe_divide(running.precision_weighted_hits(), jnp.minimum(relevant, k))
+
+
+def _hit(running, relevant, k):
+    return jnp.where((relevant > 0) & (running.hits > 0), 1.0, 0.0)
+
+
+def _mrr(running, relevant, k):
+    return jnp.where(relevant > 0, running.first_hit_reciprocal_rank(), 0.0)
+
+
+def _hits(running, relevant, k):
+    return jnp.where(relevant > 0, running.hits, 0.0)
+
+
+_FORMULAS = {
+    "recall": _recall,
+    "ndcg": _ndcg,
+    "precision": _precision,
+    "map": _map,
+    "hit": _hit,
+    "mrr": _mrr,
+    "hits": _hits,
+}
+
+
+def _one(name: str, hits: ArrayLike, num_relevant: ArrayLike, k: int) -> jax.Array:
+    return ranking_metrics(hits, num_relevant, ks=(k,), metrics=(name,))[name][..., 0]
+
+
+def recall_at_k(hits: ArrayLike, num_relevant: ArrayLike, *, k: int) -> jax.Array:
+    r"""Recall at ``k``: the share of a user's held-out items found in the top ``k``.
+
+    .. math::
+        \mathrm{Recall@}k(u) = \frac{\sum_{i=1}^{k} \mathrm{rel}_u(i)}{|T_u|}
+
+    The denominator is ``|T_u|`` even when ``|T_u| > k`` (MMRec ``recall_``), so a user with
+    more held-out items than ``k`` cannot reach 1. Some libraries divide by
+    :math:`\min(k, |T_u|)` instead; MMRec and Cornac do not.
+
+    Args:
+        hits: ``(..., list_len)`` bool or 0/1; ``hits[..., i]`` is 1 when rank ``i + 1`` is relevant.
+        num_relevant: ``(...,)`` number of held-out items ``|T_u|`` of each user.
+        k: list cut-off, a positive int.
+
+    Returns:
+        ``(...,)`` float32 recall per user (0 where ``num_relevant == 0``).
+
+    References:
+        Zhou et al., *A Comprehensive Survey on Multimodal Recommender Systems* (MMRec), 2023;
+        ``src/utils/metrics.py::recall_`` in https://github.com/enoche/MMRec.
+    """
+    return _one("recall", hits, num_relevant, k)
+
+
+def precision_at_k(hits: ArrayLike, num_relevant: ArrayLike, *, k: int) -> jax.Array:
+    r"""Precision at ``k``: the share of the top ``k`` slots that hold a held-out item.
+
+    .. math::
+        \mathrm{Precision@}k(u) = \frac{1}{k} \sum_{i=1}^{k} \mathrm{rel}_u(i)
+
+    The denominator is ``k`` even when fewer than ``k`` items could be ranked (MMRec
+    ``precision_``), so the value is 0 for users without held-out items and at most
+    :math:`\min(k, |T_u|) / k`.
+
+    Args:
+        hits: ``(..., list_len)`` bool or 0/1 hit matrix (see :func:`recall_at_k`).
+        num_relevant: ``(...,)`` number of held-out items of each user.
+        k: list cut-off, a positive int.
+
+    Returns:
+        ``(...,)`` float32 precision per user (0 where ``num_relevant == 0``).
+
+    References:
+        ``src/utils/metrics.py::precision_`` in https://github.com/enoche/MMRec.
+    """
+    return _one("precision", hits, num_relevant, k)
+
+
+def ndcg_at_k(hits: ArrayLike, num_relevant: ArrayLike, *, k: int) -> jax.Array:
+    r"""Normalised discounted cumulative gain at ``k`` with binary relevance.
+
+    .. math::
+        \mathrm{DCG@}k(u) = \sum_{i=1}^{k} \frac{\mathrm{rel}_u(i)}{\log_2(i + 1)}, \qquad
+        \mathrm{IDCG@}k(u) = \sum_{i=1}^{\min(|T_u|, k)} \frac{1}{\log_2(i + 1)}, \qquad
+        \mathrm{NDCG@}k(u) = \frac{\mathrm{DCG@}k(u)}{\mathrm{IDCG@}k(u)}
+
+    This is what MMRec's ``ndcg_`` computes. Its docstring writes the gain as
+    :math:`2^{\mathrm{rel}} - 1` (equal to ``rel`` for binary relevance) and the ideal DCG as a
+    sum over all ``k`` positions, but the code truncates the ideal list at
+    :math:`\min(|T_u|, k)` positions, the textbook ideal ranking, as done here.
+
+    Args:
+        hits: ``(..., list_len)`` bool or 0/1 hit matrix (see :func:`recall_at_k`).
+        num_relevant: ``(...,)`` number of held-out items of each user.
+        k: list cut-off, a positive int.
+
+    Returns:
+        ``(...,)`` float32 NDCG per user in [0, 1] (0 where ``num_relevant == 0``).
+
+    References:
+        Järvelin & Kekäläinen, *Cumulated gain-based evaluation of IR techniques*, TOIS 2002;
+        ``src/utils/metrics.py::ndcg_`` in https://github.com/enoche/MMRec.
+    """
+    return _one("ndcg", hits, num_relevant, k)
+
+
+def map_at_k(hits: ArrayLike, num_relevant: ArrayLike, *, k: int) -> jax.Array:
+    r"""Average precision at ``k`` (its mean over users is MAP@k), MMRec's normalisation.
+
+    .. math::
+        P_u(i) = \frac{1}{i} \sum_{j=1}^{i} \mathrm{rel}_u(j), \qquad
+        \mathrm{AP@}k(u) = \frac{1}{\min(|T_u|, k)} \sum_{i=1}^{k} P_u(i)\, \mathrm{rel}_u(i)
+
+    The textbook average precision of a full ranking divides by :math:`|T_u|`; MMRec's
+    ``map_`` divides by :math:`\min(|T_u|, k)` so that a user with more held-out items than
+    ``k`` can still reach 1.
+
+    Args:
+        hits: ``(..., list_len)`` bool or 0/1 hit matrix (see :func:`recall_at_k`).
+        num_relevant: ``(...,)`` number of held-out items of each user.
+        k: list cut-off, a positive int.
+
+    Returns:
+        ``(...,)`` float32 AP@k per user in [0, 1] (0 where ``num_relevant == 0``).
+
+    References:
+        ``src/utils/metrics.py::map_`` in https://github.com/enoche/MMRec.
+    """
+    return _one("map", hits, num_relevant, k)
+
+
+def hit_rate_at_k(hits: ArrayLike, num_relevant: ArrayLike, *, k: int) -> jax.Array:
+    r"""Hit rate at ``k``: 1 when at least one held-out item is in the top ``k``, else 0.
+
+    .. math::
+        \mathrm{Hit@}k(u) = \mathbb{1}\Big[\sum_{i=1}^{k} \mathrm{rel}_u(i) > 0\Big]
+
+    MMRec's evaluator does not implement it; this is RecBole's ``hit_``.
+
+    Args:
+        hits: ``(..., list_len)`` bool or 0/1 hit matrix (see :func:`recall_at_k`).
+        num_relevant: ``(...,)`` number of held-out items of each user.
+        k: list cut-off, a positive int.
+
+    Returns:
+        ``(...,)`` float32 0/1 per user.
+
+    References:
+        ``recbole/evaluator/metrics.py::Hit`` in https://github.com/RUCAIBox/RecBole.
+    """
+    return _one("hit", hits, num_relevant, k)
+
+
+def mrr_at_k(hits: ArrayLike, num_relevant: ArrayLike, *, k: int) -> jax.Array:
+    r"""Reciprocal rank at ``k`` of the first held-out item (its mean over users is MRR@k).
+
+    .. math::
+        \mathrm{RR@}k(u) = \frac{1}{\min\{i \le k : \mathrm{rel}_u(i) = 1\}}
+        \quad (0 \text{ when no held-out item is in the top } k)
+
+    MMRec's evaluator does not implement it; this is RecBole's ``mrr_``.
+
+    Args:
+        hits: ``(..., list_len)`` bool or 0/1 hit matrix (see :func:`recall_at_k`).
+        num_relevant: ``(...,)`` number of held-out items of each user.
+        k: list cut-off, a positive int.
+
+    Returns:
+        ``(...,)`` float32 reciprocal rank per user in [0, 1].
+
+    References:
+        Voorhees, *The TREC-8 question answering track report*, 1999;
+        ``recbole/evaluator/metrics.py::MRR`` in https://github.com/RUCAIBox/RecBole.
+    """
+    return _one("mrr", hits, num_relevant, k)
+
+
+def hits_at_k(hits: ArrayLike, num_relevant: ArrayLike, *, k: int) -> jax.Array:
+    r"""Number of held-out items in the top ``k``: the numerator of MMRec's ``recall2``.
+
+    .. math::
+        \mathrm{Hits@}k(u) = \sum_{i=1}^{k} \mathrm{rel}_u(i)
+
+    MMRec's ``recall2_`` is the micro average
+    :math:`\sum_u \mathrm{Hits@}k(u) / \sum_u |T_u|`, which
+    :func:`jaxrec.eval.evaluate_split` reports as ``recall2@k``.
+
+    Args:
+        hits: ``(..., list_len)`` bool or 0/1 hit matrix (see :func:`recall_at_k`).
+        num_relevant: ``(...,)`` number of held-out items of each user.
+        k: list cut-off, a positive int.
+
+    Returns:
+        ``(...,)`` float32 hit count per user.
+
+    References:
+        ``src/utils/metrics.py::recall2_`` in https://github.com/enoche/MMRec.
+    """
+    return _one("hits", hits, num_relevant, k)
+
+
+# Name used in metric keys ("recall@20") -> per-user function.
+RANKING_METRICS = {
+        "recall": recall_at_k,
+        "ndcg": ndcg_at_k,
+        "precision": precision_at_k,
+        "map": map_at_k,
+        "hit": hit_rate_at_k,
+        "mrr": mrr_at_k,
+}

@@ -1,0 +1,152 @@
+"""Device side of full ranking: score a user batch, mask, ``lax.top_k``, hit matrix, metric sums.
+
+One jitted program runs a ``lax.scan`` over all user batches of a split, so a full evaluation
+is a single dispatch, and every batch has the same static shapes (the last batch is padded),
+so the program compiles once per split layout and is reused across calls (epochs).
+
+Ordering contract: ``jax.lax.top_k`` documents that among equal values the lower index comes
+first, so equal scores are ranked by ascending item id. ``-0.0`` and ``+0.0`` are made equal
+first (XLA's sort orders ``-0.0`` below ``+0.0``). An item whose score is ``-inf`` after
+masking (excluded, not a candidate, or scored ``-inf`` by the model) is never a hit: it only
+fills a list that has fewer rankable items than ``k``.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxrec.eval import _metrics
+
+ScoreFn = Callable[[jax.Array, Any, Any], jax.Array]
+
+
+def dot_product_scores(users: jax.Array, user_emb: jax.Array, item_emb: jax.Array) -> jax.Array:
+    r"""Inner-product scores of a user batch against every item.
+
+    .. math::
+      s_{bi} = \langle e_{u_b}, e_i \rangle
+
+    Computed at ``Precision.HIGHEST`` so that GPUs do not round through TF32 (rankings must
+    not depend on the accelerator); on CPU this is the ordinary float32 product.
+
+    Args:
+      users: ``(B,)`` int user ids.
+      user_emb: ``(num_users, d)`` user embeddings.
+      item_emb: ``(num_items, d)`` item embeddings.
+
+    Returns:
+      ``(B, num_items)`` scores.
+    """
+    return jnp.matmul(user_emb[users], item_emb.T, precision=jax.lax.Precision.HIGHEST)
+
+
+def masked_scores(
+    scores: jax.Array,
+    exclude_rows: jax.Array,
+    exclude_items: jax.Array,
+    candidate_mask: jax.Array,
+) -> jax.Array:
+    """Sets excluded (row, item) entries and non-candidate items to ``-inf``.
+
+    Args:
+      scores: ``(B, num_items)`` scores.
+      exclude_rows: ``(E,)`` batch rows to exclude; ``B`` marks a padding slot (dropped).
+      exclude_items: ``(E,)`` item ids to exclude.
+      candidate_mask: ``(num_items,)`` bool, False for items that may not be ranked.
+
+    Returns:
+      ``(B, num_items)`` scores with ``-0.0`` made ``+0.0`` and the masked entries ``-inf``.
+    """
+    # Canonical zero: XLA's top_k puts -0.0 below +0.0, numpy and users treat them as equal.
+    scores = jnp.where(scores == 0, jnp.zeros((), scores.dtype), scores)
+    scores = scores.at[exclude_rows, exclude_items].set(-jnp.inf, mode="drop")
+    return jnp.where(candidate_mask[None, :], scores, -jnp.inf)
+
+
+def _ranked_batch(score_fn, users, user_emb, item_emb, exclude_rows, exclude_items,
+                  candidate_mask, row_valid, list_len):
+    scores = score_fn(users, user_emb, item_emb)
+    scores = masked_scores(scores, exclude_rows, exclude_items, candidate_mask)
+    num_nan = jnp.sum(jnp.isnan(scores) & row_valid[:, None])
+    top_scores, top_items = jax.lax.top_k(scores, list_len)
+    return scores.shape, top_scores, top_items, num_nan
+
+
+@functools.partial(jax.jit, static_argnames=("score_fn", "ks", "metric_names", "list_len"))
+def split_metric_sums(
+    batches: dict[str, jax.Array],
+    candidate_mask: jax.Array,
+    user_emb: Any,
+    item_emb: Any,
+    *,
+    score_fn: ScoreFn,
+    ks: tuple[int, ...],
+    metric_names: tuple[str, ...],
+    list_len: int,
+) -> tuple[jax.Array, jax.Array]:
+    """Per-batch sums of every (metric, k) over the evaluated users of each batch.
+
+    Args:
+      batches: per-batch arrays with a leading ``num_batches`` axis: ``users`` (B,),
+        ``num_relevant`` (B,) (0 on padding rows), ``exclude_rows``/``exclude_items`` (E,),
+        ``target_rows``/``target_items`` (T,).
+      candidate_mask: ``(num_items,)`` bool.
+      user_emb, item_emb: passed to ``score_fn`` (jit arguments, never constants).
+      score_fn: ``(users (B,), user_emb, item_emb) -> (B, num_items)`` scores.
+      ks: list cut-offs.
+      metric_names: names known to ``_metrics.ranking_metrics``.
+      list_len: ``min(max(ks), num_items)``, the length of the ranked list.
+
+    Returns:
+      ``(sums, num_nan)``: ``(num_batches, len(metric_names) * len(ks))`` float32 sums in
+      metric-major order, and ``(num_batches,)`` counts of NaN scores among rankable entries.
+    """
+
+    def one_batch(carry, batch):
+        num_relevant = batch["num_relevant"]
+        evaluated = num_relevant > 0
+        shape, top_scores, top_items, num_nan = _ranked_batch(
+            score_fn, batch["users"], user_emb, item_emb, batch["exclude_rows"],
+            batch["exclude_items"], candidate_mask, evaluated, list_len)
+        targets = jnp.zeros(shape, bool).at[batch["target_rows"], batch["target_items"]].set(
+            True, mode="drop")
+        hits = jnp.take_along_axis(targets, top_items, axis=1) & (top_scores > -jnp.inf)
+        per_user = _metrics.ranking_metrics(hits, num_relevant, ks=ks, metrics=metric_names)
+        sums = [jnp.sum(jnp.where(evaluated[:, None], per_user[name], 0.0), axis=0)
+                for name in metric_names]
+        return carry, (jnp.concatenate(sums), num_nan)
+
+    _, (sums, num_nan) = jax.lax.scan(one_batch, None, batches)
+    return sums, num_nan
+
+
+@functools.partial(jax.jit, static_argnames=("score_fn", "k"))
+def split_top_k(
+    batches: dict[str, jax.Array],
+    candidate_mask: jax.Array,
+    user_emb: Any,
+    item_emb: Any,
+    *,
+    score_fn: ScoreFn,
+    k: int,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Top-``k`` items and scores of every user batch (see :func:`split_metric_sums`).
+
+    Returns:
+      ``(top_scores, top_items, num_nan)`` of shapes ``(num_batches, B, k)`` twice and
+      ``(num_batches,)``.
+    """
+
+    def one_batch(carry, batch):
+        _, top_scores, top_items, num_nan = _ranked_batch(
+            score_fn, batch["users"], user_emb, item_emb, batch["exclude_rows"],
+            batch["exclude_items"], candidate_mask, batch["row_valid"], k)
+        return carry, (top_scores, top_items, num_nan)
+
+    _, out = jax.lax.scan(one_batch, None, batches)
+    return out
