@@ -1,0 +1,135 @@
+r"""Self-supervised losses between two views: InfoNCE and BM3-style cosine alignment."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+from jaxrec.errors import ConfigError
+from jaxrec.losses._validation import as_float, check_rank, check_same_shape, reduce_losses
+
+
+def _normalize_rows(x: jax.Array, eps: float) -> jax.Array:
+    # x / max(||x||, eps) as torch's F.normalize; the norm is taken of max(|x|^2, eps^2) so that
+    # a zero row has a finite gradient (sqrt is not differentiable at 0).
+    squared = jnp.sum(jnp.square(x), axis=-1, keepdims=True)
+    return x / jnp.sqrt(jnp.maximum(squared, eps * eps))
+
+
+def info_nce(
+    a: ArrayLike,
+    b: ArrayLike,
+    temperature: float,
+    *,
+    symmetric: bool = False,
+    eps: float = 1e-12,
+    where: ArrayLike | None = None,
+    weights: ArrayLike | None = None,
+    reduction: str = "mean",
+) -> jax.Array:
+    r"""InfoNCE between paired rows: row i of ``a`` should match row i of ``b``, not the others.
+
+    With rows L2-normalized, :math:`\hat a_i = a_i / \max(\lVert a_i \rVert, \epsilon)`,
+
+    .. math::
+      \ell_i = -\log \frac{\exp(\hat a_i^\top \hat b_i / \tau)}
+                         {\sum_{j=1}^{B} \exp(\hat a_i^\top \hat b_j / \tau)},
+      \qquad \mathcal{L} = \frac{1}{B} \sum_i \ell_i,
+
+    the cross-entropy of each row's cosine similarities to all rows of ``b`` with its own pair
+    as the target (the positive is in the denominator, as in MMRec's MGCN/SMORE ``InfoNCE``).
+    With ``symmetric=True`` the loss is :math:`\tfrac12(\ell^{a \to b}_i + \ell^{b \to a}_i)`
+    per row (CLIP's form).
+
+    Args:
+      a: (B, d) first view.
+      b: (B, d) second view, row-paired with ``a``.
+      temperature: :math:`\tau > 0`.
+      symmetric: also contrast each row of ``b`` against all rows of ``a`` and average.
+      eps: lower bound of a row's norm when normalizing (zero rows stay finite).
+      where: optional (B,) bool mask of the rows whose loss is included (masked rows still act
+        as negatives of the others).
+      weights: optional (B,) row weights.
+      reduction: ``"mean"`` (default), ``"sum"`` or ``"none"`` for (B,) per-row losses.
+
+    Returns:
+      A scalar, or (B,) per-row losses for ``reduction="none"``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxrec import losses
+      >>> eye = jnp.eye(2)  # cos = 1 to the pair, 0 to the other: log(1 + e^(-1/0.5))
+      >>> float(losses.info_nce(eye, eye, 0.5))
+      0.126...
+
+    References:
+      van den Oord, Li and Vinyals, `Representation Learning with Contrastive Predictive Coding
+      <https://arxiv.org/abs/1807.03748>`_, 2018;
+      Chen et al., `A Simple Framework for Contrastive Learning of Visual Representations
+      <https://arxiv.org/abs/2002.05709>`_, ICML 2020.
+    """
+    if not isinstance(temperature, jax.core.Tracer) and not float(temperature) > 0:
+        raise ConfigError(f"info_nce temperature must be > 0, got {temperature!r}")
+    a = as_float(a)
+    b = as_float(b).astype(a.dtype)
+    check_rank(a, 2, "a")
+    check_same_shape(a, b, "a", "b")
+    similarities = (_normalize_rows(a, eps) @ _normalize_rows(b, eps).T) / temperature
+    diagonal = jnp.diagonal(similarities)
+    per_row = jax.nn.logsumexp(similarities, axis=1) - diagonal
+    if symmetric:
+        per_row = 0.5 * (per_row + jax.nn.logsumexp(similarities, axis=0) - diagonal)
+    return reduce_losses(per_row, where=where, weights=weights, reduction=reduction)
+
+
+def cosine_alignment(
+    online: ArrayLike,
+    target: ArrayLike,
+    *,
+    eps: float = 1e-8,
+    where: ArrayLike | None = None,
+    weights: ArrayLike | None = None,
+    reduction: str = "mean",
+) -> jax.Array:
+    r"""One minus the cosine similarity of online rows to stop-gradient target rows (BM3).
+
+    .. math::
+      \ell_i = 1 - \frac{o_i^\top \operatorname{sg}(t_i)}
+                        {\max(\lVert o_i \rVert, \epsilon)\, \max(\lVert t_i \rVert, \epsilon)},
+      \qquad \mathcal{L} = \frac{1}{B}\sum_i \ell_i = 1 - \overline{\cos},
+
+    in :math:`[0, 2]`, 0 when every pair is aligned. :math:`\operatorname{sg}` is
+    ``jax.lax.stop_gradient``: no gradient flows into ``target``, as in BM3's
+    ``1 - cosine_similarity(online, target.detach()).mean()`` (MMRec ``src/models/bm3.py``).
+    The "1 -" only shifts the value (the negative-cosine form of BYOL/SimSiam has the same
+    gradient).
+
+    Args:
+      online: (B, d) predictions of the online branch.
+      target: (B, d) targets; treated as constants.
+      eps: lower bound of each norm.
+      where: optional (B,) bool mask of the rows to include.
+      weights: optional (B,) row weights.
+      reduction: ``"mean"`` (default), ``"sum"`` or ``"none"`` for (B,) values of :math:`1 - \cos`.
+
+    Returns:
+      A scalar, or (B,) per-row values for ``reduction="none"``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxrec import losses
+      >>> float(losses.cosine_alignment(jnp.array([[1.0, 0.0], [1.0, 0.0]]), jnp.array([[2.0, 0.0], [0.0, 3.0]])))
+      0.5
+
+    References:
+      Zhou et al., `Bootstrap Latent Representations for Multi-modal Recommendation
+      <https://arxiv.org/abs/2207.05969>`_, WWW 2023;
+      Grill et al., `Bootstrap Your Own Latent <https://arxiv.org/abs/2006.07733>`_, NeurIPS 2020.
+    """
+    online = as_float(online)
+    target = jax.lax.stop_gradient(as_float(target).astype(online.dtype))
+    check_rank(online, 2, "online")
+    check_same_shape(online, target, "online", "target")
+    per_row = 1.0 - jnp.sum(_normalize_rows(online, eps) * _normalize_rows(target, eps), axis=-1)
+    return reduce_losses(per_row, where=where, weights=weights, reduction=reduction)
