@@ -185,8 +185,9 @@ def prepare_split(
     del arrays["row_valid"]  # num_relevant > 0 marks the real rows
     max_user_id = int(max(users.max(), exclude_users.max(initial=0)))
     return EvalSplit(
-        batches={name: jnp.asarray(value) for name, value in arrays.items()},
-        candidate_mask=jnp.asarray(candidate_mask),
+        # device_put, not jnp.asarray: the latter compiles a small program per new shape.
+        batches=jax.device_put(arrays),
+        candidate_mask=jax.device_put(candidate_mask),
         num_items=num_items,
         batch_size=batch_size,
         num_users=int(users.size),
@@ -223,17 +224,17 @@ def check_metrics(metrics) -> tuple[str, ...]:
 def resolve_scorer(user_emb, item_emb, score_fn, num_items_hint: int | None = None):
     """Checks the scoring inputs; returns ``(score_fn, num_items, num_users or None)``."""
     if score_fn is None:
-        user_emb, item_emb = jnp.asarray(user_emb), jnp.asarray(item_emb)
-        for field, emb in (("user_emb", user_emb), ("item_emb", item_emb)):
-            if emb.ndim != 2:
+        user_shape, item_shape = np.shape(user_emb), np.shape(item_emb)
+        for field, shape in (("user_emb", user_shape), ("item_emb", item_shape)):
+            if len(shape) != 2:
                 raise DataError("embeddings must be a 2-D array", field=field,
-                                found=f"shape {emb.shape}", expected="shape (n, d)")
-        if user_emb.shape[1] != item_emb.shape[1]:
+                                found=f"shape {shape}", expected="shape (n, d)")
+        if user_shape[1] != item_shape[1]:
             raise DataError(
                 "user and item embeddings must have the same width", field="item_emb",
-                found=f"shape {item_emb.shape}",
-                expected=f"(num_items, {user_emb.shape[1]}) to match user_emb {user_emb.shape}")
-        return _ranking.dot_product_scores, int(item_emb.shape[0]), int(user_emb.shape[0])
+                found=f"shape {item_shape}",
+                expected=f"(num_items, {user_shape[1]}) to match user_emb {user_shape}")
+        return _ranking.dot_product_scores, int(item_shape[0]), int(user_shape[0])
     probe = jax.ShapeDtypeStruct((2,), jnp.int32)
     out = jax.eval_shape(score_fn, probe, user_emb, item_emb)
     if len(out.shape) != 2 or out.shape[0] != 2 or not jnp.issubdtype(out.dtype, jnp.floating):

@@ -62,6 +62,8 @@ def masked_scores(
     Returns:
       ``(B, num_items)`` scores with ``-0.0`` made ``+0.0`` and the masked entries ``-inf``.
     """
+    if not jnp.issubdtype(scores.dtype, jnp.floating):
+        scores = scores.astype(jnp.float32)  # integer scores cannot hold -inf
     # Canonical zero: XLA's top_k puts -0.0 below +0.0, numpy and users treat them as equal.
     scores = jnp.where(scores == 0, jnp.zeros((), scores.dtype), scores)
     scores = scores.at[exclude_rows, exclude_items].set(-jnp.inf, mode="drop")

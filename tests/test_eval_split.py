@@ -1,0 +1,226 @@
+"""evaluate_split / evaluate_protocol / top_k_items against the naive per-user reference.
+
+Embeddings are small integers, so float32 device scores and the reference's scores are the
+same exact integers, and ties are plentiful: the tie-breaking rule is tested, not avoided.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxrec.eval as jeval
+from jaxrec.errors import ConfigError, DataError
+from jaxrec.eval import _ranking
+from test_eval_reference import METRICS, naive_evaluate, naive_ranking
+
+ALL_METRICS = METRICS + ("recall2",)
+
+
+def make_case(seed, *, num_users, num_items, dim, low, high, num_train, num_targets):
+    rng = np.random.default_rng(seed)
+    user_emb = rng.integers(low, high + 1, (num_users, dim)).astype(np.float32)
+    item_emb = rng.integers(low, high + 1, (num_items, dim)).astype(np.float32)
+    train = np.stack([rng.integers(0, num_users, num_train),
+                      rng.integers(0, num_items, num_train)], 1)
+    # Targets for only some users, so that users without held-out items exist.
+    target_users = rng.choice(num_users, size=max(1, num_users * 2 // 3), replace=False)
+    targets = np.stack([rng.choice(target_users, num_targets),
+                        rng.integers(0, num_items, num_targets)], 1)
+    scores = user_emb.astype(np.int64) @ item_emb.T.astype(np.int64)
+    return user_emb, item_emb, train, targets, scores.astype(np.float64)
+
+
+def assert_matches(got, expected):
+    assert got["num_users"] == expected["num_users"]
+    assert got["num_targets"] == expected["num_targets"]
+    for key, value in expected.items():
+        assert got[key] == pytest.approx(value, abs=2e-6), key
+
+
+@pytest.mark.parametrize("seed, dim, low, high, batch_size", [
+    (0, 3, -2, 2, 8),     # several batches, the last one padded
+    (1, 2, -1, 1, None),  # scores in {-2..2}: heavy ties and signed zeros
+    (2, 1, 0, 1, 5),      # scores 0/1 only: almost everything ties
+])
+def test_evaluate_split_matches_naive(seed, dim, low, high, batch_size):
+    user_emb, item_emb, train, targets, scores = make_case(
+        seed, num_users=37, num_items=23, dim=dim, low=low, high=high, num_train=260,
+        num_targets=90)
+    ks = (1, 3, 10, 20, 30)  # 30 > 23 items
+    got = jeval.evaluate_split(user_emb, item_emb, train_pairs=train, target_pairs=targets,
+                               ks=ks, metrics=ALL_METRICS, batch_size=batch_size)
+    expected = naive_evaluate(scores, train_pairs=train, target_pairs=targets, ks=ks,
+                              metrics=ALL_METRICS)
+    assert 0 < expected["num_users"] < 37  # some users have no held-out items
+    assert_matches(got, expected)
+
+
+def test_users_with_fewer_rankable_items_than_k():
+    # Users 0-9 have every item but 2 excluded; k = 5, 8 exceed what they can be shown.
+    user_emb, item_emb, _, targets, scores = make_case(
+        3, num_users=20, num_items=12, dim=2, low=-2, high=2, num_train=0, num_targets=60)
+    heavy = np.array([(u, i) for u in range(10) for i in range(12) if i not in (u % 12, 11)])
+    ks = (1, 2, 5, 8)
+    got = jeval.evaluate_split(user_emb, item_emb, train_pairs=heavy, target_pairs=targets,
+                               ks=ks, metrics=ALL_METRICS, batch_size=6)
+    expected = naive_evaluate(scores, train_pairs=heavy, target_pairs=targets, ks=ks,
+                              metrics=ALL_METRICS)
+    assert_matches(got, expected)
+
+
+def test_cold_start_candidates_and_extra_exclusions():
+    user_emb, item_emb, train, targets, scores = make_case(
+        4, num_users=30, num_items=25, dim=2, low=-2, high=2, num_train=200, num_targets=150)
+    candidates = np.array([3, 7, 8, 11, 19, 24, 7])  # duplicate 7 is harmless
+    extra = np.stack([np.arange(30), (np.arange(30) * 7) % 25], 1)
+    ks = (1, 4, 6, 10)  # 10 > 6 candidates
+    got = jeval.evaluate_split(user_emb, item_emb, train_pairs=train, target_pairs=targets,
+                               extra_exclude_pairs=extra, candidate_items=candidates, ks=ks,
+                               metrics=ALL_METRICS, batch_size=7)
+    expected = naive_evaluate(scores, train_pairs=train, target_pairs=targets,
+                              extra_exclude_pairs=extra, candidate_items=candidates, ks=ks,
+                              metrics=ALL_METRICS)
+    assert_matches(got, expected)
+    on_candidates = np.isin(targets[:, 1], candidates)
+    assert got["num_dropped_targets"] == int((~on_candidates).sum()) > 0
+
+
+@pytest.mark.parametrize("protocol", ["mmrec", "cornac"])
+@pytest.mark.parametrize("split", ["valid", "test"])
+def test_protocols_match_naive(protocol, split):
+    user_emb, item_emb, train, test, scores = make_case(
+        5, num_users=30, num_items=20, dim=2, low=-2, high=2, num_train=180, num_targets=70)
+    rng = np.random.default_rng(55)
+    valid = np.stack([rng.integers(0, 30, 70), rng.integers(0, 20, 70)], 1)
+    # Make some held-out pairs also appear in train/valid: only Cornac keeps them rankable.
+    train = np.concatenate([train, test[:10]])
+    valid = np.concatenate([valid, test[10:15]])
+    ks = (2, 5, 10)
+    got = jeval.evaluate_protocol(user_emb, item_emb, split=split, protocol=protocol,
+                                  train_pairs=train, valid_pairs=valid, test_pairs=test, ks=ks,
+                                  batch_size=8)
+    target = valid if split == "valid" else test
+    extra = valid if (split, protocol) == ("test", "cornac") else None
+    expected = naive_evaluate(scores, train_pairs=train, target_pairs=target,
+                              extra_exclude_pairs=extra, ks=ks,
+                              keep_targets=protocol == "cornac")
+    assert_matches(got, expected)
+
+
+def test_protocols_differ_where_they_should():
+    user_emb, item_emb, train, test, _ = make_case(
+        6, num_users=30, num_items=20, dim=2, low=-2, high=2, num_train=150, num_targets=70)
+    valid = np.stack([np.arange(30), (np.arange(30) * 3) % 20], 1)
+    kwargs = dict(train_pairs=train, valid_pairs=valid, test_pairs=test, ks=(5,))
+    mmrec = jeval.evaluate_protocol(user_emb, item_emb, split="test", **kwargs)
+    cornac = jeval.evaluate_protocol(user_emb, item_emb, split="test", protocol="cornac",
+                                     **kwargs)
+    assert mmrec["recall@5"] != cornac["recall@5"]
+    pairs = jeval.protocol_pairs(protocol="cornac", split="test", num_items=20, train_pairs=train,
+                                 valid_pairs=valid, test_pairs=test)
+    assert pairs["extra_exclude_pairs"] is not None
+    assert jeval.protocol_pairs(protocol="mmrec", split="test", num_items=20, train_pairs=train,
+                                valid_pairs=valid, test_pairs=test)["extra_exclude_pairs"] is None
+
+
+def distance_scores(users, user_emb, item_emb):
+    """A non-inner-product scorer with -inf for every third item (never recommendable)."""
+    diff = user_emb[users][:, None, :] - item_emb[None, :, :]
+    scores = -jnp.sum(diff * diff, axis=-1)
+    return jnp.where(jnp.arange(item_emb.shape[0]) % 3 == 0, -jnp.inf, scores)
+
+
+def test_custom_score_fn_and_minus_inf_scores():
+    user_emb, item_emb, train, targets, _ = make_case(
+        7, num_users=25, num_items=18, dim=3, low=-2, high=2, num_train=120, num_targets=80)
+    diff = user_emb[:, None, :].astype(np.int64) - item_emb[None, :, :].astype(np.int64)
+    scores = -np.sum(diff * diff, axis=-1).astype(np.float64)
+    scores[:, np.arange(18) % 3 == 0] = -np.inf
+    ks = (1, 5, 15)  # 15 > 12 finite-score items
+    got = jeval.evaluate_split(user_emb, item_emb, train_pairs=train, target_pairs=targets,
+                               ks=ks, score_fn=distance_scores, batch_size=10)
+    expected = naive_evaluate(scores, train_pairs=train, target_pairs=targets, ks=ks)
+    assert_matches(got, expected)
+
+
+def test_top_k_items_matches_naive_ranking():
+    user_emb, item_emb, train, _, scores = make_case(
+        8, num_users=15, num_items=9, dim=2, low=-1, high=1, num_train=80, num_targets=1)
+    users = np.array([4, 0, 13, 7])
+    items, top_scores = jeval.top_k_items(user_emb, item_emb, users, k=12, exclude_pairs=train,
+                                          candidate_items=np.arange(1, 9), batch_size=3)
+    assert items.shape == top_scores.shape == (4, 12)
+    for row, user in enumerate(users):
+        excluded = {int(i) for u, i in train if u == user}
+        expected = naive_ranking(scores[user], excluded, candidates=set(range(1, 9)))
+        assert items[row].tolist() == expected + [-1] * (12 - len(expected))
+        np.testing.assert_array_equal(top_scores[row, : len(expected)], scores[user, expected])
+        assert np.all(top_scores[row, len(expected):] == -np.inf)
+
+
+def test_lax_top_k_breaks_ties_by_lower_index():
+    # The ranking contract relies on this documented lax.top_k behaviour; -0.0 ties with 0.0
+    # only after masked_scores canonicalises zeros.
+    values = jnp.array([[1.0, 3.0, 3.0, 0.0, -0.0, 3.0, 0.0, 1.0]])
+    _, order = jax.lax.top_k(values, 8)
+    assert order[0, :3].tolist() == [1, 2, 5]
+    canonical = _ranking.masked_scores(values, jnp.array([1]), jnp.array([0]),
+                                       jnp.ones(8, bool))  # row 1 is padding: dropped
+    _, order = jax.lax.top_k(canonical, 8)
+    assert order[0].tolist() == [1, 2, 5, 0, 7, 3, 4, 6]
+
+
+def test_one_compilation_across_calls_with_new_embeddings():
+    user_emb, item_emb, train, targets, _ = make_case(
+        9, num_users=20, num_items=11, dim=2, low=-2, high=2, num_train=60, num_targets=40)
+    split = jeval.prepare_split(num_items=11, train_pairs=train, target_pairs=targets,
+                                batch_size=6)
+    jeval.evaluate_prepared(split, user_emb, item_emb, ks=(3,))
+    compiled = _ranking.split_metric_sums._cache_size()
+    for scale in (2.0, -1.0, 0.5):
+        jeval.evaluate_prepared(split, user_emb * scale, item_emb, ks=(3,))
+    assert _ranking.split_metric_sums._cache_size() == compiled
+
+
+def test_nan_scores_raise_unless_masked():
+    user_emb, item_emb, train, targets, _ = make_case(
+        10, num_users=10, num_items=6, dim=2, low=-2, high=2, num_train=0, num_targets=20)
+    item_emb = item_emb.copy()
+    item_emb[4] = np.nan
+    with pytest.raises(DataError, match="NaN"):
+        jeval.evaluate_split(user_emb, item_emb, train_pairs=None, target_pairs=targets, ks=(3,))
+    # The same NaN item outside the candidate set never reaches the ranking.
+    got = jeval.evaluate_split(user_emb, item_emb, train_pairs=None, target_pairs=targets,
+                               ks=(3,), candidate_items=np.array([0, 1, 2, 3, 5]))
+    assert np.isfinite(got["recall@3"])
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(train_pairs=np.zeros((3, 3), int)), DataError, r"shape \(3, 3\)"),
+    (dict(train_pairs=np.array([[0, 1], [2, 99]])), DataError, "row 1.*item id 99"),
+    (dict(target_pairs=np.array([[-1, 0]])), DataError, "user id -1"),
+    (dict(target_pairs=np.zeros((0, 2), int)), DataError, "no held-out pair"),
+    (dict(target_pairs=np.array([[0, 1.0]])), DataError, "integer"),
+    (dict(candidate_items=np.array([50])), DataError, "candidate_items"),
+    (dict(ks=(0, 5)), ConfigError, "ks"),
+    (dict(metrics=("recall", "auc")), ConfigError, "auc"),
+    (dict(batch_size=0), ConfigError, "batch_size"),
+])
+def test_bad_input_raises_a_clear_error(kwargs, error, match):
+    rng = np.random.default_rng(0)
+    args = dict(train_pairs=np.array([[0, 1]]), target_pairs=np.array([[0, 2], [1, 3]]))
+    args.update(kwargs)
+    with pytest.raises(error, match=match):
+        jeval.evaluate_split(rng.normal(size=(4, 2)), rng.normal(size=(6, 2)), **args)
+
+
+def test_embedding_shape_errors():
+    pairs = dict(train_pairs=None, target_pairs=np.array([[5, 1]]))
+    with pytest.raises(DataError, match="same width"):
+        jeval.evaluate_split(np.ones((6, 3)), np.ones((4, 2)), **pairs)
+    with pytest.raises(DataError, match="user without an embedding"):
+        jeval.evaluate_split(np.ones((3, 2)), np.ones((4, 2)), **pairs)
+    with pytest.raises(ConfigError, match="protocol"):
+        jeval.evaluate_protocol(np.ones((6, 2)), np.ones((4, 2)), split="test", protocol="recbole",
+                                train_pairs=None, valid_pairs=None, test_pairs=pairs["target_pairs"])
