@@ -1,1 +1,44 @@
-"""jaxrec.train."""
+"""jaxrec.train: configs, the jitted train step (one device, pmap, sharded), Orbax checkpoints,
+early stopping, and ``train_and_evaluate(config, workdir)``.
+
+- Configs: ``load_config(path, overrides)`` reads YAML with ``--set key=value`` overrides into
+  an :class:`ExperimentConfig` (defaults in code, unknown keys rejected with a suggestion).
+- Runs: ``train_and_evaluate`` trains, early-stops on validation, reports test at the best
+  validation epoch and writes ``config.yaml``, ``history.jsonl``, ``metrics.json``,
+  ``curves.png`` and checkpoints to a workdir; ``evaluate_run`` recomputes a finished run's
+  metrics from its best checkpoint; ``run_search`` runs a grid or random search picking its
+  winner by validation only.
+"""
+
+# Configs.
+from jaxrec.train._config import DataConfig as DataConfig
+from jaxrec.train._config import EvalConfig as EvalConfig
+from jaxrec.train._config import ExperimentConfig as ExperimentConfig
+from jaxrec.train._config import ModelConfig as ModelConfig
+from jaxrec.train._config import SearchConfig as SearchConfig
+from jaxrec.train._config import TrainConfig as TrainConfig
+from jaxrec.train._config import config_from_dict as config_from_dict
+from jaxrec.train._config import config_to_dict as config_to_dict
+from jaxrec.train._config import valid_keys as valid_keys
+from jaxrec.train._config_io import apply_overrides as apply_overrides
+from jaxrec.train._config_io import dump_config as dump_config
+from jaxrec.train._config_io import load_config as load_config
+from jaxrec.train._config_io import parse_override as parse_override
+
+# Pieces of a run.
+from jaxrec.train._checkpoint import Checkpoints as Checkpoints
+from jaxrec.train._data import EpochSampler as EpochSampler
+from jaxrec.train._early_stopping import EarlyStopping as EarlyStopping
+from jaxrec.train._early_stopping import update_early_stopping as update_early_stopping
+from jaxrec.train._state import TrainState as TrainState
+from jaxrec.train._state import init_state as init_state
+from jaxrec.train._state import learning_rate_schedule as learning_rate_schedule
+from jaxrec.train._state import make_optimizer as make_optimizer
+from jaxrec.train._step import StepMetrics as StepMetrics
+from jaxrec.train._step import StepRunner as StepRunner
+from jaxrec.train._step import make_train_step as make_train_step
+
+# Whole runs.
+from jaxrec.train._loop import TrainHooks as TrainHooks
+from jaxrec.train._loop import train_and_evaluate as train_and_evaluate
+from jaxrec.train._outputs import compare_table as compare_table

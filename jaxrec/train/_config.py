@@ -1,0 +1,343 @@
+"""Experiment configuration: typed sections with defaults in code, YAML in, YAML out.
+
+A config file is YAML with the sections of :class:`ExperimentConfig`; every key it leaves
+out takes the default below, and every key it names must exist (an unknown key raises
+:class:`~jaxrec.errors.ConfigError` naming it and the nearest valid key), so a typo can
+never silently read as a default. ``--set key=value`` overrides use the same dotted names,
+with values parsed as YAML (``--set train.epochs=5``, ``--set data.modalities=[text]``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+import re
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+
+from jaxrec.errors import ConfigError
+
+OPTIMIZERS = ("adam", "adamw", "sgd", "adagrad")
+SCHEDULES = ("constant", "cosine", "warmup_cosine", "exponential")
+PARALLEL_MODES = ("none", "pmap", "sharded")
+NEGATIVE_SAMPLING = ("uniform", "popularity")
+PROTOCOLS = ("mmrec", "cornac")
+SEARCH_METHODS = ("grid", "random")
+RANKING_METRICS = ("recall", "ndcg", "precision", "map", "hit", "mrr", "recall2")
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """Which model to build: ``name`` in the registry, ``args`` passed to its builder."""
+
+    name: str = "bprmf"
+    args: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class DataConfig:
+    """Where the data comes from.
+
+    ``path`` is a dataset folder or file (relative paths resolve against the current
+    directory); with ``path: null``, ``synthetic`` holds the keyword arguments of
+    ``jaxrec.data.make_synthetic`` (``{}``: the default synthetic dataset). ``modalities``
+    keeps only the named item modalities (``null``: all); ``roles`` renames modalities to
+    the role a model reads them under, e.g. ``{vision: vggish, text: minilm}``.
+    """
+
+    path: str | None = None
+    format: str = "auto"
+    modalities: list[str] | None = None
+    roles: dict[str, str] = dataclasses.field(default_factory=dict)
+    synthetic: dict[str, Any] | None = None
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Optimization, early stopping, sampling, parallelism and checkpointing.
+
+    Defaults are MMRec's (Adam 1e-3, batch 2048, 1000 epochs, patience 20 on valid
+    recall@20, seed 999, one uniform negative per positive). ``patience`` counts
+    evaluations: training stops once more than ``patience`` evaluations in a row failed to
+    beat the best validation value (MMRec's rule). ``steps_per_call`` is how many batches
+    one compiled call runs (``lax.scan``); 0 runs a whole epoch per call.
+    """
+
+    epochs: int = 1000
+    batch_size: int = 2048
+    optimizer: str = "adam"
+    learning_rate: float = 1e-3
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    clip_norm: float | None = None
+    schedule: str = "constant"
+    warmup_epochs: float = 0.0
+    decay_rate: float = 0.96
+    decay_epochs: float = 50.0
+    min_learning_rate: float = 0.0
+    patience: int = 20
+    valid_metric: str = "recall@20"
+    seed: int = 999
+    eval_every: int = 1
+    parallel: str = "none"
+    n_negatives: int = 1
+    negative_sampling: str = "uniform"
+    checkpoints_to_keep: int = 2
+    checkpoint_every: int = 1
+    steps_per_call: int = 0
+
+
+@dataclasses.dataclass
+class EvalConfig:
+    """Full-ranking evaluation: cut-offs, metrics, protocol (``mmrec`` or ``cornac``), users
+    per batch (``null``: automatic)."""
+
+    ks: list[int] = dataclasses.field(default_factory=lambda: [5, 10, 20, 50])
+    metrics: list[str] = dataclasses.field(
+        default_factory=lambda: ["recall", "ndcg", "precision", "map", "hit", "mrr"])
+    protocol: str = "mmrec"
+    batch_size: int | None = None
+
+
+@dataclasses.dataclass
+class SearchConfig:
+    """Hyper-parameter search over dotted config keys.
+
+    ``method: grid`` runs the product of the lists in ``space``; ``method: random`` draws
+    ``budget`` settings, each value from a list (uniform choice) or a distribution
+    ``{uniform: [a, b]}``, ``{loguniform: [a, b]}``, ``{randint: [a, b]}`` (inclusive).
+    The winner is chosen by the validation metric only.
+    """
+
+    method: str = "grid"
+    space: dict[str, Any] = dataclasses.field(default_factory=dict)
+    budget: int | None = None
+    seed: int = 0
+
+
+@dataclasses.dataclass
+class ExperimentConfig:
+    """A whole experiment. ``grid`` is shorthand for ``search: {method: grid, space: ...}``."""
+
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+    loss_weights: dict[str, float] = dataclasses.field(default_factory=dict)
+    grid: dict[str, list] | None = None
+    search: SearchConfig | None = None
+
+    @property
+    def has_search(self) -> bool:
+        return bool(self.grid) or self.search is not None
+
+
+def _field_types(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _is_dataclass_type(tp) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _unwrap_optional(tp):
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType) and type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        return rest[0] if len(rest) == 1 else tp, True
+    return tp, False
+
+
+def valid_keys(cls=ExperimentConfig, prefix: str = "") -> list[str]:
+    """Every dotted key a config accepts (free-form sections listed by their own name)."""
+    keys = []
+    for name, tp in _field_types(cls).items():
+        tp, _ = _unwrap_optional(tp)
+        dotted = f"{prefix}{name}"
+        keys.append(dotted)
+        if _is_dataclass_type(tp):
+            keys.extend(valid_keys(tp, dotted + "."))
+    return keys
+
+
+def _unknown_key_error(key: str, candidates: Sequence[str], where: str) -> ConfigError:
+    close = difflib.get_close_matches(key, candidates, n=1, cutoff=0.5)
+    if not close:  # a dotted key may be wrong in its last part only
+        last = key.rsplit(".", 1)[-1]
+        by_last = {c.rsplit(".", 1)[-1]: c for c in candidates}
+        match = difflib.get_close_matches(last, by_last, n=1, cutoff=0.6)
+        close = [by_last[match[0]]] if match else []
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    shown = ", ".join(candidates) if len(candidates) <= 30 else ", ".join(candidates[:30]) + ", ..."
+    return ConfigError(f"{where}unknown config key {key!r}{hint} (valid keys here: {shown})")
+
+
+def _coerce(value, tp, key: str, where: str):
+    """``value`` as type ``tp`` or a ConfigError naming ``key``."""
+    tp, optional = _unwrap_optional(tp)
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{where}config key {key!r} may not be null; expected {_type_name(tp)}")
+    origin = typing.get_origin(tp) or (tp if tp in (list, dict) else None)
+    bad = lambda: ConfigError(  # noqa: E731
+        f"{where}config key {key!r} expects {_type_name(tp)}; found {value!r} ({type(value).__name__})")
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise bad()
+    if tp is int:
+        if isinstance(value, bool):
+            raise bad()
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise bad()
+    if tp is float:
+        if isinstance(value, bool):
+            raise bad()
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            # YAML 1.1 reads "1e-3" (no dot) as a string; accept it as the number it means.
+            try:
+                number = float(value)
+            except ValueError:
+                raise bad() from None
+            if math.isfinite(number):
+                return number
+        raise bad()
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise bad()
+    if origin is list:
+        if isinstance(value, (str, Mapping)) or not isinstance(value, Sequence):
+            raise bad()
+        (item_type,) = typing.get_args(tp) or (Any,)
+        return [_coerce(v, item_type, f"{key}[{i}]", where) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise bad()
+        _, value_type = typing.get_args(tp) or (str, Any)
+        return {str(k): _coerce(v, value_type, f"{key}.{k}", where) for k, v in value.items()}
+    raise bad()
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", str(tp)).replace("typing.", "")
+
+
+def _build_section(cls, raw: Mapping, prefix: str, where: str):
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where}config section {prefix.rstrip('.') or 'top level'!r} must be a mapping; "
+                          f"found {raw!r}")
+    types_ = _field_types(cls)
+    kwargs = {}
+    for key, value in raw.items():
+        key = str(key)
+        dotted = f"{prefix}{key}"
+        if key not in types_:
+            siblings = [f"{prefix}{name}" for name in types_]
+            raise _unknown_key_error(dotted, siblings, where)
+        tp, optional = _unwrap_optional(types_[key])
+        if _is_dataclass_type(tp):
+            kwargs[key] = None if (value is None and optional) else _build_section(tp, value or {}, dotted + ".", where)
+        else:
+            kwargs[key] = _coerce(value, types_[key], dotted, where)
+    return cls(**kwargs)
+
+
+def _check_values(config: ExperimentConfig, where: str) -> None:
+    def choice(key, value, allowed):
+        if value not in allowed:
+            close = difflib.get_close_matches(str(value), allowed, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"{where}config key {key!r} is {value!r}{hint} (expected one of {', '.join(allowed)})")
+
+    def positive(key, value, allow_zero=False):
+        if value < 0 or (value == 0 and not allow_zero):
+            raise ConfigError(f"{where}config key {key!r} must be {'>= 0' if allow_zero else '> 0'}; found {value!r}")
+
+    t = config.train
+    choice("train.optimizer", t.optimizer, OPTIMIZERS)
+    choice("train.schedule", t.schedule, SCHEDULES)
+    choice("train.parallel", t.parallel, PARALLEL_MODES)
+    choice("train.negative_sampling", t.negative_sampling, NEGATIVE_SAMPLING)
+    choice("eval.protocol", config.eval.protocol, PROTOCOLS)
+    for key in ("epochs", "batch_size", "eval_every", "n_negatives", "checkpoints_to_keep", "checkpoint_every"):
+        positive(f"train.{key}", getattr(t, key))
+    for key in ("learning_rate",):
+        positive(f"train.{key}", getattr(t, key))
+    for key in ("momentum", "weight_decay", "warmup_epochs", "min_learning_rate", "patience", "steps_per_call"):
+        positive(f"train.{key}", getattr(t, key), allow_zero=True)
+    positive("train.decay_epochs", t.decay_epochs)
+    if t.clip_norm is not None:
+        positive("train.clip_norm", t.clip_norm)
+    if not config.eval.ks:
+        raise ConfigError(f"{where}config key 'eval.ks' needs at least one cut-off")
+    for k in config.eval.ks:
+        positive("eval.ks", k)
+    if config.eval.batch_size is not None:
+        positive("eval.batch_size", config.eval.batch_size)
+    for metric in config.eval.metrics:
+        choice("eval.metrics", metric, RANKING_METRICS)
+    match = re.fullmatch(r"([a-z_]+)@(\d+)", t.valid_metric)
+    if not match:
+        raise ConfigError(f"{where}config key 'train.valid_metric' is {t.valid_metric!r}; expected NAME@K, "
+                          "e.g. recall@20")
+    if match.group(1) not in config.eval.metrics:
+        raise ConfigError(f"{where}train.valid_metric {t.valid_metric!r} is not among eval.metrics "
+                          f"{config.eval.metrics}")
+    if int(match.group(2)) not in config.eval.ks:
+        raise ConfigError(f"{where}train.valid_metric {t.valid_metric!r} uses K={match.group(2)}, which is not in "
+                          f"eval.ks {config.eval.ks}")
+    for name, weight in config.loss_weights.items():
+        if not isinstance(weight, (int, float)) or isinstance(weight, bool) or not math.isfinite(weight):
+            raise ConfigError(f"{where}loss_weights.{name} must be a finite number; found {weight!r}")
+    if config.data.path is None and config.data.synthetic is None:
+        raise ConfigError(f"{where}config needs data.path (a dataset folder) or data.synthetic (generator "
+                          "arguments, {} for the default synthetic data)")
+    if config.search is not None:
+        choice("search.method", config.search.method, SEARCH_METHODS)
+        if config.search.method == "random" and not config.search.budget:
+            raise ConfigError(f"{where}random search needs search.budget (the number of trials)")
+    if config.grid is not None and config.search is not None:
+        raise ConfigError(f"{where}give either grid: or search:, not both")
+    space = config.grid if config.grid is not None else (config.search.space if config.search else {})
+    searchable = set(valid_keys())
+    for key in space:
+        if key.split(".")[0] not in ("model", "loss_weights") and key not in searchable:
+            raise _unknown_key_error(key, sorted(searchable), f"{where}search space: ")
+
+
+def config_from_dict(raw: Mapping | None, *, source: str | os.PathLike | None = None) -> ExperimentConfig:
+    """Validate a nested mapping (e.g. parsed YAML) into an :class:`ExperimentConfig`.
+
+    Args:
+      raw: the mapping; missing keys take their defaults.
+      source: the file it came from, named in error messages.
+
+    Returns:
+      The config, with types checked and choices validated.
+
+    Raises:
+      ConfigError: an unknown key (with the nearest valid key), a wrong type or a bad value.
+    """
+    where = f"{os.fspath(source)}: " if source is not None else ""
+    config = _build_section(ExperimentConfig, raw or {}, "", where)
+    _check_values(config, where)
+    return config
+
+
+def config_to_dict(config: ExperimentConfig) -> dict[str, Any]:
+    """The config as plain nested dicts and lists (what ``config.yaml`` holds)."""
+    return dataclasses.asdict(config)

@@ -1,0 +1,134 @@
+"""Everything a run needs before its first step, shared by training and ``jaxrec evaluate``:
+the dataset, the built model, checked loss weights, the optimizer, the evaluation layout."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+
+from jaxrec import eval as jeval
+from jaxrec import models
+from jaxrec.data import MultimodalDataset
+from jaxrec.errors import ConfigError, DataError
+from jaxrec.train import _data
+from jaxrec.train._config import ExperimentConfig
+from jaxrec.train._state import abstract_state, count_params, example_batch, make_optimizer
+
+
+@dataclasses.dataclass
+class Experiment:
+    """A config turned into objects (no parameters allocated yet).
+
+    Attributes:
+      config: the experiment config.
+      dataset: the dataset (modalities selected and renamed to their roles).
+      built: the model builder's result.
+      loss_weights: weight per loss term (the model's defaults updated by the config).
+      term_names: the names of the terms ``loss_terms`` returns.
+      tx: the optimizer.
+      steps_per_epoch: batches per epoch.
+      sampler: draws an epoch's batches from ``(seed, epoch)``.
+      target: the abstract train state (shapes and dtypes, from ``jax.eval_shape``).
+      n_params: number of parameters.
+    """
+
+    config: ExperimentConfig
+    dataset: MultimodalDataset
+    built: models.Built
+    loss_weights: dict[str, float]
+    term_names: tuple[str, ...]
+    tx: Any
+    steps_per_epoch: int
+    sampler: Any
+    target: Any
+    n_params: int
+
+    @property
+    def module(self):
+        return self.built.module
+
+
+def loss_term_names(module, abstract_params, ctx, batch: Mapping) -> tuple[str, ...]:
+    """The names of the terms the model's ``loss_terms`` returns (traced, not run)."""
+    shapes = jax.eval_shape(
+        lambda params, c, b: module.apply({"params": params}, c, b, False, method="loss_terms"),
+        abstract_params, ctx, batch)
+    if not isinstance(shapes, Mapping) or not shapes:
+        raise ConfigError("a model's loss_terms must return a non-empty dict of named scalar terms")
+    bad = [name for name, s in shapes.items() if s.shape != ()]
+    if bad:
+        raise ConfigError(f"loss terms must be scalars; {bad} are not ({[shapes[n].shape for n in bad]})")
+    return tuple(shapes)
+
+
+def resolve_loss_weights(defaults: Mapping[str, float], overrides: Mapping[str, float],
+                         term_names: tuple[str, ...], model_name: str) -> dict[str, float]:
+    """The model's default weights updated by the config's; every term needs a weight, and a
+    weight for a term the model does not have is an error (with the nearest name)."""
+    for name in overrides:
+        if name not in term_names:
+            close = difflib.get_close_matches(name, term_names, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"loss_weights.{name}: model {model_name!r} has no loss term {name!r}{hint} "
+                              f"(its terms: {', '.join(term_names)})")
+    weights = {name: float(defaults.get(name, 1.0)) for name in term_names}
+    weights.update({name: float(w) for name, w in overrides.items()})
+    return weights
+
+
+def prepare_experiment(config: ExperimentConfig, dataset: MultimodalDataset | None = None) -> Experiment:
+    """Load the data, build the model, check the loss weights and make the optimizer."""
+    if dataset is None:
+        dataset = _data.load_dataset(config.data)
+    dataset = _data.select_modalities(dataset, config.data)
+    sizes = dataset.split_sizes()
+    for split in ("train", "valid", "test"):
+        if sizes[split] == 0:
+            raise DataError(f"the dataset has no {split} interactions", path=dataset.metadata.get("source"),
+                            field="x_label", found=f"split sizes {sizes}",
+                            expected="train, valid and test interactions")
+    train = config.train
+    built = models.build(config.model.name, dataset, **config.model.args)
+    batch = example_batch(train.batch_size, train.n_negatives)
+    sampler = _data.EpochSampler(dataset, batch_size=train.batch_size, n_negatives=train.n_negatives,
+                                 method=train.negative_sampling, seed=train.seed)
+    tx = make_optimizer(train, sampler.steps_per_epoch)
+    target = abstract_state(built.module, built.ctx, batch, tx, train.seed)
+    term_names = loss_term_names(built.module, target.params, built.ctx, batch)
+    weights = resolve_loss_weights(built.default_loss_weights, config.loss_weights, term_names, config.model.name)
+    return Experiment(config, dataset, built, weights, term_names, tx, sampler.steps_per_epoch, sampler, target,
+                      count_params(target.params))
+
+
+def prepare_eval_splits(experiment: Experiment, splits=("valid", "test")) -> dict[str, jeval.EvalSplit]:
+    """The evaluation layout of each split under the configured protocol (host work, once)."""
+    dataset, cfg = experiment.dataset, experiment.config.eval
+    pairs = {name: dataset.split_pairs(name) for name in ("train", "valid", "test")}
+    return {split: jeval.prepare_protocol(
+        split=split, num_items=dataset.n_items, train_pairs=pairs["train"], valid_pairs=pairs["valid"],
+        test_pairs=pairs["test"], protocol=cfg.protocol, batch_size=cfg.batch_size) for split in splits}
+
+
+def make_encoder(module):
+    """A jitted ``(params, ctx) -> (user_emb, item_emb)`` in eval mode."""
+    return jax.jit(lambda params, ctx: module.apply({"params": params}, ctx, False, method="encode"))
+
+
+def ranking_metrics(result: Mapping[str, Any]) -> dict[str, float]:
+    """Only the ``metric@k`` entries of an evaluation result, as floats."""
+    return {k: float(v) for k, v in result.items() if "@" in k}
+
+
+def evaluate_params(experiment: Experiment, encoder, params, ctx, split_layout) -> dict[str, Any]:
+    user_emb, item_emb = encoder(params, ctx)
+    cfg = experiment.config.eval
+    return jeval.evaluate_prepared(split_layout, user_emb, item_emb, ks=cfg.ks, metrics=cfg.metrics)
+
+
+def as_numpy_tree(tree):
+    return jax.tree.map(np.asarray, tree)

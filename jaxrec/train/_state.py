@@ -1,0 +1,139 @@
+"""The train state and the optimizer built from a config.
+
+The state is a pytree (params, optimizer state, step counter, base PRNG key), so one
+``jax.jit`` / ``jax.pmap`` call can take and return it, and Orbax can save it whole.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+
+from jaxrec.errors import ConfigError
+from jaxrec.train._config import TrainConfig
+
+
+@struct.dataclass
+class TrainState:
+    """Everything a train step reads and writes.
+
+    Attributes:
+      step: int32 scalar, optimizer updates applied so far.
+      params: the model's parameter pytree.
+      opt_state: the optax state.
+      rng: (2,) uint32 base key; the dropout key of update ``s`` is ``fold_in(rng, s)``, so
+        no key is carried from step to step and a resumed run draws the same keys.
+    """
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    rng: jax.Array
+
+
+def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int) -> optax.Schedule:
+    """The learning rate as a function of the update count.
+
+    - ``constant``: :math:`\\eta`.
+    - ``cosine``: cosine decay from :math:`\\eta` to ``min_learning_rate`` over all epochs.
+    - ``warmup_cosine``: linear warm-up from 0 over ``warmup_epochs``, then cosine decay.
+    - ``exponential``: MMRec's per-epoch rule :math:`\\eta\\,r^{e / E}` with
+      :math:`r` = ``decay_rate``, :math:`E` = ``decay_epochs`` and :math:`e` the epoch index.
+    """
+    lr = config.learning_rate
+    total = max(1, config.epochs * steps_per_epoch)
+    if config.schedule == "constant":
+        return optax.constant_schedule(lr)
+    if config.schedule == "cosine":
+        return optax.cosine_decay_schedule(lr, decay_steps=total, alpha=config.min_learning_rate / lr)
+    if config.schedule == "warmup_cosine":
+        warmup = int(round(config.warmup_epochs * steps_per_epoch))
+        if warmup >= total:
+            raise ConfigError(f"train.warmup_epochs ({config.warmup_epochs}) must be shorter than "
+                              f"train.epochs ({config.epochs})")
+        return optax.warmup_cosine_decay_schedule(0.0, lr, warmup_steps=warmup, decay_steps=total,
+                                                  end_value=config.min_learning_rate)
+    if config.schedule == "exponential":
+        rate, period = config.decay_rate, config.decay_epochs
+
+        def exponential(count):
+            epoch = (count // steps_per_epoch).astype(jnp.float32)
+            return lr * rate ** (epoch / period)
+
+        return exponential
+    raise ConfigError(f"unknown train.schedule {config.schedule!r}")
+
+
+def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> optax.GradientTransformation:
+    """The optax transformation the config asks for.
+
+    ``weight_decay`` is coupled L2 (added to the gradient before the moments, as
+    ``torch.optim.Adam/SGD/Adagrad(weight_decay=...)`` and so MMRec do) for ``adam``,
+    ``sgd`` and ``adagrad``, and decoupled for ``adamw``. ``clip_norm`` clips the global
+    gradient norm first. ``adagrad`` starts its accumulator at 0 with eps 1e-10 (torch's
+    defaults, not optax's).
+    """
+    schedule = learning_rate_schedule(config, steps_per_epoch)
+    parts = []
+    if config.clip_norm is not None:
+        parts.append(optax.clip_by_global_norm(config.clip_norm))
+    coupled_decay = config.weight_decay and config.optimizer != "adamw"
+    if coupled_decay:
+        parts.append(optax.add_decayed_weights(config.weight_decay))
+    if config.optimizer == "adam":
+        parts.append(optax.adam(schedule))
+    elif config.optimizer == "adamw":
+        parts.append(optax.adamw(schedule, weight_decay=config.weight_decay))
+    elif config.optimizer == "sgd":
+        parts.append(optax.sgd(schedule, momentum=config.momentum or None))
+    elif config.optimizer == "adagrad":
+        parts.append(optax.adagrad(schedule, initial_accumulator_value=0.0, eps=1e-10))
+    else:
+        raise ConfigError(f"unknown train.optimizer {config.optimizer!r}")
+    return parts[0] if len(parts) == 1 else optax.chain(*parts)
+
+
+def _init_both(module, ctx, batch):
+    # Initialize through both entry points so that parameters used by only one of them exist.
+    return module.encode(ctx, False), module.loss_terms(ctx, batch, False)
+
+
+def init_state(module, ctx: Mapping, example_batch: Mapping, tx: optax.GradientTransformation,
+               seed: int) -> TrainState:
+    """A fresh state: parameters from ``seed``, optimizer state, step 0 (one compiled call)."""
+    return jax.jit(lambda c, b: _init_state(module, c, b, tx, seed))(ctx, example_batch)
+
+
+def _init_state(module, ctx, example_batch, tx, seed: int) -> TrainState:
+    init_key, dropout_key, base_key = jax.random.split(jax.random.PRNGKey(seed), 3)
+    variables = module.init({"params": init_key, "dropout": dropout_key}, ctx, example_batch,
+                            method=_init_both)
+    params = variables["params"]
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                      rng=base_key)
+
+
+def abstract_state(module, ctx, example_batch, tx, seed: int) -> TrainState:
+    """The state's shapes and dtypes, without allocating it (``jax.eval_shape``)."""
+    return jax.eval_shape(lambda c, b: _init_state(module, c, b, tx, seed), ctx, example_batch)
+
+
+def count_params(params) -> int:
+    """Number of scalars in a parameter pytree (works on abstract shapes too)."""
+    return int(sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(params)))
+
+
+def example_batch(batch_size: int, n_negatives: int) -> dict[str, np.ndarray]:
+    """A batch of zeros with the contract's shapes (for initialization and shape checks)."""
+    return {
+        "users": np.zeros((batch_size,), np.int32),
+        "pos_items": np.zeros((batch_size,), np.int32),
+        "neg_items": np.zeros((batch_size, n_negatives), np.int32),
+    }

@@ -1,0 +1,174 @@
+"""The jit-compiled train step and its data-parallel forms.
+
+One update: ``params -> model.loss_terms -> weighted sum -> value_and_grad -> optax``.
+:class:`StepRunner` compiles it once per run, scanned over a stack of batches so that a
+whole epoch (or ``steps_per_call`` batches) is one device call, in one of three modes:
+
+- ``none``: one device, ``jax.jit``.
+- ``pmap``: the batch split over devices with ``jax.pmap``; gradients (and the reported
+  terms) are averaged with ``lax.pmean``. Each device's terms are means over its shard, so
+  the update equals the single-device one whenever every term is a mean over batch rows.
+  A term that is not (MMRec's norm-based embedding regularizer, for one) is averaged over
+  devices instead of computed on the global batch.
+- ``sharded``: ``jax.jit`` over a 1-D device mesh with the batch sharded and the state and
+  context replicated (``NamedSharding``); the compiler partitions the global computation,
+  so every term means exactly what it means on one device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from jaxrec.errors import ConfigError
+from jaxrec.train._state import TrainState
+
+_AXIS = "batch"
+
+
+class StepMetrics(NamedTuple):
+    """What one update reports (stacked over the steps of a call).
+
+    Attributes:
+      loss: the weighted sum of the terms.
+      terms: name -> unweighted term value.
+      grads_finite: whether every gradient entry was finite.
+    """
+
+    loss: jax.Array
+    terms: dict[str, jax.Array]
+    grads_finite: jax.Array
+
+
+def make_train_step(module, tx: optax.GradientTransformation, loss_weights: Mapping[str, float],
+                    *, axis_name: str | None = None):
+    """``train_step(state, ctx, batch) -> (state, StepMetrics)`` for one batch.
+
+    Terms with weight 0 are reported but left out of the sum (so that a NaN in an unused
+    term cannot reach the parameters).
+    """
+    weights = {name: float(w) for name, w in loss_weights.items()}
+
+    def train_step(state: TrainState, ctx, batch) -> tuple[TrainState, StepMetrics]:
+        dropout_key = jax.random.fold_in(state.rng, state.step)
+
+        def total_loss(params):
+            terms = module.apply({"params": params}, ctx, batch, True, method="loss_terms",
+                                 rngs={"dropout": dropout_key})
+            total = sum(weight * terms[name] for name, weight in weights.items() if weight != 0.0)
+            return jnp.asarray(total, jnp.float32), terms
+
+        (loss, terms), grads = jax.value_and_grad(total_loss, has_aux=True)(state.params)
+        if axis_name is not None:
+            grads, loss, terms = jax.lax.pmean((grads, loss, terms), axis_name)
+        grads_finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+        return new_state, StepMetrics(loss, dict(terms), grads_finite)
+
+    return train_step
+
+
+def _scanned(train_step):
+    def run_steps(state, ctx, batches):
+        return jax.lax.scan(lambda carry, batch: train_step(carry, ctx, batch), state, batches)
+
+    return run_steps
+
+
+class StepRunner:
+    """Runs the scanned train step on stacks of batches in the configured parallel mode.
+
+    Host code sees one state: :meth:`put_state` places it (replicated for ``pmap`` and
+    ``sharded``) and :meth:`get_state` returns the single copy to evaluate or save.
+
+    Args:
+      module: the model.
+      tx: the optimizer.
+      loss_weights: weight per term.
+      parallel: ``"none"``, ``"pmap"`` or ``"sharded"``.
+      batch_size: the global batch size (must divide evenly over the devices).
+      devices: devices to use (default: all local devices; one for ``"none"``).
+    """
+
+    def __init__(self, module, tx, loss_weights, *, parallel: str = "none", batch_size: int,
+                 devices=None):
+        self.parallel = parallel
+        if parallel == "none":
+            self.devices = list(devices or jax.local_devices())[:1]
+        else:
+            self.devices = list(devices or jax.local_devices())
+        n = len(self.devices)
+        self.mesh = Mesh(np.asarray(self.devices), (_AXIS,))
+        self._replicated = NamedSharding(self.mesh, PartitionSpec())
+        self._leading = NamedSharding(self.mesh, PartitionSpec(_AXIS))
+        if batch_size % n:
+            raise ConfigError(f"train.batch_size {batch_size} does not divide over {n} devices in "
+                              f"train.parallel={parallel!r} mode; use a multiple of {n}")
+        if parallel == "none":
+            step = make_train_step(module, tx, loss_weights)
+            self._run = jax.jit(_scanned(step), donate_argnums=0)
+        elif parallel == "pmap":
+            step = make_train_step(module, tx, loss_weights, axis_name=_AXIS)
+            self._run = jax.pmap(_scanned(step), axis_name=_AXIS, devices=self.devices, donate_argnums=0)
+        elif parallel == "sharded":
+            step = make_train_step(module, tx, loss_weights)
+            self._run = jax.jit(_scanned(step), donate_argnums=0, out_shardings=self._replicated)
+        else:
+            raise ConfigError(f"unknown train.parallel {parallel!r}; expected none, pmap or sharded")
+
+    @property
+    def n_devices(self) -> int:
+        return len(self.devices)
+
+    def put_state(self, state: TrainState) -> TrainState:
+        if self.parallel == "pmap":
+            n = self.n_devices
+            return jax.tree.map(lambda x: jax.device_put(np.stack([np.asarray(x)] * n), self._leading), state)
+        if self.parallel == "sharded":
+            return jax.device_put(state, self._replicated)
+        return jax.device_put(state, self.devices[0])
+
+    def put_ctx(self, ctx):
+        return self.put_state(ctx)
+
+    def get_state(self, state: TrainState) -> TrainState:
+        """One device-0 copy of a (possibly replicated) state."""
+        if self.parallel == "pmap":
+            return jax.tree.map(lambda x: x[0], state)
+        if self.parallel == "sharded":
+            return jax.device_put(state, self.devices[0])
+        return state
+
+    def put_batches(self, batches: Mapping[str, np.ndarray]) -> dict[str, Any]:
+        """Place a stack of batches, each array shaped ``(steps, batch_size, ...)``."""
+        if self.parallel == "pmap":
+            n = self.n_devices
+
+            def split(a):  # (steps, B, ...) -> (devices, steps, B / devices, ...)
+                a = np.asarray(a)
+                per_device = a.reshape(a.shape[0], n, a.shape[1] // n, *a.shape[2:])
+                return jax.device_put(np.moveaxis(per_device, 1, 0), self._leading)
+
+            return {k: split(v) for k, v in batches.items()}
+        if self.parallel == "sharded":
+            return {k: jax.device_put(np.asarray(v), NamedSharding(
+                self.mesh, PartitionSpec(None, _AXIS, *([None] * (np.ndim(v) - 2))))) for k, v in batches.items()}
+        return jax.device_put(dict(batches), self.devices[0])
+
+    def run(self, state: TrainState, ctx, batches) -> tuple[TrainState, StepMetrics]:
+        """Apply one update per stacked batch; returns the new state and per-step metrics."""
+        state, metrics = self._run(state, ctx, batches)
+        if self.parallel == "pmap":
+            metrics = jax.tree.map(lambda x: x[0], metrics)  # identical on every device after pmean
+        elif self.parallel == "sharded":
+            # Sharded calls dispatched back to back can deadlock on host-platform devices.
+            jax.block_until_ready(state)
+        return state, metrics
