@@ -1,0 +1,440 @@
+"""Vectorized negative sampling and fixed-shape epoch batches for pairwise training.
+
+A user's negatives are the items outside their known positives. Positives live in a CSR
+layout (:class:`PositiveSets`: per-user sorted, de-duplicated items) with two derived sorted
+key arrays, so that every question is one ``np.searchsorted`` over all samples at once:
+
+* membership: ``key = user * n_items + item`` is in the sorted positive keys;
+* the ``r``-th negative of a user: with the user's sorted positives ``p_0 < p_1 < ...``,
+  ``a_i = p_i - i`` counts the negatives below ``p_i``, and the ``r``-th negative (0-based)
+  is ``r + #{i : a_i <= r}``. Uniform negatives are thus drawn exactly, with no rejection:
+  ``r ~ U{0, ..., n_items - deg(u) - 1}`` mapped through that count.
+
+Popularity-weighted negatives are drawn from the item distribution by inverse CDF, and only
+the entries that hit a positive are redrawn, for a few vectorized rounds; what is left
+(users whose positives hold most of the popularity mass) is drawn exactly by bisection on the
+user's cumulative negative mass. No step loops over users or interactions in Python.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxrec.data._dataset import SPLIT_CODES
+from jaxrec.errors import ConfigError, DataError
+
+_REJECTION_ROUNDS = 8
+_DISTRIBUTIONS = ("uniform", "popularity")
+
+
+@dataclasses.dataclass(frozen=True)
+class PositiveSets:
+    """Each user's known positive items, sorted and de-duplicated (CSR layout).
+
+    Attributes:
+      indptr: (n_users + 1,) int64; user ``u``'s items are ``indices[indptr[u]:indptr[u+1]]``.
+      indices: (nnz,) int32 item ids, strictly increasing within each user.
+      n_items: size of the item id space.
+    """
+
+    indptr: np.ndarray
+    indices: np.ndarray
+    n_items: int
+
+    def __post_init__(self):
+        indptr = np.asarray(self.indptr, np.int64)
+        indices = np.asarray(self.indices)
+        if indptr.ndim != 1 or indptr.size < 1 or indptr[0] != 0 or indptr[-1] != indices.size \
+                or np.any(np.diff(indptr) < 0):
+            raise DataError("positives indptr must rise from 0 to nnz", field="positives.indptr",
+                            found=f"shape {indptr.shape}", expected=f"non-decreasing, 0 .. {indices.size}")
+        if indices.size and (indices.min() < 0 or indices.max() >= self.n_items):
+            raise DataError("positive item id out of range", field="positives.indices",
+                            found=f"range [{indices.min()}, {indices.max()}]", expected=f"ids in [0, {self.n_items})")
+        rows = np.repeat(np.arange(indptr.size - 1, dtype=np.int64), np.diff(indptr))
+        keys = rows * self.n_items + indices
+        if np.any(np.diff(keys) <= 0):  # unsorted or repeated within a row: normalize
+            keys = np.unique(keys)
+            rows, indices = keys // self.n_items, keys % self.n_items
+            indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=indptr.size - 1))])
+        rank = np.arange(keys.size, dtype=np.int64) - indptr[rows]
+        set_ = lambda name, value: object.__setattr__(self, name, _read_only(value))  # noqa: E731
+        object.__setattr__(self, "n_items", int(self.n_items))
+        set_("indptr", indptr)
+        set_("indices", indices.astype(np.int32))
+        set_("_keys", keys)
+        set_("_gap_keys", keys - rank)  # user * n_items + (negatives below each positive)
+
+    @classmethod
+    def from_pairs(cls, users, items, *, n_users: int, n_items: int) -> "PositiveSets":
+        """Builds the sets from (n,) user and item id arrays (repeats are fine)."""
+        users = np.asarray(users, np.int64)
+        items = np.asarray(items, np.int64)
+        if users.shape != items.shape or users.ndim != 1:
+            raise DataError("users and items must be 1-D arrays of equal length", field="positives",
+                            found=f"shapes {users.shape} and {items.shape}", expected="(n,) and (n,)")
+        if users.size and (users.min() < 0 or users.max() >= n_users):
+            raise DataError("user id out of range", field="positives.users",
+                            found=f"range [{users.min()}, {users.max()}]", expected=f"ids in [0, {n_users})")
+        if items.size and (items.min() < 0 or items.max() >= n_items):
+            raise DataError("item id out of range", field="positives.items",
+                            found=f"range [{items.min()}, {items.max()}]", expected=f"ids in [0, {n_items})")
+        keys = np.unique(users * n_items + items)
+        indptr = np.concatenate([[0], np.cumsum(np.bincount(keys // n_items, minlength=n_users))])
+        return cls(indptr, (keys % n_items).astype(np.int32), n_items)
+
+    @classmethod
+    def from_dataset(cls, dataset, splits=("train",)) -> "PositiveSets":
+        """The positives of a :class:`MultimodalDataset` in the given splits (default: train)."""
+        inter = dataset.interactions
+        rows = np.isin(inter.split, [_split_code(s) for s in splits])
+        return cls.from_pairs(inter.users[rows], inter.items[rows], n_users=dataset.n_users, n_items=dataset.n_items)
+
+    @property
+    def n_users(self) -> int:
+        return int(self.indptr.size - 1)
+
+    @property
+    def degrees(self) -> np.ndarray:
+        """(n_users,) int64 number of positives per user."""
+        return np.diff(self.indptr)
+
+    def contains(self, users, items) -> np.ndarray:
+        """Bool array (broadcast shape of ``users`` and ``items``): is ``item`` a positive of ``user``."""
+        query = np.asarray(users, np.int64) * self.n_items + np.asarray(items, np.int64)
+        if self._keys.size == 0:
+            return np.zeros(query.shape, bool)
+        at = np.minimum(np.searchsorted(self._keys, query), self._keys.size - 1)
+        return self._keys[at] == query
+
+
+def as_positive_sets(positives, n_items: int) -> PositiveSets:
+    """``positives`` as :class:`PositiveSets` (any object with ``indptr``/``indices`` is accepted)."""
+    if isinstance(positives, PositiveSets):
+        if positives.n_items != n_items:
+            raise DataError("positives were built for another item count", field="positives",
+                            found=f"n_items={positives.n_items}", expected=f"n_items={n_items}")
+        return positives
+    if hasattr(positives, "indptr") and hasattr(positives, "indices"):
+        return PositiveSets(np.asarray(positives.indptr), np.asarray(positives.indices), n_items)
+    raise DataError("positives must be a PositiveSets or a CSR matrix", field="positives",
+                    found=type(positives).__name__, expected="PositiveSets (or indptr/indices)")
+
+
+def sample_negatives(
+    rng: np.random.Generator | int,
+    users,
+    n_items: int,
+    positives,
+    *,
+    n_neg: int = 1,
+    distribution: str = "uniform",
+    item_popularity=None,
+) -> np.ndarray:
+    """Draws ``n_neg`` items per user, none of them among the user's positives.
+
+    .. math::
+        P(i \\mid u) = \\frac{w_i \\, [i \\notin \\mathcal{P}_u]}{\\sum_j w_j \\, [j \\notin \\mathcal{P}_u]},
+        \\qquad w_i = 1 \\text{ (uniform) or } \\mathrm{pop}_i \\text{ (popularity)}
+
+    Draws are independent (with replacement): a row may repeat a negative.
+
+    Args:
+      rng: a ``np.random.Generator`` or an integer seed.
+      users: (n,) integer user ids (repeats allowed, e.g. one per training pair).
+      n_items: number of items.
+      positives: :class:`PositiveSets` (or a CSR matrix with ``indptr``/``indices``).
+      n_neg: negatives per user.
+      distribution: ``"uniform"`` or ``"popularity"``.
+      item_popularity: (n_items,) non-negative weights for ``"popularity"``; default: the
+        number of users having each item among their positives. Zero-weight items are never drawn.
+
+    Returns:
+      (n, n_neg) int32 item ids.
+
+    Raises:
+      DataError: a user with no possible negative (every item positive, or every
+        non-positive item of zero popularity), naming the user.
+    """
+    if distribution not in _DISTRIBUTIONS:
+        raise ConfigError(f"distribution must be one of {_DISTRIBUTIONS}, got {distribution!r}")
+    if int(n_neg) != n_neg or n_neg < 1:
+        raise ConfigError(f"n_neg must be an integer >= 1, got {n_neg!r}")
+    rng = np.random.default_rng(rng)
+    sets = as_positive_sets(positives, n_items)
+    users = np.asarray(users, np.int64)
+    if users.ndim != 1 or (users.size and (users.min() < 0 or users.max() >= sets.n_users)):
+        raise DataError("users must be a 1-D array of ids in range", field="users",
+                        found=f"shape {users.shape}", expected=f"(n,) ids in [0, {sets.n_users})")
+    if distribution == "uniform":
+        return _uniform(rng, users, sets, int(n_neg))
+    return _popularity(rng, users, sets, int(n_neg), item_popularity)
+
+
+def _uniform(rng, users, sets: PositiveSets, n_neg: int) -> np.ndarray:
+    n_free = sets.n_items - sets.degrees[users]
+    _raise_if_no_negatives(users, n_free <= 0, "the user has every item among its positives")
+    ranks = rng.integers(0, n_free[:, None], size=(users.size, n_neg))
+    base = (users * sets.n_items)[:, None]
+    below = np.searchsorted(sets._gap_keys, base + ranks, side="right") - sets.indptr[users][:, None]
+    return (ranks + below).astype(np.int32)
+
+
+def _popularity(rng, users, sets: PositiveSets, n_neg: int, item_popularity) -> np.ndarray:
+    weights = _popularity_weights(item_popularity, sets)
+    cdf = np.cumsum(weights)
+    positive_cdf = np.concatenate([[0.0], np.cumsum(weights[sets.indices])])
+    start, end = sets.indptr[users], sets.indptr[users + 1]
+    # Computed exactly like the bisection's right end, so that a draw below it always lands.
+    free_mass = cdf[-1] - (positive_cdf[end] - positive_cdf[start])
+    _raise_if_no_negatives(users, free_mass <= cdf[-1] * 1e-12,
+                           "every item outside the user's positives has zero popularity")
+
+    def inverse_cdf(size):
+        return np.minimum(np.searchsorted(cdf, rng.random(size) * cdf[-1], side="right"), sets.n_items - 1)
+
+    out = inverse_cdf((users.size, n_neg))
+    flat_users = np.broadcast_to(users[:, None], out.shape)
+    bad = np.flatnonzero(sets.contains(flat_users, out))
+    for _ in range(_REJECTION_ROUNDS):
+        if bad.size == 0:
+            break
+        out.flat[bad] = inverse_cdf(bad.size)
+        bad = bad[sets.contains(flat_users.flat[bad], out.flat[bad])]
+    for _ in range(100):  # exact draws; a retry only on float rounding at a positive's edge
+        if bad.size == 0:
+            return out.astype(np.int32)
+        row = bad // n_neg
+        target = np.minimum(rng.random(bad.size) * free_mass[row], np.nextafter(free_mass[row], 0))
+        out.flat[bad] = _bisect_negative_mass(users[row], target, sets, cdf, positive_cdf)
+        bad = bad[sets.contains(flat_users.flat[bad], out.flat[bad])]
+    raise RuntimeError("popularity sampling did not settle; item weights may be degenerate")
+
+
+def _bisect_negative_mass(users, target, sets: PositiveSets, cdf, positive_cdf) -> np.ndarray:
+    """Smallest item ``x`` whose cumulative weight over the user's negatives exceeds ``target``."""
+    start = sets.indptr[users]
+    base = users * sets.n_items
+    low = np.zeros(users.size, np.int64)
+    high = np.full(users.size, sets.n_items - 1, np.int64)
+    for _ in range(max(1, math.ceil(math.log2(sets.n_items)))):
+        middle = (low + high) // 2
+        positives_upto = np.searchsorted(sets._keys, base + middle, side="right")
+        negative_mass = cdf[middle] - (positive_cdf[positives_upto] - positive_cdf[start])
+        above = negative_mass > target
+        high = np.where(above, middle, high)
+        low = np.where(above, low, middle + 1)
+    return low
+
+
+def _popularity_weights(item_popularity, sets: PositiveSets) -> np.ndarray:
+    if item_popularity is None:
+        return np.bincount(sets.indices, minlength=sets.n_items).astype(np.float64)
+    weights = np.asarray(item_popularity, np.float64)
+    if weights.shape != (sets.n_items,) or not np.all(np.isfinite(weights)) or np.any(weights < 0):
+        raise DataError("item popularity must be one finite weight >= 0 per item", field="item_popularity",
+                        found=f"shape {weights.shape}", expected=f"({sets.n_items},) finite, >= 0")
+    return weights
+
+
+def _raise_if_no_negatives(users, stuck: np.ndarray, why: str) -> None:
+    if np.any(stuck):
+        bad = np.unique(users[stuck])
+        raise DataError(f"no negative item can be sampled for some users: {why}", field="users",
+                        found=f"{bad.size} such users, e.g. {bad[:5].tolist()}",
+                        expected="each sampled user to have at least one possible negative")
+
+
+# ---- on device ------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class DevicePositives:
+    """:class:`PositiveSets` as device arrays, a pytree for jitted samplers.
+
+    Attributes:
+      indptr: (n_users + 1,) int32. indices: (nnz,) int32. gaps: (nnz,) int32, the number
+        of negatives below each positive (``p_i - i`` within the user).
+      n_items: static item count. search_steps: static bisection steps, enough for the
+        longest user (``ceil(log2(max_degree + 1))``).
+    """
+
+    indptr: jax.Array
+    indices: jax.Array
+    gaps: jax.Array
+    n_items: int
+    search_steps: int
+
+    @classmethod
+    def from_sets(cls, sets: PositiveSets) -> "DevicePositives":
+        if sets.indices.size >= 2**31:
+            raise DataError("too many positives for int32 device arrays", field="positives",
+                            found=sets.indices.size, expected="fewer than 2**31")
+        max_degree = int(sets.degrees.max()) if sets.n_users else 0
+        rows = np.repeat(np.arange(sets.n_users, dtype=np.int64), sets.degrees)
+        gaps = sets._gap_keys - rows * sets.n_items
+        return cls(jnp.asarray(sets.indptr, jnp.int32), jnp.asarray(sets.indices, jnp.int32),
+                   jnp.asarray(gaps, jnp.int32), sets.n_items, max(1, math.ceil(math.log2(max_degree + 1))))
+
+
+jax.tree_util.register_dataclass(DevicePositives, data_fields=["indptr", "indices", "gaps"],
+                                 meta_fields=["n_items", "search_steps"])
+
+
+def _upper_bound(values: jax.Array, start: jax.Array, end: jax.Array, target: jax.Array, steps: int) -> jax.Array:
+    """First position in ``values[start:end]`` (sorted) holding a value > ``target``."""
+    last = values.shape[0] - 1
+
+    def step(_, bounds):
+        low, high = bounds
+        active = low < high
+        middle = (low + high) // 2
+        go_right = values[jnp.clip(middle, 0, max(last, 0))] <= target
+        return jnp.where(active & go_right, middle + 1, low), jnp.where(active & ~go_right, middle, high)
+
+    start, end = (jnp.broadcast_to(bound, target.shape) for bound in (start, end))
+    low, _ = jax.lax.fori_loop(0, steps + 1, step, (start, end))
+    return low
+
+
+def sample_negatives_jax(
+    key: jax.Array,
+    users: jax.Array,
+    positives: DevicePositives,
+    *,
+    n_neg: int = 1,
+    item_cdf: jax.Array | None = None,
+    n_candidates: int = 16,
+) -> tuple[jax.Array, jax.Array]:
+    """Jittable negative sampling with fixed shapes, on device.
+
+    Uniform (``item_cdf=None``): exact, as :func:`sample_negatives` (the ``r``-th negative is
+    ``r`` plus the count of gaps ``<= r``, found by bisection inside the user's segment).
+    Popularity: ``n_candidates`` draws per slot by inverse CDF; the first non-positive one is
+    kept, and a slot whose candidates are all positives falls back to a uniform negative and
+    is flagged.
+
+    Args:
+      key: a PRNG key.
+      users: (n,) int32 user ids.
+      positives: :class:`DevicePositives`.
+      n_neg: negatives per user (static).
+      item_cdf: optional (n_items,) float32 cumulative item weights (``jnp.cumsum(pop)``).
+      n_candidates: candidates per slot for popularity sampling (static).
+
+    Returns:
+      ``(negatives, exact)``: (n, n_neg) int32 items and (n, n_neg) bool, False where the
+      draw fell back to uniform (popularity) or the user has no negative at all (the item is
+      then meaningless).
+    """
+    users = jnp.asarray(users, jnp.int32)
+    start, end = positives.indptr[users][:, None], positives.indptr[users + 1][:, None]
+    n_free = positives.n_items - (end - start)
+    uniform_key, candidate_key = jax.random.split(key)
+    ranks = jax.random.randint(uniform_key, (users.shape[0], n_neg), 0, jnp.maximum(n_free, 1))
+    below = _upper_bound(positives.gaps, start, end, ranks, positives.search_steps) - start
+    uniform = ranks + below
+    has_negative = jnp.broadcast_to(n_free > 0, uniform.shape)
+    if item_cdf is None:
+        return uniform.astype(jnp.int32), has_negative
+    draws = jax.random.uniform(candidate_key, (users.shape[0], n_neg, n_candidates)) * item_cdf[-1]
+    candidates = jnp.minimum(jnp.searchsorted(item_cdf, draws, side="right"), positives.n_items - 1)
+    s3, e3 = start[..., None], end[..., None]
+    after = _upper_bound(positives.indices, s3, e3, candidates, positives.search_steps)
+    is_positive = (after > s3) & (positives.indices[jnp.maximum(after - 1, 0)] == candidates)
+    first_free = jnp.argmax(~is_positive, axis=-1)
+    found = jnp.take_along_axis(~is_positive, first_free[..., None], axis=-1)[..., 0]
+    chosen = jnp.take_along_axis(candidates, first_free[..., None], axis=-1)[..., 0]
+    return jnp.where(found, chosen, uniform).astype(jnp.int32), found & has_negative
+
+
+class TrainBatches:
+    """Epochs of fixed-size (user, positive item, negative items) batches.
+
+    Each epoch shuffles the training pairs with ``np.random.default_rng([seed, epoch])``,
+    draws all of the epoch's negatives in one vectorized call (excluding each user's
+    ``positives``), and cuts fixed-size batches. The same seed and epoch give the same batches,
+    so a resumed run sees what an uninterrupted one would.
+
+    The last partial batch is either dropped (``drop_remainder=True``) or filled up to
+    ``batch_size`` with pairs from the start of the epoch whose ``weights`` are 0, so every
+    batch has the same shapes (no re-compilation) and padded rows contribute nothing to a
+    weighted loss.
+
+    Each batch is a dict of numpy arrays:
+      ``users`` (B,) int32, ``pos_items`` (B,) int32, ``neg_items`` (B, n_neg) int32,
+      ``weights`` (B,) float32 (1 for real rows, 0 for padding).
+
+    Args:
+      users, items: (n,) training pairs.
+      n_users, n_items: id space sizes.
+      batch_size: rows per batch.
+      n_neg: negatives per pair.
+      seed: base seed; epoch ``e`` uses ``[seed, e]``.
+      distribution, item_popularity: as in :func:`sample_negatives`.
+      drop_remainder: drop the last partial batch instead of padding it.
+      positives: items never to draw as a user's negatives; default the training pairs.
+    """
+
+    def __init__(self, users, items, *, n_users: int, n_items: int, batch_size: int, n_neg: int = 1,
+                 seed: int = 0, distribution: str = "uniform", item_popularity=None,
+                 drop_remainder: bool = False, positives: PositiveSets | None = None):
+        self.users = _read_only(np.asarray(users, np.int32))
+        self.items = _read_only(np.asarray(items, np.int32))
+        if int(batch_size) != batch_size or batch_size < 1:
+            raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        if self.users.size == 0:
+            raise DataError("no training pairs to batch", field="train", found="0 pairs", expected="at least one")
+        if drop_remainder and self.users.size < batch_size:
+            raise ConfigError(f"drop_remainder with batch_size {batch_size} > {self.users.size} training "
+                              "pairs leaves no batch; lower batch_size or pad")
+        self.positives = positives if positives is not None else PositiveSets.from_pairs(
+            self.users, self.items, n_users=n_users, n_items=n_items)
+        self.n_items, self.batch_size, self.n_neg = int(n_items), int(batch_size), int(n_neg)
+        self.seed, self.distribution, self.drop_remainder = int(seed), distribution, bool(drop_remainder)
+        self.item_popularity = item_popularity
+        # Fail now, not at the first epoch, on settings the sampler rejects.
+        sample_negatives(0, self.users[:1], self.n_items, self.positives, n_neg=self.n_neg,
+                         distribution=distribution, item_popularity=item_popularity)
+
+    @classmethod
+    def from_dataset(cls, dataset, *, batch_size: int, **options) -> "TrainBatches":
+        """Batches over a :class:`MultimodalDataset`'s train split (negatives exclude train positives)."""
+        train = dataset.split_pairs("train")
+        return cls(train[:, 0], train[:, 1], n_users=dataset.n_users, n_items=dataset.n_items,
+                   batch_size=batch_size, **options)
+
+    def __len__(self) -> int:
+        whole, rest = divmod(self.users.size, self.batch_size)
+        return whole + (rest > 0 and not self.drop_remainder)
+
+    def epoch(self, epoch: int) -> Iterator[dict[str, np.ndarray]]:
+        """The batches of epoch ``epoch`` (0-based), in order."""
+        rng = np.random.default_rng([self.seed, int(epoch)])
+        order = rng.permutation(self.users.size)
+        n_rows = len(self) * self.batch_size
+        rows = order[np.arange(n_rows) % order.size]  # padding wraps to the epoch's first pairs
+        weights = (np.arange(n_rows) < order.size).astype(np.float32)
+        users, items = self.users[rows], self.items[rows]
+        negatives = sample_negatives(rng, users, self.n_items, self.positives, n_neg=self.n_neg,
+                                     distribution=self.distribution, item_popularity=self.item_popularity)
+        for begin in range(0, n_rows, self.batch_size):
+            batch = slice(begin, begin + self.batch_size)
+            yield {"users": users[batch], "pos_items": items[batch], "neg_items": negatives[batch],
+                   "weights": weights[batch]}
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    array = np.ascontiguousarray(array)
+    array.flags.writeable = False
+    return array
+
+
+def _split_code(split) -> int:
+    return SPLIT_CODES[split] if isinstance(split, str) else int(split)
