@@ -1,0 +1,208 @@
+"""Fusion layers against naive numpy re-implementations that read the same parameters."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxrec import fusion
+from jaxrec.errors import ConfigError, DataError
+
+DIMS = (3, 4, 2)
+N = 6
+
+
+def _inputs(seed):
+    rng = np.random.default_rng(seed)
+    xs = [rng.normal(size=(N, d)).astype(np.float32) for d in DIMS]
+    masks = [np.array(m) for m in ([1, 1, 0, 1, 0, 0], [1, 0, 1, 1, 0, 1], [1, 1, 1, 0, 0, 0])]
+    masks = [m.astype(bool) for m in masks]  # row 4 has no modality; row 0 has all
+    query = rng.normal(size=(N, 5)).astype(np.float32)
+    return xs, masks, query
+
+
+def _np(tree):
+    return jax.tree.map(lambda a: np.asarray(a, np.float64), tree)
+
+
+def _dense(p, x):
+    return x @ p["kernel"] + p["bias"]
+
+
+def _mlp(p, x, layers):
+    for i in range(layers):
+        x = _dense(p[f"dense_{i}"], x)
+        if i + 1 < layers:
+            x = np.maximum(x, 0.0)
+    return x
+
+
+def _zeroed(xs, masks):
+    return [np.where(m[:, None], x, 0.0).astype(np.float64) for x, m in zip(xs, masks)]
+
+
+def test_early_fusion_matches_numpy():
+    xs, masks, _ = _inputs(0)
+    module = fusion.EarlyFusion(out_dim=4, hidden_dims=(8,))
+    variables = module.init(jax.random.key(0), xs, masks)
+    p = _np(variables["params"])
+    joined = np.concatenate(_zeroed(xs, masks) + [np.stack(masks, 1).astype(float)], axis=1)
+    expected = _mlp(p["encoder"], joined, 2)
+    np.testing.assert_allclose(module.apply(variables, xs, masks), expected, rtol=1e-5, atol=1e-5)
+    # The absent-item row is the MLP of all zeros: a learned default, the same for every such row.
+    np.testing.assert_allclose(expected[4], _mlp(p["encoder"], np.zeros((1, joined.shape[1])), 2)[0])
+
+
+@pytest.mark.parametrize("combine", ["concat", "sum", "mean"])
+def test_late_fusion_matches_numpy(combine):
+    xs, masks, _ = _inputs(1)
+    module = fusion.LateFusion(out_dim=3, hidden_dims=(5,), combine=combine)
+    variables = module.init(jax.random.key(1), xs, masks)
+    p = _np(variables["params"])
+    vectors = [_mlp(p[f"encoder_{m}"], x, 2) for m, x in enumerate(_zeroed(xs, masks))]
+    rows = []
+    for i in range(N):
+        present = [v[i] for v, mask in zip(vectors, masks) if mask[i]]
+        if combine == "concat":
+            rows.append(np.concatenate([v[i] if mask[i] else np.zeros(3) for v, mask in zip(vectors, masks)]))
+        elif not present:
+            rows.append(np.zeros(3))
+        else:
+            rows.append(np.sum(present, 0) / (len(present) if combine == "mean" else 1))
+    np.testing.assert_allclose(module.apply(variables, xs, masks), np.stack(rows), rtol=1e-5, atol=1e-5)
+
+
+def test_late_fusion_learned_default_for_items_without_modalities():
+    xs, masks, _ = _inputs(2)
+    module = fusion.LateFusion(out_dim=3, learned_default=True)
+    variables = module.init(jax.random.key(2), xs, masks)
+    variables["params"]["missing_default"] = jnp.array([1.0, -2.0, 3.0])
+    out = module.apply(variables, xs, masks)
+    np.testing.assert_allclose(out[4], [1.0, -2.0, 3.0])
+    assert not np.allclose(out[0], [1.0, -2.0, 3.0])
+
+
+def _masked_softmax_np(scores, present):
+    out = np.zeros_like(scores)
+    for i in range(scores.shape[0]):
+        idx = np.flatnonzero(present[i])
+        if len(idx):
+            e = np.exp(scores[i, idx] - scores[i, idx].max())
+            out[i, idx] = e / e.sum()
+    return out
+
+
+def test_attention_fusion_matches_numpy():
+    xs, masks, query = _inputs(3)
+    module = fusion.AttentionFusion(dim=4)
+    variables = module.init(jax.random.key(3), xs, query, masks)
+    p = _np(variables["params"])
+    keys = np.stack([_dense(p[f"project_{m}"], x) for m, x in enumerate(_zeroed(xs, masks))], 1)
+    scores = np.array([[query[i] @ p["bilinear"] @ keys[i, m] for m in range(3)] for i in range(N)])
+    weights = _masked_softmax_np(scores, np.stack(masks, 1))
+    expected = np.einsum("nm,nmk->nk", weights, keys)
+    out, state = module.apply(variables, xs, query, masks, mutable=["intermediates"])
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(state["intermediates"]["attention_weights"][0], weights, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(out[4], 0.0)
+
+
+@pytest.mark.parametrize("with_context", [False, True])
+def test_gated_fusion_matches_numpy(with_context):
+    xs, masks, context = _inputs(4)
+    context = context if with_context else None
+    module = fusion.GatedFusion(dim=3)
+    variables = module.init(jax.random.key(4), xs, context, masks)
+    p = _np(variables["params"])
+    expected = np.zeros((N, 3))
+    for m, x in enumerate(_zeroed(xs, masks)):
+        v = _dense(p[f"project_{m}"], x)
+        gate_in = v if context is None else np.concatenate([context, v], 1)
+        g = 1 / (1 + np.exp(-_dense(p[f"gate_{m}"], gate_in)))
+        expected += masks[m][:, None] * g * v
+    np.testing.assert_allclose(module.apply(variables, xs, context, masks), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("weighting", ["softmax", "nonneg"])
+@pytest.mark.parametrize("bilinear", [False, True])
+def test_model_level_fusion_matches_numpy(weighting, bilinear):
+    rng = np.random.default_rng(5)
+    users = [rng.normal(size=(N, 3)).astype(np.float32) for _ in range(3)]
+    items = [rng.normal(size=(N, 3)).astype(np.float32) for _ in range(3)]
+    _, masks, _ = _inputs(5)
+    module = fusion.ModelLevelFusion(weighting=weighting, bilinear=bilinear)
+    variables = module.init(jax.random.key(5), users, items, masks)
+    theta = np.array([0.3, -1.0, 0.8])
+    name = "logits" if weighting == "softmax" else "raw_weights"
+    variables["params"][name] = jnp.asarray(theta, jnp.float32)
+    p = _np(variables["params"])
+
+    def scorer(m, u, i):
+        return u @ p[f"bilinear_{m}"] @ i if bilinear else u @ i
+
+    def combine(row_scores, present):
+        if not present.any():
+            return 0.0
+        if weighting == "softmax":
+            w = np.exp(theta) * present
+            return float(np.sum(w * row_scores) / w.sum())
+        return float(np.sum(np.log1p(np.exp(theta)) * present * row_scores))
+
+    present = np.stack(masks, 1)
+    expected = [
+        combine(np.array([scorer(m, users[m][r], items[m][r]) for m in range(3)]), present[r])
+        for r in range(N)
+    ]
+    np.testing.assert_allclose(module.apply(variables, users, items, masks), expected, rtol=1e-5, atol=1e-5)
+
+    # Full ranking: every user against every item, masks on the item side.
+    users_b = [u[:4] for u in users]
+    pairwise = module.apply(variables, users_b, items, masks, pairwise=True)
+    expected_pairs = [
+        [combine(np.array([scorer(m, users_b[m][b], items[m][r]) for m in range(3)]), present[r]) for r in range(N)]
+        for b in range(4)
+    ]
+    np.testing.assert_allclose(pairwise, expected_pairs, rtol=1e-5, atol=1e-5)
+    weights = module.apply(variables, method="modality_weights")
+    expected_w = np.exp(theta) / np.exp(theta).sum() if weighting == "softmax" else np.log1p(np.exp(theta))
+    np.testing.assert_allclose(weights, expected_w, rtol=1e-5)
+
+
+def test_combine_modality_scores_hand_worked():
+    scores = np.array([[1.0, 2.0, 4.0], [1.0, 2.0, 4.0]])
+    present = np.array([[True, False, True], [False, False, False]])
+    weights = np.array([1.0, 5.0, 3.0])
+    np.testing.assert_allclose(
+        fusion.combine_modality_scores(scores, present, weights, normalize=True), [(1 + 12) / 4, 0.0]
+    )
+    np.testing.assert_allclose(
+        fusion.combine_modality_scores(scores, present, weights, normalize=False), [13.0, 0.0]
+    )
+
+
+def test_masked_softmax_hand_worked_and_all_masked():
+    logits = jnp.array([[0.0, math.log(3.0), 100.0], [1.0, 2.0, 3.0]])
+    mask = jnp.array([[True, True, False], [False, False, False]])
+    np.testing.assert_allclose(fusion.masked_softmax(logits, mask), [[0.25, 0.75, 0.0], [0, 0, 0]], rtol=1e-6)
+    grad = jax.grad(lambda z: jnp.sum(fusion.masked_softmax(z, mask) * jnp.arange(3.0)))(logits)
+    assert np.all(np.isfinite(grad)) and np.all(grad[1] == 0) and grad[0, 2] == 0
+
+
+def test_fusion_config_and_shape_errors():
+    xs, masks, query = _inputs(6)
+    with pytest.raises(ConfigError, match="combine"):
+        fusion.LateFusion(out_dim=2, combine="max").init(jax.random.key(0), xs, masks)
+    with pytest.raises(ConfigError, match="weighting"):
+        fusion.ModelLevelFusion(weighting="max").init(jax.random.key(0), xs, xs)
+    with pytest.raises(DataError, match="same number of rows"):
+        fusion.EarlyFusion(out_dim=2).init(jax.random.key(0), [xs[0], xs[1][:3]])
+    with pytest.raises(DataError, match="one row mask per modality"):
+        fusion.EarlyFusion(out_dim=2).init(jax.random.key(0), xs, masks[:2])
+    with pytest.raises(DataError, match="context row"):
+        fusion.AttentionFusion(dim=2).init(jax.random.key(0), xs, query[:3], masks)
+    with pytest.raises(DataError, match="equal user and item widths"):
+        fusion.ModelLevelFusion().init(jax.random.key(0), xs, xs[::-1])
+    with pytest.raises(DataError, match="list of per-modality arrays"):
+        fusion.EarlyFusion(out_dim=2).init(jax.random.key(0), xs[0])
