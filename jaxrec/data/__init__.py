@@ -22,3 +22,14 @@ from jaxrec.data._sampling import PositiveSets as PositiveSets
 from jaxrec.data._sampling import TrainBatches as TrainBatches
 from jaxrec.data._sampling import sample_negatives as sample_negatives
 from jaxrec.data._sampling import sample_negatives_jax as sample_negatives_jax
+# --- readers and writers (raw files -> MultimodalDataset) ---
+from jaxrec.data._io import DataWarning as DataWarning
+from jaxrec.data._load import FORMATS as FORMATS
+from jaxrec.data._load import detect_format as detect_format
+from jaxrec.data._load import load as load
+from jaxrec.data._readers_mmrec import read_mmrec as read_mmrec
+from jaxrec.data._readers_mmrec import save_mmrec as save_mmrec
+from jaxrec.data._readers_movielens import read_movielens as read_movielens
+from jaxrec.data._readers_recbole import read_recbole as read_recbole
+from jaxrec.data._text import align_item_text as align_item_text
+from jaxrec.data._text import read_item_text as read_item_text

@@ -15,3 +15,11 @@ from jaxrec.features._preprocess import mean_fill as mean_fill
 from jaxrec.features._preprocess import pca as pca
 from jaxrec.features._preprocess import standardize as standardize
 from jaxrec.features._preprocess import transform_from_dict as transform_from_dict
+
+# --- text encoder (raw item text -> a text modality) ---
+from jaxrec.features._text_encoder import DEFAULT_TEXT_MODEL as DEFAULT_TEXT_MODEL
+from jaxrec.features._text_encoder import SentenceTransformerEncoder as SentenceTransformerEncoder
+from jaxrec.features._text_encoder import TextEncoder as TextEncoder
+from jaxrec.features._text_encoder import add_text_modality as add_text_modality
+from jaxrec.features._text_encoder import encode_texts as encode_texts
+from jaxrec.features._text_encoder import text_modality as text_modality

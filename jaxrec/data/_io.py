@@ -1,0 +1,368 @@
+"""Shared parsing helpers for the readers: strict delimited tables whose errors name file and line.
+
+Every reader goes through :func:`read_table`. Valid files take a fast path (numpy's C
+``loadtxt`` on the whole body at once); when anything fails there, a slow pure-Python pass
+walks the rows to find the first bad value, so the :class:`~jaxrec.errors.DataError` it
+raises names the file, the 1-based line, the column, what was found and what was expected.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import re
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from jaxrec.errors import DataError
+
+# Column kinds understood by DelimitedTable.numbers.
+ID, INT, FLOAT, TIME = "id", "int", "float", "time"
+_UNIT_SEPARATOR = "\x1f"  # stands in for multi-character delimiters such as MovieLens' "::"
+_SHOWN_CHARS = 80
+
+
+class DataWarning(UserWarning):
+    """Input that jaxrec repaired on load (for example duplicate interactions it dropped)."""
+
+
+def require_file(path, *, what: str = "file") -> Path:
+    """``path`` as a Path, or a DataError saying it is missing or not a regular file."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{what} not found", path=path, found="no such file", expected=f"an existing {what}")
+    if not path.is_file():
+        raise DataError(f"{what} is not a regular file", path=path, found="a directory" if path.is_dir() else "not a file",
+                        expected=f"a {what}")
+    return path
+
+
+def require_folder(path) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise DataError("dataset folder not found", path=path, found="no such folder", expected="an existing folder")
+    if not path.is_dir():
+        raise DataError("expected a dataset folder", path=path, found="a file", expected="a folder")
+    return path
+
+
+def read_text(path, *, encoding: str = "utf-8") -> str:
+    """The file's text with ``\\r\\n`` turned into ``\\n``; empty or undecodable files raise DataError."""
+    path = require_file(path)
+    raw = path.read_bytes()
+    if not raw.strip():
+        raise DataError("empty file", path=path, found=f"{len(raw)} bytes" if raw else "0 bytes",
+                        expected="a header and data rows" if path.suffix else "data rows")
+    try:
+        text = raw.decode(encoding)
+    except UnicodeDecodeError as error:
+        line_start = raw.rfind(b"\n", 0, error.start) + 1
+        line = raw.count(b"\n", 0, error.start) + 1
+        hint = " (pass encoding='latin-1' if the file is Latin-1)" if encoding.lower().replace("-", "") == "utf8" else ""
+        raise DataError(f"bytes that are not valid {encoding}", path=path, line=line,
+                        found=f"{raw[error.start:error.end]!r} at column {error.start - line_start + 1}",
+                        expected=f"{encoding} text{hint}") from None
+    if text.startswith("\ufeff"):
+        text = text[1:]  # a byte-order mark is not part of the first field's name
+    return text.replace("\r\n", "\n") if "\r" in text else text
+
+
+def _shown(text: str) -> str:
+    return repr(text if len(text) <= _SHOWN_CHARS else text[:_SHOWN_CHARS] + "...")
+
+
+class DelimitedTable:
+    """The data rows of a delimited text file, with the column names and each row's line number.
+
+    Build with :func:`read_table`. Columns are looked up by header name; every accessor
+    raises a DataError that names this file, the line and the column on bad content.
+    """
+
+    def __init__(self, path: Path, header: tuple[str, ...], delimiter: str, body: str,
+                 line_numbers: np.ndarray, rows: list[list[str]] | None = None):
+        self.path = path
+        self.header = header
+        self.delimiter = delimiter
+        self._body = body  # the data rows joined by "\n", blank lines removed
+        self.line_numbers = line_numbers
+        self._rows = rows
+
+    def __len__(self) -> int:
+        return int(self.line_numbers.shape[0])
+
+    @property
+    def n_columns(self) -> int:
+        return len(self.header)
+
+    def has(self, name: str) -> bool:
+        return name in self.header
+
+    def index(self, name: str) -> int:
+        """Position of column ``name``; a DataError naming the header when it is absent."""
+        if name not in self.header:
+            raise DataError("missing column", path=self.path, line=1, field=name,
+                            found=f"columns {list(self.header)}", expected=f"a column named {name!r}")
+        return self.header.index(name)
+
+    def line_of(self, row: int) -> int:
+        return int(self.line_numbers[row])
+
+    def rows(self) -> list[list[str]]:
+        if self._rows is None:
+            self._rows = [line.split(self.delimiter) for line in self._body.split("\n")] if len(self) else []
+        return self._rows
+
+    def strings(self, name: str) -> list[str]:
+        """Column ``name`` as a list of strings (surrounding whitespace stripped)."""
+        column = self.index(name)
+        return [row[column].strip() for row in self.rows()]
+
+    def error(self, row: int, field: str, message: str, *, found, expected) -> DataError:
+        return DataError(message, path=self.path, line=self.line_of(row), field=field, found=found, expected=expected)
+
+    def numbers(self, kinds: Mapping[str, str]) -> dict[str, np.ndarray]:
+        """Numeric columns, parsed together: ``{name: kind}`` with kind ``"id"`` (int64 >= 0),
+        ``"int"``, ``"float"`` (finite float64) or ``"time"`` (int64 if all are whole, else
+        finite float64)."""
+        positions = {name: self.index(name) for name in kinds}
+        if not kinds:
+            return {}
+        columns = None
+        if self._rows is None:
+            columns = self._numbers_fast(kinds, positions)
+        if columns is None:
+            columns = {name: self._column_slow(name, positions[name], kind) for name, kind in kinds.items()}
+        for name, kind in kinds.items():
+            self._check_values(name, kind, columns[name])
+        return columns
+
+    def _numbers_fast(self, kinds, positions) -> dict[str, np.ndarray] | None:
+        names = list(kinds)
+        order = sorted(range(len(names)), key=lambda k: positions[names[k]])  # loadtxt wants usecols ascending
+        for time_as_int in (True, False):
+            if not time_as_int and TIME not in kinds.values():
+                break
+            dtype = [(f"c{k}", np.int64 if kinds[names[k]] in (ID, INT) or (kinds[names[k]] == TIME and time_as_int)
+                      else np.float64) for k in order]
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("error")  # a silent partial parse must not pass as success
+                    table = np.loadtxt(io.StringIO(self._body), dtype=dtype, delimiter=self.delimiter,
+                                       comments=None, usecols=[positions[names[k]] for k in order], ndmin=1)
+            except (ValueError, OverflowError, UserWarning):
+                continue
+            if table.shape != (len(self),):
+                return None
+            return {names[k]: np.ascontiguousarray(table[f"c{k}"]) for k in order}
+        return None
+
+    def _column_slow(self, name: str, column: int, kind: str) -> np.ndarray:
+        texts = [fields[column].strip() for fields in self.rows()]
+        if kind == TIME:
+            try:
+                return np.asarray([int(text) for text in texts], dtype=np.int64)
+            except (ValueError, OverflowError):
+                pass  # fractional timestamps (or a bad value, located below)
+        parse = int if kind in (ID, INT) else float
+        values = np.empty(len(texts), dtype=np.int64 if parse is int else np.float64)
+        for row, text in enumerate(texts):
+            try:
+                values[row] = parse(text)
+            except (ValueError, OverflowError):
+                expected = {ID: "a non-negative integer id", INT: "an integer", FLOAT: "a number",
+                            TIME: "a number (timestamp)"}[kind]
+                raise self.error(row, name, "not a valid number", found=_shown(text) if text else "an empty field",
+                                 expected=expected) from None
+        return values
+
+    def _check_values(self, name: str, kind: str, values: np.ndarray) -> None:
+        if kind == ID and values.size and values.min() < 0:
+            row = int(np.argmax(values < 0))
+            raise self.error(row, name, "negative id", found=str(int(values[row])), expected="a non-negative integer id")
+        if values.dtype.kind == "f" and not np.all(np.isfinite(values)):
+            row = int(np.argmax(~np.isfinite(values)))
+            raise self.error(row, name, "not a finite number", found=str(values[row]), expected="a finite number")
+
+
+def read_table(path, *, delimiter: str = "\t", header: bool | Sequence[str] = True, encoding: str = "utf-8",
+               quoted: bool = False, allow_empty: bool = False) -> DelimitedTable:
+    """Reads a delimited text file strictly: every data row must have exactly the header's columns.
+
+    Args:
+      path: the file.
+      delimiter: field separator; several characters (MovieLens' ``"::"``) are allowed.
+      header: True when the first line names the columns, or the column names of a headerless file.
+      encoding: text encoding (MovieLens 100K/1M are ``"latin-1"``).
+      quoted: parse CSV quoting (``"a, b"`` is one field); slower, for small files with text.
+      allow_empty: accept a file with a header and no data rows.
+
+    Returns:
+      A :class:`DelimitedTable`. Blank lines are skipped; line numbers stay those of the file.
+
+    Raises:
+      DataError: missing or empty file, undecodable bytes, duplicate column names, or a row with
+        too few or too many fields (naming its line).
+    """
+    path = Path(path)
+    text = read_text(path, encoding=encoding)
+    if quoted:
+        return _read_quoted(path, text, delimiter, header, allow_empty)
+    if len(delimiter) > 1:
+        if _UNIT_SEPARATOR in text:
+            raise DataError("control character \\x1f in a file with a multi-character delimiter", path=path,
+                            line=text.count("\n", 0, text.index(_UNIT_SEPARATOR)) + 1, found="\\x1f",
+                            expected="plain text")
+        text = text.replace(delimiter, _UNIT_SEPARATOR)
+    separator = _UNIT_SEPARATOR if len(delimiter) > 1 else delimiter
+    start = 0
+    if header is True:
+        while not text[start:_line_end(text, start)].strip():
+            start = _line_end(text, start) + 1  # blank lines before the header (read_text ensures one exists)
+        end = _line_end(text, start)
+        names = tuple(name.strip() for name in text[start:end].split(separator))
+        start = end + 1
+    else:
+        names = tuple(header)
+    _check_header(path, names, header is True)
+    first_line = text.count("\n", 0, start) + 1
+    body = text[start:].rstrip("\n")
+    body, line_numbers = _drop_blank_lines(body, first_line)
+    counts = _separators_per_line(body, separator, len(line_numbers))
+    bad = np.flatnonzero(counts != len(names) - 1)
+    if bad.size:
+        row = int(bad[0])
+        found_fields = int(counts[row]) + 1
+        line = body.split("\n")[row]
+        raise DataError("truncated line" if found_fields < len(names) else "too many fields on a line",
+                        path=path, line=int(line_numbers[row]), field=names[min(found_fields, len(names) - 1)],
+                        found=f"{found_fields} field(s): {_shown(line.replace(_UNIT_SEPARATOR, delimiter))}",
+                        expected=f"{len(names)} fields {list(names)} separated by {delimiter!r}")
+    if not len(line_numbers) and not allow_empty:
+        raise DataError("no data rows", path=path, found="only a header" if header is True else "only blank lines",
+                        expected="at least one data row")
+    return DelimitedTable(path, names, separator, body, line_numbers)
+
+
+def _line_end(text: str, start: int) -> int:
+    end = text.find("\n", start)
+    return len(text) if end < 0 else end
+
+
+_BLANK_LINE = re.compile(r"(?:^|\n)[ \r]*(?:\n|$)")
+
+
+def _drop_blank_lines(body: str, first_line: int) -> tuple[str, np.ndarray]:
+    if not body:
+        return "", np.zeros(0, dtype=np.int64)
+    if not _BLANK_LINE.search(body):
+        return body, np.arange(first_line, first_line + body.count("\n") + 1, dtype=np.int64)
+    lines = body.split("\n")
+    kept = [k for k, line in enumerate(lines) if line.strip(" \r")]
+    return "\n".join(lines[k] for k in kept), first_line + np.asarray(kept, dtype=np.int64)
+
+
+def _separators_per_line(body: str, separator: str, n_lines: int) -> np.ndarray:
+    if not n_lines:
+        return np.zeros(0, dtype=np.int64)
+    if ord(separator) >= 128:
+        return np.fromiter((line.count(separator) for line in body.split("\n")), dtype=np.int64, count=n_lines)
+    data = np.frombuffer(body.encode("utf-8", "surrogatepass"), dtype=np.uint8)
+    line_of_byte = np.cumsum(data == 10)  # ASCII bytes never occur inside multi-byte UTF-8 characters
+    return np.bincount(line_of_byte[data == ord(separator)], minlength=n_lines)
+
+
+def _check_header(path: Path, names: tuple[str, ...], has_header_line: bool) -> None:
+    where = 1 if has_header_line else None
+    if any(not name for name in names):
+        raise DataError("empty column name in the header", path=path, line=where, found=list(names),
+                        expected="a name for every column")
+    seen = set()
+    for name in names:
+        if name in seen:
+            raise DataError("duplicate column name in the header", path=path, line=where, field=name,
+                            found=list(names), expected="distinct column names")
+        seen.add(name)
+
+
+def _read_quoted(path: Path, text: str, delimiter: str, header, allow_empty: bool) -> DelimitedTable:
+    reader = csv.reader(io.StringIO(text), delimiter=delimiter, strict=True)
+    rows, line_numbers, names = [], [], None if header is True else tuple(header)
+    try:
+        start = 1
+        for fields in reader:
+            line, start = start, reader.line_num + 1  # a quoted field may span lines
+            if not any(field.strip() for field in fields):
+                continue
+            if names is None:
+                names = tuple(field.strip() for field in fields)
+                _check_header(path, names, True)
+                continue
+            if len(fields) != len(names):
+                raise DataError("truncated line" if len(fields) < len(names) else "too many fields on a line",
+                                path=path, line=line, field=names[min(len(fields), len(names) - 1)],
+                                found=f"{len(fields)} field(s): {_shown(delimiter.join(fields))}",
+                                expected=f"{len(names)} fields {list(names)} separated by {delimiter!r}")
+            rows.append(fields)
+            line_numbers.append(line)
+    except csv.Error as error:
+        raise DataError("malformed CSV quoting", path=path, line=reader.line_num, found=str(error),
+                        expected="fields quoted with matching double quotes") from None
+    if names is None:
+        raise DataError("empty file", path=path, found="no header", expected="a header and data rows")
+    if not rows and not allow_empty:
+        raise DataError("no data rows", path=path, found="only a header", expected="at least one data row")
+    return DelimitedTable(path, names, delimiter, "", np.asarray(line_numbers, dtype=np.int64), rows)
+
+
+def dense_ids(values: np.ndarray, *, order: str = "sorted") -> tuple[np.ndarray, np.ndarray]:
+    """(dense, originals): ``originals[dense] == values``, ids ``0..n-1`` in sorted or first-seen order."""
+    originals, first, inverse = np.unique(values, return_index=True, return_inverse=True)
+    if order == "first_seen":
+        rank = np.argsort(first, kind="stable")
+        position = np.empty_like(rank)
+        position[rank] = np.arange(rank.size)
+        return position[inverse].astype(np.int64), originals[rank]
+    return inverse.astype(np.int64), originals
+
+
+def deduplicate(users: np.ndarray, items: np.ndarray, table: DelimitedTable, *, duplicates: str,
+                user_field: str, item_field: str) -> np.ndarray | None:
+    """Row indices to keep (the first of each repeated (user, item) pair), or None when all are unique.
+
+    ``duplicates="warn"`` keeps the first occurrence and warns with a :class:`DataWarning`
+    naming the repeated lines; ``"error"`` raises a DataError naming the first repeat.
+    """
+    if duplicates not in ("warn", "error"):
+        raise DataError("unknown duplicates policy", field="duplicates", found=duplicates,
+                        expected="'warn' (keep the first, warn) or 'error'")
+    if users.size == 0:
+        return None
+    key = users.astype(np.int64) * (int(items.max()) + 1) + items
+    _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    if first.size == key.size:
+        return None
+    keep = np.zeros(key.size, dtype=bool)
+    keep[first] = True
+    repeats = np.flatnonzero(~keep)
+    row = int(repeats[0])
+    original = int(first[inverse[row]])
+    described = (f"({user_field}={users[row]}, {item_field}={items[row]}) on line {table.line_of(row)} "
+                 f"repeats line {table.line_of(original)}")
+    if duplicates == "error":
+        raise DataError("duplicate interaction", path=table.path, line=table.line_of(row),
+                        field=f"{user_field}, {item_field}", found=described,
+                        expected="each (user, item) pair once (or pass duplicates='warn' to keep the first)")
+    warnings.warn(f"{os.fspath(table.path)}: dropped {repeats.size} duplicate interaction(s), keeping the first "
+                  f"of each; first: {described}", DataWarning, stacklevel=3)
+    return np.flatnonzero(keep)
+
+
+def frozen(array) -> np.ndarray:
+    """A read-only copy of ``array`` (for id maps stored in metadata)."""
+    array = np.array(array)
+    array.flags.writeable = False
+    return array

@@ -1,0 +1,75 @@
+"""``load(path)``: one entry point for every on-disk format, by name or by sniffing the folder."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+from jaxrec.data._dataset import MultimodalDataset
+from jaxrec.data._io import read_text
+from jaxrec.data._readers_mmrec import read_mmrec
+from jaxrec.data._readers_movielens import detect_movielens, read_movielens
+from jaxrec.data._readers_recbole import FIELD_TYPES, read_recbole
+from jaxrec.errors import ConfigError, DataError
+
+_READERS = {"mmrec": read_mmrec, "recbole": read_recbole, "movielens": read_movielens}
+FORMATS = tuple(_READERS)
+
+
+def detect_format(path) -> str:
+    """The format of a dataset folder (or of the folder of a ``.inter`` file).
+
+    ``movielens`` when a MovieLens ratings file (``u.data``, ``ratings.dat``, ``ratings.csv``)
+    is there; otherwise, from the header of the ``.inter`` file: ``recbole`` when every column
+    is typed ``name:type``, ``mmrec`` when it has plain ``userID`` / ``itemID`` columns.
+
+    Raises:
+      DataError: the folder is missing or matches no known format.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError("dataset path not found", path=path, found="no such file or folder",
+                        expected="a dataset folder or its .inter file")
+    folder = path.parent if path.is_file() else path
+    if path.is_dir() and detect_movielens(folder):
+        return "movielens"
+    inter_files = [path] if path.is_file() else sorted(p for p in folder.glob("*.inter")
+                                                      if not p.stem.endswith("_og_ids"))
+    if not inter_files:
+        raise DataError("cannot tell the dataset format", path=path, found="no .inter file and no MovieLens ratings",
+                        expected=f"one of the formats {list(FORMATS)} (or pass format=)")
+    preferred = [p for p in inter_files if p.stem == folder.name] or inter_files
+    first_line = read_text(preferred[0]).split("\n", 1)[0]
+    fields = [field.strip() for field in first_line.split("\t")]
+    if all(field.partition(":")[2] in FIELD_TYPES for field in fields):
+        return "recbole"
+    return "mmrec"
+
+
+def load(path, format: str = "auto", **options) -> MultimodalDataset:  # noqa: A002  (the natural name)
+    """Loads a dataset from disk.
+
+    Args:
+      path: a dataset folder (or its ``.inter`` file).
+      format: ``"mmrec"``, ``"recbole"``, ``"movielens"`` or ``"auto"`` (see :func:`detect_format`).
+      **options: passed to the reader (:func:`read_mmrec`, :func:`read_recbole`,
+        :func:`read_movielens`), e.g. ``social=None`` or ``duplicates="error"``.
+
+    Returns:
+      The validated :class:`MultimodalDataset`; ``metadata["format"]`` names the reader used.
+
+    Raises:
+      DataError: unknown format, or malformed input (naming file, line and field).
+      ConfigError: an option the reader does not take.
+    """
+    if format == "auto":
+        format = detect_format(path)  # noqa: A001
+    if format not in _READERS:
+        raise DataError("unknown dataset format", path=path, field="format", found=format,
+                        expected=f"one of {['auto', *FORMATS]}")
+    reader = _READERS[format]
+    accepted = [name for name, p in inspect.signature(reader).parameters.items() if p.kind == p.KEYWORD_ONLY]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ConfigError(f"unknown option(s) {unknown} for the {format} reader; it takes {accepted}")
+    return reader(path, **options)
