@@ -184,7 +184,7 @@ def test_interrupted_preparation_commits_nothing_and_the_next_run_recovers(tmp_p
                 raise KeyboardInterrupt("simulated crash while writing the last table")
             yield pair
 
-    monkeypatch.setattr("jaxrec.data._tfds.table_examples", failing_examples)
+    monkeypatch.setattr("jaxrec.data._tfds_builder.table_examples", failing_examples)
     with pytest.raises(KeyboardInterrupt):
         prepare_tfds(data, tmp_path, name="crash")
     assert (tmp_path / "crash/items/1.0.0").exists()  # earlier tables were written ...
@@ -192,7 +192,7 @@ def test_interrupted_preparation_commits_nothing_and_the_next_run_recovers(tmp_p
     assert not list(tmp_path.rglob("incomplete*"))
     with pytest.raises(DataError, match="no prepared TFDS dataset"):
         load_prepared(tmp_path, "crash")
-    monkeypatch.setattr("jaxrec.data._tfds.table_examples", real_examples)
+    monkeypatch.setattr("jaxrec.data._tfds_builder.table_examples", real_examples)
     other = rich_dataset(seed=2)  # different data: stale tables must not be reused
     prepare_tfds(other, tmp_path, name="crash")
     assert_identical(other, load_prepared(tmp_path, "crash"))

@@ -33,3 +33,11 @@ from jaxrec.data._readers_movielens import read_movielens as read_movielens
 from jaxrec.data._readers_recbole import read_recbole as read_recbole
 from jaxrec.data._text import align_item_text as align_item_text
 from jaxrec.data._text import read_item_text as read_item_text
+# --- synthetic data and TFDS storage ---
+from jaxrec.data._synthetic import SyntheticTruth as SyntheticTruth
+from jaxrec.data._synthetic import default_dataset as default_dataset
+from jaxrec.data._synthetic import make_synthetic as make_synthetic
+from jaxrec.data._tfds import load_prepared as load_prepared
+from jaxrec.data._tfds import prepare_tfds as prepare_tfds
+from jaxrec.data._tfds import prepared_versions as prepared_versions
+from jaxrec.data._tfds import tfds_builder_class as tfds_builder_class

@@ -1,0 +1,129 @@
+"""Writing a MultimodalDataset as TFDS tables: the builder class and ``prepare_tfds``.
+
+See :mod:`jaxrec.data._tfds` for the public API and ``_tfds_schema`` for the tables.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+import types
+from pathlib import Path
+
+import tensorflow_datasets as tfds
+
+from jaxrec.data._dataset import MultimodalDataset
+from jaxrec.data._tfds_schema import (COMMIT_TABLE, LAYOUT, TABLE_SPLITS, TABLES, build_manifest, table_examples,
+                                      table_features, table_rows)
+from jaxrec.errors import ConfigError, DataError
+
+_DATASET_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+class MultimodalDatasetBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """TFDS builder writing one table (builder config) of a :class:`MultimodalDataset`.
+
+    TFDS builders carry a fixed class-level ``name`` and ``VERSION``: get a subclass for a
+    dataset name and version from :func:`tfds_builder_class`, then construct it with the
+    dataset to write, e.g. ``cls(dataset=data, data_dir=d, config="items")``. Reading needs no
+    class: ``tfds.builder_from_directory`` or ``tfds.data_source`` read the prepared folders.
+    """
+
+    BUILDER_CONFIGS = [tfds.core.BuilderConfig(name=table, description=f"{table}: one example per row")
+                       for table in (COMMIT_TABLE, *[t for t in TABLES if t != COMMIT_TABLE])]
+    DEFAULT_BUILDER_CONFIG_NAME = COMMIT_TABLE
+
+    def __init__(self, *, dataset: MultimodalDataset, **kwargs):
+        if not isinstance(dataset, MultimodalDataset):
+            raise DataError("a TFDS builder needs the MultimodalDataset it writes", field="dataset",
+                            found=type(dataset).__name__, expected="a MultimodalDataset (to read, use load_prepared)")
+        self._dataset = dataset
+        self._manifest = build_manifest(dataset)
+        super().__init__(**kwargs)
+
+    @tfds.core.utils.classproperty
+    @classmethod
+    def code_path(cls):
+        # TFDS 4.9.10 resolves this for package modules through `importlib_resources`, which it
+        # only installs on Python < 3.9; this file is where that lookup would end.
+        return tfds.core.Path(__file__)
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        table = self.builder_config.name
+        metadata = {"jaxrec": self._manifest} if table == COMMIT_TABLE else {"jaxrec_layout": LAYOUT}
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=f"{self._dataset.name!r} as jaxrec TFDS tables; this config: {table}.",
+            features=table_features(table, self._manifest),
+            disable_shuffling=True,  # rows stay in dataset order; random access needs no shuffle
+            metadata=tfds.core.MetadataDict(metadata),
+        )
+
+    def _split_generators(self, dl_manager):
+        del dl_manager  # nothing to download: the data is in memory
+        table = self.builder_config.name
+        if table == COMMIT_TABLE:
+            sizes = self._dataset.split_sizes()
+        else:
+            sizes = {TABLE_SPLITS[table][0]: table_rows(self._dataset)[table]}
+        # TFDS cannot write an empty split; the manifest records the true sizes.
+        return {split: self._generate_examples(table, split) for split in TABLE_SPLITS[table] if sizes[split]}
+
+    def _generate_examples(self, table: str, split: str):
+        yield from table_examples(self._dataset, table, split, self._manifest)
+
+
+def check_name(name: str) -> str:
+    if not isinstance(name, str) or not _DATASET_NAME.match(name):
+        suggestion = re.sub(r"[^a-z0-9_]", "_", str(name).lower()).lstrip("_0123456789") or "dataset"
+        raise ConfigError(f"TFDS dataset name {name!r} is not valid: use lower-case letters, digits and "
+                          f"underscores, starting with a letter (e.g. {suggestion!r})")
+    return name
+
+
+def check_version(version) -> tfds.core.Version:
+    try:
+        return tfds.core.Version(str(version))
+    except ValueError:
+        raise ConfigError(f"dataset version {version!r} is not valid: expected MAJOR.MINOR.PATCH, e.g. '1.0.0'") from None
+
+
+def tfds_builder_class(name: str, *, version: str = "1.0.0", release_notes: str | None = None):
+    """See :func:`jaxrec.data.tfds_builder_class`."""
+    check_name(name)
+    parsed = check_version(version)
+    from jaxrec import __version__  # the top-level package imports nothing back
+
+    notes = release_notes if release_notes is not None else f"Prepared with jaxrec {__version__}."
+    body = {"name": name, "VERSION": parsed, "RELEASE_NOTES": {str(parsed): notes}, "__module__": __name__}
+    class_name = "".join(part.capitalize() for part in name.split("_")) + "Builder"
+    return types.new_class(class_name, (MultimodalDatasetBuilder,), {"skip_registration": True},
+                           lambda namespace: namespace.update(body))
+
+
+def prepare_tfds(dataset: MultimodalDataset, data_dir, *, name: str | None = None, version: str = "1.0.0",
+                 release_notes: str | None = None, overwrite: bool = False) -> Path:
+    """See :func:`jaxrec.data.prepare_tfds`."""
+    name = check_name(dataset.name if name is None else name)
+    builder_class = tfds_builder_class(name, version=version, release_notes=release_notes)
+    version = str(builder_class.VERSION)
+    root = Path(data_dir) / name
+    committed = root / COMMIT_TABLE / version
+    rows = table_rows(dataset)
+    if rows[COMMIT_TABLE] == 0:
+        raise DataError("cannot prepare a dataset without interactions", field="interactions", found="0 rows",
+                        expected="at least one interaction")
+    build_manifest(dataset)  # fails early on metadata that cannot be stored, before touching disk
+    if committed.exists():
+        if not overwrite:
+            raise DataError("this dataset version is already prepared", path=committed, found=f"{name} {version}",
+                            expected="a new version (--version) or overwrite=True")
+        shutil.rmtree(committed)  # un-commit first, so a crash below never leaves a mixed dataset
+    with tempfile.TemporaryDirectory(prefix="jaxrec_tfds_") as scratch:
+        for table in TABLES:  # the commit table is last
+            shutil.rmtree(root / table / version, ignore_errors=True)  # leftovers of an interrupted run
+            if rows[table]:
+                builder = builder_class(dataset=dataset, data_dir=str(data_dir), config=table)
+                builder.download_and_prepare(download_dir=scratch, file_format="array_record")
+    return root

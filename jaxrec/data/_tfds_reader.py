@@ -1,0 +1,241 @@
+"""Reading TFDS tables written by ``prepare_tfds`` back into an identical MultimodalDataset.
+
+See :mod:`jaxrec.data._tfds` for the public API and ``_tfds_schema`` for the tables.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import tensorflow_datasets as tfds
+from tensorflow_datasets.proto import tf_example_pb2
+
+from jaxrec.data._dataset import SPLIT_NAMES, Interactions, Modality, MultimodalDataset
+from jaxrec.data._tfds_builder import check_name, check_version
+from jaxrec.data._tfds_schema import COMMIT_TABLE, LAYOUT, decode_json, restore_id_map
+from jaxrec.errors import DataError
+
+_READ_CHUNK = 8192  # records decoded at a time when loading
+
+
+def prepared_versions(data_dir, name: str) -> list[str]:
+    """See :func:`jaxrec.data.prepared_versions`."""
+    commit_root = Path(data_dir) / check_name(name) / COMMIT_TABLE
+    if not commit_root.is_dir():
+        return []
+    found = []
+    for child in commit_root.iterdir():
+        try:
+            parsed = tfds.core.Version(child.name)
+        except ValueError:
+            continue  # e.g. an incomplete.* folder being written right now
+        if (child / "dataset_info.json").exists():
+            found.append(parsed)
+    return [str(v) for v in sorted(found)]
+
+
+def _read_split(builder, split: str, consume: Callable[[dict], None]) -> int:
+    """Feeds ``consume`` the split's columns, a chunk of records at a time; returns the row count.
+
+    Reads raw records through ``builder.as_data_source`` and decodes the bytes-encoded fields
+    in bulk: each numeric column of a chunk is one ``np.frombuffer`` of the joined bytes.
+    """
+    source = builder.as_data_source(split=split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
+    infos = tfds.core.utils.flatten_nest_dict(builder.info.features.get_tensor_info())
+    total = len(source)
+    for start in range(0, total, _READ_CHUNK):
+        stop = min(start + _READ_CHUNK, total)
+        records = source.__getitems__(list(range(start, stop)))
+        features = [tf_example_pb2.Example.FromString(record).features.feature for record in records]
+        columns = {}
+        for key, info in infos.items():
+            try:
+                values = [feature[key].bytes_list.value[0] for feature in features]
+            except (KeyError, IndexError):
+                raise DataError("record lacks a field", path=builder.data_dir, field=key,
+                                found=f"split {split!r} rows {start}..{stop - 1}", expected="bytes-encoded fields") from None
+            if info.np_dtype == np.object_:
+                columns[key] = values
+                continue
+            joined = b"".join(values)
+            dtype = np.dtype(info.np_dtype)
+            if len(joined) != (stop - start) * dtype.itemsize * int(np.prod(info.shape, dtype=np.int64)):
+                raise DataError("field size does not match its declared shape", path=builder.data_dir, field=key,
+                                found=f"{len(joined)} bytes in rows {start}..{stop - 1}",
+                                expected=f"{dtype} {info.shape} per row")
+            columns[key] = np.frombuffer(joined, dtype=dtype).reshape(stop - start, *info.shape)
+        consume(columns)
+    return total
+
+
+class _Coverage:
+    """Checks that row indices read from storage hit every position exactly once."""
+
+    def __init__(self, n: int, path):
+        self.seen = np.zeros(n, dtype=np.int32)
+        self.path = path
+
+    def add(self, index: np.ndarray) -> np.ndarray:
+        index = np.asarray(index, dtype=np.int64)
+        if index.size and (index.min() < 0 or index.max() >= len(self.seen)):
+            raise DataError("row index out of range", path=self.path, field="index",
+                            found=int(index.max()), expected=f"indices in [0, {len(self.seen)})")
+        np.add.at(self.seen, index, 1)
+        return index
+
+    def check(self) -> None:
+        if not np.all(self.seen == 1):
+            bad = int(np.flatnonzero(self.seen != 1)[0])
+            raise DataError("stored rows do not cover the dataset exactly once", path=self.path, field="index",
+                            found=f"row {bad} stored {int(self.seen[bad])} times", expected="once")
+
+
+def load_prepared(data_dir, name: str, version: str | None = None) -> MultimodalDataset:
+    """See :func:`jaxrec.data.load_prepared`."""
+    root = Path(data_dir) / check_name(name)
+    versions = prepared_versions(data_dir, name)
+    if not versions:
+        raise DataError("no prepared TFDS dataset found", path=root,
+                        expected=f"folders {name}/{COMMIT_TABLE}/<version>/ written by `jaxrec data prepare`")
+    version = versions[-1] if version is None else str(check_version(version))
+    if version not in versions:
+        raise DataError("this version is not prepared", path=root, found=version, expected=f"one of {versions}")
+    builders = {}
+
+    def builder(table: str):
+        if table not in builders:
+            folder = root / table / version
+            if not (folder / "dataset_info.json").exists():
+                raise DataError("prepared dataset is incomplete: a table is missing", path=folder,
+                                expected=f"the {table!r} table listed in the manifest; prepare the dataset again")
+            builders[table] = tfds.builder_from_directory(folder)
+        return builders[table]
+
+    manifest = dict(builder(COMMIT_TABLE).info.metadata).get("jaxrec")
+    if not isinstance(manifest, dict) or manifest.get("layout") != LAYOUT:
+        raise DataError("not a jaxrec TFDS dataset (or another layout version)", path=root / COMMIT_TABLE / version,
+                        field="metadata.jaxrec.layout", found=None if not isinstance(manifest, dict) else manifest.get("layout"),
+                        expected=LAYOUT)
+    counts, rows = manifest["counts"], manifest["rows"]
+    interactions = _load_interactions(builder(COMMIT_TABLE), manifest)
+    modalities, item_ids = _load_items(builder("items") if rows["items"] else None, manifest)
+    user_features, user_ids = _load_users(builder("users") if rows["users"] else None, manifest)
+    kg = _load_pairs(builder("kg"), "triples", ("item", "relation", "entity"), rows["kg"]) if rows["kg"] else None
+    social = _load_pairs(builder("social"), "edges", ("user", "friend"), rows["social"]) if rows["social"] else None
+    if kg is None and manifest["kg_present"]:
+        kg = np.empty((0, 3), dtype=np.int32)
+    if social is None and manifest["social_present"]:
+        social = np.empty((0, 2), dtype=np.int32)
+    return MultimodalDataset(
+        name=manifest["name"], n_users=counts["users"], n_items=counts["items"], interactions=interactions,
+        modalities=modalities, user_features=user_features, kg_triples=kg, n_entities=counts["entities"],
+        n_relations=counts["relations"], social_edges=social, user_ids=user_ids, item_ids=item_ids,
+        metadata=decode_json(manifest["metadata"]),
+    )
+
+
+def _load_interactions(builder, manifest: dict) -> Interactions:
+    n = manifest["counts"]["interactions"]
+    users, items = np.empty(n, np.int32), np.empty(n, np.int32)
+    split = np.empty(n, np.int8)
+    ratings = np.empty(n, np.float32) if manifest["ratings"] else None
+    timestamps = np.empty(n, np.dtype(manifest["timestamps_dtype"])) if manifest["timestamps_dtype"] else None
+    coverage = _Coverage(n, builder.data_dir)
+    for code, split_name in enumerate(SPLIT_NAMES):
+        if not manifest["split_sizes"][split_name]:
+            continue
+
+        def consume(columns, code=code):
+            index = coverage.add(columns["index"])
+            users[index], items[index], split[index] = columns["user"], columns["item"], code
+            if ratings is not None:
+                ratings[index] = columns["rating"]
+            if timestamps is not None:
+                timestamps[index] = columns["timestamp"]
+
+        _read_split(builder, split_name, consume)
+    coverage.check()
+    return Interactions(users, items, split, ratings, timestamps)
+
+
+def _load_items(builder, manifest: dict):
+    n = manifest["counts"]["items"]
+    specs = manifest["modalities"]
+    features = {m["key"]: np.empty((n, *m["shape"]), np.float32) for m in specs}
+    masks = {m["key"]: np.empty(n, np.bool_) for m in specs}
+    lengths = {m["key"]: np.empty(n, np.int32) for m in specs if len(m["shape"]) == 2}
+    id_column = _IdColumn(manifest["item_ids"], n) if manifest["item_ids"] else None
+    if builder is not None:
+        coverage = _Coverage(n, builder.data_dir)
+
+        def consume(columns):
+            index = coverage.add(columns["index"])
+            for key in features:
+                features[key][index] = columns[f"modalities/{key}/features"]
+                masks[key][index] = columns[f"modalities/{key}/mask"]
+                if key in lengths:
+                    lengths[key][index] = columns[f"modalities/{key}/length"]
+            if id_column is not None:
+                id_column.put(index, columns["original_id"])
+
+        _read_split(builder, "items", consume)
+        coverage.check()
+    modalities = {m["name"]: Modality(m["name"], features[m["key"]], masks[m["key"]], lengths.get(m["key"]),
+                                      decode_json(m["provenance"])) for m in specs}
+    item_ids = None if id_column is None else id_column.restore()
+    return modalities, item_ids
+
+
+def _load_users(builder, manifest: dict):
+    n, dim = manifest["counts"]["users"], manifest["user_features_dim"]
+    user_features = None if dim is None else np.empty((n, dim), np.float32)
+    id_column = _IdColumn(manifest["user_ids"], n) if manifest["user_ids"] else None
+    if builder is not None:
+        coverage = _Coverage(n, builder.data_dir)
+
+        def consume(columns):
+            index = coverage.add(columns["index"])
+            if user_features is not None:
+                user_features[index] = columns["features"]
+            if id_column is not None:
+                id_column.put(index, columns["original_id"])
+
+        _read_split(builder, "users", consume)
+        coverage.check()
+    user_ids = None if id_column is None else id_column.restore()
+    return user_features, user_ids
+
+
+class _IdColumn:
+    """Original ids gathered by row index: a numeric array, or a list of stored bytes."""
+
+    def __init__(self, spec: dict, n: int):
+        self.spec = spec
+        numeric = spec["kind"] in ("number", "object-int")
+        self.values = np.empty(n, np.dtype(spec["dtype"]) if spec["kind"] == "number" else np.int64) if numeric else [None] * n
+
+    def put(self, index: np.ndarray, values) -> None:
+        if isinstance(self.values, np.ndarray):
+            self.values[index] = values
+        else:
+            for position, value in zip(index.tolist(), values):
+                self.values[position] = value
+
+    def restore(self) -> np.ndarray:
+        return restore_id_map(self.spec, self.values)
+
+
+def _load_pairs(builder, split: str, fields: tuple[str, ...], n: int) -> np.ndarray:
+    out = np.empty((n, len(fields)), np.int32)
+    coverage = _Coverage(n, builder.data_dir)
+
+    def consume(columns):
+        index = coverage.add(columns["index"])
+        for position, field in enumerate(fields):
+            out[index, position] = columns[field]
+
+    _read_split(builder, split, consume)
+    coverage.check()
+    return out
