@@ -56,6 +56,23 @@ def test_evaluate_split_matches_naive(seed, dim, low, high, batch_size):
     assert_matches(got, expected)
 
 
+def outer_product_scores(users, user_emb, item_emb):
+    """Elementwise products (no accumulation), so -1 * 0 stays -0.0 beside +0.0 scores."""
+    return user_emb[users][:, :1] * item_emb[:, 0][None, :]
+
+
+def test_signed_zero_scores_tie():
+    user_emb, item_emb, train, targets, _ = make_case(
+        11, num_users=24, num_items=16, dim=1, low=-1, high=1, num_train=60, num_targets=70)
+    scores = np.outer(user_emb[:, 0], item_emb[:, 0]).astype(np.float64)
+    assert np.signbit(scores[scores == 0]).any() and not np.signbit(scores[scores == 0]).all()
+    ks = (2, 5, 10)
+    got = jeval.evaluate_split(user_emb, item_emb, train_pairs=train, target_pairs=targets,
+                               ks=ks, score_fn=outer_product_scores, batch_size=8)
+    expected = naive_evaluate(scores, train_pairs=train, target_pairs=targets, ks=ks)
+    assert_matches(got, expected)
+
+
 def test_users_with_fewer_rankable_items_than_k():
     # Users 0-9 have every item but 2 excluded; k = 5, 8 exceed what they can be shown.
     user_emb, item_emb, _, targets, scores = make_case(

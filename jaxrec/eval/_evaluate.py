@@ -149,7 +149,7 @@ def prepare_split(
         target_pairs, field="target_pairs", num_items=num_items)
     is_candidate = candidate_mask[target_items]
     kept_users, kept_items = target_users[is_candidate], target_items[is_candidate]
-    users = np.unique(kept_users)
+    users = _pairs.sorted_unique(kept_users)
     if users.size == 0:
         raise DataError(
             "no held-out pair to evaluate" + (" among the candidate items"

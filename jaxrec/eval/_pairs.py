@@ -86,7 +86,7 @@ def as_item_ids(items, *, field: str, num_items: int) -> np.ndarray:
         )
     ids = array.astype(np.int64)
     _check_range(ids, field=field, what="item", upper=num_items)
-    return np.unique(ids)
+    return sorted_unique(ids)
 
 
 def positions_of(users: np.ndarray, ordered_users: np.ndarray) -> np.ndarray:
@@ -103,8 +103,16 @@ def positions_of(users: np.ndarray, ordered_users: np.ndarray) -> np.ndarray:
 
 def unique_pairs(positions: np.ndarray, items: np.ndarray, num_items: int):
     """Drops duplicate (position, item) pairs; returns them sorted by position, then item."""
-    codes = np.unique(positions.astype(np.int64) * num_items + items)
+    codes = sorted_unique(positions.astype(np.int64) * num_items + items)
     return codes // num_items, codes % num_items
+
+
+def sorted_unique(values: np.ndarray) -> np.ndarray:
+    """``np.unique`` by sort and neighbour compare (numpy 2's hash-based unique is slower here)."""
+    values = np.sort(values)
+    first = np.ones(values.size, bool)
+    first[1:] = values[1:] != values[:-1]
+    return values[first]
 
 
 def layout_by_batch(

@@ -58,9 +58,10 @@ def top_k_items(
         bad = int(users[(users < 0) | (users >= upper)][0])
         raise DataError("user id out of range", field="users", found=f"user id {bad}",
                         expected=f"0 <= user id < {upper}")
-    if np.unique(users).size != users.size:
+    num_distinct = _pairs.sorted_unique(users).size
+    if num_distinct != users.size:
         raise DataError("users must be distinct", field="users",
-                        found=f"{users.size - np.unique(users).size} repeated ids",
+                        found=f"{users.size - num_distinct} repeated ids",
                         expected="distinct user ids")
     candidate_mask = _evaluate.candidate_mask_of(candidate_items, num_items)
     pair_users, pair_items = _pairs.as_pairs(exclude_pairs, field="exclude_pairs",
