@@ -55,6 +55,13 @@ def test_same_seed_bitwise_equal_and_other_seed_differs(sampler):
         assert first[key].tobytes() != other[key].tobytes(), key
 
 
+def test_a_modality_does_not_depend_on_which_others_are_generated():
+    both = make_synthetic(30, 25, n_interactions=200, seed=3, dims={"image": 5, "text": 4})
+    alone = make_synthetic(30, 25, n_interactions=200, seed=3, dims={"text": 4})
+    assert both.modalities["text"].features.tobytes() == alone.modalities["text"].features.tobytes()
+    assert both.interactions.items.tobytes() == alone.interactions.items.tobytes()
+
+
 def test_shapes_dtypes_counts_and_distinct_pairs():
     data = make_synthetic(120, 90, seed=1, **SMALL)
     inter = data.interactions
@@ -248,6 +255,7 @@ def test_sequence_modality_lengths_and_padding():
     (dict(n_interactions=50, sampler="dense"), "unknown sampler"),
     (dict(n_interactions=50, seed=-1), "seed"),
     (dict(n_interactions=50, sequence_modality=("text", 4, 3)), "clashes"),
+    (dict(n_interactions=50, sequence_modality=("video", 4)), r"\(name, T, d\)"),
 ])
 def test_bad_arguments_raise_config_error(kwargs, message):
     with pytest.raises(ConfigError, match=message):

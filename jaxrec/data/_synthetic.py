@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import functools
 import math
+import zlib
 from collections.abc import Mapping
 from typing import NamedTuple
 
 import numpy as np
 
 from jaxrec.data._dataset import Interactions, Modality, MultimodalDataset
-from jaxrec.data._synthetic_sampling import sample_interactions, split_by_ratio, user_activity
+from jaxrec.data._synthetic_sampling import check_split_ratios, sample_interactions, split_by_ratio, user_activity
 from jaxrec.data._synthetic_sampling import stream_rng as _rng
 from jaxrec.errors import ConfigError
 
@@ -27,7 +28,7 @@ DEFAULT_DIMS = {"text": 64, "image": 96, "audio": 32}
 
 # Independent random streams: changing how one part is drawn leaves the others unchanged.
 _STREAM_FACTORS, _STREAM_POPULARITY, _STREAM_ACTIVITY, _STREAM_SPLIT = 1, 2, 3, 4
-_STREAM_MODALITY_BASE = 100  # + modality position
+_STREAM_MODALITY_BASE = 1000  # + CRC32 of the name: a modality's features do not depend on the others
 _ITEM_CHUNK_VALUES = 1 << 22  # floats per chunk of item features (16 MiB of float32)
 _SEQUENCE_DRIFT = 0.5
 
@@ -107,7 +108,8 @@ def make_synthetic(
       temperature: tau; lower makes choices follow affinity more closely.
       noise: sigma, the standard deviation of feature noise (the signal has unit variance).
       view_fraction: share of the latent dimensions each modality sees.
-      min_user_interactions: the least interactions per user (capped at ``n_items``).
+      min_user_interactions: the least interactions per user (lowered to ``n_items`` or to
+        ``n_interactions // n_users`` when those are smaller).
       split: ``"ratio"``: each user's interactions are split at random by ``split_ratios``.
       split_ratios: (train, valid, test) shares, summing to 1.
       sampler: ``"exact"`` (dense Gumbel top-k over all items, cost n_users x n_items),
@@ -138,6 +140,9 @@ def make_synthetic(
     for mod_name, dim in dims.items():
         _positive_int(dim, f"dims[{mod_name!r}]")
     if sequence_modality is not None:
+        if not (isinstance(sequence_modality, (tuple, list)) and len(sequence_modality) == 3
+                and isinstance(sequence_modality[0], str)):
+            raise ConfigError(f"make_synthetic: sequence_modality must be (name, T, d), got {sequence_modality!r}")
         seq_name, steps, seq_dim = sequence_modality
         _positive_int(steps, "sequence_modality T")
         _positive_int(seq_dim, "sequence_modality d")
@@ -150,6 +155,7 @@ def make_synthetic(
     for label, value in (("noise", noise), ("popularity_skew", popularity_skew)):
         if not (math.isfinite(value) and value >= 0):
             raise ConfigError(f"make_synthetic: {label} must be finite and >= 0, got {value}")
+    check_split_ratios(split_ratios)
     if split != "ratio":
         raise ConfigError(f"make_synthetic: unknown split {split!r}; expected 'ratio'")
     if sampler not in ("auto", "exact", "candidates"):
@@ -167,13 +173,13 @@ def make_synthetic(
     labels = split_by_ratio(users, counts, split_ratios, _rng(seed, _STREAM_SPLIT))
 
     modalities = {}
-    for position, (mod_name, dim) in enumerate(dims.items()):
-        modalities[mod_name] = _flat_modality(mod_name, item_factors, dim, seed=seed, stream=_STREAM_MODALITY_BASE + position,
+    for mod_name, dim in dims.items():
+        modalities[mod_name] = _flat_modality(mod_name, item_factors, dim, seed=seed, stream=_modality_stream(mod_name),
                                               noise=noise, view_fraction=view_fraction, missing_rate=missing[mod_name])
     if sequence_modality is not None:
         seq_name, steps, seq_dim = sequence_modality
         modalities[seq_name] = _sequence_modality(seq_name, item_factors, int(steps), int(seq_dim), seed=seed,
-                                                  stream=_STREAM_MODALITY_BASE + len(dims), noise=noise,
+                                                  stream=_modality_stream(seq_name), noise=noise,
                                                   view_fraction=view_fraction, missing_rate=missing[seq_name])
 
     generator = {"n_users": n_users, "n_items": n_items, "n_interactions": n_interactions, "latent_dim": latent_dim,
@@ -243,6 +249,10 @@ def _missing_rates(missing_rate, names: list[str]) -> dict[str, float]:
 
 
 # ---- planted structure ------------------------------------------------------------------
+
+
+def _modality_stream(name: str) -> int:
+    return _STREAM_MODALITY_BASE + zlib.crc32(name.encode("utf-8"))
 
 
 def _zipf_log_prior(n_items: int, skew: float, rng: np.random.Generator) -> np.ndarray:
