@@ -65,7 +65,7 @@ def load(path, format: str = "auto", **options) -> MultimodalDataset:  # noqa: A
     if format == "auto":
         format = detect_format(path)  # noqa: A001
     if format not in _READERS:
-        raise DataError("unknown dataset format", path=path, field="format", found=format,
+        raise DataError("unknown dataset format", path=path, field="format", found=repr(format),
                         expected=f"one of {['auto', *FORMATS]}")
     reader = _READERS[format]
     accepted = [name for name, p in inspect.signature(reader).parameters.items() if p.kind == p.KEYWORD_ONLY]

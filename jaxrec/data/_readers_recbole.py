@@ -233,9 +233,9 @@ def _knowledge_graph(folder: Path, name: str, item_position: dict, item_field: s
     heads = np.asarray(_tokens(kg, head_field), dtype=str)
     relations_text = np.asarray(_tokens(kg, relation_field), dtype=str)
     tails = np.asarray(_tokens(kg, tail_field), dtype=str)
-    entities, entity_ids = dense_ids(np.concatenate([heads, tails]), order="first_seen")
+    entities, entity_ids = dense_ids(np.stack([heads, tails], axis=1).ravel(), order="first_seen")
     relations, relation_ids = dense_ids(relations_text, order="first_seen")
-    head_entities, tail_entities = entities[:len(heads)], entities[len(heads):]
+    head_entities, tail_entities = entities[0::2], entities[1::2]
 
     entity_position = {token: k for k, token in enumerate(entity_ids.tolist())}
     item_of_entity = np.full(len(entity_ids), -1, dtype=np.int64)
