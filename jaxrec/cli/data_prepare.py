@@ -1,6 +1,7 @@
 """``jaxrec data prepare``: load a dataset and store it as versioned TFDS array_record tables.
 
-The ``data`` command's module adds this subcommand with :func:`add_prepare_parser`.
+The ``data`` command's module adds this subcommand with :func:`add_prepare_parser` (also
+named ``add_parser``, the name ``jaxrec.cli.data_cmd`` looks for in its subcommand modules).
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ def add_prepare_parser(data_subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true", help="replace this version if it is already prepared")
     parser.set_defaults(func=run_prepare)
     return parser
+
+
+add_parser = add_prepare_parser
 
 
 def run_prepare(args: argparse.Namespace) -> int:

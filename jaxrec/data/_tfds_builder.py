@@ -118,7 +118,7 @@ def prepare_tfds(dataset: MultimodalDataset, data_dir, *, name: str | None = Non
     if committed.exists():
         if not overwrite:
             raise DataError("this dataset version is already prepared", path=committed, found=f"{name} {version}",
-                            expected="a new version (--version) or overwrite=True")
+                            expected="a new version (--version) or overwrite=True (--overwrite)")
         shutil.rmtree(committed)  # un-commit first, so a crash below never leaves a mixed dataset
     with tempfile.TemporaryDirectory(prefix="jaxrec_tfds_") as scratch:
         for table in TABLES:  # the commit table is last
