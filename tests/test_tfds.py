@@ -98,7 +98,7 @@ def rich_dataset(seed=0) -> MultimodalDataset:
         item_ids=item_ids,
         metadata={**base.metadata, "tuple": (1, "a", (2.5, None)), "np_scalar": np.float32(0.1), "nan": float("nan"),
                   "array": np.arange(6, dtype=np.int16).reshape(2, 3), "nested": {"list": [1, [2, 3]], 5: "int key"},
-                  "bool": True},
+                  "bool": True, "numpy_types": [np.float64(1 / 3), np.str_("txt"), np.bool_(False), np.uint8(7)]},
     )
 
 

@@ -55,12 +55,10 @@ def _array(shape, dtype=np.float32) -> tfds.features.Tensor:
 
 def encode_json(value: Any, field: str) -> Any:
     """A JSON-able form of ``value`` from which :func:`decode_json` rebuilds it exactly."""
-    if value is None or isinstance(value, (bool, str)):
-        return value
-    if isinstance(value, (int, float)) and type(value) in (int, float):
-        return value
-    if isinstance(value, np.generic) and value.dtype.kind in "biuf":
+    if isinstance(value, np.generic) and value.dtype.kind in "biufU":  # before str/float: np.float64 is a float
         return {"__numpy_scalar__": value.dtype.str, "value": value.item()}
+    if value is None or type(value) in (bool, int, float, str):  # exact types: subclasses would come back changed
+        return value
     if isinstance(value, np.ndarray) and value.dtype.kind in "biuf":
         data = np.ascontiguousarray(value)
         return {"__ndarray__": value.dtype.str, "shape": list(value.shape),
@@ -75,7 +73,7 @@ def encode_json(value: Any, field: str) -> Any:
             return dict(items)
         return {"__mapping__": [list(pair) for pair in items]}
     raise DataError("metadata value cannot be stored", field=field, found=f"{type(value).__name__} {value!r:.80}",
-                    expected="None, bool, int, float, str, list, tuple, mappings, numpy numbers or numeric arrays")
+                    expected="None, bool, int, float, str, list, tuple, mappings, numpy scalars or numeric arrays")
 
 
 def decode_json(value: Any) -> Any:
