@@ -59,7 +59,9 @@ class BPRMF(nn.Module):
 
     def loss_terms(self, ctx, batch, train: bool = False):
         """``{"bpr", "reg"}`` for a batch of ``users`` (B,), ``pos_items`` (B,), ``neg_items``
-        (B, n_neg)."""
+        (B, n_neg) or (B,), and optional ``weights`` (B,): rows of weight 0 (the padding of
+        an epoch's last batch) are left out of both terms, and the batch size :math:`B` is
+        the number of real rows, as in MMRec's smaller last batch."""
         del ctx, train
         users = self.user_embedding[batch["users"]]
         positives = self.item_embedding[batch["pos_items"]]
@@ -68,9 +70,16 @@ class BPRMF(nn.Module):
             negatives = negatives[:, None, :]
         pos_scores = jnp.sum(users * positives, axis=-1)
         neg_scores = jnp.einsum("bd,bnd->bn", users, negatives)
+        weights = batch.get("weights")
+        if weights is None:
+            rows = users.shape[0]
+        else:
+            rows = jnp.sum(weights)
+            users, positives = users * weights[:, None], positives * weights[:, None]
+            negatives = negatives * weights[:, None, None]
         return {
-            "bpr": losses.bpr(pos_scores, neg_scores),
-            "reg": losses.l2_mean_norm(users, positives, negatives, batch_size=users.shape[0]),
+            "bpr": losses.bpr(pos_scores, neg_scores, weights=weights),
+            "reg": losses.l2_mean_norm(users, positives, negatives, batch_size=rows),
         }
 
 

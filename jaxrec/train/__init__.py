@@ -41,4 +41,8 @@ from jaxrec.train._step import make_train_step as make_train_step
 # Whole runs.
 from jaxrec.train._loop import TrainHooks as TrainHooks
 from jaxrec.train._loop import train_and_evaluate as train_and_evaluate
+from jaxrec.train._evaluate_run import evaluate_run as evaluate_run
 from jaxrec.train._outputs import compare_table as compare_table
+from jaxrec.train._search import expand_trials as expand_trials
+from jaxrec.train._search import pick_best as pick_best
+from jaxrec.train._search import run_search as run_search

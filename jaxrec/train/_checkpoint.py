@@ -6,13 +6,12 @@ state, step, PRNG key); ``meta`` is JSON: the epoch counter, early-stopping stat
 so far and timings. One Orbax manager keeps the newest ``keep`` checkpoints plus the one
 saved at the best validation epoch (each save at a new best is tagged, and the highest tag
 is preserved). Orbax writes a step to a temporary folder and renames it when complete, so a
-killed process leaves either a whole checkpoint or none; saves are asynchronous (the
-next epoch trains while the previous checkpoint is written).
+killed process leaves either a whole checkpoint or none. Saves are synchronous: when
+:meth:`Checkpoints.save` returns, the checkpoint is on disk.
 """
 
 from __future__ import annotations
 
-import copy
 import os
 from pathlib import Path
 from typing import Any
@@ -44,7 +43,7 @@ class Checkpoints:
                            keep_checkpoints_without_metrics=False),
         ])
         options = ocp.CheckpointManagerOptions(
-            preservation_policy=policy, enable_async_checkpointing=not read_only, create=not read_only,
+            preservation_policy=policy, enable_async_checkpointing=False, create=not read_only,
             read_only=read_only, cleanup_tmp_directories=not read_only)
         self._manager = ocp.CheckpointManager(self.directory, options=options)
 
@@ -57,22 +56,21 @@ class Checkpoints:
         return self._manager.latest_step()
 
     def save(self, epochs_done: int, state, meta: dict[str, Any], *, is_best: bool) -> None:
-        """Start writing ``state`` and ``meta`` as checkpoint ``epochs_done``.
+        """Write ``state`` and ``meta`` as checkpoint ``epochs_done``.
 
-        The arrays and ``meta`` are copied first, so the caller may donate or change them
-        while the write goes on. A checkpoint of the same number (a resumed run redoing an
-        epoch whose checkpoint was lost) is replaced.
+        A checkpoint of the same number (a resumed run redoing an epoch whose checkpoint
+        was lost) is replaced.
         """
-        host_state = jax.tree.map(lambda x: np.array(x, copy=True), state)
-        self._manager.wait_until_finished()
+        host_state = jax.tree.map(np.asarray, jax.device_get(state))
         if epochs_done in self._manager.all_steps():
             self._manager.delete(epochs_done)
         self._manager.save(
             epochs_done,
             args=ocp.args.Composite(state=ocp.args.StandardSave(host_state),
-                                    meta=ocp.args.JsonSave(copy.deepcopy(meta))),
+                                    meta=ocp.args.JsonSave(meta)),
             metrics={_BEST_TAG: float(epochs_done)} if is_best else None,
             force=True)
+        self._manager.wait_until_finished()
 
     def restore(self, target_state, epochs_done: int | None = None):
         """``(state, meta)`` of checkpoint ``epochs_done`` (default: the newest).
@@ -99,10 +97,6 @@ class Checkpoints:
                               f"from the config ({error})") from None
         state = jax.tree.unflatten(jax.tree.structure(target_state), jax.tree.leaves(restored["state"]))
         return state, dict(restored["meta"])
-
-    def wait(self) -> None:
-        """Block until every started save is on disk."""
-        self._manager.wait_until_finished()
 
     def close(self) -> None:
         self._manager.wait_until_finished()

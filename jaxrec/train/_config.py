@@ -45,13 +45,19 @@ class DataConfig:
 
     ``path`` is a dataset folder or file (relative paths resolve against the current
     directory); with ``path: null``, ``synthetic`` holds the keyword arguments of
-    ``jaxrec.data.make_synthetic`` (``{}``: the default synthetic dataset). ``modalities``
-    keeps only the named item modalities (``null``: all); ``roles`` renames modalities to
-    the role a model reads them under, e.g. ``{vision: vggish, text: minilm}``.
+    ``jaxrec.data.make_synthetic`` (``{}``: the default synthetic dataset). ``options`` go
+    to the reader (e.g. ``{social: null}``). ``split`` re-splits the data with
+    ``jaxrec.data.split_dataset`` (``{method: ratio, ...}``, ``{method: cold_start_items,
+    holdout: 0.2}`` -- then valid and test rank only their held-out items); ``null`` keeps
+    the file's split. ``modalities`` keeps only the named item modalities (``null``: all);
+    ``roles`` renames modalities to the role a model reads them under, e.g.
+    ``{vision: vggish, text: minilm}``.
     """
 
     path: str | None = None
     format: str = "auto"
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    split: dict[str, Any] | None = None
     modalities: list[str] | None = None
     roles: dict[str, str] = dataclasses.field(default_factory=dict)
     synthetic: dict[str, Any] | None = None
@@ -65,7 +71,10 @@ class TrainConfig:
     recall@20, seed 999, one uniform negative per positive). ``patience`` counts
     evaluations: training stops once more than ``patience`` evaluations in a row failed to
     beat the best validation value (MMRec's rule). ``steps_per_call`` is how many batches
-    one compiled call runs (``lax.scan``); 0 runs a whole epoch per call.
+    one compiled call runs (``lax.scan``); 0 runs a whole epoch per call. The latest
+    checkpoint is written every ``checkpoint_every`` epochs and at the end, and the best
+    state with the next checkpoint; a run resumed after a kill recomputes the epochs since
+    its last checkpoint exactly, so nothing is lost but time.
     """
 
     epochs: int = 1000
@@ -88,7 +97,7 @@ class TrainConfig:
     n_negatives: int = 1
     negative_sampling: str = "uniform"
     checkpoints_to_keep: int = 2
-    checkpoint_every: int = 1
+    checkpoint_every: int = 5
     steps_per_call: int = 0
 
 
@@ -303,6 +312,8 @@ def _check_values(config: ExperimentConfig, where: str) -> None:
     for name, weight in config.loss_weights.items():
         if not isinstance(weight, (int, float)) or isinstance(weight, bool) or not math.isfinite(weight):
             raise ConfigError(f"{where}loss_weights.{name} must be a finite number; found {weight!r}")
+    if config.data.split is not None and "method" not in config.data.split:
+        raise ConfigError(f"{where}data.split needs a method (given, ratio, leave_one_out or cold_start_items)")
     if config.data.path is None and config.data.synthetic is None:
         raise ConfigError(f"{where}config needs data.path (a dataset folder) or data.synthetic (generator "
                           "arguments, {} for the default synthetic data)")

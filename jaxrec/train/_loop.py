@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import statistics
@@ -23,6 +24,7 @@ from jaxrec.train._early_stopping import EarlyStopping, update_early_stopping
 from jaxrec.train._progress import Progress
 from jaxrec.train._setup import (
     Experiment,
+    epoch_context,
     evaluate_params,
     make_encoder,
     prepare_eval_splits,
@@ -137,118 +139,174 @@ def train_and_evaluate(config: ExperimentConfig, workdir: str | os.PathLike, *,
             _check_resumable(config, workdir / _outputs.CONFIG_FILE)
         experiment = prepare_experiment(config, dataset)
         _outputs.write_atomic(workdir / _outputs.CONFIG_FILE, dump_config(config))
-        return _run(experiment, workdir, checkpoints, progress, hooks, started, resume)
+        run = _Run(experiment, workdir, checkpoints, progress, hooks, resume)
+        progress.log(f"{config.model.name} on {experiment.dataset.name}: {experiment.dataset.n_users} users, "
+                     f"{experiment.dataset.n_items} items, {experiment.n_params:,} parameters; "
+                     f"{experiment.steps_per_epoch} batches of {tcfg.batch_size} per epoch; loss weights "
+                     f"{experiment.loss_weights}; parallel={tcfg.parallel} on {run.runner.n_devices} device(s)")
+        result = run.run(started)
+        _write_outputs(workdir, result, run.meta["history"], tcfg.valid_metric, progress)
+        return result
     finally:
         checkpoints.close()
         progress.close()
 
 
-def _run(exp: Experiment, workdir: Path, checkpoints: Checkpoints, progress: Progress, hooks: TrainHooks,
-         started: float, resume: bool) -> dict[str, Any]:
-    tcfg = exp.config.train
-    runner = StepRunner(exp.module, exp.tx, exp.loss_weights, parallel=tcfg.parallel, batch_size=tcfg.batch_size)
-    meta = _empty_meta()
-    if resume and checkpoints.last_epoch() is not None:
-        state, meta = checkpoints.restore(exp.target)
-        progress.log(f"resuming {workdir} after epoch {meta['epochs_done']}")
-    else:
-        state = init_state(exp.module, exp.built.ctx, exp.sampler.example_batch(), exp.tx, tcfg.seed)
-    es = EarlyStopping(**meta["early_stopping"])
-    progress.log(f"{exp.config.model.name} on {exp.dataset.name}: {exp.dataset.n_users} users, {exp.dataset.n_items} "
-                 f"items, {exp.n_params:,} parameters; {exp.steps_per_epoch} batches of {tcfg.batch_size} per epoch; "
-                 f"loss weights {exp.loss_weights}; parallel={tcfg.parallel} on {runner.n_devices} device(s)")
+class _Run:
+    """One session of a run: the state on device, the pending best state, the metadata."""
 
-    eval_device = runner.devices[0]
-    eval_ctx = jax.device_put(exp.built.ctx, eval_device)
-    train_ctx = runner.put_ctx(exp.built.ctx)
-    splits = prepare_eval_splits(exp)
-    encoder = make_encoder(exp.module)
-    state = runner.put_state(state)
-    host_key = jax.random.fold_in(jax.random.PRNGKey(tcfg.seed), 0x5EED)
-    valid_metric = tcfg.valid_metric
-    per_call = tcfg.steps_per_call or exp.steps_per_epoch
+    def __init__(self, exp: Experiment, workdir: Path, checkpoints: Checkpoints, progress: Progress,
+                 hooks: TrainHooks, resume: bool):
+        self.exp, self.workdir, self.checkpoints, self.progress, self.hooks = exp, workdir, checkpoints, progress, hooks
+        tcfg = self.tcfg = exp.config.train
+        self.runner = StepRunner(exp.module, exp.tx, exp.loss_weights, parallel=tcfg.parallel,
+                                 batch_size=tcfg.batch_size)
+        self.meta = _empty_meta()
+        if resume and checkpoints.last_epoch() is not None:
+            state, self.meta = checkpoints.restore(exp.target)
+            progress.log(f"resuming {workdir} after epoch {self.meta['epochs_done']}")
+        else:
+            state = init_state(exp.module, exp.built.ctx, exp.sampler.example_batch(), exp.tx, tcfg.seed)
+        self.early_stopping = EarlyStopping(**self.meta["early_stopping"])
+        self.state = self.runner.put_state(state)
+        # The best state not yet on disk: (epoch, host copy, meta copy). Written at the next checkpoint;
+        # if the process dies first, the resumed run recomputes it exactly.
+        self.pending_best: tuple[int, Any, dict] | None = None
+        self.eval_device = self.runner.devices[0]
+        self._set_context(exp.built.ctx)
+        self.splits = prepare_eval_splits(exp)
+        self.encoder = make_encoder(exp.module)
 
-    progress.start_epochs(tcfg.epochs, meta["epochs_done"], exp.steps_per_epoch)
-    epoch = meta["epochs_done"]
-    while epoch < tcfg.epochs and not es.stop and not meta["finished"]:
-        epoch += 1  # epochs count from 1
+    def _set_context(self, ctx) -> None:
+        self.train_ctx = self.runner.put_ctx(ctx)
+        self.eval_ctx = jax.device_put(ctx, self.eval_device)
+
+    def _evaluate(self, params, split: str) -> dict[str, float]:
+        tick = time.perf_counter()
+        result = ranking_metrics(evaluate_params(self.exp, self.encoder, params, self.eval_ctx, self.splits[split]))
+        self.meta["eval_seconds"].append(time.perf_counter() - tick)
+        return result
+
+    def train_epoch(self, epoch: int) -> dict[str, Any]:
+        exp, tcfg = self.exp, self.tcfg
         tick = time.perf_counter()
         batches = exp.sampler.batches(epoch - 1)
-        if hooks.transform_batches is not None:
-            batches = hooks.transform_batches(epoch, batches)
+        if self.hooks.transform_batches is not None:
+            batches = self.hooks.transform_batches(epoch, batches)
         if exp.built.host_update is not None:
-            # Always from the built context, so that epoch e's context depends on e alone.
-            ctx = exp.built.host_update(exp.built.ctx, epoch - 1, jax.random.fold_in(host_key, epoch - 1))
-            train_ctx, eval_ctx = runner.put_ctx(ctx), jax.device_put(ctx, eval_device)
-        term_sums: dict[str, float] = {}
-        loss_sum = 0.0
-        progress.start_batches()
+            self._set_context(epoch_context(exp.built, tcfg.seed, epoch - 1))
+        per_call = tcfg.steps_per_call or exp.steps_per_epoch
+        sums: dict[str, float] = {"loss": 0.0}
+        self.progress.start_batches()
         for offset in range(0, exp.steps_per_epoch, per_call):
             chunk = {k: v[offset:offset + per_call] for k, v in batches.items()}
-            first_step = (epoch - 1) * exp.steps_per_epoch + offset
-            state, metrics = runner.run(state, train_ctx, runner.put_batches(chunk))
+            self.state, metrics = self.runner.run(self.state, self.train_ctx, self.runner.put_batches(chunk))
             metrics = jax.device_get(metrics)
+            first_step = (epoch - 1) * exp.steps_per_epoch + offset
             diverged = _first_divergence(metrics, exp.loss_weights, first_step)
             if diverged is not None:
-                step, term, what = diverged
-                last = checkpoints.last_epoch()
-                kept = (f"the last good checkpoint (after epoch {last}) is kept in {checkpoints.directory}"
-                        if last is not None else "no checkpoint had been written yet")
-                error = TrainingDivergedError(
-                    f"training diverged at epoch {epoch}, step {step} (batch {step - first_step + offset} of "
-                    f"{exp.steps_per_epoch} in the epoch): {what}; {kept}")
-                error.epoch, error.step, error.term = epoch, step, term
-                progress.log(str(error))
-                raise error
-            n = len(metrics.loss)
-            loss_sum += float(np.sum(metrics.loss))
+                self._diverged(epoch, offset, first_step, *diverged)
+            sums["loss"] += float(np.sum(metrics.loss))
             for name, values in metrics.terms.items():
-                term_sums[name] = term_sums.get(name, 0.0) + float(np.sum(values))
-            progress.batches_done(n, n * tcfg.batch_size, float(metrics.loss[-1]))
-        train_seconds = time.perf_counter() - tick
-        meta["train_seconds"].append(train_seconds)
-        row = {"epoch": epoch, "loss": loss_sum / exp.steps_per_epoch,
-               "terms": {k: v / exp.steps_per_epoch for k, v in term_sums.items()},
-               "train_seconds": train_seconds}
+                sums[name] = sums.get(name, 0.0) + float(np.sum(values))
+            n = len(metrics.loss)
+            self.progress.batches_done(n, n * tcfg.batch_size, float(metrics.loss[-1]))
+        seconds = time.perf_counter() - tick
+        self.meta["train_seconds"].append(seconds)
+        steps = exp.steps_per_epoch
+        return {"epoch": epoch, "loss": sums.pop("loss") / steps, "terms": {k: v / steps for k, v in sums.items()},
+                "train_seconds": seconds}
 
-        if epoch % tcfg.eval_every == 0 or epoch == tcfg.epochs:
-            params = runner.get_state(state).params
-            tick = time.perf_counter()
-            valid = evaluate_params(exp, encoder, params, eval_ctx, splits["valid"])
-            meta["eval_seconds"].append(time.perf_counter() - tick)
-            row["valid"] = ranking_metrics(valid)
-            es, improved = update_early_stopping(es, row["valid"][valid_metric], epoch, patience=tcfg.patience)
-            if improved:
-                # Test is computed only at new best-validation epochs and never read by any choice.
-                tick = time.perf_counter()
-                test = evaluate_params(exp, encoder, params, eval_ctx, splits["test"])
-                meta["eval_seconds"].append(time.perf_counter() - tick)
-                meta["best_valid"], meta["best_test"] = row["valid"], ranking_metrics(test)
-            row["eval_seconds"] = sum(meta["eval_seconds"][-1 - int(improved):])
-            row["best_epoch"] = es.best_epoch
-        meta["history"].append(row)
-        meta["early_stopping"] = es._asdict()
-        meta["epochs_done"] = epoch
-        meta["finished"] = es.stop or epoch == tcfg.epochs
+    def _diverged(self, epoch: int, offset: int, first_step: int, step: int, term: str, what: str):
+        self.flush_best()
+        last = self.checkpoints.last_epoch()
+        kept = (f"the last good checkpoint (after epoch {last}) is kept in {self.checkpoints.directory}"
+                if last is not None else "no checkpoint had been written yet")
+        error = TrainingDivergedError(
+            f"training diverged at epoch {epoch}, step {step} (batch {step - first_step + offset} of "
+            f"{self.exp.steps_per_epoch} in the epoch): {what}; {kept}")
+        error.epoch, error.step, error.term = epoch, step, term
+        self.progress.log(str(error))
+        raise error
+
+    def validate(self, row: dict) -> bool:
+        """Evaluate validation into ``row``; update early stopping; True at a new best."""
+        n_before = len(self.meta["eval_seconds"])
+        row["valid"] = self._evaluate(self.runner.get_state(self.state).params, "valid")
+        row["eval_seconds"] = sum(self.meta["eval_seconds"][n_before:])
+        self.early_stopping, improved = update_early_stopping(
+            self.early_stopping, row["valid"][self.tcfg.valid_metric], row["epoch"], patience=self.tcfg.patience)
+        row["best_epoch"] = self.early_stopping.best_epoch
+        if improved:
+            self.meta["best_valid"] = row["valid"]
+        return improved
+
+    def _host_state(self):
+        return jax.tree.map(lambda x: np.array(x, copy=True), self.runner.get_state(self.state))
+
+    def flush_best(self) -> None:
+        """Write the pending best state as its own checkpoint (before a later one)."""
+        if self.pending_best is None:
+            return
+        epoch, host_state, meta = self.pending_best
+        self.checkpoints.save(epoch, host_state, meta, is_best=True)
+        self.pending_best = None
+
+    def save(self, epoch: int) -> None:
+        self.flush_best()
+        self.checkpoints.save(epoch, self.runner.get_state(self.state), self.meta,
+                              is_best=self.early_stopping.best_epoch == epoch)
+
+    def best_params(self):
+        """The parameters at the best validation epoch (in memory, or from its checkpoint)."""
+        best = self.early_stopping.best_epoch
+        if self.pending_best is not None and self.pending_best[0] == best:
+            return self.pending_best[1].params
+        if best == self.meta["epochs_done"]:
+            return self.runner.get_state(self.state).params
+        state, _ = self.checkpoints.restore(self.exp.target, best)
+        return state.params
+
+    def run(self, started: float) -> dict[str, Any]:
+        tcfg, meta, progress = self.tcfg, self.meta, self.progress
+        progress.start_epochs(tcfg.epochs, meta["epochs_done"], self.exp.steps_per_epoch)
+        epoch = meta["epochs_done"]
+        while epoch < tcfg.epochs and not self.early_stopping.stop and not meta["finished"]:
+            epoch += 1  # epochs count from 1
+            row = self.train_epoch(epoch)
+            if epoch % tcfg.eval_every == 0 or epoch == tcfg.epochs:
+                self.validate(row)
+            meta["history"].append(row)
+            meta["early_stopping"] = self.early_stopping._asdict()
+            meta["epochs_done"] = epoch
+            meta["finished"] = self.early_stopping.stop or epoch == tcfg.epochs
+            now = time.perf_counter()
+            meta["elapsed_seconds"] += now - started
+            started = now
+            if self.early_stopping.best_epoch == epoch:
+                self.pending_best = None  # superseded
+            if epoch % tcfg.checkpoint_every == 0 or meta["finished"]:
+                self.save(epoch)
+            elif self.early_stopping.best_epoch == epoch:
+                self.pending_best = (epoch, self._host_state(), copy.deepcopy(meta))
+            _outputs.write_history(self.workdir / _outputs.HISTORY_FILE, meta["history"])
+            progress.epoch_done(row, tcfg.valid_metric, self.early_stopping)
+            if self.hooks.on_epoch_end is not None:
+                self.hooks.on_epoch_end(epoch, row)
+        if self.early_stopping.best_epoch >= 1:
+            # Test is computed once, at the best validation epoch; it never steers anything.
+            meta["best_test"] = self._evaluate(self.best_params(), "test")
         meta["elapsed_seconds"] += time.perf_counter() - started
-        started = time.perf_counter()
-        is_best = bool(row.get("valid")) and es.best_epoch == epoch
-        if is_best or epoch % tcfg.checkpoint_every == 0 or meta["finished"]:
-            checkpoints.save(epoch, runner.get_state(state), meta, is_best=is_best)
-        _outputs.write_history(workdir / _outputs.HISTORY_FILE, meta["history"])
-        progress.epoch_done(row, valid_metric, es)
-        if hooks.on_epoch_end is not None:
-            hooks.on_epoch_end(epoch, row)
+        return _final_metrics(self.exp, meta, self.runner)
 
-    meta["elapsed_seconds"] += time.perf_counter() - started
-    result = _final_metrics(exp, meta, runner)
-    _outputs.write_history(workdir / _outputs.HISTORY_FILE, meta["history"])
+
+def _write_outputs(workdir: Path, result: dict, history: list, valid_metric: str, progress: Progress) -> None:
+    _outputs.write_history(workdir / _outputs.HISTORY_FILE, history)
     _outputs.write_json(workdir / _outputs.METRICS_FILE, result)
-    _outputs.plot_curves(workdir / _outputs.CURVES_FILE, meta["history"], valid_metric)
+    _outputs.plot_curves(workdir / _outputs.CURVES_FILE, history, valid_metric)
     progress.log(f"done: best epoch {result['best_epoch']} of {result['epochs_run']}; valid {valid_metric} "
                  f"{result['valid'].get(valid_metric, float('nan')):.4f}; test " +
                  ", ".join(f"{k} {result['test'][k]:.4f}" for k in ("recall@20", "ndcg@20") if k in result["test"]))
-    return result
 
 
 def _final_metrics(exp: Experiment, meta: dict, runner: StepRunner) -> dict[str, Any]:

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 from collections.abc import Mapping
 from typing import Any
 
 import jax
-import numpy as np
 
 from jaxrec import eval as jeval
 from jaxrec import models
@@ -17,7 +17,7 @@ from jaxrec.data import MultimodalDataset
 from jaxrec.errors import ConfigError, DataError
 from jaxrec.train import _data
 from jaxrec.train._config import ExperimentConfig
-from jaxrec.train._state import abstract_state, count_params, example_batch, make_optimizer
+from jaxrec.train._state import abstract_state, count_params, make_optimizer
 
 
 @dataclasses.dataclass
@@ -94,10 +94,10 @@ def prepare_experiment(config: ExperimentConfig, dataset: MultimodalDataset | No
                             expected="train, valid and test interactions")
     train = config.train
     built = models.build(config.model.name, dataset, **config.model.args)
-    batch = example_batch(train.batch_size, train.n_negatives)
     sampler = _data.EpochSampler(dataset, batch_size=train.batch_size, n_negatives=train.n_negatives,
                                  method=train.negative_sampling, seed=train.seed)
     tx = make_optimizer(train, sampler.steps_per_epoch)
+    batch = sampler.example_batch()
     target = abstract_state(built.module, built.ctx, batch, tx, train.seed)
     term_names = loss_term_names(built.module, target.params, built.ctx, batch)
     weights = resolve_loss_weights(built.default_loss_weights, config.loss_weights, term_names, config.model.name)
@@ -111,11 +111,13 @@ def prepare_eval_splits(experiment: Experiment, splits=("valid", "test")) -> dic
     pairs = {name: dataset.split_pairs(name) for name in ("train", "valid", "test")}
     return {split: jeval.prepare_protocol(
         split=split, num_items=dataset.n_items, train_pairs=pairs["train"], valid_pairs=pairs["valid"],
-        test_pairs=pairs["test"], protocol=cfg.protocol, batch_size=cfg.batch_size) for split in splits}
+        test_pairs=pairs["test"], protocol=cfg.protocol, batch_size=cfg.batch_size,
+        candidate_items=_data.candidate_items(dataset, split)) for split in splits}
 
 
+@functools.lru_cache(maxsize=16)
 def make_encoder(module):
-    """A jitted ``(params, ctx) -> (user_emb, item_emb)`` in eval mode."""
+    """A jitted ``(params, ctx) -> (user_emb, item_emb)`` in eval mode (one per module)."""
     return jax.jit(lambda params, ctx: module.apply({"params": params}, ctx, False, method="encode"))
 
 
@@ -130,5 +132,12 @@ def evaluate_params(experiment: Experiment, encoder, params, ctx, split_layout) 
     return jeval.evaluate_prepared(split_layout, user_emb, item_emb, ks=cfg.ks, metrics=cfg.metrics)
 
 
-def as_numpy_tree(tree):
-    return jax.tree.map(np.asarray, tree)
+def epoch_context(built: models.Built, seed: int, epoch_index: int):
+    """The context of epoch ``epoch_index`` (0-based): the built one, or for a model with a
+    ``host_update`` that update applied to the BUILT context (never to the previous
+    epoch's), with a key from ``(seed, epoch_index)`` -- so a resumed run and
+    ``jaxrec evaluate`` see exactly the context the uninterrupted run saw."""
+    if built.host_update is None:
+        return built.ctx
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), 0x5EED), epoch_index)
+    return built.host_update(built.ctx, epoch_index, key)

@@ -6,6 +6,7 @@ The state is a pytree (params, optimizer state, step counter, base PRNG key), so
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -71,6 +72,10 @@ def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int) -> optax.S
     raise ConfigError(f"unknown train.schedule {config.schedule!r}")
 
 
+_OPTIMIZER_FIELDS = ("optimizer", "learning_rate", "momentum", "weight_decay", "clip_norm", "schedule",
+                     "warmup_epochs", "decay_rate", "decay_epochs", "min_learning_rate", "epochs")
+
+
 def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> optax.GradientTransformation:
     """The optax transformation the config asks for.
 
@@ -78,8 +83,16 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> optax.GradientT
     ``torch.optim.Adam/SGD/Adagrad(weight_decay=...)`` and so MMRec do) for ``adam``,
     ``sgd`` and ``adagrad``, and decoupled for ``adamw``. ``clip_norm`` clips the global
     gradient norm first. ``adagrad`` starts its accumulator at 0 with eps 1e-10 (torch's
-    defaults, not optax's).
+    defaults, not optax's). Equal settings give the same (identical) object, so that
+    compiled steps that take it as a static argument are reused across runs in a process.
     """
+    settings = tuple(getattr(config, name) for name in _OPTIMIZER_FIELDS)
+    return _optimizer(settings, int(steps_per_epoch))
+
+
+@functools.lru_cache(maxsize=32)
+def _optimizer(settings: tuple, steps_per_epoch: int) -> optax.GradientTransformation:
+    config = TrainConfig(**dict(zip(_OPTIMIZER_FIELDS, settings)))
     schedule = learning_rate_schedule(config, steps_per_epoch)
     parts = []
     if config.clip_norm is not None:
@@ -108,7 +121,12 @@ def _init_both(module, ctx, batch):
 def init_state(module, ctx: Mapping, example_batch: Mapping, tx: optax.GradientTransformation,
                seed: int) -> TrainState:
     """A fresh state: parameters from ``seed``, optimizer state, step 0 (one compiled call)."""
-    return jax.jit(lambda c, b: _init_state(module, c, b, tx, seed))(ctx, example_batch)
+    return _init_state_compiled(module, ctx, example_batch, tx, int(seed))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 3, 4))
+def _init_state_compiled(module, ctx, example_batch, tx, seed: int) -> TrainState:
+    return _init_state(module, ctx, example_batch, tx, seed)
 
 
 def _init_state(module, ctx, example_batch, tx, seed: int) -> TrainState:
@@ -131,9 +149,12 @@ def count_params(params) -> int:
 
 
 def example_batch(batch_size: int, n_negatives: int) -> dict[str, np.ndarray]:
-    """A batch of zeros with the contract's shapes (for initialization and shape checks)."""
+    """A batch with the shapes and dtypes of the trainer's batches (for initialization and
+    shape checks): ``users``, ``pos_items`` (B,) int32, ``neg_items`` (B, n_neg) int32 and
+    ``weights`` (B,) float32 (0 marks padding rows of an epoch's last batch)."""
     return {
         "users": np.zeros((batch_size,), np.int32),
         "pos_items": np.zeros((batch_size,), np.int32),
         "neg_items": np.zeros((batch_size, n_negatives), np.int32),
+        "weights": np.ones((batch_size,), np.float32),
     }

@@ -17,6 +17,7 @@ whole epoch (or ``steps_per_call`` batches) is one device call, in one of three 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -83,6 +84,22 @@ def _scanned(train_step):
     return run_steps
 
 
+@functools.lru_cache(maxsize=16)
+def _compiled_steps(module, tx, loss_weights: tuple, parallel: str, devices: tuple):
+    # Cached on (module, optimizer, weights, mode, devices), all hashable and compared by value
+    # (modules, weights) or identity (the cached optimizer): runs in one process that agree on
+    # them share one compiled program instead of compiling it again.
+    weights = dict(loss_weights)
+    if parallel == "pmap":
+        step = make_train_step(module, tx, weights, axis_name=_AXIS)
+        return jax.pmap(_scanned(step), axis_name=_AXIS, devices=devices, donate_argnums=0)
+    step = make_train_step(module, tx, weights)
+    if parallel == "sharded":
+        replicated = NamedSharding(Mesh(np.asarray(devices), (_AXIS,)), PartitionSpec())
+        return jax.jit(_scanned(step), donate_argnums=0, out_shardings=replicated)
+    return jax.jit(_scanned(step), donate_argnums=0)
+
+
 class StepRunner:
     """Runs the scanned train step on stacks of batches in the configured parallel mode.
 
@@ -112,17 +129,9 @@ class StepRunner:
         if batch_size % n:
             raise ConfigError(f"train.batch_size {batch_size} does not divide over {n} devices in "
                               f"train.parallel={parallel!r} mode; use a multiple of {n}")
-        if parallel == "none":
-            step = make_train_step(module, tx, loss_weights)
-            self._run = jax.jit(_scanned(step), donate_argnums=0)
-        elif parallel == "pmap":
-            step = make_train_step(module, tx, loss_weights, axis_name=_AXIS)
-            self._run = jax.pmap(_scanned(step), axis_name=_AXIS, devices=self.devices, donate_argnums=0)
-        elif parallel == "sharded":
-            step = make_train_step(module, tx, loss_weights)
-            self._run = jax.jit(_scanned(step), donate_argnums=0, out_shardings=self._replicated)
-        else:
+        if parallel not in ("none", "pmap", "sharded"):
             raise ConfigError(f"unknown train.parallel {parallel!r}; expected none, pmap or sharded")
+        self._run = _compiled_steps(module, tx, tuple(sorted(loss_weights.items())), parallel, tuple(self.devices))
 
     @property
     def n_devices(self) -> int:

@@ -1,0 +1,135 @@
+"""``jaxrec train``, ``jaxrec search``, ``jaxrec evaluate`` and ``jaxrec runs compare``.
+
+A config with a ``grid:`` or ``search:`` section is a search: ``jaxrec train`` runs it the
+same way ``jaxrec search`` does (every trial in ``WORKDIR/trial_NNN``, winner by validation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from jaxrec.errors import ConfigError
+
+_SHOWN_METRICS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20", "precision@10", "precision@20", "map@10", "map@20")
+
+
+def add_parser(subparsers) -> None:
+    train = subparsers.add_parser(
+        "train", help="train and evaluate a model from a YAML config",
+        description="Train a model from CONFIG, early-stop on validation, report test metrics at the best "
+                    "validation epoch. A config with a grid: or search: section runs a hyper-parameter search "
+                    "(as 'jaxrec search').",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example:\n  jaxrec train experiments/configs/lfm2k/bpr.yaml --set train.epochs=50 "
+               "--workdir runs/bpr")
+    _add_run_arguments(train)
+    train.set_defaults(func=_train)
+
+    search = subparsers.add_parser(
+        "search", help="hyper-parameter search (grid or random), winner chosen by validation",
+        description="Run every trial of CONFIG's grid: (product of lists) or search: {method: random, budget: N, "
+                    "space: {...}} section in WORKDIR/trial_NNN; the winner is chosen by the validation metric "
+                    "only. Writes search.md and search.json.")
+    _add_run_arguments(search)
+    search.set_defaults(func=_search)
+
+    evaluate = subparsers.add_parser(
+        "evaluate", help="recompute a run's metrics from its best checkpoint",
+        description="Reload WORKDIR's best checkpoint and recompute the metrics of one split.")
+    evaluate.add_argument("workdir", help="a run folder written by 'jaxrec train'")
+    evaluate.add_argument("--split", choices=("valid", "test"), default="test", help="which split (default: test)")
+    evaluate.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    evaluate.set_defaults(func=_evaluate)
+
+    runs = subparsers.add_parser("runs", help="inspect finished runs", description="Inspect finished runs.")
+    runs_sub = runs.add_subparsers(title="runs commands", metavar="COMMAND")
+    compare = runs_sub.add_parser("compare", help="markdown table of several runs",
+                                  description="Print a markdown table of the runs' metrics.json.")
+    compare.add_argument("workdirs", nargs="+", metavar="DIR", help="run folders")
+    compare.set_defaults(func=_compare)
+    runs.set_defaults(func=lambda args: (runs.print_help(), 2)[1])
+
+
+def _add_run_arguments(parser) -> None:
+    parser.add_argument("config", help="experiment YAML file")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key (dotted, value parsed as YAML), e.g. --set train.epochs=5; "
+                             "repeatable")
+    parser.add_argument("--workdir", help="output folder (default: runs/<config name>)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --workdir from its last checkpoint")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch logs")
+
+
+def _load(args):
+    from jaxrec.train import load_config
+
+    config = load_config(args.config, args.overrides)
+    workdir = Path(args.workdir) if args.workdir else Path("runs") / Path(args.config).stem
+    return config, workdir
+
+
+def _train(args) -> int:
+    config, workdir = _load(args)
+    if config.has_search:
+        return _run_search(config, workdir, args)
+    from jaxrec.train import train_and_evaluate
+
+    metrics = train_and_evaluate(config, workdir, resume=args.resume, quiet=args.quiet)
+    if not args.quiet:
+        print(f"\n{metrics['model']} on {metrics['dataset']}: best epoch {metrics['best_epoch']} of "
+              f"{metrics['epochs_run']}; results in {workdir.resolve()}\n")
+        print(metrics_table({"valid": metrics["valid"], "test": metrics["test"]}))
+        timing = metrics["timing"]
+        print(f"\n{timing['train_seconds_per_epoch']:.3f} s/epoch (median), {timing['eval_seconds']:.3f} s per "
+              f"evaluation of one split, {timing['total_seconds']:.1f} s in all")
+    return 0
+
+
+def _search(args) -> int:
+    config, workdir = _load(args)
+    if not config.has_search:
+        raise ConfigError(f"{args.config} has no grid: or search: section to search over")
+    return _run_search(config, workdir, args)
+
+
+def _run_search(config, workdir: Path, args) -> int:
+    from jaxrec.train import run_search
+
+    summary = run_search(config, workdir, resume=args.resume, quiet=args.quiet)
+    print((workdir / "search.md").read_text())
+    best = summary["best"]
+    print(f"winner (by valid {summary['valid_metric']}): trial {best['trial']} {best['setting']} in {best['workdir']}")
+    return 0
+
+
+def _evaluate(args) -> int:
+    from jaxrec.train import evaluate_run
+
+    result = evaluate_run(args.workdir, args.split)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"{args.split} metrics of {args.workdir} at its best epoch {result['epoch']} "
+              f"({result['num_users']} users):\n")
+        print(metrics_table({args.split: result["metrics"]}))
+    return 0
+
+
+def _compare(args) -> int:
+    from jaxrec.train import compare_table
+
+    sys.stdout.write(compare_table(args.workdirs))
+    return 0
+
+
+def metrics_table(columns: dict[str, dict[str, float]], names=_SHOWN_METRICS) -> str:
+    """A markdown table: one row per metric, one column per split."""
+    lines = ["| metric | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+    for name in names:
+        if any(name in values for values in columns.values()):
+            lines.append(f"| {name} | " + " | ".join(
+                f"{values[name]:.4f}" if name in values else "-" for values in columns.values()) + " |")
+    return "\n".join(lines)

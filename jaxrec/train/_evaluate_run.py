@@ -1,0 +1,71 @@
+"""Recompute a finished run's metrics from its workdir (``jaxrec evaluate``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from jaxrec.data import MultimodalDataset
+from jaxrec.errors import ConfigError
+from jaxrec.train import _outputs
+from jaxrec.train._checkpoint import Checkpoints
+from jaxrec.train._config_io import load_config
+from jaxrec.train._setup import (
+    epoch_context,
+    evaluate_params,
+    make_encoder,
+    prepare_eval_splits,
+    prepare_experiment,
+    ranking_metrics,
+)
+
+
+def best_epoch_of(workdir: Path, checkpoints: Checkpoints, target) -> int:
+    """The run's best validation epoch: from ``metrics.json``, else from the newest
+    checkpoint's early-stopping state (a run still in progress)."""
+    metrics_path = workdir / _outputs.METRICS_FILE
+    if metrics_path.exists():
+        best = _outputs.read_json(metrics_path).get("best_epoch")
+    else:
+        _, meta = checkpoints.restore(target)
+        best = meta["early_stopping"]["best_epoch"]
+    if best is None or best < 1:
+        raise ConfigError(f"{workdir} has no evaluated epoch yet, so no best checkpoint")
+    return int(best)
+
+
+def evaluate_run(workdir: str | os.PathLike, split: str = "test", *,
+                 dataset: MultimodalDataset | None = None) -> dict[str, Any]:
+    """Reload a run's best checkpoint and recompute the metrics of ``split``.
+
+    Args:
+      workdir: a run folder written by :func:`~jaxrec.train.train_and_evaluate`.
+      split: ``"valid"`` or ``"test"``.
+      dataset: the dataset, when the run was given one directly (default: load the data
+        its ``config.yaml`` names).
+
+    Returns:
+      ``{"split", "epoch", "metrics": {metric@k: value}, "num_users"}``.
+
+    Raises:
+      ConfigError: not a run folder, or no checkpoint at the best epoch.
+    """
+    if split not in ("valid", "test"):
+        raise ConfigError(f"--split must be valid or test; found {split!r}")
+    workdir = Path(workdir).expanduser().resolve()
+    config_path = workdir / _outputs.CONFIG_FILE
+    if not config_path.exists():
+        raise ConfigError(f"{workdir} is not a jaxrec run: {config_path.name} is missing")
+    config = load_config(config_path)
+    experiment = prepare_experiment(config, dataset)
+    checkpoints = Checkpoints(workdir / "checkpoints", read_only=True)
+    try:
+        epoch = best_epoch_of(workdir, checkpoints, experiment.target)
+        state, _ = checkpoints.restore(experiment.target, epoch)
+    finally:
+        checkpoints.close()
+    ctx = epoch_context(experiment.built, config.train.seed, epoch - 1)
+    layout = prepare_eval_splits(experiment, (split,))[split]
+    result = evaluate_params(experiment, make_encoder(experiment.module), state.params, ctx, layout)
+    return {"split": split, "epoch": epoch, "metrics": ranking_metrics(result), "num_users": result["num_users"]}

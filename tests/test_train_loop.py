@@ -1,0 +1,163 @@
+"""train_and_evaluate: determinism, resume after a hard kill, outputs, early stopping, guards."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import yaml
+
+from jaxrec.data._synthetic import make_synthetic
+from jaxrec.errors import ConfigError
+from jaxrec.train import Checkpoints, config_from_dict, dump_config, load_config, train_and_evaluate
+from jaxrec.train import _loop
+from jaxrec.train._setup import prepare_experiment
+
+DATA_ARGS = dict(n_users=120, n_items=80, n_interactions=2400, seed=2)
+RAW = {
+    "data": {"synthetic": DATA_ARGS},
+    "model": {"name": "bprmf", "args": {"embedding_size": 8}},
+    "train": {"epochs": 6, "batch_size": 256, "learning_rate": 0.02, "patience": 10, "seed": 5,
+              "checkpoint_every": 2},
+    "eval": {"ks": [10, 20], "metrics": ["recall", "ndcg", "precision", "map"]},
+    "loss_weights": {"reg": 0.01},
+}
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    return make_synthetic(**DATA_ARGS)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, dataset):
+    """One uninterrupted run that several tests compare against."""
+    workdir = tmp_path_factory.mktemp("reference")
+    metrics = train_and_evaluate(config_from_dict(RAW), workdir, dataset=dataset, quiet=True)
+    return workdir, metrics
+
+
+def _without_timing(metrics):
+    return {k: v for k, v in metrics.items() if k != "timing"}
+
+
+def _history(workdir):
+    rows = [json.loads(line) for line in (workdir / "history.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in row.items() if "seconds" not in k} for row in rows]
+
+
+def test_outputs_of_a_run(reference):
+    workdir, metrics = reference
+    assert metrics["epochs_run"] == 6 and 1 <= metrics["best_epoch"] <= 6
+    assert set(metrics["test"]) == {f"{m}@{k}" for m in ("recall", "ndcg", "precision", "map") for k in (10, 20)}
+    assert metrics["valid"]["recall@20"] == max(row["valid"]["recall@20"] for row in _history(workdir))
+    assert metrics["n_params"] == (120 + 80) * 8
+    assert metrics["devices"]["count"] == 1 and metrics["devices"]["parallel"] == "none"
+    timing = metrics["timing"]
+    assert timing["train_seconds_per_epoch"] > 0 and timing["eval_seconds"] > 0
+    assert timing["total_seconds"] >= 6 * timing["train_seconds_per_epoch"]
+    assert json.loads((workdir / "metrics.json").read_text()) == metrics
+    history = _history(workdir)
+    assert [row["epoch"] for row in history] == [1, 2, 3, 4, 5, 6]
+    assert set(history[0]) >= {"epoch", "loss", "terms", "valid", "best_epoch"}
+    assert set(history[0]["terms"]) == {"bpr", "reg"}
+    np.testing.assert_allclose(history[0]["loss"], history[0]["terms"]["bpr"] + 0.01 * history[0]["terms"]["reg"],
+                               rtol=1e-5)
+    assert history[-1]["loss"] < history[0]["loss"]
+    saved = yaml.safe_load((workdir / "config.yaml").read_text())
+    assert saved["train"]["learning_rate"] == 0.02 and saved["model"]["args"] == {"embedding_size": 8}
+    assert load_config(workdir / "config.yaml").train.seed == 5
+    assert (workdir / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "epoch 6" in (workdir / "log.txt").read_text()
+
+
+def test_same_seed_same_numbers(reference, dataset, tmp_path):
+    workdir, metrics = reference
+    again = train_and_evaluate(config_from_dict(RAW), tmp_path / "again", dataset=dataset, quiet=True)
+    assert _without_timing(again) == _without_timing(metrics)
+    assert _history(tmp_path / "again") == _history(workdir)
+    other_seed = config_from_dict({**RAW, "train": {**RAW["train"], "seed": 6}})
+    different = train_and_evaluate(other_seed, tmp_path / "other", dataset=dataset, quiet=True)
+    assert different["valid"] != metrics["valid"]
+
+
+def test_resume_after_hard_kill_ends_exactly_like_an_uninterrupted_run(reference, dataset, tmp_path):
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(dump_config(config_from_dict(RAW)))
+    workdir = tmp_path / "killed"
+    # A separate process that dies abruptly (no cleanup, no flush) right after epoch 3;
+    # with checkpoint_every=2 the newest checkpoint on disk is epoch 2.
+    script = textwrap.dedent(f"""
+        import os
+        from jaxrec.data._synthetic import make_synthetic
+        from jaxrec.train import TrainHooks, load_config, train_and_evaluate
+        hooks = TrainHooks(on_epoch_end=lambda epoch, row: os._exit(17) if epoch == 3 else None)
+        train_and_evaluate(load_config({str(config_path)!r}), {str(workdir)!r},
+                           dataset=make_synthetic(**{DATA_ARGS!r}), quiet=True, hooks=hooks)
+    """)
+    killed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert killed.returncode == 17, killed.stderr
+    assert not (workdir / "metrics.json").exists()
+    assert len(_history(workdir)) == 3
+    checkpoints = Checkpoints(workdir / "checkpoints", read_only=True)
+    assert checkpoints.last_epoch() == 2
+    checkpoints.close()
+
+    with pytest.raises(ConfigError, match="already holds a run"):
+        train_and_evaluate(config_from_dict(RAW), workdir, dataset=dataset, quiet=True)
+    changed = config_from_dict({**RAW, "train": {**RAW["train"], "learning_rate": 0.03}})
+    with pytest.raises(ConfigError, match="train.learning_rate: 0.02 -> 0.03"):
+        train_and_evaluate(changed, workdir, dataset=dataset, resume=True, quiet=True)
+
+    resumed = train_and_evaluate(load_config(config_path), workdir, dataset=dataset, resume=True, quiet=True)
+    reference_dir, reference_metrics = reference
+    assert _without_timing(resumed) == _without_timing(reference_metrics)
+    assert _history(workdir) == _history(reference_dir)
+    assert "resuming" in (workdir / "log.txt").read_text()
+
+
+def test_early_stopping_reports_test_at_the_best_valid_epoch(monkeypatch, dataset, tmp_path):
+    # Scripted validation values: best at epoch 2; epochs 3, 4, 5 do not beat it strictly,
+    # so with patience 2 training stops after epoch 5. Test "metrics" are a fingerprint of
+    # the parameters they were computed from, to check which epoch's parameters they used.
+    script = iter([0.1, 0.3, 0.2, 0.3, 0.25, 0.9, 0.9])
+    splits = {}
+    real_prepare = _loop.prepare_eval_splits
+
+    def prepare(exp):
+        splits.update(real_prepare(exp))
+        return splits
+
+    def fake_evaluate(exp, encoder, params, ctx, layout):
+        if layout is splits["valid"]:
+            return {"recall@20": next(script)}
+        return {"recall@20": float(np.sum(np.asarray(params["user_embedding"], np.float64)))}
+
+    monkeypatch.setattr(_loop, "prepare_eval_splits", prepare)
+    monkeypatch.setattr(_loop, "evaluate_params", fake_evaluate)
+    raw = {**RAW, "train": {**RAW["train"], "epochs": 20, "patience": 2, "checkpoint_every": 3},
+           "eval": {"ks": [20], "metrics": ["recall"]}}
+    config = config_from_dict(raw)
+    metrics = train_and_evaluate(config, tmp_path / "run", dataset=dataset, quiet=True)
+    assert (metrics["best_epoch"], metrics["epochs_run"], metrics["stopped_early"]) == (2, 5, True)
+    assert metrics["valid"] == {"recall@20": 0.3}
+
+    checkpoints = Checkpoints(tmp_path / "run" / "checkpoints", read_only=True)
+    assert 2 in checkpoints.epochs() and 5 in checkpoints.epochs()  # the best and the last
+    state, meta = checkpoints.restore(prepare_experiment(config, dataset).target, 2)
+    checkpoints.close()
+    assert meta["epochs_done"] == 2
+    assert metrics["test"]["recall@20"] == float(np.sum(np.asarray(state.params["user_embedding"], np.float64)))
+
+
+def test_a_config_error_surfaces_before_training(dataset, tmp_path):
+    raw = {**RAW, "loss_weights": {"regg": 0.1}}
+    with pytest.raises(ConfigError, match="no loss term 'regg'; did you mean 'reg'"):
+        train_and_evaluate(config_from_dict(raw), tmp_path / "run", dataset=dataset, quiet=True)
+    with pytest.raises(ConfigError, match="unknown model 'bprnf'"):
+        train_and_evaluate(config_from_dict({**RAW, "model": {"name": "bprnf"}}), tmp_path / "run2",
+                           dataset=dataset, quiet=True)
+    assert not os.path.exists(tmp_path / "run" / "metrics.json")

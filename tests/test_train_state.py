@@ -1,0 +1,109 @@
+"""Optimizers against numpy re-implementations of torch's update rules, schedules, early stopping."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxrec.train import EarlyStopping, TrainConfig, learning_rate_schedule, make_optimizer, update_early_stopping
+
+A = np.array([[3.0, 0.5, 0.0], [0.5, 2.0, 0.1], [0.0, 0.1, 1.0]])
+B = np.array([1.0, -2.0, 0.5])
+P0 = np.array([0.3, -0.2, 0.8])
+
+
+def _grad(p):  # gradient of the quadratic 1/2 p'Ap - b'p
+    return A @ p - B
+
+
+def _run_optax(config: TrainConfig, steps: int = 4, steps_per_epoch: int = 2) -> np.ndarray:
+    tx = make_optimizer(config, steps_per_epoch)
+    with jax.enable_x64():
+        params = jnp.asarray(P0)
+        state = tx.init(params)
+        for _ in range(steps):
+            updates, state = tx.update(jnp.asarray(_grad(np.asarray(params))), state, params)
+            params = optax.apply_updates(params, updates)
+        return np.asarray(params)
+
+
+def _torch_adam(lr, wd, steps, decoupled=False, b1=0.9, b2=0.999, eps=1e-8):
+    p, m, v = P0.copy(), np.zeros(3), np.zeros(3)
+    for t in range(1, steps + 1):
+        g = _grad(p) + (0.0 if decoupled else wd * p)
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        step = (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + eps)
+        p = p - lr * (step + (wd * p if decoupled else 0.0))
+    return p
+
+
+def test_adam_weight_decay_is_coupled_like_torch():
+    config = TrainConfig(optimizer="adam", learning_rate=0.05, weight_decay=0.1)
+    np.testing.assert_allclose(_run_optax(config), _torch_adam(0.05, 0.1, 4), rtol=1e-10)
+
+
+def test_adamw_weight_decay_is_decoupled():
+    config = TrainConfig(optimizer="adamw", learning_rate=0.05, weight_decay=0.1)
+    np.testing.assert_allclose(_run_optax(config), _torch_adam(0.05, 0.1, 4, decoupled=True), rtol=1e-10)
+    assert not np.allclose(_run_optax(config), _torch_adam(0.05, 0.1, 4))
+
+
+def test_sgd_momentum_matches_torch():
+    p, buf = P0.copy(), None
+    for _ in range(4):
+        g = _grad(p) + 0.01 * p
+        buf = g if buf is None else 0.9 * buf + g
+        p = p - 0.1 * buf
+    config = TrainConfig(optimizer="sgd", learning_rate=0.1, momentum=0.9, weight_decay=0.01)
+    np.testing.assert_allclose(_run_optax(config), p, rtol=1e-10)
+
+
+def test_adagrad_starts_from_zero_like_torch():
+    p, total = P0.copy(), np.zeros(3)
+    for _ in range(4):
+        g = _grad(p)
+        total += g * g
+        p = p - 0.5 * g / (np.sqrt(total) + 1e-10)
+    np.testing.assert_allclose(_run_optax(TrainConfig(optimizer="adagrad", learning_rate=0.5)), p, rtol=1e-8)
+
+
+def test_clip_norm_bounds_the_update():
+    config = TrainConfig(optimizer="sgd", learning_rate=1.0, clip_norm=0.5)
+    tx = make_optimizer(config, 1)
+    grads = jnp.array([30.0, 40.0])  # norm 50
+    updates, _ = tx.update(grads, tx.init(jnp.zeros(2)), jnp.zeros(2))
+    np.testing.assert_allclose(np.asarray(updates), [-0.3, -0.4], rtol=1e-6)
+
+
+def test_schedules_by_hand():
+    spe = 10
+    exponential = learning_rate_schedule(TrainConfig(schedule="exponential", learning_rate=0.1, decay_rate=0.5,
+                                                     decay_epochs=2), spe)
+    # MMRec's LambdaLR rule: lr * rate ** (epoch / decay_epochs), stepped once per epoch.
+    for count, epoch in [(0, 0), (9, 0), (10, 1), (25, 2), (49, 4)]:
+        np.testing.assert_allclose(float(exponential(jnp.asarray(count))), 0.1 * 0.5 ** (epoch / 2), rtol=1e-6)
+    cosine = learning_rate_schedule(TrainConfig(schedule="cosine", learning_rate=0.1, min_learning_rate=0.01,
+                                                epochs=4), spe)
+    np.testing.assert_allclose([float(cosine(c)) for c in (0, 20, 40)],
+                               [0.1, 0.01 + 0.09 * 0.5 * (1 + math.cos(math.pi / 2)), 0.01], rtol=1e-5)
+    warm = learning_rate_schedule(TrainConfig(schedule="warmup_cosine", learning_rate=0.1, warmup_epochs=1,
+                                              epochs=3), spe)
+    np.testing.assert_allclose([float(warm(c)) for c in (0, 5, 10, 30)], [0.0, 0.05, 0.1, 0.0], atol=1e-7)
+    constant = learning_rate_schedule(TrainConfig(learning_rate=0.3), spe)
+    assert float(constant(123)) == pytest.approx(0.3)
+
+
+def test_early_stopping_follows_mmrecs_rule():
+    # Strict improvement resets the count; stop once it EXCEEDS patience (MMRec's early_stopping).
+    state, improvements, stops = EarlyStopping(), [], []
+    for epoch, value in enumerate([0.1, 0.3, 0.2, 0.3, float("nan"), 0.29], start=1):
+        state, improved = update_early_stopping(state, value, epoch, patience=2)
+        improvements.append(improved)
+        stops.append(state.stop)
+    assert improvements == [True, True, False, False, False, False]
+    assert stops == [False, False, False, False, True, True]
+    assert (state.best_value, state.best_epoch) == (0.3, 2)
