@@ -16,12 +16,15 @@ Each row: host preparation (once per split), the first evaluation (compilation +
 median of ``--repeats`` further evaluations with fresh embeddings (the per-epoch cost), all
 with the default metrics (recall, ndcg, precision, map, hit, mrr) at k = 5, 10, 20, 50.
 
-Measured on the project's CPU machine (2 cores, JAX 0.10.2 CPU backend, other jobs running):
-  lfm2k valid   prepare 0.01 s, first call 0.9 s, 0.067 s per evaluation
-  lfm2k test    prepare 0.01 s, first call 0.9 s, 0.070 s per evaluation
-  large test    prepare 1.6 s,  first call 70 s,  69 s per evaluation (100k x 50k, 64-d)
-MMRec takes about 0.16 s per split evaluation on lfm2k on the same kind of machine
-(../shared/anchors: eval_s_valid_plus_test ~ 0.32 s).
+Measured on the project's CPU machine (2 cores, JAX 0.10.2 CPU backend, 2026-11-28), while other
+jobs kept the load average at 4-9, so single figures swing by 2-3x between runs; ranges over
+several runs (median of 10-30 repeats each, best single repeat in brackets):
+  lfm2k valid   prepare 0.01-0.03 s, first call 0.7-5.8 s, per evaluation 0.03-0.10 s (0.03 s)
+  lfm2k test    prepare 0.01-0.04 s, first call 0.7-2.3 s, per evaluation 0.05-0.14 s (0.04 s)
+  large test    prepare 1.1 s, first call 93 s, per evaluation 70 s (66 s)  [one run, 2 repeats]
+Of the lfm2k time, lax.top_k over 1,858 x 1,425 scores (k = 50) is the largest part (~30-55 ms);
+the 64-d score matmul is ~1-5 ms. MMRec takes about 0.16 s per split evaluation on lfm2k on the
+same kind of machine (../shared/anchors: eval_s_valid_plus_test ~ 0.32 s).
 """
 
 from __future__ import annotations

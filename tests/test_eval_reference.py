@@ -122,7 +122,8 @@ def naive_evaluate(scores, *, train_pairs, target_pairs, extra_exclude_pairs=Non
 # Means over users {0, 1, 3}:
 #   recall@1 = 1/6, recall@3 = (1/2 + 1 + 1/2)/3 = 2/3
 #   precision@1 = 1/3, precision@3 = 1/3
-#   ndcg@1 = 1/3, ndcg@3 = (a/(1+a)... ) = (0.613147 + 0.5 + 0.386853)/3 = 1.5/3 = 1/2
+#   ndcg@1 = 1/3, ndcg@3 = (0.613147 + 0.5 + 0.386853)/3 = 1.5/3 = 1/2
+#     (users 0 and 3 add up to exactly 1: 1/(1+a) + a/(1+a) with a = 1/log2 3)
 #   map@1 = 1/3, map@3 = (1/2 + 1/3 + 1/4)/3 = 13/36
 #   hit@1 = 1/3, hit@3 = 1;  mrr@1 = 1/3, mrr@3 = (1 + 1/3 + 1/2)/3 = 11/18
 #   recall2@1 = 1 hit / 5 targets = 1/5, recall2@3 = 3/5

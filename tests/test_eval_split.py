@@ -241,3 +241,23 @@ def test_embedding_shape_errors():
     with pytest.raises(ConfigError, match="protocol"):
         jeval.evaluate_protocol(np.ones((6, 2)), np.ones((4, 2)), split="test", protocol="recbole",
                                 train_pairs=None, valid_pairs=None, test_pairs=pairs["target_pairs"])
+
+
+@pytest.mark.shared_data
+def test_real_lfm2k_split_matches_naive(lfm2k_path):
+    table = np.loadtxt(lfm2k_path / "lfm2k.inter", skiprows=1, dtype=np.int64)
+    pairs, label = table[:, :2], table[:, 3]
+    num_users, num_items = int(pairs[:, 0].max()) + 1, int(pairs[:, 1].max()) + 1
+    train, valid, test = pairs[label == 0], pairs[label == 1], pairs[label == 2]
+    test = test[test[:, 0] < 300]  # the naive loops over 1,425 items per user are slow
+    rng = np.random.default_rng(12)
+    user_emb = rng.integers(-3, 4, (num_users, 6)).astype(np.float32)
+    item_emb = rng.integers(-3, 4, (num_items, 6)).astype(np.float32)
+    scores = (user_emb.astype(np.int64) @ item_emb.T.astype(np.int64)).astype(np.float64)
+    ks = (10, 20)
+    got = jeval.evaluate_protocol(user_emb, item_emb, split="test", protocol="cornac",
+                                  train_pairs=train, valid_pairs=valid, test_pairs=test, ks=ks)
+    expected = naive_evaluate(scores, train_pairs=train, target_pairs=test,
+                              extra_exclude_pairs=valid, ks=ks, keep_targets=True)
+    assert got["num_users"] == 300
+    assert_matches(got, expected)

@@ -104,7 +104,8 @@ def candidate_mask_of(candidate_items, num_items: int) -> np.ndarray:
     mask = np.ones(num_items, bool)
     if candidate_items is not None:
         mask[:] = False
-        mask[_pairs.as_item_ids(candidate_items, field="candidate_items", num_items=num_items)] = True
+        ids = _pairs.as_item_ids(candidate_items, field="candidate_items", num_items=num_items)
+        mask[ids] = True
     return mask
 
 
@@ -151,19 +152,19 @@ def prepare_split(
     kept_users, kept_items = target_users[is_candidate], target_items[is_candidate]
     users = _pairs.sorted_unique(kept_users)
     if users.size == 0:
+        on_candidates = "" if candidate_items is None else " on a candidate item"
         raise DataError(
-            "no held-out pair to evaluate" + (" among the candidate items"
-                                              if candidate_items is not None else ""),
-            field="target_pairs", found=f"{target_users.size} pairs",
-            expected="at least one (user, item) pair" + (" on a candidate item"
-                                                         if candidate_items is not None else ""),
+            "no held-out pair to evaluate", field="target_pairs",
+            found=f"{target_users.size} pairs, {kept_users.size}{on_candidates}",
+            expected=f"at least one (user, item) pair{on_candidates}",
         )
     target_pos, target_item = _pairs.unique_pairs(
         _pairs.positions_of(kept_users, users), kept_items, num_items)
     num_relevant = np.bincount(target_pos, minlength=users.size)
 
     exclude_users, exclude_items = [], []
-    for field, pairs in (("train_pairs", train_pairs), ("extra_exclude_pairs", extra_exclude_pairs)):
+    for field, pairs in (("train_pairs", train_pairs),
+                         ("extra_exclude_pairs", extra_exclude_pairs)):
         pair_users, pair_items = _pairs.as_pairs(pairs, field=field, num_items=num_items)
         exclude_users.append(pair_users)
         exclude_items.append(pair_items)

@@ -111,9 +111,9 @@ def ranking_metrics(
 
 @functools.partial(jax.jit, static_argnames=("ks", "metrics"))
 def _ranking_metrics(hits: jax.Array, relevant: jax.Array, *, ks, metrics) -> dict[str, jax.Array]:
-    list_ = _RankedList(_hits_at_k(hits, max(ks)), ks)
+    ranked = _RankedList(_hits_at_k(hits, max(ks)), ks)
     relevant = relevant[..., None]
-    return {name: _FORMULAS[name](list_, relevant) for name in metrics}
+    return {name: _FORMULAS[name](ranked, relevant) for name in metrics}
 
 
 class _RankedList:
@@ -201,23 +201,24 @@ def recall_at_k(hits: ArrayLike, num_relevant: ArrayLike, *, k: int) -> jax.Arra
     r"""Recall at ``k``: the share of a user's held-out items found in the top ``k``.
 
     .. math::
-        \mathrm{Recall@}k(u) = \frac{\sum_{i=1}^{k} \mathrm{rel}_u(i)}{|T_u|}
+      \mathrm{Recall@}k(u) = \frac{\sum_{i=1}^{k} \mathrm{rel}_u(i)}{|T_u|}
 
     The denominator is ``|T_u|`` even when ``|T_u| > k`` (MMRec ``recall_``), so a user with
     more held-out items than ``k`` cannot reach 1. Some libraries divide by
     :math:`\min(k, |T_u|)` instead; MMRec and Cornac do not.
 
     Args:
-        hits: ``(..., list_len)`` bool or 0/1; ``hits[..., i]`` is 1 when rank ``i + 1`` is relevant.
-        num_relevant: ``(...,)`` number of held-out items ``|T_u|`` of each user.
-        k: list cut-off, a positive int.
+      hits: ``(..., list_len)`` bool or 0/1; ``hits[..., i]`` is 1 when rank ``i + 1`` holds
+        a held-out item.
+      num_relevant: ``(...,)`` number of held-out items ``|T_u|`` of each user.
+      k: list cut-off, a positive int.
 
     Returns:
-        ``(...,)`` float32 recall per user (0 where ``num_relevant == 0``).
+      ``(...,)`` float32 recall per user (0 where ``num_relevant == 0``).
 
     References:
-        Zhou et al., *A Comprehensive Survey on Multimodal Recommender Systems* (MMRec), 2023;
-        ``src/utils/metrics.py::recall_`` in https://github.com/enoche/MMRec.
+      Zhou et al., *A Comprehensive Survey on Multimodal Recommender Systems* (MMRec), 2023;
+      ``src/utils/metrics.py::recall_`` in https://github.com/enoche/MMRec.
     """
     return _one("recall", hits, num_relevant, k)
 
@@ -226,22 +227,22 @@ def precision_at_k(hits: ArrayLike, num_relevant: ArrayLike, *, k: int) -> jax.A
     r"""Precision at ``k``: the share of the top ``k`` slots that hold a held-out item.
 
     .. math::
-        \mathrm{Precision@}k(u) = \frac{1}{k} \sum_{i=1}^{k} \mathrm{rel}_u(i)
+      \mathrm{Precision@}k(u) = \frac{1}{k} \sum_{i=1}^{k} \mathrm{rel}_u(i)
 
     The denominator is ``k`` even when fewer than ``k`` items could be ranked (MMRec
     ``precision_``), so the value is 0 for users without held-out items and at most
     :math:`\min(k, |T_u|) / k`.
 
     Args:
-        hits: ``(..., list_len)`` bool or 0/1 hit matrix (see :func:`recall_at_k`).
-        num_relevant: ``(...,)`` number of held-out items of each user.
-        k: list cut-off, a positive int.
+      hits: ``(..., list_len)`` bool or 0/1 hit matrix (see :func:`recall_at_k`).
+      num_relevant: ``(...,)`` number of held-out items of each user.
+      k: list cut-off, a positive int.
 
     Returns:
-        ``(...,)`` float32 precision per user (0 where ``num_relevant == 0``).
+      ``(...,)`` float32 precision per user (0 where ``num_relevant == 0``).
 
     References:
-        ``src/utils/metrics.py::precision_`` in https://github.com/enoche/MMRec.
+      ``src/utils/metrics.py::precision_`` in https://github.com/enoche/MMRec.
     """
     return _one("precision", hits, num_relevant, k)
 
@@ -250,9 +251,9 @@ def ndcg_at_k(hits: ArrayLike, num_relevant: ArrayLike, *, k: int) -> jax.Array:
     r"""Normalised discounted cumulative gain at ``k`` with binary relevance.
 
     .. math::
-        \mathrm{DCG@}k(u) = \sum_{i=1}^{k} \frac{\mathrm{rel}_u(i)}{\log_2(i + 1)}, \qquad
-        \mathrm{IDCG@}k(u) = \sum_{i=1}^{\min(|T_u|, k)} \frac{1}{\log_2(i + 1)}, \qquad
-        \mathrm{NDCG@}k(u) = \frac{\mathrm{DCG@}k(u)}{\mathrm{IDCG@}k(u)}
+      \mathrm{DCG@}k(u) = \sum_{i=1}^{k} \frac{\mathrm{rel}_u(i)}{\log_2(i + 1)}, \qquad
+      \mathrm{IDCG@}k(u) = \sum_{i=1}^{\min(|T_u|, k)} \frac{1}{\log_2(i + 1)}, \qquad
+      \mathrm{NDCG@}k(u) = \frac{\mathrm{DCG@}k(u)}{\mathrm{IDCG@}k(u)}
 
     This is what MMRec's ``ndcg_`` computes. Its docstring writes the gain as
     :math:`2^{\mathrm{rel}} - 1` (equal to ``rel`` for binary relevance) and the ideal DCG as a
@@ -260,16 +261,16 @@ def ndcg_at_k(hits: ArrayLike, num_relevant: ArrayLike, *, k: int) -> jax.Array:
     :math:`\min(|T_u|, k)` positions, the textbook ideal ranking, as done here.
 
     Args:
-        hits: ``(..., list_len)`` bool or 0/1 hit matrix (see :func:`recall_at_k`).
-        num_relevant: ``(...,)`` number of held-out items of each user.
-        k: list cut-off, a positive int.
+      hits: ``(..., list_len)`` bool or 0/1 hit matrix (see :func:`recall_at_k`).
+      num_relevant: ``(...,)`` number of held-out items of each user.
+      k: list cut-off, a positive int.
 
     Returns:
-        ``(...,)`` float32 NDCG per user in [0, 1] (0 where ``num_relevant == 0``).
+      ``(...,)`` float32 NDCG per user in [0, 1] (0 where ``num_relevant == 0``).
 
     References:
-        Järvelin & Kekäläinen, *Cumulated gain-based evaluation of IR techniques*, TOIS 2002;
-        ``src/utils/metrics.py::ndcg_`` in https://github.com/enoche/MMRec.
+      Järvelin & Kekäläinen, *Cumulated gain-based evaluation of IR techniques*, TOIS 2002;
+      ``src/utils/metrics.py::ndcg_`` in https://github.com/enoche/MMRec.
     """
     return _one("ndcg", hits, num_relevant, k)
 
@@ -278,23 +279,23 @@ def map_at_k(hits: ArrayLike, num_relevant: ArrayLike, *, k: int) -> jax.Array:
     r"""Average precision at ``k`` (its mean over users is MAP@k), MMRec's normalisation.
 
     .. math::
-        P_u(i) = \frac{1}{i} \sum_{j=1}^{i} \mathrm{rel}_u(j), \qquad
-        \mathrm{AP@}k(u) = \frac{1}{\min(|T_u|, k)} \sum_{i=1}^{k} P_u(i)\, \mathrm{rel}_u(i)
+      P_u(i) = \frac{1}{i} \sum_{j=1}^{i} \mathrm{rel}_u(j), \qquad
+      \mathrm{AP@}k(u) = \frac{1}{\min(|T_u|, k)} \sum_{i=1}^{k} P_u(i)\, \mathrm{rel}_u(i)
 
     The textbook average precision of a full ranking divides by :math:`|T_u|`; MMRec's
     ``map_`` divides by :math:`\min(|T_u|, k)` so that a user with more held-out items than
     ``k`` can still reach 1.
 
     Args:
-        hits: ``(..., list_len)`` bool or 0/1 hit matrix (see :func:`recall_at_k`).
-        num_relevant: ``(...,)`` number of held-out items of each user.
-        k: list cut-off, a positive int.
+      hits: ``(..., list_len)`` bool or 0/1 hit matrix (see :func:`recall_at_k`).
+      num_relevant: ``(...,)`` number of held-out items of each user.
+      k: list cut-off, a positive int.
 
     Returns:
-        ``(...,)`` float32 AP@k per user in [0, 1] (0 where ``num_relevant == 0``).
+      ``(...,)`` float32 AP@k per user in [0, 1] (0 where ``num_relevant == 0``).
 
     References:
-        ``src/utils/metrics.py::map_`` in https://github.com/enoche/MMRec.
+      ``src/utils/metrics.py::map_`` in https://github.com/enoche/MMRec.
     """
     return _one("map", hits, num_relevant, k)
 
@@ -303,20 +304,20 @@ def hit_rate_at_k(hits: ArrayLike, num_relevant: ArrayLike, *, k: int) -> jax.Ar
     r"""Hit rate at ``k``: 1 when at least one held-out item is in the top ``k``, else 0.
 
     .. math::
-        \mathrm{Hit@}k(u) = \mathbb{1}\Big[\sum_{i=1}^{k} \mathrm{rel}_u(i) > 0\Big]
+      \mathrm{Hit@}k(u) = \mathbb{1}\Big[\sum_{i=1}^{k} \mathrm{rel}_u(i) > 0\Big]
 
     MMRec's evaluator does not implement it; this is RecBole's ``hit_``.
 
     Args:
-        hits: ``(..., list_len)`` bool or 0/1 hit matrix (see :func:`recall_at_k`).
-        num_relevant: ``(...,)`` number of held-out items of each user.
-        k: list cut-off, a positive int.
+      hits: ``(..., list_len)`` bool or 0/1 hit matrix (see :func:`recall_at_k`).
+      num_relevant: ``(...,)`` number of held-out items of each user.
+      k: list cut-off, a positive int.
 
     Returns:
-        ``(...,)`` float32 0/1 per user.
+      ``(...,)`` float32 0/1 per user.
 
     References:
-        ``recbole/evaluator/metrics.py::Hit`` in https://github.com/RUCAIBox/RecBole.
+      ``recbole/evaluator/metrics.py::Hit`` in https://github.com/RUCAIBox/RecBole.
     """
     return _one("hit", hits, num_relevant, k)
 
@@ -325,22 +326,22 @@ def mrr_at_k(hits: ArrayLike, num_relevant: ArrayLike, *, k: int) -> jax.Array:
     r"""Reciprocal rank at ``k`` of the first held-out item (its mean over users is MRR@k).
 
     .. math::
-        \mathrm{RR@}k(u) = \frac{1}{\min\{i \le k : \mathrm{rel}_u(i) = 1\}}
-        \quad (0 \text{ when no held-out item is in the top } k)
+      \mathrm{RR@}k(u) = \frac{1}{\min\{i \le k : \mathrm{rel}_u(i) = 1\}}
+      \quad (0 \text{ when no held-out item is in the top } k)
 
     MMRec's evaluator does not implement it; this is RecBole's ``mrr_``.
 
     Args:
-        hits: ``(..., list_len)`` bool or 0/1 hit matrix (see :func:`recall_at_k`).
-        num_relevant: ``(...,)`` number of held-out items of each user.
-        k: list cut-off, a positive int.
+      hits: ``(..., list_len)`` bool or 0/1 hit matrix (see :func:`recall_at_k`).
+      num_relevant: ``(...,)`` number of held-out items of each user.
+      k: list cut-off, a positive int.
 
     Returns:
-        ``(...,)`` float32 reciprocal rank per user in [0, 1].
+      ``(...,)`` float32 reciprocal rank per user in [0, 1].
 
     References:
-        Voorhees, *The TREC-8 question answering track report*, 1999;
-        ``recbole/evaluator/metrics.py::MRR`` in https://github.com/RUCAIBox/RecBole.
+      Voorhees, *The TREC-8 question answering track report*, 1999;
+      ``recbole/evaluator/metrics.py::MRR`` in https://github.com/RUCAIBox/RecBole.
     """
     return _one("mrr", hits, num_relevant, k)
 
@@ -349,22 +350,22 @@ def hits_at_k(hits: ArrayLike, num_relevant: ArrayLike, *, k: int) -> jax.Array:
     r"""Number of held-out items in the top ``k``: the numerator of MMRec's ``recall2``.
 
     .. math::
-        \mathrm{Hits@}k(u) = \sum_{i=1}^{k} \mathrm{rel}_u(i)
+      \mathrm{Hits@}k(u) = \sum_{i=1}^{k} \mathrm{rel}_u(i)
 
     MMRec's ``recall2_`` is the micro average
     :math:`\sum_u \mathrm{Hits@}k(u) / \sum_u |T_u|`, which
     :func:`jaxrec.eval.evaluate_split` reports as ``recall2@k``.
 
     Args:
-        hits: ``(..., list_len)`` bool or 0/1 hit matrix (see :func:`recall_at_k`).
-        num_relevant: ``(...,)`` number of held-out items of each user.
-        k: list cut-off, a positive int.
+      hits: ``(..., list_len)`` bool or 0/1 hit matrix (see :func:`recall_at_k`).
+      num_relevant: ``(...,)`` number of held-out items of each user.
+      k: list cut-off, a positive int.
 
     Returns:
-        ``(...,)`` float32 hit count per user.
+      ``(...,)`` float32 hit count per user.
 
     References:
-        ``src/utils/metrics.py::recall2_`` in https://github.com/enoche/MMRec.
+      ``src/utils/metrics.py::recall2_`` in https://github.com/enoche/MMRec.
     """
     return _one("hits", hits, num_relevant, k)
 

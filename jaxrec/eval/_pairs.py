@@ -14,16 +14,14 @@ import numpy as np
 from jaxrec.errors import DataError
 
 
-def as_pairs(
-    pairs, *, field: str, num_items: int, num_users: int | None = None
-) -> tuple[np.ndarray, np.ndarray]:
+def as_pairs(pairs, *, field: str, num_items: int) -> tuple[np.ndarray, np.ndarray]:
     """Checks an ``(n, 2)`` array of (user, item) ids and returns its two int64 columns.
 
     Args:
       pairs: ``(n, 2)`` integer array-like, or None for no pairs.
       field: the argument name, for error messages.
-      num_items: item ids must lie in ``[0, num_items)``.
-      num_users: when given, user ids must lie in ``[0, num_users)``.
+      num_items: item ids must lie in ``[0, num_items)``; user ids must be >= 0 (their upper
+        bound, the number of user embeddings, is checked when the split is evaluated).
 
     Returns:
       ``(users, items)``, two ``(n,)`` int64 arrays.
@@ -50,7 +48,7 @@ def as_pairs(
         )
     users = array[:, 0].astype(np.int64)
     items = array[:, 1].astype(np.int64)
-    _check_range(users, field=field, what="user", upper=num_users)
+    _check_range(users, field=field, what="user", upper=None)
     _check_range(items, field=field, what="item", upper=num_items)
     return users, items
 

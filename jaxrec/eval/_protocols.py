@@ -71,7 +71,8 @@ def protocol_pairs(
       ConfigError: unknown protocol or split, or ``test_pairs`` missing for the test split.
     """
     if protocol not in PROTOCOLS:
-        raise ConfigError(f"unknown evaluation protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
+        raise ConfigError(
+            f"unknown evaluation protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
     if split not in SPLITS:
         raise ConfigError(f"unknown split {split!r}; known: {', '.join(SPLITS)}")
     if split == "test" and test_pairs is None:

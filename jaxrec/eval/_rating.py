@@ -36,7 +36,9 @@ def _errors(predictions: ArrayLike, targets: ArrayLike, where: ArrayLike | None)
     return jnp.where(where, errors, 0.0), where.sum()
 
 
-def rmse(predictions: ArrayLike, targets: ArrayLike, *, where: ArrayLike | None = None) -> jax.Array:
+def rmse(
+    predictions: ArrayLike, targets: ArrayLike, *, where: ArrayLike | None = None
+) -> jax.Array:
     r"""Root mean squared error of predicted ratings.
 
     .. math::
@@ -61,7 +63,9 @@ def rmse(predictions: ArrayLike, targets: ArrayLike, *, where: ArrayLike | None 
     return jnp.sqrt(jnp.sum(errors**2) / count)
 
 
-def mae(predictions: ArrayLike, targets: ArrayLike, *, where: ArrayLike | None = None) -> jax.Array:
+def mae(
+    predictions: ArrayLike, targets: ArrayLike, *, where: ArrayLike | None = None
+) -> jax.Array:
     r"""Mean absolute error of predicted ratings.
 
     .. math::
