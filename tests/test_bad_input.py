@@ -237,3 +237,17 @@ def test_unknown_format_and_undetectable_folder(tmp_path):
     error = error_of(load, tmp_path, format="parquet")
     assert error.field == "format" and "unknown dataset format; found 'parquet'" in str(error)
     assert "cannot tell the dataset format" in str(error_of(load, tmp_path))
+
+
+def test_line_numbers_stay_right_after_multibyte_characters(tmp_path):
+    folder = tmp_path / "mb"
+    folder.mkdir()
+    (folder / "mb.inter").write_text("user_id:token\titem_id:token\nü\tß\n\n日本\t語\nü語\n", encoding="utf-8")
+    error = error_of(read_recbole, folder)
+    assert (error.line, error.field) == (5, "item_id:token")
+    assert "truncated line; found 1 field(s): 'ü語'" in str(error)
+
+
+def test_a_line_of_spaces_is_a_truncated_row_not_silently_skipped(tmp_path):
+    error = error_of(read_mmrec, mmrec(tmp_path, [GOOD[0], "   ", GOOD[1]]))
+    assert error.line == 3 and "truncated line; found 1 field(s): '   '" in str(error)

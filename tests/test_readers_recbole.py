@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from jaxrec.data import DataWarning, load, read_recbole
+from jaxrec.data import DataWarning, load, read_mmrec, read_recbole, save_mmrec
 from jaxrec.errors import DataError
 
 
@@ -96,3 +96,27 @@ def test_float_seq_of_a_different_length_names_the_line(tmp_path):
     (folder / "s.item").write_text("item_id:token\temb:float_seq\nm2\t1 x\n")
     with pytest.raises(DataError, match=r"s\.item:2, field 'emb': not a number in a float_seq field; found 'x'"):
         read_recbole(folder)
+
+
+def test_unsplit_recbole_data_round_trips_through_the_mmrec_layout(tmp_path):
+    first = read_recbole(write_atomic(tmp_path / "ml", {"inter": INTER, "item": ITEM}))
+    save_mmrec(first, tmp_path / "out")
+    again = read_mmrec(tmp_path / "out")
+    assert again.metadata["needs_split"] is True
+    np.testing.assert_array_equal(again.user_ids, first.user_ids)
+    np.testing.assert_array_equal(again.item_ids, first.item_ids)
+    np.testing.assert_array_equal(again.interactions.pairs(), first.interactions.pairs())
+    np.testing.assert_array_equal(again.interactions.split, first.interactions.split)
+    np.testing.assert_array_equal(again.interactions.ratings, first.interactions.ratings)
+    np.testing.assert_array_equal(again.interactions.timestamps, first.interactions.timestamps)
+    np.testing.assert_array_equal(again.modalities["emb"].features, first.modalities["emb"].features)
+    np.testing.assert_array_equal(again.modalities["emb"].mask, first.modalities["emb"].mask)
+
+
+def test_padded_and_non_ascii_tokens(tmp_path):
+    folder = write_atomic(tmp_path / "pad", {"inter": ["user_id:token\titem_id:token", " u1 \tcafé", "u2\tnaïve ",
+                                                       "u1\tnaïve"]})
+    dataset = read_recbole(folder)
+    np.testing.assert_array_equal(dataset.user_ids, ["u1", "u2"])
+    np.testing.assert_array_equal(dataset.item_ids, ["café", "naïve"])
+    np.testing.assert_array_equal(dataset.interactions.pairs(), [[0, 0], [1, 1], [0, 1]])

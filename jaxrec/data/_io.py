@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import io
 import os
-import re
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -87,9 +86,11 @@ class DelimitedTable:
         self.path = path
         self.header = header
         self.delimiter = delimiter
-        self._body = body  # the data rows joined by "\n", blank lines removed
+        self._body = body  # the data rows joined by "\n", blank lines removed ("" for quoted files)
         self.line_numbers = line_numbers
         self._rows = rows
+        self._quoted = rows is not None
+        self._flat: list[str] | None = None
 
     def __len__(self) -> int:
         return int(self.line_numbers.shape[0])
@@ -119,7 +120,16 @@ class DelimitedTable:
     def strings(self, name: str) -> list[str]:
         """Column ``name`` as a list of strings (surrounding whitespace stripped)."""
         column = self.index(name)
-        return [row[column].strip() for row in self.rows()]
+        if self._quoted:
+            return [row[column].strip() for row in self._rows]
+        if self._flat is None:
+            # One split of the whole body: every line has exactly n_columns fields (checked on read).
+            self._flat = self._body.replace("\n", self.delimiter).split(self.delimiter) if len(self) else []
+        values = self._flat[column::self.n_columns]
+        padded = any(pattern in self._body for pattern in (f"{self.delimiter} ", f" {self.delimiter}", "\n ", " \n"))
+        if padded or self._body[:1] == " " or self._body[-1:] == " ":
+            values = [value.strip() for value in values]
+        return values
 
     def error(self, row: int, field: str, message: str, *, found, expected) -> DataError:
         return DataError(message, path=self.path, line=self.line_of(row), field=field, found=found, expected=expected)
@@ -132,7 +142,7 @@ class DelimitedTable:
         if not kinds:
             return {}
         columns = None
-        if self._rows is None:
+        if not self._quoted:
             columns = self._numbers_fast(kinds, positions)
         if columns is None:
             columns = {name: self._column_slow(name, positions[name], kind) for name, kind in kinds.items()}
@@ -229,9 +239,7 @@ def read_table(path, *, delimiter: str = "\t", header: bool | Sequence[str] = Tr
         names = tuple(header)
     _check_header(path, names, header is True)
     first_line = text.count("\n", 0, start) + 1
-    body = text[start:].rstrip("\n")
-    body, line_numbers = _drop_blank_lines(body, first_line)
-    counts = _separators_per_line(body, separator, len(line_numbers))
+    body, line_numbers, counts = _split_lines(text[start:].rstrip("\n\r "), separator, first_line)
     bad = np.flatnonzero(counts != len(names) - 1)
     if bad.size:
         row = int(bad[0])
@@ -252,27 +260,31 @@ def _line_end(text: str, start: int) -> int:
     return len(text) if end < 0 else end
 
 
-_BLANK_LINE = re.compile(r"(?:^|\n)[ \r]*(?:\n|$)")
-
-
-def _drop_blank_lines(body: str, first_line: int) -> tuple[str, np.ndarray]:
+def _split_lines(body: str, separator: str, first_line: int) -> tuple[str, np.ndarray, np.ndarray]:
+    """(body without empty lines, the file line number of each row, separators on each row)."""
     if not body:
-        return "", np.zeros(0, dtype=np.int64)
-    if not _BLANK_LINE.search(body):
-        return body, np.arange(first_line, first_line + body.count("\n") + 1, dtype=np.int64)
-    lines = body.split("\n")
-    kept = [k for k, line in enumerate(lines) if line.strip(" \r")]
-    return "\n".join(lines[k] for k in kept), first_line + np.asarray(kept, dtype=np.int64)
-
-
-def _separators_per_line(body: str, separator: str, n_lines: int) -> np.ndarray:
-    if not n_lines:
-        return np.zeros(0, dtype=np.int64)
-    if ord(separator) >= 128:
-        return np.fromiter((line.count(separator) for line in body.split("\n")), dtype=np.int64, count=n_lines)
+        return "", np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    if ord(separator) >= 128:  # rare: count in Python
+        lines = body.split("\n")
+        kept = [k for k, line in enumerate(lines) if line]
+        counts = np.fromiter((lines[k].count(separator) for k in kept), dtype=np.int64, count=len(kept))
+        body = body if len(kept) == len(lines) else "\n".join(lines[k] for k in kept)
+        return body, first_line + np.asarray(kept, dtype=np.int64), counts
+    # ASCII separators and newlines never occur inside multi-byte UTF-8 characters, so bytes will do.
     data = np.frombuffer(body.encode("utf-8", "surrogatepass"), dtype=np.uint8)
-    line_of_byte = np.cumsum(data == 10)  # ASCII bytes never occur inside multi-byte UTF-8 characters
-    return np.bincount(line_of_byte[data == ord(separator)], minlength=n_lines)
+    newlines = np.flatnonzero(data == 10)
+    starts = np.concatenate([[0], newlines + 1])
+    ends = np.concatenate([newlines, [data.size]])
+    empty = starts == ends
+    running = np.zeros(data.size + 1, dtype=np.int32 if data.size < 2**31 - 1 else np.int64)
+    np.cumsum(data == ord(separator), out=running[1:])  # separators before each byte position
+    counts = np.diff(running[ends], prepend=0).astype(np.int64)
+    line_numbers = np.arange(first_line, first_line + starts.size, dtype=np.int64)
+    if empty.any():
+        lines = body.split("\n")
+        body = "\n".join(line for line in lines if line)
+        line_numbers, counts = line_numbers[~empty], counts[~empty]
+    return body, line_numbers, counts
 
 
 def _check_header(path: Path, names: tuple[str, ...], has_header_line: bool) -> None:
@@ -318,14 +330,18 @@ def _read_quoted(path: Path, text: str, delimiter: str, header, allow_empty: boo
     return DelimitedTable(path, names, delimiter, "", np.asarray(line_numbers, dtype=np.int64), rows)
 
 
-def dense_ids(values: np.ndarray, *, order: str = "sorted") -> tuple[np.ndarray, np.ndarray]:
-    """(dense, originals): ``originals[dense] == values``, ids ``0..n-1`` in sorted or first-seen order."""
-    originals, first, inverse = np.unique(values, return_index=True, return_inverse=True)
+def dense_ids(values, *, order: str = "sorted") -> tuple[np.ndarray, np.ndarray]:
+    """(dense, originals) with ``originals[dense] == values``: ids ``0..n-1`` in sorted or first-seen order.
+
+    ``values`` is an array (``"sorted"``) or any sequence of hashable tokens (``"first_seen"``,
+    which hashes instead of sorting, so a million string tokens take a fraction of a second).
+    """
     if order == "first_seen":
-        rank = np.argsort(first, kind="stable")
-        position = np.empty_like(rank)
-        position[rank] = np.arange(rank.size)
-        return position[inverse].astype(np.int64), originals[rank]
+        index: dict = {}
+        dense = np.fromiter((index.setdefault(value, len(index)) for value in values), dtype=np.int64,
+                            count=len(values))
+        return dense, np.asarray(list(index))
+    originals, inverse = np.unique(np.asarray(values), return_inverse=True)
     return inverse.astype(np.int64), originals
 
 

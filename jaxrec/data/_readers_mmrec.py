@@ -299,7 +299,8 @@ def _read_social(folder: Path, social, user_ids: np.ndarray | None, n_users: int
 def save_mmrec(dataset: MultimodalDataset, folder, *, overwrite: bool = False) -> Path:
     """Writes ``dataset`` as an MMRec folder, atomically (a temporary folder beside it, then a rename).
 
-    Writes ``<name>.inter`` (userID, itemID, [rating], [timestamp], x_label), one
+    Writes ``<name>.inter`` (userID, itemID, [rating], [timestamp], x_label; no x_label when
+    every row is train, i.e. the dataset has not been split), one
     ``<modality>.npy`` (float32) per 2-D modality with zeros on rows whose mask is False, and,
     when the dataset has both id maps, ``<name>_og_ids.inter``; social edges go to
     ``user_friends.dat`` (in original ids when there are id maps). Reading the folder back with
@@ -375,9 +376,10 @@ def _write_inter(path: Path, inter: Interactions, users: np.ndarray, items: np.n
         columns.append(inter.timestamps)
         formats.append("%d" if inter.timestamps.dtype.kind in "iu" else "%.17g")
         names.append("timestamp")
-    columns.append(inter.split)
-    formats.append("%d")
-    names.append("x_label")
+    if np.any(inter.split != 0):  # an unsplit dataset (all train) is written without x_label, so it reads back unsplit
+        columns.append(inter.split)
+        formats.append("%d")
+        names.append("x_label")
     lines = ["\t".join(names)]
     template = "\t".join(formats)
     lines.extend(template % row for row in zip(*(c.tolist() for c in columns)))

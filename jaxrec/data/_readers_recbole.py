@@ -74,8 +74,8 @@ def read_recbole(
     numeric = {field: kind for field, kind in ((rating_field, FLOAT), (timestamp_field, TIME))
                if inter.table.has(_typed_name(inter, field))}
     columns = inter.table.numbers({_typed_name(inter, f): kind for f, kind in numeric.items()})
-    users, user_ids = dense_ids(np.asarray(user_tokens, dtype=str), order="first_seen")
-    items, item_ids = dense_ids(np.asarray(item_tokens, dtype=str), order="first_seen")
+    users, user_ids = dense_ids(user_tokens, order="first_seen")
+    items, item_ids = dense_ids(item_tokens, order="first_seen")
     keep = deduplicate(users, items, inter.table, duplicates=duplicates, user_field=user_field, item_field=item_field)
     rows = slice(None) if keep is None else keep
     rating = columns.get(_typed_name(inter, rating_field)) if rating_field in numeric else None
@@ -230,11 +230,9 @@ def _knowledge_graph(folder: Path, name: str, item_position: dict, item_field: s
     kg = _read_typed(folder / f"{name}.kg")
     link_path = require_file(folder / f"{name}.link", what="item-entity link file (needed with a .kg file)")
     link = _read_typed(link_path)
-    heads = np.asarray(_tokens(kg, head_field), dtype=str)
-    relations_text = np.asarray(_tokens(kg, relation_field), dtype=str)
-    tails = np.asarray(_tokens(kg, tail_field), dtype=str)
-    entities, entity_ids = dense_ids(np.stack([heads, tails], axis=1).ravel(), order="first_seen")
-    relations, relation_ids = dense_ids(relations_text, order="first_seen")
+    heads, tails = _tokens(kg, head_field), _tokens(kg, tail_field)
+    entities, entity_ids = dense_ids([token for pair in zip(heads, tails) for token in pair], order="first_seen")
+    relations, relation_ids = dense_ids(_tokens(kg, relation_field), order="first_seen")
     head_entities, tail_entities = entities[0::2], entities[1::2]
 
     entity_position = {token: k for k, token in enumerate(entity_ids.tolist())}
