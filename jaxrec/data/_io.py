@@ -174,14 +174,14 @@ class DelimitedTable:
         texts = [fields[column].strip() for fields in self.rows()]
         if kind == TIME:
             try:
-                return np.asarray([int(text) for text in texts], dtype=np.int64)
+                return np.asarray([_strict(int, text) for text in texts], dtype=np.int64)
             except (ValueError, OverflowError):
                 pass  # fractional timestamps (or a bad value, located below)
         parse = int if kind in (ID, INT) else float
         values = np.empty(len(texts), dtype=np.int64 if parse is int else np.float64)
         for row, text in enumerate(texts):
             try:
-                values[row] = parse(text)
+                values[row] = _strict(parse, text)
             except (ValueError, OverflowError):
                 expected = {ID: "a non-negative integer id", INT: "an integer", FLOAT: "a number",
                             TIME: "a number (timestamp)"}[kind]
@@ -196,6 +196,13 @@ class DelimitedTable:
         if values.dtype.kind == "f" and not np.all(np.isfinite(values)):
             row = int(np.argmax(~np.isfinite(values)))
             raise self.error(row, name, "not a finite number", found=str(values[row]), expected="a finite number")
+
+
+def _strict(parse, text: str):
+    """``parse(text)``, refusing the digit separators that Python reads ("1_000") but numpy does not."""
+    if "_" in text:
+        raise ValueError(text)
+    return parse(text)
 
 
 def read_table(path, *, delimiter: str = "\t", header: bool | Sequence[str] = True, encoding: str = "utf-8",
