@@ -261,3 +261,13 @@ def test_real_lfm2k_split_matches_naive(lfm2k_path):
                               extra_exclude_pairs=valid, ks=ks, keep_targets=True)
     assert got["num_users"] == 300
     assert_matches(got, expected)
+
+
+def test_top_k_items_input_errors():
+    user_emb, item_emb = np.ones((5, 2), np.float32), np.ones((4, 2), np.float32)
+    with pytest.raises(DataError, match="distinct"):
+        jeval.top_k_items(user_emb, item_emb, np.array([1, 1]), k=2)
+    with pytest.raises(DataError, match="user id 5"):
+        jeval.top_k_items(user_emb, item_emb, np.array([5]), k=2)
+    with pytest.raises(ConfigError, match="k must be"):
+        jeval.top_k_items(user_emb, item_emb, np.array([0]), k=0)

@@ -268,8 +268,11 @@ def evaluate_prepared(
         read as padded with non-hits; precision still divides by ``k``).
       metrics: names among ``recall, ndcg, precision, map, hit, mrr, recall2``.
       score_fn: optional jittable ``(users (B,) int32, user_emb, item_emb) -> (B, num_items)``;
-        default inner product. Keep the same function object across calls: it is a static
-        argument of the compiled program (a new lambda each call means a new compilation).
+        default inner product. ``user_emb`` and ``item_emb`` reach it as jit arguments; a
+        scorer that only needs the user ids can be passed as ``lambda users, *_: f(users)``
+        (arrays it closes over become compile-time constants). Keep the same function object
+        across calls: it is a static argument of the compiled program (a new lambda each call
+        means a new compilation).
 
     Returns:
       ``{"recall@20": float, ...}`` for every (metric, k), averaged over evaluated users
