@@ -48,12 +48,23 @@ def _expected_gram(xs, masks, weights, rff):
     return sum(w * b * p for w, b, p in zip(weights, blocks, both))
 
 
+WEIGHTED = fusion.KernelEncoding(SPECS, init_weights=(0.5, 2.0, 1.5, 0.8))
+INIT_WEIGHTED = jax.jit(WEIGHTED.init)  # one compile shared by the tests that need a real init
+
+
+def _random_variables(module, seed, *args):
+    """Variables with the module's structure (traced by eval_shape, so no init compile), random values."""
+    shapes = jax.eval_shape(module.init, jax.random.key(0), *args)
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda s: (0.5 * rng.normal(size=s.shape)).astype(s.dtype), shapes)
+
+
 def test_feature_inner_products_equal_weighted_masked_combined_kernel():
     xs, masks = _inputs(0)
-    module = fusion.KernelEncoding(SPECS, init_weights=(0.5, 2.0, 1.5, 0.8))
-    variables = module.init(jax.random.key(0), xs, masks)
+    module = WEIGHTED
+    variables = INIT_WEIGHTED(jax.random.key(0), xs, masks)
     assert set(variables) == {"params", "constants"}  # RFF draw is not a trainable param
-    features = module.apply(variables, xs, masks)
+    features = jax.jit(module.apply)(variables, xs, masks)
     assert features.shape == (6, 3 + 15 + 5 + 64)
     weights = np.asarray(module.apply(variables, method="modality_weights"))
     np.testing.assert_allclose(weights, [0.5, 2.0, 1.5, 0.8], rtol=1e-5)
@@ -66,9 +77,10 @@ def test_exact_kernels_without_masks_match_public_combined_kernel():
     xs, _ = _inputs(1)
     exact_specs = SPECS[:3]
     module = fusion.KernelEncoding(exact_specs)
-    variables = module.init(jax.random.key(1), xs[:3])
-    features = module.apply(variables, xs[:3])
-    expected = fusion.combined_kernel([s.kernel for s in exact_specs], xs[:3], xs[:3])
+    variables = _random_variables(module, 1, xs[:3])
+    features = jax.jit(module.apply)(variables, xs[:3])
+    weights = jax.nn.softplus(variables["params"]["raw_weights"])
+    expected = fusion.combined_kernel([s.kernel for s in exact_specs], xs[:3], xs[:3], weights)
     np.testing.assert_allclose(features @ features.T, expected, rtol=1e-4, atol=1e-4)
 
 
@@ -76,23 +88,23 @@ def test_identity_projection_keeps_the_kernel_and_learned_projection_is_linear()
     xs, masks = _inputs(2)
     width = 3 + 15 + 5 + 64
     module = fusion.KernelEncoding(SPECS, out_dim=width)
-    variables = module.init(jax.random.key(2), xs, masks)
-    variables = jax.tree.map(lambda a: a, variables)  # shallow copy before editing
+    variables = _random_variables(module, 2, xs, masks)
     variables["params"]["projection"]["kernel"] = jnp.eye(width)
-    features = module.apply(variables, xs, masks)
+    variables["params"]["raw_weights"] = jnp.full((4,), math.log(math.e - 1))  # softplus -> 1
+    features = jax.jit(module.apply)(variables, xs, masks)
     weights = np.ones(4)
     expected = _expected_gram(xs, masks, weights, variables["constants"]["rff_3"])
     np.testing.assert_allclose(features @ features.T, expected, rtol=1e-4, atol=1e-4)
 
     projected = fusion.KernelEncoding(SPECS, out_dim=7)
-    projected_vars = projected.init(jax.random.key(3), xs, masks)
-    raw = fusion.KernelEncoding(SPECS).apply(
+    projected_vars = _random_variables(projected, 3, xs, masks)
+    raw = jax.jit(fusion.KernelEncoding(SPECS).apply)(
         {"params": {"raw_weights": projected_vars["params"]["raw_weights"]}, "constants": projected_vars["constants"]},
         xs,
         masks,
     )
     np.testing.assert_allclose(
-        projected.apply(projected_vars, xs, masks),
+        jax.jit(projected.apply)(projected_vars, xs, masks),
         raw @ projected_vars["params"]["projection"]["kernel"],
         rtol=1e-5,
         atol=1e-5,
@@ -101,14 +113,14 @@ def test_identity_projection_keeps_the_kernel_and_learned_projection_is_linear()
 
 def test_random_features_fixed_after_init_and_seeded():
     xs, masks = _inputs(3)
-    module = fusion.KernelEncoding(SPECS)
-    a = module.init(jax.random.key(5), xs, masks)
-    b = module.init(jax.random.key(5), xs, masks)
-    c = module.init(jax.random.key(6), xs, masks)
+    module = WEIGHTED
+    a = INIT_WEIGHTED(jax.random.key(5), xs, masks)
+    b = INIT_WEIGHTED(jax.random.key(5), xs, masks)
+    c = INIT_WEIGHTED(jax.random.key(6), xs, masks)
     np.testing.assert_array_equal(a["constants"]["rff_3"]["frequencies"], b["constants"]["rff_3"]["frequencies"])
     assert not np.allclose(a["constants"]["rff_3"]["frequencies"], c["constants"]["rff_3"]["frequencies"])
     # Gradients reach only the trainable weights; the draw is an input of apply, not a param.
-    grads = jax.grad(lambda p: jnp.sum(module.apply({"params": p, "constants": a["constants"]}, xs, masks) ** 2))(
+    grads = jax.jit(jax.grad(lambda p: jnp.sum(module.apply({"params": p, "constants": a["constants"]}, xs, masks) ** 2)))(
         a["params"]
     )
     assert set(grads) == {"raw_weights"}
@@ -118,11 +130,11 @@ def test_random_features_fixed_after_init_and_seeded():
 def test_missing_rows_with_nan_placeholders_are_inert():
     xs, masks = _inputs(4)
     module = fusion.KernelEncoding(SPECS, out_dim=5)
-    variables = module.init(jax.random.key(0), xs, masks)
+    variables = _random_variables(module, 4, xs, masks)
     poisoned = [np.where(m[:, None], x, np.nan) for x, m in zip(xs, masks)]
-    clean = module.apply(variables, xs, masks)
-    np.testing.assert_allclose(module.apply(variables, poisoned, masks), clean, rtol=1e-6)
-    grads = jax.grad(lambda p: jnp.sum(module.apply({**variables, "params": p}, poisoned, masks) ** 2))(
+    clean = jax.jit(module.apply)(variables, xs, masks)
+    np.testing.assert_allclose(jax.jit(module.apply)(variables, poisoned, masks), clean, rtol=1e-6)
+    grads = jax.jit(jax.grad(lambda p: jnp.sum(module.apply({**variables, "params": p}, poisoned, masks) ** 2)))(
         variables["params"]
     )
     chex_finite = jax.tree.leaves(jax.tree.map(lambda g: bool(np.all(np.isfinite(g))), grads))
@@ -134,7 +146,7 @@ def test_weights_learn_toward_the_informative_kernel_under_jit():
     rng = np.random.default_rng(7)
     xs = [rng.normal(size=(12, 3)).astype(np.float32), rng.normal(size=(12, 3)).astype(np.float32)]
     module = fusion.KernelEncoding((fusion.KernelSpec("linear"), fusion.KernelSpec("cosine")))
-    variables = module.init(jax.random.key(0), xs)
+    variables = {"params": {"raw_weights": jnp.full((2,), math.log(math.e - 1))}}  # both weights 1
     target = 3.0 * xs[0] @ xs[0].T
 
     @jax.jit

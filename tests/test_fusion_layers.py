@@ -23,6 +23,13 @@ def _inputs(seed):
     return xs, masks, query
 
 
+def _random_variables(module, seed, *args):
+    """Variables with the module's structure (traced by eval_shape, so no init compile), random values."""
+    shapes = jax.eval_shape(module.init, jax.random.key(0), *args)
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda s: (0.5 * rng.normal(size=s.shape)).astype(s.dtype), shapes)
+
+
 def _np(tree):
     return jax.tree.map(lambda a: np.asarray(a, np.float64), tree)
 
@@ -46,11 +53,11 @@ def _zeroed(xs, masks):
 def test_early_fusion_matches_numpy():
     xs, masks, _ = _inputs(0)
     module = fusion.EarlyFusion(out_dim=4, hidden_dims=(8,))
-    variables = module.init(jax.random.key(0), xs, masks)
+    variables = _random_variables(module, 0, xs, masks)
     p = _np(variables["params"])
     joined = np.concatenate(_zeroed(xs, masks) + [np.stack(masks, 1).astype(float)], axis=1)
     expected = _mlp(p["encoder"], joined, 2)
-    np.testing.assert_allclose(module.apply(variables, xs, masks), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(jax.jit(module.apply)(variables, xs, masks), expected, rtol=1e-5, atol=1e-5)
     # The absent-item row is the MLP of all zeros: a learned default, the same for every such row.
     np.testing.assert_allclose(expected[4], _mlp(p["encoder"], np.zeros((1, joined.shape[1])), 2)[0])
 
@@ -59,7 +66,7 @@ def test_early_fusion_matches_numpy():
 def test_late_fusion_matches_numpy(combine):
     xs, masks, _ = _inputs(1)
     module = fusion.LateFusion(out_dim=3, hidden_dims=(5,), combine=combine)
-    variables = module.init(jax.random.key(1), xs, masks)
+    variables = _random_variables(module, 1, xs, masks)
     p = _np(variables["params"])
     vectors = [_mlp(p[f"encoder_{m}"], x, 2) for m, x in enumerate(_zeroed(xs, masks))]
     rows = []
@@ -71,15 +78,15 @@ def test_late_fusion_matches_numpy(combine):
             rows.append(np.zeros(3))
         else:
             rows.append(np.sum(present, 0) / (len(present) if combine == "mean" else 1))
-    np.testing.assert_allclose(module.apply(variables, xs, masks), np.stack(rows), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(jax.jit(module.apply)(variables, xs, masks), np.stack(rows), rtol=1e-5, atol=1e-5)
 
 
 def test_late_fusion_learned_default_for_items_without_modalities():
     xs, masks, _ = _inputs(2)
     module = fusion.LateFusion(out_dim=3, learned_default=True)
-    variables = module.init(jax.random.key(2), xs, masks)
+    variables = _random_variables(module, 2, xs, masks)
     variables["params"]["missing_default"] = jnp.array([1.0, -2.0, 3.0])
-    out = module.apply(variables, xs, masks)
+    out = jax.jit(module.apply)(variables, xs, masks)
     np.testing.assert_allclose(out[4], [1.0, -2.0, 3.0])
     assert not np.allclose(out[0], [1.0, -2.0, 3.0])
 
@@ -97,13 +104,13 @@ def _masked_softmax_np(scores, present):
 def test_attention_fusion_matches_numpy():
     xs, masks, query = _inputs(3)
     module = fusion.AttentionFusion(dim=4)
-    variables = module.init(jax.random.key(3), xs, query, masks)
+    variables = _random_variables(module, 3, xs, query, masks)
     p = _np(variables["params"])
     keys = np.stack([_dense(p[f"project_{m}"], x) for m, x in enumerate(_zeroed(xs, masks))], 1)
     scores = np.array([[query[i] @ p["bilinear"] @ keys[i, m] for m in range(3)] for i in range(N)])
     weights = _masked_softmax_np(scores, np.stack(masks, 1))
     expected = np.einsum("nm,nmk->nk", weights, keys)
-    out, state = module.apply(variables, xs, query, masks, mutable=["intermediates"])
+    out, state = jax.jit(module.apply, static_argnames="mutable")(variables, xs, query, masks, mutable="intermediates")
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(state["intermediates"]["attention_weights"][0], weights, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(out[4], 0.0)
@@ -114,7 +121,7 @@ def test_gated_fusion_matches_numpy(with_context):
     xs, masks, context = _inputs(4)
     context = context if with_context else None
     module = fusion.GatedFusion(dim=3)
-    variables = module.init(jax.random.key(4), xs, context, masks)
+    variables = _random_variables(module, 4, xs, context, masks)
     p = _np(variables["params"])
     expected = np.zeros((N, 3))
     for m, x in enumerate(_zeroed(xs, masks)):
@@ -122,7 +129,7 @@ def test_gated_fusion_matches_numpy(with_context):
         gate_in = v if context is None else np.concatenate([context, v], 1)
         g = 1 / (1 + np.exp(-_dense(p[f"gate_{m}"], gate_in)))
         expected += masks[m][:, None] * g * v
-    np.testing.assert_allclose(module.apply(variables, xs, context, masks), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(jax.jit(module.apply)(variables, xs, context, masks), expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("weighting", ["softmax", "nonneg"])
@@ -133,7 +140,7 @@ def test_model_level_fusion_matches_numpy(weighting, bilinear):
     items = [rng.normal(size=(N, 3)).astype(np.float32) for _ in range(3)]
     _, masks, _ = _inputs(5)
     module = fusion.ModelLevelFusion(weighting=weighting, bilinear=bilinear)
-    variables = module.init(jax.random.key(5), users, items, masks)
+    variables = _random_variables(module, 5, users, items, masks)
     theta = np.array([0.3, -1.0, 0.8])
     name = "logits" if weighting == "softmax" else "raw_weights"
     variables["params"][name] = jnp.asarray(theta, jnp.float32)
@@ -155,11 +162,11 @@ def test_model_level_fusion_matches_numpy(weighting, bilinear):
         combine(np.array([scorer(m, users[m][r], items[m][r]) for m in range(3)]), present[r])
         for r in range(N)
     ]
-    np.testing.assert_allclose(module.apply(variables, users, items, masks), expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(jax.jit(module.apply)(variables, users, items, masks), expected, rtol=1e-5, atol=1e-5)
 
     # Full ranking: every user against every item, masks on the item side.
     users_b = [u[:4] for u in users]
-    pairwise = module.apply(variables, users_b, items, masks, pairwise=True)
+    pairwise = jax.jit(module.apply, static_argnames="pairwise")(variables, users_b, items, masks, pairwise=True)
     expected_pairs = [
         [combine(np.array([scorer(m, users_b[m][b], items[m][r]) for m in range(3)]), present[r]) for r in range(N)]
         for b in range(4)
@@ -186,7 +193,7 @@ def test_masked_softmax_hand_worked_and_all_masked():
     logits = jnp.array([[0.0, math.log(3.0), 100.0], [1.0, 2.0, 3.0]])
     mask = jnp.array([[True, True, False], [False, False, False]])
     np.testing.assert_allclose(fusion.masked_softmax(logits, mask), [[0.25, 0.75, 0.0], [0, 0, 0]], rtol=1e-6)
-    grad = jax.grad(lambda z: jnp.sum(fusion.masked_softmax(z, mask) * jnp.arange(3.0)))(logits)
+    grad = jax.jit(jax.grad(lambda z: jnp.sum(fusion.masked_softmax(z, mask) * jnp.arange(3.0))))(logits)
     assert np.all(np.isfinite(grad)) and np.all(grad[1] == 0) and grad[0, 2] == 0
 
 

@@ -21,6 +21,13 @@ def _inputs(placeholder):
     return xs, context
 
 
+def _random_variables(module, seed, *args):
+    """Variables with the module's structure (traced by eval_shape, so no init compile), random values."""
+    shapes = jax.eval_shape(module.init, jax.random.key(0), *args)
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda s: (0.5 * rng.normal(size=s.shape)).astype(s.dtype), shapes)
+
+
 # Each case: (module, args(xs, context) -> apply's positional inputs, the fused array from the output).
 def _rows(xs, c):
     return (xs, MASKS)
@@ -68,11 +75,11 @@ def test_absent_rows_are_inert_and_empty_items_finite(name):
     module, args, pick = CASES[name]
     clean, context = _inputs(0.0)
     poisoned, _ = _inputs(np.nan)
-    variables = jax.jit(module.init)(jax.random.key(0), *args(clean, context))
+    variables = _random_variables(module, 0, *args(clean, context))
 
     @jax.jit
     def forward(variables, xs):
-        return pick(module.apply(variables, *args(xs, context)))
+        return pick(jax.jit(module.apply)(variables, *args(xs, context)))
 
     out_clean = forward(variables, clean)
     out_poisoned = forward(variables, poisoned)
@@ -95,8 +102,8 @@ def test_absent_rows_are_inert_and_empty_items_finite(name):
 def test_single_present_modality_gets_all_the_attention():
     module = fusion.AttentionFusion(dim=4)
     xs, context = _inputs(0.0)
-    variables = module.init(jax.random.key(1), xs, context, MASKS)
-    _, state = module.apply(variables, xs, context, MASKS, mutable=["intermediates"])
+    variables = _random_variables(module, 1, xs, context, MASKS)
+    _, state = jax.jit(module.apply, static_argnames="mutable")(variables, xs, context, MASKS, mutable="intermediates")
     weights = np.asarray(state["intermediates"]["attention_weights"][0])
     np.testing.assert_allclose(weights[1], [0.0, 1.0, 0.0])  # row 1 has only modality 1
     np.testing.assert_allclose(weights.sum(1), [1, 1, 0, 1, 1], rtol=1e-6)
@@ -105,9 +112,9 @@ def test_single_present_modality_gets_all_the_attention():
 def test_mean_fusion_of_one_modality_is_that_modality_alone():
     module = fusion.LateFusion(out_dim=3, combine="mean")
     xs, _ = _inputs(0.0)
-    variables = module.init(jax.random.key(2), xs, MASKS)
-    fused = module.apply(variables, xs, MASKS)
-    only_middle = fusion.LateFusion(out_dim=3, combine="sum").apply(
+    variables = _random_variables(module, 2, xs, MASKS)
+    fused = jax.jit(module.apply)(variables, xs, MASKS)
+    only_middle = jax.jit(fusion.LateFusion(out_dim=3, combine="sum").apply)(
         variables, xs, [np.zeros(N, bool), MASKS[1], np.zeros(N, bool)]
     )
     np.testing.assert_allclose(fused[1], only_middle[1], rtol=1e-6)

@@ -20,6 +20,13 @@ def _sequences(seed, pad_value=0.0):
     return x
 
 
+def _random_variables(module, seed, *args):
+    """Variables with the module's structure (traced by eval_shape, so no init compile), random values."""
+    shapes = jax.eval_shape(module.init, jax.random.key(0), *args)
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda s: (0.5 * rng.normal(size=s.shape)).astype(s.dtype), shapes)
+
+
 def test_lengths_to_mask():
     np.testing.assert_array_equal(
         fusion.lengths_to_mask(np.array([0, 2, 4]), 3),
@@ -56,31 +63,31 @@ def _naive_attention_pool(x, lengths, kernel, bias, query):
 def test_attention_pooling_matches_loop_and_ignores_padding():
     x = _sequences(1)
     module = fusion.AttentionPooling(attention_dim=4)
-    variables = module.init(jax.random.key(0), x, LENGTHS)
+    variables = _random_variables(module, 0, x, LENGTHS)
     p = jax.tree.map(lambda a: np.asarray(a, np.float64), variables["params"])
     expected = _naive_attention_pool(
         x.astype(np.float64), LENGTHS, p["key"]["kernel"], p["key"]["bias"], p["query"]
     )
-    out, state = module.apply(variables, x, LENGTHS, mutable=["intermediates"])
+    out, state = jax.jit(module.apply, static_argnames="mutable")(variables, x, LENGTHS, mutable="intermediates")
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
     weights = np.asarray(state["intermediates"]["attention_weights"][0])
     np.testing.assert_allclose(weights.sum(axis=1), (LENGTHS > 0).astype(float), rtol=1e-6)
     assert np.all(weights[fusion.lengths_to_mask(LENGTHS, 5) == 0] == 0)
     for pad in (1e6, -7.0, np.nan):
         np.testing.assert_allclose(
-            module.apply(variables, _sequences(1, pad), LENGTHS), expected, rtol=1e-5, atol=1e-6
+            jax.jit(module.apply)(variables, _sequences(1, pad), LENGTHS), expected, rtol=1e-5, atol=1e-6
         )
 
 
 def test_attention_pooling_gradients_finite_with_empty_and_nan_padded_sequences():
     x = _sequences(2, np.nan)
     module = fusion.AttentionPooling(attention_dim=4)
-    variables = module.init(jax.random.key(1), np.nan_to_num(x), LENGTHS)
+    variables = _random_variables(module, 1, x, LENGTHS)
 
     def loss(params, inputs):
         return jnp.sum(module.apply({"params": params}, inputs, LENGTHS) ** 2)
 
-    param_grads, input_grads = jax.grad(loss, argnums=(0, 1))(variables["params"], x)
+    param_grads, input_grads = jax.jit(jax.grad(loss, argnums=(0, 1)))(variables["params"], x)
     assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(param_grads))
     assert np.all(np.isfinite(input_grads))
     # Padded steps receive no gradient at all.
@@ -90,14 +97,15 @@ def test_attention_pooling_gradients_finite_with_empty_and_nan_padded_sequences(
 def test_pooling_is_jit_and_vmap_safe():
     x = _sequences(3)
     module = fusion.AttentionPooling(attention_dim=4)
-    variables = module.init(jax.random.key(2), x, LENGTHS)
+    variables = _random_variables(module, 2, x, LENGTHS)
     eager = module.apply(variables, x, LENGTHS)
     np.testing.assert_allclose(jax.jit(module.apply)(variables, x, LENGTHS), eager, rtol=1e-6)
     # vmap over two batches (the second with different lengths) equals two separate calls.
     other = np.array([5, 0, 2, 2, 1])
-    batched = jax.vmap(module.apply, in_axes=(None, 0, 0))(variables, np.stack([x, x]), np.stack([LENGTHS, other]))
-    np.testing.assert_allclose(batched[1], module.apply(variables, x, other), rtol=1e-5, atol=1e-6)
-    pooled = jax.vmap(fusion.masked_mean_pool, in_axes=(0, 0))(np.stack([x, x]), np.stack([LENGTHS, other]))
+    batched = jax.jit(jax.vmap(module.apply, in_axes=(None, 0, 0)))(variables, np.stack([x, x]), np.stack([LENGTHS, other]))
+    np.testing.assert_allclose(batched[0], eager, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(batched[1], jax.jit(module.apply)(variables, x, other), rtol=1e-5, atol=1e-6)
+    pooled = jax.jit(jax.vmap(fusion.masked_mean_pool))(np.stack([x, x]), np.stack([LENGTHS, other]))
     np.testing.assert_allclose(pooled[1], fusion.masked_mean_pool(x, other), rtol=1e-6)
 
 

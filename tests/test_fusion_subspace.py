@@ -110,7 +110,8 @@ def test_subspace_step_first_order_decrease_is_the_riemannian_gradient_norm():
             tangent = grad - p @ (0.5 * (p.T @ grad + grad.T @ p))
             riemannian_sq += np.sum(tangent * grad)
         lr = 1e-5
-        stepped, value = fusion.subspace_step(projections, views, lam=lam, lr=lr)
+        step = jax.jit(lambda p: fusion.subspace_step(p, views, lam=lam, lr=lr))
+        stepped, value = step(projections)
         np.testing.assert_allclose(float(value), base, rtol=1e-10)
         after = _numpy_objective([np.asarray(p) for p in stepped], views, lam)
     np.testing.assert_allclose((base - after) / lr, riemannian_sq, rtol=1e-3)
@@ -172,11 +173,11 @@ def test_subspace_projection_layer_matches_numpy_and_trains_with_retraction():
     views = [v.astype(np.float32) for v in views]
     masks = [np.ones(50, bool), np.arange(50) % 5 != 0]  # every fifth row lacks view 1
     module = fusion.SubspaceProjection(dim=2, lam=1.5)
-    variables = module.init(jax.random.key(0), views, masks)
+    variables = jax.jit(module.init)(jax.random.key(0), views, masks)
     ps = [np.asarray(variables["params"][f"projection_{m}"], np.float64) for m in range(2)]
     for p in ps:
         np.testing.assert_allclose(p.T @ p, np.eye(2), atol=1e-5)
-    out = module.apply(variables, views, masks)
+    out = jax.jit(module.apply)(variables, views, masks)
     complete = masks[0] & masks[1]
     expected_objective = _numpy_objective(ps, [v[complete] for v in views], 1.5)
     np.testing.assert_allclose(out.objective, expected_objective, rtol=1e-5)
@@ -192,7 +193,7 @@ def test_subspace_projection_layer_matches_numpy_and_trains_with_retraction():
     params = variables["params"]
     for _ in range(30):
         params = train_step(params)
-    trained = float(module.apply({"params": params}, views, masks).objective)
+    trained = float(jax.jit(module.apply)({"params": params}, views, masks).objective)
     assert trained < 0.7 * float(out.objective)
 
 

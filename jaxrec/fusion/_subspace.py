@@ -300,6 +300,11 @@ def cca(x: ArrayLike, y: ArrayLike, k: int, *, reg: float = 0.0) -> CCAResult:
         raise ConfigError(f"k={k} exceeds min(d_x, d_y) = {min(x.shape[1], y.shape[1])}")
     if reg < 0:
         raise ConfigError(f"reg must be >= 0; found {reg!r}")
+    return _cca(x, y, k, reg)
+
+
+@jax.jit(static_argnames=("k",))
+def _cca(x: jax.Array, y: jax.Array, k: int, reg: float) -> CCAResult:
     x_mean, y_mean = jnp.mean(x, axis=0), jnp.mean(y, axis=0)
     xc, yc = x - x_mean, y - y_mean
     scale = 1.0 / (x.shape[0] - 1)
@@ -341,7 +346,12 @@ def principal_angles(a: ArrayLike, b: ArrayLike) -> jax.Array:
             found=f"{b.shape[0]} rows",
             expected=f"{a.shape[0]} (as a)",
         )
-    qa, _ = jnp.linalg.qr(_as_float(a))
-    qb, _ = jnp.linalg.qr(_as_float(b))
+    return _principal_angles(_as_float(a), _as_float(b))
+
+
+@jax.jit
+def _principal_angles(a: jax.Array, b: jax.Array) -> jax.Array:
+    qa, _ = jnp.linalg.qr(a)
+    qb, _ = jnp.linalg.qr(b)
     cosines = jnp.linalg.svd(qa.T @ qb, compute_uv=False)
     return jnp.arccos(jnp.clip(cosines, -1.0, 1.0))
