@@ -46,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     except JaxrecError as error:
         print(f"jaxrec: error: {error}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # e.g. `jaxrec data info X | head`: the reader left; not an error of ours
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("jaxrec: interrupted", file=sys.stderr)
         return 130

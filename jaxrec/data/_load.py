@@ -12,7 +12,22 @@ from jaxrec.data._readers_movielens import detect_movielens, read_movielens
 from jaxrec.data._readers_recbole import FIELD_TYPES, read_recbole
 from jaxrec.errors import ConfigError, DataError
 
-_READERS = {"mmrec": read_mmrec, "recbole": read_recbole, "movielens": read_movielens}
+
+
+def read_tfds(path, *, version: str | None = None) -> MultimodalDataset:
+    """A dataset prepared by ``jaxrec data prepare`` (``path`` = ``DATA_DIR/NAME``)."""
+    from jaxrec.data._tfds import load_prepared
+
+    path = Path(path)
+    return load_prepared(path.parent, path.name, version)
+
+
+def _is_tfds_folder(folder: Path) -> bool:
+    # prepare_tfds commits a dataset by writing its interactions table last.
+    return any(folder.glob("interactions/*/dataset_info.json"))
+
+
+_READERS = {"mmrec": read_mmrec, "recbole": read_recbole, "movielens": read_movielens, "tfds": read_tfds}
 FORMATS = tuple(_READERS)
 
 
@@ -20,7 +35,7 @@ def detect_format(path) -> str:
     """The format of a dataset folder (or of the folder of a ``.inter`` file).
 
     ``movielens`` when a MovieLens ratings file (``u.data``, ``ratings.dat``, ``ratings.csv``)
-    is there; otherwise, from the header of the ``.inter`` file: ``recbole`` when every column
+    is there; ``tfds`` for a folder written by ``jaxrec data prepare`` (``DATA_DIR/NAME``); otherwise, from the header of the ``.inter`` file: ``recbole`` when every column
     is typed ``name:type``, ``mmrec`` when it has plain ``userID`` / ``itemID`` columns.
 
     Raises:
@@ -33,6 +48,8 @@ def detect_format(path) -> str:
     folder = path.parent if path.is_file() else path
     if path.is_dir() and detect_movielens(folder):
         return "movielens"
+    if path.is_dir() and _is_tfds_folder(folder):
+        return "tfds"
     inter_files = [path] if path.is_file() else sorted(p for p in folder.glob("*.inter")
                                                       if not p.stem.endswith("_og_ids"))
     if not inter_files:
@@ -51,7 +68,8 @@ def load(path, format: str = "auto", **options) -> MultimodalDataset:  # noqa: A
 
     Args:
       path: a dataset folder (or its ``.inter`` file).
-      format: ``"mmrec"``, ``"recbole"``, ``"movielens"`` or ``"auto"`` (see :func:`detect_format`).
+      format: ``"mmrec"``, ``"recbole"``, ``"movielens"``, ``"tfds"`` (a prepared
+        ``DATA_DIR/NAME`` folder; option ``version``) or ``"auto"`` (see :func:`detect_format`).
       **options: passed to the reader (:func:`read_mmrec`, :func:`read_recbole`,
         :func:`read_movielens`), e.g. ``social=None`` or ``duplicates="error"``.
 
