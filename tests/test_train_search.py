@@ -1,0 +1,81 @@
+"""Hyper-parameter search: grid expansion, seeded random draws, winner by validation only."""
+
+import json
+import math
+
+import pytest
+
+from jaxrec.errors import ConfigError
+from jaxrec.train import config_from_dict, expand_trials, pick_best, run_search
+from jaxrec.train._search import trial_config
+
+BASE = {"data": {"synthetic": {}}}
+
+
+def test_grid_is_the_product_of_the_lists_in_order():
+    config = config_from_dict({**BASE, "grid": {"train.learning_rate": [0.1, 0.01],
+                                                "loss_weights.reg": [0.0, 1.0, 2.0]}})
+    trials = expand_trials(config)
+    assert trials == [{"train.learning_rate": lr, "loss_weights.reg": reg}
+                      for lr in (0.1, 0.01) for reg in (0.0, 1.0, 2.0)]
+    trial = trial_config(config, trials[4])
+    assert trial.train.learning_rate == 0.01 and trial.loss_weights == {"reg": 1.0}
+    assert not trial.has_search
+
+
+def test_random_search_draws_within_bounds_reproducibly():
+    space = {"train.learning_rate": {"loguniform": [1e-4, 1e-1]}, "train.batch_size": [32, 64],
+             "model.args.embedding_size": {"randint": [4, 8]}, "loss_weights.reg": {"uniform": [0.0, 1.0]}}
+    config = config_from_dict({**BASE, "search": {"method": "random", "budget": 40, "seed": 3, "space": space}})
+    trials = expand_trials(config)
+    assert len(trials) == 40
+    assert all(1e-4 <= t["train.learning_rate"] <= 1e-1 for t in trials)
+    assert {t["train.batch_size"] for t in trials} == {32, 64}
+    assert {t["model.args.embedding_size"] for t in trials} == {4, 5, 6, 7, 8}
+    assert all(0.0 <= t["loss_weights.reg"] <= 1.0 for t in trials)
+    # log-uniform: about as many draws below the geometric middle (1e-2.5) as above it.
+    below = sum(t["train.learning_rate"] < 10**-2.5 for t in trials)
+    assert 10 <= below <= 30
+    assert expand_trials(config) == trials
+    reseeded = config_from_dict({**BASE, "search": {"method": "random", "budget": 40, "seed": 4, "space": space}})
+    assert expand_trials(reseeded) != trials
+
+
+@pytest.mark.parametrize("spec, match", [
+    ({"loguniform": [0.0, 1.0]}, "positive bounds"),
+    ({"uniform": [2.0, 1.0]}, "low <= high"),
+    ({"gaussian": [0, 1]}, "expected a list of values"),
+    ([], "empty list"),
+])
+def test_bad_random_specs(spec, match):
+    config = config_from_dict({**BASE, "search": {"method": "random", "budget": 2, "space": {"train.seed": spec}}})
+    with pytest.raises(ConfigError, match=match):
+        expand_trials(config)
+
+
+def test_the_winner_is_chosen_by_validation_never_by_test(tmp_path):
+    # Trial 1 is best on validation, trial 2 on test: the search must pick trial 1.
+    valid = {0.1: 0.30, 0.2: 0.35, 0.3: 0.33}
+    test = {0.1: 0.31, 0.2: 0.29, 0.3: 0.40}
+    seen = []
+
+    def fake_train(config, workdir, **kwargs):
+        reg = config.loss_weights["reg"]
+        seen.append((reg, workdir.name))
+        return {"valid": {"recall@20": valid[reg]}, "test": {"recall@20": test[reg], "ndcg@20": 0.1},
+                "best_epoch": 3}
+
+    config = config_from_dict({**BASE, "grid": {"loss_weights.reg": [0.1, 0.2, 0.3]}})
+    summary = run_search(config, tmp_path, quiet=True, train_fn=fake_train)
+    assert seen == [(0.1, "trial_000"), (0.2, "trial_001"), (0.3, "trial_002")]
+    assert summary["best"]["trial"] == 1 and summary["best"]["setting"] == {"loss_weights.reg": 0.2}
+    assert json.loads((tmp_path / "search.json").read_text())["best"]["trial"] == 1
+    table = (tmp_path / "search.md").read_text()
+    assert "| 1 **(best)** | 0.2 | 0.3500 | 0.2900 |" in table
+    assert table.count("**(best)**") == 1
+
+
+def test_ties_and_missing_values_in_pick_best():
+    trials = [{"trial": 0, "valid": {"recall@20": math.nan}}, {"trial": 1, "valid": {"recall@20": 0.2}},
+              {"trial": 2, "valid": {"recall@20": 0.2}}, {"trial": 3, "valid": {}}]
+    assert pick_best(trials, "recall@20")["trial"] == 1
