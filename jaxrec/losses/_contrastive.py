@@ -102,8 +102,8 @@ def cosine_alignment(
     in :math:`[0, 2]`, 0 when every pair is aligned. :math:`\operatorname{sg}` is
     ``jax.lax.stop_gradient``: no gradient flows into ``target``, as in BM3's
     ``1 - cosine_similarity(online, target.detach()).mean()`` (MMRec ``src/models/bm3.py``).
-    The "1 -" only shifts the value (the negative-cosine form of BYOL/SimSiam has the same
-    gradient).
+    The "1 -" only shifts the value: the negative-cosine form :math:`-\overline{\cos}` of
+    SimSiam and of MMRec's ``selfcfed_lgn.py`` (``loss_fn``) has the same gradient.
 
     Args:
       online: (B, d) predictions of the online branch.

@@ -8,9 +8,10 @@ function                                      MMRec models (file, term)
 ============================================  =================================================
 :func:`l2_mean_norm`                          ``EmbLoss`` in ``src/common/loss.py``:
                                               :math:`\sum_k \lVert E_k \rVert_F / B` (norms,
-                                              NOT squared). Used by ``bpr.py``, ``vbpr.py``,
-                                              ``lightgcn.py`` (on the batch's user, positive and
-                                              negative embeddings), ``bm3.py`` (on all user and
+                                              NOT squared). Used by ``bpr.py``, ``vbpr.py``
+                                              (on the batch's user, positive and negative
+                                              embeddings), ``lightgcn.py`` (the same rows of the
+                                              layer-0 embeddings), ``bm3.py`` (on all user and
                                               item embeddings, B = n_items), and re-implemented
                                               in ``lgmrec.py`` (``reg_loss``).
 :func:`l2_sum_of_squares` (``half=True``)     ``L2Loss`` in ``src/common/loss.py``:
@@ -51,7 +52,7 @@ def _safe_norm(x: jax.Array) -> jax.Array:
     return jnp.where(positive, jnp.sqrt(jnp.where(positive, squared, 1.0)), 0.0)
 
 
-def _batch(arrays: tuple[jax.Array, ...], batch_size: int | None) -> int:
+def _batch(arrays: tuple[jax.Array, ...], batch_size: int | ArrayLike | None):
     if batch_size is not None:
         return batch_size
     last = arrays[-1]
@@ -92,7 +93,7 @@ def l2_sum_of_squares(*arrays: ArrayLike, half: bool = False) -> jax.Array:
     return 0.5 * total if half else total
 
 
-def l2_mean_norm(*arrays: ArrayLike, batch_size: int | None = None) -> jax.Array:
+def l2_mean_norm(*arrays: ArrayLike, batch_size: int | ArrayLike | None = None) -> jax.Array:
     r"""MMRec's ``EmbLoss``: the sum of the arrays' Frobenius norms (not squared) over the batch.
 
     .. math::
@@ -105,7 +106,8 @@ def l2_mean_norm(*arrays: ArrayLike, batch_size: int | None = None) -> jax.Array
     Args:
       *arrays: one or more arrays, typically the batch's (B, d) user, positive-item and
         negative-item embeddings.
-      batch_size: the divisor :math:`B`; default: ``arrays[-1].shape[0]``.
+      batch_size: the divisor :math:`B` (a number, or a traced count of real rows in a
+        padded batch); default: ``arrays[-1].shape[0]``.
 
     Returns:
       A scalar.
@@ -126,7 +128,7 @@ def l2_mean_norm(*arrays: ArrayLike, batch_size: int | None = None) -> jax.Array
 
 
 def l2_sum_of_squares_per_example(
-    *arrays: ArrayLike, batch_size: int | None = None, half: bool = True
+    *arrays: ArrayLike, batch_size: int | ArrayLike | None = None, half: bool = True
 ) -> jax.Array:
     r"""Half the sum of squared entries divided by the batch size (LATTICE / MGCN / SMORE).
 
