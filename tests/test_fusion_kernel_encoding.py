@@ -52,9 +52,9 @@ WEIGHTED = fusion.KernelEncoding(SPECS, init_weights=(0.5, 2.0, 1.5, 0.8))
 INIT_WEIGHTED = jax.jit(WEIGHTED.init)  # one compile shared by the tests that need a real init
 
 
-def _random_variables(module, seed, *args):
+def _random_variables(module, seed, *args, **kwargs):
     """Variables with the module's structure (traced by eval_shape, so no init compile), random values."""
-    shapes = jax.eval_shape(module.init, jax.random.key(0), *args)
+    shapes = jax.eval_shape(lambda key: module.init(key, *args, **kwargs), jax.random.key(0))
     rng = np.random.default_rng(seed)
     return jax.tree.map(lambda s: (0.5 * rng.normal(size=s.shape)).astype(s.dtype), shapes)
 

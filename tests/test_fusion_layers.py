@@ -23,9 +23,9 @@ def _inputs(seed):
     return xs, masks, query
 
 
-def _random_variables(module, seed, *args):
+def _random_variables(module, seed, *args, **kwargs):
     """Variables with the module's structure (traced by eval_shape, so no init compile), random values."""
-    shapes = jax.eval_shape(module.init, jax.random.key(0), *args)
+    shapes = jax.eval_shape(lambda key: module.init(key, *args, **kwargs), jax.random.key(0))
     rng = np.random.default_rng(seed)
     return jax.tree.map(lambda s: (0.5 * rng.normal(size=s.shape)).astype(s.dtype), shapes)
 
@@ -104,13 +104,14 @@ def _masked_softmax_np(scores, present):
 def test_attention_fusion_matches_numpy():
     xs, masks, query = _inputs(3)
     module = fusion.AttentionFusion(dim=4)
-    variables = _random_variables(module, 3, xs, query, masks)
+    variables = _random_variables(module, 3, xs, masks, query=query)
     p = _np(variables["params"])
     keys = np.stack([_dense(p[f"project_{m}"], x) for m, x in enumerate(_zeroed(xs, masks))], 1)
     scores = np.array([[query[i] @ p["bilinear"] @ keys[i, m] for m in range(3)] for i in range(N)])
     weights = _masked_softmax_np(scores, np.stack(masks, 1))
     expected = np.einsum("nm,nmk->nk", weights, keys)
-    out, state = jax.jit(module.apply, static_argnames="mutable")(variables, xs, query, masks, mutable="intermediates")
+    apply = jax.jit(module.apply, static_argnames="mutable")
+    out, state = apply(variables, xs, masks, query=query, mutable="intermediates")
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(state["intermediates"]["attention_weights"][0], weights, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(out[4], 0.0)
@@ -121,7 +122,7 @@ def test_gated_fusion_matches_numpy(with_context):
     xs, masks, context = _inputs(4)
     context = context if with_context else None
     module = fusion.GatedFusion(dim=3)
-    variables = _random_variables(module, 4, xs, context, masks)
+    variables = _random_variables(module, 4, xs, masks, context=context)
     p = _np(variables["params"])
     expected = np.zeros((N, 3))
     for m, x in enumerate(_zeroed(xs, masks)):
@@ -129,7 +130,8 @@ def test_gated_fusion_matches_numpy(with_context):
         gate_in = v if context is None else np.concatenate([context, v], 1)
         g = 1 / (1 + np.exp(-_dense(p[f"gate_{m}"], gate_in)))
         expected += masks[m][:, None] * g * v
-    np.testing.assert_allclose(jax.jit(module.apply)(variables, xs, context, masks), expected, rtol=1e-5, atol=1e-5)
+    out = jax.jit(module.apply)(variables, xs, masks, context=context)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("weighting", ["softmax", "nonneg"])
@@ -208,7 +210,7 @@ def test_fusion_config_and_shape_errors():
     with pytest.raises(DataError, match="one row mask per modality"):
         fusion.EarlyFusion(out_dim=2).init(jax.random.key(0), xs, masks[:2])
     with pytest.raises(DataError, match="context row"):
-        fusion.AttentionFusion(dim=2).init(jax.random.key(0), xs, query[:3], masks)
+        fusion.AttentionFusion(dim=2).init(jax.random.key(0), xs, masks, query=query[:3])
     with pytest.raises(DataError, match="equal user and item widths"):
         fusion.ModelLevelFusion().init(jax.random.key(0), xs, xs[::-1])
     with pytest.raises(DataError, match="list of per-modality arrays"):

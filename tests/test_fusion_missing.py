@@ -21,20 +21,24 @@ def _inputs(placeholder):
     return xs, context
 
 
-def _random_variables(module, seed, *args):
+def _random_variables(module, seed, *args, **kwargs):
     """Variables with the module's structure (traced by eval_shape, so no init compile), random values."""
-    shapes = jax.eval_shape(module.init, jax.random.key(0), *args)
+    shapes = jax.eval_shape(lambda key: module.init(key, *args, **kwargs), jax.random.key(0))
     rng = np.random.default_rng(seed)
     return jax.tree.map(lambda s: (0.5 * rng.normal(size=s.shape)).astype(s.dtype), shapes)
 
 
-# Each case: (module, args(xs, context) -> apply's positional inputs, the fused array from the output).
+# Each case: (module, inputs(xs, context) -> apply's (args, kwargs), the fused array from the output).
 def _rows(xs, c):
-    return (xs, MASKS)
+    return (xs, MASKS), {}
+
+
+def _with_query(xs, c):
+    return (xs, MASKS), {"query": c}
 
 
 def _with_context(xs, c):
-    return (xs, c, MASKS)
+    return (xs, MASKS), {"context": c}
 
 
 def _same(out):
@@ -47,7 +51,7 @@ CASES = {
     "late_sum": (fusion.LateFusion(out_dim=3, combine="sum"), _rows, _same),
     "late_mean": (fusion.LateFusion(out_dim=3, combine="mean"), _rows, _same),
     "late_mean_default": (fusion.LateFusion(out_dim=3, learned_default=True), _rows, _same),
-    "attention": (fusion.AttentionFusion(dim=4), _with_context, _same),
+    "attention": (fusion.AttentionFusion(dim=4), _with_query, _same),
     "gated": (fusion.GatedFusion(dim=4), _with_context, _same),
     "kernel": (
         fusion.KernelEncoding(
@@ -63,7 +67,7 @@ CASES = {
     ),
     "model_level": (
         fusion.ModelLevelFusion(bilinear=True),
-        lambda xs, c: ([c, c, c], xs, MASKS),
+        lambda xs, c: (([c, c, c], xs, MASKS), {}),
         _same,
     ),
     "subspace": (fusion.SubspaceProjection(dim=2, lam=0.5), _rows, lambda out: out.shared),
@@ -72,14 +76,16 @@ CASES = {
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_absent_rows_are_inert_and_empty_items_finite(name):
-    module, args, pick = CASES[name]
+    module, inputs, pick = CASES[name]
     clean, context = _inputs(0.0)
     poisoned, _ = _inputs(np.nan)
-    variables = _random_variables(module, 0, *args(clean, context))
+    args, kwargs = inputs(clean, context)
+    variables = _random_variables(module, 0, *args, **kwargs)
 
     @jax.jit
     def forward(variables, xs):
-        return pick(jax.jit(module.apply)(variables, *args(xs, context)))
+        args, kwargs = inputs(xs, context)
+        return pick(module.apply(variables, *args, **kwargs))
 
     out_clean = forward(variables, clean)
     out_poisoned = forward(variables, poisoned)
@@ -102,8 +108,9 @@ def test_absent_rows_are_inert_and_empty_items_finite(name):
 def test_single_present_modality_gets_all_the_attention():
     module = fusion.AttentionFusion(dim=4)
     xs, context = _inputs(0.0)
-    variables = _random_variables(module, 1, xs, context, MASKS)
-    _, state = jax.jit(module.apply, static_argnames="mutable")(variables, xs, context, MASKS, mutable="intermediates")
+    variables = _random_variables(module, 1, xs, MASKS, query=context)
+    apply = jax.jit(module.apply, static_argnames="mutable")
+    _, state = apply(variables, xs, MASKS, query=context, mutable="intermediates")
     weights = np.asarray(state["intermediates"]["attention_weights"][0])
     np.testing.assert_allclose(weights[1], [0.0, 1.0, 0.0])  # row 1 has only modality 1
     np.testing.assert_allclose(weights.sum(1), [1, 1, 0, 1, 1], rtol=1e-6)

@@ -20,9 +20,9 @@ def _sequences(seed, pad_value=0.0):
     return x
 
 
-def _random_variables(module, seed, *args):
+def _random_variables(module, seed, *args, **kwargs):
     """Variables with the module's structure (traced by eval_shape, so no init compile), random values."""
-    shapes = jax.eval_shape(module.init, jax.random.key(0), *args)
+    shapes = jax.eval_shape(lambda key: module.init(key, *args, **kwargs), jax.random.key(0))
     rng = np.random.default_rng(seed)
     return jax.tree.map(lambda s: (0.5 * rng.normal(size=s.shape)).astype(s.dtype), shapes)
 

@@ -7,24 +7,24 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import ArrayLike
 
 from jaxrec.errors import DataError
-from jaxrec.fusion._kernels import _as_float
 from jaxrec.fusion._layers import fill_empty_rows, present_inputs
-from jaxrec.fusion._validation import check_positive_int, check_rank, masked_softmax
+from jaxrec.fusion._validation import as_float, check_positive_int, check_rank, masked_softmax
 
 
 def _check_context(context: ArrayLike, n: int, field: str) -> jax.Array:
     check_rank(context, 2, field)
-    if context.shape[0] != n:
+    if np.shape(context)[0] != n:
         raise DataError(
             "need one context row per item row",
             field=field,
-            found=f"shape {context.shape}",
+            found=f"shape {np.shape(context)}",
             expected=f"({n}, d)",
         )
-    return _as_float(context)
+    return as_float(context)
 
 
 class AttentionFusion(nn.Module):
@@ -57,10 +57,11 @@ class AttentionFusion(nn.Module):
     def __call__(
         self,
         modalities: Sequence[ArrayLike],
-        query: ArrayLike,
         masks: Sequence[ArrayLike] | None = None,
+        *,
+        query: ArrayLike,
     ) -> jax.Array:
-        """Fuse M modality arrays (n, d_m) for (n, d_q) user queries into (n, dim) vectors."""
+        """Fuse M modality arrays (n, d_m) with (n,) bool masks, for (n, d_q) user queries, into (n, dim)."""
         check_positive_int(self.dim, "dim")
         modalities, masks = present_inputs(modalities, masks)
         query = _check_context(query, modalities[0].shape[0], "query")
@@ -107,10 +108,12 @@ class GatedFusion(nn.Module):
     def __call__(
         self,
         modalities: Sequence[ArrayLike],
-        context: ArrayLike | None = None,
         masks: Sequence[ArrayLike] | None = None,
+        *,
+        context: ArrayLike | None = None,
     ) -> jax.Array:
-        """Fuse M modality arrays (n, d_m), optionally conditioned on (n, d_c) context, into (n, dim)."""
+        """Fuse M modality arrays (n, d_m) with (n,) bool masks, optionally conditioned on (n, d_c)
+        context, into (n, dim)."""
         check_positive_int(self.dim, "dim")
         modalities, masks = present_inputs(modalities, masks)
         if context is not None:

@@ -20,8 +20,8 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from jaxrec.errors import ConfigError, DataError
-from jaxrec.fusion._kernels import _as_float, normalize_rows, resolve_gamma
-from jaxrec.fusion._validation import check_modalities, check_positive_int, check_rank
+from jaxrec.fusion._kernels import normalize_rows, resolve_gamma
+from jaxrec.fusion._validation import as_float, check_modalities, check_positive_int, check_rank
 
 # The explicit polynomial map grows like d**degree / degree!; past this many features the
 # random Fourier / sketching route is the sensible one, so fail loudly instead of exhausting memory.
@@ -38,7 +38,7 @@ def linear_features(x: ArrayLike) -> jax.Array:
       (n, d) features.
     """
     check_rank(x, 2, "x")
-    return _as_float(x)
+    return as_float(x)
 
 
 def cosine_features(x: ArrayLike) -> jax.Array:
@@ -51,7 +51,7 @@ def cosine_features(x: ArrayLike) -> jax.Array:
       (n, d) unit-norm (or zero) features.
     """
     check_rank(x, 2, "x")
-    return normalize_rows(_as_float(x))
+    return normalize_rows(as_float(x))
 
 
 def polynomial_feature_dim(input_dim: int, *, degree: int, coef0: float = 1.0) -> int:
@@ -106,7 +106,7 @@ def polynomial_features(
       (n, polynomial_feature_dim(d, degree=degree, coef0=coef0)) features.
     """
     check_rank(x, 2, "x")
-    x = _as_float(x)
+    x = as_float(x)
     check_positive_int(degree, "degree")
     if coef0 < 0:
         raise ConfigError(f"polynomial features need coef0 >= 0; found {coef0!r}")
@@ -197,7 +197,7 @@ def random_fourier_features(x: ArrayLike, params: RandomFourierParams) -> jax.Ar
       NeurIPS 2007.
     """
     check_rank(x, 2, "x")
-    x = _as_float(x)
+    x = as_float(x)
     frequencies, phases = params
     if frequencies.shape[0] != x.shape[1]:
         raise DataError(
@@ -228,7 +228,7 @@ def direct_sum_features(
     """
     check_modalities(features, "features")
     if weights is None:
-        return jnp.concatenate([_as_float(f) for f in features], axis=1)
+        return jnp.concatenate([as_float(f) for f in features], axis=1)
     weights = jnp.asarray(weights)
     if weights.shape != (len(features),):
         raise DataError(
@@ -238,4 +238,4 @@ def direct_sum_features(
             expected=f"({len(features)},)",
         )
     scale = jnp.sqrt(weights)
-    return jnp.concatenate([scale[m] * _as_float(f) for m, f in enumerate(features)], axis=1)
+    return jnp.concatenate([scale[m] * as_float(f) for m, f in enumerate(features)], axis=1)

@@ -13,7 +13,7 @@ from jax.typing import ArrayLike
 
 from jaxrec.errors import ConfigError, DataError
 from jaxrec.fusion import _feature_maps, _kernels
-from jaxrec.fusion._validation import canonical_masks, check_modalities
+from jaxrec.fusion._validation import as_float, canonical_masks, check_modalities
 
 KERNEL_KINDS = ("linear", "polynomial", "rbf", "cosine")
 
@@ -160,7 +160,7 @@ class KernelEncoding(nn.Module):
         features = []
         for m, (spec, x, mask) in enumerate(zip(self.specs, modalities, masks)):
             # Missing rows may hold any placeholder (NaN included); they must not reach the map.
-            x = jnp.where(mask[:, None], _kernels._as_float(x), 0.0)
+            x = jnp.where(mask[:, None], as_float(x), 0.0)
             phi = self._feature_map(m, spec, x)
             features.append(jnp.where(mask[:, None], phi, 0.0))
         encoded = _feature_maps.direct_sum_features(features, weights)

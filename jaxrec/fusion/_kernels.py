@@ -14,20 +14,15 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from jaxrec.errors import ConfigError, DataError
-from jaxrec.fusion._validation import check_rank, check_same_length
+from jaxrec.fusion._validation import as_float, check_rank, check_same_length
 
 Kernel = Callable[[ArrayLike, ArrayLike], jax.Array]
-
-
-def _as_float(x: ArrayLike) -> jax.Array:
-    x = jnp.asarray(x)
-    return x if jnp.issubdtype(x.dtype, jnp.floating) else x.astype(jnp.float32)
 
 
 def _check_pair(x: ArrayLike, y: ArrayLike) -> tuple[jax.Array, jax.Array]:
     check_rank(x, 2, "x")
     check_rank(y, 2, "y")
-    x, y = _as_float(x), _as_float(y)
+    x, y = as_float(x), as_float(y)
     if x.shape[1] != y.shape[1]:
         raise DataError(
             "x and y must have the same feature dimension",

@@ -9,8 +9,12 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from jaxrec.fusion._kernels import _as_float
-from jaxrec.fusion._validation import canonical_masks, check_modalities, check_positive_int
+from jaxrec.fusion._validation import (
+    as_float,
+    canonical_masks,
+    check_modalities,
+    check_positive_int,
+)
 
 
 class MLP(nn.Module):
@@ -49,7 +53,7 @@ def present_inputs(
     """
     n = check_modalities(modalities)
     masks = canonical_masks(masks, len(modalities), n)
-    cleaned = [jnp.where(mask[:, None], _as_float(x), 0.0) for x, mask in zip(modalities, masks)]
+    cleaned = [jnp.where(mask[:, None], as_float(x), 0.0) for x, mask in zip(modalities, masks)]
     return cleaned, masks
 
 

@@ -11,8 +11,12 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from jaxrec.errors import ConfigError, DataError
-from jaxrec.fusion._kernels import _as_float
-from jaxrec.fusion._validation import canonical_masks, check_modalities, check_same_length
+from jaxrec.fusion._validation import (
+    as_float,
+    canonical_masks,
+    check_modalities,
+    check_same_length,
+)
 
 MODEL_FUSION_WEIGHTINGS = ("softmax", "nonneg")
 
@@ -37,7 +41,7 @@ def combine_modality_scores(
     Returns:
       (...) combined scores.
     """
-    scores = _as_float(scores)
+    scores = as_float(scores)
     present = jnp.broadcast_to(jnp.asarray(present, bool), scores.shape)
     effective = jnp.where(present, jnp.asarray(weights, scores.dtype), 0.0)
     combined = jnp.sum(effective * jnp.where(present, scores, 0.0), axis=-1)
@@ -67,9 +71,8 @@ class ModelLevelFusion(nn.Module):
       bilinear: whether each scorer has a learned (d_u_m, d_i_m) matrix :math:`B_m`.
 
     References:
-      Wei et al., `MMGCN: Multi-modal Graph Convolution Network for Personalized Recommendation
-      of Micro-video <https://arxiv.org/abs/1908.01207>`_, MM 2019 (per-modality user-item scores
-      summed).
+      Wei et al., MMGCN: Multi-modal Graph Convolution Network for Personalized Recommendation
+      of Micro-video, ACM Multimedia 2019 (per-modality user-item scores, summed).
     """
 
     weighting: str = "softmax"
@@ -112,7 +115,7 @@ class ModelLevelFusion(nn.Module):
         masks = canonical_masks(masks, len(items), num_items)
         per_modality = []
         for m, (u, i) in enumerate(zip(users, items)):
-            u, i = _as_float(u), _as_float(i)
+            u, i = as_float(u), as_float(i)
             if self.bilinear:
                 form = self.param(
                     f"bilinear_{m}", nn.initializers.lecun_normal(), (u.shape[1], i.shape[1])

@@ -14,8 +14,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from jaxrec.errors import DataError
-from jaxrec.fusion._kernels import _as_float
-from jaxrec.fusion._validation import check_positive_int, check_rank, masked_softmax
+from jaxrec.fusion._validation import as_float, check_positive_int, check_rank, masked_softmax
 
 
 def _check_sequence(x: ArrayLike, lengths: ArrayLike) -> tuple[jax.Array, jax.Array]:
@@ -28,7 +27,7 @@ def _check_sequence(x: ArrayLike, lengths: ArrayLike) -> tuple[jax.Array, jax.Ar
             found=f"shape {jnp.shape(lengths)}",
             expected=f"({jnp.shape(x)[0]},) to match x of shape {jnp.shape(x)}",
         )
-    return _as_float(x), jnp.asarray(lengths)
+    return as_float(x), jnp.asarray(lengths)
 
 
 def lengths_to_mask(lengths: ArrayLike, max_length: int) -> jax.Array:

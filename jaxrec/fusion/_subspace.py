@@ -21,12 +21,13 @@ from typing import NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.typing import ArrayLike
 
 from jaxrec import losses as _losses
 from jaxrec.errors import ConfigError, DataError
-from jaxrec.fusion._kernels import _as_float
 from jaxrec.fusion._validation import (
+    as_float,
     canonical_masks,
     check_modalities,
     check_positive_int,
@@ -51,7 +52,7 @@ def orthonormalize(matrix: ArrayLike) -> jax.Array:
       (D, k) with orthonormal columns spanning the same space.
     """
     check_rank(matrix, 2, "matrix")
-    q, r = jnp.linalg.qr(_as_float(matrix))
+    q, r = jnp.linalg.qr(as_float(matrix))
     signs = jnp.where(jnp.diagonal(r) < 0, -1.0, 1.0).astype(q.dtype)
     return q * signs[None, :]
 
@@ -142,13 +143,14 @@ def fit_subspace(
       ``SubspaceFit(projections, objective_trace)``.
 
     References:
-      Absil, Mahony & Sepulchre, `Optimization Algorithms on Matrix Manifolds
-      <https://press.princeton.edu/absil>`_, 2008, §4.1 (the QR retraction).
+      Absil, Mahony & Sepulchre, Optimization Algorithms on Matrix Manifolds, Princeton
+      University Press 2008, chapters 3-4 (the Riemannian gradient on the Stiefel manifold and
+      its QR-based retraction).
     """
     check_modalities(views, "views")
     check_positive_int(k, "k")
     check_positive_int(steps, "steps")
-    views = [_as_float(v) for v in views]
+    views = [as_float(v) for v in views]
     for m, view in enumerate(views):
         if view.shape[1] < k:
             raise ConfigError(f"k={k} exceeds the dimension {view.shape[1]} of views[{m}]")
@@ -196,8 +198,8 @@ class SubspaceProjection(nn.Module):
 
     References:
       Hotelling, Relations Between Two Sets of Variates, Biometrika 1936 (CCA, the two-view
-      closed form); Guo et al., Multi-view subspace learning surveys (the reconstruction +
-      agreement form).
+      closed form); Xu, Tao & Xu, `A Survey on Multi-view Learning
+      <https://arxiv.org/abs/1304.5634>`_, 2013 (subspace-learning approaches).
     """
 
     dim: int
@@ -211,7 +213,7 @@ class SubspaceProjection(nn.Module):
         check_positive_int(self.dim, "dim")
         n = check_modalities(views, "views")
         masks = canonical_masks(masks, len(views), n)
-        views = [jnp.where(mask[:, None], _as_float(v), 0.0) for v, mask in zip(views, masks)]
+        views = [jnp.where(mask[:, None], as_float(v), 0.0) for v, mask in zip(views, masks)]
         projections = []
         for m, view in enumerate(views):
             if view.shape[1] < self.dim:
@@ -287,7 +289,7 @@ def cca(x: ArrayLike, y: ArrayLike, k: int, *, reg: float = 0.0) -> CCAResult:
     """
     check_rank(x, 2, "x")
     check_rank(y, 2, "y")
-    x, y = _as_float(x), _as_float(y)
+    x, y = as_float(x), as_float(y)
     if x.shape[0] != y.shape[0]:
         raise DataError(
             "the two views must have the same rows",
@@ -324,7 +326,11 @@ def principal_angles(a: ArrayLike, b: ArrayLike) -> jax.Array:
     r"""The principal angles between the column spaces of two matrices, ascending, in radians.
 
     .. math::
-      \cos\theta_i = \sigma_i(Q_a^\top Q_b), \qquad a = Q_a R_a,\; b = Q_b R_b.
+      \cos\theta_i = \sigma_i(Q_a^\top Q_b), \qquad
+      \sin\theta_i = \sigma_{k+1-i}\big((I - Q_a Q_a^\top) Q_b\big),
+
+    with orthonormal bases :math:`Q_a, Q_b` and :math:`k_a \ge k_b` (swapped otherwise). Angles
+    under 45 degrees are read from their sines, where arccos would lose half the digits.
 
     Args:
       a: (D, k_a) full column rank.
@@ -335,23 +341,30 @@ def principal_angles(a: ArrayLike, b: ArrayLike) -> jax.Array:
 
     References:
       Björck & Golub, Numerical Methods for Computing Angles Between Linear Subspaces, Math. Comp.
-      1973.
+      27 (1973); the same split as ``scipy.linalg.subspace_angles``.
     """
     check_rank(a, 2, "a")
     check_rank(b, 2, "b")
-    if a.shape[0] != b.shape[0]:
+    if np.shape(a)[0] != np.shape(b)[0]:
         raise DataError(
             "both bases must live in the same space",
             field="b",
-            found=f"{b.shape[0]} rows",
-            expected=f"{a.shape[0]} (as a)",
+            found=f"{np.shape(b)[0]} rows",
+            expected=f"{np.shape(a)[0]} (as a)",
         )
-    return _principal_angles(_as_float(a), _as_float(b))
+    if np.shape(a)[1] < np.shape(b)[1]:
+        a, b = b, a
+    return _principal_angles(as_float(a), as_float(b))
 
 
 @jax.jit
 def _principal_angles(a: jax.Array, b: jax.Array) -> jax.Array:
     qa, _ = jnp.linalg.qr(a)
     qb, _ = jnp.linalg.qr(b)
-    cosines = jnp.linalg.svd(qa.T @ qb, compute_uv=False)
-    return jnp.arccos(jnp.clip(cosines, -1.0, 1.0))
+    cosines = jnp.linalg.svd(qa.T @ qb, compute_uv=False)  # descending
+    sines = jnp.linalg.svd(qb - qa @ (qa.T @ qb), compute_uv=False)[::-1]  # ascending
+    return jnp.where(
+        cosines**2 >= 0.5,
+        jnp.arcsin(jnp.clip(sines, -1.0, 1.0)),
+        jnp.arccos(jnp.clip(cosines, -1.0, 1.0)),
+    )

@@ -15,6 +15,12 @@ import numpy as np
 from jaxrec.errors import ConfigError, DataError
 
 
+def as_float(x) -> jax.Array:
+    """``x`` as a jax array, cast to float32 unless it already has a floating dtype."""
+    x = jnp.asarray(x)
+    return x if jnp.issubdtype(x.dtype, jnp.floating) else x.astype(jnp.float32)
+
+
 def check_rank(x, rank: int, field: str) -> None:
     """Raise a DataError unless ``x`` has exactly ``rank`` dimensions."""
     if np.ndim(x) != rank:
