@@ -132,7 +132,8 @@ def test_side_mf_errors():
 def subspace_reference(projections, views, lam):
     # Naive loops: codes Y_m = X_m P_m, reconstructions Y_m P_m^T, then the ordered-pair triple loop.
     def matmul(a, b):
-        return np.array([[sum(a[i, t] * b[t, j] for t in range(a.shape[1])) for j in range(b.shape[1])] for i in range(a.shape[0])])
+        rows, inner, cols = a.shape[0], a.shape[1], b.shape[1]
+        return np.array([[sum(a[i, t] * b[t, j] for t in range(inner)) for j in range(cols)] for i in range(rows)])
 
     codes = [matmul(x, p) for p, x in zip(projections, views)]
     reconstruction = 0.0

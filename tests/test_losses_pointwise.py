@@ -43,7 +43,8 @@ def test_rmse_gradient_at_a_perfect_fit_is_zero_not_nan():
     np.testing.assert_array_equal(grad, 0.0)
     # Away from zero: d/dp sqrt(mean (p - t)^2) = (p - t) / (n * rmse).
     p, t = jnp.array([1.0, 3.0]), jnp.array([0.0, 0.0])
-    np.testing.assert_allclose(jax.jit(jax.grad(losses.rmse))(p, t), np.array([1.0, 3.0]) / (2 * np.sqrt(5.0)), rtol=1e-6)
+    expected = np.array([1.0, 3.0]) / (2 * np.sqrt(5.0))
+    np.testing.assert_allclose(jax.jit(jax.grad(losses.rmse))(p, t), expected, rtol=1e-6)
 
 
 def bce_reference(logits, labels):

@@ -194,7 +194,8 @@ def test_sampled_softmax_accidental_hits_are_removed_with_zero_gradient():
     hits[0, 1] = hits[2, 0] = hits[2, 3] = True
     got = losses.sampled_softmax(pos, neg, log_q, accidental_hits=hits)
     np.testing.assert_allclose(got, sampled_softmax_reference(pos, neg, log_q, hits=hits), rtol=1e-6)
-    grad_neg = jax.jit(jax.grad(lambda n: losses.sampled_softmax(pos, n, log_q, accidental_hits=hits)))(jnp.asarray(neg))
+    grad_of_negatives = jax.jit(jax.grad(lambda n: losses.sampled_softmax(pos, n, log_q, accidental_hits=hits)))
+    grad_neg = grad_of_negatives(jnp.asarray(neg))
     assert np.all(np.isfinite(grad_neg))
     np.testing.assert_array_equal(np.asarray(grad_neg)[hits], 0.0)
     assert np.all(np.asarray(grad_neg)[~hits] > 0)

@@ -25,7 +25,8 @@ POS_LOG_Q = np.log(_FIXED.uniform(0.05, 0.3, size=B))
 OBSERVED = _FIXED.uniform(size=(B, 5)) < 0.6
 SIDE_Z = _FIXED.normal(size=(5, 2))
 RATINGS = _FIXED.normal(size=(B, 5))
-USERS, POS_ITEMS, NEG_ITEMS = _FIXED.integers(0, B, size=6), _FIXED.integers(0, 5, size=6), _FIXED.integers(0, 5, size=(6, 2))
+USERS, POS_ITEMS = _FIXED.integers(0, B, size=6), _FIXED.integers(0, 5, size=6)
+NEG_ITEMS = _FIXED.integers(0, 5, size=(6, 2))
 VIEWS = [_FIXED.normal(size=(5, 3)), _FIXED.normal(size=(5, 4))]
 
 

@@ -20,7 +20,9 @@ def _closest(name: str, candidates) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def combine(terms: Mapping[str, ArrayLike], weights: Mapping[str, ArrayLike]) -> tuple[jax.Array, dict[str, jax.Array]]:
+def combine(
+    terms: Mapping[str, ArrayLike], weights: Mapping[str, ArrayLike]
+) -> tuple[jax.Array, dict[str, jax.Array]]:
     r"""The weighted sum of named scalar loss terms; every term needs a weight and vice versa.
 
     .. math::

@@ -45,7 +45,9 @@ def check_shape(x: ArrayLike, shape: Sequence[int | None], field: str) -> None:
         chex.assert_shape(x, tuple(shape))
     except AssertionError:
         wanted = tuple("any" if s is None else s for s in shape)
-        raise DataError("wrong shape", field=field, found=f"shape {np.shape(x)}", expected=f"shape {wanted}") from None
+        raise DataError(
+            "wrong shape", field=field, found=f"shape {np.shape(x)}", expected=f"shape {wanted}"
+        ) from None
 
 
 def check_same_shape(a: ArrayLike, b: ArrayLike, field_a: str, field_b: str) -> None:
@@ -132,7 +134,10 @@ def reduce_losses(
     total = jnp.sum(losses)
     if reduction == "sum":
         return total
-    count = jnp.asarray(losses.size, losses.dtype) if factor is None else jnp.sum(jnp.broadcast_to(factor, losses.shape))
+    if factor is None:
+        count = jnp.asarray(losses.size, losses.dtype)
+    else:
+        count = jnp.sum(jnp.broadcast_to(factor, losses.shape))
     return jnp.where(count > 0, total / jnp.where(count > 0, count, 1.0), 0.0)
 
 
