@@ -59,6 +59,10 @@ def polynomial_feature_dim(input_dim: int, *, degree: int, coef0: float = 1.0) -
 
     .. math::
       \binom{d + p}{p} \text{ if } c_0 > 0, \qquad \binom{d + p - 1}{p} \text{ if } c_0 = 0.
+
+    Example:
+      >>> polynomial_feature_dim(64, degree=3)
+      47905
     """
     check_positive_int(degree, "degree")
     variables = input_dim + 1 if coef0 > 0 else input_dim

@@ -40,6 +40,12 @@ def combine_modality_scores(
 
     Returns:
       (...) combined scores.
+
+    Example:
+      >>> scores = jnp.array([[1.0, 2.0, 4.0]])
+      >>> present = jnp.array([[True, False, True]])
+      >>> combine_modality_scores(scores, present, jnp.array([1.0, 5.0, 3.0]), normalize=True)
+      Array([3.25], dtype=float32)
     """
     scores = as_float(scores)
     present = jnp.broadcast_to(jnp.asarray(present, bool), scores.shape)

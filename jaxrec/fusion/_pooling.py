@@ -56,6 +56,12 @@ def masked_mean_pool(x: ArrayLike, lengths: ArrayLike) -> jax.Array:
 
     Returns:
       (n, d) pooled vectors.
+
+    Example:
+      >>> x = jnp.array([[[1.0], [3.0], [99.0]], [[5.0], [7.0], [9.0]]])
+      >>> masked_mean_pool(x, jnp.array([2, 0]))
+      Array([[2.],
+             [0.]], dtype=float32)
     """
     x, lengths = _check_sequence(x, lengths)
     mask = lengths_to_mask(lengths, x.shape[1])

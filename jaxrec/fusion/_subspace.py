@@ -9,8 +9,9 @@ its own subspace against the agreement of the views' projections:
   \qquad P_m^\top P_m = I_k.
 
 ``fit_subspace`` solves it on the Stiefel manifold (Riemannian gradient steps with a QR
-retraction); ``SubspaceProjection`` is the trainable layer; ``cca`` is the two-view closed-form
-reference (the :math:`\lambda \to \infty` limit of agreement without the reconstruction term).
+retraction); ``SubspaceProjection`` is the trainable layer; ``cca`` is the classical two-view
+closed form of the related problem (maximal agreement under a whitening constraint,
+:math:`A^\top C_{xx} A = I`, instead of orthonormality), kept as a reference.
 """
 
 from __future__ import annotations
@@ -59,8 +60,9 @@ def orthonormalize(matrix: ArrayLike) -> jax.Array:
 
 def _tangent_gradient(projection: jax.Array, gradient: jax.Array) -> jax.Array:
     # Riemannian gradient on the Stiefel manifold (embedded metric): G - P sym(P^T G). The raw
-    # Euclidean gradient is not safe to retract: its normal component P sym(P^T G) becomes, through
-    # the QR retraction, a rotation inside span(P) that can increase the agreement term.
+    # Euclidean gradient is not in general a descent direction through the QR retraction: its
+    # normal component P sym(P^T G) turns into a rotation inside span(P) whose first-order effect
+    # has no fixed sign. The tangent part always descends, at rate |grad_R|^2.
     inner = projection.T @ gradient
     return gradient - projection @ (0.5 * (inner + inner.T))
 

@@ -114,6 +114,12 @@ def masked_softmax(logits: jax.Array, mask: jax.Array, axis: int = -1) -> jax.Ar
 
     Returns:
       weights with the shape of ``logits``; each slice sums to one, or to zero where fully masked.
+
+    Example:
+      >>> logits = jnp.array([[0.0, 0.0, 100.0], [1.0, 1.0, 1.0]])
+      >>> masked_softmax(logits, jnp.array([[True, True, False], [False, False, False]]))
+      Array([[0.5, 0.5, 0. ],
+             [0. , 0. , 0. ]], dtype=float32)
     """
     mask = jnp.broadcast_to(mask, logits.shape)
     # The shift is a constant of the softmax, so no gradient needs to flow through it.
