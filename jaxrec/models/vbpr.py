@@ -1,0 +1,240 @@
+r"""VBPR: Visual Bayesian Personalized Ranking (He & McAuley, AAAI 2016), for any item modalities.
+
+The paper's predictor, with :math:`f_i \in \mathbb{R}^D` the item's (fused) modality features:
+
+.. math::
+  \hat x_{ui} = \alpha + \beta_u + \beta_i + \gamma_u^\top \gamma_i
+      + \theta_u^\top (E f_i) + \beta'^\top f_i .
+
+:math:`\alpha` and :math:`\beta_u` do not change a user's ranking and cancel in every BPR
+difference, so they are left out (as in the paper's own training). Fusion (``fusion``):
+
+- ``"early"``: :math:`f_i` concatenates the modalities, one :math:`E \in \mathbb{R}^{K' \times D}`;
+- ``"late"``: one :math:`E_m` and one user part :math:`\theta_u^m` per modality,
+  :math:`\sum_m \theta_u^{m\top} (E_m f_i^m)` (with a shared :math:`\theta_u` this would equal
+  early fusion with a block-diagonal :math:`E`, so the per-modality user parts are what makes
+  it a different model).
+
+BPR-Opt with the paper's separate regularization of the non-visual and visual parameters, as
+per-triple averages (the mini-batch form of the paper's per-sample SGD updates):
+
+.. math::
+  \mathcal{L} = \underbrace{\frac{1}{|P|}\sum_{(u,i,j) \in P}
+      \operatorname{softplus}(\hat x_{uj} - \hat x_{ui})}_{\texttt{bpr}}
+   + \lambda_\Theta \underbrace{\frac{1}{|P|}\sum_{(u,i,j) \in P} \big(
+      \lVert\gamma_u\rVert^2 + \lVert\theta_u\rVert^2 + \lVert\gamma_i\rVert^2 + \beta_i^2
+      + \lVert\gamma_j\rVert^2 + \beta_j^2\big)}_{\texttt{reg\_theta}}
+   + \lambda_E \underbrace{\big(\lVert E\rVert_F^2 + \lVert\beta'\rVert^2\big)}_{\texttt{reg\_e}},
+
+``loss_weights: {reg_theta: λ_Θ, reg_e: λ_E}`` (the paper writes :math:`\lambda\lVert\cdot\rVert^2`
+terms whose SGD step is :math:`-\lambda\Theta`; ours are :math:`\lambda\lVert\cdot\rVert^2`, so a
+paper :math:`\lambda` is our :math:`\lambda/2`). ``encode`` folds the biases in as an extra
+column: users :math:`[\gamma_u, \theta_u, 1]`, items :math:`[\gamma_i, E f_i, \beta_i + \beta'^\top f_i]`.
+
+Cold-start items (no train interaction, :math:`t_i = 0`) are scored from features alone:
+their :math:`\gamma_i` and :math:`\beta_i` are masked to zero, and they are never used as
+training negatives (see :func:`jaxrec.models.sidemf.training_pairs`).
+
+``mmrec_compat=True`` is MMRec's ``src/models/vbpr.py`` instead, which differs from the paper:
+no item bias :math:`\beta_i` and no visual bias :math:`\beta'`; the modalities (text, then
+vision) are concatenated raw and projected by a ``Linear`` layer WITH a bias :math:`b`, so the
+item vector is :math:`[\gamma_i, E f_i + b]` and the user vector :math:`[\gamma_u, \theta_u]`
+(one ``(n_users, 2K)`` table); Xavier-uniform :math:`\gamma, \theta` tables, a Xavier-normal
+:math:`E` and zero :math:`b`; and ONE regularizer, MMRec's ``EmbLoss`` on the batch's user,
+positive and negative vectors (Frobenius norms, not squared, over the batch size, INCLUDING the
+feature projections :math:`E f_i + b`), weighted by ``reg_weight``. Its terms are ``{bpr, reg}``.
+
+References:
+  He and McAuley, `VBPR: Visual Bayesian Personalized Ranking from Implicit Feedback
+  <https://arxiv.org/abs/1510.01784>`_, AAAI 2016; MMRec ``src/models/vbpr.py``
+  (github.com/enoche/MMRec).
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from flax import linen as nn
+
+from jaxrec import losses
+from jaxrec.errors import ConfigError
+from jaxrec.models._registry import Built, register
+from jaxrec.models.sidemf import (
+    check_choice,
+    check_positive_int,
+    item_side_features,
+    trained_item_mask,
+    training_pairs,
+    xavier_normal,
+)
+
+FUSIONS = ("early", "late")
+# torch.nn.init.xavier_uniform_ (MMRec's VBPR user and item tables): U(±sqrt(6 / (n + d))).
+xavier_uniform = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform")
+
+
+def _xavier_normal_out_in(key, shape, dtype=jnp.float32):
+    # torch's Linear weight is (out, in); Xavier is symmetric in the fans, so an (in, out) draw
+    # has the same distribution.
+    return xavier_normal(key, shape, dtype)
+
+
+class VBPR(nn.Module):
+    """VBPR (see the module docstring).
+
+    ``ctx``: ``{"features": (n_items, D) float32 f, "trained": (n_items,) bool t}``.
+
+    Attributes:
+      n_users, n_items: table sizes.
+      feature_dims: widths of the modalities concatenated in ``features``.
+      embedding_size: K, the width of :math:`\\gamma`.
+      visual_size: K', the width of :math:`\\theta` and :math:`E f` (per modality when late).
+      fusion: ``"early"`` or ``"late"``.
+      mmrec_compat: MMRec's variant instead of the paper's.
+    """
+
+    n_users: int
+    n_items: int
+    feature_dims: tuple[int, ...]
+    embedding_size: int = 64
+    visual_size: int = 64
+    fusion: str = "early"
+    mmrec_compat: bool = False
+
+    @property
+    def n_visual_blocks(self) -> int:
+        return len(self.feature_dims) if self.fusion == "late" else 1
+
+    def setup(self):
+        k, kv = self.embedding_size, self.visual_size
+        d = sum(self.feature_dims)
+        if self.mmrec_compat:
+            self.user_table = self.param("user_embedding", xavier_uniform, (self.n_users, k + kv))
+            self.gamma_item = self.param("item_embedding", xavier_uniform, (self.n_items, k))
+            self.projection = self.param("projection", _xavier_normal_out_in, (d, kv))
+            self.projection_bias = self.param("projection_bias", nn.initializers.zeros, (kv,))
+            return
+        self.gamma_user = self.param("gamma_user", xavier_normal, (self.n_users, k))
+        self.theta_user = self.param("theta_user", xavier_normal, (self.n_users, kv * self.n_visual_blocks))
+        self.gamma_item = self.param("gamma_item", xavier_normal, (self.n_items, k))
+        self.beta_item = self.param("beta_item", nn.initializers.zeros, (self.n_items,))
+        if self.fusion == "early":
+            self.embeddings = [self.param("E", xavier_normal, (d, kv))]
+        else:
+            self.embeddings = [self.param(f"E_{m}", xavier_normal, (dm, kv)) for m, dm in enumerate(self.feature_dims)]
+        self.beta_prime = self.param("beta_prime", nn.initializers.zeros, (d,))
+
+    # -- item and user vectors -------------------------------------------------------------
+
+    def _visual(self, features):
+        """(..., D) features -> (..., blocks * K') visual item factors."""
+        if self.mmrec_compat:
+            return features @ self.projection + self.projection_bias
+        if self.fusion == "early":
+            return features @ self.embeddings[0]
+        parts, start = [], 0
+        for E, dm in zip(self.embeddings, self.feature_dims):
+            parts.append(features[..., start:start + dm] @ E)
+            start += dm
+        return jnp.concatenate(parts, axis=-1)
+
+    def _items(self, ctx, items):
+        """``(gamma (.., K), beta (..), visual (.., blocks K'), visual_bias (..))`` of the items
+        ``items`` (any int shape); the free parts gamma and beta are zero for never-trained
+        items. The MMRec variant has no biases (both None)."""
+        features = ctx["features"][items]
+        trained = ctx["trained"][items]
+        gamma = jnp.where(trained[..., None], self.gamma_item[items], 0.0)
+        if self.mmrec_compat:
+            return gamma, None, self._visual(features), None
+        beta = jnp.where(trained, self.beta_item[items], 0.0)
+        return gamma, beta, self._visual(features), features @ self.beta_prime
+
+    def encode(self, ctx, train: bool = False):
+        """Users ``[γ_u, θ_u, 1]``, items ``[γ_i, E f_i, β_i + β'·f_i]`` (MMRec variant:
+        ``[γ_u, θ_u]`` and ``[γ_i, E f_i + b]``)."""
+        del train
+        gamma, beta, visual, visual_bias = self._items(ctx, jnp.arange(self.n_items))
+        if self.mmrec_compat:
+            return self.user_table, jnp.concatenate([gamma, visual], axis=1)
+        users = jnp.concatenate([self.gamma_user, self.theta_user, jnp.ones((self.n_users, 1))], axis=1)
+        return users, jnp.concatenate([gamma, visual, (beta + visual_bias)[:, None]], axis=1)
+
+    # -- loss ------------------------------------------------------------------------------
+
+    def loss_terms(self, ctx, batch, train: bool = False):
+        """``{"bpr", "reg_theta", "reg_e"}`` (MMRec variant: ``{"bpr", "reg"}``) for a batch of
+        ``users`` (B,), ``pos_items`` (B,), ``neg_items`` (B, n_neg) or (B,) and optional
+        ``weights`` (B,) (0 = padding row)."""
+        del train
+        users = batch["users"]
+        negatives, pairs = training_pairs(batch, ctx["trained"])
+        pos_gamma, pos_beta, pos_visual, pos_visual_bias = self._items(ctx, batch["pos_items"])
+        neg_gamma, neg_beta, neg_visual, neg_visual_bias = self._items(ctx, negatives)
+        if self.mmrec_compat:
+            return self._mmrec_terms(users, pos_gamma, pos_visual, neg_gamma, neg_visual, pairs)
+        gamma_u, theta_u = self.gamma_user[users], self.theta_user[users]
+        pos_scores = (pos_beta + pos_visual_bias + jnp.sum(gamma_u * pos_gamma, axis=-1)
+                      + jnp.sum(theta_u * pos_visual, axis=-1))
+        neg_scores = (neg_beta + neg_visual_bias + jnp.einsum("bk,bnk->bn", gamma_u, neg_gamma)
+                      + jnp.einsum("bk,bnk->bn", theta_u, neg_visual))
+        pair_weight = pairs.astype(pos_scores.dtype)
+        n_pairs = jnp.maximum(jnp.sum(pair_weight), 1.0)
+        # Per triple: the user's and the positive's parameters count once for each of its pairs.
+        row_norms = (jnp.sum(jnp.square(gamma_u), -1) + jnp.sum(jnp.square(theta_u), -1)
+                     + jnp.sum(jnp.square(pos_gamma), -1) + jnp.square(pos_beta))
+        neg_norms = jnp.sum(jnp.square(neg_gamma), -1) + jnp.square(neg_beta)
+        reg_theta = (jnp.sum(jnp.sum(pair_weight, axis=1) * row_norms) + jnp.sum(pair_weight * neg_norms)) / n_pairs
+        reg_e = sum(jnp.sum(jnp.square(E)) for E in self.embeddings) + jnp.sum(jnp.square(self.beta_prime))
+        return {"bpr": losses.bpr(pos_scores, neg_scores, where=pairs), "reg_theta": reg_theta, "reg_e": reg_e}
+
+    def _mmrec_terms(self, users, pos_gamma, pos_visual, neg_gamma, neg_visual, pairs):
+        # MMRec draws one negative per positive; with several, each (u, i, j) is a triple and the
+        # EmbLoss sums the norms of the stacked triples' vectors (n_neg = 1: exactly MMRec's).
+        user_e = self.user_table[users]
+        pos_e = jnp.concatenate([pos_gamma, pos_visual], axis=-1)
+        neg_e = jnp.concatenate([neg_gamma, neg_visual], axis=-1)
+        pos_scores = jnp.sum(user_e * pos_e, axis=-1)
+        neg_scores = jnp.einsum("bd,bnd->bn", user_e, neg_e)
+        pair_weight = pairs.astype(user_e.dtype)
+        n_pairs = jnp.sum(pair_weight)
+        reg = losses.l2_mean_norm(user_e[:, None, :] * pair_weight[..., None], pos_e[:, None, :] * pair_weight[..., None],
+                                  neg_e * pair_weight[..., None], batch_size=jnp.maximum(n_pairs, 1.0))
+        return {"bpr": losses.bpr(pos_scores, neg_scores, where=pairs), "reg": reg}
+
+
+@register("vbpr")
+def build(dataset, *, embedding_size: int = 64, visual_size: int = 64, modalities: list[str] | None = None,
+          fusion: str = "early", feature_scaling: str | None = None, mmrec_compat: bool = False) -> Built:
+    """VBPR for ``dataset``.
+
+    Args:
+      dataset: a :class:`~jaxrec.data.MultimodalDataset` with item modalities.
+      embedding_size: K, the width of :math:`\\gamma` (MMRec: ``embedding_size`` 64).
+      visual_size: K', the width of :math:`\\theta` (MMRec: the same 64).
+      modalities: the modalities fused into :math:`f` (default: all), in order; MMRec
+        concatenates text, then vision.
+      fusion: ``"early"`` (default) or ``"late"`` (not with ``mmrec_compat``).
+      feature_scaling: ``"standardize"``, ``"l2"`` or ``"none"`` per modality; default
+        ``"standardize"``, or ``"none"`` (raw, as MMRec) with ``mmrec_compat``.
+      mmrec_compat: build MMRec's variant (module docstring).
+
+    Returns:
+      :class:`~jaxrec.models.Built`; default weights ``{bpr: 1, reg_theta: 1e-4, reg_e: 0}``
+      (MMRec variant: ``{bpr: 1, reg: 2.0}``, MMRec's ``reg_weight`` chosen by validation on
+      lfm2k in ``../shared/anchors``).
+    """
+    check_positive_int(embedding_size, "embedding_size", "vbpr")
+    check_positive_int(visual_size, "visual_size", "vbpr")
+    check_choice(fusion, "fusion", FUSIONS, "vbpr")
+    if not isinstance(mmrec_compat, bool):
+        raise ConfigError(f"model vbpr: mmrec_compat must be true or false; found {mmrec_compat!r}")
+    if mmrec_compat and fusion != "early":
+        raise ConfigError("model vbpr: mmrec_compat concatenates the modalities (early fusion); "
+                          f"found fusion={fusion!r}")
+    scaling = feature_scaling if feature_scaling is not None else ("none" if mmrec_compat else "standardize")
+    features, dims, _ = item_side_features(dataset, modalities, scaling=scaling, model="vbpr")
+    module = VBPR(n_users=dataset.n_users, n_items=dataset.n_items, feature_dims=dims,
+                  embedding_size=embedding_size, visual_size=visual_size, fusion=fusion, mmrec_compat=mmrec_compat)
+    ctx = {"features": features, "trained": trained_item_mask(dataset)}
+    weights = {"bpr": 1.0, "reg": 2.0} if mmrec_compat else {"bpr": 1.0, "reg_theta": 1e-4, "reg_e": 0.0}
+    return Built(module=module, ctx=ctx, default_loss_weights=weights)
