@@ -35,8 +35,7 @@ from jaxrec.train._state import init_state
 from jaxrec.train._step import StepRunner
 
 # Keys that may differ between a run and its resumption: they change no number of the run.
-_RESUMABLE_CHANGES = {"train.checkpoints_to_keep", "train.checkpoint_every", "train.steps_per_call",
-                      "eval.batch_size"}
+_RESUMABLE_CHANGES = {"train.checkpoints_to_keep", "train.checkpoint_every"}
 
 
 @dataclasses.dataclass
@@ -44,14 +43,12 @@ class TrainHooks:
     """Callbacks for tests and tools.
 
     Attributes:
-      on_epoch_end: ``fn(epoch, history_row)`` after an epoch's checkpoint is written
-        (``epoch`` counts from 1); raising stops the run there, as a killed process would.
-      transform_batches: ``fn(epoch, batches) -> batches`` applied to each epoch's stacked
-        batches before they reach the device (e.g. to inject bad input).
+      on_epoch_end: ``fn(epoch, history_row)`` at the end of each epoch, after its
+        checkpoint (if any) is on disk (``epoch`` counts from 1); raising stops the run
+        there, as a killed process would.
     """
 
     on_epoch_end: Callable[[int, dict], None] | None = None
-    transform_batches: Callable[[int, dict], dict] | None = None
 
 
 def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
@@ -191,8 +188,6 @@ class _Run:
         exp, tcfg = self.exp, self.tcfg
         tick = time.perf_counter()
         batches = exp.sampler.batches(epoch - 1)
-        if self.hooks.transform_batches is not None:
-            batches = self.hooks.transform_batches(epoch, batches)
         if exp.built.host_update is not None:
             self._set_context(epoch_context(exp.built, tcfg.seed, epoch - 1))
         per_call = tcfg.steps_per_call or exp.steps_per_epoch

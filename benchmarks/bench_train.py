@@ -1,0 +1,111 @@
+"""Seconds per training epoch and per evaluation on lfm2k, against MMRec's measured anchors.
+
+Usage (from the project root):
+    python benchmarks/bench_train.py [--model bprmf] [--epochs 20] [--parallel none]
+        [--data ../shared/data/lfm2k] [--config experiments/configs/lfm2k/bpr.yaml]
+
+Builds the model from the config exactly as ``jaxrec train`` does, compiles, then times
+``--epochs`` epochs split into host sampling (numpy negative sampling and batch layout)
+and device steps (one scanned call per epoch), and ``--epochs`` evaluations of the valid
+and test splits (full ranking over all items). Prints medians and the ratio to MMRec's
+anchors in ``../shared/anchors/mmrec_lfm2k.json`` (same data, 2 CPU cores). Compile time
+is reported separately and is not in the medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from jaxrec.train import StepRunner, init_state, load_config
+from jaxrec.train._setup import evaluate_params, make_encoder, prepare_eval_splits, prepare_experiment
+
+ROOT = Path(__file__).resolve().parents[1]
+ANCHORS = ROOT / ".." / "shared" / "anchors" / "mmrec_lfm2k.json"
+MMREC_NAMES = {"bprmf": "BPR", "bpr": "BPR", "lightgcn": "LightGCN", "vbpr": "VBPR", "freedom": "FREEDOM"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=str(ROOT / "experiments" / "configs" / "lfm2k" / "bpr.yaml"))
+    parser.add_argument("--data", default=str(ROOT / ".." / "shared" / "data" / "lfm2k"))
+    parser.add_argument("--epochs", type=int, default=20, help="timed epochs (and evaluations)")
+    parser.add_argument("--parallel", default="none", choices=("none", "pmap", "sharded"))
+    parser.add_argument("--steps-per-call", type=int, default=0, help="batches per device call (0: whole epoch)")
+    args = parser.parse_args()
+
+    config = load_config(args.config, [f"data.path={args.data}", f"train.parallel={args.parallel}",
+                                       f"train.steps_per_call={args.steps_per_call}"])
+    tick = time.perf_counter()
+    exp = prepare_experiment(config)
+    setup_seconds = time.perf_counter() - tick
+    runner = StepRunner(exp.module, exp.tx, exp.loss_weights, parallel=config.train.parallel,
+                        batch_size=config.train.batch_size)
+    state = runner.put_state(init_state(exp.module, exp.built.ctx, exp.sampler.example_batch(), exp.tx,
+                                        config.train.seed))
+    ctx = runner.put_ctx(exp.built.ctx)
+    eval_ctx = jax.device_put(exp.built.ctx, runner.devices[0])
+    splits = prepare_eval_splits(exp)
+    encoder = make_encoder(exp.module)
+    per_call = config.train.steps_per_call or exp.steps_per_epoch
+
+    def epoch(index: int, state):
+        tick = time.perf_counter()
+        batches = exp.sampler.batches(index)
+        sampled = time.perf_counter()
+        for offset in range(0, exp.steps_per_epoch, per_call):
+            chunk = {k: v[offset:offset + per_call] for k, v in batches.items()}
+            state, metrics = runner.run(state, ctx, runner.put_batches(chunk))
+            np.asarray(metrics.loss)  # the loop reads the losses every call, so this is timed too
+        return state, sampled - tick, time.perf_counter() - sampled
+
+    def evaluate(split: str):
+        tick = time.perf_counter()
+        evaluate_params(exp, encoder, runner.get_state(state).params, eval_ctx, splits[split])
+        return time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    state, _, _ = epoch(0, state)
+    compile_train = time.perf_counter() - tick
+    tick = time.perf_counter()
+    evaluate("valid"), evaluate("test")
+    compile_eval = time.perf_counter() - tick
+
+    sampling, device, valid, test = [], [], [], []
+    for index in range(1, args.epochs + 1):
+        state, host_seconds, device_seconds = epoch(index, state)
+        sampling.append(host_seconds)
+        device.append(device_seconds)
+        valid.append(evaluate("valid"))
+        test.append(evaluate("test"))
+
+    per_epoch = statistics.median(s + d for s, d in zip(sampling, device))
+    eval_pair = statistics.median(v + t for v, t in zip(valid, test))
+    load = os.getloadavg()[0]
+    print(f"{config.model.name} on {exp.dataset.name}: {exp.dataset.n_users} users, {exp.dataset.n_items} items, "
+          f"{exp.steps_per_epoch} batches of {config.train.batch_size}; parallel={config.train.parallel} on "
+          f"{runner.n_devices} {runner.devices[0].platform} device(s); {args.epochs} timed epochs; "
+          f"{os.cpu_count()} CPUs, load average {load:.1f} (other processes slow every figure)")
+    print(f"  setup (load data, build): {setup_seconds:.2f} s; first epoch incl. compile {compile_train:.2f} s; "
+          f"first valid+test incl. compile {compile_eval:.2f} s")
+    print(f"  train s/epoch (median): {per_epoch:.4f}  = sampling {statistics.median(sampling):.4f} + device "
+          f"{statistics.median(device):.4f}")
+    print(f"  eval s (median): valid {statistics.median(valid):.4f}, test {statistics.median(test):.4f}, "
+          f"valid+test {eval_pair:.4f}")
+    anchor_name = MMREC_NAMES.get(config.model.name.lower())
+    if ANCHORS.exists() and anchor_name:
+        anchor = json.loads(ANCHORS.read_text())[anchor_name]
+        print(f"  MMRec {anchor_name}: {anchor['train_s_per_epoch']:.4f} s/epoch, {anchor['eval_s_valid_plus_test']:.4f} "
+              f"s valid+test -> ours is {anchor['train_s_per_epoch'] / per_epoch:.1f}x faster per epoch, "
+              f"{anchor['eval_s_valid_plus_test'] / eval_pair:.1f}x faster per evaluation")
+
+
+if __name__ == "__main__":
+    main()
