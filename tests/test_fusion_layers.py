@@ -215,3 +215,21 @@ def test_fusion_config_and_shape_errors():
         fusion.ModelLevelFusion().init(jax.random.key(0), xs, xs[::-1])
     with pytest.raises(DataError, match="list of per-modality arrays"):
         fusion.EarlyFusion(out_dim=2).init(jax.random.key(0), xs[0])
+
+
+def test_attention_fusion_under_vmap_equals_separate_calls():
+    xs, masks, query = _inputs(7)
+    module = fusion.AttentionFusion(dim=4)
+    variables = _random_variables(module, 7, xs, masks, query=query)
+    other_masks = [~m for m in masks]
+    stacked_xs = [np.stack([x, 2 * x]) for x in xs]
+    stacked_masks = [np.stack([m, o]) for m, o in zip(masks, other_masks)]
+
+    def apply(xs, masks, query):
+        return module.apply(variables, xs, masks, query=query)
+
+    batched = jax.jit(jax.vmap(apply))(stacked_xs, stacked_masks, np.stack([query, query]))
+    np.testing.assert_allclose(batched[0], jax.jit(apply)(xs, masks, query), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        batched[1], jax.jit(apply)([2 * x for x in xs], other_masks, query), rtol=1e-5, atol=1e-6
+    )
