@@ -1,0 +1,448 @@
+r"""Neural fusion recommenders at the three fusion levels, on one matrix-factorization base.
+
+Notation: :math:`p_u, e_i \in \mathbb{R}^d` user and item ID embeddings; :math:`t_i \in \{0, 1\}`
+is 1 when item :math:`i` has a train interaction; :math:`r_{im} \in \{0, 1\}` is 1 when it has
+modality :math:`m`; :math:`x_{im}` its (standardized) features and
+:math:`v_{im} = f_m(x_{im}) \in \mathbb{R}^d` their per-modality encoder (a
+:class:`jaxrec.fusion.MLP`, linear unless ``encoder_hidden``). The models (``fusion``):
+
+- ``"attention"`` (vector level, user-conditioned): :math:`z_u = g(p_u) \in \mathbb{R}^M`
+  (a linear map, or an MLP with ``attention_hidden``), a softmax over the item's PRESENT
+  modalities and an item vector that is the ID embedding plus the attended modality vectors:
+
+  .. math::
+    \alpha_{um}(i) = \frac{r_{im} e^{z_{um}}}{\sum_l r_{il} e^{z_{ul}}}, \qquad
+    \hat y_{ui} = p_u^\top \Big(t_i e_i + \sum_m \alpha_{um}(i)\, v_{im}\Big).
+
+- ``"gated"`` (vector level, sigmoid gates), ``gate_context="user"``: element-wise gates
+  :math:`\gamma_{um} = \sigma(G_m p_u + c_m) \in (0, 1)^d` from the user,
+  :math:`\hat y_{ui} = p_u^\top (t_i e_i + \sum_m r_{im}\, \gamma_{um} \odot v_{im})`; or
+  ``gate_context="item"``: :class:`jaxrec.fusion.GatedFusion` of the raw modalities with the
+  item's own ID embedding as context, :math:`h_i = \sum_m r_{im}\, \sigma(G_m [t_i e_i; V_m x_{im}
+  + c_m] + b_m) \odot (V_m x_{im} + c_m)`, :math:`\hat y_{ui} = p_u^\top (t_i e_i + h_i)`.
+
+- ``"ensemble"`` (model level): one scorer per modality with its own user table
+  :math:`\theta^m`, mixed by :class:`jaxrec.fusion.ModelLevelFusion`'s learned weights
+  :math:`\tilde w_m(i)` (``weighting="softmax"``: :math:`r_{im} e^{\omega_m} / \sum_l r_{il}
+  e^{\omega_l}`; ``"nonneg"``: :math:`r_{im} \operatorname{softplus}(\omega_m)`), plus the ID
+  scorer: :math:`\hat y_{ui} = p_u^\top t_i e_i + \sum_m \tilde w_m(i)\, \theta_u^{m\top} v_{im}`.
+
+- ``"early"`` (feature level, for comparison): :class:`jaxrec.fusion.EarlyFusion` (one MLP over
+  the concatenated present modalities and their presence bits), :math:`\hat y_{ui} = p_u^\top
+  (t_i e_i + \operatorname{MLP}([r_{i1} x_{i1}, \ldots, r_{i1}, \ldots]))`.
+
+**Factorization.** ``encode`` must return vectors whose dot products are the scores, but the
+attention weights depend on the user AND, through the softmax's denominator over present
+modalities, on which modalities the item has. They depend on the item only through its
+presence pattern :math:`\pi(i) = (r_{i1}, \ldots, r_{iM})`, of which a dataset has few (one
+when every item has every modality). With :math:`\alpha^\pi_{um}` the weights for pattern
+:math:`\pi`, the score is exactly
+
+.. math::
+  \hat y_{ui} = \langle p_u, t_i e_i \rangle + \sum_{\pi} \sum_{m \in \pi}
+      \langle \alpha^\pi_{um}\, a_u^m,\; [\pi(i) = \pi]\, v_{im} \rangle,
+
+one block per (pattern, present modality): users
+:math:`[p_u, (\alpha^\pi_{um} a^m_u)_{\pi, m}]`, items :math:`[t_i e_i, ([\pi(i) = \pi]\,
+v_{im})_{\pi, m}]`, with :math:`a_u^m = p_u` for attention and :math:`a_u^m = \theta^m_u`,
+:math:`\alpha^\pi_{um} = \tilde w_m(\pi)` for the ensemble (the pattern weights are read off
+the mixer itself: its output for unit score in modality :math:`m` and zero elsewhere). Width:
+:math:`d (1 + \sum_\pi |\pi|)`, :math:`d(1 + M)` when every item has every modality; an item
+with no modality gets zeros in every block. User gates need no pattern blocks
+(:math:`[p_u, (\gamma_{um} \odot p_u)_m]` against :math:`[t_i e_i, (r_{im} v_{im})_m]`), and
+the item-side forms (item-context gates, early) give one item vector of width :math:`d`.
+Training scores are computed directly (``score_pairs``); the tests check that they equal the
+``encode`` dot products.
+
+**Loss.** BPR over (user, positive, negative) pairs plus MMRec's ``EmbLoss`` on the batch's
+free embeddings (:func:`jaxrec.losses.l2_mean_norm` of the user vectors :math:`p_u` — with
+:math:`\theta_u^m` for the ensemble — and the positive and negative ID vectors :math:`t\,e`),
+``loss_weights: {reg: λ}`` as MMRec's ``reg_weight``; the encoders and fusion layers are not
+regularized (use ``train.weight_decay``).
+
+**Cold-start items.** Items without a train interaction (:math:`t_i = 0`) are scored from their
+features alone: their ID embedding is masked to zero in ``encode``, in the loss and in the
+item-context gates, and they are never used as training negatives (a new item does not exist
+at training time), so their randomly initialized :math:`e_i` never adds noise.
+
+References:
+  Chen et al., `Attentive Collaborative Filtering: Multimedia Recommendation with Item- and
+  Component-Level Attention <https://doi.org/10.1145/3077136.3080797>`_, SIGIR 2017;
+  Arevalo et al., `Gated Multimodal Units for Information Fusion
+  <https://arxiv.org/abs/1702.01992>`_, ICLR workshop 2017;
+  Wei et al., MMGCN, ACM Multimedia 2019 (per-modality scorers, summed);
+  Baltrušaitis, Ahuja and Morency, `Multimodal Machine Learning: A Survey and Taxonomy
+  <https://arxiv.org/abs/1705.09406>`_, TPAMI 2019 (fusion levels).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+from jaxrec import fusion as jfusion
+from jaxrec import losses
+from jaxrec.errors import ConfigError
+from jaxrec.models._registry import Built, register
+from jaxrec.models.sidemf import (
+    check_choice,
+    check_positive_int,
+    item_side_features,
+    trained_item_mask,
+    training_pairs,
+    xavier_normal,
+)
+
+FUSIONS = ("attention", "gated", "ensemble", "early")
+GATE_CONTEXTS = ("user", "item")
+WEIGHTINGS = ("softmax", "nonneg")
+
+
+# ---- pieces shared by the fusion, kernel and subspace models -----------------------------
+
+
+def modality_inputs(dataset, modalities: Sequence[str] | None, *, scaling: str, model: str):
+    """Per-modality item features and presence masks.
+
+    Returns:
+      ``(features, masks, names)``: M float32 arrays (n_items, d_m), scaled as
+      :func:`jaxrec.models.sidemf.item_side_features` does (absent rows zero), M bool arrays
+      (n_items,), and the modality names.
+    """
+    features, dims, names = item_side_features(dataset, modalities, scaling=scaling, model=model)
+    bounds = np.cumsum((0,) + dims)
+    blocks = [np.ascontiguousarray(features[:, a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+    masks = [np.asarray(dataset.modalities[name].mask, bool) for name in names]
+    return blocks, masks, names
+
+
+def presence_patterns(masks: Sequence[np.ndarray]) -> tuple[tuple[tuple[bool, ...], ...], np.ndarray]:
+    """The distinct non-empty modality-presence patterns of the items, and each item's.
+
+    Returns:
+      ``(patterns, index)``: a tuple of M-tuples of bools (sorted), and an (n_items,) int32
+      index into it, -1 for items with no modality.
+    """
+    present = np.stack([np.asarray(m, bool) for m in masks], axis=1)
+    unique, inverse = np.unique(present, axis=0, return_inverse=True)
+    keep = unique.any(axis=1)
+    position = np.full(len(unique), -1, np.int32)
+    position[keep] = np.arange(int(keep.sum()), dtype=np.int32)
+    patterns = tuple(tuple(bool(b) for b in row) for row in unique[keep])
+    return patterns, position[np.ravel(inverse)]
+
+
+def check_widths(value, name: str, model: str) -> tuple[int, ...]:
+    """A list of positive layer widths (possibly empty) as a tuple."""
+    if value is None:
+        return ()
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise ConfigError(f"model {model}: {name} must be a list of layer widths; found {value!r}")
+    for width in value:
+        check_positive_int(width, name, model)
+    return tuple(int(w) for w in value)
+
+
+def gather_rows(compute, n_rows: int, items: jax.Array):
+    """``compute(rows)`` (per-row item vectors) at ``items`` of any shape.
+
+    Computes every row once and gathers when the batch holds at least as many item slots as
+    there are items (cheaper on small catalogues), else only the batch's rows; the two give
+    the same numbers.
+    """
+    if items.size >= n_rows:
+        return compute(jnp.arange(n_rows))[items]
+    flat = compute(items.reshape(-1))
+    return flat.reshape(items.shape + flat.shape[1:])
+
+
+def bpr_with_emb_loss(pos_scores, neg_scores, user_vectors, pos_vectors, neg_vectors, pairs):
+    """``{"bpr", "reg"}``: BPR over the valid pairs, and MMRec's ``EmbLoss`` of the pairs' vectors.
+
+    Args:
+      pos_scores: (B,) positive scores.
+      neg_scores: (B, K) negative scores.
+      user_vectors: (B, du) the users' free (regularized) vectors.
+      pos_vectors: (B, di) the positives' free vectors.
+      neg_vectors: (B, K, di) the negatives' free vectors.
+      pairs: (B, K) bool, the pairs that count (real rows, trained negatives).
+
+    Returns:
+      ``bpr`` the mean softplus of the valid pairs' margins; ``reg`` the Frobenius norms (not
+      squared) of the stacked pairs' user, positive and negative vectors over the pair count
+      (with one negative per real row, exactly MMRec's ``EmbLoss``).
+    """
+    weight = pairs.astype(pos_scores.dtype)[..., None]
+    n_pairs = jnp.maximum(jnp.sum(pairs), 1).astype(pos_scores.dtype)
+    reg = losses.l2_mean_norm(user_vectors[:, None, :] * weight, pos_vectors[:, None, :] * weight,
+                              neg_vectors * weight, batch_size=n_pairs)
+    return {"bpr": losses.bpr(pos_scores, neg_scores, where=pairs), "reg": reg}
+
+
+def batch_items(batch, trained):
+    """``(items (B, 1 + K) [positive, negatives...], pairs (B, K))`` of a batch."""
+    negatives, pairs = training_pairs(batch, trained)
+    return jnp.concatenate([batch["pos_items"][:, None], negatives], axis=1), pairs
+
+
+# ---- the model ---------------------------------------------------------------------------
+
+
+class FusionMF(nn.Module):
+    """ID embeddings plus fused modality vectors (see the module docstring).
+
+    ``ctx``: ``{"modalities": [M arrays (n_items, d_m)], "masks": [M bool (n_items,)],
+    "trained": bool (n_items,), "pattern": int32 (n_items,)}``.
+
+    Attributes:
+      n_users, n_items: table sizes.
+      modality_dims: d_m per modality.
+      patterns: the items' distinct non-empty presence patterns (:func:`presence_patterns`).
+      fusion: ``"attention"``, ``"gated"``, ``"ensemble"`` or ``"early"``.
+      embedding_size: d.
+      encoder_hidden: hidden widths of the per-modality encoders (and of the early MLP).
+      attention_hidden: hidden widths of the attention network :math:`g`.
+      gate_context: ``"user"`` or ``"item"`` (gated only).
+      weighting: the ensemble's ``"softmax"`` or ``"nonneg"`` modality weights.
+    """
+
+    n_users: int
+    n_items: int
+    modality_dims: tuple[int, ...]
+    patterns: tuple[tuple[bool, ...], ...]
+    fusion: str = "attention"
+    embedding_size: int = 64
+    encoder_hidden: tuple[int, ...] = ()
+    attention_hidden: tuple[int, ...] = ()
+    gate_context: str = "user"
+    weighting: str = "softmax"
+
+    @property
+    def n_modalities(self) -> int:
+        return len(self.modality_dims)
+
+    @property
+    def _item_side(self) -> bool:
+        """Whether the fused vector depends on the item only (one d-wide item vector)."""
+        return self.fusion == "early" or (self.fusion == "gated" and self.gate_context == "item")
+
+    def setup(self):
+        d, M = self.embedding_size, self.n_modalities
+        self.user_embedding = self.param("user_embedding", xavier_normal, (self.n_users, d))
+        self.item_embedding = self.param("item_embedding", xavier_normal, (self.n_items, d))
+        widths = (*self.encoder_hidden, d)
+        if self.fusion == "early":
+            self.early = jfusion.EarlyFusion(out_dim=d, hidden_dims=self.encoder_hidden)
+        elif self.fusion == "gated" and self.gate_context == "item":
+            self.item_gates = jfusion.GatedFusion(dim=d)
+        else:
+            self.encoders = [jfusion.MLP(widths) for _ in range(M)]
+        if self.fusion == "attention":
+            self.attention = jfusion.MLP((*self.attention_hidden, M), activation=jnp.tanh)
+        elif self.fusion == "gated" and self.gate_context == "user":
+            self.user_gates = [nn.Dense(d) for _ in range(M)]
+        elif self.fusion == "ensemble":
+            self.modality_users = [self.param(f"user_embedding_{m}", xavier_normal, (self.n_users, d))
+                                   for m in range(M)]
+            self.mixer = jfusion.ModelLevelFusion(weighting=self.weighting)
+
+    # -- item side ------------------------------------------------------------------------
+
+    def _id_vectors(self, ctx, items):
+        return jnp.where(ctx["trained"][items][..., None], self.item_embedding[items], 0.0)
+
+    def _content(self, ctx, rows):
+        """Item content of ``rows`` (R,): (R, M, d) modality vectors (zero where absent), or
+        (R, d) fused vectors for the item-side fusions."""
+        xs = [x[rows] for x in ctx["modalities"]]
+        masks = [mask[rows] for mask in ctx["masks"]]
+        if self.fusion == "early":
+            return self.early(xs, masks)
+        if self._item_side:
+            return self.item_gates(xs, masks, context=self._id_vectors(ctx, rows))
+        return jnp.stack([jnp.where(mask[:, None], encoder(x), 0.0)
+                          for encoder, x, mask in zip(self.encoders, xs, masks)], axis=1)
+
+    def _presence(self, ctx, items):
+        return jnp.stack([mask[items] for mask in ctx["masks"]], axis=-1)
+
+    # -- user side ------------------------------------------------------------------------
+
+    def attention_logits(self, user_vectors):
+        """(..., M) attention logits :math:`z_u` of user vectors (..., d)."""
+        return self.attention(user_vectors)
+
+    def attention_weights(self, ctx, users, items):
+        """(B, K, M) weights :math:`\\alpha_{um}(i)` of users (B,) over items (B, K)."""
+        logits = self.attention_logits(self.user_embedding[users])
+        present = self._presence(ctx, items)
+        # masked_softmax broadcasts the mask to the logits, not both ways.
+        return jfusion.masked_softmax(jnp.broadcast_to(logits[:, None, :], present.shape), present, axis=-1)
+
+    def _gates(self, user_vectors):
+        return jnp.stack([jax.nn.sigmoid(gate(user_vectors)) for gate in self.user_gates], axis=-2)
+
+    # -- scores ---------------------------------------------------------------------------
+
+    def score_pairs(self, ctx, users, items):
+        """Scores (B, K) of users (B,) for items (B, K), computed directly (not through encode)."""
+        p = self.user_embedding[users]
+        scores = jnp.einsum("bd,bkd->bk", p, self._id_vectors(ctx, items))
+        content = gather_rows(lambda rows: self._content(ctx, rows), self.n_items, items)
+        if self._item_side:
+            return scores + jnp.einsum("bd,bkd->bk", p, content)
+        if self.fusion == "attention":
+            per_modality = jnp.einsum("bd,bkmd->bkm", p, content)
+            return scores + jnp.sum(self.attention_weights(ctx, users, items) * per_modality, axis=-1)
+        if self.fusion == "gated":
+            gated_users = self._gates(p) * p[:, None, :]  # absent modalities' v are zero
+            return scores + jnp.einsum("bmd,bkmd->bk", gated_users, content)
+        theta = jnp.stack([table[users] for table in self.modality_users], axis=1)  # (B, M, d)
+        B, K = items.shape
+        rows_users = [jnp.broadcast_to(theta[:, None, m], (B, K, theta.shape[-1])).reshape(B * K, -1)
+                      for m in range(self.n_modalities)]
+        rows_items = [content[:, :, m].reshape(B * K, -1) for m in range(self.n_modalities)]
+        presence = self._presence(ctx, items).reshape(B * K, -1)
+        mixed = self.mixer(rows_users, rows_items, [presence[:, m] for m in range(self.n_modalities)])
+        return scores + mixed.reshape(B, K)
+
+    def _pattern_coefficients(self):
+        """(P, n_users, M) coefficients of each pattern's blocks and the users' (M, n_users, d)
+        per-modality vectors :math:`a^m_u`."""
+        patterns = jnp.asarray(self.patterns, bool)  # (P, M)
+        if self.fusion == "attention":
+            logits = self.attention_logits(self.user_embedding)  # (n_users, M)
+            P = patterns.shape[0]
+            coefficients = jfusion.masked_softmax(
+                jnp.broadcast_to(logits[None], (P, *logits.shape)), patterns[:, None, :], axis=-1)
+            return coefficients, [self.user_embedding] * self.n_modalities
+        # The mixer is linear in the per-modality scores: its output for score 1 in modality m
+        # and 0 elsewhere, under pattern pi, is the weight w_m(pi).
+        P, M = patterns.shape
+        unit = jnp.eye(M)[None].repeat(P, axis=0).reshape(P * M, M)
+        present = jnp.repeat(patterns, M, axis=0)
+        weights = self.mixer([unit[:, m:m + 1] for m in range(M)], [jnp.ones((P * M, 1))] * M,
+                             [present[:, m] for m in range(M)]).reshape(P, M)
+        coefficients = jnp.broadcast_to(weights[:, None, :], (P, self.n_users, M))
+        return coefficients, self.modality_users
+
+    def encode(self, ctx, train: bool = False):
+        """``(user_emb, item_emb)`` whose dot products are :meth:`score_pairs` (module docstring)."""
+        del train
+        items = jnp.arange(self.n_items)
+        user_blocks, item_blocks = [self.user_embedding], [self._id_vectors(ctx, items)]
+        content = self._content(ctx, items)
+        if self._item_side:
+            return self.user_embedding, item_blocks[0] + content
+        if self.fusion == "gated":
+            gates = self._gates(self.user_embedding)  # (n_users, M, d)
+            for m in range(self.n_modalities):
+                user_blocks.append(gates[:, m] * self.user_embedding)
+                item_blocks.append(content[:, m])
+            return jnp.concatenate(user_blocks, axis=1), jnp.concatenate(item_blocks, axis=1)
+        coefficients, user_parts = self._pattern_coefficients()
+        for k, pattern in enumerate(self.patterns):
+            in_pattern = (ctx["pattern"] == k)[:, None]
+            for m in range(self.n_modalities):
+                if pattern[m]:
+                    user_blocks.append(coefficients[k, :, m:m + 1] * user_parts[m])
+                    item_blocks.append(jnp.where(in_pattern, content[:, m], 0.0))
+        return jnp.concatenate(user_blocks, axis=1), jnp.concatenate(item_blocks, axis=1)
+
+    def loss_terms(self, ctx, batch, train: bool = False):
+        """``{"bpr", "reg"}`` for a batch of ``users`` (B,), ``pos_items`` (B,), ``neg_items``
+        (B, n_neg) or (B,) and optional ``weights`` (B,) (0 = padding row)."""
+        del train
+        users = batch["users"]
+        items, pairs = batch_items(batch, ctx["trained"])
+        scores = self.score_pairs(ctx, users, items)
+        user_vectors = self.user_embedding[users]
+        if self.fusion == "ensemble":
+            user_vectors = jnp.concatenate([user_vectors] + [t[users] for t in self.modality_users], axis=-1)
+        id_vectors = self._id_vectors(ctx, items)
+        return bpr_with_emb_loss(scores[:, 0], scores[:, 1:], user_vectors, id_vectors[:, 0], id_vectors[:, 1:],
+                                 pairs)
+
+
+# ---- builders ----------------------------------------------------------------------------
+
+
+def build_fusion(dataset, *, fusion: str, model: str, embedding_size: int = 64,
+                 modalities: list[str] | None = None, feature_scaling: str = "standardize",
+                 encoder_hidden: list[int] | None = None, attention_hidden: list[int] | None = None,
+                 gate_context: str = "user", weighting: str = "softmax") -> Built:
+    """A :class:`FusionMF` for ``dataset`` (arguments as in :func:`build`)."""
+    check_choice(fusion, "fusion", FUSIONS, model)
+    check_positive_int(embedding_size, "embedding_size", model)
+    check_choice(gate_context, "gate_context", GATE_CONTEXTS, model)
+    check_choice(weighting, "weighting", WEIGHTINGS, model)
+    features, masks, _ = modality_inputs(dataset, modalities, scaling=feature_scaling, model=model)
+    patterns, pattern_index = presence_patterns(masks)
+    module = FusionMF(n_users=dataset.n_users, n_items=dataset.n_items,
+                      modality_dims=tuple(x.shape[1] for x in features), patterns=patterns, fusion=fusion,
+                      embedding_size=embedding_size, encoder_hidden=check_widths(encoder_hidden, "encoder_hidden", model),
+                      attention_hidden=check_widths(attention_hidden, "attention_hidden", model),
+                      gate_context=gate_context, weighting=weighting)
+    ctx = {"modalities": features, "masks": masks, "trained": trained_item_mask(dataset), "pattern": pattern_index}
+    return Built(module=module, ctx=ctx, default_loss_weights={"bpr": 1.0, "reg": 1.0})
+
+
+@register("fusion_mf")
+def build(dataset, *, fusion: str = "attention", embedding_size: int = 64, modalities: list[str] | None = None,
+          feature_scaling: str = "standardize", encoder_hidden: list[int] | None = None,
+          attention_hidden: list[int] | None = None, gate_context: str = "user",
+          weighting: str = "softmax") -> Built:
+    """A neural fusion model at any level, chosen by ``fusion``.
+
+    Args:
+      dataset: a :class:`~jaxrec.data.MultimodalDataset` with item modalities.
+      fusion: ``"attention"``, ``"gated"``, ``"ensemble"`` or ``"early"``.
+      embedding_size: d (64 as MMRec).
+      modalities: the modalities to fuse, in order (default: all).
+      feature_scaling: ``"standardize"`` (default, fitted on train items), ``"l2"`` or ``"none"``.
+      encoder_hidden: hidden widths of each modality's encoder :math:`f_m` (default none: linear).
+      attention_hidden: hidden widths (tanh) of the attention network (default none: linear).
+      gate_context: what the gates read, ``"user"`` (default) or ``"item"``.
+      weighting: the ensemble's modality weights, ``"softmax"`` (default) or ``"nonneg"``.
+
+    Returns:
+      :class:`~jaxrec.models.Built`, default weights ``{bpr: 1, reg: 1}`` (MMRec's BPR
+      ``reg_weight`` on lfm2k).
+    """
+    return build_fusion(dataset, fusion=fusion, model="fusion_mf", embedding_size=embedding_size,
+                        modalities=modalities, feature_scaling=feature_scaling, encoder_hidden=encoder_hidden,
+                        attention_hidden=attention_hidden, gate_context=gate_context, weighting=weighting)
+
+
+@register("attention")
+def build_attention(dataset, *, embedding_size: int = 64, modalities: list[str] | None = None,
+                    feature_scaling: str = "standardize", encoder_hidden: list[int] | None = None,
+                    attention_hidden: list[int] | None = None) -> Built:
+    """``fusion_mf`` with ``fusion="attention"`` (user-conditioned attention, vector level)."""
+    return build_fusion(dataset, fusion="attention", model="attention", embedding_size=embedding_size,
+                        modalities=modalities, feature_scaling=feature_scaling, encoder_hidden=encoder_hidden,
+                        attention_hidden=attention_hidden)
+
+
+@register("gated")
+def build_gated(dataset, *, embedding_size: int = 64, modalities: list[str] | None = None,
+                feature_scaling: str = "standardize", encoder_hidden: list[int] | None = None,
+                gate_context: str = "user") -> Built:
+    """``fusion_mf`` with ``fusion="gated"`` (sigmoid gates, vector level)."""
+    return build_fusion(dataset, fusion="gated", model="gated", embedding_size=embedding_size,
+                        modalities=modalities, feature_scaling=feature_scaling, encoder_hidden=encoder_hidden,
+                        gate_context=gate_context)
+
+
+@register("ensemble")
+def build_ensemble(dataset, *, embedding_size: int = 64, modalities: list[str] | None = None,
+                   feature_scaling: str = "standardize", encoder_hidden: list[int] | None = None,
+                   weighting: str = "softmax") -> Built:
+    """``fusion_mf`` with ``fusion="ensemble"`` (per-modality scorers, model level)."""
+    return build_fusion(dataset, fusion="ensemble", model="ensemble", embedding_size=embedding_size,
+                        modalities=modalities, feature_scaling=feature_scaling, encoder_hidden=encoder_hidden,
+                        weighting=weighting)
