@@ -1,0 +1,27 @@
+"""jaxrec.data.graph: user-item and item-item graphs for graph-based recommenders.
+
+* the user-item training graph, its normalizations and FREEDOM's degree-sensitive pruning;
+* sparse propagation over edge lists (``segment_sum``, or BCOO) and LightGCN's layer mean;
+* item-item kNN graphs per modality, built in tiles (never n x n), normalized, combined
+  across modalities with fixed or learned weights, and cached on disk by content hash.
+"""
+
+from jaxrec.data.graph._bipartite import BipartiteGraph as BipartiteGraph
+from jaxrec.data.graph._bipartite import bipartite_graph as bipartite_graph
+from jaxrec.data.graph._bipartite import edge_sampling_weights as edge_sampling_weights
+from jaxrec.data.graph._bipartite import normalized_adjacency as normalized_adjacency
+from jaxrec.data.graph._edges import NORMALIZATIONS as NORMALIZATIONS
+from jaxrec.data.graph._edges import Edges as Edges
+from jaxrec.data.graph._edges import normalize_edges as normalize_edges
+from jaxrec.data.graph._knn import KnnNeighbours as KnnNeighbours
+from jaxrec.data.graph._knn import cosine_edge_weights as cosine_edge_weights
+from jaxrec.data.graph._knn import knn_edges as knn_edges
+from jaxrec.data.graph._knn import knn_neighbours as knn_neighbours
+from jaxrec.data.graph._propagate import lightgcn_propagate as lightgcn_propagate
+from jaxrec.data.graph._propagate import propagate as propagate
+from jaxrec.data.graph._propagate import propagate_bcoo as propagate_bcoo
+from jaxrec.data.graph._propagate import to_bcoo as to_bcoo
+from jaxrec.data.graph._prune import DevicePairs as DevicePairs
+from jaxrec.data.graph._prune import kept_edge_count as kept_edge_count
+from jaxrec.data.graph._prune import prune_edges as prune_edges
+from jaxrec.data.graph._prune import prune_edges_jax as prune_edges_jax
