@@ -38,10 +38,11 @@ def test_no_negative_is_a_positive(distribution):
     users, items = random_pairs()
     sets = PositiveSets.from_pairs(users, items, n_users=N_USERS, n_items=N_ITEMS)
     known = positive_set(users, items)
-    query = np.random.default_rng(1).integers(0, N_USERS, 4000)
-    negatives = sample_negatives(7, query, N_ITEMS, sets, n_neg=4, distribution=distribution,
+    # Over 2**16 unsorted users the sampler groups queries by user first: both paths are checked.
+    query = np.random.default_rng(1).integers(0, N_USERS, 70000)
+    negatives = sample_negatives(7, query, N_ITEMS, sets, n_neg=2, distribution=distribution,
                                  item_popularity=popularity() if distribution == "popularity" else None)
-    assert negatives.shape == (4000, 4) and negatives.dtype == np.int32
+    assert negatives.shape == (70000, 2) and negatives.dtype == np.int32
     assert not any((int(u), int(i)) in known for u, row in zip(query, negatives) for i in row)
     assert negatives.min() >= 0 and negatives.max() < N_ITEMS
     # The two near-full users get only their few free items.
@@ -137,21 +138,24 @@ def test_users_without_negatives_raise():
         PositiveSets.from_pairs([0], [N_ITEMS], n_users=N_USERS, n_items=N_ITEMS)
 
 
+SAMPLE_JAX = jax.jit(sample_negatives_jax, static_argnames=("n_neg", "n_candidates"))
+
+
 def test_jax_uniform_is_exact_and_uniform():
     users, items = random_pairs()
     sets = PositiveSets.from_pairs(users, items, n_users=N_USERS, n_items=N_ITEMS)
     device = DevicePositives.from_sets(sets)
-    sample = jax.jit(sample_negatives_jax, static_argnames=("n_neg", "n_candidates"))
-    query = np.random.default_rng(4).integers(0, N_USERS, 3000)
-    negatives, exact = sample(jax.random.key(0), jnp.asarray(query), device, n_neg=3)
+    # Random users for the exhaustive check, then many draws of user 3 for the chi-square.
+    query = np.r_[np.random.default_rng(4).integers(0, N_USERS, 3000), np.full(20000, 3)]
+    negatives, exact = SAMPLE_JAX(jax.random.key(0), jnp.asarray(query), device, n_neg=2)
     negatives, exact = np.asarray(negatives), np.asarray(exact)
     known = positive_set(users, items)
-    assert exact.all() and negatives.dtype == np.int32
+    assert exact.all() and negatives.dtype == np.int32 and negatives.shape == (23000, 2)
     assert not any((int(u), int(i)) in known for u, row in zip(query, negatives) for i in row)
-    np.testing.assert_array_equal(negatives, np.asarray(sample(jax.random.key(0), jnp.asarray(query), device, n_neg=3)[0]))
-    draws = np.asarray(sample(jax.random.key(1), jnp.full(20000, 3, jnp.int32), device, n_neg=1)[0]).ravel()
+    again = SAMPLE_JAX(jax.random.key(0), jnp.asarray(query), device, n_neg=2)[0]
+    np.testing.assert_array_equal(negatives, np.asarray(again))
     allowed = ~sets.contains(np.full(N_ITEMS, 3), np.arange(N_ITEMS))
-    assert chi_square_p(draws, allowed, allowed / allowed.sum()) > 1e-3
+    assert chi_square_p(negatives[3000:].ravel(), allowed, allowed / allowed.sum()) > 1e-3
 
 
 def test_jax_popularity_flags_fallbacks():
@@ -161,7 +165,7 @@ def test_jax_popularity_flags_fallbacks():
     weights = popularity()
     cdf = jnp.cumsum(jnp.asarray(weights, jnp.float32))
     query = np.r_[np.full(20000, 3), np.zeros(200, int)]
-    negatives, exact = sample_negatives_jax(jax.random.key(2), jnp.asarray(query), device, item_cdf=cdf, n_candidates=4)
+    negatives, exact = SAMPLE_JAX(jax.random.key(2), jnp.asarray(query), device, item_cdf=cdf, n_candidates=4)
     negatives, exact = np.asarray(negatives)[:, 0], np.asarray(exact)[:, 0]
     known = positive_set(users, items)
     assert not any((int(u), int(i)) in known for u, i in zip(query, negatives))  # fallbacks too

@@ -11,7 +11,7 @@ from jaxrec.data import (ColdStartItems, Interactions, MultimodalDataset, cold_i
 from jaxrec.errors import ConfigError, DataError
 
 
-def make_dataset(history_lengths, *, n_items=60, seed=0, timestamps=True, tie_every=0):
+def make_dataset(history_lengths, *, n_items=60, seed=0, timestamps=True, tie_every=0, float_times=False):
     """One user per entry of ``history_lengths``; ``ratings`` carry the row number to track rows."""
     rng = np.random.default_rng(seed)
     users = np.repeat(np.arange(len(history_lengths)), history_lengths)
@@ -20,6 +20,8 @@ def make_dataset(history_lengths, *, n_items=60, seed=0, timestamps=True, tie_ev
     times = rng.permutation(users.size) * 10
     if tie_every:
         times = times // (10 * tie_every)  # many equal timestamps
+    if float_times:  # floats take the rank path of the order key
+        times = times * 1e9 + 0.25
     inter = Interactions(users, items, np.zeros(users.size, np.int8),
                          ratings=np.arange(users.size, dtype=np.float32),
                          timestamps=times if timestamps else None)
@@ -65,9 +67,9 @@ def test_random_order_is_a_seeded_shuffle_within_each_user():
     assert np.all(np.abs(share - 0.1) < 0.06), share
 
 
-@pytest.mark.parametrize("tie_every", [0, 7])
-def test_chronological_split_matches_a_per_user_loop(tie_every):
-    data = make_dataset(LENGTHS, tie_every=tie_every)
+@pytest.mark.parametrize("tie_every,float_times", [(0, False), (7, False), (7, True)])
+def test_chronological_split_matches_a_per_user_loop(tie_every, float_times):
+    data = make_dataset(LENGTHS, tie_every=tie_every, float_times=float_times)
     out = ratio_split(data, order="time")
     inter = data.interactions
     expected = np.full(len(inter), -1)

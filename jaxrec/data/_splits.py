@@ -281,8 +281,9 @@ def _order_key(dataset: MultimodalDataset, order: str, seed: int) -> np.ndarray:
         span = times.max() - times.min() if times.size else 0
         if times.dtype.kind in "iu" and span < 2**32:
             within = (times - times.min()).astype(np.uint64)
-        else:  # floats or a wide range: dense ranks keep the order in 32 bits
-            within = np.unique(times, return_inverse=True)[1].astype(np.uint64)
+        else:  # floats or a wide range: ranks (ties in row order) keep the order in 32 bits
+            within = np.empty(times.size, np.uint64)
+            within[np.argsort(times, kind="stable")] = np.arange(times.size, dtype=np.uint64)
     else:
         raise ConfigError(f"order must be 'random' or 'time', got {order!r}")
     return (inter.users.astype(np.uint64) << np.uint64(32)) | within
