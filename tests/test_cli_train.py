@@ -1,6 +1,7 @@
 """The command line: jaxrec train / evaluate / runs compare / search / demo."""
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -91,3 +92,14 @@ def test_demo_smoke(capsys):
     out = capsys.readouterr().out
     assert "jaxrec demo: bprmf on synthetic" in out
     assert "| recall@20 |" in out and "| ndcg@10 |" in out
+
+
+def test_lfm2k_config_runs_on_the_real_data(lfm2k_path, tmp_path):
+    config = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "lfm2k" / "bpr.yaml"
+    assert main(["train", str(config), "--workdir", str(tmp_path / "run"), "--quiet",
+                 "--set", f"data.path={lfm2k_path}", "--set", "train.epochs=1", "--set", "eval.ks=[20]",
+                 "--set", "eval.metrics=[recall]"]) == 0
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["dataset"] == "lfm2k" and metrics["n_params"] == (1858 + 1425) * 64
+    assert metrics["loss_weights"] == {"bpr": 1.0, "reg": 1.0}
+    assert 0.0 < metrics["test"]["recall@20"] < 1.0

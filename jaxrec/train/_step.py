@@ -6,10 +6,12 @@ whole epoch (or ``steps_per_call`` batches) is one device call, in one of three 
 
 - ``none``: one device, ``jax.jit``.
 - ``pmap``: the batch split over devices with ``jax.pmap``; gradients (and the reported
-  terms) are averaged with ``lax.pmean``. Each device's terms are means over its shard, so
-  the update equals the single-device one whenever every term is a mean over batch rows.
-  A term that is not (MMRec's norm-based embedding regularizer, for one) is averaged over
-  devices instead of computed on the global batch.
+  terms) are averaged over devices (``lax.pmean``, or ``psum`` weighted by each shard's
+  share of ``batch["weights"]`` so that padding rows, all on the last devices, count
+  right). Each device's terms are means over its shard, so the update equals the
+  single-device one whenever every term is a (weighted) mean over batch rows. A term that
+  is not (MMRec's norm-based embedding regularizer, for one) is averaged over devices
+  instead of computed on the global batch.
 - ``sharded``: ``jax.jit`` over a 1-D device mesh with the batch sharded and the state and
   context replicated (``NamedSharding``); the compiler partitions the global computation,
   so every term means exactly what it means on one device.
@@ -67,7 +69,12 @@ def make_train_step(module, tx: optax.GradientTransformation, loss_weights: Mapp
 
         (loss, terms), grads = jax.value_and_grad(total_loss, has_aux=True)(state.params)
         if axis_name is not None:
-            grads, loss, terms = jax.lax.pmean((grads, loss, terms), axis_name)
+            # Each device's terms are means over its shard, weighted by the batch "weights"
+            # (0 on padding rows); the global weighted mean is the shards' means weighted by
+            # their total weight (plain pmean when every shard weighs the same).
+            rows = jnp.sum(batch["weights"]) if "weights" in batch else jnp.float32(batch["users"].shape[0])
+            share = rows / jax.lax.psum(rows, axis_name)
+            grads, loss, terms = jax.lax.psum(jax.tree.map(lambda x: x * share, (grads, loss, terms)), axis_name)
         grads_finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
