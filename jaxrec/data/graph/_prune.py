@@ -97,7 +97,7 @@ def prune_edges(graph: BipartiteGraph, *, dropout: float, rng: np.random.Generat
 
 
 class DevicePairs(NamedTuple):
-    """Device copies of a graph's pairs for :func:`prune_edges_jax` (a pytree: put it in ``ctx``).
+    r"""Device copies of a graph's pairs for :func:`prune_edges_jax` (a pytree: put it in ``ctx``).
 
     Attributes:
       users: (E,) int32, sorted.
