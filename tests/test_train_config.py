@@ -3,6 +3,7 @@
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -153,3 +154,28 @@ def test_example_configs_load():
     for path in sorted(root.rglob("*.yaml")):
         config = load_config(path)
         assert config.model.name
+
+
+def test_data_selection_roles_and_cold_start_candidates():
+    from jaxrec.data import make_synthetic
+    from jaxrec.train._data import select_modalities
+    from jaxrec.train._setup import prepare_eval_splits, prepare_experiment
+
+    dataset = make_synthetic(60, 40, n_interactions=900, seed=0)
+    config = config_from_dict({"data": {"synthetic": {}, "modalities": ["audio", "text"],
+                                        "roles": {"vision": "audio"}}})
+    picked = select_modalities(dataset, config.data)
+    assert picked.modality_names == ("vision", "text")
+    assert (picked.modalities["vision"].features == dataset.modalities["audio"].features).all()
+    with pytest.raises(ConfigError, match="no modality 'video'"):
+        select_modalities(dataset, config_from_dict({"data": {"synthetic": {}, "roles": {"vision": "video"}}}).data)
+
+    # A cold-start split ranks only each split's held-out items.
+    config = config_from_dict({"data": {"synthetic": {"n_users": 60, "n_items": 40, "n_interactions": 900},
+                                        "split": {"method": "cold_start_items", "holdout": 0.3, "seed": 1}},
+                               "model": {"args": {"embedding_size": 4}}, "train": {"batch_size": 64}})
+    experiment = prepare_experiment(config)
+    cold = experiment.dataset.metadata["cold_start_items"]
+    splits = prepare_eval_splits(experiment)
+    for name in ("valid", "test"):
+        assert sorted(np.flatnonzero(np.asarray(splits[name].candidate_mask)).tolist()) == sorted(cold[name])

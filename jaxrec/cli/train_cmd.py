@@ -78,13 +78,13 @@ def _train(args) -> int:
     from jaxrec.train import train_and_evaluate
 
     metrics = train_and_evaluate(config, workdir, resume=args.resume, quiet=args.quiet)
-    if not args.quiet:
-        print(f"\n{metrics['model']} on {metrics['dataset']}: best epoch {metrics['best_epoch']} of "
-              f"{metrics['epochs_run']}; results in {workdir.resolve()}\n")
-        print(metrics_table({"valid": metrics["valid"], "test": metrics["test"]}))
-        timing = metrics["timing"]
-        print(f"\n{timing['train_seconds_per_epoch']:.3f} s/epoch (median), {timing['eval_seconds']:.3f} s per "
-              f"evaluation of one split, {timing['total_seconds']:.1f} s in all")
+    # The result is printed even with --quiet, which silences only the progress output.
+    print(f"{metrics['model']} on {metrics['dataset']}: best epoch {metrics['best_epoch']} of "
+          f"{metrics['epochs_run']}; results in {workdir.resolve()}\n")
+    print(metrics_table({"valid": metrics["valid"], "test": metrics["test"]}))
+    timing = metrics["timing"]
+    print(f"\n{timing['train_seconds_per_epoch']:.3f} s/epoch (median), {timing['eval_seconds']:.3f} s per "
+          f"evaluation of one split, {timing['total_seconds']:.1f} s in all")
     return 0
 
 
