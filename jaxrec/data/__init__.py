@@ -41,3 +41,6 @@ from jaxrec.data._tfds import load_prepared as load_prepared
 from jaxrec.data._tfds import prepare_tfds as prepare_tfds
 from jaxrec.data._tfds import prepared_versions as prepared_versions
 from jaxrec.data._tfds import tfds_builder_class as tfds_builder_class
+# --- knowledge graph from item tags (lfm2k: artist --tagged--> tag) ---
+from jaxrec.data._lfm2k_kg import add_tag_kg as add_tag_kg
+from jaxrec.data._lfm2k_kg import tag_kg_triples as tag_kg_triples
