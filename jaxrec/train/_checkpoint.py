@@ -12,6 +12,7 @@ killed process leaves either a whole checkpoint or none. Saves are synchronous: 
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -44,8 +45,15 @@ class Checkpoints:
         ])
         options = ocp.CheckpointManagerOptions(
             preservation_policy=policy, enable_async_checkpointing=False, create=not read_only,
-            read_only=read_only, cleanup_tmp_directories=not read_only)
-        self._manager = ocp.CheckpointManager(self.directory, options=options)
+            read_only=read_only, cleanup_tmp_directories=not read_only, save_interval_steps=0 if read_only else 1)
+        absl_logger = logging.getLogger("absl")
+        level = absl_logger.level
+        if read_only:  # Orbax warns that a read-only manager is read-only
+            absl_logger.setLevel(logging.ERROR)
+        try:
+            self._manager = ocp.CheckpointManager(self.directory, options=options)
+        finally:
+            absl_logger.setLevel(level)
 
     def epochs(self) -> list[int]:
         """Epoch counts (epochs completed) of the stored checkpoints."""
@@ -87,8 +95,8 @@ class Checkpoints:
         self._manager.wait_until_finished()
         epochs_done = self._manager.latest_step() if epochs_done is None else epochs_done
         if epochs_done is None or epochs_done not in self._manager.all_steps():
-            raise ConfigError(f"no checkpoint {'' if epochs_done is None else epochs_done} in {self.directory} "
-                              f"(found: {self.epochs() or 'none'})")
+            which = "checkpoint" if epochs_done is None else f"checkpoint after epoch {epochs_done}"
+            raise ConfigError(f"no {which} in {self.directory} (found: {self.epochs() or 'none'})")
         try:
             restored = self._manager.restore(epochs_done, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(target_state), meta=ocp.args.JsonRestore()))
