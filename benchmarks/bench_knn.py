@@ -68,7 +68,8 @@ def knn_child(n: int, block_size: int, max_seconds: float | None) -> dict:
     def progress(done, total):
         seen.update(done=done, total=total)
         elapsed = time.perf_counter() - start
-        if done == total or done * 20 // total != (done - 1) * 20 // total:
+        if done == total or elapsed - seen.get("printed", 0.0) > 300:
+            seen["printed"] = elapsed
             print(f"  n={n}: {done}/{total} tiles, {elapsed:.0f} s, eta {elapsed / done * (total - done):.0f} s",
                   file=sys.stderr, flush=True)
         if max_seconds is not None and elapsed > max_seconds and done < total:

@@ -196,3 +196,31 @@ def test_item_knn_graph_reads_a_dataset_modality():
         item_knn_graph(dataset, "frames", k=4)
     with pytest.raises(DataError, match="unknown modality"):
         item_knn_graph(dataset, "image", k=4)
+
+
+def mmrec_freedom_knn_adjacency(features, k):
+    """MMRec FREEDOM's get_knn_adj_mat + compute_normalized_laplacian, densely, in numpy."""
+    context_norm = features / np.linalg.norm(features, axis=-1, keepdims=True)
+    sim = context_norm @ context_norm.T
+    knn_ind = np.argsort(-sim, axis=-1, kind="stable")[:, :k]
+    adj = np.zeros_like(sim)
+    np.put_along_axis(adj, knn_ind, 1.0, axis=-1)
+    row_sum = 1e-7 + adj.sum(-1)
+    r_inv_sqrt = row_sum ** -0.5
+    return r_inv_sqrt[:, None] * adj * r_inv_sqrt[None, :], np.sort(sim, axis=-1)[:, ::-1]
+
+
+def test_freedom_item_graph_on_lfm2k_matches_mmrec_procedure(lfm2k_path):
+    k, image_weight = 10, 0.1  # FREEDOM's knn_k and mm_image_weight defaults
+    audio = np.load(lfm2k_path / "vggish.npy").astype(np.float64)
+    text = np.load(lfm2k_path / "all-MiniLM-L6-v2.npy").astype(np.float64)
+    mixed = mix_item_graphs(jnp.array([image_weight, 1 - image_weight]), stack_graphs(
+        [knn_edges(knn_neighbours(audio, k)), knn_edges(knn_neighbours(text, k))], len(text)))
+    got = Edges(*mixed).to_dense(len(text))
+    (dense_audio, sorted_audio), (dense_text, sorted_text) = (mmrec_freedom_knn_adjacency(f, k) for f in (audio, text))
+    expected = image_weight * dense_audio + (1 - image_weight) * dense_text
+    # Rows whose k-th and (k+1)-th similarities (nearly) tie may pick either item, as torch.topk may.
+    clear = (sorted_audio[:, k - 1] - sorted_audio[:, k] > 1e-5) & (sorted_text[:, k - 1] - sorted_text[:, k] > 1e-5)
+    assert clear.mean() > 0.9
+    np.testing.assert_allclose(got[clear], expected[clear], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(got.sum(axis=1), expected.sum(axis=1), rtol=1e-5)
