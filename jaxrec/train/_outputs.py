@@ -21,7 +21,9 @@ CURVES_FILE = "curves.png"
 
 def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file in the same folder and a rename, so
-    a reader (or a killed writer) never sees a half-written file."""
+    a reader (or a killed writer) never sees a half-written file. (No fsync: the files
+    are rewritten every epoch and rebuilt from the checkpoint on resume, so surviving a
+    power cut is not worth a disk flush per epoch.)"""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     mode = "wb" if isinstance(data, bytes) else "w"
@@ -29,8 +31,6 @@ def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
     try:
         with os.fdopen(fd, mode) as handle:
             handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
