@@ -1,0 +1,197 @@
+"""Writes experiments/results/<dataset>.md from the runs' own records (never typed by hand).
+
+For each model it takes the run chosen BY VALIDATION: ``runs/<dataset>/<model>/metrics.json``
+when a final run at the chosen setting exists, otherwise the winner recorded in
+``runs/<dataset>/<model>_search/search.json`` (a search picks by the validation metric only).
+MMRec's figures from ``../shared/anchors/mmrec_<dataset>.json`` stand beside ours where MMRec
+has the model. Cold-start and missing-modality tables come from
+``results/<dataset>_coldstart.json`` and ``results/<dataset>_missing_modality.json`` when the
+experiments that write them have run.
+
+Usage (from the project root):
+    python experiments/make_results.py [--dataset lfm2k] [--anchors ../shared/anchors]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+# Our registry names -> the names MMRec's anchor file uses.
+MMREC_NAMES = {"bprmf": "BPR", "bpr": "BPR", "lightgcn": "LightGCN", "vbpr": "VBPR", "mmgcn": "MMGCN",
+               "lattice": "LATTICE", "freedom": "FREEDOM", "bm3": "BM3", "lgmrec": "LGMRec", "mgcn": "MGCN"}
+# Row order: the field's families, simplest first.
+ORDER = ["bpr", "bprmf", "sidemf", "vbpr", "attention", "gated", "ensemble", "early", "kernel", "subspace", "cke",
+         "gan", "lightgcn", "mmgcn", "lattice", "freedom", "bm3", "lgmrec", "mgcn", "contrastive"]
+
+
+def _row_name(folder_name: str) -> str:
+    """A run folder's row: ``vbpr``, ``vbpr_search`` and ``vbpr_reg_grid`` are all ``vbpr``."""
+    for suffix in ("_search", "_reg_grid", "_grid"):
+        if folder_name.endswith(suffix):
+            return folder_name[: -len(suffix)]
+    return folder_name
+
+
+def _read_json(path: Path):
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def _search_winner(search_dir: Path) -> tuple[dict, dict] | None:
+    summary_path = search_dir / "search.json"
+    if not summary_path.exists():
+        return None
+    summary = _read_json(summary_path)
+    best = summary.get("best")
+    if not best:
+        return None
+    trial_dir = search_dir / Path(best["workdir"]).name  # recorded paths may be absolute elsewhere
+    metrics = _read_json(trial_dir / "metrics.json") if (trial_dir / "metrics.json").exists() else None
+    grid = {}
+    for trial in summary.get("trials", []):
+        for key, value in (trial.get("setting") or {}).items():
+            grid.setdefault(key, [])
+            if value not in grid[key]:
+                grid[key].append(value)
+    info = {"setting": best.get("setting", {}), "grid": grid, "n_trials": summary.get("n_trials"),
+            "source": str(search_dir.relative_to(HERE))}
+    if metrics is None:
+        metrics = {"valid": best.get("valid", {}), "test": best.get("test", {}), "best_epoch": best.get("best_epoch")}
+    return metrics, info
+
+
+def collect_runs(runs_dir: Path) -> dict[str, tuple[dict, dict]]:
+    """model name -> (metrics, info about how the setting was chosen)."""
+    chosen: dict[str, tuple[dict, dict]] = {}
+    if not runs_dir.exists():
+        return chosen
+    for folder in sorted(p for p in runs_dir.iterdir() if p.is_dir()):
+        if folder.name.endswith("_search") or (folder / "search.json").exists():
+            continue
+        if (folder / "metrics.json").exists():
+            metrics = _read_json(folder / "metrics.json")
+            searches = [p for p in runs_dir.iterdir() if p.is_dir() and p != folder and _row_name(p.name) == folder.name]
+            search = _search_winner(searches[0]) if searches else None
+            info = search[1] if search else {"setting": {}, "grid": {}, "n_trials": 1}
+            info = {**info, "source": str(folder.relative_to(HERE))}
+            chosen[folder.name] = (metrics, info)
+    for folder in sorted(p for p in runs_dir.iterdir() if p.is_dir() and (p / "search.json").exists()):
+        model = _row_name(folder.name)
+        if model in chosen:
+            continue
+        winner = _search_winner(folder)
+        if winner:
+            chosen[model] = winner
+    return chosen
+
+
+def _fmt(value, digits=4):
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _order_key(model: str):
+    return (ORDER.index(model) if model in ORDER else len(ORDER), model)
+
+
+def ranking_table(chosen, anchors) -> list[str]:
+    lines = ["| model | test R@10 | test R@20 | test N@10 | test N@20 | valid R@20 | s/epoch | eval s | "
+             "epochs (best) | MMRec test R@20 | MMRec s/epoch | setting (by valid) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for model in sorted(chosen, key=_order_key):
+        metrics, info = chosen[model]
+        test, valid, timing = metrics.get("test", {}), metrics.get("valid", {}), metrics.get("timing", {})
+        anchor = anchors.get(MMREC_NAMES.get(model, MMREC_NAMES.get(str(metrics.get("model")), "")), {})
+        per_epoch = timing.get("train_seconds_per_epoch")
+        speed = _fmt(per_epoch, 3)
+        if per_epoch and anchor.get("train_s_per_epoch"):
+            speed += f" ({anchor['train_s_per_epoch'] / per_epoch:.2f}x faster)" if per_epoch < anchor[
+                "train_s_per_epoch"] else f" ({per_epoch / anchor['train_s_per_epoch']:.2f}x slower)"
+        setting = ", ".join(f"{k}={v}" for k, v in info.get("setting", {}).items()) or "config as committed"
+        epochs = f"{metrics.get('epochs_run', '–')} ({metrics.get('best_epoch', '–')})"
+        lines.append(
+            f"| {model} | {_fmt(test.get('recall@10'))} | **{_fmt(test.get('recall@20'))}** | "
+            f"{_fmt(test.get('ndcg@10'))} | {_fmt(test.get('ndcg@20'))} | {_fmt(valid.get('recall@20'))} | "
+            f"{speed} | {_fmt(timing.get('eval_seconds'), 3)} | {epochs} | {_fmt(anchor.get('test_r20'))} | "
+            f"{_fmt(anchor.get('train_s_per_epoch'), 3)} | {setting} |")
+    return lines
+
+
+def grid_lines(chosen) -> list[str]:
+    lines = []
+    for model in sorted(chosen, key=_order_key):
+        _, info = chosen[model]
+        if info.get("grid"):
+            grid = "; ".join(f"{k} in {v}" for k, v in info["grid"].items())
+            lines.append(f"- **{model}**: {info.get('n_trials')} trials, {grid} (source `{info['source']}`)")
+        else:
+            lines.append(f"- **{model}**: single setting (source `{info['source']}`)")
+    return lines
+
+
+def generic_table(records) -> list[str]:
+    """A markdown table of a JSON list of flat dicts, or a dict of name -> flat dict."""
+    if isinstance(records, dict) and all(isinstance(v, dict) for v in records.values()):
+        records = [{"name": name, **row} for name, row in records.items()]
+    if not isinstance(records, list) or not records or not all(isinstance(r, dict) for r in records):
+        return ["```json", json.dumps(records, indent=1), "```"]
+    columns = []
+    for row in records:
+        columns += [key for key, value in row.items() if key not in columns and not isinstance(value, (dict, list))]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in records:
+        lines.append("| " + " | ".join(_fmt(row.get(c)) for c in columns) + " |")
+    return lines
+
+
+def build_report(dataset: str, anchors_dir: Path) -> str:
+    runs_dir = HERE / "runs" / dataset
+    anchors_path = anchors_dir / f"mmrec_{dataset}.json"
+    anchors = _read_json(anchors_path) if anchors_path.exists() else {}
+    chosen = collect_runs(runs_dir)
+    out = [f"# Results on {dataset}",
+           "",
+           f"Generated by `python experiments/make_results.py --dataset {dataset}` from the runs' "
+           "`metrics.json` / `search.json` under `experiments/runs/" + dataset + "/`; do not edit by hand.",
+           "",
+           "Protocol: MMRec's (full ranking over all items, training items masked, users without held-out "
+           "items skipped); test figures are at the best validation epoch; every setting was chosen by "
+           "VALIDATION recall@20 only. MMRec's figures are from `../shared/anchors/` (same data, split and "
+           "features; measured on this kind of 2-core machine).",
+           "",
+           "## Warm start: test ranking metrics", ""]
+    out += ranking_table(chosen, anchors) if chosen else ["No runs found."]
+    out += ["", "## Hyper-parameter grids (winner chosen by valid recall@20)", ""] + grid_lines(chosen)
+    for title, name in (("Cold-start items (new items scored from features alone)", "coldstart"),
+                        ("Missing modality (30% of one modality's rows hidden)", "missing_modality")):
+        path = HERE / "results" / f"{dataset}_{name}.json"
+        if path.exists():
+            out += ["", f"## {title}", "", f"From `{path.relative_to(HERE)}`.", ""] + generic_table(_read_json(path))
+    return "\n".join(out) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="lfm2k")
+    parser.add_argument("--anchors", default=str(HERE.parent / ".." / "shared" / "anchors"))
+    args = parser.parse_args(argv)
+    report = build_report(args.dataset, Path(args.anchors))
+    target = HERE / "results" / f"{args.dataset}.md"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=target.parent, delete=False, suffix=".tmp", encoding="utf-8") as tmp:
+        tmp.write(report)
+    os.replace(tmp.name, target)
+    print(report)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
