@@ -19,7 +19,7 @@ _SUBCOMMAND_MODULES = ("demo", "data_cmd", "train_cmd")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="jaxrec",
-        description="Multimodal recommendation in JAX: load data, train and evaluate models, serve them.",
+        description="Multimodal recommendation in JAX: load and prepare data, train, tune and evaluate models.",
         epilog="Run 'jaxrec COMMAND --help' for a command's options.",
     )
     parser.add_argument("--version", action="version", version=f"jaxrec {importlib.import_module('jaxrec').__version__}")
