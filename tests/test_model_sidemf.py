@@ -111,17 +111,20 @@ def test_ratings_objective_needs_ratings():
                            True, method="loss_terms")
 
 
-def test_bpr_terms_are_side_mf_bpr_and_skip_untrained_negatives():
+# 6 rows: 18 item rows >= 7 items, so all items are mapped once and gathered; 2 rows: 6 item
+# rows, so only the batch's rows are mapped. Both must give the same numbers.
+@pytest.mark.parametrize("rows", [6, 2])
+def test_bpr_terms_are_side_mf_bpr_and_skip_untrained_negatives(rows):
     dataset = _rated_dataset()
     built = models.build("sidemf", dataset, embedding_size=3)
     params = _random_params(built.module, seed=4)
-    users = np.array([0, 1, 2, 3, 4, 0])
-    pos = np.array([0, 1, 3, 4, 5, 2])
-    neg = np.array([[1, 6], [6, 2], [0, 3], [5, 5], [2, 1], [3, 4]])
+    users = np.array([0, 1, 2, 3, 4, 0])[-rows:]
+    pos = np.array([0, 1, 3, 4, 5, 2])[-rows:]
+    neg = np.array([[1, 6], [6, 2], [0, 3], [5, 5], [2, 1], [3, 4]])[-rows:]
     inter = dataset.interactions
     untrained = set(range(dataset.n_items)) - set(inter.items[inter.split == 0].tolist())
     assert 6 in untrained
-    weights = np.array([1, 1, 1, 1, 1, 0], np.float32)
+    weights = np.array([1, 1, 1, 1, 1, 0], np.float32)[-rows:]
     batch = {"users": users, "pos_items": pos, "neg_items": neg, "weights": weights}
     terms = built.module.apply({"params": params}, built.ctx, batch, True, method="loss_terms")
 

@@ -43,6 +43,11 @@ item vector is :math:`[\gamma_i, E f_i + b]` and the user vector :math:`[\gamma_
 :math:`E` and zero :math:`b`; and ONE regularizer, MMRec's ``EmbLoss`` on the batch's user,
 positive and negative vectors (Frobenius norms, not squared, over the batch size, INCLUDING the
 feature projections :math:`E f_i + b`), weighted by ``reg_weight``. Its terms are ``{bpr, reg}``.
+Two consequences worth knowing: :math:`b` adds :math:`\theta_u^\top b` to a positive and a
+negative alike, so BPR never moves it from 0 (and EmbLoss keeps it there): the variant has no
+bias of any kind; and raw vggish rows (entries up to ~250, norm ~1500) make :math:`E f_i`
+dominate the item vector at initialization. On lfm2k (seed 999, reg_weight 2.0) this variant
+gives valid/test recall@20 0.4122/0.4004, MMRec's own run 0.4142/0.4017.
 
 References:
   He and McAuley, `VBPR: Visual Bayesian Personalized Ranking from Implicit Feedback
@@ -137,23 +142,35 @@ class VBPR(nn.Module):
             start += dm
         return jnp.concatenate(parts, axis=-1)
 
-    def _items(self, ctx, items):
-        """``(gamma (.., K), beta (..), visual (.., blocks K'), visual_bias (..))`` of the items
-        ``items`` (any int shape); the free parts gamma and beta are zero for never-trained
-        items. The MMRec variant has no biases (both None)."""
-        features = ctx["features"][items]
+    def _free(self, ctx, items):
+        """``(gamma (.., K), beta (..))`` of the items ``items`` (any int shape): zero for
+        never-trained items; beta is None in the MMRec variant."""
         trained = ctx["trained"][items]
         gamma = jnp.where(trained[..., None], self.gamma_item[items], 0.0)
-        if self.mmrec_compat:
-            return gamma, None, self._visual(features), None
-        beta = jnp.where(trained, self.beta_item[items], 0.0)
-        return gamma, beta, self._visual(features), features @ self.beta_prime
+        beta = None if self.mmrec_compat else jnp.where(trained, self.beta_item[items], 0.0)
+        return gamma, beta
+
+    def _feature_parts(self, ctx, *item_arrays):
+        """``[(E f (.., blocks K'), β'·f (..) or None), ...]``, one pair per index array. When
+        the arrays hold at least as many rows as there are items, all items are projected
+        once and gathered: fewer flops (lfm2k: 4096 rows a batch, 1425 items)."""
+        features = ctx["features"]
+
+        def bias(rows):
+            return None if self.mmrec_compat else rows @ self.beta_prime
+
+        if sum(a.size for a in item_arrays) >= self.n_items:
+            visual, visual_bias = self._visual(features), bias(features)
+            return [(visual[a], None if visual_bias is None else visual_bias[a]) for a in item_arrays]
+        return [(self._visual(features[a]), bias(features[a])) for a in item_arrays]
 
     def encode(self, ctx, train: bool = False):
         """Users ``[γ_u, θ_u, 1]``, items ``[γ_i, E f_i, β_i + β'·f_i]`` (MMRec variant:
         ``[γ_u, θ_u]`` and ``[γ_i, E f_i + b]``)."""
         del train
-        gamma, beta, visual, visual_bias = self._items(ctx, jnp.arange(self.n_items))
+        items = jnp.arange(self.n_items)
+        gamma, beta = self._free(ctx, items)
+        [(visual, visual_bias)] = self._feature_parts(ctx, items)
         if self.mmrec_compat:
             return self.user_table, jnp.concatenate([gamma, visual], axis=1)
         users = jnp.concatenate([self.gamma_user, self.theta_user, jnp.ones((self.n_users, 1))], axis=1)
@@ -168,8 +185,9 @@ class VBPR(nn.Module):
         del train
         users = batch["users"]
         negatives, pairs = training_pairs(batch, ctx["trained"])
-        pos_gamma, pos_beta, pos_visual, pos_visual_bias = self._items(ctx, batch["pos_items"])
-        neg_gamma, neg_beta, neg_visual, neg_visual_bias = self._items(ctx, negatives)
+        (pos_gamma, pos_beta), (neg_gamma, neg_beta) = self._free(ctx, batch["pos_items"]), self._free(ctx, negatives)
+        (pos_visual, pos_visual_bias), (neg_visual, neg_visual_bias) = self._feature_parts(
+            ctx, batch["pos_items"], negatives)
         if self.mmrec_compat:
             return self._mmrec_terms(users, pos_gamma, pos_visual, neg_gamma, neg_visual, pairs)
         gamma_u, theta_u = self.gamma_user[users], self.theta_user[users]

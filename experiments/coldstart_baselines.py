@@ -1,0 +1,275 @@
+"""Cold-start items on lfm2k: feature-free and feature-only baselines beside the trained models.
+
+Every figure is on the split of the cold-start configs (``experiments/configs/lfm2k/coldstart/``,
+``data.split: {method: cold_start_items, holdout: 0.2, seed: 0}``): 20% of the interacted items
+are held out with ALL their interactions, half as valid items, half as test items; valid and
+test rank only their own new items (the engine's cold-start protocol), so a top-20 list is a
+choice among the ~142 new test items, none of which has a single train interaction.
+
+Baselines (computed here):
+
+- ``random``: a ranking that knows nothing. Its expected recall@k is exactly
+  ``k / n_candidates``; the other metrics are the mean over ``--random-draws`` seeded draws.
+- ``feature_popularity``: popularity predicted from features. On new items there is no
+  popularity to count (their train count is 0 for all of them; counting their valid or
+  test interactions would read the answers), so a ridge regression from the item features
+  to ``log(1 + train count)`` is fitted on the warm items and ranks the new items the same
+  way for every user. Ridge strength chosen on the valid new items.
+- ``feature_knn``: feature-only item kNN. Features are per-modality standardized (statistics
+  of warm items) and scaled to unit rows, so the cosine of two items is the mean over
+  modalities of the per-modality cosines; a new item ``j`` scores, for user ``u``,
+  ``sum_{i in I_u, i in N_k(j)} cos(f_i, f_j)`` over its ``k`` most similar warm items
+  ``N_k(j)``; ``k = all`` is the mean cosine between ``j`` and the user's train items. ``k``
+  chosen on the valid new items.
+
+Reference row (NOT a baseline, in ``references``): ``oracle_test_popularity`` ranks the new
+test items by their number of TEST interactions -- it reads the answers, and is the best any
+non-personalized ranking could do; a model that beats it is personalizing.
+
+Trained models (read from their runs, ``--runs``): BPR-MF (its item vectors of new items are
+never trained, so it ranks them at random), SideMF and VBPR (new items scored from features).
+
+Output (``--out``, JSON)::
+
+    {"dataset": str, "split": {"method", "holdout", "seed", "n_valid_items", "n_test_items",
+                               "n_test_users", "n_test_interactions"},
+     "protocol": "mmrec", "ks": [10, 20],
+     "rows": [{"name", "kind": "baseline" | "model", "uses_features": bool, "description",
+               "setting": {...}, "selected_by": str,
+               "valid": {"recall@20": float, ...}, "test": {"recall@10", "recall@20",
+               "ndcg@10", "ndcg@20": float, ...}, "source": "computed" | run folder}],
+     "references": [same fields, plus "leaks_test_labels": true]}
+
+Command (from the project root, after the cold-start runs):
+    python experiments/coldstart_baselines.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from jaxrec import data as jdata
+from jaxrec import eval as jeval
+from jaxrec.features import fit_standardizer
+from jaxrec.train import load_config
+
+PROJECT = Path(__file__).resolve().parents[1]
+KS = (10, 20)
+METRICS = ("recall", "ndcg")
+RIDGE_ALPHAS = (0.1, 1.0, 10.0, 100.0, 1000.0)
+KNN_SIZES = (10, 20, 50, 100, 200, "all")
+MODEL_RUNS = {  # row name -> (run folder under --runs, uses features, description)
+    "bprmf": ("bprmf", False, "BPR-MF trained on the warm items; new items keep their random initial vectors"),
+    "sidemf": ("sidemf", True, "SideMF: new items scored by U_u . W^T z_j (free factor masked)"),
+    "vbpr": ("vbpr", True, "VBPR (paper form): new items scored by theta_u . E f_j + beta'.f_j"),
+}
+
+
+def load_split(config_path: Path):
+    """The dataset of a cold-start config (its data section: path, split, modalities)."""
+    config = load_config(config_path)
+    cfg = config.data
+    if not cfg.split or cfg.split.get("method") != "cold_start_items":
+        raise SystemExit(f"{config_path}: data.split is not a cold_start_items split")
+    dataset = jdata.load(cfg.path, format=cfg.format, **cfg.options)
+    params = dict(cfg.split)
+    dataset = jdata.split_dataset(dataset, params.pop("method"), **params)
+    modalities = config.model.args.get("modalities") or cfg.modalities
+    if modalities:
+        dataset = dataset.select_modalities(modalities)
+    return dataset, dict(cfg.split), config.eval.protocol
+
+
+def _evaluate(dataset, user_emb, item_emb, split, candidates, protocol):
+    return jeval.evaluate_protocol(
+        np.asarray(user_emb, np.float32), np.asarray(item_emb, np.float32), split=split,
+        train_pairs=dataset.split_pairs("train"), valid_pairs=dataset.split_pairs("valid"),
+        test_pairs=dataset.split_pairs("test"), protocol=protocol, candidate_items=candidates, ks=list(KS),
+        metrics=list(METRICS))
+
+
+def _metrics(result) -> dict[str, float]:
+    return {k: float(v) for k, v in result.items() if "@" in k}
+
+
+def unit_features(dataset) -> np.ndarray:
+    """Per-modality standardized (warm-item statistics), unit rows, blocks scaled by
+    1/sqrt(M): a dot product is the mean of the per-modality cosines."""
+    blocks = []
+    for name, modality in dataset.modalities.items():
+        rows = fit_standardizer(dataset, name).apply(modality.features)
+        rows = rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
+        blocks.append(np.where(modality.mask[:, None], rows, 0.0))
+    return np.concatenate(blocks, axis=1) / math.sqrt(len(blocks))
+
+
+def standardized_features(dataset) -> np.ndarray:
+    blocks = [np.where(m.mask[:, None], fit_standardizer(dataset, n).apply(m.features), 0.0)
+              for n, m in dataset.modalities.items()]
+    return np.concatenate(blocks, axis=1)
+
+
+def train_matrix(dataset) -> np.ndarray:
+    pairs = dataset.split_pairs("train")
+    matrix = np.zeros((dataset.n_users, dataset.n_items), np.float32)
+    matrix[pairs[:, 0], pairs[:, 1]] = 1.0
+    return matrix
+
+
+def warm_items(dataset) -> np.ndarray:
+    counts = np.bincount(dataset.split_pairs("train")[:, 1], minlength=dataset.n_items)
+    return counts > 0
+
+
+def random_baseline(dataset, cold, protocol, draws: int, seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    results = {"valid": [], "test": []}
+    for _ in range(draws):
+        # Gaussian user and item vectors in 256 dimensions: exchangeable, per-user random scores.
+        user_emb = rng.normal(size=(dataset.n_users, 256))
+        item_emb = rng.normal(size=(dataset.n_items, 256))
+        for split in results:
+            results[split].append(_metrics(_evaluate(dataset, user_emb, item_emb, split, getattr(cold, split), protocol)))
+    mean = {split: {k: float(np.mean([r[k] for r in rows])) for k in rows[0]} for split, rows in results.items()}
+    for split in mean:
+        n = len(getattr(cold, split))
+        for k in KS:
+            mean[split][f"expected_recall@{k}"] = min(1.0, k / n)
+    return {"name": "random", "kind": "baseline", "uses_features": False,
+            "description": f"random ranking; recall@k expectation k / n_candidates, other metrics the mean of "
+                           f"{draws} seeded draws",
+            "setting": {"draws": draws, "seed": seed}, "selected_by": "nothing to select",
+            "valid": mean["valid"], "test": mean["test"], "source": "computed"}
+
+
+def feature_popularity(dataset, cold, protocol) -> dict:
+    features = standardized_features(dataset)
+    counts = np.bincount(dataset.split_pairs("train")[:, 1], minlength=dataset.n_items)
+    warm = warm_items(dataset)
+    X = np.concatenate([features[warm], np.ones((warm.sum(), 1))], axis=1)
+    y = np.log1p(counts[warm])
+    ones = np.ones((dataset.n_users, 1))
+    best = None
+    for alpha in RIDGE_ALPHAS:
+        penalty = alpha * np.eye(X.shape[1])
+        penalty[-1, -1] = 0.0  # the intercept is not shrunk
+        coef = np.linalg.solve(X.T @ X + penalty, X.T @ y)
+        predicted = np.concatenate([features, np.ones((dataset.n_items, 1))], axis=1) @ coef
+        valid = _metrics(_evaluate(dataset, ones, predicted[:, None], "valid", cold.valid, protocol))
+        if best is None or valid["recall@20"] > best[1]["recall@20"]:
+            best = (alpha, valid, predicted)
+    alpha, valid, predicted = best
+    test = _metrics(_evaluate(dataset, ones, predicted[:, None], "test", cold.test, protocol))
+    return {"name": "feature_popularity", "kind": "baseline", "uses_features": True,
+            "description": "non-personalized: ridge regression of log(1 + train count) on the standardized "
+                           "features of warm items, predicted for new items",
+            "setting": {"ridge_alpha": alpha, "alphas_tried": list(RIDGE_ALPHAS)},
+            "selected_by": "valid recall@20 on the valid new items",
+            "valid": valid, "test": test, "source": "computed"}
+
+
+def feature_knn(dataset, cold, protocol) -> dict:
+    features = unit_features(dataset)
+    warm = warm_items(dataset)
+    R = train_matrix(dataset)
+    similarity = features @ features[warm].T  # (n_items, n_warm)
+    order = np.argsort(-similarity, axis=1, kind="stable")
+    best = None
+    for k in KNN_SIZES:
+        if k == "all":
+            kept = similarity
+        else:
+            kept = np.zeros_like(similarity)
+            rows = np.arange(similarity.shape[0])[:, None]
+            kept[rows, order[:, :k]] = similarity[rows, order[:, :k]]
+        # score(u, j) = sum_{i in I_u} kept[j, i]: user vectors are the train rows over warm items.
+        user_emb, item_emb = R[:, warm], kept
+        if k == "all":  # the mean (not the sum) over the user's items: the same ranking, stated plainly
+            user_emb = user_emb / np.maximum(user_emb.sum(1, keepdims=True), 1.0)
+        valid = _metrics(_evaluate(dataset, user_emb, item_emb, "valid", cold.valid, protocol))
+        if best is None or valid["recall@20"] > best[1]["recall@20"]:
+            best = (k, valid, user_emb, item_emb)
+    k, valid, user_emb, item_emb = best
+    test = _metrics(_evaluate(dataset, user_emb, item_emb, "test", cold.test, protocol))
+    return {"name": "feature_knn", "kind": "baseline", "uses_features": True,
+            "description": "score(u, j) = sum over the user's train items i among j's k most similar warm items "
+                           "of cos(f_i, f_j) (k = all: mean cosine); per-modality standardized, unit-norm "
+                           "features, modalities weighted equally",
+            "setting": {"k": k, "k_tried": list(KNN_SIZES)}, "selected_by": "valid recall@20 on the valid new items",
+            "valid": valid, "test": test, "source": "computed"}
+
+
+def oracle_popularity(dataset, cold, protocol) -> dict:
+    ones = np.ones((dataset.n_users, 1))
+    rows = {}
+    for split in ("valid", "test"):
+        counts = np.bincount(dataset.split_pairs(split)[:, 1], minlength=dataset.n_items).astype(np.float64)
+        rows[split] = _metrics(_evaluate(dataset, ones, counts[:, None], split, getattr(cold, split), protocol))
+    return {"name": "oracle_test_popularity", "kind": "reference", "uses_features": False, "leaks_test_labels": True,
+            "description": "new items ranked by their number of interactions IN THE EVALUATED SPLIT: reads the "
+                           "answers; the ceiling of any non-personalized ranking, not a baseline",
+            "setting": {}, "selected_by": "nothing to select", "valid": rows["valid"], "test": rows["test"],
+            "source": "computed"}
+
+
+def model_rows(runs: Path) -> list[dict]:
+    rows = []
+    for name, (folder, uses_features, description) in MODEL_RUNS.items():
+        path = runs / folder / "metrics.json"
+        if not path.exists():
+            print(f"note: {path} not found; row {name!r} left out (run its cold-start config first)")
+            continue
+        metrics = json.loads(path.read_text())
+        rows.append({"name": name, "kind": "model", "uses_features": uses_features, "description": description,
+                     "setting": {"loss_weights": metrics.get("loss_weights"), "best_epoch": metrics.get("best_epoch"),
+                                 "epochs_run": metrics.get("epochs_run")},
+                     "selected_by": "early stopping on valid recall@20 over the valid new items; hyper-parameters "
+                                    "as in the warm config (see the cold-start config header)",
+                     "valid": {k: v for k, v in metrics["valid"].items() if k.split("@")[0] in METRICS},
+                     "test": {k: v for k, v in metrics["test"].items() if k.split("@")[0] in METRICS},
+                     "source": str(path.parent.relative_to(PROJECT) if path.is_relative_to(PROJECT) else path.parent)})
+    return rows
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", type=Path, default=PROJECT / "experiments/configs/lfm2k/coldstart/vbpr.yaml",
+                        help="a cold-start config whose data section defines the split")
+    parser.add_argument("--runs", type=Path, default=PROJECT / "experiments/runs/lfm2k/coldstart")
+    parser.add_argument("--out", type=Path, default=PROJECT / "experiments/results/lfm2k_coldstart.json")
+    parser.add_argument("--random-draws", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    dataset, split, protocol = load_split(args.config)
+    cold = jdata.cold_items(dataset)
+    rows = [random_baseline(dataset, cold, protocol, args.random_draws, args.seed),
+            feature_popularity(dataset, cold, protocol), feature_knn(dataset, cold, protocol)]
+    rows += model_rows(args.runs)
+    test_pairs = dataset.split_pairs("test")
+    result = {
+        "dataset": dataset.name,
+        "split": {**split, "n_valid_items": int(len(cold.valid)), "n_test_items": int(len(cold.test)),
+                  "n_test_users": int(len(np.unique(test_pairs[:, 0]))), "n_test_interactions": int(len(test_pairs))},
+        "protocol": protocol, "ks": list(KS), "rows": rows,
+        "references": [oracle_popularity(dataset, cold, protocol)],
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    width = max(len(r["name"]) for r in rows + result["references"])
+    print(f"cold-start items: {len(cold.test)} new test items, {result['split']['n_test_users']} users")
+    for row in rows + result["references"]:
+        test = row["test"]
+        print(f"{row['name']:<{width}}  test recall@20 {test['recall@20']:.4f}  ndcg@20 {test['ndcg@20']:.4f}  "
+              f"(valid recall@20 {row['valid']['recall@20']:.4f})  {row['setting']}")
+    print(f"wrote {args.out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
