@@ -59,7 +59,7 @@ def _search_winner(search_dir: Path) -> tuple[dict, dict] | None:
             if value not in grid[key]:
                 grid[key].append(value)
     info = {"setting": best.get("setting", {}), "grid": grid, "n_trials": summary.get("n_trials"),
-            "source": str(search_dir.relative_to(HERE))}
+            "source": os.path.relpath(search_dir, HERE)}
     if metrics is None:
         metrics = {"valid": best.get("valid", {}), "test": best.get("test", {}), "best_epoch": best.get("best_epoch")}
     return metrics, info
@@ -78,7 +78,7 @@ def collect_runs(runs_dir: Path) -> dict[str, tuple[dict, dict]]:
             searches = [p for p in runs_dir.iterdir() if p.is_dir() and p != folder and _row_name(p.name) == folder.name]
             search = _search_winner(searches[0]) if searches else None
             info = search[1] if search else {"setting": {}, "grid": {}, "n_trials": 1}
-            info = {**info, "source": str(folder.relative_to(HERE))}
+            info = {**info, "source": os.path.relpath(folder, HERE)}
             chosen[folder.name] = (metrics, info)
     for folder in sorted(p for p in runs_dir.iterdir() if p.is_dir() and (p / "search.json").exists()):
         model = _row_name(folder.name)

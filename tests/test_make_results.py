@@ -1,0 +1,46 @@
+"""The results generator picks each model's run by validation and formats MMRec's figures beside ours."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "make_results.py"
+spec = importlib.util.spec_from_file_location("make_results", SCRIPT)
+make_results = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(make_results)
+
+
+def _write(path: Path, payload) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload))
+
+
+def _metrics(valid_r20, test_r20, per_epoch=0.05):
+    return {"model": "vbpr", "valid": {"recall@20": valid_r20}, "best_epoch": 7, "epochs_run": 27,
+            "test": {"recall@10": test_r20 / 2, "recall@20": test_r20, "ndcg@10": 0.1, "ndcg@20": 0.2},
+            "timing": {"train_seconds_per_epoch": per_epoch, "eval_seconds": 0.01}}
+
+
+def test_search_winner_is_the_recorded_best_not_the_best_test(tmp_path):
+    search = tmp_path / "vbpr_search"
+    # Trial 1 has the best TEST figure but the worse validation: the winner must be trial 0.
+    _write(search / "trial_000" / "metrics.json", _metrics(0.42, 0.40))
+    _write(search / "trial_001" / "metrics.json", _metrics(0.30, 0.45))
+    _write(search / "search.json", {
+        "valid_metric": "recall@20", "n_trials": 2,
+        "trials": [{"trial": 0, "workdir": "/elsewhere/trial_000", "setting": {"loss_weights.reg": 1.0}},
+                   {"trial": 1, "workdir": "/elsewhere/trial_001", "setting": {"loss_weights.reg": 0.1}}],
+        "best": {"trial": 0, "workdir": "/elsewhere/trial_000", "setting": {"loss_weights.reg": 1.0}}})
+    chosen = make_results.collect_runs(tmp_path)
+    metrics, info = chosen["vbpr"]
+    assert metrics["test"]["recall@20"] == 0.40
+    assert info["grid"] == {"loss_weights.reg": [1.0, 0.1]}
+
+
+def test_table_puts_mmrec_anchor_and_speed_ratio_beside_ours(tmp_path):
+    _write(tmp_path / "vbpr" / "metrics.json", _metrics(0.42, 0.4100, per_epoch=0.05))
+    anchors = {"VBPR": {"test_r20": 0.4017, "train_s_per_epoch": 0.2151}}
+    table = "\n".join(make_results.ranking_table(make_results.collect_runs(tmp_path), anchors))
+    row = [line for line in table.splitlines() if line.startswith("| vbpr ")][0]
+    assert "**0.4100**" in row and "0.4017" in row
+    assert "4.30x faster" in row  # 0.2151 / 0.05
