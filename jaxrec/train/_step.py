@@ -29,6 +29,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jaxrec import losses
 from jaxrec.errors import ConfigError
 from jaxrec.train._state import TrainState
 
@@ -53,7 +54,8 @@ def make_train_step(module, tx: optax.GradientTransformation, loss_weights: Mapp
                     *, axis_name: str | None = None):
     """``train_step(state, ctx, batch) -> (state, StepMetrics)`` for one batch.
 
-    Terms with weight 0 are reported but left out of the sum (so that a NaN in an unused
+    The weighted sum is :func:`jaxrec.losses.combine`: every term needs a weight, and
+    terms with weight 0 are reported but left out of the sum (so that a NaN in an unused
     term cannot reach the parameters).
     """
     weights = {name: float(w) for name, w in loss_weights.items()}
@@ -64,7 +66,7 @@ def make_train_step(module, tx: optax.GradientTransformation, loss_weights: Mapp
         def total_loss(params):
             terms = module.apply({"params": params}, ctx, batch, True, method="loss_terms",
                                  rngs={"dropout": dropout_key})
-            total = sum(weight * terms[name] for name, weight in weights.items() if weight != 0.0)
+            total, terms = losses.combine(terms, weights)
             return jnp.asarray(total, jnp.float32), terms
 
         (loss, terms), grads = jax.value_and_grad(total_loss, has_aux=True)(state.params)
