@@ -319,7 +319,7 @@ def sample_negatives_jax(
     *,
     n_neg: int = 1,
     item_cdf: jax.Array | None = None,
-    n_candidates: int = 16,
+    n_candidates: int = 8,
 ) -> tuple[jax.Array, jax.Array]:
     """Jittable negative sampling with fixed shapes, on device.
 
@@ -353,7 +353,8 @@ def sample_negatives_jax(
     if item_cdf is None:
         return uniform.astype(jnp.int32), has_negative
     draws = jax.random.uniform(candidate_key, (users.shape[0], n_neg, n_candidates)) * item_cdf[-1]
-    candidates = jnp.minimum(jnp.searchsorted(item_cdf, draws, side="right"), positives.n_items - 1)
+    candidates = jnp.searchsorted(item_cdf, draws, side="right", method="scan_unrolled")
+    candidates = jnp.minimum(candidates, positives.n_items - 1)
     s3, e3 = start[..., None], end[..., None]
     after = _upper_bound(positives.indices, s3, e3, candidates, positives.search_steps)
     is_positive = (after > s3) & (positives.indices[jnp.maximum(after - 1, 0)] == candidates)

@@ -178,7 +178,8 @@ def fit_rows(dataset: MultimodalDataset, modality: str) -> np.ndarray:
 
 
 def fit_items(dataset: MultimodalDataset, modality: str) -> np.ndarray:
-    """Sorted ids of the items statistics are fitted on: in the train split and in the mask."""
+    """Sorted ids of the items statistics are fitted on: in the train split and in the mask
+    (and, for a sequence modality, with at least one valid step)."""
     mod = _modality(dataset, modality)
     inter = dataset.interactions
     in_train = np.zeros(dataset.n_items, bool)
