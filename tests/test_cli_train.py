@@ -103,3 +103,11 @@ def test_lfm2k_config_runs_on_the_real_data(lfm2k_path, tmp_path):
     assert metrics["dataset"] == "lfm2k" and metrics["n_params"] == (1858 + 1425) * 64
     assert metrics["loss_weights"] == {"bpr": 1.0, "reg": 1.0}
     assert 0.0 < metrics["test"]["recall@20"] < 1.0
+
+
+def test_demo_config_file_matches_the_demo_command():
+    from jaxrec.cli.demo import demo_config
+    from jaxrec.train import config_to_dict, load_config
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "demo.yaml"
+    assert config_to_dict(load_config(path)) == config_to_dict(demo_config())
