@@ -134,8 +134,17 @@ def generate(generator, params, condition, key, *, noise_dim: int, n_samples: in
     return jnp.mean(jax.vmap(lambda z: generator.apply(params, condition, z))(noise), axis=0)
 
 
-def _make_chunk(generator, discriminator, g_tx, d_tx, *, noise_dim, batch_size, steps, adversarial_weight,
-                reconstruction_weight, reconstruction):
+def _optimizers(learning_rates: tuple[float, float], weight_decay: float):
+    return tuple(optax.adamw(rate, b1=0.5, b2=0.999, weight_decay=weight_decay) for rate in learning_rates)
+
+
+@functools.lru_cache(maxsize=32)
+def _make_chunk(generator, discriminator, learning_rates, weight_decay, *, noise_dim, batch_size, steps,
+                adversarial_weight, reconstruction_weight, reconstruction):
+    # Cached on hashable settings (modules compare by value), so that fits with the same
+    # settings share one compiled program.
+    g_tx, d_tx = _optimizers(learning_rates, weight_decay)
+
     def step(state: GANState, key, condition, target, train_rows):
         d_key, g_key, d_noise_key, g_noise_key, fake_key = jax.random.split(key, 5)
         d_rows = train_rows[jax.random.randint(d_key, (batch_size,), 0, train_rows.shape[0])]
@@ -248,10 +257,11 @@ def train_gan(condition, target, present, key, *, holdout: float = 0.1, noise_di
     g_key, d_key = jax.random.split(init_key)
     g_params = generator.init(g_key, condition[:1], jnp.zeros((1, noise_dim)))
     d_params = discriminator.init(d_key, condition[:1], target[:1])
-    g_tx = optax.adamw(generator_learning_rate, b1=0.5, b2=0.999, weight_decay=weight_decay)
-    d_tx = optax.adamw(discriminator_learning_rate, b1=0.5, b2=0.999, weight_decay=weight_decay)
+    learning_rates = (float(generator_learning_rate), float(discriminator_learning_rate))
+    g_tx, d_tx = _optimizers(learning_rates, float(weight_decay))
     state = GANState(g_params, d_params, g_tx.init(g_params), d_tx.init(d_params))
-    run_chunk = _make_chunk(generator, discriminator, g_tx, d_tx, noise_dim=noise_dim, batch_size=batch_size,
+    run_chunk = _make_chunk(generator, discriminator, learning_rates, float(weight_decay), noise_dim=int(noise_dim),
+                            batch_size=int(batch_size),
                             steps=eval_every, adversarial_weight=float(adversarial_weight),
                             reconstruction_weight=float(reconstruction_weight), reconstruction=reconstruction)
     device_condition, device_target = jnp.asarray(condition), jnp.asarray(np.where(present[:, None], target, 0.0))
