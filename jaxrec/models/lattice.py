@@ -1,0 +1,347 @@
+r"""LATTICE: learned item-item structure from modality features, then LightGCN (MMRec's ``LATTICE``).
+
+**Initial graphs** (frozen). Per modality :math:`m`, the kNN graph of the RAW features,
+weighted by the cosine similarities and symmetric-normalized with row degrees:
+
+.. math::
+  \tilde S^m = D_m^{-1/2} A^m D_m^{-1/2}, \qquad
+  A^m_{ij} = s^m_{ij}\,[\,j \in \mathrm{kNN}_k(i)\,], \quad
+  s^m_{ij} = \frac{x^{m\top}_i x^m_j}{\lVert x^m_i\rVert \lVert x^m_j\rVert}.
+
+**Learned graphs.** The same construction on the projected features
+:math:`\phi_m(x) = W_m x + b_m` (``feat_embed_dim`` wide), recomputed from the current
+parameters: the neighbours are the top-k of the learned cosine similarities (chosen without
+gradient), the entries are the similarities themselves (with gradient, through which
+:math:`W_m, b_m` learn). With :math:`\alpha = \operatorname{softmax}(\beta)` learned modality
+weights,
+
+.. math::
+  \hat S = \operatorname{sym}\Big(\sum_m \alpha_m \hat A^m\Big), \qquad
+  S = (1 - \lambda)\, \hat S + \lambda \sum_m \alpha_m \tilde S^m,
+
+:math:`\operatorname{sym}(A) = D^{-1/2} A D^{-1/2}` (row degrees) and :math:`\lambda` =
+``lambda_coeff`` (0.9). The top-k is computed on device in row blocks inside ``jit``
+(``lax.top_k`` over (block x n) similarity tiles), so no n x n matrix exists.
+
+**Embeddings.** :math:`h = S^{L_i} Q` over the item ID table :math:`Q` (:math:`L_i` =
+``n_layers`` = 1); LightGCN on the user-item graph with self-loops and random-walk
+normalization, :math:`\hat A = D^{-1}(A + I)` (LATTICE's ``get_adj_mat``),
+:math:`\bar E = \frac{1}{L+1}\sum_{l=0}^{L} \hat A^l [P; Q]` (:math:`L` = ``n_ui_layers`` = 2,
+MMRec's ``len(weight_size)``), and
+
+.. math::
+  e_u = \bar p_u, \qquad e_i = \bar q_i + \frac{h_i}{\max(\lVert h_i\rVert, 10^{-12})}.
+
+**Loss terms** (unweighted), for a batch of B triples:
+
+.. math::
+  \mathcal{L}_\text{bpr} = \operatorname{mean}\,\operatorname{softplus}(e_u^\top e_j - e_u^\top e_i),
+  \qquad
+  \mathcal{L}_\text{reg} = \frac{1}{2B}\big(\lVert E_u\rVert_F^2 + \lVert E_{i}\rVert_F^2
+      + \lVert E_{j}\rVert_F^2\big)
+
+on the FINAL embeddings of the batch (:func:`jaxrec.losses.l2_sum_of_squares_per_example`,
+B = the configured batch size, padding rows zero), so ``loss_weights: {reg: λ}`` is MMRec's
+``reg_weight: λ``. MMRec decays the learning rate by 0.96 every 50 epochs
+(``train.schedule: exponential``). As in MMRec the raw feature tables are trainable
+(``train_features``); the initial graphs are built from them once.
+
+**When the learned graph is recomputed** (``learned_graph``):
+
+* ``"step"`` (default): in every training step and in ``encode`` -- with gradient through
+  its entries at every step. Cheap for lfm2k (1,425 items); at n items it costs
+  :math:`O(n^2 d)` per step.
+* ``"epoch"``: the neighbour lists live in ``ctx["learned_neighbours"]`` and are recomputed
+  by :func:`refresh_learned_graph` (from the current parameters) at the start of each epoch
+  by the training driver; every step recomputes their entries (with gradient) from the
+  current projections in :math:`O(n k d)`. For the million-item scale (see
+  ``benchmarks/bench_scale.py``). NOTE: ``jaxrec.train`` calls only parameter-free
+  ``host_update`` hooks, so under ``jaxrec train`` an ``"epoch"`` model keeps the lists it
+  was built with (the initial graphs' neighbours).
+
+Deviations from MMRec: MMRec recomputes the learned graph at the first batch of each epoch
+(with gradient there), reuses it DETACHED for the rest of the epoch, and recomputes it for
+evaluation; ``"step"`` recomputes it with gradient at every step (the learned similarity is
+fresh at every step), ``"epoch"`` keeps the neighbour lists for the epoch but refreshes their
+entries (and gradient) every step. Only MMRec's default ``cf_model: lightgcn`` is
+implemented (not ``ngcf`` or ``mf``). The item itself is forced first among its neighbours
+(MMRec's ``topk`` keeps it because its similarity 1 is the row maximum); an all-zero feature
+row has similarity 0 to every item (MMRec divides by its zero norm: NaN). BPR is a softplus
+(MMRec's ``-logsigmoid``: the same function).
+
+References:
+  Zhang et al., `Mining Latent Structures for Multimedia Recommendation
+  <https://arxiv.org/abs/2104.09036>`_, ACM MM 2021; MMRec ``src/models/lattice.py`` and
+  ``src/utils/utils.py`` (github.com/enoche/MMRec).
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+from jaxrec import losses
+from jaxrec.data import graph as jgraph
+from jaxrec.errors import ConfigError
+from jaxrec.models._registry import Built, register
+from jaxrec.models.freedom import (
+    FeatureTable,
+    batch_triples,
+    graph_cache_of,
+    torch_linear_bias,
+    torch_linear_kernel,
+    xavier_uniform,
+)
+from jaxrec.models.sidemf import check_positive_int, item_side_features
+
+LEARNED_GRAPH_MODES = ("step", "epoch")
+
+
+def unit_rows(x: jax.Array) -> jax.Array:
+    """Rows scaled to unit norm; all-zero rows stay zero."""
+    squared = jnp.sum(x * x, axis=1, keepdims=True)
+    return x * jnp.where(squared > 0, jax.lax.rsqrt(jnp.where(squared > 0, squared, 1.0)), 0.0)
+
+
+def knn_indices(features: jax.Array, k: int, *, block_size: int = 1024) -> jax.Array:
+    r"""Each row's k most cosine-similar rows, itself first, in row blocks (jit-friendly).
+
+    .. math::  N_k(i) = \{i\} \cup \operatorname{top}_{k-1,\, j \ne i}\; \hat x_i^\top \hat x_j
+
+    The (n, n) similarity matrix is never formed: a ``lax.map`` over blocks of
+    ``block_size`` rows computes one (block, n) tile and its ``lax.top_k`` at a time. No
+    gradient flows through the choice (the input is ``stop_gradient``-ed, so nothing of the
+    tiles is kept for the backward pass).
+
+    Args:
+      features: (n, d) rows.
+      k: neighbours per row, 1 <= k <= n (static).
+      block_size: rows per tile (static); memory per tile is ``block_size * n`` floats.
+
+    Returns:
+      (n, k) int32 neighbour ids, most similar first (ties: lower id first).
+    """
+    units = unit_rows(jax.lax.stop_gradient(jnp.asarray(features, jnp.float32)))
+    n = units.shape[0]
+    if not 1 <= k <= n:
+        raise ConfigError(f"k must be in [1, {n}] for {n} items, got {k}")
+    block = max(1, min(int(block_size), n))
+    n_blocks = -(-n // block)
+    padded = jnp.pad(units, ((0, n_blocks * block - n), (0, 0)))
+    columns = jnp.arange(n)
+
+    def tile_top_k(start):
+        rows = jax.lax.dynamic_slice_in_dim(padded, start, block)
+        sims = jnp.matmul(rows, units.T, precision=jax.lax.Precision.HIGHEST)
+        is_self = columns[None, :] == (start + jnp.arange(block))[:, None]
+        return jax.lax.top_k(jnp.where(is_self, jnp.inf, sims), k)[1].astype(jnp.int32)
+
+    starts = jnp.arange(n_blocks) * block
+    return jax.lax.map(tile_top_k, starts).reshape(n_blocks * block, k)[:n]
+
+
+def _normalize(h, eps: float = 1e-12):
+    # torch.nn.functional.normalize: x / max(||x||, eps).
+    return h / jnp.maximum(jnp.linalg.norm(h, axis=1, keepdims=True), eps)
+
+
+class LATTICE(nn.Module):
+    """LATTICE (see the module docstring).
+
+    ``ctx``: ``{"graph": Edges, "original": GraphStack, "features": tuple of (n_items, d_m)}``
+    -- the user-item graph :math:`D^{-1}(A+I)`, the M normalized initial item graphs on a
+    common edge pattern, the raw features -- plus ``"learned_neighbours"`` (n_items, M k)
+    int32 in ``"epoch"`` mode.
+
+    Attributes:
+      n_users, n_items: table sizes.
+      feature_dims: width of each modality, in ``ctx["features"]`` order.
+      embedding_size: d.
+      feat_embed_dim: width of the projections that define the learned graphs.
+      knn_k: neighbours per item.
+      lambda_coeff: :math:`\\lambda`, the weight of the initial graphs.
+      n_layers: item-graph propagation layers.
+      n_ui_layers: LightGCN layers on the user-item graph.
+      train_features: the raw feature tables are trainable (MMRec: yes).
+      learned_graph: ``"step"`` or ``"epoch"`` (module docstring).
+      knn_block_size: rows per tile of the learned kNN.
+    """
+
+    n_users: int
+    n_items: int
+    feature_dims: tuple[int, ...]
+    embedding_size: int = 64
+    feat_embed_dim: int = 64
+    knn_k: int = 10
+    lambda_coeff: float = 0.9
+    n_layers: int = 1
+    n_ui_layers: int = 2
+    train_features: bool = True
+    learned_graph: str = "step"
+    knn_block_size: int = 1024
+
+    def setup(self):
+        self.user_embedding = self.param("user_embedding", xavier_uniform, (self.n_users, self.embedding_size))
+        self.item_embedding = self.param("item_embedding", xavier_uniform, (self.n_items, self.embedding_size))
+        self.projections = [nn.Dense(self.feat_embed_dim, kernel_init=torch_linear_kernel,
+                                     bias_init=torch_linear_bias(dim), name=f"projection_{m}")
+                            for m, dim in enumerate(self.feature_dims)]
+        # MMRec's nn.Parameter([0.5, 0.5]): equal logits, so equal softmax weights.
+        n_modalities = len(self.feature_dims)
+        self.modal_weight = self.param("modal_weight", nn.initializers.constant(1.0 / n_modalities), (n_modalities,))
+        if self.train_features:
+            self.feature_tables = [FeatureTable(name=f"features_{m}") for m in range(n_modalities)]
+
+    # -- the item graph ----------------------------------------------------------------------
+
+    def projected_features(self, ctx):
+        """The M (n_items, feat_embed_dim) projections :math:`\\phi_m(x^m)`."""
+        out = []
+        for m, projection in enumerate(self.projections):
+            features = ctx["features"][m]
+            if self.train_features:
+                features = self.feature_tables[m](features)
+            out.append(projection(features))
+        return out
+
+    def learned_neighbours(self, ctx):
+        """(n_items, M k) int32: each modality's learned top-k lists, side by side (no gradient)."""
+        return jnp.concatenate([knn_indices(p, self.knn_k, block_size=self.knn_block_size)
+                                for p in self.projected_features(ctx)], axis=1)
+
+    def item_graphs(self, ctx):
+        """``(learned, original)`` edge lists: :math:`\\hat S` and :math:`\\sum_m \\alpha_m \\tilde S^m`."""
+        projected = self.projected_features(ctx)
+        alpha = jax.nn.softmax(self.modal_weight)
+        if self.learned_graph == "epoch":
+            neighbours = ctx["learned_neighbours"]
+        else:
+            neighbours = jnp.concatenate([knn_indices(p, self.knn_k, block_size=self.knn_block_size)
+                                          for p in projected], axis=1)
+        n, k = self.n_items, self.knn_k
+        rows_k = jnp.repeat(jnp.arange(n, dtype=jnp.int32), k)
+        # Row i's entries: modality 0's k neighbours, then modality 1's, ... (rows stay sorted).
+        entries = [alpha[m] * jgraph.cosine_edge_weights(p, rows_k, neighbours[:, m * k:(m + 1) * k].reshape(-1))
+                   .reshape(n, k) for m, p in enumerate(projected)]
+        rows = jnp.repeat(jnp.arange(n, dtype=jnp.int32), len(projected) * k)
+        learned = jgraph.Edges(rows, neighbours.reshape(-1), jnp.concatenate(entries, axis=1).reshape(-1))
+        learned = jgraph.normalize_edges(learned, n, normalization="sym")
+        original = jgraph.combine_item_graphs(self.modal_weight, ctx["original"])
+        return learned, original
+
+    def item_graph_embeddings(self, ctx):
+        """:math:`h = S^{L_i} Q`, (n_items, d)."""
+        learned, original = self.item_graphs(ctx)
+        h = self.item_embedding
+        for _ in range(self.n_layers):
+            h = ((1.0 - self.lambda_coeff) * jgraph.propagate(learned, h, indices_are_sorted=True)
+                 + self.lambda_coeff * jgraph.propagate(original, h, indices_are_sorted=True))
+        return h
+
+    # -- the contract ------------------------------------------------------------------------
+
+    def encode(self, ctx, train: bool = False):
+        """``(user_emb (n_users, d), item_emb (n_items, d))`` (see the module docstring)."""
+        del train
+        ego = jnp.concatenate([self.user_embedding, self.item_embedding], axis=0)
+        mean, _ = jgraph.lightgcn_propagate(ctx["graph"], ego, self.n_ui_layers, indices_are_sorted=True)
+        return mean[:self.n_users], mean[self.n_users:] + _normalize(self.item_graph_embeddings(ctx))
+
+    def loss_terms(self, ctx, batch, train: bool = False):
+        """``{"bpr", "reg"}`` for ``users`` (B,), ``pos_items`` (B,), ``neg_items`` (B, n_neg)
+        or (B,) and optional ``weights`` (B,) (rows of weight 0 are left out of both)."""
+        users, positives, negatives, weights = batch_triples(batch)
+        user_all, item_all = self.encode(ctx, train)
+        user_rows, pos_rows, neg_rows = user_all[users], item_all[positives], item_all[negatives]
+        pos_scores = jnp.sum(user_rows * pos_rows, axis=-1)
+        neg_scores = jnp.einsum("bd,bnd->bn", user_rows, neg_rows)
+        if weights is not None:  # padding rows add nothing to the norms; B stays the batch size
+            user_rows, pos_rows = user_rows * weights[:, None], pos_rows * weights[:, None]
+            neg_rows = neg_rows * weights[:, None, None]
+        return {"bpr": losses.bpr(pos_scores, neg_scores, weights=weights),
+                "reg": losses.l2_sum_of_squares_per_example(user_rows, pos_rows, neg_rows,
+                                                            batch_size=users.shape[0])}
+
+
+@functools.lru_cache(maxsize=8)
+def _jitted_neighbours(module):
+    return jax.jit(lambda params, ctx: module.apply({"params": params}, ctx, method="learned_neighbours"))
+
+
+def refresh_learned_graph(module: LATTICE, params, ctx):
+    """``ctx`` with ``"learned_neighbours"`` recomputed from ``params`` (the ``"epoch"`` mode's
+    per-epoch step; jitted, chunked on device)."""
+    return {**ctx, "learned_neighbours": _jitted_neighbours(module)(params, ctx)}
+
+
+def initial_item_graphs(dataset, modalities, *, knn_k: int, cache) -> tuple[jgraph.GraphStack, np.ndarray]:
+    """The M normalized similarity-weighted initial graphs on one edge pattern, and the
+    (n_items, M k) neighbour lists of the raw features (host arrays)."""
+    neighbours = [jgraph.item_knn_neighbours(dataset, name, k=knn_k, cache=cache) for name in modalities]
+    graphs = [jgraph.knn_edges(nb, weighted=True, normalization="sym") for nb in neighbours]
+    return (jgraph.stack_graphs(graphs, dataset.n_items),
+            np.concatenate([np.asarray(nb.indices, np.int32) for nb in neighbours], axis=1))
+
+
+@register("lattice")
+def build(dataset, *, embedding_size: int = 64, feat_embed_dim: int = 64, knn_k: int = 10,
+          lambda_coeff: float = 0.9, n_layers: int = 1, n_ui_layers: int = 2, modalities: list[str] | None = None,
+          train_features: bool = True, learned_graph: str = "step", knn_block_size: int = 1024,
+          graph_cache: str | None = "default") -> Built:
+    """LATTICE for ``dataset``.
+
+    Args:
+      dataset: a :class:`~jaxrec.data.MultimodalDataset` with item modalities; its TRAIN
+        pairs make the user-item graph.
+      embedding_size: d (MMRec: 64). feat_embed_dim: projection width (MMRec: 64).
+      knn_k: neighbours per item (MMRec: 10).
+      lambda_coeff: weight of the initial graphs (MMRec: 0.9).
+      n_layers: item-graph layers (MMRec: 1). n_ui_layers: user-item layers (MMRec: 2).
+      modalities: the modalities used, in order (default: all of the dataset's).
+      train_features: the raw features are trainable parameters, as in MMRec.
+      learned_graph: ``"step"`` or ``"epoch"`` (module docstring).
+      knn_block_size: rows per tile of the learned kNN.
+      graph_cache: ``"default"``, a folder, or ``"none"``: where the initial kNN neighbours are cached.
+
+    Returns:
+      :class:`~jaxrec.models.Built`; weights ``{bpr: 1, reg: 1e-4}`` (MMRec's ``reg_weight``
+      chosen by validation on lfm2k).
+    """
+    model = "lattice"
+    for name, value in (("embedding_size", embedding_size), ("feat_embed_dim", feat_embed_dim), ("knn_k", knn_k),
+                        ("knn_block_size", knn_block_size)):
+        check_positive_int(value, name, model)
+    for name, value in (("n_layers", n_layers), ("n_ui_layers", n_ui_layers)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError(f"model {model}: {name} must be a non-negative integer; found {value!r}")
+    if isinstance(lambda_coeff, bool) or not isinstance(lambda_coeff, (int, float)) or not 0 <= lambda_coeff <= 1:
+        raise ConfigError(f"model {model}: lambda_coeff must be a number in [0, 1]; found {lambda_coeff!r}")
+    if learned_graph not in LEARNED_GRAPH_MODES:
+        raise ConfigError(f"model {model}: learned_graph must be one of {LEARNED_GRAPH_MODES}; found {learned_graph!r}")
+    if not isinstance(train_features, bool):
+        raise ConfigError(f"model {model}: train_features must be true or false; found {train_features!r}")
+    if knn_k > dataset.n_items:
+        raise ConfigError(f"model {model}: knn_k ({knn_k}) exceeds the number of items ({dataset.n_items})")
+    features, dims, names = item_side_features(dataset, modalities, scaling="none", model=model)
+    blocks = tuple(jnp.asarray(block) for block in np.split(features, np.cumsum(dims)[:-1], axis=1))
+    del features
+    stack, raw_neighbours = initial_item_graphs(dataset, names, knn_k=knn_k, cache=graph_cache_of(graph_cache))
+    user_item = jgraph.normalized_adjacency(jgraph.bipartite_graph(dataset, split="train"), normalization="rw",
+                                            self_loops=True)
+    ctx = {"graph": user_item.to_device(), "features": blocks,
+           "original": jgraph.GraphStack(*(jnp.asarray(a) for a in stack))}
+    if learned_graph == "epoch":
+        warnings.warn("lattice: learned_graph='epoch' needs refresh_learned_graph(module, params, ctx) at the "
+                      "start of every epoch; jaxrec.train does not call it, so there the learned graph keeps "
+                      "the initial graphs' neighbours", stacklevel=2)
+        ctx["learned_neighbours"] = jnp.asarray(raw_neighbours)
+    module = LATTICE(n_users=dataset.n_users, n_items=dataset.n_items, feature_dims=dims,
+                     embedding_size=embedding_size, feat_embed_dim=feat_embed_dim, knn_k=knn_k,
+                     lambda_coeff=float(lambda_coeff), n_layers=n_layers, n_ui_layers=n_ui_layers,
+                     train_features=train_features, learned_graph=learned_graph, knn_block_size=knn_block_size)
+    return Built(module=module, ctx=ctx, default_loss_weights={"bpr": 1.0, "reg": 1e-4})

@@ -1,0 +1,257 @@
+"""FREEDOM: the frozen item graph and the loss terms against dense numpy re-implementations of
+MMRec's FREEDOM, the per-epoch pruning hook, gradients, learning, and pmap."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxrec import eval as jeval
+from jaxrec import models
+from jaxrec.data import make_synthetic
+from jaxrec.errors import ConfigError
+from jaxrec.models.freedom import FREEDOM
+
+
+# ---- dense numpy references (MMRec's src/models/freedom.py, dense) ------------------------
+
+def _numpy_knn_graph(features, k):
+    """MMRec's get_knn_adj_mat + compute_normalized_laplacian: unweighted kNN of cosine
+    similarities (the item itself included), D^-1/2 A D^-1/2 with row degrees."""
+    x = features / np.linalg.norm(features, axis=1, keepdims=True)
+    sims = x @ x.T
+    np.fill_diagonal(sims, np.inf)  # the row maximum (1) in MMRec; forced first here
+    adj = np.zeros_like(sims)
+    neighbours = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    np.put_along_axis(adj, neighbours, 1.0, axis=1)
+    d = adj.sum(1)
+    return adj / np.sqrt(d)[:, None] / np.sqrt(d)[None, :]
+
+
+def _numpy_norm_adj(users, items, n_users, n_items):
+    """MMRec's get_norm_adj_mat: D^-1/2 A D^-1/2 of the symmetric user-item graph."""
+    n = n_users + n_items
+    adj = np.zeros((n, n))
+    adj[users, items + n_users] = 1.0
+    adj[items + n_users, users] = 1.0
+    d = adj.sum(1)
+    scale = np.where(d > 0, 1.0 / np.sqrt(np.where(d > 0, d, 1.0)), 0.0)
+    return adj * scale[:, None] * scale[None, :]
+
+
+def _numpy_forward(params, adj, item_graph, n_users, n_ui_layers, n_mm_layers):
+    """MMRec's FREEDOM.forward: the layer mean over adj, plus S^L Q for the items."""
+    ego = np.concatenate([params["user_embedding"], params["item_embedding"]]).astype(np.float64)
+    layers = [ego]
+    for _ in range(n_ui_layers):
+        layers.append(adj @ layers[-1])
+    mean = np.mean(layers, axis=0)
+    h = params["item_embedding"].astype(np.float64)
+    for _ in range(n_mm_layers):
+        h = item_graph @ h
+    return mean[:n_users], mean[n_users:] + h
+
+
+def _softplus(x):
+    return np.logaddexp(0.0, x)
+
+
+def _small(seed=0, n_users=40, n_items=30, n_interactions=400):
+    return make_synthetic(n_users, n_items, n_interactions=n_interactions, dims={"text": 6, "image": 5}, seed=seed)
+
+
+def _host(tree):
+    return jax.tree.map(lambda a: np.asarray(a, np.float64), jax.device_get(tree))
+
+
+# ---- the frozen item graph and the item-graph convolution ---------------------------------
+
+@pytest.mark.parametrize("n_mm_layers", [1, 2])
+def test_item_graph_convolution_equals_dense_numpy(n_mm_layers):
+    data = _small()
+    k, weights = 4, [0.3, 0.7]
+    built = models.build("freedom", data, embedding_size=8, feat_embed_dim=8, knn_k=k, n_mm_layers=n_mm_layers,
+                         modalities=["image", "text"], graph_weights=weights, graph_cache=None)
+    expected_graph = sum(w * _numpy_knn_graph(data.modalities[name].features.astype(np.float64), k)
+                         for w, name in zip(weights, ["image", "text"]))
+    np.testing.assert_allclose(built.ctx["item_graph"].to_dense(data.n_items), expected_graph, rtol=1e-5, atol=1e-7)
+    variables = built.module.init(jax.random.PRNGKey(1), built.ctx, False, method="encode")
+    h = built.module.apply(variables, built.ctx, method="item_graph_embeddings")
+    q = np.asarray(variables["params"]["item_embedding"], np.float64)
+    np.testing.assert_allclose(np.asarray(h), np.linalg.matrix_power(expected_graph, n_mm_layers) @ q,
+                               rtol=1e-4, atol=1e-6)
+
+
+def test_graph_cache_reuses_the_neighbours(tmp_path):
+    data = _small()
+    first = models.build("freedom", data, embedding_size=8, feat_embed_dim=8, knn_k=3, graph_cache=str(tmp_path))
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert len(files) == 2  # one kNN file per modality (text, image)
+    second = models.build("freedom", data, embedding_size=8, feat_embed_dim=8, knn_k=3, graph_cache=str(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == files
+    np.testing.assert_array_equal(np.asarray(first.ctx["item_graph"].weights), np.asarray(second.ctx["item_graph"].weights))
+
+
+# ---- encode and the loss terms -----------------------------------------------------------
+
+def test_encode_and_loss_terms_match_mmrec_freedom_in_numpy():
+    data = _small(seed=1)
+    built = models.build("freedom", data, embedding_size=8, feat_embed_dim=8, knn_k=3, n_ui_layers=2,
+                         modalities=["image", "text"], graph_weights=[0.1, 0.9], dropout=0.5, graph_cache=None)
+    module, ctx = built.module, built.ctx
+    rng = np.random.default_rng(0)
+    users, pos, neg = rng.integers(0, data.n_users, 12), rng.integers(0, data.n_items, 12), rng.integers(0, data.n_items, 12)
+    weights = np.array([1.0] * 9 + [0.0] * 3, np.float32)
+    batch = {"users": users, "pos_items": pos, "neg_items": neg[:, None], "weights": weights}
+    params = module.init(jax.random.PRNGKey(2), ctx, batch, True, method="loss_terms")["params"]
+    host = _host(params)
+    item_graph = ctx["item_graph"].to_dense(data.n_items)
+    train = data.split_pairs("train")
+    full = _numpy_norm_adj(train[:, 0], train[:, 1], data.n_users, data.n_items)
+
+    user_emb, item_emb = module.apply({"params": params}, ctx, method="encode")
+    expected_u, expected_i = _numpy_forward(host, full, item_graph, data.n_users, 2, 1)
+    np.testing.assert_allclose(np.asarray(user_emb), expected_u, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(item_emb), expected_i, rtol=1e-4, atol=1e-6)
+
+    # Training runs on the epoch's pruned graph: FREEDOM's calculate_loss in numpy.
+    terms = module.apply({"params": params}, ctx, batch, True, method="loss_terms")
+    pruned = ctx["train_graph"].to_dense(data.n_users + data.n_items)
+    u_all, i_all = _numpy_forward(host, pruned, item_graph, data.n_users, 2, 1)
+    keep = weights > 0
+    u, p, n = u_all[users[keep]], i_all[pos[keep]], i_all[neg[keep]]
+    expected_bpr = np.mean(_softplus(-((u * p).sum(1) - (u * n).sum(1))))
+    modality = 0.0
+    for m, name in enumerate(["image", "text"]):
+        # trainable feature tables start at the raw features
+        table = host[f"features_{m}"]["table"]
+        np.testing.assert_allclose(table, data.modalities[name].features, rtol=1e-6)
+        proj = table @ host[f"projection_{m}"]["kernel"] + host[f"projection_{m}"]["bias"]
+        modality += np.mean(_softplus(-((u * proj[pos[keep]]).sum(1) - (u * proj[neg[keep]]).sum(1))))
+    np.testing.assert_allclose(float(terms["bpr"]), expected_bpr, rtol=1e-5)
+    np.testing.assert_allclose(float(terms["modality_bpr"]), modality, rtol=1e-5)
+
+
+def test_pruning_hook_redraws_the_graph_each_epoch():
+    data = _small(seed=2)
+    built = models.build("freedom", data, embedding_size=8, feat_embed_dim=8, knn_k=3, dropout=0.6, graph_cache=None)
+    n_pairs = len(np.unique(data.split_pairs("train"), axis=0))
+    n_keep = int(n_pairs * 0.4)
+    key = jax.random.PRNGKey(5)
+    first = built.host_update(built.ctx, 0, key)["train_graph"]
+    again = built.host_update(built.ctx, 0, key)["train_graph"]
+    other = built.host_update(built.ctx, 1, jax.random.fold_in(key, 1))["train_graph"]
+    assert first.n_edges == 2 * n_keep == other.n_edges
+    np.testing.assert_array_equal(np.asarray(first.cols), np.asarray(again.cols))
+    assert not np.array_equal(np.asarray(first.cols), np.asarray(other.cols))
+    # The kept graph is re-normalized with its own degrees (MMRec's _normalize_adj_m).
+    n = data.n_users + data.n_items
+    dense = first.to_dense(n)
+    binary = (dense > 0).astype(float)
+    d = binary.sum(1)
+    scale = np.where(d > 0, 1 / np.sqrt(np.maximum(d, 1)), 0)
+    np.testing.assert_allclose(dense, binary * scale[:, None] * scale[None, :], rtol=1e-6)
+    np.testing.assert_array_equal(dense, dense.T)
+    # Evaluation keeps the full graph.
+    assert built.host_update(built.ctx, 0, key)["graph"] is built.ctx["graph"]
+    no_drop = models.build("freedom", data, embedding_size=8, feat_embed_dim=8, knn_k=3, dropout=0.0, graph_cache=None)
+    assert no_drop.host_update is None and no_drop.ctx["train_graph"] is no_drop.ctx["graph"]
+
+
+def test_gradient_matches_finite_differences():
+    data = _small(seed=3, n_users=12, n_items=10, n_interactions=60)
+    built = models.build("freedom", data, embedding_size=4, feat_embed_dim=4, knn_k=3, dropout=0.5,
+                         modalities=["text", "image"], graph_cache=None)
+    batch = {"users": np.array([0, 3, 7]), "pos_items": np.array([1, 4, 9]), "neg_items": np.array([[2], [0], [5]])}
+    with jax.enable_x64():
+        ctx = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64) if jnp.issubdtype(a.dtype, jnp.floating) else a,
+                           built.ctx)
+        params = built.module.init(jax.random.PRNGKey(0), ctx, batch, True, method="loss_terms")["params"]
+        params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
+
+        @jax.jit
+        def loss(p):
+            terms = built.module.apply({"params": p}, ctx, batch, True, method="loss_terms")
+            return terms["bpr"] + 0.3 * terms["modality_bpr"]
+
+        jax.test_util.check_grads(loss, (params,), order=1, modes=["rev"], atol=1e-6, rtol=1e-5)
+
+
+def test_builder_checks():
+    data = _small()
+    with pytest.raises(ConfigError, match="feat_embed_dim"):
+        models.build("freedom", data, embedding_size=8, feat_embed_dim=4, graph_cache=None)
+    with pytest.raises(ConfigError, match="dropout"):
+        models.build("freedom", data, dropout=1.0, graph_cache=None)
+    with pytest.raises(ConfigError, match="graph_weights"):
+        models.build("freedom", data, modalities=["text", "image"], graph_weights=[1.0], graph_cache=None)
+    with pytest.raises(ConfigError, match="no modality"):
+        models.build("freedom", data, modalities=["video"], graph_cache=None)
+    with pytest.raises(ConfigError, match="has no argument"):
+        models.build("freedom", data, knn=3)
+    assert isinstance(models.build("freedom", data, knn_k=2, graph_cache=None).module, FREEDOM)
+
+
+# ---- learning and parallelism -------------------------------------------------------------
+
+_SYNTHETIC = dict(n_users=300, n_items=200, n_interactions=9000, dims={"text": 16, "image": 8}, seed=3,
+                  popularity_skew=0.5, temperature=0.3)
+
+
+def _popularity_recall(dataset):
+    popularity = np.bincount(dataset.split_pairs("train")[:, 1], minlength=dataset.n_items).astype(np.float32)
+    result = jeval.evaluate_protocol(
+        np.ones((dataset.n_users, 1), np.float32), popularity[:, None], split="test",
+        train_pairs=dataset.split_pairs("train"), valid_pairs=dataset.split_pairs("valid"),
+        test_pairs=dataset.split_pairs("test"), ks=[20], metrics=["recall"])
+    return result["recall@20"]
+
+
+def _config(model_args, epochs, parallel="none"):
+    from jaxrec.train import config_from_dict
+
+    return config_from_dict({
+        "data": {"synthetic": {}},
+        "model": {"name": "freedom", "args": {"embedding_size": 16, "feat_embed_dim": 16, "knn_k": 5,
+                                              "graph_cache": "none", **model_args}},
+        "train": {"epochs": epochs, "batch_size": 512, "learning_rate": 0.01, "patience": epochs, "seed": 0,
+                  "checkpoint_every": epochs, "parallel": parallel},
+        "eval": {"ks": [20], "metrics": ["recall"]},
+        "loss_weights": {"modality_bpr": 1e-3},
+    })
+
+
+def test_learns_better_than_popularity(tmp_path):
+    from jaxrec.train import train_and_evaluate
+
+    dataset = make_synthetic(**_SYNTHETIC)
+    metrics = train_and_evaluate(_config({"dropout": 0.5}, epochs=20), tmp_path / "run", dataset=dataset, quiet=True)
+    baseline = _popularity_recall(dataset)
+    assert metrics["test"]["recall@20"] > 1.3 * baseline, (metrics["test"], baseline)
+
+
+def test_pmap_on_four_devices_matches_one_device():
+    from jaxrec.train import EpochSampler, StepRunner, TrainConfig, init_state, make_optimizer
+
+    assert jax.device_count() >= 4
+    dataset = make_synthetic(80, 60, n_interactions=1200, dims={"text": 8, "image": 4}, seed=1)
+    built = models.build("freedom", dataset, embedding_size=8, feat_embed_dim=8, knn_k=3, dropout=0.5,
+                         graph_cache=None)
+    ctx = built.host_update(built.ctx, 0, jax.random.PRNGKey(3))
+    sampler = EpochSampler(dataset, batch_size=64, n_negatives=1, seed=0)
+    batches = {k: v[:3] for k, v in sampler.batches(0).items()}
+    tx = make_optimizer(TrainConfig(learning_rate=0.05), sampler.steps_per_epoch)
+    start = jax.device_get(init_state(built.module, ctx, sampler.example_batch(), tx, seed=0))
+    weights = {"bpr": 1.0, "modality_bpr": 0.1}
+    results = {}
+    for parallel in ("none", "pmap"):
+        runner = StepRunner(built.module, tx, weights, parallel=parallel, batch_size=64)
+        state, metrics = runner.run(runner.put_state(start), runner.put_ctx(ctx), runner.put_batches(batches))
+        results[parallel] = (jax.device_get(runner.get_state(state)), np.asarray(metrics.loss), runner.n_devices)
+    (single, single_loss, _), (pmapped, pmap_loss, n_devices) = results["none"], results["pmap"]
+    assert n_devices == 4 and np.all(np.isfinite(pmap_loss))
+    np.testing.assert_allclose(single_loss, pmap_loss, rtol=1e-5)
+    for path, value in jax.tree_util.tree_leaves_with_path(single.params):
+        moved = jax.tree_util.tree_leaves_with_path(pmapped.params)
+        np.testing.assert_allclose(dict(moved)[path], value, rtol=2e-5, atol=2e-6, err_msg=str(path))
+    assert not np.allclose(single.params["user_embedding"], start.params["user_embedding"])
