@@ -90,7 +90,7 @@ def test_search_command_runs_every_trial_and_names_the_winner(tmp_path, capsys):
 def test_demo_smoke(capsys):
     assert main(["demo", "--size", "tiny", "--epochs", "2", "--quiet"]) == 0
     out = capsys.readouterr().out
-    assert "jaxrec demo: bprmf on synthetic" in out
+    assert "jaxrec demo: vbpr on synthetic" in out
     assert "| recall@20 |" in out and "| ndcg@10 |" in out
 
 
