@@ -53,9 +53,15 @@ def reconstruction_errors(filled_rows, truth, present_mean) -> dict[str, float]:
     """MSE, mean cosine and mean centred cosine of ``filled_rows`` against ``truth`` (both (n, d))."""
     filled_rows, truth = np.asarray(filled_rows, np.float64), np.asarray(truth, np.float64)
 
+    scale = np.linalg.norm(present_mean)
+
     def cosine(a, b):
-        norms = np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
-        return float(np.mean(np.sum(a * b, axis=1) / norms))
+        # A row within float32 rounding of the centre (the mean fill, centred) has no
+        # direction: its cosine is 0, not the cosine of its rounding noise.
+        norm_a, norm_b = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+        directional = norm_a > 1e-5 * scale
+        cosines = np.sum(a * b, axis=1) / np.maximum(norm_a * norm_b, 1e-300)
+        return float(np.mean(np.where(directional, cosines, 0.0)))
 
     return {"mse": float(np.mean((filled_rows - truth) ** 2)), "cosine": cosine(filled_rows, truth),
             "centred_cosine": cosine(filled_rows - present_mean, truth - present_mean)}

@@ -281,3 +281,17 @@ def test_pmap_on_four_devices_matches_one_device():
     for name in single.params:
         np.testing.assert_allclose(pmapped.params[name], single.params[name], rtol=2e-5, atol=2e-6)
     assert not np.allclose(single.params["transfer"], start.params["transfer"])
+
+
+def test_the_lfm2k_config_is_valid_and_builds_the_tag_kg(lfm2k_path, monkeypatch):
+    from pathlib import Path
+
+    from jaxrec.data import load
+    from jaxrec.train import load_config
+
+    root = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(root)  # the config's paths are relative to the project root
+    config = load_config(root / "experiments/configs/lfm2k/cke.yaml")
+    assert config.model.name == "cke" and config.loss_weights["kg"] > 0
+    built = models.build("cke", load(lfm2k_path), **config.model.args)
+    assert built.ctx["kg_triples"].shape == (33462, 3) and built.module.n_entities == 1260

@@ -216,3 +216,15 @@ def test_gan_model_trains_vbpr_on_filled_rows(tmp_path):
         "train": {"epochs": 2, "batch_size": 64, "checkpoint_every": 2}, "eval": {"ks": [20], "metrics": ["recall"]}})
     metrics = train_and_evaluate(config, tmp_path / "run", dataset=dataset, quiet=True)
     assert metrics["epochs_run"] == 2 and np.isfinite(metrics["test"]["recall@20"])
+
+
+def test_the_lfm2k_config_is_valid():
+    from pathlib import Path
+
+    from jaxrec.train import load_config
+
+    config = load_config(Path(__file__).resolve().parents[1] / "experiments/configs/lfm2k/gan.yaml")
+    args = config.model.args
+    assert config.model.name == "gan" and args["fill"] == "gan" and args["hide_fraction"] == 0.3
+    assert set(args["gan"]) <= set(train_gan.__code__.co_varnames[:train_gan.__code__.co_argcount
+                                                                   + train_gan.__code__.co_kwonlyargcount])
