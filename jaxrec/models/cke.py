@@ -204,7 +204,7 @@ class CKE(nn.Module):
         """(S, n, k) projections :math:`e M_r` of the (S, n) ``nodes`` of S triples of
         ``relations`` (S,). Three exact ways, picked by cost at trace time: a gathered stack
         of (S, d, k) matrices costs, in the backward pass, an S-row scatter-add of d*k floats
-        each (60x slower than the rest on CPU for lfm2k); with few relations, every row goes
+        each (on CPU it made the whole lfm2k CKE step about 6x slower); with few relations, every row goes
         through every :math:`M_r` in one matmul and each triple picks its own -- or, when
         the node table is smaller than the batch, the whole table is projected once."""
         d, k, n_relations = self.embedding_size, self.kg_embedding_size, self.n_relations
