@@ -14,7 +14,7 @@ from jaxrec import eval as jeval
 from jaxrec import models
 from jaxrec.data import Interactions, Modality, MultimodalDataset, make_synthetic, split_dataset
 from jaxrec.errors import ConfigError
-from jaxrec.models.fusion_mf import presence_patterns
+from jaxrec.models._modality_inputs import presence_patterns
 from jaxrec.train._state import _init_both
 
 # Presence of (text, image, audio) per item: five patterns, item 3 has no modality at all.

@@ -80,116 +80,25 @@ References:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import linen as nn
 
 from jaxrec import fusion as jfusion
-from jaxrec import losses
-from jaxrec.errors import ConfigError
-from jaxrec.models._registry import Built, register
-from jaxrec.models.sidemf import (
-    check_choice,
-    check_positive_int,
-    item_side_features,
-    trained_item_mask,
-    training_pairs,
-    xavier_normal,
+from jaxrec.models._modality_inputs import (
+    batch_items,
+    bpr_with_emb_loss,
+    check_widths,
+    gather_rows,
+    modality_inputs,
+    presence_patterns,
 )
+from jaxrec.models._registry import Built, register
+from jaxrec.models.sidemf import check_choice, check_positive_int, trained_item_mask, xavier_normal
 
 FUSIONS = ("attention", "gated", "ensemble", "early")
 GATE_CONTEXTS = ("user", "item")
 WEIGHTINGS = ("softmax", "nonneg")
-
-
-# ---- pieces shared by the fusion, kernel and subspace models -----------------------------
-
-
-def modality_inputs(dataset, modalities: Sequence[str] | None, *, scaling: str, model: str):
-    """Per-modality item features and presence masks.
-
-    Returns:
-      ``(features, masks, names)``: M float32 arrays (n_items, d_m), scaled as
-      :func:`jaxrec.models.sidemf.item_side_features` does (absent rows zero), M bool arrays
-      (n_items,), and the modality names.
-    """
-    features, dims, names = item_side_features(dataset, modalities, scaling=scaling, model=model)
-    bounds = np.cumsum((0,) + dims)
-    blocks = [np.ascontiguousarray(features[:, a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
-    masks = [np.asarray(dataset.modalities[name].mask, bool) for name in names]
-    return blocks, masks, names
-
-
-def presence_patterns(masks: Sequence[np.ndarray]) -> tuple[tuple[tuple[bool, ...], ...], np.ndarray]:
-    """The distinct non-empty modality-presence patterns of the items, and each item's.
-
-    Returns:
-      ``(patterns, index)``: a tuple of M-tuples of bools (sorted), and an (n_items,) int32
-      index into it, -1 for items with no modality.
-    """
-    present = np.stack([np.asarray(m, bool) for m in masks], axis=1)
-    unique, inverse = np.unique(present, axis=0, return_inverse=True)
-    keep = unique.any(axis=1)
-    position = np.full(len(unique), -1, np.int32)
-    position[keep] = np.arange(int(keep.sum()), dtype=np.int32)
-    patterns = tuple(tuple(bool(b) for b in row) for row in unique[keep])
-    return patterns, position[np.ravel(inverse)]
-
-
-def check_widths(value, name: str, model: str) -> tuple[int, ...]:
-    """A list of positive layer widths (possibly empty) as a tuple."""
-    if value is None:
-        return ()
-    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
-        raise ConfigError(f"model {model}: {name} must be a list of layer widths; found {value!r}")
-    for width in value:
-        check_positive_int(width, name, model)
-    return tuple(int(w) for w in value)
-
-
-def gather_rows(compute, n_rows: int, items: jax.Array):
-    """``compute(rows)`` (per-row item vectors) at ``items`` of any shape.
-
-    Computes every row once and gathers when the batch holds at least as many item slots as
-    there are items (cheaper on small catalogues), else only the batch's rows; the two give
-    the same numbers.
-    """
-    if items.size >= n_rows:
-        return compute(jnp.arange(n_rows))[items]
-    flat = compute(items.reshape(-1))
-    return flat.reshape(items.shape + flat.shape[1:])
-
-
-def bpr_with_emb_loss(pos_scores, neg_scores, user_vectors, pos_vectors, neg_vectors, pairs):
-    """``{"bpr", "reg"}``: BPR over the valid pairs, and MMRec's ``EmbLoss`` of the pairs' vectors.
-
-    Args:
-      pos_scores: (B,) positive scores.
-      neg_scores: (B, K) negative scores.
-      user_vectors: (B, D) the users' vectors (whose dot products with the items' are the scores).
-      pos_vectors: (B, D) the positives' vectors.
-      neg_vectors: (B, K, D) the negatives' vectors.
-      pairs: (B, K) bool, the pairs that count (real rows, trained negatives).
-
-    Returns:
-      ``bpr`` the mean softplus of the valid pairs' margins; ``reg`` the Frobenius norms (not
-      squared) of the stacked pairs' user, positive and negative vectors over the pair count
-      (with one negative per real row, exactly MMRec's ``EmbLoss``).
-    """
-    weight = pairs.astype(pos_scores.dtype)[..., None]
-    n_pairs = jnp.maximum(jnp.sum(pairs), 1).astype(pos_scores.dtype)
-    reg = losses.l2_mean_norm(user_vectors[:, None, :] * weight, pos_vectors[:, None, :] * weight,
-                              neg_vectors * weight, batch_size=n_pairs)
-    return {"bpr": losses.bpr(pos_scores, neg_scores, where=pairs), "reg": reg}
-
-
-def batch_items(batch, trained):
-    """``(items (B, 1 + K) [positive, negatives...], pairs (B, K))`` of a batch."""
-    negatives, pairs = training_pairs(batch, jnp.asarray(trained))
-    return jnp.concatenate([jnp.asarray(batch["pos_items"])[:, None], negatives], axis=1), pairs
 
 
 # ---- the model ---------------------------------------------------------------------------
@@ -397,7 +306,8 @@ def build_fusion(dataset, *, fusion: str, model: str, embedding_size: int = 64,
     patterns, pattern_index = presence_patterns(masks)
     module = FusionMF(n_users=dataset.n_users, n_items=dataset.n_items,
                       modality_dims=tuple(x.shape[1] for x in features), patterns=patterns, fusion=fusion,
-                      embedding_size=embedding_size, encoder_hidden=check_widths(encoder_hidden, "encoder_hidden", model),
+                      embedding_size=embedding_size,
+                      encoder_hidden=check_widths(encoder_hidden, "encoder_hidden", model),
                       attention_hidden=check_widths(attention_hidden, "attention_hidden", model),
                       gate_context=gate_context, weighting=weighting)
     ctx = {"modalities": features, "masks": masks, "trained": trained_item_mask(dataset), "pattern": pattern_index}

@@ -22,7 +22,9 @@ so the model is BPR-MF whose item factors live in (a learned projection of) the 
 of the modalities' reproducing-kernel Hilbert spaces, and :math:`w_m` say how much each
 modality's similarity counts. With a learned :math:`A` the weights are not identifiable (a
 block of :math:`A` can absorb :math:`\sqrt{w_m}`); they then only reparametrize the
-optimization, and are meaningful as kernel weights with ``projection=False``. Feature maps (``kernels``, one per modality or one for all):
+optimization, and are meaningful as kernel weights with ``projection=False``.
+
+Feature maps (``kernels``, one per modality or one for all):
 ``linear``, ``cosine`` (unit rows) and ``polynomial`` (exact; its width grows as
 :math:`d^\text{degree}`, so only for small d) are computed by ``KernelEncoding`` each step;
 ``rbf`` uses random Fourier features, drawn once in the builder from ``kernel_seed`` and
@@ -32,7 +34,8 @@ keeps its own draw in a non-trainable ``"constants"`` collection that the traine
 carries ``params`` only, does not hold.
 
 Loss: BPR plus MMRec's ``EmbLoss`` on the batch's user vectors :math:`p_u` and full item
-vectors :math:`q_i` (:func:`jaxrec.models.fusion_mf.bpr_with_emb_loss`), ``loss_weights: {reg: λ}``. Items without
+vectors :math:`q_i` (:func:`jaxrec.models._modality_inputs.bpr_with_emb_loss`),
+``loss_weights: {reg: λ}``. Items without
 a train interaction (cold-start items) are scored from :math:`A\Phi(x_i)` alone: their ID
 embedding is masked and they are never training negatives.
 
@@ -54,7 +57,7 @@ from flax import linen as nn
 from jaxrec import fusion as jfusion
 from jaxrec.errors import ConfigError
 from jaxrec.models._registry import Built, register
-from jaxrec.models.fusion_mf import batch_items, bpr_with_emb_loss, gather_rows, modality_inputs
+from jaxrec.models._modality_inputs import batch_items, bpr_with_emb_loss, gather_rows, modality_inputs
 from jaxrec.models.sidemf import check_positive_int, trained_item_mask, xavier_normal
 
 _SPEC_KEYS = ("kind", "degree", "coef0", "gamma", "num_features")

@@ -33,7 +33,7 @@ the :math:`W_m` are used as they are and only the reconstruction term holds them
 manifold.
 
 Loss terms: ``bpr``, ``reg`` (MMRec's ``EmbLoss`` on the batch's :math:`p_u` and full item
-vectors :math:`q_i`, as :func:`jaxrec.models.fusion_mf.bpr_with_emb_loss`) and ``subspace``. Cold-start items are
+vectors :math:`q_i`, as :func:`jaxrec.models._modality_inputs.bpr_with_emb_loss`) and ``subspace``. Cold-start items are
 scored from :math:`B^\top z_i` alone (ID embedding masked, never a training negative).
 
 References:
@@ -51,7 +51,7 @@ from flax import linen as nn
 from jaxrec import fusion as jfusion
 from jaxrec.errors import ConfigError
 from jaxrec.models._registry import Built, register
-from jaxrec.models.fusion_mf import batch_items, bpr_with_emb_loss, gather_rows, modality_inputs
+from jaxrec.models._modality_inputs import batch_items, bpr_with_emb_loss, gather_rows, modality_inputs
 from jaxrec.models.sidemf import check_positive_int, trained_item_mask, xavier_normal
 
 
