@@ -14,6 +14,7 @@ from scipy import stats
 
 from jaxrec.data.graph import (BipartiteGraph, DevicePairs, edge_sampling_weights, kept_edge_count,
                                normalized_adjacency, prune_edges, prune_edges_jax)
+from jaxrec.data.graph._prune import _largest_mask
 from jaxrec.errors import ConfigError
 
 # Degrees differ a lot, so 1/sqrt(d_u d_i) spans a wide range: user 0 and item 0 are hubs.
@@ -138,3 +139,15 @@ def test_multi_draw_inclusion_matches_successive_sampling_without_replacement():
     # With-replacement-free inclusion is not proportional to the weights: the test can tell.
     proportional = n_keep * weights / weights.sum()
     assert np.max(np.abs(exact - proportional)) > 0.05
+
+
+def test_device_selection_of_the_largest_keys_handles_ties_by_index():
+    rng = np.random.default_rng(20)
+    select = jax.jit(_largest_mask, static_argnums=1)
+    for _ in range(3):
+        values = rng.choice(np.array([-3.5, -1.0, 0.0, 0.25, 2.0, 7.0, np.inf, -np.inf], np.float32), 60)
+        order = np.lexsort((np.arange(60), -values.astype(np.float64)))  # value desc, then index asc
+        for count in (0, 1, 13, 30, 59, 60):
+            expected = np.zeros(60, bool)
+            expected[order[:count]] = True
+            np.testing.assert_array_equal(select(values, count), expected)

@@ -136,10 +136,25 @@ def prune_edges_jax(key: jax.Array, pairs, *, n_users: int, n_items: int, n_keep
         raise ConfigError(f"n_keep must be in [0, {users.shape[0]}], got {n_keep}")
     n_edges = users.shape[0]
     keys = log_weights + jax.random.gumbel(key, (n_edges,), jnp.float32)
-    # Select the smaller side: keeping 20% costs a top-k of 20%, dropping 10% a top-k of 10%.
-    if n_keep <= n_edges - n_keep:
-        keep_mask = jnp.zeros(n_edges, bool).at[jax.lax.top_k(keys, n_keep)[1]].set(True)
-    else:
-        drop = jax.lax.top_k(-keys, n_edges - n_keep)[1]
-        keep_mask = jnp.ones(n_edges, bool).at[drop].set(False)
-    return _kept_graph_edges(users, items, keep_mask, item_order, n_users, n_items, jnp, n_keep)
+    return _kept_graph_edges(users, items, _largest_mask(keys, n_keep), item_order, n_users, n_items, jnp, n_keep)
+
+
+def _largest_mask(values: jax.Array, count: int) -> jax.Array:
+    """Boolean mask of the ``count`` largest values, ties at the threshold taken by index.
+
+    A radix select on the order-preserving unsigned-integer image of the floats (-0.0 ranks
+    below 0.0): 32 counting passes of O(E) each. ``lax.top_k`` with k in the millions was
+    about 6x slower on 2M keys on CPU.
+    """
+    bits = jax.lax.bitcast_convert_type(values.astype(jnp.float32), jnp.uint32)
+    sortable = jnp.where(bits >> 31 == 1, ~bits, bits | jnp.uint32(1 << 31))
+
+    def refine(bit, threshold):
+        candidate = threshold | (jnp.uint32(1) << (31 - bit).astype(jnp.uint32))
+        return jnp.where(jnp.sum(sortable >= candidate) >= count, candidate, threshold)
+
+    threshold = jax.lax.fori_loop(0, 32, refine, jnp.uint32(0))  # the count-th largest key
+    above = sortable > threshold
+    at = sortable == threshold
+    n_at_needed = count - jnp.sum(above)
+    return above | (at & (jnp.cumsum(at) <= n_at_needed)) if count > 0 else jnp.zeros_like(above)
