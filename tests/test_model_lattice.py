@@ -1,0 +1,267 @@
+"""LATTICE: the chunked learned kNN, the learned + initial item graph, encode and the loss terms
+against dense numpy re-implementations of MMRec's LATTICE; the "epoch" mode; gradients;
+learning; pmap."""
+
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxrec import eval as jeval
+from jaxrec import models
+from jaxrec.data import make_synthetic
+from jaxrec.errors import ConfigError
+from jaxrec.models.lattice import LATTICE, knn_indices, refresh_learned_graph
+
+
+# ---- dense numpy references (MMRec's src/models/lattice.py and src/utils/utils.py) ---------
+
+def _numpy_knn(features, k):
+    """build_sim + build_knn_neighbourhood: the k largest cosine similarities of each row kept
+    (weighted), the item itself first."""
+    x = features / np.linalg.norm(features, axis=1, keepdims=True)
+    sims = x @ x.T
+    ranked = sims.copy()
+    np.fill_diagonal(ranked, np.inf)
+    neighbours = np.argsort(-ranked, axis=1, kind="stable")[:, :k]
+    adj = np.zeros_like(sims)
+    np.put_along_axis(adj, neighbours, np.take_along_axis(sims, neighbours, axis=1), axis=1)
+    return adj, neighbours
+
+
+def _laplacian(adj):
+    """compute_normalized_laplacian: D^-1/2 A D^-1/2 with row sums, inf -> 0."""
+    d = adj.sum(1)
+    scale = np.where(d > 0, 1.0 / np.sqrt(np.where(d > 0, d, 1.0)), 0.0)
+    return adj * scale[:, None] * scale[None, :]
+
+
+def _softmax(x):
+    e = np.exp(x - x.max())
+    return e / e.sum()
+
+
+def _numpy_item_graph(params, raw_features, k, lambda_coeff):
+    """LATTICE.forward(build_item_graph=True)'s item_adj, dense."""
+    alpha = _softmax(params["modal_weight"])
+    learned, original = 0.0, 0.0
+    for m, raw in enumerate(raw_features):
+        table = params[f"features_{m}"]["table"] if f"features_{m}" in params else raw
+        projected = table @ params[f"projection_{m}"]["kernel"] + params[f"projection_{m}"]["bias"]
+        learned = learned + alpha[m] * _numpy_knn(projected, k)[0]
+        original = original + alpha[m] * _laplacian(_numpy_knn(raw, k)[0])
+    return (1 - lambda_coeff) * _laplacian(learned) + lambda_coeff * original
+
+
+def _numpy_encode(params, item_graph, train_pairs, n_users, n_items, n_ui_layers, n_layers):
+    """LATTICE.forward with cf_model=lightgcn: D^-1 (A + I) user-item graph, layer mean, plus
+    the L2-normalized item-graph embedding."""
+    n = n_users + n_items
+    adj = np.zeros((n, n))
+    adj[train_pairs[:, 0], train_pairs[:, 1] + n_users] = 1.0
+    adj[train_pairs[:, 1] + n_users, train_pairs[:, 0]] = 1.0
+    adj += np.eye(n)
+    adj /= adj.sum(1, keepdims=True)
+    ego = np.concatenate([params["user_embedding"], params["item_embedding"]])
+    layers = [ego]
+    for _ in range(n_ui_layers):
+        layers.append(adj @ layers[-1])
+    mean = np.mean(layers, axis=0)
+    h = params["item_embedding"]
+    for _ in range(n_layers):
+        h = item_graph @ h
+    h = h / np.maximum(np.linalg.norm(h, axis=1, keepdims=True), 1e-12)
+    return mean[:n_users], mean[n_users:] + h
+
+
+def _small(seed=0, n_users=40, n_items=30, n_interactions=400):
+    return make_synthetic(n_users, n_items, n_interactions=n_interactions, dims={"text": 6, "image": 5}, seed=seed)
+
+
+def _host(tree):
+    return jax.tree.map(lambda a: np.asarray(a, np.float64), jax.device_get(tree))
+
+
+def _init(built, seed=1):
+    params = built.module.init(jax.random.PRNGKey(seed), built.ctx, False, method="encode")["params"]
+    # Unequal modality weights, so that the softmax is really exercised.
+    return {**params, "modal_weight": jnp.asarray([0.9, -0.4][:params["modal_weight"].shape[0]])}
+
+
+# ---- the chunked kNN -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("block_size", [1, 7, 30, 64])
+def test_knn_indices_equal_a_dense_top_k(block_size):
+    features = np.random.default_rng(0).standard_normal((30, 4)).astype(np.float32)
+    expected = _numpy_knn(features.astype(np.float64), 5)[1]
+    found = jax.jit(lambda x: knn_indices(x, 5, block_size=block_size))(features)
+    np.testing.assert_array_equal(np.asarray(found), expected)
+    assert np.all(np.asarray(found)[:, 0] == np.arange(30))
+
+
+def test_knn_indices_checks_k():
+    with pytest.raises(ConfigError, match="k must be"):
+        knn_indices(jnp.ones((3, 2)), 4)
+
+
+# ---- the item graph, encode, the loss terms ------------------------------------------------
+
+@pytest.mark.parametrize("train_features", [True, False])
+def test_item_graph_equals_dense_numpy(train_features):
+    data = _small()
+    k, lam = 4, 0.7
+    built = models.build("lattice", data, embedding_size=8, feat_embed_dim=3, knn_k=k, lambda_coeff=lam,
+                         modalities=["image", "text"], train_features=train_features, knn_block_size=7,
+                         graph_cache="none")
+    params = _init(built)
+    raw = [data.modalities[name].features.astype(np.float64) for name in ("image", "text")]
+    expected = _numpy_item_graph(_host(params), raw, k, lam)
+    learned, original = built.module.apply({"params": params}, built.ctx, method="item_graphs")
+    found = (1 - lam) * learned.to_dense(data.n_items) + lam * original.to_dense(data.n_items)
+    np.testing.assert_allclose(found, expected, rtol=1e-4, atol=1e-6)
+    # The learned part alone is a symmetric-normalized graph of k neighbours per modality.
+    assert learned.n_edges == data.n_items * 2 * k
+
+
+def test_encode_and_loss_terms_match_mmrec_lattice_in_numpy():
+    data = _small(seed=1)
+    k, lam = 3, 0.9
+    built = models.build("lattice", data, embedding_size=8, feat_embed_dim=4, knn_k=k, lambda_coeff=lam,
+                         n_layers=2, n_ui_layers=2, modalities=["image", "text"], graph_cache="none")
+    params = _init(built)
+    host = _host(params)
+    raw = [data.modalities[name].features.astype(np.float64) for name in ("image", "text")]
+    item_graph = _numpy_item_graph(host, raw, k, lam)
+    train = np.unique(data.split_pairs("train"), axis=0)
+    expected_u, expected_i = _numpy_encode(host, item_graph, train, data.n_users, data.n_items, 2, 2)
+    user_emb, item_emb = built.module.apply({"params": params}, built.ctx, method="encode")
+    np.testing.assert_allclose(np.asarray(user_emb), expected_u, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(item_emb), expected_i, rtol=1e-4, atol=1e-5)
+
+    # bpr_loss: -mean log sigmoid(pos - neg); reg = 1/2 (|u|^2 + |i|^2 + |j|^2) / batch_size over
+    # the real rows, batch_size the configured size (padding rows count in B, not in the norms).
+    rng = np.random.default_rng(0)
+    users, pos, neg = rng.integers(0, data.n_users, 12), rng.integers(0, data.n_items, 12), rng.integers(0, data.n_items, 12)
+    weights = np.array([1.0] * 10 + [0.0] * 2, np.float32)
+    terms = built.module.apply({"params": params}, built.ctx, {"users": users, "pos_items": pos,
+                                                                "neg_items": neg[:, None], "weights": weights},
+                               True, method="loss_terms")
+    keep = weights > 0
+    u, p, n = expected_u[users[keep]], expected_i[pos[keep]], expected_i[neg[keep]]
+    np.testing.assert_allclose(float(terms["bpr"]), np.mean(np.logaddexp(0, -((u * p).sum(1) - (u * n).sum(1)))),
+                               rtol=1e-5)
+    np.testing.assert_allclose(float(terms["reg"]), 0.5 * ((u ** 2).sum() + (p ** 2).sum() + (n ** 2).sum()) / 12,
+                               rtol=1e-5)
+
+
+def test_epoch_mode_uses_refreshed_neighbours():
+    data = _small(seed=2)
+    kwargs = dict(embedding_size=8, feat_embed_dim=4, knn_k=3, modalities=["image", "text"], graph_cache="none")
+    step = models.build("lattice", data, **kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        epoch = models.build("lattice", data, learned_graph="epoch", **kwargs)
+    params = _init(step)
+    # Before a refresh: the initial graphs' neighbours (of the raw features).
+    raw_neighbours = np.concatenate([_numpy_knn(data.modalities[n].features.astype(np.float64), 3)[1]
+                                     for n in ("image", "text")], axis=1)
+    np.testing.assert_array_equal(np.asarray(epoch.ctx["learned_neighbours"]), raw_neighbours)
+    refreshed = refresh_learned_graph(epoch.module, params, epoch.ctx)
+    expected = step.module.apply({"params": params}, step.ctx, method="encode")
+    found = epoch.module.apply({"params": params}, refreshed, method="encode")
+    for a, b in zip(found, expected):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+    stale = epoch.module.apply({"params": params}, epoch.ctx, method="encode")
+    assert not np.allclose(np.asarray(stale[1]), np.asarray(expected[1]))
+
+
+def test_gradient_matches_finite_differences():
+    data = _small(seed=3, n_users=12, n_items=10, n_interactions=60)
+    built = models.build("lattice", data, embedding_size=4, feat_embed_dim=3, knn_k=3, modalities=["text", "image"],
+                         graph_cache="none")
+    batch = {"users": np.array([0, 3, 7]), "pos_items": np.array([1, 4, 9]), "neg_items": np.array([[2], [0], [5]])}
+    with jax.enable_x64():
+        ctx = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64) if jnp.issubdtype(a.dtype, jnp.floating) else a,
+                           built.ctx)
+        params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), _init(built))
+
+        @jax.jit
+        def loss(p):
+            terms = built.module.apply({"params": p}, ctx, batch, True, method="loss_terms")
+            return terms["bpr"] + 0.1 * terms["reg"]
+
+        # The kNN choice is piecewise constant: small steps keep it fixed, and the gradient
+        # flows through the chosen entries (the learned similarities) and everything else.
+        jax.test_util.check_grads(loss, (params,), order=1, modes=["rev"], eps=1e-6, atol=1e-5, rtol=1e-4)
+        grads = jax.grad(loss)(params)
+        assert float(jnp.abs(grads["projection_0"]["kernel"]).max()) > 0
+        assert float(jnp.abs(grads["modal_weight"]).max()) > 0
+
+
+def test_builder_checks():
+    data = _small()
+    with pytest.raises(ConfigError, match="learned_graph"):
+        models.build("lattice", data, learned_graph="batch", graph_cache="none")
+    with pytest.raises(ConfigError, match="lambda_coeff"):
+        models.build("lattice", data, lambda_coeff=1.5, graph_cache="none")
+    with pytest.raises(ConfigError, match="knn_k"):
+        models.build("lattice", data, knn_k=31, graph_cache="none")
+    with pytest.raises(ConfigError, match="graph_cache"):
+        models.build("lattice", data, graph_cache=3)
+    assert isinstance(models.build("lattice", data, knn_k=2, graph_cache="none").module, LATTICE)
+
+
+# ---- learning and parallelism -------------------------------------------------------------
+
+_SYNTHETIC = dict(n_users=300, n_items=200, n_interactions=9000, dims={"text": 16, "image": 8}, seed=3,
+                  popularity_skew=0.5, temperature=0.3)
+
+
+def test_learns_better_than_popularity(tmp_path):
+    from jaxrec.train import config_from_dict, train_and_evaluate
+
+    dataset = make_synthetic(**_SYNTHETIC)
+    config = config_from_dict({
+        "data": {"synthetic": {}},
+        "model": {"name": "lattice", "args": {"embedding_size": 16, "feat_embed_dim": 8, "knn_k": 5,
+                                              "graph_cache": "none"}},
+        "train": {"epochs": 15, "batch_size": 512, "learning_rate": 0.01, "patience": 15, "seed": 0,
+                  "checkpoint_every": 15},
+        "eval": {"ks": [20], "metrics": ["recall"]},
+        "loss_weights": {"reg": 1e-4},
+    })
+    metrics = train_and_evaluate(config, tmp_path / "run", dataset=dataset, quiet=True)
+    popularity = np.bincount(dataset.split_pairs("train")[:, 1], minlength=dataset.n_items).astype(np.float32)
+    baseline = jeval.evaluate_protocol(
+        np.ones((dataset.n_users, 1), np.float32), popularity[:, None], split="test",
+        train_pairs=dataset.split_pairs("train"), valid_pairs=dataset.split_pairs("valid"),
+        test_pairs=dataset.split_pairs("test"), ks=[20], metrics=["recall"])["recall@20"]
+    assert metrics["test"]["recall@20"] > 1.3 * baseline, (metrics["test"], baseline)
+
+
+def test_pmap_on_four_devices_matches_one_device():
+    from jaxrec.train import EpochSampler, StepRunner, TrainConfig, init_state, make_optimizer
+
+    assert jax.device_count() >= 4
+    dataset = make_synthetic(80, 60, n_interactions=1200, dims={"text": 8, "image": 4}, seed=1)
+    built = models.build("lattice", dataset, embedding_size=8, feat_embed_dim=4, knn_k=3, graph_cache="none")
+    sampler = EpochSampler(dataset, batch_size=64, n_negatives=1, seed=0)
+    batches = {k: v[:3] for k, v in sampler.batches(0).items()}
+    tx = make_optimizer(TrainConfig(learning_rate=0.05), sampler.steps_per_epoch)
+    start = jax.device_get(init_state(built.module, built.ctx, sampler.example_batch(), tx, seed=0))
+    # Both terms are per-example means over the device's rows, so they average exactly.
+    weights = {"bpr": 1.0, "reg": 0.01}
+    results = {}
+    for parallel in ("none", "pmap"):
+        runner = StepRunner(built.module, tx, weights, parallel=parallel, batch_size=64)
+        state, metrics = runner.run(runner.put_state(start), runner.put_ctx(built.ctx), runner.put_batches(batches))
+        results[parallel] = (jax.device_get(runner.get_state(state)), np.asarray(metrics.loss), runner.n_devices)
+    (single, single_loss, _), (pmapped, pmap_loss, n_devices) = results["none"], results["pmap"]
+    assert n_devices == 4 and np.all(np.isfinite(pmap_loss))
+    np.testing.assert_allclose(single_loss, pmap_loss, rtol=1e-5)
+    moved = dict(jax.tree_util.tree_leaves_with_path(pmapped.params))
+    for path, value in jax.tree_util.tree_leaves_with_path(single.params):
+        np.testing.assert_allclose(moved[path], value, rtol=5e-5, atol=5e-6, err_msg=str(path))
+    assert not np.allclose(single.params["projection_0"]["kernel"], start.params["projection_0"]["kernel"])
