@@ -1,0 +1,194 @@
+"""MMGCN: the forward pass and loss terms against a numpy re-implementation of MMRec's MMGCN,
+frozen tables (MMRec's code), learning, pmap, arguments."""
+
+import jax
+import numpy as np
+import pytest
+
+from jaxrec import eval as jeval
+from jaxrec import models
+from jaxrec.data import Interactions, Modality, MultimodalDataset, make_synthetic
+from jaxrec.errors import ConfigError
+
+
+def _dataset():
+    """6 users, 8 items, two modalities; item 7 has no train interaction."""
+    rng = np.random.default_rng(0)
+    pairs = sorted({(u, i) for u in range(6) for i in rng.choice(7, 3, replace=False)})
+    users, items = (np.array(c) for c in zip(*pairs))
+    split = np.zeros(len(users), np.int8)
+    users, items = np.append(users, [0, 3]), np.append(items, [7, 7])
+    split = np.append(split, [1, 2]).astype(np.int8)
+    modalities = {"audio": Modality("audio", rng.normal(size=(8, 5)).astype(np.float32), np.ones(8, bool)),
+                  "text": Modality("text", rng.normal(size=(8, 3)).astype(np.float32), np.ones(8, bool))}
+    return MultimodalDataset("mm", 6, 8, Interactions(users, items, split), modalities=modalities)
+
+
+def _leaky(x):
+    return np.where(x > 0, x, 0.01 * x)
+
+
+def _numpy_gcn(dataset, features, params, id_embedding, concat, n_layers=3):
+    """MMRec's GCN.forward (src/models/mmgcn.py) in numpy: PyG mean aggregation over the
+    train graph (both directions), no self-loops."""
+    n = dataset.n_users + dataset.n_items
+    train = np.unique(dataset.split_pairs("train"), axis=0)
+    adjacency = np.zeros((n, n))
+    adjacency[train[:, 0], dataset.n_users + train[:, 1]] = 1
+    adjacency[dataset.n_users + train[:, 1], train[:, 0]] = 1
+    degree = adjacency.sum(1, keepdims=True)
+    mean_of_neighbours = np.divide(adjacency, degree, out=np.zeros_like(adjacency), where=degree > 0)
+    if "projection" in params:
+        features = features @ params["projection"]["kernel"] + params["projection"]["bias"]
+    x = np.concatenate([params["preference"], features]).astype(np.float64)
+    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    for layer in range(1, n_layers + 1):
+        h = _leaky(mean_of_neighbours @ (x @ params[f"conv_{layer}"]))
+        linear, combine = params[f"linear_{layer}"], params[f"combine_{layer}"]
+        x_hat = _leaky(x @ linear["kernel"] + linear["bias"]) + id_embedding
+        if concat:
+            x = _leaky(np.concatenate([h, x_hat], axis=1) @ combine["kernel"] + combine["bias"])
+        else:
+            x = _leaky(h @ combine["kernel"] + combine["bias"] + x_hat)
+    return x
+
+
+def _numpy_representation(dataset, params, concat):
+    outputs = [_numpy_gcn(dataset, dataset.modalities[name].features, params[f"gcn_{name}"],
+                          params["id_embedding"], concat) for name in ("audio", "text")]
+    return (outputs[0] + outputs[1]) / 2
+
+
+def _params(built, seed=0):
+    variables = built.module.init(jax.random.PRNGKey(seed), built.ctx, False, method="encode")
+    return jax.tree.map(np.asarray, variables["params"])
+
+
+@pytest.mark.parametrize("concat", [True, False])
+def test_forward_matches_numpy_mmrec(concat):
+    dataset = _dataset()
+    built = models.build("mmgcn", dataset, latent_dims={"audio": 4}, embedding_size=3, concat=concat)
+    params = _params(built)
+    assert params["gcn_audio"]["preference"].shape == (6, 4)  # projected modality: preferences of width 4
+    assert params["gcn_text"]["preference"].shape == (6, 3)  # raw modality: of the feature width
+    assert "projection" not in params["gcn_text"]
+    users, items = built.module.apply({"params": params}, built.ctx, False, method="encode")
+    expected = _numpy_representation(dataset, params, concat)
+    np.testing.assert_allclose(users, expected[:6], rtol=2e-5, atol=1e-6)
+    np.testing.assert_allclose(items, expected[6:], rtol=2e-5, atol=1e-6)
+
+
+def test_loss_terms_match_numpy_mmrec_with_padding_rows():
+    dataset = _dataset()
+    built = models.build("mmgcn", dataset, latent_dims={"audio": 4}, embedding_size=3)
+    params = _params(built, seed=1)
+    rng = np.random.default_rng(3)
+    users, pos, neg = rng.integers(0, 6, 9), rng.integers(0, 8, 9), rng.integers(0, 8, 9)
+    weights = np.array([1] * 6 + [0] * 3, np.float32)
+    batch = {"users": users, "pos_items": pos, "neg_items": neg[:, None], "weights": weights}
+    terms = built.module.apply({"params": params}, built.ctx, batch, True, method="loss_terms")
+
+    # MMRec's calculate_loss on the real rows: user_tensor = users repeated twice, item_tensor =
+    # (pos, neg) interleaved; reg = mean(id[user]^2 + id[item]^2) + mean(preference^2) per modality.
+    keep = weights > 0
+    u, p, n = users[keep], pos[keep] + 6, neg[keep] + 6
+    out = _numpy_representation(dataset, params, True)
+    score = np.stack([(out[u] * out[p]).sum(1), (out[u] * out[n]).sum(1)], axis=1)
+    bpr = -np.mean(np.log(1 / (1 + np.exp(-(score @ np.array([1.0, -1.0]))))))
+    ids = params["id_embedding"].astype(np.float64)
+    user_tensor, item_tensor = np.repeat(u, 2), np.stack([p, n], axis=1).ravel()
+    reg = (ids[user_tensor] ** 2 + ids[item_tensor] ** 2).mean()
+    reg += sum((params[f"gcn_{m}"]["preference"].astype(np.float64) ** 2).mean() for m in ("audio", "text"))
+    np.testing.assert_allclose(float(terms["bpr"]), bpr, rtol=1e-5)
+    np.testing.assert_allclose(float(terms["reg"]), reg, rtol=1e-5)
+
+
+def test_frozen_tables_get_no_gradient():
+    dataset = _dataset()
+    batch = {"users": np.array([0, 1, 4]), "pos_items": np.array([1, 2, 3]), "neg_items": np.array([[5], [7], [0]])}
+    for learn in (False, True):
+        built = models.build("mmgcn", dataset, latent_dims={"audio": 4}, embedding_size=3, learn_embeddings=learn)
+        params = _params(built)
+        grads = jax.grad(lambda p: sum(built.module.apply({"params": p}, built.ctx, batch, True,
+                                                          method="loss_terms").values()))(params)
+        frozen = [grads["id_embedding"], grads["gcn_audio"]["preference"], grads["gcn_text"]["preference"]]
+        assert all(np.any(g != 0) for g in frozen) == learn
+        assert all(np.all(g == 0) for g in frozen) != learn
+        assert np.any(grads["gcn_audio"]["conv_1"] != 0) and np.any(grads["gcn_text"]["combine_3"]["kernel"] != 0)
+
+
+def test_torch_initializations():
+    dataset = make_synthetic(400, 300, n_interactions=3000, dims={"text": 200}, seed=0)
+    built = models.build("mmgcn", dataset, latent_dims={"text": 256})
+    gcn = _params(built)["gcn_text"]
+    # Xavier-normal (n, d) tables and conv weights; torch's Linear default U(+-1/sqrt(fan_in)).
+    np.testing.assert_allclose(gcn["preference"].std(), np.sqrt(2 / (400 + 256)), rtol=0.03)
+    np.testing.assert_allclose(gcn["conv_1"].std(), np.sqrt(2 / (256 + 256)), rtol=0.03)
+    bound = 1 / np.sqrt(200)
+    kernel = gcn["projection"]["kernel"]
+    assert kernel.shape == (200, 256) and np.abs(kernel).max() <= bound and np.abs(kernel).max() > 0.98 * bound
+    assert np.abs(gcn["combine_2"]["kernel"]).max() <= 1 / np.sqrt(128)  # 64 + 64 inputs, default init
+    np.testing.assert_allclose(gcn["combine_1"]["kernel"].std(), np.sqrt(2 / (256 + 64 + 64)), rtol=0.05)
+
+
+def test_arguments_are_checked():
+    dataset = _dataset()
+    with pytest.raises(ConfigError, match="latent_dims"):
+        models.build("mmgcn", dataset, latent_dims={"image": 4})
+    with pytest.raises(ConfigError, match="latent_dims.audio"):
+        models.build("mmgcn", dataset, latent_dims={"audio": 0})
+    with pytest.raises(ConfigError, match="no modality 'video'"):
+        models.build("mmgcn", dataset, modalities=["video"])
+    with pytest.raises(ConfigError, match="learn_embeddings"):
+        models.build("mmgcn", dataset, learn_embeddings="yes")
+    with pytest.raises(ConfigError, match="n_layers"):
+        models.build("mmgcn", dataset, n_layers=0)
+    built = models.build("mmgcn", dataset, modalities=["text"])
+    assert built.module.modalities == ("text",) and built.default_loss_weights == {"bpr": 1.0, "reg": 0.0}
+
+
+def test_learns_better_than_popularity(tmp_path):
+    from jaxrec.train import config_from_dict, train_and_evaluate
+
+    dataset = make_synthetic(300, 200, n_interactions=9000, dims={"text": 32, "image": 24}, seed=3,
+                             popularity_skew=0.5, temperature=0.3)
+    config = config_from_dict({
+        "data": {"synthetic": {}},
+        "model": {"name": "mmgcn", "args": {"embedding_size": 16, "latent_dims": {"image": 16}}},
+        "train": {"epochs": 20, "batch_size": 512, "learning_rate": 0.01, "patience": 20, "seed": 0,
+                  "checkpoint_every": 20},
+        "eval": {"ks": [20], "metrics": ["recall"]},
+    })
+    metrics = train_and_evaluate(config, tmp_path / "run", dataset=dataset, quiet=True)
+    train = dataset.split_pairs("train")
+    popularity = np.bincount(train[:, 1], minlength=dataset.n_items).astype(np.float32)
+    baseline = jeval.evaluate_protocol(
+        np.ones((dataset.n_users, 1), np.float32), popularity[:, None], split="test", train_pairs=train,
+        valid_pairs=dataset.split_pairs("valid"), test_pairs=dataset.split_pairs("test"), ks=[20],
+        metrics=["recall"])["recall@20"]
+    assert metrics["test"]["recall@20"] > 1.5 * baseline, (metrics["test"], baseline)
+
+
+def test_pmap_on_four_devices_matches_one_device():
+    from jaxrec.train import EpochSampler, StepRunner, TrainConfig, init_state, make_optimizer
+
+    assert jax.device_count() >= 4
+    dataset = make_synthetic(80, 60, n_interactions=1200, dims={"text": 12, "image": 10}, seed=1)
+    built = models.build("mmgcn", dataset, embedding_size=8, latent_dims={"image": 8})
+    sampler = EpochSampler(dataset, batch_size=64, n_negatives=2, seed=0)
+    batches = {k: v[:3] for k, v in sampler.batches(0).items()}
+    assert batches["weights"].min() == 1.0
+    # Every term is a mean over rows (or, for the preferences, the same on every device), so the
+    # averaged per-device update is the single-device one. SGD keeps rounding differences small.
+    tx = make_optimizer(TrainConfig(optimizer="sgd", learning_rate=0.5), sampler.steps_per_epoch)
+    start = jax.device_get(init_state(built.module, built.ctx, sampler.example_batch(), tx, seed=0))
+    results = {}
+    for parallel in ("none", "pmap"):
+        runner = StepRunner(built.module, tx, {"bpr": 1.0, "reg": 0.1}, parallel=parallel, batch_size=64)
+        state, metrics = runner.run(runner.put_state(start), runner.put_ctx(built.ctx), runner.put_batches(batches))
+        results[parallel] = (jax.device_get(runner.get_state(state)), np.asarray(metrics.loss), runner.n_devices)
+    (single, single_loss, _), (pmapped, pmap_loss, n_devices) = results["none"], results["pmap"]
+    assert n_devices == 4
+    np.testing.assert_allclose(single_loss, pmap_loss, rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), pmapped.params, single.params)
+    assert not np.allclose(single.params["id_embedding"], start.params["id_embedding"])
