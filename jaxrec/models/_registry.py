@@ -15,7 +15,9 @@ A jaxrec model is a Flax linen ``Module`` with two entry points, both pure:
 modality features and masks, graph edge lists — passed as arguments to jitted functions,
 never closed over, so large arrays are not baked into compiled programs as constants.
 ``batch`` holds at least ``users`` (B,), ``pos_items`` (B,) and ``neg_items`` (B, n_neg)
-int32 arrays (plus ``ratings`` (B,) for rating models). Randomness in a model (dropout,
+int32 arrays (plus ``ratings`` (B,) for rating models), and ``weights`` (B,) float32: the
+epoch's last batch is padded to the static batch size with rows of weight 0, which a model
+must leave out of its terms (see ``jaxrec.models.bprmf``). Randomness in a model (dropout,
 edge dropout) comes from the ``"dropout"`` PRNG stream that the trainer passes to ``apply``.
 
 A model file registers a *builder*: a function ``build(dataset, **model_args) -> Built``
