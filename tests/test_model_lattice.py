@@ -92,13 +92,22 @@ def _init(built, seed=1):
 
 # ---- the chunked kNN -----------------------------------------------------------------------
 
-@pytest.mark.parametrize("block_size", [1, 7, 30, 64])
-def test_knn_indices_equal_a_dense_top_k(block_size):
+@pytest.mark.parametrize("block_size,column_block_size", [(1, 30), (7, 5), (30, 8), (64, 64)])
+def test_knn_indices_equal_a_dense_top_k(block_size, column_block_size):
     features = np.random.default_rng(0).standard_normal((30, 4)).astype(np.float32)
     expected = _numpy_knn(features.astype(np.float64), 5)[1]
-    found = jax.jit(lambda x: knn_indices(x, 5, block_size=block_size))(features)
+    found = jax.jit(lambda x: knn_indices(x, 5, block_size=block_size, column_block_size=column_block_size))(features)
     np.testing.assert_array_equal(np.asarray(found), expected)
     assert np.all(np.asarray(found)[:, 0] == np.arange(30))
+
+
+def test_knn_indices_rank_exact_ties_by_id():
+    # Rows 0-3 identical, 4-5 identical: ties must resolve to the lower id in every tiling.
+    features = np.array([[1, 0]] * 4 + [[0, 1]] * 2 + [[1, 1]], np.float32)
+    for block, columns in ((1, 3), (7, 7), (2, 4)):
+        found = np.asarray(knn_indices(features, 3, block_size=block, column_block_size=columns))
+        np.testing.assert_array_equal(found[1], [1, 0, 2])
+        np.testing.assert_array_equal(found[5], [5, 4, 6])
 
 
 def test_knn_indices_checks_k():

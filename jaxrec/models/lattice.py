@@ -108,41 +108,61 @@ def unit_rows(x: jax.Array) -> jax.Array:
     return x * jnp.where(squared > 0, jax.lax.rsqrt(jnp.where(squared > 0, squared, 1.0)), 0.0)
 
 
-def knn_indices(features: jax.Array, k: int, *, block_size: int = 1024) -> jax.Array:
-    r"""Each row's k most cosine-similar rows, itself first, in row blocks (jit-friendly).
+def knn_indices(features: jax.Array, k: int, *, block_size: int = 1024, column_block_size: int = 4096) -> jax.Array:
+    r"""Each row's k most cosine-similar rows, itself first, in tiles (jit-friendly).
 
     .. math::  N_k(i) = \{i\} \cup \operatorname{top}_{k-1,\, j \ne i}\; \hat x_i^\top \hat x_j
 
     The (n, n) similarity matrix is never formed: a ``lax.map`` over blocks of
-    ``block_size`` rows computes one (block, n) tile and its ``lax.top_k`` at a time. No
+    ``block_size`` rows scans blocks of ``column_block_size`` columns, computing one
+    (rows x columns) similarity tile at a time, its ``lax.top_k``, and merging that into the
+    row block's running top-k. Memory is O(n k + block_size * column_block_size). No
     gradient flows through the choice (the input is ``stop_gradient``-ed, so nothing of the
     tiles is kept for the backward pass).
 
     Args:
       features: (n, d) rows.
       k: neighbours per row, 1 <= k <= n (static).
-      block_size: rows per tile (static); memory per tile is ``block_size * n`` floats.
+      block_size: rows per tile (static).
+      column_block_size: columns per tile (static).
 
     Returns:
-      (n, k) int32 neighbour ids, most similar first (ties: lower id first).
+      (n, k) int32 neighbour ids, most similar first; exact ties rank the lower id first.
     """
     units = unit_rows(jax.lax.stop_gradient(jnp.asarray(features, jnp.float32)))
     n = units.shape[0]
     if not 1 <= k <= n:
         raise ConfigError(f"k must be in [1, {n}] for {n} items, got {k}")
-    block = max(1, min(int(block_size), n))
-    n_blocks = -(-n // block)
-    padded = jnp.pad(units, ((0, n_blocks * block - n), (0, 0)))
-    columns = jnp.arange(n)
+    rows_per_tile = max(1, min(int(block_size), n))
+    cols_per_tile = max(k, min(int(column_block_size), n))
+    n_row_tiles, n_col_tiles = -(-n // rows_per_tile), -(-n // cols_per_tile)
+    row_pad = jnp.pad(units, ((0, n_row_tiles * rows_per_tile - n), (0, 0)))
+    col_pad = jnp.pad(units, ((0, n_col_tiles * cols_per_tile - n), (0, 0)))
 
-    def tile_top_k(start):
-        rows = jax.lax.dynamic_slice_in_dim(padded, start, block)
-        sims = jnp.matmul(rows, units.T, precision=jax.lax.Precision.HIGHEST)
-        is_self = columns[None, :] == (start + jnp.arange(block))[:, None]
-        return jax.lax.top_k(jnp.where(is_self, jnp.inf, sims), k)[1].astype(jnp.int32)
+    def row_tile(row_start):
+        rows = jax.lax.dynamic_slice_in_dim(row_pad, row_start, rows_per_tile)
+        row_ids = row_start + jnp.arange(rows_per_tile)
 
-    starts = jnp.arange(n_blocks) * block
-    return jax.lax.map(tile_top_k, starts).reshape(n_blocks * block, k)[:n]
+        def column_tile(best, col_start):
+            columns = jax.lax.dynamic_slice_in_dim(col_pad, col_start, cols_per_tile)
+            col_ids = col_start + jnp.arange(cols_per_tile)
+            sims = jnp.matmul(rows, columns.T, precision=jax.lax.Precision.HIGHEST)
+            sims = jnp.where(col_ids[None, :] < n, sims, -jnp.inf)
+            sims = jnp.where(col_ids[None, :] == row_ids[:, None], jnp.inf, sims)
+            values, local = jax.lax.top_k(sims, k)
+            # Running best first: on exact ties top_k keeps the earlier slot, i.e. the lower id.
+            merged_values = jnp.concatenate([best[0], values], axis=1)
+            merged_ids = jnp.concatenate([best[1], local.astype(jnp.int32) + col_start], axis=1)
+            top_values, slots = jax.lax.top_k(merged_values, k)
+            return (top_values, jnp.take_along_axis(merged_ids, slots, axis=1)), None
+
+        start = (jnp.full((rows_per_tile, k), -jnp.inf, jnp.float32), jnp.zeros((rows_per_tile, k), jnp.int32))
+        col_starts = jnp.arange(n_col_tiles, dtype=jnp.int32) * cols_per_tile
+        (_, ids), _ = jax.lax.scan(column_tile, start, col_starts)
+        return ids
+
+    row_starts = jnp.arange(n_row_tiles, dtype=jnp.int32) * rows_per_tile
+    return jax.lax.map(row_tile, row_starts).reshape(n_row_tiles * rows_per_tile, k)[:n]
 
 
 def _normalize(h, eps: float = 1e-12):
@@ -169,7 +189,7 @@ class LATTICE(nn.Module):
       n_ui_layers: LightGCN layers on the user-item graph.
       train_features: the raw feature tables are trainable (MMRec: yes).
       learned_graph: ``"step"`` or ``"epoch"`` (module docstring).
-      knn_block_size: rows per tile of the learned kNN.
+      knn_block_size, knn_column_block_size: rows and columns per tile of the learned kNN.
     """
 
     n_users: int
@@ -184,6 +204,7 @@ class LATTICE(nn.Module):
     train_features: bool = True
     learned_graph: str = "step"
     knn_block_size: int = 1024
+    knn_column_block_size: int = 4096
 
     def setup(self):
         self.user_embedding = self.param("user_embedding", xavier_uniform, (self.n_users, self.embedding_size))
@@ -211,8 +232,12 @@ class LATTICE(nn.Module):
 
     def learned_neighbours(self, ctx):
         """(n_items, M k) int32: each modality's learned top-k lists, side by side (no gradient)."""
-        return jnp.concatenate([knn_indices(p, self.knn_k, block_size=self.knn_block_size)
-                                for p in self.projected_features(ctx)], axis=1)
+        return self._neighbour_lists(self.projected_features(ctx))
+
+    def _neighbour_lists(self, projected):
+        return jnp.concatenate([knn_indices(p, self.knn_k, block_size=self.knn_block_size,
+                                            column_block_size=self.knn_column_block_size)
+                                for p in projected], axis=1)
 
     def item_graphs(self, ctx):
         """``(learned, original)`` edge lists: :math:`\\hat S` and :math:`\\sum_m \\alpha_m \\tilde S^m`."""
@@ -221,8 +246,7 @@ class LATTICE(nn.Module):
         if self.learned_graph == "epoch":
             neighbours = ctx["learned_neighbours"]
         else:
-            neighbours = jnp.concatenate([knn_indices(p, self.knn_k, block_size=self.knn_block_size)
-                                          for p in projected], axis=1)
+            neighbours = self._neighbour_lists(projected)
         n, k = self.n_items, self.knn_k
         rows_k = jnp.repeat(jnp.arange(n, dtype=jnp.int32), k)
         # Row i's entries: modality 0's k neighbours, then modality 1's, ... (rows stay sorted).
@@ -292,7 +316,7 @@ def initial_item_graphs(dataset, modalities, *, knn_k: int, cache) -> tuple[jgra
 def build(dataset, *, embedding_size: int = 64, feat_embed_dim: int = 64, knn_k: int = 10,
           lambda_coeff: float = 0.9, n_layers: int = 1, n_ui_layers: int = 2, modalities: list[str] | None = None,
           train_features: bool = True, learned_graph: str = "step", knn_block_size: int = 1024,
-          graph_cache: str | None = "default") -> Built:
+          knn_column_block_size: int = 4096, graph_cache: str | None = "default") -> Built:
     """LATTICE for ``dataset``.
 
     Args:
@@ -305,7 +329,7 @@ def build(dataset, *, embedding_size: int = 64, feat_embed_dim: int = 64, knn_k:
       modalities: the modalities used, in order (default: all of the dataset's).
       train_features: the raw features are trainable parameters, as in MMRec.
       learned_graph: ``"step"`` or ``"epoch"`` (module docstring).
-      knn_block_size: rows per tile of the learned kNN.
+      knn_block_size, knn_column_block_size: rows and columns per tile of the learned kNN.
       graph_cache: ``"default"``, a folder, or ``"none"``: where the initial kNN neighbours are cached.
 
     Returns:
@@ -314,7 +338,7 @@ def build(dataset, *, embedding_size: int = 64, feat_embed_dim: int = 64, knn_k:
     """
     model = "lattice"
     for name, value in (("embedding_size", embedding_size), ("feat_embed_dim", feat_embed_dim), ("knn_k", knn_k),
-                        ("knn_block_size", knn_block_size)):
+                        ("knn_block_size", knn_block_size), ("knn_column_block_size", knn_column_block_size)):
         check_positive_int(value, name, model)
     for name, value in (("n_layers", n_layers), ("n_ui_layers", n_ui_layers)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
@@ -343,5 +367,6 @@ def build(dataset, *, embedding_size: int = 64, feat_embed_dim: int = 64, knn_k:
     module = LATTICE(n_users=dataset.n_users, n_items=dataset.n_items, feature_dims=dims,
                      embedding_size=embedding_size, feat_embed_dim=feat_embed_dim, knn_k=knn_k,
                      lambda_coeff=float(lambda_coeff), n_layers=n_layers, n_ui_layers=n_ui_layers,
-                     train_features=train_features, learned_graph=learned_graph, knn_block_size=knn_block_size)
+                     train_features=train_features, learned_graph=learned_graph, knn_block_size=knn_block_size,
+                     knn_column_block_size=knn_column_block_size)
     return Built(module=module, ctx=ctx, default_loss_weights={"bpr": 1.0, "reg": 1e-4})
