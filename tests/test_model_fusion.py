@@ -265,7 +265,7 @@ _SYNTHETIC = dict(n_users=200, n_items=120, n_interactions=5000, seed=3, popular
                   dims={"text": 24, "image": 16})
 
 
-def _train(tmp_path, dataset, name, *, epochs=20, args=None):
+def _train(tmp_path, dataset, name, *, epochs=12, args=None):
     from jaxrec.train import config_from_dict, train_and_evaluate
 
     config = config_from_dict({

@@ -151,8 +151,8 @@ def test_learns_better_than_popularity(tmp_path):
     config = config_from_dict({
         "data": {"synthetic": {}},
         "model": {"name": "subspace", "args": {"embedding_size": 16, "shared_dim": 8}},
-        "train": {"epochs": 20, "batch_size": 512, "learning_rate": 0.01, "patience": 20, "seed": 0,
-                  "checkpoint_every": 20},
+        "train": {"epochs": 12, "batch_size": 512, "learning_rate": 0.01, "patience": 12, "seed": 0,
+                  "checkpoint_every": 12},
         "eval": {"ks": [20], "metrics": ["recall"]},
         "loss_weights": {"reg": 1e-3, "subspace": 1e-4},
     })
