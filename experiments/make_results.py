@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -30,11 +31,9 @@ ORDER = ["bpr", "bprmf", "sidemf", "vbpr", "attention", "gated", "ensemble", "ea
 
 
 def _row_name(folder_name: str) -> str:
-    """A run folder's row: ``vbpr``, ``vbpr_search`` and ``vbpr_reg_grid`` are all ``vbpr``."""
-    for suffix in ("_search", "_reg_grid", "_grid"):
-        if folder_name.endswith(suffix):
-            return folder_name[: -len(suffix)]
-    return folder_name
+    """A run folder's row: ``vbpr``, ``vbpr_search``, ``vbpr_search2``, ``vbpr_search_ext`` and
+    ``vbpr_reg_grid`` are all ``vbpr``."""
+    return re.sub(r"_(search|reg_grid|grid)(_?\w*)?$", "", folder_name)
 
 
 def _read_json(path: Path):
@@ -80,14 +79,19 @@ def collect_runs(runs_dir: Path) -> dict[str, tuple[dict, dict]]:
             info = search[1] if search else {"setting": {}, "grid": {}, "n_trials": 1}
             info = {**info, "source": os.path.relpath(folder, HERE)}
             chosen[folder.name] = (metrics, info)
+    searched: dict[str, tuple[dict, dict]] = {}
     for folder in sorted(p for p in runs_dir.iterdir() if p.is_dir() and (p / "search.json").exists()):
         model = _row_name(folder.name)
-        if model in chosen:
-            continue
         winner = _search_winner(folder)
-        if winner:
-            chosen[model] = winner
-    return chosen
+        # Several searches of one model (a first grid, then a finer one): the better VALIDATION wins.
+        if model not in chosen and winner and (
+                model not in searched or _valid(winner[0]) > _valid(searched[model][0])):
+            searched[model] = winner
+    return {**chosen, **searched}
+
+
+def _valid(metrics: dict) -> float:
+    return float(metrics.get("valid", {}).get("recall@20", float("-inf")))
 
 
 def _fmt(value, digits=4):
