@@ -55,13 +55,20 @@ def _randomized(built, seed=1, scale=0.7):
 
 
 @functools.lru_cache(maxsize=None)
-def _compiled(module, method):
-    return jax.jit(lambda p, a: module.apply({"params": p}, *a, method=method))
+def _compiled(module, method, flags):
+    # Python bools (the ``train`` flag) stay static; everything else is traced.
+    def apply(p, arrays):
+        values = iter(arrays)
+        args = [flag if flag is not None else next(values) for flag in flags]
+        return module.apply({"params": p}, *args, method=method)
+
+    return jax.jit(apply)
 
 
 def _apply(module, params, *args, method):
     """``module.apply`` compiled once per (module, method): eager applies dispatch op by op."""
-    return _compiled(module, method)(params, args)
+    flags = tuple(a if isinstance(a, bool) else None for a in args)
+    return _compiled(module, method, flags)(params, [a for a in args if not isinstance(a, bool)])
 
 
 def _dense(params, x):
@@ -223,6 +230,32 @@ def test_cold_items_scored_from_features_and_never_negatives():
     reg = (np.linalg.norm([P[users[b]] for b, _ in pairs]) + np.linalg.norm([Q[users[b], pos[b]] for b, _ in pairs])
            + np.linalg.norm([Q[users[b], j] for b, j in pairs])) / len(pairs)
     np.testing.assert_allclose(float(terms["reg"]), reg, rtol=1e-5)
+
+
+@pytest.mark.parametrize("name, options", [("attention", {}), ("gated", {"gate_context": "item"})])
+def test_id_dropout_scores_dropped_items_from_content(name, options):
+    dataset = _tiny_dataset()
+    batch = {"users": np.array([0, 1, 2, 4]), "pos_items": np.array([0, 1, 4, 2]),
+             "neg_items": np.array([[3, 5], [5, 6], [6, 0], [1, 3]]), "weights": np.ones(4, np.float32)}
+    plain = models.build(name, dataset, embedding_size=4, **options)
+    params = _randomized(plain)
+    no_ids = dict(params, item_embedding=np.zeros_like(params["item_embedding"]))
+
+    def terms(built, p, train, seed=0):
+        return jax.jit(lambda p: built.module.apply({"params": p}, built.ctx, batch, train, method="loss_terms",
+                                                    rngs={"dropout": jax.random.PRNGKey(seed)}))(p)
+
+    reference, content_only = terms(plain, params, True), terms(plain, no_ids, True)
+    almost_all = models.build(name, dataset, embedding_size=4, id_dropout=0.999999, **options)
+    for key in ("bpr", "reg"):
+        # Rate ~1 in training: every ID dropped, the content alone scores; not in evaluation.
+        np.testing.assert_allclose(float(terms(almost_all, params, True)[key]), float(content_only[key]), rtol=1e-6)
+        np.testing.assert_allclose(float(terms(almost_all, params, False)[key]), float(reference[key]), rtol=1e-6)
+    half = models.build(name, dataset, embedding_size=4, id_dropout=0.5, **options)
+    draws = {float(terms(half, params, True, seed)["bpr"]) for seed in range(6)}
+    assert len(draws) > 1  # a fresh draw per step
+    with pytest.raises(ConfigError, match="id_dropout"):
+        models.build(name, dataset, id_dropout=1.0, **options)
 
 
 @pytest.mark.parametrize("name, options", [("attention", {}), ("ensemble", {}), ("gated", {"gate_context": "item"})])

@@ -34,12 +34,19 @@ def _tiny_dataset(n_users=5):
 
 
 @functools.lru_cache(maxsize=None)
-def _compiled(module, method):
-    return jax.jit(lambda p, a: module.apply({"params": p}, *a, method=method))
+def _compiled(module, method, flags):
+    # Python bools (the ``train`` flag) stay static; everything else is traced.
+    def apply(p, arrays):
+        values = iter(arrays)
+        args = [flag if flag is not None else next(values) for flag in flags]
+        return module.apply({"params": p}, *args, method=method)
+
+    return jax.jit(apply)
 
 
 def _apply(module, params, *args, method):
-    return _compiled(module, method)(params, args)
+    flags = tuple(a if isinstance(a, bool) else None for a in args)
+    return _compiled(module, method, flags)(params, [a for a in args if not isinstance(a, bool)])
 
 
 def _randomized(built, seed=1, scale=0.7):

@@ -101,3 +101,22 @@ def batch_items(batch, trained):
     """``(items (B, 1 + K) [positive, negatives...], pairs (B, K))`` of a batch."""
     negatives, pairs = training_pairs(batch, jnp.asarray(trained))
     return jnp.concatenate([jnp.asarray(batch["pos_items"])[:, None], negatives], axis=1), pairs
+
+
+def check_id_dropout(value, model: str) -> float:
+    """A dropout rate in [0, 1) as a float."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        raise ConfigError(f"model {model}: id_dropout must be a number in [0, 1); found {value!r}")
+    return float(value)
+
+
+def with_id_dropout(module, ctx, rate: float, train: bool):
+    """``ctx`` whose ``"trained"`` mask (the items whose ID embedding counts) also drops each item
+    with probability ``rate`` while training (DropoutNet's input dropout): the content part must
+    then score those items alone, as it will for new items. A fresh draw per step, from the
+    ``"dropout"`` stream."""
+    if not train or rate == 0.0:
+        return ctx
+    trained = jnp.asarray(ctx["trained"])
+    kept = jax.random.bernoulli(module.make_rng("dropout"), 1.0 - rate, trained.shape)
+    return {**ctx, "trained": trained & kept}

@@ -66,7 +66,10 @@ then overfit within ~40 epochs (test recall@20 0.31-0.33, below BPR-MF).
 **Cold-start items.** Items without a train interaction (:math:`t_i = 0`) are scored from their
 features alone: their ID embedding is masked to zero in ``encode``, in the loss and in the
 item-context gates, and they are never used as training negatives (a new item does not exist
-at training time), so their randomly initialized :math:`e_i` never adds noise.
+at training time), so their randomly initialized :math:`e_i` never adds noise. With
+``id_dropout`` :math:`\rho > 0`, each trained item's :math:`t_i` is also set to 0 with
+probability :math:`\rho` in each training step (DropoutNet, Volkovs et al., NeurIPS 2017), so
+that the content part learns to score items on its own, as it must for new items.
 
 References:
   Chen et al., `Attentive Collaborative Filtering: Multimedia Recommendation with Item- and
@@ -89,9 +92,11 @@ from jaxrec.models._modality_inputs import (
     batch_items,
     bpr_with_emb_loss,
     check_widths,
+    check_id_dropout,
     gather_rows,
     modality_inputs,
     presence_patterns,
+    with_id_dropout,
 )
 from jaxrec.models._registry import Built, register
 from jaxrec.models.sidemf import check_choice, check_positive_int, trained_item_mask, xavier_normal
@@ -120,6 +125,7 @@ class FusionMF(nn.Module):
       attention_hidden: hidden widths of the attention network :math:`g`.
       gate_context: ``"user"`` or ``"item"`` (gated only).
       weighting: the ensemble's ``"softmax"`` or ``"nonneg"`` modality weights.
+      id_dropout: probability of dropping an item's ID embedding in a training step.
     """
 
     n_users: int
@@ -132,6 +138,7 @@ class FusionMF(nn.Module):
     attention_hidden: tuple[int, ...] = ()
     gate_context: str = "user"
     weighting: str = "softmax"
+    id_dropout: float = 0.0
 
     @property
     def n_modalities(self) -> int:
@@ -282,9 +289,9 @@ class FusionMF(nn.Module):
     def loss_terms(self, ctx, batch, train: bool = False):
         """``{"bpr", "reg"}`` for a batch of ``users`` (B,), ``pos_items`` (B,), ``neg_items``
         (B, n_neg) or (B,) and optional ``weights`` (B,) (0 = padding row)."""
-        del train
         items, pairs = batch_items(batch, ctx["trained"])
-        user_vectors, item_vectors = self.pair_vectors(ctx, batch["users"], items)
+        id_ctx = with_id_dropout(self, ctx, self.id_dropout, train)
+        user_vectors, item_vectors = self.pair_vectors(id_ctx, batch["users"], items)
         scores = jnp.einsum("bd,bkd->bk", user_vectors, item_vectors)
         return bpr_with_emb_loss(scores[:, 0], scores[:, 1:], user_vectors, item_vectors[:, 0], item_vectors[:, 1:],
                                  pairs)
@@ -296,7 +303,7 @@ class FusionMF(nn.Module):
 def build_fusion(dataset, *, fusion: str, model: str, embedding_size: int = 64,
                  modalities: list[str] | None = None, feature_scaling: str = "standardize",
                  encoder_hidden: list[int] | None = None, attention_hidden: list[int] | None = None,
-                 gate_context: str = "user", weighting: str = "softmax") -> Built:
+                 gate_context: str = "user", weighting: str = "softmax", id_dropout: float = 0.0) -> Built:
     """A :class:`FusionMF` for ``dataset`` (arguments as in :func:`build`)."""
     check_choice(fusion, "fusion", FUSIONS, model)
     check_positive_int(embedding_size, "embedding_size", model)
@@ -309,7 +316,8 @@ def build_fusion(dataset, *, fusion: str, model: str, embedding_size: int = 64,
                       embedding_size=embedding_size,
                       encoder_hidden=check_widths(encoder_hidden, "encoder_hidden", model),
                       attention_hidden=check_widths(attention_hidden, "attention_hidden", model),
-                      gate_context=gate_context, weighting=weighting)
+                      gate_context=gate_context, weighting=weighting,
+                      id_dropout=check_id_dropout(id_dropout, model))
     ctx = {"modalities": features, "masks": masks, "trained": trained_item_mask(dataset), "pattern": pattern_index}
     return Built(module=module, ctx=ctx, default_loss_weights={"bpr": 1.0, "reg": 1.0})
 
@@ -318,7 +326,7 @@ def build_fusion(dataset, *, fusion: str, model: str, embedding_size: int = 64,
 def build(dataset, *, fusion: str = "attention", embedding_size: int = 64, modalities: list[str] | None = None,
           feature_scaling: str = "standardize", encoder_hidden: list[int] | None = None,
           attention_hidden: list[int] | None = None, gate_context: str = "user",
-          weighting: str = "softmax") -> Built:
+          weighting: str = "softmax", id_dropout: float = 0.0) -> Built:
     """A neural fusion model at any level, chosen by ``fusion``.
 
     Args:
@@ -331,6 +339,8 @@ def build(dataset, *, fusion: str = "attention", embedding_size: int = 64, modal
       attention_hidden: hidden widths (tanh) of the attention network (default none: linear).
       gate_context: what the gates read, ``"user"`` (default) or ``"item"``.
       weighting: the ensemble's modality weights, ``"softmax"`` (default) or ``"nonneg"``.
+      id_dropout: probability of dropping an item's ID embedding in a training step (default 0),
+        so that the content part learns to score items alone (for cold-start items).
 
     Returns:
       :class:`~jaxrec.models.Built`, default weights ``{bpr: 1, reg: 1}`` (MMRec's BPR
@@ -338,34 +348,35 @@ def build(dataset, *, fusion: str = "attention", embedding_size: int = 64, modal
     """
     return build_fusion(dataset, fusion=fusion, model="fusion_mf", embedding_size=embedding_size,
                         modalities=modalities, feature_scaling=feature_scaling, encoder_hidden=encoder_hidden,
-                        attention_hidden=attention_hidden, gate_context=gate_context, weighting=weighting)
+                        attention_hidden=attention_hidden, gate_context=gate_context, weighting=weighting,
+                        id_dropout=id_dropout)
 
 
 @register("attention")
 def build_attention(dataset, *, embedding_size: int = 64, modalities: list[str] | None = None,
                     feature_scaling: str = "standardize", encoder_hidden: list[int] | None = None,
-                    attention_hidden: list[int] | None = None) -> Built:
+                    attention_hidden: list[int] | None = None, id_dropout: float = 0.0) -> Built:
     """``fusion_mf`` with ``fusion="attention"`` (user-conditioned attention, vector level)."""
     return build_fusion(dataset, fusion="attention", model="attention", embedding_size=embedding_size,
                         modalities=modalities, feature_scaling=feature_scaling, encoder_hidden=encoder_hidden,
-                        attention_hidden=attention_hidden)
+                        attention_hidden=attention_hidden, id_dropout=id_dropout)
 
 
 @register("gated")
 def build_gated(dataset, *, embedding_size: int = 64, modalities: list[str] | None = None,
                 feature_scaling: str = "standardize", encoder_hidden: list[int] | None = None,
-                gate_context: str = "user") -> Built:
+                gate_context: str = "user", id_dropout: float = 0.0) -> Built:
     """``fusion_mf`` with ``fusion="gated"`` (sigmoid gates, vector level)."""
     return build_fusion(dataset, fusion="gated", model="gated", embedding_size=embedding_size,
                         modalities=modalities, feature_scaling=feature_scaling, encoder_hidden=encoder_hidden,
-                        gate_context=gate_context)
+                        gate_context=gate_context, id_dropout=id_dropout)
 
 
 @register("ensemble")
 def build_ensemble(dataset, *, embedding_size: int = 64, modalities: list[str] | None = None,
                    feature_scaling: str = "standardize", encoder_hidden: list[int] | None = None,
-                   weighting: str = "softmax") -> Built:
+                   weighting: str = "softmax", id_dropout: float = 0.0) -> Built:
     """``fusion_mf`` with ``fusion="ensemble"`` (per-modality scorers, model level)."""
     return build_fusion(dataset, fusion="ensemble", model="ensemble", embedding_size=embedding_size,
                         modalities=modalities, feature_scaling=feature_scaling, encoder_hidden=encoder_hidden,
-                        weighting=weighting)
+                        weighting=weighting, id_dropout=id_dropout)

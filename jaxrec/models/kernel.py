@@ -37,7 +37,8 @@ Loss: BPR plus MMRec's ``EmbLoss`` on the batch's user vectors :math:`p_u` and f
 vectors :math:`q_i` (:func:`jaxrec.models._modality_inputs.bpr_with_emb_loss`),
 ``loss_weights: {reg: λ}``. Items without
 a train interaction (cold-start items) are scored from :math:`A\Phi(x_i)` alone: their ID
-embedding is masked and they are never training negatives.
+embedding is masked and they are never training negatives; ``id_dropout`` drops trained items'
+ID embeddings at random in training, as in :mod:`jaxrec.models.fusion_mf`.
 
 References:
   Gönen and Alpaydın, `Multiple Kernel Learning Algorithms
@@ -57,7 +58,14 @@ from flax import linen as nn
 from jaxrec import fusion as jfusion
 from jaxrec.errors import ConfigError
 from jaxrec.models._registry import Built, register
-from jaxrec.models._modality_inputs import batch_items, bpr_with_emb_loss, gather_rows, modality_inputs
+from jaxrec.models._modality_inputs import (
+    batch_items,
+    bpr_with_emb_loss,
+    check_id_dropout,
+    gather_rows,
+    modality_inputs,
+    with_id_dropout,
+)
 from jaxrec.models.sidemf import check_positive_int, trained_item_mask, xavier_normal
 
 _SPEC_KEYS = ("kind", "degree", "coef0", "gamma", "num_features")
@@ -74,6 +82,7 @@ class KernelMF(nn.Module):
       specs: the ``KernelEncoding`` spec of each modality's (ctx) features.
       embedding_size: d.
       projection: whether a learned map :math:`A` follows :math:`\\Phi`.
+      id_dropout: probability of dropping an item's ID embedding in a training step.
     """
 
     n_users: int
@@ -81,6 +90,7 @@ class KernelMF(nn.Module):
     specs: tuple[jfusion.KernelSpec, ...]
     embedding_size: int = 64
     projection: bool = True
+    id_dropout: float = 0.0
 
     def setup(self):
         d = self.embedding_size
@@ -108,10 +118,9 @@ class KernelMF(nn.Module):
 
     def loss_terms(self, ctx, batch, train: bool = False):
         """``{"bpr", "reg"}`` for a batch (``users``, ``pos_items``, ``neg_items``, ``weights``)."""
-        del train
         users = batch["users"]
         items, pairs = batch_items(batch, ctx["trained"])
-        id_vectors = self._id_vectors(ctx, items)
+        id_vectors = self._id_vectors(with_id_dropout(self, ctx, self.id_dropout, train), items)
         item_vectors = id_vectors + gather_rows(lambda rows: self.item_content(ctx, rows), self.n_items, items)
         p = self.user_embedding[users]
         scores = jnp.einsum("bd,bkd->bk", p, item_vectors)
@@ -138,7 +147,7 @@ def _parse_specs(kernels, n_modalities: int) -> list[jfusion.KernelSpec]:
 @register("kernel")
 def build(dataset, *, embedding_size: int = 64, modalities: list[str] | None = None,
           feature_scaling: str = "standardize", kernels="cosine", projection: bool = True,
-          kernel_seed: int = 0) -> Built:
+          kernel_seed: int = 0, id_dropout: float = 0.0) -> Built:
     """The kernel recommender for ``dataset``.
 
     Args:
@@ -152,6 +161,8 @@ def build(dataset, *, embedding_size: int = 64, modalities: list[str] | None = N
         :class:`jaxrec.fusion.KernelSpec` fields, e.g. ``{kind: rbf, num_features: 1024}``.
       projection: learn :math:`A` (default) or use :math:`\\Phi` itself.
       kernel_seed: seed of the random Fourier draws (``rbf`` only).
+      id_dropout: probability of dropping an item's ID embedding in a training step (default 0;
+        see :mod:`jaxrec.models.fusion_mf`).
 
     Returns:
       :class:`~jaxrec.models.Built`, default weights ``{bpr: 1, reg: 1}``.
@@ -181,6 +192,7 @@ def build(dataset, *, embedding_size: int = 64, modalities: list[str] | None = N
         raise ConfigError(f"model kernel: without projection, embedding_size must equal the kernel feature "
                           f"width {width}; found {embedding_size}")
     module = KernelMF(n_users=dataset.n_users, n_items=dataset.n_items, specs=tuple(effective),
-                      embedding_size=embedding_size, projection=projection)
+                      embedding_size=embedding_size, projection=projection,
+                      id_dropout=check_id_dropout(id_dropout, "kernel"))
     ctx = {"modalities": features, "masks": masks, "trained": trained_item_mask(dataset)}
     return Built(module=module, ctx=ctx, default_loss_weights={"bpr": 1.0, "reg": 1.0})

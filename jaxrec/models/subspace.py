@@ -34,7 +34,9 @@ manifold.
 
 Loss terms: ``bpr``, ``reg`` (MMRec's ``EmbLoss`` on the batch's :math:`p_u` and full item
 vectors :math:`q_i`, as :func:`jaxrec.models._modality_inputs.bpr_with_emb_loss`) and ``subspace``. Cold-start items are
-scored from :math:`B^\top z_i` alone (ID embedding masked, never a training negative).
+scored from :math:`B^\top z_i` alone (ID embedding masked, never a training negative;
+``id_dropout`` drops trained items' ID embeddings at random in training, as in
+:mod:`jaxrec.models.fusion_mf`).
 
 References:
   Hotelling, Relations Between Two Sets of Variates, Biometrika 1936; Xu, Tao and Xu,
@@ -51,7 +53,14 @@ from flax import linen as nn
 from jaxrec import fusion as jfusion
 from jaxrec.errors import ConfigError
 from jaxrec.models._registry import Built, register
-from jaxrec.models._modality_inputs import batch_items, bpr_with_emb_loss, gather_rows, modality_inputs
+from jaxrec.models._modality_inputs import (
+    batch_items,
+    bpr_with_emb_loss,
+    check_id_dropout,
+    gather_rows,
+    modality_inputs,
+    with_id_dropout,
+)
 from jaxrec.models.sidemf import check_positive_int, trained_item_mask, xavier_normal
 
 
@@ -72,6 +81,7 @@ class SubspaceMF(nn.Module):
       shared_dim: k, the shared space's dimension (at most every D_m).
       agreement: :math:`\\lambda`, the weight of the views' agreement in the objective.
       orthonormal: parametrize :math:`P_m = \\operatorname{qf}(W_m)`.
+      id_dropout: probability of dropping an item's ID embedding in a training step.
     """
 
     n_users: int
@@ -80,6 +90,7 @@ class SubspaceMF(nn.Module):
     shared_dim: int = 64
     agreement: float = 1.0
     orthonormal: bool = True
+    id_dropout: float = 0.0
 
     def setup(self):
         d = self.embedding_size
@@ -121,10 +132,9 @@ class SubspaceMF(nn.Module):
     def loss_terms(self, ctx, batch, train: bool = False):
         """``{"bpr", "reg", "subspace"}`` for a batch (``users``, ``pos_items``, ``neg_items``,
         ``weights``)."""
-        del train
         users = batch["users"]
         items, pairs = batch_items(batch, ctx["trained"])
-        id_vectors = self._id_vectors(ctx, items)
+        id_vectors = self._id_vectors(with_id_dropout(self, ctx, self.id_dropout, train), items)
         item_vectors = id_vectors + gather_rows(lambda rows: self.item_content(ctx, rows), self.n_items, items)
         p = self.user_embedding[users]
         scores = jnp.einsum("bd,bkd->bk", p, item_vectors)
@@ -135,7 +145,7 @@ class SubspaceMF(nn.Module):
 @register("subspace")
 def build(dataset, *, embedding_size: int = 64, modalities: list[str] | None = None,
           feature_scaling: str = "standardize", shared_dim: int = 64, agreement: float = 1.0,
-          orthonormal: bool = True) -> Built:
+          orthonormal: bool = True, id_dropout: float = 0.0) -> Built:
     """The subspace recommender for ``dataset``.
 
     Args:
@@ -146,6 +156,8 @@ def build(dataset, *, embedding_size: int = 64, modalities: list[str] | None = N
       shared_dim: k, at most the narrowest modality's width.
       agreement: :math:`\\lambda \\ge 0`.
       orthonormal: keep :math:`P_m` orthonormal by parametrization (default) or train them freely.
+      id_dropout: probability of dropping an item's ID embedding in a training step (default 0;
+        see :mod:`jaxrec.models.fusion_mf`).
 
     Returns:
       :class:`~jaxrec.models.Built`, default weights ``{bpr: 1, reg: 1, subspace: 1e-5}``.
@@ -162,6 +174,7 @@ def build(dataset, *, embedding_size: int = 64, modalities: list[str] | None = N
         raise ConfigError(f"model subspace: shared_dim={shared_dim} exceeds the narrowest modality's width "
                           f"{narrowest} ({names[[x.shape[1] for x in features].index(narrowest)]!r})")
     module = SubspaceMF(n_users=dataset.n_users, n_items=dataset.n_items, embedding_size=embedding_size,
-                        shared_dim=shared_dim, agreement=float(agreement), orthonormal=orthonormal)
+                        shared_dim=shared_dim, agreement=float(agreement), orthonormal=orthonormal,
+                        id_dropout=check_id_dropout(id_dropout, "subspace"))
     ctx = {"modalities": features, "masks": masks, "trained": trained_item_mask(dataset)}
     return Built(module=module, ctx=ctx, default_loss_weights={"bpr": 1.0, "reg": 1.0, "subspace": 1e-5})
