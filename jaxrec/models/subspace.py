@@ -57,7 +57,6 @@ from jaxrec.models._modality_inputs import (
     batch_items,
     bpr_with_emb_loss,
     check_id_dropout,
-    gather_rows,
     modality_inputs,
     with_id_dropout,
 )
@@ -111,10 +110,18 @@ class SubspaceMF(nn.Module):
         out = self.subspace(xs, [jnp.asarray(m)[rows] for m in ctx["masks"]])
         return self.to_embedding(out.shared)
 
+    def _trained_rows(self, ctx):
+        """One pass of the subspace layer over the catalogue with only the TRAINED items' views:
+        (n_items, d) content vectors (zero for untrained items) and the objective over the
+        trained items that have every modality."""
+        trained = jnp.asarray(ctx["trained"])
+        out = self.subspace([jnp.asarray(x) for x in ctx["modalities"]],
+                            [jnp.asarray(m) & trained for m in ctx["masks"]])
+        return self.to_embedding(out.shared), out.objective
+
     def subspace_objective(self, ctx):
         """The auxiliary term: the subspace objective over the trained items with every modality."""
-        masks = [jnp.asarray(m) & jnp.asarray(ctx["trained"]) for m in ctx["masks"]]
-        return self.subspace(ctx["modalities"], masks).objective
+        return self._trained_rows(ctx)[1]
 
     def projections(self, ctx):
         """The M projections :math:`P_m` (D_m, k) the layer uses (orthonormal when ``orthonormal``)."""
@@ -135,11 +142,15 @@ class SubspaceMF(nn.Module):
         users = batch["users"]
         items, pairs = batch_items(batch, ctx["trained"])
         id_vectors = self._id_vectors(with_id_dropout(self, ctx, self.id_dropout, train), items)
-        item_vectors = id_vectors + gather_rows(lambda rows: self.item_content(ctx, rows), self.n_items, items)
+        # Every item a pair counts is trained (positives are train interactions, untrained
+        # negatives are dropped), so one pass over the trained rows gives both the content
+        # and the objective (which spans the catalogue anyway).
+        content, objective = self._trained_rows(ctx)
+        item_vectors = id_vectors + content[items]
         p = self.user_embedding[users]
         scores = jnp.einsum("bd,bkd->bk", p, item_vectors)
         terms = bpr_with_emb_loss(scores[:, 0], scores[:, 1:], p, item_vectors[:, 0], item_vectors[:, 1:], pairs)
-        return {**terms, "subspace": self.subspace_objective(ctx)}
+        return {**terms, "subspace": objective}
 
 
 @register("subspace")
