@@ -26,8 +26,9 @@ Reference row (NOT a baseline, in ``references``): ``oracle_test_popularity`` ra
 test items by their number of TEST interactions -- it reads the answers, and is the best any
 non-personalized ranking could do; a model that beats it is personalizing.
 
-Trained models (read from their runs, ``--runs``): BPR-MF (its item vectors of new items are
-never trained, so it ranks them at random), SideMF and VBPR (new items scored from features).
+Trained models (read from their runs under ``--runs``; for a search folder, its winner by
+valid recall@20 on the valid new items): BPR-MF (its item vectors of new items are never
+trained, so it ranks them at random), SideMF and VBPR (new items scored from features).
 
 Output (``--out``, JSON)::
 
@@ -63,10 +64,12 @@ KS = (10, 20)
 METRICS = ("recall", "ndcg")
 RIDGE_ALPHAS = (0.1, 1.0, 10.0, 100.0, 1000.0)
 KNN_SIZES = (10, 20, 50, 100, 200, "all")
-MODEL_RUNS = {  # row name -> (run folder under --runs, uses features, description)
-    "bprmf": ("bprmf", False, "BPR-MF trained on the warm items; new items keep their random initial vectors"),
-    "sidemf": ("sidemf", True, "SideMF: new items scored by U_u . W^T z_j (free factor masked)"),
-    "vbpr": ("vbpr", True, "VBPR (paper form): new items scored by theta_u . E f_j + beta'.f_j"),
+MODEL_RUNS = {  # row name -> (run or search folders under --runs, uses features, description)
+    "bprmf": (("bprmf",), False, "BPR-MF trained on the warm items; new items keep their random initial vectors"),
+    "sidemf": (("sidemf_search", "sidemf_search_ext"), True,
+               "SideMF: new items scored by U_u . W^T z_j (free factor masked)"),
+    "vbpr": (("vbpr_search", "vbpr_search_ext"), True,
+             "VBPR (paper form): new items scored by theta_u . E f_j + beta'.f_j"),
 }
 
 
@@ -217,19 +220,40 @@ def oracle_popularity(dataset, cold, protocol) -> dict:
             "source": "computed"}
 
 
+def _winning_run(folders: list[Path]) -> tuple[Path, str] | None:
+    """``(metrics.json, how it was chosen)``: of a single run folder, or of the trial with the
+    best valid recall@20 over all trials of the given search folders (a grid and its
+    extension; the earliest trial wins a tie). Test figures are never looked at."""
+    if len(folders) == 1 and (folders[0] / "metrics.json").exists():
+        return folders[0] / "metrics.json", "early stopping on valid recall@20 over the valid new items"
+    trials = []
+    for folder in folders:
+        if (folder / "search.json").exists():
+            trials += [t for t in json.loads((folder / "search.json").read_text())["trials"]
+                       if (Path(t["workdir"]) / "metrics.json").exists()]
+    if not trials:
+        return None
+    best = max(enumerate(trials), key=lambda it: (it[1]["valid"].get("recall@20", -math.inf), -it[0]))[1]
+    tried = sorted({json.dumps(t["setting"], sort_keys=True) for t in trials})
+    return (Path(best["workdir"]) / "metrics.json",
+            f"{len(trials)} settings {', '.join(tried)}; setting and early stopping both by valid recall@20 "
+            "over the valid new items")
+
+
 def model_rows(runs: Path) -> list[dict]:
     rows = []
-    for name, (folder, uses_features, description) in MODEL_RUNS.items():
-        path = runs / folder / "metrics.json"
-        if not path.exists():
-            print(f"note: {path} not found; row {name!r} left out (run its cold-start config first)")
+    for name, (folders, uses_features, description) in MODEL_RUNS.items():
+        found = _winning_run([runs / folder for folder in folders])
+        if found is None or not found[0].exists():
+            print(f"note: no finished run or search in {runs / folders[0]}; row {name!r} left out "
+                  "(run its cold-start config first)")
             continue
+        path, selected_by = found
         metrics = json.loads(path.read_text())
         rows.append({"name": name, "kind": "model", "uses_features": uses_features, "description": description,
                      "setting": {"loss_weights": metrics.get("loss_weights"), "best_epoch": metrics.get("best_epoch"),
                                  "epochs_run": metrics.get("epochs_run")},
-                     "selected_by": "early stopping on valid recall@20 over the valid new items; hyper-parameters "
-                                    "as in the warm config (see the cold-start config header)",
+                     "selected_by": selected_by,
                      "valid": {k: v for k, v in metrics["valid"].items() if k.split("@")[0] in METRICS},
                      "test": {k: v for k, v in metrics["test"].items() if k.split("@")[0] in METRICS},
                      "source": str(path.parent.relative_to(PROJECT) if path.is_relative_to(PROJECT) else path.parent)})

@@ -248,9 +248,10 @@ def test_pmap_on_four_devices_matches_one_device(args):
     assert n_devices == 4
     np.testing.assert_allclose(single_loss, pmap_loss, rtol=1e-5)
     for name in single.params:
-        np.testing.assert_allclose(pmapped.params[name], single.params[name], rtol=2e-5, atol=2e-6)
         if name == "projection_bias":
-            # MMRec's Linear bias b adds theta_u.b to a positive and a negative alike: BPR never moves it.
-            assert np.all(single.params[name] == 0)
-        else:
-            assert not np.allclose(single.params[name], start.params[name])
+            # MMRec's Linear bias b adds theta_u.b to a positive and a negative alike: its exact
+            # gradient is 0, and what it gets is rounding noise, which Adam scales up to
+            # learning-rate-sized steps; that noise differs with the order of the sums.
+            continue
+        np.testing.assert_allclose(pmapped.params[name], single.params[name], rtol=2e-5, atol=2e-6)
+        assert not np.allclose(single.params[name], start.params[name])

@@ -9,7 +9,8 @@ The paper's predictor, with :math:`f_i \in \mathbb{R}^D` the item's (fused) moda
 :math:`\alpha` and :math:`\beta_u` do not change a user's ranking and cancel in every BPR
 difference, so they are left out (as in the paper's own training). Fusion (``fusion``):
 
-- ``"early"``: :math:`f_i` concatenates the modalities, one :math:`E \in \mathbb{R}^{K' \times D}`;
+- ``"early"``: :math:`f_i` concatenates the modalities, one :math:`E \in \mathbb{R}^{K' \times D}`
+  (stored transposed, ``(D, K')``);
 - ``"late"``: one :math:`E_m` and one user part :math:`\theta_u^m` per modality,
   :math:`\sum_m \theta_u^{m\top} (E_m f_i^m)` (with a shared :math:`\theta_u` this would equal
   early fusion with a block-diagonal :math:`E`, so the per-modality user parts are what makes
@@ -44,8 +45,9 @@ item vector is :math:`[\gamma_i, E f_i + b]` and the user vector :math:`[\gamma_
 positive and negative vectors (Frobenius norms, not squared, over the batch size, INCLUDING the
 feature projections :math:`E f_i + b`), weighted by ``reg_weight``. Its terms are ``{bpr, reg}``.
 Two consequences worth knowing: :math:`b` adds :math:`\theta_u^\top b` to a positive and a
-negative alike, so BPR never moves it from 0 (and EmbLoss keeps it there): the variant has no
-bias of any kind; and raw vggish rows (entries up to ~250, norm ~1500) make :math:`E f_i`
+negative alike, so its exact BPR gradient is 0 (it only picks up rounding noise, which Adam's
+normalized steps turn into a random walk that EmbLoss pulls back): the variant has no bias of
+any kind; and raw vggish rows (entries up to ~250, norm ~1500) make :math:`E f_i`
 dominate the item vector at initialization. On lfm2k (seed 999, reg_weight 2.0) this variant
 gives valid/test recall@20 0.4122/0.4004, MMRec's own run 0.4142/0.4017.
 
@@ -75,12 +77,6 @@ from jaxrec.models.sidemf import (
 FUSIONS = ("early", "late")
 # torch.nn.init.xavier_uniform_ (MMRec's VBPR user and item tables): U(±sqrt(6 / (n + d))).
 xavier_uniform = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform")
-
-
-def _xavier_normal_out_in(key, shape, dtype=jnp.float32):
-    # torch's Linear weight is (out, in); Xavier is symmetric in the fans, so an (in, out) draw
-    # has the same distribution.
-    return xavier_normal(key, shape, dtype)
 
 
 class VBPR(nn.Module):
@@ -115,7 +111,9 @@ class VBPR(nn.Module):
         if self.mmrec_compat:
             self.user_table = self.param("user_embedding", xavier_uniform, (self.n_users, k + kv))
             self.gamma_item = self.param("item_embedding", xavier_uniform, (self.n_items, k))
-            self.projection = self.param("projection", _xavier_normal_out_in, (d, kv))
+            # torch's Linear weight is (out, in); Xavier is symmetric in the fans, so drawing the
+            # transposed (in, out) matrix gives the same distribution.
+            self.projection = self.param("projection", xavier_normal, (d, kv))
             self.projection_bias = self.param("projection_bias", nn.initializers.zeros, (kv,))
             return
         self.gamma_user = self.param("gamma_user", xavier_normal, (self.n_users, k))
