@@ -169,12 +169,14 @@ class FREEDOM(nn.Module):
     def projected_features(self, ctx, m: int, items):
         """:math:`\\phi_m(x^m_i)` of the items ``items`` (any int shape), (..., feat_embed_dim).
 
-        Rows are gathered before projecting (the projection is row-wise), so a step never
-        projects all items."""
+        The projection is row-wise, so it is applied to whichever is smaller: the gathered
+        rows (large catalogues) or all items (then gathered)."""
         features = ctx["features"][m]
         if self.train_features:
             features = self.feature_tables[m](features)
-        return self.projections[m](features[items])
+        if items.size < self.n_items:
+            return self.projections[m](features[items])
+        return self.projections[m](features)[items]
 
     def encode(self, ctx, train: bool = False):
         """``(user_emb, item_emb)`` over the FULL user-item graph (as MMRec ranks)."""
