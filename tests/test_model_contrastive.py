@@ -121,6 +121,22 @@ def test_base_terms_and_ranking_are_the_base_models(base, base_args):
         np.testing.assert_allclose(a, b, rtol=1e-6)
 
 
+def test_contrast_rows_uses_the_first_rows_only():
+    dataset = _dataset()
+    full = models.build("contrastive", dataset, base="bprmf", base_args={"embedding_size": 4}, modality="text")
+    part = models.build("contrastive", dataset, base="bprmf", base_args={"embedding_size": 4}, modality="text",
+                        contrast_rows=5)
+    batch = _batch(dataset, size=12, padding=0, seed=4)
+    params = _init(full, batch)
+    head = {k: v[:5] for k, v in batch.items()}
+    partial = part.module.apply({"params": params}, part.ctx, batch, True, method="loss_terms")
+    np.testing.assert_allclose(partial["info_nce"], full.module.apply({"params": params}, full.ctx, head, True,
+                                                                     method="loss_terms")["info_nce"], rtol=1e-6)
+    whole = full.module.apply({"params": params}, full.ctx, batch, True, method="loss_terms")
+    np.testing.assert_allclose(partial["bpr"], whole["bpr"], rtol=1e-6)  # base terms: the whole batch
+    assert abs(float(partial["info_nce"]) - float(whole["info_nce"])) > 1e-3
+
+
 def test_gradient_reaches_the_base_embeddings_through_the_term():
     dataset = _dataset()
     built = models.build("contrastive", dataset, base="bprmf", base_args={"embedding_size": 4}, modality="image")
@@ -174,6 +190,8 @@ def test_arguments_are_checked():
         models.build("contrastive", dataset, modality=[])
     with pytest.raises(ConfigError, match="proj_dim"):
         models.build("contrastive", dataset, proj_dim=0)
+    with pytest.raises(ConfigError, match="contrast_rows"):
+        models.build("contrastive", dataset, contrast_rows=-3)
 
 
 def test_learns_better_than_popularity(tmp_path):
