@@ -251,7 +251,11 @@ def test_pmap_on_four_devices_matches_one_device():
     (single, single_loss, _), (pmapped, pmap_loss, n_devices) = results["none"], results["pmap"]
     assert n_devices == 4 and np.all(np.isfinite(pmap_loss))
     np.testing.assert_allclose(single_loss, pmap_loss, rtol=1e-5)
+    moved = dict(jax.tree_util.tree_leaves_with_path(pmapped.params))
     for path, value in jax.tree_util.tree_leaves_with_path(single.params):
-        moved = jax.tree_util.tree_leaves_with_path(pmapped.params)
-        np.testing.assert_allclose(dict(moved)[path], value, rtol=2e-5, atol=2e-6, err_msg=str(path))
+        if path[-1] == jax.tree_util.DictKey("bias"):
+            # A projection bias b adds u.b to a positive and a negative alike: its BPR gradient
+            # is 0 up to rounding, which Adam scales up to full steps in either run.
+            continue
+        np.testing.assert_allclose(moved[path], value, rtol=2e-5, atol=2e-6, err_msg=str(path))
     assert not np.allclose(single.params["user_embedding"], start.params["user_embedding"])
