@@ -188,8 +188,8 @@ def test_epoch_mode_uses_refreshed_neighbours():
 
 def test_gradient_matches_finite_differences():
     data = _small(seed=3, n_users=12, n_items=10, n_interactions=60)
-    built = models.build("lattice", data, embedding_size=4, feat_embed_dim=3, knn_k=3, modalities=["text", "image"],
-                         graph_cache="none")
+    built = models.build("lattice", data, embedding_size=4, feat_embed_dim=3, knn_k=3, n_ui_layers=1,
+                         modalities=["text", "image"], graph_cache="none")
     batch = {"users": np.array([0, 3, 7]), "pos_items": np.array([1, 4, 9]), "neg_items": np.array([[2], [0], [5]])}
     with jax.enable_x64():
         ctx = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64) if jnp.issubdtype(a.dtype, jnp.floating) else a,
@@ -236,8 +236,8 @@ def test_learns_better_than_popularity(tmp_path):
         "data": {"synthetic": {}},
         "model": {"name": "lattice", "args": {"embedding_size": 16, "feat_embed_dim": 8, "knn_k": 5,
                                               "graph_cache": "none"}},
-        "train": {"epochs": 15, "batch_size": 512, "learning_rate": 0.01, "patience": 15, "seed": 0,
-                  "checkpoint_every": 15},
+        "train": {"epochs": 10, "batch_size": 512, "learning_rate": 0.01, "patience": 10, "seed": 0,
+                  "checkpoint_every": 10},
         "eval": {"ks": [20], "metrics": ["recall"]},
         "loss_weights": {"reg": 1e-4},
     })
@@ -255,7 +255,8 @@ def test_pmap_on_four_devices_matches_one_device():
 
     assert jax.device_count() >= 4
     dataset = make_synthetic(80, 60, n_interactions=1200, dims={"text": 8, "image": 4}, seed=1)
-    built = models.build("lattice", dataset, embedding_size=8, feat_embed_dim=4, knn_k=3, graph_cache="none")
+    built = models.build("lattice", dataset, embedding_size=8, feat_embed_dim=4, knn_k=3, n_ui_layers=1,
+                         graph_cache="none")
     sampler = EpochSampler(dataset, batch_size=64, n_negatives=1, seed=0)
     batches = {k: v[:3] for k, v in sampler.batches(0).items()}
     tx = make_optimizer(TrainConfig(learning_rate=0.05), sampler.steps_per_epoch)

@@ -1,9 +1,25 @@
 """jaxrec.data.graph: user-item and item-item graphs for graph-based recommenders.
 
 * the user-item training graph, its normalizations and FREEDOM's degree-sensitive pruning;
-* sparse propagation over edge lists (``segment_sum``, or BCOO) and LightGCN's layer mean;
+* sparse propagation over edge lists (chunked ``segment_sum``, or BCOO) and LightGCN's mean;
 * item-item kNN graphs per modality, built in tiles (never n x n), normalized, combined
   across modalities with fixed or learned weights, and cached on disk by content hash.
+
+Typical use in a model builder (host side) and module (device side)::
+
+  graph = bipartite_graph(dataset)                             # distinct training pairs
+  adjacency = normalized_adjacency(graph).to_device()          # D^-1/2 A D^-1/2, row-sorted
+  mean, layers = lightgcn_propagate(adjacency, ego, n_layers, indices_are_sorted=True)
+
+  pruned = prune_edges(graph, dropout=0.8, rng=rng).to_device()  # FREEDOM, once per epoch;
+  # static size 2 * kept_edge_count(E, 0.8), so the jitted step does not recompile
+
+  cache = GraphCache(workdir / "graphs")
+  image = item_knn_graph(dataset, "image", k=10, cache=cache)  # FREEDOM: 0/1 entries, "sym"
+  text = item_knn_graph(dataset, "text", k=10, cache=cache)
+  stack = stack_graphs([image, text], dataset.n_items)
+  item_adj = mix_item_graphs(jnp.array([0.1, 0.9]), stack)     # FREEDOM's mm_image_weight
+  item_adj = combine_item_graphs(logits, stack)                # LATTICE: softmax, learned
 """
 
 from jaxrec.data.graph._bipartite import BipartiteGraph as BipartiteGraph

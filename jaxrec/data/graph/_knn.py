@@ -1,12 +1,12 @@
 r"""Item-item k-nearest-neighbour graphs by cosine similarity, built in tiles.
 
 The n x n similarity matrix is never formed. Items (those with the modality) are cut into
-blocks of ``block_size`` rows; for each pair of blocks (a, b) with a <= b, one jitted step
+blocks of ``block_size`` rows; for each pair of blocks (a, b) with a <= b, jitted XLA code
 computes the (block x block) similarity tile :math:`S_{ab} = \hat X_a \hat X_b^\top` and uses
 it twice — the top-k of its rows updates block a's running neighbours, the top-k of its
 columns (the rows of :math:`S_{ba} = S_{ab}^\top`) updates block b's — so every similarity is
-computed once, half the work of a row-by-row scan. Memory beyond the features is
-O(n k + block^2).
+computed once, half the work of a row-by-row scan. Memory beyond the features is a float32
+copy of the unit-normalized features plus O(n k + block^2).
 
 Order is deterministic: neighbours are ranked by similarity, then by smaller item id, so
 exact ties resolve the same way whatever the block size. With ``include_self`` the item
