@@ -26,9 +26,14 @@ Reference row (NOT a baseline, in ``references``): ``oracle_test_popularity`` ra
 test items by their number of TEST interactions -- it reads the answers, and is the best any
 non-personalized ranking could do; a model that beats it is personalizing.
 
+Also ``popularity``: the new items ranked by their train interaction count, which is 0 for
+every one of them -- a tie broken by item id; it shows that popularity cannot rank new items.
+
 Trained models (read from their runs under ``--runs``; for a search folder, its winner by
 valid recall@20 on the valid new items): BPR-MF (its item vectors of new items are never
-trained, so it ranks them at random), SideMF and VBPR (new items scored from features).
+trained, so it ranks them at random), every model of ``MODEL_RUNS`` that scores new items from
+their modality features (SideMF, VBPR, the fusion models at the three levels, kernel,
+subspace) and CKE, which scores them from their tag-KG node.
 
 Output (``--out``, JSON)::
 
@@ -66,10 +71,16 @@ RIDGE_ALPHAS = (0.1, 1.0, 10.0, 100.0, 1000.0)
 KNN_SIZES = (10, 20, 50, 100, 200, "all")
 MODEL_RUNS = {  # row name -> (run or search folders under --runs, uses features, description)
     "bprmf": (("bprmf",), False, "BPR-MF trained on the warm items; new items keep their random initial vectors"),
-    "sidemf": (("sidemf_search", "sidemf_search_ext"), True,
-               "SideMF: new items scored by U_u . W^T z_j (free factor masked)"),
-    "vbpr": (("vbpr_search", "vbpr_search_ext"), True,
-             "VBPR (paper form): new items scored by theta_u . E f_j + beta'.f_j"),
+    "sidemf": (("sidemf_search",), True, "SideMF: new items scored by U_u . W^T z_j (free factor masked)"),
+    "vbpr": (("vbpr_search",), True, "VBPR (paper form): new items scored by theta_u . E f_j + beta'.f_j"),
+    "fusion_mf (early)": (("fusion_mf_search",), True,
+                          "feature level: one projection of the concatenated standardized features"),
+    "attention": (("attention_search",), True, "vector level: user-conditioned attention over modality vectors"),
+    "gated": (("gated_search",), True, "vector level: gated sum of modality vectors"),
+    "ensemble": (("ensemble_search",), True, "model level: learned weights over per-modality scorers"),
+    "kernel": (("kernel_search",), True, "item side = KernelEncoding of the modalities"),
+    "subspace": (("subspace_search",), True, "modalities aligned by SubspaceProjection"),
+    "cke": (("cke_search",), False, "CKE: new items scored from their tag-KG node (TransR), no modality features"),
 }
 
 
@@ -127,6 +138,35 @@ def train_matrix(dataset) -> np.ndarray:
 def warm_items(dataset) -> np.ndarray:
     counts = np.bincount(dataset.split_pairs("train")[:, 1], minlength=dataset.n_items)
     return counts > 0
+
+
+def popularity_baseline(dataset, cold, protocol, draws: int, seed: int) -> dict:
+    """Train interaction counts; ties broken at random (mean over ``draws`` seeded draws).
+
+    Every new item has 0 train interactions, so this is a random ranking. Breaking the tie by
+    item id instead would NOT be: lfm2k's item ids correlate with popularity, and an id-order
+    tie-break scores far above chance (reported in the row's ``id_order_tie_break``).
+    """
+    counts = np.bincount(dataset.split_pairs("train")[:, 1], minlength=dataset.n_items).astype(np.float64)
+    ones = np.ones((dataset.n_users, 1))
+    rng = np.random.default_rng(seed)
+    results = {"valid": [], "test": []}
+    for _ in range(draws):
+        scores = counts + rng.uniform(0.0, 0.5, size=counts.shape)  # integer counts: jitter only breaks ties
+        for split in results:
+            results[split].append(_metrics(_evaluate(dataset, ones, scores[:, None], split, getattr(cold, split),
+                                                     protocol)))
+    mean = {split: {k: float(np.mean([r[k] for r in rows])) for k in rows[0]} for split, rows in results.items()}
+    by_id = {split: _metrics(_evaluate(dataset, ones, counts[:, None], split, getattr(cold, split), protocol))
+             for split in ("valid", "test")}
+    zero = all(counts[getattr(cold, split)].max() == 0 for split in ("valid", "test"))
+    return {"name": "popularity", "kind": "baseline", "uses_features": False,
+            "description": "train interaction counts, ties broken at random"
+                           + (" (0 for every new item, so a random ranking)" if zero else ""),
+            "setting": {"draws": draws, "seed": seed}, "selected_by": "nothing to select",
+            "valid": mean["valid"], "test": mean["test"], "source": "computed",
+            "id_order_tie_break": {"note": "the same counts with ties broken by smaller item id (an artefact of "
+                                           "the id order, not a baseline)", **by_id}}
 
 
 def random_baseline(dataset, cold, protocol, draws: int, seed: int) -> dict:
@@ -272,7 +312,8 @@ def main(argv=None) -> dict:
 
     dataset, split, protocol = load_split(args.config)
     cold = jdata.cold_items(dataset)
-    rows = [random_baseline(dataset, cold, protocol, args.random_draws, args.seed),
+    rows = [popularity_baseline(dataset, cold, protocol, args.random_draws, args.seed),
+            random_baseline(dataset, cold, protocol, args.random_draws, args.seed),
             feature_popularity(dataset, cold, protocol), feature_knn(dataset, cold, protocol)]
     rows += model_rows(args.runs)
     test_pairs = dataset.split_pairs("test")

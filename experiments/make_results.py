@@ -156,6 +156,58 @@ def generic_table(records) -> list[str]:
     return lines
 
 
+def _compact_setting(row: dict) -> str:
+    setting = {k: v for k, v in (row.get("setting") or {}).items() if k not in ("alphas_tried", "k_tried")}
+    weights = setting.pop("loss_weights", None)
+    parts = [f"{k}={v}" for k, v in (weights or {}).items() if k != "bpr"]
+    parts += [f"{k}={v}" for k, v in setting.items() if k not in ("best_epoch", "epochs_run")]
+    if "best_epoch" in setting:
+        parts.append(f"best epoch {setting['best_epoch']} of {setting.get('epochs_run')}")
+    return ", ".join(parts) or "–"
+
+
+def coldstart_table(result: dict) -> list[str]:
+    """Rows of ``coldstart_baselines.py``'s JSON: baselines, models, then the reference rows."""
+    split = result.get("split", {})
+    lines = [f"Split: {split.get('method')} (holdout {split.get('holdout')}, seed {split.get('seed')}): "
+             f"{split.get('n_test_items')} new test items, {split.get('n_test_users')} test users, "
+             f"{split.get('n_test_interactions')} test interactions; a top-k list is chosen among the new "
+             f"test items only. Settings chosen by valid recall@20 on the valid new items.", "",
+             "| row | kind | uses features | test R@10 | test R@20 | test N@10 | test N@20 | valid R@20 | setting |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for row in result["rows"] + result.get("references", []):
+        test, valid = row["test"], row["valid"]
+        kind = row["kind"] + (" (reads the test labels)" if row.get("leaks_test_labels") else "")
+        lines.append(f"| {row['name']} | {kind} | {'yes' if row.get('uses_features') else 'no'} | "
+                     f"{_fmt(test.get('recall@10'))} | **{_fmt(test.get('recall@20'))}** | {_fmt(test.get('ndcg@10'))} | "
+                     f"{_fmt(test.get('ndcg@20'))} | {_fmt(valid.get('recall@20'))} | {_compact_setting(row)} |")
+    lines += [""] + [f"- **{row['name']}**: {row['description']}" for row in result["rows"] + result.get("references", [])]
+    return lines
+
+
+def missing_modality_table(result: dict) -> list[str]:
+    """Reconstruction errors on the hidden rows, then recall per scenario and fill (mean ± std over seeds)."""
+    rec = result["reconstruction"]
+    lines = [f"{rec['hidden_items']} of {rec['hidden_items'] + rec['present_items']} items' `{rec['modality']}` rows "
+             f"hidden (seed {rec['hide_seed']}), filled from {', '.join(rec['sources'])}; base model "
+             f"{result['base_model']} (`{result['config']}`).", "",
+             "| fill | MSE on hidden rows | cosine | centred cosine |", "|---|---|---|---|"]
+    for fill, errors in rec["errors_on_hidden_rows"].items():
+        lines.append(f"| {fill} | {_fmt(errors['mse'], 1)} | {_fmt(errors['cosine'])} | {_fmt(errors['centred_cosine'])} |")
+    lines += ["", "| scenario | modalities | fill | test R@20 (mean ± std) | test N@20 | valid R@20 | seeds |",
+              "|---|---|---|---|---|---|---|"]
+    for scenario, block in result["recommendation"].items():
+        for fill, entry in block.items():
+            if not isinstance(entry, dict) or "summary" not in entry:
+                continue
+            summary = entry["summary"]
+            r20, n20, v20 = summary["test_recall@20"], summary["test_ndcg@20"], summary["valid_recall@20"]
+            lines.append(f"| {scenario} | {', '.join(block.get('base_modalities', []))} | {fill} | "
+                         f"{r20['mean']:.4f} ± {r20['std']:.4f} | {n20['mean']:.4f} | {v20['mean']:.4f} | "
+                         f"{len(entry.get('runs', []))} |")
+    return lines
+
+
 def build_report(dataset: str, anchors_dir: Path) -> str:
     runs_dir = HERE / "runs" / dataset
     anchors_path = anchors_dir / f"mmrec_{dataset}.json"
@@ -174,11 +226,17 @@ def build_report(dataset: str, anchors_dir: Path) -> str:
            "## Warm start: test ranking metrics", ""]
     out += ranking_table(chosen, anchors) if chosen else ["No runs found."]
     out += ["", "## Hyper-parameter grids (winner chosen by valid recall@20)", ""] + grid_lines(chosen)
-    for title, name in (("Cold-start items (new items scored from features alone)", "coldstart"),
-                        ("Missing modality (30% of one modality's rows hidden)", "missing_modality")):
+    for title, name, render in (
+            ("Cold-start items (new items scored from their features or KG node alone)", "coldstart", coldstart_table),
+            ("Missing modality (30% of one modality's rows hidden)", "missing_modality", missing_modality_table)):
         path = HERE / "results" / f"{dataset}_{name}.json"
         if path.exists():
-            out += ["", f"## {title}", "", f"From `{path.relative_to(HERE)}`.", ""] + generic_table(_read_json(path))
+            content = _read_json(path)
+            try:
+                body = render(content)
+            except (KeyError, TypeError):  # a hand-made or older file: show it as it is
+                body = generic_table(content)
+            out += ["", f"## {title}", "", f"From `{path.relative_to(HERE)}`.", ""] + body
     return "\n".join(out) + "\n"
 
 

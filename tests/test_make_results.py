@@ -44,3 +44,40 @@ def test_table_puts_mmrec_anchor_and_speed_ratio_beside_ours(tmp_path):
     row = [line for line in table.splitlines() if line.startswith("| vbpr ")][0]
     assert "**0.4100**" in row and "0.4017" in row
     assert "4.30x faster" in row  # 0.2151 / 0.05
+
+
+def _row(name, kind, r20, **extra):
+    return {"name": name, "kind": kind, "uses_features": kind == "model", "description": f"{name} described",
+            "setting": {"loss_weights": {"bpr": 1.0, "reg": 0.5}, "best_epoch": 3, "epochs_run": 9},
+            "valid": {"recall@20": r20 - 0.01}, "test": {"recall@10": r20 / 2, "recall@20": r20, "ndcg@10": 0.1,
+                                                         "ndcg@20": 0.2}, **extra}
+
+
+def test_coldstart_table_shows_every_row_and_flags_the_label_reading_reference():
+    result = {"split": {"method": "cold_start_items", "holdout": 0.2, "seed": 999, "n_test_items": 143,
+                        "n_test_users": 10, "n_test_interactions": 50},
+              "rows": [_row("random", "baseline", 0.1399), _row("gated", "model", 0.7724)],
+              "references": [_row("oracle", "reference", 0.54, leaks_test_labels=True)]}
+    lines = make_results.coldstart_table(result)
+    table = [line for line in lines if line.startswith("| ")][1:]
+    assert [line.split(" | ")[0] for line in table] == ["| random", "| gated", "| oracle"]
+    gated = next(line for line in table if line.startswith("| gated"))
+    assert "**0.7724**" in gated and "0.7624" in gated and "reg=0.5" in gated and "best epoch 3 of 9" in gated
+    assert "reads the test labels" in next(line for line in table if line.startswith("| oracle"))
+    assert "143 new test items" in lines[0]
+
+
+def test_missing_modality_table_reports_mean_and_std_per_fill():
+    summary = {key: {"mean": value, "std": 0.01} for key, value in
+               (("test_recall@20", 0.25), ("test_ndcg@20", 0.15), ("valid_recall@20", 0.23))}
+    result = {"config": "c.yaml", "base_model": "vbpr",
+              "reconstruction": {"modality": "vggish", "hidden_items": 3, "present_items": 7, "hide_seed": 0,
+                                 "sources": ["whisper"],
+                                 "errors_on_hidden_rows": {"mean": {"mse": 5.0, "cosine": 0.9, "centred_cosine": 0.0},
+                                                           "gan": {"mse": 2.5, "cosine": 0.95, "centred_cosine": 0.7}}},
+              "recommendation": {"cold_start": {"base_modalities": ["vggish"], "split": {"method": "x"},
+                                                "gan": {"summary": summary, "runs": [{}, {}, {}]}}}}
+    lines = make_results.missing_modality_table(result)
+    assert lines[0].startswith("3 of 10 items' `vggish` rows hidden")
+    assert "| gan | 2.5 | 0.9500 | 0.7000 |" in lines
+    assert "| cold_start | vggish | gan | 0.2500 ± 0.0100 | 0.1500 | 0.2300 | 3 |" in lines
