@@ -1,8 +1,15 @@
 """Seconds per training epoch and per evaluation on lfm2k, against MMRec's measured anchors.
 
 Usage (from the project root):
-    python benchmarks/bench_train.py [--model bprmf] [--epochs 20] [--parallel none]
-        [--data ../shared/data/lfm2k] [--config experiments/configs/lfm2k/bpr.yaml]
+    python benchmarks/bench_train.py [--epochs 20] [--parallel none]
+        [--data ../shared/data/lfm2k] [--config experiments/configs/lfm2k/bpr.yaml ...]
+        [--json experiments/results/lfm2k_speed.json]
+
+Several ``--config`` files are timed one after the other (each in a fresh subprocess, so one
+model's compiled programs and memory do not slow the next); ``--json`` writes every model's
+figures (wall seconds, the process's CPU seconds over the same epochs, the load average) to
+a file that ``experiments/make_results.py`` prefers over the runs' own timings (those were
+taken while other jobs shared the two cores).
 
 Builds the model from the config exactly as ``jaxrec train`` does, compiles, then times
 ``--epochs`` epochs split into host sampling (numpy negative sampling and batch layout)
@@ -18,6 +25,9 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,19 +39,50 @@ from jaxrec.train._setup import evaluate_params, make_encoder, prepare_eval_spli
 
 ROOT = Path(__file__).resolve().parents[1]
 ANCHORS = ROOT / ".." / "shared" / "anchors" / "mmrec_lfm2k.json"
-MMREC_NAMES = {"bprmf": "BPR", "bpr": "BPR", "lightgcn": "LightGCN", "vbpr": "VBPR", "freedom": "FREEDOM"}
+MMREC_NAMES = {"bprmf": "BPR", "bpr": "BPR", "lightgcn": "LightGCN", "vbpr": "VBPR", "freedom": "FREEDOM",
+               "lattice": "LATTICE", "mmgcn": "MMGCN", "bm3": "BM3", "lgmrec": "LGMRec"}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=str(ROOT / "experiments" / "configs" / "lfm2k" / "bpr.yaml"))
+    parser.add_argument("--config", nargs="+", default=[str(ROOT / "experiments" / "configs" / "lfm2k" / "bpr.yaml")])
+    parser.add_argument("--json", default=None, help="write (merge) the figures per config name into this file")
     parser.add_argument("--data", default=str(ROOT / ".." / "shared" / "data" / "lfm2k"))
     parser.add_argument("--epochs", type=int, default=20, help="timed epochs (and evaluations)")
     parser.add_argument("--parallel", default="none", choices=("none", "pmap", "sharded"))
     parser.add_argument("--steps-per-call", type=int, default=0, help="batches per device call (0: whole epoch)")
+    parser.add_argument("--child-json", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if len(args.config) > 1 or args.json:
+        _time_each(args)
+        return
+    figures = time_one(args, args.config[0])
+    if args.child_json:
+        Path(args.child_json).write_text(json.dumps(figures))
 
-    config = load_config(args.config, [f"data.path={args.data}", f"train.parallel={args.parallel}",
+
+def _time_each(args) -> None:
+    results = json.loads(Path(args.json).read_text()) if args.json and Path(args.json).exists() else {}
+    for config_path in args.config:
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "figures.json"
+            command = [sys.executable, __file__, "--config", config_path, "--data", args.data, "--epochs",
+                       str(args.epochs), "--parallel", args.parallel, "--steps-per-call", str(args.steps_per_call),
+                       "--child-json", str(out)]
+            finished = subprocess.run(command)
+            if finished.returncode != 0 or not out.exists():
+                print(f"{config_path}: failed (exit {finished.returncode}); left out", file=sys.stderr)
+                continue
+            results[Path(config_path).stem] = json.loads(out.read_text())
+        if args.json:  # after every model, atomically: an interrupted sweep keeps what it measured
+            target = Path(args.json)
+            with tempfile.NamedTemporaryFile("w", dir=target.parent, suffix=".tmp", delete=False) as tmp_file:
+                tmp_file.write(json.dumps(results, indent=1, sort_keys=True) + "\n")
+            os.replace(tmp_file.name, target)
+
+
+def time_one(args, config_path: str) -> dict:
+    config = load_config(config_path, [f"data.path={args.data}", f"train.parallel={args.parallel}",
                                        f"train.steps_per_call={args.steps_per_call}"])
     tick = time.perf_counter()
     exp = prepare_experiment(config)
@@ -79,6 +120,7 @@ def main() -> None:
     compile_eval = time.perf_counter() - tick
 
     sampling, device, valid, test = [], [], [], []
+    cpu_start, load_start = time.process_time(), os.getloadavg()[0]
     for index in range(1, args.epochs + 1):
         state, host_seconds, device_seconds = epoch(index, state)
         sampling.append(host_seconds)
@@ -88,7 +130,8 @@ def main() -> None:
 
     per_epoch = statistics.median(s + d for s, d in zip(sampling, device))
     eval_pair = statistics.median(v + t for v, t in zip(valid, test))
-    load = os.getloadavg()[0]
+    cpu_per_epoch = (time.process_time() - cpu_start) / args.epochs  # train + valid + test, both threads
+    load = max(load_start, os.getloadavg()[0])
     print(f"{config.model.name} on {exp.dataset.name}: {exp.dataset.n_users} users, {exp.dataset.n_items} items, "
           f"{exp.steps_per_epoch} batches of {config.train.batch_size}; parallel={config.train.parallel} on "
           f"{runner.n_devices} {runner.devices[0].platform} device(s); {args.epochs} timed epochs; "
@@ -105,6 +148,10 @@ def main() -> None:
         print(f"  MMRec {anchor_name}: {anchor['train_s_per_epoch']:.4f} s/epoch, {anchor['eval_s_valid_plus_test']:.4f} "
               f"s valid+test -> ours is {anchor['train_s_per_epoch'] / per_epoch:.1f}x faster per epoch, "
               f"{anchor['eval_s_valid_plus_test'] / eval_pair:.1f}x faster per evaluation")
+    return {"model": config.model.name, "config": str(config_path), "epochs_timed": args.epochs,
+            "train_seconds_per_epoch": per_epoch, "eval_seconds_valid_plus_test": eval_pair,
+            "cpu_seconds_per_epoch_incl_eval": cpu_per_epoch, "compile_seconds": compile_train + compile_eval,
+            "load_average": load, "cpus": os.cpu_count(), "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
 
 
 if __name__ == "__main__":

@@ -106,25 +106,33 @@ def _order_key(model: str):
     return (ORDER.index(model) if model in ORDER else len(ORDER), model)
 
 
-def ranking_table(chosen, anchors) -> list[str]:
-    lines = ["| model | test R@10 | test R@20 | test N@10 | test N@20 | valid R@20 | s/epoch | eval s | "
+def ranking_table(chosen, anchors, speed=None) -> list[str]:
+    """One row per model. ``speed`` (``results/<dataset>_speed.json`` from
+    ``benchmarks/bench_train.py``): per-model timings taken back to back on a quieter machine,
+    used instead of the runs' own (marked ``†``)."""
+    speed = speed or {}
+    lines = ["| model | test R@10 | test R@20 | test N@10 | test N@20 | valid R@20 | s/epoch | eval s (valid+test) | "
              "epochs (best) | MMRec test R@20 | MMRec s/epoch | setting (by valid) |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for model in sorted(chosen, key=_order_key):
         metrics, info = chosen[model]
         test, valid, timing = metrics.get("test", {}), metrics.get("valid", {}), metrics.get("timing", {})
         anchor = anchors.get(MMREC_NAMES.get(model, MMREC_NAMES.get(str(metrics.get("model")), "")), {})
-        per_epoch = timing.get("train_seconds_per_epoch")
-        speed = _fmt(per_epoch, 3)
+        per_epoch, eval_seconds, mark = timing.get("train_seconds_per_epoch"), timing.get("eval_seconds"), ""
+        eval_seconds = None if eval_seconds is None else 2 * eval_seconds  # the runs time one split
+        if model in speed:
+            per_epoch, eval_seconds, mark = (speed[model]["train_seconds_per_epoch"],
+                                             speed[model]["eval_seconds_valid_plus_test"], "†")
+        speed_cell = _fmt(per_epoch, 3) + mark
         if per_epoch and anchor.get("train_s_per_epoch"):
-            speed += f" ({anchor['train_s_per_epoch'] / per_epoch:.2f}x faster)" if per_epoch < anchor[
+            speed_cell += f" ({anchor['train_s_per_epoch'] / per_epoch:.2f}x faster)" if per_epoch < anchor[
                 "train_s_per_epoch"] else f" ({per_epoch / anchor['train_s_per_epoch']:.2f}x slower)"
         setting = ", ".join(f"{k}={v}" for k, v in info.get("setting", {}).items()) or "config as committed"
         epochs = f"{metrics.get('epochs_run', '–')} ({metrics.get('best_epoch', '–')})"
         lines.append(
             f"| {model} | {_fmt(test.get('recall@10'))} | **{_fmt(test.get('recall@20'))}** | "
             f"{_fmt(test.get('ndcg@10'))} | {_fmt(test.get('ndcg@20'))} | {_fmt(valid.get('recall@20'))} | "
-            f"{speed} | {_fmt(timing.get('eval_seconds'), 3)} | {epochs} | {_fmt(anchor.get('test_r20'))} | "
+            f"{speed_cell} | {_fmt(eval_seconds, 3)}{mark} | {epochs} | {_fmt(anchor.get('test_r20'))} | "
             f"{_fmt(anchor.get('train_s_per_epoch'), 3)} | {setting} |")
     return lines
 
@@ -224,7 +232,15 @@ def build_report(dataset: str, anchors_dir: Path) -> str:
            "features; measured on this kind of 2-core machine).",
            "",
            "## Warm start: test ranking metrics", ""]
-    out += ranking_table(chosen, anchors) if chosen else ["No runs found."]
+    speed_path = HERE / "results" / f"{dataset}_speed.json"
+    speed = _read_json(speed_path) if speed_path.exists() else {}
+    out += ranking_table(chosen, anchors, speed) if chosen else ["No runs found."]
+    if speed:
+        loads = [v.get("load_average", 0.0) for v in speed.values()]
+        out += ["", f"† seconds from `{speed_path.relative_to(HERE)}` (`benchmarks/bench_train.py`, models timed one "
+                    f"after another, load average {min(loads):.1f}-{max(loads):.1f} on the 2 cores; 'eval s' is valid + "
+                    "test there, as MMRec's anchor); other seconds are the runs' own, taken while other jobs shared "
+                    "the machine."]
     out += ["", "## Hyper-parameter grids (winner chosen by valid recall@20)", ""] + grid_lines(chosen)
     for title, name, render in (
             ("Cold-start items (new items scored from their features or KG node alone)", "coldstart", coldstart_table),
