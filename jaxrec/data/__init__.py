@@ -17,11 +17,11 @@ from jaxrec.data._splits import split_dataset as split_dataset
 from jaxrec.data._filters import compact_ids as compact_ids
 from jaxrec.data._filters import filter_interactions as filter_interactions
 from jaxrec.data._filters import k_core as k_core
-from jaxrec.data._sampling import DevicePositives as DevicePositives
 from jaxrec.data._sampling import PositiveSets as PositiveSets
 from jaxrec.data._sampling import TrainBatches as TrainBatches
 from jaxrec.data._sampling import sample_negatives as sample_negatives
-from jaxrec.data._sampling import sample_negatives_jax as sample_negatives_jax
+from jaxrec.data._sampling_device import DevicePositives as DevicePositives
+from jaxrec.data._sampling_device import sample_negatives_jax as sample_negatives_jax
 # --- readers and writers (raw files -> MultimodalDataset) ---
 from jaxrec.data._io import DataWarning as DataWarning
 from jaxrec.data._load import FORMATS as FORMATS

@@ -1,0 +1,120 @@
+"""Negative sampling on device: :class:`PositiveSets` as jax arrays and a jittable sampler.
+
+The same two rules as the host sampler (``jaxrec.data._sampling``), with fixed shapes:
+uniform negatives exactly (the ``r``-th negative is ``r`` plus the number of the user's
+positives whose gap ``p_i - i`` is ``<= r``, found by bisection in the user's CSR segment),
+popularity negatives by inverse CDF with a fixed number of candidates per slot.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxrec.data._sampling import PositiveSets
+from jaxrec.errors import DataError
+
+
+@dataclasses.dataclass(frozen=True)
+class DevicePositives:
+    """:class:`PositiveSets` as device arrays, a pytree for jitted samplers.
+
+    Attributes:
+      indptr: (n_users + 1,) int32. indices: (nnz,) int32. gaps: (nnz,) int32, the number
+        of negatives below each positive (``p_i - i`` within the user).
+      n_items: static item count. search_steps: static bisection steps, enough for the
+        longest user (``ceil(log2(max_degree + 1))``).
+    """
+
+    indptr: jax.Array
+    indices: jax.Array
+    gaps: jax.Array
+    n_items: int
+    search_steps: int
+
+    @classmethod
+    def from_sets(cls, sets: PositiveSets) -> "DevicePositives":
+        if sets.indices.size >= 2**31:
+            raise DataError("too many positives for int32 device arrays", field="positives",
+                            found=sets.indices.size, expected="fewer than 2**31")
+        max_degree = int(sets.degrees.max()) if sets.n_users else 0
+        rows = np.repeat(np.arange(sets.n_users, dtype=np.int64), sets.degrees)
+        gaps = sets._gap_keys - rows * sets.n_items
+        return cls(jnp.asarray(sets.indptr, jnp.int32), jnp.asarray(sets.indices, jnp.int32),
+                   jnp.asarray(gaps, jnp.int32), sets.n_items, max(1, math.ceil(math.log2(max_degree + 1))))
+
+
+jax.tree_util.register_dataclass(DevicePositives, data_fields=["indptr", "indices", "gaps"],
+                                 meta_fields=["n_items", "search_steps"])
+
+
+def _upper_bound(values: jax.Array, start: jax.Array, end: jax.Array, target: jax.Array, steps: int) -> jax.Array:
+    """First position in ``values[start:end]`` (sorted) holding a value > ``target``."""
+    last = values.shape[0] - 1
+
+    def step(_, bounds):
+        low, high = bounds
+        active = low < high
+        middle = (low + high) // 2
+        go_right = values[jnp.clip(middle, 0, max(last, 0))] <= target
+        return jnp.where(active & go_right, middle + 1, low), jnp.where(active & ~go_right, middle, high)
+
+    start, end = (jnp.broadcast_to(bound, target.shape) for bound in (start, end))
+    low, _ = jax.lax.fori_loop(0, steps + 1, step, (start, end))
+    return low
+
+
+def sample_negatives_jax(
+    key: jax.Array,
+    users: jax.Array,
+    positives: DevicePositives,
+    *,
+    n_neg: int = 1,
+    item_cdf: jax.Array | None = None,
+    n_candidates: int = 8,
+) -> tuple[jax.Array, jax.Array]:
+    """Jittable negative sampling with fixed shapes, on device.
+
+    Uniform (``item_cdf=None``): exact, as :func:`sample_negatives` (the ``r``-th negative is
+    ``r`` plus the count of gaps ``<= r``, found by bisection inside the user's segment).
+    Popularity: ``n_candidates`` draws per slot by inverse CDF; the first non-positive one is
+    kept, and a slot whose candidates are all positives falls back to a uniform negative and
+    is flagged.
+
+    Args:
+      key: a PRNG key.
+      users: (n,) int32 user ids.
+      positives: :class:`DevicePositives`.
+      n_neg: negatives per user (static).
+      item_cdf: optional (n_items,) float32 cumulative item weights (``jnp.cumsum(pop)``).
+      n_candidates: candidates per slot for popularity sampling (static).
+
+    Returns:
+      ``(negatives, exact)``: (n, n_neg) int32 items and (n, n_neg) bool, False where the
+      draw fell back to uniform (popularity) or the user has no negative at all (the item is
+      then meaningless).
+    """
+    users = jnp.asarray(users, jnp.int32)
+    start, end = positives.indptr[users][:, None], positives.indptr[users + 1][:, None]
+    n_free = positives.n_items - (end - start)
+    uniform_key, candidate_key = jax.random.split(key)
+    ranks = jax.random.randint(uniform_key, (users.shape[0], n_neg), 0, jnp.maximum(n_free, 1))
+    below = _upper_bound(positives.gaps, start, end, ranks, positives.search_steps) - start
+    uniform = ranks + below
+    has_negative = jnp.broadcast_to(n_free > 0, uniform.shape)
+    if item_cdf is None:
+        return uniform.astype(jnp.int32), has_negative
+    draws = jax.random.uniform(candidate_key, (users.shape[0], n_neg, n_candidates)) * item_cdf[-1]
+    candidates = jnp.searchsorted(item_cdf, draws, side="right", method="scan_unrolled")
+    candidates = jnp.minimum(candidates, positives.n_items - 1)
+    s3, e3 = start[..., None], end[..., None]
+    after = _upper_bound(positives.indices, s3, e3, candidates, positives.search_steps)
+    is_positive = (after > s3) & (positives.indices[jnp.maximum(after - 1, 0)] == candidates)
+    first_free = jnp.argmax(~is_positive, axis=-1)
+    found = jnp.take_along_axis(~is_positive, first_free[..., None], axis=-1)[..., 0]
+    chosen = jnp.take_along_axis(candidates, first_free[..., None], axis=-1)[..., 0]
+    return jnp.where(found, chosen, uniform).astype(jnp.int32), found & has_negative
