@@ -5,6 +5,9 @@ Usage:
   python benchmarks/bench_knn.py --sizes 1000000 --max-seconds 1800   # time-boxed 1M run
   python benchmarks/bench_knn.py --propagation           # propagation + pruning benchmark
   python benchmarks/bench_knn.py --propagation --sizes   # propagation only
+  python benchmarks/bench_knn.py --tiles --sizes          # per-tile cost of the exact kNN
+  python benchmarks/bench_knn.py --ivf 100000 --sizes     # IVF recall and time vs exact
+  python benchmarks/bench_knn.py --ivf 1000000 --no-exact --sizes   # IVF recall on sampled queries
 
 kNN: each size runs in a fresh subprocess (so its peak RSS is its own): random float32
 features (n x 384, Gaussian around 256 cluster centres), k = 10, self included, then the
@@ -18,6 +21,17 @@ large: 200,000 users x 1,000,000 items, 10,000,000 distinct pairs = 20,000,000 d
 entries), 64-d embeddings, jitted, median of repeats after compilation: the default chunked
 segment-sum, a one-shot segment-sum, and BCOO @ dense; 1 and 2 LightGCN layers; and the
 per-epoch FREEDOM pruning (host numpy and on-device) of the large graph at dropout 0.8.
+
+Tiles (``--tiles``): one (2048 x 2048) tile of 128-d unit rows, k = 10: the similarity matmul
+and the update of both blocks' running top-k (``_update_both``) for several group sizes of the
+group-max pruned top-k (``group_size=1``: plain ``lax.top_k``); minimum over repeats and
+rounds (the machine is shared, so the minimum is the steadiest figure).
+
+IVF (``--ivf N``): the scale ladder's synthetic data (``make_synthetic``, one 128-d "text"
+modality, seed 0) with N items; the exact kNN (k = 10, self included) and the IVF kNN for
+each ``--ivf-settings n_clusters:n_probe``; wall and CPU seconds of each, and recall@10 of the
+IVF neighbours against the exact ones, over the 9 non-self neighbours of every item (with
+``--no-exact``: of ``--recall-queries`` sampled items, against a brute-force top-k).
 
 Measured figures: see the module docstring of jaxrec/data/graph/_knn.py and the report in
 the commit history; the machine is shared, so repeat runs vary by up to 2x.
@@ -99,6 +113,91 @@ def knn_child(n: int, block_size: int, max_seconds: float | None) -> dict:
     return row
 
 
+def tile_rows(repeats: int) -> list[dict]:
+    """Per-tile milliseconds of the exact kNN's matmul and top-k update (module docstring)."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxrec.data.graph import _knn
+
+    block, dim = 2048, 128
+    rng = np.random.default_rng(0)
+    a, b = (jnp.asarray(_knn._unit_rows(rng.standard_normal((block, dim), dtype=np.float32))) for _ in range(2))
+    ok = jnp.ones(block, bool)
+    sims = _knn._similarity_tile(a, b, ok, ok, masked=False)
+    state = (jnp.full((block, K), -jnp.inf), jnp.full((block, K), np.iinfo(np.int32).max, jnp.int32))
+    start_a, start_b = jnp.int32(0), jnp.int32(block)
+    variants = {"matmul": lambda: _knn._similarity_tile(a, b, ok, ok, masked=False)}
+    for group_size in (1, 4, 8, 16, 32):
+        variants[f"update_group_{group_size}"] = lambda g=group_size: _knn._update_both(
+            sims, state, state, start_a, start_b, k=K, group_size=g)
+    best = {name: float("inf") for name in variants}
+    for _ in range(4):  # rounds, so that a burst of load on the shared machine hits every variant
+        for name, fn in variants.items():
+            jax.block_until_ready(fn())
+            for _ in range(repeats):
+                start = time.perf_counter()
+                jax.block_until_ready(fn())
+                best[name] = min(best[name], time.perf_counter() - start)
+    row = {"tile": f"{block}x{block}", "dim": dim, "k": K, **{f"{n}_ms": round(v * 1e3, 2) for n, v in best.items()}}
+    print(json.dumps(row), flush=True)
+    return [row]
+
+
+def _sampled_exact(units: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    """Brute-force top-k ids (self included) of the rows ``queries``, scanning all rows in chunks."""
+    best_values = np.full((queries.size, k), -np.inf, np.float32)
+    best_ids = np.zeros((queries.size, k), np.int64)
+    query_rows = units[queries]
+    for start in range(0, len(units), 65536):
+        sims = query_rows @ units[start:start + 65536].T
+        sims[queries[:, None] == np.arange(start, start + sims.shape[1])[None, :]] = np.inf
+        values = np.concatenate([best_values, sims], axis=1)
+        columns = np.broadcast_to(np.arange(start, start + sims.shape[1]), sims.shape)
+        ids = np.concatenate([best_ids, columns], axis=1)
+        top = np.argsort(-values, axis=1, kind="stable")[:, :k]
+        best_values, best_ids = np.take_along_axis(values, top, 1), np.take_along_axis(ids, top, 1)
+    return best_ids
+
+
+def neighbour_recall(found: np.ndarray, truth: np.ndarray) -> float:
+    """Mean share of each row's true non-self neighbours (columns 1..k-1) that ``found`` holds."""
+    hits = [np.intersect1d(f[1:], t[1:]).size for f, t in zip(found, truth)]
+    return float(np.mean(hits) / (truth.shape[1] - 1))
+
+
+def ivf_rows(n: int, settings: list[str], run_exact: bool, recall_queries: int) -> list[dict]:
+    from jaxrec.data import make_synthetic
+    from jaxrec.data.graph import IvfSettings, knn_neighbours
+    from jaxrec.data.graph._knn import _unit_rows
+
+    features = make_synthetic(max(n // 5, 10), n, n_interactions=10 * n, dims={"text": 128},
+                              seed=0).modalities["text"].features
+    rows = []
+    truth, queries = None, None
+    if run_exact:
+        start, cpu_start = time.perf_counter(), cpu_seconds()
+        truth = knn_neighbours(features, K).indices
+        row = {"n_items": n, "method": "exact", "seconds": round(time.perf_counter() - start, 1),
+               "cpu_seconds": round(cpu_seconds() - cpu_start, 1), "peak_rss_gib": round(peak_rss_gib(), 2)}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    else:
+        queries = np.sort(np.random.default_rng(1).choice(n, min(recall_queries, n), replace=False))
+        truth = _sampled_exact(_unit_rows(np.asarray(features, np.float32)), queries, K)
+    for setting in settings:
+        n_clusters, n_probe = (int(v) for v in setting.split(":"))
+        start, cpu_start = time.perf_counter(), cpu_seconds()
+        found = knn_neighbours(features, K, method="ivf", ivf=IvfSettings(n_clusters, n_probe)).indices
+        row = {"n_items": n, "method": "ivf", "n_clusters": n_clusters, "n_probe": n_probe,
+               "seconds": round(time.perf_counter() - start, 1), "cpu_seconds": round(cpu_seconds() - cpu_start, 1),
+               "recall@10": round(neighbour_recall(found if queries is None else found[queries], truth), 4),
+               "recall_rows": int(n if queries is None else queries.size), "peak_rss_gib": round(peak_rss_gib(), 2)}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
 def timed(fn, *args, repeats: int) -> float:
     import jax
 
@@ -176,6 +275,12 @@ def main() -> None:
     parser.add_argument("--max-seconds", type=float, default=None, help="time box per kNN size")
     parser.add_argument("--propagation", action="store_true")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--tiles", action="store_true", help="per-tile cost of the exact kNN")
+    parser.add_argument("--ivf", type=int, default=None, metavar="N", help="IVF recall and time at N items")
+    parser.add_argument("--ivf-settings", nargs="*", default=["256:4", "256:8", "256:16", "1024:8", "1024:16",
+                                                               "1024:32"], help="n_clusters:n_probe pairs")
+    parser.add_argument("--no-exact", action="store_true", help="IVF recall on sampled queries only")
+    parser.add_argument("--recall-queries", type=int, default=2000)
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
@@ -188,6 +293,10 @@ def main() -> None:
         result = subprocess.run(command, stdout=subprocess.PIPE, text=True, env=os.environ)
         print(result.stdout.strip() if result.returncode == 0 else json.dumps(
             {"n_items": n, "failed": f"exit {result.returncode}"}), flush=True)
+    if args.tiles:
+        tile_rows(max(args.repeats, 5))
+    if args.ivf is not None:
+        ivf_rows(args.ivf, args.ivf_settings, not args.no_exact, args.recall_queries)
     if args.propagation:
         propagation_rows(args.repeats)
 

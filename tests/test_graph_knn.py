@@ -8,7 +8,7 @@ from jax.test_util import check_grads
 
 from jaxrec.data import Interactions, Modality, MultimodalDataset
 from jaxrec.data.graph import (Edges, combine_item_graphs, cosine_edge_weights, item_knn_graph, knn_edges,
-                               knn_neighbours, mix_item_graphs, stack_graphs)
+                               knn_neighbours, mix_item_graphs, stack_graphs, tile_top_k)
 from jaxrec.errors import ConfigError, DataError
 
 
@@ -224,3 +224,61 @@ def test_freedom_item_graph_on_lfm2k_matches_mmrec_procedure(lfm2k_path):
     assert clear.mean() > 0.9
     np.testing.assert_allclose(got[clear], expected[clear], rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(got.sum(axis=1), expected.sum(axis=1), rtol=1e-5)
+
+
+# ---- the group-max pruned tile top-k ---------------------------------------------------------
+
+def numpy_top_k(values, k):
+    """Each row's k largest (value descending, then smaller index), by a stable lexsort."""
+    order = np.stack([np.lexsort((np.arange(row.size), -row))[:k] for row in values])
+    return np.take_along_axis(values, order, axis=1), order
+
+
+@pytest.mark.parametrize("axis", [1, 0])
+@pytest.mark.parametrize("group_size", [1, 3, 8, 16, 64])
+def test_tile_top_k_equals_a_lexsort_with_many_ties_and_infinities(axis, group_size):
+    rng = np.random.default_rng(11)
+    values = rng.integers(-3, 4, (37, 150)).astype(np.float32) / 4  # 7 levels: ties everywhere
+    values[rng.random(values.shape) < 0.2] = -np.inf
+    values[5, :] = -np.inf  # a line with no finite entry
+    values[:, 9] = -np.inf
+    values[9, 140:] = np.inf
+    values[20, 3] = np.inf
+    lines = values if axis == 1 else values.T
+    k = 7
+    expected_values, expected_ids = numpy_top_k(lines, k)
+    got_values, got_ids = jax.jit(lambda v: tile_top_k(v, k, axis=axis, group_size=group_size))(values)
+    np.testing.assert_array_equal(np.asarray(got_values), expected_values)
+    np.testing.assert_array_equal(np.asarray(got_ids), expected_ids)
+
+
+def test_tile_top_k_on_random_tiles_equals_lax_top_k():
+    rng = np.random.default_rng(12)
+    for shape, k, group_size in (((64, 200), 10, 16), ((50, 333), 4, 32), ((200, 48), 10, 4)):
+        values = np.round(rng.standard_normal(shape), 1).astype(np.float32)
+        for axis in (0, 1):
+            expected = jax.lax.top_k(values if axis == 1 else values.T, k)
+            got = tile_top_k(values, k, axis=axis, group_size=group_size)
+            np.testing.assert_array_equal(np.asarray(got[0]), np.asarray(expected[0]))
+            np.testing.assert_array_equal(np.asarray(got[1]), np.asarray(expected[1]))
+    with pytest.raises(ConfigError, match="axis"):
+        tile_top_k(np.zeros((4, 4), np.float32), 2, axis=2)
+
+
+@pytest.mark.parametrize("include_self", [True, False])
+def test_pruned_tiles_keep_exact_ties_with_masks(include_self):
+    # 400 items with exact cosine ties; blocks of 64/128 rows cut into groups of 4/16 columns,
+    # so every tile is pruned (more groups than k) and ties cross group and block borders.
+    features = exact_tie_features(400, 13)
+    features[[17, 230, 399]] = features[5]
+    mask = np.random.default_rng(14).random(400) < 0.9
+    mask[5] = mask[230] = True
+    indices, values, valid = brute_force_knn(features, 9, mask, include_self=include_self)
+    for block_size, group_size in ((64, 4), (128, 16), (56, 8)):
+        got = knn_neighbours(features, 9, mask=mask, include_self=include_self, block_size=block_size,
+                             group_size=group_size)
+        np.testing.assert_array_equal(got.valid, valid)
+        np.testing.assert_array_equal(got.indices, indices)
+        np.testing.assert_allclose(got.similarities, values, atol=1e-6)
+    with pytest.raises(ConfigError, match="group_size"):
+        knn_neighbours(features, 3, group_size=0)

@@ -198,14 +198,36 @@ class FREEDOM(nn.Module):
 
 
 def frozen_item_graph(dataset, modalities: Sequence[str], graph_weights: Sequence[float], *, knn_k: int,
-                      cache: jgraph.GraphCache | None) -> jgraph.Edges:
+                      cache: jgraph.GraphCache | None, knn_method: str = "exact",
+                      ivf: jgraph.IvfSettings | None = None) -> jgraph.Edges:
     """FREEDOM's :math:`S = \\sum_m \\alpha_m D_m^{-1/2} A_m D_m^{-1/2}` on the union of the
     modality graphs' edges, row-sorted, on the host."""
-    graphs = [jgraph.knn_edges(jgraph.item_knn_neighbours(dataset, name, k=knn_k, cache=cache), weighted=False,
-                               normalization="sym") for name in modalities]
+    graphs = [jgraph.knn_edges(jgraph.item_knn_neighbours(dataset, name, k=knn_k, cache=cache, method=knn_method,
+                                                          ivf=ivf),
+                               weighted=False, normalization="sym") for name in modalities]
     stack = jgraph.stack_graphs(graphs, dataset.n_items)
     mixed = np.asarray(graph_weights, np.float32) @ np.asarray(stack.weights)
     return jgraph.Edges(np.asarray(stack.rows), np.asarray(stack.cols), mixed.astype(np.float32))
+
+
+def knn_search_settings(method, n_clusters, n_probe, model: str) -> jgraph.IvfSettings | None:
+    """The :class:`~jaxrec.data.graph.IvfSettings` of ``knn_method: ivf`` (None for ``exact``),
+    or ``ConfigError`` for a bad combination."""
+    if method not in jgraph.KNN_METHODS:
+        raise ConfigError(f"model {model}: knn_method must be one of {jgraph.KNN_METHODS}; found {method!r}")
+    if method == "exact":
+        if n_clusters is not None or n_probe is not None:
+            raise ConfigError(f"model {model}: knn_n_clusters and knn_n_probe apply to knn_method 'ivf' only; "
+                              f"found {n_clusters!r}, {n_probe!r} with 'exact'")
+        return None
+    if n_clusters is None or n_probe is None:
+        raise ConfigError(f"model {model}: knn_method 'ivf' needs knn_n_clusters and knn_n_probe; "
+                          f"found {n_clusters!r}, {n_probe!r}")
+    check_positive_int(n_clusters, "knn_n_clusters", model)
+    check_positive_int(n_probe, "knn_n_probe", model)
+    if n_probe > n_clusters:
+        raise ConfigError(f"model {model}: knn_n_probe ({n_probe}) must not exceed knn_n_clusters ({n_clusters})")
+    return jgraph.IvfSettings(n_clusters=n_clusters, n_probe=n_probe)
 
 
 def graph_cache_of(graph_cache: str | None) -> jgraph.GraphCache | None:
@@ -239,7 +261,8 @@ def key_seed(key) -> list[int]:
 def build(dataset, *, embedding_size: int = 64, feat_embed_dim: int = 64, knn_k: int = 10, n_ui_layers: int = 2,
           n_mm_layers: int = 1, dropout: float = 0.8, modalities: list[str] | None = None,
           graph_weights: list[float] | None = None, train_features: bool = True,
-          graph_cache: str | None = "default") -> Built:
+          graph_cache: str | None = "default", knn_method: str = "exact", knn_n_clusters: int | None = None,
+          knn_n_probe: int | None = None) -> Built:
     """FREEDOM for ``dataset``.
 
     Args:
@@ -257,6 +280,10 @@ def build(dataset, *, embedding_size: int = 64, feat_embed_dim: int = 64, knn_k:
       train_features: the raw features are trainable parameters, as in MMRec.
       graph_cache: ``"default"`` (``~/.cache/jaxrec/graphs`` or ``$JAXREC_GRAPH_CACHE``), a
         folder, or ``"none"`` (no cache) for the kNN neighbours.
+      knn_method: ``"exact"`` (default) or ``"ivf"``: the frozen graph's kNN by an inverted
+        file (:func:`jaxrec.data.graph.knn_neighbours`), for catalogues where the exact
+        :math:`O(n^2)` search is too slow; then ``knn_n_clusters`` and ``knn_n_probe`` are
+        required (``experiments/configs/scale/``: 1024 and 32 at a million items).
 
     Returns:
       :class:`~jaxrec.models.Built` with a ``host_update`` that redraws the pruned graph each
@@ -276,13 +303,15 @@ def build(dataset, *, embedding_size: int = 64, feat_embed_dim: int = 64, knn_k:
         raise ConfigError(f"model {model}: dropout must be a number in [0, 1); found {dropout!r}")
     if not isinstance(train_features, bool):
         raise ConfigError(f"model {model}: train_features must be true or false; found {train_features!r}")
+    ivf = knn_search_settings(knn_method, knn_n_clusters, knn_n_probe, model)
     features, dims, names = item_side_features(dataset, modalities, scaling="none", model=model)
     weights = check_modality_weights(graph_weights, names, "graph_weights", model)
     blocks = tuple(jnp.asarray(block) for block in np.split(features, np.cumsum(dims)[:-1], axis=1))
     del features
     graph = jgraph.bipartite_graph(dataset, split="train")
     full = jgraph.normalized_adjacency(graph).to_device()
-    item_graph = frozen_item_graph(dataset, names, weights, knn_k=knn_k, cache=graph_cache_of(graph_cache))
+    item_graph = frozen_item_graph(dataset, names, weights, knn_k=knn_k, cache=graph_cache_of(graph_cache),
+                                   knn_method=knn_method, ivf=ivf)
     ctx = {"graph": full, "item_graph": item_graph.to_device(), "features": blocks}
     module = FREEDOM(n_users=dataset.n_users, n_items=dataset.n_items, feature_dims=dims,
                      embedding_size=embedding_size, feat_embed_dim=feat_embed_dim, n_ui_layers=n_ui_layers,

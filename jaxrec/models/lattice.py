@@ -93,6 +93,7 @@ from jaxrec.models.freedom import (
     FeatureTable,
     batch_triples,
     graph_cache_of,
+    knn_search_settings,
     torch_linear_bias,
     torch_linear_kernel,
     xavier_uniform,
@@ -108,15 +109,17 @@ def unit_rows(x: jax.Array) -> jax.Array:
     return x * jnp.where(squared > 0, jax.lax.rsqrt(jnp.where(squared > 0, squared, 1.0)), 0.0)
 
 
-def knn_indices(features: jax.Array, k: int, *, block_size: int = 1024, column_block_size: int = 4096) -> jax.Array:
+def knn_indices(features: jax.Array, k: int, *, block_size: int = 1024, column_block_size: int = 4096,
+                group_size: int = 8) -> jax.Array:
     r"""Each row's k most cosine-similar rows, itself first, in tiles (jit-friendly).
 
     .. math::  N_k(i) = \{i\} \cup \operatorname{top}_{k-1,\, j \ne i}\; \hat x_i^\top \hat x_j
 
     The (n, n) similarity matrix is never formed: a ``lax.map`` over blocks of
     ``block_size`` rows scans blocks of ``column_block_size`` columns, computing one
-    (rows x columns) similarity tile at a time, its ``lax.top_k``, and merging that into the
-    row block's running top-k. Memory is O(n k + block_size * column_block_size). No
+    (rows x columns) similarity tile at a time, its exact group-max pruned top-k
+    (:func:`jaxrec.data.graph.tile_top_k`), and merging that into the row block's running
+    top-k. Memory is O(n k + block_size * column_block_size). No
     gradient flows through the choice (the input is ``stop_gradient``-ed, so nothing of the
     tiles is kept for the backward pass).
 
@@ -125,6 +128,7 @@ def knn_indices(features: jax.Array, k: int, *, block_size: int = 1024, column_b
       k: neighbours per row, 1 <= k <= n (static).
       block_size: rows per tile (static).
       column_block_size: columns per tile (static).
+      group_size: columns per group of the pruned top-k (static; speed only).
 
     Returns:
       (n, k) int32 neighbour ids, most similar first; exact ties rank the lower id first.
@@ -149,7 +153,7 @@ def knn_indices(features: jax.Array, k: int, *, block_size: int = 1024, column_b
             sims = jnp.matmul(rows, columns.T, precision=jax.lax.Precision.HIGHEST)
             sims = jnp.where(col_ids[None, :] < n, sims, -jnp.inf)
             sims = jnp.where(col_ids[None, :] == row_ids[:, None], jnp.inf, sims)
-            values, local = jax.lax.top_k(sims, k)
+            values, local = jgraph.tile_top_k(sims, k, axis=1, group_size=group_size)
             # Running best first: on exact ties top_k keeps the earlier slot, i.e. the lower id.
             merged_values = jnp.concatenate([best[0], values], axis=1)
             merged_ids = jnp.concatenate([best[1], local.astype(jnp.int32) + col_start], axis=1)
@@ -190,6 +194,9 @@ class LATTICE(nn.Module):
       train_features: the raw feature tables are trainable (MMRec: yes).
       learned_graph: ``"step"`` or ``"epoch"`` (module docstring).
       knn_block_size, knn_column_block_size: rows and columns per tile of the learned kNN.
+      knn_method: ``"exact"`` or ``"ivf"``: how :func:`refresh_learned_graph` finds the
+        ``"epoch"`` mode's neighbour lists (``"step"`` mode: always exact, on device).
+      knn_n_clusters, knn_n_probe: the IVF settings (0 with ``"exact"``).
     """
 
     n_users: int
@@ -205,6 +212,9 @@ class LATTICE(nn.Module):
     learned_graph: str = "step"
     knn_block_size: int = 1024
     knn_column_block_size: int = 4096
+    knn_method: str = "exact"
+    knn_n_clusters: int = 0
+    knn_n_probe: int = 0
 
     def setup(self):
         self.user_embedding = self.param("user_embedding", xavier_uniform, (self.n_users, self.embedding_size))
@@ -297,16 +307,34 @@ def _jitted_neighbours(module):
     return jax.jit(lambda params, ctx: module.apply({"params": params}, ctx, method="learned_neighbours"))
 
 
+@functools.lru_cache(maxsize=8)
+def _jitted_projections(module):
+    return jax.jit(lambda params, ctx: module.apply({"params": params}, ctx, method="projected_features"))
+
+
 def refresh_learned_graph(module: LATTICE, params, ctx):
     """``ctx`` with ``"learned_neighbours"`` recomputed from ``params`` (the ``"epoch"`` mode's
-    per-epoch step; jitted, chunked on device)."""
-    return {**ctx, "learned_neighbours": _jitted_neighbours(module)(params, ctx)}
+    per-epoch step).
+
+    ``knn_method="exact"``: jitted, in tiles on device (:func:`knn_indices`). ``"ivf"``: the
+    projected features are brought to the host and searched by the inverted file of
+    :func:`jaxrec.data.graph.knn_neighbours` (self first, ties to the smaller id, as exact);
+    with ``knn_n_probe == knn_n_clusters`` that is the exact result again.
+    """
+    if module.knn_method == "exact":
+        return {**ctx, "learned_neighbours": _jitted_neighbours(module)(params, ctx)}
+    settings = jgraph.IvfSettings(n_clusters=module.knn_n_clusters, n_probe=module.knn_n_probe)
+    lists = [jgraph.knn_neighbours(np.asarray(projected), module.knn_k, method="ivf", ivf=settings).indices
+             for projected in _jitted_projections(module)(params, ctx)]
+    return {**ctx, "learned_neighbours": jnp.asarray(np.concatenate(lists, axis=1), jnp.int32)}
 
 
-def initial_item_graphs(dataset, modalities, *, knn_k: int, cache) -> tuple[jgraph.GraphStack, np.ndarray]:
+def initial_item_graphs(dataset, modalities, *, knn_k: int, cache, knn_method: str = "exact",
+                        ivf: jgraph.IvfSettings | None = None) -> tuple[jgraph.GraphStack, np.ndarray]:
     """The M normalized similarity-weighted initial graphs on one edge pattern, and the
     (n_items, M k) neighbour lists of the raw features (host arrays)."""
-    neighbours = [jgraph.item_knn_neighbours(dataset, name, k=knn_k, cache=cache) for name in modalities]
+    neighbours = [jgraph.item_knn_neighbours(dataset, name, k=knn_k, cache=cache, method=knn_method, ivf=ivf)
+                  for name in modalities]
     graphs = [jgraph.knn_edges(nb, weighted=True, normalization="sym") for nb in neighbours]
     return (jgraph.stack_graphs(graphs, dataset.n_items),
             np.concatenate([np.asarray(nb.indices, np.int32) for nb in neighbours], axis=1))
@@ -316,7 +344,8 @@ def initial_item_graphs(dataset, modalities, *, knn_k: int, cache) -> tuple[jgra
 def build(dataset, *, embedding_size: int = 64, feat_embed_dim: int = 64, knn_k: int = 10,
           lambda_coeff: float = 0.9, n_layers: int = 1, n_ui_layers: int = 2, modalities: list[str] | None = None,
           train_features: bool = True, learned_graph: str = "step", knn_block_size: int = 1024,
-          knn_column_block_size: int = 4096, graph_cache: str | None = "default") -> Built:
+          knn_column_block_size: int = 4096, graph_cache: str | None = "default", knn_method: str = "exact",
+          knn_n_clusters: int | None = None, knn_n_probe: int | None = None) -> Built:
     """LATTICE for ``dataset``.
 
     Args:
@@ -331,6 +360,10 @@ def build(dataset, *, embedding_size: int = 64, feat_embed_dim: int = 64, knn_k:
       learned_graph: ``"step"`` or ``"epoch"`` (module docstring).
       knn_block_size, knn_column_block_size: rows and columns per tile of the learned kNN.
       graph_cache: ``"default"``, a folder, or ``"none"``: where the initial kNN neighbours are cached.
+      knn_method: ``"exact"`` (default) or ``"ivf"``: the inverted-file kNN for the initial
+        graphs and (``learned_graph="epoch"``) the learned graph's refresh, for catalogues
+        where :math:`O(n^2)` is too slow; then ``knn_n_clusters`` and ``knn_n_probe`` are
+        required.
 
     Returns:
       :class:`~jaxrec.models.Built`; weights ``{bpr: 1, reg: 1e-4}`` (MMRec's ``reg_weight``
@@ -351,10 +384,12 @@ def build(dataset, *, embedding_size: int = 64, feat_embed_dim: int = 64, knn_k:
         raise ConfigError(f"model {model}: train_features must be true or false; found {train_features!r}")
     if knn_k > dataset.n_items:
         raise ConfigError(f"model {model}: knn_k ({knn_k}) exceeds the number of items ({dataset.n_items})")
+    ivf = knn_search_settings(knn_method, knn_n_clusters, knn_n_probe, model)
     features, dims, names = item_side_features(dataset, modalities, scaling="none", model=model)
     blocks = tuple(jnp.asarray(block) for block in np.split(features, np.cumsum(dims)[:-1], axis=1))
     del features
-    stack, raw_neighbours = initial_item_graphs(dataset, names, knn_k=knn_k, cache=graph_cache_of(graph_cache))
+    stack, raw_neighbours = initial_item_graphs(dataset, names, knn_k=knn_k, cache=graph_cache_of(graph_cache),
+                                                knn_method=knn_method, ivf=ivf)
     user_item = jgraph.normalized_adjacency(jgraph.bipartite_graph(dataset, split="train"), normalization="rw",
                                             self_loops=True)
     ctx = {"graph": user_item.to_device(), "features": blocks,
@@ -368,5 +403,6 @@ def build(dataset, *, embedding_size: int = 64, feat_embed_dim: int = 64, knn_k:
                      embedding_size=embedding_size, feat_embed_dim=feat_embed_dim, knn_k=knn_k,
                      lambda_coeff=float(lambda_coeff), n_layers=n_layers, n_ui_layers=n_ui_layers,
                      train_features=train_features, learned_graph=learned_graph, knn_block_size=knn_block_size,
-                     knn_column_block_size=knn_column_block_size)
+                     knn_column_block_size=knn_column_block_size, knn_method=knn_method,
+                     knn_n_clusters=0 if ivf is None else ivf.n_clusters, knn_n_probe=0 if ivf is None else ivf.n_probe)
     return Built(module=module, ctx=ctx, default_loss_weights={"bpr": 1.0, "reg": 1e-4})

@@ -2,8 +2,10 @@
 
 * the user-item training graph, its normalizations and FREEDOM's degree-sensitive pruning;
 * sparse propagation over edge lists (chunked ``segment_sum``, or BCOO) and LightGCN's mean;
-* item-item kNN graphs per modality, built in tiles (never n x n), normalized, combined
-  across modalities with fixed or learned weights, and cached on disk by content hash.
+* item-item kNN graphs per modality, built in tiles (never n x n) -- exactly, or
+  approximately by an inverted file (spherical k-means, probed clusters) for a million
+  items -- normalized, combined across modalities with fixed or learned weights, and cached
+  on disk by content hash.
 
 Typical use in a model builder (host side) and module (device side)::
 
@@ -16,6 +18,9 @@ Typical use in a model builder (host side) and module (device side)::
 
   cache = GraphCache(workdir / "graphs")
   image = item_knn_graph(dataset, "image", k=10, cache=cache)  # FREEDOM: 0/1 entries, "sym"
+  # a million items: approximate (inverted file), its settings part of the cache key
+  big = item_knn_graph(dataset, "text", k=10, cache=cache, method="ivf",
+                       ivf=IvfSettings(n_clusters=1024, n_probe=8))
   text = item_knn_graph(dataset, "text", k=10, cache=cache)
   stack = stack_graphs([image, text], dataset.n_items)
   item_adj = mix_item_graphs(jnp.array([0.1, 0.9]), stack)     # FREEDOM's mm_image_weight
@@ -40,11 +45,16 @@ from jaxrec.data.graph._edges import normalize_edges as normalize_edges
 from jaxrec.data.graph._item_graph import KNN_VERSION as KNN_VERSION
 from jaxrec.data.graph._item_graph import item_knn_graph as item_knn_graph
 from jaxrec.data.graph._item_graph import item_knn_neighbours as item_knn_neighbours
+from jaxrec.data.graph._item_graph import knn_cache_key as knn_cache_key
+from jaxrec.data.graph._ivf import IvfSettings as IvfSettings
+from jaxrec.data.graph._ivf import spherical_kmeans as spherical_kmeans
+from jaxrec.data.graph._knn import KNN_METHODS as KNN_METHODS
 from jaxrec.data.graph._knn import MISSING_POLICIES as MISSING_POLICIES
 from jaxrec.data.graph._knn import KnnNeighbours as KnnNeighbours
 from jaxrec.data.graph._knn import cosine_edge_weights as cosine_edge_weights
 from jaxrec.data.graph._knn import knn_edges as knn_edges
 from jaxrec.data.graph._knn import knn_neighbours as knn_neighbours
+from jaxrec.data.graph._top_k import tile_top_k as tile_top_k
 from jaxrec.data.graph._propagate import lightgcn_propagate as lightgcn_propagate
 from jaxrec.data.graph._propagate import propagate as propagate
 from jaxrec.data.graph._propagate import propagate_bcoo as propagate_bcoo

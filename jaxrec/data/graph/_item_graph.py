@@ -5,25 +5,45 @@ from __future__ import annotations
 from jaxrec.data._dataset import MultimodalDataset
 from jaxrec.data.graph._cache import GraphCache, cache_key
 from jaxrec.data.graph._edges import Edges
+from jaxrec.data.graph._ivf import IvfSettings
 from jaxrec.data.graph._knn import KnnNeighbours, knn_edges, knn_neighbours
-from jaxrec.errors import DataError
+from jaxrec.errors import ConfigError, DataError
 
 # Bump when knn_neighbours' output for the same inputs changes (ranking, ties, self handling).
 KNN_VERSION = "1"
 
 
+def knn_cache_key(features, mask, *, k: int, include_self: bool = True, method: str = "exact",
+                  ivf: IvfSettings | None = None) -> str:
+    """The graph-cache key of :func:`knn_neighbours` of ``features`` and ``mask`` with these settings.
+
+    An exact graph's key is the same as before the ``method`` option existed (its settings
+    are k and include_self); an IVF graph's key adds the method and every :class:`IvfSettings`
+    field, so graphs from other settings are never reused.
+    """
+    settings = {"k": int(k), "include_self": bool(include_self)}
+    if method != "exact":
+        if not isinstance(ivf, IvfSettings):
+            raise ConfigError(f"kNN method {method!r} needs IvfSettings; found {ivf!r}")
+        settings.update(method=str(method), **{name: int(value) for name, value in ivf._asdict().items()})
+    return cache_key("knn_neighbours", version=KNN_VERSION, settings=settings,
+                     arrays={"features": features, "mask": mask})
+
+
 def item_knn_neighbours(dataset: MultimodalDataset, modality: str, *, k: int, include_self: bool = True,
-                        cache: GraphCache | None = None, block_size: int = 2048, progress=None) -> KnnNeighbours:
+                        cache: GraphCache | None = None, block_size: int = 2048, method: str = "exact",
+                        ivf: IvfSettings | None = None, progress=None) -> KnnNeighbours:
     """:func:`knn_neighbours` of one modality of ``dataset`` (its features and mask), cached.
 
     Args:
       dataset: the dataset.
       modality: the modality's name; a sequence modality (n_items, T, d) must be pooled to
         (n_items, d) first.
-      k, include_self, block_size, progress: as in :func:`knn_neighbours`.
-      cache: a :class:`GraphCache`, or None to build without caching. The key covers the
-        features' and mask's bytes, k, include_self and ``KNN_VERSION``; a cache folder inside
-        the dataset's or the modality's source folder raises ``ConfigError``.
+      k, include_self, block_size, method, ivf, progress: as in :func:`knn_neighbours`.
+      cache: a :class:`GraphCache`, or None to build without caching. The key
+        (:func:`knn_cache_key`) covers the features' and mask's bytes, k, include_self, the
+        method and its IVF settings, and ``KNN_VERSION``; a cache folder inside the dataset's
+        or the modality's source folder raises ``ConfigError``.
 
     Returns:
       :class:`KnnNeighbours` with (n_items, k) arrays.
@@ -39,27 +59,27 @@ def item_knn_neighbours(dataset: MultimodalDataset, modality: str, *, k: int, in
 
     def build():
         return knn_neighbours(mod.features, k, mask=mod.mask, include_self=include_self, block_size=block_size,
-                              progress=progress)._asdict()
+                              method=method, ivf=ivf, progress=progress)._asdict()
 
     if cache is None:
         return KnnNeighbours(**build())
     cache.check_outside(dataset.metadata.get("source"))
     cache.check_outside(mod.provenance.get("source"))
-    key = cache_key("knn_neighbours", version=KNN_VERSION, settings={"k": int(k), "include_self": bool(include_self)},
-                    arrays={"features": mod.features, "mask": mod.mask})
+    key = knn_cache_key(mod.features, mod.mask, k=k, include_self=include_self, method=method, ivf=ivf)
     arrays, _ = cache.get_or_build("knn_neighbours", key, build,
-                                   meta={"dataset": dataset.name, "modality": modality, "k": int(k)})
+                                   meta={"dataset": dataset.name, "modality": modality, "k": int(k), "method": method})
     return KnnNeighbours(**arrays)
 
 
 def item_knn_graph(dataset: MultimodalDataset, modality: str, *, k: int, weighted: bool = False,
                    normalization: str = "sym", include_self: bool = True, missing: str = "isolated",
-                   cache: GraphCache | None = None, block_size: int = 2048) -> Edges:
+                   cache: GraphCache | None = None, block_size: int = 2048, method: str = "exact",
+                   ivf: IvfSettings | None = None) -> Edges:
     """The normalized kNN graph of one modality: :func:`item_knn_neighbours` then :func:`knn_edges`.
 
     FREEDOM: ``weighted=False, normalization="sym"``; LATTICE: ``weighted=True,
     normalization="sym"`` (see :func:`knn_edges`).
     """
     neighbours = item_knn_neighbours(dataset, modality, k=k, include_self=include_self, cache=cache,
-                                     block_size=block_size)
+                                     block_size=block_size, method=method, ivf=ivf)
     return knn_edges(neighbours, weighted=weighted, normalization=normalization, missing=missing)

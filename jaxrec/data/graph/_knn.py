@@ -6,7 +6,15 @@ computes the (block x block) similarity tile :math:`S_{ab} = \hat X_a \hat X_b^\
 it twice — the top-k of its rows updates block a's running neighbours, the top-k of its
 columns (the rows of :math:`S_{ba} = S_{ab}^\top`) updates block b's — so every similarity is
 computed once, half the work of a row-by-row scan. Memory beyond the features is a float32
-copy of the unit-normalized features plus O(n k + block^2).
+copy of the unit-normalized features plus O(n k + block^2). Each tile's top-k is exact but
+group-max pruned (:func:`~jaxrec.data.graph.tile_top_k`), and the running top-k is merged by
+a top-k of 2k entries rather than a sort: per (2048 x 2048) tile of 128-d rows the top-k
+update took 17.9 ms instead of 27.9 ms (matmul 6.7 ms), and 100,000 items 39 instead of
+54 CPU seconds, identical neighbours (``benchmarks/bench_knn.py --tiles``; a shared 2-core
+machine, minimum of repeats).
+
+``method="ivf"`` replaces the :math:`O(n^2)` scan by an approximate inverted-file search
+(:mod:`._ivf`) for catalogues of a million items.
 
 Order is deterministic: neighbours are ranked by similarity, then by smaller item id, so
 exact ties resolve the same way whatever the block size. With ``include_self`` the item
@@ -27,9 +35,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrec.data.graph._edges import Edges, check_normalization, normalize_edges_host
+from jaxrec.data.graph._ivf import IvfSettings, ivf_top_k
+from jaxrec.data.graph._top_k import merge_later_ids, tile_top_k
 from jaxrec.errors import ConfigError, DataError
 
 MISSING_POLICIES = ("isolated", "self_loop")
+KNN_METHODS = ("exact", "ivf")
 
 
 class KnnNeighbours(NamedTuple):
@@ -49,14 +60,6 @@ class KnnNeighbours(NamedTuple):
     valid: np.ndarray
 
 
-def _merge_top_k(values_a, ids_a, values_b, ids_b, k: int):
-    # Lexicographic (similarity descending, id ascending) so ties never depend on tile order.
-    values = jnp.concatenate([values_a, values_b], axis=1)
-    ids = jnp.concatenate([ids_a, ids_b], axis=1)
-    neg_values, ids = jax.lax.sort((-values, ids), dimension=1, num_keys=2)
-    return -neg_values[:, :k], ids[:, :k]
-
-
 # The similarity tile and its top-k are separate jitted calls, so that only the tiles that
 # touch the zero-padded last block pay for masking (one fused program per tile measured the
 # same within the noise of a shared 2-core machine).
@@ -68,21 +71,23 @@ def _similarity_tile(block_a, block_b, ok_a, ok_b, *, masked: bool):
     return sims
 
 
-@functools.partial(jax.jit, static_argnames=("k",))
-def _update_both(sims, state_a, state_b, start_a, start_b, *, k: int):
-    values_a, local_a = jax.lax.top_k(sims, k)
-    values_b, local_b = jax.lax.top_k(sims.T, k)
-    return (_merge_top_k(*state_a, values_a, local_a + start_b, k),
-            _merge_top_k(*state_b, values_b, local_b + start_a, k))
+# Block a's running top-k receives tiles (a', a) for a' < a, then (a, a), then (a, b) for b > a:
+# source ids only grow, which merge_later_ids relies on.
+@functools.partial(jax.jit, static_argnames=("k", "group_size"))
+def _update_both(sims, state_a, state_b, start_a, start_b, *, k: int, group_size: int):
+    values_a, local_a = tile_top_k(sims, k, axis=1, group_size=group_size)
+    values_b, local_b = tile_top_k(sims, k, axis=0, group_size=group_size)
+    return (merge_later_ids(*state_a, values_a, local_a + start_b, k),
+            merge_later_ids(*state_b, values_b, local_b + start_a, k))
 
 
-@functools.partial(jax.jit, static_argnames=("k", "include_self"))
-def _update_diagonal(sims, state, start, *, k: int, include_self: bool):
+@functools.partial(jax.jit, static_argnames=("k", "include_self", "group_size"))
+def _update_diagonal(sims, state, start, *, k: int, include_self: bool, group_size: int):
     # +inf ranks the item itself first; it is replaced by similarity 1 at the end.
     eye = jnp.eye(sims.shape[0], dtype=bool)
     sims = jnp.where(eye, jnp.inf if include_self else -jnp.inf, sims)
-    values, local = jax.lax.top_k(sims, k)
-    return _merge_top_k(*state, values, local + start, k)
+    values, local = tile_top_k(sims, k, axis=1, group_size=group_size)
+    return merge_later_ids(*state, values, local + start, k)
 
 
 def _unit_rows(features: np.ndarray) -> np.ndarray:
@@ -91,7 +96,44 @@ def _unit_rows(features: np.ndarray) -> np.ndarray:
     return features / np.where(norms > 0, norms, 1.0).astype(np.float32)
 
 
+def _exact_top_k(features, present, k: int, *, include_self: bool, block_size: int, group_size: int, progress):
+    """(values, local ids) of the present items among themselves by the symmetric tile scan."""
+    block = max(k, min(int(block_size), -(-present.size // 8) * 8))
+    n_blocks = -(-present.size // block)
+    padded = np.zeros((n_blocks * block, features.shape[1]), np.float32)
+    for start in range(0, present.size, 65536):  # unit rows written in place, in slices
+        rows = present[start:start + 65536]
+        padded[start:start + rows.size] = _unit_rows(np.asarray(features[rows], np.float32))
+    ok = np.arange(n_blocks * block) < present.size
+    blocks = [jnp.asarray(padded[b * block:(b + 1) * block]) for b in range(n_blocks)]
+    oks = [jnp.asarray(ok[b * block:(b + 1) * block]) for b in range(n_blocks)]
+    del padded
+    starts = [jnp.int32(b * block) for b in range(n_blocks)]
+    empty = (jnp.full((block, k), -jnp.inf, jnp.float32), jnp.full((block, k), np.iinfo(np.int32).max, jnp.int32))
+    states = [empty] * n_blocks
+    last = n_blocks - 1
+    padded_last = present.size < n_blocks * block
+    for a in range(n_blocks):
+        sims = _similarity_tile(blocks[a], blocks[a], oks[a], oks[a], masked=padded_last and a == last)
+        states[a] = _update_diagonal(sims, states[a], starts[a], k=k, include_self=include_self,
+                                     group_size=group_size)
+        for b in range(a + 1, n_blocks):
+            sims = _similarity_tile(blocks[a], blocks[b], oks[a], oks[b], masked=padded_last and b == last)
+            states[a], states[b] = _update_both(sims, states[a], states[b], starts[a], starts[b], k=k,
+                                                group_size=group_size)
+            if (b - a) % 4 == 0:  # bound the queue of dispatched tiles (each holds a block^2 buffer)
+                jax.block_until_ready(states[a])
+        blocks[a] = None  # block a is never read again (only b > a are visited later)
+        jax.block_until_ready(states[a])
+        if progress is not None:
+            progress(n_blocks * (a + 1) - a * (a + 1) // 2, n_blocks * (n_blocks + 1) // 2)
+    values = np.concatenate([np.asarray(s[0]) for s in states])[:present.size]
+    local = np.concatenate([np.asarray(s[1]) for s in states])[:present.size]
+    return values, local
+
+
 def knn_neighbours(features, k: int, *, mask=None, include_self: bool = True, block_size: int = 2048,
+                   group_size: int = 8, method: str = "exact", ivf: IvfSettings | None = None,
                    progress: Callable[[int, int], None] | None = None) -> KnnNeighbours:
     r"""The k most cosine-similar items of every item, without an n x n matrix.
 
@@ -110,8 +152,15 @@ def knn_neighbours(features, k: int, *, mask=None, include_self: bool = True, bl
       mask: optional (n_items,) bool, True where the item has the modality.
       include_self: keep the item as its own first neighbour (LATTICE, FREEDOM) or exclude it.
       block_size: rows per tile; memory per step is about ``3 * block_size**2 * 4`` bytes.
-      progress: optional ``fn(tiles_done, tiles_total)`` called after each row of tiles (a
-        million items take hours on two CPU cores).
+      group_size: columns per group of the group-max pruned top-k of each tile
+        (:func:`tile_top_k`); speed only, the result is the same.
+      method: ``"exact"`` (the tiles above) or ``"ivf"``: the approximate inverted-file
+        search of :mod:`jaxrec.data.graph._ivf` (spherical k-means, probed clusters) for
+        catalogues where :math:`O(n^2)` is too slow; same ranking and tie rule among the
+        candidates it compares.
+      ivf: :class:`IvfSettings` (n_clusters, n_probe, ...), required with ``method="ivf"``.
+      progress: optional ``fn(done, total)`` called after each row of tiles (exact; a
+        million items take about an hour on two CPU cores) or each cluster (ivf).
 
     Returns:
       :class:`KnnNeighbours` with (n_items, k) arrays.
@@ -128,6 +177,13 @@ def knn_neighbours(features, k: int, *, mask=None, include_self: bool = True, bl
     if int(k) != k or k < 1:
         raise ConfigError(f"k must be a positive integer, got {k!r}")
     k = int(k)
+    if isinstance(group_size, bool) or int(group_size) != group_size or group_size < 1:
+        raise ConfigError(f"group_size must be a positive integer, got {group_size!r}")
+    group_size = int(group_size)
+    if method not in KNN_METHODS:
+        raise ConfigError(f"kNN method must be one of {KNN_METHODS}; found {method!r}")
+    if method == "ivf" and not isinstance(ivf, IvfSettings):
+        raise ConfigError(f"kNN method 'ivf' needs ivf=IvfSettings(n_clusters=..., n_probe=...); found {ivf!r}")
     if mask is None:
         present = np.arange(n_items)
     else:
@@ -142,35 +198,18 @@ def knn_neighbours(features, k: int, *, mask=None, include_self: bool = True, bl
     if present.size == 0:
         return KnnNeighbours(indices, similarities, valid)
 
-    block = max(k, min(int(block_size), -(-present.size // 8) * 8))
-    n_blocks = -(-present.size // block)
-    padded = np.zeros((n_blocks * block, features.shape[1]), np.float32)
-    for start in range(0, present.size, 65536):  # unit rows written in place, in slices
-        rows = present[start:start + 65536]
-        padded[start:start + rows.size] = _unit_rows(np.asarray(features[rows], np.float32))
-    ok = np.arange(n_blocks * block) < present.size
-    blocks = [jnp.asarray(padded[b * block:(b + 1) * block]) for b in range(n_blocks)]
-    oks = [jnp.asarray(ok[b * block:(b + 1) * block]) for b in range(n_blocks)]
-    del padded
-    starts = [jnp.int32(b * block) for b in range(n_blocks)]
-    empty = (jnp.full((block, k), -jnp.inf, jnp.float32), jnp.full((block, k), np.iinfo(np.int32).max, jnp.int32))
-    states = [empty] * n_blocks
-    last = n_blocks - 1
-    padded_last = present.size < n_blocks * block
-    for a in range(n_blocks):
-        sims = _similarity_tile(blocks[a], blocks[a], oks[a], oks[a], masked=padded_last and a == last)
-        states[a] = _update_diagonal(sims, states[a], starts[a], k=k, include_self=include_self)
-        for b in range(a + 1, n_blocks):
-            sims = _similarity_tile(blocks[a], blocks[b], oks[a], oks[b], masked=padded_last and b == last)
-            states[a], states[b] = _update_both(sims, states[a], states[b], starts[a], starts[b], k=k)
-            if (b - a) % 4 == 0:  # bound the queue of dispatched tiles (each holds a block^2 buffer)
-                jax.block_until_ready(states[a])
-        blocks[a] = None  # block a is never read again (only b > a are visited later)
-        jax.block_until_ready(states[a])
-        if progress is not None:
-            progress(n_blocks * (a + 1) - a * (a + 1) // 2, n_blocks * (n_blocks + 1) // 2)
-    values = np.concatenate([np.asarray(s[0]) for s in states])[:present.size]
-    local = np.concatenate([np.asarray(s[1]) for s in states])[:present.size]
+    if method == "ivf":
+        settings = ivf.checked(present.size)
+        units = np.empty((present.size, features.shape[1]), np.float32)
+        for start in range(0, present.size, 65536):
+            rows = present[start:start + 65536]
+            units[start:start + rows.size] = _unit_rows(np.asarray(features[rows], np.float32))
+        values, local = ivf_top_k(units, k, settings, include_self=include_self, group_size=group_size,
+                                  progress=progress)
+        del units
+    else:
+        values, local = _exact_top_k(features, present, k, include_self=include_self, block_size=block_size,
+                                     group_size=group_size, progress=progress)
     found = values > -np.inf
     local = np.where(found, local, 0)
     values = np.where(np.isposinf(values), 1.0, np.where(found, values, 0.0)).astype(np.float32)
