@@ -12,11 +12,18 @@ CPU seconds (both cores together; the machine is shared, so wall time depends on
 the process's peak RSS so far:
 
 * ``generate``: ``jaxrec.data.make_synthetic``;
-* ``knn:<modality>``: the frozen item kNN graph (k = 10) of each modality, tiled, through the
-  on-disk graph cache (``cached`` says whether it was a hit: FREEDOM and LATTICE share it);
+* ``knn:<modality>``: the frozen item kNN graph (k = 10) of each modality, through the on-disk
+  graph cache (``cached`` says whether it was a hit: FREEDOM and LATTICE share it). Rungs
+  below 500,000 items search it exactly (tiled, O(n^2)); from 500,000 items on
+  (``--knn auto``) with the configs' inverted file (IVF: 1,024 spherical k-means clusters, 32
+  probed per cluster), because the exact search of a million items would take about an hour of
+  both cores (120,000 tiles at ~25 ms, measured per tile). On this data at 100,000 items the IVF's recall@10 against the exact neighbours was
+  0.81 (``benchmarks/bench_knn.py --ivf 100000``); ``knn:<modality>:recall`` reports it at
+  the rung's size on ``--recall-queries`` sampled items against a brute-force top-k;
 * per model: ``build`` (user-item graph, normalized item graphs, model; the kNN from the
   cache), ``init``, LATTICE's ``learned_knn`` (the learned graph's neighbour lists from the
-  initial parameters: n x n similarities in tiles on device) or FREEDOM's ``prune`` (the
+  initial parameters: n x n similarities in tiles on device, or the IVF from 500,000 items on,
+  then ``learned_knn:recall`` as above) or FREEDOM's ``prune`` (the
   epoch's degree-sensitive pruning), ``epoch`` (one epoch of training), ``eval``
   (embeddings of all users and items, then full ranking over ALL items for a uniform sample
   of ``--eval-users`` test users, with a popularity baseline on the same users).
@@ -68,11 +75,17 @@ class Steps:
         return result
 
 
-def _config(model: str, n_items: int, cache: str | None, batch_size: int | None):
+IVF_FROM = 500_000  # rungs with at least this many items use the configs' IVF kNN ("--knn auto")
+
+
+def _config(model: str, n_items: int, cache: str | None, batch_size: int | None, knn: str = "auto"):
     from jaxrec.train import load_config
 
     overrides = [f"data.synthetic.n_items={n_items}", f"data.synthetic.n_users={max(n_items // 5, 10)}",
                  f"data.synthetic.n_interactions={10 * n_items}"]
+    if knn == "exact" or (knn == "auto" and n_items < IVF_FROM):
+        overrides += [("model.args.knn_method", "exact"), ("model.args.knn_n_clusters", None),
+                      ("model.args.knn_n_probe", None)]
     if cache is not None:
         overrides.append(f"model.args.graph_cache={cache}")
     if batch_size is not None:
@@ -99,31 +112,49 @@ def _sampled_eval(dataset, user_emb, item_emb, n_users: int, ks, metrics, seed: 
     return out
 
 
+def _sampled_recall(features: np.ndarray, found: np.ndarray, n_queries: int, seed: int = 1) -> dict:
+    """Recall@k of ``found`` (n, k) neighbour lists against a brute-force top-k of sampled rows."""
+    from bench_knn import _sampled_exact, neighbour_recall
+
+    from jaxrec.data.graph._knn import _unit_rows
+
+    queries = np.sort(np.random.default_rng(seed).choice(len(features), min(n_queries, len(features)), replace=False))
+    truth = _sampled_exact(_unit_rows(np.asarray(features, np.float32)), queries, found.shape[1])
+    return {f"recall@{found.shape[1]}_sampled": round(neighbour_recall(found[queries], truth), 4),
+            "recall_queries": int(queries.size)}
+
+
 def run_rung(n_items: int, models: list[str], cache: str | None, batch_size: int | None, eval_users: int,
-             steps_per_call: int) -> list[dict]:
+             steps_per_call: int, knn: str = "auto", recall_queries: int = 1000) -> list[dict]:
     import jax
 
     from jaxrec.data import make_synthetic
-    from jaxrec.data.graph import GraphCache, cache_key, item_knn_neighbours
-    from jaxrec.data.graph import KNN_VERSION
-    from jaxrec.models.lattice import refresh_learned_graph
+    from jaxrec.data.graph import GraphCache, item_knn_neighbours, knn_cache_key
+    from jaxrec.models.freedom import knn_search_settings
+    from jaxrec.models.lattice import _jitted_projections, refresh_learned_graph
     from jaxrec.train import StepRunner, init_state
     from jaxrec.train._setup import epoch_context, make_encoder, prepare_experiment
 
     steps = Steps(n_items)
-    configs = {model: _config(model, n_items, cache, batch_size) for model in models}
+    configs = {model: _config(model, n_items, cache, batch_size, knn) for model in models}
     synthetic = dict(next(iter(configs.values())).data.synthetic)
     dataset = steps.run("generate", lambda: make_synthetic(**synthetic),
                         n_users=synthetic["n_users"], n_interactions=synthetic["n_interactions"],
                         dims=synthetic.get("dims"))
     graph_cache = GraphCache(None if cache in (None, "default") else cache)
+    args = dict(next(iter(configs.values())).model.args)  # both scale configs search the kNN alike
+    method = args.get("knn_method", "exact")
+    ivf = knn_search_settings(method, args.get("knn_n_clusters"), args.get("knn_n_probe"), "scale ladder")
     for name in dataset.modalities:
         modality = dataset.modalities[name]
-        key = cache_key("knn_neighbours", version=KNN_VERSION, settings={"k": 10, "include_self": True},
-                        arrays={"features": modality.features, "mask": modality.mask})
+        key = knn_cache_key(modality.features, modality.mask, k=10, include_self=True, method=method, ivf=ivf)
         hit = graph_cache.load("knn_neighbours", key) is not None
-        steps.run(f"knn:{name}", lambda name=name: item_knn_neighbours(dataset, name, k=10, cache=graph_cache),
-                  cached=hit, dim=int(modality.dim))
+        neighbours = steps.run(f"knn:{name}", lambda name=name: item_knn_neighbours(
+            dataset, name, k=10, cache=graph_cache, method=method, ivf=ivf), cached=hit, dim=int(modality.dim),
+            method=method, **({} if ivf is None else {"n_clusters": ivf.n_clusters, "n_probe": ivf.n_probe}))
+        if ivf is not None and recall_queries:
+            steps.run(f"knn:{name}:recall", lambda: _sampled_recall(modality.features, neighbours.indices,
+                                                                    recall_queries), annotate=lambda r: r)
 
     for model, config in configs.items():
         with warnings.catch_warnings():
@@ -134,7 +165,13 @@ def run_rung(n_items: int, models: list[str], cache: str | None, batch_size: int
             exp.module, exp.built.ctx, exp.sampler.example_batch(), exp.tx, config.train.seed))))
         if model == "lattice":
             ctx = steps.run(f"{model}:learned_knn", lambda: jax.block_until_ready(refresh_learned_graph(
-                exp.module, runner.get_state(state).params, exp.built.ctx)))
+                exp.module, runner.get_state(state).params, exp.built.ctx)), method=exp.module.knn_method)
+            if exp.module.knn_method == "ivf" and recall_queries:
+                projected = np.asarray(_jitted_projections(exp.module)(runner.get_state(state).params, ctx)[0])
+                steps.run(f"{model}:learned_knn:recall", lambda: _sampled_recall(
+                    projected, np.asarray(ctx["learned_neighbours"])[:, :exp.module.knn_k], recall_queries),
+                    annotate=lambda r: r)
+                del projected
         else:
             ctx = steps.run(f"{model}:prune", lambda: jax.block_until_ready(
                 epoch_context(exp.built, config.train.seed, 0)))
@@ -176,15 +213,21 @@ def main() -> None:
     parser.add_argument("--eval-users", type=int, default=10_000)
     parser.add_argument("--steps-per-call", type=int, default=16)
     parser.add_argument("--json", default=None, help="append the JSON rows to this file")
+    parser.add_argument("--knn", choices=["auto", "exact", "ivf"], default="auto",
+                        help=f"kNN search: the configs' (ivf) from {IVF_FROM:,} items on (auto), or always exact/ivf")
+    parser.add_argument("--recall-queries", type=int, default=1000,
+                        help="sampled items whose IVF neighbours are checked against a brute-force top-k (0: none)")
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
-        run_rung(args.child, args.models, args.cache, args.batch_size, args.eval_users, args.steps_per_call)
+        run_rung(args.child, args.models, args.cache, args.batch_size, args.eval_users, args.steps_per_call,
+                 args.knn, args.recall_queries)
         return
     rows = []
     for n in args.sizes:
         command = [sys.executable, __file__, "--child", str(n), "--models", *args.models,
-                   "--eval-users", str(args.eval_users), "--steps-per-call", str(args.steps_per_call)]
+                   "--eval-users", str(args.eval_users), "--steps-per-call", str(args.steps_per_call),
+                   "--knn", args.knn, "--recall-queries", str(args.recall_queries)]
         if args.cache:
             command += ["--cache", args.cache]
         if args.batch_size:

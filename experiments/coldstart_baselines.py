@@ -71,8 +71,8 @@ RIDGE_ALPHAS = (0.1, 1.0, 10.0, 100.0, 1000.0)
 KNN_SIZES = (10, 20, 50, 100, 200, "all")
 MODEL_RUNS = {  # row name -> (run or search folders under --runs, uses features, description)
     "bprmf": (("bprmf",), False, "BPR-MF trained on the warm items; new items keep their random initial vectors"),
-    "sidemf": (("sidemf_search",), True, "SideMF: new items scored by U_u . W^T z_j (free factor masked)"),
-    "vbpr": (("vbpr_search",), True, "VBPR (paper form): new items scored by theta_u . E f_j + beta'.f_j"),
+    "sidemf": (("sidemf_search", "sidemf_search_standardized"), True, "SideMF: new items scored by U_u . W^T z_j (free factor masked)"),
+    "vbpr": (("vbpr_search", "vbpr_search_standardized"), True, "VBPR (paper form): new items scored by theta_u . E f_j + beta'.f_j"),
     "fusion_mf (early)": (("fusion_mf_search",), True,
                           "feature level: one projection of the concatenated standardized features"),
     "attention": (("attention_search",), True, "vector level: user-conditioned attention over modality vectors"),

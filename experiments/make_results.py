@@ -18,8 +18,11 @@ import argparse
 import json
 import os
 import re
+import sys
 import tempfile
 from pathlib import Path
+
+import yaml
 
 HERE = Path(__file__).resolve().parent
 # Our registry names -> the names MMRec's anchor file uses.
@@ -76,6 +79,10 @@ def collect_runs(runs_dir: Path) -> dict[str, tuple[dict, dict]]:
             metrics = _read_json(folder / "metrics.json")
             searches = [p for p in runs_dir.iterdir() if p.is_dir() and p != folder and _row_name(p.name) == folder.name]
             search = _search_winner(searches[0]) if searches else None
+            if search and not _ran_with(folder, search[1]["setting"]):
+                print(f"note: {folder.name}/ was not run at its search's winning setting {search[1]['setting']}; "
+                      "the search's winner is reported instead", file=sys.stderr)
+                continue
             info = search[1] if search else {"setting": {}, "grid": {}, "n_trials": 1}
             info = {**info, "source": os.path.relpath(folder, HERE)}
             chosen[folder.name] = (metrics, info)
@@ -88,6 +95,22 @@ def collect_runs(runs_dir: Path) -> dict[str, tuple[dict, dict]]:
                 model not in searched or _valid(winner[0]) > _valid(searched[model][0])):
             searched[model] = winner
     return {**chosen, **searched}
+
+
+def _ran_with(folder: Path, setting: dict) -> bool:
+    """Whether ``folder/config.yaml`` holds every dotted ``key: value`` of ``setting``."""
+    config_path = folder / "config.yaml"
+    if not config_path.exists():
+        return not setting
+    node_root = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
+    for key, value in setting.items():
+        node = node_root
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node != value and not (isinstance(node, (int, float)) and isinstance(value, (int, float))
+                                  and abs(float(node) - float(value)) <= 1e-12 * max(1.0, abs(float(value)))):
+            return False
+    return True
 
 
 def _valid(metrics: dict) -> float:
@@ -171,6 +194,9 @@ def _compact_setting(row: dict) -> str:
     parts += [f"{k}={v}" for k, v in setting.items() if k not in ("best_epoch", "epochs_run")]
     if "best_epoch" in setting:
         parts.append(f"best epoch {setting['best_epoch']} of {setting.get('epochs_run')}")
+    source = str(row.get("source", ""))
+    if source and source != "computed":  # the run folder says which grid won (e.g. *_standardized)
+        parts.append(f"`{'/'.join(Path(source).parts[-2:])}`")
     return ", ".join(parts) or "–"
 
 

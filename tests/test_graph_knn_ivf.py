@@ -129,3 +129,17 @@ def test_the_ivf_settings_are_part_of_the_cache_key(tmp_path):
     again = item_knn_neighbours(dataset, "text", k=5, cache=cache, method="ivf", ivf=IvfSettings(8, 1))
     np.testing.assert_array_equal(again.indices, ivf.indices)
     np.testing.assert_array_equal(exact.indices, knn_neighbours(features, 5, mask=mask).indices)
+
+
+def test_freedom_frozen_graph_by_ivf_probing_every_cluster_equals_the_exact_one():
+    from jaxrec import models
+    from jaxrec.data import make_synthetic
+
+    data = make_synthetic(30, 80, n_interactions=500, dims={"text": 6, "image": 5}, seed=1)
+    kwargs = dict(embedding_size=8, feat_embed_dim=8, knn_k=4, graph_cache="none", dropout=0.0)
+    exact = models.build("freedom", data, **kwargs).ctx["item_graph"]
+    full = models.build("freedom", data, knn_method="ivf", knn_n_clusters=6, knn_n_probe=6, **kwargs).ctx["item_graph"]
+    for a, b in zip(exact, full):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    with pytest.raises(ConfigError, match="knn_n_probe"):
+        models.build("freedom", data, knn_method="ivf", knn_n_clusters=6, knn_n_probe=0, **kwargs)

@@ -186,6 +186,31 @@ def test_epoch_mode_uses_refreshed_neighbours():
     assert not np.allclose(np.asarray(stale[1]), np.asarray(expected[1]))
 
 
+def test_epoch_mode_ivf_refresh_probing_every_cluster_equals_the_exact_refresh():
+    data = _small(seed=4, n_items=60)
+    kwargs = dict(embedding_size=8, feat_embed_dim=4, knn_k=3, modalities=["image", "text"], graph_cache="none",
+                  learned_graph="epoch")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        exact = models.build("lattice", data, **kwargs)
+        full = models.build("lattice", data, knn_method="ivf", knn_n_clusters=5, knn_n_probe=5, **kwargs)
+        partial = models.build("lattice", data, knn_method="ivf", knn_n_clusters=6, knn_n_probe=1, **kwargs)
+    params = _init(exact)
+    expected = np.asarray(refresh_learned_graph(exact.module, params, exact.ctx)["learned_neighbours"])
+    # The initial graphs (raw features) and the refreshed learned lists both equal the exact ones.
+    np.testing.assert_array_equal(np.asarray(full.ctx["learned_neighbours"]),
+                                  np.asarray(exact.ctx["learned_neighbours"]))
+    refreshed = refresh_learned_graph(full.module, params, full.ctx)["learned_neighbours"]
+    np.testing.assert_array_equal(np.asarray(refreshed), expected)
+    # Probing one cluster of six: still each item itself first and 3 distinct neighbours per modality.
+    found = np.asarray(refresh_learned_graph(partial.module, params, partial.ctx)["learned_neighbours"])
+    assert found.shape == expected.shape
+    for m in range(2):
+        lists = found[:, 3 * m:3 * (m + 1)]
+        np.testing.assert_array_equal(lists[:, 0], np.arange(60))
+        assert all(np.unique(row).size == 3 for row in lists)
+
+
 def test_gradient_matches_finite_differences():
     data = _small(seed=3, n_users=12, n_items=10, n_interactions=60)
     built = models.build("lattice", data, embedding_size=4, feat_embed_dim=3, knn_k=3, n_ui_layers=1,
@@ -219,6 +244,14 @@ def test_builder_checks():
         models.build("lattice", data, knn_k=31, graph_cache="none")
     with pytest.raises(ConfigError, match="graph_cache"):
         models.build("lattice", data, graph_cache=3)
+    with pytest.raises(ConfigError, match="knn_method"):
+        models.build("lattice", data, knn_method="annoy", graph_cache="none")
+    with pytest.raises(ConfigError, match="needs knn_n_clusters"):
+        models.build("lattice", data, knn_method="ivf", knn_n_probe=2, graph_cache="none")
+    with pytest.raises(ConfigError, match="knn_n_probe"):
+        models.build("lattice", data, knn_method="ivf", knn_n_clusters=4, knn_n_probe=5, graph_cache="none")
+    with pytest.raises(ConfigError, match="apply to knn_method 'ivf' only"):
+        models.build("lattice", data, knn_n_clusters=4, graph_cache="none")
     assert isinstance(models.build("lattice", data, knn_k=2, graph_cache="none").module, LATTICE)
 
 
