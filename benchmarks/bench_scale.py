@@ -16,10 +16,11 @@ the process's peak RSS so far:
   graph cache (``cached`` says whether it was a hit: FREEDOM and LATTICE share it). Rungs
   below 500,000 items search it exactly (tiled, O(n^2)); from 500,000 items on
   (``--knn auto``) with the configs' inverted file (IVF: 1,024 spherical k-means clusters, 32
-  probed per cluster), because the exact search of a million items would take about an hour of
-  both cores (120,000 tiles at ~25 ms, measured per tile). On this data at 100,000 items the IVF's recall@10 against the exact neighbours was
-  0.81 (``benchmarks/bench_knn.py --ivf 100000``); ``knn:<modality>:recall`` reports it at
-  the rung's size on ``--recall-queries`` sampled items against a brute-force top-k;
+  probed per cluster), because the exact search of a million items would take about an hour
+  of both cores (120,000 tiles at ~25 ms each, measured). On this data at 100,000 items the
+  IVF's recall@10 against the exact neighbours was 0.81 (``benchmarks/bench_knn.py --ivf
+  100000``); ``knn:<modality>:recall`` reports it at the rung's size on ``--recall-queries``
+  sampled items against a brute-force top-k;
 * per model: ``build`` (user-item graph, normalized item graphs, model; the kNN from the
   cache), ``init``, LATTICE's ``learned_knn`` (the learned graph's neighbour lists from the
   initial parameters: n x n similarities in tiles on device, or the IVF from 500,000 items on,
