@@ -1,0 +1,233 @@
+r"""BM3: bootstrapped latent representations, no negatives (MMRec's ``BM3``).
+
+**Online embeddings.** LightGCN over the TRAIN user-item graph :math:`\hat A = D^{-1/2} A
+D^{-1/2}` (users first, no self-loops) with the ID tables :math:`E^{(0)} = [P; Q]`, plus a
+skip connection of the item IDs, and a linear projection of each item modality
+:math:`m` (MMRec: text ``t`` and "vision" ``v``) to the embedding size:
+
+.. math::
+  \bar E = \frac{1}{L+1}\sum_{l=0}^{L} \hat A^{l} E^{(0)} = [\bar P; \bar Q], \qquad
+  h_u = \bar p_u, \qquad h_i = \bar q_i + q_i, \qquad
+  h^m_i = W_m x^m_i + b_m,
+
+with :math:`L` = ``n_layers`` and :math:`x^m` the item features, a TRAINABLE table that starts
+at the raw features (MMRec's ``nn.Embedding.from_pretrained(..., freeze=False)``).
+
+**Views.** A shared predictor :math:`f(z) = W_p z + b_p` (d -> d) makes the online views;
+the target views are dropout-perturbed copies of the online embeddings (before the
+predictor) with the gradient stopped:
+
+.. math::
+  \tilde h = \operatorname{sg}(\operatorname{dropout}_p(h)), \qquad
+  \operatorname{dropout}_p(h)_{k} = h_k\, \xi_k / (1 - p), \quad \xi_k \sim \mathrm{Bernoulli}(1 - p),
+
+one mask over each whole table (users, items, each modality), drawn afresh every step.
+
+**Loss terms** (unweighted, as the model contract asks) for a batch of pairs
+:math:`(u, i)`, with :math:`\mathcal{C}(a, b) = 1 - \overline{\cos(a, b)}` the batch mean
+of one minus the row cosine (:func:`jaxrec.losses.cosine_alignment`):
+
+.. math::
+  \mathcal{L}_\text{id} &= \mathcal{C}(f(h_u), \tilde h_i) + \mathcal{C}(f(h_i), \tilde h_u), \\
+  \mathcal{L}_\text{modality} &= \sum_m \big[\mathcal{C}(f(h^m_i), \tilde h_i)
+      + \mathcal{C}(f(h^m_i), \tilde h^m_i)\big], \\
+  \mathcal{L}_\text{reg} &= \big(\lVert H_U \rVert_F + \lVert H_I \rVert_F\big) / n_\text{items},
+
+the first modality term aligning each modality with the item's ID view (MMRec's
+``loss_t``, ``loss_v``), the second with its own perturbed view (``loss_tv``, ``loss_vt``),
+and the regularizer MMRec's ``EmbLoss`` (:func:`jaxrec.losses.l2_mean_norm`: Frobenius norms,
+not squared) of the WHOLE online tables :math:`H_U = [h_u]_u`, :math:`H_I = [h_i]_i`
+(``self.reg_loss(u_online_ori, i_online_ori)``), divided by the number of rows of the last
+one, n_items. MMRec minimizes
+:math:`\mathcal{L}_\text{id} + \lambda_\text{reg} \mathcal{L}_\text{reg} +
+\lambda_\text{cl} \mathcal{L}_\text{modality}`, so ``loss_weights`` ``{id_alignment: 1,
+modality_alignment: cl_weight, reg: reg_weight}`` are MMRec's ``cl_weight`` (2.0) and
+``reg_weight``. The batch's ``neg_items`` are ignored (MMRec: ``use_neg_sampling: False``);
+rows of weight 0 (padding) are left out of the alignment means.
+
+**Scores** are MMRec's ``full_sort_predict``: the predictor IS applied at inference,
+:math:`\hat y_{ui} = f(h_u)^\top f(h_i)`, so :meth:`BM3.encode` returns
+:math:`(f(H_U), f(H_I))`.
+
+Initializations are MMRec's: Xavier-uniform ID tables, Xavier-normal predictor and
+projection weights (``nn.init.xavier_normal_``), torch's default
+:math:`U(\pm 1/\sqrt{\text{fan\_in}})` biases.
+
+Deviations from MMRec: dropout is applied when ``train=True`` only (MMRec's
+``F.dropout`` in ``calculate_loss`` is always on; our trainer calls ``loss_terms`` with
+``train=True``); masks are drawn for the whole tables as in MMRec but only the batch's rows
+are used (the same numbers, without perturbing rows nobody reads; it also makes a pmap step
+equal a one-device step, every device drawing the same table masks); the projections and
+predictor are applied to the batch's rows or to all items, whichever is fewer (row-wise
+maps: the same values); cosine norms are clamped at 1e-8 as torch's
+``cosine_similarity``, but per norm rather than on their product; MMRec adds 1e-7 to every
+degree, here a zero degree maps to 0 (an empty row stays empty either way).
+
+References:
+  Zhou, Zhou, Zhang, Liu, Miao and Shen, `Bootstrap Latent Representations for Multi-modal
+  Recommendation <https://arxiv.org/abs/2207.05969>`_, WWW 2023; MMRec ``src/models/bm3.py``
+  and ``src/configs/model/BM3.yaml`` (github.com/enoche/MMRec).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+from jaxrec import losses
+from jaxrec.data import graph as jgraph
+from jaxrec.errors import ConfigError
+from jaxrec.models._registry import Built, register
+from jaxrec.models.freedom import FeatureTable, torch_linear_bias, xavier_uniform
+from jaxrec.models.lightgcn import chunk_size_for, train_graph
+from jaxrec.models.sidemf import check_positive_int, item_side_features
+
+# torch.nn.init.xavier_normal_ (MMRec's predictor and projections): N(0, 2 / (fan_in + fan_out)).
+xavier_normal = nn.initializers.variance_scaling(1.0, "fan_avg", "normal")
+
+
+def table_dropout(key: jax.Array, table_shape: tuple[int, int], rows: jax.Array, values: jax.Array,
+                  rate: float) -> jax.Array:
+    """Inverted dropout of ``values`` = ``table[rows]`` with a mask drawn for the whole table.
+
+    Args:
+      key: PRNG key of the table's mask.
+      table_shape: (n, d) of the table the rows come from.
+      rows: (B,) row indices into the table.
+      values: (B, d) the table's rows ``rows``.
+      rate: p in [0, 1); kept entries are scaled by 1 / (1 - p) as torch's ``F.dropout``.
+
+    Returns:
+      (B, d): ``values * mask[rows] / (1 - p)``.
+    """
+    if rate == 0.0:
+        return values
+    keep = jax.random.bernoulli(key, 1.0 - rate, table_shape)[rows]
+    return jnp.where(keep, values / (1.0 - rate), 0.0)
+
+
+class BM3(nn.Module):
+    """BM3 (see the module docstring).
+
+    ``ctx``: ``{"graph": Edges, "features": tuple of (n_items, d_m)}`` -- the normalized
+    train user-item graph (users first) and the raw item features per modality.
+
+    Attributes:
+      n_users, n_items: table sizes.
+      feature_dims: width of each modality, in ``ctx["features"]`` order.
+      embedding_size: d (also the projections' width, MMRec's ``feat_embed_dim``).
+      n_layers: L, user-item propagation layers.
+      dropout: p of the target views.
+      train_features: whether the raw feature tables are trainable (MMRec: yes).
+    """
+
+    n_users: int
+    n_items: int
+    feature_dims: tuple[int, ...]
+    embedding_size: int = 64
+    n_layers: int = 1
+    dropout: float = 0.5
+    train_features: bool = True
+
+    def setup(self):
+        d = self.embedding_size
+        self.user_embedding = self.param("user_embedding", xavier_uniform, (self.n_users, d))
+        self.item_embedding = self.param("item_embedding", xavier_uniform, (self.n_items, d))
+        self.predictor = nn.Dense(d, kernel_init=xavier_normal, bias_init=torch_linear_bias(d), name="predictor")
+        self.projections = [nn.Dense(d, kernel_init=xavier_normal, bias_init=torch_linear_bias(dim),
+                                     name=f"projection_{m}") for m, dim in enumerate(self.feature_dims)]
+        if self.train_features:
+            self.feature_tables = [FeatureTable(name=f"features_{m}") for m in range(len(self.feature_dims))]
+
+    def online(self, ctx):
+        """``(H_U (n_users, d), H_I (n_items, d))``: the layer mean, items plus their ID rows."""
+        ego = jnp.concatenate([self.user_embedding, self.item_embedding], axis=0)
+        mean, _ = jgraph.lightgcn_propagate(ctx["graph"], ego, self.n_layers, indices_are_sorted=True,
+                                            chunk_size=chunk_size_for(self.embedding_size))
+        return mean[:self.n_users], mean[self.n_users:] + self.item_embedding
+
+    def modality_online(self, ctx, m: int, items):
+        """:math:`h^m` of ``items`` (B,), (B, d): the projection of the (trainable) features.
+
+        Row-wise, so applied to the gathered rows or to all items, whichever is fewer."""
+        features = ctx["features"][m]
+        if self.train_features:
+            features = self.feature_tables[m](features)
+        if items.shape[0] < self.n_items:
+            return self.projections[m](features[items])
+        return self.projections[m](features)[items]
+
+    def encode(self, ctx, train: bool = False):
+        """``(f(H_U), f(H_I))``: MMRec's ``full_sort_predict`` scores are their dot products."""
+        del train
+        users, items = self.online(ctx)
+        return self.predictor(users), self.predictor(items)
+
+    def loss_terms(self, ctx, batch, train: bool = False):
+        """``{"id_alignment", "modality_alignment", "reg"}`` for ``users`` (B,), ``pos_items``
+        (B,) and optional ``weights`` (B,); ``neg_items`` is not used."""
+        users, items, weights = batch["users"], batch["pos_items"], batch.get("weights")
+        rate = self.dropout if train else 0.0
+        user_all, item_all = self.online(ctx)
+        user_rows, item_rows = user_all[users], item_all[items]
+
+        def target(values, rows, table_rows):
+            key = self.make_rng("dropout") if rate > 0.0 else None
+            return jax.lax.stop_gradient(
+                table_dropout(key, (table_rows, self.embedding_size), rows, values, rate))
+
+        user_target = target(user_rows, users, self.n_users)
+        item_target = target(item_rows, items, self.n_items)
+
+        def align(online, target_rows):
+            return losses.cosine_alignment(online, target_rows, weights=weights)
+
+        terms = {"id_alignment": align(self.predictor(user_rows), item_target)
+                 + align(self.predictor(item_rows), user_target)}
+        modality = jnp.zeros(())
+        for m in range(len(self.feature_dims)):
+            projected = self.modality_online(ctx, m, items)
+            online = self.predictor(projected)
+            modality = modality + align(online, item_target) + align(online, target(projected, items, self.n_items))
+        terms["modality_alignment"] = modality
+        terms["reg"] = losses.l2_mean_norm(user_all, item_all)
+        return terms
+
+
+@register("bm3")
+def build(dataset, *, embedding_size: int = 64, n_layers: int = 1, dropout: float = 0.5,
+          modalities: list[str] | None = None, train_features: bool = True) -> Built:
+    """BM3 for ``dataset``.
+
+    Args:
+      dataset: a :class:`~jaxrec.data.MultimodalDataset` with item modalities; its TRAIN
+        pairs make the user-item graph.
+      embedding_size: d (MMRec: 64, also ``feat_embed_dim``).
+      n_layers: L >= 0 (MMRec's grid: 1, 2).
+      dropout: p in [0, 1) of the target views (MMRec's grid: 0.3, 0.5).
+      modalities: the modalities used, in order (default: all of the dataset's; MMRec uses
+        text and "vision").
+      train_features: the raw feature tables are trainable parameters, as in MMRec.
+
+    Returns:
+      :class:`~jaxrec.models.Built` with ``ctx = {"graph", "features"}`` and weights
+      ``{id_alignment: 1, modality_alignment: 2, reg: 0.1}`` (MMRec's ``cl_weight`` 2.0 and
+      the ``reg_weight`` chosen by validation on lfm2k).
+    """
+    model = "bm3"
+    check_positive_int(embedding_size, "embedding_size", model)
+    if isinstance(n_layers, bool) or not isinstance(n_layers, int) or n_layers < 0:
+        raise ConfigError(f"model {model}: n_layers must be a non-negative integer; found {n_layers!r}")
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+        raise ConfigError(f"model {model}: dropout must be a number in [0, 1); found {dropout!r}")
+    if not isinstance(train_features, bool):
+        raise ConfigError(f"model {model}: train_features must be true or false; found {train_features!r}")
+    features, dims, _ = item_side_features(dataset, modalities, scaling="none", model=model)
+    blocks = tuple(jnp.asarray(block) for block in np.split(features, np.cumsum(dims)[:-1], axis=1))
+    module = BM3(n_users=dataset.n_users, n_items=dataset.n_items, feature_dims=dims,
+                 embedding_size=embedding_size, n_layers=n_layers, dropout=float(dropout),
+                 train_features=train_features)
+    return Built(module=module, ctx={"graph": train_graph(dataset), "features": blocks},
+                 default_loss_weights={"id_alignment": 1.0, "modality_alignment": 2.0, "reg": 0.1})

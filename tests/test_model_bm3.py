@@ -1,0 +1,307 @@
+"""BM3: encode and the loss terms against a dense numpy re-implementation of MMRec's BM3
+(forward, calculate_loss, full_sort_predict), the dropout targets with a fixed mask and
+statistically, the stop-gradient by finite differences, learning, and pmap."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxrec import eval as jeval
+from jaxrec import models
+from jaxrec.data import make_synthetic
+from jaxrec.errors import ConfigError
+from jaxrec.models import bm3
+from jaxrec.models.bm3 import BM3, table_dropout
+
+MODALITIES = ["image", "text"]
+
+
+# ---- a dense numpy reference (MMRec's src/models/bm3.py) ---------------------------------
+
+def _numpy_norm_adj(users, items, n_users, n_items):
+    """MMRec's get_norm_adj_mat: D^-1/2 A D^-1/2 of the symmetric user-item graph."""
+    n = n_users + n_items
+    adj = np.zeros((n, n))
+    adj[users, items + n_users] = 1.0
+    adj[items + n_users, users] = 1.0
+    d = adj.sum(1)
+    scale = np.where(d > 0, 1.0 / np.sqrt(np.where(d > 0, d, 1.0)), 0.0)
+    return adj * scale[:, None] * scale[None, :]
+
+
+def _linear(p, x):
+    return x @ p["kernel"] + p["bias"]
+
+
+def _numpy_forward(p, adj, n_users, n_layers):
+    """MMRec's BM3.forward: the LightGCN layer mean; items get their ID rows added."""
+    ego = np.concatenate([p["user_embedding"], p["item_embedding"]])
+    layers = [ego]
+    for _ in range(n_layers):
+        layers.append(adj @ layers[-1])
+    mean = np.mean(layers, axis=0)
+    return mean[:n_users], mean[n_users:] + p["item_embedding"]
+
+
+def _cos(a, b, eps=1e-8):
+    return (a * b).sum(1) / (np.maximum(np.linalg.norm(a, axis=1), eps) * np.maximum(np.linalg.norm(b, axis=1), eps))
+
+
+def _numpy_bm3_loss(online, target, adj, n_users, n_layers, users, items, weights, masks=None, rate=0.0):
+    """MMRec's BM3.calculate_loss in numpy, split into our three terms.
+
+    ``online`` makes the online (gradient) branch, ``target`` the detached targets (the same
+    parameters in MMRec: two copies let a finite difference see the stop-gradient).
+    ``masks``: 0/1 arrays over whole tables, ``{"user", "item", "modality_m"}`` (F.dropout)."""
+    keep = weights > 0
+    users, items = users[keep], items[keep]
+
+    def drop(table, name):
+        return table if masks is None else table * masks[name] / (1.0 - rate)
+
+    u_on, i_on = _numpy_forward(online, adj, n_users, n_layers)
+    u_tg, i_tg = _numpy_forward(target, adj, n_users, n_layers)
+    u_tg, i_tg = drop(u_tg, "user")[users], drop(i_tg, "item")[items]
+    pred = online["predictor"]
+    id_term = (1 - _cos(_linear(pred, u_on)[users], i_tg).mean()) + (1 - _cos(_linear(pred, i_on)[items], u_tg).mean())
+    modality = 0.0
+    for m in range(len(MODALITIES)):
+        feat_on = _linear(online[f"projection_{m}"], online[f"features_{m}"]["table"])
+        feat_tg = _linear(target[f"projection_{m}"], target[f"features_{m}"]["table"])
+        feat_tg = drop(feat_tg, f"modality_{m}")[items]
+        feat_on = _linear(pred, feat_on)[items]
+        modality += (1 - _cos(feat_on, i_tg).mean()) + (1 - _cos(feat_on, feat_tg).mean())
+    reg = (np.linalg.norm(u_on) + np.linalg.norm(i_on)) / i_on.shape[0]  # EmbLoss(u_online_ori, i_online_ori)
+    return {"id_alignment": id_term, "modality_alignment": modality, "reg": reg}
+
+
+def _small(seed=0, n_users=30, n_items=20, n_interactions=250):
+    return make_synthetic(n_users, n_items, n_interactions=n_interactions, dims={"text": 6, "image": 5}, seed=seed)
+
+
+def _host(tree):
+    return jax.tree.map(lambda a: np.asarray(a, np.float64), jax.device_get(tree))
+
+
+def _setup(dropout, seed=1, n_layers=2):
+    data = _small(seed=seed)
+    built = models.build("bm3", data, embedding_size=8, n_layers=n_layers, dropout=dropout, modalities=MODALITIES)
+    rng = np.random.default_rng(seed)
+    users, items = rng.integers(0, data.n_users, 12), rng.integers(0, data.n_items, 12)
+    items[:3] = items[3]  # a repeated item: its rows share one table mask, as in MMRec
+    weights = np.array([1.0] * 9 + [0.0] * 3, np.float32)
+    batch = {"users": users, "pos_items": items, "neg_items": rng.integers(0, data.n_items, (12, 1)),
+             "weights": weights}
+    params = built.module.init({"params": jax.random.PRNGKey(2), "dropout": jax.random.PRNGKey(3)}, built.ctx,
+                               batch, True, method="loss_terms")["params"]
+    train = data.split_pairs("train")
+    adj = _numpy_norm_adj(train[:, 0], train[:, 1], data.n_users, data.n_items)
+    return data, built, batch, params, adj
+
+
+# ---- encode and the loss terms ------------------------------------------------------------
+
+@pytest.mark.parametrize("n_layers", [0, 2])
+def test_encode_and_loss_terms_match_mmrec_bm3_in_numpy(n_layers):
+    data, built, batch, params, adj = _setup(dropout=0.0, n_layers=n_layers)
+    host = _host(params)
+    for m, name in enumerate(MODALITIES):  # trainable feature tables start at the raw features
+        np.testing.assert_allclose(host[f"features_{m}"]["table"], data.modalities[name].features, rtol=1e-6)
+    # full_sort_predict applies the predictor to both sides before the dot product
+    user_emb, item_emb = built.module.apply({"params": params}, built.ctx, method="encode")
+    u_on, i_on = _numpy_forward(host, adj, data.n_users, n_layers)
+    expected_scores = _linear(host["predictor"], u_on) @ _linear(host["predictor"], i_on).T
+    np.testing.assert_allclose(np.asarray(user_emb @ item_emb.T), expected_scores, rtol=1e-4, atol=1e-5)
+    terms = built.module.apply({"params": params}, built.ctx, batch, True, method="loss_terms")
+    expected = _numpy_bm3_loss(host, host, adj, data.n_users, n_layers, batch["users"], batch["pos_items"],
+                               batch["weights"])
+    assert set(terms) == set(expected)
+    for name in expected:
+        np.testing.assert_allclose(float(terms[name]), expected[name], rtol=1e-5, err_msg=name)
+
+
+def test_dropout_targets_with_a_fixed_mask_match_numpy(monkeypatch):
+    rate = 0.5
+    data, built, batch, params, adj = _setup(dropout=rate)
+    rng = np.random.default_rng(7)
+    shapes = {"user": (data.n_users, 8), "item": (data.n_items, 8), "modality_0": (data.n_items, 8),
+              "modality_1": (data.n_items, 8)}
+    masks = {name: (rng.random(shape) > rate).astype(np.float64) for name, shape in shapes.items()}
+    order = iter(["user", "item", "modality_0", "modality_1"])  # the model draws its masks in this order
+    calls = []
+
+    def fixed_mask_dropout(key, table_shape, rows, values, rate_):
+        name = next(order)
+        calls.append(name)
+        assert table_shape == shapes[name] and rate_ == rate
+        return values * jnp.asarray(masks[name], jnp.float32)[rows] / (1.0 - rate_)
+
+    monkeypatch.setattr(bm3, "table_dropout", fixed_mask_dropout)
+    terms = built.module.apply({"params": params}, built.ctx, batch, True, method="loss_terms",
+                               rngs={"dropout": jax.random.PRNGKey(0)})
+    assert calls == list(shapes)
+    host = _host(params)
+    expected = _numpy_bm3_loss(host, host, adj, data.n_users, 2, batch["users"], batch["pos_items"],
+                               batch["weights"], masks=masks, rate=rate)
+    for name in expected:
+        np.testing.assert_allclose(float(terms[name]), expected[name], rtol=1e-5, err_msg=name)
+
+
+def test_table_dropout_statistics():
+    rate, n, d = 0.3, 400, 50
+    values = np.arange(1.0, 1.0 + n * d, dtype=np.float32).reshape(n, d)
+    rows = np.arange(n)
+    dropped = np.asarray(table_dropout(jax.random.PRNGKey(0), (n, d), rows, values, rate))
+    kept = dropped != 0
+    np.testing.assert_allclose(dropped[kept], values[kept] / (1 - rate), rtol=1e-6)  # inverted scaling
+    share = kept.mean()  # binomial: sd sqrt(0.21 / 20000) = 0.0032
+    assert abs(share - (1 - rate)) < 0.015, share
+    # one mask over the whole table: a row gathered twice is masked alike, other rows are not
+    again = np.asarray(table_dropout(jax.random.PRNGKey(0), (n, d), np.array([5, 5, 6]), values[[5, 5, 6]], rate))
+    np.testing.assert_array_equal(again[0], dropped[5])
+    np.testing.assert_array_equal(again[1], dropped[5])
+    np.testing.assert_array_equal(again[2], dropped[6])
+    assert table_dropout(None, (n, d), rows, values, 0.0) is values
+
+
+def test_dropout_changes_with_the_key_and_is_off_outside_training():
+    data, built, batch, params, adj = _setup(dropout=0.5)
+    apply = jax.jit(lambda key, train: built.module.apply({"params": params}, built.ctx, batch, train,
+                                                          method="loss_terms", rngs={"dropout": key}),
+                    static_argnums=1)
+    first, again, other = apply(jax.random.PRNGKey(0), True), apply(jax.random.PRNGKey(0), True), apply(
+        jax.random.PRNGKey(1), True)
+    assert float(first["id_alignment"]) == float(again["id_alignment"])
+    assert float(first["id_alignment"]) != float(other["id_alignment"])
+    assert float(first["reg"]) == float(other["reg"])  # the online tables are not perturbed
+    evaluation = apply(jax.random.PRNGKey(0), False)
+    expected = _numpy_bm3_loss(_host(params), _host(params), adj, data.n_users, 2, batch["users"],
+                               batch["pos_items"], batch["weights"])
+    np.testing.assert_allclose(float(evaluation["id_alignment"]), expected["id_alignment"], rtol=1e-5)
+
+
+# ---- gradients -----------------------------------------------------------------------------
+
+def test_gradient_matches_finite_differences_of_the_online_branch():
+    """jax.grad of the weighted loss equals the numpy loss's finite differences in the ONLINE
+    parameters with the targets held at the current parameters (the stop-gradient)."""
+    data, built, batch, params, adj = _setup(dropout=0.0, seed=4)
+    weights = {"id_alignment": 1.0, "modality_alignment": 2.0, "reg": 0.1}
+    with jax.enable_x64():
+        ctx = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64) if jnp.issubdtype(a.dtype, jnp.floating) else a,
+                           built.ctx)
+        p64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
+
+        def loss(p):
+            terms = built.module.apply({"params": p}, ctx, batch, True, method="loss_terms")
+            return sum(weights[k] * v for k, v in terms.items())
+
+        grads = _host(jax.jit(jax.grad(loss))(p64))
+    assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
+    host = _host(params)
+    flat, treedef = jax.tree_util.tree_flatten(host)
+    grad_flat = jax.tree.leaves(grads)
+    rng = np.random.default_rng(0)
+    eps = 1e-6
+
+    def numpy_loss(leaves):
+        online = jax.tree_util.tree_unflatten(treedef, leaves)
+        terms = _numpy_bm3_loss(online, host, adj, data.n_users, 2, batch["users"], batch["pos_items"],
+                                batch["weights"])
+        return sum(weights[k] * v for k, v in terms.items())
+
+    for leaf_index, (leaf, grad) in enumerate(zip(flat, grad_flat)):
+        for _ in range(6):
+            index = tuple(int(rng.integers(s)) for s in leaf.shape)
+            bumped = []
+            for step in (eps, -eps):
+                changed = leaf.copy()
+                changed[index] += step
+                bumped.append(numpy_loss(flat[:leaf_index] + [changed] + flat[leaf_index + 1:]))
+            numeric = (bumped[0] - bumped[1]) / (2 * eps)
+            np.testing.assert_allclose(grad[index], numeric, rtol=1e-4, atol=1e-7)
+
+
+def test_builder_checks():
+    data = _small()
+    built = models.build("bm3", data)
+    assert isinstance(built.module, BM3) and built.module.n_layers == 1 and built.module.dropout == 0.5
+    assert built.default_loss_weights == {"id_alignment": 1.0, "modality_alignment": 2.0, "reg": 0.1}
+    with pytest.raises(ConfigError, match="dropout"):
+        models.build("bm3", data, dropout=1.0)
+    with pytest.raises(ConfigError, match="n_layers"):
+        models.build("bm3", data, n_layers=-1)
+    with pytest.raises(ConfigError, match="no modality"):
+        models.build("bm3", data, modalities=["video"])
+    with pytest.raises(ConfigError, match="has no argument"):
+        models.build("bm3", data, cl_weight=2.0)
+
+
+# ---- learning and parallelism ----------------------------------------------------------------
+
+_SYNTHETIC = dict(n_users=300, n_items=200, n_interactions=9000, dims={"text": 16, "image": 8}, seed=3,
+                  popularity_skew=0.5, temperature=0.3)
+
+
+def _popularity_recall(dataset):
+    """Recall@20 of ranking by train popularity, counted and ranked here in numpy (train
+    and valid items excluded, as the protocol does)."""
+    train, test = dataset.split_pairs("train"), dataset.split_pairs("test")
+    seen = np.zeros((dataset.n_users, dataset.n_items), bool)
+    seen[train[:, 0], train[:, 1]] = True
+    valid = dataset.split_pairs("valid")
+    seen[valid[:, 0], valid[:, 1]] = True
+    popularity = np.bincount(train[:, 1], minlength=dataset.n_items).astype(float)
+    truth = np.zeros_like(seen)
+    truth[test[:, 0], test[:, 1]] = True
+    recalls = []
+    for user in np.unique(test[:, 0]):
+        scores = np.where(seen[user], -np.inf, popularity)
+        top = np.argsort(-scores, kind="stable")[:20]
+        recalls.append(truth[user, top].sum() / truth[user].sum())
+    return float(np.mean(recalls))
+
+
+def test_learns_better_than_popularity(tmp_path):
+    from jaxrec.train import config_from_dict, train_and_evaluate
+
+    dataset = make_synthetic(**_SYNTHETIC)
+    config = config_from_dict({
+        "data": {"synthetic": {}},
+        "model": {"name": "bm3", "args": {"embedding_size": 32, "n_layers": 1, "dropout": 0.5}},
+        "train": {"epochs": 20, "batch_size": 512, "learning_rate": 0.01, "patience": 20, "seed": 0,
+                  "checkpoint_every": 20},
+        "eval": {"ks": [20], "metrics": ["recall"]},
+        # the synthetic features are noisy views of the items' factors: MMRec's cl_weight 2
+        # lets them dominate the ID views here (recall ~ popularity), 0.2 does not
+        "loss_weights": {"modality_alignment": 0.2},
+    })
+    metrics = train_and_evaluate(config, tmp_path / "run", dataset=dataset, quiet=True)
+    baseline = _popularity_recall(dataset)
+    assert metrics["test"]["recall@20"] > 1.3 * baseline, (metrics["test"], baseline)
+
+
+def test_pmap_on_four_devices_matches_one_device():
+    from jaxrec.train import EpochSampler, StepRunner, TrainConfig, init_state, make_optimizer
+
+    assert jax.device_count() >= 4
+    dataset = make_synthetic(80, 60, n_interactions=1200, dims={"text": 8, "image": 4}, seed=1)
+    built = models.build("bm3", dataset, embedding_size=8, n_layers=2, dropout=0.5)
+    sampler = EpochSampler(dataset, batch_size=64, n_negatives=1, seed=0)
+    batches = {k: v[-3:] for k, v in sampler.batches(0).items()}  # the epoch's last batch is padded
+    assert np.any(batches["weights"][-1] == 0)
+    tx = make_optimizer(TrainConfig(learning_rate=0.05), sampler.steps_per_epoch)
+    start = jax.device_get(init_state(built.module, built.ctx, sampler.example_batch(), tx, seed=0))
+    results = {}
+    for parallel in ("none", "pmap"):
+        runner = StepRunner(built.module, tx, built.default_loss_weights, parallel=parallel, batch_size=64)
+        state, metrics = runner.run(runner.put_state(start), runner.put_ctx(built.ctx), runner.put_batches(batches))
+        results[parallel] = (jax.device_get(runner.get_state(state)), np.asarray(metrics.loss), runner.n_devices)
+    (single, single_loss, _), (pmapped, pmap_loss, n_devices) = results["none"], results["pmap"]
+    assert n_devices == 4 and np.all(np.isfinite(pmap_loss))
+    np.testing.assert_allclose(single_loss, pmap_loss, rtol=1e-5)
+    moved = dict(jax.tree_util.tree_leaves_with_path(pmapped.params))
+    for path, value in jax.tree_util.tree_leaves_with_path(single.params):
+        np.testing.assert_allclose(moved[path], value, rtol=2e-5, atol=2e-6, err_msg=str(path))
+    assert not np.allclose(single.params["user_embedding"], start.params["user_embedding"])
