@@ -5,11 +5,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxrec import eval as jeval
 from jaxrec import models
 from jaxrec.data import Interactions, MultimodalDataset
 from jaxrec.errors import ConfigError
 from jaxrec.models.bprmf import BPRMF
+
+from _model_testing import assert_gradient_matches_central_differences, popularity_recall, train_tiny
 
 
 def _tiny_dataset(n_users=6, n_items=9):
@@ -80,13 +81,7 @@ def test_gradient_matches_finite_differences():
     with jax.enable_x64():
         params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
         loss = jax.jit(lambda p: sum(_terms(p, module, batch).values()))
-        grads = jax.grad(loss)(params)
-        eps = 1e-6
-        for name in params:
-            for index in np.ndindex(params[name].shape):
-                bump = lambda d: {**params, name: params[name].at[index].add(d)}  # noqa: E731
-                numeric = (loss(bump(eps)) - loss(bump(-eps))) / (2 * eps)
-                np.testing.assert_allclose(grads[name][index], numeric, rtol=1e-5, atol=1e-8)
+        assert_gradient_matches_central_differences(loss, params, rtol=1e-5, atol=1e-8)
 
 
 def test_xavier_normal_init_has_mmrec_variance():
@@ -117,23 +112,9 @@ def test_registered_under_both_names_and_checks_arguments():
 
 def test_learns_better_than_popularity(tmp_path):
     from jaxrec.data._synthetic import make_synthetic
-    from jaxrec.train import config_from_dict, train_and_evaluate
 
     dataset = make_synthetic(300, 200, n_interactions=9000, seed=3, popularity_skew=0.5, temperature=0.3)
-    config = config_from_dict({
-        "data": {"synthetic": {}},
-        "model": {"name": "bprmf", "args": {"embedding_size": 16}},
-        "train": {"epochs": 25, "batch_size": 512, "learning_rate": 0.02, "patience": 25, "seed": 0,
-                  "checkpoint_every": 25},
-        "eval": {"ks": [20], "metrics": ["recall"]},
-        "loss_weights": {"reg": 0.01},
-    })
-    metrics = train_and_evaluate(config, tmp_path / "run", dataset=dataset, quiet=True)
-
-    train_pairs = dataset.split_pairs("train")
-    popularity = np.bincount(train_pairs[:, 1], minlength=dataset.n_items).astype(np.float32)
-    baseline = jeval.evaluate_protocol(
-        np.ones((dataset.n_users, 1), np.float32), popularity[:, None], split="test", train_pairs=train_pairs,
-        valid_pairs=dataset.split_pairs("valid"), test_pairs=dataset.split_pairs("test"), ks=[20],
-        metrics=["recall"])
-    assert metrics["test"]["recall@20"] > 1.5 * baseline["recall@20"], (metrics["test"], baseline)
+    metrics = train_tiny(tmp_path / "run", dataset, "bprmf", {"embedding_size": 16}, epochs=25, learning_rate=0.02,
+                         loss_weights={"reg": 0.01})
+    baseline = popularity_recall(dataset)
+    assert metrics["test"]["recall@20"] > 1.5 * baseline, (metrics["test"], baseline)

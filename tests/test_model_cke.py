@@ -2,16 +2,16 @@
 link files, learning on synthetic data with a planted KG, and pmap parity."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from jaxrec import eval as jeval
 from jaxrec import models
 from jaxrec.data import Interactions, MultimodalDataset, make_synthetic, read_recbole, split_dataset
 from jaxrec.errors import ConfigError
 from jaxrec.models.cke import CKE, item_nodes, transr_score
+
+from _model_testing import pmap_parity_run, popularity_recall, train_tiny
 
 
 def _np_unit(x):
@@ -233,54 +233,27 @@ def _planted_kg_dataset():
     return dataset.replace(kg_triples=np.array(rows), n_entities=12, n_relations=2)
 
 
-def _config(parallel="none", epochs=25):
-    from jaxrec.train import config_from_dict
-
-    return config_from_dict({
-        "data": {"synthetic": {}}, "model": {"name": "cke", "args": {"embedding_size": 16, "kg_batch_size": 256}},
-        "train": {"epochs": epochs, "batch_size": 512, "learning_rate": 0.01, "patience": epochs, "seed": 0,
-                  "checkpoint_every": epochs, "parallel": parallel},
-        "eval": {"ks": [20], "metrics": ["recall"]}, "loss_weights": {"reg": 1e-3}})
-
-
 def test_learns_better_than_popularity(tmp_path):
-    from jaxrec.train import train_and_evaluate
-
     dataset = _planted_kg_dataset()
-    metrics = train_and_evaluate(_config(), tmp_path / "run", dataset=dataset, quiet=True)
-    train_pairs = dataset.split_pairs("train")
-    popularity = np.bincount(train_pairs[:, 1], minlength=dataset.n_items).astype(np.float32)
-    baseline = jeval.evaluate_protocol(
-        np.ones((dataset.n_users, 1), np.float32), popularity[:, None], split="test", train_pairs=train_pairs,
-        valid_pairs=dataset.split_pairs("valid"), test_pairs=dataset.split_pairs("test"), ks=[20],
-        metrics=["recall"])["recall@20"]
+    metrics = train_tiny(tmp_path / "run", dataset, "cke", {"embedding_size": 16, "kg_batch_size": 256}, epochs=25,
+                         learning_rate=0.01, loss_weights={"reg": 1e-3}, parallel="none")
+    baseline = popularity_recall(dataset)
     assert metrics["test"]["recall@20"] > 1.5 * baseline, (metrics["test"], baseline)
 
 
 def test_pmap_on_four_devices_matches_one_device():
-    from jaxrec.train import EpochSampler, StepRunner, TrainConfig, init_state, make_optimizer
-
     assert jax.device_count() >= 4
     dataset = _planted_kg_dataset()
     built = models.build("cke", dataset, embedding_size=8, kg_batch_size=64)
-    sampler = EpochSampler(dataset, batch_size=64, n_negatives=1, seed=0)
-    batches = {k: v[:3] for k, v in sampler.batches(0).items()}
-    tx = make_optimizer(TrainConfig(learning_rate=0.05), sampler.steps_per_epoch)
-    start = jax.device_get(init_state(built.module, built.ctx, sampler.example_batch(), tx, seed=0))
     # Every term but reg (a norm over the batch, not a mean over rows) is a mean over rows or
     # is computed from the KG batch every device draws alike, so the updates agree.
     weights = {"bpr": 1.0, "reg": 0.0, "kg": 1.0, "kg_reg": 1e-2}
-    results = {}
-    for parallel in ("none", "pmap"):
-        runner = StepRunner(built.module, tx, weights, parallel=parallel, batch_size=64)
-        state, metrics = runner.run(runner.put_state(start), runner.put_ctx(built.ctx), runner.put_batches(batches))
-        results[parallel] = (jax.device_get(runner.get_state(state)), np.asarray(metrics.loss), runner.n_devices)
-    (single, single_loss, _), (pmapped, pmap_loss, n_devices) = results["none"], results["pmap"]
-    assert n_devices == 4
-    np.testing.assert_allclose(single_loss, pmap_loss, rtol=1e-5)
-    for name in single.params:
-        np.testing.assert_allclose(pmapped.params[name], single.params[name], rtol=2e-5, atol=2e-6)
-    assert not np.allclose(single.params["transfer"], start.params["transfer"])
+    run = pmap_parity_run(built, dataset, weights, n_negatives=1, learning_rate=0.05)
+    assert run.n_devices == 4
+    np.testing.assert_allclose(run.single_loss, run.pmap_loss, rtol=1e-5)
+    for name in run.single.params:
+        np.testing.assert_allclose(run.pmapped.params[name], run.single.params[name], rtol=2e-5, atol=2e-6)
+    assert not np.allclose(run.single.params["transfer"], run.start.params["transfer"])
 
 
 def test_the_lfm2k_config_is_valid_and_builds_the_tag_kg(lfm2k_path, monkeypatch):

@@ -5,12 +5,13 @@ import jax
 import numpy as np
 import pytest
 
-from jaxrec import eval as jeval
 from jaxrec import models
 from jaxrec.data import make_synthetic
 from jaxrec.errors import ConfigError
 from jaxrec.features import fit_standardizer
 from jaxrec.models._registry import Built, register
+
+from _model_testing import popularity_recall, train_tiny
 
 
 def _dataset():
@@ -195,26 +196,13 @@ def test_arguments_are_checked():
 
 
 def test_learns_better_than_popularity(tmp_path):
-    from jaxrec.train import config_from_dict, train_and_evaluate
-
     dataset = make_synthetic(300, 200, n_interactions=9000, dims={"text": 16}, seed=3, popularity_skew=0.5,
                              temperature=0.3)
-    config = config_from_dict({
-        "data": {"synthetic": {}},
-        "model": {"name": "contrastive", "args": {"base": "lightgcn", "base_args": {"embedding_size": 16},
-                                                  "modality": "text", "proj_dim": 16, "user_side": True}},
-        "train": {"epochs": 20, "batch_size": 512, "learning_rate": 0.02, "patience": 20, "seed": 0,
-                  "checkpoint_every": 20},
-        "eval": {"ks": [20], "metrics": ["recall"]},
-        "loss_weights": {"reg": 1e-3, "info_nce": 0.05, "info_nce_user": 0.05},
-    })
-    metrics = train_and_evaluate(config, tmp_path / "run", dataset=dataset, quiet=True)
-    train = dataset.split_pairs("train")
-    popularity = np.bincount(train[:, 1], minlength=dataset.n_items).astype(np.float32)
-    baseline = jeval.evaluate_protocol(
-        np.ones((dataset.n_users, 1), np.float32), popularity[:, None], split="test", train_pairs=train,
-        valid_pairs=dataset.split_pairs("valid"), test_pairs=dataset.split_pairs("test"), ks=[20],
-        metrics=["recall"])["recall@20"]
+    args = {"base": "lightgcn", "base_args": {"embedding_size": 16}, "modality": "text", "proj_dim": 16,
+            "user_side": True}
+    metrics = train_tiny(tmp_path / "run", dataset, "contrastive", args, epochs=20, learning_rate=0.02,
+                         loss_weights={"reg": 1e-3, "info_nce": 0.05, "info_nce_user": 0.05})
+    baseline = popularity_recall(dataset)
     assert metrics["test"]["recall@20"] > 1.5 * baseline, (metrics["test"], baseline)
 
 

@@ -6,11 +6,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxrec import eval as jeval
 from jaxrec import models
 from jaxrec.data import make_synthetic
 from jaxrec.errors import ConfigError
 from jaxrec.models.freedom import FREEDOM
+
+from _model_testing import numpy_norm_adj, pmap_parity_run, popularity_recall, train_tiny
 
 
 # ---- dense numpy references (MMRec's src/models/freedom.py, dense) ------------------------
@@ -26,17 +27,6 @@ def _numpy_knn_graph(features, k):
     np.put_along_axis(adj, neighbours, 1.0, axis=1)
     d = adj.sum(1)
     return adj / np.sqrt(d)[:, None] / np.sqrt(d)[None, :]
-
-
-def _numpy_norm_adj(users, items, n_users, n_items):
-    """MMRec's get_norm_adj_mat: D^-1/2 A D^-1/2 of the symmetric user-item graph."""
-    n = n_users + n_items
-    adj = np.zeros((n, n))
-    adj[users, items + n_users] = 1.0
-    adj[items + n_users, users] = 1.0
-    d = adj.sum(1)
-    scale = np.where(d > 0, 1.0 / np.sqrt(np.where(d > 0, d, 1.0)), 0.0)
-    return adj * scale[:, None] * scale[None, :]
 
 
 def _numpy_forward(params, adj, item_graph, n_users, n_ui_layers, n_mm_layers):
@@ -107,7 +97,7 @@ def test_encode_and_loss_terms_match_mmrec_freedom_in_numpy():
     host = _host(params)
     item_graph = ctx["item_graph"].to_dense(data.n_items)
     train = data.split_pairs("train")
-    full = _numpy_norm_adj(train[:, 0], train[:, 1], data.n_users, data.n_items)
+    full = numpy_norm_adj(train[:, 0], train[:, 1], data.n_users, data.n_items)
 
     user_emb, item_emb = module.apply({"params": params}, ctx, method="encode")
     expected_u, expected_i = _numpy_forward(host, full, item_graph, data.n_users, 2, 1)
@@ -198,64 +188,30 @@ _SYNTHETIC = dict(n_users=300, n_items=200, n_interactions=9000, dims={"text": 1
                   popularity_skew=0.5, temperature=0.3)
 
 
-def _popularity_recall(dataset):
-    popularity = np.bincount(dataset.split_pairs("train")[:, 1], minlength=dataset.n_items).astype(np.float32)
-    result = jeval.evaluate_protocol(
-        np.ones((dataset.n_users, 1), np.float32), popularity[:, None], split="test",
-        train_pairs=dataset.split_pairs("train"), valid_pairs=dataset.split_pairs("valid"),
-        test_pairs=dataset.split_pairs("test"), ks=[20], metrics=["recall"])
-    return result["recall@20"]
-
-
-def _config(model_args, epochs, parallel="none"):
-    from jaxrec.train import config_from_dict
-
-    return config_from_dict({
-        "data": {"synthetic": {}},
-        "model": {"name": "freedom", "args": {"embedding_size": 16, "feat_embed_dim": 16, "knn_k": 5,
-                                              "graph_cache": "none", **model_args}},
-        "train": {"epochs": epochs, "batch_size": 512, "learning_rate": 0.01, "patience": epochs, "seed": 0,
-                  "checkpoint_every": epochs, "parallel": parallel},
-        "eval": {"ks": [20], "metrics": ["recall"]},
-        "loss_weights": {"modality_bpr": 1e-3},
-    })
-
-
 def test_learns_better_than_popularity(tmp_path):
-    from jaxrec.train import train_and_evaluate
-
     dataset = make_synthetic(**_SYNTHETIC)
-    metrics = train_and_evaluate(_config({"dropout": 0.5}, epochs=20), tmp_path / "run", dataset=dataset, quiet=True)
-    baseline = _popularity_recall(dataset)
+    args = {"embedding_size": 16, "feat_embed_dim": 16, "knn_k": 5, "graph_cache": "none", "dropout": 0.5}
+    metrics = train_tiny(tmp_path / "run", dataset, "freedom", args, epochs=20, learning_rate=0.01,
+                         loss_weights={"modality_bpr": 1e-3}, parallel="none")
+    baseline = popularity_recall(dataset)
     assert metrics["test"]["recall@20"] > 1.3 * baseline, (metrics["test"], baseline)
 
 
 def test_pmap_on_four_devices_matches_one_device():
-    from jaxrec.train import EpochSampler, StepRunner, TrainConfig, init_state, make_optimizer
-
     assert jax.device_count() >= 4
     dataset = make_synthetic(80, 60, n_interactions=1200, dims={"text": 8, "image": 4}, seed=1)
     built = models.build("freedom", dataset, embedding_size=8, feat_embed_dim=8, knn_k=3, dropout=0.5,
                          graph_cache=None)
     ctx = built.host_update(built.ctx, 0, jax.random.PRNGKey(3))
-    sampler = EpochSampler(dataset, batch_size=64, n_negatives=1, seed=0)
-    batches = {k: v[:3] for k, v in sampler.batches(0).items()}
-    tx = make_optimizer(TrainConfig(learning_rate=0.05), sampler.steps_per_epoch)
-    start = jax.device_get(init_state(built.module, ctx, sampler.example_batch(), tx, seed=0))
-    weights = {"bpr": 1.0, "modality_bpr": 0.1}
-    results = {}
-    for parallel in ("none", "pmap"):
-        runner = StepRunner(built.module, tx, weights, parallel=parallel, batch_size=64)
-        state, metrics = runner.run(runner.put_state(start), runner.put_ctx(ctx), runner.put_batches(batches))
-        results[parallel] = (jax.device_get(runner.get_state(state)), np.asarray(metrics.loss), runner.n_devices)
-    (single, single_loss, _), (pmapped, pmap_loss, n_devices) = results["none"], results["pmap"]
-    assert n_devices == 4 and np.all(np.isfinite(pmap_loss))
-    np.testing.assert_allclose(single_loss, pmap_loss, rtol=1e-5)
-    moved = dict(jax.tree_util.tree_leaves_with_path(pmapped.params))
-    for path, value in jax.tree_util.tree_leaves_with_path(single.params):
+    run = pmap_parity_run(built, dataset, {"bpr": 1.0, "modality_bpr": 0.1}, n_negatives=1, ctx=ctx,
+                          learning_rate=0.05)
+    assert run.n_devices == 4 and np.all(np.isfinite(run.pmap_loss))
+    np.testing.assert_allclose(run.single_loss, run.pmap_loss, rtol=1e-5)
+    moved = dict(jax.tree_util.tree_leaves_with_path(run.pmapped.params))
+    for path, value in jax.tree_util.tree_leaves_with_path(run.single.params):
         if path[-1] == jax.tree_util.DictKey("bias"):
             # A projection bias b adds u.b to a positive and a negative alike: its BPR gradient
             # is 0 up to rounding, which Adam scales up to full steps in either run.
             continue
         np.testing.assert_allclose(moved[path], value, rtol=2e-5, atol=2e-6, err_msg=str(path))
-    assert not np.allclose(single.params["user_embedding"], start.params["user_embedding"])
+    assert not np.allclose(run.single.params["user_embedding"], run.start.params["user_embedding"])

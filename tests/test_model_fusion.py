@@ -2,20 +2,20 @@
 the factorized encode against direct scoring, attention over present modalities only, cold items,
 gradients, learning, and pmap on four devices against one device."""
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from jaxrec import eval as jeval
 from jaxrec import models
-from jaxrec.data import Interactions, Modality, MultimodalDataset, make_synthetic, split_dataset
+from jaxrec.data import make_synthetic, split_dataset
 from jaxrec.errors import ConfigError
 from jaxrec.models._modality_inputs import presence_patterns
-from jaxrec.train._state import _init_both
+
+from _model_testing import (compiled_apply, pmap_parity_run, popularity_recall, randomized_params,
+                            tiny_multimodal_dataset, train_tiny)
+
 
 # Presence of (text, image, audio) per item: five patterns, item 3 has no modality at all.
 _PRESENCE = np.array([[1, 1, 1], [1, 0, 0], [0, 1, 1], [0, 0, 0], [1, 1, 1], [1, 1, 0], [1, 1, 1], [0, 0, 1]], bool)
@@ -31,44 +31,8 @@ _VARIANTS = [
 
 
 def _tiny_dataset(n_users=5):
-    """8 items with three modalities, varied presence; items 0-6 have train interactions, item 7
-    only valid/test ones."""
-    rng = np.random.default_rng(0)
-    users = np.repeat(np.arange(n_users), 4)
-    items = np.stack([users[::4], users[::4] + 2, users[::4] + 3, users[::4] + 5], axis=1).ravel() % 7
-    split = np.tile(np.array([0, 0, 1, 2], np.int8), n_users)
-    users, items, split = np.append(users, [0, 2]), np.append(items, [7, 7]), np.append(split, [2, 1]).astype(np.int8)
-    modalities = {}
-    for m, (name, dim) in enumerate([("text", 3), ("image", 2), ("audio", 4)]):
-        mask = _PRESENCE[:, m]
-        features = np.where(mask[:, None], rng.normal(size=(8, dim)), 0.0).astype(np.float32)
-        modalities[name] = Modality(name, features, mask)
-    return MultimodalDataset("tiny", n_users, 8, Interactions(users, items, split), modalities=modalities)
-
-
-def _randomized(built, seed=1, scale=0.7):
-    batch = {"users": np.zeros(2, np.int32), "pos_items": np.zeros(2, np.int32),
-             "neg_items": np.zeros((2, 1), np.int32), "weights": np.ones(2, np.float32)}
-    shapes = jax.eval_shape(lambda: built.module.init(jax.random.PRNGKey(0), built.ctx, batch, method=_init_both))
-    rng = np.random.default_rng(seed)
-    return jax.tree.map(lambda s: (scale * rng.normal(size=s.shape)).astype(np.float32), shapes)["params"]
-
-
-@functools.lru_cache(maxsize=None)
-def _compiled(module, method, flags):
-    # Python bools (the ``train`` flag) stay static; everything else is traced.
-    def apply(p, arrays):
-        values = iter(arrays)
-        args = [flag if flag is not None else next(values) for flag in flags]
-        return module.apply({"params": p}, *args, method=method)
-
-    return jax.jit(apply)
-
-
-def _apply(module, params, *args, method):
-    """``module.apply`` compiled once per (module, method): eager applies dispatch op by op."""
-    flags = tuple(a if isinstance(a, bool) else None for a in args)
-    return _compiled(module, method, flags)(params, [a for a in args if not isinstance(a, bool)])
+    """8 items with three modalities, varied presence (_PRESENCE); item 7 is never trained."""
+    return tiny_multimodal_dataset(_PRESENCE, [("text", 3), ("image", 2), ("audio", 4)], n_users)
 
 
 def _dense(params, x):
@@ -153,19 +117,20 @@ def _numpy_attention_vectors(params, ctx):
 def test_encode_and_direct_scores_match_numpy(name, options):
     dataset = _tiny_dataset()
     built = models.build(name, dataset, embedding_size=4, **options)
-    params = _randomized(built)
+    params = randomized_params(built)
     expected = _numpy_scores(name, options, params, built.ctx)
-    user_emb, item_emb = _apply(built.module, params, built.ctx, False, method="encode")
+    user_emb, item_emb = compiled_apply(built.module, params, built.ctx, False, method="encode")
     np.testing.assert_allclose(np.asarray(user_emb) @ np.asarray(item_emb).T, expected, rtol=2e-5, atol=2e-5)
     users = np.repeat(np.arange(dataset.n_users), dataset.n_items)
     items = np.tile(np.arange(dataset.n_items), dataset.n_users)[:, None]
-    direct = _apply(built.module, params, built.ctx, users, items, method="score_pairs")
+    direct = compiled_apply(built.module, params, built.ctx, users, items, method="score_pairs")
     np.testing.assert_allclose(np.asarray(direct).reshape(expected.shape), expected, rtol=2e-5, atol=2e-5)
 
     # Absent rows may hold anything, NaN included: nothing changes.
     poisoned = dict(built.ctx, modalities=[np.where(mask[:, None], x, np.nan)
                                            for x, mask in zip(built.ctx["modalities"], built.ctx["masks"])])
-    for clean, dirty in zip((user_emb, item_emb), _apply(built.module, params, poisoned, False, method="encode")):
+    dirty_tables = compiled_apply(built.module, params, poisoned, False, method="encode")
+    for clean, dirty in zip((user_emb, item_emb), dirty_tables):
         np.testing.assert_array_equal(np.asarray(clean), np.asarray(dirty))
 
 
@@ -174,22 +139,22 @@ def test_pattern_blocks_width():
     assert len(patterns) == 5 and index[3] == -1
     assert [patterns[k] for k in index[[0, 1, 7]]] == [(True, True, True), (True, False, False), (False, False, True)]
     built = models.build("attention", _tiny_dataset(), embedding_size=4)
-    user_emb, item_emb = _apply(built.module, _randomized(built), built.ctx, False, method="encode")
+    user_emb, item_emb = compiled_apply(built.module, randomized_params(built), built.ctx, False, method="encode")
     # d * (1 + sum of pattern sizes): 1 + (3 + 1 + 2 + 2 + 1) = 10 blocks.
     assert user_emb.shape == (5, 40) and item_emb.shape == (8, 40)
     complete = make_synthetic(30, 20, n_interactions=200, dims={"a": 3, "b": 2}, seed=0)
     built = models.build("attention", complete, embedding_size=4)
-    _, item_emb = _apply(built.module, _randomized(built), built.ctx, False, method="encode")
+    _, item_emb = compiled_apply(built.module, randomized_params(built), built.ctx, False, method="encode")
     assert item_emb.shape == (20, 12)  # every item has both modalities: d (1 + M)
 
 
 def test_attention_weights_sum_to_one_over_present_modalities():
     built = models.build("attention", _tiny_dataset(), embedding_size=4, attention_hidden=[3])
-    params = _randomized(built, seed=5, scale=1.5)
+    params = randomized_params(built, seed=5, scale=1.5)
     users = np.arange(5)
     items = np.tile(np.arange(8), (5, 1))
-    weights = np.asarray(_apply(built.module, params, built.ctx, users, items, method="attention_weights"))
-    logits = np.asarray(_apply(built.module, params, params["user_embedding"], method="attention_logits"))
+    weights = np.asarray(compiled_apply(built.module, params, built.ctx, users, items, method="attention_weights"))
+    logits = np.asarray(compiled_apply(built.module, params, params["user_embedding"], method="attention_logits"))
     for u in users:
         for i in range(8):
             present = _PRESENCE[i]
@@ -207,10 +172,10 @@ def test_cold_items_scored_from_features_and_never_negatives():
     dataset = _tiny_dataset()
     built = models.build("attention", dataset, embedding_size=4)
     assert not built.ctx["trained"][7] and built.ctx["trained"][:7].all()
-    params = _randomized(built)
+    params = randomized_params(built)
     zeroed = dict(params, item_embedding=np.zeros_like(params["item_embedding"]))
-    _, items = _apply(built.module, params, built.ctx, False, method="encode")
-    _, content_only = _apply(built.module, zeroed, built.ctx, False, method="encode")
+    _, items = compiled_apply(built.module, params, built.ctx, False, method="encode")
+    _, content_only = compiled_apply(built.module, zeroed, built.ctx, False, method="encode")
     np.testing.assert_array_equal(np.asarray(items)[7], np.asarray(content_only)[7])
     assert not np.allclose(np.asarray(items)[0], np.asarray(content_only)[0])
 
@@ -219,7 +184,7 @@ def test_cold_items_scored_from_features_and_never_negatives():
     users, pos = np.array([0, 1, 2, 3]), np.array([0, 1, 2, 4])
     neg = np.array([[7, 3], [5, 7], [1, 6], [0, 2]])
     weights = np.array([1, 1, 1, 0], np.float32)
-    terms = _apply(built.module, params, built.ctx, {"users": users, "pos_items": pos, "neg_items": neg,
+    terms = compiled_apply(built.module, params, built.ctx, {"users": users, "pos_items": pos, "neg_items": neg,
                                                               "weights": weights}, True, method="loss_terms")
     P, Q = _numpy_attention_vectors(params, built.ctx)
     S = np.einsum("ud,uid->ui", P, Q)
@@ -238,7 +203,7 @@ def test_id_dropout_scores_dropped_items_from_content(name, options):
     batch = {"users": np.array([0, 1, 2, 4]), "pos_items": np.array([0, 1, 4, 2]),
              "neg_items": np.array([[3, 5], [5, 6], [6, 0], [1, 3]]), "weights": np.ones(4, np.float32)}
     plain = models.build(name, dataset, embedding_size=4, **options)
-    params = _randomized(plain)
+    params = randomized_params(plain)
     no_ids = dict(params, item_embedding=np.zeros_like(params["item_embedding"]))
 
     def terms(built, p, train, seed=0):
@@ -264,7 +229,7 @@ def test_loss_gradients_match_finite_differences(name, options):
     batch = {"users": np.array([0, 1, 4]), "pos_items": np.array([0, 1, 2]), "neg_items": np.array([[3], [5], [6]]),
              "weights": np.ones(3)}
     with jax.enable_x64():
-        params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), _randomized(built, seed=3))
+        params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), randomized_params(built, seed=3))
         # NaN placeholders in the absent rows must not reach the gradients either.
         ctx = dict(built.ctx, modalities=[jnp.asarray(np.where(mask[:, None], x, np.nan), jnp.float64)
                                           for x, mask in zip(built.ctx["modalities"], built.ctx["masks"])])
@@ -299,66 +264,35 @@ _SYNTHETIC = dict(n_users=200, n_items=120, n_interactions=5000, seed=3, popular
 
 
 def _train(tmp_path, dataset, name, *, epochs=12, args=None):
-    from jaxrec.train import config_from_dict, train_and_evaluate
-
-    config = config_from_dict({
-        "data": {"synthetic": {}},
-        "model": {"name": name, "args": {"embedding_size": 16, **(args or {})}},
-        "train": {"epochs": epochs, "batch_size": 512, "learning_rate": 0.01, "patience": epochs, "seed": 0,
-                  "checkpoint_every": epochs},
-        "eval": {"ks": [20], "metrics": ["recall"]},
-        "loss_weights": {"reg": 1e-3},
-    })
-    return train_and_evaluate(config, tmp_path / name, dataset=dataset, quiet=True)
-
-
-def _popularity_recall(dataset, candidate_items=None, popularity=None):
-    train_pairs = dataset.split_pairs("train")
-    if popularity is None:
-        popularity = np.bincount(train_pairs[:, 1], minlength=dataset.n_items).astype(np.float32)
-    result = jeval.evaluate_protocol(
-        np.ones((dataset.n_users, 1), np.float32), popularity[:, None], split="test", train_pairs=train_pairs,
-        valid_pairs=dataset.split_pairs("valid"), test_pairs=dataset.split_pairs("test"), ks=[20],
-        metrics=["recall"], candidate_items=candidate_items)
-    return result["recall@20"]
+    return train_tiny(tmp_path / name, dataset, name, {"embedding_size": 16, **(args or {})}, epochs=epochs,
+                      learning_rate=0.01, loss_weights={"reg": 1e-3})
 
 
 @pytest.mark.parametrize("name", ["attention", "gated", "ensemble"])
 def test_learns_better_than_popularity(tmp_path, name):
     dataset = make_synthetic(**_SYNTHETIC)
     metrics = _train(tmp_path, dataset, name)
-    baseline = _popularity_recall(dataset)
+    baseline = popularity_recall(dataset)
     assert metrics["test"]["recall@20"] > 1.5 * baseline, (metrics["test"], baseline)
 
 
 @pytest.mark.parametrize("name", ["attention", "gated", "ensemble"])
 def test_pmap_on_four_devices_matches_one_device(name):
-    from jaxrec.train import EpochSampler, StepRunner, TrainConfig, init_state, make_optimizer
-
     assert jax.device_count() >= 4
     dataset = make_synthetic(80, 60, n_interactions=1200, seed=1, dims={"text": 6, "image": 4})
     built = models.build(name, dataset, embedding_size=8)
-    sampler = EpochSampler(dataset, batch_size=64, n_negatives=2, seed=0)
-    batches = {k: v[:3] for k, v in sampler.batches(0).items()}
     # SGD: Adam's normalization would blow round-off in near-zero gradients (the attention
     # bias starts with a symmetric one) up to full-size steps.
-    tx = make_optimizer(TrainConfig(optimizer="sgd", learning_rate=0.5), sampler.steps_per_epoch)
-    start = jax.device_get(init_state(built.module, built.ctx, sampler.example_batch(), tx, seed=0))
-    results = {}
-    for parallel in ("none", "pmap"):
-        # EmbLoss is a norm over the batch, not a mean over rows: per-device values differ from
-        # the global one, so the parity check weighs it 0 (it is still computed and reported).
-        runner = StepRunner(built.module, tx, {"bpr": 1.0, "reg": 0.0}, parallel=parallel, batch_size=64)
-        state, metrics = runner.run(runner.put_state(start), runner.put_ctx(built.ctx), runner.put_batches(batches))
-        results[parallel] = (jax.device_get(runner.get_state(state)), np.asarray(metrics.loss), runner.n_devices,
-                             np.asarray(metrics.terms["reg"]))
-    (single, single_loss, _, reg), (pmapped, pmap_loss, n_devices, _) = results["none"], results["pmap"]
-    assert n_devices == 4 and np.all(np.isfinite(reg)) and np.all(reg > 0)
-    np.testing.assert_allclose(single_loss, pmap_loss, rtol=1e-5)
-    for a, b in zip(jax.tree.leaves(pmapped.params), jax.tree.leaves(single.params)):
+    # EmbLoss is a norm over the batch, not a mean over rows: per-device values differ from
+    # the global one, so the parity check weighs it 0 (it is still computed and reported).
+    run = pmap_parity_run(built, dataset, {"bpr": 1.0, "reg": 0.0}, optimizer="sgd", learning_rate=0.5)
+    reg = run.single_terms["reg"]
+    assert run.n_devices == 4 and np.all(np.isfinite(reg)) and np.all(reg > 0)
+    np.testing.assert_allclose(run.single_loss, run.pmap_loss, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(run.pmapped.params), jax.tree.leaves(run.single.params)):
         np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
-    assert not np.allclose(single.params["encoders_0"]["dense_0"]["kernel"],
-                           start.params["encoders_0"]["dense_0"]["kernel"])  # really trained
+    assert not np.allclose(run.single.params["encoders_0"]["dense_0"]["kernel"],
+                           run.start.params["encoders_0"]["dense_0"]["kernel"])  # really trained
 
 
 def test_cold_start_items_beat_popularity(tmp_path):
@@ -372,6 +306,6 @@ def test_cold_start_items_beat_popularity(tmp_path):
     # The best popularity ranking of the new items there can be: by their TEST counts (it
     # peeks at the answers, so no real system has it).
     test_counts = np.bincount(dataset.split_pairs("test")[:, 1], minlength=dataset.n_items).astype(np.float32)
-    oracle = _popularity_recall(dataset, test_items, test_counts)
+    oracle = popularity_recall(dataset, test_items, test_counts)
     # A random top 20 of the 40 new items finds half of them; the oracle about three quarters.
     assert metrics["test"]["recall@20"] > oracle + 0.05, (metrics["test"], oracle)

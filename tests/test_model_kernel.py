@@ -8,53 +8,21 @@ import jax
 import numpy as np
 import pytest
 
-from jaxrec import eval as jeval
 from jaxrec import fusion, models
-from jaxrec.data import Interactions, Modality, MultimodalDataset, make_synthetic
+from jaxrec.data import make_synthetic
 from jaxrec.errors import ConfigError
-from jaxrec.train._state import _init_both
+
+from _model_testing import (compiled_apply, pmap_parity_run, popularity_recall, randomized_params,
+                            tiny_multimodal_dataset, train_tiny)
+
 
 _PRESENCE = np.array([[1, 1, 1], [1, 0, 0], [0, 1, 1], [0, 0, 0], [1, 1, 1], [1, 1, 0], [1, 1, 1], [0, 0, 1]], bool)
 _KERNELS = ["linear", {"kind": "polynomial", "degree": 2, "coef0": 1.0}, "cosine"]
 
 
 def _tiny_dataset(n_users=5):
-    """8 items with three modalities (widths 3, 2, 4), varied presence; item 7 is never trained."""
-    rng = np.random.default_rng(0)
-    users = np.repeat(np.arange(n_users), 4)
-    items = np.stack([users[::4], users[::4] + 2, users[::4] + 3, users[::4] + 5], axis=1).ravel() % 7
-    split = np.tile(np.array([0, 0, 1, 2], np.int8), n_users)
-    users, items, split = np.append(users, [0, 2]), np.append(items, [7, 7]), np.append(split, [2, 1]).astype(np.int8)
-    modalities = {}
-    for m, (name, dim) in enumerate([("text", 3), ("image", 2), ("audio", 4)]):
-        mask = _PRESENCE[:, m]
-        modalities[name] = Modality(name, np.where(mask[:, None], rng.normal(size=(8, dim)), 0.0).astype(np.float32),
-                                    mask)
-    return MultimodalDataset("tiny", n_users, 8, Interactions(users, items, split), modalities=modalities)
-
-
-@functools.lru_cache(maxsize=None)
-def _compiled(module, method, flags):
-    # Python bools (the ``train`` flag) stay static; everything else is traced.
-    def apply(p, arrays):
-        values = iter(arrays)
-        args = [flag if flag is not None else next(values) for flag in flags]
-        return module.apply({"params": p}, *args, method=method)
-
-    return jax.jit(apply)
-
-
-def _apply(module, params, *args, method):
-    flags = tuple(a if isinstance(a, bool) else None for a in args)
-    return _compiled(module, method, flags)(params, [a for a in args if not isinstance(a, bool)])
-
-
-def _randomized(built, seed=1, scale=0.7):
-    batch = {"users": np.zeros(2, np.int32), "pos_items": np.zeros(2, np.int32),
-             "neg_items": np.zeros((2, 1), np.int32), "weights": np.ones(2, np.float32)}
-    shapes = jax.eval_shape(lambda: built.module.init(jax.random.PRNGKey(0), built.ctx, batch, method=_init_both))
-    rng = np.random.default_rng(seed)
-    return jax.tree.map(lambda s: (scale * rng.normal(size=s.shape)).astype(np.float32), shapes)["params"]
+    """8 items with three modalities, varied presence (_PRESENCE); item 7 is never trained."""
+    return tiny_multimodal_dataset(_PRESENCE, [("text", 3), ("image", 2), ("audio", 4)], n_users)
 
 
 def _numpy_combined_kernel(xs, masks, weights):
@@ -82,13 +50,13 @@ def test_item_similarity_is_the_weighted_combined_kernel(projection):
     dataset = _tiny_dataset()
     width = 3 + 6 + 4  # linear 3, polynomial degree 2 over 2 inputs: C(4, 2) = 6, cosine 4
     built = models.build("kernel", dataset, embedding_size=width, kernels=_KERNELS, projection=projection)
-    params = _randomized(built)
+    params = randomized_params(built)
     params["item_embedding"] = np.zeros_like(params["item_embedding"])
     if projection:
         params["kernel_encoding"]["projection"]["kernel"] = np.eye(width, dtype=np.float32)
     weights = np.log1p(np.exp(np.asarray(params["kernel_encoding"]["raw_weights"], np.float64)))
     assert np.ptp(weights) > 0.1  # really different modality weights
-    _, items = _apply(built.module, params, built.ctx, False, method="encode")
+    _, items = compiled_apply(built.module, params, built.ctx, False, method="encode")
     gram = np.asarray(items, np.float64) @ np.asarray(items, np.float64).T
     xs, masks = built.ctx["modalities"], built.ctx["masks"]
     np.testing.assert_allclose(gram, _numpy_combined_kernel(xs, masks, weights), rtol=1e-4, atol=1e-5)
@@ -105,14 +73,14 @@ def test_item_similarity_is_the_weighted_combined_kernel(projection):
 def test_scores_match_numpy_and_cold_items_use_features_alone():
     dataset = _tiny_dataset()
     built = models.build("kernel", dataset, embedding_size=5, kernels=_KERNELS)
-    params = _randomized(built, seed=2)
-    users, items = _apply(built.module, params, built.ctx, False, method="encode")
+    params = randomized_params(built, seed=2)
+    users, items = compiled_apply(built.module, params, built.ctx, False, method="encode")
     # Phi from a projection-free build with the same modality weights; its Gram is the
     # weighted combined kernel (checked against loops), so Phi is the kernel's feature map.
     free = models.build("kernel", dataset, embedding_size=13, kernels=_KERNELS, projection=False)
     free_params = {"user_embedding": np.zeros((5, 13), np.float32), "item_embedding": np.zeros((8, 13), np.float32),
                    "kernel_encoding": {"raw_weights": params["kernel_encoding"]["raw_weights"]}}
-    _, phi = _apply(free.module, free_params, free.ctx, False, method="encode")
+    _, phi = compiled_apply(free.module, free_params, free.ctx, False, method="encode")
     phi = np.asarray(phi, np.float64)
     weights = np.log1p(np.exp(np.asarray(params["kernel_encoding"]["raw_weights"], np.float64)))
     np.testing.assert_allclose(phi @ phi.T, _numpy_combined_kernel(built.ctx["modalities"], built.ctx["masks"], weights),
@@ -128,7 +96,7 @@ def test_scores_match_numpy_and_cold_items_use_features_alone():
     # Loss: BPR over pairs with a trained negative; EmbLoss of p_u and the full item vectors.
     batch = {"users": np.array([0, 1, 2]), "pos_items": np.array([0, 1, 4]),
              "neg_items": np.array([[7, 3], [5, 2], [6, 7]]), "weights": np.ones(3, np.float32)}
-    terms = _apply(built.module, params, built.ctx, batch, True, method="loss_terms")
+    terms = compiled_apply(built.module, params, built.ctx, batch, True, method="loss_terms")
     P = np.asarray(params["user_embedding"], np.float64)
     pairs = [(b, j) for b in range(3) for j in batch["neg_items"][b] if j != 7]
     margins = [P[b] @ (expected[batch["pos_items"][b]] - expected[j]) for b, j in pairs]
@@ -181,47 +149,22 @@ _SYNTHETIC = dict(n_users=200, n_items=120, n_interactions=5000, seed=3, popular
 
 
 def test_learns_better_than_popularity(tmp_path):
-    from jaxrec.train import config_from_dict, train_and_evaluate
-
     dataset = make_synthetic(**_SYNTHETIC)
-    config = config_from_dict({
-        "data": {"synthetic": {}},
-        "model": {"name": "kernel", "args": {"embedding_size": 16, "kernels": ["cosine", "rbf"]}},
-        "train": {"epochs": 12, "batch_size": 512, "learning_rate": 0.01, "patience": 12, "seed": 0,
-                  "checkpoint_every": 12},
-        "eval": {"ks": [20], "metrics": ["recall"]},
-        "loss_weights": {"reg": 1e-3},
-    })
-    metrics = train_and_evaluate(config, tmp_path / "kernel", dataset=dataset, quiet=True)
-    train_pairs = dataset.split_pairs("train")
-    popularity = np.bincount(train_pairs[:, 1], minlength=dataset.n_items).astype(np.float32)
-    baseline = jeval.evaluate_protocol(
-        np.ones((dataset.n_users, 1), np.float32), popularity[:, None], split="test", train_pairs=train_pairs,
-        valid_pairs=dataset.split_pairs("valid"), test_pairs=dataset.split_pairs("test"), ks=[20],
-        metrics=["recall"])["recall@20"]
+    metrics = train_tiny(tmp_path / "kernel", dataset, "kernel", {"embedding_size": 16, "kernels": ["cosine", "rbf"]},
+                         epochs=12, learning_rate=0.01, loss_weights={"reg": 1e-3})
+    baseline = popularity_recall(dataset)
     assert metrics["test"]["recall@20"] > 1.5 * baseline, (metrics["test"], baseline)
 
 
 def test_pmap_on_four_devices_matches_one_device():
-    from jaxrec.train import EpochSampler, StepRunner, TrainConfig, init_state, make_optimizer
-
     assert jax.device_count() >= 4
     dataset = make_synthetic(80, 60, n_interactions=1200, seed=1, dims={"text": 6, "image": 4})
     built = models.build("kernel", dataset, embedding_size=8, kernels=["cosine", "linear"])
-    sampler = EpochSampler(dataset, batch_size=64, n_negatives=2, seed=0)
-    batches = {k: v[:3] for k, v in sampler.batches(0).items()}
-    tx = make_optimizer(TrainConfig(optimizer="sgd", learning_rate=0.5), sampler.steps_per_epoch)
-    start = jax.device_get(init_state(built.module, built.ctx, sampler.example_batch(), tx, seed=0))
-    results = {}
-    for parallel in ("none", "pmap"):
-        # EmbLoss is a norm over the batch, not a mean over rows: weighed 0 for the parity check.
-        runner = StepRunner(built.module, tx, {"bpr": 1.0, "reg": 0.0}, parallel=parallel, batch_size=64)
-        state, metrics = runner.run(runner.put_state(start), runner.put_ctx(built.ctx), runner.put_batches(batches))
-        results[parallel] = (jax.device_get(runner.get_state(state)), np.asarray(metrics.loss), runner.n_devices)
-    (single, single_loss, _), (pmapped, pmap_loss, n_devices) = results["none"], results["pmap"]
-    assert n_devices == 4
-    np.testing.assert_allclose(single_loss, pmap_loss, rtol=1e-5)
-    for a, b in zip(jax.tree.leaves(pmapped.params), jax.tree.leaves(single.params)):
+    # EmbLoss is a norm over the batch, not a mean over rows: weighed 0 for the parity check.
+    run = pmap_parity_run(built, dataset, {"bpr": 1.0, "reg": 0.0}, optimizer="sgd", learning_rate=0.5)
+    assert run.n_devices == 4
+    np.testing.assert_allclose(run.single_loss, run.pmap_loss, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(run.pmapped.params), jax.tree.leaves(run.single.params)):
         np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
-    moved = single.params["kernel_encoding"]["raw_weights"] - start.params["kernel_encoding"]["raw_weights"]
+    moved = run.single.params["kernel_encoding"]["raw_weights"] - run.start.params["kernel_encoding"]["raw_weights"]
     assert np.all(np.abs(moved) > 0)  # the modality weights are trained

@@ -6,11 +6,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxrec import eval as jeval
 from jaxrec import models
 from jaxrec.data import Interactions, MultimodalDataset, make_synthetic
 from jaxrec.errors import ConfigError
 from jaxrec.models.lightgcn import LightGCN, chunk_size_for
+
+from _model_testing import assert_gradient_matches_central_differences, pmap_parity_run, popularity_recall, train_tiny
 
 
 def _graph_dataset():
@@ -119,13 +120,7 @@ def test_gradient_matches_finite_differences():
         ctx = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64) if a.dtype == np.float32 else a, built.ctx)
         loss = jax.jit(lambda p: sum(built.module.apply({"params": p}, ctx, batch, True,
                                                         method="loss_terms").values()))
-        grads = jax.grad(loss)(params)
-        eps = 1e-6
-        for name in params:
-            for index in np.ndindex(params[name].shape):
-                bump = lambda d: {**params, name: params[name].at[index].add(d)}  # noqa: E731
-                numeric = (loss(bump(eps)) - loss(bump(-eps))) / (2 * eps)
-                np.testing.assert_allclose(grads[name][index], numeric, rtol=1e-5, atol=1e-8)
+        assert_gradient_matches_central_differences(loss, params, rtol=1e-5, atol=1e-8)
 
 
 def test_graph_comes_from_ctx_not_from_the_module():
@@ -159,55 +154,26 @@ def test_xavier_uniform_init_and_arguments():
         models.build("lightgcn", dataset, n_layer=2)
 
 
-def _popularity_recall(dataset, k=20):
-    train = dataset.split_pairs("train")
-    popularity = np.bincount(train[:, 1], minlength=dataset.n_items).astype(np.float32)
-    return jeval.evaluate_protocol(
-        np.ones((dataset.n_users, 1), np.float32), popularity[:, None], split="test", train_pairs=train,
-        valid_pairs=dataset.split_pairs("valid"), test_pairs=dataset.split_pairs("test"), ks=[k],
-        metrics=["recall"])[f"recall@{k}"]
-
-
 def test_learns_better_than_popularity(tmp_path):
-    from jaxrec.train import config_from_dict, train_and_evaluate
-
     dataset = make_synthetic(300, 200, n_interactions=9000, seed=3, popularity_skew=0.5, temperature=0.3)
-    config = config_from_dict({
-        "data": {"synthetic": {}},
-        "model": {"name": "lightgcn", "args": {"embedding_size": 16, "n_layers": 2}},
-        "train": {"epochs": 25, "batch_size": 512, "learning_rate": 0.02, "patience": 25, "seed": 0,
-                  "checkpoint_every": 25},
-        "eval": {"ks": [20], "metrics": ["recall"]},
-        "loss_weights": {"reg": 1e-3},
-    })
-    metrics = train_and_evaluate(config, tmp_path / "run", dataset=dataset, quiet=True)
-    baseline = _popularity_recall(dataset)
+    metrics = train_tiny(tmp_path / "run", dataset, "lightgcn", {"embedding_size": 16, "n_layers": 2}, epochs=25,
+                         learning_rate=0.02, loss_weights={"reg": 1e-3})
+    baseline = popularity_recall(dataset)
     assert metrics["test"]["recall@20"] > 1.5 * baseline, (metrics["test"], baseline)
 
 
 def test_pmap_on_four_devices_matches_one_device():
-    from jaxrec.train import EpochSampler, StepRunner, TrainConfig, init_state, make_optimizer
-
     assert jax.device_count() >= 4
     dataset = make_synthetic(80, 60, n_interactions=1200, seed=1)
     built = models.build("lightgcn", dataset, embedding_size=8, n_layers=2)
-    sampler = EpochSampler(dataset, batch_size=64, n_negatives=2, seed=0)
-    batches = {k: v[:3] for k, v in sampler.batches(0).items()}
-    assert batches["weights"].min() == 1.0
     # SGD: Adam's first steps are about lr * sign(g), which turns rounding-level differences of
     # near-zero gradients (summation order across devices) into visible ones.
-    tx = make_optimizer(TrainConfig(optimizer="sgd", learning_rate=5.0), sampler.steps_per_epoch)
-    start = jax.device_get(init_state(built.module, built.ctx, sampler.example_batch(), tx, seed=0))
-    results = {}
     # BPR is a mean over rows, so averaging per-device gradients is the single-device update; the
     # norm-based EmbLoss is not (the trainer documents this), hence weight 0 for the parity check.
-    for parallel in ("none", "pmap"):
-        runner = StepRunner(built.module, tx, {"bpr": 1.0, "reg": 0.0}, parallel=parallel, batch_size=64)
-        state, metrics = runner.run(runner.put_state(start), runner.put_ctx(built.ctx), runner.put_batches(batches))
-        results[parallel] = (jax.device_get(runner.get_state(state)), np.asarray(metrics.loss), runner.n_devices)
-    (single, single_loss, _), (pmapped, pmap_loss, n_devices) = results["none"], results["pmap"]
-    assert n_devices == 4
-    np.testing.assert_allclose(single_loss, pmap_loss, rtol=1e-5)
-    for name in single.params:
-        np.testing.assert_allclose(pmapped.params[name], single.params[name], rtol=2e-5, atol=2e-6)
-    assert not np.allclose(single.params["item_embedding"], start.params["item_embedding"])
+    run = pmap_parity_run(built, dataset, {"bpr": 1.0, "reg": 0.0}, optimizer="sgd", learning_rate=5.0)
+    assert run.batches["weights"].min() == 1.0
+    assert run.n_devices == 4
+    np.testing.assert_allclose(run.single_loss, run.pmap_loss, rtol=1e-5)
+    for name in run.single.params:
+        np.testing.assert_allclose(run.pmapped.params[name], run.single.params[name], rtol=2e-5, atol=2e-6)
+    assert not np.allclose(run.single.params["item_embedding"], run.start.params["item_embedding"])

@@ -5,10 +5,11 @@ import jax
 import numpy as np
 import pytest
 
-from jaxrec import eval as jeval
 from jaxrec import models
 from jaxrec.data import Interactions, Modality, MultimodalDataset, make_synthetic
 from jaxrec.errors import ConfigError
+
+from _model_testing import pmap_parity_run, popularity_recall, train_tiny
 
 
 def _dataset():
@@ -148,47 +149,24 @@ def test_arguments_are_checked():
 
 
 def test_learns_better_than_popularity(tmp_path):
-    from jaxrec.train import config_from_dict, train_and_evaluate
-
     dataset = make_synthetic(300, 200, n_interactions=9000, dims={"image": 24}, seed=3,
                              popularity_skew=0.5, temperature=0.3)
-    config = config_from_dict({
-        "data": {"synthetic": {}},
-        "model": {"name": "mmgcn", "args": {"embedding_size": 16, "latent_dims": {"image": 16}}},
-        "train": {"epochs": 20, "batch_size": 512, "learning_rate": 0.01, "patience": 20, "seed": 0,
-                  "checkpoint_every": 20},
-        "eval": {"ks": [20], "metrics": ["recall"]},
-    })
-    metrics = train_and_evaluate(config, tmp_path / "run", dataset=dataset, quiet=True)
-    train = dataset.split_pairs("train")
-    popularity = np.bincount(train[:, 1], minlength=dataset.n_items).astype(np.float32)
-    baseline = jeval.evaluate_protocol(
-        np.ones((dataset.n_users, 1), np.float32), popularity[:, None], split="test", train_pairs=train,
-        valid_pairs=dataset.split_pairs("valid"), test_pairs=dataset.split_pairs("test"), ks=[20],
-        metrics=["recall"])["recall@20"]
+    metrics = train_tiny(tmp_path / "run", dataset, "mmgcn", {"embedding_size": 16, "latent_dims": {"image": 16}},
+                         epochs=20, learning_rate=0.01)
+    baseline = popularity_recall(dataset)
     assert metrics["test"]["recall@20"] > 1.5 * baseline, (metrics["test"], baseline)
 
 
 def test_pmap_on_four_devices_matches_one_device():
-    from jaxrec.train import EpochSampler, StepRunner, TrainConfig, init_state, make_optimizer
-
     assert jax.device_count() >= 4
     dataset = make_synthetic(80, 60, n_interactions=1200, dims={"image": 10}, seed=1)
     built = models.build("mmgcn", dataset, embedding_size=8, latent_dims={"image": 8}, n_layers=2)
-    sampler = EpochSampler(dataset, batch_size=64, n_negatives=2, seed=0)
-    batches = {k: v[:2] for k, v in sampler.batches(0).items()}
-    assert batches["weights"].min() == 1.0
     # Every term is a mean over rows (or, for the preferences, the same on every device), so the
     # averaged per-device update is the single-device one. SGD keeps rounding differences small.
-    tx = make_optimizer(TrainConfig(optimizer="sgd", learning_rate=0.5), sampler.steps_per_epoch)
-    start = jax.device_get(init_state(built.module, built.ctx, sampler.example_batch(), tx, seed=0))
-    results = {}
-    for parallel in ("none", "pmap"):
-        runner = StepRunner(built.module, tx, {"bpr": 1.0, "reg": 0.1}, parallel=parallel, batch_size=64)
-        state, metrics = runner.run(runner.put_state(start), runner.put_ctx(built.ctx), runner.put_batches(batches))
-        results[parallel] = (jax.device_get(runner.get_state(state)), np.asarray(metrics.loss), runner.n_devices)
-    (single, single_loss, _), (pmapped, pmap_loss, n_devices) = results["none"], results["pmap"]
-    assert n_devices == 4
-    np.testing.assert_allclose(single_loss, pmap_loss, rtol=1e-5)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), pmapped.params, single.params)
-    assert not np.allclose(single.params["id_embedding"], start.params["id_embedding"])
+    run = pmap_parity_run(built, dataset, {"bpr": 1.0, "reg": 0.1}, n_batches=2, optimizer="sgd", learning_rate=0.5)
+    assert run.batches["weights"].min() == 1.0
+    assert run.n_devices == 4
+    np.testing.assert_allclose(run.single_loss, run.pmap_loss, rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), run.pmapped.params,
+                 run.single.params)
+    assert not np.allclose(run.single.params["id_embedding"], run.start.params["id_embedding"])

@@ -6,11 +6,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxrec import eval as jeval
 from jaxrec import losses, models
 from jaxrec.data import Interactions, Modality, MultimodalDataset, make_synthetic, split_dataset
 from jaxrec.errors import ConfigError
 from jaxrec.models.sidemf import SideMF, item_side_features, trained_item_mask
+
+from _model_testing import assert_gradient_matches_central_differences, pmap_parity_run, popularity_recall, train_tiny
 
 
 def _rated_dataset(n_users=5, n_items=7, seed=0):
@@ -158,13 +159,7 @@ def test_gradient_matches_finite_differences():
             params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), _random_params(built.module, seed=7))
             loss = jax.jit(lambda p: sum(built.module.apply({"params": p}, built.ctx, batch, True,
                                                             method="loss_terms").values()))
-            grads = jax.grad(loss)(params)
-            eps = 1e-6
-            for name in params:
-                for index in np.ndindex(params[name].shape):
-                    bump = lambda d: {**params, name: params[name].at[index].add(d)}  # noqa: E731
-                    numeric = (loss(bump(eps)) - loss(bump(-eps))) / (2 * eps)
-                    np.testing.assert_allclose(grads[name][index], numeric, rtol=1e-4, atol=1e-7)
+            assert_gradient_matches_central_differences(loss, params, rtol=1e-4, atol=1e-7)
 
 
 def test_untrained_items_are_scored_from_features_alone():
@@ -202,60 +197,29 @@ _SYNTHETIC = dict(n_users=300, n_items=200, n_interactions=9000, seed=3, popular
 
 
 def _train(tmp_path, dataset, *, split=None, parallel="none", epochs=25):
-    from jaxrec.train import config_from_dict, train_and_evaluate
-
-    config = config_from_dict({
-        "data": {"synthetic": {}, "split": split},
-        "model": {"name": "sidemf", "args": {"embedding_size": 16}},
-        "train": {"epochs": epochs, "batch_size": 512, "learning_rate": 0.01, "patience": epochs, "seed": 0,
-                  "checkpoint_every": epochs, "parallel": parallel},
-        "eval": {"ks": [20], "metrics": ["recall"]},
-        "loss_weights": {"reg": 1e-4},
-    })
-    return train_and_evaluate(config, tmp_path / f"run_{parallel}", dataset=dataset, quiet=True)
-
-
-def _popularity_recall(dataset, candidate_items=None, popularity=None):
-    train_pairs = dataset.split_pairs("train")
-    if popularity is None:
-        popularity = np.bincount(train_pairs[:, 1], minlength=dataset.n_items).astype(np.float32)
-    result = jeval.evaluate_protocol(
-        np.ones((dataset.n_users, 1), np.float32), popularity[:, None], split="test", train_pairs=train_pairs,
-        valid_pairs=dataset.split_pairs("valid"), test_pairs=dataset.split_pairs("test"), ks=[20],
-        metrics=["recall"], candidate_items=candidate_items)
-    return result["recall@20"]
+    return train_tiny(tmp_path / f"run_{parallel}", dataset, "sidemf", {"embedding_size": 16}, epochs=epochs,
+                      learning_rate=0.01, loss_weights={"reg": 1e-4}, split=split, parallel=parallel)
 
 
 def test_learns_better_than_popularity(tmp_path):
     dataset = make_synthetic(**_SYNTHETIC)
     metrics = _train(tmp_path, dataset)
-    baseline = _popularity_recall(dataset)
+    baseline = popularity_recall(dataset)
     assert metrics["test"]["recall@20"] > 1.5 * baseline, (metrics["test"], baseline)
 
 
 def test_pmap_on_four_devices_matches_one_device():
-    from jaxrec.train import EpochSampler, StepRunner, TrainConfig, init_state, make_optimizer
-
     assert jax.device_count() >= 4
     dataset = make_synthetic(80, 60, n_interactions=1200, seed=1)
     assert trained_item_mask(dataset).all()  # every pair counts: each device's mean is over 16 pairs
     built = models.build("sidemf", dataset, embedding_size=8)
-    sampler = EpochSampler(dataset, batch_size=64, n_negatives=2, seed=0)
-    batches = {k: v[:3] for k, v in sampler.batches(0).items()}
-    assert batches["weights"].min() == 1.0
-    tx = make_optimizer(TrainConfig(learning_rate=0.05), sampler.steps_per_epoch)
-    start = jax.device_get(init_state(built.module, built.ctx, sampler.example_batch(), tx, seed=0))
-    results = {}
-    for parallel in ("none", "pmap"):
-        runner = StepRunner(built.module, tx, {"bpr": 1.0, "reg": 1e-3}, parallel=parallel, batch_size=64)
-        state, metrics = runner.run(runner.put_state(start), runner.put_ctx(built.ctx), runner.put_batches(batches))
-        results[parallel] = (jax.device_get(runner.get_state(state)), np.asarray(metrics.loss), runner.n_devices)
-    (single, single_loss, _), (pmapped, pmap_loss, n_devices) = results["none"], results["pmap"]
-    assert n_devices == 4
-    np.testing.assert_allclose(single_loss, pmap_loss, rtol=1e-5)
-    for name in single.params:
-        np.testing.assert_allclose(pmapped.params[name], single.params[name], rtol=2e-5, atol=2e-6)
-    assert not np.allclose(single.params["feature_map"], 0.0)  # W really moved away from its zero start
+    run = pmap_parity_run(built, dataset, {"bpr": 1.0, "reg": 1e-3}, learning_rate=0.05)
+    assert run.batches["weights"].min() == 1.0
+    assert run.n_devices == 4
+    np.testing.assert_allclose(run.single_loss, run.pmap_loss, rtol=1e-5)
+    for name in run.single.params:
+        np.testing.assert_allclose(run.pmapped.params[name], run.single.params[name], rtol=2e-5, atol=2e-6)
+    assert not np.allclose(run.single.params["feature_map"], 0.0)  # W really moved away from its zero start
 
 
 def test_cold_start_items_beat_popularity(tmp_path):
@@ -268,6 +232,6 @@ def test_cold_start_items_beat_popularity(tmp_path):
     # The best popularity ranking of the new items there can be: by their TEST counts (it
     # peeks at the answers, so no real system has it).
     test_counts = np.bincount(dataset.split_pairs("test")[:, 1], minlength=dataset.n_items).astype(np.float32)
-    oracle = _popularity_recall(dataset, test_items, test_counts)
+    oracle = popularity_recall(dataset, test_items, test_counts)
     assert oracle > 20 / len(test_items)  # the oracle itself beats a random ranking
     assert metrics["test"]["recall@20"] > 1.3 * oracle, (metrics["test"], oracle)

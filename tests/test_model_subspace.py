@@ -2,19 +2,19 @@
 numpy version, orthonormal projections by parametrization, scores, cold items, gradients,
 argument checks, learning and pmap on four devices against one device."""
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from jaxrec import eval as jeval
 from jaxrec import losses, models
-from jaxrec.data import Interactions, Modality, MultimodalDataset, make_synthetic
+from jaxrec.data import make_synthetic
 from jaxrec.errors import ConfigError
-from jaxrec.train._state import _init_both
+
+from _model_testing import (compiled_apply, pmap_parity_run, popularity_recall, randomized_params,
+                            tiny_multimodal_dataset, train_tiny)
+
 
 # Items 0, 4, 6 and 7 have every modality; item 7 has no train interaction, so only 0, 4, 6
 # enter the objective.
@@ -22,41 +22,8 @@ _PRESENCE = np.array([[1, 1, 1], [1, 0, 0], [0, 1, 1], [0, 0, 0], [1, 1, 1], [1,
 
 
 def _tiny_dataset(n_users=5):
-    rng = np.random.default_rng(0)
-    users = np.repeat(np.arange(n_users), 4)
-    items = np.stack([users[::4], users[::4] + 2, users[::4] + 3, users[::4] + 5], axis=1).ravel() % 7
-    split = np.tile(np.array([0, 0, 1, 2], np.int8), n_users)
-    users, items, split = np.append(users, [0, 2]), np.append(items, [7, 7]), np.append(split, [2, 1]).astype(np.int8)
-    modalities = {}
-    for m, (name, dim) in enumerate([("text", 5), ("image", 3), ("audio", 4)]):
-        mask = _PRESENCE[:, m]
-        modalities[name] = Modality(name, np.where(mask[:, None], rng.normal(size=(8, dim)), 0.0).astype(np.float32),
-                                    mask)
-    return MultimodalDataset("tiny", n_users, 8, Interactions(users, items, split), modalities=modalities)
-
-
-@functools.lru_cache(maxsize=None)
-def _compiled(module, method, flags):
-    # Python bools (the ``train`` flag) stay static; everything else is traced.
-    def apply(p, arrays):
-        values = iter(arrays)
-        args = [flag if flag is not None else next(values) for flag in flags]
-        return module.apply({"params": p}, *args, method=method)
-
-    return jax.jit(apply)
-
-
-def _apply(module, params, *args, method):
-    flags = tuple(a if isinstance(a, bool) else None for a in args)
-    return _compiled(module, method, flags)(params, [a for a in args if not isinstance(a, bool)])
-
-
-def _randomized(built, seed=1, scale=0.7):
-    batch = {"users": np.zeros(2, np.int32), "pos_items": np.zeros(2, np.int32),
-             "neg_items": np.zeros((2, 1), np.int32), "weights": np.ones(2, np.float32)}
-    shapes = jax.eval_shape(lambda: built.module.init(jax.random.PRNGKey(0), built.ctx, batch, method=_init_both))
-    rng = np.random.default_rng(seed)
-    return jax.tree.map(lambda s: (scale * rng.normal(size=s.shape)).astype(np.float32), shapes)["params"]
+    """8 items with three modalities, varied presence (_PRESENCE); item 7 is never trained."""
+    return tiny_multimodal_dataset(_PRESENCE, [("text", 5), ("image", 3), ("audio", 4)], n_users)
 
 
 def _numpy_qf(matrix):
@@ -81,17 +48,17 @@ def _numpy_objective(projections, views, rows, lam):
 def test_subspace_term_is_the_subspace_objective(orthonormal):
     built = models.build("subspace", _tiny_dataset(), embedding_size=4, shared_dim=2, agreement=0.7,
                          orthonormal=orthonormal)
-    params = _randomized(built)
+    params = randomized_params(built)
     raw = [np.asarray(params["subspace"][f"projection_{m}"], np.float64) for m in range(3)]
     expected_projections = [_numpy_qf(w) for w in raw] if orthonormal else raw
-    projections = _apply(built.module, params, built.ctx, method="projections")
+    projections = compiled_apply(built.module, params, built.ctx, method="projections")
     for P, expected in zip(projections, expected_projections):
         np.testing.assert_allclose(np.asarray(P), expected, rtol=1e-5, atol=1e-6)
         if orthonormal:
             np.testing.assert_allclose(np.asarray(P).T @ np.asarray(P), np.eye(2), atol=1e-6)
     batch = {"users": np.array([0, 1]), "pos_items": np.array([0, 4]), "neg_items": np.array([[2], [5]]),
              "weights": np.ones(2, np.float32)}
-    term = float(_apply(built.module, params, built.ctx, batch, True, method="loss_terms")["subspace"])
+    term = float(compiled_apply(built.module, params, built.ctx, batch, True, method="loss_terms")["subspace"])
     views = built.ctx["modalities"]
     np.testing.assert_allclose(term, _numpy_objective(expected_projections, views, [0, 4, 6], 0.7), rtol=1e-5)
     complete_trained = np.zeros(8, bool)
@@ -102,8 +69,8 @@ def test_subspace_term_is_the_subspace_objective(orthonormal):
 
 def test_scores_match_numpy_and_cold_items_use_features_alone():
     built = models.build("subspace", _tiny_dataset(), embedding_size=4, shared_dim=2)
-    params = _randomized(built, seed=3)
-    users, items = _apply(built.module, params, built.ctx, False, method="encode")
+    params = randomized_params(built, seed=3)
+    users, items = compiled_apply(built.module, params, built.ctx, False, method="encode")
     P = [_numpy_qf(params["subspace"][f"projection_{m}"]) for m in range(3)]
     B = np.asarray(params["to_embedding"]["kernel"], np.float64)
     trained = np.asarray(built.ctx["trained"])
@@ -117,7 +84,7 @@ def test_scores_match_numpy_and_cold_items_use_features_alone():
     np.testing.assert_array_equal(np.asarray(users), params["user_embedding"])
     assert not trained[7]
     zeroed = dict(params, item_embedding=np.zeros_like(params["item_embedding"]))
-    _, content = _apply(built.module, zeroed, built.ctx, False, method="encode")
+    _, content = compiled_apply(built.module, zeroed, built.ctx, False, method="encode")
     np.testing.assert_array_equal(np.asarray(items)[7], np.asarray(content)[7])
     np.testing.assert_allclose(np.asarray(items)[3], params["item_embedding"][3], rtol=1e-6)  # no modality: ID only
 
@@ -127,7 +94,7 @@ def test_subspace_term_gradient_matches_finite_differences():
     batch = {"users": np.array([0, 1]), "pos_items": np.array([0, 4]), "neg_items": np.array([[2], [5]]),
              "weights": np.ones(2)}
     with jax.enable_x64():
-        params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), _randomized(built, seed=4))
+        params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), randomized_params(built, seed=4))
         ctx = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64) if a.dtype == np.float32 else a, built.ctx)
         term = jax.jit(lambda p: built.module.apply({"params": p}, ctx, batch, True, method="loss_terms")["subspace"])
         check_grads(term, (params,), order=1, modes=("rev",), atol=1e-5, rtol=1e-5)
@@ -152,49 +119,24 @@ _SYNTHETIC = dict(n_users=200, n_items=120, n_interactions=5000, seed=3, popular
 
 
 def test_learns_better_than_popularity(tmp_path):
-    from jaxrec.train import config_from_dict, train_and_evaluate
-
     dataset = make_synthetic(**_SYNTHETIC)
-    config = config_from_dict({
-        "data": {"synthetic": {}},
-        "model": {"name": "subspace", "args": {"embedding_size": 16, "shared_dim": 8}},
-        "train": {"epochs": 12, "batch_size": 512, "learning_rate": 0.01, "patience": 12, "seed": 0,
-                  "checkpoint_every": 12},
-        "eval": {"ks": [20], "metrics": ["recall"]},
-        "loss_weights": {"reg": 1e-3, "subspace": 1e-4},
-    })
-    metrics = train_and_evaluate(config, tmp_path / "subspace", dataset=dataset, quiet=True)
-    train_pairs = dataset.split_pairs("train")
-    popularity = np.bincount(train_pairs[:, 1], minlength=dataset.n_items).astype(np.float32)
-    baseline = jeval.evaluate_protocol(
-        np.ones((dataset.n_users, 1), np.float32), popularity[:, None], split="test", train_pairs=train_pairs,
-        valid_pairs=dataset.split_pairs("valid"), test_pairs=dataset.split_pairs("test"), ks=[20],
-        metrics=["recall"])["recall@20"]
+    metrics = train_tiny(tmp_path / "subspace", dataset, "subspace", {"embedding_size": 16, "shared_dim": 8},
+                         epochs=12, learning_rate=0.01, loss_weights={"reg": 1e-3, "subspace": 1e-4})
+    baseline = popularity_recall(dataset)
     assert metrics["test"]["recall@20"] > 1.5 * baseline, (metrics["test"], baseline)
 
 
 def test_pmap_on_four_devices_matches_one_device():
-    from jaxrec.train import EpochSampler, StepRunner, TrainConfig, init_state, make_optimizer
-
     assert jax.device_count() >= 4
     dataset = make_synthetic(80, 60, n_interactions=1200, seed=1, dims={"text": 6, "image": 4})
     built = models.build("subspace", dataset, embedding_size=8, shared_dim=3)
-    sampler = EpochSampler(dataset, batch_size=64, n_negatives=2, seed=0)
-    batches = {k: v[:3] for k, v in sampler.batches(0).items()}
-    tx = make_optimizer(TrainConfig(optimizer="sgd", learning_rate=0.1), sampler.steps_per_epoch)
-    start = jax.device_get(init_state(built.module, built.ctx, sampler.example_batch(), tx, seed=0))
-    results = {}
-    for parallel in ("none", "pmap"):
-        # EmbLoss is a norm over the batch, not a mean over rows: weighed 0 for the parity check.
-        # The subspace term is over the whole catalogue, the same on every device.
-        runner = StepRunner(built.module, tx, {"bpr": 1.0, "reg": 0.0, "subspace": 1e-3}, parallel=parallel,
-                            batch_size=64)
-        state, metrics = runner.run(runner.put_state(start), runner.put_ctx(built.ctx), runner.put_batches(batches))
-        results[parallel] = (jax.device_get(runner.get_state(state)), np.asarray(metrics.loss), runner.n_devices)
-    (single, single_loss, _), (pmapped, pmap_loss, n_devices) = results["none"], results["pmap"]
-    assert n_devices == 4
-    np.testing.assert_allclose(single_loss, pmap_loss, rtol=1e-5)
-    for a, b in zip(jax.tree.leaves(pmapped.params), jax.tree.leaves(single.params)):
+    # EmbLoss is a norm over the batch, not a mean over rows: weighed 0 for the parity check.
+    # The subspace term is over the whole catalogue, the same on every device.
+    run = pmap_parity_run(built, dataset, {"bpr": 1.0, "reg": 0.0, "subspace": 1e-3}, optimizer="sgd",
+                          learning_rate=0.1)
+    assert run.n_devices == 4
+    np.testing.assert_allclose(run.single_loss, run.pmap_loss, rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(run.pmapped.params), jax.tree.leaves(run.single.params)):
         np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
-    moved = single.params["subspace"]["projection_0"] - start.params["subspace"]["projection_0"]
+    moved = run.single.params["subspace"]["projection_0"] - run.start.params["subspace"]["projection_0"]
     assert np.abs(moved).max() > 1e-3

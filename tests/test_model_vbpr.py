@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from jaxrec import eval as jeval
 from jaxrec import models
 from jaxrec.data import Interactions, Modality, MultimodalDataset, cold_items, make_synthetic, split_dataset
 from jaxrec.errors import ConfigError
 from jaxrec.models.vbpr import VBPR
+
+from _model_testing import pmap_parity_run, popularity_recall, train_tiny
 
 
 def _dataset(n_users=6, n_items=8, seed=0):
@@ -180,32 +181,14 @@ _SYNTHETIC = dict(n_users=300, n_items=200, n_interactions=9000, seed=3, popular
 
 
 def _train(tmp_path, dataset, args=None, epochs=25):
-    from jaxrec.train import config_from_dict, train_and_evaluate
-
-    config = config_from_dict({
-        "data": {"synthetic": {}},
-        "model": {"name": "vbpr", "args": {"embedding_size": 16, "visual_size": 16, **(args or {})}},
-        "train": {"epochs": epochs, "batch_size": 512, "learning_rate": 0.01, "patience": epochs, "seed": 0,
-                  "checkpoint_every": epochs},
-        "eval": {"ks": [20], "metrics": ["recall"]},
-        "loss_weights": {"reg_theta": 1e-3, "reg_e": 1e-3},
-    })
-    return train_and_evaluate(config, tmp_path / "run", dataset=dataset, quiet=True)
-
-
-def _popularity_recall(dataset, popularity, candidate_items=None):
-    result = jeval.evaluate_protocol(
-        np.ones((dataset.n_users, 1), np.float32), popularity[:, None].astype(np.float32), split="test",
-        train_pairs=dataset.split_pairs("train"), valid_pairs=dataset.split_pairs("valid"),
-        test_pairs=dataset.split_pairs("test"), ks=[20], metrics=["recall"], candidate_items=candidate_items)
-    return result["recall@20"]
+    return train_tiny(tmp_path / "run", dataset, "vbpr", {"embedding_size": 16, "visual_size": 16, **(args or {})},
+                      epochs=epochs, learning_rate=0.01, loss_weights={"reg_theta": 1e-3, "reg_e": 1e-3})
 
 
 def test_learns_better_than_popularity(tmp_path):
     dataset = make_synthetic(**_SYNTHETIC)
     metrics = _train(tmp_path, dataset, {"fusion": "late"})
-    popularity = np.bincount(dataset.split_pairs("train")[:, 1], minlength=dataset.n_items)
-    baseline = _popularity_recall(dataset, popularity)
+    baseline = popularity_recall(dataset)
     assert metrics["test"]["recall@20"] > 1.5 * baseline, (metrics["test"], baseline)
 
 
@@ -216,8 +199,8 @@ def test_cold_start_items_beat_popularity(tmp_path):
     test_items = cold_items(dataset).test
     # Popularity of the new items by their TEST counts: the best non-personalized ranking
     # there can be (it peeks at the answers).
-    oracle = _popularity_recall(dataset, np.bincount(dataset.split_pairs("test")[:, 1], minlength=dataset.n_items),
-                                test_items)
+    oracle = popularity_recall(dataset, test_items, np.bincount(dataset.split_pairs("test")[:, 1],
+                                                                minlength=dataset.n_items))
     assert oracle > 20 / len(test_items)
     assert metrics["test"]["recall@20"] > 1.3 * oracle, (metrics["test"], oracle)
 
@@ -226,32 +209,21 @@ def test_cold_start_items_beat_popularity(tmp_path):
 # differ in the 4th digit with the order of reduction.
 @pytest.mark.parametrize("args", [{"fusion": "late"}, {"mmrec_compat": True, "feature_scaling": "standardize"}])
 def test_pmap_on_four_devices_matches_one_device(args):
-    from jaxrec.train import EpochSampler, StepRunner, TrainConfig, init_state, make_optimizer
-
     assert jax.device_count() >= 4
     dataset = make_synthetic(80, 60, n_interactions=1200, seed=1)
     built = models.build("vbpr", dataset, embedding_size=8, visual_size=4, **args)
     assert np.asarray(built.ctx["trained"]).all()  # every pair counts: each device's mean is over 16 pairs
-    sampler = EpochSampler(dataset, batch_size=64, n_negatives=1, seed=0)
-    batches = {k: v[:3] for k, v in sampler.batches(0).items()}
-    tx = make_optimizer(TrainConfig(learning_rate=0.05), sampler.steps_per_epoch)
-    start = jax.device_get(init_state(built.module, built.ctx, sampler.example_batch(), tx, seed=0))
     # Per-example means and whole-parameter terms average exactly over devices; MMRec's
     # norm-based EmbLoss does not (see jaxrec.train._step), so it is left out here.
     weights = {"bpr": 1.0, "reg": 0.0} if args.get("mmrec_compat") else {"bpr": 1.0, "reg_theta": 0.1, "reg_e": 0.01}
-    results = {}
-    for parallel in ("none", "pmap"):
-        runner = StepRunner(built.module, tx, weights, parallel=parallel, batch_size=64)
-        state, metrics = runner.run(runner.put_state(start), runner.put_ctx(built.ctx), runner.put_batches(batches))
-        results[parallel] = (jax.device_get(runner.get_state(state)), np.asarray(metrics.loss), runner.n_devices)
-    (single, single_loss, _), (pmapped, pmap_loss, n_devices) = results["none"], results["pmap"]
-    assert n_devices == 4
-    np.testing.assert_allclose(single_loss, pmap_loss, rtol=1e-5)
-    for name in single.params:
+    run = pmap_parity_run(built, dataset, weights, n_negatives=1, learning_rate=0.05)
+    assert run.n_devices == 4
+    np.testing.assert_allclose(run.single_loss, run.pmap_loss, rtol=1e-5)
+    for name in run.single.params:
         if name == "projection_bias":
             # MMRec's Linear bias b adds theta_u.b to a positive and a negative alike: its exact
             # gradient is 0, and what it gets is rounding noise, which Adam scales up to
             # learning-rate-sized steps; that noise differs with the order of the sums.
             continue
-        np.testing.assert_allclose(pmapped.params[name], single.params[name], rtol=2e-5, atol=2e-6)
-        assert not np.allclose(single.params[name], start.params[name])
+        np.testing.assert_allclose(run.pmapped.params[name], run.single.params[name], rtol=2e-5, atol=2e-6)
+        assert not np.allclose(run.single.params[name], run.start.params[name])

@@ -1,0 +1,187 @@
+"""Set-up shared by the model tests: tiny datasets, compiled applies, randomized parameters,
+short training runs, the popularity baseline and the pmap-versus-one-device parity run.
+
+Plain functions; each test keeps its own assertions and tolerances.
+"""
+
+import functools
+from types import SimpleNamespace
+
+import jax
+import numpy as np
+
+from jaxrec import eval as jeval
+from jaxrec.data import Interactions, Modality, MultimodalDataset
+
+
+def tiny_multimodal_dataset(presence, dims, n_users=5):
+    """Eight items with ``len(dims)`` modalities whose presence per item is ``presence``.
+
+    Every user has two train, one valid and one test interaction among items 0-6; item 7 has
+    only a valid and a test interaction, so it is never trained.
+
+    Args:
+      presence: bool array ``[8, n_modalities]``.
+      dims: ``[(name, width), ...]``, one per modality.
+      n_users: number of users.
+
+    Returns:
+      A ``MultimodalDataset`` whose absent feature rows are zero.
+    """
+    rng = np.random.default_rng(0)
+    users = np.repeat(np.arange(n_users), 4)
+    items = np.stack([users[::4], users[::4] + 2, users[::4] + 3, users[::4] + 5], axis=1).ravel() % 7
+    split = np.tile(np.array([0, 0, 1, 2], np.int8), n_users)
+    users, items, split = np.append(users, [0, 2]), np.append(items, [7, 7]), np.append(split, [2, 1]).astype(np.int8)
+    modalities = {}
+    for m, (name, dim) in enumerate(dims):
+        mask = presence[:, m]
+        features = np.where(mask[:, None], rng.normal(size=(8, dim)), 0.0).astype(np.float32)
+        modalities[name] = Modality(name, features, mask)
+    return MultimodalDataset("tiny", n_users, 8, Interactions(users, items, split), modalities=modalities)
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled(module, method, flags):
+    # Python bools (the ``train`` flag) stay static; everything else is traced.
+    def apply(p, arrays):
+        values = iter(arrays)
+        args = [flag if flag is not None else next(values) for flag in flags]
+        return module.apply({"params": p}, *args, method=method)
+
+    return jax.jit(apply)
+
+
+def compiled_apply(module, params, *args, method):
+    """``module.apply`` compiled once per (module, method): eager applies dispatch op by op.
+
+    Python bool arguments (the ``train`` flag) are static; the others are traced.
+    """
+    flags = tuple(a if isinstance(a, bool) else None for a in args)
+    return _compiled(module, method, flags)(params, [a for a in args if not isinstance(a, bool)])
+
+
+def randomized_params(built, seed=1, scale=0.7):
+    """Every parameter of ``built.module`` drawn from ``scale * N(0, 1)`` (float32, numpy), so that
+    no leaf keeps a special initial value (zero biases, identity-like starts)."""
+    from jaxrec.train._state import _init_both
+
+    batch = {"users": np.zeros(2, np.int32), "pos_items": np.zeros(2, np.int32),
+             "neg_items": np.zeros((2, 1), np.int32), "weights": np.ones(2, np.float32)}
+    shapes = jax.eval_shape(lambda: built.module.init(jax.random.PRNGKey(0), built.ctx, batch, method=_init_both))
+    rng = np.random.default_rng(seed)
+    return jax.tree.map(lambda s: (scale * rng.normal(size=s.shape)).astype(np.float32), shapes)["params"]
+
+
+def train_tiny(run_dir, dataset, name, args, *, epochs, learning_rate, loss_weights=None, split=None,
+               parallel=None):
+    """Train ``name`` on ``dataset`` with batches of 512, no early stop, and return its metrics.
+
+    Args:
+      run_dir: the run's output folder.
+      dataset: the in-memory dataset (the config's data section is a placeholder).
+      name, args: the model and its arguments.
+      epochs: epochs, also the patience and the checkpoint interval.
+      learning_rate: Adam's learning rate.
+      loss_weights: the config's ``loss_weights`` (left out when None).
+      split, parallel: ``data.split`` and ``train.parallel`` (left out when None).
+
+    Returns:
+      ``train_and_evaluate``'s metrics, evaluated at recall@20.
+    """
+    from jaxrec.train import config_from_dict, train_and_evaluate
+
+    data = {"synthetic": {}} if split is None else {"synthetic": {}, "split": split}
+    train = {"epochs": epochs, "batch_size": 512, "learning_rate": learning_rate, "patience": epochs, "seed": 0,
+             "checkpoint_every": epochs}
+    if parallel is not None:
+        train["parallel"] = parallel
+    config = {"data": data, "model": {"name": name, "args": args}, "train": train,
+              "eval": {"ks": [20], "metrics": ["recall"]}}
+    if loss_weights is not None:
+        config["loss_weights"] = loss_weights
+    return train_and_evaluate(config_from_dict(config), run_dir, dataset=dataset, quiet=True)
+
+
+def popularity_recall(dataset, candidate_items=None, popularity=None):
+    """Test recall@20 of ranking every user's items by ``popularity`` (default: train counts).
+
+    An independent baseline: no model, the same evaluation protocol (train and valid items
+    excluded).
+    """
+    train_pairs = dataset.split_pairs("train")
+    if popularity is None:
+        popularity = np.bincount(train_pairs[:, 1], minlength=dataset.n_items)
+    result = jeval.evaluate_protocol(
+        np.ones((dataset.n_users, 1), np.float32), np.asarray(popularity, np.float32)[:, None], split="test",
+        train_pairs=train_pairs, valid_pairs=dataset.split_pairs("valid"), test_pairs=dataset.split_pairs("test"),
+        ks=[20], metrics=["recall"], candidate_items=candidate_items)
+    return result["recall@20"]
+
+
+def pmap_parity_run(built, dataset, loss_weights, *, n_negatives=2, n_batches=3, ctx=None, **train_options):
+    """The same first ``n_batches`` steps (batches of 64) without parallelism and with pmap.
+
+    Both runs start from one initial state; the caller compares them.
+
+    Args:
+      built: the built model.
+      dataset: the dataset the sampler draws from.
+      loss_weights: the runner's loss weights.
+      n_negatives: negatives per positive.
+      n_batches: how many of epoch 0's batches to run.
+      ctx: the context to run on (default ``built.ctx``).
+      **train_options: ``TrainConfig`` fields for ``make_optimizer`` (optimizer, learning_rate).
+
+    Returns:
+      A namespace: ``start`` (initial state), ``single`` and ``pmapped`` (final states),
+      ``single_loss`` and ``pmap_loss`` (per step), ``single_terms`` (per step, per term),
+      ``n_devices`` (of the pmap run) and ``batches``.
+    """
+    from jaxrec.train import EpochSampler, StepRunner, TrainConfig, init_state, make_optimizer
+
+    ctx = built.ctx if ctx is None else ctx
+    sampler = EpochSampler(dataset, batch_size=64, n_negatives=n_negatives, seed=0)
+    batches = {k: v[:n_batches] for k, v in sampler.batches(0).items()}
+    tx = make_optimizer(TrainConfig(**train_options), sampler.steps_per_epoch)
+    start = jax.device_get(init_state(built.module, ctx, sampler.example_batch(), tx, seed=0))
+    results = {}
+    for parallel in ("none", "pmap"):
+        runner = StepRunner(built.module, tx, loss_weights, parallel=parallel, batch_size=64)
+        state, metrics = runner.run(runner.put_state(start), runner.put_ctx(ctx), runner.put_batches(batches))
+        results[parallel] = (jax.device_get(runner.get_state(state)), np.asarray(metrics.loss), runner.n_devices,
+                             {k: np.asarray(v) for k, v in metrics.terms.items()})
+    (single, single_loss, _, single_terms), (pmapped, pmap_loss, n_devices, _) = results["none"], results["pmap"]
+    return SimpleNamespace(start=start, single=single, pmapped=pmapped, single_loss=single_loss,
+                           pmap_loss=pmap_loss, single_terms=single_terms, n_devices=n_devices, batches=batches)
+
+
+def assert_gradient_matches_central_differences(loss, params, *, rtol, atol, eps=1e-6):
+    """Every entry of ``jax.grad(loss)(params)`` against ``(loss(p + eps e) - loss(p - eps e)) / (2 eps)``.
+
+    Args:
+      loss: a scalar function of ``params``, a flat dict of float64 arrays.
+      params: the point to check at.
+      rtol, atol: ``np.testing.assert_allclose`` tolerances.
+      eps: the half step.
+    """
+    grads = jax.grad(loss)(params)
+    for name in params:
+        for index in np.ndindex(params[name].shape):
+            bump = lambda d: {**params, name: params[name].at[index].add(d)}  # noqa: E731
+            numeric = (loss(bump(eps)) - loss(bump(-eps))) / (2 * eps)
+            np.testing.assert_allclose(grads[name][index], numeric, rtol=rtol, atol=atol)
+
+
+def numpy_norm_adj(users, items, n_users, n_items):
+    """MMRec's get_norm_adj_mat: D^-1/2 A D^-1/2 of the symmetric user-item graph, dense numpy.
+
+    Nodes are the users then the items; a node without edges gets a zero row.
+    """
+    n = n_users + n_items
+    adj = np.zeros((n, n))
+    adj[users, items + n_users] = 1.0
+    adj[items + n_users, users] = 1.0
+    d = adj.sum(1)
+    scale = np.where(d > 0, 1.0 / np.sqrt(np.where(d > 0, d, 1.0)), 0.0)
+    return adj * scale[:, None] * scale[None, :]
