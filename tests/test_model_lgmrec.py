@@ -171,9 +171,10 @@ def test_embeddings_match_mmrec_forward_for_given_noise(small):
     expected_users, expected_items, expected_views = _reference(data, params, noise)
     np.testing.assert_allclose(users, expected_users, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(items, expected_items, rtol=1e-4, atol=1e-5)
-    for (u, i), (eu, ei) in zip(views, expected_views):
-        np.testing.assert_allclose(u, eu, rtol=1e-4, atol=1e-5)
-        np.testing.assert_allclose(i, ei, rtol=1e-4, atol=1e-5)
+    for (user_dep, item_dep, latent), (eu, ei) in zip(views, expected_views):  # Γ_U = H_U Λ, Γ_I = H_I Λ
+        assert latent.shape == (3, 8)
+        np.testing.assert_allclose(user_dep @ latent, eu, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(item_dep @ latent, ei, rtol=1e-4, atol=1e-5)
 
 
 def test_training_loss_terms_match_mmrec_calculate_loss(small):
@@ -254,15 +255,17 @@ def test_softmax_ranking_mf_setting_and_single_modality():
     np.testing.assert_allclose(items, expected_items, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("n_rows,batch", [(6, 9), (12, 9)])
-def test_table_info_nce_both_paths_match_numpy(n_rows, batch):
+@pytest.mark.parametrize("n_rows,batch,factored", [(6, 9, False), (12, 9, False), (6, 9, True), (12, 9, True)])
+def test_table_info_nce_all_paths_match_numpy(n_rows, batch, factored):
     rng = np.random.default_rng(n_rows)
-    anchors, targets = rng.normal(size=(n_rows, 4)), rng.normal(size=(n_rows, 4))
+    factors, basis = rng.normal(size=(n_rows, 2)), rng.normal(size=(2, 5))
+    anchors, targets = rng.normal(size=(n_rows, 5)), factors @ basis  # targets of rank 2
     ids = rng.integers(0, n_rows, batch)
     weights = np.array([1.0] * (batch - 2) + [0.0, 0.0])
+    f32 = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
     value = jax.jit(table_info_nce, static_argnums=4)(
-        jnp.asarray(anchors, jnp.float32), jnp.asarray(targets, jnp.float32), jnp.asarray(ids),
-        jnp.asarray(weights, jnp.float32), 0.25)
+        f32(anchors), f32(targets), jnp.asarray(ids), f32(weights), 0.25,
+        target_factors=(f32(factors), f32(basis)) if factored else None)
     real = ids[weights > 0]
     expected = _ssl_triple_loss(anchors[real], targets[real], targets, 0.25) / len(real)
     np.testing.assert_allclose(float(value), expected, rtol=1e-5)
