@@ -7,28 +7,19 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxrec import eval as jeval
 from jaxrec import models
 from jaxrec.data import make_synthetic
 from jaxrec.errors import ConfigError
 from jaxrec.models import bm3
 from jaxrec.models.bm3 import BM3, table_dropout
 
+from _model_testing import (compiled_apply, numpy_norm_adj, pmap_parity_run, popularity_recall, randomized_params,
+                            train_tiny)
+
 MODALITIES = ["image", "text"]
 
 
 # ---- a dense numpy reference (MMRec's src/models/bm3.py) ---------------------------------
-
-def _numpy_norm_adj(users, items, n_users, n_items):
-    """MMRec's get_norm_adj_mat: D^-1/2 A D^-1/2 of the symmetric user-item graph."""
-    n = n_users + n_items
-    adj = np.zeros((n, n))
-    adj[users, items + n_users] = 1.0
-    adj[items + n_users, users] = 1.0
-    d = adj.sum(1)
-    scale = np.where(d > 0, 1.0 / np.sqrt(np.where(d > 0, d, 1.0)), 0.0)
-    return adj * scale[:, None] * scale[None, :]
-
 
 def _linear(p, x):
     return x @ p["kernel"] + p["bias"]
@@ -96,7 +87,7 @@ def _setup(dropout, seed=1, n_layers=2):
     params = built.module.init({"params": jax.random.PRNGKey(2), "dropout": jax.random.PRNGKey(3)}, built.ctx,
                                batch, True, method="loss_terms")["params"]
     train = data.split_pairs("train")
-    adj = _numpy_norm_adj(train[:, 0], train[:, 1], data.n_users, data.n_items)
+    adj = numpy_norm_adj(train[:, 0], train[:, 1], data.n_users, data.n_items)
     return data, built, batch, params, adj
 
 
@@ -105,15 +96,16 @@ def _setup(dropout, seed=1, n_layers=2):
 @pytest.mark.parametrize("n_layers", [0, 2])
 def test_encode_and_loss_terms_match_mmrec_bm3_in_numpy(n_layers):
     data, built, batch, params, adj = _setup(dropout=0.0, n_layers=n_layers)
-    host = _host(params)
     for m, name in enumerate(MODALITIES):  # trainable feature tables start at the raw features
-        np.testing.assert_allclose(host[f"features_{m}"]["table"], data.modalities[name].features, rtol=1e-6)
+        np.testing.assert_allclose(params[f"features_{m}"]["table"], data.modalities[name].features, rtol=1e-6)
+    params = randomized_params(built)  # no leaf at a special value (zero bias, raw features)
+    host = _host(params)
     # full_sort_predict applies the predictor to both sides before the dot product
-    user_emb, item_emb = built.module.apply({"params": params}, built.ctx, method="encode")
+    user_emb, item_emb = compiled_apply(built.module, params, built.ctx, False, method="encode")
     u_on, i_on = _numpy_forward(host, adj, data.n_users, n_layers)
     expected_scores = _linear(host["predictor"], u_on) @ _linear(host["predictor"], i_on).T
-    np.testing.assert_allclose(np.asarray(user_emb @ item_emb.T), expected_scores, rtol=1e-4, atol=1e-5)
-    terms = built.module.apply({"params": params}, built.ctx, batch, True, method="loss_terms")
+    np.testing.assert_allclose(np.asarray(user_emb @ item_emb.T), expected_scores, rtol=1e-4, atol=1e-4)
+    terms = compiled_apply(built.module, params, built.ctx, batch, True, method="loss_terms")
     expected = _numpy_bm3_loss(host, host, adj, data.n_users, n_layers, batch["users"], batch["pos_items"],
                                batch["weights"])
     assert set(terms) == set(expected)
@@ -244,64 +236,29 @@ _SYNTHETIC = dict(n_users=300, n_items=200, n_interactions=9000, dims={"text": 1
                   popularity_skew=0.5, temperature=0.3)
 
 
-def _popularity_recall(dataset):
-    """Recall@20 of ranking by train popularity, counted and ranked here in numpy (train
-    and valid items excluded, as the protocol does)."""
-    train, test = dataset.split_pairs("train"), dataset.split_pairs("test")
-    seen = np.zeros((dataset.n_users, dataset.n_items), bool)
-    seen[train[:, 0], train[:, 1]] = True
-    valid = dataset.split_pairs("valid")
-    seen[valid[:, 0], valid[:, 1]] = True
-    popularity = np.bincount(train[:, 1], minlength=dataset.n_items).astype(float)
-    truth = np.zeros_like(seen)
-    truth[test[:, 0], test[:, 1]] = True
-    recalls = []
-    for user in np.unique(test[:, 0]):
-        scores = np.where(seen[user], -np.inf, popularity)
-        top = np.argsort(-scores, kind="stable")[:20]
-        recalls.append(truth[user, top].sum() / truth[user].sum())
-    return float(np.mean(recalls))
-
-
 def test_learns_better_than_popularity(tmp_path):
-    from jaxrec.train import config_from_dict, train_and_evaluate
-
     dataset = make_synthetic(**_SYNTHETIC)
-    config = config_from_dict({
-        "data": {"synthetic": {}},
-        "model": {"name": "bm3", "args": {"embedding_size": 32, "n_layers": 1, "dropout": 0.5}},
-        "train": {"epochs": 20, "batch_size": 512, "learning_rate": 0.01, "patience": 20, "seed": 0,
-                  "checkpoint_every": 20},
-        "eval": {"ks": [20], "metrics": ["recall"]},
-        # the synthetic features are noisy views of the items' factors: MMRec's cl_weight 2
-        # lets them dominate the ID views here (recall ~ popularity), 0.2 does not
-        "loss_weights": {"modality_alignment": 0.2},
-    })
-    metrics = train_and_evaluate(config, tmp_path / "run", dataset=dataset, quiet=True)
-    baseline = _popularity_recall(dataset)
+    # The synthetic features are noisy views of the items' factors: with MMRec's cl_weight (2)
+    # they outweigh the ID views here (recall ~ popularity); 0.2 lets the IDs lead.
+    metrics = train_tiny(tmp_path / "run", dataset, "bm3", {"embedding_size": 32, "n_layers": 1, "dropout": 0.5},
+                         epochs=20, learning_rate=0.01, loss_weights={"modality_alignment": 0.2})
+    baseline = popularity_recall(dataset)
     assert metrics["test"]["recall@20"] > 1.3 * baseline, (metrics["test"], baseline)
 
 
 def test_pmap_on_four_devices_matches_one_device():
-    from jaxrec.train import EpochSampler, StepRunner, TrainConfig, init_state, make_optimizer
-
+    """Every step of an epoch, the last one padded: the alignment means are over real rows on
+    each shard, the whole-table regularizer and the table dropout masks are the same on every
+    device, so the pmap updates equal the one-device ones."""
     assert jax.device_count() >= 4
     dataset = make_synthetic(80, 60, n_interactions=1200, dims={"text": 8, "image": 4}, seed=1)
     built = models.build("bm3", dataset, embedding_size=8, n_layers=2, dropout=0.5)
-    sampler = EpochSampler(dataset, batch_size=64, n_negatives=1, seed=0)
-    batches = {k: v[-3:] for k, v in sampler.batches(0).items()}  # the epoch's last batch is padded
-    assert np.any(batches["weights"][-1] == 0)
-    tx = make_optimizer(TrainConfig(learning_rate=0.05), sampler.steps_per_epoch)
-    start = jax.device_get(init_state(built.module, built.ctx, sampler.example_batch(), tx, seed=0))
-    results = {}
-    for parallel in ("none", "pmap"):
-        runner = StepRunner(built.module, tx, built.default_loss_weights, parallel=parallel, batch_size=64)
-        state, metrics = runner.run(runner.put_state(start), runner.put_ctx(built.ctx), runner.put_batches(batches))
-        results[parallel] = (jax.device_get(runner.get_state(state)), np.asarray(metrics.loss), runner.n_devices)
-    (single, single_loss, _), (pmapped, pmap_loss, n_devices) = results["none"], results["pmap"]
-    assert n_devices == 4 and np.all(np.isfinite(pmap_loss))
-    np.testing.assert_allclose(single_loss, pmap_loss, rtol=1e-5)
-    moved = dict(jax.tree_util.tree_leaves_with_path(pmapped.params))
-    for path, value in jax.tree_util.tree_leaves_with_path(single.params):
+    run = pmap_parity_run(built, dataset, built.default_loss_weights, n_negatives=1, n_batches=None,
+                          learning_rate=0.05)
+    assert np.any(run.batches["weights"][-1] == 0)
+    assert run.n_devices == 4 and np.all(np.isfinite(run.pmap_loss))
+    np.testing.assert_allclose(run.single_loss, run.pmap_loss, rtol=1e-5)
+    moved = dict(jax.tree_util.tree_leaves_with_path(run.pmapped.params))
+    for path, value in jax.tree_util.tree_leaves_with_path(run.single.params):
         np.testing.assert_allclose(moved[path], value, rtol=2e-5, atol=2e-6, err_msg=str(path))
-    assert not np.allclose(single.params["user_embedding"], start.params["user_embedding"])
+    assert not np.allclose(run.single.params["user_embedding"], run.start.params["user_embedding"])
