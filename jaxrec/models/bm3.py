@@ -11,7 +11,8 @@ skip connection of the item IDs, and a linear projection of each item modality
   h^m_i = W_m x^m_i + b_m,
 
 with :math:`L` = ``n_layers`` and :math:`x^m` the item features, a TRAINABLE table that starts
-at the raw features (MMRec's ``nn.Embedding.from_pretrained(..., freeze=False)``).
+at the raw features (MMRec's ``nn.Embedding.from_pretrained(..., freeze=False)``); an item
+lacking a modality starts at a zero row (:func:`jaxrec.models.sidemf.item_side_features`).
 
 **Views.** A shared predictor :math:`f(z) = W_p z + b_p` (d -> d) makes the online views;
 the target views are dropout-perturbed copies of the online embeddings (before the
@@ -55,16 +56,18 @@ projection weights (``nn.init.xavier_normal_``), torch's default
 
 Deviations from MMRec: dropout is applied when ``train=True`` only (MMRec's
 ``F.dropout`` in ``calculate_loss`` is always on; our trainer calls ``loss_terms`` with
-``train=True``); masks are drawn for the whole tables as in MMRec but only the batch's rows
-are used (the same numbers, without perturbing rows nobody reads; it also makes a pmap step
-equal a one-device step, every device drawing the same table masks); the projections and
-predictor are applied to the batch's rows or to the whole table, whichever is fewer
-(row-wise maps: the same values up to rounding); cosine norms are clamped at 1e-8 as torch's
-``cosine_similarity``, but per norm rather than on their product; MMRec adds 1e-7 to every
-degree, here a zero degree maps to 0 (an empty row stays empty either way).
+``train=True``). The masks are drawn for the whole tables as in MMRec, and only the batch's
+rows of them are used: the same distribution, a repeated row and the three terms reading
+the item target sharing one mask as in MMRec, and a pmap step equal to a one-device step
+(every device draws the same table masks); the random numbers themselves are JAX's, not
+torch's. The projections and the predictor are applied to the batch's rows or to the whole
+table, whichever is fewer (row-wise maps: the same values up to rounding). Cosine norms
+are clamped at 1e-8 each, as current torch's ``cosine_similarity`` does (torch before 1.12
+clamped their product). MMRec adds 1e-7 to every degree; here a zero degree maps to 0 (an
+empty row stays empty either way).
 
 References:
-  Zhou, Zhou, Zhang, Liu, Miao and Shen, `Bootstrap Latent Representations for Multi-modal
+  Zhou et al., `Bootstrap Latent Representations for Multi-modal
   Recommendation <https://arxiv.org/abs/2207.05969>`_, WWW 2023; MMRec ``src/models/bm3.py``
   and ``src/configs/model/BM3.yaml`` (github.com/enoche/MMRec).
 """
