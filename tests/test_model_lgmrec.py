@@ -287,8 +287,9 @@ def test_gradients_finite_and_match_finite_differences():
             terms = built.module.apply({"params": p}, ctx, batch, True, method="loss_terms", rngs={"dropout": key})
             return terms["bpr"] + 0.5 * terms["hcl"] + 0.1 * terms["reg"]
 
-        loss, grad = jax.jit(loss), jax.jit(jax.grad(loss))
-        grads = grad(params)
+        value_and_grad = jax.jit(jax.value_and_grad(loss))  # one compiled program for both
+        loss = lambda p: value_and_grad(p)[0]  # noqa: E731
+        grads = value_and_grad(params)[1]
         assert all(np.all(np.isfinite(g)) and np.any(g != 0) for g in jax.tree.leaves(grads))
         rng = np.random.default_rng(0)
         eps = 1e-6
@@ -335,23 +336,23 @@ def test_learns_better_than_popularity(tmp_path):
     config = config_from_dict({
         "data": {"synthetic": {}},
         "model": {"name": "lgmrec", "args": {"embedding_size": 16, "feat_embed_dim": 16}},
-        "train": {"epochs": 20, "batch_size": 512, "learning_rate": 0.01, "patience": 20, "seed": 0,
-                  "checkpoint_every": 20},
+        "train": {"epochs": 8, "batch_size": 1024, "learning_rate": 0.02, "patience": 8, "seed": 0,
+                  "checkpoint_every": 8},
         "eval": {"ks": [20], "metrics": ["recall"]},
     })
     metrics = train_and_evaluate(config, tmp_path / "run", dataset=dataset, quiet=True)
-    baseline = _popularity_recall(dataset)
-    assert metrics["test"]["recall@20"] > 1.3 * baseline, (metrics["test"], baseline)
+    baseline = _popularity_recall(dataset)  # 0.18; LGMRec reached 0.37 when this test was written
+    assert metrics["test"]["recall@20"] > 1.5 * baseline, (metrics["test"], baseline)
 
 
 def test_pmap_on_four_devices_matches_one_device():
     from jaxrec.train import EpochSampler, StepRunner, TrainConfig, init_state, make_optimizer
 
     assert jax.device_count() >= 4
-    dataset = make_synthetic(80, 60, n_interactions=1200, dims={"text": 8, "image": 4}, seed=1)
+    dataset = make_synthetic(50, 40, n_interactions=600, dims={"text": 8, "image": 4}, seed=1)
     built = models.build("lgmrec", dataset, embedding_size=8, feat_embed_dim=8)
     sampler = EpochSampler(dataset, batch_size=64, n_negatives=1, seed=0)
-    batches = {k: v[:3] for k, v in sampler.batches(0).items()}
+    batches = {k: v[:2] for k, v in sampler.batches(0).items()}
     # SGD at a small rate: Adam's first steps are about lr * sign(g), and the sharp Gumbel-softmax
     # (tau 0.2) turns rounding-level differences (summation order across devices) into visible ones.
     tx = make_optimizer(TrainConfig(optimizer="sgd", learning_rate=0.1), sampler.steps_per_epoch)
