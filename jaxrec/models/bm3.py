@@ -82,13 +82,12 @@ from flax import linen as nn
 from jaxrec import losses
 from jaxrec.data import graph as jgraph
 from jaxrec.errors import ConfigError
+from jaxrec.models._init import torch_linear_bias, xavier_normal, xavier_uniform
 from jaxrec.models._registry import Built, register
-from jaxrec.models.freedom import FeatureTable, torch_linear_bias, xavier_uniform
+from jaxrec.models.freedom import FeatureTable
 from jaxrec.models.lightgcn import chunk_size_for, train_graph
 from jaxrec.models.sidemf import check_positive_int, item_side_features
 
-# torch.nn.init.xavier_normal_ (MMRec's predictor and projections): N(0, 2 / (fan_in + fan_out)).
-xavier_normal = nn.initializers.variance_scaling(1.0, "fan_avg", "normal")
 
 
 def table_dropout(key: jax.Array, table_shape: tuple[int, int], rows: jax.Array, values: jax.Array,

@@ -30,10 +30,9 @@ from flax import linen as nn
 
 from jaxrec import losses
 from jaxrec.errors import ConfigError
+from jaxrec.models._init import xavier_normal
 from jaxrec.models._registry import Built, register
 
-# torch.nn.init.xavier_normal_: an untruncated normal with variance 2 / (fan_in + fan_out).
-xavier_normal = nn.initializers.variance_scaling(1.0, "fan_avg", "normal")
 
 
 class BPRMF(nn.Module):

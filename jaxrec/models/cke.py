@@ -74,13 +74,12 @@ from jaxrec import losses
 from jaxrec.data import TRAIN, add_tag_kg
 from jaxrec.errors import ConfigError
 from jaxrec.features import fit_standardizer
+from jaxrec.models._init import xavier_normal
 from jaxrec.models._registry import Built, register
 
 KG_LOSSES = ("bpr", "margin")
 # Up to this many relations a KG batch is projected through every M_r (see CKE._project).
 _DENSE_RELATIONS = 8
-# torch.nn.init.xavier_normal_ (RecBole's init for every table): N(0, 2 / (fan_in + fan_out)).
-xavier_normal = nn.initializers.variance_scaling(1.0, "fan_avg", "normal")
 
 
 def _transfer_init(key, shape, dtype=jnp.float32):

@@ -61,7 +61,6 @@ References:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import jax
@@ -72,23 +71,11 @@ from flax import linen as nn
 from jaxrec import losses
 from jaxrec.data import graph as jgraph
 from jaxrec.errors import ConfigError
+from jaxrec.models._init import torch_linear_bias, torch_linear_kernel, xavier_uniform
 from jaxrec.models._registry import Built, register
 from jaxrec.models.sidemf import check_positive_int, item_side_features
 
-# torch.nn.init.xavier_uniform_ (MMRec's ID tables): U(±sqrt(6 / (n + d))).
-xavier_uniform = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform")
-# torch.nn.Linear's default weight init, kaiming_uniform_(a=sqrt(5)): U(±1/sqrt(fan_in)).
-torch_linear_kernel = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
-
-def torch_linear_bias(fan_in: int):
-    """torch.nn.Linear's default bias init, :math:`U(\\pm 1/\\sqrt{\\text{fan\\_in}})`."""
-    bound = 1.0 / math.sqrt(fan_in)
-
-    def init(key, shape, dtype=jnp.float32):
-        return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-    return init
 
 
 class FeatureTable(nn.Module):

@@ -98,8 +98,9 @@ from jaxrec.models._modality_inputs import (
     presence_patterns,
     with_id_dropout,
 )
+from jaxrec.models._init import xavier_normal
 from jaxrec.models._registry import Built, register
-from jaxrec.models.sidemf import check_choice, check_positive_int, trained_item_mask, xavier_normal
+from jaxrec.models.sidemf import check_choice, check_positive_int, trained_item_mask
 
 FUSIONS = ("attention", "gated", "ensemble", "early")
 GATE_CONTEXTS = ("user", "item")

@@ -57,6 +57,7 @@ from flax import linen as nn
 
 from jaxrec import fusion as jfusion
 from jaxrec.errors import ConfigError
+from jaxrec.models._init import xavier_normal
 from jaxrec.models._registry import Built, register
 from jaxrec.models._modality_inputs import (
     batch_items,
@@ -66,7 +67,7 @@ from jaxrec.models._modality_inputs import (
     modality_inputs,
     with_id_dropout,
 )
-from jaxrec.models.sidemf import check_positive_int, trained_item_mask, xavier_normal
+from jaxrec.models.sidemf import check_positive_int, trained_item_mask
 
 _SPEC_KEYS = ("kind", "degree", "coef0", "gamma", "num_features")
 

@@ -89,15 +89,8 @@ from jaxrec import losses
 from jaxrec.data import graph as jgraph
 from jaxrec.errors import ConfigError
 from jaxrec.models._registry import Built, register
-from jaxrec.models.freedom import (
-    FeatureTable,
-    batch_triples,
-    graph_cache_of,
-    knn_search_settings,
-    torch_linear_bias,
-    torch_linear_kernel,
-    xavier_uniform,
-)
+from jaxrec.models._init import torch_linear_bias, torch_linear_kernel, xavier_uniform
+from jaxrec.models.freedom import FeatureTable, batch_triples, graph_cache_of, knn_search_settings
 from jaxrec.models.sidemf import check_positive_int, item_side_features
 
 LEARNED_GRAPH_MODES = ("step", "epoch")

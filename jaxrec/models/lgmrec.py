@@ -99,12 +99,11 @@ from flax import linen as nn
 from jaxrec import losses
 from jaxrec.data import graph as jgraph
 from jaxrec.errors import ConfigError
+from jaxrec.models._init import xavier_uniform
 from jaxrec.models._registry import Built, register
 from jaxrec.models.lightgcn import batch_triples, bpr_and_mean_norm, chunk_size_for
 from jaxrec.models.sidemf import check_choice, check_positive_int, item_side_features
 
-# torch.nn.init.xavier_uniform_ (every LGMRec parameter): U(±sqrt(6 / (fan_in + fan_out))).
-xavier_uniform = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform")
 
 EVAL_DEPENDENCIES = ("gumbel", "softmax")
 # Seed of the Gumbel noise used when ranking (eval_dependencies="gumbel").

@@ -48,11 +48,10 @@ from flax import linen as nn
 from jaxrec import losses
 from jaxrec.data import graph as jgraph
 from jaxrec.errors import ConfigError
+from jaxrec.models._init import xavier_uniform
 from jaxrec.models._registry import Built, register
 from jaxrec.models.sidemf import check_positive_int
 
-# torch.nn.init.xavier_uniform_ (MMRec's LightGCN tables): U(±sqrt(6 / (fan_in + fan_out))).
-xavier_uniform = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform")
 
 
 # Edges per propagation chunk: about 1 MiB of (chunk, d) float32 messages. On CPU, chunks

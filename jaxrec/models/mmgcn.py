@@ -60,7 +60,6 @@ References:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 
 import jax
@@ -70,22 +69,12 @@ from flax import linen as nn
 from jaxrec import losses
 from jaxrec.data import graph as jgraph
 from jaxrec.errors import ConfigError
+from jaxrec.models._init import torch_linear_bias, torch_linear_kernel, xavier_normal
 from jaxrec.models._registry import Built, register
 from jaxrec.models.lightgcn import batch_triples, chunk_size_for, train_graph
-from jaxrec.models.sidemf import check_positive_int, item_side_features, xavier_normal
-
-# torch.nn.Linear's default weight init, kaiming_uniform_(a=sqrt(5)): U(±1/sqrt(fan_in)).
-torch_linear_kernel = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+from jaxrec.models.sidemf import check_positive_int, item_side_features
 
 
-def torch_linear_bias(fan_in: int):
-    """torch.nn.Linear's default bias init, U(±1/sqrt(fan_in))."""
-    bound = 1.0 / math.sqrt(fan_in)
-
-    def init(key, shape, dtype=jnp.float32):
-        return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-    return init
 
 
 def _normalize_rows(x, eps: float = 1e-12):

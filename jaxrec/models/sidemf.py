@@ -70,10 +70,9 @@ from jaxrec import losses
 from jaxrec.data import TRAIN
 from jaxrec.errors import ConfigError, DataError
 from jaxrec.features import fit_standardizer
+from jaxrec.models._init import xavier_normal
 from jaxrec.models._registry import Built, register
 
-# torch.nn.init.xavier_normal_: an untruncated normal with variance 2 / (fan_in + fan_out).
-xavier_normal = nn.initializers.variance_scaling(1.0, "fan_avg", "normal")
 
 FEATURE_SCALINGS = ("standardize", "l2", "none")
 OBJECTIVES = ("bpr", "ratings")

@@ -64,6 +64,7 @@ from flax import linen as nn
 
 from jaxrec import losses
 from jaxrec.errors import ConfigError
+from jaxrec.models._init import xavier_uniform
 from jaxrec.models._registry import Built, register
 from jaxrec.models.sidemf import (
     check_choice,
@@ -75,8 +76,6 @@ from jaxrec.models.sidemf import (
 )
 
 FUSIONS = ("early", "late")
-# torch.nn.init.xavier_uniform_ (MMRec's VBPR user and item tables): U(±sqrt(6 / (n + d))).
-xavier_uniform = nn.initializers.variance_scaling(1.0, "fan_avg", "uniform")
 
 
 class VBPR(nn.Module):
