@@ -80,37 +80,25 @@ IVF_FROM = 500_000  # rungs with at least this many items use the configs' IVF k
 
 
 def _config(model: str, n_items: int, cache: str | None, batch_size: int | None, knn: str = "auto"):
-    from jaxrec.train import load_config
+    import yaml
 
+    from jaxrec.train._config import config_from_dict
+    from jaxrec.train._config_io import apply_overrides, resolve_paths
+
+    path = CONFIGS / f"{model}.yaml"
     overrides = [f"data.synthetic.n_items={n_items}", f"data.synthetic.n_users={max(n_items // 5, 10)}",
                  f"data.synthetic.n_interactions={10 * n_items}"]
-    if knn == "exact" or (knn == "auto" and n_items < IVF_FROM):
-        overrides += [("model.args.knn_method", "exact"), ("model.args.knn_n_clusters", None),
-                      ("model.args.knn_n_probe", None)]
     if cache is not None:
         overrides.append(f"model.args.graph_cache={cache}")
     if batch_size is not None:
         overrides.append(f"train.batch_size={batch_size}")
-    return load_config(CONFIGS / f"{model}.yaml", overrides)
-
-
-def _sampled_eval(dataset, user_emb, item_emb, n_users: int, ks, metrics, seed: int = 0) -> dict:
-    """Full ranking over all items for a uniform sample of test users, and popularity on them."""
-    from jaxrec import eval as jeval
-
-    pairs = {split: dataset.split_pairs(split) for split in ("train", "valid", "test")}
-    users = np.unique(pairs["test"][:, 0])
-    chosen = np.sort(np.random.default_rng(seed).choice(users, min(n_users, users.size), replace=False))
-    sample = {split: p[np.isin(p[:, 0], chosen)] for split, p in pairs.items()}
-    kwargs = dict(split="test", train_pairs=sample["train"], valid_pairs=sample["valid"], test_pairs=sample["test"],
-                  ks=ks, metrics=metrics)
-    result = jeval.evaluate_protocol(user_emb, item_emb, **kwargs)
-    popularity = np.bincount(pairs["train"][:, 1], minlength=dataset.n_items).astype(np.float32)
-    baseline = jeval.evaluate_protocol(np.ones((dataset.n_users, 1), np.float32), popularity[:, None], **kwargs)
-    out = {k: round(float(v), 4) for k, v in result.items() if "@" in k}
-    out.update({f"popularity_{k}": round(float(v), 4) for k, v in baseline.items() if "@" in k})
-    out["eval_users"] = int(chosen.size)
-    return out
+    raw = apply_overrides(yaml.safe_load(path.read_text()), overrides)
+    if knn == "exact" or (knn == "auto" and n_items < IVF_FROM):  # the exact search takes no IVF settings
+        args = raw["model"]["args"]
+        args["knn_method"] = "exact"
+        args.pop("knn_n_clusters", None)
+        args.pop("knn_n_probe", None)
+    return resolve_paths(config_from_dict(raw, source=path))
 
 
 def _sampled_recall(features: np.ndarray, found: np.ndarray, n_queries: int, seed: int = 1) -> dict:
