@@ -29,8 +29,23 @@ the process's peak RSS so far:
   (embeddings of all users and items, then full ranking over ALL items for a uniform sample
   of ``--eval-users`` test users, with a popularity baseline on the same users).
 
-Measured figures: see the final report in the commit history (``benchmarks: scale ladder ...``)
-and the table at the end of this docstring once filled in.
+Measured (2026-11-28, this 2-core / 24 GiB machine; wall seconds depend on the other jobs that
+shared the cores, CPU seconds are both cores together; rows from ``--json``):
+
+  n_items    step                       wall s    CPU s   peak GiB  notes
+  100,000    knn:text (exact)             53.2     49.0     0.61
+  100,000    freedom:epoch                13.3     12.8     1.12     25 steps of 32,768
+  1,000,000  generate                    109.0     30.5     1.18     200,000 users, 10M interactions
+  1,000,000  knn:text (IVF 1024:32)      795.3    345.7     2.47     sampled recall@10 0.82
+  1,000,000  freedom:build                70.0     29.3     3.85
+  1,000,000  freedom:prune                 1.7      0.9     4.20
+  1,000,000  freedom:epoch              1398.2    745.9     6.14     244 steps of 32,768; loss 0.693 -> 0.284
+  1,000,000  freedom:eval                124.0    123.5     6.14     10,000 users, all 1M items ranked;
+                                                                     recall@20 0.1466 (popularity 0.1466)
+  1,000,000  lattice:build                30.1     30.3     3.50
+  1,000,000  lattice:learned_knn (IVF)   199.6    301.3     4.21     sampled recall@10 0.85 (earlier run)
+  1,000,000  lattice:epoch                398.9    704.4   18.44     31 steps of 262,144; loss 0.6932 -> 0.3023
+  1,000,000  lattice:eval                  76.6    113.7   18.44     recall@20 0.0178 (popularity 0.1463)
 """
 
 from __future__ import annotations
