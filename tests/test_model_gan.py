@@ -197,7 +197,6 @@ def test_bad_input():
         models.build("gan", hidden_dataset, modality="target", fill="median")
 
 
-@pytest.mark.skipif("vbpr" not in models.available(), reason="the VBPR model file is not in this tree")
 def test_gan_model_trains_vbpr_on_filled_rows(tmp_path):
     from jaxrec.train import config_from_dict, train_and_evaluate
 
