@@ -29,7 +29,8 @@ non-personalized ranking could do; a model that beats it is personalizing.
 Also ``popularity``: the new items ranked by their train interaction count, which is 0 for
 every one of them -- a tie broken by item id; it shows that popularity cannot rank new items.
 
-Trained models (read from their runs under ``--runs``; for a search folder, its winner by
+Trained models (read from their run records under ``--runs``, default
+``experiments/records/lfm2k/coldstart``; for a search record, its winner by
 valid recall@20 on the valid new items): BPR-MF (its item vectors of new items are never
 trained, so it ranks them at random), every model of ``MODEL_RUNS`` that scores new items from
 their modality features (SideMF, VBPR, the fusion models at the three levels, kernel,
@@ -43,7 +44,7 @@ Output (``--out``, JSON)::
      "rows": [{"name", "kind": "baseline" | "model", "uses_features": bool, "description",
                "setting": {...}, "selected_by": str,
                "valid": {"recall@20": float, ...}, "test": {"recall@10", "recall@20",
-               "ndcg@10", "ndcg@20": float, ...}, "source": "computed" | run folder}],
+               "ndcg@10", "ndcg@20": float, ...}, "source": "computed" | record file}],
      "references": [same fields, plus "leaks_test_labels": true]}
 
 Command (from the project root, after the cold-start runs):
@@ -55,6 +56,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +65,9 @@ from jaxrec import data as jdata
 from jaxrec import eval as jeval
 from jaxrec.features import fit_standardizer
 from jaxrec.train import load_config
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import records  # noqa: E402  (experiments/records.py, beside this script)
 
 PROJECT = Path(__file__).resolve().parents[1]
 KS = (10, 20)
@@ -260,43 +265,50 @@ def oracle_popularity(dataset, cold, protocol) -> dict:
             "source": "computed"}
 
 
-def _winning_run(folders: list[Path]) -> tuple[Path, str] | None:
-    """``(metrics.json, how it was chosen)``: of a single run folder, or of the trial with the
-    best valid recall@20 over all trials of the given search folders (a grid and its
+def _source(path: Path, run: str | None = None) -> str:
+    """A record file relative to the project, ``#run`` naming the winning trial of a search."""
+    path = path.resolve()
+    text = str(path.relative_to(PROJECT) if path.is_relative_to(PROJECT) else path)
+    return f"{text}#{run}" if run else text
+
+
+def _winning_run(paths: list[Path]) -> tuple[dict, str, Path] | None:
+    """``(metrics, how it was chosen, source)``: of a single run's record, or of the trial
+    with the best valid recall@20 over all trials of the given search records (a grid and its
     extension; the earliest trial wins a tie). Test figures are never looked at."""
-    if len(folders) == 1 and (folders[0] / "metrics.json").exists():
-        return folders[0] / "metrics.json", "early stopping on valid recall@20 over the valid new items"
+    found = [records.read(p) for p in paths if p.exists()]
+    if len(found) == 1 and found[0].kind == "run":
+        run = next(iter(found[0].runs.values()))
+        return run["metrics"], "early stopping on valid recall@20 over the valid new items", _source(found[0].path)
     trials = []
-    for folder in folders:
-        if (folder / "search.json").exists():
-            trials += [t for t in json.loads((folder / "search.json").read_text())["trials"]
-                       if (Path(t["workdir"]) / "metrics.json").exists()]
+    for record in found:
+        if record.kind == "search":
+            trials += [(t, record) for t in record.search["trials"] if Path(str(t["workdir"])).name in record.runs]
     if not trials:
         return None
-    best = max(enumerate(trials), key=lambda it: (it[1]["valid"].get("recall@20", -math.inf), -it[0]))[1]
-    tried = sorted({json.dumps(t["setting"], sort_keys=True) for t in trials})
-    return (Path(best["workdir"]) / "metrics.json",
+    best, record = max(enumerate(trials), key=lambda it: (it[1][0]["valid"].get("recall@20", -math.inf), -it[0]))[1]
+    tried = sorted({json.dumps(t["setting"], sort_keys=True) for t, _ in trials})
+    return (record.runs[Path(str(best["workdir"])).name]["metrics"],
             f"{len(trials)} settings {', '.join(tried)}; setting and early stopping both by valid recall@20 "
-            "over the valid new items")
+            "over the valid new items", _source(record.path, Path(str(best["workdir"])).name))
 
 
 def model_rows(runs: Path) -> list[dict]:
     rows = []
     for name, (folders, uses_features, description) in MODEL_RUNS.items():
-        found = _winning_run([runs / folder for folder in folders])
-        if found is None or not found[0].exists():
-            print(f"note: no finished run or search in {runs / folders[0]}; row {name!r} left out "
-                  "(run its cold-start config first)")
+        found = _winning_run([runs / f"{folder}.jsonl" for folder in folders])
+        if found is None:
+            print(f"note: no record of a finished run or search at {runs / folders[0]}.jsonl; row {name!r} left out "
+                  "(run its cold-start config, then pack it with experiments/records.py)")
             continue
-        path, selected_by = found
-        metrics = json.loads(path.read_text())
+        metrics, selected_by, path = found
         rows.append({"name": name, "kind": "model", "uses_features": uses_features, "description": description,
                      "setting": {"loss_weights": metrics.get("loss_weights"), "best_epoch": metrics.get("best_epoch"),
                                  "epochs_run": metrics.get("epochs_run")},
                      "selected_by": selected_by,
                      "valid": {k: v for k, v in metrics["valid"].items() if k.split("@")[0] in METRICS},
                      "test": {k: v for k, v in metrics["test"].items() if k.split("@")[0] in METRICS},
-                     "source": str(path.parent.relative_to(PROJECT) if path.is_relative_to(PROJECT) else path.parent)})
+                     "source": path})
     return rows
 
 
@@ -304,7 +316,8 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", type=Path, default=PROJECT / "experiments/configs/lfm2k/coldstart/vbpr.yaml",
                         help="a cold-start config whose data section defines the split")
-    parser.add_argument("--runs", type=Path, default=PROJECT / "experiments/runs/lfm2k/coldstart")
+    parser.add_argument("--runs", type=Path, default=PROJECT / "experiments/records/lfm2k/coldstart",
+                        help="folder of the cold-start models' run records (experiments/records.py)")
     parser.add_argument("--out", type=Path, default=PROJECT / "experiments/results/lfm2k_coldstart.json")
     parser.add_argument("--random-draws", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)

@@ -1,8 +1,10 @@
-"""Writes experiments/results/<dataset>.md from the runs' own records (never typed by hand).
+"""Writes experiments/results/<dataset>.md from the run records (never typed by hand).
 
-For each model it takes the run chosen BY VALIDATION: ``runs/<dataset>/<model>/metrics.json``
-when a final run at the chosen setting exists, otherwise the winner recorded in
-``runs/<dataset>/<model>_search/search.json`` (a search picks by the validation metric only).
+The records are ``experiments/records/<dataset>/*.jsonl``, one per run or search, packed from
+the run folders by ``experiments/records.py`` (its docstring gives the format). For each model
+it takes the run chosen BY VALIDATION: the final run ``<model>.jsonl`` when it ran at the
+chosen setting, otherwise the winner recorded in ``<model>_search[_<what>].jsonl`` (a search
+picks by the validation metric only).
 MMRec's figures from ``../shared/anchors/mmrec_<dataset>.json`` stand beside ours where MMRec
 has the model. Cold-start and missing-modality tables come from
 ``results/<dataset>_coldstart.json`` and ``results/<dataset>_missing_modality.json`` when the
@@ -22,9 +24,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-import yaml
-
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import records  # noqa: E402  (experiments/records.py, beside this script)
 # Our registry names -> the names MMRec's anchor file uses.
 MMREC_NAMES = {"bprmf": "BPR", "bpr": "BPR", "lightgcn": "LightGCN", "vbpr": "VBPR", "mmgcn": "MMGCN",
                "lattice": "LATTICE", "freedom": "FREEDOM", "bm3": "BM3", "lgmrec": "LGMRec", "mgcn": "MGCN"}
@@ -34,8 +36,8 @@ ORDER = ["bpr", "bprmf", "sidemf", "vbpr", "attention", "gated", "ensemble", "ea
 
 
 def _row_name(folder_name: str) -> str:
-    """A run folder's row: ``vbpr``, ``vbpr_search``, ``vbpr_search2``, ``vbpr_search_ext`` and
-    ``vbpr_reg_grid`` are all ``vbpr``."""
+    """A record's row: ``vbpr``, ``vbpr_search``, ``vbpr_search_low_reg`` and ``vbpr_reg_grid``
+    are all ``vbpr``."""
     return re.sub(r"_(search|reg_grid|grid)(_?\w*)?$", "", folder_name)
 
 
@@ -44,16 +46,13 @@ def _read_json(path: Path):
         return json.load(handle)
 
 
-def _search_winner(search_dir: Path) -> tuple[dict, dict] | None:
-    summary_path = search_dir / "search.json"
-    if not summary_path.exists():
-        return None
-    summary = _read_json(summary_path)
+def _search_winner(record: records.Record) -> tuple[dict, dict] | None:
+    summary = record.search or {}
     best = summary.get("best")
     if not best:
         return None
-    trial_dir = search_dir / Path(best["workdir"]).name  # recorded paths may be absolute elsewhere
-    metrics = _read_json(trial_dir / "metrics.json") if (trial_dir / "metrics.json").exists() else None
+    winner = record.winner()
+    metrics = winner["metrics"] if winner else None
     grid = {}
     for trial in summary.get("trials", []):
         for key, value in (trial.get("setting") or {}).items():
@@ -61,35 +60,36 @@ def _search_winner(search_dir: Path) -> tuple[dict, dict] | None:
             if value not in grid[key]:
                 grid[key].append(value)
     info = {"setting": best.get("setting", {}), "grid": grid, "n_trials": summary.get("n_trials"),
-            "source": os.path.relpath(search_dir, HERE)}
+            "source": os.path.relpath(record.path, HERE)}
     if metrics is None:
         metrics = {"valid": best.get("valid", {}), "test": best.get("test", {}), "best_epoch": best.get("best_epoch")}
     return metrics, info
 
 
-def collect_runs(runs_dir: Path) -> dict[str, tuple[dict, dict]]:
-    """model name -> (metrics, info about how the setting was chosen)."""
+def collect_runs(records_dir: Path) -> dict[str, tuple[dict, dict]]:
+    """model name -> (metrics, info about how the setting was chosen), from the record files
+    (``experiments/records.py``) directly in ``records_dir``."""
     chosen: dict[str, tuple[dict, dict]] = {}
-    if not runs_dir.exists():
-        return chosen
-    for folder in sorted(p for p in runs_dir.iterdir() if p.is_dir()):
-        if folder.name.endswith("_search") or (folder / "search.json").exists():
+    found = records.records_in(records_dir)
+    for record in found:
+        if record.kind != "run":
             continue
-        if (folder / "metrics.json").exists():
-            metrics = _read_json(folder / "metrics.json")
-            searches = [p for p in runs_dir.iterdir() if p.is_dir() and p != folder and _row_name(p.name) == folder.name]
-            search = _search_winner(searches[0]) if searches else None
-            if search and not _ran_with(folder, search[1]["setting"]):
-                print(f"note: {folder.name}/ was not run at its search's winning setting {search[1]['setting']}; "
-                      "the search's winner is reported instead", file=sys.stderr)
-                continue
-            info = search[1] if search else {"setting": {}, "grid": {}, "n_trials": 1}
-            info = {**info, "source": os.path.relpath(folder, HERE)}
-            chosen[folder.name] = (metrics, info)
+        metrics = next(iter(record.runs.values()))["metrics"]
+        searches = [r for r in found if r.kind == "search" and _row_name(r.name) == record.name]
+        search = _search_winner(searches[0]) if searches else None
+        if search and not _ran_with(next(iter(record.runs.values())).get("config"), search[1]["setting"]):
+            print(f"note: {record.path.name} was not run at its search's winning setting {search[1]['setting']}; "
+                  "the search's winner is reported instead", file=sys.stderr)
+            continue
+        info = search[1] if search else {"setting": {}, "grid": {}, "n_trials": 1}
+        info = {**info, "source": os.path.relpath(record.path, HERE)}
+        chosen[record.name] = (metrics, info)
     searched: dict[str, tuple[dict, dict]] = {}
-    for folder in sorted(p for p in runs_dir.iterdir() if p.is_dir() and (p / "search.json").exists()):
-        model = _row_name(folder.name)
-        winner = _search_winner(folder)
+    for record in found:
+        if record.kind != "search":
+            continue
+        model = _row_name(record.name)
+        winner = _search_winner(record)
         # Several searches of one model (a first grid, then a finer one): the better VALIDATION wins.
         if model not in chosen and winner and (
                 model not in searched or _valid(winner[0]) > _valid(searched[model][0])):
@@ -97,12 +97,11 @@ def collect_runs(runs_dir: Path) -> dict[str, tuple[dict, dict]]:
     return {**chosen, **searched}
 
 
-def _ran_with(folder: Path, setting: dict) -> bool:
-    """Whether ``folder/config.yaml`` holds every dotted ``key: value`` of ``setting``."""
-    config_path = folder / "config.yaml"
-    if not config_path.exists():
+def _ran_with(config: dict | None, setting: dict) -> bool:
+    """Whether the run's ``config`` holds every dotted ``key: value`` of ``setting``."""
+    if config is None:
         return not setting
-    node_root = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
+    node_root = config or {}
     for key, value in setting.items():
         node = node_root
         for part in key.split("."):
@@ -243,14 +242,15 @@ def missing_modality_table(result: dict) -> list[str]:
 
 
 def build_report(dataset: str, anchors_dir: Path) -> str:
-    runs_dir = HERE / "runs" / dataset
+    records_dir = HERE / "records" / dataset
     anchors_path = anchors_dir / f"mmrec_{dataset}.json"
     anchors = _read_json(anchors_path) if anchors_path.exists() else {}
-    chosen = collect_runs(runs_dir)
+    chosen = collect_runs(records_dir)
     out = [f"# Results on {dataset}",
            "",
-           f"Generated by `python experiments/make_results.py --dataset {dataset}` from the runs' "
-           "`metrics.json` / `search.json` under `experiments/runs/" + dataset + "/`; do not edit by hand.",
+           f"Generated by `python experiments/make_results.py --dataset {dataset}` from the run records "
+           "(`experiments/records/" + dataset + "/*.jsonl`, packed from the runs by `experiments/records.py`); "
+           "do not edit by hand.",
            "",
            "Protocol: MMRec's (full ranking over all items, training items masked, users without held-out "
            "items skipped); test figures are at the best validation epoch; every setting was chosen by "

@@ -21,7 +21,9 @@ Usage (from the project root)::
                                            [--skip-training]
 
 Writes ``experiments/results/lfm2k_missing_modality.json`` and the runs under
-``experiments/runs/lfm2k/missing_modality/<fill>_seed<seed>/``.
+``experiments/runs/lfm2k/missing_modality/<fill>_seed<seed>/`` (scratch workdirs; pack them into
+the committed record with ``python experiments/records.py pack experiments/runs/lfm2k/missing_modality
+experiments/records/lfm2k/missing_modality.jsonl``).
 """
 
 from __future__ import annotations

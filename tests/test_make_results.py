@@ -10,6 +10,9 @@ make_results = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(make_results)
 
 
+records = make_results.records  # experiments/records.py, as make_results imports it
+
+
 def _write(path: Path, payload) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload))
@@ -21,8 +24,12 @@ def _metrics(valid_r20, test_r20, per_epoch=0.05):
             "timing": {"train_seconds_per_epoch": per_epoch, "eval_seconds": 0.01}}
 
 
+def _pack(folder: Path, records_dir: Path) -> None:
+    records.write(records.pack(folder), records_dir / f"{folder.name}.jsonl")
+
+
 def test_search_winner_is_the_recorded_best_not_the_best_test(tmp_path):
-    search = tmp_path / "vbpr_search"
+    search = tmp_path / "runs" / "vbpr_search"
     # Trial 1 has the best TEST figure but the worse validation: the winner must be trial 0.
     _write(search / "trial_000" / "metrics.json", _metrics(0.42, 0.40))
     _write(search / "trial_001" / "metrics.json", _metrics(0.30, 0.45))
@@ -31,16 +38,36 @@ def test_search_winner_is_the_recorded_best_not_the_best_test(tmp_path):
         "trials": [{"trial": 0, "workdir": "/elsewhere/trial_000", "setting": {"loss_weights.reg": 1.0}},
                    {"trial": 1, "workdir": "/elsewhere/trial_001", "setting": {"loss_weights.reg": 0.1}}],
         "best": {"trial": 0, "workdir": "/elsewhere/trial_000", "setting": {"loss_weights.reg": 1.0}}})
-    chosen = make_results.collect_runs(tmp_path)
+    _pack(search, tmp_path / "records")
+    chosen = make_results.collect_runs(tmp_path / "records")
     metrics, info = chosen["vbpr"]
     assert metrics["test"]["recall@20"] == 0.40
     assert info["grid"] == {"loss_weights.reg": [1.0, 0.1]}
 
 
+def test_a_final_run_not_at_the_searchs_winning_setting_is_not_reported(tmp_path):
+    search = tmp_path / "runs" / "vbpr_search"
+    _write(search / "trial_000" / "metrics.json", _metrics(0.42, 0.40))
+    _write(search / "search.json", {
+        "valid_metric": "recall@20", "n_trials": 1,
+        "trials": [{"trial": 0, "workdir": "trial_000", "setting": {"loss_weights.reg": 1.0}}],
+        "best": {"trial": 0, "workdir": "trial_000", "setting": {"loss_weights.reg": 1.0}}})
+    final = tmp_path / "runs" / "vbpr"
+    _write(final / "metrics.json", _metrics(0.50, 0.49))
+    (final / "config.yaml").write_text("loss_weights:\n  reg: 0.1\n")  # not the winner's 1.0
+    _pack(search, tmp_path / "records")
+    _pack(final, tmp_path / "records")
+    assert make_results.collect_runs(tmp_path / "records")["vbpr"][0]["test"]["recall@20"] == 0.40
+    (final / "config.yaml").write_text("loss_weights:\n  reg: 1.0\n")
+    _pack(final, tmp_path / "records")
+    assert make_results.collect_runs(tmp_path / "records")["vbpr"][0]["test"]["recall@20"] == 0.49
+
+
 def test_table_puts_mmrec_anchor_and_speed_ratio_beside_ours(tmp_path):
-    _write(tmp_path / "vbpr" / "metrics.json", _metrics(0.42, 0.4100, per_epoch=0.05))
+    _write(tmp_path / "runs" / "vbpr" / "metrics.json", _metrics(0.42, 0.4100, per_epoch=0.05))
+    _pack(tmp_path / "runs" / "vbpr", tmp_path / "records")
     anchors = {"VBPR": {"test_r20": 0.4017, "train_s_per_epoch": 0.2151}}
-    table = "\n".join(make_results.ranking_table(make_results.collect_runs(tmp_path), anchors))
+    table = "\n".join(make_results.ranking_table(make_results.collect_runs(tmp_path / "records"), anchors))
     row = [line for line in table.splitlines() if line.startswith("| vbpr ")][0]
     assert "**0.4100**" in row and "0.4017" in row
     assert "4.30x faster" in row  # 0.2151 / 0.05

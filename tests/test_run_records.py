@@ -1,0 +1,96 @@
+"""Run records (experiments/records.py): packing keeps what the tables need, reading rejects
+malformed files by line, and the committed results table regenerates from the committed records."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from jaxrec import train
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENTS = ROOT / "experiments"
+ANCHORS = ROOT / ".." / "shared" / "anchors"
+
+
+sys.path.insert(0, str(EXPERIMENTS))
+import make_results  # noqa: E402  (experiments/make_results.py)
+import records  # noqa: E402  (experiments/records.py)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A real (tiny) training run's workdir, made by the trainer."""
+    workdir = tmp_path_factory.mktemp("run") / "bprmf"
+    config = train.config_from_dict({
+        "data": {"synthetic": {"n_users": 60, "n_items": 40, "n_interactions": 900, "seed": 0}},
+        "model": {"name": "bprmf", "args": {"embedding_size": 8}},
+        "train": {"epochs": 3, "batch_size": 128, "seed": 0},
+        "eval": {"ks": [10, 20]},
+    })
+    train.train_and_evaluate(config, workdir, quiet=True)
+    return workdir
+
+
+def test_pack_keeps_config_final_metrics_and_a_compact_history(tiny_run, tmp_path):
+    output = tmp_path / "bprmf.jsonl"
+    records.write(records.pack(tiny_run), output)
+    record = records.read(output)
+    assert record.kind == "run" and list(record.runs) == ["bprmf"]
+    run = record.runs["bprmf"]
+    assert run["metrics"] == json.loads((tiny_run / "metrics.json").read_text())
+    assert run["config"] == yaml.safe_load((tiny_run / "config.yaml").read_text())
+    history = [json.loads(line) for line in (tiny_run / "history.jsonl").read_text().splitlines() if line.strip()]
+    assert [row["epoch"] for row in run["history"]] == [row["epoch"] for row in history] == [1, 2, 3]
+    for packed, full in zip(run["history"], history):
+        assert packed["loss"] == full["loss"] and packed["terms"] == full["terms"]
+        assert packed["valid"] == {k: v for k, v in full["valid"].items() if k in records.HISTORY_METRICS}
+        assert set(packed["valid"]) == {"recall@10", "recall@20", "ndcg@10", "ndcg@20"}
+
+
+def test_pack_a_search_names_trials_by_folder_and_finds_the_winner(tiny_run, tmp_path):
+    search = tmp_path / "bprmf_search"
+    for index in range(2):
+        trial = search / f"trial_{index:03d}"
+        trial.mkdir(parents=True)
+        for name in ("metrics.json", "history.jsonl", "config.yaml"):
+            (trial / name).write_bytes((tiny_run / name).read_bytes())
+    (search / "search.json").write_text(json.dumps({
+        "valid_metric": "recall@20", "n_trials": 2,
+        "trials": [{"trial": i, "workdir": f"/somewhere/else/trial_{i:03d}", "setting": {"loss_weights.reg": r}}
+                   for i, r in ((0, 1.0), (1, 0.1))],
+        "best": {"trial": 1, "workdir": "/somewhere/else/trial_001", "setting": {"loss_weights.reg": 0.1}}}))
+    output = tmp_path / "bprmf_search.jsonl"
+    records.write(records.pack(search), output)
+    record = records.read(output)
+    assert record.kind == "search" and list(record.runs) == ["trial_000", "trial_001"]
+    assert [t["workdir"] for t in record.search["trials"]] == ["trial_000", "trial_001"]
+    assert record.winner() is record.runs["trial_001"]
+
+
+def test_unfinished_or_unknown_folders_are_refused_by_name(tmp_path):
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "config.yaml").write_text("model: {name: bprmf}\n")
+    with pytest.raises(records.RecordError, match="half"):
+        records.pack(tmp_path / "half")
+
+
+def test_malformed_record_files_are_rejected_naming_the_line(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(json.dumps({"format": records.FORMAT, "kind": "run", "name": "bad"}) + "\n{not json\n")
+    with pytest.raises(records.RecordError, match=r"bad.jsonl:2"):
+        records.read(path)
+    path.write_text(json.dumps({"kind": "run"}) + "\n")
+    with pytest.raises(records.RecordError, match=r"bad.jsonl:1"):
+        records.read(path)
+
+
+def test_committed_results_table_regenerates_from_the_committed_records():
+    """The table in experiments/results/lfm2k.md is exactly what make_results renders from the
+    records in experiments/records/lfm2k (nothing typed by hand, nothing stale)."""
+    if not (ANCHORS / "mmrec_lfm2k.json").exists():
+        pytest.skip(f"MMRec anchors not found at {ANCHORS.resolve()} (they live in ../shared beside the project)")
+    expected = (EXPERIMENTS / "results" / "lfm2k.md").read_text(encoding="utf-8")
+    assert make_results.build_report("lfm2k", ANCHORS) == expected
