@@ -70,6 +70,7 @@ def add_parser(subparsers) -> None:
 
 def _extract(args) -> int:
     from jaxrec import features as jfeatures
+    from jaxrec.errors import ConfigError
 
     sampling = None
     if args.modality == "video":
@@ -81,14 +82,18 @@ def _extract(args) -> int:
         warnings.showwarning = _show_warning
         jfeatures.output_paths(args.output)
         media = jfeatures.read_media_list(args.ids, args.input, n_items=args.n_items, on_error=args.on_error)
-        encoder = jfeatures.make_encoder(args.modality, args.encoder, model=args.model, weights=args.weights,
-                                         random_init=args.random_init, device=args.device)
+        try:
+            encoder = jfeatures.make_encoder(args.modality, args.encoder, model=args.model, weights=args.weights,
+                                             random_init=args.random_init, device=args.device)
+        except ImportError as error:  # an optional extra that is not installed: say which, no traceback
+            raise ConfigError(str(error)) from None
         pipeline = jfeatures.ModalityPipeline(args.modality, encoder, sampling=sampling,
                                               max_audio_seconds=args.max_audio_seconds)
         result = jfeatures.extract_features(media, pipeline, args.output, batch_size=args.batch_size,
                                             on_error=args.on_error, keep_frames=args.keep_frames,
                                             overwrite=args.overwrite, progress=not args.no_progress,
-                                            command=["jaxrec", *sys.argv[1:]] if sys.argv[1:2] == ["features"] else None)
+                                            command={"command": "jaxrec features extract",
+                                                     "options": {k: v for k, v in vars(args).items() if k != "func"}})
     print(f"wrote {result.output} ({result.n_rows} x {result.dim} float32), {result.mask_path.name}, "
           f"{result.sidecar.name}" + (f", {result.frames_path.name}" if result.frames_path else ""))
     print(f"items with features: {result.present} of {result.n_rows}; failed (masked): {result.failed}; "

@@ -188,7 +188,7 @@ class _Partial:
 
 def extract_features(media: MediaList, pipeline: ModalityPipeline, output, *, batch_size: int = 32,
                      on_error: str = "fail", keep_frames: bool = False, overwrite: bool = False,
-                     progress: bool = True, command: list[str] | None = None) -> ExtractionResult:
+                     progress: bool = True, command: dict | None = None) -> ExtractionResult:
     """Encodes every listed item's media into ``output`` (see the module docstring).
 
     Args:
@@ -202,7 +202,7 @@ def extract_features(media: MediaList, pipeline: ModalityPipeline, output, *, ba
       keep_frames: also write the per-frame sequence (video only).
       overwrite: replace existing outputs.
       progress: show a progress bar.
-      command: the command line, recorded in the provenance.
+      command: how it was called (e.g. the command-line options), recorded in the provenance.
 
     Returns:
       An :class:`ExtractionResult`.
@@ -288,7 +288,7 @@ def _finish(media, pipeline, paths, partial, keep_frames, provenance, encoded_no
         "failures": failures,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "versions": _library_versions(),
-        **({"command": list(command)} if command else {}),
+        **({"command": dict(command)} if command else {}),
     }
     if keep_frames:
         record["frames_layout"] = ("frames (n_rows, T, d_frame) float32, frame t of item k at [k, t], zero past "

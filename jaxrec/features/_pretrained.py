@@ -184,6 +184,7 @@ def make_encoder(modality: str, name: str, *, model: str | None = None, weights=
     if name not in ENCODERS[modality]:
         raise DataError(f"no encoder {name!r} for {modality}", field="encoder", found=name,
                         expected=" or ".join(ENCODERS[modality]))
+    _weights_file(weights)  # a wrong path fails before any heavy import
     if name == "classic":
         if weights is not None or model is not None:
             raise DataError("the classic encoder has no model or weights", field="weights",
