@@ -47,6 +47,8 @@ def write_video(path: Path, n_frames: int, *, fps: int = 10, height: int = 32, w
         stream = container.add_stream("mpeg4", rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.options = {"qscale": "1"}  # near-lossless: decoded grey levels stay close to the written ones
+        if n_frames == 0:
+            container.start_encoding()  # a header and no frames
         for index in range(n_frames):
             array = frame_pattern(index, height, width) if frames is None else frames[index]
             for packet in stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
