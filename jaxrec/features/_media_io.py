@@ -8,7 +8,9 @@ Frame sampling (:class:`FrameSampling`): ``uniform`` takes ``count`` frames at t
 :math:`j < k`, of the :math:`n` decoded frames; all frames when :math:`n \\le k`); ``fps`` takes
 the first frame at or after each multiple of ``1 / rate`` seconds, at most ``max_frames``.
 Frames are decoded one at a time and only the sampled ones are kept (after the encoder's
-``prepare``), so a long video never sits in memory.
+``prepare``), so a long video never sits in memory; every kept frame is scaled by FFmpeg to the
+size of the first (shrunk to ``max_side``), so a stream that changes resolution still gives
+frames of one size.
 """
 
 from __future__ import annotations
@@ -94,6 +96,9 @@ def load_image(path) -> "PIL.Image.Image":  # noqa: F821
         raise
     except FileNotFoundError:
         raise MediaError("media file not found", path=path, found="no such file") from None
+    except Image.DecompressionBombError as error:
+        raise MediaError("image too large to decode safely", path=path, found=str(error),
+                         expected="an image within Pillow's pixel limit") from None
     except UnidentifiedImageError:
         raise MediaError("not a readable image", path=path, found="unknown or corrupt image data",
                          expected="an image Pillow can read (JPEG, PNG, WebP, ...)") from None
@@ -152,7 +157,7 @@ def decode_video(path, sampling: FrameSampling, prepare: Callable, *, max_side: 
             raise MediaError("video has no frames", path=path, found="0 frames", expected="a non-empty video")
         k = min(sampling.count, total)
         wanted = {int((j + 0.5) * total / k) for j in range(k)}
-    frames, index, next_time = [], 0, 0.0
+    frames, index, next_time, size = [], 0, 0.0, None
     try:
         with _open_container(av, path) as container:
             if not container.streams.video:
@@ -169,11 +174,13 @@ def decode_video(path, sampling: FrameSampling, prepare: Callable, *, max_side: 
                         next_time = (math.floor(seconds * sampling.rate + 1e-9) + 1) / sampling.rate
                 index += 1
                 if keep:
-                    width, height = frame.width, frame.height
-                    if max_side is not None and max(width, height) > max_side:
-                        scale = max_side / max(width, height)
-                        width, height = max(1, round(width * scale)), max(1, round(height * scale))
-                    frames.append(prepare(frame.to_image(width=width, height=height)))
+                    if size is None:  # every kept frame gets the first one's size (streams may change size)
+                        width, height = frame.width, frame.height
+                        if max_side is not None and max(width, height) > max_side:
+                            scale = max_side / max(width, height)
+                            width, height = max(1, round(width * scale)), max(1, round(height * scale))
+                        size = (width, height)
+                    frames.append(prepare(frame.to_image(width=size[0], height=size[1])))
                     if len(frames) >= sampling.steps:
                         break
     except av.FFmpegError as error:
