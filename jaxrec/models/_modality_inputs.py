@@ -15,7 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrec import losses
-from jaxrec.errors import ConfigError
+from jaxrec.errors import ConfigError, DataError
+from jaxrec.features import fit_standardizer
 from jaxrec.models.sidemf import check_positive_int, item_side_features, training_pairs
 
 
@@ -32,6 +33,46 @@ def modality_inputs(dataset, modalities: Sequence[str] | None, *, scaling: str, 
     blocks = [np.ascontiguousarray(features[:, a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
     masks = [np.asarray(dataset.modalities[name].mask, bool) for name in names]
     return blocks, masks, names
+
+
+def sequence_inputs(dataset, modalities: Sequence[str] | None, *, scaling: str, model: str):
+    """Like :func:`modality_inputs`, but a sequence modality stays a padded sequence.
+
+    A sequence modality (video frames) gives (n_items, T, d_m) steps, each step scaled like a
+    row (``standardize``: statistics of the train items' valid steps; padding and absent items
+    zero), for the model to pool with :mod:`jaxrec.fusion`'s temporal pooling layers.
+
+    Returns:
+      ``(features, masks, names, lengths)``: as :func:`modality_inputs`, plus ``lengths``, a
+      dict ``{str(m): (n_items,) int32}`` of valid steps for each sequence modality ``m``.
+    """
+    names = tuple(dataset.modalities) if modalities is None else tuple(modalities)
+    unknown = [n for n in names if n not in dataset.modalities]
+    if not names or unknown:  # item_side_features words these errors
+        return (*modality_inputs(dataset, modalities, scaling=scaling, model=model), {})
+    flat = [n for n in names if not dataset.modalities[n].is_sequence]
+    flat_blocks = dict(zip(flat, modality_inputs(dataset, flat, scaling=scaling, model=model)[0])) if flat else {}
+    features, masks, lengths = [], [], {}
+    for m, name in enumerate(names):
+        modality = dataset.modalities[name]
+        masks.append(np.asarray(modality.mask, bool))
+        if not modality.is_sequence:
+            features.append(flat_blocks[name])
+            continue
+        steps = np.asarray(modality.lengths, np.int32) * masks[-1]
+        rows = np.asarray(modality.features, np.float64)
+        if scaling == "standardize":
+            rows = fit_standardizer(dataset, name).apply(rows, lengths=steps)
+        elif scaling == "l2":
+            rows = rows / np.maximum(np.linalg.norm(rows, axis=-1, keepdims=True), 1e-12)
+        valid = np.arange(rows.shape[1])[None, :] < steps[:, None]
+        rows = np.where(valid[..., None], rows, 0.0).astype(np.float32)
+        if not np.all(np.isfinite(rows)):
+            raise DataError("non-finite item features", field=name, found="a NaN/inf in a valid step",
+                            expected="finite features")
+        features.append(rows)
+        lengths[str(m)] = steps
+    return features, masks, names, lengths
 
 
 def presence_patterns(masks: Sequence[np.ndarray]) -> tuple[tuple[tuple[bool, ...], ...], np.ndarray]:

@@ -94,8 +94,8 @@ from jaxrec.models._modality_inputs import (
     check_widths,
     check_id_dropout,
     gather_rows,
-    modality_inputs,
     presence_patterns,
+    sequence_inputs,
     with_id_dropout,
 )
 from jaxrec.models._init import xavier_normal
@@ -103,6 +103,7 @@ from jaxrec.models._registry import Built, register
 from jaxrec.models.sidemf import check_choice, check_positive_int, trained_item_mask
 
 FUSIONS = ("attention", "gated", "ensemble", "early")
+SEQUENCE_POOLINGS = ("mean", "attention")
 GATE_CONTEXTS = ("user", "item")
 WEIGHTINGS = ("softmax", "nonneg")
 
@@ -114,7 +115,10 @@ class FusionMF(nn.Module):
     """ID embeddings plus fused modality vectors (see the module docstring).
 
     ``ctx``: ``{"modalities": [M arrays (n_items, d_m)], "masks": [M bool (n_items,)],
-    "trained": bool (n_items,), "pattern": int32 (n_items,)}``.
+    "trained": bool (n_items,), "pattern": int32 (n_items,), "lengths": {str(m): int32 (n_items,)}}``;
+    a sequence modality m (video frames) is (n_items, T, d_m) with its valid lengths, pooled to one
+    (n_items, d_m) row by :class:`jaxrec.fusion.MaskedMeanPooling` or
+    :class:`jaxrec.fusion.AttentionPooling` (``sequence_pooling``) before the fusion.
 
     Attributes:
       n_users, n_items: table sizes.
@@ -127,6 +131,8 @@ class FusionMF(nn.Module):
       gate_context: ``"user"`` or ``"item"`` (gated only).
       weighting: the ensemble's ``"softmax"`` or ``"nonneg"`` modality weights.
       id_dropout: probability of dropping an item's ID embedding in a training step.
+      sequence_modalities: the indices of the sequence modalities.
+      sequence_pooling: ``"mean"`` or ``"attention"`` (learned, one query per modality).
     """
 
     n_users: int
@@ -140,6 +146,8 @@ class FusionMF(nn.Module):
     gate_context: str = "user"
     weighting: str = "softmax"
     id_dropout: float = 0.0
+    sequence_modalities: tuple[int, ...] = ()
+    sequence_pooling: str = "mean"
 
     @property
     def n_modalities(self) -> int:
@@ -155,6 +163,8 @@ class FusionMF(nn.Module):
         self.user_embedding = self.param("user_embedding", xavier_normal, (self.n_users, d))
         self.item_embedding = self.param("item_embedding", xavier_normal, (self.n_items, d))
         widths = (*self.encoder_hidden, d)
+        pooling = jfusion.AttentionPooling if self.sequence_pooling == "attention" else jfusion.MaskedMeanPooling
+        self.poolers = [pooling() for _ in self.sequence_modalities]
         if self.fusion == "early":
             self.early = jfusion.EarlyFusion(out_dim=d, hidden_dims=self.encoder_hidden)
         elif self.fusion == "gated" and self.gate_context == "item":
@@ -181,7 +191,14 @@ class FusionMF(nn.Module):
         masks = [jnp.asarray(mask)[rows] for mask in ctx["masks"]]
         # Absent rows may hold any placeholder; zeroed before the encoders, not even a NaN
         # there reaches the outputs or the encoders' gradients.
-        xs = [jnp.where(mask[:, None], jnp.asarray(x)[rows], 0.0) for x, mask in zip(ctx["modalities"], masks)]
+        xs = []
+        for m, (x, mask) in enumerate(zip(ctx["modalities"], masks)):
+            x = jnp.asarray(x)[rows]
+            x = jnp.where(mask.reshape(mask.shape + (1,) * (x.ndim - 1)), x, 0.0)
+            if m in self.sequence_modalities:  # frames -> one row per item, padding ignored
+                pooler = self.poolers[self.sequence_modalities.index(m)]
+                x = pooler(x, jnp.where(mask, jnp.asarray(ctx["lengths"][str(m)])[rows], 0))
+            xs.append(x)
         if self.fusion == "early":
             return self.early(xs, masks)
         if self._item_side:
@@ -304,22 +321,26 @@ class FusionMF(nn.Module):
 def build_fusion(dataset, *, fusion: str, model: str, embedding_size: int = 64,
                  modalities: list[str] | None = None, feature_scaling: str = "standardize",
                  encoder_hidden: list[int] | None = None, attention_hidden: list[int] | None = None,
-                 gate_context: str = "user", weighting: str = "softmax", id_dropout: float = 0.0) -> Built:
+                 gate_context: str = "user", weighting: str = "softmax", id_dropout: float = 0.0,
+                 sequence_pooling: str = "mean") -> Built:
     """A :class:`FusionMF` for ``dataset`` (arguments as in :func:`build`)."""
     check_choice(fusion, "fusion", FUSIONS, model)
+    check_choice(sequence_pooling, "sequence_pooling", SEQUENCE_POOLINGS, model)
     check_positive_int(embedding_size, "embedding_size", model)
     check_choice(gate_context, "gate_context", GATE_CONTEXTS, model)
     check_choice(weighting, "weighting", WEIGHTINGS, model)
-    features, masks, _ = modality_inputs(dataset, modalities, scaling=feature_scaling, model=model)
+    features, masks, _, lengths = sequence_inputs(dataset, modalities, scaling=feature_scaling, model=model)
     patterns, pattern_index = presence_patterns(masks)
     module = FusionMF(n_users=dataset.n_users, n_items=dataset.n_items,
-                      modality_dims=tuple(x.shape[1] for x in features), patterns=patterns, fusion=fusion,
+                      modality_dims=tuple(x.shape[-1] for x in features), patterns=patterns, fusion=fusion,
                       embedding_size=embedding_size,
                       encoder_hidden=check_widths(encoder_hidden, "encoder_hidden", model),
                       attention_hidden=check_widths(attention_hidden, "attention_hidden", model),
                       gate_context=gate_context, weighting=weighting,
-                      id_dropout=check_id_dropout(id_dropout, model))
-    ctx = {"modalities": features, "masks": masks, "trained": trained_item_mask(dataset), "pattern": pattern_index}
+                      id_dropout=check_id_dropout(id_dropout, model),
+                      sequence_modalities=tuple(sorted(int(m) for m in lengths)), sequence_pooling=sequence_pooling)
+    ctx = {"modalities": features, "masks": masks, "trained": trained_item_mask(dataset), "pattern": pattern_index,
+           "lengths": lengths}
     return Built(module=module, ctx=ctx, default_loss_weights={"bpr": 1.0, "reg": 1.0})
 
 
@@ -327,7 +348,7 @@ def build_fusion(dataset, *, fusion: str, model: str, embedding_size: int = 64,
 def build(dataset, *, fusion: str = "attention", embedding_size: int = 64, modalities: list[str] | None = None,
           feature_scaling: str = "standardize", encoder_hidden: list[int] | None = None,
           attention_hidden: list[int] | None = None, gate_context: str = "user",
-          weighting: str = "softmax", id_dropout: float = 0.0) -> Built:
+          weighting: str = "softmax", id_dropout: float = 0.0, sequence_pooling: str = "mean") -> Built:
     """A neural fusion model at any level, chosen by ``fusion``.
 
     Args:
@@ -342,6 +363,8 @@ def build(dataset, *, fusion: str = "attention", embedding_size: int = 64, modal
       weighting: the ensemble's modality weights, ``"softmax"`` (default) or ``"nonneg"``.
       id_dropout: probability of dropping an item's ID embedding in a training step (default 0),
         so that the content part learns to score items alone (for cold-start items).
+      sequence_pooling: how a sequence modality's steps (video frames) become one row per item:
+        ``"mean"`` (default, masked mean) or ``"attention"`` (learned attention pooling).
 
     Returns:
       :class:`~jaxrec.models.Built`, default weights ``{bpr: 1, reg: 1}`` (MMRec's BPR
@@ -350,7 +373,7 @@ def build(dataset, *, fusion: str = "attention", embedding_size: int = 64, modal
     return build_fusion(dataset, fusion=fusion, model="fusion_mf", embedding_size=embedding_size,
                         modalities=modalities, feature_scaling=feature_scaling, encoder_hidden=encoder_hidden,
                         attention_hidden=attention_hidden, gate_context=gate_context, weighting=weighting,
-                        id_dropout=id_dropout)
+                        id_dropout=id_dropout, sequence_pooling=sequence_pooling)
 
 
 @register("attention")

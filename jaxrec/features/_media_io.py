@@ -1,0 +1,263 @@
+"""Decoding one media file: images (Pillow), video frames and audio (PyAV), text.
+
+Every decoder raises :class:`MediaError` naming the file and what was wrong, never a library's
+own exception, so the extractor can fail with a clear message or mask the item.
+
+Frame sampling (:class:`FrameSampling`): ``uniform`` takes ``count`` frames at the centres of
+``count`` equal slices of the video (frame index :math:`\\lfloor (j + 1/2) n / k \\rfloor`,
+:math:`j < k`, of the :math:`n` decoded frames; all frames when :math:`n \\le k`); ``fps`` takes
+the first frame at or after each multiple of ``1 / rate`` seconds, at most ``max_frames``.
+Frames are decoded one at a time and only the sampled ones are kept (after the encoder's
+``prepare``), so a long video never sits in memory; every kept frame is scaled by FFmpeg to the
+size of the first (shrunk to ``max_side``), so a stream that changes resolution still gives
+frames of one size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import wave
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from jaxrec.errors import DataError
+
+SAMPLINGS = ("uniform", "fps")
+_VIDEO_HINT = "video and audio decoding need PyAV: pip install 'jaxrec[video]' (or pip install av)"
+
+
+class MediaError(DataError):
+    """A media file that cannot be decoded (corrupt, empty, unsupported)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class FrameSampling:
+    """Which frames of a video to encode (see the module docstring).
+
+    Attributes:
+      kind: ``"uniform"`` or ``"fps"``.
+      count: frames per video for ``uniform``.
+      rate: frames per second for ``fps``.
+      max_frames: the cap for ``fps`` (and the padded length of kept frame sequences).
+    """
+
+    kind: str = "uniform"
+    count: int = 8
+    rate: float = 1.0
+    max_frames: int = 64
+
+    def __post_init__(self):
+        if self.kind not in SAMPLINGS:
+            raise DataError("unknown frame sampling", field="frame sampling", found=self.kind,
+                            expected=" or ".join(SAMPLINGS))
+        if isinstance(self.count, bool) or int(self.count) != self.count or self.count < 1:
+            raise DataError("frames per video must be a positive integer", field="frames", found=self.count)
+        if not (math.isfinite(self.rate) and self.rate > 0):
+            raise DataError("frames per second must be positive", field="fps", found=self.rate)
+        if isinstance(self.max_frames, bool) or int(self.max_frames) != self.max_frames or self.max_frames < 1:
+            raise DataError("max frames must be a positive integer", field="max_frames", found=self.max_frames)
+
+    @property
+    def steps(self) -> int:
+        """The most frames one video can give (the padded sequence length)."""
+        return int(self.count) if self.kind == "uniform" else int(self.max_frames)
+
+    def describe(self) -> dict:
+        if self.kind == "uniform":
+            return {"kind": "uniform", "frames": int(self.count),
+                    "rule": "frame floor((j + 1/2) n / k) of n decoded frames, j < k (all when n <= k)"}
+        return {"kind": "fps", "rate": float(self.rate), "max_frames": int(self.max_frames),
+                "rule": "first frame at or after each multiple of 1/rate seconds"}
+
+
+def load_image(path) -> "PIL.Image.Image":  # noqa: F821
+    """The image at ``path`` as an RGB PIL image (fully decoded: a truncated file raises here)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.width < 1 or image.height < 1:
+                raise MediaError("empty image", path=path, found=f"{image.width}x{image.height} pixels")
+            if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+                background = Image.new("RGB", image.size, (255, 255, 255))  # transparency over white
+                converted = image.convert("RGBA")
+                background.paste(converted, mask=converted.getchannel("A"))
+                return background
+            if image.mode == "I;16" or image.mode == "I":
+                scaled = np.asarray(image, np.float64)
+                top = max(float(scaled.max()), 1.0)
+                return Image.fromarray((scaled / top * 255.0).astype(np.uint8)).convert("RGB")
+            return image.convert("RGB")
+    except MediaError:
+        raise
+    except FileNotFoundError:
+        raise MediaError("media file not found", path=path, found="no such file") from None
+    except Image.DecompressionBombError as error:
+        raise MediaError("image too large to decode safely", path=path, found=str(error),
+                         expected="an image within Pillow's pixel limit") from None
+    except UnidentifiedImageError:
+        raise MediaError("not a readable image", path=path, found="unknown or corrupt image data",
+                         expected="an image Pillow can read (JPEG, PNG, WebP, ...)") from None
+    except (OSError, ValueError, SyntaxError) as error:
+        raise MediaError("corrupt or truncated image", path=path, found=str(error) or type(error).__name__,
+                         expected="a complete image file") from None
+
+
+def _import_av():
+    try:
+        import av
+    except ImportError as error:
+        raise ImportError(_VIDEO_HINT) from error
+    return av
+
+
+def _open_container(av, path):
+    try:
+        return av.open(str(path))
+    except FileNotFoundError:
+        raise MediaError("media file not found", path=path, found="no such file") from None
+    except av.FFmpegError as error:
+        raise MediaError("not a readable media file", path=path, found=str(error),
+                         expected="a video or audio file FFmpeg can decode") from None
+
+
+def _count_video_frames(av, path) -> int:
+    with _open_container(av, path) as container:
+        if not container.streams.video:
+            raise MediaError("no video stream", path=path, found="a file without video",
+                             expected="a video file")
+        stream = container.streams.video[0]
+        if stream.frames:
+            return int(stream.frames)
+        return sum(1 for packet in container.demux(stream) if packet.size)
+
+
+def decode_video(path, sampling: FrameSampling, prepare: Callable, *, max_side: int | None = None) -> list:
+    """The sampled frames of the video at ``path``, each passed through ``prepare(PIL image)``.
+
+    Args:
+      path: the video file.
+      sampling: which frames.
+      prepare: maps a decoded RGB PIL frame to what the encoder takes (applied at once, so only
+        prepared frames are kept).
+      max_side: shrink frames whose longer side exceeds this (in FFmpeg, before conversion).
+
+    Raises:
+      MediaError: unreadable file, no video stream, no decodable frame.
+    """
+    av = _import_av()
+    wanted = None
+    if sampling.kind == "uniform":
+        total = _count_video_frames(av, path)
+        if total == 0:
+            raise MediaError("video has no frames", path=path, found="0 frames", expected="a non-empty video")
+        k = min(sampling.count, total)
+        wanted = {int((j + 0.5) * total / k) for j in range(k)}
+    frames, index, next_time, size = [], 0, 0.0, None
+    try:
+        with _open_container(av, path) as container:
+            if not container.streams.video:
+                raise MediaError("no video stream", path=path, found="a file without video", expected="a video file")
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            for frame in container.decode(stream):
+                if sampling.kind == "uniform":
+                    keep = index in wanted
+                else:
+                    seconds = float(frame.time) if frame.time is not None else index / float(stream.average_rate or 1)
+                    keep = seconds + 1e-9 >= next_time
+                    if keep:
+                        next_time = (math.floor(seconds * sampling.rate + 1e-9) + 1) / sampling.rate
+                index += 1
+                if keep:
+                    if size is None:  # every kept frame gets the first one's size (streams may change size)
+                        width, height = frame.width, frame.height
+                        if max_side is not None and max(width, height) > max_side:
+                            scale = max_side / max(width, height)
+                            width, height = max(1, round(width * scale)), max(1, round(height * scale))
+                        size = (width, height)
+                    frames.append(prepare(frame.to_image(width=size[0], height=size[1])))
+                    if len(frames) >= sampling.steps:
+                        break
+    except av.FFmpegError as error:
+        if not frames:
+            raise MediaError("corrupt video", path=path, found=str(error), expected="a decodable video") from None
+        # frames decoded before the damage are kept: a truncated tail still gives a usable clip
+    if not frames:
+        raise MediaError("video has no decodable frames", path=path, found="0 frames", expected="a non-empty video")
+    return frames
+
+
+def load_audio(path, sample_rate: int = 16_000, *, max_seconds: float | None = None) -> np.ndarray:
+    """Mono float32 samples in [-1, 1] at ``sample_rate`` (PCM WAV without PyAV; else PyAV)."""
+    path = Path(path)
+    try:
+        import av  # noqa: F401
+    except ImportError:
+        if path.suffix.lower() != ".wav":
+            raise ImportError(_VIDEO_HINT + " (only PCM .wav reads without it)") from None
+        return _load_wav(path, sample_rate, max_seconds)
+    av = _import_av()
+    limit = None if max_seconds is None else int(max_seconds * sample_rate)
+    chunks, count = [], 0
+    try:
+        with _open_container(av, path) as container:
+            if not container.streams.audio:
+                raise MediaError("no audio stream", path=path, found="a file without audio", expected="an audio file")
+            resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+            for frame in container.decode(container.streams.audio[0]):
+                for out in resampler.resample(frame):
+                    chunk = out.to_ndarray().reshape(-1)
+                    chunks.append(chunk)
+                    count += chunk.size
+                if limit is not None and count >= limit:
+                    break
+            for out in resampler.resample(None):
+                chunks.append(out.to_ndarray().reshape(-1))
+    except av.FFmpegError as error:
+        raise MediaError("corrupt audio", path=path, found=str(error), expected="a decodable audio file") from None
+    samples = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
+    if samples.size == 0:
+        raise MediaError("audio has no samples", path=path, found="0 samples", expected="non-empty audio")
+    return samples if limit is None else samples[:limit]
+
+
+def _load_wav(path: Path, sample_rate: int, max_seconds: float | None) -> np.ndarray:
+    try:
+        with wave.open(str(path), "rb") as handle:
+            width, channels, rate = handle.getsampwidth(), handle.getnchannels(), handle.getframerate()
+            n = handle.getnframes() if max_seconds is None else min(handle.getnframes(), int(max_seconds * rate))
+            raw = handle.readframes(n)
+    except FileNotFoundError:
+        raise MediaError("media file not found", path=path, found="no such file") from None
+    except (wave.Error, EOFError) as error:
+        raise MediaError("not a readable PCM WAV file", path=path, found=str(error)) from None
+    if width not in (1, 2, 4):
+        raise MediaError("unsupported WAV sample width", path=path, found=f"{width} bytes", expected="1, 2 or 4")
+    dtype = {1: np.uint8, 2: np.int16, 4: np.int32}[width]
+    data = np.frombuffer(raw, dtype).astype(np.float64)
+    data = (data - 128.0) / 128.0 if width == 1 else data / float(2 ** (8 * width - 1))
+    data = data[: len(data) // channels * channels].reshape(-1, channels).mean(axis=1)
+    if data.size == 0:
+        raise MediaError("audio has no samples", path=path, found="0 samples", expected="non-empty audio")
+    if rate != sample_rate:  # linear interpolation onto the target grid
+        times = np.arange(int(len(data) * sample_rate / rate)) / sample_rate
+        data = np.interp(times, np.arange(len(data)) / rate, data)
+    return data.astype(np.float32)
+
+
+def load_text(path) -> str:
+    """The UTF-8 text of ``path``, stripped; empty text raises."""
+    try:
+        text = Path(path).read_bytes().decode("utf-8").strip()
+    except FileNotFoundError:
+        raise MediaError("media file not found", path=path, found="no such file") from None
+    except UnicodeDecodeError as error:
+        raise MediaError("text file is not UTF-8", path=path, found=str(error), expected="UTF-8 text") from None
+    if not text:
+        raise MediaError("empty text file", path=path, found="no text", expected="the item's text")
+    return text
