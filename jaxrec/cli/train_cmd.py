@@ -61,6 +61,9 @@ def _add_run_arguments(parser) -> None:
     parser.add_argument("--workdir", help="output folder (default: runs/<config name>)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --workdir from its last checkpoint")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch logs")
+    parser.add_argument("--sequential", action="store_true",
+                        help="(searches) run the trials one after another even where the grid lets them train "
+                             "together as one compiled program")
 
 
 def _load(args):
@@ -98,7 +101,8 @@ def _search(args) -> int:
 def _run_search(config, workdir: Path, args) -> int:
     from jaxrec.train import run_search
 
-    summary = run_search(config, workdir, resume=args.resume, quiet=args.quiet)
+    summary = run_search(config, workdir, resume=args.resume, quiet=args.quiet,
+                         batched="never" if args.sequential else "auto")
     print((workdir / "search.md").read_text())
     best = summary["best"]
     print(f"winner (by valid {summary['valid_metric']}): trial {best['trial']} {best['setting']} in {best['workdir']}")

@@ -1,7 +1,9 @@
 """Hyper-parameter search: a grid (product of lists) or random draws within a budget.
 
-Every trial is a full :func:`~jaxrec.train.train_and_evaluate` run in its own workdir
-(``WORKDIR/trial_000``, ...). The winner is the trial with the best VALIDATION metric
+Every trial is a full run in its own workdir (``WORKDIR/trial_000``, ...). Trials that differ
+only in loss weights, learning rate and seed train together as one compiled program
+(:mod:`jaxrec.train._batched_search`) unless ``batched="never"``; other grids run their
+trials one after another with :func:`~jaxrec.train.train_and_evaluate`, saying why. The winner is the trial with the best VALIDATION metric
 (ties: the earlier trial); test figures are reported for every trial but never read by any
 choice -- unlike MMRec, whose grid search picks by test. ``search.md`` and ``search.json``
 in the search workdir list all trials.
@@ -80,7 +82,8 @@ def trial_config(config: ExperimentConfig, setting: Mapping[str, Any]) -> Experi
 
 
 def run_search(config: ExperimentConfig, workdir: str | os.PathLike, *, resume: bool = False,
-               quiet: bool = False, train_fn: Callable | None = None, **train_kwargs) -> dict[str, Any]:
+               quiet: bool = False, train_fn: Callable | None = None, batched: str = "auto",
+               **train_kwargs) -> dict[str, Any]:
     """Run every trial and pick the winner by the validation metric.
 
     Args:
@@ -89,20 +92,49 @@ def run_search(config: ExperimentConfig, workdir: str | os.PathLike, *, resume: 
       resume: resume unfinished trials and reuse finished ones.
       quiet: no progress output from the trials.
       train_fn: the trainer (default :func:`~jaxrec.train.train_and_evaluate`); tests pass
-        another.
+        another (then trials always run one after another).
+      batched: ``"auto"`` trains the trials as one program when the grid allows it (every
+        trial still to run, only loss weights / learning rate / seed varied), else one after
+        another with a notice; ``"always"`` raises when it cannot; ``"never"`` runs them one
+        after another.
       **train_kwargs: passed to ``train_fn`` (e.g. ``dataset``).
 
     Returns:
       ``{"valid_metric", "trials": [{"trial", "workdir", "setting", "valid", "test",
       "best_epoch"}], "best": <the winning trial>}`` (also written to ``search.json``).
     """
+    if batched not in ("auto", "always", "never"):
+        raise ConfigError(f"batched must be auto, always or never; found {batched!r}")
+    custom_trainer = train_fn is not None
     if train_fn is None:
         from jaxrec.train._loop import train_and_evaluate as train_fn
     workdir = Path(workdir).expanduser().resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
     settings = expand_trials(config)
     valid_metric = config.train.valid_metric
     configs = [trial_config(config, setting) for setting in settings]  # every trial checked before any runs
+    workdir.mkdir(parents=True, exist_ok=True)
+    if batched != "never" and not custom_trainer:
+        from jaxrec.train import _batched_search
+
+        done = [i for i in range(len(settings))
+                if resume and (workdir / f"trial_{i:03d}" / _outputs.METRICS_FILE).exists()]
+        obstacle = _batched_search.batching_obstacle(settings, configs)
+        if obstacle is None and done:
+            obstacle = f"{len(done)} trial(s) already finished (--resume continues the rest one by one)"
+        if obstacle is None:
+            try:
+                trials = _batched_search.run_batched_search(config, workdir, settings, configs, quiet=quiet,
+                                                            dataset=train_kwargs.get("dataset"))
+            except ConfigError as error:
+                if batched == "always" or "cannot be batched" not in str(error):
+                    raise
+                obstacle = str(error).split("cannot be batched: ", 1)[-1]
+            else:
+                return _write_summary(workdir, trials, valid_metric, len(settings), pick_best(trials, valid_metric))
+        if batched == "always":
+            raise ConfigError(f"these trials cannot be batched: {obstacle}")
+        if not quiet and len(settings) > 1:
+            print(f"note: trials run one after another ({obstacle})", flush=True)
     trials = []
     for index, (setting, trial_cfg) in enumerate(zip(settings, configs)):
         trial_dir = workdir / f"trial_{index:03d}"

@@ -1,0 +1,78 @@
+"""Wall time of a hyper-parameter grid against one setting: batched (one program) vs one by one.
+
+Usage (from the project root):
+    python benchmarks/bench_search.py [--config experiments/configs/lfm2k/bpr.yaml]
+        [--grid 'loss_weights.reg=[2.0, 1.0, 0.1, 0.01, 0.001, 0.0001, 1e-05]'] [--epochs 60] [--sequential]
+
+Runs, each in a fresh subprocess (compilation included, as a user sees it) and in a scratch
+folder: the config at its own setting (``jaxrec train``), the grid as ONE batched program
+(``jaxrec search``), and with ``--sequential`` the grid's trials one after another
+(``jaxrec search --sequential``). ``--epochs`` caps ``train.epochs`` for every run (early
+stopping still applies), so the ratio compares like with like. Prints wall seconds and the
+ratios; the target is a 7-setting grid in at most 2x the wall time of one setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_GRID = "loss_weights.reg=[2.0, 1.0, 0.1, 0.01, 0.001, 0.0001, 1e-05]"
+
+
+def _run(args: list[str], label: str) -> float:
+    tick = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "jaxrec.cli.main", *args], cwd=ROOT, capture_output=True, text=True)
+    seconds = time.perf_counter() - tick
+    if done.returncode != 0:
+        raise SystemExit(f"{label} failed:\n{done.stderr[-3000:]}")
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=str(ROOT / "experiments" / "configs" / "lfm2k" / "bpr.yaml"))
+    parser.add_argument("--grid", default=DEFAULT_GRID, help="KEY=[values] of the grid (a YAML list)")
+    parser.add_argument("--epochs", type=int, default=60, help="cap on train.epochs for every run")
+    parser.add_argument("--sequential", action="store_true", help="also time the trials one after another")
+    args = parser.parse_args()
+    key, values = args.grid.split("=", 1)
+    common = ["--quiet", "--set", f"train.epochs={args.epochs}"]
+    load_before = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory() as scratch:
+        scratch = Path(scratch)
+        one = _run(["train", args.config, "--workdir", str(scratch / "one"), *common], "one setting")
+        grid = ["--set", f"grid={{{key}: {values}}}"]
+        batched = _run(["search", args.config, "--workdir", str(scratch / "batched"), *common, *grid], "batched grid")
+        summary = json.loads((scratch / "batched" / "search.json").read_text())
+        n_trials = summary["n_trials"]
+        figures = {"config": os.path.relpath(args.config, ROOT), "grid": args.grid, "epochs_cap": args.epochs,
+                   "n_trials": n_trials, "one_setting_s": round(one, 2), "batched_grid_s": round(batched, 2),
+                   "batched_over_one": round(batched / one, 2),
+                   "batched_winner": summary["best"]["setting"],
+                   "epochs_run": [json.loads((Path(t["workdir"]) / "metrics.json").read_text())["epochs_run"]
+                                  for t in summary["trials"]]}
+        if args.sequential:
+            sequential = _run(["search", args.config, "--workdir", str(scratch / "sequential"), "--sequential",
+                               *common, *grid], "sequential grid")
+            seq_summary = json.loads((scratch / "sequential" / "search.json").read_text())
+            figures.update(sequential_grid_s=round(sequential, 2), sequential_over_one=round(sequential / one, 2),
+                           sequential_winner=seq_summary["best"]["setting"],
+                           max_valid_difference=max(
+                               abs(a["valid"][summary["valid_metric"]] - b["valid"][summary["valid_metric"]])
+                               for a, b in zip(summary["trials"], seq_summary["trials"])))
+    figures["load_average"] = [round(load_before, 1), round(os.getloadavg()[0], 1)]
+    print(json.dumps(figures, indent=1))
+    print(f"\n{n_trials}-setting grid batched: {figures['batched_over_one']:.2f}x the wall time of one setting"
+          + (f"; one by one: {figures['sequential_over_one']:.2f}x" if args.sequential else ""))
+
+
+if __name__ == "__main__":
+    main()

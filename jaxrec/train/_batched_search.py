@@ -1,0 +1,307 @@
+r"""Batched hyper-parameter search: the trials of a grid trained together as ONE program.
+
+Settings that change no shape -- loss weights (hence regularization strengths), the learning
+rate and the seed -- can share one compiled train step: the parameters and optimizer states of
+the ``T`` trials are stacked on a leading trial axis and the step is ``jax.vmap``-ed over it,
+with each trial's loss weights and learning rate as traced arrays. One device call then
+advances every trial by a whole epoch (``lax.scan`` over the epoch's batches), and one call
+ranks every trial's users for validation (:func:`jaxrec.eval.evaluate_prepared_many`).
+
+Each trial early-stops on its own validation metric with MMRec's rule: a stopped trial's
+state is frozen by a mask (``where(active, updated, old)``), so nothing is recompiled when
+trials stop at different epochs; the search ends when every trial has stopped or reached
+``train.epochs``.
+
+The learning rate enters as a factor after the optimizer: the step uses the optimizer built
+with learning rate 1 (and ``min_learning_rate`` divided by the trial's rate) and multiplies its
+update by the trial's rate :math:`\eta_t`. Every optimizer and schedule jaxrec builds is
+linear in :math:`\eta` (Adam, AdamW with decoupled decay, SGD with momentum and Adagrad
+scale their update by the schedule last; coupled weight decay and clipping act on the
+gradient before), so this is the same update up to float rounding.
+
+Deviations from sequential trials, each by float rounding only: a loss term of weight 0 is
+masked with ``where`` instead of left out of the trace (a NaN in such a term stays out of the
+sum, but its gradient path is still traced); batched matrix products may round differently
+from unbatched ones. The test compares both ways on the same grid.
+
+Not batched (the search runs its trials one after another instead, saying why): grids over
+any other key (model arguments such as dropout or the number of layers change the compiled
+program), ``train.parallel`` other than ``none``, and models with a per-epoch host hook.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import statistics
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxrec import eval as jeval
+from jaxrec.errors import ConfigError, TrainingDivergedError
+from jaxrec.train import _data, _outputs
+from jaxrec.train._checkpoint import Checkpoints
+from jaxrec.train._config import ExperimentConfig
+from jaxrec.train._config_io import dump_config
+from jaxrec.train._early_stopping import EarlyStopping, update_early_stopping
+from jaxrec.train._setup import prepare_eval_splits, prepare_experiment, ranking_metrics, resolve_loss_weights
+from jaxrec.train._state import _OPTIMIZER_FIELDS, init_state, make_optimizer
+
+BATCHABLE_KEYS = ("train.learning_rate", "train.seed")
+
+
+def _batchable_key(key: str) -> bool:
+    return key.startswith("loss_weights.") or key in BATCHABLE_KEYS
+
+
+def _unit_train_config(train_config):
+    """The optimizer settings with learning rate 1 (``min_learning_rate`` scaled alike)."""
+    lr = train_config.learning_rate
+    return dataclasses.replace(train_config, learning_rate=1.0, min_learning_rate=train_config.min_learning_rate / lr)
+
+
+def batching_obstacle(settings: Sequence[Mapping[str, Any]], configs: Sequence[ExperimentConfig]) -> str | None:
+    """Why these trials cannot train as one program (None when they can).
+
+    Checked from the configs alone; a model with a per-epoch host hook is found only once it
+    is built (:func:`run_batched_search` raises then).
+    """
+    if len(configs) < 2:
+        return "a single trial"
+    varied = sorted({key for setting in settings for key in setting if not _batchable_key(key)})
+    if varied:
+        return (f"the grid varies {', '.join(varied)}; only loss_weights.*, train.learning_rate and train.seed "
+                "can share one compiled program")
+    parallel = {c.train.parallel for c in configs}
+    if parallel != {"none"}:
+        return f"train.parallel is {', '.join(sorted(parallel))}; batched trials run on one device"
+    units = {tuple(getattr(_unit_train_config(c.train), f) for f in _OPTIMIZER_FIELDS) for c in configs}
+    if len(units) > 1:
+        return ("the learning-rate schedules differ by more than a factor (min_learning_rate is not "
+                "proportional to learning_rate across trials)")
+    return None
+
+
+def _stack(trees):
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def _slice(tree, index: int):
+    return jax.tree.map(lambda x: np.array(x[index], copy=True), tree)
+
+
+def _make_epoch_fn(module, tx_unit, term_names: tuple[str, ...], per_trial_batches: bool):
+    """``epoch(states, lrs, weights, active, ctx, batches) -> (states, (loss, terms, finite))``
+    with every output stacked ``(steps, T, ...)``."""
+
+    def step(state, lr, weights, active, ctx, batch):
+        dropout_key = jax.random.fold_in(state.rng, state.step)
+
+        def total_loss(params):
+            terms = module.apply({"params": params}, ctx, batch, True, method="loss_terms",
+                                 rngs={"dropout": dropout_key})
+            total = jnp.float32(0.0)
+            for j, name in enumerate(term_names):
+                total = total + jnp.where(weights[j] != 0, weights[j] * terms[name], 0.0)
+            return total, terms
+
+        (loss, terms), grads = jax.value_and_grad(total_loss, has_aux=True)(state.params)
+        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+        updates, opt_state = tx_unit.update(grads, state.opt_state, state.params)
+        updates = jax.tree.map(lambda u: (u * lr).astype(u.dtype), updates)
+        params = optax.apply_updates(state.params, updates)
+        new = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+        new = jax.tree.map(lambda n, o: jnp.where(active, n, o), new, state)
+        return new, (loss, {k: terms[k] for k in term_names}, finite)
+
+    vstep = jax.vmap(step, in_axes=(0, 0, 0, 0, None, 0 if per_trial_batches else None))
+
+    def epoch(states, lrs, weights, active, ctx, batches):
+        return jax.lax.scan(lambda s, b: vstep(s, lrs, weights, active, ctx, b), states, batches)
+
+    return jax.jit(epoch, donate_argnums=0)
+
+
+def _make_encoder(module):
+    return jax.jit(jax.vmap(lambda params, ctx: module.apply({"params": params}, ctx, False, method="encode"),
+                            in_axes=(0, None)))
+
+
+def run_batched_search(config: ExperimentConfig, workdir: str | os.PathLike, settings: Sequence[Mapping[str, Any]],
+                       configs: Sequence[ExperimentConfig], *, dataset=None, quiet: bool = False) -> list[dict]:
+    """Train the trials ``configs`` (settings ``settings``) together; write each trial's folder.
+
+    Every trial folder (``workdir/trial_NNN``) gets what a sequential trial writes --
+    ``config.yaml``, ``history.jsonl``, ``metrics.json`` (with ``"batched_search": {"trials": T}``),
+    ``curves.png`` and checkpoints of its best and last epochs, so ``jaxrec evaluate``,
+    ``--resume`` and the run records treat it like any run.
+
+    Returns:
+      The trials' entries for ``search.json``: ``{"trial", "workdir", "setting", "valid",
+      "test", "best_epoch"}``.
+
+    Raises:
+      ConfigError: the trials cannot be batched (see :func:`batching_obstacle`).
+      TrainingDivergedError: a trial's weighted loss or gradient became non-finite.
+    """
+    obstacle = batching_obstacle(settings, configs)
+    if obstacle is not None:
+        raise ConfigError(f"these trials cannot be batched: {obstacle}")
+    workdir = Path(workdir).expanduser().resolve()
+    started = time.perf_counter()
+    exp = prepare_experiment(configs[0], dataset)
+    built = exp.built
+    if getattr(built, "host_update", None) is not None or getattr(built, "epoch_update", None) is not None:
+        raise ConfigError(f"these trials cannot be batched: model {configs[0].model.name!r} updates its "
+                          "context between epochs")
+    n_trials = len(configs)
+    tcfg = configs[0].train
+    weights = [resolve_loss_weights(built.default_loss_weights, c.loss_weights, exp.term_names, c.model.name)
+               for c in configs]
+    weight_matrix = jnp.asarray([[w[name] for name in exp.term_names] for w in weights], jnp.float32)
+    lrs = jnp.asarray([c.train.learning_rate for c in configs], jnp.float32)
+    seeds = [c.train.seed for c in configs]
+    per_trial_batches = len(set(seeds)) > 1
+    samplers = ([_data.EpochSampler(exp.dataset, batch_size=tcfg.batch_size, n_negatives=tcfg.n_negatives,
+                                    method=tcfg.negative_sampling, seed=s) for s in seeds]
+                if per_trial_batches else [exp.sampler])
+    tx_unit = make_optimizer(_unit_train_config(tcfg), exp.steps_per_epoch)
+    example = exp.sampler.example_batch()
+    states = _stack([init_state(built.module, built.ctx, example, tx_unit, s) for s in seeds])
+    ctx = jax.device_put(built.ctx)
+    epoch_fn = _make_epoch_fn(built.module, tx_unit, exp.term_names, per_trial_batches)
+    encoder = _make_encoder(built.module)
+    splits = prepare_eval_splits(exp)
+    eval_cfg = configs[0].eval
+
+    def evaluate(params_stack, split: str, count: int) -> tuple[list[dict], float]:
+        tick = time.perf_counter()
+        user_embs, item_embs = encoder(params_stack, ctx)
+        results = jeval.evaluate_prepared_many(splits[split], user_embs, item_embs, ks=eval_cfg.ks,
+                                               metrics=eval_cfg.metrics)
+        return [ranking_metrics(r) for r in results[:count]], time.perf_counter() - tick
+
+    stopping = [EarlyStopping() for _ in range(n_trials)]
+    histories: list[list[dict]] = [[] for _ in range(n_trials)]
+    best_states: list[Any] = [None] * n_trials
+    best_valid: list[dict] = [{} for _ in range(n_trials)]
+    epochs_run = [0] * n_trials
+    train_seconds, eval_seconds = [], []
+    epoch = 0
+    while epoch < tcfg.epochs and not all(es.stop for es in stopping):
+        epoch += 1
+        active_list = [not es.stop for es in stopping]
+        active = jnp.asarray(active_list)
+        tick = time.perf_counter()
+        if per_trial_batches:
+            per_trial = [s.batches(epoch - 1) for s in samplers]
+            batches = {k: np.stack([b[k] for b in per_trial], axis=1) for k in per_trial[0]}  # (steps, T, B, ...)
+        else:
+            batches = samplers[0].batches(epoch - 1)
+        states, (loss, terms, finite) = epoch_fn(states, lrs, weight_matrix, active, ctx, batches)
+        loss, terms, finite = jax.device_get((loss, terms, finite))
+        seconds = time.perf_counter() - tick
+        train_seconds.append(seconds)
+        _check_finite(loss, terms, finite, weights, exp.term_names, active_list, epoch, exp.steps_per_epoch)
+        evaluate_now = epoch % tcfg.eval_every == 0 or epoch == tcfg.epochs
+        valid = eval_time = None
+        if evaluate_now:
+            valid, eval_time = evaluate(states.params, "valid", n_trials)
+            eval_seconds.append(eval_time)
+        for t in range(n_trials):
+            if not active_list[t]:
+                continue
+            epochs_run[t] = epoch
+            row = {"epoch": epoch, "loss": float(np.mean(loss[:, t])),
+                   "terms": {k: float(np.mean(v[:, t])) for k, v in terms.items()},
+                   "train_seconds": seconds, "batched_trials": int(sum(active_list))}
+            if evaluate_now:
+                row["valid"], row["eval_seconds"] = valid[t], eval_time
+                stopping[t], improved = update_early_stopping(stopping[t], valid[t][tcfg.valid_metric], epoch,
+                                                              patience=tcfg.patience)
+                row["best_epoch"] = stopping[t].best_epoch
+                if improved:
+                    best_valid[t] = valid[t]
+                    best_states[t] = (epoch, _slice(states, t), stopping[t])
+            histories[t].append(row)
+        if not quiet:
+            bests = ", ".join(f"{es.best_value:.4f}" for es in stopping)
+            print(f"epoch {epoch}: {sum(active_list)} of {n_trials} trials training; best valid "
+                  f"{tcfg.valid_metric} {bests}", flush=True)
+    evaluated = [t for t in range(n_trials) if best_states[t] is not None]
+    best_test: list[dict] = [{} for _ in range(n_trials)]
+    if evaluated:
+        stacked_best = _stack([best_states[t][1].params for t in evaluated])
+        tests, _ = evaluate(stacked_best, "test", len(evaluated))
+        for t, result in zip(evaluated, tests):
+            best_test[t] = result
+    elapsed = time.perf_counter() - started
+    entries = []
+    for t, (setting, trial_cfg) in enumerate(zip(settings, configs)):
+        trial_dir = workdir / f"trial_{t:03d}"
+        metrics = {
+            "model": trial_cfg.model.name, "dataset": exp.dataset.name, "seed": trial_cfg.train.seed,
+            "best_epoch": stopping[t].best_epoch, "epochs_run": epochs_run[t], "stopped_early": bool(stopping[t].stop),
+            "valid_metric": tcfg.valid_metric, "valid": best_valid[t], "test": best_test[t],
+            "timing": {"train_seconds_per_epoch": statistics.median(train_seconds) if train_seconds else None,
+                       "eval_seconds": statistics.median(eval_seconds) if eval_seconds else None,
+                       "total_seconds": elapsed},
+            "n_params": exp.n_params,
+            "devices": {"parallel": "none", "count": 1, "platform": jax.devices()[0].platform,
+                        "kind": jax.devices()[0].device_kind},
+            "loss_weights": weights[t],
+            "batched_search": {"trials": n_trials},
+        }
+        last_state = _slice(states, t)
+        _write_trial(trial_dir, trial_cfg, exp.target, metrics, histories[t], stopping[t], best_states[t],
+                     last_state, epochs_run[t], best_valid[t], best_test[t], tcfg)
+        entries.append({"trial": t, "workdir": os.fspath(trial_dir), "setting": dict(setting),
+                        "valid": best_valid[t], "test": best_test[t], "best_epoch": stopping[t].best_epoch})
+    return entries
+
+
+def _check_finite(loss, terms, finite, weights, term_names, active, epoch: int, steps_per_epoch: int) -> None:
+    for t, is_active in enumerate(active):
+        if not is_active:
+            continue
+        bad = ~np.asarray(finite[:, t]) | ~np.isfinite(loss[:, t])
+        for name in term_names:
+            if weights[t][name] != 0.0:
+                bad |= ~np.isfinite(terms[name][:, t])
+        if bad.any():
+            step = int(np.argmax(bad))
+            raise TrainingDivergedError(
+                f"trial {t} diverged at epoch {epoch}, step {(epoch - 1) * steps_per_epoch + step + 1}: a weighted loss "
+                f"term or the gradient is not finite (loss {loss[step, t]}); nothing of this search was saved")
+
+
+def _write_trial(trial_dir: Path, trial_cfg, target, metrics, history, stopping, best, last_state, epochs_run,
+                 best_valid, best_test, tcfg) -> None:
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    _outputs.write_atomic(trial_dir / _outputs.CONFIG_FILE, dump_config(trial_cfg))
+    meta = {"epochs_done": epochs_run, "early_stopping": stopping._asdict(), "history": history,
+            "train_seconds": [row["train_seconds"] for row in history],
+            "eval_seconds": [row["eval_seconds"] for row in history if "eval_seconds" in row],
+            "best_valid": best_valid, "best_test": best_test,
+            "elapsed_seconds": metrics["timing"]["total_seconds"], "finished": True}
+    checkpoints = Checkpoints(trial_dir / "checkpoints", keep=tcfg.checkpoints_to_keep)
+    try:
+        if best is not None and best[0] != epochs_run:
+            best_meta = copy.deepcopy(meta)
+            best_meta.update(epochs_done=best[0], finished=False, early_stopping=best[2]._asdict(),
+                             history=[row for row in history if row["epoch"] <= best[0]])
+            checkpoints.save(best[0], best[1], best_meta, is_best=True)
+        checkpoints.save(epochs_run, last_state, meta, is_best=best is not None and best[0] == epochs_run)
+    finally:
+        checkpoints.close()
+    _outputs.write_history(trial_dir / _outputs.HISTORY_FILE, history)
+    _outputs.write_json(trial_dir / _outputs.METRICS_FILE, metrics)
+    _outputs.plot_curves(trial_dir / _outputs.CURVES_FILE, history, tcfg.valid_metric)

@@ -1,0 +1,106 @@
+"""Batched search (trials as one vmapped program) against the same trials run one by one."""
+
+import json
+
+import numpy as np
+import pytest
+
+from jaxrec import eval as jeval
+from jaxrec.data import make_synthetic
+from jaxrec.errors import ConfigError
+from jaxrec.train import config_from_dict, evaluate_run, run_search
+
+DATA_ARGS = dict(n_users=90, n_items=60, n_interactions=1800, seed=4)
+
+
+def _raw(grid, epochs=8, patience=2):
+    return {
+        "data": {"synthetic": DATA_ARGS},
+        "model": {"name": "bprmf", "args": {"embedding_size": 8}},
+        "train": {"epochs": epochs, "batch_size": 256, "learning_rate": 0.02, "patience": patience, "seed": 3,
+                  "checkpoint_every": 100},
+        "eval": {"ks": [10, 20], "metrics": ["recall", "ndcg"]},
+        "loss_weights": {"reg": 0.01},
+        "grid": grid,
+    }
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    return make_synthetic(**DATA_ARGS)
+
+
+@pytest.fixture(scope="module")
+def both_ways(tmp_path_factory, dataset):
+    """One grid over loss weight x learning rate, batched and sequential."""
+    config = config_from_dict(_raw({"loss_weights.reg": [0.001, 1.0], "train.learning_rate": [0.01, 0.1]}))
+    root = tmp_path_factory.mktemp("search")
+    batched = run_search(config, root / "batched", quiet=True, batched="always", dataset=dataset)
+    sequential = run_search(config, root / "sequential", quiet=True, batched="never", dataset=dataset)
+    return root, batched, sequential
+
+
+def test_batched_trials_match_sequential_trials(both_ways):
+    _, batched, sequential = both_ways
+    assert [t["setting"] for t in batched["trials"]] == [t["setting"] for t in sequential["trials"]]
+    for one, other in zip(batched["trials"], sequential["trials"]):
+        assert one["best_epoch"] == other["best_epoch"], (one["setting"], one["best_epoch"], other["best_epoch"])
+        for split in ("valid", "test"):
+            for key in ("recall@20", "ndcg@20", "recall@10"):
+                assert one[split][key] == pytest.approx(other[split][key], abs=2e-3), (one["setting"], split, key)
+    assert batched["best"]["trial"] == sequential["best"]["trial"]
+
+
+def test_each_trial_early_stops_on_its_own(both_ways):
+    root, batched, _ = both_ways
+    runs = [json.loads((root / "batched" / f"trial_{t:03d}" / "metrics.json").read_text()) for t in range(4)]
+    histories = [[json.loads(line) for line in (root / "batched" / f"trial_{t:03d}" / "history.jsonl").read_text()
+                  .splitlines()] for t in range(4)]
+    for metrics, history in zip(runs, histories):
+        assert metrics["epochs_run"] == len(history) == history[-1]["epoch"]
+        assert metrics["batched_search"] == {"trials": 4}
+        if metrics["stopped_early"]:
+            # MMRec's rule: stop once more than `patience` (2) evaluations fail to improve.
+            assert metrics["epochs_run"] - metrics["best_epoch"] == 3
+    # The grid mixes a learning rate that peaks early with one still improving at the end.
+    assert len({m["epochs_run"] for m in runs}) > 1
+
+
+def test_a_batched_trial_is_a_normal_run_for_evaluate(both_ways, dataset):
+    root, batched, _ = both_ways
+    trial = batched["best"]
+    recomputed = evaluate_run(root / "batched" / f"trial_{trial['trial']:03d}", split="test", dataset=dataset)
+    assert recomputed["epoch"] == trial["best_epoch"]
+    assert recomputed["metrics"]["recall@20"] == pytest.approx(trial["test"]["recall@20"], abs=1e-6)
+
+
+def test_trials_with_different_seeds_draw_their_own_batches(tmp_path, dataset):
+    config = config_from_dict(_raw({"train.seed": [3, 11]}, epochs=4, patience=10))
+    batched = run_search(config, tmp_path / "b", quiet=True, batched="always", dataset=dataset)
+    sequential = run_search(config, tmp_path / "s", quiet=True, batched="never", dataset=dataset)
+    for one, other in zip(batched["trials"], sequential["trials"]):
+        assert one["valid"]["recall@20"] == pytest.approx(other["valid"]["recall@20"], abs=2e-3)
+    assert batched["trials"][0]["valid"] != batched["trials"][1]["valid"]
+
+
+def test_grids_over_other_keys_run_sequentially_or_refuse(tmp_path, dataset, capsys):
+    config = config_from_dict(_raw({"model.args.embedding_size": [4, 8]}, epochs=2))
+    with pytest.raises(ConfigError, match="model.args.embedding_size"):
+        run_search(config, tmp_path / "always", quiet=True, batched="always", dataset=dataset)
+    summary = run_search(config, tmp_path / "auto", batched="auto", dataset=dataset, quiet=False)
+    assert "trials run one after another" in capsys.readouterr().out
+    assert "batched_search" not in json.loads((tmp_path / "auto" / "trial_000" / "metrics.json").read_text())
+    assert len(summary["trials"]) == 2
+
+
+def test_evaluate_prepared_many_equals_one_by_one():
+    rng = np.random.default_rng(0)
+    n_users, n_items = 30, 25
+    train = np.stack([rng.integers(0, n_users, 200), rng.integers(0, n_items, 200)], 1)
+    test = np.stack([rng.integers(0, n_users, 80), rng.integers(0, n_items, 80)], 1)
+    split = jeval.prepare_split(num_items=n_items, train_pairs=train, target_pairs=test)
+    users, items = rng.normal(size=(3, n_users, 8)), rng.normal(size=(3, n_items, 8))
+    many = jeval.evaluate_prepared_many(split, users.astype(np.float32), items.astype(np.float32), ks=(5, 20))
+    for t in range(3):
+        one = jeval.evaluate_prepared(split, users[t].astype(np.float32), items[t].astype(np.float32), ks=(5, 20))
+        assert many[t] == pytest.approx(one, abs=1e-7)
