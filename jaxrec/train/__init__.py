@@ -38,6 +38,17 @@ from jaxrec.train._step import StepMetrics as StepMetrics
 from jaxrec.train._step import StepRunner as StepRunner
 from jaxrec.train._step import make_train_step as make_train_step
 
+# Building a run (public: used by the trainer, `jaxrec evaluate`, benchmarks, tests, serving).
+from jaxrec.train._setup import Experiment as Experiment
+from jaxrec.train._setup import epoch_context as epoch_context
+from jaxrec.train._setup import evaluate_params as evaluate_params
+from jaxrec.train._setup import loss_term_names as loss_term_names
+from jaxrec.train._setup import make_encoder as make_encoder
+from jaxrec.train._setup import prepare_eval_splits as prepare_eval_splits
+from jaxrec.train._setup import prepare_experiment as prepare_experiment
+from jaxrec.train._setup import ranking_metrics as ranking_metrics
+from jaxrec.train._setup import resolve_loss_weights as resolve_loss_weights
+
 # Whole runs.
 from jaxrec.train._loop import TrainHooks as TrainHooks
 from jaxrec.train._loop import train_and_evaluate as train_and_evaluate
