@@ -57,7 +57,6 @@ import resource
 import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -97,8 +96,7 @@ IVF_FROM = 500_000  # rungs with at least this many items use the configs' IVF k
 def _config(model: str, n_items: int, cache: str | None, batch_size: int | None, knn: str = "auto"):
     import yaml
 
-    from jaxrec.train._config import config_from_dict
-    from jaxrec.train._config_io import apply_overrides, resolve_paths
+    from jaxrec.train import apply_overrides, config_from_dict, resolve_paths
 
     path = CONFIGS / f"{model}.yaml"
     overrides = [f"data.synthetic.n_items={n_items}", f"data.synthetic.n_users={max(n_items // 5, 10)}",
@@ -139,10 +137,10 @@ def _sampled_recall(features: np.ndarray, found: np.ndarray, n_queries: int, see
     """Recall@k of ``found`` (n, k) neighbour lists against a brute-force top-k of sampled rows."""
     from bench_knn import _sampled_exact, neighbour_recall
 
-    from jaxrec.data.graph._knn import _unit_rows
+    from jaxrec.data.graph import unit_rows
 
     queries = np.sort(np.random.default_rng(seed).choice(len(features), min(n_queries, len(features)), replace=False))
-    truth = _sampled_exact(_unit_rows(np.asarray(features, np.float32)), queries, found.shape[1])
+    truth = _sampled_exact(unit_rows(np.asarray(features, np.float32)), queries, found.shape[1])
     return {f"recall@{found.shape[1]}_sampled": round(neighbour_recall(found[queries], truth), 4),
             "recall_queries": int(queries.size)}
 

@@ -35,7 +35,7 @@ import jax
 import numpy as np
 
 from jaxrec.train import StepRunner, init_state, load_config
-from jaxrec.train._setup import evaluate_params, make_encoder, prepare_eval_splits, prepare_experiment
+from jaxrec.train import evaluate_params, make_encoder, prepare_eval_splits, prepare_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 ANCHORS = ROOT / ".." / "shared" / "anchors" / "mmrec_lfm2k.json"

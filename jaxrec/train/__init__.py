@@ -24,6 +24,7 @@ from jaxrec.train._config_io import apply_overrides as apply_overrides
 from jaxrec.train._config_io import dump_config as dump_config
 from jaxrec.train._config_io import load_config as load_config
 from jaxrec.train._config_io import parse_override as parse_override
+from jaxrec.train._config_io import resolve_paths as resolve_paths
 
 # Pieces of a run.
 from jaxrec.train._checkpoint import Checkpoints as Checkpoints
