@@ -9,7 +9,7 @@ from jaxrec import models
 from jaxrec.data import make_synthetic
 from jaxrec.errors import ConfigError
 from jaxrec.features import fit_standardizer
-from jaxrec.models._registry import Built, register
+from jaxrec.models import Built, register
 
 from _model_testing import popularity_recall, train_tiny
 

@@ -27,9 +27,9 @@ from jaxrec.train._setup import (
     epoch_context,
     evaluate_params,
     make_encoder,
+    metrics_at_k,
     prepare_eval_splits,
     prepare_experiment,
-    ranking_metrics,
 )
 from jaxrec.train._state import init_state
 from jaxrec.train._step import StepRunner
@@ -191,7 +191,7 @@ class _Run:
 
     def _evaluate(self, params, split: str) -> dict[str, float]:
         tick = time.perf_counter()
-        result = ranking_metrics(evaluate_params(self.exp, self.encoder, params, self.eval_ctx, self.splits[split]))
+        result = metrics_at_k(evaluate_params(self.exp, self.encoder, params, self.eval_ctx, self.splits[split]))
         self.meta["eval_seconds"].append(time.perf_counter() - tick)
         return result
 

@@ -121,12 +121,26 @@ def make_encoder(module):
     return jax.jit(lambda params, ctx: module.apply({"params": params}, ctx, False, method="encode"))
 
 
-def ranking_metrics(result: Mapping[str, Any]) -> dict[str, float]:
-    """Only the ``metric@k`` entries of an evaluation result, as floats."""
+def metrics_at_k(result: Mapping[str, Any]) -> dict[str, float]:
+    """Only the ``metric@k`` entries of an evaluation result (:func:`evaluate_params`), as floats."""
     return {k: float(v) for k, v in result.items() if "@" in k}
 
 
 def evaluate_params(experiment: Experiment, encoder, params, ctx, split_layout) -> dict[str, Any]:
+    """Full-ranking metrics of ``params`` on one prepared split.
+
+    Args:
+      experiment: from :func:`prepare_experiment` (its ``eval`` config gives the cut-offs and metrics).
+      encoder: :func:`make_encoder` of the experiment's module.
+      params: the model parameters.
+      ctx: the model context for these parameters (``experiment.built.ctx``, or for a model
+        with an epoch hook :func:`epoch_context` of them).
+      split_layout: one entry of :func:`prepare_eval_splits`.
+
+    Returns:
+      :func:`jaxrec.eval.evaluate_prepared`'s result: ``metric@k`` values, ``num_users`` and
+      per-user arrays; :func:`metrics_at_k` keeps only the ``metric@k`` floats.
+    """
     user_emb, item_emb = encoder(params, ctx)
     cfg = experiment.config.eval
     return jeval.evaluate_prepared(split_layout, user_emb, item_emb, ks=cfg.ks, metrics=cfg.metrics)
