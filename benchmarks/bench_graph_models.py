@@ -44,7 +44,7 @@ def _timed(fn):
 
 def bench_model(name: str, data: str, epochs: int) -> dict:
     from jaxrec.train import StepRunner, init_state, load_config
-    from jaxrec.train._setup import evaluate_params, make_encoder, prepare_eval_splits, prepare_experiment
+    from jaxrec.train import evaluate_params, make_encoder, prepare_eval_splits, prepare_experiment
 
     config = load_config(ROOT / "experiments" / "configs" / "lfm2k" / f"{name}.yaml", [f"data.path={data}"])
     exp = prepare_experiment(config)

@@ -57,7 +57,6 @@ import resource
 import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -97,8 +96,7 @@ IVF_FROM = 500_000  # rungs with at least this many items use the configs' IVF k
 def _config(model: str, n_items: int, cache: str | None, batch_size: int | None, knn: str = "auto"):
     import yaml
 
-    from jaxrec.train._config import config_from_dict
-    from jaxrec.train._config_io import apply_overrides, resolve_paths
+    from jaxrec.train import apply_overrides, config_from_dict, resolve_paths
 
     path = CONFIGS / f"{model}.yaml"
     overrides = [f"data.synthetic.n_items={n_items}", f"data.synthetic.n_users={max(n_items // 5, 10)}",
@@ -139,10 +137,10 @@ def _sampled_recall(features: np.ndarray, found: np.ndarray, n_queries: int, see
     """Recall@k of ``found`` (n, k) neighbour lists against a brute-force top-k of sampled rows."""
     from bench_knn import _sampled_exact, neighbour_recall
 
-    from jaxrec.data.graph._knn import _unit_rows
+    from jaxrec.data.graph import unit_rows
 
     queries = np.sort(np.random.default_rng(seed).choice(len(features), min(n_queries, len(features)), replace=False))
-    truth = _sampled_exact(_unit_rows(np.asarray(features, np.float32)), queries, found.shape[1])
+    truth = _sampled_exact(unit_rows(np.asarray(features, np.float32)), queries, found.shape[1])
     return {f"recall@{found.shape[1]}_sampled": round(neighbour_recall(found[queries], truth), 4),
             "recall_queries": int(queries.size)}
 
@@ -154,9 +152,7 @@ def run_rung(n_items: int, models: list[str], cache: str | None, batch_size: int
     from jaxrec.data import make_synthetic
     from jaxrec.data.graph import GraphCache, item_knn_neighbours, knn_cache_key
     from jaxrec.models.freedom import knn_search_settings
-    from jaxrec.models.lattice import _jitted_projections, refresh_learned_graph
-    from jaxrec.train import StepRunner, init_state
-    from jaxrec.train._setup import epoch_context, make_encoder, prepare_experiment
+    from jaxrec.train import StepRunner, epoch_context, init_state, make_encoder, prepare_experiment
 
     steps = Steps(n_items)
     configs = {model: _config(model, n_items, cache, batch_size, knn) for model in models}
@@ -180,24 +176,26 @@ def run_rung(n_items: int, models: list[str], cache: str | None, batch_size: int
                                                                     recall_queries), annotate=lambda r: r)
 
     for model, config in configs.items():
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # LATTICE's "epoch" mode: refreshed below
-            exp = steps.run(f"{model}:build", lambda: prepare_experiment(config, dataset))
+        exp = steps.run(f"{model}:build", lambda: prepare_experiment(config, dataset))
         runner = StepRunner(exp.module, exp.tx, exp.loss_weights, batch_size=config.train.batch_size)
         state = steps.run(f"{model}:init", lambda: jax.block_until_ready(runner.put_state(init_state(
             exp.module, exp.built.ctx, exp.sampler.example_batch(), exp.tx, config.train.seed))))
+        # The model's epoch hook as the trainer runs it before epoch 1: LATTICE's learned-graph
+        # refresh ("epoch" mode), FREEDOM's edge pruning.
         if model == "lattice":
-            ctx = steps.run(f"{model}:learned_knn", lambda: jax.block_until_ready(refresh_learned_graph(
-                exp.module, runner.get_state(state).params, exp.built.ctx)), method=exp.module.knn_method)
+            ctx = steps.run(f"{model}:learned_knn", lambda: jax.block_until_ready(epoch_context(
+                exp.built, runner.get_state(state).params, config.train.seed, 0)), method=exp.module.knn_method)
             if exp.module.knn_method == "ivf" and recall_queries:
-                projected = np.asarray(_jitted_projections(exp.module)(runner.get_state(state).params, ctx)[0])
+                project = jax.jit(lambda params, c: exp.module.apply({"params": params}, c,
+                                                                     method="projected_features"))
+                projected = np.asarray(project(runner.get_state(state).params, ctx)[0])
                 steps.run(f"{model}:learned_knn:recall", lambda: _sampled_recall(
                     projected, np.asarray(ctx["learned_neighbours"])[:, :exp.module.knn_k], recall_queries),
                     annotate=lambda r: r)
                 del projected
         else:
             ctx = steps.run(f"{model}:prune", lambda: jax.block_until_ready(
-                epoch_context(exp.built, config.train.seed, 0)))
+                epoch_context(exp.built, runner.get_state(state).params, config.train.seed, 0)))
 
         def one_epoch():
             nonlocal state

@@ -25,8 +25,7 @@ _CHILD = r"""
 import json, resource, sys, time
 spec = json.loads(sys.argv[1])
 import numpy as np
-from jaxrec.data._synthetic import make_synthetic
-from jaxrec.data._synthetic_sampling import _EXACT_AUTO_CELLS
+from jaxrec.data import make_synthetic
 start = time.perf_counter()
 if spec is not None:
     n_users, n_items, n_interactions, options = spec
@@ -35,7 +34,7 @@ if spec is not None:
     data = make_synthetic(n_users, n_items, n_interactions=n_interactions, **options)
     assert len(data.interactions) == n_interactions
     feature_bytes = sum(m.features.nbytes for m in data.modalities.values())
-    sampler = "exact" if n_users * n_items <= _EXACT_AUTO_CELLS else "candidates"
+    sampler = data.metadata["interaction_sampler"]
 else:
     feature_bytes, sampler = 0, "-"
 seconds = time.perf_counter() - start

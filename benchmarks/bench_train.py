@@ -12,8 +12,9 @@ a file that ``experiments/make_results.py`` prefers over the runs' own timings (
 taken while other jobs shared the two cores).
 
 Builds the model from the config exactly as ``jaxrec train`` does, compiles, then times
-``--epochs`` epochs split into host sampling (numpy negative sampling and batch layout)
-and device steps (one scanned call per epoch), and ``--epochs`` evaluations of the valid
+``--epochs`` epochs split into host work (numpy negative sampling and batch layout, and the
+model's epoch hook if it has one: FREEDOM's pruning, LATTICE's ``learned_graph: epoch``
+refresh) and device steps (one scanned call per epoch), and ``--epochs`` evaluations of the valid
 and test splits (full ranking over all items). Prints medians and the ratio to MMRec's
 anchors in ``../shared/anchors/mmrec_lfm2k.json`` (same data, 2 CPU cores). Compile time
 is reported separately and is not in the medians.
@@ -35,7 +36,7 @@ import jax
 import numpy as np
 
 from jaxrec.train import StepRunner, init_state, load_config
-from jaxrec.train._setup import evaluate_params, make_encoder, prepare_eval_splits, prepare_experiment
+from jaxrec.train import epoch_context, evaluate_params, make_encoder, prepare_eval_splits, prepare_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 ANCHORS = ROOT / ".." / "shared" / "anchors" / "mmrec_lfm2k.json"
@@ -98,8 +99,12 @@ def time_one(args, config_path: str) -> dict:
     per_call = config.train.steps_per_call or exp.steps_per_epoch
 
     def epoch(index: int, state):
+        nonlocal ctx, eval_ctx
         tick = time.perf_counter()
         batches = exp.sampler.batches(index)
+        if exp.built.epoch_update is not None:  # the model's epoch hook, once per epoch as the trainer runs it
+            built_ctx = epoch_context(exp.built, runner.get_state(state).params, config.train.seed, index)
+            ctx, eval_ctx = runner.put_ctx(built_ctx), jax.device_put(built_ctx, runner.devices[0])
         sampled = time.perf_counter()
         for offset in range(0, exp.steps_per_epoch, per_call):
             chunk = {k: v[offset:offset + per_call] for k, v in batches.items()}
@@ -138,7 +143,7 @@ def time_one(args, config_path: str) -> dict:
           f"{os.cpu_count()} CPUs, load average {load:.1f} (other processes slow every figure)")
     print(f"  setup (load data, build): {setup_seconds:.2f} s; first epoch incl. compile {compile_train:.2f} s; "
           f"first valid+test incl. compile {compile_eval:.2f} s")
-    print(f"  train s/epoch (median): {per_epoch:.4f}  = sampling {statistics.median(sampling):.4f} + device "
+    print(f"  train s/epoch (median): {per_epoch:.4f}  = sampling (+ epoch hook) {statistics.median(sampling):.4f} + device "
           f"{statistics.median(device):.4f}")
     print(f"  eval s (median): valid {statistics.median(valid):.4f}, test {statistics.median(test):.4f}, "
           f"valid+test {eval_pair:.4f}")

@@ -64,11 +64,11 @@ def compiled_apply(module, params, *args, method):
 def randomized_params(built, seed=1, scale=0.7):
     """Every parameter of ``built.module`` drawn from ``scale * N(0, 1)`` (float32, numpy), so that
     no leaf keeps a special initial value (zero biases, identity-like starts)."""
-    from jaxrec.train._state import _init_both
+    from jaxrec.train import init_entry_points
 
     batch = {"users": np.zeros(2, np.int32), "pos_items": np.zeros(2, np.int32),
              "neg_items": np.zeros((2, 1), np.int32), "weights": np.ones(2, np.float32)}
-    shapes = jax.eval_shape(lambda: built.module.init(jax.random.PRNGKey(0), built.ctx, batch, method=_init_both))
+    shapes = jax.eval_shape(lambda: built.module.init(jax.random.PRNGKey(0), built.ctx, batch, method=init_entry_points))
     rng = np.random.default_rng(seed)
     return jax.tree.map(lambda s: (scale * rng.normal(size=s.shape)).astype(np.float32), shapes)["params"]
 

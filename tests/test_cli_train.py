@@ -105,9 +105,14 @@ def test_lfm2k_config_runs_on_the_real_data(lfm2k_path, tmp_path):
     assert 0.0 < metrics["test"]["recall@20"] < 1.0
 
 
-def test_demo_config_file_matches_the_demo_command():
-    from jaxrec.cli.demo import demo_config
+def test_the_demo_runs_its_packaged_config_with_only_the_asked_overrides():
+    from jaxrec.cli.demo import DEMO_CONFIG_PATH, demo_config
     from jaxrec.train import config_to_dict, load_config
 
-    path = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "demo.yaml"
-    assert config_to_dict(load_config(path)) == config_to_dict(demo_config())
+    base = config_to_dict(load_config(DEMO_CONFIG_PATH))
+    assert base["model"]["name"] == "vbpr" and config_to_dict(demo_config()) == base
+    tiny = config_to_dict(demo_config("tiny", 3))
+    assert tiny["train"] == {**base["train"], "epochs": 3}
+    assert tiny["data"]["synthetic"]["n_users"] == 200 and base["data"]["synthetic"] == {}
+    assert {k: v for k, v in tiny.items() if k not in ("train", "data")} == \
+        {k: v for k, v in base.items() if k not in ("train", "data")}

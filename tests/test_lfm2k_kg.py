@@ -6,7 +6,8 @@ import csv
 import numpy as np
 import pytest
 
-from jaxrec.data import Interactions, MultimodalDataset, add_tag_kg, load, tag_kg_triples
+from jaxrec.data import Interactions, MultimodalDataset, load
+from jaxrec.datasets import add_tag_kg, tag_kg_triples
 from jaxrec.errors import DataError
 
 

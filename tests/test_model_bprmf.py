@@ -111,7 +111,7 @@ def test_registered_under_both_names_and_checks_arguments():
 
 
 def test_learns_better_than_popularity(tmp_path):
-    from jaxrec.data._synthetic import make_synthetic
+    from jaxrec.data import make_synthetic
 
     dataset = make_synthetic(300, 200, n_interactions=9000, seed=3, popularity_skew=0.5, temperature=0.3)
     metrics = train_tiny(tmp_path / "run", dataset, "bprmf", {"embedding_size": 16}, epochs=25, learning_rate=0.02,

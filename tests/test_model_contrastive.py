@@ -9,7 +9,7 @@ from jaxrec import models
 from jaxrec.data import make_synthetic
 from jaxrec.errors import ConfigError
 from jaxrec.features import fit_standardizer
-from jaxrec.models._registry import Built, register
+from jaxrec.models import Built, register
 
 from _model_testing import popularity_recall, train_tiny
 
@@ -159,20 +159,22 @@ _host_calls = []
 def _host_base(dataset, *, embedding_size: int = 4):
     inner = models.build("bprmf", dataset, embedding_size=embedding_size)
 
-    def host_update(ctx, epoch, rng):
-        _host_calls.append(epoch)
+    def epoch_update(params, ctx, epoch, rng):
+        _host_calls.append((epoch, params))
         return {**ctx, "epoch": np.int32(epoch)}
 
-    return Built(inner.module, {"epoch": np.int32(-1)}, inner.default_loss_weights, host_update)
+    return Built(inner.module, {"epoch": np.int32(-1)}, inner.default_loss_weights, epoch_update)
 
 
-def test_base_host_update_runs_on_the_base_context():
+def test_base_epoch_update_runs_on_the_base_context_and_parameters():
     dataset = _dataset()
     built = models.build("contrastive", dataset, base="test_contrastive_host_base", modality="text")
-    ctx = built.host_update(built.ctx, 3, jax.random.PRNGKey(0))
-    assert _host_calls == [3] and int(ctx["base"]["epoch"]) == 3 and int(built.ctx["base"]["epoch"]) == -1
+    params = {"base": {"user_embedding": np.ones(3)}, "heads": {"text": np.zeros(2)}}
+    ctx = built.epoch_update(params, built.ctx, 3, jax.random.PRNGKey(0))
+    assert len(_host_calls) == 1 and _host_calls[0][0] == 3 and _host_calls[0][1] is params["base"]
+    assert int(ctx["base"]["epoch"]) == 3 and int(built.ctx["base"]["epoch"]) == -1
     assert ctx["features"] is built.ctx["features"]
-    assert models.build("contrastive", dataset, base="bprmf").host_update is None
+    assert models.build("contrastive", dataset, base="bprmf").epoch_update is None
 
 
 def test_arguments_are_checked():

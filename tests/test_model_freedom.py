@@ -128,9 +128,9 @@ def test_pruning_hook_redraws_the_graph_each_epoch():
     n_pairs = len(np.unique(data.split_pairs("train"), axis=0))
     n_keep = int(n_pairs * 0.4)
     key = jax.random.PRNGKey(5)
-    first = built.host_update(built.ctx, 0, key)["train_graph"]
-    again = built.host_update(built.ctx, 0, key)["train_graph"]
-    other = built.host_update(built.ctx, 1, jax.random.fold_in(key, 1))["train_graph"]
+    first = built.epoch_update(None, built.ctx, 0, key)["train_graph"]
+    again = built.epoch_update(None, built.ctx, 0, key)["train_graph"]
+    other = built.epoch_update(None, built.ctx, 1, jax.random.fold_in(key, 1))["train_graph"]
     assert first.n_edges == 2 * n_keep == other.n_edges
     np.testing.assert_array_equal(np.asarray(first.cols), np.asarray(again.cols))
     assert not np.array_equal(np.asarray(first.cols), np.asarray(other.cols))
@@ -143,9 +143,9 @@ def test_pruning_hook_redraws_the_graph_each_epoch():
     np.testing.assert_allclose(dense, binary * scale[:, None] * scale[None, :], rtol=1e-6)
     np.testing.assert_array_equal(dense, dense.T)
     # Evaluation keeps the full graph.
-    assert built.host_update(built.ctx, 0, key)["graph"] is built.ctx["graph"]
+    assert built.epoch_update(None, built.ctx, 0, key)["graph"] is built.ctx["graph"]
     no_drop = models.build("freedom", data, embedding_size=8, feat_embed_dim=8, knn_k=3, dropout=0.0, graph_cache=None)
-    assert no_drop.host_update is None and no_drop.ctx["train_graph"] is no_drop.ctx["graph"]
+    assert no_drop.epoch_update is None and no_drop.ctx["train_graph"] is no_drop.ctx["graph"]
 
 
 def test_gradient_matches_finite_differences():
@@ -202,7 +202,7 @@ def test_pmap_on_four_devices_matches_one_device():
     dataset = make_synthetic(80, 60, n_interactions=1200, dims={"text": 8, "image": 4}, seed=1)
     built = models.build("freedom", dataset, embedding_size=8, feat_embed_dim=8, knn_k=3, dropout=0.5,
                          graph_cache=None)
-    ctx = built.host_update(built.ctx, 0, jax.random.PRNGKey(3))
+    ctx = built.epoch_update(None, built.ctx, 0, jax.random.PRNGKey(3))
     run = pmap_parity_run(built, dataset, {"bpr": 1.0, "modality_bpr": 0.1}, n_negatives=1, ctx=ctx,
                           learning_rate=0.05)
     assert run.n_devices == 4 and np.all(np.isfinite(run.pmap_loss))

@@ -34,9 +34,9 @@ def _dataset(n_users=6, n_items=8, seed=0):
 def _init(built, seed=0):
     """Parameters with every entry random (biases and beta' too, which start at zero)."""
     batch = {"users": np.zeros(2, np.int32), "pos_items": np.zeros(2, np.int32), "neg_items": np.zeros((2, 1), np.int32)}
-    from jaxrec.train._state import _init_both
+    from jaxrec.train import init_entry_points
 
-    params = built.module.init(jax.random.PRNGKey(seed), built.ctx, batch, method=_init_both)["params"]
+    params = built.module.init(jax.random.PRNGKey(seed), built.ctx, batch, method=init_entry_points)["params"]
     rng = np.random.default_rng(seed)
     return {k: (rng.normal(size=v.shape) * 0.5).astype(np.float32) for k, v in params.items()}
 

@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from jaxrec.data import _synthetic_sampling as sampling
+from jaxrec.data import _synthetic_interactions as sampling
 from jaxrec.data._synthetic import _STREAM_ACTIVITY, default_dataset, make_synthetic
 from jaxrec.errors import ConfigError
 

@@ -18,8 +18,7 @@ import jaxrec.data
 from jaxrec.cli.data_prepare import add_prepare_parser
 from jaxrec.data import Interactions, Modality, MultimodalDataset
 from jaxrec.data import _tfds_schema
-from jaxrec.data._synthetic import make_synthetic
-from jaxrec.data._tfds import load_prepared, prepare_tfds, prepared_versions, tfds_builder_class
+from jaxrec.data import load_prepared, make_synthetic, prepare_tfds, prepared_versions, tfds_builder_class
 from jaxrec.errors import ConfigError, DataError
 
 

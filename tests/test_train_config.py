@@ -158,8 +158,7 @@ def test_example_configs_load():
 
 def test_data_selection_roles_and_cold_start_candidates():
     from jaxrec.data import make_synthetic
-    from jaxrec.train._data import select_modalities
-    from jaxrec.train._setup import prepare_eval_splits, prepare_experiment
+    from jaxrec.train import prepare_eval_splits, prepare_experiment, select_modalities
 
     dataset = make_synthetic(60, 40, n_interactions=900, seed=0)
     config = config_from_dict({"data": {"synthetic": {}, "modalities": ["audio", "text"],

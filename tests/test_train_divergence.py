@@ -10,7 +10,7 @@ from jaxrec import models
 from jaxrec.data import Interactions, MultimodalDataset
 from jaxrec.errors import TrainingDivergedError
 from jaxrec.train import Checkpoints, config_from_dict, train_and_evaluate
-from jaxrec.train._setup import prepare_experiment
+from jaxrec.train import prepare_experiment
 
 
 @jax.custom_vjp

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import yaml
 
-from jaxrec.data._synthetic import make_synthetic
+from jaxrec.data import make_synthetic
 from jaxrec.errors import ConfigError
 from jaxrec.train import Checkpoints, config_from_dict, dump_config, load_config, train_and_evaluate
 from jaxrec.train import _loop
-from jaxrec.train._setup import prepare_experiment
+from jaxrec.train import prepare_experiment
 
 DATA_ARGS = dict(n_users=120, n_items=80, n_interactions=2400, seed=2)
 RAW = {
@@ -92,7 +92,7 @@ def test_resume_after_hard_kill_ends_exactly_like_an_uninterrupted_run(reference
     # with checkpoint_every=2 the newest checkpoint on disk is epoch 2.
     script = textwrap.dedent(f"""
         import os
-        from jaxrec.data._synthetic import make_synthetic
+        from jaxrec.data import make_synthetic
         from jaxrec.train import TrainHooks, load_config, train_and_evaluate
         hooks = TrainHooks(on_epoch_end=lambda epoch, row: os._exit(17) if epoch == 3 else None)
         train_and_evaluate(load_config({str(config_path)!r}), {str(workdir)!r},

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from jaxrec import models
-from jaxrec.data._synthetic import make_synthetic
+from jaxrec.data import make_synthetic
 from jaxrec.errors import ConfigError
 from jaxrec.train import EpochSampler, StepRunner, TrainConfig, init_state, make_optimizer
 

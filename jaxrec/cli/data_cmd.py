@@ -1,8 +1,8 @@
 """``jaxrec data``: inspect datasets on disk (``data info``) and prepare them.
 
 Subcommands of ``jaxrec data`` other than ``info`` live in their own modules of this package,
-listed in ``_DATA_SUBCOMMAND_MODULES``; each exposes ``add_parser(data_subparsers)`` and is
-skipped while it does not exist (``data_prepare`` adds ``jaxrec data prepare``). Such a module
+listed in ``_DATA_SUBCOMMAND_MODULES``; each exposes ``add_parser(data_subparsers)``
+(``data_prepare`` adds ``jaxrec data prepare``). Such a module
 should import heavy dependencies (tensorflow-datasets) inside its command function, so that
 ``jaxrec --help`` stays fast.
 """
@@ -24,13 +24,7 @@ def add_parser(subparsers) -> None:
     data_subparsers = data.add_subparsers(title="data commands", metavar="COMMAND")
     _add_info_parser(data_subparsers)
     for name in _DATA_SUBCOMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"jaxrec.cli.{name}")
-        except ModuleNotFoundError as error:
-            if error.name == f"jaxrec.cli.{name}":
-                continue  # not written yet
-            raise
-        module.add_parser(data_subparsers)
+        importlib.import_module(f"jaxrec.cli.{name}").add_parser(data_subparsers)
     data.set_defaults(func=lambda args: (data.print_help(), 2)[1])
 
 
@@ -65,7 +59,7 @@ def _reader_options(pairs: list[str]) -> dict:
 
 
 def _info(args) -> int:
-    from jaxrec.data._load import load  # imported here: 'jaxrec --help' should not pay for numpy readers
+    from jaxrec.data import load  # imported here: 'jaxrec --help' should not pay for numpy readers
 
     dataset = load(args.path, format=args.format, **_reader_options(args.options))
     summary = dataset.summary()

@@ -33,10 +33,9 @@ add_parser = add_prepare_parser
 
 
 def run_prepare(args: argparse.Namespace) -> int:
-    import jaxrec.data  # the data layer (and TFDS) load only when this command runs
-    from jaxrec.data._tfds import prepare_tfds
+    from jaxrec.data import load, prepare_tfds  # the data layer (and TFDS) load only when this command runs
 
-    dataset = jaxrec.data.load(args.path, format=args.format)
+    dataset = load(args.path, format=args.format)
     root = prepare_tfds(dataset, args.data_dir, name=args.name, version=args.version,
                         release_notes=args.release_notes, overwrite=args.overwrite)
     sizes = dataset.split_sizes()

@@ -1,9 +1,10 @@
 """``jaxrec demo``: train a model on the embedded synthetic data and print its ranking metrics.
 
 The demo is an ordinary run of the training engine (``jaxrec.train.train_and_evaluate``)
-on ``jaxrec.data.default_dataset()``. Which model it trains is the one constant
-``DEMO_MODEL`` (with ``DEMO_CONFIG``): VBPR, late fusion of the three synthetic modalities
-(one projection per modality), with the paper's separate regularization of the visual part.
+on ``jaxrec.data.default_dataset()``, with the config in ``demo.yaml`` next to this file (the
+one source of its settings; ``jaxrec train jaxrec/cli/demo.yaml`` runs the same): VBPR, late
+fusion of the three synthetic modalities (one projection per modality), with the paper's
+separate regularization of the visual part.
 """
 
 from __future__ import annotations
@@ -12,15 +13,15 @@ import tempfile
 import time
 from pathlib import Path
 
-DEMO_MODEL = "vbpr"
-DEMO_CONFIG = {
-    "model": {"name": DEMO_MODEL, "args": {"embedding_size": 64, "fusion": "late"}},
-    "data": {"synthetic": {}},  # {}: jaxrec.data.default_dataset()
-    "train": {"epochs": 40, "batch_size": 2048, "learning_rate": 5.0e-3, "patience": 5, "seed": 0,
-              "checkpoint_every": 10},
-    "eval": {"ks": [10, 20]},
-    "loss_weights": {"reg_theta": 1.0e-4, "reg_e": 0.0},
-}
+DEMO_CONFIG_PATH = Path(__file__).with_name("demo.yaml")
+
+
+def _demo_raw() -> dict:
+    import yaml
+
+    return yaml.safe_load(DEMO_CONFIG_PATH.read_text())
+
+
 # A small size for smoke tests: the same generator at a fraction of the default size.
 _SIZES = {
     "default": {},
@@ -31,13 +32,14 @@ _SHOWN = ("recall@10", "recall@20", "ndcg@10", "ndcg@20", "precision@10", "preci
 
 
 def add_parser(subparsers) -> None:
+    raw = _demo_raw()
     parser = subparsers.add_parser(
         "demo", help="train a model on the built-in synthetic data and print its metrics",
-        description=f"Train {DEMO_MODEL} on the embedded synthetic multimodal dataset (2,000 users, 1,500 items) "
+        description=f"Train {raw['model']['name']} on the embedded synthetic multimodal dataset (2,000 users, 1,500 items) "
                     "with the full training engine and print ranking metrics. Takes well under a minute on two "
                     "CPU cores.")
     parser.add_argument("--workdir", help="keep the run here (default: a temporary folder)")
-    parser.add_argument("--epochs", type=int, help=f"maximum epochs (default {DEMO_CONFIG['train']['epochs']})")
+    parser.add_argument("--epochs", type=int, help=f"maximum epochs (default {raw['train']['epochs']})")
     parser.add_argument("--size", choices=tuple(_SIZES), default="default", help="dataset size (tiny: smoke test)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch logs")
     parser.set_defaults(func=run_demo)
@@ -49,7 +51,7 @@ def demo_config(size: str = "default", epochs: int | None = None):
     overrides = [("data.synthetic", dict(_SIZES[size]))]
     if epochs is not None:
         overrides.append(("train.epochs", epochs))
-    return config_from_dict(apply_overrides(DEMO_CONFIG, overrides))
+    return config_from_dict(apply_overrides(_demo_raw(), overrides))
 
 
 def run_demo(args) -> int:

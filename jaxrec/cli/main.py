@@ -25,13 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"jaxrec {importlib.import_module('jaxrec').__version__}")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
     for name in _SUBCOMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"jaxrec.cli.{name}")
-        except ModuleNotFoundError as error:
-            if error.name == f"jaxrec.cli.{name}":
-                continue  # a subcommand not written yet
-            raise
-        module.add_parser(subparsers)
+        importlib.import_module(f"jaxrec.cli.{name}").add_parser(subparsers)
     return parser
 
 

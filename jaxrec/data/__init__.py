@@ -17,11 +17,11 @@ from jaxrec.data._splits import split_dataset as split_dataset
 from jaxrec.data._filters import compact_ids as compact_ids
 from jaxrec.data._filters import filter_interactions as filter_interactions
 from jaxrec.data._filters import k_core as k_core
-from jaxrec.data._sampling import PositiveSets as PositiveSets
-from jaxrec.data._sampling import TrainBatches as TrainBatches
-from jaxrec.data._sampling import sample_negatives as sample_negatives
-from jaxrec.data._sampling_device import DevicePositives as DevicePositives
-from jaxrec.data._sampling_device import sample_negatives_jax as sample_negatives_jax
+from jaxrec.data._negatives import PositiveSets as PositiveSets
+from jaxrec.data._negatives import sample_negatives as sample_negatives
+from jaxrec.data._negatives_device import DevicePositives as DevicePositives
+from jaxrec.data._negatives_device import sample_negatives_jax as sample_negatives_jax
+from jaxrec.data._train_batches import TrainBatches as TrainBatches
 # --- readers and writers (raw files -> MultimodalDataset) ---
 from jaxrec.data._io import DataWarning as DataWarning
 from jaxrec.data._load import FORMATS as FORMATS
@@ -41,6 +41,3 @@ from jaxrec.data._tfds import load_prepared as load_prepared
 from jaxrec.data._tfds import prepare_tfds as prepare_tfds
 from jaxrec.data._tfds import prepared_versions as prepared_versions
 from jaxrec.data._tfds import tfds_builder_class as tfds_builder_class
-# --- knowledge graph from item tags (lfm2k: artist --tagged--> tag) ---
-from jaxrec.data._lfm2k_kg import add_tag_kg as add_tag_kg
-from jaxrec.data._lfm2k_kg import tag_kg_triples as tag_kg_triples

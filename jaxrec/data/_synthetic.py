@@ -20,8 +20,14 @@ from typing import NamedTuple
 import numpy as np
 
 from jaxrec.data._dataset import Interactions, Modality, MultimodalDataset
-from jaxrec.data._synthetic_sampling import check_split_ratios, sample_interactions, split_by_ratio, user_activity
-from jaxrec.data._synthetic_sampling import stream_rng as _rng
+from jaxrec.data._synthetic_interactions import (
+    check_split_ratios,
+    resolve_sampler,
+    sample_interactions,
+    split_by_ratio,
+    user_activity,
+)
+from jaxrec.data._synthetic_interactions import stream_rng as _rng
 from jaxrec.errors import ConfigError
 
 DEFAULT_DIMS = {"text": 64, "image": 96, "audio": 32}
@@ -191,6 +197,7 @@ def make_synthetic(
         interactions=Interactions(users, items, labels),
         modalities=modalities,
         metadata={"source": "synthetic", "format": "synthetic", "generator": generator,
+                  "interaction_sampler": resolve_sampler(sampler, n_users, n_items),
                   "split_method": "ratio {}:{}:{} per user, random".format(*split_ratios)},
     )
     if return_truth:

@@ -17,8 +17,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from jaxrec.data import Modality, MultimodalDataset
-from jaxrec.data._text import align_item_text, read_item_text
+from jaxrec.data import Modality, MultimodalDataset, align_item_text, read_item_text
 from jaxrec.errors import DataError
 
 TextEncoder = Callable[[list[str]], np.ndarray]

@@ -48,7 +48,7 @@ from jaxrec.fusion._fusion import LateFusion as LateFusion
 from jaxrec.fusion._layers import MLP as MLP
 from jaxrec.fusion._model_fusion import ModelLevelFusion as ModelLevelFusion
 from jaxrec.fusion._model_fusion import combine_modality_scores as combine_modality_scores
-from jaxrec.fusion._validation import masked_softmax as masked_softmax
+from jaxrec.fusion._masked_softmax import masked_softmax as masked_softmax
 
 # Temporal pooling of sequence modalities.
 from jaxrec.fusion._pooling import AttentionPooling as AttentionPooling

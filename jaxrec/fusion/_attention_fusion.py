@@ -12,7 +12,8 @@ from jax.typing import ArrayLike
 
 from jaxrec.errors import DataError
 from jaxrec.fusion._layers import fill_empty_rows, present_inputs
-from jaxrec.fusion._validation import as_float, check_positive_int, check_rank, masked_softmax
+from jaxrec._checks import as_float, check_positive_int, check_rank
+from jaxrec.fusion._masked_softmax import masked_softmax
 
 
 def _check_context(context: ArrayLike, n: int, field: str) -> jax.Array:

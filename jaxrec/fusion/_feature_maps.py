@@ -21,7 +21,7 @@ from jax.typing import ArrayLike
 
 from jaxrec.errors import ConfigError, DataError
 from jaxrec.fusion._kernels import normalize_rows, resolve_gamma
-from jaxrec.fusion._validation import as_float, check_modalities, check_positive_int, check_rank
+from jaxrec._checks import as_float, check_modalities, check_positive_int, check_rank
 
 # The explicit polynomial map grows like d**degree / degree!; past this many features the
 # random Fourier / sketching route is the sensible one, so fail loudly instead of exhausting memory.

@@ -22,7 +22,7 @@ from jax.typing import ArrayLike
 
 from jaxrec.errors import ConfigError
 from jaxrec.fusion._layers import MLP, fill_empty_rows, present_inputs
-from jaxrec.fusion._validation import check_positive_int
+from jaxrec._checks import check_positive_int
 
 LATE_FUSION_COMBINES = ("concat", "sum", "mean")
 

@@ -13,7 +13,7 @@ from jax.typing import ArrayLike
 
 from jaxrec.errors import ConfigError, DataError
 from jaxrec.fusion import _feature_maps, _kernels
-from jaxrec.fusion._validation import as_float, canonical_masks, check_modalities
+from jaxrec._checks import as_float, canonical_masks, check_modalities
 
 KERNEL_KINDS = ("linear", "polynomial", "rbf", "cosine")
 

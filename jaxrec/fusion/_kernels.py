@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from jaxrec.errors import ConfigError, DataError
-from jaxrec.fusion._validation import as_float, check_rank, check_same_length
+from jaxrec._checks import as_float, check_rank, check_same_length
 
 Kernel = Callable[[ArrayLike, ArrayLike], jax.Array]
 

@@ -9,12 +9,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from jaxrec.fusion._validation import (
-    as_float,
-    canonical_masks,
-    check_modalities,
-    check_positive_int,
-)
+from jaxrec._checks import as_float, canonical_masks, check_modalities, check_positive_int
 
 
 class MLP(nn.Module):

@@ -11,12 +11,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from jaxrec.errors import ConfigError, DataError
-from jaxrec.fusion._validation import (
-    as_float,
-    canonical_masks,
-    check_modalities,
-    check_same_length,
-)
+from jaxrec._checks import as_float, canonical_masks, check_modalities, check_same_length
 
 MODEL_FUSION_WEIGHTINGS = ("softmax", "nonneg")
 

@@ -14,7 +14,8 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from jaxrec.errors import DataError
-from jaxrec.fusion._validation import as_float, check_positive_int, check_rank, masked_softmax
+from jaxrec._checks import as_float, check_positive_int, check_rank
+from jaxrec.fusion._masked_softmax import masked_softmax
 
 
 def _check_sequence(x: ArrayLike, lengths: ArrayLike) -> tuple[jax.Array, jax.Array]:

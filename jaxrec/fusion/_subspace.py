@@ -27,13 +27,7 @@ from jax.typing import ArrayLike
 
 from jaxrec import losses as _losses
 from jaxrec.errors import ConfigError, DataError
-from jaxrec.fusion._validation import (
-    as_float,
-    canonical_masks,
-    check_modalities,
-    check_positive_int,
-    check_rank,
-)
+from jaxrec._checks import as_float, canonical_masks, check_modalities, check_positive_int, check_rank
 
 
 def orthonormalize(matrix: ArrayLike) -> jax.Array:

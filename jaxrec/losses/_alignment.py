@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from jaxrec.losses._validation import as_float, check_rank, check_same_shape, check_shape
+from jaxrec._checks import as_float, check_rank, check_same_shape, check_shape
 
 
 def _frobenius_cosine(a: jax.Array, b: jax.Array, eps: float) -> jax.Array:

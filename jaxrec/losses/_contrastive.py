@@ -7,7 +7,8 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from jaxrec.errors import ConfigError
-from jaxrec.losses._validation import as_float, check_rank, check_same_shape, reduce_losses
+from jaxrec._checks import as_float, check_rank, check_same_shape
+from jaxrec.losses._reduction import reduce_losses
 
 
 def _normalize_rows(x: jax.Array, eps: float) -> jax.Array:

@@ -15,14 +15,7 @@ from jax.typing import ArrayLike
 from jaxrec.errors import ConfigError, DataError
 from jaxrec.losses._ranking import bpr
 from jaxrec.losses._regularizers import l2_sum_of_squares
-from jaxrec.losses._validation import (
-    as_float,
-    check_index_range,
-    check_integer,
-    check_rank,
-    check_same_shape,
-    check_shape,
-)
+from jaxrec._checks import as_float, check_index_range, check_integer, check_rank, check_same_shape, check_shape
 
 
 def _check_side_mf_factors(U, V, W, Z):

@@ -7,13 +7,8 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from jaxrec.errors import DataError
-from jaxrec.losses._validation import (
-    as_float,
-    check_index_range,
-    check_rank,
-    check_shape,
-    reduce_losses,
-)
+from jaxrec._checks import as_float, check_index_range, check_rank, check_shape
+from jaxrec.losses._reduction import reduce_losses
 
 
 def bpr(

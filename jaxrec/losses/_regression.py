@@ -6,7 +6,8 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from jaxrec.losses._validation import as_float, check_same_shape, reduce_losses
+from jaxrec._checks import as_float, check_same_shape
+from jaxrec.losses._reduction import reduce_losses
 
 
 def mse(

@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from jaxrec.losses._validation import as_float, check_not_empty
+from jaxrec._checks import as_float, check_not_empty
 
 
 def _squared_norm(x: jax.Array) -> jax.Array:

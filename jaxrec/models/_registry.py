@@ -49,14 +49,21 @@ class Built:
       ctx: the pytree of arrays passed as ``ctx`` to both entry points.
       default_loss_weights: weight per loss term when the config gives none; the
         config's ``loss_weights`` override these name by name.
-      host_update: optional ``fn(ctx, epoch, rng) -> ctx`` run on the host between epochs
-        (e.g. FREEDOM's per-epoch degree-sensitive edge pruning); None for most models.
+      epoch_update: optional ``fn(params, ctx, epoch, rng) -> ctx``, the per-epoch hook
+        (FREEDOM's per-epoch edge pruning, LATTICE's per-epoch learned graph); None for most
+        models. The trainer calls it with the CURRENT parameters, the BUILT ``ctx`` (never a
+        previous epoch's result), the 0-based ``epoch`` and a key derived from
+        ``(seed, epoch)``, and trains epoch ``epoch`` with the result; evaluation after epoch
+        ``e`` (1-based) uses the result for ``(params after epoch e, e)``, i.e. the context
+        the next epoch trains with. So it must be a pure function of its arguments: a
+        resumed run and ``jaxrec evaluate`` recompute it from a checkpoint's parameters.
+        Its result must have the built ``ctx``'s structure, shapes and dtypes.
     """
 
     module: nn.Module
     ctx: Mapping[str, Any]
     default_loss_weights: Mapping[str, float]
-    host_update: Callable | None = None
+    epoch_update: Callable | None = None
 
 
 _BUILDERS: dict[str, Callable[..., Built]] = {}

@@ -71,7 +71,8 @@ from flax import linen as nn
 from jax.typing import ArrayLike
 
 from jaxrec import losses
-from jaxrec.data import TRAIN, add_tag_kg
+from jaxrec.data import TRAIN
+from jaxrec.datasets import add_tag_kg
 from jaxrec.errors import ConfigError
 from jaxrec.features import fit_standardizer
 from jaxrec.models._init import xavier_normal
@@ -335,7 +336,7 @@ def build(dataset, *, embedding_size: int = 64, kg_embedding_size: int = 64, kg_
         structural CKE as in RecBole).
       tag_kg: build the KG from an item-tag table when the dataset has none:
         ``{path: .../lfm2k_text.tsv, min_count: 5}`` (keyword arguments of
-        :func:`jaxrec.data.add_tag_kg`; the path is relative to the current directory).
+        :func:`jaxrec.datasets.add_tag_kg`; the path is relative to the current directory).
 
     Returns:
       :class:`~jaxrec.models.Built`; default weights ``{bpr: 1, reg: 1e-2, kg: 1, kg_reg: 1e-2}``.

@@ -177,7 +177,8 @@ def build(dataset, *, base: str = "bprmf", base_args: dict | None = None, modali
     Returns:
       :class:`~jaxrec.models.Built` whose weights are the base's defaults plus
       ``info_nce: 0.1`` (and ``info_nce_user: 0.1``); set ``loss_weights.info_nce``.
-      A base ``host_update`` (e.g. FREEDOM's edge pruning) keeps running on the base's ctx.
+      A base ``epoch_update`` (e.g. FREEDOM's edge pruning) keeps running on the base's ctx
+      and parameters.
     """
     if not isinstance(base, str) or base.lower() == "contrastive":
         raise ConfigError(f"model contrastive: base must name another registered model; found {base!r}")
@@ -205,8 +206,8 @@ def build(dataset, *, base: str = "bprmf", base_args: dict | None = None, modali
     weights = dict(inner.default_loss_weights, info_nce=0.1)
     if user_side:
         weights["info_nce_user"] = 0.1
-    host_update = None
-    if inner.host_update is not None:
-        def host_update(ctx, epoch, rng, _inner=inner.host_update):
-            return {**ctx, "base": _inner(ctx["base"], epoch, rng)}
-    return Built(module=module, ctx=ctx, default_loss_weights=weights, host_update=host_update)
+    epoch_update = None
+    if inner.epoch_update is not None:
+        def epoch_update(params, ctx, epoch, rng, _inner=inner.epoch_update):
+            return {**ctx, "base": _inner(params["base"], ctx["base"], epoch, rng)}
+    return Built(module=module, ctx=ctx, default_loss_weights=weights, epoch_update=epoch_update)

@@ -273,7 +273,7 @@ def build(dataset, *, embedding_size: int = 64, feat_embed_dim: int = 64, knn_k:
         required (``experiments/configs/scale/``: 1024 and 32 at a million items).
 
     Returns:
-      :class:`~jaxrec.models.Built` with a ``host_update`` that redraws the pruned graph each
+      :class:`~jaxrec.models.Built` with an ``epoch_update`` that redraws the pruned graph each
       epoch, and weights ``{bpr: 1, modality_bpr: 1e-5}`` (MMRec's ``reg_weight`` chosen by
       validation on lfm2k).
     """
@@ -309,13 +309,13 @@ def build(dataset, *, embedding_size: int = 64, feat_embed_dim: int = 64, knn_k:
         return Built(module=module, ctx=ctx, default_loss_weights=defaults)
     sampling_weights = jgraph.edge_sampling_weights(graph)
 
-    def prune(ctx, epoch, rng):
-        del epoch  # the key already depends on it
+    def prune(params, ctx, epoch, rng):
+        del params, epoch  # the pruning ignores the parameters; the key already depends on the epoch
         generator = np.random.default_rng(key_seed(rng))
         pruned = jgraph.prune_edges(graph, dropout=float(dropout), rng=generator, sampling_weights=sampling_weights)
         return {**ctx, "train_graph": pruned.to_device()}
 
     # The built context carries one pruned graph so that shapes are known before training;
     # the trainer replaces it at the start of every epoch.
-    ctx = prune(ctx, 0, jax.random.PRNGKey(0))
-    return Built(module=module, ctx=ctx, default_loss_weights=defaults, host_update=prune)
+    ctx = prune(None, ctx, 0, jax.random.PRNGKey(0))
+    return Built(module=module, ctx=ctx, default_loss_weights=defaults, epoch_update=prune)

@@ -53,11 +53,10 @@ B = the configured batch size, padding rows zero), so ``loss_weights: {reg: λ}`
   :math:`O(n^2 d)` per step.
 * ``"epoch"``: the neighbour lists live in ``ctx["learned_neighbours"]`` and are recomputed
   by :func:`refresh_learned_graph` (from the current parameters) at the start of each epoch
-  by the training driver; every step recomputes their entries (with gradient) from the
-  current projections in :math:`O(n k d)`. For the million-item scale (see
-  ``benchmarks/bench_scale.py``). NOTE: ``jaxrec.train`` calls only parameter-free
-  ``host_update`` hooks, so under ``jaxrec train`` an ``"epoch"`` model keeps the lists it
-  was built with (the initial graphs' neighbours).
+  by the trainer (the model's ``epoch_update`` hook); every step recomputes their entries
+  (with gradient) from the current projections in :math:`O(n k d)`. Evaluation after an
+  epoch uses lists recomputed from that epoch's parameters. For the million-item scale (see
+  ``benchmarks/bench_scale.py``).
 
 Deviations from MMRec: MMRec recomputes the learned graph at the first batch of each epoch
 (with gradient there), reuses it DETACHED for the rest of the epoch, and recomputes it for
@@ -78,7 +77,6 @@ References:
 from __future__ import annotations
 
 import functools
-import warnings
 
 import jax
 import jax.numpy as jnp
@@ -387,10 +385,7 @@ def build(dataset, *, embedding_size: int = 64, feat_embed_dim: int = 64, knn_k:
                                             self_loops=True)
     ctx = {"graph": user_item.to_device(), "features": blocks,
            "original": jgraph.GraphStack(*(jnp.asarray(a) for a in stack))}
-    if learned_graph == "epoch":
-        warnings.warn("lattice: learned_graph='epoch' needs refresh_learned_graph(module, params, ctx) at the "
-                      "start of every epoch; jaxrec.train does not call it, so there the learned graph keeps "
-                      "the initial graphs' neighbours", stacklevel=2)
+    if learned_graph == "epoch":  # the shapes; the trainer's epoch_update replaces the lists
         ctx["learned_neighbours"] = jnp.asarray(raw_neighbours)
     module = LATTICE(n_users=dataset.n_users, n_items=dataset.n_items, feature_dims=dims,
                      embedding_size=embedding_size, feat_embed_dim=feat_embed_dim, knn_k=knn_k,
@@ -398,4 +393,9 @@ def build(dataset, *, embedding_size: int = 64, feat_embed_dim: int = 64, knn_k:
                      train_features=train_features, learned_graph=learned_graph, knn_block_size=knn_block_size,
                      knn_column_block_size=knn_column_block_size, knn_method=knn_method,
                      knn_n_clusters=0 if ivf is None else ivf.n_clusters, knn_n_probe=0 if ivf is None else ivf.n_probe)
-    return Built(module=module, ctx=ctx, default_loss_weights={"bpr": 1.0, "reg": 1e-4})
+    epoch_update = None
+    if learned_graph == "epoch":
+        def epoch_update(params, ctx, epoch, rng):
+            del epoch, rng  # a function of the parameters only
+            return refresh_learned_graph(module, params, ctx)
+    return Built(module=module, ctx=ctx, default_loss_weights={"bpr": 1.0, "reg": 1e-4}, epoch_update=epoch_update)

@@ -24,19 +24,34 @@ from jaxrec.train._config_io import apply_overrides as apply_overrides
 from jaxrec.train._config_io import dump_config as dump_config
 from jaxrec.train._config_io import load_config as load_config
 from jaxrec.train._config_io import parse_override as parse_override
+from jaxrec.train._config_io import resolve_paths as resolve_paths
 
 # Pieces of a run.
 from jaxrec.train._checkpoint import Checkpoints as Checkpoints
 from jaxrec.train._data import EpochSampler as EpochSampler
+from jaxrec.train._data import load_dataset as load_dataset
+from jaxrec.train._data import select_modalities as select_modalities
 from jaxrec.train._early_stopping import EarlyStopping as EarlyStopping
 from jaxrec.train._early_stopping import update_early_stopping as update_early_stopping
 from jaxrec.train._state import TrainState as TrainState
+from jaxrec.train._state import init_entry_points as init_entry_points
 from jaxrec.train._state import init_state as init_state
 from jaxrec.train._state import learning_rate_schedule as learning_rate_schedule
 from jaxrec.train._state import make_optimizer as make_optimizer
 from jaxrec.train._step import StepMetrics as StepMetrics
 from jaxrec.train._step import StepRunner as StepRunner
 from jaxrec.train._step import make_train_step as make_train_step
+
+# Building a run (public: used by the trainer, `jaxrec evaluate`, benchmarks, tests, serving).
+from jaxrec.train._setup import Experiment as Experiment
+from jaxrec.train._setup import epoch_context as epoch_context
+from jaxrec.train._setup import evaluate_params as evaluate_params
+from jaxrec.train._setup import loss_term_names as loss_term_names
+from jaxrec.train._setup import make_encoder as make_encoder
+from jaxrec.train._setup import prepare_eval_splits as prepare_eval_splits
+from jaxrec.train._setup import prepare_experiment as prepare_experiment
+from jaxrec.train._setup import metrics_at_k as metrics_at_k
+from jaxrec.train._setup import resolve_loss_weights as resolve_loss_weights
 
 # Whole runs.
 from jaxrec.train._loop import TrainHooks as TrainHooks

@@ -26,7 +26,7 @@ from unbatched ones. The test compares both ways on the same grid.
 
 Not batched (the search runs its trials one after another instead, saying why): grids over
 any other key (model arguments such as dropout or the number of layers change the compiled
-program), ``train.parallel`` other than ``none``, and models with a per-epoch host hook.
+program), ``train.parallel`` other than ``none``, and models with an epoch hook (``Built.epoch_update``: its context would differ per trial).
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ from jaxrec.train._checkpoint import Checkpoints
 from jaxrec.train._config import ExperimentConfig
 from jaxrec.train._config_io import dump_config
 from jaxrec.train._early_stopping import EarlyStopping, update_early_stopping
-from jaxrec.train._setup import prepare_eval_splits, prepare_experiment, ranking_metrics, resolve_loss_weights
+from jaxrec.train._setup import metrics_at_k, prepare_eval_splits, prepare_experiment, resolve_loss_weights
 from jaxrec.train._state import _OPTIMIZER_FIELDS, init_state, make_optimizer
 
 BATCHABLE_KEYS = ("train.learning_rate", "train.seed")
@@ -71,7 +71,7 @@ def _unit_train_config(train_config):
 def batching_obstacle(settings: Sequence[Mapping[str, Any]], configs: Sequence[ExperimentConfig]) -> str | None:
     """Why these trials cannot train as one program (None when they can).
 
-    Checked from the configs alone; a model with a per-epoch host hook is found only once it
+    Checked from the configs alone; a model with an epoch hook is found only once it
     is built (:func:`run_batched_search` raises then).
     """
     if len(configs) < 2:
@@ -159,7 +159,7 @@ def run_batched_search(config: ExperimentConfig, workdir: str | os.PathLike, set
     started = time.perf_counter()
     exp = prepare_experiment(configs[0], dataset)
     built = exp.built
-    if getattr(built, "host_update", None) is not None or getattr(built, "epoch_update", None) is not None:
+    if built.epoch_update is not None:
         raise ConfigError(f"these trials cannot be batched: model {configs[0].model.name!r} updates its "
                           "context between epochs")
     n_trials = len(configs)
@@ -187,7 +187,7 @@ def run_batched_search(config: ExperimentConfig, workdir: str | os.PathLike, set
         user_embs, item_embs = encoder(params_stack, ctx)
         results = jeval.evaluate_prepared_many(splits[split], user_embs, item_embs, ks=eval_cfg.ks,
                                                metrics=eval_cfg.metrics)
-        return [ranking_metrics(r) for r in results[:count]], time.perf_counter() - tick
+        return [metrics_at_k(r) for r in results[:count]], time.perf_counter() - tick
 
     stopping = [EarlyStopping() for _ in range(n_trials)]
     histories: list[list[dict]] = [[] for _ in range(n_trials)]

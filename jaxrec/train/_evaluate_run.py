@@ -15,9 +15,9 @@ from jaxrec.train._setup import (
     epoch_context,
     evaluate_params,
     make_encoder,
+    metrics_at_k,
     prepare_eval_splits,
     prepare_experiment,
-    ranking_metrics,
 )
 
 
@@ -65,7 +65,7 @@ def evaluate_run(workdir: str | os.PathLike, split: str = "test", *,
         state, _ = checkpoints.restore(experiment.target, epoch)
     finally:
         checkpoints.close()
-    ctx = epoch_context(experiment.built, config.train.seed, epoch - 1)
+    ctx = epoch_context(experiment.built, state.params, config.train.seed, epoch)  # as evaluated after `epoch`
     layout = prepare_eval_splits(experiment, (split,))[split]
     result = evaluate_params(experiment, make_encoder(experiment.module), state.params, ctx, layout)
-    return {"split": split, "epoch": epoch, "metrics": ranking_metrics(result), "num_users": result["num_users"]}
+    return {"split": split, "epoch": epoch, "metrics": metrics_at_k(result), "num_users": result["num_users"]}

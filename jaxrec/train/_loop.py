@@ -27,9 +27,9 @@ from jaxrec.train._setup import (
     epoch_context,
     evaluate_params,
     make_encoder,
+    metrics_at_k,
     prepare_eval_splits,
     prepare_experiment,
-    ranking_metrics,
 )
 from jaxrec.train._state import init_state
 from jaxrec.train._step import StepRunner
@@ -171,6 +171,7 @@ class _Run:
         self.pending_best: tuple[int, Any, dict] | None = None
         self.eval_device = self.runner.devices[0]
         self._set_context(exp.built.ctx)
+        self.ctx_epoch: int | None = None  # the epoch index of the hook's context now set
         self.splits = prepare_eval_splits(exp)
         self.encoder = make_encoder(exp.module)
 
@@ -178,9 +179,19 @@ class _Run:
         self.train_ctx = self.runner.put_ctx(ctx)
         self.eval_ctx = jax.device_put(ctx, self.eval_device)
 
+    def _context_for(self, epoch_index: int, params=None) -> None:
+        """Set the context of the model's epoch hook for epoch index ``epoch_index`` from the
+        parameters after epoch ``epoch_index`` (default: the current ones); a no-op without a
+        hook or when already set."""
+        if self.exp.built.epoch_update is None or self.ctx_epoch == epoch_index:
+            return
+        params = self.runner.get_state(self.state).params if params is None else params
+        self._set_context(epoch_context(self.exp.built, params, self.tcfg.seed, epoch_index))
+        self.ctx_epoch = epoch_index
+
     def _evaluate(self, params, split: str) -> dict[str, float]:
         tick = time.perf_counter()
-        result = ranking_metrics(evaluate_params(self.exp, self.encoder, params, self.eval_ctx, self.splits[split]))
+        result = metrics_at_k(evaluate_params(self.exp, self.encoder, params, self.eval_ctx, self.splits[split]))
         self.meta["eval_seconds"].append(time.perf_counter() - tick)
         return result
 
@@ -188,8 +199,7 @@ class _Run:
         exp, tcfg = self.exp, self.tcfg
         tick = time.perf_counter()
         batches = exp.sampler.batches(epoch - 1)
-        if exp.built.host_update is not None:
-            self._set_context(epoch_context(exp.built, tcfg.seed, epoch - 1))
+        self._context_for(epoch - 1)
         per_call = tcfg.steps_per_call or exp.steps_per_epoch
         sums: dict[str, float] = {"loss": 0.0}
         self.progress.start_batches()
@@ -206,6 +216,7 @@ class _Run:
                 sums[name] = sums.get(name, 0.0) + float(np.sum(values))
             n = len(metrics.loss)
             self.progress.batches_done(n, n * tcfg.batch_size, float(metrics.loss[-1]))
+        self._context_for(epoch)  # for this epoch's evaluation and the next epoch
         seconds = time.perf_counter() - tick
         self.meta["train_seconds"].append(seconds)
         steps = exp.steps_per_epoch
@@ -290,7 +301,9 @@ class _Run:
                 self.hooks.on_epoch_end(epoch, row)
         if self.early_stopping.best_epoch >= 1:
             # Test is computed once, at the best validation epoch; it never steers anything.
-            meta["best_test"] = self._evaluate(self.best_params(), "test")
+            params = self.best_params()
+            self._context_for(self.early_stopping.best_epoch, params)
+            meta["best_test"] = self._evaluate(params, "test")
         meta["elapsed_seconds"] += time.perf_counter() - started
         return _final_metrics(self.exp, meta, self.runner)
 

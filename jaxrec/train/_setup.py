@@ -121,23 +121,42 @@ def make_encoder(module):
     return jax.jit(lambda params, ctx: module.apply({"params": params}, ctx, False, method="encode"))
 
 
-def ranking_metrics(result: Mapping[str, Any]) -> dict[str, float]:
-    """Only the ``metric@k`` entries of an evaluation result, as floats."""
+def metrics_at_k(result: Mapping[str, Any]) -> dict[str, float]:
+    """Only the ``metric@k`` entries of an evaluation result (:func:`evaluate_params`), as floats."""
     return {k: float(v) for k, v in result.items() if "@" in k}
 
 
 def evaluate_params(experiment: Experiment, encoder, params, ctx, split_layout) -> dict[str, Any]:
+    """Full-ranking metrics of ``params`` on one prepared split.
+
+    Args:
+      experiment: from :func:`prepare_experiment` (its ``eval`` config gives the cut-offs and metrics).
+      encoder: :func:`make_encoder` of the experiment's module.
+      params: the model parameters.
+      ctx: the model context for these parameters (``experiment.built.ctx``, or for a model
+        with an epoch hook :func:`epoch_context` of them).
+      split_layout: one entry of :func:`prepare_eval_splits`.
+
+    Returns:
+      :func:`jaxrec.eval.evaluate_prepared`'s result: ``metric@k`` values, ``num_users`` and
+      per-user arrays; :func:`metrics_at_k` keeps only the ``metric@k`` floats.
+    """
     user_emb, item_emb = encoder(params, ctx)
     cfg = experiment.config.eval
     return jeval.evaluate_prepared(split_layout, user_emb, item_emb, ks=cfg.ks, metrics=cfg.metrics)
 
 
-def epoch_context(built: models.Built, seed: int, epoch_index: int):
-    """The context of epoch ``epoch_index`` (0-based): the built one, or for a model with a
-    ``host_update`` that update applied to the BUILT context (never to the previous
-    epoch's), with a key from ``(seed, epoch_index)`` -- so a resumed run and
-    ``jaxrec evaluate`` see exactly the context the uninterrupted run saw."""
-    if built.host_update is None:
+def epoch_context(built: models.Built, params, seed: int, epoch_index: int):
+    """The context epoch ``epoch_index`` (0-based) trains with, given the parameters at its start.
+
+    The built context, or for a model with an ``epoch_update`` hook that hook applied to
+    ``params`` and the BUILT context (never to a previous epoch's result) with a key from
+    ``(seed, epoch_index)``. The same call with the parameters AFTER epoch ``e`` (1-based)
+    and ``epoch_index = e`` gives the context evaluation after epoch ``e`` uses (the next
+    epoch's). A function of ``(params, seed, epoch_index)`` only, so a resumed run and
+    ``jaxrec evaluate`` recompute exactly the context the uninterrupted run saw.
+    """
+    if built.epoch_update is None:
         return built.ctx
     key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), 0x5EED), epoch_index)
-    return built.host_update(built.ctx, epoch_index, key)
+    return built.epoch_update(params, built.ctx, epoch_index, key)

@@ -113,8 +113,9 @@ def _optimizer(settings: tuple, steps_per_epoch: int) -> optax.GradientTransform
     return parts[0] if len(parts) == 1 else optax.chain(*parts)
 
 
-def _init_both(module, ctx, batch):
-    # Initialize through both entry points so that parameters used by only one of them exist.
+def init_entry_points(module, ctx, batch):
+    """A method for ``module.init(..., method=init_entry_points)`` that runs both entry
+    points (``encode`` and ``loss_terms``), so that parameters used by only one exist."""
     return module.encode(ctx, False), module.loss_terms(ctx, batch, False)
 
 
@@ -132,7 +133,7 @@ def _init_state_compiled(module, ctx, example_batch, tx, seed: int) -> TrainStat
 def _init_state(module, ctx, example_batch, tx, seed: int) -> TrainState:
     init_key, dropout_key, base_key = jax.random.split(jax.random.PRNGKey(seed), 3)
     variables = module.init({"params": init_key, "dropout": dropout_key}, ctx, example_batch,
-                            method=_init_both)
+                            method=init_entry_points)
     params = variables["params"]
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                       rng=base_key)

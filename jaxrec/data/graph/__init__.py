@@ -54,6 +54,7 @@ from jaxrec.data.graph._knn import KnnNeighbours as KnnNeighbours
 from jaxrec.data.graph._knn import cosine_edge_weights as cosine_edge_weights
 from jaxrec.data.graph._knn import knn_edges as knn_edges
 from jaxrec.data.graph._knn import knn_neighbours as knn_neighbours
+from jaxrec.data.graph._knn import unit_rows as unit_rows
 from jaxrec.data.graph._top_k import tile_top_k as tile_top_k
 from jaxrec.data.graph._propagate import lightgcn_propagate as lightgcn_propagate
 from jaxrec.data.graph._propagate import propagate as propagate

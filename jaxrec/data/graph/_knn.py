@@ -90,7 +90,8 @@ def _update_diagonal(sims, state, start, *, k: int, include_self: bool, group_si
     return merge_later_ids(*state, values, local + start, k)
 
 
-def _unit_rows(features: np.ndarray) -> np.ndarray:
+def unit_rows(features: np.ndarray) -> np.ndarray:
+    """Host (n, d) rows scaled to unit L2 norm (float32); an all-zero row stays zero."""
     norms = np.linalg.norm(features, axis=1, keepdims=True)
     # A zero row has no direction: similarity 0 to everything (MMRec would produce NaN).
     return features / np.where(norms > 0, norms, 1.0).astype(np.float32)
@@ -103,7 +104,7 @@ def _exact_top_k(features, present, k: int, *, include_self: bool, block_size: i
     padded = np.zeros((n_blocks * block, features.shape[1]), np.float32)
     for start in range(0, present.size, 65536):  # unit rows written in place, in slices
         rows = present[start:start + 65536]
-        padded[start:start + rows.size] = _unit_rows(np.asarray(features[rows], np.float32))
+        padded[start:start + rows.size] = unit_rows(np.asarray(features[rows], np.float32))
     ok = np.arange(n_blocks * block) < present.size
     blocks = [jnp.asarray(padded[b * block:(b + 1) * block]) for b in range(n_blocks)]
     oks = [jnp.asarray(ok[b * block:(b + 1) * block]) for b in range(n_blocks)]
@@ -203,7 +204,7 @@ def knn_neighbours(features, k: int, *, mask=None, include_self: bool = True, bl
         units = np.empty((present.size, features.shape[1]), np.float32)
         for start in range(0, present.size, 65536):
             rows = present[start:start + 65536]
-            units[start:start + rows.size] = _unit_rows(np.asarray(features[rows], np.float32))
+            units[start:start + rows.size] = unit_rows(np.asarray(features[rows], np.float32))
         values, local = ivf_top_k(units, k, settings, include_self=include_self, group_size=group_size,
                                   progress=progress)
         del units

@@ -1,6 +1,6 @@
 """Negative sampling on device: :class:`PositiveSets` as jax arrays and a jittable sampler.
 
-The same two rules as the host sampler (``jaxrec.data._sampling``), with fixed shapes:
+The same two rules as the host sampler (``jaxrec.data._negatives``), with fixed shapes:
 uniform negatives exactly (the ``r``-th negative is ``r`` plus the number of the user's
 positives whose gap ``p_i - i`` is ``<= r``, found by bisection in the user's CSR segment),
 popularity negatives by inverse CDF with a fixed number of candidates per slot.
@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrec.data._sampling import PositiveSets
+from jaxrec.data._negatives import PositiveSets
 from jaxrec.errors import DataError
 
 

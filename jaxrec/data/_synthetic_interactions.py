@@ -26,7 +26,7 @@ import numpy as np
 from jaxrec.errors import ConfigError
 
 _STREAM_EXACT, _STREAM_CANDIDATES, _STREAM_FALLBACK = 5, 6, 7
-_EXACT_AUTO_CELLS = 1 << 27  # "auto" samples exactly up to ~134M user-item cells (seconds)
+EXACT_AUTO_CELLS = 1 << 27  # "auto" samples exactly up to ~134M user-item cells (seconds)
 _EXACT_CHUNK_CELLS = 1 << 22  # logits per chunk of users in the exact sampler
 _CANDIDATE_CHUNK = 1 << 20  # candidate draws per chunk of users
 _OVERSAMPLE = 8
@@ -167,6 +167,14 @@ def _chunks_by_budget(user_rows: np.ndarray, cost: np.ndarray, budget: int):
         start = stop
 
 
+def resolve_sampler(sampler: str, n_users: int, n_items: int) -> str:
+    """The sampler used: ``sampler``, or for ``"auto"`` ``"exact"`` up to
+    ``EXACT_AUTO_CELLS`` user-item cells and ``"candidates"`` beyond."""
+    if sampler != "auto":
+        return sampler
+    return "exact" if n_users * n_items <= EXACT_AUTO_CELLS else "candidates"
+
+
 def sample_interactions(user_factors, item_factors, log_popularity, counts, *, affinity_scale, seed, sampler="auto"):
     """Each user's ``counts[u]`` distinct items, drawn by Gumbel top-k (see the module docstring).
 
@@ -183,8 +191,7 @@ def sample_interactions(user_factors, item_factors, log_popularity, counts, *, a
       (users, items): two (counts.sum(),) int32 arrays, sorted by user then item.
     """
     n_users, n_items = len(user_factors), len(item_factors)
-    if sampler == "auto":
-        sampler = "exact" if n_users * n_items <= _EXACT_AUTO_CELLS else "candidates"
+    sampler = resolve_sampler(sampler, n_users, n_items)
     parts_u, parts_i = [], []
     all_users = np.arange(n_users)
     if sampler == "exact":

@@ -27,8 +27,7 @@ import os
 
 import numpy as np
 
-from jaxrec.data._dataset import MultimodalDataset
-from jaxrec.data._text import align_item_text, read_item_text
+from jaxrec.data import MultimodalDataset, align_item_text, read_item_text
 from jaxrec.errors import DataError
 
 TAGGED = "tagged"
