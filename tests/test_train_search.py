@@ -9,7 +9,7 @@ from jaxrec.errors import ConfigError
 from jaxrec.train import config_from_dict, expand_trials, pick_best, run_search
 from jaxrec.train._search import trial_config
 
-BASE = {"data": {"synthetic": {}}}
+BASE = {"data": {"synthetic": {}}, "model": {"name": "bprmf"}}
 
 
 def test_grid_is_the_product_of_the_lists_in_order():
