@@ -17,7 +17,7 @@ import yaml
 
 from jaxrec.data import Interactions, MultimodalDataset
 from jaxrec.data._synthetic import make_synthetic
-from jaxrec.errors import ConfigError, DataError, ResourceError
+from jaxrec.errors import ConfigError, DataError, ResourceError, TrainingDivergedError
 from jaxrec.train import Checkpoints, config_from_dict, dump_config, load_config, train_and_evaluate
 from jaxrec.train._setup import prepare_experiment
 
@@ -108,7 +108,7 @@ def test_checkpoints_refuse_non_finite_state(tmp_path):
     checkpoints = Checkpoints(tmp_path / "ckpt")
     try:
         state = {"params": {"a": np.ones(3, np.float32), "b": np.array([1.0, np.inf], np.float32)}}
-        with pytest.raises(ValueError, match=r"non-finite.*\['params'\]\['b'\]"):
+        with pytest.raises(TrainingDivergedError, match=r"non-finite state as checkpoint 1: params\['b'\]"):
             checkpoints.save(1, state, {"epochs_done": 1}, is_best=False)
         assert checkpoints.epochs() == []
     finally:
