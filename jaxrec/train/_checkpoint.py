@@ -53,6 +53,12 @@ def state_digest(host_state) -> str:
     return digest.hexdigest()
 
 
+def _short(error: Exception) -> str:
+    """The gist of a storage error (TensorStore appends its whole JSON spec)."""
+    text = str(error).split(" [tensorstore_spec=")[0]
+    return f"{type(error).__name__}: {text if len(text) <= 300 else text[:300] + '...'}"
+
+
 def _shapes(leaves) -> Counter:
     return Counter((tuple(leaf.shape), np.dtype(leaf.dtype).str) for leaf in leaves)
 
@@ -169,7 +175,7 @@ class Checkpoints:
             saved = _shapes(jax.tree.leaves(getattr(saved, "tree", saved)))
         except Exception as error:  # noqa: BLE001 -- any failure to read the metadata is damage
             raise DamagedCheckpointError(f"checkpoint {where} is damaged: its metadata cannot be read "
-                                         f"({type(error).__name__}: {error})") from None
+                                         f"({_short(error)})") from None
         if saved != expected:
             missing = sorted((expected - saved).elements())[:3]
             extra = sorted((saved - expected).elements())[:3]
@@ -180,8 +186,8 @@ class Checkpoints:
             restored = self._manager.restore(epochs_done, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(target_state), meta=ocp.args.JsonRestore()))
         except Exception as error:  # noqa: BLE001 -- shapes match, so an unreadable array is damage
-            raise DamagedCheckpointError(f"checkpoint {where} is damaged: "
-                                         f"{type(error).__name__}: {str(error)[:300]}") from None
+            raise DamagedCheckpointError(f"checkpoint {where} is damaged: an array cannot be read "
+                                         f"({_short(error)})") from None
         state = jax.tree.unflatten(jax.tree.structure(target_state), jax.tree.leaves(restored["state"]))
         meta = dict(restored["meta"])
         digest = meta.pop(_DIGEST, None)

@@ -121,7 +121,7 @@ def train_and_evaluate(config: ExperimentConfig, workdir: str | os.PathLike, *,
             if lock.stale_holder is not None:
                 progress.log(lock.describe_stale())
             # Again under the lock: another run may have written here since the first look.
-            _workdir.check_workdir(config, workdir, resume)
+            _workdir.check_workdir(config, workdir, resume, locked=True)
             extends = (_workdir.check_resumable(config, workdir / _outputs.CONFIG_FILE)
                        if resume and checkpoints.last_epoch() is not None else None)
             run = _Run(experiment, workdir, checkpoints, progress, hooks, resume, extends)

@@ -113,6 +113,23 @@ class WorkdirLock:
             return self
         raise ConfigError(f"could not lock {self.path}: it keeps being replaced by other runs")
 
+    @staticmethod
+    def check_free(workdir: str | os.PathLike) -> None:
+        """Raise ConfigError naming the holder if a live run holds ``workdir``'s lock
+        (read-only: creates nothing)."""
+        path = Path(workdir) / LOCK_FILE
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            return  # no lock file: no run holds the folder
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(f"{Path(workdir)} is in use by another run ({_describe(_read_holder(fd))}); wait for "
+                              "it to finish, or use another --workdir") from None
+        finally:
+            os.close(fd)  # closing drops the probe's shared lock
+
     def describe_stale(self) -> str | None:
         if self.stale_holder is None:
             return None
@@ -191,13 +208,15 @@ def check_resumable(config: ExperimentConfig, saved_config_path: Path) -> int | 
     return old
 
 
-def check_workdir(config: ExperimentConfig, workdir: Path, resume: bool) -> None:
+def check_workdir(config: ExperimentConfig, workdir: Path, resume: bool, *, locked: bool = False) -> None:
     """A read-only look at ``workdir`` before anything is loaded or written.
 
     Raises:
-      ConfigError: ``resume`` with nothing to resume (no folder, or a folder holding no run);
+      ConfigError: the folder is locked by a live run; ``resume`` with nothing to resume (no folder, or a folder holding no run);
         a folder holding a run without ``resume``; a config that differs from the run's.
     """
+    if not locked:  # (a second flock by the holder itself would conflict with its own)
+        WorkdirLock.check_free(workdir)
     epochs = stored_epochs(workdir)
     if resume:
         if not workdir.is_dir() or (not epochs and not (workdir / CONFIG_FILE).exists()):
