@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import sys
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,24 @@ def state_digest(host_state) -> str:
         digest.update(f"{leaf_name(path)}|{array.dtype.str}|{array.shape}|".encode())
         digest.update(array.tobytes())
     return digest.hexdigest()
+
+
+def _quiet_closed_loop_reports() -> None:
+    """After a failed read, TensorStore still completes the reads it had started and calls
+    back into the event loop Orbax has closed meanwhile; Python reports each such callback
+    as an "Exception ignored" traceback on stderr, at a moment of the threads' choosing.
+    From the first damaged checkpoint on, those reports (and only those) are dropped."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_jaxrec_closed_loop_filter", False):
+        return
+
+    def hook(unraisable):
+        error = unraisable.exc_value
+        if not (isinstance(error, RuntimeError) and str(error) == "Event loop is closed"):
+            previous(unraisable)
+
+    hook._jaxrec_closed_loop_filter = True
+    sys.unraisablehook = hook
 
 
 def _short(error: Exception) -> str:
@@ -174,6 +193,7 @@ class Checkpoints:
             saved = self._manager.item_metadata(epochs_done)["state"]
             saved = _shapes(jax.tree.leaves(getattr(saved, "tree", saved)))
         except Exception as error:  # noqa: BLE001 -- any failure to read the metadata is damage
+            _quiet_closed_loop_reports()
             raise DamagedCheckpointError(f"checkpoint {where} is damaged: its metadata cannot be read "
                                          f"({_short(error)})") from None
         if saved != expected:
@@ -186,6 +206,7 @@ class Checkpoints:
             restored = self._manager.restore(epochs_done, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(target_state), meta=ocp.args.JsonRestore()))
         except Exception as error:  # noqa: BLE001 -- shapes match, so an unreadable array is damage
+            _quiet_closed_loop_reports()
             raise DamagedCheckpointError(f"checkpoint {where} is damaged: an array cannot be read "
                                          f"({_short(error)})") from None
         state = jax.tree.unflatten(jax.tree.structure(target_state), jax.tree.leaves(restored["state"]))
