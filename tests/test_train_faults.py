@@ -129,7 +129,7 @@ def test_sparse_ids_are_refused_with_the_file_and_line(tmp_path):
         read_mmrec(folder)
     message = str(info.value)
     assert message.startswith(f"{folder / 'toy.inter'}:4, field 'userID': ids too sparse to index a table")
-    assert f"id {2**40}" in message and "3 distinct" in message
+    assert f"found id {2**40} with only 4 distinct ids" in message
     # The same rule at the dataset (no file, so the row is named).
     with pytest.raises(DataError, match=r"field 'itemID': ids too sparse .* id 1999999999 at row 1"):
         MultimodalDataset("d", 3, 2_000_000_000, Interactions([0, 1, 2], [0, 1_999_999_999, 5], [0, 1, 2]))
