@@ -137,21 +137,31 @@ def test_sparse_ids_are_refused_with_the_file_and_line(tmp_path):
     MultimodalDataset("d", 3, 100_000, Interactions([0, 1, 2], [0, 99_999, 5], [0, 1, 2]))
 
 
-def test_a_batch_that_cannot_fit_in_memory_names_the_setting(dataset, tmp_path, monkeypatch):
+def test_settings_that_cannot_fit_in_memory_are_named_before_anything_is_allocated(dataset, tmp_path, monkeypatch):
     from jaxrec.train import _workdir
 
+    # (Before these checks, batch_size=1e9 allocated 3.7 GiB per batch array before failing.)
     monkeypatch.setattr(_workdir, "available_memory", lambda: 2 * 2**30)
     config = config_from_dict(_raw(train={"batch_size": 1_000_000_000}))
-    with pytest.raises(ResourceError, match=r"train.batch_size=1000000000 .* GiB .* 2.0 GiB available"):
+    with pytest.raises(ResourceError, match=r"train.batch_size=1000000000 would need 29.8 GiB for an epoch's "
+                                            r"batches .* more than the 2.0 GiB available"):
         train_and_evaluate(config, tmp_path / "run", dataset=dataset, quiet=True)
-    assert not (tmp_path / "run").exists()
-    config = config_from_dict(_raw(eval={"batch_size": 100_000_000}))
-    with pytest.raises(ResourceError, match=r"eval.batch_size=100000000"):
-        train_and_evaluate(config, tmp_path / "run", dataset=dataset, quiet=True)
+    # 100 users and items x 20M dims x 4 bytes x 3 (parameters, Adam's two moments), twice over.
     config = config_from_dict(_raw(model={"args": {"embedding_size": 20_000_000}}))
-    with pytest.raises(ResourceError, match=r"model.args .* parameters and optimizer state"):
+    with pytest.raises(ResourceError, match=r"model 'bprmf' \(model.args: embedding_size=20000000\) would need "
+                                            r"44.7 GiB for its 2,000,000,000 parameters and optimizer state"):
         train_and_evaluate(config, tmp_path / "run", dataset=dataset, quiet=True)
+    # One evaluation batch: users x items float32 scores, about three copies.
+    bigger = make_synthetic(3000, 2000, n_interactions=20_000, seed=0)
+    eval_users = max(int(np.unique(bigger.split_pairs(split)[:, 0]).size) for split in ("valid", "test"))
+    need = 3 * eval_users * 2000 * 4
+    monkeypatch.setattr(_workdir, "available_memory", lambda: need - 1)
+    config = config_from_dict(_raw(eval={"batch_size": 4096}))
+    with pytest.raises(ResourceError, match=rf"eval.batch_size=4096 would need .* \({eval_users:,} users x 2,000 items\)"):
+        train_and_evaluate(config, tmp_path / "run", dataset=bigger, quiet=True)
+    monkeypatch.setattr(_workdir, "available_memory", lambda: need)
     assert not (tmp_path / "run").exists()
+    _workdir.check_memory(prepare_experiment(config, bigger))  # exactly enough: accepted
 
 
 # ---- 3. one run per workdir: an exclusive lock, stale locks taken over ----------------------------
