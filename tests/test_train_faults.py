@@ -363,7 +363,7 @@ def test_cli_failures_leave_no_workdir_and_print_no_traceback(tmp_path):
         ({"train": {"seed": -1}}, [], "'train.seed' must be an integer in [0, 4294967295]"),
         ({}, ["--set", f"train.seed={2**64}"], "'train.seed' must be an integer in [0, 4294967295]"),
         ({"model": None}, [], "no model: section"),
-        ({"eval": {"ks": [10, 500]}}, [], "eval.ks has 500, but the dataset has only 30 items"),
+        ({"eval": {"ks": [10, 20, 500]}}, [], "eval.ks has 500, but the dataset has only 30 items"),
         ({"model": {"name": "bprnf"}}, [], "unknown model 'bprnf'"),
         ({"data": {"path": str(tmp_path / "nowhere"), "synthetic": None}}, [], "dataset path does not exist"),
         ({"loss_weights": {"regg": 0.1}}, [], "no loss term 'regg'"),
