@@ -18,7 +18,7 @@ import yaml
 from jaxrec.data import Interactions, MultimodalDataset
 from jaxrec.data._synthetic import make_synthetic
 from jaxrec.errors import ConfigError, DataError, ResourceError, TrainingDivergedError
-from jaxrec.train import Checkpoints, config_from_dict, dump_config, load_config, train_and_evaluate
+from jaxrec.train import Checkpoints, config_from_dict, load_config, train_and_evaluate
 from jaxrec.train._setup import prepare_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -157,7 +157,8 @@ def test_settings_that_cannot_fit_in_memory_are_named_before_anything_is_allocat
     need = 3 * eval_users * 2000 * 4
     monkeypatch.setattr(_workdir, "available_memory", lambda: need - 1)
     config = config_from_dict(_raw(eval={"batch_size": 4096}))
-    with pytest.raises(ResourceError, match=rf"eval.batch_size=4096 would need .* \({eval_users:,} users x 2,000 items\)"):
+    expected = rf"eval.batch_size=4096 would need .* \({eval_users:,} users x 2,000 items\)"
+    with pytest.raises(ResourceError, match=expected):
         train_and_evaluate(config, tmp_path / "run", dataset=bigger, quiet=True)
     monkeypatch.setattr(_workdir, "available_memory", lambda: need)
     assert not (tmp_path / "run").exists()

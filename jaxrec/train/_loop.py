@@ -91,7 +91,8 @@ def train_and_evaluate(config: ExperimentConfig, workdir: str | os.PathLike, *,
       workdir: the run folder: ``config.yaml``, ``history.jsonl``, ``metrics.json``,
         ``curves.png``, ``log.txt`` and ``checkpoints/``.
       dataset: use this dataset instead of loading ``config.data``.
-      resume: continue from the latest checkpoint in ``workdir`` (the config must match).
+      resume: continue from the newest intact checkpoint in ``workdir`` (the config must
+        match, except a larger ``train.epochs``, which extends a finished run).
       quiet: no progress bars or log lines on the terminal (``log.txt`` is still written).
       hooks: optional :class:`TrainHooks`.
 
@@ -99,8 +100,14 @@ def train_and_evaluate(config: ExperimentConfig, workdir: str | os.PathLike, *,
       The contents of ``metrics.json``: test metrics at the best validation epoch, timings.
 
     Raises:
-      ConfigError: a bad config, or a workdir holding another run (without ``resume``).
-      TrainingDivergedError: a NaN/inf loss term or gradient; the last good checkpoint stays.
+      ConfigError: a bad config; a workdir holding another run (without ``resume``), locked by
+        a live run, or holding nothing to resume (with ``resume``). Checked, with the data
+        and memory checks below, before anything is written to ``workdir``.
+      DataError: bad data.
+      ResourceError: a setting that would need more memory than the machine has.
+      TrainingDivergedError: a NaN/inf loss term or gradient, or an update that leaves a
+        parameter non-finite (named, with its epoch and step); the last good checkpoint stays
+        and no non-finite state is ever saved.
     """
     started = time.perf_counter()
     hooks = hooks or TrainHooks()

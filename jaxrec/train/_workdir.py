@@ -212,8 +212,9 @@ def check_workdir(config: ExperimentConfig, workdir: Path, resume: bool, *, lock
     """A read-only look at ``workdir`` before anything is loaded or written.
 
     Raises:
-      ConfigError: the folder is locked by a live run; ``resume`` with nothing to resume (no folder, or a folder holding no run);
-        a folder holding a run without ``resume``; a config that differs from the run's.
+      ConfigError: the folder is locked by a live run; ``resume`` with nothing to resume (no
+        folder, or a folder holding no run); a folder holding a run without ``resume``; a
+        config that differs from the run's.
     """
     if not locked:  # (a second flock by the holder itself would conflict with its own)
         WorkdirLock.check_free(workdir)
@@ -234,7 +235,14 @@ def check_workdir(config: ExperimentConfig, workdir: Path, resume: bool, *, lock
 
 
 def check_data(config: ExperimentConfig, dataset) -> None:
-    """Settings that only make sense for some data: every cut-off within the items."""
+    """Settings that only make sense for some data or machine: every cut-off within the
+    items, a batch that divides over the devices in a parallel mode."""
+    t = config.train
+    if t.parallel != "none":
+        n = len(jax.local_devices())
+        if t.batch_size % n:
+            raise ConfigError(f"train.batch_size {t.batch_size} does not divide over {n} devices in "
+                              f"train.parallel={t.parallel!r} mode; use a multiple of {n}")
     too_large = [k for k in config.eval.ks if k > dataset.n_items]
     if too_large:
         raise ConfigError(f"eval.ks has {', '.join(map(str, too_large))}, but the dataset has only "
