@@ -52,3 +52,8 @@ class ConfigError(JaxrecError, ValueError):
 
 class TrainingDivergedError(JaxrecError, FloatingPointError):
     """A loss or gradient became NaN or infinite during training."""
+
+
+class ResourceError(JaxrecError, MemoryError):
+    """A setting or an input that would need more memory than the machine has (estimated
+    before allocating; the message names the setting and the sizes)."""

@@ -18,7 +18,7 @@ from jaxrec.train import (
     parse_override,
 )
 
-BASE = {"data": {"path": "/data/x"}}
+BASE = {"data": {"path": "/data/x"}, "model": {"name": "bprmf"}}
 
 
 def _error(raw) -> str:
@@ -57,14 +57,14 @@ def test_wrong_types_and_values_name_the_key():
     assert "'train.parallel' is 'pmapp'; did you mean 'pmap'?" in message
     assert "not in eval.ks" in _error({**BASE, "train": {"valid_metric": "recall@30"}})
     assert "NAME@K" in _error({**BASE, "train": {"valid_metric": "recall"}})
-    assert "data.path" in _error({})
+    assert "data.path" in _error({"model": {"name": "bprmf"}})
     assert "'loss_weights.reg' expects float; found 'big'" in _error({**BASE, "loss_weights": {"reg": "big"}})
-    assert "loss_weights.reg must be a finite number" in _error({**BASE, "loss_weights": {"reg": float("inf")}})
+    assert "'loss_weights.reg' must be a finite number" in _error({**BASE, "loss_weights": {"reg": float("inf")}})
 
 
 def test_yaml_exponent_without_dot_is_a_number():
     # PyYAML (YAML 1.1) reads 1e-3 as the STRING "1e-3"; the config takes it as the number.
-    raw = yaml.safe_load("data: {path: /x}\ntrain: {learning_rate: 1e-3, weight_decay: 5e-4}")
+    raw = yaml.safe_load("model: {name: bprmf}\ndata: {path: /x}\ntrain: {learning_rate: 1e-3, weight_decay: 5e-4}")
     assert raw["train"]["learning_rate"] == "1e-3"
     config = config_from_dict(raw)
     assert config.train.learning_rate == 0.001 and config.train.weight_decay == 0.0005
@@ -101,7 +101,7 @@ def test_apply_overrides_nests_keys_and_keeps_search_keys_whole():
 
 def test_issue_keys_are_all_settable(tmp_path, monkeypatch):
     path = tmp_path / "c.yaml"
-    path.write_text("data: {path: somewhere}\n")
+    path.write_text("model: {name: bprmf}\ndata: {path: somewhere}\n")
     monkeypatch.chdir(tmp_path)
     config = load_config(path, [
         "data.path=data/lfm2k", "data.format=mmrec", "data.modalities=[vggish]", "train.epochs=4",
@@ -161,18 +161,18 @@ def test_data_selection_roles_and_cold_start_candidates():
     from jaxrec.train import prepare_eval_splits, prepare_experiment, select_modalities
 
     dataset = make_synthetic(60, 40, n_interactions=900, seed=0)
-    config = config_from_dict({"data": {"synthetic": {}, "modalities": ["audio", "text"],
+    config = config_from_dict({"model": {"name": "bprmf"}, "data": {"synthetic": {}, "modalities": ["audio", "text"],
                                         "roles": {"vision": "audio"}}})
     picked = select_modalities(dataset, config.data)
     assert picked.modality_names == ("vision", "text")
     assert (picked.modalities["vision"].features == dataset.modalities["audio"].features).all()
     with pytest.raises(ConfigError, match="no modality 'video'"):
-        select_modalities(dataset, config_from_dict({"data": {"synthetic": {}, "roles": {"vision": "video"}}}).data)
+        select_modalities(dataset, config_from_dict({**BASE, "data": {"synthetic": {}, "roles": {"vision": "video"}}}).data)
 
     # A cold-start split ranks only each split's held-out items.
     config = config_from_dict({"data": {"synthetic": {"n_users": 60, "n_items": 40, "n_interactions": 900},
                                         "split": {"method": "cold_start_items", "holdout": 0.3, "seed": 1}},
-                               "model": {"args": {"embedding_size": 4}}, "train": {"batch_size": 64}})
+                               "model": {"name": "bprmf", "args": {"embedding_size": 4}}, "train": {"batch_size": 64}})
     experiment = prepare_experiment(config)
     cold = experiment.dataset.metadata["cold_start_items"]
     splits = prepare_eval_splits(experiment)

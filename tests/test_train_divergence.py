@@ -29,12 +29,28 @@ def _backward(w, g):
 _identity_nan_gradient_below_half.defvjp(_forward, _backward)
 
 
+@jax.custom_vjp
+def _zero_with_huge_gradient(w):
+    return 0.0 * w
+
+
+def _backward_huge(w, g):
+    return (g * jnp.float32(1e38),)
+
+
+_zero_with_huge_gradient.defvjp(lambda w: (0.0 * w, w), _backward_huge)
+
+
 class Diverging(nn.Module):
     """A model whose loss breaks at a known SGD step (lr 0.3, w starting at 1).
 
     ``kind="term"``: term ``boom = log(w)``; w goes 1 -> 0.7 -> 0.2714 -> -0.8335, so the
     term is NaN at update 4. ``kind="gradient"``: ``boom = w`` with a NaN gradient once
     w < 0.5; w goes 1 -> 0.7 -> 0.4, so the gradient is NaN at update 3 (the term is finite).
+    ``kind="update"``: ``boom = 0`` with gradient 1e38 (finite); with lr 1 (SGD) w goes
+    1 -> -1e38 -> -2e38 -> -3e38 -> -inf: every loss term and gradient is finite, yet update 4
+    (the last of epoch 2) leaves w infinite. The item embeddings are scaled by ``sign(w)``
+    in ``encode`` so that an infinite w also reaches the scores.
     """
 
     n_users: int
@@ -47,10 +63,15 @@ class Diverging(nn.Module):
         self.items = self.param("items", nn.initializers.normal(1.0), (self.n_items, 2))
 
     def encode(self, ctx, train=False):
+        if self.kind == "update":
+            return self.users, self.items * (self.w / jnp.abs(self.w))
         return self.users, self.items
 
     def loss_terms(self, ctx, batch, train=False):
-        boom = jnp.log(self.w) if self.kind == "term" else _identity_nan_gradient_below_half(self.w)
+        if self.kind == "update":
+            boom = _zero_with_huge_gradient(self.w)
+        else:
+            boom = jnp.log(self.w) if self.kind == "term" else _identity_nan_gradient_below_half(self.w)
         scores = jnp.sum(self.users[batch["users"]] * self.items[batch["pos_items"]], axis=-1)
         return {"boom": boom, "fit": 0.0 * jnp.mean(scores)}
 
@@ -69,12 +90,12 @@ def dataset():
     return MultimodalDataset("tiny", 10, 12, Interactions(users, items, split))
 
 
-def _config(kind, **loss_weights):
+def _config(kind, *, learning_rate=0.3, checkpoint_every=1, eval_every=1, **loss_weights):
     return config_from_dict({
         "data": {"synthetic": {}},
         "model": {"name": "test_diverging", "args": {"kind": kind}},
-        "train": {"epochs": 4, "batch_size": 20, "optimizer": "sgd", "learning_rate": 0.3, "checkpoint_every": 1,
-                  "valid_metric": "recall@5"},
+        "train": {"epochs": 4, "batch_size": 20, "optimizer": "sgd", "learning_rate": learning_rate,
+                  "checkpoint_every": checkpoint_every, "eval_every": eval_every, "valid_metric": "recall@5"},
         "eval": {"ks": [5], "metrics": ["recall"]},
         "loss_weights": loss_weights,
     })
@@ -115,3 +136,34 @@ def test_a_zero_weighted_nan_term_does_not_stop_the_run(dataset, tmp_path):
     # Weight 0 leaves the term out of the sum: its NaN never reaches the parameters.
     metrics = train_and_evaluate(_config("term", boom=0.0), tmp_path / "run", dataset=dataset, quiet=True)
     assert metrics["epochs_run"] == 4
+
+
+@pytest.mark.parametrize("checkpoint_every, eval_every", [(1, 1), (5, 1), (5, 3)])
+def test_a_finite_step_that_leaves_infinite_parameters_is_divergence_and_is_never_saved(
+        dataset, tmp_path, checkpoint_every, eval_every):
+    # Update 4, the last of epoch 2, makes w infinite with every loss term and gradient finite.
+    # It must not be saved (checkpoint_every=1 saves epoch 2 today), nor surface as "NaN scores"
+    # in validation (eval_every=1); the error names the epoch, the step and the parameter, and
+    # with no checkpoint on disk yet (checkpoint_every=5) the step is still found exactly.
+    config = _config("update", learning_rate=1.0, checkpoint_every=checkpoint_every, eval_every=eval_every)
+    workdir = tmp_path / "run"
+    with pytest.raises(TrainingDivergedError) as info:
+        train_and_evaluate(config, workdir, dataset=dataset, quiet=True)
+    error = info.value
+    assert (error.epoch, error.step, error.term) == (2, 4, "params['w']")
+    message = str(error)
+    assert "training diverged at epoch 2, step 4 (batch 2 of 2 in the epoch)" in message
+    assert "parameter params['w'] is not finite (every loss term and gradient was)" in message
+    checkpoints = Checkpoints(workdir / "checkpoints", read_only=True)
+    try:
+        saved = checkpoints.epochs()
+        assert all(epoch <= 1 for epoch in saved)
+        target = prepare_experiment(config, dataset).target
+        for epoch in saved:
+            state, _ = checkpoints.restore(target, epoch)
+            assert all(np.all(np.isfinite(np.asarray(leaf))) for leaf in jax.tree.leaves(state))
+    finally:
+        checkpoints.close()
+    if checkpoint_every == 1:
+        assert "last good checkpoint (after epoch 1)" in message
+        np.testing.assert_allclose(float(state.params["w"]), -2e38, rtol=1e-6)

@@ -97,7 +97,7 @@ def test_whole_runs_in_parallel_modes_match_one_device(tmp_path, parallel):
     from jaxrec.train import config_from_dict, evaluate_run, train_and_evaluate
 
     dataset = make_synthetic(80, 60, n_interactions=1200, seed=1)
-    raw = {"data": {"synthetic": {}}, "model": {"args": {"embedding_size": 8}},
+    raw = {"data": {"synthetic": {}}, "model": {"name": "bprmf", "args": {"embedding_size": 8}},
            "train": {"epochs": 2, "batch_size": 128, "learning_rate": 0.05, "checkpoint_every": 1,
                      "valid_metric": "recall@10"},
            "eval": {"ks": [10], "metrics": ["recall"]},

@@ -9,7 +9,7 @@ from jaxrec.errors import ConfigError
 from jaxrec.train import config_from_dict, expand_trials, pick_best, run_search
 from jaxrec.train._search import trial_config
 
-BASE = {"data": {"synthetic": {}}}
+BASE = {"data": {"synthetic": {}}, "model": {"name": "bprmf"}}
 
 
 def test_grid_is_the_product_of_the_lists_in_order():
@@ -79,3 +79,22 @@ def test_ties_and_missing_values_in_pick_best():
     trials = [{"trial": 0, "valid": {"recall@20": math.nan}}, {"trial": 1, "valid": {"recall@20": 0.2}},
               {"trial": 2, "valid": {"recall@20": 0.2}}, {"trial": 3, "valid": {}}]
     assert pick_best(trials, "recall@20")["trial"] == 1
+
+
+def test_resumed_search_resumes_only_trials_that_started(tmp_path):
+    # Finished trials are reused, started ones resumed, and trials that never started begin
+    # afresh: train_and_evaluate refuses --resume on a folder holding no run.
+    config = config_from_dict({**BASE, "grid": {"loss_weights.reg": [0.1, 0.2, 0.3]}})
+    finished = tmp_path / "trial_000"
+    finished.mkdir()
+    (finished / "metrics.json").write_text(json.dumps({"valid": {"recall@20": 0.5}, "test": {}, "best_epoch": 1}))
+    (tmp_path / "trial_001").mkdir()
+    (tmp_path / "trial_001" / "config.yaml").write_text("{}\n")
+    calls = {}
+
+    def fake_train(config, workdir, *, resume, **kwargs):
+        calls[workdir.name] = resume
+        return {"valid": {"recall@20": 0.1}, "test": {}, "best_epoch": 1}
+
+    run_search(config, tmp_path, resume=True, quiet=True, train_fn=fake_train)
+    assert calls == {"trial_001": True, "trial_002": False}

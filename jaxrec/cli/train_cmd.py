@@ -7,11 +7,12 @@ same way ``jaxrec search`` does (every trial in ``WORKDIR/trial_NNN``, winner by
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from pathlib import Path
 
-from jaxrec.errors import ConfigError
+from jaxrec.errors import ConfigError, JaxrecError, ResourceError
 
 _SHOWN_METRICS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20", "precision@10", "precision@20", "map@10", "map@20")
 
@@ -53,6 +54,35 @@ def add_parser(subparsers) -> None:
     runs.set_defaults(func=lambda args: (runs.print_help(), 2)[1])
 
 
+def _out_of_memory(func):
+    """Running out of memory (numpy's MemoryError, XLA's RESOURCE_EXHAUSTED) becomes one line
+    naming the settings that size memory, not a traceback. Settings known to be too large
+    are refused before anything is allocated (ResourceError); this catches the rest."""
+
+    @functools.wraps(func)
+    def wrapper(args):
+        try:
+            return func(args)
+        except JaxrecError:
+            raise
+        except MemoryError as error:
+            raise ResourceError(_oom_message(error)) from None
+        except Exception as error:
+            text = str(error)
+            if type(error).__name__ in ("XlaRuntimeError", "JaxRuntimeError") and (
+                    "RESOURCE_EXHAUSTED" in text or "Out of memory" in text):
+                raise ResourceError(_oom_message(error)) from None
+            raise
+
+    return wrapper
+
+
+def _oom_message(error: BaseException) -> str:
+    first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return (f"out of memory ({first}); lower train.batch_size or eval.batch_size, use smaller embeddings "
+            "(model.args), or check that the data's user and item ids are dense")
+
+
 def _add_run_arguments(parser) -> None:
     parser.add_argument("config", help="experiment YAML file")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -74,6 +104,7 @@ def _load(args):
     return config, workdir
 
 
+@_out_of_memory
 def _train(args) -> int:
     config, workdir = _load(args)
     if config.has_search:
@@ -91,6 +122,7 @@ def _train(args) -> int:
     return 0
 
 
+@_out_of_memory
 def _search(args) -> int:
     config, workdir = _load(args)
     if not config.has_search:
@@ -109,6 +141,7 @@ def _run_search(config, workdir: Path, args) -> int:
     return 0
 
 
+@_out_of_memory
 def _evaluate(args) -> int:
     from jaxrec.train import evaluate_run
 

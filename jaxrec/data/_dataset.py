@@ -3,6 +3,12 @@
 A :class:`MultimodalDataset` holds dense integer ids (users ``0..n_users-1``, items
 ``0..n_items-1``), the interactions with their split labels, and named item modalities. It is
 validated once, at construction; its arrays are read-only, so a dataset can be shared freely.
+
+Ids index embedding tables directly, so they must be dense: ``n_users`` (``n_items``) may be
+at most ``max(100,000, 10 x the distinct user (item) ids in the interactions)`` and below
+2**31, unless user features (item feature rows) back that many rows anyway. A sparser id
+(say user 2**40 among a thousand users) would ask for terabytes; it is refused, naming the
+file and line where a reader knows them (:func:`check_id_density`).
 Transformations (splits, filters, preprocessing) return new datasets via :meth:`replace`.
 """
 
@@ -52,6 +58,38 @@ def _check_id_range(ids: np.ndarray, upper: int, field: str, source: str | None)
     if high >= upper:
         raise DataError("id beyond the declared count", path=source, field=field,
                         found=f"id {high} at row {int(np.argmax(ids))}", expected=f"ids in [0, {upper})")
+
+
+# Ids index embedding tables directly, so a count (one more than the largest id) is memory:
+# it may exceed the ids actually used only by a bounded factor (a few gaps are fine).
+DENSE_ID_SLACK = 100_000
+DENSE_ID_FACTOR = 10
+MAX_ID_COUNT = 2**31 - 1
+
+
+def check_id_density(ids: np.ndarray, count: int, field: str, source=None, line_of=None) -> None:
+    """Refuse ids too sparse to index a table: ``count`` (the table's rows, largest id + 1)
+    must be at most ``max(DENSE_ID_SLACK, DENSE_ID_FACTOR x distinct ids)`` and below
+    2**31. ``line_of(row)`` turns a row into a file line for the message."""
+    if count <= DENSE_ID_SLACK or ids.size == 0:
+        return
+    distinct = None
+    if count <= DENSE_ID_FACTOR * ids.size + DENSE_ID_SLACK:  # else too sparse whatever the distinct count
+        seen = np.zeros(count, dtype=bool)
+        seen[ids] = True
+        distinct = int(np.count_nonzero(seen))
+        if count <= max(DENSE_ID_SLACK, DENSE_ID_FACTOR * distinct) and count <= MAX_ID_COUNT:
+            return
+    if distinct is None:
+        distinct = int(np.unique(ids).size)
+    row = int(np.argmax(ids))
+    where = {"line": line_of(row)} if line_of is not None else {}
+    found = f"id {int(ids[row])}" + ("" if line_of is not None else f" at row {row}") + \
+        f" with only {distinct:,} distinct ids: a table of {count:,} rows"
+    raise DataError("ids too sparse to index a table", path=source, field=field, found=found,
+                    expected=f"ids below max({DENSE_ID_SLACK:,}, {DENSE_ID_FACTOR} x the distinct ids) = "
+                    f"{max(DENSE_ID_SLACK, DENSE_ID_FACTOR * distinct):,}; map the original ids to 0..n-1 first",
+                    **where)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -221,6 +259,10 @@ class MultimodalDataset:
                                 field=field, found=f"shape {array.shape}", expected=f"({n},)")
         _check_id_range(users, self.n_users, "userID", source)
         _check_id_range(items, self.n_items, "itemID", source)
+        if self.user_features is None:  # (feature rows back the count otherwise)
+            check_id_density(users, self.n_users, "userID", source)
+        if not self.modalities:
+            check_id_density(items, self.n_items, "itemID", source)
         if split.size and (split.dtype.kind not in "iu" or split.min() < 0 or split.max() > 2):
             bad = split[(split < 0) | (split > 2)] if split.dtype.kind in "iu" else split[:1]
             raise DataError("split labels must be 0 (train), 1 (valid) or 2 (test)", path=source,

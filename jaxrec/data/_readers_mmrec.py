@@ -3,7 +3,8 @@
 The layout (as in MMRec's ``data/<name>/`` folders)::
 
     <name>.inter           tab-separated, header ``userID itemID rating [timestamp] x_label``;
-                           ids are dense 0-based, x_label is 0 train / 1 valid / 2 test
+                           ids are dense 0-based (largest id below max(100,000, 10 x the
+                           distinct ids)), x_label is 0 train / 1 valid / 2 test
     <modality>.npy         (n_items, d) float features, row i = item i
     <name>_og_ids.inter    optional, row-aligned with <name>.inter, holding the original ids
     user_friends.dat       optional social file (header ``userID friendID``) in original ids
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxrec.data._dataset import SPLIT_NAMES, Interactions, Modality, MultimodalDataset
+from jaxrec.data._dataset import SPLIT_NAMES, Interactions, Modality, MultimodalDataset, check_id_density
 from jaxrec.data._io import FLOAT, ID, INT, TIME, DataWarning, deduplicate, read_table, require_file, \
     require_folder
 from jaxrec.errors import DataError
@@ -84,6 +85,9 @@ def read_mmrec(
     features = _load_modalities(folder, modalities)
     n_items = _count_items(table, items, features, item_field)
     n_users = int(users.max()) + 1
+    check_id_density(users, n_users, user_field, inter_path, table.line_of)
+    if not features:
+        check_id_density(items, n_items, item_field, inter_path, table.line_of)
     user_ids, item_ids = _original_ids(folder, name, table, users, items, n_users, n_items, user_field, item_field)
 
     keep = deduplicate(users, items, table, duplicates=duplicates, user_field=user_field, item_field=item_field)

@@ -29,6 +29,7 @@ NEGATIVE_SAMPLING = ("uniform", "popularity")
 PROTOCOLS = ("mmrec", "cornac")
 SEARCH_METHODS = ("grid", "random")
 RANKING_METRICS = ("recall", "ndcg", "precision", "map", "hit", "mrr", "recall2")
+_MAX_SEED = 2**32 - 1
 
 
 @dataclasses.dataclass
@@ -221,8 +222,9 @@ def _coerce(value, tp, key: str, where: str):
                 number = float(value)
             except ValueError:
                 raise bad() from None
-            if math.isfinite(number):
-                return number
+            if not math.isfinite(number):
+                raise ConfigError(f"{where}config key {key!r} must be a finite number; found {value!r}")
+            return number
         raise bad()
     if tp is str:
         if isinstance(value, str):
@@ -276,7 +278,16 @@ def _check_values(config: ExperimentConfig, where: str) -> None:
         if value < 0 or (value == 0 and not allow_zero):
             raise ConfigError(f"{where}config key {key!r} must be {'>= 0' if allow_zero else '> 0'}; found {value!r}")
 
+    def seed(key, value):
+        # 32 bits: jax.random.PRNGKey(s) without x64 keeps only the low 32 bits of a seed, so
+        # seed 2**32 would silently repeat seed 0; numpy's generators reject negative seeds.
+        if not 0 <= value <= _MAX_SEED:
+            raise ConfigError(f"{where}config key {key!r} must be an integer in [0, {_MAX_SEED}]; found {value!r}")
+
     t = config.train
+    seed("train.seed", t.seed)
+    if config.search is not None:
+        seed("search.seed", config.search.seed)
     choice("train.optimizer", t.optimizer, OPTIMIZERS)
     choice("train.schedule", t.schedule, SCHEDULES)
     choice("train.parallel", t.parallel, PARALLEL_MODES)
@@ -330,21 +341,52 @@ def _check_values(config: ExperimentConfig, where: str) -> None:
             raise _unknown_key_error(key, sorted(searchable), f"{where}search space: ")
 
 
+def _reject_non_finite(value, key: str, where: str) -> None:
+    """A ConfigError naming the first NaN or infinite number anywhere in ``value`` (free-form
+    sections such as ``model.args`` and search spaces included)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where}config key {key!r} must be a finite number; found {value!r}")
+    if isinstance(value, Mapping):
+        for name, item in value.items():
+            _reject_non_finite(item, f"{key}.{name}" if key else str(name), where)
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            _reject_non_finite(item, f"{key}[{index}]", where)
+
+
+def _require_model(raw: Mapping, where: str) -> None:
+    # A default model would train something the user never asked for; the name must be given.
+    model = raw.get("model")
+    if model is None:
+        raise ConfigError(f"{where}config has no model: section; name the model to train, e.g. "
+                          "model: {name: bprmf} (or --set model.name=bprmf)")
+    if isinstance(model, Mapping) and model.get("name") is None:
+        raise ConfigError(f"{where}config key 'model.name' is missing; name the model to train, e.g. "
+                          "model: {name: bprmf}")
+
+
 def config_from_dict(raw: Mapping | None, *, source: str | os.PathLike | None = None) -> ExperimentConfig:
     """Validate a nested mapping (e.g. parsed YAML) into an :class:`ExperimentConfig`.
 
     Args:
-      raw: the mapping; missing keys take their defaults.
+      raw: the mapping; missing keys take their defaults, except ``model.name``, which must be
+        given.
       source: the file it came from, named in error messages.
 
     Returns:
       The config, with types checked and choices validated.
 
     Raises:
-      ConfigError: an unknown key (with the nearest valid key), a wrong type or a bad value.
+      ConfigError: an unknown key (with the nearest valid key), a wrong type, a bad value, a
+        NaN or infinite number anywhere, or no model named.
     """
     where = f"{os.fspath(source)}: " if source is not None else ""
-    config = _build_section(ExperimentConfig, raw or {}, "", where)
+    raw = raw or {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{where}a config must be a mapping of sections; found {raw!r}")
+    _reject_non_finite(raw, "", where)
+    config = _build_section(ExperimentConfig, raw, "", where)  # unknown keys and types first
+    _require_model(raw, where)
     _check_values(config, where)
     return config
 

@@ -6,6 +6,7 @@ import copy
 import dataclasses
 import os
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,10 +17,11 @@ import numpy as np
 
 from jaxrec.data import MultimodalDataset
 from jaxrec.errors import ConfigError, TrainingDivergedError
-from jaxrec.train import _outputs
+from jaxrec.train import _outputs, _workdir
 from jaxrec.train._checkpoint import Checkpoints
-from jaxrec.train._config import ExperimentConfig, config_to_dict
+from jaxrec.train._config import ExperimentConfig
 from jaxrec.train._config_io import dump_config
+from jaxrec.train._data import load_dataset
 from jaxrec.train._early_stopping import EarlyStopping, update_early_stopping
 from jaxrec.train._progress import Progress
 from jaxrec.train._setup import (
@@ -31,11 +33,8 @@ from jaxrec.train._setup import (
     prepare_eval_splits,
     prepare_experiment,
 )
-from jaxrec.train._state import init_state
+from jaxrec.train._state import init_state, non_finite_leaves
 from jaxrec.train._step import StepRunner
-
-# Keys that may differ between a run and its resumption: they change no number of the run.
-_RESUMABLE_CHANGES = {"train.checkpoints_to_keep", "train.checkpoint_every"}
 
 
 @dataclasses.dataclass
@@ -51,28 +50,11 @@ class TrainHooks:
     on_epoch_end: Callable[[int, dict], None] | None = None
 
 
-def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict) and key not in ("args", "loss_weights", "roles", "synthetic", "space", "grid"):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-def _check_resumable(config: ExperimentConfig, saved_config_path: Path) -> None:
-    import yaml
-
-    if not saved_config_path.exists():
-        return
-    saved = _flat(yaml.safe_load(saved_config_path.read_text()) or {})
-    current = _flat(config_to_dict(config))
-    changed = sorted(k for k in set(saved) | set(current)
-                     if saved.get(k) != current.get(k) and k not in _RESUMABLE_CHANGES)
-    if changed:
-        detail = "; ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed)
-        raise ConfigError(f"cannot resume {saved_config_path.parent}: the config differs from the run's ({detail})")
+def _warn(progress: Progress, message: str) -> None:
+    """A log line that reaches the terminal even when the progress output is quiet."""
+    progress.log(message)
+    if progress.quiet:
+        print(f"jaxrec: {message}", file=sys.stderr)
 
 
 def _empty_meta() -> dict[str, Any]:
@@ -109,7 +91,8 @@ def train_and_evaluate(config: ExperimentConfig, workdir: str | os.PathLike, *,
       workdir: the run folder: ``config.yaml``, ``history.jsonl``, ``metrics.json``,
         ``curves.png``, ``log.txt`` and ``checkpoints/``.
       dataset: use this dataset instead of loading ``config.data``.
-      resume: continue from the latest checkpoint in ``workdir`` (the config must match).
+      resume: continue from the newest intact checkpoint in ``workdir`` (the config must
+        match, except a larger ``train.epochs``, which extends a finished run).
       quiet: no progress bars or log lines on the terminal (``log.txt`` is still written).
       hooks: optional :class:`TrainHooks`.
 
@@ -117,43 +100,56 @@ def train_and_evaluate(config: ExperimentConfig, workdir: str | os.PathLike, *,
       The contents of ``metrics.json``: test metrics at the best validation epoch, timings.
 
     Raises:
-      ConfigError: a bad config, or a workdir holding another run (without ``resume``).
-      TrainingDivergedError: a NaN/inf loss term or gradient; the last good checkpoint stays.
+      ConfigError: a bad config; a workdir holding another run (without ``resume``), locked by
+        a live run, or holding nothing to resume (with ``resume``). Checked, with the data
+        and memory checks below, before anything is written to ``workdir``.
+      DataError: bad data.
+      ResourceError: a setting that would need more memory than the machine has.
+      TrainingDivergedError: a NaN/inf loss term or gradient, or an update that leaves a
+        parameter non-finite (named, with its epoch and step); the last good checkpoint stays
+        and no non-finite state is ever saved.
     """
     started = time.perf_counter()
     hooks = hooks or TrainHooks()
     workdir = Path(workdir).expanduser().resolve()
-    workdir.mkdir(parents=True, exist_ok=True)
     tcfg = config.train
-    checkpoints = Checkpoints(workdir / "checkpoints", keep=tcfg.checkpoints_to_keep)
-    progress = Progress(workdir / "log.txt", quiet=quiet)
-    try:
-        if checkpoints.last_epoch() is not None:
-            if not resume:
-                raise ConfigError(f"{workdir} already holds a run (checkpoint after epoch "
-                                  f"{checkpoints.last_epoch()}); pass --resume to continue it, or use "
-                                  "another --workdir")
-            _check_resumable(config, workdir / _outputs.CONFIG_FILE)
-        experiment = prepare_experiment(config, dataset)
-        _outputs.write_atomic(workdir / _outputs.CONFIG_FILE, dump_config(config))
-        run = _Run(experiment, workdir, checkpoints, progress, hooks, resume)
-        progress.log(f"{config.model.name} on {experiment.dataset.name}: {experiment.dataset.n_users} users, "
-                     f"{experiment.dataset.n_items} items, {experiment.n_params:,} parameters; "
-                     f"{experiment.steps_per_epoch} batches of {tcfg.batch_size} per epoch; loss weights "
-                     f"{experiment.loss_weights}; parallel={tcfg.parallel} on {run.runner.n_devices} device(s)")
-        result = run.run(started)
-        _write_outputs(workdir, result, run.meta["history"], tcfg.valid_metric, progress)
-        return result
-    finally:
-        checkpoints.close()
-        progress.close()
+    # Everything that can fail on the input is checked before the workdir is touched.
+    _workdir.check_workdir(config, workdir, resume)
+    if dataset is None:
+        dataset = load_dataset(config.data)
+    _workdir.check_data(config, dataset)
+    _workdir.check_batch_memory(config, dataset)
+    experiment = prepare_experiment(config, dataset)
+    _workdir.check_memory(experiment)
+    with _workdir.WorkdirLock(workdir) as lock:
+        checkpoints = Checkpoints(workdir / "checkpoints", keep=tcfg.checkpoints_to_keep)
+        progress = Progress(workdir / "log.txt", quiet=quiet)
+        try:
+            if lock.stale_holder is not None:
+                progress.log(lock.describe_stale())
+            # Again under the lock: another run may have written here since the first look.
+            _workdir.check_workdir(config, workdir, resume, locked=True)
+            extends = (_workdir.check_resumable(config, workdir / _outputs.CONFIG_FILE)
+                       if resume and checkpoints.last_epoch() is not None else None)
+            run = _Run(experiment, workdir, checkpoints, progress, hooks, resume, extends)
+            _outputs.write_atomic(workdir / _outputs.CONFIG_FILE, dump_config(config))
+            progress.log(f"{config.model.name} on {experiment.dataset.name}: {experiment.dataset.n_users} users, "
+                         f"{experiment.dataset.n_items} items, {experiment.n_params:,} parameters; "
+                         f"{experiment.steps_per_epoch} batches of {tcfg.batch_size} per epoch; loss weights "
+                         f"{experiment.loss_weights}; parallel={tcfg.parallel} on {run.runner.n_devices} device(s)")
+            result = run.run(started)
+            _write_outputs(workdir, result, run.meta["history"], tcfg.valid_metric, progress)
+            return result
+        finally:
+            checkpoints.close()
+            progress.close()
 
 
 class _Run:
     """One session of a run: the state on device, the pending best state, the metadata."""
 
     def __init__(self, exp: Experiment, workdir: Path, checkpoints: Checkpoints, progress: Progress,
-                 hooks: TrainHooks, resume: bool):
+                 hooks: TrainHooks, resume: bool, extends: int | None = None):
         self.exp, self.workdir, self.checkpoints, self.progress, self.hooks = exp, workdir, checkpoints, progress, hooks
         tcfg = self.tcfg = exp.config.train
         self.runner = StepRunner(exp.module, exp.tx, exp.loss_weights, parallel=tcfg.parallel,
@@ -161,8 +157,15 @@ class _Run:
         self.meta = _empty_meta()
         if resume and checkpoints.last_epoch() is not None:
             state, self.meta = checkpoints.restore(exp.target)
+            for epoch, reason in checkpoints.damaged:
+                _warn(progress, f"warning: {reason}; resuming from the newest intact checkpoint, after epoch "
+                                f"{self.meta['epochs_done']}")
             progress.log(f"resuming {workdir} after epoch {self.meta['epochs_done']}")
+            if extends is not None:
+                self._extend(extends)
         else:
+            if resume:
+                _warn(progress, f"no checkpoint in {workdir} yet: starting from epoch 1")
             state = init_state(exp.module, exp.built.ctx, exp.sampler.example_batch(), exp.tx, tcfg.seed)
         self.early_stopping = EarlyStopping(**self.meta["early_stopping"])
         self.state = self.runner.put_state(state)
@@ -174,6 +177,17 @@ class _Run:
         self.ctx_epoch: int | None = None  # the epoch index of the hook's context now set
         self.splits = prepare_eval_splits(exp)
         self.encoder = make_encoder(exp.module)
+
+    def _extend(self, old_epochs: int) -> None:
+        """Continue a run whose config raises train.epochs from ``old_epochs``."""
+        meta, new_epochs = self.meta, self.tcfg.epochs
+        stop = EarlyStopping(**meta["early_stopping"]).stop
+        if stop:
+            raise ConfigError(f"cannot extend {self.workdir}: it stopped early after epoch {meta['epochs_done']} "
+                              f"(no better validation for more than train.patience evaluations), so more epochs "
+                              "would not continue it; start a new run with a larger train.patience instead")
+        meta["finished"] = meta["epochs_done"] >= new_epochs
+        self.progress.log(f"extending the run from {old_epochs} to {new_epochs} epochs")
 
     def _set_context(self, ctx) -> None:
         self.train_ctx = self.runner.put_ctx(ctx)
@@ -211,6 +225,8 @@ class _Run:
             diverged = _first_divergence(metrics, exp.loss_weights, first_step)
             if diverged is not None:
                 self._diverged(epoch, offset, first_step, *diverged)
+            if non_finite_leaves(self.state):  # finite terms and gradients, yet an update overflowed
+                self._diverged(epoch, offset, first_step, *self._locate_bad_update(epoch, offset))
             sums["loss"] += float(np.sum(metrics.loss))
             for name, values in metrics.terms.items():
                 sums[name] = sums.get(name, 0.0) + float(np.sum(values))
@@ -222,6 +238,60 @@ class _Run:
         steps = exp.steps_per_epoch
         return {"epoch": epoch, "loss": sums.pop("loss") / steps, "terms": {k: v / steps for k, v in sums.items()},
                 "train_seconds": seconds}
+
+    def _last_good_state(self) -> tuple[int, Any]:
+        """``(epochs_done, host state)``: the newest state known to be finite -- the pending
+        best, the newest checkpoint, or the initial state."""
+        last = self.checkpoints.last_epoch()
+        if self.pending_best is not None and (last is None or self.pending_best[0] > last):
+            # A copy: the replay donates the buffers it is given, and the pending best is still to be saved.
+            return self.pending_best[0], jax.tree.map(lambda x: np.array(x, copy=True), self.pending_best[1])
+        if last is not None:
+            try:
+                state, meta = self.checkpoints.restore(self.exp.target)
+                return meta["epochs_done"], state
+            except ConfigError:
+                pass
+        exp = self.exp
+        return 0, init_state(exp.module, exp.built.ctx, exp.sampler.example_batch(), exp.tx, self.tcfg.seed)
+
+    def _locate_bad_update(self, epoch: int, offset: int) -> tuple[int, str, str]:
+        """``(step, parameter, description)`` of the first update of the call at ``offset`` in
+        ``epoch`` that left a non-finite parameter or optimizer state.
+
+        The call ran its updates in one device program, so they are replayed -- exactly, the
+        run being deterministic -- from the newest finite state, one update at a time in the
+        failing call.
+        """
+        exp, tcfg, runner = self.exp, self.tcfg, self.runner
+        per_call = tcfg.steps_per_call or exp.steps_per_epoch
+        done, host_state = self._last_good_state()
+        state = runner.put_state(host_state)
+        for replayed in range(done + 1, epoch + 1):
+            batches = exp.sampler.batches(replayed - 1)
+            ctx = (runner.put_ctx(epoch_context(exp.built, tcfg.seed, replayed - 1))
+                   if exp.built.host_update is not None else self.train_ctx)
+            for start in range(0, exp.steps_per_epoch, per_call):
+                chunk = {k: v[start:start + per_call] for k, v in batches.items()}
+                if replayed < epoch or start < offset:
+                    state, _ = runner.run(state, ctx, runner.put_batches(chunk))
+                    continue
+                for j in range(len(chunk["users"])):
+                    state, _ = runner.run(state, ctx, runner.put_batches({k: v[j:j + 1] for k, v in chunk.items()}))
+                    bad = non_finite_leaves(runner.get_state(state))
+                    if bad:
+                        step = (epoch - 1) * exp.steps_per_epoch + offset + j + 1
+                        return step, bad[0], (f"parameter {bad[0]} is not finite (every loss term and gradient "
+                                              f"was): the update overflowed" + (
+                                                  f"; also non-finite: {', '.join(bad[1:4])}" if bad[1:] else ""))
+                break
+        # Not reproduced one update at a time (rounding may differ from the fused call): name the call.
+        bad = non_finite_leaves(runner.get_state(self.state))
+        first = (epoch - 1) * exp.steps_per_epoch + offset
+        last = first + min(per_call, exp.steps_per_epoch - offset)
+        return last, bad[0] if bad else "state", (
+            f"parameter {bad[0] if bad else '(unknown)'} is not finite after updates {first + 1}-{last} (every loss "
+            "term and gradient was)")
 
     def _diverged(self, epoch: int, offset: int, first_step: int, step: int, term: str, what: str):
         self.flush_best()

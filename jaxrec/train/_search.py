@@ -144,7 +144,9 @@ def run_search(config: ExperimentConfig, workdir: str | os.PathLike, *, resume: 
         else:
             if not quiet:
                 print(f"trial {index + 1}/{len(settings)}: {setting}", flush=True)
-            metrics = train_fn(trial_cfg, trial_dir, resume=resume, quiet=quiet, **train_kwargs)
+            # A trial that never started has nothing to resume (train_and_evaluate would refuse).
+            started = (trial_dir / _outputs.CONFIG_FILE).exists()
+            metrics = train_fn(trial_cfg, trial_dir, resume=resume and started, quiet=quiet, **train_kwargs)
         trials.append({"trial": index, "workdir": os.fspath(trial_dir), "setting": setting,
                        "valid": metrics.get("valid", {}), "test": metrics.get("test", {}),
                        "best_epoch": metrics.get("best_epoch")})

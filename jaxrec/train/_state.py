@@ -144,6 +144,41 @@ def abstract_state(module, ctx, example_batch, tx, seed: int) -> TrainState:
     return jax.eval_shape(lambda c, b: _init_state(module, c, b, tx, seed), ctx, example_batch)
 
 
+def leaf_name(path) -> str:
+    """A pytree path as text: ``params['items']``, ``opt_state[0].mu['items']``."""
+    text = ""
+    for entry in path:
+        if isinstance(entry, jax.tree_util.GetAttrKey):
+            text += f".{entry.name}" if text else entry.name
+        elif isinstance(entry, jax.tree_util.DictKey):
+            text += f"[{entry.key!r}]" if text else str(entry.key)
+        elif isinstance(entry, jax.tree_util.SequenceKey):
+            text += f"[{entry.idx}]"
+        else:
+            text += str(entry)
+    return text or "(root)"
+
+
+@jax.jit
+def _finite_leaves(leaves):
+    return [jnp.all(jnp.isfinite(leaf)) for leaf in leaves]
+
+
+def non_finite_leaves(tree) -> list[str]:
+    """Names (:func:`leaf_name`) of the floating-point leaves of ``tree`` holding a NaN or an
+    infinity, in tree order; ``[]`` when all are finite. One compiled reduction per tree
+    structure; the arrays stay where they are (device or host)."""
+    paths, leaves = [], []
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact):
+            paths.append(path)
+            leaves.append(leaf)
+    if not leaves:
+        return []
+    finite = jax.device_get(_finite_leaves(leaves))
+    return [leaf_name(path) for path, ok in zip(paths, finite) if not ok]
+
+
 def count_params(params) -> int:
     """Number of scalars in a parameter pytree (works on abstract shapes too)."""
     return int(sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(params)))
