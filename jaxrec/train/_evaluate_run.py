@@ -35,6 +35,27 @@ def best_epoch_of(workdir: Path, checkpoints: Checkpoints, target) -> int:
     return int(best)
 
 
+def restore_best(workdir: str | os.PathLike, *, dataset: MultimodalDataset | None = None):
+    """``(experiment, state, epoch)``: the run's setup rebuilt from its ``config.yaml`` and
+    the train state of its best validation epoch, restored from its checkpoint.
+
+    Raises:
+      ConfigError: not a run folder, or no checkpoint at the best epoch.
+    """
+    workdir = Path(workdir).expanduser().resolve()
+    config_path = workdir / _outputs.CONFIG_FILE
+    if not config_path.exists():
+        raise ConfigError(f"{workdir} is not a jaxrec run: {config_path.name} is missing")
+    experiment = prepare_experiment(load_config(config_path), dataset)
+    checkpoints = Checkpoints(workdir / "checkpoints", read_only=True)
+    try:
+        epoch = best_epoch_of(workdir, checkpoints, experiment.target)
+        state, _ = checkpoints.restore(experiment.target, epoch)
+    finally:
+        checkpoints.close()
+    return experiment, state, epoch
+
+
 def evaluate_run(workdir: str | os.PathLike, split: str = "test", *,
                  dataset: MultimodalDataset | None = None) -> dict[str, Any]:
     """Reload a run's best checkpoint and recompute the metrics of ``split``.
@@ -63,17 +84,8 @@ def evaluate_run(workdir: str | os.PathLike, split: str = "test", *,
         if run_dir is None:
             raise ConfigError(f"{workdir} is {note}; evaluate a trial folder instead")
         workdir, winner = run_dir, run_dir.name
-    config_path = workdir / _outputs.CONFIG_FILE
-    if not config_path.exists():
-        raise ConfigError(f"{workdir} is not a jaxrec run: {config_path.name} is missing")
-    config = load_config(config_path)
-    experiment = prepare_experiment(config, dataset)
-    checkpoints = Checkpoints(workdir / "checkpoints", read_only=True)
-    try:
-        epoch = best_epoch_of(workdir, checkpoints, experiment.target)
-        state, _ = checkpoints.restore(experiment.target, epoch)
-    finally:
-        checkpoints.close()
+    experiment, state, epoch = restore_best(workdir, dataset=dataset)
+    config = experiment.config
     ctx = epoch_context(experiment.built, config.train.seed, epoch - 1)
     layout = prepare_eval_splits(experiment, (split,))[split]
     result = evaluate_params(experiment, make_encoder(experiment.module), state.params, ctx, layout)

@@ -148,9 +148,10 @@ class EventLog:
     """TensorBoard event files in ``WORKDIR/tensorboard`` (``tensorboard --logdir runs/``).
 
     One point per epoch (the x axis is the epoch): ``train/loss``, ``train/loss_terms/<name>``,
-    ``train/learning_rate`` (at the epoch's last update), ``valid/<metric@k>`` for evaluated
-    epochs, ``valid/best_epoch``, and ``time/train_seconds`` / ``time/eval_seconds``. A resumed
-    run opens the log with ``purge_step`` at its first recomputed epoch, so TensorBoard hides
+    ``train/learning_rate`` (at the epoch's last update), ``valid/<metric>_<k>`` (e.g.
+    ``valid/recall_20``: TensorBoard tags cannot hold ``@``) for evaluated epochs,
+    ``valid/best_epoch``, and ``time/train_seconds`` / ``time/eval_seconds``. A resumed run
+    opens a new file with ``purge_step`` at its first recomputed epoch, so TensorBoard hides
     the points the killed process wrote after its last checkpoint instead of doubling them.
     Written with tensorboardX (no TensorFlow needed).
     """
@@ -159,8 +160,10 @@ class EventLog:
                  first_epoch: int = 1):
         from tensorboardX import SummaryWriter
 
+        # A unique suffix: the default file name (seconds + host) would let a quick resume overwrite a file.
         self._writer = SummaryWriter(logdir=os.fspath(Path(workdir) / TENSORBOARD_DIR),
-                                     purge_step=first_epoch if first_epoch > 1 else None, flush_secs=30)
+                                     purge_step=first_epoch if first_epoch > 1 else None, flush_secs=30,
+                                     filename_suffix=f".{os.getpid()}.{uuid.uuid4().hex[:8]}")
         self._schedule = None
         self._steps_per_epoch = steps_per_epoch
         if train_config is not None:
@@ -180,7 +183,7 @@ class EventLog:
         if "train_seconds" in row:
             add("time/train_seconds", float(row["train_seconds"]), step)
         for name, value in (row.get("valid") or {}).items():
-            add(f"valid/{name}", float(value), step)
+            add(f"valid/{name.replace('@', '_')}", float(value), step)
         if row.get("eval_seconds") is not None:
             add("time/eval_seconds", float(row["eval_seconds"]), step)
         if row.get("best_epoch"):
