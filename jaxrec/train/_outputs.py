@@ -121,7 +121,8 @@ def curves_figure(history: Sequence[Mapping], valid_metric: str, best_epoch: int
         ax.set_title(title, fontsize=10)
         ax.set_ylabel("training loss" if title.startswith("loss") else "mean per batch")
     values = [row["valid"].get(valid_metric, math.nan) for row in evaluated]
-    valid_ax.plot([row["epoch"] for row in evaluated], values, marker=".", color="tab:green")
+    valid_ax.plot([row["epoch"] for row in evaluated], values, marker="." if len(evaluated) <= 30 else None,
+                  color="tab:green")
     valid_ax.set_title(f"valid {valid_metric}", fontsize=10)
     valid_ax.set_ylabel(valid_metric)
     best_value = next((row["valid"].get(valid_metric) for row in evaluated if row["epoch"] == best_epoch), None)
