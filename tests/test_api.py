@@ -35,7 +35,8 @@ def run():
 
 def test_import_jaxrec_stays_light():
     heavy = "('jax', 'flax', 'optax', 'tensorflow_datasets', 'jaxrec.api')"
-    code = f"import sys, jaxrec; names = dir(jaxrec); print(sorted(m for m in sys.modules if m in {heavy}), 'fit' in names)"
+    code = (f"import sys, jaxrec; names = dir(jaxrec); "
+            f"print(sorted(m for m in sys.modules if m in {heavy}), 'fit' in names)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[1]).stdout
     assert out.strip() == "[] True"

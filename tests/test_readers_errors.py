@@ -187,6 +187,11 @@ def test_training_from_a_prepared_folder_without_format_tfds(tmp_path, capsys):
     assert "data.format: tfds" in err and "Traceback" not in err and "pass name=" not in err
 
 
+def test_the_duplicates_hint_is_worded_for_configs_too(tmp_path):
+    message = str(error_of(read_mmrec, mmrec(tmp_path, [*GOOD, GOOD[0]]), duplicates="error"))
+    assert "data.options.duplicates" in message and "pass duplicates=" not in message
+
+
 def test_the_interaction_file_choice_is_worded_for_configs_too(tmp_path):
     folder = mmrec(tmp_path)
     (folder / "other.inter").write_text((folder / "toy.inter").read_text())

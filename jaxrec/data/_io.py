@@ -89,7 +89,8 @@ def require_folder(path) -> Path:
     if problem is not None:
         message, found = problem
         if message == "not found":
-            raise DataError("dataset folder not found", path=path, found="no such folder", expected="an existing folder")
+            raise DataError("dataset folder not found", path=path, found="no such folder",
+                            expected="an existing folder")
         raise DataError(f"dataset folder: {message}", path=path, found=found, expected="an existing folder")
     if not path.is_dir():
         raise DataError("expected a dataset folder", path=path, found="a file", expected="a folder")
@@ -337,7 +338,8 @@ def read_table(path, *, delimiter: str = "\t", header: bool | Sequence[str] = Tr
         line = body.split("\n")[row]
         if not line.strip():
             raise DataError("a line of only whitespace", path=path, line=int(line_numbers[row]),
-                            found=f"{len(line)} whitespace character(s): {_shown(line.replace(_UNIT_SEPARATOR, delimiter))}",
+                            found=f"{len(line)} whitespace character(s): "
+                                  f"{_shown(line.replace(_UNIT_SEPARATOR, delimiter))}",
                             expected=f"a data row of {len(names)} fields, or an empty line (delete the whitespace)")
         found_fields = int(counts[row]) + 1
         raise DataError("truncated line" if found_fields < len(names) else "too many fields on a line",
@@ -484,7 +486,9 @@ def deduplicate(users: np.ndarray, items: np.ndarray, table: DelimitedTable, *, 
     if duplicates == "error":
         raise DataError("duplicate interaction", path=table.path, line=table.line_of(row),
                         field=f"{user_field}, {item_field}", found=described,
-                        expected="each (user, item) pair once (or pass duplicates='warn' to keep the first)")
+                        expected="each (user, item) pair once (or keep the first with the reader option "
+                                 "duplicates='warn': data.options.duplicates in a config, --option duplicates=warn "
+                                 "for 'jaxrec data info')")
     warnings.warn(f"{os.fspath(table.path)}: dropped {repeats.size} duplicate interaction(s), keeping the first "
                   f"of each; first: {described}", DataWarning, stacklevel=3)
     return np.flatnonzero(keep)
