@@ -129,6 +129,19 @@ def test_a_line_of_only_whitespace_says_so(tmp_path, blank):
     assert "truncated" not in str(error) and "not a valid number" not in str(error)
 
 
+def test_a_whitespace_line_with_the_right_tabs_in_token_and_text_tables(tmp_path):
+    recbole = tmp_path / "rb"
+    recbole.mkdir()
+    (recbole / "rb.inter").write_text("user_id:token\titem_id:token\na\tb\n \t \nc\td\n")
+    error = error_of(read_recbole, recbole)
+    assert error.line == 3 and "a line of only whitespace" in str(error) and "empty token" not in str(error)
+    from jaxrec.data import read_item_text
+
+    (tmp_path / "t.tsv").write_text("id\ttext\n1\tjazz\n\t\n")
+    error = error_of(read_item_text, tmp_path / "t.tsv")
+    assert error.line == 3 and "a line of only whitespace" in str(error)
+
+
 def test_empty_lines_are_still_skipped(tmp_path):
     assert len(read_mmrec(mmrec(tmp_path, [GOOD[0], "", *GOOD[1:]])).interactions) == len(GOOD)
 

@@ -164,10 +164,11 @@ class DelimitedTable:
     """
 
     def __init__(self, path: Path, header: tuple[str, ...], delimiter: str, body: str,
-                 line_numbers: np.ndarray, rows: list[list[str]] | None = None):
+                 line_numbers: np.ndarray, rows: list[list[str]] | None = None, shown_delimiter: str | None = None):
         self.path = path
         self.header = header
         self.delimiter = delimiter
+        self._shown_delimiter = shown_delimiter or delimiter  # "::" where ``delimiter`` stands in for it
         self._body = body  # the data rows joined by "\n", blank lines removed ("" for quoted files)
         self.line_numbers = line_numbers
         self._rows = rows
@@ -214,6 +215,11 @@ class DelimitedTable:
         return values
 
     def error(self, row: int, field: str, message: str, *, found, expected) -> DataError:
+        """The DataError for a bad value at ``row``; a row of only whitespace is named as such."""
+        fields = self.rows()[row]
+        if not any(value.strip() for value in fields):
+            return _whitespace_error(self.path, self.line_of(row), self.delimiter.join(fields).replace(
+                _UNIT_SEPARATOR, self._shown_delimiter), self.n_columns)
         return DataError(message, path=self.path, line=self.line_of(row), field=field, found=found, expected=expected)
 
     def numbers(self, kinds: Mapping[str, str]) -> dict[str, np.ndarray]:
@@ -330,17 +336,15 @@ def read_table(path, *, delimiter: str = "\t", header: bool | Sequence[str] = Tr
     first_line = text.count("\n", 0, start) + 1
     body, line_numbers, counts = _split_lines(text[start:].rstrip("\n\r "), separator, first_line)
     bad = np.flatnonzero(counts != len(names) - 1)
-    if separator.isspace() or bad.size:
-        # Lines of only spaces/tabs look blank but are not (blank lines are skipped); say so.
-        bad = np.union1d(bad, _whitespace_rows(body))
     if bad.size:
+        # Lines of only spaces/tabs look blank but are not (empty lines are skipped): name the first.
+        # (One with the right number of tabs fails later, in parsing; DelimitedTable.error names it then.)
+        bad = np.union1d(bad, _whitespace_rows(body))
         row = int(bad[0])
         line = body.split("\n")[row]
         if not line.strip():
-            raise DataError("a line of only whitespace", path=path, line=int(line_numbers[row]),
-                            found=f"{len(line)} whitespace character(s): "
-                                  f"{_shown(line.replace(_UNIT_SEPARATOR, delimiter))}",
-                            expected=f"a data row of {len(names)} fields, or an empty line (delete the whitespace)")
+            raise _whitespace_error(path, int(line_numbers[row]), line.replace(_UNIT_SEPARATOR, delimiter),
+                                    len(names))
         found_fields = int(counts[row]) + 1
         raise DataError("truncated line" if found_fields < len(names) else "too many fields on a line",
                         path=path, line=int(line_numbers[row]), field=names[min(found_fields, len(names) - 1)],
@@ -349,7 +353,13 @@ def read_table(path, *, delimiter: str = "\t", header: bool | Sequence[str] = Tr
     if not len(line_numbers) and not allow_empty:
         raise DataError("no data rows", path=path, found="only a header" if header is True else "only blank lines",
                         expected="at least one data row")
-    return DelimitedTable(path, names, separator, body, line_numbers)
+    return DelimitedTable(path, names, separator, body, line_numbers, shown_delimiter=delimiter)
+
+
+def _whitespace_error(path, line: int, text: str, n_fields: int) -> DataError:
+    return DataError("a line of only whitespace", path=path, line=line,
+                     found=f"{len(text)} whitespace character(s): {_shown(text)}",
+                     expected=f"a data row of {n_fields} fields, or an empty line (delete the whitespace)")
 
 
 def _line_end(text: str, start: int) -> int:
@@ -394,12 +404,9 @@ def _whitespace_rows(body: str) -> np.ndarray:
         return np.zeros(0, dtype=np.int64)
     # ASCII whitespace and newlines never occur inside multi-byte UTF-8 characters, so bytes will do.
     data = np.frombuffer(body.encode("utf-8", "surrogatepass"), dtype=np.uint8)
-    newlines = np.flatnonzero(data == 10)
-    starts = np.concatenate([[0], newlines + 1])
-    ends = np.concatenate([newlines, [data.size]])
-    visible = np.zeros(data.size + 1, dtype=np.int64)
-    np.cumsum(~_WHITESPACE_BYTES[data], out=visible[1:])
-    return np.flatnonzero(visible[ends] == visible[starts])
+    starts = np.concatenate([[0], np.flatnonzero(data == 10) + 1])  # no line is empty: reduceat sums each
+    visible = np.add.reduceat(~_WHITESPACE_BYTES[data], starts, dtype=np.int64)
+    return np.flatnonzero(visible == 0)
 
 
 def _check_header(path: Path, names: tuple[str, ...], has_header_line: bool) -> None:
