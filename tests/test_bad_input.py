@@ -95,7 +95,9 @@ def test_non_utf8_bytes_name_line_and_column(tmp_path):
     error = error_of(read_mmrec, folder)
     assert error.line == 3
     assert str(error) == (f"{folder / 'toy.inter'}:3: bytes that are not valid utf-8; found b'\\xff' at column 3; "
-                          "expected utf-8 text (pass encoding='latin-1' if the file is Latin-1)")
+                          "expected utf-8 text (if the file is in another encoding, e.g. Latin-1, pass the reader "
+                          "option encoding='latin-1' (data.options.encoding in a config; --option encoding=latin-1 "
+                          "for 'jaxrec data info'))")
 
 
 @pytest.mark.parametrize("raw, found", [(b"", "0 bytes"), (b"\n\n", "2 bytes")])
@@ -248,6 +250,6 @@ def test_line_numbers_stay_right_after_multibyte_characters(tmp_path):
     assert "truncated line; found 1 field(s): 'ü語'" in str(error)
 
 
-def test_a_line_of_spaces_is_a_truncated_row_not_silently_skipped(tmp_path):
+def test_a_line_of_spaces_is_named_not_silently_skipped(tmp_path):
     error = error_of(read_mmrec, mmrec(tmp_path, [GOOD[0], "   ", GOOD[1]]))
-    assert error.line == 3 and "truncated line; found 1 field(s): '   '" in str(error)
+    assert error.line == 3 and "a line of only whitespace; found 3 whitespace character(s): '   '" in str(error)

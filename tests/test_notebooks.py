@@ -11,7 +11,7 @@ NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["paper_math.ipynb", "compose_losses.ipynb"])
+@pytest.mark.parametrize("name", ["paper_math.ipynb", "compose_losses.ipynb", "python_api.ipynb"])
 def test_notebook_runs_clean(name, monkeypatch):
     monkeypatch.setenv("JAXREC_NOTEBOOK_SIZE", "small")
     # One CPU device in the kernel: the test process's fake-device flag is not wanted there.

@@ -38,7 +38,7 @@ def _add_info_parser(data_subparsers) -> None:
                "  jaxrec data info ml-1m/ --format movielens --json\n"
                "  jaxrec data info my_recbole/ --option duplicates=error")
     info.add_argument("path", help="dataset folder (or its .inter file)")
-    info.add_argument("--format", default="auto", choices=("auto", "mmrec", "recbole", "movielens"),
+    info.add_argument("--format", default="auto", choices=("auto", "mmrec", "recbole", "movielens", "tfds"),
                       help="on-disk format (default: detected from the folder)")
     info.add_argument("--option", dest="options", action="append", default=[], metavar="KEY=VALUE",
                       help="reader option, value parsed as YAML (e.g. social=null, duplicates=error); repeatable")
@@ -61,8 +61,12 @@ def _reader_options(pairs: list[str]) -> dict:
 def _info(args) -> int:
     from jaxrec.data import load  # imported here: 'jaxrec --help' should not pay for numpy readers
 
+    from jaxrec.data import unseen_in_train, unseen_messages
+
     dataset = load(args.path, format=args.format, **_reader_options(args.options))
     summary = dataset.summary()
+    summary["unseen_in_train"] = unseen_in_train(dataset)
+    summary["warnings"] = unseen_messages(dataset, summary["unseen_in_train"])
     if args.json:
         print(json.dumps(summary, indent=2, sort_keys=False))
     else:
@@ -110,4 +114,6 @@ def format_summary(summary: dict) -> str:
         f" ({dropped:,} dropped: friends outside the dataset)" if dropped else "")))
     if meta.get("duplicates_dropped"):
         lines.append(f"duplicates      {meta['duplicates_dropped']:,} repeated interactions dropped (kept the first)")
+    for warning in summary.get("warnings", []):
+        lines.append(f"warning: {warning}")
     return "\n".join(lines)

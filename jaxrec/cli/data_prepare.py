@@ -25,6 +25,7 @@ def add_prepare_parser(data_subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--version", default="1.0.0", help="dataset version MAJOR.MINOR.PATCH (default 1.0.0)")
     parser.add_argument("--release-notes", default=None, help="what this version changes")
     parser.add_argument("--overwrite", action="store_true", help="replace this version if it is already prepared")
+    parser.add_argument("--verbose", action="store_true", help="show TFDS's own messages and progress bars")
     parser.set_defaults(func=run_prepare)
     return parser
 
@@ -37,7 +38,7 @@ def run_prepare(args: argparse.Namespace) -> int:
 
     dataset = load(args.path, format=args.format)
     root = prepare_tfds(dataset, args.data_dir, name=args.name, version=args.version,
-                        release_notes=args.release_notes, overwrite=args.overwrite)
+                        release_notes=args.release_notes, overwrite=args.overwrite, verbose=args.verbose)
     sizes = dataset.split_sizes()
     print(f"prepared {dataset.name!r} as TFDS dataset {args.name} {args.version} in {root}")
     print(f"  {dataset.n_users} users, {dataset.n_items} items, {len(dataset.interactions)} interactions "

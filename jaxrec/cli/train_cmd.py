@@ -40,7 +40,7 @@ def add_parser(subparsers) -> None:
     evaluate = subparsers.add_parser(
         "evaluate", help="recompute a run's metrics from its best checkpoint",
         description="Reload WORKDIR's best checkpoint and recompute the metrics of one split.")
-    evaluate.add_argument("workdir", help="a run folder written by 'jaxrec train'")
+    evaluate.add_argument("workdir", help="a run folder written by 'jaxrec train' (a search folder: its winner)")
     evaluate.add_argument("--split", choices=("valid", "test"), default="test", help="which split (default: test)")
     evaluate.add_argument("--json", action="store_true", help="print JSON instead of a table")
     evaluate.set_defaults(func=_evaluate)
@@ -49,7 +49,8 @@ def add_parser(subparsers) -> None:
     runs_sub = runs.add_subparsers(title="runs commands", metavar="COMMAND")
     compare = runs_sub.add_parser("compare", help="markdown table of several runs",
                                   description="Print a markdown table of the runs' metrics.json.")
-    compare.add_argument("workdirs", nargs="+", metavar="DIR", help="run folders")
+    compare.add_argument("workdirs", nargs="+", metavar="DIR",
+                         help="run folders (a search folder: its winner; unfinished runs are skipped with a note)")
     compare.set_defaults(func=_compare)
     runs.set_defaults(func=lambda args: (runs.print_help(), 2)[1])
 
@@ -149,7 +150,8 @@ def _evaluate(args) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print(f"{args.split} metrics of {args.workdir} at its best epoch {result['epoch']} "
+        winner = f" (the search's winner, {result['search_winner']})" if "search_winner" in result else ""
+        print(f"{args.split} metrics of {args.workdir}{winner} at its best epoch {result['epoch']} "
               f"({result['num_users']} users):\n")
         print(metrics_table({args.split: result["metrics"]}))
     return 0

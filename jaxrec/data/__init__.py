@@ -41,3 +41,8 @@ from jaxrec.data._tfds import load_prepared as load_prepared
 from jaxrec.data._tfds import prepare_tfds as prepare_tfds
 from jaxrec.data._tfds import prepared_versions as prepared_versions
 from jaxrec.data._tfds import tfds_builder_class as tfds_builder_class
+
+# Users and items of valid/test never seen in train (warned about by `jaxrec data info` and training).
+from jaxrec.data._split_coverage import unseen_in_train as unseen_in_train
+from jaxrec.data._split_coverage import unseen_messages as unseen_messages
+from jaxrec.data._split_coverage import warn_unseen_in_train as warn_unseen_in_train

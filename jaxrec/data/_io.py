@@ -9,6 +9,7 @@ raises names the file, the 1-based line, the column, what was found and what was
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import os
 import warnings
@@ -29,11 +30,53 @@ class DataWarning(UserWarning):
     """Input that jaxrec repaired on load (for example duplicate interactions it dropped)."""
 
 
+def _stat_problem(path: Path) -> tuple[str, str] | None:
+    """(message, found) when ``path`` cannot be reached; None when it can be stat()-ed.
+
+    ``Path.exists()`` answers False for a symbolic-link loop, a dangling link and a folder
+    without search permission alike; the user needs to know which one it is.
+    """
+    try:
+        path.stat()
+    except FileNotFoundError:
+        if path.is_symlink():
+            return "symbolic link to a missing target", f"a link to {os.readlink(path)!r}, which does not exist"
+        return "not found", "no such file or folder"
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return "symbolic link loop", "links that lead back to themselves (os error ELOOP)"
+        return "cannot be reached", f"{error.strerror or type(error).__name__} (os error {error.errno})"
+    return None
+
+
+def unreadable(path, error: OSError, *, what: str = "file") -> DataError:
+    """The DataError for an ``OSError`` raised while opening or reading ``path``."""
+    if isinstance(error, PermissionError):
+        return DataError(f"cannot read the {what}: permission denied", path=path,
+                         found=f"no read permission for this user (mode {_mode(path)})",
+                         expected=f"a {what} this user may read (check its permissions and its folders')")
+    if error.errno == errno.ELOOP:
+        return DataError(f"{what} is a symbolic link loop", path=path, found="links that lead back to themselves",
+                         expected=f"a link to an existing {what}")
+    return DataError(f"cannot read the {what}", path=path,
+                     found=f"{error.strerror or error} (os error {error.errno})", expected=f"a readable {what}")
+
+
+def _mode(path) -> str:
+    try:
+        return oct(os.stat(path).st_mode & 0o777)
+    except OSError:
+        return "unknown"
+
+
 def require_file(path, *, what: str = "file") -> Path:
-    """``path`` as a Path, or a DataError saying it is missing or not a regular file."""
+    """``path`` as a Path, or a DataError saying it is missing, unreachable or not a regular file."""
     path = Path(path)
-    if not path.exists():
-        raise DataError(f"{what} not found", path=path, found="no such file", expected=f"an existing {what}")
+    problem = _stat_problem(path)
+    if problem is not None:
+        message, found = problem
+        raise DataError(f"{what} not found" if message == "not found" else f"{what}: {message}", path=path,
+                        found=found, expected=f"an existing {what}")
     if not path.is_file():
         raise DataError(f"{what} is not a regular file", path=path, found="a directory" if path.is_dir() else "not a file",
                         expected=f"a {what}")
@@ -42,17 +85,56 @@ def require_file(path, *, what: str = "file") -> Path:
 
 def require_folder(path) -> Path:
     path = Path(path)
-    if not path.exists():
-        raise DataError("dataset folder not found", path=path, found="no such folder", expected="an existing folder")
+    problem = _stat_problem(path)
+    if problem is not None:
+        message, found = problem
+        if message == "not found":
+            raise DataError("dataset folder not found", path=path, found="no such folder",
+                            expected="an existing folder")
+        raise DataError(f"dataset folder: {message}", path=path, found=found, expected="an existing folder")
     if not path.is_dir():
         raise DataError("expected a dataset folder", path=path, found="a file", expected="a folder")
     return path
 
 
+def prepared_tfds_roots(path) -> list[Path]:
+    """The ``DATA_DIR/NAME`` folders of datasets prepared by ``jaxrec data prepare`` at ``path``:
+    ``path`` itself, the dataset above a table or version folder inside it, or the datasets of
+    a TFDS data directory. Empty when there is none (used to point a user at ``format: tfds``)."""
+    path = Path(path)
+    for candidate in (path, path.parent, path.parent.parent):
+        if any(candidate.glob("interactions/*/dataset_info.json")):
+            return [candidate]
+    try:
+        return sorted(child for child in path.iterdir() if any(child.glob("interactions/*/dataset_info.json")))
+    except OSError:
+        return []
+
+
+def tfds_format_error(path, roots: Sequence[Path], reader: str) -> DataError:
+    """The error for a prepared TFDS dataset read as another format (or through the wrong folder)."""
+    shown = " or ".join(repr(os.fspath(root)) for root in roots[:3])
+    return DataError(f"this is a dataset prepared by 'jaxrec data prepare' (TFDS array_record), not {reader} files",
+                     path=path, found="TFDS tables (interactions/<version>/dataset_info.json)",
+                     expected=f"format 'tfds' with the path {shown} (in a config: data.format: tfds and data.path; "
+                              "for 'jaxrec data info': --format tfds)")
+
+
+NAME_HINT = "the reader option name (data.options.name in a config; --option name=NAME for 'jaxrec data info')"
+FORMAT_HINT = "data.format in a config; --format for 'jaxrec data info'"
+
+
+ENCODING_HINT = ("if the file is in another encoding, e.g. Latin-1, pass the reader option encoding='latin-1' "
+                 "(data.options.encoding in a config; --option encoding=latin-1 for 'jaxrec data info')")
+
+
 def read_text(path, *, encoding: str = "utf-8") -> str:
     """The file's text with ``\\r\\n`` turned into ``\\n``; empty or undecodable files raise DataError."""
     path = require_file(path)
-    raw = path.read_bytes()
+    try:
+        raw = path.read_bytes()
+    except OSError as error:
+        raise unreadable(path, error) from None
     if not raw.strip():
         raise DataError("empty file", path=path, found=f"{len(raw)} bytes" if raw else "0 bytes",
                         expected="a header and data rows" if path.suffix else "data rows")
@@ -61,7 +143,7 @@ def read_text(path, *, encoding: str = "utf-8") -> str:
     except UnicodeDecodeError as error:
         line_start = raw.rfind(b"\n", 0, error.start) + 1
         line = raw.count(b"\n", 0, error.start) + 1
-        hint = " (pass encoding='latin-1' if the file is Latin-1)" if encoding.lower().replace("-", "") == "utf8" else ""
+        hint = f" ({ENCODING_HINT})" if encoding.lower().replace("-", "").replace("_", "") == "utf8" else ""
         raise DataError(f"bytes that are not valid {encoding}", path=path, line=line,
                         found=f"{raw[error.start:error.end]!r} at column {error.start - line_start + 1}",
                         expected=f"{encoding} text{hint}") from None
@@ -82,10 +164,11 @@ class DelimitedTable:
     """
 
     def __init__(self, path: Path, header: tuple[str, ...], delimiter: str, body: str,
-                 line_numbers: np.ndarray, rows: list[list[str]] | None = None):
+                 line_numbers: np.ndarray, rows: list[list[str]] | None = None, shown_delimiter: str | None = None):
         self.path = path
         self.header = header
         self.delimiter = delimiter
+        self._shown_delimiter = shown_delimiter or delimiter  # "::" where ``delimiter`` stands in for it
         self._body = body  # the data rows joined by "\n", blank lines removed ("" for quoted files)
         self.line_numbers = line_numbers
         self._rows = rows
@@ -132,6 +215,11 @@ class DelimitedTable:
         return values
 
     def error(self, row: int, field: str, message: str, *, found, expected) -> DataError:
+        """The DataError for a bad value at ``row``; a row of only whitespace is named as such."""
+        fields = self.rows()[row]
+        if not any(value.strip() for value in fields):
+            return _whitespace_error(self.path, self.line_of(row), self.delimiter.join(fields).replace(
+                _UNIT_SEPARATOR, self._shown_delimiter), self.n_columns)
         return DataError(message, path=self.path, line=self.line_of(row), field=field, found=found, expected=expected)
 
     def numbers(self, kinds: Mapping[str, str]) -> dict[str, np.ndarray]:
@@ -218,11 +306,11 @@ def read_table(path, *, delimiter: str = "\t", header: bool | Sequence[str] = Tr
       allow_empty: accept a file with a header and no data rows.
 
     Returns:
-      A :class:`DelimitedTable`. Blank lines are skipped; line numbers stay those of the file.
+      A :class:`DelimitedTable`. Empty lines are skipped; line numbers stay those of the file.
 
     Raises:
-      DataError: missing or empty file, undecodable bytes, duplicate column names, or a row with
-        too few or too many fields (naming its line).
+      DataError: missing, unreadable or empty file, undecodable bytes, duplicate column names,
+        a line of only whitespace, or a row with too few or too many fields (naming its line).
     """
     path = Path(path)
     text = read_text(path, encoding=encoding)
@@ -249,9 +337,15 @@ def read_table(path, *, delimiter: str = "\t", header: bool | Sequence[str] = Tr
     body, line_numbers, counts = _split_lines(text[start:].rstrip("\n\r "), separator, first_line)
     bad = np.flatnonzero(counts != len(names) - 1)
     if bad.size:
+        # Lines of only spaces/tabs look blank but are not (empty lines are skipped): name the first.
+        # (One with the right number of tabs fails later, in parsing; DelimitedTable.error names it then.)
+        bad = np.union1d(bad, _whitespace_rows(body))
         row = int(bad[0])
-        found_fields = int(counts[row]) + 1
         line = body.split("\n")[row]
+        if not line.strip():
+            raise _whitespace_error(path, int(line_numbers[row]), line.replace(_UNIT_SEPARATOR, delimiter),
+                                    len(names))
+        found_fields = int(counts[row]) + 1
         raise DataError("truncated line" if found_fields < len(names) else "too many fields on a line",
                         path=path, line=int(line_numbers[row]), field=names[min(found_fields, len(names) - 1)],
                         found=f"{found_fields} field(s): {_shown(line.replace(_UNIT_SEPARATOR, delimiter))}",
@@ -259,7 +353,13 @@ def read_table(path, *, delimiter: str = "\t", header: bool | Sequence[str] = Tr
     if not len(line_numbers) and not allow_empty:
         raise DataError("no data rows", path=path, found="only a header" if header is True else "only blank lines",
                         expected="at least one data row")
-    return DelimitedTable(path, names, separator, body, line_numbers)
+    return DelimitedTable(path, names, separator, body, line_numbers, shown_delimiter=delimiter)
+
+
+def _whitespace_error(path, line: int, text: str, n_fields: int) -> DataError:
+    return DataError("a line of only whitespace", path=path, line=line,
+                     found=f"{len(text)} whitespace character(s): {_shown(text)}",
+                     expected=f"a data row of {n_fields} fields, or an empty line (delete the whitespace)")
 
 
 def _line_end(text: str, start: int) -> int:
@@ -292,6 +392,21 @@ def _split_lines(body: str, separator: str, first_line: int) -> tuple[str, np.nd
         body = "\n".join(line for line in lines if line)
         line_numbers, counts = line_numbers[~empty], counts[~empty]
     return body, line_numbers, counts
+
+
+_WHITESPACE_BYTES = np.zeros(256, dtype=bool)
+_WHITESPACE_BYTES[list(b" \t\v\f\r\n")] = True
+
+
+def _whitespace_rows(body: str) -> np.ndarray:
+    """Indices of the rows of ``body`` (empty lines already removed) that hold only whitespace."""
+    if not body:
+        return np.zeros(0, dtype=np.int64)
+    # ASCII whitespace and newlines never occur inside multi-byte UTF-8 characters, so bytes will do.
+    data = np.frombuffer(body.encode("utf-8", "surrogatepass"), dtype=np.uint8)
+    starts = np.concatenate([[0], np.flatnonzero(data == 10) + 1])  # no line is empty: reduceat sums each
+    visible = np.add.reduceat(~_WHITESPACE_BYTES[data], starts, dtype=np.int64)
+    return np.flatnonzero(visible == 0)
 
 
 def _check_header(path: Path, names: tuple[str, ...], has_header_line: bool) -> None:
@@ -378,7 +493,9 @@ def deduplicate(users: np.ndarray, items: np.ndarray, table: DelimitedTable, *, 
     if duplicates == "error":
         raise DataError("duplicate interaction", path=table.path, line=table.line_of(row),
                         field=f"{user_field}, {item_field}", found=described,
-                        expected="each (user, item) pair once (or pass duplicates='warn' to keep the first)")
+                        expected="each (user, item) pair once (or keep the first with the reader option "
+                                 "duplicates='warn': data.options.duplicates in a config, --option duplicates=warn "
+                                 "for 'jaxrec data info')")
     warnings.warn(f"{os.fspath(table.path)}: dropped {repeats.size} duplicate interaction(s), keeping the first "
                   f"of each; first: {described}", DataWarning, stacklevel=3)
     return np.flatnonzero(keep)

@@ -6,7 +6,7 @@ import inspect
 from pathlib import Path
 
 from jaxrec.data._dataset import MultimodalDataset
-from jaxrec.data._io import read_text
+from jaxrec.data._io import FORMAT_HINT, prepared_tfds_roots, read_text, require_folder, tfds_format_error
 from jaxrec.data._readers_mmrec import read_mmrec
 from jaxrec.data._readers_movielens import detect_movielens, read_movielens
 from jaxrec.data._readers_recbole import FIELD_TYPES, read_recbole
@@ -43,8 +43,7 @@ def detect_format(path) -> str:
     """
     path = Path(path)
     if not path.exists():
-        raise DataError("dataset path not found", path=path, found="no such file or folder",
-                        expected="a dataset folder or its .inter file")
+        require_folder(path)  # says which: missing, a symbolic-link loop, a dangling link, unreachable
     folder = path.parent if path.is_file() else path
     if path.is_dir() and detect_movielens(folder):
         return "movielens"
@@ -53,10 +52,13 @@ def detect_format(path) -> str:
     inter_files = [path] if path.is_file() else sorted(p for p in folder.glob("*.inter")
                                                       if not p.stem.endswith("_og_ids"))
     if not inter_files:
+        if roots := prepared_tfds_roots(folder):
+            raise tfds_format_error(path, roots, "raw dataset")
         raise DataError("cannot tell the dataset format", path=path, found="no .inter file and no MovieLens ratings",
-                        expected=f"one of the formats {list(FORMATS)} (or pass format=)")
+                        expected=f"one of the formats {list(FORMATS)} (set it with {FORMAT_HINT})")
     preferred = [p for p in inter_files if p.stem == folder.name] or inter_files
-    first_line = read_text(preferred[0]).split("\n", 1)[0]
+    # Latin-1 decodes any bytes: the typed header of a RecBole file is ASCII in every encoding.
+    first_line = read_text(preferred[0], encoding="latin-1").split("\n", 1)[0]
     fields = [field.strip() for field in first_line.split("\t")]
     if all(field.partition(":")[2] in FIELD_TYPES for field in fields):
         return "recbole"

@@ -25,7 +25,7 @@ import numpy as np
 
 from jaxrec.data._dataset import SPLIT_NAMES, Interactions, Modality, MultimodalDataset, check_id_density
 from jaxrec.data._io import FLOAT, ID, INT, TIME, DataWarning, deduplicate, read_table, require_file, \
-    require_folder
+    require_folder, unreadable, NAME_HINT, prepared_tfds_roots, tfds_format_error
 from jaxrec.errors import DataError
 
 DEFAULT_SOCIAL_FILE = "user_friends.dat"
@@ -46,6 +46,7 @@ def read_mmrec(
     rating_field: str = "rating",
     timestamp_field: str = "timestamp",
     split_field: str = "x_label",
+    encoding: str = "utf-8",
 ) -> MultimodalDataset:
     """Reads an MMRec dataset folder into a :class:`MultimodalDataset`.
 
@@ -63,6 +64,7 @@ def read_mmrec(
       zero_rows_missing: an all-zero feature row marks that item's modality as missing
         (MMRec fills missing features with zeros).
       user_field, item_field, rating_field, timestamp_field, split_field: column names.
+      encoding: text encoding of the ``.inter``, og-ids and social files (e.g. ``"latin-1"``).
 
     Returns:
       The dataset; features are float32 (float64 files are converted, the original dtype is
@@ -74,7 +76,7 @@ def read_mmrec(
     """
     folder, inter_path = _resolve_inter(path, name)
     name = inter_path.stem
-    table = read_table(inter_path)
+    table = read_table(inter_path, encoding=encoding)
     kinds = {user_field: ID, item_field: ID}
     optional = {rating_field: FLOAT, timestamp_field: TIME, split_field: INT}
     kinds.update({field: kind for field, kind in optional.items() if table.has(field)})
@@ -88,7 +90,8 @@ def read_mmrec(
     check_id_density(users, n_users, user_field, inter_path, table.line_of)
     if not features:
         check_id_density(items, n_items, item_field, inter_path, table.line_of)
-    user_ids, item_ids = _original_ids(folder, name, table, users, items, n_users, n_items, user_field, item_field)
+    user_ids, item_ids = _original_ids(folder, name, table, users, items, n_users, n_items, user_field, item_field,
+                                       encoding)
 
     keep = deduplicate(users, items, table, duplicates=duplicates, user_field=user_field, item_field=item_field)
     rows = slice(None) if keep is None else keep
@@ -99,7 +102,7 @@ def read_mmrec(
     if split_field in columns:
         _require_every_split(table, interactions.split, split_field)
 
-    social_edges, social_meta = _read_social(folder, social, user_ids, n_users)
+    social_edges, social_meta = _read_social(folder, social, user_ids, n_users, encoding)
     metadata = {
         "source": os.fspath(folder), "format": "mmrec", "inter_file": inter_path.name,
         "split_method": "x_label column" if split_field in columns else "none",
@@ -128,9 +131,11 @@ def _resolve_inter(path, name: str | None) -> tuple[Path, Path]:
         return folder, folder / f"{folder.name}.inter"
     candidates = sorted(p for p in folder.glob("*.inter") if not p.stem.endswith(_OG_SUFFIX))
     if len(candidates) != 1:
+        if not candidates and (roots := prepared_tfds_roots(folder)):
+            raise tfds_format_error(folder, roots, "MMRec")
         raise DataError("cannot tell which interaction file to read", path=folder, field="name",
                         found=[p.name for p in candidates] or "no .inter file",
-                        expected="exactly one <name>.inter (or pass name=)")
+                        expected=f"exactly one <name>.inter (or choose one with {NAME_HINT})")
     return folder, candidates[0]
 
 
@@ -168,7 +173,12 @@ def load_feature_matrix(path) -> np.ndarray:
     """A 2-D float feature matrix from ``.npy``, or a DataError naming the file and the problem."""
     path = require_file(path, what="feature file")
     try:
-        array = np.load(path, allow_pickle=False, mmap_mode=None)
+        handle = open(path, "rb")  # opened apart from parsing: an unreadable file is not a corrupt one
+    except OSError as error:
+        raise unreadable(path, error, what="feature file") from None
+    try:
+        with handle:
+            array = np.load(handle, allow_pickle=False)
     except ValueError as error:
         raise DataError("cannot read the .npy feature file", path=path, found=str(error),
                         expected="a numeric array saved with numpy.save (no Python objects)") from None
@@ -219,11 +229,11 @@ def _as_modality(name: str, array: np.ndarray, source: Path, dtype: str, zero_ro
 
 
 def _original_ids(folder: Path, name: str, table, users, items, n_users: int, n_items: int,
-                  user_field: str, item_field: str):
+                  user_field: str, item_field: str, encoding: str = "utf-8"):
     og_path = folder / f"{name}{_OG_SUFFIX}.inter"
     if not og_path.is_file():
         return None, None
-    og = read_table(og_path)
+    og = read_table(og_path, encoding=encoding)
     if len(og) != len(table):
         raise DataError("original-ids file is not row-aligned with the interaction file", path=og_path,
                         found=f"{len(og)} rows", expected=f"{len(table)} rows, as in {table.path.name}")
@@ -264,7 +274,7 @@ def _id_map(og, dense: np.ndarray, original: np.ndarray, count: int, field: str)
     return mapping
 
 
-def _read_social(folder: Path, social, user_ids: np.ndarray | None, n_users: int):
+def _read_social(folder: Path, social, user_ids: np.ndarray | None, n_users: int, encoding: str = "utf-8"):
     if social is None or social is False:
         return None, {}
     if isinstance(social, str) and social == "auto":
@@ -275,7 +285,7 @@ def _read_social(folder: Path, social, user_ids: np.ndarray | None, n_users: int
         path = Path(social)
         if not path.is_absolute() and not path.exists():
             path = folder / path
-    table = read_table(path, allow_empty=True)
+    table = read_table(path, allow_empty=True, encoding=encoding)
     if table.n_columns < 2:
         raise DataError("a social file needs two columns", path=path, line=1, found=list(table.header),
                         expected="a header like 'userID friendID'")

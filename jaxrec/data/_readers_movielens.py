@@ -42,6 +42,7 @@ _RATINGS = {
     "ml-latest": ("ratings.csv", {"delimiter": ","}, ("userId", "movieId", "rating", "timestamp")),
 }
 VARIANTS = tuple(_RATINGS)
+_GROUPLENS_ENCODING = {"ml-100k": "latin-1", "ml-1m": "latin-1", "ml-latest": "utf-8"}
 
 
 def detect_movielens(folder) -> str | None:
@@ -54,7 +55,7 @@ def detect_movielens(folder) -> str | None:
 
 
 def read_movielens(path, *, variant: str = "auto", duplicates: str = "warn", genres: bool = True,
-                   name: str | None = None) -> MultimodalDataset:
+                   name: str | None = None, encoding: str | None = None) -> MultimodalDataset:
     """Reads a MovieLens folder (as unzipped from GroupLens) into a :class:`MultimodalDataset`.
 
     Args:
@@ -64,6 +65,8 @@ def read_movielens(path, *, variant: str = "auto", duplicates: str = "warn", gen
       genres: add the ``"genre"`` modality (multi-hot, float32) from the movies file when present;
         items missing from it, or with no genre listed, get mask False.
       name: dataset name (default: the folder name).
+      encoding: text encoding of the files; default: GroupLens' (Latin-1 for ML-100K/1M, UTF-8
+        for ml-latest).
 
     Returns:
       The dataset: float32 ratings, int64 timestamps, every interaction in the train split.
@@ -80,7 +83,8 @@ def read_movielens(path, *, variant: str = "auto", duplicates: str = "warn", gen
     if variant not in _RATINGS:
         raise DataError("unknown MovieLens variant", field="variant", found=variant, expected=f"one of {VARIANTS}")
     ratings_file, options, (user_col, item_col, rating_col, time_col) = _RATINGS[variant]
-    table = read_table(require_file(folder / ratings_file, what="ratings file"), **options)
+    table = read_table(require_file(folder / ratings_file, what="ratings file"), **options,
+                       encoding=encoding or _GROUPLENS_ENCODING[variant])
     columns = table.numbers({user_col: ID, item_col: ID, rating_col: FLOAT, time_col: TIME})
     users, user_ids = dense_ids(columns[user_col])
     items, item_ids = dense_ids(columns[item_col])
@@ -94,7 +98,7 @@ def read_movielens(path, *, variant: str = "auto", duplicates: str = "warn", gen
     modalities = {}
     reader = {"ml-100k": _genres_100k, "ml-1m": _genres_1m, "ml-latest": _genres_latest}[variant]
     if genres:
-        found = reader(folder, item_ids)
+        found = reader(folder, item_ids, encoding or _GROUPLENS_ENCODING[variant])
         if found is not None:
             modality, titles = found
             modalities["genre"] = modality
@@ -104,13 +108,13 @@ def read_movielens(path, *, variant: str = "auto", duplicates: str = "warn", gen
                              item_ids=item_ids, metadata=metadata)
 
 
-def _genres_100k(folder: Path, item_ids: np.ndarray):
+def _genres_100k(folder: Path, item_ids: np.ndarray, encoding: str):
     path = folder / "u.item"
     if not path.is_file():
         return None
-    names = _genre_names_100k(folder)
+    names = _genre_names_100k(folder, encoding)
     header = ("movie id", "movie title", "release date", "video release date", "IMDb URL", *names)
-    table = read_table(path, delimiter="|", header=header, encoding="latin-1")
+    table = read_table(path, delimiter="|", header=header, encoding=encoding)
     flags_columns = table.numbers({"movie id": ID, **{genre: INT for genre in names}})
     for genre in names:
         bad = np.flatnonzero((flags_columns[genre] != 0) & (flags_columns[genre] != 1))
@@ -122,11 +126,11 @@ def _genres_100k(folder: Path, item_ids: np.ndarray):
     return _genre_modality(table, flags_columns["movie id"], flags, titles, item_ids, list(names))
 
 
-def _genre_names_100k(folder: Path) -> tuple[str, ...]:
+def _genre_names_100k(folder: Path, encoding: str) -> tuple[str, ...]:
     path = folder / "u.genre"
     if not path.is_file():
         return ML100K_GENRES
-    table = read_table(path, delimiter="|", header=("genre", "index"), encoding="latin-1")
+    table = read_table(path, delimiter="|", header=("genre", "index"), encoding=encoding)
     index = table.numbers({"index": ID})["index"]
     names = table.strings("genre")
     if sorted(index.tolist()) != list(range(len(names))):
@@ -135,19 +139,19 @@ def _genre_names_100k(folder: Path) -> tuple[str, ...]:
     return tuple(names[k] for k in np.argsort(index))
 
 
-def _genres_1m(folder: Path, item_ids: np.ndarray):
+def _genres_1m(folder: Path, item_ids: np.ndarray, encoding: str):
     path = folder / "movies.dat"
     if not path.is_file():
         return None
-    table = read_table(path, delimiter="::", header=("MovieID", "Title", "Genres"), encoding="latin-1")
+    table = read_table(path, delimiter="::", header=("MovieID", "Title", "Genres"), encoding=encoding)
     return _genres_from_text(table, "MovieID", "Title", "Genres", item_ids)
 
 
-def _genres_latest(folder: Path, item_ids: np.ndarray):
+def _genres_latest(folder: Path, item_ids: np.ndarray, encoding: str):
     path = folder / "movies.csv"
     if not path.is_file():
         return None
-    table = read_table(path, delimiter=",", quoted=True)
+    table = read_table(path, delimiter=",", quoted=True, encoding=encoding)
     return _genres_from_text(table, "movieId", "title", "genres", item_ids)
 
 

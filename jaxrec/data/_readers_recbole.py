@@ -24,7 +24,7 @@ import numpy as np
 
 from jaxrec.data._dataset import Interactions, Modality, MultimodalDataset
 from jaxrec.data._io import FLOAT, TIME, DelimitedTable, deduplicate, dense_ids, frozen, read_table, \
-    require_file, require_folder
+    require_file, require_folder, NAME_HINT, prepared_tfds_roots, tfds_format_error
 from jaxrec.errors import DataError
 
 FIELD_TYPES = ("token", "token_seq", "float", "float_seq")
@@ -44,6 +44,7 @@ def read_recbole(
     head_field: str = "head_id",
     relation_field: str = "relation_id",
     tail_field: str = "tail_id",
+    encoding: str = "utf-8",
 ) -> MultimodalDataset:
     """Reads a folder of RecBole atomic files into a :class:`MultimodalDataset`.
 
@@ -57,6 +58,7 @@ def read_recbole(
       user_field, item_field, rating_field, timestamp_field: ``.inter`` column names.
       entity_field: the entity column of ``.link``.
       head_field, relation_field, tail_field: ``.kg`` column names.
+      encoding: text encoding of every atomic file (e.g. ``"latin-1"``).
 
     Returns:
       The dataset, all interactions in the train split. Items are those of ``.inter``; a
@@ -68,7 +70,7 @@ def read_recbole(
       DataError: naming the file, line and field of any malformed input.
     """
     folder, name = _resolve(path, name)
-    inter = _read_typed(folder / f"{name}.inter")
+    inter = _read_typed(folder / f"{name}.inter", encoding)
     user_tokens = _tokens(inter, user_field)
     item_tokens = _tokens(inter, item_field)
     numeric = {field: kind for field, kind in ((rating_field, FLOAT), (timestamp_field, TIME))
@@ -90,14 +92,14 @@ def read_recbole(
     modalities = {}
     item_path = folder / f"{name}.item"
     if item_features is not None and item_path.is_file():
-        modalities = _item_modalities(_read_typed(item_path), item_field, item_features, item_position)
+        modalities = _item_modalities(_read_typed(item_path, encoding), item_field, item_features, item_position)
     elif item_features not in (None, "auto"):
         require_file(item_path, what="item file")
 
     kg = {}
     if (folder / f"{name}.kg").is_file():
         kg = _knowledge_graph(folder, name, item_position, item_field, entity_field,
-                              head_field, relation_field, tail_field)
+                              head_field, relation_field, tail_field, encoding)
         metadata.update(kg.pop("metadata"))
     return MultimodalDataset(name=name, n_users=len(user_ids), n_items=len(item_ids), interactions=interactions,
                              modalities=modalities, user_ids=user_ids, item_ids=item_ids, metadata=metadata, **kg)
@@ -119,8 +121,8 @@ class _TypedTable:
             self.columns[field] = declared
 
 
-def _read_typed(path: Path) -> _TypedTable:
-    return _TypedTable(read_table(path))
+def _read_typed(path: Path, encoding: str = "utf-8") -> _TypedTable:
+    return _TypedTable(read_table(path, encoding=encoding))
 
 
 def _typed_name(typed: _TypedTable, field: str) -> str:
@@ -153,9 +155,11 @@ def _resolve(path, name: str | None) -> tuple[Path, str]:
         return folder, folder.name
     candidates = sorted(folder.glob("*.inter"))
     if len(candidates) != 1:
+        if not candidates and (roots := prepared_tfds_roots(folder)):
+            raise tfds_format_error(folder, roots, "RecBole")
         raise DataError("cannot tell which interaction file to read", path=folder, field="name",
                         found=[p.name for p in candidates] or "no .inter file",
-                        expected="exactly one <name>.inter (or pass name=)")
+                        expected=f"exactly one <name>.inter (or choose one with {NAME_HINT})")
     return folder, candidates[0].stem
 
 
@@ -226,10 +230,10 @@ def _is_float(text: str) -> bool:
 
 
 def _knowledge_graph(folder: Path, name: str, item_position: dict, item_field: str, entity_field: str,
-                     head_field: str, relation_field: str, tail_field: str) -> dict:
-    kg = _read_typed(folder / f"{name}.kg")
+                     head_field: str, relation_field: str, tail_field: str, encoding: str = "utf-8") -> dict:
+    kg = _read_typed(folder / f"{name}.kg", encoding)
     link_path = require_file(folder / f"{name}.link", what="item-entity link file (needed with a .kg file)")
-    link = _read_typed(link_path)
+    link = _read_typed(link_path, encoding)
     heads, tails = _tokens(kg, head_field), _tokens(kg, tail_field)
     entities, entity_ids = dense_ids([token for pair in zip(heads, tails) for token in pair], order="first_seen")
     relations, relation_ids = dense_ids(_tokens(kg, relation_field), order="first_seen")

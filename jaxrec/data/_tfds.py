@@ -22,7 +22,7 @@ from pathlib import Path
 
 
 def prepare_tfds(dataset, data_dir, *, name: str | None = None, version: str = "1.0.0",
-                 release_notes: str | None = None, overwrite: bool = False) -> Path:
+                 release_notes: str | None = None, overwrite: bool = False, verbose: bool = False) -> Path:
     """Writes ``dataset`` as versioned TFDS array_record tables under ``data_dir/name``.
 
     One example per row: interactions (splits ``train`` / ``valid`` / ``test``, each example
@@ -39,6 +39,8 @@ def prepare_tfds(dataset, data_dir, *, name: str | None = None, version: str = "
       release_notes: notes for this version (``dataset_info.json``); by default, the jaxrec
         version that prepared it.
       overwrite: replace an already prepared dataset of the same name and version.
+      verbose: let TFDS print its "Downloading and preparing dataset" messages and progress
+        bars (silenced by default: jaxrec downloads nothing and the tables are small).
 
     Returns:
       ``data_dir/name``, holding one folder per table, each with a ``<version>`` folder.
@@ -60,7 +62,7 @@ def prepare_tfds(dataset, data_dir, *, name: str | None = None, version: str = "
     from jaxrec.data import _tfds_builder
 
     return _tfds_builder.prepare_tfds(dataset, data_dir, name=name, version=version,
-                                      release_notes=release_notes, overwrite=overwrite)
+                                      release_notes=release_notes, overwrite=overwrite, verbose=verbose)
 
 
 def load_prepared(data_dir, name: str, version: str | None = None):

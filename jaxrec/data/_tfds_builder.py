@@ -5,6 +5,8 @@ See :mod:`jaxrec.data._tfds` for the public API and ``_tfds_schema`` for the tab
 
 from __future__ import annotations
 
+import contextlib
+import io
 import re
 import shutil
 import tempfile
@@ -93,7 +95,7 @@ def tfds_builder_class(name: str, *, version: str = "1.0.0", release_notes: str 
     """See :func:`jaxrec.data.tfds_builder_class`."""
     check_name(name)
     parsed = check_version(version)
-    from jaxrec import __version__  # the top-level package imports nothing back
+    from jaxrec._version import __version__
 
     notes = release_notes if release_notes is not None else f"Prepared with jaxrec {__version__}."
     body = {"name": name, "VERSION": parsed, "RELEASE_NOTES": {str(parsed): notes}, "__module__": __name__}
@@ -102,8 +104,27 @@ def tfds_builder_class(name: str, *, version: str = "1.0.0", release_notes: str 
                            lambda namespace: namespace.update(body))
 
 
+@contextlib.contextmanager
+def _tfds_output(verbose: bool):
+    """TFDS's own output -- "Downloading and preparing dataset ..." and "... downloaded and
+    prepared to ..." printed on stdout, and its tqdm progress bars on stderr -- only when
+    ``verbose``; TFDS's progress-bar switch is restored afterwards."""
+    if verbose:
+        yield
+        return
+    from tensorflow_datasets.core.utils import tqdm_utils
+
+    was_active = tqdm_utils._active  # TFDS keeps the switch as a module global, with no getter
+    tqdm_utils.display_progress_bar(False)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        tqdm_utils.display_progress_bar(was_active)
+
+
 def prepare_tfds(dataset: MultimodalDataset, data_dir, *, name: str | None = None, version: str = "1.0.0",
-                 release_notes: str | None = None, overwrite: bool = False) -> Path:
+                 release_notes: str | None = None, overwrite: bool = False, verbose: bool = False) -> Path:
     """See :func:`jaxrec.data.prepare_tfds`."""
     name = check_name(dataset.name if name is None else name)
     builder_class = tfds_builder_class(name, version=version, release_notes=release_notes)
@@ -120,7 +141,7 @@ def prepare_tfds(dataset: MultimodalDataset, data_dir, *, name: str | None = Non
             raise DataError("this dataset version is already prepared", path=committed, found=f"{name} {version}",
                             expected="a new version (--version) or overwrite=True (--overwrite)")
         shutil.rmtree(committed)  # un-commit first, so a crash below never leaves a mixed dataset
-    with tempfile.TemporaryDirectory(prefix="jaxrec_tfds_") as scratch:
+    with tempfile.TemporaryDirectory(prefix="jaxrec_tfds_") as scratch, _tfds_output(verbose):
         for table in TABLES:  # the commit table is last
             shutil.rmtree(root / table / version, ignore_errors=True)  # leftovers of an interrupted run
             if rows[table]:

@@ -17,6 +17,7 @@ from jaxrec.eval._evaluate import DEFAULT_KS as DEFAULT_KS
 from jaxrec.eval._evaluate import DEFAULT_METRICS as DEFAULT_METRICS
 from jaxrec.eval._evaluate import KNOWN_METRICS as KNOWN_METRICS
 from jaxrec.eval._evaluate import EvalSplit as EvalSplit
+from jaxrec.eval._evaluate import check_batch_size as check_batch_size
 from jaxrec.eval._evaluate import evaluate_prepared as evaluate_prepared
 from jaxrec.eval._evaluate import evaluate_prepared_many as evaluate_prepared_many
 from jaxrec.eval._evaluate import evaluate_split as evaluate_split

@@ -57,6 +57,15 @@ from jaxrec.train._setup import resolve_loss_weights as resolve_loss_weights
 from jaxrec.train._loop import TrainHooks as TrainHooks
 from jaxrec.train._loop import train_and_evaluate as train_and_evaluate
 from jaxrec.train._evaluate_run import evaluate_run as evaluate_run
+from jaxrec.train._evaluate_run import restore_best as restore_best
+
+# A run folder's files.
+from jaxrec.train._outputs import CONFIG_FILE as CONFIG_FILE
+from jaxrec.train._outputs import HISTORY_FILE as HISTORY_FILE
+from jaxrec.train._outputs import METRICS_FILE as METRICS_FILE
+from jaxrec.train._outputs import SEARCH_FILE as SEARCH_FILE
+from jaxrec.train._outputs import finished_run as finished_run
+from jaxrec.train._outputs import read_json as read_json
 from jaxrec.train._outputs import compare_table as compare_table
 from jaxrec.train._search import expand_trials as expand_trials
 from jaxrec.train._search import pick_best as pick_best

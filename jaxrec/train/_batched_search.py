@@ -52,7 +52,14 @@ from jaxrec.train._checkpoint import Checkpoints
 from jaxrec.train._config import ExperimentConfig
 from jaxrec.train._config_io import dump_config
 from jaxrec.train._early_stopping import EarlyStopping, update_early_stopping
-from jaxrec.train._setup import metrics_at_k, prepare_eval_splits, prepare_experiment, resolve_loss_weights
+from jaxrec.train._setup import (
+    evaluate_params,
+    make_encoder,
+    metrics_at_k,
+    prepare_eval_splits,
+    prepare_experiment,
+    resolve_loss_weights,
+)
 from jaxrec.train._state import _OPTIMIZER_FIELDS, init_state, make_optimizer
 
 BATCHABLE_KEYS = ("train.learning_rate", "train.seed")
@@ -238,11 +245,12 @@ def run_batched_search(config: ExperimentConfig, workdir: str | os.PathLike, set
                   f"{tcfg.valid_metric} {bests}", flush=True)
     evaluated = [t for t in range(n_trials) if best_states[t] is not None]
     best_test: list[dict] = [{} for _ in range(n_trials)]
-    if evaluated:
-        stacked_best = _stack([best_states[t][1].params for t in evaluated])
-        tests, _ = evaluate(stacked_best, "test", len(evaluated))
-        for t, result in zip(evaluated, tests):
-            best_test[t] = result
+    # Test once per trial at its best epoch, one trial at a time with the same call `jaxrec evaluate`
+    # makes (the batched valid evaluation can differ from it in the last float bits).
+    single_encoder = make_encoder(built.module)
+    for t in evaluated:
+        result = evaluate_params(exp, single_encoder, best_states[t][1].params, ctx, splits["test"])
+        best_test[t] = metrics_at_k(result)
     elapsed = time.perf_counter() - started
     entries = []
     for t, (setting, trial_cfg) in enumerate(zip(settings, configs)):

@@ -9,6 +9,7 @@ import numpy as np
 
 from jaxrec import data as jdata
 from jaxrec.data import MultimodalDataset
+from jaxrec.data import warn_unseen_in_train
 from jaxrec.errors import ConfigError, DataError
 from jaxrec.train._config import DataConfig
 from jaxrec.train._state import example_batch
@@ -19,7 +20,7 @@ def load_dataset(config: DataConfig) -> MultimodalDataset:
     ``data.options``, or the synthetic generator called with ``data.synthetic``; then
     re-split when ``data.split`` asks."""
     if config.path is not None:
-        if not os.path.exists(config.path):
+        if not os.path.lexists(config.path):  # a broken link or link loop: the reader says which
             raise DataError("dataset path does not exist", path=config.path, field="data.path",
                             expected="a dataset folder or file (relative paths resolve against the current directory)")
         dataset = jdata.load(config.path, format=config.format, **config.options)
@@ -33,6 +34,7 @@ def load_dataset(config: DataConfig) -> MultimodalDataset:
     if config.split is not None:
         params = dict(config.split)
         dataset = jdata.split_dataset(dataset, params.pop("method"), **params)
+    warn_unseen_in_train(dataset)
     return dataset
 
 

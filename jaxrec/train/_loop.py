@@ -168,6 +168,7 @@ class _Run:
                 _warn(progress, f"no checkpoint in {workdir} yet: starting from epoch 1")
             state = init_state(exp.module, exp.built.ctx, exp.sampler.example_batch(), exp.tx, tcfg.seed)
         self.early_stopping = EarlyStopping(**self.meta["early_stopping"])
+        self.events = _outputs.EventLog(workdir, tcfg, exp.steps_per_epoch, first_epoch=self.meta["epochs_done"] + 1)
         self.state = self.runner.put_state(state)
         # The best state not yet on disk: (epoch, host copy, meta copy). Written at the next checkpoint;
         # if the process dies first, the resumed run recomputes it exactly.
@@ -366,6 +367,7 @@ class _Run:
             elif self.early_stopping.best_epoch == epoch:
                 self.pending_best = (epoch, self._host_state(), copy.deepcopy(meta))
             _outputs.write_history(self.workdir / _outputs.HISTORY_FILE, meta["history"])
+            self.events.epoch(row)
             progress.epoch_done(row, tcfg.valid_metric, self.early_stopping)
             if self.hooks.on_epoch_end is not None:
                 self.hooks.on_epoch_end(epoch, row)
@@ -375,6 +377,7 @@ class _Run:
             self._context_for(self.early_stopping.best_epoch, params)
             meta["best_test"] = self._evaluate(params, "test")
         meta["elapsed_seconds"] += time.perf_counter() - started
+        self.events.close()
         return _final_metrics(self.exp, meta, self.runner)
 
 

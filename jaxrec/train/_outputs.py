@@ -66,57 +66,202 @@ def read_json(path: str | os.PathLike) -> Any:
         raise ConfigError(f"{path}:{error.lineno}: not valid JSON ({error.msg})") from None
 
 
-def plot_curves(path: str | os.PathLike, history: Sequence[Mapping], valid_metric: str) -> None:
-    """``curves.png``: training loss (and its terms) and the validation metric per epoch."""
+def plot_curves(path: str | os.PathLike, history: Sequence[Mapping], valid_metric: str,
+                best_epoch: int | None = None) -> None:
+    """``curves.png`` (written atomically): the figure of :func:`curves_figure`."""
+    from matplotlib import pyplot as plt
+
+    fig = curves_figure(history, valid_metric, best_epoch)
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    try:
+        fig.savefig(tmp, dpi=100)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
+
+
+_LOG_SPAN = 20.0  # a positive curve spanning more than this factor gets a log y axis
+
+
+def curves_figure(history: Sequence[Mapping], valid_metric: str, best_epoch: int | None = None):
+    """One panel per training loss (the weighted sum, then each term when there are several),
+    each on its own y scale -- logarithmic when the values are positive and span more than a
+    factor of 20 -- and one for the validation metric; integer epochs on every x axis; the
+    best epoch (default: the last ``best_epoch`` in ``history``) drawn as a dotted line on
+    every panel and a star on the validation curve. Returns the matplotlib figure."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     epochs = [row["epoch"] for row in history]
-    fig, (loss_ax, valid_ax) = plt.subplots(1, 2, figsize=(10, 4))
-    loss_ax.plot(epochs, [row["loss"] for row in history], label="loss (weighted sum)")
     term_names = sorted({name for row in history for name in row.get("terms", {})})
+    series = [("loss (weighted sum)", [row["loss"] for row in history])]
     if len(term_names) > 1:
-        for name in term_names:
-            loss_ax.plot(epochs, [row["terms"].get(name, math.nan) for row in history], "--", label=name)
-    loss_ax.set_xlabel("epoch")
-    loss_ax.set_ylabel("training loss")
-    loss_ax.legend()
+        series += [(f"term: {name} (unweighted)", [row.get("terms", {}).get(name, math.nan) for row in history])
+                   for name in term_names]
     evaluated = [row for row in history if row.get("valid")]
-    valid_ax.plot([row["epoch"] for row in evaluated], [row["valid"].get(valid_metric, math.nan) for row in evaluated],
-                  marker=".")
-    valid_ax.set_xlabel("epoch")
-    valid_ax.set_ylabel(f"valid {valid_metric}")
+    if best_epoch is None:
+        best_epoch = next((row.get("best_epoch") for row in reversed(evaluated) if row.get("best_epoch")), None)
+    n_panels = len(series) + 1
+    columns = min(n_panels, 3)
+    rows = -(-n_panels // columns)
+    fig, grid = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.2 * rows), squeeze=False)
+    grid = list(grid.ravel())
+    valid_ax = grid[1]  # beside the total loss; the terms follow
+    axes = [grid[0], *grid[2:n_panels], valid_ax, *grid[n_panels:]]
+    for ax, (title, values) in zip(axes, series):
+        ax.plot(epochs, values, marker="." if len(epochs) <= 30 else None, color="tab:blue")
+        finite = [v for v in values if v is not None and math.isfinite(v)]
+        if finite and min(finite) > 0 and max(finite) / min(finite) > _LOG_SPAN:
+            ax.set_yscale("log")
+        ax.set_title(title, fontsize=10)
+        ax.set_ylabel("training loss" if title.startswith("loss") else "mean per batch")
+    values = [row["valid"].get(valid_metric, math.nan) for row in evaluated]
+    valid_ax.plot([row["epoch"] for row in evaluated], values, marker="." if len(evaluated) <= 30 else None,
+                  color="tab:green")
+    valid_ax.set_title(f"valid {valid_metric}", fontsize=10)
+    valid_ax.set_ylabel(valid_metric)
+    best_value = next((row["valid"].get(valid_metric) for row in evaluated if row["epoch"] == best_epoch), None)
+    for ax in axes[:n_panels]:
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        if best_epoch:
+            ax.axvline(best_epoch, color="tab:red", linestyle=":", linewidth=1)
+    if best_epoch and best_value is not None:
+        valid_ax.plot([best_epoch], [best_value], marker="*", markersize=14, color="tab:red", linestyle="none",
+                      label=f"best: epoch {best_epoch}, {best_value:.4f}")
+        valid_ax.legend(loc="best", fontsize=9)
+    for ax in axes[n_panels:]:
+        ax.set_visible(False)
     fig.tight_layout()
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    return fig
+
+
+TENSORBOARD_DIR = "tensorboard"
+
+
+class EventLog:
+    """TensorBoard event files in ``WORKDIR/tensorboard`` (``tensorboard --logdir runs/``).
+
+    One point per epoch (the x axis is the epoch): ``train/loss``, ``train/loss_terms/<name>``,
+    ``train/learning_rate`` (at the epoch's last update), ``valid/<metric>_<k>`` (e.g.
+    ``valid/recall_20``: TensorBoard tags cannot hold ``@``) for evaluated epochs,
+    ``valid/best_epoch``, and ``time/train_seconds`` / ``time/eval_seconds``. A resumed run
+    opens a new file with ``purge_step`` at its first recomputed epoch, so TensorBoard hides
+    the points the killed process wrote after its last checkpoint instead of doubling them.
+    Written with tensorboardX (no TensorFlow needed).
+    """
+
+    def __init__(self, workdir: str | os.PathLike, train_config=None, steps_per_epoch: int = 1, *,
+                 first_epoch: int = 1):
+        from tensorboardX import SummaryWriter
+
+        # A unique suffix: the default file name (seconds + host) would let a quick resume overwrite a file.
+        self._writer = SummaryWriter(logdir=os.fspath(Path(workdir) / TENSORBOARD_DIR),
+                                     purge_step=first_epoch if first_epoch > 1 else None, flush_secs=30,
+                                     filename_suffix=f".{os.getpid()}.{uuid.uuid4().hex[:8]}")
+        self._schedule = None
+        self._steps_per_epoch = steps_per_epoch
+        if train_config is not None:
+            from jaxrec.train._state import learning_rate_schedule
+
+            self._schedule = learning_rate_schedule(train_config, steps_per_epoch)
+
+    def epoch(self, row: Mapping[str, Any]) -> None:
+        """Write one history row (as ``history.jsonl`` holds it) and flush."""
+        step = int(row["epoch"])
+        add = self._writer.add_scalar
+        add("train/loss", float(row["loss"]), step)
+        for name, value in row.get("terms", {}).items():
+            add(f"train/loss_terms/{name}", float(value), step)
+        if self._schedule is not None:
+            add("train/learning_rate", float(self._schedule(step * self._steps_per_epoch - 1)), step)
+        if "train_seconds" in row:
+            add("time/train_seconds", float(row["train_seconds"]), step)
+        for name, value in (row.get("valid") or {}).items():
+            add(f"valid/{name.replace('@', '_')}", float(value), step)
+        if row.get("eval_seconds") is not None:
+            add("time/eval_seconds", float(row["eval_seconds"]), step)
+        if row.get("best_epoch"):
+            add("valid/best_epoch", int(row["best_epoch"]), step)
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
 
 
 COMPARE_COLUMNS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")
+SEARCH_FILE = "search.json"
+
+
+def finished_run(folder: str | os.PathLike) -> tuple[Path | None, str]:
+    """``(run folder, note)``: the folder itself when it holds a finished run, the winning
+    trial's folder for a finished search folder, else ``(None, why it is not usable)``."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None, "not a folder"
+    if (folder / METRICS_FILE).is_file():
+        return folder, ""
+    if (folder / SEARCH_FILE).is_file():
+        try:
+            summary = read_json(folder / SEARCH_FILE)
+        except ConfigError as error:
+            return None, str(error)
+        best = summary.get("best")
+        if not best:
+            return None, f"a search still in progress ({len(summary.get('trials', []))} of " \
+                         f"{summary.get('n_trials', '?')} trials done, no winner yet)"
+        winner = folder / Path(best["workdir"]).name  # trial folders sit in the search folder, even if it moved
+        if not (winner / METRICS_FILE).is_file():
+            return None, f"a search whose winner {winner.name} has no {METRICS_FILE}"
+        return winner, f"search winner {winner.name}"
+    if (folder / CONFIG_FILE).is_file() or (folder / "checkpoints").is_dir():
+        return None, f"an unfinished or failed run (no {METRICS_FILE})"
+    return None, f"not a jaxrec run (no {METRICS_FILE} or {SEARCH_FILE})"
 
 
 def compare_table(run_dirs: Sequence[str | os.PathLike], *, columns: Sequence[str] = COMPARE_COLUMNS) -> str:
-    """A markdown table of several finished runs (one row per ``metrics.json``)."""
-    rows = []
+    """A markdown table of several finished runs (one row per ``metrics.json``).
+
+    A search folder stands for its winning trial. Folders without a finished run (a run still
+    training or killed, a failed run, a stray file) are skipped and listed in a note under
+    the table; when none is finished, a ConfigError says why for each.
+    """
+    rows, skipped = [], []
     for run_dir in run_dirs:
-        metrics = read_json(Path(run_dir) / METRICS_FILE)
+        folder, note = finished_run(run_dir)
+        if folder is None:
+            skipped.append(f"{os.fspath(run_dir)}: {note}")
+            continue
+        try:
+            metrics = read_json(folder / METRICS_FILE)
+        except ConfigError as error:  # a damaged metrics.json: say so, keep the others
+            skipped.append(f"{os.fspath(run_dir)}: {error}")
+            continue
         valid_metric = metrics.get("valid_metric", "recall@20")
         timing = metrics.get("timing", {})
         rows.append([
-            os.fspath(run_dir), str(metrics.get("model")), str(metrics.get("dataset")), str(metrics.get("seed")),
+            os.fspath(run_dir) + (f" ({note})" if note else ""), str(metrics.get("model")),
+            str(metrics.get("dataset")), str(metrics.get("seed")),
             str(metrics.get("best_epoch")), str(metrics.get("epochs_run")),
             _fmt(metrics.get("valid", {}).get(valid_metric)) + f" ({valid_metric})",
             *[_fmt(metrics.get("test", {}).get(c)) for c in columns],
             _fmt(timing.get("train_seconds_per_epoch"), 3), _fmt(timing.get("eval_seconds"), 3),
         ])
+    if not rows:
+        raise ConfigError("no finished run to compare: " + "; ".join(skipped))
     header = ["run", "model", "dataset", "seed", "best epoch", "epochs", "valid",
               *[f"test {c}" for c in columns], "s/epoch", "eval s"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
+    if skipped:
+        lines += ["", f"Skipped {len(skipped)} folder(s) without a finished run:"]
+        lines += [f"- {entry}" for entry in skipped]
     return "\n".join(lines) + "\n"
 
 

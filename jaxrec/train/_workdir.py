@@ -336,7 +336,7 @@ def check_memory(experiment) -> None:
             f"an update) with {dataset.n_users:,} users and {dataset.n_items:,} items", have, where,
             "use smaller embeddings (model.args) or check that user and item ids are dense")
     # One evaluation batch: a (users, items) float32 score block, masked and ranked (~3 copies).
-    from jaxrec.eval._evaluate import check_batch_size
+    from jaxrec.eval import check_batch_size
 
     split = dataset.interactions.split
     eval_users = max(int(np.unique(dataset.interactions.users[split == code]).size) for code in (1, 2))
