@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import traverse_util
 
 from jaxrec import models
 from jaxrec.data import Modality, make_synthetic
@@ -171,35 +172,21 @@ def test_gradient_matches_central_differences():
     built = models.build("mgcn", data, embedding_size=3, knn_k=3, graph_cache="none")
     batch = {"users": np.array([0, 2, 4, 1]), "pos_items": np.array([1, 4, 6, 1]),
              "neg_items": np.array([[3], [0], [5], [2]]), "weights": np.array([1.0, 1.0, 1.0, 0.0])}
-    checked = [("item_embedding",), ("purifier_0", "kernel"), ("projection_1", "bias"),
-               ("query_hidden", "kernel"), ("query_out", "kernel"), ("preference_1", "kernel"),
-               ("features_0", "table")]
+    checked = ["item_embedding", "purifier_0/kernel", "projection_1/bias", "query_hidden/kernel",
+               "query_out/kernel", "preference_1/kernel", "features_0/table"]
     with jax.enable_x64():
         ctx = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64) if jnp.issubdtype(a.dtype, jnp.floating) else a,
                            built.ctx)
-        base = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), randomized_params(built, seed=5, scale=0.8))
-
-        def with_flat(flat):
-            params = jax.tree.map(lambda a: a, base)
-            for path in checked:
-                node = params
-                for key in path[:-1]:
-                    node = node[key]
-                node[path[-1]] = flat["/".join(path)]
-            return params
+        base = traverse_util.flatten_dict(randomized_params(built, seed=5, scale=0.8), sep="/")
+        base = {name: jnp.asarray(value, jnp.float64) for name, value in base.items()}
 
         @jax.jit
         def loss(flat):
-            terms = built.module.apply({"params": with_flat(flat)}, ctx, batch, True, method="loss_terms")
+            params = traverse_util.unflatten_dict({**base, **flat}, sep="/")
+            terms = built.module.apply({"params": params}, ctx, batch, True, method="loss_terms")
             return terms["bpr"] + 0.7 * terms["reg"] + 0.4 * terms["cl"]
 
-        def leaf(path):
-            node = base
-            for key in path:
-                node = node[key]
-            return node
-
-        flat = {"/".join(path): leaf(path) for path in checked}
+        flat = {name: base[name] for name in checked}
         assert_gradient_matches_central_differences(loss, flat, rtol=1e-5, atol=1e-8)
 
 
