@@ -57,7 +57,8 @@ so ``loss_weights: {reg: λ_r, cl: λ_c}`` are MMRec's ``reg_weight`` and ``cl_l
 As in MMRec the raw feature tables are trainable (``nn.Embedding.from_pretrained(...,
 freeze=False)``) unless ``train_features=False``; the kNN graphs are built from the raw
 features once. Initializations are torch's: Xavier-uniform ID tables, ``nn.Linear`` defaults
-for every dense layer.
+for every dense layer. With ``train.parallel: pmap`` each device contrasts its own shard of
+the batch (its in-batch negatives are per device); ``sharded`` contrasts the whole batch.
 
 Deviations from MMRec: M modalities instead of exactly image + text (for M = 2, in MMRec's
 order, it is MMRec's fuser, whose divisor is 3); BPR is a softplus (``-logsigmoid``, the same
