@@ -77,6 +77,7 @@ class QualityMonitor:
         self.hit_lists = 0
         self.decided_lists = 0
         self._open: collections.deque = collections.deque()  # records in serve-time order
+        self._open_hits = 0  # records in _open already hit (decided, kept to expire in order)
         self._open_by_user: dict[int, list] = collections.defaultdict(list)
 
     def set_catalog_size(self, n_items: int) -> None:
@@ -115,6 +116,7 @@ class QualityMonitor:
                 for record in self._open_by_user.get(int(user), ()):
                     if not record[3] and record[0] <= now <= record[0] + self.window and int(item) in record[2]:
                         record[3] = True
+                        self._open_hits += 1
                         self.hit_lists += 1
                         self.decided_lists += 1
 
@@ -124,7 +126,9 @@ class QualityMonitor:
 
     def _decide(self, record) -> None:
         """Closes a record: counted as decided unless a hit already counted it."""
-        if not record[3]:
+        if record[3]:
+            self._open_hits -= 1
+        else:
             self.decided_lists += 1
         user_records = self._open_by_user[record[1]]
         user_records.remove(record)
@@ -144,7 +148,7 @@ class QualityMonitor:
                 "hit_rate": self.hit_lists / self.decided_lists if self.decided_lists else None,
                 "hit_lists": self.hit_lists,
                 "decided_lists": self.decided_lists,
-                "open_lists": len(self._open),
+                "open_lists": len(self._open) - self._open_hits,
                 "hit_window_seconds": self.window,
             }
 
