@@ -20,6 +20,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import numpy as np
+import prometheus_client
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -88,7 +89,8 @@ def _check_id(value: int, field: str) -> int:
 
 
 def _features(body: dict, widths: dict[str, int]) -> dict[str, np.ndarray]:
-    """``{"features": {modality: [floats]}}`` -> rows (1, d) float32, every modality checked."""
+    """``{"features": {modality: [floats]}}`` -> rows (1, d) float32 (a modality left out is
+    missing for the new item, as in ``Recommender.add_items``)."""
     features = body["features"]
     if not widths:
         raise InputError("features", "this model ranks items by id only; it cannot add items from features")
@@ -97,12 +99,11 @@ def _features(body: dict, widths: dict[str, int]) -> dict[str, np.ndarray]:
     unknown = sorted(set(features) - set(widths))
     if unknown:
         raise InputError(f"features.{unknown[0]}", f"unknown modality (the model uses {', '.join(sorted(widths))})")
-    missing = sorted(set(widths) - set(features))
-    if missing:
-        raise InputError(f"features.{missing[0]}", f"missing: the model needs {', '.join(sorted(widths))}")
+    if not features:
+        raise InputError("features", f"give at least one modality of {', '.join(sorted(widths))}")
     rows = {}
-    for name, width in widths.items():
-        values = features[name]
+    for name, values in features.items():
+        width = widths[name]
         field = f"features.{name}"
         if not isinstance(values, list):
             raise InputError(field, f"expected a list of {width} numbers")
@@ -182,6 +183,7 @@ def _route_label(request: Request) -> str:
 # ---------------------------------------------------------------------- the app
 def create_app(service: Service) -> FastAPI:
     """The FastAPI app of a started :class:`Service` (its start-up starts the micro-batchers)."""
+    prometheus_client.disable_created_metrics()  # no *_created series: noise for a scraper
     registry = CollectorRegistry()
     requests_total = Counter("jaxrec_requests", "HTTP requests by route and status", ["route", "status"],
                              registry=registry)
@@ -246,8 +248,8 @@ def create_app(service: Service) -> FastAPI:
         exclude_seen = _query_bool(request, "exclude_seen", True)
         service.check_k(k)
         service.check_user(user_id)
-        items, scores = await service.batchers["recommend"].submit((user_id, k, exclude_seen))
-        return {"user_id": user_id, "items": items, "scores": scores, "version": int(service.recommender.version)}
+        items, scores, version = await service.batchers["recommend"].submit((user_id, k, exclude_seen))
+        return {"user_id": user_id, "items": items, "scores": scores, "version": version}
 
     @app.post("/recommend")
     async def fold_in(request: Request):
@@ -261,8 +263,8 @@ def create_app(service: Service) -> FastAPI:
             service.check_item(_check_id(_int_value(item, f"history[{n}]"), f"history[{n}]"), f"history[{n}]", 404)
         k = _int_value(body.get("k", 20), "k")
         service.check_k(k)
-        items, scores = await service.batchers["fold_in"].submit((history, k))
-        return {"user_id": None, "items": items, "scores": scores, "version": int(service.recommender.version)}
+        items, scores, version = await service.batchers["fold_in"].submit((history, k))
+        return {"user_id": None, "items": items, "scores": scores, "version": version}
 
     @app.get("/similar")
     async def similar(request: Request):

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxrec.errors import JaxrecError
 from jaxrec.serve import _events
 from jaxrec.serve._batcher import MicroBatcher
 from jaxrec.serve._monitor import DriftMonitor, LatencyTimeline, QualityMonitor
@@ -63,11 +64,6 @@ class InputError(ValueError):
         super().__init__(f"{field}: {message}")
         self.field = field
         self.status = status
-
-
-def _bucket(n: int, cap: int) -> int:
-    """The power of two >= n (at most ``cap``): few distinct shapes, few jit compilations."""
-    return min(1 << max(int(n) - 1, 0).bit_length(), cap)
 
 
 class Service:
@@ -122,9 +118,11 @@ class Service:
                 raise _events.StateError(f"{self.snapshots.manifest_path}: the snapshot includes "
                                          f"{self.events_applied} events but {self.log.path} holds only "
                                          f"{len(contents.events)}")
+            readded = 0
             for item_id, features in contents.items:
                 if item_id >= self.recommender.n_items:
                     self._add_to_model(item_id, {k: np.asarray(v, np.float32)[None] for k, v in features.items()})
+                    readded += 1
             self._pending = list(contents.events[self.events_applied:])
             self._pending_since = self.clock() if self._pending else None
             users = [u for u, _ in contents.events]
@@ -132,9 +130,10 @@ class Service:
             self.quality = QualityMonitor(self.training["item_counts"], window_seconds=self.options.hit_window_seconds)
             self.quality.set_catalog_size(self.recommender.n_items)
             self.drift = DriftMonitor(self.training["features"])
+            for _, features in contents.items:  # every item added over the state's life
+                self.drift.record_added({k: np.asarray(v, np.float64)[None] for k, v in features.items()})
             self.timeline = LatencyTimeline()
-            self.replayed = {"events": len(self._pending), "items": sum(i >= self.training["n_items"]
-                                                                         for i, _ in contents.items)}
+            self.replayed = {"events": len(self._pending), "items": readded}
         except BaseException:
             self.log.close()
             self._lock.release()
@@ -144,11 +143,18 @@ class Service:
 
     @staticmethod
     def _training_view(recommender) -> dict:
-        """Training-time item popularity and features, for the quality and drift monitors."""
-        train = recommender.train_interactions  # (n, 2) user, item of the training split
-        n_items = recommender.n_train_items
-        counts = np.bincount(np.asarray(train)[:, 1], minlength=n_items)[:n_items]
-        return {"n_items": n_items, "item_counts": counts, "features": recommender.train_item_features()}
+        """Item popularity and features the model was trained on, for the quality and drift monitors.
+
+        Popularity is the model's item counts (train split, plus events a snapshot has learned)
+        over the items it was trained with; the added items are the cold ones.
+        """
+        n_items = int(recommender.n_items - len(recommender.added_items()))
+        return {"n_items": n_items, "item_counts": np.asarray(recommender.item_counts())[:n_items],
+                "features": recommender.training_features()}
+
+    @property
+    def feature_widths(self) -> dict[str, int]:
+        return dict(self.recommender.feature_dims)
 
     def start_batchers(self) -> None:
         """Starts the micro-batchers on the running event loop (from the HTTP app's start-up)."""
@@ -182,48 +188,56 @@ class Service:
             self._lock.release()
 
     # ------------------------------------------------------------------ reads (model thread)
+    def _consistent(self, call):
+        """``call()`` and the version it answered from: the call is repeated in the rare case an
+        update was published while it ran (versions only grow, so equal before and after means
+        the call read that version)."""
+        for _ in range(3):
+            version = self.recommender.version
+            result = call()
+            if self.recommender.version == version:
+                return result, int(version)
+        return result, int(self.recommender.version)  # updates back to back: the newest one or the one before
+
     def _recommend_batch(self, payloads: list[tuple[int, int, bool]]) -> list:
+        """Each payload ``(user, k, exclude_seen)`` -> ``(items, scores, version)``."""
         results = [None] * len(payloads)
         for flag in (True, False):
             rows = [n for n, p in enumerate(payloads) if p[2] is flag]
             if not rows:
                 continue
-            users = [payloads[n][0] for n in rows]
-            items, scores = self._padded(lambda u, k: self.recommender.recommend(u, k=k, exclude_seen=flag),
-                                         np.asarray(users, np.int32), max(payloads[n][1] for n in rows))
+            users = np.asarray([payloads[n][0] for n in rows], np.int64)
+            k = max(payloads[n][1] for n in rows)
+            (items, scores), version = self._consistent(
+                lambda: self.recommender.recommend(users, k=k, exclude_seen=flag))
             now = self.clock()
             for row, n in enumerate(rows):
-                results[n] = self._trim(items[row], scores[row], payloads[n][1])
+                results[n] = (*self._trim(items[row], scores[row], payloads[n][1]), version)
                 self.quality.record_served(payloads[n][0], results[n][0], now)
         return results
 
     def _fold_in_batch(self, payloads: list[tuple[list[int], int]]) -> list:
-        k = _bucket(max(p[1] for p in payloads), self.recommender.n_items)
-        items, scores = self.recommender.fold_in([p[0] for p in payloads], k=k)
+        """Each payload ``(history, k)`` -> ``(items, scores, version)``."""
+        (items, scores), version = self._consistent(
+            lambda: self.recommender.fold_in([p[0] for p in payloads], k=max(p[1] for p in payloads)))
         now = self.clock()
         results = []
         for row, (_, want) in enumerate(payloads):
-            results.append(self._trim(items[row], scores[row], want))
+            results.append((*self._trim(items[row], scores[row], want), version))
             self.quality.record_served(None, results[-1][0], now)
         return results
 
     def _similar_batch(self, payloads: list[tuple[int, int]]) -> list:
-        items, scores = self._padded(lambda i, k: self.recommender.similar_items(i, k=k),
-                                     np.asarray([p[0] for p in payloads], np.int32), max(p[1] for p in payloads))
+        """Each payload ``(item, k)`` -> ``(items, scores)``."""
+        items, scores = self.recommender.similar_items(np.asarray([p[0] for p in payloads], np.int64),
+                                                       k=max(p[1] for p in payloads))
         return [self._trim(items[row], scores[row], want) for row, (_, want) in enumerate(payloads)]
-
-    def _padded(self, call, ids: np.ndarray, k: int):
-        """``call`` on ``ids`` padded to a power-of-two batch and ``k`` rounded up likewise."""
-        size = _bucket(len(ids), max(self.options.max_batch, len(ids)))
-        padded = np.concatenate([ids, np.full(size - len(ids), ids[0], ids.dtype)])
-        items, scores = call(padded, _bucket(k, self.recommender.n_items))
-        return np.asarray(items)[:len(ids)], np.asarray(scores)[:len(ids)]
 
     @staticmethod
     def _trim(items: np.ndarray, scores: np.ndarray, k: int) -> tuple[list[int], list[float]]:
-        """The first k entries, without slots that have no item (excluded ones score -inf)."""
+        """The first k entries, without slots no item could fill (item -1, score -inf)."""
         items, scores = items[:k], scores[:k]
-        keep = np.isfinite(scores)
+        keep = (items >= 0) & np.isfinite(scores)
         return items[keep].astype(int).tolist(), scores[keep].astype(float).tolist()
 
     # ------------------------------------------------------------------ checks
@@ -253,6 +267,9 @@ class Service:
                                                     for k, v in features.items()})
             try:
                 self._add_to_model(item_id, features)
+            except JaxrecError as refused:  # an ID-only model, or features it rejects
+                self.log.undo(offset)
+                raise InputError(getattr(refused, "field", None) or "features", str(refused)) from None
             except BaseException:
                 self.log.undo(offset)
                 raise
