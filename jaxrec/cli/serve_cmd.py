@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import socket
 
 from jaxrec.errors import JaxrecError
@@ -74,5 +75,9 @@ def _serve(args) -> int:
           f"{service.replayed['events']} events to replay)", flush=True)
     config = uvicorn.Config(create_app(service), log_level="warning", access_log=False, lifespan="on",
                             timeout_graceful_shutdown=10)
+    # uvicorn answers SIGTERM with a graceful shutdown (the app's shutdown snapshots the model),
+    # then re-raises the signal to the handler it found: make that one a no-op, so a SIGTERM'ed
+    # server exits 0 after its clean shutdown instead of dying of the re-raised signal.
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
     uvicorn.Server(config).run(sockets=[listener])
     return 0

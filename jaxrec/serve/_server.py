@@ -89,6 +89,7 @@ class Service:
         self.updates: list[dict] = []  # every update of this state's life: event range, version, seconds
         self.updates_since_snapshot = 0
         self.last_update_error: str | None = None
+        self.last_snapshot_error: str | None = None
         self.update_seconds: list[float] = []  # durations of this process's updates (for /metrics)
         self.n_users_known = 0
         self._model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="jaxrec-model")
@@ -347,7 +348,10 @@ class Service:
                              "seconds": round(seconds, 4)})
         self.updates_since_snapshot += 1
         if self.updates_since_snapshot >= self.options.snapshot_every_updates:
-            self.snapshot()
+            try:
+                self.snapshot()
+            except Exception as error:  # noqa: BLE001 - the log still holds every event; retried next update
+                self.last_snapshot_error = f"{type(error).__name__}: {error}"
 
     _snapshot_items = 0
 
@@ -360,6 +364,7 @@ class Service:
                 "updates": self.updates, "time": self.clock()})
             self.updates_since_snapshot = 0
             self._snapshot_items = int(self.recommender.n_items)
+            self.last_snapshot_error = None
         return manifest
 
     # ------------------------------------------------------------------ monitors
@@ -395,6 +400,7 @@ class Service:
             and (not self.updates or self.updates[0]["first"] == 0),
             "last_update_seconds": self.update_seconds[-1] if self.update_seconds else None,
             "last_update_error": self.last_update_error,
+            "last_snapshot_error": self.last_snapshot_error,
             "replayed_at_start": self.replayed,
             "quality": self.quality.summary(self.clock()),
             "drift": self.drift.summary(),
