@@ -60,6 +60,7 @@ def _serve(args) -> int:
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         listener.bind((args.host, args.port))
+        listener.listen(2048)  # connections wait in the backlog until uvicorn serves them
     except OSError as error:
         listener.close()
         raise JaxrecError(f"--host {args.host} --port {args.port}: cannot listen there ({error.strerror})") from None

@@ -24,6 +24,7 @@ import prometheus_client
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
@@ -175,9 +176,33 @@ class _ServiceCollector:
             yield family
 
 
-def _route_label(request: Request) -> str:
-    key = (request.method, request.url.path)
-    return f"{key[0]} {key[1]}" if key in _ROUTES else "other"
+def _route_label(method: str, path: str) -> str:
+    return f"{method} {path}" if (method, path) in _ROUTES else "other"
+
+
+class _Measure:
+    """Pure ASGI middleware: ``on_done(method, path, status, seconds)`` after every HTTP request
+    (cheaper per request than Starlette's ``BaseHTTPMiddleware``)."""
+
+    def __init__(self, app, on_done):
+        self.app = app
+        self.on_done = on_done
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+        status = [500]
+
+        async def send_and_note(message):
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            self.on_done(scope["method"], scope["path"], status[0], time.perf_counter() - started)
 
 
 # ---------------------------------------------------------------------- the app
@@ -216,25 +241,28 @@ def create_app(service: Service) -> FastAPI:
         errors_total.labels(route, str(status), field).inc()
         return JSONResponse({"error": message, "field": field}, status_code=status)
 
-    @app.middleware("http")
-    async def measure(request: Request, call_next):
-        route = _route_label(request)
-        started = time.perf_counter()
-        try:
-            response = await call_next(request)
-        except InputError as bad:
-            response = error(route, bad.status, bad.field, str(bad))
-        except Exception as failure:  # noqa: BLE001 - a bug must not take the server down
-            response = error(route, 500, "server", f"internal error: {type(failure).__name__}: {failure}")
-        elapsed = time.perf_counter() - started
-        requests_total.labels(route, str(response.status_code)).inc()
-        latency.labels(route).observe(elapsed)
+    def done(method: str, path: str, status: int, seconds: float) -> None:
+        route = _route_label(method, path)
+        requests_total.labels(route, str(status)).inc()
+        latency.labels(route).observe(seconds)
         if route in ("GET /recommend", "POST /recommend"):
-            service.timeline.record(elapsed)
-        if route == "other" and response.status_code in (404, 405):
-            response = error(route, response.status_code, "path",
-                             f"path: no route {request.method} {request.url.path}")
-        return response
+            service.timeline.record(seconds)
+
+    app.add_middleware(_Measure, on_done=done)
+
+    @app.exception_handler(InputError)
+    async def bad_input(request: Request, bad: InputError):
+        return error(_route_label(request.method, request.url.path), bad.status, bad.field, str(bad))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def no_route(request: Request, failure: StarletteHTTPException):
+        return error(_route_label(request.method, request.url.path), failure.status_code, "path",
+                     f"path: no route {request.method} {request.url.path} ({failure.detail})")
+
+    @app.exception_handler(Exception)
+    async def internal(request: Request, failure: Exception):  # a bug must not take the server down
+        return error(_route_label(request.method, request.url.path), 500, "server",
+                     f"server: internal error: {type(failure).__name__}: {failure}")
 
     @app.get("/healthz")
     async def healthz():
