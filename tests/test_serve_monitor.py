@@ -183,3 +183,24 @@ def test_micro_batcher_hands_a_failure_to_every_request_of_the_batch():
             return results
 
     assert all(isinstance(r, RuntimeError) for r in asyncio.run(main()))
+
+
+def test_cli_option_table_matches_serve_options():
+    from jaxrec.cli.serve_cmd import _OPTIONS
+    from jaxrec.serve._server import ServeOptions
+
+    assert {name: default for name, (default, _) in _OPTIONS.items()} == ServeOptions().__dict__
+
+
+def test_cli_refuses_bad_use_without_creating_anything(tmp_path, capsys):
+    from jaxrec.cli.main import main
+
+    assert main(["serve", str(tmp_path / "missing"), "--port", "0"]) == 1
+    assert "no such run folder" in capsys.readouterr().err
+    not_a_run = tmp_path / "empty"
+    not_a_run.mkdir()
+    assert main(["serve", str(not_a_run), "--port", "0"]) == 1
+    assert "config.yaml" in capsys.readouterr().err
+    assert list(not_a_run.iterdir()) == []  # no serving/ folder left behind
+    assert main(["serve", str(not_a_run), "--port", "0", "--max-batch", "0"]) == 1
+    assert "--max-batch must be at least 1" in capsys.readouterr().err

@@ -9,10 +9,22 @@ import socket
 from jaxrec.errors import JaxrecError
 
 
-def add_parser(subparsers) -> None:
-    from jaxrec.serve._server import ServeOptions
+# ServeOptions' fields with their defaults and help, written out here so that building the
+# parser does not import jaxrec.serve (and with it jax); a test checks they match ServeOptions.
+_OPTIONS = {
+    "max_batch": (64, "most requests per jitted call"),
+    "max_wait_ms": (1.0, "how long a batch's first request waits for company (ms)"),
+    "update_every_events": (256, "apply pending events once this many are waiting ..."),
+    "update_every_seconds": (10.0, "... or once the oldest has waited this long (s)"),
+    "max_update_events": (65_536, "most events one online update takes"),
+    "snapshot_every_updates": (1, "snapshot the model after every N-th update (and on exit)"),
+    "hit_window_seconds": (1800.0, "online hit rate: how long after serving a list an event counts as a hit"),
+    "sample_seconds": (5.0, "interval of the latency / hit-rate timeline (s)"),
+    "max_k": (1000, "largest k a request may ask for"),
+}
 
-    defaults = ServeOptions()
+
+def add_parser(subparsers) -> None:
     serve = subparsers.add_parser(
         "serve", help="serve a trained run over HTTP: recommend, fold-in, new items, online learning, monitors",
         description="Serve RUN_DIR (a run or search folder, see 'jaxrec train') as JSON over HTTP. Events posted "
@@ -27,17 +39,7 @@ def add_parser(subparsers) -> None:
     serve.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0 picks a free one)")
     serve.add_argument("--state", metavar="DIR", help="state folder (default: RUN_DIR/serving)")
     group = serve.add_argument_group("batching, online learning and monitors")
-    for name, help_text in (
-            ("max_batch", "most requests per jitted call"),
-            ("max_wait_ms", "how long a batch's first request waits for company (ms)"),
-            ("update_every_events", "apply pending events once this many are waiting ..."),
-            ("update_every_seconds", "... or once the oldest has waited this long (s)"),
-            ("max_update_events", "most events one online update takes"),
-            ("snapshot_every_updates", "snapshot the model after every N-th update (and on exit)"),
-            ("hit_window_seconds", "online hit rate: how long after serving a list an event counts as a hit"),
-            ("sample_seconds", "interval of the latency / hit-rate timeline (s)"),
-            ("max_k", "largest k a request may ask for")):
-        default = getattr(defaults, name)
+    for name, (default, help_text) in _OPTIONS.items():
         group.add_argument(f"--{name.replace('_', '-')}", dest=name, type=type(default), default=default,
                            help=f"{help_text} (default: {default})")
     serve.set_defaults(func=_serve)

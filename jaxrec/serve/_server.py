@@ -105,11 +105,16 @@ class Service:
 
         if not self.run_dir.is_dir():
             raise _events.StateError(f"{self.run_dir}: no such run folder")
+        loaded = None
+        if not self.state_dir.exists():  # a new state: check the run loads before creating anything
+            loaded = Recommender.load(self.run_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._lock.acquire()
         try:
             manifest = self.snapshots.latest()
-            self.recommender = Recommender.load(manifest["path"] if manifest else self.run_dir)
+            if manifest or loaded is None:
+                loaded = Recommender.load(manifest["path"] if manifest else self.run_dir)
+            self.recommender = loaded
             self.training = self._training_view(self.recommender)
             contents = self.log.open()
             if manifest:
