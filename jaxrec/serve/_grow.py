@@ -47,22 +47,22 @@ class AddedItems:
 
     features: dict
     masks: dict
-
-    @property
-    def count(self) -> int:
-        return next(iter(self.masks.values())).shape[0] if self.masks else 0
+    count: int = 0
 
     @staticmethod
     def empty(base: MultimodalDataset) -> "AddedItems":
         return AddedItems(
             {name: np.zeros((0, mod.features.shape[-1]), np.float32) for name, mod in base.modalities.items()},
-            {name: np.zeros(0, bool) for name in base.modalities})
+            {name: np.zeros(0, bool) for name in base.modalities}, 0)
 
     def extended(self, features: dict, count: int) -> "AddedItems":
+        """These rows followed by ``count`` more (``features[modality]`` ``(count, d)``; a
+        modality not given is absent for them)."""
         return AddedItems(
             {name: np.concatenate([rows, features[name] if name in features
                                    else np.zeros((count, rows.shape[1]), np.float32)]) for name, rows in self.features.items()},
-            {name: np.concatenate([mask, np.full(count, name in features)]) for name, mask in self.masks.items()})
+            {name: np.concatenate([mask, np.full(count, name in features)]) for name, mask in self.masks.items()},
+            self.count + int(count))
 
 
 def extended_dataset(base: MultimodalDataset, *, n_users: int, n_items: int, cap_users: int, cap_items: int,
@@ -94,9 +94,11 @@ def extended_dataset(base: MultimodalDataset, *, n_users: int, n_items: int, cap
         rows = np.zeros((cap_items, mod.features.shape[1]), np.float32)
         mask = np.zeros(cap_items, bool)
         rows[:base.n_items], mask[:base.n_items] = mod.features, mod.mask
-        k = min(added.count, n_new_items)
-        rows[base.n_items:base.n_items + k] = added.features[name][:k]
-        mask[base.n_items:base.n_items + k] = added.masks[name][:k]
+        if added.count != n_new_items:
+            raise DataError("the added items do not match the item count", field="added",
+                            found=f"{added.count} rows", expected=f"{n_new_items} (items beyond the run's)")
+        rows[base.n_items:n_items] = added.features[name]
+        mask[base.n_items:n_items] = added.masks[name]
         modalities[name] = jdata.Modality(name, rows, mask, None, dict(mod.provenance))
     user_features = None
     if base.user_features is not None:

@@ -96,7 +96,8 @@ def load_served(cls, path: Path, *, dataset=None, online=None, seen_splits=None)
         arrays = {name: stored[name] for name in stored.files}
     added = _grow.AddedItems(
         {name: np.asarray(arrays[f"features/{name}"], np.float32) for name in base.modalities},
-        {name: np.asarray(arrays[f"masks/{name}"], bool) for name in base.modalities})
+        {name: np.asarray(arrays[f"masks/{name}"], bool) for name in base.modalities},
+        int(info["n_items"]) - base.n_items)
     events = np.asarray(arrays["events"], np.int32).reshape(-1, 2)
     learner = Learner(config=config, base=base, built=experiment.built, ctx=experiment.built.ctx,
                       params=None, opt_state=None, step=int(info["step"]), rng=np.asarray(raw["rng"]),

@@ -407,8 +407,11 @@ class Recommender:
             learner = snap.learner
             all_events = np.concatenate([learner.events, events])
             version = snap.version + 1
+            # Items first seen in an event have no features: absent rows keep the added rows
+            # aligned with the item ids (row j is item base.n_items + j).
+            added = learner.added.extended({}, n_items - snap.n_items) if n_items > snap.n_items else learner.added
             learner = _online.rebuilt(learner, n_users=n_users, n_items=n_items, events=all_events,
-                                      added=learner.added, version=version)
+                                      added=added, version=version)
             learner = _online.train_on_events(learner, events, self.online, version)
             self._publish(learner, version, snap.events_applied + len(events), snap.added_items)
             return version
