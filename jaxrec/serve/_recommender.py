@@ -431,13 +431,9 @@ class Recommender:
         with self._lock:
             snap = self._snapshot
             rows, count = self._checked_features(features)
-            self._require_feature_model(snap, rows, count)
-            learner = snap.learner
-            added = learner.added.extended(rows, count)
             first = snap.n_items
             version = snap.version + 1
-            learner = _online.rebuilt(learner, n_users=snap.n_users, n_items=snap.n_items + count,
-                                      events=learner.events, added=added, version=version)
+            learner = self._rebuilt_with_items(snap, rows, count, version)
             new_ids = np.arange(first, first + count, dtype=np.int64)
             self._publish(learner, version, snap.events_applied, np.concatenate([snap.added_items, new_ids]))
             return new_ids
@@ -479,23 +475,28 @@ class Recommender:
             rows[name] = array
         return rows, int(count)
 
-    def _require_feature_model(self, snap: Snapshot, rows: dict, count: int) -> None:
-        """Refuse ID-only models: rebuild once with the new items given two different feature
-        values; if their embeddings do not change, features cannot place new items."""
+    def _rebuilt_with_items(self, snap: Snapshot, rows: dict, count: int, version: int) -> Learner:
+        """The learner with the new items. The first call also rebuilds with other feature
+        values for them: if their embeddings do not change, the model places items by ID
+        only and is refused (the answer is kept for later calls)."""
+        learner = snap.learner
+
+        def with_rows(values):
+            return _online.rebuilt(learner, n_users=snap.n_users, n_items=snap.n_items + count,
+                                   events=learner.events, added=learner.added.extended(values, count),
+                                   version=version)
+
+        grown = with_rows(rows)
         if self._feature_probe is None:
-            learner = snap.learner
-            probes = []
-            for scale in (1.0, -2.0):
-                changed = {name: scale * values + (scale - 1.0) for name, values in rows.items()}
-                trial = _online.rebuilt(learner, n_users=snap.n_users, n_items=snap.n_items + count,
-                                        events=learner.events, added=learner.added.extended(changed, count),
-                                        version=snap.version + 1)
-                probes.append(np.asarray(trial.encode()[1][snap.n_items:snap.n_items + count]))
-            self._feature_probe = not np.allclose(probes[0], probes[1], rtol=0, atol=0)
+            other = with_rows({name: -2.0 * values - 3.0 for name, values in rows.items()})
+            new = slice(snap.n_items, snap.n_items + count)
+            self._feature_probe = not np.array_equal(np.asarray(grown.encode()[1][new]),
+                                                     np.asarray(other.encode()[1][new]))
         if not self._feature_probe:
             raise ConfigError(f"model {self.model_name!r} scores items by their ID only: a new item's features "
                               "do not change its embedding, so add_items cannot place it (serve a feature model "
                               "such as vbpr, sidemf, fusion_mf, kernel, subspace, freedom or lattice)")
+        return grown
 
     def save(self, directory: str | os.PathLike) -> Path:
         """Write the current version (parameters, grown tables, events, added items) to
