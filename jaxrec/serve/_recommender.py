@@ -42,6 +42,8 @@ class Snapshot:
       learner: what rebuilds and trains the model.
       events_applied: events trained on so far.
       added_items: ids of the items added after training.
+      unit_items: ``(cap_items, d)`` device array, the item embeddings with the bias columns zeroed,
+        scaled to unit norm (zero rows stay zero): what ``similar_items`` ranks.
     """
 
     version: int
@@ -55,6 +57,7 @@ class Snapshot:
     learner: Learner
     events_applied: int
     added_items: np.ndarray
+    unit_items: Any
 
     @property
     def n_users(self) -> int:
@@ -83,7 +86,14 @@ def make_snapshot(learner: Learner, version: int, seen_pairs: np.ndarray, events
     train = learner.train_pairs()
     counts = np.bincount(train[:, 1], minlength=learner.n_items).astype(np.int64)
     return Snapshot(version, user_emb, item_emb, jax.device_put(mask), seen, fixed, values, counts, learner,
-                    events_applied, np.asarray(added_items, np.int64))
+                    events_applied, np.asarray(added_items, np.int64), _unit_rows(item_emb, ~fixed))
+
+
+@jax.jit
+def _unit_rows(item_emb, keep):
+    rows = jax.numpy.where(keep[None, :], item_emb, 0.0)
+    norms = jax.numpy.linalg.norm(rows, axis=1, keepdims=True)
+    return jax.numpy.where(norms > 0, rows / jax.numpy.where(norms > 0, norms, 1.0), 0.0)
 
 
 # -- input checks ---------------------------------------------------------------------------
@@ -326,11 +336,10 @@ class Recommender:
         snap = self._snapshot
         k = _check_k(k)
         items = _ids(item_ids, "item_ids", snap.n_items, "item")
-        emb = np.asarray(snap.item_emb)[:, ~snap.fixed_columns]
-        norms = np.linalg.norm(emb, axis=1, keepdims=True)
-        unit = np.where(norms > 0, emb / np.where(norms > 0, norms, 1.0), 0.0).astype(np.float32)
+        unit = snap.unit_items
         exclude = [np.asarray([i], np.int32) for i in items]
-        return _ranking.rank(unit[items], jax.device_put(unit), exclude, snap.candidate_mask, snap.n_items, k)
+        vectors = jax.numpy.take(unit, jax.numpy.asarray(items, np.int32), axis=0)
+        return _ranking.rank(vectors, unit, exclude, snap.candidate_mask, snap.n_items, k)
 
     def score(self, user_ids, item_ids) -> np.ndarray:
         """``(n,)`` scores of the (user, item) pairs (the model's ranking scores)."""
