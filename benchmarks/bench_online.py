@@ -179,7 +179,7 @@ def main() -> None:
     parser.add_argument("--test", type=int, default=3)
     args = parser.parse_args()
     summary = lfm2k(args) if args.part == "lfm2k" else drift(args)
-    summary["args"] = vars(args)
+    summary["args"] = {k: v for k, v in vars(args).items() if k != "workdir"}
     out = Path(args.workdir) / f"online_{args.part}_{args.model}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=2) + "\n")
