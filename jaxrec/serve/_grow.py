@@ -11,9 +11,11 @@ Carrying parameters over (:func:`transplant`): a leaf of the same shape keeps it
 that grew along an axis whose size was a user or item capacity keeps its old block, and its new
 rows come from the rebuilt model's own initialization when that initialization is
 deterministic (e.g. FREEDOM's trainable feature tables start AT the features, so a new item's
-row is its features), and are zero when it is random (ID embedding tables): a new user or item
-starts with no ID signal, so a cold item is scored from its features (or its feature-graph
-neighbours) alone and a new user's rows are learned from its events.
+row is its features), and are that random initialization scaled by ``NEW_ROW_SCALE`` when it
+is random (ID embedding tables): a new user or item starts with almost no ID signal, so a cold
+item is scored from its features (or its feature-graph neighbours) and a new user's rows are
+learned from its events -- but not exactly zero, since a model that normalizes parameter rows
+(MMGCN's preference rows) has an undefined gradient at a zero row.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ import numpy as np
 from jaxrec import data as jdata
 from jaxrec.data import MultimodalDataset
 from jaxrec.errors import DataError
+
+NEW_ROW_SCALE = 1e-3
 
 
 def grown_capacity(capacity: int, needed: int) -> int:
@@ -129,7 +133,7 @@ def transplant(old_tree, fresh_tree, deterministic_tree, grown_sizes) -> object:
       old_tree: the old parameters (or optimizer state).
       fresh_tree: the rebuilt model's initialization (same structure, new shapes).
       deterministic_tree: a bool per leaf, True when the initialization does not depend on
-        the PRNG seed (its new rows are kept; otherwise they are zeroed).
+        the PRNG seed (its new rows are kept; otherwise they are scaled by ``NEW_ROW_SCALE``).
       grown_sizes: set of ``(old, new)`` sizes that are capacity growths.
 
     Raises:
@@ -151,7 +155,7 @@ def transplant(old_tree, fresh_tree, deterministic_tree, grown_sizes) -> object:
         if axis is None:
             raise DataError("a parameter changed shape in a way capacity growth cannot explain", field="params",
                             found=f"{old.shape} -> {fresh.shape}", expected="growth along a user or item axis")
-        grown = np.array(fresh, copy=True) if keep_fresh else np.zeros_like(fresh)
+        grown = np.array(fresh, copy=True) if keep_fresh else (fresh * NEW_ROW_SCALE).astype(fresh.dtype)
         index = [slice(None)] * fresh.ndim
         index[axis] = slice(0, old.shape[axis])
         grown[tuple(index)] = old
