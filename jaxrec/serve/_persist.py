@@ -16,6 +16,7 @@ online optimizer's moments are not saved: they restart at zero after a load.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -108,7 +109,7 @@ def load_served(cls, path: Path, *, dataset=None, online=None, seen_splits=None)
                               added=added, version=int(info["version"]), params_from_init=True)
     params = jax.tree.map(lambda target, saved: np.asarray(saved, np.asarray(target).dtype).reshape(target.shape),
                           learner.params, raw["params"])
-    learner = _online.dataclasses.replace(learner, params=params)
+    learner = dataclasses.replace(learner, params=params)
     splits = tuple(seen_splits or info.get("seen_splits") or ("train",))
     snapshot = make_snapshot(learner, int(info["version"]), _seen_pairs(base, splits, events),
                              int(info["events_applied"]), np.asarray(arrays["added_items"], np.int64))

@@ -22,7 +22,7 @@ import numpy as np
 from jaxrec import data as jdata
 from jaxrec.data import MultimodalDataset
 from jaxrec.errors import ConfigError, DataError
-from jaxrec.serve import _foldin, _grow, _online, _ranking
+from jaxrec.serve import _foldin, _grow, _inputs, _online, _ranking
 from jaxrec.serve._load import SERVED_FILE, load_run, resolve_run_dir
 from jaxrec.serve._online import Learner, OnlineConfig
 
@@ -94,93 +94,6 @@ def _unit_rows(item_emb, keep):
     rows = jax.numpy.where(keep[None, :], item_emb, 0.0)
     norms = jax.numpy.linalg.norm(rows, axis=1, keepdims=True)
     return jax.numpy.where(norms > 0, rows / jax.numpy.where(norms > 0, norms, 1.0), 0.0)
-
-
-# -- input checks ---------------------------------------------------------------------------
-
-def _ids(values, field: str, upper: int, what: str) -> np.ndarray:
-    array = np.asarray(values)
-    if array.ndim == 0:
-        array = array.reshape(1)
-    if array.ndim != 1 or array.size == 0:
-        raise DataError(f"{field} must be a non-empty list of {what} ids", field=field,
-                        found=f"shape {array.shape}", expected="(n,) integers")
-    if array.dtype.kind == "f" and np.all(np.isfinite(array)) and np.all(array == np.round(array)):
-        array = array.astype(np.int64)
-    if array.dtype.kind not in "iu":
-        raise DataError(f"{field} must hold integer {what} ids", field=field, found=f"dtype {array.dtype}",
-                        expected="integers")
-    bad = (array < 0) | (array >= upper)
-    if bad.any():
-        raise DataError(f"unknown {what} id", field=field, found=int(array[bad][0]),
-                        expected=f"an id in [0, {upper})")
-    return array.astype(np.int64)
-
-
-def _check_k(k) -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise DataError("k must be a positive integer", field="k", found=repr(k), expected="an integer >= 1")
-    return int(k)
-
-
-def _candidate_mask(snapshot: Snapshot, candidates):
-    if candidates is None:
-        return snapshot.candidate_mask, snapshot.n_items
-    ids = np.unique(_ids(candidates, "candidates", snapshot.n_items, "item"))
-    mask = np.zeros(snapshot.learner.cap_items, bool)
-    mask[ids] = True
-    return jax.device_put(mask), int(ids.size)
-
-
-def _histories(histories, n_items: int) -> list[np.ndarray]:
-    if isinstance(histories, np.ndarray) and histories.ndim == 2:
-        histories = list(histories)
-    if isinstance(histories, (str, bytes)) or not isinstance(histories, Sequence) or not histories:
-        raise DataError("histories must be a non-empty list of item-id lists", field="histories",
-                        found=type(histories).__name__, expected="[[item ids], ...]")
-    out = []
-    for row, history in enumerate(histories):
-        if isinstance(history, (str, bytes)) or not isinstance(history, (Sequence, np.ndarray)) or len(history) == 0:
-            raise DataError("each history must be a non-empty list of item ids", field=f"histories[{row}]",
-                            found=repr(history)[:80], expected="a non-empty list of item ids")
-        out.append(np.unique(_ids(history, f"histories[{row}]", n_items, "item")).astype(np.int32))
-    return out
-
-
-def parse_events(events, *, n_users: int, n_items: int) -> np.ndarray:
-    """``events`` (an int ``(n, 2)`` array of (user, item), or a list of ``{"user_id", "item_id"}``)
-    as an ``(n, 2)`` int32 array. Ids up to ``count + n - 1`` are new users or items (a call
-    cannot add more ids than it has events)."""
-    if isinstance(events, Sequence) and events and isinstance(events[0], Mapping):
-        rows = []
-        for index, event in enumerate(events):
-            if not isinstance(event, Mapping) or set(event) != {"user_id", "item_id"}:
-                raise DataError("an event must be {'user_id': int, 'item_id': int}", field=f"events[{index}]",
-                                found=repr(event)[:80], expected="exactly the keys user_id and item_id")
-            for key in ("user_id", "item_id"):
-                if isinstance(event[key], bool) or not isinstance(event[key], (int, np.integer)):
-                    raise DataError("event ids must be integers", field=f"events[{index}].{key}",
-                                    found=repr(event[key])[:40], expected="an integer id >= 0")
-            rows.append((event["user_id"], event["item_id"]))
-        array = np.asarray(rows, np.int64)
-    else:
-        array = np.asarray(events)
-        if array.dtype == object or array.ndim != 2 or array.shape[1] != 2 or array.shape[0] == 0:
-            raise DataError("events must be an (n, 2) integer array of (user_id, item_id) rows or a list of "
-                            "{'user_id', 'item_id'} dicts", field="events", found=f"shape {array.shape}",
-                            expected="(n, 2) with n >= 1")
-        if array.dtype.kind not in "iu":
-            raise DataError("event ids must be integers", field="events", found=f"dtype {array.dtype}",
-                            expected="integers")
-        array = array.astype(np.int64)
-    n = len(array)
-    for column, (field, count) in enumerate((("user_id", n_users), ("item_id", n_items))):
-        ids = array[:, column]
-        bad = (ids < 0) | (ids >= count + n)
-        if bad.any():
-            raise DataError(f"event {field} out of range", field=f"events.{field}", found=int(ids[bad][0]),
-                            expected=f"a known id in [0, {count}) or a new one below {count + n}")
-    return array.astype(np.int32)
 
 
 class Recommender:
@@ -293,7 +206,7 @@ class Recommender:
     def seen_items(self, user_id: int) -> np.ndarray:
         """The items ``exclude_seen`` removes for ``user_id``."""
         snap = self._snapshot
-        user = int(_ids([user_id], "user_id", snap.n_users, "user")[0])
+        user = int(_inputs.ids([user_id], "user_id", snap.n_users, "user")[0])
         return np.asarray(snap.seen.indices[snap.seen.indptr[user]:snap.seen.indptr[user + 1]])
 
     def embeddings(self) -> tuple[np.ndarray, np.ndarray]:
@@ -318,9 +231,9 @@ class Recommender:
           ``jaxrec evaluate`` ranks (``-1`` / ``-inf`` fill slots no item can take).
         """
         snap = self._snapshot
-        k = _check_k(k)
-        users = _ids(user_ids, "user_ids", snap.n_users, "user")
-        mask, n_rankable = _candidate_mask(snap, candidates)
+        k = _inputs.check_k(k)
+        users = _inputs.ids(user_ids, "user_ids", snap.n_users, "user")
+        mask, n_rankable = _inputs.candidate_mask(snap, candidates)
         if exclude_seen:
             seen = snap.seen
             exclude = [seen.indices[seen.indptr[u]:seen.indptr[u + 1]] for u in users]
@@ -334,8 +247,8 @@ class Recommender:
         without the bias columns (those opposite a user column that is the same for every
         user), the item itself left out."""
         snap = self._snapshot
-        k = _check_k(k)
-        items = _ids(item_ids, "item_ids", snap.n_items, "item")
+        k = _inputs.check_k(k)
+        items = _inputs.ids(item_ids, "item_ids", snap.n_items, "item")
         unit = snap.unit_items
         exclude = [np.asarray([i], np.int32) for i in items]
         vectors = jax.numpy.take(unit, jax.numpy.asarray(items, np.int32), axis=0)
@@ -344,8 +257,8 @@ class Recommender:
     def score(self, user_ids, item_ids) -> np.ndarray:
         """``(n,)`` scores of the (user, item) pairs (the model's ranking scores)."""
         snap = self._snapshot
-        users = _ids(user_ids, "user_ids", snap.n_users, "user")
-        items = _ids(item_ids, "item_ids", snap.n_items, "item")
+        users = _inputs.ids(user_ids, "user_ids", snap.n_users, "user")
+        items = _inputs.ids(item_ids, "item_ids", snap.n_items, "item")
         if users.size != items.size:
             raise DataError("user_ids and item_ids must have the same length", field="item_ids",
                             found=f"{users.size} users, {items.size} items", expected="one item per user")
@@ -355,7 +268,7 @@ class Recommender:
         """``(n, d)`` user vectors for new users from their item histories (see
         :mod:`jaxrec.serve._foldin` for the method of each model)."""
         snap = self._snapshot
-        return self._fold_in(snap, _histories(histories, snap.n_items), method)
+        return self._fold_in(snap, _inputs.histories(histories, snap.n_items), method)
 
     def _fold_in(self, snap: Snapshot, histories: list[np.ndarray], method: str) -> np.ndarray:
         method = _foldin.resolve_method(method, self.model_name)
@@ -383,9 +296,9 @@ class Recommender:
           ``(items (n, k), scores (n, k))`` as :meth:`recommend`.
         """
         snap = self._snapshot
-        k = _check_k(k)
-        lists = _histories(histories, snap.n_items)
-        mask, n_rankable = _candidate_mask(snap, candidates)
+        k = _inputs.check_k(k)
+        lists = _inputs.histories(histories, snap.n_items)
+        mask, n_rankable = _inputs.candidate_mask(snap, candidates)
         vectors = self._fold_in(snap, lists, method)
         exclude = lists if exclude_seen else [np.zeros(0, np.int32)] * len(lists)
         return _ranking.rank(vectors, snap.item_emb, exclude, mask, n_rankable, k)
@@ -410,7 +323,7 @@ class Recommender:
         """
         with self._lock:
             snap = self._snapshot
-            events = parse_events(events, n_users=snap.n_users, n_items=snap.n_items)
+            events = _inputs.parse_events(events, n_users=snap.n_users, n_items=snap.n_items)
             n_users = max(snap.n_users, int(events[:, 0].max()) + 1)
             n_items = max(snap.n_items, int(events[:, 1].max()) + 1)
             learner = snap.learner
