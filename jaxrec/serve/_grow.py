@@ -11,9 +11,11 @@ Carrying parameters over (:func:`transplant`): a leaf of the same shape keeps it
 that grew along an axis whose size was a user or item capacity keeps its old block, and its new
 rows come from the rebuilt model's own initialization when that initialization is
 deterministic (e.g. FREEDOM's trainable feature tables start AT the features, so a new item's
-row is its features), and are zero when it is random (ID embedding tables): a new user or item
-starts with no ID signal, so a cold item is scored from its features (or its feature-graph
-neighbours) alone and a new user's rows are learned from its events.
+row is its features), and are that random initialization scaled by ``NEW_ROW_SCALE`` when it
+is random (ID embedding tables): a new user or item starts with almost no ID signal, so a cold
+item is scored from its features (or its feature-graph neighbours) and a new user's rows are
+learned from its events -- but not exactly zero, since a model that normalizes parameter rows
+(MMGCN's preference rows) has an undefined gradient at a zero row.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ import numpy as np
 from jaxrec import data as jdata
 from jaxrec.data import MultimodalDataset
 from jaxrec.errors import DataError
+
+NEW_ROW_SCALE = 1e-3
 
 
 def grown_capacity(capacity: int, needed: int) -> int:
@@ -47,22 +51,22 @@ class AddedItems:
 
     features: dict
     masks: dict
-
-    @property
-    def count(self) -> int:
-        return next(iter(self.masks.values())).shape[0] if self.masks else 0
+    count: int = 0
 
     @staticmethod
     def empty(base: MultimodalDataset) -> "AddedItems":
         return AddedItems(
             {name: np.zeros((0, mod.features.shape[-1]), np.float32) for name, mod in base.modalities.items()},
-            {name: np.zeros(0, bool) for name in base.modalities})
+            {name: np.zeros(0, bool) for name in base.modalities}, 0)
 
     def extended(self, features: dict, count: int) -> "AddedItems":
+        """These rows followed by ``count`` more (``features[modality]`` ``(count, d)``; a
+        modality not given is absent for them)."""
         return AddedItems(
             {name: np.concatenate([rows, features[name] if name in features
                                    else np.zeros((count, rows.shape[1]), np.float32)]) for name, rows in self.features.items()},
-            {name: np.concatenate([mask, np.full(count, name in features)]) for name, mask in self.masks.items()})
+            {name: np.concatenate([mask, np.full(count, name in features)]) for name, mask in self.masks.items()},
+            self.count + int(count))
 
 
 def extended_dataset(base: MultimodalDataset, *, n_users: int, n_items: int, cap_users: int, cap_items: int,
@@ -94,9 +98,11 @@ def extended_dataset(base: MultimodalDataset, *, n_users: int, n_items: int, cap
         rows = np.zeros((cap_items, mod.features.shape[1]), np.float32)
         mask = np.zeros(cap_items, bool)
         rows[:base.n_items], mask[:base.n_items] = mod.features, mod.mask
-        k = min(added.count, n_new_items)
-        rows[base.n_items:base.n_items + k] = added.features[name][:k]
-        mask[base.n_items:base.n_items + k] = added.masks[name][:k]
+        if added.count != n_new_items:
+            raise DataError("the added items do not match the item count", field="added",
+                            found=f"{added.count} rows", expected=f"{n_new_items} (items beyond the run's)")
+        rows[base.n_items:n_items] = added.features[name]
+        mask[base.n_items:n_items] = added.masks[name]
         modalities[name] = jdata.Modality(name, rows, mask, None, dict(mod.provenance))
     user_features = None
     if base.user_features is not None:
@@ -127,7 +133,7 @@ def transplant(old_tree, fresh_tree, deterministic_tree, grown_sizes) -> object:
       old_tree: the old parameters (or optimizer state).
       fresh_tree: the rebuilt model's initialization (same structure, new shapes).
       deterministic_tree: a bool per leaf, True when the initialization does not depend on
-        the PRNG seed (its new rows are kept; otherwise they are zeroed).
+        the PRNG seed (its new rows are kept; otherwise they are scaled by ``NEW_ROW_SCALE``).
       grown_sizes: set of ``(old, new)`` sizes that are capacity growths.
 
     Raises:
@@ -149,7 +155,7 @@ def transplant(old_tree, fresh_tree, deterministic_tree, grown_sizes) -> object:
         if axis is None:
             raise DataError("a parameter changed shape in a way capacity growth cannot explain", field="params",
                             found=f"{old.shape} -> {fresh.shape}", expected="growth along a user or item axis")
-        grown = np.array(fresh, copy=True) if keep_fresh else np.zeros_like(fresh)
+        grown = np.array(fresh, copy=True) if keep_fresh else (fresh * NEW_ROW_SCALE).astype(fresh.dtype)
         index = [slice(None)] * fresh.ndim
         index[axis] = slice(0, old.shape[axis])
         grown[tuple(index)] = old

@@ -3,9 +3,10 @@
 An update (:func:`train_on_events`) runs ``steps`` jitted train steps of the run's own step
 machinery (:class:`~jaxrec.train.StepRunner`, ``module.loss_terms`` weighted by the run's
 ``loss_weights``). Every batch holds ``batch_size`` rows: a share ``new_share`` are the new
-events (drawn uniformly from them, so each is seen about ``passes`` times over the update), the
-rest a uniform replay of every past training interaction (the run's train split and all earlier
-events), so the model follows the new data without forgetting the old. Negatives are drawn
+events (drawn uniformly from them, so each is seen about ``passes`` times over the update; a
+small update fills only ``passes`` times its size), the rest a uniform replay of every past
+training interaction (the run's train split and all earlier events), so the model follows the
+new data without forgetting the old. Negatives are drawn
 uniformly from the real catalogue, outside each user's known positives (capacity padding items
 are never drawn). A model with a per-epoch ``host_update`` (FREEDOM's pruned graph) gets a
 fresh one per update. Nothing is swapped in when a loss term or gradient turns non-finite.
@@ -174,8 +175,9 @@ def training_batches(learner: Learner, new_events: np.ndarray, online: OnlineCon
     """The stacked ``(steps, B, ...)`` batches of one update (module docstring)."""
     tcfg = learner.config.train
     batch_size = online.batch_size or tcfg.batch_size
-    n_new_rows = max(1, min(batch_size, int(round(batch_size * online.new_share))))
-    steps = math.ceil(online.passes * len(new_events) / n_new_rows)
+    draws = max(1, int(round(online.passes * len(new_events))))  # new-event rows over the update
+    n_new_rows = max(1, min(batch_size, int(round(batch_size * online.new_share)), draws))
+    steps = math.ceil(draws / n_new_rows)
     steps = int(min(max(steps, online.min_steps), online.max_steps))
     rng = np.random.default_rng([online.seed, version, 0xB47C])
     past = learner.train_pairs()

@@ -16,6 +16,7 @@ online optimizer's moments are not saved: they restart at zero after a load.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -96,7 +97,8 @@ def load_served(cls, path: Path, *, dataset=None, online=None, seen_splits=None)
         arrays = {name: stored[name] for name in stored.files}
     added = _grow.AddedItems(
         {name: np.asarray(arrays[f"features/{name}"], np.float32) for name in base.modalities},
-        {name: np.asarray(arrays[f"masks/{name}"], bool) for name in base.modalities})
+        {name: np.asarray(arrays[f"masks/{name}"], bool) for name in base.modalities},
+        int(info["n_items"]) - base.n_items)
     events = np.asarray(arrays["events"], np.int32).reshape(-1, 2)
     learner = Learner(config=config, base=base, built=experiment.built, ctx=experiment.built.ctx,
                       params=None, opt_state=None, step=int(info["step"]), rng=np.asarray(raw["rng"]),
@@ -107,7 +109,7 @@ def load_served(cls, path: Path, *, dataset=None, online=None, seen_splits=None)
                               added=added, version=int(info["version"]), params_from_init=True)
     params = jax.tree.map(lambda target, saved: np.asarray(saved, np.asarray(target).dtype).reshape(target.shape),
                           learner.params, raw["params"])
-    learner = _online.dataclasses.replace(learner, params=params)
+    learner = dataclasses.replace(learner, params=params)
     splits = tuple(seen_splits or info.get("seen_splits") or ("train",))
     snapshot = make_snapshot(learner, int(info["version"]), _seen_pairs(base, splits, events),
                              int(info["events_applied"]), np.asarray(arrays["added_items"], np.int64))

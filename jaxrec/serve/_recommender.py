@@ -22,7 +22,7 @@ import numpy as np
 from jaxrec import data as jdata
 from jaxrec.data import MultimodalDataset
 from jaxrec.errors import ConfigError, DataError
-from jaxrec.serve import _foldin, _grow, _online, _ranking
+from jaxrec.serve import _foldin, _grow, _inputs, _online, _ranking
 from jaxrec.serve._load import SERVED_FILE, load_run, resolve_run_dir
 from jaxrec.serve._online import Learner, OnlineConfig
 
@@ -42,6 +42,8 @@ class Snapshot:
       learner: what rebuilds and trains the model.
       events_applied: events trained on so far.
       added_items: ids of the items added after training.
+      unit_items: ``(cap_items, d)`` device array, the item embeddings with the bias columns zeroed,
+        scaled to unit norm (zero rows stay zero): what ``similar_items`` ranks.
     """
 
     version: int
@@ -55,6 +57,7 @@ class Snapshot:
     learner: Learner
     events_applied: int
     added_items: np.ndarray
+    unit_items: Any
 
     @property
     def n_users(self) -> int:
@@ -83,94 +86,14 @@ def make_snapshot(learner: Learner, version: int, seen_pairs: np.ndarray, events
     train = learner.train_pairs()
     counts = np.bincount(train[:, 1], minlength=learner.n_items).astype(np.int64)
     return Snapshot(version, user_emb, item_emb, jax.device_put(mask), seen, fixed, values, counts, learner,
-                    events_applied, np.asarray(added_items, np.int64))
+                    events_applied, np.asarray(added_items, np.int64), _unit_rows(item_emb, ~fixed))
 
 
-# -- input checks ---------------------------------------------------------------------------
-
-def _ids(values, field: str, upper: int, what: str) -> np.ndarray:
-    array = np.asarray(values)
-    if array.ndim == 0:
-        array = array.reshape(1)
-    if array.ndim != 1 or array.size == 0:
-        raise DataError(f"{field} must be a non-empty list of {what} ids", field=field,
-                        found=f"shape {array.shape}", expected="(n,) integers")
-    if array.dtype.kind == "f" and np.all(np.isfinite(array)) and np.all(array == np.round(array)):
-        array = array.astype(np.int64)
-    if array.dtype.kind not in "iu":
-        raise DataError(f"{field} must hold integer {what} ids", field=field, found=f"dtype {array.dtype}",
-                        expected="integers")
-    bad = (array < 0) | (array >= upper)
-    if bad.any():
-        raise DataError(f"unknown {what} id", field=field, found=int(array[bad][0]),
-                        expected=f"an id in [0, {upper})")
-    return array.astype(np.int64)
-
-
-def _check_k(k) -> int:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise DataError("k must be a positive integer", field="k", found=repr(k), expected="an integer >= 1")
-    return int(k)
-
-
-def _candidate_mask(snapshot: Snapshot, candidates):
-    if candidates is None:
-        return snapshot.candidate_mask, snapshot.n_items
-    ids = np.unique(_ids(candidates, "candidates", snapshot.n_items, "item"))
-    mask = np.zeros(snapshot.learner.cap_items, bool)
-    mask[ids] = True
-    return jax.device_put(mask), int(ids.size)
-
-
-def _histories(histories, n_items: int) -> list[np.ndarray]:
-    if isinstance(histories, np.ndarray) and histories.ndim == 2:
-        histories = list(histories)
-    if isinstance(histories, (str, bytes)) or not isinstance(histories, Sequence) or not histories:
-        raise DataError("histories must be a non-empty list of item-id lists", field="histories",
-                        found=type(histories).__name__, expected="[[item ids], ...]")
-    out = []
-    for row, history in enumerate(histories):
-        if isinstance(history, (str, bytes)) or not isinstance(history, (Sequence, np.ndarray)) or len(history) == 0:
-            raise DataError("each history must be a non-empty list of item ids", field=f"histories[{row}]",
-                            found=repr(history)[:80], expected="a non-empty list of item ids")
-        out.append(np.unique(_ids(history, f"histories[{row}]", n_items, "item")).astype(np.int32))
-    return out
-
-
-def parse_events(events, *, n_users: int, n_items: int) -> np.ndarray:
-    """``events`` (an int ``(n, 2)`` array of (user, item), or a list of ``{"user_id", "item_id"}``)
-    as an ``(n, 2)`` int32 array. Ids up to ``count + n - 1`` are new users or items (a call
-    cannot add more ids than it has events)."""
-    if isinstance(events, Sequence) and events and isinstance(events[0], Mapping):
-        rows = []
-        for index, event in enumerate(events):
-            if not isinstance(event, Mapping) or set(event) != {"user_id", "item_id"}:
-                raise DataError("an event must be {'user_id': int, 'item_id': int}", field=f"events[{index}]",
-                                found=repr(event)[:80], expected="exactly the keys user_id and item_id")
-            for key in ("user_id", "item_id"):
-                if isinstance(event[key], bool) or not isinstance(event[key], (int, np.integer)):
-                    raise DataError("event ids must be integers", field=f"events[{index}].{key}",
-                                    found=repr(event[key])[:40], expected="an integer id >= 0")
-            rows.append((event["user_id"], event["item_id"]))
-        array = np.asarray(rows, np.int64)
-    else:
-        array = np.asarray(events)
-        if array.dtype == object or array.ndim != 2 or array.shape[1] != 2 or array.shape[0] == 0:
-            raise DataError("events must be an (n, 2) integer array of (user_id, item_id) rows or a list of "
-                            "{'user_id', 'item_id'} dicts", field="events", found=f"shape {array.shape}",
-                            expected="(n, 2) with n >= 1")
-        if array.dtype.kind not in "iu":
-            raise DataError("event ids must be integers", field="events", found=f"dtype {array.dtype}",
-                            expected="integers")
-        array = array.astype(np.int64)
-    n = len(array)
-    for column, (field, count) in enumerate((("user_id", n_users), ("item_id", n_items))):
-        ids = array[:, column]
-        bad = (ids < 0) | (ids >= count + n)
-        if bad.any():
-            raise DataError(f"event {field} out of range", field=f"events.{field}", found=int(ids[bad][0]),
-                            expected=f"a known id in [0, {count}) or a new one below {count + n}")
-    return array.astype(np.int32)
+@jax.jit
+def _unit_rows(item_emb, keep):
+    rows = jax.numpy.where(keep[None, :], item_emb, 0.0)
+    norms = jax.numpy.linalg.norm(rows, axis=1, keepdims=True)
+    return jax.numpy.where(norms > 0, rows / jax.numpy.where(norms > 0, norms, 1.0), 0.0)
 
 
 class Recommender:
@@ -283,7 +206,7 @@ class Recommender:
     def seen_items(self, user_id: int) -> np.ndarray:
         """The items ``exclude_seen`` removes for ``user_id``."""
         snap = self._snapshot
-        user = int(_ids([user_id], "user_id", snap.n_users, "user")[0])
+        user = int(_inputs.ids([user_id], "user_id", snap.n_users, "user")[0])
         return np.asarray(snap.seen.indices[snap.seen.indptr[user]:snap.seen.indptr[user + 1]])
 
     def embeddings(self) -> tuple[np.ndarray, np.ndarray]:
@@ -308,9 +231,9 @@ class Recommender:
           ``jaxrec evaluate`` ranks (``-1`` / ``-inf`` fill slots no item can take).
         """
         snap = self._snapshot
-        k = _check_k(k)
-        users = _ids(user_ids, "user_ids", snap.n_users, "user")
-        mask, n_rankable = _candidate_mask(snap, candidates)
+        k = _inputs.check_k(k)
+        users = _inputs.ids(user_ids, "user_ids", snap.n_users, "user")
+        mask, n_rankable = _inputs.candidate_mask(snap, candidates)
         if exclude_seen:
             seen = snap.seen
             exclude = [seen.indices[seen.indptr[u]:seen.indptr[u + 1]] for u in users]
@@ -324,19 +247,18 @@ class Recommender:
         without the bias columns (those opposite a user column that is the same for every
         user), the item itself left out."""
         snap = self._snapshot
-        k = _check_k(k)
-        items = _ids(item_ids, "item_ids", snap.n_items, "item")
-        emb = np.asarray(snap.item_emb)[:, ~snap.fixed_columns]
-        norms = np.linalg.norm(emb, axis=1, keepdims=True)
-        unit = np.where(norms > 0, emb / np.where(norms > 0, norms, 1.0), 0.0).astype(np.float32)
+        k = _inputs.check_k(k)
+        items = _inputs.ids(item_ids, "item_ids", snap.n_items, "item")
+        unit = snap.unit_items
         exclude = [np.asarray([i], np.int32) for i in items]
-        return _ranking.rank(unit[items], jax.device_put(unit), exclude, snap.candidate_mask, snap.n_items, k)
+        vectors = jax.numpy.take(unit, jax.numpy.asarray(items, np.int32), axis=0)
+        return _ranking.rank(vectors, unit, exclude, snap.candidate_mask, snap.n_items, k)
 
     def score(self, user_ids, item_ids) -> np.ndarray:
         """``(n,)`` scores of the (user, item) pairs (the model's ranking scores)."""
         snap = self._snapshot
-        users = _ids(user_ids, "user_ids", snap.n_users, "user")
-        items = _ids(item_ids, "item_ids", snap.n_items, "item")
+        users = _inputs.ids(user_ids, "user_ids", snap.n_users, "user")
+        items = _inputs.ids(item_ids, "item_ids", snap.n_items, "item")
         if users.size != items.size:
             raise DataError("user_ids and item_ids must have the same length", field="item_ids",
                             found=f"{users.size} users, {items.size} items", expected="one item per user")
@@ -346,7 +268,7 @@ class Recommender:
         """``(n, d)`` user vectors for new users from their item histories (see
         :mod:`jaxrec.serve._foldin` for the method of each model)."""
         snap = self._snapshot
-        return self._fold_in(snap, _histories(histories, snap.n_items), method)
+        return self._fold_in(snap, _inputs.histories(histories, snap.n_items), method)
 
     def _fold_in(self, snap: Snapshot, histories: list[np.ndarray], method: str) -> np.ndarray:
         method = _foldin.resolve_method(method, self.model_name)
@@ -374,9 +296,9 @@ class Recommender:
           ``(items (n, k), scores (n, k))`` as :meth:`recommend`.
         """
         snap = self._snapshot
-        k = _check_k(k)
-        lists = _histories(histories, snap.n_items)
-        mask, n_rankable = _candidate_mask(snap, candidates)
+        k = _inputs.check_k(k)
+        lists = _inputs.histories(histories, snap.n_items)
+        mask, n_rankable = _inputs.candidate_mask(snap, candidates)
         vectors = self._fold_in(snap, lists, method)
         exclude = lists if exclude_seen else [np.zeros(0, np.int32)] * len(lists)
         return _ranking.rank(vectors, snap.item_emb, exclude, mask, n_rankable, k)
@@ -401,14 +323,17 @@ class Recommender:
         """
         with self._lock:
             snap = self._snapshot
-            events = parse_events(events, n_users=snap.n_users, n_items=snap.n_items)
+            events = _inputs.parse_events(events, n_users=snap.n_users, n_items=snap.n_items)
             n_users = max(snap.n_users, int(events[:, 0].max()) + 1)
             n_items = max(snap.n_items, int(events[:, 1].max()) + 1)
             learner = snap.learner
             all_events = np.concatenate([learner.events, events])
             version = snap.version + 1
+            # Items first seen in an event have no features: absent rows keep the added rows
+            # aligned with the item ids (row j is item base.n_items + j).
+            added = learner.added.extended({}, n_items - snap.n_items) if n_items > snap.n_items else learner.added
             learner = _online.rebuilt(learner, n_users=n_users, n_items=n_items, events=all_events,
-                                      added=learner.added, version=version)
+                                      added=added, version=version)
             learner = _online.train_on_events(learner, events, self.online, version)
             self._publish(learner, version, snap.events_applied + len(events), snap.added_items)
             return version
@@ -428,13 +353,9 @@ class Recommender:
         with self._lock:
             snap = self._snapshot
             rows, count = self._checked_features(features)
-            self._require_feature_model(snap, rows, count)
-            learner = snap.learner
-            added = learner.added.extended(rows, count)
             first = snap.n_items
             version = snap.version + 1
-            learner = _online.rebuilt(learner, n_users=snap.n_users, n_items=snap.n_items + count,
-                                      events=learner.events, added=added, version=version)
+            learner = self._rebuilt_with_items(snap, rows, count, version)
             new_ids = np.arange(first, first + count, dtype=np.int64)
             self._publish(learner, version, snap.events_applied, np.concatenate([snap.added_items, new_ids]))
             return new_ids
@@ -476,23 +397,28 @@ class Recommender:
             rows[name] = array
         return rows, int(count)
 
-    def _require_feature_model(self, snap: Snapshot, rows: dict, count: int) -> None:
-        """Refuse ID-only models: rebuild once with the new items given two different feature
-        values; if their embeddings do not change, features cannot place new items."""
+    def _rebuilt_with_items(self, snap: Snapshot, rows: dict, count: int, version: int) -> Learner:
+        """The learner with the new items. The first call also rebuilds with other feature
+        values for them: if their embeddings do not change, the model places items by ID
+        only and is refused (the answer is kept for later calls)."""
+        learner = snap.learner
+
+        def with_rows(values):
+            return _online.rebuilt(learner, n_users=snap.n_users, n_items=snap.n_items + count,
+                                   events=learner.events, added=learner.added.extended(values, count),
+                                   version=version)
+
+        grown = with_rows(rows)
         if self._feature_probe is None:
-            learner = snap.learner
-            probes = []
-            for scale in (1.0, -2.0):
-                changed = {name: scale * values + (scale - 1.0) for name, values in rows.items()}
-                trial = _online.rebuilt(learner, n_users=snap.n_users, n_items=snap.n_items + count,
-                                        events=learner.events, added=learner.added.extended(changed, count),
-                                        version=snap.version + 1)
-                probes.append(np.asarray(trial.encode()[1][snap.n_items:snap.n_items + count]))
-            self._feature_probe = not np.allclose(probes[0], probes[1], rtol=0, atol=0)
+            other = with_rows({name: -2.0 * values - 3.0 for name, values in rows.items()})
+            new = slice(snap.n_items, snap.n_items + count)
+            self._feature_probe = not np.array_equal(np.asarray(grown.encode()[1][new]),
+                                                     np.asarray(other.encode()[1][new]))
         if not self._feature_probe:
             raise ConfigError(f"model {self.model_name!r} scores items by their ID only: a new item's features "
                               "do not change its embedding, so add_items cannot place it (serve a feature model "
                               "such as vbpr, sidemf, fusion_mf, kernel, subspace, freedom or lattice)")
+        return grown
 
     def save(self, directory: str | os.PathLike) -> Path:
         """Write the current version (parameters, grown tables, events, added items) to
