@@ -24,7 +24,7 @@ uses, ``exclude_seen`` off so both rank the same items) over ``--ann-queries`` u
 single-query latency of each (p50) with the speed-up over exact. The load average is printed
 before and after: the 2 cores are shared, so every figure depends on it.
 
-Results (2 shared cores; figures and the library chosen are in docs/serving.md).
+Measured figures, with the load they were taken under: docs/serving.md ("Measured").
 """
 
 from __future__ import annotations
