@@ -13,7 +13,7 @@ import sys
 from jaxrec.errors import JaxrecError
 
 # Order here is the order ``jaxrec --help`` lists them.
-_SUBCOMMAND_MODULES = ("demo", "data_cmd", "train_cmd", "features_cmd")
+_SUBCOMMAND_MODULES = ("demo", "data_cmd", "train_cmd", "features_cmd", "export_cmd", "serve_cmd")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,116 @@
+"""Saving and loading a served model: its version, grown tables, events and added items.
+
+Layout of a saved folder::
+
+  served.json     format, model, version, counts, capacities, events applied, run folder
+  config.yaml     the run's experiment config
+  state/          Orbax checkpoint of the parameters and the PRNG key
+  arrays.npz      events (m, 2), added item ids, added items' features and masks per modality
+
+The folder is written under a temporary name beside the target and renamed into place, so a
+reader (or a crash) finds the previous complete folder or the new complete one. Loading
+rebuilds the run's dataset from ``config.yaml``, extends it with the saved events and added
+items at the saved capacities, rebuilds the model and restores the parameters into it. The
+online optimizer's moments are not saved: they restart at zero after a load.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from jaxrec.errors import ConfigError
+from jaxrec.serve import _grow, _online
+from jaxrec.serve._load import SERVED_FILE, load_config_of, prepare_experiment
+from jaxrec.train import dump_config
+
+FORMAT = "jaxrec-served/1"
+
+
+def save_served(recommender, snapshot, directory) -> Path:
+    learner = snapshot.learner
+    if not all(bool(np.all(np.isfinite(np.asarray(leaf)))) for leaf in jax.tree.leaves(learner.params)):
+        raise ConfigError("refusing to save non-finite parameters")
+    target = Path(directory).expanduser().resolve()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        info = {
+            "format": FORMAT, "model": learner.config.model.name, "version": snapshot.version,
+            "n_users": learner.n_users, "n_items": learner.n_items, "cap_users": learner.cap_users,
+            "cap_items": learner.cap_items, "events_applied": snapshot.events_applied, "step": learner.step,
+            "run_dir": os.fspath(recommender.source), "seen_splits": list(recommender._seen_splits),
+            "n_added_items": int(snapshot.added_items.size), "base_items": learner.base.n_items,
+        }
+        (tmp / "config.yaml").write_text(dump_config(learner.config))
+        tree = {"params": jax.tree.map(np.asarray, learner.params), "rng": np.asarray(learner.rng)}
+        checkpointer = ocp.StandardCheckpointer()
+        checkpointer.save(tmp / "state", tree)
+        checkpointer.wait_until_finished()
+        arrays = {"events": np.asarray(learner.events, np.int32).reshape(-1, 2),
+                  "added_items": np.asarray(snapshot.added_items, np.int64)}
+        arrays.update({f"features/{k}": np.asarray(v) for k, v in learner.added.features.items()})
+        arrays.update({f"masks/{k}": np.asarray(v) for k, v in learner.added.masks.items()})
+        with open(tmp / "arrays.npz", "wb") as handle:
+            np.savez(handle, **arrays)
+        (tmp / SERVED_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        old = None
+        if target.exists():
+            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            os.replace(target, old)
+        os.replace(tmp, target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def load_served(cls, path: Path, *, dataset=None, online=None, seen_splits=None):
+    from jaxrec.serve._recommender import Learner, _seen_pairs, make_snapshot
+
+    try:
+        info = json.loads((path / SERVED_FILE).read_text())
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"{path / SERVED_FILE}: not valid JSON ({error.msg} at line {error.lineno})") from None
+    if not isinstance(info, dict) or info.get("format") != FORMAT:
+        raise ConfigError(f"{path / SERVED_FILE}: field 'format' must be {FORMAT!r}; "
+                          f"found {info.get('format') if isinstance(info, dict) else info!r}")
+    config = load_config_of(path)
+    experiment = prepare_experiment(config, dataset)
+    base = experiment.dataset
+    if base.n_items != info["base_items"]:
+        raise ConfigError(f"{path}: the dataset has {base.n_items} items; the served model was built on "
+                          f"{info['base_items']}")
+    checkpointer = ocp.StandardCheckpointer()
+    raw = checkpointer.restore(path / "state")
+    with np.load(path / "arrays.npz") as stored:
+        arrays = {name: stored[name] for name in stored.files}
+    added = _grow.AddedItems(
+        {name: np.asarray(arrays[f"features/{name}"], np.float32) for name in base.modalities},
+        {name: np.asarray(arrays[f"masks/{name}"], bool) for name in base.modalities},
+        int(info["n_items"]) - base.n_items)
+    events = np.asarray(arrays["events"], np.int32).reshape(-1, 2)
+    learner = Learner(config=config, base=base, built=experiment.built, ctx=experiment.built.ctx,
+                      params=None, opt_state=None, step=int(info["step"]), rng=np.asarray(raw["rng"]),
+                      loss_weights=dict(experiment.loss_weights), events=np.zeros((0, 2), np.int32),
+                      added=_grow.AddedItems.empty(base), n_users=base.n_users, n_items=base.n_items,
+                      cap_users=int(info["cap_users"]), cap_items=int(info["cap_items"]))
+    learner = _online.rebuilt(learner, n_users=int(info["n_users"]), n_items=int(info["n_items"]), events=events,
+                              added=added, version=int(info["version"]), params_from_init=True)
+    params = jax.tree.map(lambda target, saved: np.asarray(saved, np.asarray(target).dtype).reshape(target.shape),
+                          learner.params, raw["params"])
+    learner = dataclasses.replace(learner, params=params)
+    splits = tuple(seen_splits or info.get("seen_splits") or ("train",))
+    snapshot = make_snapshot(learner, int(info["version"]), _seen_pairs(base, splits, events),
+                             int(info["events_applied"]), np.asarray(arrays["added_items"], np.int64))
+    return cls(snapshot, source=Path(info["run_dir"]), online=online, seen_splits=splits)
