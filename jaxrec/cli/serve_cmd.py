@@ -49,10 +49,10 @@ def _serve(args) -> int:
     try:
         import uvicorn
 
-        from jaxrec.serve._http import create_app
+        from jaxrec.serve import create_app
     except ModuleNotFoundError as error:
         raise JaxrecError(f"jaxrec serve needs {error.name}: pip install 'jaxrec[serve]'") from None
-    from jaxrec.serve._server import ServeOptions, Service
+    from jaxrec.serve import ServeOptions, Service
 
     try:
         options = ServeOptions(**{name: getattr(args, name) for name in ServeOptions.__dataclass_fields__})

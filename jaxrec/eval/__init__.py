@@ -19,6 +19,7 @@ from jaxrec.eval._evaluate import KNOWN_METRICS as KNOWN_METRICS
 from jaxrec.eval._evaluate import EvalSplit as EvalSplit
 from jaxrec.eval._evaluate import check_batch_size as check_batch_size
 from jaxrec.eval._evaluate import evaluate_prepared as evaluate_prepared
+from jaxrec.eval._ranking import masked_scores as masked_scores
 from jaxrec.eval._evaluate import evaluate_prepared_many as evaluate_prepared_many
 from jaxrec.eval._evaluate import evaluate_split as evaluate_split
 from jaxrec.eval._evaluate import prepare_split as prepare_split

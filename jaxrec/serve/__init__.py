@@ -14,3 +14,15 @@ from jaxrec.serve._online import OnlineConfig as OnlineConfig
 from jaxrec.serve._recommender import Recommender as Recommender
 from jaxrec.serve._export import export_run as export_run
 from jaxrec.serve._export import load_export as load_export
+
+# The HTTP server needs the `serve` extra (FastAPI, uvicorn, prometheus-client): imported on first use.
+_SERVER_NAMES = {"create_app": "jaxrec.serve._http", "ServeOptions": "jaxrec.serve._server",
+                 "Service": "jaxrec.serve._server"}
+
+
+def __getattr__(name: str):
+    if name in _SERVER_NAMES:
+        import importlib
+
+        return getattr(importlib.import_module(_SERVER_NAMES[name]), name)
+    raise AttributeError(f"module 'jaxrec.serve' has no attribute {name!r}")

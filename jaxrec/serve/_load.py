@@ -15,19 +15,16 @@ from typing import Any
 
 from jaxrec.data import MultimodalDataset
 from jaxrec.errors import ConfigError
-from jaxrec.train import _outputs
-from jaxrec.train._checkpoint import Checkpoints
-from jaxrec.train._config_io import load_config
-from jaxrec.train._evaluate_run import best_epoch_of
-from jaxrec.train._setup import (  # noqa: F401  (re-exported for the rest of jaxrec.serve)
+from jaxrec.train import CONFIG_FILE, Checkpoints, best_epoch_of, load_config
+from jaxrec.train import (  # noqa: F401  (re-exported for the rest of jaxrec.serve)
     Experiment,
+    StepRunner,
     epoch_context,
+    init_state,
     make_encoder,
     prepare_eval_splits,
     prepare_experiment,
 )
-from jaxrec.train._state import init_state
-from jaxrec.train._step import StepRunner
 
 __all__ = ["Experiment", "LoadedRun", "StepRunner", "epoch_context", "init_state", "load_run", "make_encoder",
            "prepare_eval_splits", "prepare_experiment", "resolve_run_dir", "SERVED_FILE"]
@@ -64,7 +61,7 @@ def resolve_run_dir(path: str | os.PathLike) -> Path:
         raise ConfigError(f"{path}: no such run folder")
     if not path.is_dir():
         raise ConfigError(f"{path}: expected a run folder (config.yaml and checkpoints/), found a file")
-    if (path / _outputs.CONFIG_FILE).exists() and (path / "checkpoints").is_dir():
+    if (path / CONFIG_FILE).exists() and (path / "checkpoints").is_dir():
         return path
     search = path / "search.json"
     if search.exists():
@@ -78,7 +75,7 @@ def resolve_run_dir(path: str | os.PathLike) -> Path:
                               "finish the search or serve one trial folder")
         # The recorded workdir may come from another machine: the trial folder sits beside search.json.
         trial = path / f"trial_{best['trial']:03d}"
-        if not ((trial / _outputs.CONFIG_FILE).exists() and (trial / "checkpoints").is_dir()):
+        if not ((trial / CONFIG_FILE).exists() and (trial / "checkpoints").is_dir()):
             raise ConfigError(f"{search}: the winning trial {best['trial']} has no run in {trial} "
                               "(config.yaml and checkpoints/ expected)")
         return trial
@@ -87,7 +84,7 @@ def resolve_run_dir(path: str | os.PathLike) -> Path:
 
 
 def load_config_of(run_dir: Path):
-    return load_config(run_dir / _outputs.CONFIG_FILE)
+    return load_config(run_dir / CONFIG_FILE)
 
 
 def load_run(run_dir: Path, dataset: MultimodalDataset | None = None) -> LoadedRun:

@@ -28,7 +28,7 @@ from jaxrec.errors import ConfigError, TrainingDivergedError
 from jaxrec.serve import _grow
 from jaxrec.serve._load import StepRunner, init_state, make_encoder
 from jaxrec.train import TrainState, make_optimizer
-from jaxrec.train._config import ExperimentConfig
+from jaxrec.train import ExperimentConfig
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrec.errors import DataError
-from jaxrec.eval._ranking import masked_scores
+from jaxrec.eval import masked_scores
 
 
 def bucket(n: int, minimum: int = 1) -> int:

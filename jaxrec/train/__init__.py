@@ -57,6 +57,7 @@ from jaxrec.train._setup import resolve_loss_weights as resolve_loss_weights
 from jaxrec.train._loop import TrainHooks as TrainHooks
 from jaxrec.train._loop import train_and_evaluate as train_and_evaluate
 from jaxrec.train._evaluate_run import evaluate_run as evaluate_run
+from jaxrec.train._evaluate_run import best_epoch_of as best_epoch_of
 from jaxrec.train._evaluate_run import restore_best as restore_best
 
 # A run folder's files.
