@@ -7,6 +7,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from jaxrec.errors import ConfigError
+from jaxrec.losses._parallel import batch_gather, batch_sum, current_axis
 from jaxrec.losses._validation import as_float, check_rank, check_same_shape, reduce_losses
 
 
@@ -27,6 +28,7 @@ def info_nce(
     where: ArrayLike | None = None,
     weights: ArrayLike | None = None,
     reduction: str = "mean",
+    over_batch: bool = True,
 ) -> jax.Array:
     r"""InfoNCE between paired rows: row i of ``a`` should match row i of ``b``, not the others.
 
@@ -52,6 +54,9 @@ def info_nce(
         as negatives of the others).
       weights: optional (B,) row weights.
       reduction: ``"mean"`` (default), ``"sum"`` or ``"none"`` for (B,) per-row losses.
+      over_batch: the rows are the train step's batch rows (default): under data parallelism
+        every device's rows of ``b`` are negatives (:func:`jaxrec.losses.batch_gather`) and the
+        reduction runs over all rows. False for tables every device holds whole.
 
     Returns:
       A scalar, or (B,) per-row losses for ``reduction="none"``.
@@ -75,12 +80,29 @@ def info_nce(
     b = as_float(b).astype(a.dtype)
     check_rank(a, 2, "a")
     check_same_shape(a, b, "a", "b")
-    similarities = (_normalize_rows(a, eps) @ _normalize_rows(b, eps).T) / temperature
-    diagonal = jnp.diagonal(similarities)
-    per_row = jax.nn.logsumexp(similarities, axis=1) - diagonal
+    if over_batch and current_axis() is not None:
+        per_row = _sharded_info_nce_rows(_normalize_rows(a, eps), _normalize_rows(b, eps), temperature, symmetric)
+    else:
+        similarities = (_normalize_rows(a, eps) @ _normalize_rows(b, eps).T) / temperature
+        diagonal = jnp.diagonal(similarities)
+        per_row = jax.nn.logsumexp(similarities, axis=1) - diagonal
+        if symmetric:
+            per_row = 0.5 * (per_row + jax.nn.logsumexp(similarities, axis=0) - diagonal)
+    return reduce_losses(per_row, where=where, weights=weights, reduction=reduction,
+                         sum_fn=batch_sum if over_batch else jnp.sum)
+
+
+def _sharded_info_nce_rows(a, b, temperature, symmetric):
+    # This device's rows of a data-parallel batch: every device's rows of b are the negatives.
+    b_all, start = batch_gather(b)
+    own = start + jnp.arange(a.shape[0])
+    forward = (a @ b_all.T) / temperature
+    diagonal = jnp.take_along_axis(forward, own[:, None], axis=1)[:, 0]
+    per_row = jax.nn.logsumexp(forward, axis=1) - diagonal
     if symmetric:
-        per_row = 0.5 * (per_row + jax.nn.logsumexp(similarities, axis=0) - diagonal)
-    return reduce_losses(per_row, where=where, weights=weights, reduction=reduction)
+        a_all, _ = batch_gather(a)
+        per_row = 0.5 * (per_row + jax.nn.logsumexp((b @ a_all.T) / temperature, axis=1) - diagonal)
+    return per_row
 
 
 def cosine_alignment(
@@ -91,6 +113,7 @@ def cosine_alignment(
     where: ArrayLike | None = None,
     weights: ArrayLike | None = None,
     reduction: str = "mean",
+    over_batch: bool = True,
 ) -> jax.Array:
     r"""One minus the cosine similarity of online rows to stop-gradient target rows (BM3).
 
@@ -112,6 +135,9 @@ def cosine_alignment(
       where: optional (B,) bool mask of the rows to include.
       weights: optional (B,) row weights.
       reduction: ``"mean"`` (default), ``"sum"`` or ``"none"`` for (B,) values of :math:`1 - \cos`.
+      over_batch: the examples are the train step's batch rows (default): under data
+        parallelism the reduction runs over every device's rows (:func:`jaxrec.losses.batch_sum`).
+        False for examples every device holds alike when the reduction is a ``"sum"``.
 
     Returns:
       A scalar, or (B,) per-row values for ``reduction="none"``.
@@ -132,4 +158,5 @@ def cosine_alignment(
     check_rank(online, 2, "online")
     check_same_shape(online, target, "online", "target")
     per_row = 1.0 - jnp.sum(_normalize_rows(online, eps) * _normalize_rows(target, eps), axis=-1)
-    return reduce_losses(per_row, where=where, weights=weights, reduction=reduction)
+    return reduce_losses(per_row, where=where, weights=weights, reduction=reduction,
+                         sum_fn=batch_sum if over_batch else jnp.sum)

@@ -90,17 +90,22 @@ from flax import linen as nn
 from jaxrec import fusion as jfusion
 from jaxrec.models._modality_inputs import (
     batch_items,
-    bpr_with_emb_loss,
     check_widths,
     check_id_dropout,
-    gather_rows,
     modality_inputs,
     presence_patterns,
     with_id_dropout,
 )
 from jaxrec.models._init import xavier_normal
 from jaxrec.models._registry import Built, register
-from jaxrec.models.sidemf import check_choice, check_positive_int, trained_item_mask
+from jaxrec.models._common import (
+    bpr_emb_loss,
+    check_choice,
+    check_positive_int,
+    masked_rows,
+    rows_or_all,
+    trained_item_mask,
+)
 
 FUSIONS = ("attention", "gated", "ensemble", "early")
 GATE_CONTEXTS = ("user", "item")
@@ -173,7 +178,7 @@ class FusionMF(nn.Module):
     # -- item side ------------------------------------------------------------------------
 
     def _id_vectors(self, ctx, items):
-        return jnp.where(jnp.asarray(ctx["trained"])[items][..., None], self.item_embedding[items], 0.0)
+        return masked_rows(self.item_embedding, ctx["trained"], items)
 
     def _content(self, ctx, rows):
         """Item content of ``rows`` (R,): (R, M, d) modality vectors (zero where absent), or
@@ -231,7 +236,7 @@ class FusionMF(nn.Module):
         v_{i1}, \\ldots]`."""
         p = self.user_embedding[users]
         id_vectors = self._id_vectors(ctx, items)
-        content = gather_rows(lambda rows: self._content(ctx, rows), self.n_items, items)
+        content = rows_or_all(lambda rows: self._content(ctx, rows), self.n_items, items)[0]
         if self._item_side:
             return p, id_vectors + content
         if self.fusion == "attention":
@@ -294,8 +299,8 @@ class FusionMF(nn.Module):
         id_ctx = with_id_dropout(self, ctx, self.id_dropout, train)
         user_vectors, item_vectors = self.pair_vectors(id_ctx, batch["users"], items)
         scores = jnp.einsum("bd,bkd->bk", user_vectors, item_vectors)
-        return bpr_with_emb_loss(scores[:, 0], scores[:, 1:], user_vectors, item_vectors[:, 0], item_vectors[:, 1:],
-                                 pairs)
+        return bpr_emb_loss(user_vectors, item_vectors[:, 0], item_vectors[:, 1:], pairs, batch["weights"],
+                            per="pair", scores=(scores[:, 0], scores[:, 1:]))
 
 
 # ---- builders ----------------------------------------------------------------------------

@@ -34,7 +34,7 @@ column: users :math:`[\gamma_u, \theta_u, 1]`, items :math:`[\gamma_i, E f_i, \b
 
 Cold-start items (no train interaction, :math:`t_i = 0`) are scored from features alone:
 their :math:`\gamma_i` and :math:`\beta_i` are masked to zero, and they are never used as
-training negatives (see :func:`jaxrec.models.sidemf.training_pairs`).
+training negatives (:func:`jaxrec.models._common.counted_pairs`).
 
 ``mmrec_compat=True`` is MMRec's ``src/models/vbpr.py`` instead, which differs from the paper:
 no item bias :math:`\beta_i` and no visual bias :math:`\beta'`; the modalities (text, then
@@ -64,16 +64,18 @@ from flax import linen as nn
 
 from jaxrec import losses
 from jaxrec.errors import ConfigError
-from jaxrec.models._init import xavier_uniform
-from jaxrec.models._registry import Built, register
-from jaxrec.models.sidemf import (
+from jaxrec.models._common import (
+    bpr_emb_loss,
+    check_bool,
     check_choice,
     check_positive_int,
+    counted_pairs,
     item_side_features,
+    rows_or_all,
     trained_item_mask,
-    training_pairs,
-    xavier_normal,
 )
+from jaxrec.models._init import xavier_normal, xavier_uniform
+from jaxrec.models._registry import Built, register
 
 FUSIONS = ("early", "late")
 
@@ -153,13 +155,16 @@ class VBPR(nn.Module):
         once and gathered: fewer flops (lfm2k: 4096 rows a batch, 1425 items)."""
         features = ctx["features"]
 
-        def bias(rows):
-            return None if self.mmrec_compat else rows @ self.beta_prime
+        def parts(rows):  # [E f, β'·f] side by side, so that one rows_or_all maps both
+            visual = self._visual(features[rows])
+            if self.mmrec_compat:
+                return visual
+            return jnp.concatenate([visual, (features[rows] @ self.beta_prime)[..., None]], axis=-1)
 
-        if sum(a.size for a in item_arrays) >= self.n_items:
-            visual, visual_bias = self._visual(features), bias(features)
-            return [(visual[a], None if visual_bias is None else visual_bias[a]) for a in item_arrays]
-        return [(self._visual(features[a]), bias(features[a])) for a in item_arrays]
+        mapped = rows_or_all(parts, self.n_items, *item_arrays)
+        if self.mmrec_compat:
+            return [(visual, None) for visual in mapped]
+        return [(both[..., :-1], both[..., -1]) for both in mapped]
 
     def encode(self, ctx, train: bool = False):
         """Users ``[γ_u, θ_u, 1]``, items ``[γ_i, E f_i, β_i + β'·f_i]`` (MMRec variant:
@@ -180,41 +185,32 @@ class VBPR(nn.Module):
         ``users`` (B,), ``pos_items`` (B,), ``neg_items`` (B, n_neg) or (B,) and optional
         ``weights`` (B,) (0 = padding row)."""
         del train
-        users = batch["users"]
-        negatives, pairs = training_pairs(batch, ctx["trained"])
+        users, negatives = batch["users"], batch["neg_items"]
+        pairs = counted_pairs(batch, ctx["trained"])
         (pos_gamma, pos_beta), (neg_gamma, neg_beta) = self._free(ctx, batch["pos_items"]), self._free(ctx, negatives)
         (pos_visual, pos_visual_bias), (neg_visual, neg_visual_bias) = self._feature_parts(
             ctx, batch["pos_items"], negatives)
         if self.mmrec_compat:
-            return self._mmrec_terms(users, pos_gamma, pos_visual, neg_gamma, neg_visual, pairs)
+            # MMRec draws one negative per positive; with several, each (u, i, j) is a triple and
+            # the EmbLoss sums the norms of the stacked triples' vectors (n = 1: exactly MMRec's).
+            pos_e = jnp.concatenate([pos_gamma, pos_visual], axis=-1)
+            neg_e = jnp.concatenate([neg_gamma, neg_visual], axis=-1)
+            return bpr_emb_loss(self.user_table[users], pos_e, neg_e, pairs, batch["weights"], per="pair")
         gamma_u, theta_u = self.gamma_user[users], self.theta_user[users]
         pos_scores = (pos_beta + pos_visual_bias + jnp.sum(gamma_u * pos_gamma, axis=-1)
                       + jnp.sum(theta_u * pos_visual, axis=-1))
         neg_scores = (neg_beta + neg_visual_bias + jnp.einsum("bk,bnk->bn", gamma_u, neg_gamma)
                       + jnp.einsum("bk,bnk->bn", theta_u, neg_visual))
         pair_weight = pairs.astype(pos_scores.dtype)
-        n_pairs = jnp.maximum(jnp.sum(pair_weight), 1.0)
+        n_pairs = jnp.maximum(losses.batch_sum(pair_weight), 1.0)
         # Per triple: the user's and the positive's parameters count once for each of its pairs.
         row_norms = (jnp.sum(jnp.square(gamma_u), -1) + jnp.sum(jnp.square(theta_u), -1)
                      + jnp.sum(jnp.square(pos_gamma), -1) + jnp.square(pos_beta))
         neg_norms = jnp.sum(jnp.square(neg_gamma), -1) + jnp.square(neg_beta)
-        reg_theta = (jnp.sum(jnp.sum(pair_weight, axis=1) * row_norms) + jnp.sum(pair_weight * neg_norms)) / n_pairs
+        reg_theta = (losses.batch_sum(jnp.sum(pair_weight, axis=1) * row_norms)
+                     + losses.batch_sum(pair_weight * neg_norms)) / n_pairs
         reg_e = sum(jnp.sum(jnp.square(E)) for E in self.embeddings) + jnp.sum(jnp.square(self.beta_prime))
         return {"bpr": losses.bpr(pos_scores, neg_scores, where=pairs), "reg_theta": reg_theta, "reg_e": reg_e}
-
-    def _mmrec_terms(self, users, pos_gamma, pos_visual, neg_gamma, neg_visual, pairs):
-        # MMRec draws one negative per positive; with several, each (u, i, j) is a triple and the
-        # EmbLoss sums the norms of the stacked triples' vectors (n_neg = 1: exactly MMRec's).
-        user_e = self.user_table[users]
-        pos_e = jnp.concatenate([pos_gamma, pos_visual], axis=-1)
-        neg_e = jnp.concatenate([neg_gamma, neg_visual], axis=-1)
-        pos_scores = jnp.sum(user_e * pos_e, axis=-1)
-        neg_scores = jnp.einsum("bd,bnd->bn", user_e, neg_e)
-        pair_weight = pairs.astype(user_e.dtype)
-        n_pairs = jnp.sum(pair_weight)
-        reg = losses.l2_mean_norm(user_e[:, None, :] * pair_weight[..., None], pos_e[:, None, :] * pair_weight[..., None],
-                                  neg_e * pair_weight[..., None], batch_size=jnp.maximum(n_pairs, 1.0))
-        return {"bpr": losses.bpr(pos_scores, neg_scores, where=pairs), "reg": reg}
 
 
 @register("vbpr")
@@ -241,8 +237,7 @@ def build(dataset, *, embedding_size: int = 64, visual_size: int = 64, modalitie
     check_positive_int(embedding_size, "embedding_size", "vbpr")
     check_positive_int(visual_size, "visual_size", "vbpr")
     check_choice(fusion, "fusion", FUSIONS, "vbpr")
-    if not isinstance(mmrec_compat, bool):
-        raise ConfigError(f"model vbpr: mmrec_compat must be true or false; found {mmrec_compat!r}")
+    check_bool(mmrec_compat, "mmrec_compat", "vbpr")
     if mmrec_compat and fusion != "early":
         raise ConfigError("model vbpr: mmrec_compat concatenates the modalities (early fusion); "
                           f"found fusion={fusion!r}")
