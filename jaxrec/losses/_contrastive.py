@@ -29,6 +29,7 @@ def info_nce(
     weights: ArrayLike | None = None,
     reduction: str = "mean",
     over_batch: bool = True,
+    mask_negatives: bool = False,
 ) -> jax.Array:
     r"""InfoNCE between paired rows: row i of ``a`` should match row i of ``b``, not the others.
 
@@ -57,6 +58,9 @@ def info_nce(
       over_batch: the rows are the train step's batch rows (default): under data parallelism
         every device's rows of ``b`` are negatives (:func:`jaxrec.losses.batch_gather`) and the
         reduction runs over all rows. False for tables every device holds whole.
+      mask_negatives: rows left out by ``where`` / ``weights`` (weight 0, e.g. a padded
+        batch's padding) are also nobody's negatives , so
+        they change nothing at all (their logits become a huge negative number).
 
     Returns:
       A scalar, or (B,) per-row losses for ``reduction="none"``.
@@ -80,10 +84,21 @@ def info_nce(
     b = as_float(b).astype(a.dtype)
     check_rank(a, 2, "a")
     check_same_shape(a, b, "a", "b")
+    keep = None
+    if mask_negatives:
+        keep = jnp.ones(a.shape[0], bool)
+        if where is not None:
+            keep = keep & jnp.asarray(where, bool)
+        if weights is not None:
+            keep = keep & (jnp.asarray(weights) != 0)
+        where = keep
     if over_batch and current_axis() is not None:
-        per_row = _sharded_info_nce_rows(_normalize_rows(a, eps), _normalize_rows(b, eps), temperature, symmetric)
+        per_row = _sharded_info_nce_rows(_normalize_rows(a, eps), _normalize_rows(b, eps), temperature, symmetric,
+                                         keep)
     else:
         similarities = (_normalize_rows(a, eps) @ _normalize_rows(b, eps).T) / temperature
+        if keep is not None:
+            similarities = jnp.where(keep[None, :], similarities, _MASKED)
         diagonal = jnp.diagonal(similarities)
         per_row = jax.nn.logsumexp(similarities, axis=1) - diagonal
         if symmetric:
@@ -92,16 +107,27 @@ def info_nce(
                          sum_fn=batch_sum if over_batch else jnp.sum)
 
 
-def _sharded_info_nce_rows(a, b, temperature, symmetric):
+# The logit of a masked negative: exp() of it is 0 next to any real logit, and unlike -inf it
+# leaves a row whose negatives are all masked finite (its loss is masked out anyway).
+_MASKED = -1e30
+
+
+def _sharded_info_nce_rows(a, b, temperature, symmetric, keep):
     # This device's rows of a data-parallel batch: every device's rows of b are the negatives.
     b_all, start = batch_gather(b)
     own = start + jnp.arange(a.shape[0])
     forward = (a @ b_all.T) / temperature
+    if keep is not None:
+        keep_all, _ = batch_gather(keep)
+        forward = jnp.where(keep_all[None, :], forward, _MASKED)
     diagonal = jnp.take_along_axis(forward, own[:, None], axis=1)[:, 0]
     per_row = jax.nn.logsumexp(forward, axis=1) - diagonal
     if symmetric:
         a_all, _ = batch_gather(a)
-        per_row = 0.5 * (per_row + jax.nn.logsumexp((b @ a_all.T) / temperature, axis=1) - diagonal)
+        backward = (b @ a_all.T) / temperature
+        if keep is not None:
+            backward = jnp.where(keep_all[None, :], backward, _MASKED)
+        per_row = 0.5 * (per_row + jax.nn.logsumexp(backward, axis=1) - diagonal)
     return per_row
 
 

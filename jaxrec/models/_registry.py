@@ -70,17 +70,42 @@ class Built:
 _BUILDERS: dict[str, Callable[..., Built]] = {}
 
 
-def register(name: str):
-    """Decorator registering a model builder under ``name`` (lower case)."""
+def register(name: str, **preset):
+    """Decorator registering a model builder under ``name`` (lower case).
+
+    With ``preset`` keyword arguments, ``name`` is an alias for a variant of the builder's
+    model, e.g. ``register("attention", fusion="attention")``: the preset arguments are fixed
+    (a config that sets them gets the usual unknown-argument error) and the rest are the
+    builder's own.
+    """
 
     def decorate(builder):
         key = name.lower()
-        if key in _BUILDERS and _BUILDERS[key] is not builder:
+        entry = _variant(builder, preset) if preset else builder
+        if key in _BUILDERS and _BUILDERS[key] is not entry:
             raise ValueError(f"model name {key!r} registered twice")
-        _BUILDERS[key] = builder
+        _BUILDERS[key] = entry
         return builder
 
     return decorate
+
+
+def _variant(builder, preset):
+    import functools
+    import inspect
+
+    def variant(dataset, **model_args):
+        fixed = sorted(set(model_args) & set(preset))
+        if fixed:
+            raise TypeError(f"{builder.__name__}() got an unexpected keyword argument '{fixed[0]}'")
+        return builder(dataset, **preset, **model_args)
+
+    functools.update_wrapper(variant, builder)
+    signature = inspect.signature(builder)
+    variant.__signature__ = signature.replace(
+        parameters=[p for n, p in signature.parameters.items() if n not in preset])
+    variant.preset = dict(preset)
+    return variant
 
 
 def _import_model_files() -> None:

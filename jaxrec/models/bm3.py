@@ -172,7 +172,7 @@ class BM3(nn.Module):
 
     def predicted_rows(self, table, rows):
         """``f(table)[rows]``, (B, d): row-wise, so applied to the gathered rows or to the whole
-        table, whichever is fewer (a batch of 2048 against lfm2k's 1425 items)."""
+        table, whichever is fewer."""
         return rows_or_all(lambda r: self.predictor(table[r]), table.shape[0], rows)[0]
 
     def encode(self, ctx, train: bool = False):

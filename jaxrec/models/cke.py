@@ -43,7 +43,8 @@ KG batch on device: ``kg_batch_size`` triples uniformly (with replacement) from
 ``ctx["kg_triples"]`` and, for each, a corrupted tail uniform over the entities, from the
 ``"dropout"`` PRNG stream the trainer passes in training (a fixed key when there is none, as
 in shape tracing). A corrupted tail may by chance be a true tail of the head; with 1,260
-tags and about 23 tags per artist on lfm2k that is under 2% of the draws, and RecBole's
+tags and about 23 tags per artist on lfm2k that is a small share of the draws
+(``docs/models/cke.md``), and RecBole's
 rejection of them is a host-side loop we avoid. Under ``pmap`` every device draws the same
 KG batch (they share the key), which the gradient mean leaves unchanged. A RecBole epoch
 likewise pairs each interaction batch with one KG batch of the same size.
@@ -205,7 +206,7 @@ class CKE(nn.Module):
         """(S, n, k) projections :math:`e M_r` of the (S, n) ``nodes`` of S triples of
         ``relations`` (S,). Three exact ways, picked by cost at trace time: a gathered stack
         of (S, d, k) matrices costs, in the backward pass, an S-row scatter-add of d*k floats
-        each (on CPU it made the whole lfm2k CKE step about 6x slower); with few relations, every row goes
+        each (several times slower on CPU: ``docs/models/cke.md``); with few relations, every row goes
         through every :math:`M_r` in one matmul and each triple picks its own -- or, when
         the node table is smaller than the batch, the whole table is projected once."""
         d, k, n_relations = self.embedding_size, self.kg_embedding_size, self.n_relations

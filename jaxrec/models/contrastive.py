@@ -46,7 +46,7 @@ cost, with R - 1 negatives per row.
 Notes. The SLMRec paper's FAC task contrasts graph-propagated modality embeddings through
 linear heads; here the modality view is an MLP of the raw features, so the term applies to
 any base model. Repeated positives within a batch count as each other's negatives, as in
-SLMRec. Rows of weight 0 (padding) are left out of the mean but still serve as negatives.
+SLMRec. Rows of weight 0 (padding) count for nothing: neither in the mean nor as negatives.
 With ``train.parallel: pmap`` every device's rows are negatives, as on one device (with
 ``contrast_rows`` every device contrasts the batch's first R rows itself).
 
@@ -142,8 +142,8 @@ class Contrastive(nn.Module):
         item_view, modality_views, user_views = self.views(ctx, batch, train)
 
         def contrast(anchor, others):
-            return sum(losses.info_nce(anchor, other, self.temperature, weights=weights, over_batch=over_batch)
-                       for other in others)
+            return sum(losses.info_nce(anchor, other, self.temperature, weights=weights, over_batch=over_batch,
+                                       mask_negatives=True) for other in others)
 
         terms["info_nce"] = contrast(item_view, modality_views)
         if user_views is not None:

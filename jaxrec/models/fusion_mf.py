@@ -60,8 +60,8 @@ vectors whose dot products are the pair's scores — the user's :math:`p_u` (wit
 :math:`\theta_u^m` for the ensemble) and the positive's and negative's full item vectors
 (ID plus fused content, e.g. :math:`t_i e_i + \sum_m \alpha_{um}(i) v_{im}`), as MMRec's VBPR
 regularizes its projected features with its ID factors. ``loss_weights: {reg: λ}`` is MMRec's
-``reg_weight``. Regularizing only the ID embeddings leaves the encoders free, and on lfm2k they
-then overfit within ~40 epochs (test recall@20 0.31-0.33, below BPR-MF).
+``reg_weight``. Regularizing only the ID embeddings leaves the encoders free to overfit
+(measured on lfm2k: ``docs/models/fusion_mf.md``).
 
 **Cold-start items.** Items without a train interaction (:math:`t_i = 0`) are scored from their
 features alone: their ID embedding is masked to zero in ``encode``, in the loss and in the
@@ -88,6 +88,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from jaxrec import fusion as jfusion
+from jaxrec.errors import ConfigError
 from jaxrec.models._modality_inputs import (
     batch_items,
     check_widths,
@@ -303,18 +304,49 @@ class FusionMF(nn.Module):
                             per="pair", scores=(scores[:, 0], scores[:, 1:]))
 
 
-# ---- builders ----------------------------------------------------------------------------
+# ---- the builder -------------------------------------------------------------------------
 
 
-def build_fusion(dataset, *, fusion: str, model: str, embedding_size: int = 64,
-                 modalities: list[str] | None = None, feature_scaling: str = "standardize",
-                 encoder_hidden: list[int] | None = None, attention_hidden: list[int] | None = None,
-                 gate_context: str = "user", weighting: str = "softmax", id_dropout: float = 0.0) -> Built:
-    """A :class:`FusionMF` for ``dataset`` (arguments as in :func:`build`)."""
+@register("ensemble", fusion="ensemble")
+@register("gated", fusion="gated")
+@register("attention", fusion="attention")
+@register("fusion_mf")
+def build(dataset, *, fusion: str = "attention", embedding_size: int = 64, modalities: list[str] | None = None,
+          feature_scaling: str = "standardize", encoder_hidden: list[int] | None = None,
+          attention_hidden: list[int] | None = None, gate_context: str = "user",
+          weighting: str = "softmax", id_dropout: float = 0.0) -> Built:
+    """A neural fusion model at any level, chosen by ``fusion``; the names ``attention``,
+    ``gated`` and ``ensemble`` are this builder with that ``fusion`` fixed.
+
+    Args:
+      dataset: a :class:`~jaxrec.data.MultimodalDataset` with item modalities.
+      fusion: ``"attention"``, ``"gated"``, ``"ensemble"`` or ``"early"``.
+      embedding_size: d (64 as MMRec).
+      modalities: the modalities to fuse, in order (default: all).
+      feature_scaling: ``"standardize"`` (default, fitted on train items), ``"l2"`` or ``"none"``.
+      encoder_hidden: hidden widths of each modality's encoder :math:`f_m` (default none: linear).
+      attention_hidden: hidden widths (tanh) of the attention network (``attention`` only).
+      gate_context: what the gates read, ``"user"`` (default) or ``"item"`` (``gated`` only).
+      weighting: the ensemble's modality weights, ``"softmax"`` (default) or ``"nonneg"``
+        (``ensemble`` only).
+      id_dropout: probability of dropping an item's ID embedding in a training step (default 0),
+        so that the content part learns to score items alone (for cold-start items).
+
+    Returns:
+      :class:`~jaxrec.models.Built`, default weights ``{bpr: 1, reg: 1}`` (MMRec's BPR
+      ``reg_weight`` on lfm2k).
+    """
+    model = fusion if fusion in ("attention", "gated", "ensemble") else "fusion_mf"
     check_choice(fusion, "fusion", FUSIONS, model)
     check_positive_int(embedding_size, "embedding_size", model)
     check_choice(gate_context, "gate_context", GATE_CONTEXTS, model)
     check_choice(weighting, "weighting", WEIGHTINGS, model)
+    for argument, value, default, mode in (("attention_hidden", attention_hidden or None, None, "attention"),
+                                           ("gate_context", gate_context, "user", "gated"),
+                                           ("weighting", weighting, "softmax", "ensemble")):
+        if value != default and fusion != mode:
+            raise ConfigError(f"model {model}: {argument} applies to fusion {mode!r} only; found {value!r} "
+                              f"with fusion {fusion!r}")
     features, masks, _ = modality_inputs(dataset, modalities, scaling=feature_scaling, model=model)
     patterns, pattern_index = presence_patterns(masks)
     module = FusionMF(n_users=dataset.n_users, n_items=dataset.n_items,
@@ -326,63 +358,3 @@ def build_fusion(dataset, *, fusion: str, model: str, embedding_size: int = 64,
                       id_dropout=check_id_dropout(id_dropout, model))
     ctx = {"modalities": features, "masks": masks, "trained": trained_item_mask(dataset), "pattern": pattern_index}
     return Built(module=module, ctx=ctx, default_loss_weights={"bpr": 1.0, "reg": 1.0})
-
-
-@register("fusion_mf")
-def build(dataset, *, fusion: str = "attention", embedding_size: int = 64, modalities: list[str] | None = None,
-          feature_scaling: str = "standardize", encoder_hidden: list[int] | None = None,
-          attention_hidden: list[int] | None = None, gate_context: str = "user",
-          weighting: str = "softmax", id_dropout: float = 0.0) -> Built:
-    """A neural fusion model at any level, chosen by ``fusion``.
-
-    Args:
-      dataset: a :class:`~jaxrec.data.MultimodalDataset` with item modalities.
-      fusion: ``"attention"``, ``"gated"``, ``"ensemble"`` or ``"early"``.
-      embedding_size: d (64 as MMRec).
-      modalities: the modalities to fuse, in order (default: all).
-      feature_scaling: ``"standardize"`` (default, fitted on train items), ``"l2"`` or ``"none"``.
-      encoder_hidden: hidden widths of each modality's encoder :math:`f_m` (default none: linear).
-      attention_hidden: hidden widths (tanh) of the attention network (default none: linear).
-      gate_context: what the gates read, ``"user"`` (default) or ``"item"``.
-      weighting: the ensemble's modality weights, ``"softmax"`` (default) or ``"nonneg"``.
-      id_dropout: probability of dropping an item's ID embedding in a training step (default 0),
-        so that the content part learns to score items alone (for cold-start items).
-
-    Returns:
-      :class:`~jaxrec.models.Built`, default weights ``{bpr: 1, reg: 1}`` (MMRec's BPR
-      ``reg_weight`` on lfm2k).
-    """
-    return build_fusion(dataset, fusion=fusion, model="fusion_mf", embedding_size=embedding_size,
-                        modalities=modalities, feature_scaling=feature_scaling, encoder_hidden=encoder_hidden,
-                        attention_hidden=attention_hidden, gate_context=gate_context, weighting=weighting,
-                        id_dropout=id_dropout)
-
-
-@register("attention")
-def build_attention(dataset, *, embedding_size: int = 64, modalities: list[str] | None = None,
-                    feature_scaling: str = "standardize", encoder_hidden: list[int] | None = None,
-                    attention_hidden: list[int] | None = None, id_dropout: float = 0.0) -> Built:
-    """``fusion_mf`` with ``fusion="attention"`` (user-conditioned attention, vector level)."""
-    return build_fusion(dataset, fusion="attention", model="attention", embedding_size=embedding_size,
-                        modalities=modalities, feature_scaling=feature_scaling, encoder_hidden=encoder_hidden,
-                        attention_hidden=attention_hidden, id_dropout=id_dropout)
-
-
-@register("gated")
-def build_gated(dataset, *, embedding_size: int = 64, modalities: list[str] | None = None,
-                feature_scaling: str = "standardize", encoder_hidden: list[int] | None = None,
-                gate_context: str = "user", id_dropout: float = 0.0) -> Built:
-    """``fusion_mf`` with ``fusion="gated"`` (sigmoid gates, vector level)."""
-    return build_fusion(dataset, fusion="gated", model="gated", embedding_size=embedding_size,
-                        modalities=modalities, feature_scaling=feature_scaling, encoder_hidden=encoder_hidden,
-                        gate_context=gate_context, id_dropout=id_dropout)
-
-
-@register("ensemble")
-def build_ensemble(dataset, *, embedding_size: int = 64, modalities: list[str] | None = None,
-                   feature_scaling: str = "standardize", encoder_hidden: list[int] | None = None,
-                   weighting: str = "softmax", id_dropout: float = 0.0) -> Built:
-    """``fusion_mf`` with ``fusion="ensemble"`` (per-modality scorers, model level)."""
-    return build_fusion(dataset, fusion="ensemble", model="ensemble", embedding_size=embedding_size,
-                        modalities=modalities, feature_scaling=feature_scaling, encoder_hidden=encoder_hidden,
-                        weighting=weighting, id_dropout=id_dropout)

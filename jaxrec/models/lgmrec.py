@@ -168,7 +168,7 @@ def table_info_nce(anchors: jax.Array, targets: jax.Array, ids: jax.Array, weigh
         queries, keys = normalized, targets * inverse_norms[:, None]
     else:
         # Scaling the (n, r) factors, not the (., n) logits: XLA on CPU fused the latter's
-        # backward into a 5x slower loop.
+        # backward into a much slower loop (docs/models/lgmrec.md).
         factors, basis = target_factors
         queries, keys = normalized @ basis.T, factors * inverse_norms[:, None]
     if whole_table:
@@ -287,7 +287,7 @@ class LGMRec(nn.Module):
     def _propagate(self, graph, ego, modal):
         """CGE's layer mean of ``ego`` over ``n_ui_layers`` and each MGE input after
         ``n_mm_layers``, propagated side by side as one wide (n, d (1 + M)) array per layer
-        (1.4x faster on CPU than one (n, d) propagation each)."""
+        (faster on CPU than one (n, d) propagation each: ``docs/models/lgmrec.md``)."""
         collaborative_layers, current = [ego], list(modal)
         for layer in range(1, max(self.n_ui_layers, self.n_mm_layers) + 1):
             parts = ([collaborative_layers[-1]] if layer <= self.n_ui_layers else []) + (
