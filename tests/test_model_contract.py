@@ -100,12 +100,13 @@ def _init(built, seed=0):
 
 
 def _terms_and_grads(built, params, batch):
-    def loss(p):
-        terms = built.module.apply({"params": p}, built.ctx, batch, True, method="loss_terms",
+    # ctx and batch are arguments of the compiled function, as in the trainer.
+    def loss(p, ctx, batch):
+        terms = built.module.apply({"params": p}, ctx, batch, True, method="loss_terms",
                                    rngs={"dropout": jax.random.PRNGKey(3)})
         return sum(terms.values()), terms
 
-    (_, terms), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+    (_, terms), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params, built.ctx, batch)
     return terms, grads
 
 
@@ -118,8 +119,8 @@ def _real_batch():
 def test_encode_and_terms(name):
     built = built_model(name)
     _, _, state = _init(built)
-    users, items = jax.jit(lambda p: built.module.apply({"params": p}, built.ctx, False, method="encode"))(
-        state.params)
+    users, items = jax.jit(lambda p, ctx: built.module.apply({"params": p}, ctx, False, method="encode"))(
+        state.params, built.ctx)
     assert users.shape[0] == N_USERS and items.shape[0] == N_ITEMS and users.shape[1] == items.shape[1]
     assert np.isfinite(np.asarray(users)).all() and np.isfinite(np.asarray(items)).all()
     terms, grads = _terms_and_grads(built, state.params, _real_batch())

@@ -150,8 +150,8 @@ def test_encode_and_loss_terms_match_mmrec_lattice_in_numpy():
     np.testing.assert_allclose(np.asarray(user_emb), expected_u, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(np.asarray(item_emb), expected_i, rtol=1e-4, atol=1e-5)
 
-    # bpr_loss: -mean log sigmoid(pos - neg); reg = 1/2 (|u|^2 + |i|^2 + |j|^2) / batch_size over
-    # the real rows, batch_size the configured size (padding rows count in B, not in the norms).
+    # bpr_loss: -mean log sigmoid(pos - neg); reg = 1/2 (|u|^2 + |i|^2 + |j|^2) / B over the real
+    # rows, B their number (the model contract's padding rule; MMRec's B is the configured size).
     rng = np.random.default_rng(0)
     users, pos, neg = rng.integers(0, data.n_users, 12), rng.integers(0, data.n_items, 12), rng.integers(0, data.n_items, 12)
     weights = np.array([1.0] * 10 + [0.0] * 2, np.float32)
@@ -162,7 +162,7 @@ def test_encode_and_loss_terms_match_mmrec_lattice_in_numpy():
     u, p, n = expected_u[users[keep]], expected_i[pos[keep]], expected_i[neg[keep]]
     np.testing.assert_allclose(float(terms["bpr"]), np.mean(np.logaddexp(0, -((u * p).sum(1) - (u * n).sum(1)))),
                                rtol=1e-5)
-    np.testing.assert_allclose(float(terms["reg"]), 0.5 * ((u ** 2).sum() + (p ** 2).sum() + (n ** 2).sum()) / 12,
+    np.testing.assert_allclose(float(terms["reg"]), 0.5 * ((u ** 2).sum() + (p ** 2).sum() + (n ** 2).sum()) / 10,
                                rtol=1e-5)
 
 

@@ -313,8 +313,8 @@ class FusionMF(nn.Module):
 @register("fusion_mf")
 def build(dataset, *, fusion: str = "attention", embedding_size: int = 64, modalities: list[str] | None = None,
           feature_scaling: str = "standardize", encoder_hidden: list[int] | None = None,
-          attention_hidden: list[int] | None = None, gate_context: str = "user",
-          weighting: str = "softmax", id_dropout: float = 0.0) -> Built:
+          attention_hidden: list[int] | None = None, gate_context: str | None = None,
+          weighting: str | None = None, id_dropout: float = 0.0) -> Built:
     """A neural fusion model at any level, chosen by ``fusion``; the names ``attention``,
     ``gated`` and ``ensemble`` are this builder with that ``fusion`` fixed.
 
@@ -325,7 +325,8 @@ def build(dataset, *, fusion: str = "attention", embedding_size: int = 64, modal
       modalities: the modalities to fuse, in order (default: all).
       feature_scaling: ``"standardize"`` (default, fitted on train items), ``"l2"`` or ``"none"``.
       encoder_hidden: hidden widths of each modality's encoder :math:`f_m` (default none: linear).
-      attention_hidden: hidden widths (tanh) of the attention network (``attention`` only).
+      attention_hidden: hidden widths (tanh) of the attention network (``attention`` only;
+        default none: linear).
       gate_context: what the gates read, ``"user"`` (default) or ``"item"`` (``gated`` only).
       weighting: the ensemble's modality weights, ``"softmax"`` (default) or ``"nonneg"``
         (``ensemble`` only).
@@ -338,15 +339,15 @@ def build(dataset, *, fusion: str = "attention", embedding_size: int = 64, modal
     """
     model = fusion if fusion in ("attention", "gated", "ensemble") else "fusion_mf"
     check_choice(fusion, "fusion", FUSIONS, model)
+    for argument, value, mode in (("attention_hidden", attention_hidden, "attention"),
+                                  ("gate_context", gate_context, "gated"), ("weighting", weighting, "ensemble")):
+        if value is not None and fusion != mode:
+            raise ConfigError(f"model {model} has no argument {argument!r} (it applies to fusion {mode!r}); "
+                              f"found {value!r}")
+    gate_context = check_choice("user" if gate_context is None else gate_context, "gate_context", GATE_CONTEXTS,
+                                model)
+    weighting = check_choice("softmax" if weighting is None else weighting, "weighting", WEIGHTINGS, model)
     check_positive_int(embedding_size, "embedding_size", model)
-    check_choice(gate_context, "gate_context", GATE_CONTEXTS, model)
-    check_choice(weighting, "weighting", WEIGHTINGS, model)
-    for argument, value, default, mode in (("attention_hidden", attention_hidden or None, None, "attention"),
-                                           ("gate_context", gate_context, "user", "gated"),
-                                           ("weighting", weighting, "softmax", "ensemble")):
-        if value != default and fusion != mode:
-            raise ConfigError(f"model {model}: {argument} applies to fusion {mode!r} only; found {value!r} "
-                              f"with fusion {fusion!r}")
     features, masks, _ = modality_inputs(dataset, modalities, scaling=feature_scaling, model=model)
     patterns, pattern_index = presence_patterns(masks)
     module = FusionMF(n_users=dataset.n_users, n_items=dataset.n_items,

@@ -128,7 +128,7 @@ class VBPR(nn.Module):
     def _free(self, ctx, items):
         """``(gamma (.., K), beta (..))`` of ``items`` (any int shape): zero for never-trained items."""
         return (masked_rows(self.gamma_item, ctx["trained"], items),
-                jnp.where(ctx["trained"][items], self.beta_item[items], 0.0))
+                jnp.where(jnp.asarray(ctx["trained"])[items], self.beta_item[items], 0.0))
 
     def _feature_parts(self, ctx, *item_arrays):
         """``[(E f (.., blocks K'), β'·f (..)), ...]``, one pair per index array
