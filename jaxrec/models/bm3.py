@@ -80,18 +80,8 @@ from flax import linen as nn
 
 from jaxrec import losses
 from jaxrec.data import graph as jgraph
-from jaxrec.models._common import (
-    FeatureTable,
-    check_bool,
-    check_nonnegative_int,
-    check_number,
-    check_positive_int,
-    chunk_size_for,
-    feature_blocks,
-    item_side_features,
-    rows_or_all,
-    train_graph,
-)
+from jaxrec.models._common import (FeatureTable, check_bool, check_nonnegative_int, check_number, check_positive_int,
+                                   chunk_size_for, feature_blocks, item_side_features, rows_or_all, train_graph)
 from jaxrec.models._init import torch_linear_bias, xavier_normal, xavier_uniform
 from jaxrec.models._registry import Built, register
 

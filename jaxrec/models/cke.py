@@ -74,17 +74,8 @@ from jax.typing import ArrayLike
 from jaxrec import losses
 from jaxrec.data import add_tag_kg
 from jaxrec.errors import ConfigError
-from jaxrec.models._common import (
-    batch_triples,
-    bpr_emb_loss,
-    check_choice,
-    check_positive_int,
-    counted_pairs,
-    item_side_features,
-    masked_rows,
-    normalize_rows,
-    trained_item_mask,
-)
+from jaxrec.models._common import (batch_triples, bpr_emb_loss, check_choice, check_positive_int, counted_pairs,
+                                   item_side_features, masked_rows, normalize_rows, trained_item_mask)
 from jaxrec.models._init import xavier_normal
 from jaxrec.models._registry import Built, register
 

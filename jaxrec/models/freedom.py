@@ -70,23 +70,10 @@ from flax import linen as nn
 
 from jaxrec.data import graph as jgraph
 from jaxrec.errors import ConfigError
-from jaxrec.models._common import (
-    FeatureTable,
-    batch_triples,
-    bpr_of,
-    check_bool,
-    check_modality_weights,
-    check_nonnegative_int,
-    check_number,
-    check_positive_int,
-    counted_pairs,
-    feature_blocks,
-    graph_cache_of,
-    item_side_features,
-    key_seed,
-    knn_search_settings,
-    rows_or_all,
-)
+from jaxrec.models._common import (FeatureTable, batch_triples, bpr_of, check_bool, check_modality_weights,
+                                   check_nonnegative_int, check_number, check_positive_int, counted_pairs,
+                                   feature_blocks, graph_cache_of, item_side_features, key_seed, knn_search_settings,
+                                   rows_or_all)
 from jaxrec.models._init import torch_linear_bias, torch_linear_kernel, xavier_uniform
 from jaxrec.models._registry import Built, register
 

@@ -89,24 +89,12 @@ from flax import linen as nn
 
 from jaxrec import fusion as jfusion
 from jaxrec.errors import ConfigError
-from jaxrec.models._modality_inputs import (
-    batch_items,
-    check_widths,
-    check_id_dropout,
-    modality_inputs,
-    presence_patterns,
-    with_id_dropout,
-)
+from jaxrec.models._modality_inputs import (batch_items, check_widths, check_id_dropout, modality_inputs,
+                                            presence_patterns, with_id_dropout)
 from jaxrec.models._init import xavier_normal
 from jaxrec.models._registry import Built, register
-from jaxrec.models._common import (
-    bpr_emb_loss,
-    check_choice,
-    check_positive_int,
-    masked_rows,
-    rows_or_all,
-    trained_item_mask,
-)
+from jaxrec.models._common import (bpr_emb_loss, check_choice, check_positive_int, masked_rows, rows_or_all,
+                                   trained_item_mask)
 
 FUSIONS = ("attention", "gated", "ensemble", "early")
 GATE_CONTEXTS = ("user", "item")

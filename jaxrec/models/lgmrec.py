@@ -98,19 +98,9 @@ from flax import linen as nn
 from jaxrec import losses
 from jaxrec.data import graph as jgraph
 from jaxrec.errors import ConfigError
-from jaxrec.models._common import (
-    batch_triples,
-    bpr_emb_loss,
-    check_choice,
-    check_nonnegative_int,
-    check_number,
-    check_positive_int,
-    chunk_size_for,
-    counted_pairs,
-    feature_blocks,
-    item_side_features,
-    normalize_rows,
-)
+from jaxrec.models._common import (batch_triples, bpr_emb_loss, check_choice, check_nonnegative_int, check_number,
+                                   check_positive_int, chunk_size_for, counted_pairs, feature_blocks,
+                                   item_side_features, normalize_rows)
 from jaxrec.models._init import xavier_uniform
 from jaxrec.models._registry import Built, register
 

@@ -46,15 +46,8 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from jaxrec.data import graph as jgraph
-from jaxrec.models._common import (
-    batch_triples,
-    bpr_emb_loss,
-    check_nonnegative_int,
-    check_positive_int,
-    chunk_size_for,
-    counted_pairs,
-    train_graph,
-)
+from jaxrec.models._common import (batch_triples, bpr_emb_loss, check_nonnegative_int, check_positive_int,
+                                   chunk_size_for, counted_pairs, train_graph)
 from jaxrec.models._init import xavier_uniform
 from jaxrec.models._registry import Built, register
 

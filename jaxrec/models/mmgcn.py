@@ -69,17 +69,8 @@ from flax import linen as nn
 from jaxrec import losses
 from jaxrec.data import graph as jgraph
 from jaxrec.errors import ConfigError
-from jaxrec.models._common import (
-    batch_triples,
-    bpr_of,
-    check_bool,
-    check_positive_int,
-    chunk_size_for,
-    counted_pairs,
-    item_side_features,
-    normalize_rows,
-    train_graph,
-)
+from jaxrec.models._common import (batch_triples, bpr_of, check_bool, check_positive_int, chunk_size_for,
+                                   counted_pairs, item_side_features, normalize_rows, train_graph)
 from jaxrec.models._init import torch_linear_bias, torch_linear_kernel, xavier_normal
 from jaxrec.models._registry import Built, register
 

@@ -62,14 +62,8 @@ from flax import linen as nn
 
 from jaxrec import losses
 from jaxrec.errors import ConfigError
-from jaxrec.models._common import (
-    check_choice,
-    check_positive_int,
-    counted_pairs,
-    item_side_features,
-    rows_or_all,
-    trained_item_mask,
-)
+from jaxrec.models._common import (check_choice, check_positive_int, counted_pairs, item_side_features, rows_or_all,
+                                   trained_item_mask)
 from jaxrec.models._init import xavier_normal
 from jaxrec.models._registry import Built, register
 

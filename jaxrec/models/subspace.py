@@ -54,18 +54,8 @@ from jaxrec import fusion as jfusion
 from jaxrec.errors import ConfigError
 from jaxrec.models._init import xavier_normal
 from jaxrec.models._registry import Built, register
-from jaxrec.models._modality_inputs import (
-    batch_items,
-    check_id_dropout,
-    modality_inputs,
-    with_id_dropout,
-)
-from jaxrec.models._common import (
-    bpr_emb_loss,
-    check_positive_int,
-    masked_rows,
-    trained_item_mask,
-)
+from jaxrec.models._modality_inputs import (batch_items, check_id_dropout, modality_inputs, with_id_dropout)
+from jaxrec.models._common import (bpr_emb_loss, check_positive_int, masked_rows, trained_item_mask)
 
 
 def _orthonormal_projections(variables):

@@ -64,17 +64,8 @@ from flax import linen as nn
 
 from jaxrec import losses
 from jaxrec.errors import ConfigError
-from jaxrec.models._common import (
-    bpr_emb_loss,
-    check_bool,
-    check_choice,
-    check_positive_int,
-    counted_pairs,
-    item_side_features,
-    masked_rows,
-    rows_or_all,
-    trained_item_mask,
-)
+from jaxrec.models._common import (bpr_emb_loss, check_bool, check_choice, check_positive_int, counted_pairs,
+                                   item_side_features, masked_rows, rows_or_all, trained_item_mask)
 from jaxrec.models._init import xavier_normal, xavier_uniform
 from jaxrec.models._registry import Built, register
 
