@@ -9,6 +9,7 @@ from jaxrec import models
 from jaxrec.data import Interactions, MultimodalDataset
 from jaxrec.errors import ConfigError
 from jaxrec.models.bprmf import BPRMF
+from jaxrec.models import normalize_batch
 
 from _model_testing import assert_gradient_matches_central_differences, popularity_recall, train_tiny
 
@@ -36,7 +37,8 @@ def _numpy_mmrec_bpr(user_table, item_table, users, pos, neg, weights=None):
 
 
 def _terms(params, module, batch):
-    return module.apply({"params": params}, {}, batch, True, method="loss_terms")
+    # The batch as the trainer hands it over (weights 1 unless given).
+    return module.apply({"params": params}, {}, normalize_batch(batch), True, method="loss_terms")
 
 
 def test_loss_terms_match_mmrec_bpr_in_numpy():

@@ -19,9 +19,12 @@ def _dataset():
 
 
 def _numpy_info_nce(a, b, temperature, weights):
-    """Mean over rows of weight 1 of -log softmax_j(cos(a_i, b_j) / t)[i]; all rows are negatives."""
-    a = a / np.linalg.norm(a, axis=1, keepdims=True)
-    b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    """Mean over rows of weight 1 of -log softmax_j(cos(a_i, b_j) / t)[i] over the rows j of weight
+    1 (padding rows count for nothing, not even as negatives: the model contract)."""
+    real = weights > 0
+    a = a[real] / np.linalg.norm(a[real], axis=1, keepdims=True)
+    b = b[real] / np.linalg.norm(b[real], axis=1, keepdims=True)
+    weights = weights[real]
     logits = a @ b.T / temperature
     log_softmax = logits - np.log(np.exp(logits).sum(1, keepdims=True))
     per_row = -np.diag(log_softmax)

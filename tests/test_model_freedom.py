@@ -10,6 +10,7 @@ from jaxrec import models
 from jaxrec.data import make_synthetic
 from jaxrec.errors import ConfigError
 from jaxrec.models.freedom import FREEDOM
+from jaxrec.models import normalize_batch
 
 from _model_testing import numpy_norm_adj, pmap_parity_run, popularity_recall, train_tiny
 
@@ -152,7 +153,7 @@ def test_gradient_matches_finite_differences():
     data = _small(seed=3, n_users=12, n_items=10, n_interactions=60)
     built = models.build("freedom", data, embedding_size=4, feat_embed_dim=4, knn_k=3, dropout=0.5,
                          modalities=["text", "image"], graph_cache=None)
-    batch = {"users": np.array([0, 3, 7]), "pos_items": np.array([1, 4, 9]), "neg_items": np.array([[2], [0], [5]])}
+    batch = normalize_batch({"users": np.array([0, 3, 7]), "pos_items": np.array([1, 4, 9]), "neg_items": np.array([[2], [0], [5]])})
     with jax.enable_x64():
         ctx = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64) if jnp.issubdtype(a.dtype, jnp.floating) else a,
                            built.ctx)

@@ -14,6 +14,7 @@ from jaxrec import models
 from jaxrec.data import make_synthetic
 from jaxrec.errors import ConfigError
 from jaxrec.models.lattice import LATTICE, knn_indices, refresh_learned_graph
+from jaxrec.models import normalize_batch
 
 
 # ---- dense numpy references (MMRec's src/models/lattice.py and src/utils/utils.py) ---------
@@ -149,8 +150,8 @@ def test_encode_and_loss_terms_match_mmrec_lattice_in_numpy():
     np.testing.assert_allclose(np.asarray(user_emb), expected_u, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(np.asarray(item_emb), expected_i, rtol=1e-4, atol=1e-5)
 
-    # bpr_loss: -mean log sigmoid(pos - neg); reg = 1/2 (|u|^2 + |i|^2 + |j|^2) / batch_size over
-    # the real rows, batch_size the configured size (padding rows count in B, not in the norms).
+    # bpr_loss: -mean log sigmoid(pos - neg); reg = 1/2 (|u|^2 + |i|^2 + |j|^2) / B over the real
+    # rows, B their number (the model contract's padding rule; MMRec's B is the configured size).
     rng = np.random.default_rng(0)
     users, pos, neg = rng.integers(0, data.n_users, 12), rng.integers(0, data.n_items, 12), rng.integers(0, data.n_items, 12)
     weights = np.array([1.0] * 10 + [0.0] * 2, np.float32)
@@ -161,7 +162,7 @@ def test_encode_and_loss_terms_match_mmrec_lattice_in_numpy():
     u, p, n = expected_u[users[keep]], expected_i[pos[keep]], expected_i[neg[keep]]
     np.testing.assert_allclose(float(terms["bpr"]), np.mean(np.logaddexp(0, -((u * p).sum(1) - (u * n).sum(1)))),
                                rtol=1e-5)
-    np.testing.assert_allclose(float(terms["reg"]), 0.5 * ((u ** 2).sum() + (p ** 2).sum() + (n ** 2).sum()) / 12,
+    np.testing.assert_allclose(float(terms["reg"]), 0.5 * ((u ** 2).sum() + (p ** 2).sum() + (n ** 2).sum()) / 10,
                                rtol=1e-5)
 
 
@@ -215,7 +216,7 @@ def test_gradient_matches_finite_differences():
     data = _small(seed=3, n_users=12, n_items=10, n_interactions=60)
     built = models.build("lattice", data, embedding_size=4, feat_embed_dim=3, knn_k=3, n_ui_layers=1,
                          modalities=["text", "image"], graph_cache="none")
-    batch = {"users": np.array([0, 3, 7]), "pos_items": np.array([1, 4, 9]), "neg_items": np.array([[2], [0], [5]])}
+    batch = normalize_batch({"users": np.array([0, 3, 7]), "pos_items": np.array([1, 4, 9]), "neg_items": np.array([[2], [0], [5]])})
     with jax.enable_x64():
         ctx = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64) if jnp.issubdtype(a.dtype, jnp.floating) else a,
                            built.ctx)

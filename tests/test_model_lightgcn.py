@@ -10,6 +10,7 @@ from jaxrec import models
 from jaxrec.data import Interactions, MultimodalDataset, make_synthetic
 from jaxrec.errors import ConfigError
 from jaxrec.models.lightgcn import LightGCN, chunk_size_for
+from jaxrec.models import normalize_batch
 
 from _model_testing import assert_gradient_matches_central_differences, pmap_parity_run, popularity_recall, train_tiny
 
@@ -114,7 +115,7 @@ def test_loss_terms_match_mmrec_in_numpy_with_padding_rows():
 def test_gradient_matches_finite_differences():
     dataset = _graph_dataset()
     built = models.build("lightgcn", dataset, embedding_size=2, n_layers=2)
-    batch = {"users": np.array([0, 2, 5]), "pos_items": np.array([1, 4, 6]), "neg_items": np.array([[3], [8], [0]])}
+    batch = normalize_batch({"users": np.array([0, 2, 5]), "pos_items": np.array([1, 4, 6]), "neg_items": np.array([[3], [8], [0]])})
     with jax.enable_x64():
         params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), _random_params(7, 9, 2, seed=3))
         ctx = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64) if a.dtype == np.float32 else a, built.ctx)

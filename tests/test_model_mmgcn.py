@@ -8,6 +8,7 @@ import pytest
 from jaxrec import models
 from jaxrec.data import Interactions, Modality, MultimodalDataset, make_synthetic
 from jaxrec.errors import ConfigError
+from jaxrec.models import normalize_batch
 
 from _model_testing import pmap_parity_run, popularity_recall, train_tiny
 
@@ -106,7 +107,7 @@ def test_loss_terms_match_numpy_mmrec_with_padding_rows():
 
 def test_frozen_tables_get_no_gradient():
     dataset = _dataset()
-    batch = {"users": np.array([0, 1, 4]), "pos_items": np.array([1, 2, 3]), "neg_items": np.array([[5], [7], [0]])}
+    batch = normalize_batch({"users": np.array([0, 1, 4]), "pos_items": np.array([1, 2, 3]), "neg_items": np.array([[5], [7], [0]])})
     for learn in (False, True):
         built = models.build("mmgcn", dataset, latent_dims={"audio": 4}, embedding_size=3, learn_embeddings=learn)
         params = _params(built)

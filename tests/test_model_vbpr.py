@@ -33,7 +33,8 @@ def _dataset(n_users=6, n_items=8, seed=0):
 
 def _init(built, seed=0):
     """Parameters with every entry random (biases and beta' too, which start at zero)."""
-    batch = {"users": np.zeros(2, np.int32), "pos_items": np.zeros(2, np.int32), "neg_items": np.zeros((2, 1), np.int32)}
+    batch = {"users": np.zeros(2, np.int32), "pos_items": np.zeros(2, np.int32), "neg_items": np.zeros((2, 1), np.int32),
+             "weights": np.ones(2, np.float32)}
     from jaxrec.train import init_entry_points
 
     params = built.module.init(jax.random.PRNGKey(seed), built.ctx, batch, method=init_entry_points)["params"]
@@ -123,7 +124,8 @@ def test_mmrec_compat_matches_mmrec_vbpr_in_numpy():
     params = _init(built, seed=3)
     users, pos, neg = np.array([0, 1, 3, 5]), np.array([2, 0, 4, 1]), np.array([3, 5, 0, 2])
     terms = built.module.apply({"params": params}, built.ctx, {"users": users, "pos_items": pos,
-                                                               "neg_items": neg[:, None]}, True, method="loss_terms")
+                                                               "neg_items": neg[:, None], "weights": np.ones(4)},
+                               True, method="loss_terms")
     p = {k: v.astype(np.float64) for k, v in params.items()}
     mf, reg, item = _numpy_mmrec_vbpr(p, dataset.modalities["text"].features, dataset.modalities["image"].features,
                                       users, pos, neg)

@@ -61,10 +61,10 @@ def test_sharded_jit_matches_one_device(setup):
                            np.asarray(setup[2].params["user_embedding"]))
 
 
-def test_pmap_matches_one_device_for_per_example_terms(setup):
-    # pmap averages each device's terms; that equals the global batch mean for a per-example
-    # mean such as BPR (MMRec's norm-based reg is not one: see jaxrec.train._step).
-    weights = {"bpr": 1.0, "reg": 0.0}
+def test_pmap_matches_one_device(setup):
+    # MMRec's EmbLoss (norms, not squared) included: its sums of squares are reduced over the
+    # devices before the square root (jaxrec.losses.batch_sum).
+    weights = {"bpr": 1.0, "reg": 0.5}
     single, single_losses, _ = _train(setup, "none", weights)
     pmapped, pmap_losses, runner = _train(setup, "pmap", weights)
     assert runner.n_devices == 4
@@ -101,12 +101,13 @@ def test_whole_runs_in_parallel_modes_match_one_device(tmp_path, parallel):
            "train": {"epochs": 2, "batch_size": 128, "learning_rate": 0.05, "checkpoint_every": 1,
                      "valid_metric": "recall@10"},
            "eval": {"ks": [10], "metrics": ["recall"]},
-           "loss_weights": {"reg": 0.0}}  # per-example terms only, so pmap is exact too
+           "loss_weights": {"reg": 1.0}}  # MMRec's EmbLoss too: exact under pmap
     runs = {}
     for mode in ("none", parallel):
         config = config_from_dict({**raw, "train": {**raw["train"], "parallel": mode}})
         runs[mode] = train_and_evaluate(config, tmp_path / mode, dataset=dataset, quiet=True)
     assert runs[parallel]["devices"]["count"] == 4
+    # Each epoch ends with a padded batch.
     losses = {mode: [json.loads(line)["loss"] for line in (tmp_path / mode / "history.jsonl").read_text().splitlines()]
               for mode in runs}
     np.testing.assert_allclose(losses[parallel], losses["none"], rtol=1e-5)

@@ -9,6 +9,11 @@ over examples accept ``where=`` (bool mask), ``weights=`` and ``reduction=`` ("m
         {"bpr": losses.bpr(pos, neg), "reg": losses.l2_mean_norm(u, i_pos, i_neg)},
         {"bpr": 1.0, "reg": 1e-4},
     )
+
+Under data parallelism (``train.parallel: pmap``) each device holds a shard of the batch; every
+reduction over batch rows goes through :func:`batch_sum` (the per-example losses' means and
+sums, and the regularizers with ``over_batch=True``), which sums over devices before any
+non-linear step, so each term equals its one-device value (see ``jaxrec.losses._parallel``).
 """
 
 # Ranking (implicit feedback).
@@ -39,6 +44,12 @@ from jaxrec.losses._alignment import kernel_alignment as kernel_alignment
 from jaxrec.losses._objectives import side_mf_bpr as side_mf_bpr
 from jaxrec.losses._objectives import side_mf_objective as side_mf_objective
 from jaxrec.losses._objectives import subspace_objective as subspace_objective
+
+# Batch reductions that stay exact when a step splits its batch over devices.
+from jaxrec.losses._parallel import batch_gather as batch_gather
+from jaxrec.losses._parallel import batch_mean as batch_mean
+from jaxrec.losses._parallel import batch_sum as batch_sum
+from jaxrec.losses._parallel import data_parallel as data_parallel
 
 # Composing an objective from named terms.
 from jaxrec.losses._combine import combine as combine

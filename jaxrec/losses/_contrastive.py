@@ -9,6 +9,7 @@ from jax.typing import ArrayLike
 from jaxrec.errors import ConfigError
 from jaxrec._checks import as_float, check_rank, check_same_shape
 from jaxrec.losses._reduction import reduce_losses
+from jaxrec.losses._parallel import batch_gather, batch_sum, current_axis
 
 
 def _normalize_rows(x: jax.Array, eps: float) -> jax.Array:
@@ -28,6 +29,8 @@ def info_nce(
     where: ArrayLike | None = None,
     weights: ArrayLike | None = None,
     reduction: str = "mean",
+    over_batch: bool = True,
+    mask_negatives: bool = False,
 ) -> jax.Array:
     r"""InfoNCE between paired rows: row i of ``a`` should match row i of ``b``, not the others.
 
@@ -53,6 +56,12 @@ def info_nce(
         as negatives of the others).
       weights: optional (B,) row weights.
       reduction: ``"mean"`` (default), ``"sum"`` or ``"none"`` for (B,) per-row losses.
+      over_batch: the rows are the train step's batch rows (default): under data parallelism
+        every device's rows of ``b`` are negatives (:func:`jaxrec.losses.batch_gather`) and the
+        reduction runs over all rows. False for tables every device holds whole.
+      mask_negatives: rows left out by ``where`` / ``weights`` (weight 0, e.g. a padded
+        batch's padding) are also nobody's negatives , so
+        they change nothing at all (their logits become a huge negative number).
 
     Returns:
       A scalar, or (B,) per-row losses for ``reduction="none"``.
@@ -76,12 +85,51 @@ def info_nce(
     b = as_float(b).astype(a.dtype)
     check_rank(a, 2, "a")
     check_same_shape(a, b, "a", "b")
-    similarities = (_normalize_rows(a, eps) @ _normalize_rows(b, eps).T) / temperature
-    diagonal = jnp.diagonal(similarities)
-    per_row = jax.nn.logsumexp(similarities, axis=1) - diagonal
+    keep = None
+    if mask_negatives:
+        keep = jnp.ones(a.shape[0], bool)
+        if where is not None:
+            keep = keep & jnp.asarray(where, bool)
+        if weights is not None:
+            keep = keep & (jnp.asarray(weights) != 0)
+        where = keep
+    if over_batch and current_axis() is not None:
+        per_row = _sharded_info_nce_rows(_normalize_rows(a, eps), _normalize_rows(b, eps), temperature, symmetric,
+                                         keep)
+    else:
+        similarities = (_normalize_rows(a, eps) @ _normalize_rows(b, eps).T) / temperature
+        if keep is not None:
+            similarities = jnp.where(keep[None, :], similarities, _MASKED)
+        diagonal = jnp.diagonal(similarities)
+        per_row = jax.nn.logsumexp(similarities, axis=1) - diagonal
+        if symmetric:
+            per_row = 0.5 * (per_row + jax.nn.logsumexp(similarities, axis=0) - diagonal)
+    return reduce_losses(per_row, where=where, weights=weights, reduction=reduction,
+                         sum_fn=batch_sum if over_batch else jnp.sum)
+
+
+# The logit of a masked negative: exp() of it is 0 next to any real logit, and unlike -inf it
+# leaves a row whose negatives are all masked finite (its loss is masked out anyway).
+_MASKED = -1e30
+
+
+def _sharded_info_nce_rows(a, b, temperature, symmetric, keep):
+    # This device's rows of a data-parallel batch: every device's rows of b are the negatives.
+    b_all, start = batch_gather(b)
+    own = start + jnp.arange(a.shape[0])
+    forward = (a @ b_all.T) / temperature
+    if keep is not None:
+        keep_all, _ = batch_gather(keep)
+        forward = jnp.where(keep_all[None, :], forward, _MASKED)
+    diagonal = jnp.take_along_axis(forward, own[:, None], axis=1)[:, 0]
+    per_row = jax.nn.logsumexp(forward, axis=1) - diagonal
     if symmetric:
-        per_row = 0.5 * (per_row + jax.nn.logsumexp(similarities, axis=0) - diagonal)
-    return reduce_losses(per_row, where=where, weights=weights, reduction=reduction)
+        a_all, _ = batch_gather(a)
+        backward = (b @ a_all.T) / temperature
+        if keep is not None:
+            backward = jnp.where(keep_all[None, :], backward, _MASKED)
+        per_row = 0.5 * (per_row + jax.nn.logsumexp(backward, axis=1) - diagonal)
+    return per_row
 
 
 def cosine_alignment(
@@ -92,6 +140,7 @@ def cosine_alignment(
     where: ArrayLike | None = None,
     weights: ArrayLike | None = None,
     reduction: str = "mean",
+    over_batch: bool = True,
 ) -> jax.Array:
     r"""One minus the cosine similarity of online rows to stop-gradient target rows (BM3).
 
@@ -113,6 +162,9 @@ def cosine_alignment(
       where: optional (B,) bool mask of the rows to include.
       weights: optional (B,) row weights.
       reduction: ``"mean"`` (default), ``"sum"`` or ``"none"`` for (B,) values of :math:`1 - \cos`.
+      over_batch: the examples are the train step's batch rows (default): under data
+        parallelism the reduction runs over every device's rows (:func:`jaxrec.losses.batch_sum`).
+        False for examples every device holds alike when the reduction is a ``"sum"``.
 
     Returns:
       A scalar, or (B,) per-row values for ``reduction="none"``.
@@ -133,4 +185,5 @@ def cosine_alignment(
     check_rank(online, 2, "online")
     check_same_shape(online, target, "online", "target")
     per_row = 1.0 - jnp.sum(_normalize_rows(online, eps) * _normalize_rows(target, eps), axis=-1)
-    return reduce_losses(per_row, where=where, weights=weights, reduction=reduction)
+    return reduce_losses(per_row, where=where, weights=weights, reduction=reduction,
+                         sum_fn=batch_sum if over_batch else jnp.sum)

@@ -9,6 +9,7 @@ from jax.typing import ArrayLike
 from jaxrec.errors import DataError
 from jaxrec._checks import as_float, check_index_range, check_rank, check_shape
 from jaxrec.losses._reduction import reduce_losses
+from jaxrec.losses._parallel import batch_sum
 
 
 def bpr(
@@ -18,6 +19,7 @@ def bpr(
     where: ArrayLike | None = None,
     weights: ArrayLike | None = None,
     reduction: str = "mean",
+    over_batch: bool = True,
 ) -> jax.Array:
     r"""Bayesian Personalized Ranking loss: a positive should outscore each of its negatives.
 
@@ -38,6 +40,9 @@ def bpr(
       weights: optional per-positive (B,) or per-pair weights (a weighted mean).
       reduction: ``"mean"`` (default) over pairs, ``"sum"``, or ``"none"`` for the
         per-pair losses with the shape of ``neg_scores``.
+      over_batch: the examples are the train step's batch rows (default): under data
+        parallelism the reduction runs over every device's rows (:func:`jaxrec.losses.batch_sum`).
+        False for examples every device holds alike when the reduction is a ``"sum"``.
 
     Returns:
       A scalar, or the per-pair losses for ``reduction="none"``.
@@ -58,7 +63,8 @@ def bpr(
     check_rank(neg_scores, (1, 2), "neg_scores")
     check_shape(neg_scores, (pos_scores.shape[0],) + (None,) * (neg_scores.ndim - 1), "neg_scores")
     margins = pos_scores.reshape(pos_scores.shape + (1,) * (neg_scores.ndim - 1)) - neg_scores
-    return reduce_losses(jax.nn.softplus(-margins), where=where, weights=weights, reduction=reduction)
+    return reduce_losses(jax.nn.softplus(-margins), where=where, weights=weights, reduction=reduction,
+                         sum_fn=batch_sum if over_batch else jnp.sum)
 
 
 def softmax_cross_entropy(
@@ -69,6 +75,7 @@ def softmax_cross_entropy(
     where: ArrayLike | None = None,
     weights: ArrayLike | None = None,
     reduction: str = "mean",
+    over_batch: bool = True,
 ) -> jax.Array:
     r"""Cross-entropy of a softmax over the full item catalogue.
 
@@ -93,6 +100,9 @@ def softmax_cross_entropy(
       where: optional (B,) bool mask of the rows to include.
       weights: optional (B,) row weights.
       reduction: ``"mean"`` (default) over rows, ``"sum"``, or ``"none"`` for (B,) losses.
+      over_batch: the examples are the train step's batch rows (default): under data
+        parallelism the reduction runs over every device's rows (:func:`jaxrec.losses.batch_sum`).
+        False for examples every device holds alike when the reduction is a ``"sum"``.
 
     Returns:
       A scalar, or (B,) per-row losses for ``reduction="none"``.
@@ -129,7 +139,8 @@ def softmax_cross_entropy(
             "unsupported target dtype", field="targets", found=f"dtype {targets.dtype}",
             expected="integer indices (B,) or float/bool multi-hot targets (B, n_items)",
         )
-    return reduce_losses(per_row, where=where, weights=weights, reduction=reduction)
+    return reduce_losses(per_row, where=where, weights=weights, reduction=reduction,
+                         sum_fn=batch_sum if over_batch else jnp.sum)
 
 
 def sampled_softmax(
@@ -142,6 +153,7 @@ def sampled_softmax(
     where: ArrayLike | None = None,
     weights: ArrayLike | None = None,
     reduction: str = "mean",
+    over_batch: bool = True,
 ) -> jax.Array:
     r"""Softmax cross-entropy over the positive and sampled negatives, with log-Q correction.
 
@@ -170,6 +182,9 @@ def sampled_softmax(
       where: optional (B,) bool mask of the rows to include.
       weights: optional (B,) row weights.
       reduction: ``"mean"`` (default) over rows, ``"sum"``, or ``"none"`` for (B,) losses.
+      over_batch: the examples are the train step's batch rows (default): under data
+        parallelism the reduction runs over every device's rows (:func:`jaxrec.losses.batch_sum`).
+        False for examples every device holds alike when the reduction is a ``"sum"``.
 
     Returns:
       A scalar, or (B,) per-row losses for ``reduction="none"``.
@@ -210,4 +225,5 @@ def sampled_softmax(
         corrected_neg = jnp.where(jnp.asarray(accidental_hits, bool), -jnp.inf, corrected_neg)
     all_logits = jnp.concatenate([corrected_pos[:, None], corrected_neg], axis=1)
     per_row = jax.nn.logsumexp(all_logits, axis=1) - corrected_pos
-    return reduce_losses(per_row, where=where, weights=weights, reduction=reduction)
+    return reduce_losses(per_row, where=where, weights=weights, reduction=reduction,
+                         sum_fn=batch_sum if over_batch else jnp.sum)

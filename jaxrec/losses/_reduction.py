@@ -27,6 +27,7 @@ def reduce_losses(
     where: ArrayLike | None = None,
     weights: ArrayLike | None = None,
     reduction: str = "mean",
+    sum_fn=jnp.sum,
 ) -> jax.Array:
     r"""Reduce per-example losses with an optional mask and optional weights.
 
@@ -37,7 +38,8 @@ def reduce_losses(
 
     ``where`` (bool) and ``weights`` broadcast against ``losses``; a leading-axes-only mask
     (e.g. (B,) against (B, n_neg)) is expanded on the right. Masked-out entries contribute
-    nothing, even when they are NaN. A mean over nothing (all masked) is 0.
+    nothing, even when they are NaN. A mean over nothing (all masked) is 0. ``sum_fn`` takes
+    both sums (``jaxrec.losses.batch_sum`` for a batch split over devices).
     """
     _check_reduction(reduction)
     factor = None
@@ -53,13 +55,13 @@ def reduce_losses(
         losses = losses * factor
     if reduction == "none":
         return losses
-    total = jnp.sum(losses)
+    total = sum_fn(losses)
     if reduction == "sum":
         return total
     if factor is None:
-        count = jnp.asarray(losses.size, losses.dtype)
+        count = sum_fn(jnp.ones(losses.shape, losses.dtype))
     else:
-        count = jnp.sum(jnp.broadcast_to(factor, losses.shape))
+        count = sum_fn(jnp.broadcast_to(factor, losses.shape))
     return jnp.where(count > 0, total / jnp.where(count > 0, count, 1.0), 0.0)
 
 

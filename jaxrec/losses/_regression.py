@@ -8,6 +8,7 @@ from jax.typing import ArrayLike
 
 from jaxrec._checks import as_float, check_same_shape
 from jaxrec.losses._reduction import reduce_losses
+from jaxrec.losses._parallel import batch_sum
 
 
 def mse(
@@ -17,6 +18,7 @@ def mse(
     where: ArrayLike | None = None,
     weights: ArrayLike | None = None,
     reduction: str = "mean",
+    over_batch: bool = True,
 ) -> jax.Array:
     r"""Mean squared error between predicted and observed ratings.
 
@@ -30,6 +32,9 @@ def mse(
         entries to include; e.g. the observed entries of a rating matrix.
       weights: optional per-entry weights.
       reduction: ``"mean"`` (default), ``"sum"`` (the sum of squared errors) or ``"none"``.
+      over_batch: the examples are the train step's batch rows (default): under data
+        parallelism the reduction runs over every device's rows (:func:`jaxrec.losses.batch_sum`).
+        False for examples every device holds alike when the reduction is a ``"sum"``.
 
     Returns:
       A scalar, or the per-entry squared errors for ``reduction="none"``.
@@ -47,7 +52,8 @@ def mse(
     predictions = as_float(predictions)
     targets = as_float(targets).astype(predictions.dtype)
     check_same_shape(predictions, targets, "predictions", "targets")
-    return reduce_losses(jnp.square(predictions - targets), where=where, weights=weights, reduction=reduction)
+    return reduce_losses(jnp.square(predictions - targets), where=where, weights=weights, reduction=reduction,
+                         sum_fn=batch_sum if over_batch else jnp.sum)
 
 
 def rmse(
@@ -96,6 +102,7 @@ def binary_cross_entropy(
     where: ArrayLike | None = None,
     weights: ArrayLike | None = None,
     reduction: str = "mean",
+    over_batch: bool = True,
 ) -> jax.Array:
     r"""Binary cross-entropy of labels given logits, computed stably.
 
@@ -111,6 +118,9 @@ def binary_cross_entropy(
       where: optional bool mask of the entries to include.
       weights: optional per-entry weights (e.g. to up-weight rare positives).
       reduction: ``"mean"`` (default), ``"sum"`` or ``"none"``.
+      over_batch: the examples are the train step's batch rows (default): under data
+        parallelism the reduction runs over every device's rows (:func:`jaxrec.losses.batch_sum`).
+        False for examples every device holds alike when the reduction is a ``"sum"``.
 
     Returns:
       A scalar, or the per-entry losses for ``reduction="none"``.
@@ -128,4 +138,5 @@ def binary_cross_entropy(
     labels = as_float(labels).astype(logits.dtype)
     check_same_shape(logits, labels, "logits", "labels")
     per_entry = -labels * jax.nn.log_sigmoid(logits) - (1.0 - labels) * jax.nn.log_sigmoid(-logits)
-    return reduce_losses(per_entry, where=where, weights=weights, reduction=reduction)
+    return reduce_losses(per_entry, where=where, weights=weights, reduction=reduction,
+                         sum_fn=batch_sum if over_batch else jnp.sum)

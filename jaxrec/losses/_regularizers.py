@@ -39,24 +39,27 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from jaxrec._checks import as_float, check_not_empty
+from jaxrec.losses._parallel import batch_sum
 
 
 def _squared_norm(x: jax.Array) -> jax.Array:
     return jnp.sum(jnp.square(x))
 
 
-def _safe_norm(x: jax.Array) -> jax.Array:
+def _safe_norm(x: jax.Array, total=jnp.sum) -> jax.Array:
     # The Frobenius norm with gradient 0 (a subgradient) instead of NaN at a zero array.
-    squared = _squared_norm(x)
+    squared = total(jnp.square(x))
     positive = squared > 0
     return jnp.where(positive, jnp.sqrt(jnp.where(positive, squared, 1.0)), 0.0)
 
 
-def _batch(arrays: tuple[jax.Array, ...], batch_size: int | ArrayLike | None):
+def _batch(arrays: tuple[jax.Array, ...], batch_size: int | ArrayLike | None, over_batch: bool):
     if batch_size is not None:
         return batch_size
     last = arrays[-1]
-    return last.shape[0] if last.ndim else 1
+    rows = last.shape[0] if last.ndim else 1
+    # Over a batch split across devices, the rows of every device.
+    return batch_sum(jnp.ones(rows, last.dtype)) if over_batch else rows
 
 
 def l2_sum_of_squares(*arrays: ArrayLike, half: bool = False) -> jax.Array:
@@ -93,7 +96,8 @@ def l2_sum_of_squares(*arrays: ArrayLike, half: bool = False) -> jax.Array:
     return 0.5 * total if half else total
 
 
-def l2_mean_norm(*arrays: ArrayLike, batch_size: int | ArrayLike | None = None) -> jax.Array:
+def l2_mean_norm(*arrays: ArrayLike, batch_size: int | ArrayLike | None = None,
+                 over_batch: bool = False) -> jax.Array:
     r"""MMRec's ``EmbLoss``: the sum of the arrays' Frobenius norms (not squared) over the batch.
 
     .. math::
@@ -108,6 +112,10 @@ def l2_mean_norm(*arrays: ArrayLike, batch_size: int | ArrayLike | None = None) 
         negative-item embeddings.
       batch_size: the divisor :math:`B` (a number, or a traced count of real rows in a
         padded batch); default: ``arrays[-1].shape[0]``.
+      over_batch: the arrays are (this device's part of) the train step's batch rows: under
+        data parallelism each squared norm sums every device's rows before the square root
+        (:func:`jaxrec.losses.batch_sum`), and the default :math:`B` counts them all. False
+        (default) for whole tables.
 
     Returns:
       A scalar.
@@ -124,11 +132,12 @@ def l2_mean_norm(*arrays: ArrayLike, batch_size: int | ArrayLike | None = None) 
     """
     check_not_empty(arrays, "arrays")
     arrays = tuple(as_float(x) for x in arrays)
-    return sum(_safe_norm(x) for x in arrays) / _batch(arrays, batch_size)
+    total = batch_sum if over_batch else jnp.sum
+    return sum(_safe_norm(x, total) for x in arrays) / _batch(arrays, batch_size, over_batch)
 
 
 def l2_sum_of_squares_per_example(
-    *arrays: ArrayLike, batch_size: int | ArrayLike | None = None, half: bool = True
+    *arrays: ArrayLike, batch_size: int | ArrayLike | None = None, half: bool = True, over_batch: bool = False
 ) -> jax.Array:
     r"""Half the sum of squared entries divided by the batch size (LATTICE / MGCN / SMORE).
 
@@ -144,6 +153,8 @@ def l2_sum_of_squares_per_example(
       *arrays: one or more arrays, typically the batch's (B, d) embeddings.
       batch_size: the divisor :math:`B`; default: ``arrays[-1].shape[0]``.
       half: multiply by 1/2 (default, as in MMRec).
+      over_batch: the arrays are the train step's batch rows: the sums (and the default
+        :math:`B`) span every device's rows under data parallelism.
 
     Returns:
       A scalar.
@@ -160,10 +171,13 @@ def l2_sum_of_squares_per_example(
     """
     check_not_empty(arrays, "arrays")
     arrays = tuple(as_float(x) for x in arrays)
-    return l2_sum_of_squares(*arrays, half=half) / _batch(arrays, batch_size)
+    if not over_batch:
+        return l2_sum_of_squares(*arrays, half=half) / _batch(arrays, batch_size, False)
+    total = sum(batch_sum(jnp.square(x)) for x in arrays)
+    return (0.5 * total if half else total) / _batch(arrays, batch_size, True)
 
 
-def l2_mean_of_squares(*arrays: ArrayLike) -> jax.Array:
+def l2_mean_of_squares(*arrays: ArrayLike, over_batch: bool = False) -> jax.Array:
     r"""The sum over arrays of the mean squared entry (MMGCN / GRCN / DualGNN / DRAGON).
 
     .. math::
@@ -175,6 +189,8 @@ def l2_mean_of_squares(*arrays: ArrayLike) -> jax.Array:
 
     Args:
       *arrays: one or more arrays.
+      over_batch: the arrays are the train step's batch rows: each mean spans every
+        device's rows under data parallelism.
 
     Returns:
       A scalar.
@@ -190,4 +206,6 @@ def l2_mean_of_squares(*arrays: ArrayLike) -> jax.Array:
       of Micro-video <https://arxiv.org/abs/1908.07165>`_, ACM MM 2019.
     """
     check_not_empty(arrays, "arrays")
-    return sum(jnp.mean(jnp.square(as_float(x))) for x in arrays)
+    if not over_batch:
+        return sum(jnp.mean(jnp.square(as_float(x))) for x in arrays)
+    return sum(batch_sum(jnp.square(as_float(x))) / batch_sum(jnp.ones(jnp.shape(x), jnp.float32)) for x in arrays)

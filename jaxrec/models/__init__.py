@@ -8,3 +8,4 @@ from jaxrec.models._registry import available as available
 from jaxrec.models._registry import build as build
 from jaxrec.models._registry import get_builder as get_builder
 from jaxrec.models._registry import register as register
+from jaxrec.models._batch import normalize_batch as normalize_batch

@@ -1,9 +1,8 @@
-"""Item-side inputs and the BPR + EmbLoss terms shared by the fusion, kernel and subspace models.
+"""Item-side inputs of the fusion, kernel and subspace models.
 
 Per-modality features and presence masks (:func:`modality_inputs`), the items' presence patterns
 (:func:`presence_patterns`, for exact factorization of weights normalized over present
-modalities), per-row item computations gathered at a batch's items (:func:`gather_rows`), and
-the loss of a batch (:func:`batch_items`, :func:`bpr_with_emb_loss`).
+modalities), a batch's items (:func:`batch_items`) and ID-embedding dropout.
 """
 
 from __future__ import annotations
@@ -14,10 +13,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrec import losses
 from jaxrec.errors import ConfigError, DataError
 from jaxrec.features import fit_standardizer
-from jaxrec.models.sidemf import check_positive_int, item_side_features, training_pairs
+from jaxrec.models._common import check_number, check_positive_int, counted_pairs, feature_blocks, item_side_features
 
 
 def modality_inputs(dataset, modalities: Sequence[str] | None, *, scaling: str, model: str):
@@ -25,12 +23,11 @@ def modality_inputs(dataset, modalities: Sequence[str] | None, *, scaling: str, 
 
     Returns:
       ``(features, masks, names)``: M float32 arrays (n_items, d_m), scaled as
-      :func:`jaxrec.models.sidemf.item_side_features` does (absent rows zero), M bool arrays
+      :func:`jaxrec.models._common.item_side_features` does (absent rows zero), M bool arrays
       (n_items,), and the modality names.
     """
     features, dims, names = item_side_features(dataset, modalities, scaling=scaling, model=model)
-    bounds = np.cumsum((0,) + dims)
-    blocks = [np.ascontiguousarray(features[:, a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
+    blocks = [np.ascontiguousarray(block) for block in feature_blocks(features, dims)]
     masks = [np.asarray(dataset.modalities[name].mask, bool) for name in names]
     return blocks, masks, names
 
@@ -102,53 +99,15 @@ def check_widths(value, name: str, model: str) -> tuple[int, ...]:
     return tuple(int(w) for w in value)
 
 
-def gather_rows(compute, n_rows: int, items: jax.Array):
-    """``compute(rows)`` (per-row item vectors) at ``items`` of any shape.
-
-    Computes every row once and gathers when the batch holds at least as many item slots as
-    there are items (cheaper on small catalogues), else only the batch's rows; the two give
-    the same numbers.
-    """
-    if items.size >= n_rows:
-        return compute(jnp.arange(n_rows))[items]
-    flat = compute(items.reshape(-1))
-    return flat.reshape(items.shape + flat.shape[1:])
-
-
-def bpr_with_emb_loss(pos_scores, neg_scores, user_vectors, pos_vectors, neg_vectors, pairs):
-    """``{"bpr", "reg"}``: BPR over the valid pairs, and MMRec's ``EmbLoss`` of the pairs' vectors.
-
-    Args:
-      pos_scores: (B,) positive scores.
-      neg_scores: (B, K) negative scores.
-      user_vectors: (B, D) the users' vectors (whose dot products with the items' are the scores).
-      pos_vectors: (B, D) the positives' vectors.
-      neg_vectors: (B, K, D) the negatives' vectors.
-      pairs: (B, K) bool, the pairs that count (real rows, trained negatives).
-
-    Returns:
-      ``bpr`` the mean softplus of the valid pairs' margins; ``reg`` the Frobenius norms (not
-      squared) of the stacked pairs' user, positive and negative vectors over the pair count
-      (with one negative per real row, exactly MMRec's ``EmbLoss``).
-    """
-    weight = pairs.astype(pos_scores.dtype)[..., None]
-    n_pairs = jnp.maximum(jnp.sum(pairs), 1).astype(pos_scores.dtype)
-    reg = losses.l2_mean_norm(user_vectors[:, None, :] * weight, pos_vectors[:, None, :] * weight,
-                              neg_vectors * weight, batch_size=n_pairs)
-    return {"bpr": losses.bpr(pos_scores, neg_scores, where=pairs), "reg": reg}
-
-
 def batch_items(batch, trained):
-    """``(items (B, 1 + K) [positive, negatives...], pairs (B, K))`` of a batch."""
-    negatives, pairs = training_pairs(batch, jnp.asarray(trained))
-    return jnp.concatenate([jnp.asarray(batch["pos_items"])[:, None], negatives], axis=1), pairs
+    """``(items (B, 1 + K) [positive, negatives...], counted pairs (B, K))`` of a batch."""
+    pairs = counted_pairs(batch, trained)
+    return jnp.concatenate([jnp.asarray(batch["pos_items"])[:, None], batch["neg_items"]], axis=1), pairs
 
 
 def check_id_dropout(value, model: str) -> float:
     """A dropout rate in [0, 1) as a float."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-        raise ConfigError(f"model {model}: id_dropout must be a number in [0, 1); found {value!r}")
-    return float(value)
+    return check_number(value, "id_dropout", model, 0.0, 1.0, high_open=True)
 
 
 def with_id_dropout(module, ctx, rate: float, train: bool):

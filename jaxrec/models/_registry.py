@@ -14,11 +14,19 @@ A jaxrec model is a Flax linen ``Module`` with two entry points, both pure:
 ``ctx`` is a pytree (nested dicts) of the dataset's device arrays the model needs — item
 modality features and masks, graph edge lists — passed as arguments to jitted functions,
 never closed over, so large arrays are not baked into compiled programs as constants.
-``batch`` holds at least ``users`` (B,), ``pos_items`` (B,) and ``neg_items`` (B, n_neg)
-int32 arrays (plus ``ratings`` (B,) for rating models), and ``weights`` (B,) float32: the
-epoch's last batch is padded to the static batch size with rows of weight 0, which a model
-must leave out of its terms (see ``jaxrec.models.bprmf``). Randomness in a model (dropout,
-edge dropout) comes from the ``"dropout"`` PRNG stream that the trainer passes to ``apply``.
+``batch`` is always in one layout (the trainer normalizes every batch with
+:func:`jaxrec.models.normalize_batch` before it reaches a model): ``users`` (B,), ``pos_items``
+(B,) and ``neg_items`` (B, n) int32, ``weights`` (B,) float32, plus ``ratings`` (B,) for
+rating models. **The padding rule**, the one place it is stated: the epoch's last batch is
+padded to the static batch size B with rows of weight 0; a row of weight 1 is real. A padding
+row changes no term and no gradient, and the batch size in any "mean over the batch" is the
+number of REAL rows, ``sum(weights)`` -- as in MMRec, whose last batch is simply smaller. (A
+mean over pairs, as in models that skip untrained negatives, counts the pairs of real rows.)
+Every reduction over batch rows goes through :func:`jaxrec.losses.batch_sum` (the losses'
+means and ``over_batch=True`` regularizers do), so that under ``train.parallel: pmap`` each
+term equals its one-device value. Randomness in a model (dropout, edge dropout) comes from the
+``"dropout"`` PRNG stream that the trainer passes to ``apply``; it is the same key on every
+device, so draws over whole tables agree across devices (draws per batch row cannot).
 
 A model file registers a *builder*: a function ``build(dataset, **model_args) -> Built``
 that reads the static sizes it needs from a ``MultimodalDataset``, prepares the context
@@ -69,17 +77,42 @@ class Built:
 _BUILDERS: dict[str, Callable[..., Built]] = {}
 
 
-def register(name: str):
-    """Decorator registering a model builder under ``name`` (lower case)."""
+def register(name: str, **preset):
+    """Decorator registering a model builder under ``name`` (lower case).
+
+    With ``preset`` keyword arguments, ``name`` is an alias for a variant of the builder's
+    model, e.g. ``register("attention", fusion="attention")``: the preset arguments are fixed
+    (a config that sets them gets the usual unknown-argument error) and the rest are the
+    builder's own.
+    """
 
     def decorate(builder):
         key = name.lower()
-        if key in _BUILDERS and _BUILDERS[key] is not builder:
+        entry = _variant(builder, preset) if preset else builder
+        if key in _BUILDERS and _BUILDERS[key] is not entry:
             raise ValueError(f"model name {key!r} registered twice")
-        _BUILDERS[key] = builder
+        _BUILDERS[key] = entry
         return builder
 
     return decorate
+
+
+def _variant(builder, preset):
+    import functools
+    import inspect
+
+    def variant(dataset, **model_args):
+        fixed = sorted(set(model_args) & set(preset))
+        if fixed:
+            raise TypeError(f"{builder.__name__}() got an unexpected keyword argument '{fixed[0]}'")
+        return builder(dataset, **preset, **model_args)
+
+    functools.update_wrapper(variant, builder)
+    signature = inspect.signature(builder)
+    variant.__signature__ = signature.replace(
+        parameters=[p for n, p in signature.parameters.items() if n not in preset])
+    variant.preset = dict(preset)
+    return variant
 
 
 def _import_model_files() -> None:

@@ -12,7 +12,7 @@ skip connection of the item IDs, and a linear projection of each item modality
 
 with :math:`L` = ``n_layers`` and :math:`x^m` the item features, a TRAINABLE table that starts
 at the raw features (MMRec's ``nn.Embedding.from_pretrained(..., freeze=False)``); an item
-lacking a modality starts at a zero row (:func:`jaxrec.models.sidemf.item_side_features`).
+lacking a modality starts at a zero row (:func:`jaxrec.models._common.item_side_features`).
 
 **Views.** A shared predictor :math:`f(z) = W_p z + b_p` (d -> d) makes the online views;
 the target views are dropout-perturbed copies of the online embeddings (before the
@@ -76,18 +76,14 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import linen as nn
 
 from jaxrec import losses
 from jaxrec.data import graph as jgraph
-from jaxrec.errors import ConfigError
+from jaxrec.models._common import (FeatureTable, check_bool, check_nonnegative_int, check_number, check_positive_int,
+                                   chunk_size_for, feature_blocks, item_side_features, rows_or_all, train_graph)
 from jaxrec.models._init import torch_linear_bias, xavier_normal, xavier_uniform
 from jaxrec.models._registry import Built, register
-from jaxrec.models.freedom import FeatureTable
-from jaxrec.models.lightgcn import chunk_size_for, train_graph
-from jaxrec.models.sidemf import check_positive_int, item_side_features
-
 
 
 def table_dropout(key: jax.Array, table_shape: tuple[int, int], rows: jax.Array, values: jax.Array,
@@ -156,18 +152,18 @@ class BM3(nn.Module):
         features = ctx["features"][m]
         if self.train_features:
             features = self.feature_tables[m](features)
-        if items.shape[0] < self.n_items:
-            projected = self.projections[m](features[items])
-            return projected, self.predictor(projected)
-        projected = self.projections[m](features)
-        return projected[items], self.predictor(projected)[items]
+
+        def both(rows):
+            projected = self.projections[m](features[rows])
+            return jnp.stack([projected, self.predictor(projected)], axis=1)
+
+        [pair] = rows_or_all(both, self.n_items, items)
+        return pair[:, 0], pair[:, 1]
 
     def predicted_rows(self, table, rows):
         """``f(table)[rows]``, (B, d): row-wise, so applied to the gathered rows or to the whole
-        table, whichever is fewer (a batch of 2048 against lfm2k's 1425 items)."""
-        if rows.shape[0] < table.shape[0]:
-            return self.predictor(table[rows])
-        return self.predictor(table)[rows]
+        table, whichever is fewer."""
+        return rows_or_all(lambda r: self.predictor(table[r]), table.shape[0], rows)[0]
 
     def encode(self, ctx, train: bool = False):
         """``(f(H_U), f(H_I))``: MMRec's ``full_sort_predict`` scores are their dot products."""
@@ -178,7 +174,7 @@ class BM3(nn.Module):
     def loss_terms(self, ctx, batch, train: bool = False):
         """``{"id_alignment", "modality_alignment", "reg"}`` for ``users`` (B,), ``pos_items``
         (B,) and optional ``weights`` (B,); ``neg_items`` is not used."""
-        users, items, weights = batch["users"], batch["pos_items"], batch.get("weights")
+        users, items, weights = batch["users"], batch["pos_items"], batch["weights"]
         rate = self.dropout if train else 0.0
         user_all, item_all = self.online(ctx)
         user_rows, item_rows = user_all[users], item_all[items]
@@ -201,7 +197,7 @@ class BM3(nn.Module):
             projected, online = self.modality_online(ctx, m, items)
             modality = modality + align(online, item_target) + align(online, target(projected, items, self.n_items))
         terms["modality_alignment"] = modality
-        terms["reg"] = losses.l2_mean_norm(user_all, item_all)
+        terms["reg"] = losses.l2_mean_norm(user_all, item_all)  # whole tables: not a batch reduction
         return terms
 
 
@@ -227,14 +223,11 @@ def build(dataset, *, embedding_size: int = 64, n_layers: int = 1, dropout: floa
     """
     model = "bm3"
     check_positive_int(embedding_size, "embedding_size", model)
-    if isinstance(n_layers, bool) or not isinstance(n_layers, int) or n_layers < 0:
-        raise ConfigError(f"model {model}: n_layers must be a non-negative integer; found {n_layers!r}")
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
-        raise ConfigError(f"model {model}: dropout must be a number in [0, 1); found {dropout!r}")
-    if not isinstance(train_features, bool):
-        raise ConfigError(f"model {model}: train_features must be true or false; found {train_features!r}")
+    check_nonnegative_int(n_layers, "n_layers", model)
+    dropout = check_number(dropout, "dropout", model, 0.0, 1.0, high_open=True)
+    check_bool(train_features, "train_features", model)
     features, dims, _ = item_side_features(dataset, modalities, scaling="none", model=model)
-    blocks = tuple(jnp.asarray(block) for block in np.split(features, np.cumsum(dims)[:-1], axis=1))
+    blocks = tuple(jnp.asarray(block) for block in feature_blocks(features, dims))
     module = BM3(n_users=dataset.n_users, n_items=dataset.n_items, feature_dims=dims,
                  embedding_size=embedding_size, n_layers=n_layers, dropout=float(dropout),
                  train_features=train_features)

@@ -25,14 +25,11 @@ References:
 
 from __future__ import annotations
 
-import jax.numpy as jnp
 from flax import linen as nn
 
-from jaxrec import losses
-from jaxrec.errors import ConfigError
+from jaxrec.models._common import batch_triples, bpr_emb_loss, check_positive_int, counted_pairs
 from jaxrec.models._init import xavier_normal
 from jaxrec.models._registry import Built, register
-
 
 
 class BPRMF(nn.Module):
@@ -57,29 +54,12 @@ class BPRMF(nn.Module):
         return self.user_embedding, self.item_embedding
 
     def loss_terms(self, ctx, batch, train: bool = False):
-        """``{"bpr", "reg"}`` for a batch of ``users`` (B,), ``pos_items`` (B,), ``neg_items``
-        (B, n_neg) or (B,), and optional ``weights`` (B,): rows of weight 0 (the padding of
-        an epoch's last batch) are left out of both terms, and the batch size :math:`B` is
-        the number of real rows, as in MMRec's smaller last batch."""
+        """``{"bpr", "reg"}`` for a contract batch (``jaxrec.models._registry``): padding rows
+        count for nothing and :math:`B` is the number of real rows."""
         del ctx, train
-        users = self.user_embedding[batch["users"]]
-        positives = self.item_embedding[batch["pos_items"]]
-        negatives = self.item_embedding[batch["neg_items"]]
-        if negatives.ndim == 2:  # (B,) negatives: one per positive
-            negatives = negatives[:, None, :]
-        pos_scores = jnp.sum(users * positives, axis=-1)
-        neg_scores = jnp.einsum("bd,bnd->bn", users, negatives)
-        weights = batch.get("weights")
-        if weights is None:
-            rows = users.shape[0]
-        else:
-            rows = jnp.sum(weights)
-            users, positives = users * weights[:, None], positives * weights[:, None]
-            negatives = negatives * weights[:, None, None]
-        return {
-            "bpr": losses.bpr(pos_scores, neg_scores, weights=weights),
-            "reg": losses.l2_mean_norm(users, positives, negatives, batch_size=rows),
-        }
+        users, positives, negatives, weights = batch_triples(batch)
+        return bpr_emb_loss(self.user_embedding[users], self.item_embedding[positives],
+                            self.item_embedding[negatives], counted_pairs(batch), weights)
 
 
 @register("bpr")
@@ -96,7 +76,6 @@ def build(dataset, *, embedding_size: int = 64) -> Built:
       (MMRec's BPR ``reg_weight`` chosen by validation on lfm2k is 1.0; set
       ``loss_weights.reg`` to change it).
     """
-    if isinstance(embedding_size, bool) or not isinstance(embedding_size, int) or embedding_size < 1:
-        raise ConfigError(f"model bprmf: embedding_size must be a positive integer; found {embedding_size!r}")
+    check_positive_int(embedding_size, "embedding_size", "bprmf")
     module = BPRMF(n_users=dataset.n_users, n_items=dataset.n_items, embedding_size=embedding_size)
     return Built(module=module, ctx={}, default_loss_weights={"bpr": 1.0, "reg": 1.0})

@@ -43,7 +43,8 @@ KG batch on device: ``kg_batch_size`` triples uniformly (with replacement) from
 ``ctx["kg_triples"]`` and, for each, a corrupted tail uniform over the entities, from the
 ``"dropout"`` PRNG stream the trainer passes in training (a fixed key when there is none, as
 in shape tracing). A corrupted tail may by chance be a true tail of the head; with 1,260
-tags and about 23 tags per artist on lfm2k that is under 2% of the draws, and RecBole's
+tags and about 23 tags per artist on lfm2k that is a small share of the draws
+(``docs/models/cke.md``), and RecBole's
 rejection of them is a host-side loop we avoid. Under ``pmap`` every device draws the same
 KG batch (they share the key), which the gradient mean leaves unchanged. A RecBole epoch
 likewise pairs each interaction batch with one KG batch of the same size.
@@ -74,7 +75,8 @@ from jaxrec import losses
 from jaxrec.data import TRAIN
 from jaxrec.datasets import add_tag_kg
 from jaxrec.errors import ConfigError
-from jaxrec.features import fit_standardizer
+from jaxrec.models._common import (batch_triples, bpr_emb_loss, check_choice, check_positive_int, counted_pairs,
+                                   item_side_features, masked_rows, normalize_rows, trained_item_mask)
 from jaxrec.models._init import xavier_normal
 from jaxrec.models._registry import Built, register
 
@@ -87,12 +89,6 @@ def _transfer_init(key, shape, dtype=jnp.float32):
     # RecBole stores M_r as an (n_relations, d * k) embedding table; Xavier on THAT shape.
     n_relations, d, k = shape
     return jax.random.normal(key, shape, dtype) * jnp.sqrt(2.0 / (n_relations + d * k)).astype(dtype)
-
-
-def _unit(x, eps: float = 1e-12):
-    # torch.nn.functional.normalize, x / max(||x||, eps), written with rsqrt: its gradient
-    # compiles to a few fused element-wise ops (jnp.linalg.norm's is several times slower).
-    return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(jnp.square(x), axis=-1, keepdims=True), eps * eps))
 
 
 def transr_project(head: ArrayLike, relation: ArrayLike, tail: ArrayLike, transfer: ArrayLike, *,
@@ -114,7 +110,7 @@ def transr_project(head: ArrayLike, relation: ArrayLike, tail: ArrayLike, transf
     projected_head = jnp.einsum("...d,...dk->...k", head, transfer)
     projected_tail = jnp.einsum("...d,...dk->...k", tail, transfer)
     if normalize:
-        return _unit(projected_head), _unit(relation), _unit(projected_tail)
+        return normalize_rows(projected_head), normalize_rows(relation), normalize_rows(projected_tail)
     return projected_head, relation, projected_tail
 
 
@@ -188,9 +184,7 @@ class CKE(nn.Module):
 
     def _item_vectors(self, ctx, items):
         """(..., d) item vectors :math:`t_j \\eta_j + v_j (+ W^T z_j)` of ``items`` (any int shape)."""
-        trained = jnp.asarray(ctx["trained"])[items]
-        vectors = jnp.where(trained[..., None], self.item_embedding[items], 0.0)
-        vectors = vectors + self.entity_embedding[jnp.asarray(ctx["item_node"])[items]]
+        vectors = masked_rows(self.item_embedding, ctx["trained"], items) + self.entity_embedding[jnp.asarray(ctx["item_node"])[items]]
         if self.feature_dim:
             vectors = vectors + jnp.asarray(ctx["features"])[items] @ self.feature_projection
         return vectors
@@ -204,7 +198,7 @@ class CKE(nn.Module):
         """(S, n, k) projections :math:`e M_r` of the (S, n) ``nodes`` of S triples of
         ``relations`` (S,). Three exact ways, picked by cost at trace time: a gathered stack
         of (S, d, k) matrices costs, in the backward pass, an S-row scatter-add of d*k floats
-        each (on CPU it made the whole lfm2k CKE step about 6x slower); with few relations, every row goes
+        each (several times slower on CPU: ``docs/models/cke.md``); with few relations, every row goes
         through every :math:`M_r` in one matmul and each triple picks its own -- or, when
         the node table is smaller than the batch, the whole table is projected once."""
         d, k, n_relations = self.embedding_size, self.kg_embedding_size, self.n_relations
@@ -229,15 +223,16 @@ class CKE(nn.Module):
         head, pos_tail, neg_tail = projected[:, 0], projected[:, 1], projected[:, 2]
         # The regularizer sees the raw projections: on unit vectors (RecBole applies its EmbLoss
         # after normalizing) it would be the constant 4 / sqrt(S), with no gradient.
+        # The KG batch is drawn from the step's key: the same on every device, not batch rows.
         kg_reg = losses.l2_mean_norm(head, relation, pos_tail, neg_tail)
         if self.kg_normalize:
-            head, relation, pos_tail, neg_tail = _unit(head), _unit(relation), _unit(pos_tail), _unit(neg_tail)
+            head, relation, pos_tail, neg_tail = normalize_rows(head), normalize_rows(relation), normalize_rows(pos_tail), normalize_rows(neg_tail)
         pos_score = jnp.sum(jnp.square(head + relation - pos_tail), axis=-1)
         neg_score = jnp.sum(jnp.square(head + relation - neg_tail), axis=-1)
         if self.kg_loss == "margin":
             kg = jnp.mean(jax.nn.relu(self.margin + pos_score - neg_score))
         else:  # softplus(f(h,t) - f(h,t')): BPR with the lower-is-better score negated
-            kg = losses.bpr(-pos_score, -neg_score)
+            kg = losses.bpr(-pos_score, -neg_score, over_batch=False)
         return {"kg": kg, "kg_reg": kg_reg}
 
     def sample_kg_batch(self, ctx, key):
@@ -254,26 +249,13 @@ class CKE(nn.Module):
         ``neg_items`` (B, n_neg) or (B,), optional ``weights`` (B,) (0 = padding row), plus a
         KG batch drawn from ``ctx`` (module docstring)."""
         del train
-        negatives = batch["neg_items"]
-        if negatives.ndim == 1:
-            negatives = negatives[:, None]
-        pairs = jnp.asarray(ctx["trained"])[negatives]
-        weights = batch.get("weights")
-        row_weight = jnp.ones(batch["users"].shape, jnp.float32) if weights is None else weights
-        pairs = pairs & (row_weight[:, None] > 0)
-        users = self.user_embedding[batch["users"]]
-        positives = self._item_vectors(ctx, batch["pos_items"])
-        negative_vectors = self._item_vectors(ctx, negatives)
-        pos_scores = jnp.sum(users * positives, axis=-1)
-        neg_scores = jnp.einsum("bd,bnd->bn", users, negative_vectors)
-        pair_weight = pairs.astype(jnp.float32)
-        reg = losses.l2_mean_norm(users * row_weight[:, None], positives * row_weight[:, None],
-                                  negative_vectors * pair_weight[..., None],
-                                  batch_size=jnp.maximum(jnp.sum(row_weight), 1.0))
+        users, positives, negatives, weights = batch_triples(batch)
+        pairs = counted_pairs(batch, ctx["trained"])
+        terms = bpr_emb_loss(self.user_embedding[users], self._item_vectors(ctx, positives),
+                             self._item_vectors(ctx, negatives), pairs, weights)
         key = self.make_rng("dropout") if self.has_rng("dropout") else jax.random.PRNGKey(0)
         triples, corrupted = self.sample_kg_batch(ctx, key)
-        return {"bpr": losses.bpr(pos_scores, neg_scores, where=pairs), "reg": reg,
-                **self.kg_terms(triples, corrupted)}
+        return {**terms, **self.kg_terms(triples, corrupted)}
 
 
 # ---- building ------------------------------------------------------------------------------
@@ -289,32 +271,6 @@ def item_nodes(dataset) -> tuple[np.ndarray, int]:
     nodes = linked.copy()
     nodes[own] = dataset.n_entities + np.arange(int(own.sum()))
     return nodes.astype(np.int32), int(dataset.n_entities + own.sum())
-
-
-def _trained_items(dataset) -> np.ndarray:
-    inter = dataset.interactions
-    trained = np.zeros(dataset.n_items, bool)
-    trained[inter.items[inter.split == TRAIN]] = True
-    return trained
-
-
-def _standardized_features(dataset, modalities) -> np.ndarray:
-    blocks = []
-    for name in modalities:
-        if name not in dataset.modalities:
-            raise ConfigError(f"model cke: no modality {name!r} in the dataset "
-                              f"(it has {', '.join(dataset.modalities) or 'none'})")
-        modality = dataset.modalities[name]
-        if modality.is_sequence:
-            raise ConfigError(f"model cke: modality {name!r} is a sequence; pool it to one row per item first")
-        rows = fit_standardizer(dataset, name).apply(modality.features.astype(np.float64))
-        blocks.append(np.where(modality.mask[:, None], rows, 0.0).astype(np.float32))
-    return np.concatenate(blocks, axis=1)
-
-
-def _positive_int(value, name):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"model cke: {name} must be a positive integer; found {value!r}")
 
 
 @register("cke")
@@ -343,9 +299,8 @@ def build(dataset, *, embedding_size: int = 64, kg_embedding_size: int = 64, kg_
     """
     for value, name in ((embedding_size, "embedding_size"), (kg_embedding_size, "kg_embedding_size"),
                         (kg_batch_size, "kg_batch_size")):
-        _positive_int(value, name)
-    if kg_loss not in KG_LOSSES:
-        raise ConfigError(f"model cke: kg_loss must be one of {', '.join(KG_LOSSES)}; found {kg_loss!r}")
+        check_positive_int(value, name, "cke")
+    check_choice(kg_loss, "kg_loss", KG_LOSSES, "cke")
     if tag_kg is not None:
         if not isinstance(tag_kg, dict) or "path" not in tag_kg:
             raise ConfigError(f"model cke: tag_kg must be a mapping with a path (and optional min_count); "
@@ -357,11 +312,11 @@ def build(dataset, *, embedding_size: int = 64, kg_embedding_size: int = 64, kg_
                           "files) or model.args.tag_kg: {path: <item tag table>}")
     nodes, n_nodes = item_nodes(dataset)
     triples = np.asarray(dataset.kg_triples)
-    ctx = {"item_node": nodes, "trained": _trained_items(dataset),
+    ctx = {"item_node": nodes, "trained": trained_item_mask(dataset),
            "kg_triples": np.stack([nodes[triples[:, 0]], triples[:, 1], triples[:, 2]], axis=1).astype(np.int32)}
     feature_dim = 0
     if modalities:
-        ctx["features"] = _standardized_features(dataset, modalities)
+        ctx["features"], _, _ = item_side_features(dataset, modalities, scaling="standardize", model="cke")
         feature_dim = int(ctx["features"].shape[1])
     module = CKE(n_users=dataset.n_users, n_items=dataset.n_items, n_nodes=n_nodes, n_entities=dataset.n_entities,
                  n_relations=max(dataset.n_relations, 1), embedding_size=embedding_size,

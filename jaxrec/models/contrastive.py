@@ -46,9 +46,9 @@ cost, with R - 1 negatives per row.
 Notes. The SLMRec paper's FAC task contrasts graph-propagated modality embeddings through
 linear heads; here the modality view is an MLP of the raw features, so the term applies to
 any base model. Repeated positives within a batch count as each other's negatives, as in
-SLMRec. Rows of weight 0 (padding) are left out of the mean but still serve as negatives.
-With ``train.parallel: pmap`` each device contrasts its own shard of the batch (the
-negatives are per device).
+SLMRec. Rows of weight 0 (padding) count for nothing: neither in the mean nor as negatives.
+With ``train.parallel: pmap`` every device's rows are negatives, as on one device (with
+``contrast_rows`` every device contrasts the batch's first R rows itself).
 
 References:
   Tao et al., `Self-supervised Learning for Multimedia Recommendation
@@ -67,8 +67,8 @@ from flax import linen as nn
 
 from jaxrec import losses
 from jaxrec.errors import ConfigError
+from jaxrec.models._common import check_bool, check_positive_int, feature_blocks, item_side_features
 from jaxrec.models._registry import Built, build as build_model, register
-from jaxrec.models.sidemf import check_positive_int, item_side_features
 
 
 class ModalityMLP(nn.Module):
@@ -134,13 +134,16 @@ class Contrastive(nn.Module):
         clash = {"info_nce", "info_nce_user"} & set(terms)
         if clash:
             raise ConfigError(f"model contrastive: the base model already has a term named {sorted(clash)[0]!r}")
-        if self.contrast_rows:
-            batch = {name: rows[:self.contrast_rows] for name, rows in batch.items()}
-        weights = batch.get("weights")
+        over_batch = not self.contrast_rows
+        if self.contrast_rows:  # the batch's first rows, the same on every device
+            batch = {name: losses.batch_gather(batch[name])[0][:self.contrast_rows]
+                     for name in ("users", "pos_items", "weights")}
+        weights = batch["weights"]
         item_view, modality_views, user_views = self.views(ctx, batch, train)
 
         def contrast(anchor, others):
-            return sum(losses.info_nce(anchor, other, self.temperature, weights=weights) for other in others)
+            return sum(losses.info_nce(anchor, other, self.temperature, weights=weights, over_batch=over_batch,
+                                       mask_negatives=True) for other in others)
 
         terms["info_nce"] = contrast(item_view, modality_views)
         if user_views is not None:
@@ -190,14 +193,13 @@ def build(dataset, *, base: str = "bprmf", base_args: dict | None = None, modali
     check_positive_int(proj_dim, "proj_dim", "contrastive")
     if contrast_rows is not None:
         check_positive_int(contrast_rows, "contrast_rows", "contrastive")
-    if not isinstance(user_side, bool):
-        raise ConfigError(f"model contrastive: user_side must be true or false; found {user_side!r}")
+    check_bool(user_side, "user_side", "contrastive")
     names = [modality] if isinstance(modality, str) else (None if modality is None else list(modality))
     if names is not None and not names:
         raise ConfigError("model contrastive: modality must name at least one modality")
     inner = build_model(base, dataset, **(base_args or {}))
     features, dims, names = item_side_features(dataset, names, scaling=feature_scaling, model="contrastive")
-    blocks = dict(zip(names, np.split(features, np.cumsum(dims)[:-1], axis=1)))
+    blocks = dict(zip(names, feature_blocks(features, dims)))
     ctx = {"base": inner.ctx, "features": {n: jnp.asarray(b) for n, b in blocks.items()}}
     if user_side:
         ctx["user_profiles"] = {n: jnp.asarray(user_profiles(dataset, b)) for n, b in blocks.items()}

@@ -68,39 +68,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from jaxrec import losses
 from jaxrec.data import graph as jgraph
 from jaxrec.errors import ConfigError
+from jaxrec.models._common import (FeatureTable, batch_triples, bpr_of, check_bool, check_modality_weights,
+                                   check_nonnegative_int, check_number, check_positive_int, counted_pairs,
+                                   feature_blocks, graph_cache_of, item_side_features, key_seed, knn_search_settings,
+                                   rows_or_all)
 from jaxrec.models._init import torch_linear_bias, torch_linear_kernel, xavier_uniform
 from jaxrec.models._registry import Built, register
-from jaxrec.models.sidemf import check_positive_int, item_side_features
-
-
-
-
-class FeatureTable(nn.Module):
-    """A trainable copy of a feature matrix, initialized from the one passed at ``init``
-    (MMRec's ``nn.Embedding.from_pretrained(features, freeze=False)``)."""
-
-    @nn.compact
-    def __call__(self, initial):
-        return self.param("table", lambda _: jnp.asarray(initial, jnp.float32))
-
-
-def batch_triples(batch):
-    """``(users (B,), pos_items (B,), neg_items (B, n_neg), weights (B,) or None)`` of a batch."""
-    negatives = batch["neg_items"]
-    if negatives.ndim == 1:
-        negatives = negatives[:, None]
-    return batch["users"], batch["pos_items"], negatives, batch.get("weights")
-
-
-def bpr_scores(users, positives, negatives, weights):
-    """BPR of (B, d) users against (B, d) positives and (B, n_neg, d) negatives; rows of
-    weight 0 (an epoch's padding) are left out."""
-    pos_scores = jnp.sum(users * positives, axis=-1)
-    neg_scores = jnp.einsum("bd,bnd->bn", users, negatives)
-    return losses.bpr(pos_scores, neg_scores, weights=weights)
 
 
 class FREEDOM(nn.Module):
@@ -161,9 +136,7 @@ class FREEDOM(nn.Module):
         features = ctx["features"][m]
         if self.train_features:
             features = self.feature_tables[m](features)
-        if items.size < self.n_items:
-            return self.projections[m](features[items])
-        return self.projections[m](features)[items]
+        return rows_or_all(lambda rows: self.projections[m](features[rows]), self.n_items, items)[0]
 
     def encode(self, ctx, train: bool = False):
         """``(user_emb, item_emb)`` over the FULL user-item graph (as MMRec ranks)."""
@@ -173,12 +146,13 @@ class FREEDOM(nn.Module):
     def loss_terms(self, ctx, batch, train: bool = False):
         """``{"bpr", "modality_bpr"}`` over the epoch's pruned graph ``ctx["train_graph"]``."""
         del train
-        users, positives, negatives, weights = batch_triples(batch)
+        users, positives, negatives, _ = batch_triples(batch)
+        pairs = counted_pairs(batch)
         user_all, item_all = self.propagated(ctx, ctx["train_graph"])
         user_rows = user_all[users]
-        terms = {"bpr": bpr_scores(user_rows, item_all[positives], item_all[negatives], weights)}
-        modality = [bpr_scores(user_rows, self.projected_features(ctx, m, positives),
-                               self.projected_features(ctx, m, negatives), weights)
+        terms = {"bpr": bpr_of(user_rows, item_all[positives], item_all[negatives], pairs)}
+        modality = [bpr_of(user_rows, self.projected_features(ctx, m, positives),
+                           self.projected_features(ctx, m, negatives), pairs)
                     for m in range(len(self.feature_dims))]
         terms["modality_bpr"] = sum(modality) if modality else jnp.zeros(())
         return terms
@@ -195,53 +169,6 @@ def frozen_item_graph(dataset, modalities: Sequence[str], graph_weights: Sequenc
     stack = jgraph.stack_graphs(graphs, dataset.n_items)
     mixed = np.asarray(graph_weights, np.float32) @ np.asarray(stack.weights)
     return jgraph.Edges(np.asarray(stack.rows), np.asarray(stack.cols), mixed.astype(np.float32))
-
-
-def knn_search_settings(method, n_clusters, n_probe, model: str) -> jgraph.IvfSettings | None:
-    """The :class:`~jaxrec.data.graph.IvfSettings` of ``knn_method: ivf`` (None for ``exact``),
-    or ``ConfigError`` for a bad combination."""
-    if method not in jgraph.KNN_METHODS:
-        raise ConfigError(f"model {model}: knn_method must be one of {jgraph.KNN_METHODS}; found {method!r}")
-    if method == "exact":
-        if n_clusters is not None or n_probe is not None:
-            raise ConfigError(f"model {model}: knn_n_clusters and knn_n_probe apply to knn_method 'ivf' only; "
-                              f"found {n_clusters!r}, {n_probe!r} with 'exact'")
-        return None
-    if n_clusters is None or n_probe is None:
-        raise ConfigError(f"model {model}: knn_method 'ivf' needs knn_n_clusters and knn_n_probe; "
-                          f"found {n_clusters!r}, {n_probe!r}")
-    check_positive_int(n_clusters, "knn_n_clusters", model)
-    check_positive_int(n_probe, "knn_n_probe", model)
-    if n_probe > n_clusters:
-        raise ConfigError(f"model {model}: knn_n_probe ({n_probe}) must not exceed knn_n_clusters ({n_clusters})")
-    return jgraph.IvfSettings(n_clusters=n_clusters, n_probe=n_probe)
-
-
-def graph_cache_of(graph_cache: str | None) -> jgraph.GraphCache | None:
-    """``"default"`` -> the default cache folder, a path -> that folder, ``"none"`` or None ->
-    no cache."""
-    if graph_cache is None or graph_cache == "none":
-        return None
-    if not isinstance(graph_cache, str):
-        raise ConfigError(f"graph_cache must be 'default', a folder or 'none'; found {graph_cache!r}")
-    return jgraph.GraphCache(None if graph_cache == "default" else graph_cache)
-
-
-def check_modality_weights(weights, modalities, name: str, model: str) -> tuple[float, ...]:
-    if weights is None:
-        return tuple(1.0 / len(modalities) for _ in modalities)
-    if (not isinstance(weights, (list, tuple)) or len(weights) != len(modalities)
-            or not all(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in weights)):
-        raise ConfigError(f"model {model}: {name} must be {len(modalities)} non-negative numbers, one per "
-                          f"modality {list(modalities)}; found {weights!r}")
-    return tuple(float(w) for w in weights)
-
-
-def key_seed(key) -> list[int]:
-    """The words of a jax PRNG key (typed or raw uint32), to seed a numpy Generator."""
-    if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
-        key = jax.random.key_data(key)
-    return np.asarray(key).ravel().tolist()
 
 
 @register("freedom")
@@ -281,19 +208,16 @@ def build(dataset, *, embedding_size: int = 64, feat_embed_dim: int = 64, knn_k:
     for name, value in (("embedding_size", embedding_size), ("feat_embed_dim", feat_embed_dim), ("knn_k", knn_k)):
         check_positive_int(value, name, model)
     for name, value in (("n_ui_layers", n_ui_layers), ("n_mm_layers", n_mm_layers)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ConfigError(f"model {model}: {name} must be a non-negative integer; found {value!r}")
+        check_nonnegative_int(value, name, model)
     if feat_embed_dim != embedding_size:
         raise ConfigError(f"model {model}: feat_embed_dim ({feat_embed_dim}) must equal embedding_size "
                           f"({embedding_size}): projected features are scored against user embeddings")
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
-        raise ConfigError(f"model {model}: dropout must be a number in [0, 1); found {dropout!r}")
-    if not isinstance(train_features, bool):
-        raise ConfigError(f"model {model}: train_features must be true or false; found {train_features!r}")
+    dropout = check_number(dropout, "dropout", model, 0.0, 1.0, high_open=True)
+    check_bool(train_features, "train_features", model)
     ivf = knn_search_settings(knn_method, knn_n_clusters, knn_n_probe, model)
     features, dims, names = item_side_features(dataset, modalities, scaling="none", model=model)
     weights = check_modality_weights(graph_weights, names, "graph_weights", model)
-    blocks = tuple(jnp.asarray(block) for block in np.split(features, np.cumsum(dims)[:-1], axis=1))
+    blocks = tuple(jnp.asarray(block) for block in feature_blocks(features, dims))
     del features
     graph = jgraph.bipartite_graph(dataset, split="train")
     full = jgraph.normalized_adjacency(graph).to_device()

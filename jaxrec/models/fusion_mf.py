@@ -60,8 +60,8 @@ vectors whose dot products are the pair's scores — the user's :math:`p_u` (wit
 :math:`\theta_u^m` for the ensemble) and the positive's and negative's full item vectors
 (ID plus fused content, e.g. :math:`t_i e_i + \sum_m \alpha_{um}(i) v_{im}`), as MMRec's VBPR
 regularizes its projected features with its ID factors. ``loss_weights: {reg: λ}`` is MMRec's
-``reg_weight``. Regularizing only the ID embeddings leaves the encoders free, and on lfm2k they
-then overfit within ~40 epochs (test recall@20 0.31-0.33, below BPR-MF).
+``reg_weight``. Regularizing only the ID embeddings leaves the encoders free to overfit
+(measured on lfm2k: ``docs/models/fusion_mf.md``).
 
 **Cold-start items.** Items without a train interaction (:math:`t_i = 0`) are scored from their
 features alone: their ID embedding is masked to zero in ``encode``, in the loss and in the
@@ -88,19 +88,19 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from jaxrec import fusion as jfusion
+from jaxrec.errors import ConfigError
 from jaxrec.models._modality_inputs import (
     batch_items,
-    bpr_with_emb_loss,
-    check_widths,
     check_id_dropout,
-    gather_rows,
+    check_widths,
     presence_patterns,
     sequence_inputs,
     with_id_dropout,
 )
 from jaxrec.models._init import xavier_normal
 from jaxrec.models._registry import Built, register
-from jaxrec.models.sidemf import check_choice, check_positive_int, trained_item_mask
+from jaxrec.models._common import (bpr_emb_loss, check_choice, check_positive_int, masked_rows, rows_or_all,
+                                   trained_item_mask)
 
 FUSIONS = ("attention", "gated", "ensemble", "early")
 SEQUENCE_POOLINGS = ("mean", "attention")
@@ -183,7 +183,7 @@ class FusionMF(nn.Module):
     # -- item side ------------------------------------------------------------------------
 
     def _id_vectors(self, ctx, items):
-        return jnp.where(jnp.asarray(ctx["trained"])[items][..., None], self.item_embedding[items], 0.0)
+        return masked_rows(self.item_embedding, ctx["trained"], items)
 
     def _content(self, ctx, rows):
         """Item content of ``rows`` (R,): (R, M, d) modality vectors (zero where absent), or
@@ -248,7 +248,7 @@ class FusionMF(nn.Module):
         v_{i1}, \\ldots]`."""
         p = self.user_embedding[users]
         id_vectors = self._id_vectors(ctx, items)
-        content = gather_rows(lambda rows: self._content(ctx, rows), self.n_items, items)
+        content = rows_or_all(lambda rows: self._content(ctx, rows), self.n_items, items)[0]
         if self._item_side:
             return p, id_vectors + content
         if self.fusion == "attention":
@@ -311,24 +311,57 @@ class FusionMF(nn.Module):
         id_ctx = with_id_dropout(self, ctx, self.id_dropout, train)
         user_vectors, item_vectors = self.pair_vectors(id_ctx, batch["users"], items)
         scores = jnp.einsum("bd,bkd->bk", user_vectors, item_vectors)
-        return bpr_with_emb_loss(scores[:, 0], scores[:, 1:], user_vectors, item_vectors[:, 0], item_vectors[:, 1:],
-                                 pairs)
+        return bpr_emb_loss(user_vectors, item_vectors[:, 0], item_vectors[:, 1:], pairs, batch["weights"],
+                            per="pair", scores=(scores[:, 0], scores[:, 1:]))
 
 
-# ---- builders ----------------------------------------------------------------------------
+# ---- the builder -------------------------------------------------------------------------
 
 
-def build_fusion(dataset, *, fusion: str, model: str, embedding_size: int = 64,
-                 modalities: list[str] | None = None, feature_scaling: str = "standardize",
-                 encoder_hidden: list[int] | None = None, attention_hidden: list[int] | None = None,
-                 gate_context: str = "user", weighting: str = "softmax", id_dropout: float = 0.0,
-                 sequence_pooling: str = "mean") -> Built:
-    """A :class:`FusionMF` for ``dataset`` (arguments as in :func:`build`)."""
+@register("ensemble", fusion="ensemble")
+@register("gated", fusion="gated")
+@register("attention", fusion="attention")
+@register("fusion_mf")
+def build(dataset, *, fusion: str = "attention", embedding_size: int = 64, modalities: list[str] | None = None,
+          feature_scaling: str = "standardize", encoder_hidden: list[int] | None = None,
+          attention_hidden: list[int] | None = None, gate_context: str | None = None,
+          weighting: str | None = None, id_dropout: float = 0.0, sequence_pooling: str = "mean") -> Built:
+    """A neural fusion model at any level, chosen by ``fusion``; the names ``attention``,
+    ``gated`` and ``ensemble`` are this builder with that ``fusion`` fixed.
+
+    Args:
+      dataset: a :class:`~jaxrec.data.MultimodalDataset` with item modalities.
+      fusion: ``"attention"``, ``"gated"``, ``"ensemble"`` or ``"early"``.
+      embedding_size: d (64 as MMRec).
+      modalities: the modalities to fuse, in order (default: all).
+      feature_scaling: ``"standardize"`` (default, fitted on train items), ``"l2"`` or ``"none"``.
+      encoder_hidden: hidden widths of each modality's encoder :math:`f_m` (default none: linear).
+      attention_hidden: hidden widths (tanh) of the attention network (``attention`` only;
+        default none: linear).
+      gate_context: what the gates read, ``"user"`` (default) or ``"item"`` (``gated`` only).
+      weighting: the ensemble's modality weights, ``"softmax"`` (default) or ``"nonneg"``
+        (``ensemble`` only).
+      id_dropout: probability of dropping an item's ID embedding in a training step (default 0),
+        so that the content part learns to score items alone (for cold-start items).
+      sequence_pooling: how a sequence modality's steps (video frames) become one row per item:
+        ``"mean"`` (default, masked mean) or ``"attention"`` (learned attention pooling).
+
+    Returns:
+      :class:`~jaxrec.models.Built`, default weights ``{bpr: 1, reg: 1}`` (MMRec's BPR
+      ``reg_weight`` on lfm2k).
+    """
+    model = fusion if fusion in ("attention", "gated", "ensemble") else "fusion_mf"
     check_choice(fusion, "fusion", FUSIONS, model)
+    for argument, value, mode in (("attention_hidden", attention_hidden, "attention"),
+                                  ("gate_context", gate_context, "gated"), ("weighting", weighting, "ensemble")):
+        if value is not None and fusion != mode:
+            raise ConfigError(f"model {model} has no argument {argument!r} (it applies to fusion {mode!r}); "
+                              f"found {value!r}")
+    gate_context = check_choice("user" if gate_context is None else gate_context, "gate_context", GATE_CONTEXTS,
+                                model)
+    weighting = check_choice("softmax" if weighting is None else weighting, "weighting", WEIGHTINGS, model)
     check_choice(sequence_pooling, "sequence_pooling", SEQUENCE_POOLINGS, model)
     check_positive_int(embedding_size, "embedding_size", model)
-    check_choice(gate_context, "gate_context", GATE_CONTEXTS, model)
-    check_choice(weighting, "weighting", WEIGHTINGS, model)
     features, masks, _, lengths = sequence_inputs(dataset, modalities, scaling=feature_scaling, model=model)
     patterns, pattern_index = presence_patterns(masks)
     module = FusionMF(n_users=dataset.n_users, n_items=dataset.n_items,
@@ -342,65 +375,3 @@ def build_fusion(dataset, *, fusion: str, model: str, embedding_size: int = 64,
     ctx = {"modalities": features, "masks": masks, "trained": trained_item_mask(dataset), "pattern": pattern_index,
            "lengths": lengths}
     return Built(module=module, ctx=ctx, default_loss_weights={"bpr": 1.0, "reg": 1.0})
-
-
-@register("fusion_mf")
-def build(dataset, *, fusion: str = "attention", embedding_size: int = 64, modalities: list[str] | None = None,
-          feature_scaling: str = "standardize", encoder_hidden: list[int] | None = None,
-          attention_hidden: list[int] | None = None, gate_context: str = "user",
-          weighting: str = "softmax", id_dropout: float = 0.0, sequence_pooling: str = "mean") -> Built:
-    """A neural fusion model at any level, chosen by ``fusion``.
-
-    Args:
-      dataset: a :class:`~jaxrec.data.MultimodalDataset` with item modalities.
-      fusion: ``"attention"``, ``"gated"``, ``"ensemble"`` or ``"early"``.
-      embedding_size: d (64 as MMRec).
-      modalities: the modalities to fuse, in order (default: all).
-      feature_scaling: ``"standardize"`` (default, fitted on train items), ``"l2"`` or ``"none"``.
-      encoder_hidden: hidden widths of each modality's encoder :math:`f_m` (default none: linear).
-      attention_hidden: hidden widths (tanh) of the attention network (default none: linear).
-      gate_context: what the gates read, ``"user"`` (default) or ``"item"``.
-      weighting: the ensemble's modality weights, ``"softmax"`` (default) or ``"nonneg"``.
-      id_dropout: probability of dropping an item's ID embedding in a training step (default 0),
-        so that the content part learns to score items alone (for cold-start items).
-      sequence_pooling: how a sequence modality's steps (video frames) become one row per item:
-        ``"mean"`` (default, masked mean) or ``"attention"`` (learned attention pooling).
-
-    Returns:
-      :class:`~jaxrec.models.Built`, default weights ``{bpr: 1, reg: 1}`` (MMRec's BPR
-      ``reg_weight`` on lfm2k).
-    """
-    return build_fusion(dataset, fusion=fusion, model="fusion_mf", embedding_size=embedding_size,
-                        modalities=modalities, feature_scaling=feature_scaling, encoder_hidden=encoder_hidden,
-                        attention_hidden=attention_hidden, gate_context=gate_context, weighting=weighting,
-                        id_dropout=id_dropout, sequence_pooling=sequence_pooling)
-
-
-@register("attention")
-def build_attention(dataset, *, embedding_size: int = 64, modalities: list[str] | None = None,
-                    feature_scaling: str = "standardize", encoder_hidden: list[int] | None = None,
-                    attention_hidden: list[int] | None = None, id_dropout: float = 0.0) -> Built:
-    """``fusion_mf`` with ``fusion="attention"`` (user-conditioned attention, vector level)."""
-    return build_fusion(dataset, fusion="attention", model="attention", embedding_size=embedding_size,
-                        modalities=modalities, feature_scaling=feature_scaling, encoder_hidden=encoder_hidden,
-                        attention_hidden=attention_hidden, id_dropout=id_dropout)
-
-
-@register("gated")
-def build_gated(dataset, *, embedding_size: int = 64, modalities: list[str] | None = None,
-                feature_scaling: str = "standardize", encoder_hidden: list[int] | None = None,
-                gate_context: str = "user", id_dropout: float = 0.0) -> Built:
-    """``fusion_mf`` with ``fusion="gated"`` (sigmoid gates, vector level)."""
-    return build_fusion(dataset, fusion="gated", model="gated", embedding_size=embedding_size,
-                        modalities=modalities, feature_scaling=feature_scaling, encoder_hidden=encoder_hidden,
-                        gate_context=gate_context, id_dropout=id_dropout)
-
-
-@register("ensemble")
-def build_ensemble(dataset, *, embedding_size: int = 64, modalities: list[str] | None = None,
-                   feature_scaling: str = "standardize", encoder_hidden: list[int] | None = None,
-                   weighting: str = "softmax", id_dropout: float = 0.0) -> Built:
-    """``fusion_mf`` with ``fusion="ensemble"`` (per-modality scorers, model level)."""
-    return build_fusion(dataset, fusion="ensemble", model="ensemble", embedding_size=embedding_size,
-                        modalities=modalities, feature_scaling=feature_scaling, encoder_hidden=encoder_hidden,
-                        weighting=weighting, id_dropout=id_dropout)

@@ -34,7 +34,7 @@ keeps its own draw in a non-trainable ``"constants"`` collection that the traine
 carries ``params`` only, does not hold.
 
 Loss: BPR plus MMRec's ``EmbLoss`` on the batch's user vectors :math:`p_u` and full item
-vectors :math:`q_i` (:func:`jaxrec.models._modality_inputs.bpr_with_emb_loss`),
+vectors :math:`q_i` (:func:`jaxrec.models._common.bpr_emb_loss`),
 ``loss_weights: {reg: λ}``. Items without
 a train interaction (cold-start items) are scored from :math:`A\Phi(x_i)` alone: their ID
 embedding is masked and they are never training negatives; ``id_dropout`` drops trained items'
@@ -59,15 +59,8 @@ from jaxrec import fusion as jfusion
 from jaxrec.errors import ConfigError
 from jaxrec.models._init import xavier_normal
 from jaxrec.models._registry import Built, register
-from jaxrec.models._modality_inputs import (
-    batch_items,
-    bpr_with_emb_loss,
-    check_id_dropout,
-    gather_rows,
-    modality_inputs,
-    with_id_dropout,
-)
-from jaxrec.models.sidemf import check_positive_int, trained_item_mask
+from jaxrec.models._modality_inputs import (batch_items, check_id_dropout, modality_inputs, with_id_dropout)
+from jaxrec.models._common import (bpr_emb_loss, check_positive_int, masked_rows, rows_or_all, trained_item_mask)
 
 _SPEC_KEYS = ("kind", "degree", "coef0", "gamma", "num_features")
 
@@ -100,7 +93,7 @@ class KernelMF(nn.Module):
         self.kernel_encoding = jfusion.KernelEncoding(specs=self.specs, out_dim=d if self.projection else None)
 
     def _id_vectors(self, ctx, items):
-        return jnp.where(jnp.asarray(ctx["trained"])[items][..., None], self.item_embedding[items], 0.0)
+        return masked_rows(self.item_embedding, ctx["trained"], items)
 
     def item_content(self, ctx, rows):
         """(R, d) kernel encodings :math:`A\\Phi(x_i)` of item ``rows`` (R,)."""
@@ -122,10 +115,11 @@ class KernelMF(nn.Module):
         users = batch["users"]
         items, pairs = batch_items(batch, ctx["trained"])
         id_vectors = self._id_vectors(with_id_dropout(self, ctx, self.id_dropout, train), items)
-        item_vectors = id_vectors + gather_rows(lambda rows: self.item_content(ctx, rows), self.n_items, items)
+        item_vectors = id_vectors + rows_or_all(lambda rows: self.item_content(ctx, rows), self.n_items, items)[0]
         p = self.user_embedding[users]
         scores = jnp.einsum("bd,bkd->bk", p, item_vectors)
-        return bpr_with_emb_loss(scores[:, 0], scores[:, 1:], p, item_vectors[:, 0], item_vectors[:, 1:], pairs)
+        return bpr_emb_loss(p, item_vectors[:, 0], item_vectors[:, 1:], pairs, batch["weights"], per="pair",
+                            scores=(scores[:, 0], scores[:, 1:]))
 
 
 def _parse_specs(kernels, n_modalities: int) -> list[jfusion.KernelSpec]:

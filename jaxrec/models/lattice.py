@@ -41,7 +41,8 @@ MMRec's ``len(weight_size)``), and
       + \lVert E_{j}\rVert_F^2\big)
 
 on the FINAL embeddings of the batch (:func:`jaxrec.losses.l2_sum_of_squares_per_example`,
-B = the configured batch size, padding rows zero), so ``loss_weights: {reg: λ}`` is MMRec's
+B = the batch's real rows, the contract's padding rule; MMRec divides by the configured batch
+size, so its smaller last batch is regularized less), so ``loss_weights: {reg: λ}`` is MMRec's
 ``reg_weight: λ``. MMRec decays the learning rate by 0.96 every 50 epochs
 (``train.schedule: exponential``). As in MMRec the raw feature tables are trainable
 (``train_features``); the initial graphs are built from them once.
@@ -86,10 +87,12 @@ from flax import linen as nn
 from jaxrec import losses
 from jaxrec.data import graph as jgraph
 from jaxrec.errors import ConfigError
-from jaxrec.models._registry import Built, register
+from jaxrec.models._common import (FeatureTable, batch_triples, bpr_of, check_bool, check_choice,
+                                   check_nonnegative_int, check_number, check_positive_int, counted_pairs,
+                                   feature_blocks, graph_cache_of, item_side_features, knn_search_settings,
+                                   normalize_rows)
 from jaxrec.models._init import torch_linear_bias, torch_linear_kernel, xavier_uniform
-from jaxrec.models.freedom import FeatureTable, batch_triples, graph_cache_of, knn_search_settings
-from jaxrec.models.sidemf import check_positive_int, item_side_features
+from jaxrec.models._registry import Built, register
 
 LEARNED_GRAPH_MODES = ("step", "epoch")
 
@@ -158,11 +161,6 @@ def knn_indices(features: jax.Array, k: int, *, block_size: int = 1024, column_b
 
     row_starts = jnp.arange(n_row_tiles, dtype=jnp.int32) * rows_per_tile
     return jax.lax.map(row_tile, row_starts).reshape(n_row_tiles * rows_per_tile, k)[:n]
-
-
-def _normalize(h, eps: float = 1e-12):
-    # torch.nn.functional.normalize: x / max(||x||, eps).
-    return h / jnp.maximum(jnp.linalg.norm(h, axis=1, keepdims=True), eps)
 
 
 class LATTICE(nn.Module):
@@ -275,22 +273,18 @@ class LATTICE(nn.Module):
         del train
         ego = jnp.concatenate([self.user_embedding, self.item_embedding], axis=0)
         mean, _ = jgraph.lightgcn_propagate(ctx["graph"], ego, self.n_ui_layers, indices_are_sorted=True)
-        return mean[:self.n_users], mean[self.n_users:] + _normalize(self.item_graph_embeddings(ctx))
+        return mean[:self.n_users], mean[self.n_users:] + normalize_rows(self.item_graph_embeddings(ctx))
 
     def loss_terms(self, ctx, batch, train: bool = False):
-        """``{"bpr", "reg"}`` for ``users`` (B,), ``pos_items`` (B,), ``neg_items`` (B, n_neg)
-        or (B,) and optional ``weights`` (B,) (rows of weight 0 are left out of both)."""
+        """``{"bpr", "reg"}`` for a contract batch (``jaxrec.models._registry``)."""
         users, positives, negatives, weights = batch_triples(batch)
+        pairs = counted_pairs(batch)
         user_all, item_all = self.encode(ctx, train)
         user_rows, pos_rows, neg_rows = user_all[users], item_all[positives], item_all[negatives]
-        pos_scores = jnp.sum(user_rows * pos_rows, axis=-1)
-        neg_scores = jnp.einsum("bd,bnd->bn", user_rows, neg_rows)
-        if weights is not None:  # padding rows add nothing to the norms; B stays the batch size
-            user_rows, pos_rows = user_rows * weights[:, None], pos_rows * weights[:, None]
-            neg_rows = neg_rows * weights[:, None, None]
-        return {"bpr": losses.bpr(pos_scores, neg_scores, weights=weights),
-                "reg": losses.l2_sum_of_squares_per_example(user_rows, pos_rows, neg_rows,
-                                                            batch_size=users.shape[0])}
+        reg = losses.l2_sum_of_squares_per_example(
+            user_rows * weights[:, None], pos_rows * weights[:, None], neg_rows * pairs[..., None],
+            batch_size=jnp.maximum(losses.batch_sum(weights), 1.0), over_batch=True)
+        return {"bpr": bpr_of(user_rows, pos_rows, neg_rows, pairs), "reg": reg}
 
 
 @functools.lru_cache(maxsize=8)
@@ -365,19 +359,15 @@ def build(dataset, *, embedding_size: int = 64, feat_embed_dim: int = 64, knn_k:
                         ("knn_block_size", knn_block_size), ("knn_column_block_size", knn_column_block_size)):
         check_positive_int(value, name, model)
     for name, value in (("n_layers", n_layers), ("n_ui_layers", n_ui_layers)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ConfigError(f"model {model}: {name} must be a non-negative integer; found {value!r}")
-    if isinstance(lambda_coeff, bool) or not isinstance(lambda_coeff, (int, float)) or not 0 <= lambda_coeff <= 1:
-        raise ConfigError(f"model {model}: lambda_coeff must be a number in [0, 1]; found {lambda_coeff!r}")
-    if learned_graph not in LEARNED_GRAPH_MODES:
-        raise ConfigError(f"model {model}: learned_graph must be one of {LEARNED_GRAPH_MODES}; found {learned_graph!r}")
-    if not isinstance(train_features, bool):
-        raise ConfigError(f"model {model}: train_features must be true or false; found {train_features!r}")
+        check_nonnegative_int(value, name, model)
+    lambda_coeff = check_number(lambda_coeff, "lambda_coeff", model, 0.0, 1.0)
+    check_choice(learned_graph, "learned_graph", LEARNED_GRAPH_MODES, model)
+    check_bool(train_features, "train_features", model)
     if knn_k > dataset.n_items:
         raise ConfigError(f"model {model}: knn_k ({knn_k}) exceeds the number of items ({dataset.n_items})")
     ivf = knn_search_settings(knn_method, knn_n_clusters, knn_n_probe, model)
     features, dims, names = item_side_features(dataset, modalities, scaling="none", model=model)
-    blocks = tuple(jnp.asarray(block) for block in np.split(features, np.cumsum(dims)[:-1], axis=1))
+    blocks = tuple(jnp.asarray(block) for block in feature_blocks(features, dims))
     del features
     stack, raw_neighbours = initial_item_graphs(dataset, names, knn_k=knn_k, cache=graph_cache_of(graph_cache),
                                                 knn_method=knn_method, ivf=ivf)

@@ -88,7 +88,6 @@ References:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import jax
@@ -99,10 +98,11 @@ from flax import linen as nn
 from jaxrec import losses
 from jaxrec.data import graph as jgraph
 from jaxrec.errors import ConfigError
+from jaxrec.models._common import (batch_triples, bpr_emb_loss, check_choice, check_nonnegative_int, check_number,
+                                   check_positive_int, chunk_size_for, counted_pairs, feature_blocks,
+                                   item_side_features, normalize_rows)
 from jaxrec.models._init import xavier_uniform
 from jaxrec.models._registry import Built, register
-from jaxrec.models.lightgcn import batch_triples, bpr_and_mean_norm, chunk_size_for
-from jaxrec.models.sidemf import check_choice, check_positive_int, item_side_features
 
 
 EVAL_DEPENDENCIES = ("gumbel", "softmax")
@@ -110,11 +110,6 @@ EVAL_DEPENDENCIES = ("gumbel", "softmax")
 EVAL_NOISE_SEED = 0
 # MMRec's train_batch_size: its contrastive SUM over a batch is this many times our MEAN.
 MMREC_BATCH_SIZE = 2048
-
-
-def normalize_rows(x: jax.Array, eps: float = 1e-12) -> jax.Array:
-    """``F.normalize``: x / max(||x||, eps) per row, with a finite gradient at zero rows."""
-    return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(jnp.square(x), axis=-1, keepdims=True), eps * eps))
 
 
 def table_info_nce(anchors: jax.Array, targets: jax.Array, ids: jax.Array, weights: jax.Array | None,
@@ -139,7 +134,7 @@ def table_info_nce(anchors: jax.Array, targets: jax.Array, ids: jax.Array, weigh
     Args:
       anchors, targets: (n, d) tables, row-paired.
       ids: (B,) int row ids of the batch.
-      weights: (B,) row weights (0 = padding) or None.
+      weights: (B,) row weights (0 = padding).
       temperature: :math:`\tau`.
       target_factors: optional low-rank factors of ``targets`` (keyword-only).
 
@@ -147,12 +142,15 @@ def table_info_nce(anchors: jax.Array, targets: jax.Array, ids: jax.Array, weigh
       A scalar.
     """
     n_rows, batch = anchors.shape[0], ids.shape[0]
-    weights = jnp.ones(batch, anchors.dtype) if weights is None else jnp.asarray(weights, anchors.dtype)
+    weights = jnp.asarray(weights, anchors.dtype)
     whole_table = n_rows <= batch
     if whole_table:
         counts = jax.ops.segment_sum(weights, ids, num_segments=n_rows)
         if target_factors is None:
-            return losses.info_nce(anchors, targets, temperature, weights=counts)
+            # Table rows (the same on every device) weighted by this device's id counts.
+            per_row = losses.info_nce(anchors, targets, temperature, weights=counts, reduction="none",
+                                      over_batch=False)
+            return _weighted_sum_mean(per_row, counts)
     normalized = normalize_rows(anchors)
     inverse_norms = jax.lax.rsqrt(jnp.maximum(jnp.sum(jnp.square(targets), axis=-1), 1e-24))
     positives = jnp.sum(normalized * targets, axis=-1) * inverse_norms / temperature
@@ -160,7 +158,7 @@ def table_info_nce(anchors: jax.Array, targets: jax.Array, ids: jax.Array, weigh
         queries, keys = normalized, targets * inverse_norms[:, None]
     else:
         # Scaling the (n, r) factors, not the (., n) logits: XLA on CPU fused the latter's
-        # backward into a 5x slower loop.
+        # backward into a much slower loop (docs/models/lgmrec.md).
         factors, basis = target_factors
         queries, keys = normalized @ basis.T, factors * inverse_norms[:, None]
     if whole_table:
@@ -171,8 +169,13 @@ def table_info_nce(anchors: jax.Array, targets: jax.Array, ids: jax.Array, weigh
 
 
 def _weighted_mean(values: jax.Array, weights: jax.Array) -> jax.Array:
-    total = jnp.sum(weights)
-    return jnp.where(total > 0, jnp.sum(weights * values) / jnp.where(total > 0, total, 1.0), 0.0)
+    return losses.batch_mean(values, weights)
+
+
+def _weighted_sum_mean(weighted: jax.Array, weights: jax.Array) -> jax.Array:
+    # reduce_losses' mean of already weighted values, over the whole batch.
+    total, count = losses.batch_sum(weighted), losses.batch_sum(weights)
+    return jnp.where(count > 0, total / jnp.where(count > 0, count, 1.0), 0.0)
 
 
 class LGMRec(nn.Module):
@@ -274,7 +277,7 @@ class LGMRec(nn.Module):
     def _propagate(self, graph, ego, modal):
         """CGE's layer mean of ``ego`` over ``n_ui_layers`` and each MGE input after
         ``n_mm_layers``, propagated side by side as one wide (n, d (1 + M)) array per layer
-        (1.4x faster on CPU than one (n, d) propagation each)."""
+        (faster on CPU than one (n, d) propagation each: ``docs/models/lgmrec.md``)."""
         collaborative_layers, current = [ego], list(modal)
         for layer in range(1, max(self.n_ui_layers, self.n_mm_layers) + 1):
             parts = ([collaborative_layers[-1]] if layer <= self.n_ui_layers else []) + (
@@ -307,8 +310,7 @@ class LGMRec(nn.Module):
         (B, n_neg) or (B,) and optional ``weights`` (B,)."""
         users, positives, negatives, weights = batch_triples(batch)
         user_all, item_all, views = self.embeddings(ctx, self.draw_noise(train))
-        rows = (user_all[users], item_all[positives], item_all[negatives])
-        terms = bpr_and_mean_norm(*rows, rows, weights)
+        terms = bpr_emb_loss(user_all[users], item_all[positives], item_all[negatives], counted_pairs(batch), weights)
         hcl = jnp.zeros((), user_all.dtype)
         low_rank = self.hyper_num < self.embedding_size
         for view_a, view_b in zip(views[:-1], views[1:]):
@@ -334,15 +336,6 @@ def lgmrec_context(dataset, blocks: Sequence[np.ndarray]) -> dict:
         sums.append(jnp.asarray(total, jnp.float32))
     return {"graph": jgraph.normalized_adjacency(graph).to_device(), "features": tuple(jnp.asarray(b) for b in blocks),
             "user_feature_sums": tuple(sums), "user_inverse_degree": jnp.asarray(inverse)}
-
-
-def _check_number(value, name: str, low: float, high: float, *, low_open: bool, high_open: bool = True) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
-    if not ok:
-        bounds = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
-        raise ConfigError(f"model lgmrec: {name} must be a number in {bounds}; found {value!r}")
-    return float(value)
 
 
 @register("lgmrec")
@@ -376,17 +369,16 @@ def build(dataset, *, embedding_size: int = 64, feat_embed_dim: int = 64, n_ui_l
                         ("n_hyper_layer", n_hyper_layer), ("hyper_num", hyper_num)):
         check_positive_int(value, name, model)
     for name, value in (("n_ui_layers", n_ui_layers), ("n_mm_layers", n_mm_layers)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ConfigError(f"model {model}: {name} must be a non-negative integer; found {value!r}")
+        check_nonnegative_int(value, name, model)
     if feat_embed_dim != embedding_size:
         raise ConfigError(f"model {model}: feat_embed_dim ({feat_embed_dim}) must equal embedding_size "
                           f"({embedding_size}): modality embeddings are added to the ID embeddings")
-    keep_rate = _check_number(keep_rate, "keep_rate", 0.0, 1.0, low_open=True, high_open=False)
-    alpha = _check_number(alpha, "alpha", 0.0, math.inf, low_open=False)
-    tau = _check_number(tau, "tau", 0.0, math.inf, low_open=True)
+    keep_rate = check_number(keep_rate, "keep_rate", model, 0.0, 1.0, low_open=True)
+    alpha = check_number(alpha, "alpha", model, 0.0)
+    tau = check_number(tau, "tau", model, 0.0, low_open=True)
     check_choice(eval_dependencies, "eval_dependencies", EVAL_DEPENDENCIES, model)
     features, dims, _ = item_side_features(dataset, modalities, scaling="none", model=model)
-    ctx = lgmrec_context(dataset, np.split(features, np.cumsum(dims)[:-1], axis=1))
+    ctx = lgmrec_context(dataset, feature_blocks(features, dims))
     module = LGMRec(n_users=dataset.n_users, n_items=dataset.n_items, feature_dims=dims,
                     embedding_size=embedding_size, n_ui_layers=n_ui_layers, n_mm_layers=n_mm_layers,
                     n_hyper_layer=n_hyper_layer, hyper_num=hyper_num, keep_rate=keep_rate, alpha=alpha, tau=tau,

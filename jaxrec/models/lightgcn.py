@@ -45,62 +45,11 @@ from __future__ import annotations
 import jax.numpy as jnp
 from flax import linen as nn
 
-from jaxrec import losses
 from jaxrec.data import graph as jgraph
-from jaxrec.errors import ConfigError
+from jaxrec.models._common import (batch_triples, bpr_emb_loss, check_nonnegative_int, check_positive_int,
+                                   chunk_size_for, counted_pairs, train_graph)
 from jaxrec.models._init import xavier_uniform
 from jaxrec.models._registry import Built, register
-from jaxrec.models.sidemf import check_positive_int
-
-
-
-# Edges per propagation chunk: about 1 MiB of (chunk, d) float32 messages. On CPU, chunks
-# that stay in cache made propagation 4-10x faster than one (E, d) message array on lfm2k
-# (d = 64 to 384; benchmarks/bench_graph_models.py --chunks).
-CHUNK_BYTES = 2**20
-
-
-def chunk_size_for(width: int) -> int:
-    """Edges per propagation chunk for (n, ``width``) float32 embeddings (a power of two >= 256)."""
-    edges = max(256, CHUNK_BYTES // (4 * max(int(width), 1)))
-    return 1 << (edges.bit_length() - 1)
-
-
-def batch_triples(batch):
-    """``(users (B,), pos_items (B,), neg_items (B, n_neg), weights (B,) or None)`` of a batch,
-    a (B,) ``neg_items`` read as one negative per row."""
-    negatives = batch["neg_items"]
-    if negatives.ndim == 1:
-        negatives = negatives[:, None]
-    return batch["users"], batch["pos_items"], negatives, batch.get("weights")
-
-
-def bpr_and_mean_norm(user_rows, pos_rows, neg_rows, reg_rows, weights):
-    """BPR on the scoring rows and MMRec's ``EmbLoss`` on the (ego) regularized rows.
-
-    Args:
-      user_rows, pos_rows: (B, d) scoring embeddings of the batch's users and positives.
-      neg_rows: (B, n_neg, d) scoring embeddings of the negatives.
-      reg_rows: ``(users (B, d'), positives (B, d'), negatives (B, n_neg, d'))`` to regularize.
-      weights: (B,) row weights (0 = padding, left out of both terms and of B) or None.
-
-    Returns:
-      ``{"bpr": scalar, "reg": scalar}``.
-    """
-    pos_scores = jnp.sum(user_rows * pos_rows, axis=-1)
-    neg_scores = jnp.einsum("bd,bnd->bn", user_rows, neg_rows)
-    reg_users, reg_pos, reg_neg = reg_rows
-    if weights is None:
-        rows = reg_users.shape[0]
-    else:
-        rows = jnp.sum(weights)
-        reg_users, reg_pos = reg_users * weights[:, None], reg_pos * weights[:, None]
-        reg_neg = reg_neg * weights[:, None, None]
-    return {
-        "bpr": losses.bpr(pos_scores, neg_scores, weights=weights),
-        "reg": losses.l2_mean_norm(reg_users, reg_pos, reg_neg, batch_size=rows),
-    }
-
 
 class LightGCN(nn.Module):
     """LightGCN (see the module docstring).
@@ -136,19 +85,13 @@ class LightGCN(nn.Module):
         return self.propagated(ctx)
 
     def loss_terms(self, ctx, batch, train: bool = False):
-        """``{"bpr", "reg"}`` for ``users`` (B,), ``pos_items`` (B,), ``neg_items`` (B, n_neg) or
-        (B,) and optional ``weights`` (B,) (rows of weight 0 are left out of both terms)."""
+        """``{"bpr", "reg"}`` for a contract batch (``jaxrec.models._registry``)."""
         del train
         users, positives, negatives, weights = batch_triples(batch)
         user_mean, item_mean = self.propagated(ctx)
         ego = (self.user_embedding[users], self.item_embedding[positives], self.item_embedding[negatives])
-        return bpr_and_mean_norm(user_mean[users], item_mean[positives], item_mean[negatives], ego, weights)
-
-
-def train_graph(dataset, *, normalization: str = "sym", self_loops: bool = False) -> jgraph.Edges:
-    """The normalized adjacency of ``dataset``'s TRAIN pairs as device edges (users first)."""
-    graph = jgraph.bipartite_graph(dataset, split="train")
-    return jgraph.normalized_adjacency(graph, normalization=normalization, self_loops=self_loops).to_device()
+        return bpr_emb_loss(user_mean[users], item_mean[positives], item_mean[negatives], counted_pairs(batch),
+                            weights, reg_rows=ego)
 
 
 @register("lightgcn")
@@ -165,8 +108,7 @@ def build(dataset, *, embedding_size: int = 64, n_layers: int = 1) -> Built:
       ``{bpr: 1, reg: 1e-2}`` (MMRec's ``reg_weight`` chosen by validation on lfm2k).
     """
     check_positive_int(embedding_size, "embedding_size", "lightgcn")
-    if isinstance(n_layers, bool) or not isinstance(n_layers, int) or n_layers < 0:
-        raise ConfigError(f"model lightgcn: n_layers must be a non-negative integer; found {n_layers!r}")
+    check_nonnegative_int(n_layers, "n_layers", "lightgcn")
     module = LightGCN(n_users=dataset.n_users, n_items=dataset.n_items, embedding_size=embedding_size,
                       n_layers=n_layers)
     return Built(module=module, ctx={"graph": train_graph(dataset)}, default_loss_weights={"bpr": 1.0, "reg": 1e-2})

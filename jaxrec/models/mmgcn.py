@@ -69,17 +69,10 @@ from flax import linen as nn
 from jaxrec import losses
 from jaxrec.data import graph as jgraph
 from jaxrec.errors import ConfigError
+from jaxrec.models._common import (batch_triples, bpr_of, check_bool, check_positive_int, chunk_size_for,
+                                   counted_pairs, item_side_features, normalize_rows, train_graph)
 from jaxrec.models._init import torch_linear_bias, torch_linear_kernel, xavier_normal
 from jaxrec.models._registry import Built, register
-from jaxrec.models.lightgcn import batch_triples, chunk_size_for, train_graph
-from jaxrec.models.sidemf import check_positive_int, item_side_features
-
-
-
-
-def _normalize_rows(x, eps: float = 1e-12):
-    # torch.nn.functional.normalize: x / max(||x||, eps).
-    return x / jnp.maximum(jnp.linalg.norm(x, axis=1, keepdims=True), eps)
 
 
 class ModalityGCN(nn.Module):
@@ -113,7 +106,7 @@ class ModalityGCN(nn.Module):
         if self.latent_dim:
             features = nn.Dense(self.latent_dim, kernel_init=torch_linear_kernel,
                                 bias_init=torch_linear_bias(self.feature_dim), name="projection")(features)
-        x = _normalize_rows(jnp.concatenate([preference, features], axis=0))
+        x = normalize_rows(jnp.concatenate([preference, features], axis=0))
         d = self.embedding_size
         for layer in range(1, self.n_layers + 1):
             width = x.shape[1]
@@ -185,14 +178,11 @@ class MMGCN(nn.Module):
         return nodes[:self.n_users], nodes[self.n_users:]
 
     def loss_terms(self, ctx, batch, train: bool = False):
-        """``{"bpr", "reg"}`` for ``users`` (B,), ``pos_items`` (B,), ``neg_items`` (B, n_neg) or
-        (B,) and optional ``weights`` (B,) (rows of weight 0 are left out of both terms)."""
+        """``{"bpr", "reg"}`` for a contract batch (``jaxrec.models._registry``)."""
         del train
         users, positives, negatives, weights = batch_triples(batch)
         nodes, preferences = self.representation(ctx)
         user_rows = nodes[users]
-        pos_scores = jnp.sum(user_rows * nodes[self.n_users + positives], axis=-1)
-        neg_scores = jnp.einsum("bd,bnd->bn", user_rows, nodes[self.n_users + negatives])
         # MMRec's rows: (user, positive) and (user, negative) for every triple.
         n_neg = negatives.shape[1]
         ids = self._ids()
@@ -200,15 +190,12 @@ class MMGCN(nn.Module):
         item_ids = jnp.concatenate([jnp.broadcast_to(ids[self.n_users + positives][:, None, :],
                                                      (users.shape[0], n_neg, ids.shape[1])),
                                     ids[self.n_users + negatives]], axis=1)
-        if weights is None:
-            id_reg = losses.l2_mean_of_squares(user_ids, item_ids)
-        else:
-            # sqrt(w) scales each row's squares by w; the rescale turns the mean over all rows
-            # into the weighted mean over the real ones.
-            root = jnp.sqrt(weights)[:, None, None]
-            id_reg = (losses.l2_mean_of_squares(user_ids * root, item_ids * root)
-                      * weights.shape[0] / jnp.maximum(jnp.sum(weights), 1e-12))
-        return {"bpr": losses.bpr(pos_scores, neg_scores, weights=weights),
+        # The mean over the real rows' entries: sqrt(w) scales each row's squares by w.
+        root = jnp.sqrt(weights)[:, None, None]
+        id_reg = (losses.l2_mean_of_squares(user_ids * root, item_ids * root, over_batch=True)
+                  * losses.batch_sum(jnp.ones_like(weights)) / jnp.maximum(losses.batch_sum(weights), 1e-12))
+        return {"bpr": bpr_of(user_rows, nodes[self.n_users + positives], nodes[self.n_users + negatives],
+                              counted_pairs(batch)),
                 "reg": id_reg + losses.l2_mean_of_squares(*preferences)}
 
 
@@ -253,8 +240,7 @@ def build(dataset, *, modalities: list[str] | None = None, latent_dims: dict[str
     check_positive_int(embedding_size, "embedding_size", "mmgcn")
     check_positive_int(n_layers, "n_layers", "mmgcn")
     for flag, value in (("concat", concat), ("learn_embeddings", learn_embeddings)):
-        if not isinstance(value, bool):
-            raise ConfigError(f"model mmgcn: {flag} must be true or false; found {value!r}")
+        check_bool(value, flag, "mmgcn")
     names = tuple(dataset.modalities) if modalities is None else tuple(modalities)
     features = {}
     for name in names:

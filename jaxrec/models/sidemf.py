@@ -46,9 +46,6 @@ with the regularizer (``regularization``)
 (as MMRec's embeddings), :math:`W = 0`, so training starts from plain MF and learns how much
 the features add.
 
-This module also holds the item-feature preparation shared with :mod:`jaxrec.models.vbpr`:
-:func:`item_side_features`, :func:`trained_item_mask`, :func:`training_pairs`.
-
 References:
   Singh and Gordon, `Relational Learning via Collective Matrix Factorization
   <https://dl.acm.org/doi/10.1145/1401890.1401969>`_, KDD 2008;
@@ -60,112 +57,18 @@ References:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import jax.numpy as jnp
-import numpy as np
 from flax import linen as nn
 
 from jaxrec import losses
-from jaxrec.data import TRAIN
-from jaxrec.errors import ConfigError, DataError
-from jaxrec.features import fit_standardizer
+from jaxrec.errors import ConfigError
+from jaxrec.models._common import (check_choice, check_positive_int, counted_pairs, item_side_features, rows_or_all,
+                                   trained_item_mask)
 from jaxrec.models._init import xavier_normal
 from jaxrec.models._registry import Built, register
 
-
-FEATURE_SCALINGS = ("standardize", "l2", "none")
 OBJECTIVES = ("bpr", "ratings")
 REGULARIZATIONS = ("full", "batch")
-
-
-# ---- item features shared by the side-feature models ------------------------------------
-
-
-def item_side_features(dataset, modalities: Sequence[str] | None = None, *, scaling: str = "standardize",
-                       model: str = "sidemf") -> tuple[np.ndarray, tuple[int, ...], tuple[str, ...]]:
-    """The items' modalities, each scaled on its own, concatenated (early fusion).
-
-    Args:
-      dataset: a :class:`~jaxrec.data.MultimodalDataset`.
-      modalities: names to use, in this order (default: all of the dataset's, in its order).
-      scaling: ``"standardize"`` (per dimension, mean and std fitted on train items having
-        the modality: :func:`jaxrec.features.fit_standardizer`), ``"l2"`` (unit rows) or
-        ``"none"`` (raw features, as MMRec feeds them).
-      model: the model's name, for error messages.
-
-    Returns:
-      ``(features (n_items, D) float32, per-modality widths, names)``; rows of items
-      lacking a modality are zero in that modality's block.
-
-    Raises:
-      ConfigError: no modality, an unknown name or scaling, or a sequence modality.
-    """
-    if scaling not in FEATURE_SCALINGS:
-        raise ConfigError(f"model {model}: feature_scaling must be one of {FEATURE_SCALINGS}; found {scaling!r}")
-    names = tuple(dataset.modalities) if modalities is None else tuple(modalities)
-    if not names:
-        raise ConfigError(f"model {model} needs item modalities; the dataset has none "
-                          "(check data.modalities)")
-    unknown = [n for n in names if n not in dataset.modalities]
-    if unknown:
-        raise ConfigError(f"model {model}: no modality {unknown[0]!r} in the dataset "
-                          f"(it has {', '.join(dataset.modalities) or 'none'})")
-    blocks = []
-    for name in names:
-        modality = dataset.modalities[name]
-        if modality.is_sequence:
-            raise ConfigError(f"model {model}: modality {name!r} is a sequence {modality.features.shape}; "
-                              "pool it to one row per item first")
-        rows = modality.features.astype(np.float64)
-        if scaling == "standardize":
-            rows = fit_standardizer(dataset, name).apply(rows)
-        elif scaling == "l2":
-            rows = rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
-        blocks.append(np.where(modality.mask[:, None], rows, 0.0).astype(np.float32))
-    features = np.concatenate(blocks, axis=1)
-    if not np.all(np.isfinite(features)):
-        bad = int(np.argwhere(~np.isfinite(features))[0, 0])
-        raise DataError("non-finite item features", path=dataset.metadata.get("source"), field="modalities",
-                        found=f"a NaN/inf in item {bad}", expected="finite features")
-    return features, tuple(b.shape[1] for b in blocks), names
-
-
-def trained_item_mask(dataset) -> np.ndarray:
-    """(n_items,) bool: True for items with at least one train interaction."""
-    inter = dataset.interactions
-    mask = np.zeros(dataset.n_items, bool)
-    mask[inter.items[inter.split == TRAIN]] = True
-    return mask
-
-
-def training_pairs(batch, trained: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """``(negatives (B, n_neg), pair mask (B, n_neg) bool)`` of a batch.
-
-    A pair counts when its row is real (``weights`` > 0, or no weights) and its negative
-    has a train interaction: items without one (held-out cold-start items) did not exist
-    at training time, so they are never pushed down as negatives.
-    """
-    negatives = batch["neg_items"]
-    if negatives.ndim == 1:
-        negatives = negatives[:, None]
-    mask = trained[negatives]
-    weights = batch.get("weights")
-    if weights is not None:
-        mask = mask & (weights[:, None] > 0)
-    return negatives, mask
-
-
-def check_positive_int(value, name: str, model: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"model {model}: {name} must be a positive integer; found {value!r}")
-    return value
-
-
-def check_choice(value, name: str, choices, model: str) -> str:
-    if value not in choices:
-        raise ConfigError(f"model {model}: {name} must be one of {', '.join(choices)}; found {value!r}")
-    return value
 
 
 # ---- the model -------------------------------------------------------------------------
@@ -213,7 +116,7 @@ class SideMF(nn.Module):
         V = self._free_item_factors(ctx)
         if self.objective == "ratings":
             return self._rating_terms(U, V, W, Z, batch)
-        negatives, pairs = training_pairs(batch, ctx["trained"])
+        negatives, pairs = batch["neg_items"], counted_pairs(batch, ctx["trained"])
         users = U[batch["users"]]
         positives, negative_vectors = self._item_vectors(V, W, Z, batch["pos_items"], negatives)
         pos_scores = jnp.sum(users * positives, axis=-1)
@@ -224,22 +127,18 @@ class SideMF(nn.Module):
         if self.regularization == "full":
             terms["reg"] = losses.l2_sum_of_squares(U, V, W)
         else:
-            n_pairs = jnp.maximum(jnp.sum(pairs), 1)
+            n_pairs = jnp.maximum(losses.batch_sum(pairs), 1)
             pair_weight = pairs.astype(U.dtype)
             row_pairs = jnp.sum(pair_weight, axis=1)  # each row's user and positive count once per pair
             row_norms = jnp.sum(jnp.square(users), -1) + jnp.sum(jnp.square(V[batch["pos_items"]]), -1)
             neg_norms = jnp.sum(jnp.square(V[negatives]), -1)
-            terms["reg"] = (jnp.sum(row_pairs * row_norms) + jnp.sum(pair_weight * neg_norms)) / n_pairs \
-                + jnp.sum(jnp.square(W))
+            terms["reg"] = (losses.batch_sum(row_pairs * row_norms) + losses.batch_sum(pair_weight * neg_norms)) \
+                / n_pairs + jnp.sum(jnp.square(W))
         return terms
 
     def _item_vectors(self, V, W, Z, *item_arrays):
-        """``t ⊙ V + Z W`` rows of each index array; all items are mapped once and gathered
-        when the arrays hold at least as many rows as there are items (fewer flops)."""
-        if sum(a.size for a in item_arrays) >= self.n_items:
-            vectors = V + Z @ W
-            return [vectors[a] for a in item_arrays]
-        return [V[a] + Z[a] @ W for a in item_arrays]
+        """``t ⊙ V + Z W`` rows of each index array (:func:`~jaxrec.models._common.rows_or_all`)."""
+        return rows_or_all(lambda rows: V[rows] + Z[rows] @ W, self.n_items, *item_arrays)
 
     def _rating_terms(self, U, V, W, Z, batch):
         if "ratings" not in batch:
@@ -248,15 +147,15 @@ class SideMF(nn.Module):
         users, items = batch["users"], batch["pos_items"]
         [vectors] = self._item_vectors(V, W, Z, items)
         predicted = jnp.sum(U[users] * vectors, axis=-1)
-        weights = batch.get("weights")
-        keep = jnp.ones(users.shape, bool) if weights is None else weights > 0
+        keep = batch["weights"] > 0
         squared = jnp.where(keep, jnp.square(batch["ratings"] - predicted), 0.0)
-        terms = {"mse": jnp.sum(squared) / jnp.maximum(jnp.sum(keep), 1)}
+        terms = {"mse": losses.batch_sum(squared) / jnp.maximum(losses.batch_sum(keep), 1)}
         if self.regularization == "full":
             terms["reg"] = losses.l2_sum_of_squares(U, V, W)
         else:
             row = jnp.sum(jnp.square(U[users]), -1) + jnp.sum(jnp.square(V[items]), -1)
-            terms["reg"] = jnp.sum(jnp.where(keep, row, 0.0)) / jnp.maximum(jnp.sum(keep), 1) + jnp.sum(jnp.square(W))
+            terms["reg"] = (losses.batch_sum(jnp.where(keep, row, 0.0)) / jnp.maximum(losses.batch_sum(keep), 1)
+                            + jnp.sum(jnp.square(W)))
         return terms
 
 

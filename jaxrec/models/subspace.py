@@ -33,7 +33,7 @@ the :math:`W_m` are used as they are and only the reconstruction term holds them
 manifold.
 
 Loss terms: ``bpr``, ``reg`` (MMRec's ``EmbLoss`` on the batch's :math:`p_u` and full item
-vectors :math:`q_i`, as :func:`jaxrec.models._modality_inputs.bpr_with_emb_loss`) and ``subspace``. Cold-start items are
+vectors :math:`q_i`, as :func:`jaxrec.models._common.bpr_emb_loss`) and ``subspace``. Cold-start items are
 scored from :math:`B^\top z_i` alone (ID embedding masked, never a training negative;
 ``id_dropout`` drops trained items' ID embeddings at random in training, as in
 :mod:`jaxrec.models.fusion_mf`).
@@ -54,14 +54,8 @@ from jaxrec import fusion as jfusion
 from jaxrec.errors import ConfigError
 from jaxrec.models._init import xavier_normal
 from jaxrec.models._registry import Built, register
-from jaxrec.models._modality_inputs import (
-    batch_items,
-    bpr_with_emb_loss,
-    check_id_dropout,
-    modality_inputs,
-    with_id_dropout,
-)
-from jaxrec.models.sidemf import check_positive_int, trained_item_mask
+from jaxrec.models._modality_inputs import (batch_items, check_id_dropout, modality_inputs, with_id_dropout)
+from jaxrec.models._common import (bpr_emb_loss, check_positive_int, masked_rows, trained_item_mask)
 
 
 def _orthonormal_projections(variables):
@@ -103,7 +97,7 @@ class SubspaceMF(nn.Module):
         self.to_embedding = nn.Dense(d, use_bias=False, kernel_init=xavier_normal)
 
     def _id_vectors(self, ctx, items):
-        return jnp.where(jnp.asarray(ctx["trained"])[items][..., None], self.item_embedding[items], 0.0)
+        return masked_rows(self.item_embedding, ctx["trained"], items)
 
     def item_content(self, ctx, rows):
         """(R, d) shared-space item vectors :math:`B^\\top z_i` of item ``rows`` (R,)."""
@@ -150,7 +144,8 @@ class SubspaceMF(nn.Module):
         item_vectors = id_vectors + content[items]
         p = self.user_embedding[users]
         scores = jnp.einsum("bd,bkd->bk", p, item_vectors)
-        terms = bpr_with_emb_loss(scores[:, 0], scores[:, 1:], p, item_vectors[:, 0], item_vectors[:, 1:], pairs)
+        terms = bpr_emb_loss(p, item_vectors[:, 0], item_vectors[:, 1:], pairs, batch["weights"], per="pair",
+                            scores=(scores[:, 0], scores[:, 1:]))
         return {**terms, "subspace": objective}
 
 

@@ -34,7 +34,7 @@ column: users :math:`[\gamma_u, \theta_u, 1]`, items :math:`[\gamma_i, E f_i, \b
 
 Cold-start items (no train interaction, :math:`t_i = 0`) are scored from features alone:
 their :math:`\gamma_i` and :math:`\beta_i` are masked to zero, and they are never used as
-training negatives (see :func:`jaxrec.models.sidemf.training_pairs`).
+training negatives (:func:`jaxrec.models._common.counted_pairs`).
 
 ``mmrec_compat=True`` is MMRec's ``src/models/vbpr.py`` instead, which differs from the paper:
 no item bias :math:`\beta_i` and no visual bias :math:`\beta'`; the modalities (text, then
@@ -48,8 +48,8 @@ Two consequences worth knowing: :math:`b` adds :math:`\theta_u^\top b` to a posi
 negative alike, so its exact BPR gradient is 0 (it only picks up rounding noise, which Adam's
 normalized steps turn into a random walk that EmbLoss pulls back): the variant has no bias of
 any kind; and raw vggish rows (entries up to ~250, norm ~1500) make :math:`E f_i`
-dominate the item vector at initialization. On lfm2k (seed 999, reg_weight 2.0) this variant
-gives valid/test recall@20 0.4122/0.4004, MMRec's own run 0.4142/0.4017.
+dominate the item vector at initialization. (Its lfm2k results: the header of
+``experiments/configs/lfm2k/vbpr.yaml``.)
 
 References:
   He and McAuley, `VBPR: Visual Bayesian Personalized Ranking from Implicit Feedback
@@ -64,22 +64,16 @@ from flax import linen as nn
 
 from jaxrec import losses
 from jaxrec.errors import ConfigError
-from jaxrec.models._init import xavier_uniform
+from jaxrec.models._common import (bpr_emb_loss, check_bool, check_choice, check_positive_int, counted_pairs,
+                                   item_side_features, masked_rows, rows_or_all, trained_item_mask)
+from jaxrec.models._init import xavier_normal, xavier_uniform
 from jaxrec.models._registry import Built, register
-from jaxrec.models.sidemf import (
-    check_choice,
-    check_positive_int,
-    item_side_features,
-    trained_item_mask,
-    training_pairs,
-    xavier_normal,
-)
 
 FUSIONS = ("early", "late")
 
 
 class VBPR(nn.Module):
-    """VBPR (see the module docstring).
+    """VBPR, the paper's form (see the module docstring).
 
     ``ctx``: ``{"features": (n_items, D) float32 f, "trained": (n_items,) bool t}``.
 
@@ -89,7 +83,6 @@ class VBPR(nn.Module):
       embedding_size: K, the width of :math:`\\gamma`.
       visual_size: K', the width of :math:`\\theta` and :math:`E f` (per modality when late).
       fusion: ``"early"`` or ``"late"``.
-      mmrec_compat: MMRec's variant instead of the paper's.
     """
 
     n_users: int
@@ -98,25 +91,13 @@ class VBPR(nn.Module):
     embedding_size: int = 64
     visual_size: int = 64
     fusion: str = "early"
-    mmrec_compat: bool = False
-
-    @property
-    def n_visual_blocks(self) -> int:
-        return len(self.feature_dims) if self.fusion == "late" else 1
 
     def setup(self):
         k, kv = self.embedding_size, self.visual_size
         d = sum(self.feature_dims)
-        if self.mmrec_compat:
-            self.user_table = self.param("user_embedding", xavier_uniform, (self.n_users, k + kv))
-            self.gamma_item = self.param("item_embedding", xavier_uniform, (self.n_items, k))
-            # torch's Linear weight is (out, in); Xavier is symmetric in the fans, so drawing the
-            # transposed (in, out) matrix gives the same distribution.
-            self.projection = self.param("projection", xavier_normal, (d, kv))
-            self.projection_bias = self.param("projection_bias", nn.initializers.zeros, (kv,))
-            return
+        blocks = len(self.feature_dims) if self.fusion == "late" else 1
         self.gamma_user = self.param("gamma_user", xavier_normal, (self.n_users, k))
-        self.theta_user = self.param("theta_user", xavier_normal, (self.n_users, kv * self.n_visual_blocks))
+        self.theta_user = self.param("theta_user", xavier_normal, (self.n_users, kv * blocks))
         self.gamma_item = self.param("gamma_item", xavier_normal, (self.n_items, k))
         self.beta_item = self.param("beta_item", nn.initializers.zeros, (self.n_items,))
         if self.fusion == "early":
@@ -125,12 +106,8 @@ class VBPR(nn.Module):
             self.embeddings = [self.param(f"E_{m}", xavier_normal, (dm, kv)) for m, dm in enumerate(self.feature_dims)]
         self.beta_prime = self.param("beta_prime", nn.initializers.zeros, (d,))
 
-    # -- item and user vectors -------------------------------------------------------------
-
     def _visual(self, features):
         """(..., D) features -> (..., blocks * K') visual item factors."""
-        if self.mmrec_compat:
-            return features @ self.projection + self.projection_bias
         if self.fusion == "early":
             return features @ self.embeddings[0]
         parts, start = [], 0
@@ -140,81 +117,99 @@ class VBPR(nn.Module):
         return jnp.concatenate(parts, axis=-1)
 
     def _free(self, ctx, items):
-        """``(gamma (.., K), beta (..))`` of the items ``items`` (any int shape): zero for
-        never-trained items; beta is None in the MMRec variant."""
-        trained = ctx["trained"][items]
-        gamma = jnp.where(trained[..., None], self.gamma_item[items], 0.0)
-        beta = None if self.mmrec_compat else jnp.where(trained, self.beta_item[items], 0.0)
-        return gamma, beta
+        """``(gamma (.., K), beta (..))`` of ``items`` (any int shape): zero for never-trained items."""
+        return (masked_rows(self.gamma_item, ctx["trained"], items),
+                jnp.where(jnp.asarray(ctx["trained"])[items], self.beta_item[items], 0.0))
 
     def _feature_parts(self, ctx, *item_arrays):
-        """``[(E f (.., blocks K'), β'·f (..) or None), ...]``, one pair per index array. When
-        the arrays hold at least as many rows as there are items, all items are projected
-        once and gathered: fewer flops (lfm2k: 4096 rows a batch, 1425 items)."""
+        """``[(E f (.., blocks K'), β'·f (..)), ...]``, one pair per index array
+        (:func:`~jaxrec.models._common.rows_or_all`)."""
         features = ctx["features"]
 
-        def bias(rows):
-            return None if self.mmrec_compat else rows @ self.beta_prime
+        def parts(rows):  # [E f, β'·f] side by side, so that one rows_or_all maps both
+            return jnp.concatenate([self._visual(features[rows]), (features[rows] @ self.beta_prime)[..., None]],
+                                   axis=-1)
 
-        if sum(a.size for a in item_arrays) >= self.n_items:
-            visual, visual_bias = self._visual(features), bias(features)
-            return [(visual[a], None if visual_bias is None else visual_bias[a]) for a in item_arrays]
-        return [(self._visual(features[a]), bias(features[a])) for a in item_arrays]
+        return [(both[..., :-1], both[..., -1]) for both in rows_or_all(parts, self.n_items, *item_arrays)]
 
     def encode(self, ctx, train: bool = False):
-        """Users ``[γ_u, θ_u, 1]``, items ``[γ_i, E f_i, β_i + β'·f_i]`` (MMRec variant:
-        ``[γ_u, θ_u]`` and ``[γ_i, E f_i + b]``)."""
+        """Users ``[γ_u, θ_u, 1]``, items ``[γ_i, E f_i, β_i + β'·f_i]``."""
         del train
         items = jnp.arange(self.n_items)
         gamma, beta = self._free(ctx, items)
         [(visual, visual_bias)] = self._feature_parts(ctx, items)
-        if self.mmrec_compat:
-            return self.user_table, jnp.concatenate([gamma, visual], axis=1)
         users = jnp.concatenate([self.gamma_user, self.theta_user, jnp.ones((self.n_users, 1))], axis=1)
         return users, jnp.concatenate([gamma, visual, (beta + visual_bias)[:, None]], axis=1)
 
-    # -- loss ------------------------------------------------------------------------------
-
     def loss_terms(self, ctx, batch, train: bool = False):
-        """``{"bpr", "reg_theta", "reg_e"}`` (MMRec variant: ``{"bpr", "reg"}``) for a batch of
-        ``users`` (B,), ``pos_items`` (B,), ``neg_items`` (B, n_neg) or (B,) and optional
-        ``weights`` (B,) (0 = padding row)."""
+        """``{"bpr", "reg_theta", "reg_e"}`` for a contract batch (``jaxrec.models._registry``)."""
         del train
-        users = batch["users"]
-        negatives, pairs = training_pairs(batch, ctx["trained"])
+        users, negatives = batch["users"], batch["neg_items"]
+        pairs = counted_pairs(batch, ctx["trained"])
         (pos_gamma, pos_beta), (neg_gamma, neg_beta) = self._free(ctx, batch["pos_items"]), self._free(ctx, negatives)
         (pos_visual, pos_visual_bias), (neg_visual, neg_visual_bias) = self._feature_parts(
             ctx, batch["pos_items"], negatives)
-        if self.mmrec_compat:
-            return self._mmrec_terms(users, pos_gamma, pos_visual, neg_gamma, neg_visual, pairs)
         gamma_u, theta_u = self.gamma_user[users], self.theta_user[users]
         pos_scores = (pos_beta + pos_visual_bias + jnp.sum(gamma_u * pos_gamma, axis=-1)
                       + jnp.sum(theta_u * pos_visual, axis=-1))
         neg_scores = (neg_beta + neg_visual_bias + jnp.einsum("bk,bnk->bn", gamma_u, neg_gamma)
                       + jnp.einsum("bk,bnk->bn", theta_u, neg_visual))
         pair_weight = pairs.astype(pos_scores.dtype)
-        n_pairs = jnp.maximum(jnp.sum(pair_weight), 1.0)
+        n_pairs = jnp.maximum(losses.batch_sum(pair_weight), 1.0)
         # Per triple: the user's and the positive's parameters count once for each of its pairs.
         row_norms = (jnp.sum(jnp.square(gamma_u), -1) + jnp.sum(jnp.square(theta_u), -1)
                      + jnp.sum(jnp.square(pos_gamma), -1) + jnp.square(pos_beta))
         neg_norms = jnp.sum(jnp.square(neg_gamma), -1) + jnp.square(neg_beta)
-        reg_theta = (jnp.sum(jnp.sum(pair_weight, axis=1) * row_norms) + jnp.sum(pair_weight * neg_norms)) / n_pairs
+        reg_theta = (losses.batch_sum(jnp.sum(pair_weight, axis=1) * row_norms)
+                     + losses.batch_sum(pair_weight * neg_norms)) / n_pairs
         reg_e = sum(jnp.sum(jnp.square(E)) for E in self.embeddings) + jnp.sum(jnp.square(self.beta_prime))
         return {"bpr": losses.bpr(pos_scores, neg_scores, where=pairs), "reg_theta": reg_theta, "reg_e": reg_e}
 
-    def _mmrec_terms(self, users, pos_gamma, pos_visual, neg_gamma, neg_visual, pairs):
+
+class MMRecVBPR(nn.Module):
+    """MMRec's VBPR (``mmrec_compat``; see the module docstring): user ``[γ_u, θ_u]``, item
+    ``[γ_i, E f_i + b]``, BPR + EmbLoss.
+
+    ``ctx``: as :class:`VBPR`'s. Attributes: as :class:`VBPR`'s, without ``fusion`` (early).
+    """
+
+    n_users: int
+    n_items: int
+    feature_dims: tuple[int, ...]
+    embedding_size: int = 64
+    visual_size: int = 64
+
+    def setup(self):
+        k, kv = self.embedding_size, self.visual_size
+        self.user_table = self.param("user_embedding", xavier_uniform, (self.n_users, k + kv))
+        self.gamma_item = self.param("item_embedding", xavier_uniform, (self.n_items, k))
+        # torch's Linear weight is (out, in); Xavier is symmetric in the fans, so drawing the
+        # transposed (in, out) matrix gives the same distribution.
+        self.projection = self.param("projection", xavier_normal, (sum(self.feature_dims), kv))
+        self.projection_bias = self.param("projection_bias", nn.initializers.zeros, (kv,))
+
+    def _item_vectors(self, ctx, *item_arrays):
+        """``[γ_i, E f_i + b]`` of each index array (γ zero for never-trained items)."""
+        features = ctx["features"]
+        visual = rows_or_all(lambda rows: features[rows] @ self.projection + self.projection_bias, self.n_items,
+                             *item_arrays)
+        return [jnp.concatenate([masked_rows(self.gamma_item, ctx["trained"], items), v], axis=-1)
+                for items, v in zip(item_arrays, visual)]
+
+    def encode(self, ctx, train: bool = False):
+        """``([γ_u, θ_u], [γ_i, E f_i + b])``."""
+        del train
+        [items] = self._item_vectors(ctx, jnp.arange(self.n_items))
+        return self.user_table, items
+
+    def loss_terms(self, ctx, batch, train: bool = False):
+        """``{"bpr", "reg"}`` for a contract batch (``jaxrec.models._registry``)."""
+        del train
         # MMRec draws one negative per positive; with several, each (u, i, j) is a triple and the
-        # EmbLoss sums the norms of the stacked triples' vectors (n_neg = 1: exactly MMRec's).
-        user_e = self.user_table[users]
-        pos_e = jnp.concatenate([pos_gamma, pos_visual], axis=-1)
-        neg_e = jnp.concatenate([neg_gamma, neg_visual], axis=-1)
-        pos_scores = jnp.sum(user_e * pos_e, axis=-1)
-        neg_scores = jnp.einsum("bd,bnd->bn", user_e, neg_e)
-        pair_weight = pairs.astype(user_e.dtype)
-        n_pairs = jnp.sum(pair_weight)
-        reg = losses.l2_mean_norm(user_e[:, None, :] * pair_weight[..., None], pos_e[:, None, :] * pair_weight[..., None],
-                                  neg_e * pair_weight[..., None], batch_size=jnp.maximum(n_pairs, 1.0))
-        return {"bpr": losses.bpr(pos_scores, neg_scores, where=pairs), "reg": reg}
+        # EmbLoss sums the norms of the stacked triples' vectors (n = 1: exactly MMRec's).
+        positives, negatives = self._item_vectors(ctx, batch["pos_items"], batch["neg_items"])
+        return bpr_emb_loss(self.user_table[batch["users"]], positives, negatives,
+                            counted_pairs(batch, ctx["trained"]), batch["weights"], per="pair")
 
 
 @register("vbpr")
@@ -231,7 +226,7 @@ def build(dataset, *, embedding_size: int = 64, visual_size: int = 64, modalitie
       fusion: ``"early"`` (default) or ``"late"`` (not with ``mmrec_compat``).
       feature_scaling: ``"standardize"``, ``"l2"`` or ``"none"`` per modality; default
         ``"standardize"``, or ``"none"`` (raw, as MMRec) with ``mmrec_compat``.
-      mmrec_compat: build MMRec's variant (module docstring).
+      mmrec_compat: build MMRec's variant, :class:`MMRecVBPR` (module docstring).
 
     Returns:
       :class:`~jaxrec.models.Built`; default weights ``{bpr: 1, reg_theta: 1e-4, reg_e: 0}``
@@ -241,15 +236,15 @@ def build(dataset, *, embedding_size: int = 64, visual_size: int = 64, modalitie
     check_positive_int(embedding_size, "embedding_size", "vbpr")
     check_positive_int(visual_size, "visual_size", "vbpr")
     check_choice(fusion, "fusion", FUSIONS, "vbpr")
-    if not isinstance(mmrec_compat, bool):
-        raise ConfigError(f"model vbpr: mmrec_compat must be true or false; found {mmrec_compat!r}")
+    check_bool(mmrec_compat, "mmrec_compat", "vbpr")
     if mmrec_compat and fusion != "early":
         raise ConfigError("model vbpr: mmrec_compat concatenates the modalities (early fusion); "
                           f"found fusion={fusion!r}")
     scaling = feature_scaling if feature_scaling is not None else ("none" if mmrec_compat else "standardize")
     features, dims, _ = item_side_features(dataset, modalities, scaling=scaling, model="vbpr")
-    module = VBPR(n_users=dataset.n_users, n_items=dataset.n_items, feature_dims=dims,
-                  embedding_size=embedding_size, visual_size=visual_size, fusion=fusion, mmrec_compat=mmrec_compat)
+    sizes = dict(n_users=dataset.n_users, n_items=dataset.n_items, feature_dims=dims, embedding_size=embedding_size,
+                 visual_size=visual_size)
+    module = MMRecVBPR(**sizes) if mmrec_compat else VBPR(**sizes, fusion=fusion)
     ctx = {"features": features, "trained": trained_item_mask(dataset)}
     weights = {"bpr": 1.0, "reg": 2.0} if mmrec_compat else {"bpr": 1.0, "reg_theta": 1e-4, "reg_e": 0.0}
     return Built(module=module, ctx=ctx, default_loss_weights=weights)

@@ -97,5 +97,5 @@ def load_run(run_dir: Path, dataset: MultimodalDataset | None = None) -> LoadedR
         state, _ = checkpoints.restore(experiment.target, epoch)
     finally:
         checkpoints.close()
-    ctx = epoch_context(experiment.built, config.train.seed, epoch - 1)
+    ctx = epoch_context(experiment.built, state.params, config.train.seed, epoch)  # as `jaxrec evaluate` sees it
     return LoadedRun(run_dir, experiment, state, epoch, ctx)

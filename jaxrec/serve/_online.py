@@ -8,7 +8,7 @@ small update fills only ``passes`` times its size), the rest a uniform replay of
 training interaction (the run's train split and all earlier events), so the model follows the
 new data without forgetting the old. Negatives are drawn
 uniformly from the real catalogue, outside each user's known positives (capacity padding items
-are never drawn). A model with a per-epoch ``host_update`` (FREEDOM's pruned graph) gets a
+are never drawn). A model with an epoch hook ``epoch_update`` (FREEDOM's pruned graph, LATTICE's learned graph) gets a
 fresh one per update. Nothing is swapped in when a loss term or gradient turns non-finite.
 """
 
@@ -80,7 +80,7 @@ class Learner:
       config: the run's experiment config.
       base: the run's dataset (modalities selected as in training).
       built: the model built for the current (extended, padded) dataset.
-      ctx: its context (with the latest ``host_update`` applied).
+      ctx: its context (with the latest ``epoch_update`` applied).
       params: the parameters.
       opt_state: the online optimizer's state (None before the first update).
       step: online updates applied (drives the dropout keys).
@@ -151,9 +151,9 @@ def rebuilt(learner: Learner, *, n_users: int, n_items: int, events: np.ndarray,
     if learner.opt_state is not None and (cap_users, cap_items) == (learner.cap_users, learner.cap_items):
         opt_state = learner.opt_state
     ctx = built.ctx
-    if built.host_update is not None:
+    if built.epoch_update is not None:
         key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(config.train.seed), 0x5E4E), version)
-        ctx = built.host_update(built.ctx, version, key)
+        ctx = built.epoch_update(params, built.ctx, version, key)
     return dataclasses.replace(learner, built=built, ctx=ctx, params=params, opt_state=opt_state, events=events,
                                added=added, n_users=n_users, n_items=n_items, cap_users=cap_users,
                                cap_items=cap_items)

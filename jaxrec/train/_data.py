@@ -11,6 +11,7 @@ from jaxrec import data as jdata
 from jaxrec.data import MultimodalDataset
 from jaxrec.data import warn_unseen_in_train
 from jaxrec.errors import ConfigError, DataError
+from jaxrec.models import normalize_batch
 from jaxrec.train._config import DataConfig
 from jaxrec.train._state import example_batch
 
@@ -76,8 +77,9 @@ class EpochSampler:
     a fresh order drawn from ``np.random.default_rng([seed, epoch])``, in
     ``ceil(n / batch_size)`` batches of exactly ``batch_size`` rows, each positive with
     ``n_negatives`` negatives outside the user's training items. The last batch is filled up
-    with rows of weight 0 (``weights``), so every batch has one static shape and a model that
-    weighs its loss by ``batch["weights"]`` sees exactly MMRec's partial last batch. A resumed
+    with rows of weight 0 (``weights``), so every batch has one static shape; by the model
+    contract (``jaxrec.models._registry``) those rows count for nothing, which is exactly
+    MMRec's partial last batch. A resumed
     run redraws epoch ``e`` identically.
 
     Args:
@@ -98,10 +100,10 @@ class EpochSampler:
 
     def example_batch(self) -> dict[str, np.ndarray]:
         """A batch of zeros with the shapes and dtypes of the real ones."""
-        return example_batch(self.batch_size, self.n_negatives)
+        return normalize_batch(example_batch(self.batch_size, self.n_negatives))
 
     def batches(self, epoch: int) -> dict[str, np.ndarray]:
         """Epoch ``epoch``'s (0-based) batches stacked: ``users``, ``pos_items``, ``weights``
         ``(steps, B)`` and ``neg_items`` ``(steps, B, n_negatives)``."""
         batches = list(self._batches.epoch(epoch))
-        return {key: np.stack([batch[key] for batch in batches]) for key in batches[0]}
+        return normalize_batch({key: np.stack([batch[key] for batch in batches]) for key in batches[0]})

@@ -270,8 +270,8 @@ class _Run:
         state = runner.put_state(host_state)
         for replayed in range(done + 1, epoch + 1):
             batches = exp.sampler.batches(replayed - 1)
-            ctx = (runner.put_ctx(epoch_context(exp.built, tcfg.seed, replayed - 1))
-                   if exp.built.host_update is not None else self.train_ctx)
+            ctx = (runner.put_ctx(epoch_context(exp.built, runner.get_state(state).params, tcfg.seed, replayed - 1))
+                   if exp.built.epoch_update is not None else self.train_ctx)
             for start in range(0, exp.steps_per_epoch, per_call):
                 chunk = {k: v[start:start + per_call] for k, v in batches.items()}
                 if replayed < epoch or start < offset:

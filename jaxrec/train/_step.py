@@ -5,13 +5,12 @@ One update: ``params -> model.loss_terms -> weighted sum -> value_and_grad -> op
 whole epoch (or ``steps_per_call`` batches) is one device call, in one of three modes:
 
 - ``none``: one device, ``jax.jit``.
-- ``pmap``: the batch split over devices with ``jax.pmap``; gradients (and the reported
-  terms) are averaged over devices (``lax.pmean``, or ``psum`` weighted by each shard's
-  share of ``batch["weights"]`` so that padding rows, all on the last devices, count
-  right). Each device's terms are means over its shard, so the update equals the
-  single-device one whenever every term is a (weighted) mean over batch rows. A term that
-  is not (MMRec's norm-based embedding regularizer, for one) is averaged over devices
-  instead of computed on the global batch.
+- ``pmap``: the batch split over devices with ``jax.pmap``. The step is traced inside
+  :func:`jaxrec.losses.data_parallel`, so every reduction over batch rows in a model's terms
+  (:func:`jaxrec.losses.batch_sum`) sums over all devices before its non-linear part: every
+  device computes the terms of the WHOLE batch, and a plain ``lax.pmean`` of the devices'
+  gradients is the one-device gradient (``batch_sum``'s gradient is scaled by the device
+  count for that). A device whose shard is all padding is fine: its rows weigh 0.
 - ``sharded``: ``jax.jit`` over a 1-D device mesh with the batch sharded and the state and
   context replicated (``NamedSharding``); the compiler partitions the global computation,
   so every term means exactly what it means on one device.
@@ -29,7 +28,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxrec import losses
+from jaxrec import losses, models
 from jaxrec.errors import ConfigError
 from jaxrec.train._state import TrainState
 
@@ -69,14 +68,12 @@ def make_train_step(module, tx: optax.GradientTransformation, loss_weights: Mapp
             total, terms = losses.combine(terms, weights)
             return jnp.asarray(total, jnp.float32), terms
 
-        (loss, terms), grads = jax.value_and_grad(total_loss, has_aux=True)(state.params)
+        with losses.data_parallel(axis_name):
+            (loss, terms), grads = jax.value_and_grad(total_loss, has_aux=True)(state.params)
         if axis_name is not None:
-            # Each device's terms are means over its shard, weighted by the batch "weights"
-            # (0 on padding rows); the global weighted mean is the shards' means weighted by
-            # their total weight (plain pmean when every shard weighs the same).
-            rows = jnp.sum(batch["weights"]) if "weights" in batch else jnp.float32(batch["users"].shape[0])
-            share = rows / jax.lax.psum(rows, axis_name)
-            grads, loss, terms = jax.lax.psum(jax.tree.map(lambda x: x * share, (grads, loss, terms)), axis_name)
+            # The terms already span the whole batch (and agree on every device); each device's
+            # gradient carries its rows' share times the device count, so the mean is exact.
+            grads = jax.lax.pmean(grads, axis_name)
         grads_finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -166,7 +163,9 @@ class StepRunner:
         return state
 
     def put_batches(self, batches: Mapping[str, np.ndarray]) -> dict[str, Any]:
-        """Place a stack of batches, each array shaped ``(steps, batch_size, ...)``."""
+        """Place a stack of batches, each array shaped ``(steps, batch_size, ...)``, in the
+        contract's layout (:func:`jaxrec.models.normalize_batch`)."""
+        batches = models.normalize_batch(batches)
         if self.parallel == "pmap":
             n = self.n_devices
 
