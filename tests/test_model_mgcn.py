@@ -221,10 +221,9 @@ def test_learns_better_than_popularity(tmp_path):
     assert metrics["test"]["recall@20"] > 1.3 * baseline, (metrics["test"], baseline)
 
 
-def test_pmap_on_four_devices_matches_one_device_and_contrasts_within_each_shard():
-    """BPR and reg are weighted row means, so the pmap updates equal the one-device ones (the
-    padded last batch included); the in-batch InfoNCE (weight 0 for the parity) is reported
-    as the mean over devices of InfoNCE within each device's shard."""
+def test_pmap_on_four_devices_matches_one_device_including_the_in_batch_info_nce():
+    """Every term, the in-batch InfoNCE included (every device's rows are negatives), equals the
+    one-device value under pmap, and so do the updates (the padded last batch included)."""
     from jaxrec.train import EpochSampler, StepRunner, TrainConfig, init_state, make_optimizer
 
     assert jax.device_count() >= 4
@@ -237,21 +236,15 @@ def test_pmap_on_four_devices_matches_one_device_and_contrasts_within_each_shard
     start = jax.device_get(init_state(built.module, built.ctx, sampler.example_batch(), tx, seed=0))
     results = {}
     for parallel in ("none", "pmap"):
-        runner = StepRunner(built.module, tx, {"bpr": 1.0, "reg": 0.1, "cl": 0.0}, parallel=parallel, batch_size=64)
+        runner = StepRunner(built.module, tx, {"bpr": 1.0, "reg": 0.1, "cl": 0.1}, parallel=parallel, batch_size=64)
         state, metrics = runner.run(runner.put_state(start), runner.put_ctx(built.ctx), runner.put_batches(batches))
         results[parallel] = jax.device_get(runner.get_state(state)), metrics, runner.n_devices
     (single, single_metrics, _), (pmapped, pmap_metrics, n_devices) = results["none"], results["pmap"]
     assert n_devices == 4 and np.all(np.isfinite(np.asarray(pmap_metrics.loss)))
-    np.testing.assert_allclose(np.asarray(single_metrics.loss), np.asarray(pmap_metrics.loss), rtol=1e-5)
+    for name in ("bpr", "reg", "cl"):
+        np.testing.assert_allclose(np.asarray(single_metrics.terms[name]), np.asarray(pmap_metrics.terms[name]),
+                                   rtol=1e-4, err_msg=name)
     moved = dict(jax.tree_util.tree_leaves_with_path(pmapped.params))
     for path, value in jax.tree_util.tree_leaves_with_path(single.params):
-        np.testing.assert_allclose(moved[path], value, rtol=2e-5, atol=2e-6, err_msg=str(path))
+        np.testing.assert_allclose(moved[path], value, rtol=2e-4, atol=2e-5, err_msg=str(path))
     assert not np.allclose(single.params["user_embedding"], start.params["user_embedding"])
-
-    first = {k: v[0] for k, v in batches.items()}
-    shards = [{k: v[16 * d:16 * (d + 1)] for k, v in first.items()} for d in range(4)]
-    per_shard = [float(compiled_apply(built.module, start.params, built.ctx, shard, True, method="loss_terms")["cl"])
-                 for shard in shards]
-    np.testing.assert_allclose(float(pmap_metrics.terms["cl"][0]), np.mean(per_shard), rtol=1e-5)
-    whole = float(single_metrics.terms["cl"][0])
-    assert abs(whole - np.mean(per_shard)) > 1e-3  # more negatives on one device: a different value

@@ -57,8 +57,9 @@ so ``loss_weights: {reg: λ_r, cl: λ_c}`` are MMRec's ``reg_weight`` and ``cl_l
 As in MMRec the raw feature tables are trainable (``nn.Embedding.from_pretrained(...,
 freeze=False)``) unless ``train_features=False``; the kNN graphs are built from the raw
 features once. Initializations are torch's: Xavier-uniform ID tables, ``nn.Linear`` defaults
-for every dense layer. With ``train.parallel: pmap`` each device contrasts its own shard of
-the batch (its in-batch negatives are per device); ``sharded`` contrasts the whole batch.
+for every dense layer. Under ``train.parallel: pmap`` the terms equal one device's: the sums go
+through ``jaxrec.losses.batch_sum`` and ``jaxrec.losses.info_nce`` gathers every device's rows
+as in-batch negatives.
 
 Deviations from MMRec: M modalities instead of exactly image + text (for M = 2, in MMRec's
 order, it is MMRec's fuser, whose divisor is 3); BPR is a softplus (``-logsigmoid``, the same
@@ -87,6 +88,7 @@ from flax import linen as nn
 from jaxrec import losses
 from jaxrec.data import graph as jgraph
 from jaxrec.errors import ConfigError, DataError
+from jaxrec.models._common import FeatureTable, check_nonnegative_int, check_positive_int, graph_cache_of
 from jaxrec.models._init import torch_linear_bias, torch_linear_kernel, xavier_uniform
 from jaxrec.models._registry import Built, register
 
@@ -95,37 +97,6 @@ def _dense(features: int, fan_in: int, name: str, use_bias: bool = True) -> nn.D
     """A Dense layer initialized as ``torch.nn.Linear(fan_in, features)``."""
     return nn.Dense(features, use_bias=use_bias, kernel_init=torch_linear_kernel,
                     bias_init=torch_linear_bias(fan_in), name=name)
-
-
-class FeatureTable(nn.Module):
-    """A trainable copy of a feature matrix, initialized from the one passed at ``init``
-    (MMRec's ``nn.Embedding.from_pretrained(features, freeze=False)``)."""
-
-    @nn.compact
-    def __call__(self, initial):
-        return self.param("table", lambda _: jnp.asarray(initial, jnp.float32))
-
-
-def _unit_rows(x, eps: float = 1e-12):
-    # torch's F.normalize: x / max(||x||, eps), with a finite gradient at a zero row.
-    return x / jnp.sqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps * eps))
-
-
-def in_batch_info_nce(a, b, temperature: float, weights):
-    """InfoNCE of row-paired (B, d) views whose in-batch negatives are the real rows only.
-
-    Rows of weight 0 are neither anchors nor negatives of the others; the mean is weighted by
-    ``weights`` ((B,), 1 for the real rows).
-    """
-    logits = (_unit_rows(a) @ _unit_rows(b).T) / temperature
-    real = weights > 0
-    # A padding anchor keeps its whole (finite) row, so nothing is -inf - -inf; its loss is
-    # masked out below.
-    logits = jnp.where(real[None, :] | ~real[:, None], logits, -jnp.inf)
-    per_row = jax.nn.logsumexp(logits, axis=1) - jnp.diagonal(logits)
-    total = jnp.sum(jnp.where(real, weights * per_row, 0.0))
-    count = jnp.sum(jnp.where(real, weights, 0.0))
-    return total / jnp.where(count > 0, count, 1.0)
 
 
 class MGCN(nn.Module):
@@ -202,10 +173,7 @@ class MGCN(nn.Module):
         """``{"bpr", "reg", "cl"}`` over the batch's real rows."""
         del train
         users, positives, negatives = batch["users"], batch["pos_items"], batch["neg_items"]
-        if negatives.ndim == 1:
-            negatives = negatives[:, None]
-        weights = batch.get("weights")
-        weights = jnp.ones(users.shape, jnp.float32) if weights is None else jnp.asarray(weights, jnp.float32)
+        weights = batch["weights"]
         content, side = self.views(ctx)
         final = content + side
         user_rows = final[users]
@@ -215,18 +183,14 @@ class MGCN(nn.Module):
         neg_scores = jnp.einsum("bd,bnd->bn", user_rows, neg_rows)
         squares = (jnp.sum(user_rows ** 2, axis=-1) + jnp.sum(pos_rows ** 2, axis=-1)
                    + jnp.mean(jnp.sum(neg_rows ** 2, axis=-1), axis=-1))
-        n_real = jnp.sum(weights)
-        reg = 0.5 * jnp.sum(weights * squares) / jnp.where(n_real > 0, n_real, 1.0)
-        cl = (in_batch_info_nce(side[self.n_users + positives], content[self.n_users + positives],
-                                self.temperature, weights)
-              + in_batch_info_nce(side[users], content[users], self.temperature, weights))
+        n_real = losses.batch_sum(weights)
+        reg = 0.5 * losses.batch_sum(weights * squares) / jnp.where(n_real > 0, n_real, 1.0)
+        # Padding rows are neither anchors nor negatives; under data parallelism every device's
+        # rows are negatives (info_nce gathers them), so the term equals one device's.
+        cl = (losses.info_nce(side[self.n_users + positives], content[self.n_users + positives], self.temperature,
+                              weights=weights, mask_negatives=True)
+              + losses.info_nce(side[users], content[users], self.temperature, weights=weights, mask_negatives=True))
         return {"bpr": losses.bpr(pos_scores, neg_scores, weights=weights), "reg": reg, "cl": cl}
-
-
-def _positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"model mgcn: {name} must be a positive integer; found {value!r}")
-    return value
 
 
 def _raw_features(dataset, modalities: Sequence[str] | None) -> tuple[list[np.ndarray], tuple[str, ...]]:
@@ -250,14 +214,6 @@ def _raw_features(dataset, modalities: Sequence[str] | None) -> tuple[list[np.nd
                             field=f"modalities[{name!r}]", found=f"a NaN/inf in item {bad}", expected="finite features")
         blocks.append(block)
     return blocks, names
-
-
-def _graph_cache(graph_cache) -> jgraph.GraphCache | None:
-    if graph_cache is None or graph_cache == "none":
-        return None
-    if not isinstance(graph_cache, str):
-        raise ConfigError(f"model mgcn: graph_cache must be 'default', a folder or 'none'; found {graph_cache!r}")
-    return jgraph.GraphCache(None if graph_cache == "default" else graph_cache)
 
 
 @register("mgcn")
@@ -285,15 +241,14 @@ def build(dataset, *, embedding_size: int = 64, knn_k: int = 10, n_ui_layers: in
       ``reg_weight``; ``cl_loss`` 0.01 from its grid, chosen by validation on lfm2k).
     """
     for name, value in (("embedding_size", embedding_size), ("knn_k", knn_k)):
-        _positive_int(value, name)
+        check_positive_int(value, name, "mgcn")
     for name, value in (("n_ui_layers", n_ui_layers), ("n_mm_layers", n_mm_layers)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ConfigError(f"model mgcn: {name} must be a non-negative integer; found {value!r}")
+        check_nonnegative_int(value, name, "mgcn")
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
         raise ConfigError(f"model mgcn: temperature must be a positive number; found {temperature!r}")
     if not isinstance(train_features, bool):
         raise ConfigError(f"model mgcn: train_features must be true or false; found {train_features!r}")
-    cache = _graph_cache(graph_cache)
+    cache = graph_cache_of(graph_cache)
     blocks, names = _raw_features(dataset, modalities)
     full = jgraph.normalized_adjacency(jgraph.bipartite_graph(dataset, split="train"))
     user_rows = np.asarray(full.rows) < dataset.n_users
