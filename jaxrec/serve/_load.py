@@ -15,7 +15,7 @@ from typing import Any
 
 from jaxrec.data import MultimodalDataset
 from jaxrec.errors import ConfigError
-from jaxrec.train import CONFIG_FILE, Checkpoints, best_epoch_of, load_config
+from jaxrec.train import CONFIG_FILE, load_config, restore_best
 from jaxrec.train import (  # noqa: F401  (re-exported for the rest of jaxrec.serve)
     Experiment,
     StepRunner,
@@ -89,13 +89,7 @@ def load_config_of(run_dir: Path):
 
 def load_run(run_dir: Path, dataset: MultimodalDataset | None = None) -> LoadedRun:
     """Rebuild ``run_dir``'s experiment and restore its best checkpoint."""
-    config = load_config_of(run_dir)
-    experiment = prepare_experiment(config, dataset)
-    checkpoints = Checkpoints(run_dir / "checkpoints", read_only=True)
-    try:
-        epoch = best_epoch_of(run_dir, checkpoints, experiment.target)
-        state, _ = checkpoints.restore(experiment.target, epoch)
-    finally:
-        checkpoints.close()
+    experiment, state, epoch = restore_best(run_dir, dataset=dataset)
+    config = experiment.config
     ctx = epoch_context(experiment.built, state.params, config.train.seed, epoch)  # as `jaxrec evaluate` sees it
     return LoadedRun(run_dir, experiment, state, epoch, ctx)
