@@ -106,12 +106,26 @@ def _compact_history(path: Path) -> list[dict]:
     return rows
 
 
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+def portable_config(config: dict | None) -> dict | None:
+    """The config with an absolute ``data.path`` made relative to the project root (records are
+    committed; the machine they ran on is not)."""
+    if not isinstance(config, dict) or not isinstance(config.get("data"), dict):
+        return config
+    path = config["data"].get("path")
+    if isinstance(path, str) and os.path.isabs(path):
+        config = {**config, "data": {**config["data"], "path": os.path.relpath(path, PROJECT)}}
+    return config
+
+
 def _run_line(folder: Path, name: str) -> dict:
     if not (folder / "metrics.json").exists():
         raise RecordError(f"{folder}: no metrics.json (an unfinished run cannot be packed)")
     config_path = folder / "config.yaml"
     config = yaml.safe_load(config_path.read_text(encoding="utf-8")) if config_path.exists() else None
-    return {"name": name, "config": config, "metrics": _read_json(folder / "metrics.json"),
+    return {"name": name, "config": portable_config(config), "metrics": _read_json(folder / "metrics.json"),
             "history": _compact_history(folder / "history.jsonl")}
 
 

@@ -94,3 +94,13 @@ def test_committed_results_table_regenerates_from_the_committed_records():
         pytest.skip(f"MMRec anchors not found at {ANCHORS.resolve()} (they live in ../shared beside the project)")
     expected = (EXPERIMENTS / "results" / "lfm2k.md").read_text(encoding="utf-8")
     assert make_results.build_report("lfm2k", ANCHORS) == expected
+
+
+def test_packed_configs_carry_no_absolute_data_path():
+    config = {"data": {"path": str((ROOT / ".." / "shared" / "data" / "lfm2k").resolve())}, "model": {"name": "bprmf"}}
+    assert records.portable_config(config)["data"]["path"] == "../shared/data/lfm2k"
+    assert records.portable_config({"data": {"path": "rel/x"}})["data"]["path"] == "rel/x"
+    for path in (EXPERIMENTS / "records").rglob("*.jsonl"):
+        for run in records.read(path).runs.values():
+            data_path = ((run.get("config") or {}).get("data") or {}).get("path")
+            assert data_path is None or not Path(data_path).is_absolute(), (path, data_path)
