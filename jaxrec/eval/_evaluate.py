@@ -285,16 +285,7 @@ def evaluate_prepared(
       ConfigError: unknown metric or bad ``ks``.
     """
     ks, metrics = check_ks(ks), check_metrics(metrics)
-    score_fn, num_items, num_users = resolve_scorer(user_emb, item_emb, score_fn, split.num_items)
-    if num_items != split.num_items:
-        raise DataError("scores cover a different number of items than the split was prepared for",
-                        field="item_emb", found=f"{num_items} items",
-                        expected=f"{split.num_items} items")
-    if num_users is not None and split.max_user_id >= num_users:
-        raise DataError("a pair refers to a user without an embedding", field="user_emb",
-                        found=f"{num_users} user rows", expected=f"more than {split.max_user_id}")
-    device_metrics = tuple(m if m != "recall2" else "hits" for m in metrics)
-    list_len = min(max(ks), num_items)
+    score_fn, device_metrics, list_len = _scoring_for(split, user_emb, item_emb, score_fn, metrics, ks, "")
     sums, num_nan = _ranking.split_metric_sums(
         split.batches, split.candidate_mask, user_emb, item_emb, score_fn=score_fn, ks=ks,
         metric_names=device_metrics, list_len=list_len)
@@ -331,19 +322,25 @@ def evaluate_prepared_many(
         raise DataError("expected stacked embeddings", field="user_embs/item_embs",
                         found=f"shapes {np.shape(user_embs)} and {np.shape(item_embs)}",
                         expected="(T, num_users, d) and (T, num_items, d) with the same T")
-    score_fn, num_items, num_users = resolve_scorer(user_embs[0], item_embs[0], None, split.num_items)
-    if num_items != split.num_items:
-        raise DataError("scores cover a different number of items than the split was prepared for",
-                        field="item_embs", found=f"{num_items} items", expected=f"{split.num_items} items")
-    if num_users is not None and split.max_user_id >= num_users:
-        raise DataError("a pair refers to a user without an embedding", field="user_embs",
-                        found=f"{num_users} user rows", expected=f"more than {split.max_user_id}")
-    device_metrics = tuple(m if m != "recall2" else "hits" for m in metrics)
-    list_len = min(max(ks), num_items)
+    score_fn, device_metrics, list_len = _scoring_for(split, user_embs[0], item_embs[0], None, metrics, ks, "s")
     sums, num_nan = _many_metric_sums(split.batches, split.candidate_mask, user_embs, item_embs,
                                       score_fn=score_fn, ks=ks, metric_names=device_metrics, list_len=list_len)
     sums, num_nan = np.asarray(sums, np.float64).sum(1), np.asarray(num_nan).sum(1)
     return [_metrics_from_sums(split, sums[t], int(num_nan[t]), ks, metrics) for t in range(sums.shape[0])]
+
+
+def _scoring_for(split: EvalSplit, user_emb, item_emb, score_fn, metrics, ks, plural: str):
+    """``(score_fn, device metric names, list length)`` for ranking ``split``; embeddings that do
+    not fit the split raise ``DataError`` naming ``user_emb``/``item_emb`` (+ ``plural``)."""
+    score_fn, num_items, num_users = resolve_scorer(user_emb, item_emb, score_fn, split.num_items)
+    if num_items != split.num_items:
+        raise DataError("scores cover a different number of items than the split was prepared for",
+                        field=f"item_emb{plural}", found=f"{num_items} items", expected=f"{split.num_items} items")
+    if num_users is not None and split.max_user_id >= num_users:
+        raise DataError("a pair refers to a user without an embedding", field=f"user_emb{plural}",
+                        found=f"{num_users} user rows", expected=f"more than {split.max_user_id}")
+    device_metrics = tuple(m if m != "recall2" else "hits" for m in metrics)
+    return score_fn, device_metrics, min(max(ks), num_items)
 
 
 @functools.partial(jax.jit, static_argnames=("score_fn", "ks", "metric_names", "list_len"))
