@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -36,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrec.errors import ConfigError, DataError
+from jaxrec.serve._persist import replace_folder
 
 MANIFEST = "manifest.json"
 FORMAT = "jaxrec-export/1"
@@ -125,13 +125,7 @@ def export_run(source, output, *, k: int = 100, dataset=None) -> Path:
             "sha256": {name: _sha256(tmp / name) for name in files},
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        old = None
-        if output.exists():
-            old = output.with_name(f".{output.name}.old-{os.getpid()}")
-            os.replace(output, old)
-        os.replace(tmp, output)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        replace_folder(tmp, output)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

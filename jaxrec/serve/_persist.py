@@ -62,17 +62,23 @@ def save_served(recommender, snapshot, directory) -> Path:
         with open(tmp / "arrays.npz", "wb") as handle:
             np.savez(handle, **arrays)
         (tmp / SERVED_FILE).write_text(json.dumps(info, indent=2) + "\n")
-        old = None
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            os.replace(target, old)
-        os.replace(tmp, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        replace_folder(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+def replace_folder(tmp: Path, target: Path) -> None:
+    """Put the finished folder ``tmp`` at ``target`` by renames (an older ``target`` is moved
+    aside first and removed after), so a reader finds the old folder or the new one, whole."""
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+    os.replace(tmp, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def load_served(cls, path: Path, *, dataset=None, online=None, seen_splits=None):
