@@ -1,6 +1,6 @@
 """BM3: encode and the loss terms against a dense numpy re-implementation of MMRec's BM3
 (forward, calculate_loss, full_sort_predict), the dropout targets with a fixed mask and
-statistically, the stop-gradient by finite differences, learning, and pmap."""
+statistically, the stop-gradient by finite differences, and learning (pmap parity: tests/test_model_contract.py)."""
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +13,7 @@ from jaxrec.errors import ConfigError
 from jaxrec.models import bm3
 from jaxrec.models.bm3 import BM3, table_dropout
 
-from _model_testing import (compiled_apply, numpy_norm_adj, pmap_parity_run, popularity_recall, randomized_params,
+from _model_testing import (compiled_apply, numpy_norm_adj, popularity_recall, randomized_params,
                             train_tiny)
 
 MODALITIES = ["image", "text"]
@@ -245,21 +245,3 @@ def test_learns_better_than_popularity(tmp_path):
                          epochs=20, learning_rate=0.01, loss_weights={"modality_alignment": 0.2})
     baseline = popularity_recall(dataset)
     assert metrics["test"]["recall@20"] > 1.3 * baseline, (metrics["test"], baseline)
-
-
-def test_pmap_on_four_devices_matches_one_device():
-    """Every step of an epoch, the last one padded: the alignment means are over real rows on
-    each shard, the whole-table regularizer and the table dropout masks are the same on every
-    device, so the pmap updates equal the one-device ones."""
-    assert jax.device_count() >= 4
-    dataset = make_synthetic(80, 60, n_interactions=1200, dims={"text": 8, "image": 4}, seed=1)
-    built = models.build("bm3", dataset, embedding_size=8, n_layers=2, dropout=0.5)
-    run = pmap_parity_run(built, dataset, built.default_loss_weights, n_negatives=1, n_batches=None,
-                          learning_rate=0.05)
-    assert np.any(run.batches["weights"][-1] == 0)
-    assert run.n_devices == 4 and np.all(np.isfinite(run.pmap_loss))
-    np.testing.assert_allclose(run.single_loss, run.pmap_loss, rtol=1e-5)
-    moved = dict(jax.tree_util.tree_leaves_with_path(run.pmapped.params))
-    for path, value in jax.tree_util.tree_leaves_with_path(run.single.params):
-        np.testing.assert_allclose(moved[path], value, rtol=2e-5, atol=2e-6, err_msg=str(path))
-    assert not np.allclose(run.single.params["user_embedding"], run.start.params["user_embedding"])

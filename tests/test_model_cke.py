@@ -1,5 +1,5 @@
 """CKE: TransR and the loss terms against numpy, KG sampling, gradients, KG nodes from RecBole
-link files, learning on synthetic data with a planted KG, and pmap parity."""
+link files, learning on synthetic data with a planted KG, (pmap parity: tests/test_model_contract.py)."""
 
 import jax
 import numpy as np
@@ -11,7 +11,7 @@ from jaxrec.data import Interactions, MultimodalDataset, make_synthetic, read_re
 from jaxrec.errors import ConfigError
 from jaxrec.models.cke import CKE, item_nodes, transr_score
 
-from _model_testing import pmap_parity_run, popularity_recall, train_tiny
+from _model_testing import popularity_recall, train_tiny
 
 
 def _np_unit(x):
@@ -239,21 +239,6 @@ def test_learns_better_than_popularity(tmp_path):
                          learning_rate=0.01, loss_weights={"reg": 1e-3}, parallel="none")
     baseline = popularity_recall(dataset)
     assert metrics["test"]["recall@20"] > 1.5 * baseline, (metrics["test"], baseline)
-
-
-def test_pmap_on_four_devices_matches_one_device():
-    assert jax.device_count() >= 4
-    dataset = _planted_kg_dataset()
-    built = models.build("cke", dataset, embedding_size=8, kg_batch_size=64)
-    # Every term but reg (a norm over the batch, not a mean over rows) is a mean over rows or
-    # is computed from the KG batch every device draws alike, so the updates agree.
-    weights = {"bpr": 1.0, "reg": 0.0, "kg": 1.0, "kg_reg": 1e-2}
-    run = pmap_parity_run(built, dataset, weights, n_negatives=1, learning_rate=0.05)
-    assert run.n_devices == 4
-    np.testing.assert_allclose(run.single_loss, run.pmap_loss, rtol=1e-5)
-    for name in run.single.params:
-        np.testing.assert_allclose(run.pmapped.params[name], run.single.params[name], rtol=2e-5, atol=2e-6)
-    assert not np.allclose(run.single.params["transfer"], run.start.params["transfer"])
 
 
 def test_the_lfm2k_config_is_valid_and_builds_the_tag_kg(lfm2k_path, monkeypatch):

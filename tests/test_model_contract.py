@@ -15,7 +15,6 @@ below the 10 items, a GAN's steps). Aliases of one builder are checked once.
 import inspect
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

@@ -1,5 +1,5 @@
 """FREEDOM: the frozen item graph and the loss terms against dense numpy re-implementations of
-MMRec's FREEDOM, the per-epoch pruning hook, gradients, learning, and pmap."""
+MMRec's FREEDOM, the per-epoch pruning hook, gradients, and learning (pmap parity: tests/test_model_contract.py)."""
 
 import jax
 import jax.numpy as jnp
@@ -12,7 +12,7 @@ from jaxrec.errors import ConfigError
 from jaxrec.models.freedom import FREEDOM
 from jaxrec.models import normalize_batch
 
-from _model_testing import numpy_norm_adj, pmap_parity_run, popularity_recall, train_tiny
+from _model_testing import numpy_norm_adj, popularity_recall, train_tiny
 
 
 # ---- dense numpy references (MMRec's src/models/freedom.py, dense) ------------------------
@@ -196,23 +196,3 @@ def test_learns_better_than_popularity(tmp_path):
                          loss_weights={"modality_bpr": 1e-3}, parallel="none")
     baseline = popularity_recall(dataset)
     assert metrics["test"]["recall@20"] > 1.3 * baseline, (metrics["test"], baseline)
-
-
-def test_pmap_on_four_devices_matches_one_device():
-    assert jax.device_count() >= 4
-    dataset = make_synthetic(80, 60, n_interactions=1200, dims={"text": 8, "image": 4}, seed=1)
-    built = models.build("freedom", dataset, embedding_size=8, feat_embed_dim=8, knn_k=3, dropout=0.5,
-                         graph_cache=None)
-    ctx = built.epoch_update(None, built.ctx, 0, jax.random.PRNGKey(3))
-    run = pmap_parity_run(built, dataset, {"bpr": 1.0, "modality_bpr": 0.1}, n_negatives=1, ctx=ctx,
-                          learning_rate=0.05)
-    assert run.n_devices == 4 and np.all(np.isfinite(run.pmap_loss))
-    np.testing.assert_allclose(run.single_loss, run.pmap_loss, rtol=1e-5)
-    moved = dict(jax.tree_util.tree_leaves_with_path(run.pmapped.params))
-    for path, value in jax.tree_util.tree_leaves_with_path(run.single.params):
-        if path[-1] == jax.tree_util.DictKey("bias"):
-            # A projection bias b adds u.b to a positive and a negative alike: its BPR gradient
-            # is 0 up to rounding, which Adam scales up to full steps in either run.
-            continue
-        np.testing.assert_allclose(moved[path], value, rtol=2e-5, atol=2e-6, err_msg=str(path))
-    assert not np.allclose(run.single.params["user_embedding"], run.start.params["user_embedding"])

@@ -1,6 +1,6 @@
 """LATTICE: the chunked learned kNN, the learned + initial item graph, encode and the loss terms
 against dense numpy re-implementations of MMRec's LATTICE; the "epoch" mode; gradients;
-learning; pmap."""
+learning (pmap parity: tests/test_model_contract.py)."""
 
 import warnings
 
@@ -282,30 +282,3 @@ def test_learns_better_than_popularity(tmp_path):
         train_pairs=dataset.split_pairs("train"), valid_pairs=dataset.split_pairs("valid"),
         test_pairs=dataset.split_pairs("test"), ks=[20], metrics=["recall"])["recall@20"]
     assert metrics["test"]["recall@20"] > 1.3 * baseline, (metrics["test"], baseline)
-
-
-def test_pmap_on_four_devices_matches_one_device():
-    from jaxrec.train import EpochSampler, StepRunner, TrainConfig, init_state, make_optimizer
-
-    assert jax.device_count() >= 4
-    dataset = make_synthetic(80, 60, n_interactions=1200, dims={"text": 8, "image": 4}, seed=1)
-    built = models.build("lattice", dataset, embedding_size=8, feat_embed_dim=4, knn_k=3, n_ui_layers=1,
-                         graph_cache="none")
-    sampler = EpochSampler(dataset, batch_size=64, n_negatives=1, seed=0)
-    batches = {k: v[:3] for k, v in sampler.batches(0).items()}
-    tx = make_optimizer(TrainConfig(learning_rate=0.05), sampler.steps_per_epoch)
-    start = jax.device_get(init_state(built.module, built.ctx, sampler.example_batch(), tx, seed=0))
-    # Both terms are per-example means over the device's rows, so they average exactly.
-    weights = {"bpr": 1.0, "reg": 0.01}
-    results = {}
-    for parallel in ("none", "pmap"):
-        runner = StepRunner(built.module, tx, weights, parallel=parallel, batch_size=64)
-        state, metrics = runner.run(runner.put_state(start), runner.put_ctx(built.ctx), runner.put_batches(batches))
-        results[parallel] = (jax.device_get(runner.get_state(state)), np.asarray(metrics.loss), runner.n_devices)
-    (single, single_loss, _), (pmapped, pmap_loss, n_devices) = results["none"], results["pmap"]
-    assert n_devices == 4 and np.all(np.isfinite(pmap_loss))
-    np.testing.assert_allclose(single_loss, pmap_loss, rtol=1e-5)
-    moved = dict(jax.tree_util.tree_leaves_with_path(pmapped.params))
-    for path, value in jax.tree_util.tree_leaves_with_path(single.params):
-        np.testing.assert_allclose(moved[path], value, rtol=5e-5, atol=5e-6, err_msg=str(path))
-    assert not np.allclose(single.params["projection_0"]["kernel"], start.params["projection_0"]["kernel"])

@@ -1,6 +1,6 @@
 """LGMRec: the forward pass and the loss terms against a dense numpy re-implementation of MMRec's
 LGMRec (given Gumbel noise and dropout masks), the noise streams, the contrastive term's two
-paths, gradients, learning, and pmap."""
+paths, gradients, and learning (pmap parity: tests/test_model_contract.py)."""
 
 import jax
 import jax.numpy as jnp
@@ -343,33 +343,3 @@ def test_learns_better_than_popularity(tmp_path):
     metrics = train_and_evaluate(config, tmp_path / "run", dataset=dataset, quiet=True)
     baseline = _popularity_recall(dataset)  # 0.18; LGMRec reached 0.37 when this test was written
     assert metrics["test"]["recall@20"] > 1.5 * baseline, (metrics["test"], baseline)
-
-
-def test_pmap_on_four_devices_matches_one_device():
-    from jaxrec.train import EpochSampler, StepRunner, TrainConfig, init_state, make_optimizer
-
-    assert jax.device_count() >= 4
-    dataset = make_synthetic(50, 40, n_interactions=600, dims={"text": 8, "image": 4}, seed=1)
-    # One layer each keeps the two compiled programs small; every part of the model still runs.
-    built = models.build("lgmrec", dataset, embedding_size=8, feat_embed_dim=8, n_ui_layers=1, n_mm_layers=1)
-    sampler = EpochSampler(dataset, batch_size=64, n_negatives=1, seed=0)
-    batches = {k: v[:2] for k, v in sampler.batches(0).items()}
-    # SGD at a small rate: Adam's first steps are about lr * sign(g), and the sharp Gumbel-softmax
-    # (tau 0.2) turns rounding-level differences (summation order across devices) into visible ones.
-    tx = make_optimizer(TrainConfig(optimizer="sgd", learning_rate=0.1), sampler.steps_per_epoch)
-    start = jax.device_get(init_state(built.module, built.ctx, sampler.example_batch(), tx, seed=0))
-    # BPR and hcl are means over rows (every device draws the same noise from the replicated
-    # state's key); the norm-based reg is not a row mean, hence weight 0 for the parity check.
-    weights = {"bpr": 1.0, "hcl": 0.5, "reg": 0.0}
-    results = {}
-    for parallel in ("none", "pmap"):
-        runner = StepRunner(built.module, tx, weights, parallel=parallel, batch_size=64)
-        state, metrics = runner.run(runner.put_state(start), runner.put_ctx(built.ctx), runner.put_batches(batches))
-        jax.block_until_ready(state)
-        results[parallel] = (jax.device_get(runner.get_state(state)), np.asarray(metrics.loss), runner.n_devices)
-    (single, single_loss, _), (pmapped, pmap_loss, n_devices) = results["none"], results["pmap"]
-    assert n_devices == 4 and np.all(np.isfinite(pmap_loss))
-    np.testing.assert_allclose(single_loss, pmap_loss, rtol=1e-5)
-    for name in single.params:
-        np.testing.assert_allclose(pmapped.params[name], single.params[name], rtol=1e-4, atol=1e-5, err_msg=name)
-        assert not np.allclose(single.params[name], start.params[name]), name

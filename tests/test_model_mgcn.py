@@ -1,5 +1,5 @@
 """MGCN: the kNN graphs, encode and the loss terms against a dense numpy re-implementation of
-MMRec's MGCN, padding rows, central-difference gradients, learning, and pmap."""
+MMRec's MGCN, padding rows, central-difference gradients, and learning (pmap parity: tests/test_model_contract.py)."""
 
 import jax
 import jax.numpy as jnp
@@ -219,32 +219,3 @@ def test_learns_better_than_popularity(tmp_path):
                          loss_weights={"reg": 1e-4, "cl": 0.01}, parallel="none")
     baseline = popularity_recall(dataset)
     assert metrics["test"]["recall@20"] > 1.3 * baseline, (metrics["test"], baseline)
-
-
-def test_pmap_on_four_devices_matches_one_device_including_the_in_batch_info_nce():
-    """Every term, the in-batch InfoNCE included (every device's rows are negatives), equals the
-    one-device value under pmap, and so do the updates (the padded last batch included)."""
-    from jaxrec.train import EpochSampler, StepRunner, TrainConfig, init_state, make_optimizer
-
-    assert jax.device_count() >= 4
-    dataset = make_synthetic(80, 60, n_interactions=1200, dims={"text": 8, "image": 4}, seed=1)
-    built = models.build("mgcn", dataset, embedding_size=8, knn_k=3, graph_cache="none")
-    sampler = EpochSampler(dataset, batch_size=64, n_negatives=1, seed=0)
-    batches = sampler.batches(0)
-    assert np.any(batches["weights"][-1] == 0)
-    tx = make_optimizer(TrainConfig(learning_rate=0.05), sampler.steps_per_epoch)
-    start = jax.device_get(init_state(built.module, built.ctx, sampler.example_batch(), tx, seed=0))
-    results = {}
-    for parallel in ("none", "pmap"):
-        runner = StepRunner(built.module, tx, {"bpr": 1.0, "reg": 0.1, "cl": 0.1}, parallel=parallel, batch_size=64)
-        state, metrics = runner.run(runner.put_state(start), runner.put_ctx(built.ctx), runner.put_batches(batches))
-        results[parallel] = jax.device_get(runner.get_state(state)), metrics, runner.n_devices
-    (single, single_metrics, _), (pmapped, pmap_metrics, n_devices) = results["none"], results["pmap"]
-    assert n_devices == 4 and np.all(np.isfinite(np.asarray(pmap_metrics.loss)))
-    for name in ("bpr", "reg", "cl"):
-        np.testing.assert_allclose(np.asarray(single_metrics.terms[name]), np.asarray(pmap_metrics.terms[name]),
-                                   rtol=1e-4, err_msg=name)
-    moved = dict(jax.tree_util.tree_leaves_with_path(pmapped.params))
-    for path, value in jax.tree_util.tree_leaves_with_path(single.params):
-        np.testing.assert_allclose(moved[path], value, rtol=2e-4, atol=2e-5, err_msg=str(path))
-    assert not np.allclose(single.params["user_embedding"], start.params["user_embedding"])

@@ -1,5 +1,5 @@
 """MMGCN: the forward pass and loss terms against a numpy re-implementation of MMRec's MMGCN,
-frozen tables (MMRec's code), learning, pmap, arguments."""
+frozen tables (MMRec's code), learning, arguments (pmap parity: tests/test_model_contract.py)."""
 
 import jax
 import numpy as np
@@ -10,7 +10,7 @@ from jaxrec.data import Interactions, Modality, MultimodalDataset, make_syntheti
 from jaxrec.errors import ConfigError
 from jaxrec.models import normalize_batch
 
-from _model_testing import pmap_parity_run, popularity_recall, train_tiny
+from _model_testing import popularity_recall, train_tiny
 
 
 def _dataset():
@@ -156,18 +156,3 @@ def test_learns_better_than_popularity(tmp_path):
                          epochs=20, learning_rate=0.01)
     baseline = popularity_recall(dataset)
     assert metrics["test"]["recall@20"] > 1.5 * baseline, (metrics["test"], baseline)
-
-
-def test_pmap_on_four_devices_matches_one_device():
-    assert jax.device_count() >= 4
-    dataset = make_synthetic(80, 60, n_interactions=1200, dims={"image": 10}, seed=1)
-    built = models.build("mmgcn", dataset, embedding_size=8, latent_dims={"image": 8}, n_layers=2)
-    # Every term is a mean over rows (or, for the preferences, the same on every device), so the
-    # averaged per-device update is the single-device one. SGD keeps rounding differences small.
-    run = pmap_parity_run(built, dataset, {"bpr": 1.0, "reg": 0.1}, n_batches=2, optimizer="sgd", learning_rate=0.5)
-    assert run.batches["weights"].min() == 1.0
-    assert run.n_devices == 4
-    np.testing.assert_allclose(run.single_loss, run.pmap_loss, rtol=1e-5)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), run.pmapped.params,
-                 run.single.params)
-    assert not np.allclose(run.single.params["id_embedding"], run.start.params["id_embedding"])

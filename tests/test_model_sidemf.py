@@ -1,5 +1,5 @@
 """SideMF: its terms against numpy and against jaxrec.losses' side-MF objectives, feature
-preparation, cold items scored from features alone, learning (warm, pmap and cold start)."""
+preparation, cold items scored from features alone, learning (warm and cold start; pmap parity: tests/test_model_contract.py)."""
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +11,7 @@ from jaxrec.data import Interactions, Modality, MultimodalDataset, make_syntheti
 from jaxrec.errors import ConfigError
 from jaxrec.models.sidemf import SideMF, item_side_features, trained_item_mask
 
-from _model_testing import assert_gradient_matches_central_differences, pmap_parity_run, popularity_recall, train_tiny
+from _model_testing import assert_gradient_matches_central_differences, popularity_recall, train_tiny
 
 
 def _rated_dataset(n_users=5, n_items=7, seed=0):
@@ -206,20 +206,6 @@ def test_learns_better_than_popularity(tmp_path):
     metrics = _train(tmp_path, dataset)
     baseline = popularity_recall(dataset)
     assert metrics["test"]["recall@20"] > 1.5 * baseline, (metrics["test"], baseline)
-
-
-def test_pmap_on_four_devices_matches_one_device():
-    assert jax.device_count() >= 4
-    dataset = make_synthetic(80, 60, n_interactions=1200, seed=1)
-    assert trained_item_mask(dataset).all()  # every pair counts: each device's mean is over 16 pairs
-    built = models.build("sidemf", dataset, embedding_size=8)
-    run = pmap_parity_run(built, dataset, {"bpr": 1.0, "reg": 1e-3}, learning_rate=0.05)
-    assert run.batches["weights"].min() == 1.0
-    assert run.n_devices == 4
-    np.testing.assert_allclose(run.single_loss, run.pmap_loss, rtol=1e-5)
-    for name in run.single.params:
-        np.testing.assert_allclose(run.pmapped.params[name], run.single.params[name], rtol=2e-5, atol=2e-6)
-    assert not np.allclose(run.single.params["feature_map"], 0.0)  # W really moved away from its zero start
 
 
 def test_cold_start_items_beat_popularity(tmp_path):

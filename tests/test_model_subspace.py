@@ -1,6 +1,6 @@
 """Subspace recommender: its auxiliary term against jaxrec.losses.subspace_objective and a naive
 numpy version, orthonormal projections by parametrization, scores, cold items, gradients,
-argument checks, learning and pmap on four devices against one device."""
+argument checks, learning (pmap parity: tests/test_model_contract.py)."""
 
 import jax
 import jax.numpy as jnp
@@ -12,7 +12,7 @@ from jaxrec import losses, models
 from jaxrec.data import make_synthetic
 from jaxrec.errors import ConfigError
 
-from _model_testing import (compiled_apply, pmap_parity_run, popularity_recall, randomized_params,
+from _model_testing import (compiled_apply, popularity_recall, randomized_params,
                             tiny_multimodal_dataset, train_tiny)
 
 
@@ -124,19 +124,3 @@ def test_learns_better_than_popularity(tmp_path):
                          epochs=12, learning_rate=0.01, loss_weights={"reg": 1e-3, "subspace": 1e-4})
     baseline = popularity_recall(dataset)
     assert metrics["test"]["recall@20"] > 1.5 * baseline, (metrics["test"], baseline)
-
-
-def test_pmap_on_four_devices_matches_one_device():
-    assert jax.device_count() >= 4
-    dataset = make_synthetic(80, 60, n_interactions=1200, seed=1, dims={"text": 6, "image": 4})
-    built = models.build("subspace", dataset, embedding_size=8, shared_dim=3)
-    # EmbLoss is a norm over the batch, not a mean over rows: weighed 0 for the parity check.
-    # The subspace term is over the whole catalogue, the same on every device.
-    run = pmap_parity_run(built, dataset, {"bpr": 1.0, "reg": 0.0, "subspace": 1e-3}, optimizer="sgd",
-                          learning_rate=0.1)
-    assert run.n_devices == 4
-    np.testing.assert_allclose(run.single_loss, run.pmap_loss, rtol=1e-5)
-    for a, b in zip(jax.tree.leaves(run.pmapped.params), jax.tree.leaves(run.single.params)):
-        np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)
-    moved = run.single.params["subspace"]["projection_0"] - run.start.params["subspace"]["projection_0"]
-    assert np.abs(moved).max() > 1e-3
