@@ -26,6 +26,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd", "adagrad")
 SCHEDULES = ("constant", "cosine", "warmup_cosine", "exponential")
 PARALLEL_MODES = ("none", "pmap", "sharded")
 NEGATIVE_SAMPLING = ("uniform", "popularity")
+SAMPLERS = ("shuffle", "keyed")
 PROTOCOLS = ("mmrec", "cornac")
 SEARCH_METHODS = ("grid", "random")
 RANKING_METRICS = ("recall", "ndcg", "precision", "map", "hit", "mrr", "recall2")
@@ -75,7 +76,10 @@ class TrainConfig:
     one compiled call runs (``lax.scan``); 0 runs a whole epoch per call. The latest
     checkpoint is written every ``checkpoint_every`` epochs and at the end, and the best
     state with the next checkpoint; a run resumed after a kill recomputes the epochs since
-    its last checkpoint exactly, so nothing is lost but time.
+    its last checkpoint exactly, so nothing is lost but time. ``sampler`` is how epochs are
+    drawn: ``shuffle`` (one generator per epoch) or ``keyed`` (every row a function of
+    ``(seed, epoch, row position)``, so each process of a multi-process run draws only its
+    own rows; ``jaxrec.train._data.EpochSampler``).
     """
 
     epochs: int = 1000
@@ -97,6 +101,7 @@ class TrainConfig:
     parallel: str = "none"
     n_negatives: int = 1
     negative_sampling: str = "uniform"
+    sampler: str = "shuffle"
     checkpoints_to_keep: int = 2
     checkpoint_every: int = 5
     steps_per_call: int = 0
@@ -292,6 +297,7 @@ def _check_values(config: ExperimentConfig, where: str) -> None:
     choice("train.schedule", t.schedule, SCHEDULES)
     choice("train.parallel", t.parallel, PARALLEL_MODES)
     choice("train.negative_sampling", t.negative_sampling, NEGATIVE_SAMPLING)
+    choice("train.sampler", t.sampler, SAMPLERS)
     choice("eval.protocol", config.eval.protocol, PROTOCOLS)
     for key in ("epochs", "batch_size", "eval_every", "n_negatives", "checkpoints_to_keep", "checkpoint_every"):
         positive(f"train.{key}", getattr(t, key))

@@ -71,9 +71,11 @@ class WorkdirLock:
         (a killed process), taken over by :meth:`acquire`; None otherwise.
     """
 
-    def __init__(self, workdir: str | os.PathLike):
+    def __init__(self, workdir: str | os.PathLike, name: str = LOCK_FILE):
+        # ``name``: the lock file; process I > 0 of a multi-process run holds its own
+        # (``.lock.process<I>``) beside process 0's ``.lock``, which any other run checks.
         self.workdir = Path(workdir)
-        self.path = self.workdir / LOCK_FILE
+        self.path = self.workdir / name
         self.stale_holder: dict[str, Any] | None = None
         self._fd: int | None = None
 
