@@ -130,13 +130,16 @@ def _load(args):
 
 @_out_of_memory
 def _train(args) -> int:
-    _start_distributed(args)
-    config, workdir = _load(args)
+    from jaxrec.train._distributed import check_arguments
+
+    check_arguments(args.coordinator, args.num_processes, args.process_id, args.distributed == "auto")
+    config, workdir = _load(args)  # reads the config only: no JAX computation before joining the run
     if config.has_search:
         if args.coordinator is not None or args.distributed is not None:
             raise ConfigError("a search (grid: or search: section) runs on one process; drop --coordinator/"
                               "--distributed, or train one setting at a time across processes")
         return _run_search(config, workdir, args)
+    _start_distributed(args)
     from jaxrec.train import train_and_evaluate
 
     metrics = train_and_evaluate(config, workdir, resume=args.resume, quiet=args.quiet)

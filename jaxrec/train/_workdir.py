@@ -39,7 +39,9 @@ LOCK_FILE = ".lock"
 CONFIG_FILE = "config.yaml"
 
 # Keys that may differ between a run and its resumption: they change no number of the run.
-RESUMABLE_CHANGES = {"train.checkpoints_to_keep", "train.checkpoint_every"}
+# train.parallel: the device layout changes the float summation order only (the batches are the
+# same for every layout and process count), so a run may resume on another mesh or cluster.
+RESUMABLE_CHANGES = {"train.checkpoints_to_keep", "train.checkpoint_every", "train.parallel"}
 # Schedules whose learning rate at every step depends on train.epochs: extending such a run
 # would not give the longer run.
 _EPOCH_SCHEDULES = ("cosine", "warmup_cosine")
