@@ -115,9 +115,9 @@ def _add_distributed_arguments(parser) -> None:
 
 def _start_distributed(args) -> None:
     """Join the distributed runtime before any JAX computation (a no-op without the flags)."""
-    from jaxrec.train._distributed import initialize
+    from jaxrec.train import initialize_distributed
 
-    initialize(args.coordinator, args.num_processes, args.process_id, auto=args.distributed == "auto")
+    initialize_distributed(args.coordinator, args.num_processes, args.process_id, auto=args.distributed == "auto")
 
 
 def _load(args):
@@ -130,9 +130,9 @@ def _load(args):
 
 @_out_of_memory
 def _train(args) -> int:
-    from jaxrec.train._distributed import check_arguments
+    from jaxrec.train import check_distributed_arguments
 
-    check_arguments(args.coordinator, args.num_processes, args.process_id, args.distributed == "auto")
+    check_distributed_arguments(args.coordinator, args.num_processes, args.process_id, args.distributed == "auto")
     config, workdir = _load(args)  # reads the config only: no JAX computation before joining the run
     if config.has_search:
         if args.coordinator is not None or args.distributed is not None:

@@ -41,6 +41,9 @@ from jaxrec.train._state import make_optimizer as make_optimizer
 from jaxrec.train._step import StepMetrics as StepMetrics
 from jaxrec.train._step import StepRunner as StepRunner
 from jaxrec.train._step import make_train_step as make_train_step
+# Multi-process runs (jax.distributed): join before any JAX computation.
+from jaxrec.train._distributed import check_arguments as check_distributed_arguments
+from jaxrec.train._distributed import initialize as initialize_distributed
 
 # Building a run (public: used by the trainer, `jaxrec evaluate`, benchmarks, tests, serving).
 from jaxrec.train._setup import Experiment as Experiment
