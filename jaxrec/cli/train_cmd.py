@@ -108,6 +108,8 @@ def _add_distributed_arguments(parser) -> None:
     group.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0's coordinator service")
     group.add_argument("--num-processes", type=int, metavar="N", help="number of processes in the run")
     group.add_argument("--process-id", type=int, metavar="I", help="this process's index, 0 .. N-1")
+    group.add_argument("--distributed-timeout", type=int, default=300, metavar="SECONDS",
+                       help="how long a process waits for the others to join (default: 300)")
     group.add_argument("--distributed", choices=("auto",),
                        help="auto: let jax.distributed.initialize() read the cluster environment (SLURM, Open MPI, "
                             "TPU pods, Kubernetes)")
@@ -117,7 +119,10 @@ def _start_distributed(args) -> None:
     """Join the distributed runtime before any JAX computation (a no-op without the flags)."""
     from jaxrec.train import initialize_distributed
 
-    initialize_distributed(args.coordinator, args.num_processes, args.process_id, auto=args.distributed == "auto")
+    if args.distributed_timeout < 1:
+        raise ConfigError(f"--distributed-timeout must be >= 1 second; found {args.distributed_timeout}")
+    initialize_distributed(args.coordinator, args.num_processes, args.process_id, auto=args.distributed == "auto",
+                           timeout_seconds=args.distributed_timeout)
 
 
 def _load(args):

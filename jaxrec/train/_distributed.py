@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import hashlib
 import re
+import socket
+import time
 from typing import Any
 
 import jax
@@ -76,6 +78,12 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     check_arguments(coordinator, num_processes, process_id, auto)
     if not auto and coordinator is None:
         return False
+    if not auto:
+        # JAX aborts the process (no Python exception) when the coordinator cannot be bound or
+        # reached, so both are checked first, where a clear error is still possible.
+        match = _ADDRESS.match(coordinator)
+        _check_coordinator(match["host"].strip("[]"), int(match["port"]), process_id, num_processes,
+                           timeout_seconds)
     # CPU devices of different processes reduce over gloo (without it, cross-process
     # collectives on CPU are unimplemented); other platforms ignore the setting.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
@@ -95,6 +103,30 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
                           f"{coordinator} within {timeout_seconds} s ({text}); check that process 0 is started "
                           "with the same --coordinator and --num-processes and that the port is reachable") from None
     return True
+
+
+def _check_coordinator(host: str, port: int, process_id: int, num_processes: int, timeout_seconds: float) -> None:
+    if process_id == 0:  # process 0 runs the coordinator service on the port
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(("", port))
+            except OSError as error:
+                raise ConfigError(f"--coordinator {host}:{port}: process 0 cannot listen on port {port} "
+                                  f"({error.strerror}); choose a free port") from None
+        return
+    deadline = time.monotonic() + timeout_seconds
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=min(5.0, max(0.1, timeout_seconds))):
+                return
+        except OSError as error:
+            if time.monotonic() >= deadline:
+                raise ConfigError(f"process {process_id} of {num_processes} could not reach the coordinator "
+                                  f"{host}:{port} within {timeout_seconds:g} s ({error.strerror or error}); start "
+                                  "process 0 with the same --coordinator, or check the host name, port and "
+                                  "firewall") from None
+            time.sleep(0.25)
 
 
 def process_index() -> int:

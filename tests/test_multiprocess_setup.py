@@ -128,3 +128,54 @@ def test_complete_launch_arguments_pass():
     check_arguments("[::1]:1234", 2, 0, False)
     check_arguments(None, None, None, False)
     check_arguments(None, None, None, True)
+
+
+def test_launch_failures_are_one_line_errors_naming_the_flag(tmp_path):
+    """Run as `jaxrec train` children (JAX aborts a process it cannot connect, so these are
+    checked before joining): no cluster for --distributed auto, a coordinator port already
+    taken for process 0, no coordinator for process 1 within --distributed-timeout."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({"model": {"name": "bprmf"}, "data": {"synthetic": {"n_users": 20, "n_items": 10, "n_interactions": 100}},
+                                      "train": {"parallel": "sharded", "epochs": 1}}))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "OMPI_", "PMI", "KUBERNETES_"))}
+    env.update(JAX_PLATFORMS="cpu", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    taken = socket.socket()
+    free = socket.socket()
+    try:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        free.bind(("127.0.0.1", 0))
+        free_port = free.getsockname()[1]
+        free.close()  # nothing listens there: process 1 finds no coordinator
+        base = [sys.executable, "-m", "jaxrec.cli.main", "train", str(config), "--workdir", str(tmp_path / "w")]
+        cases = {
+            "auto": (base + ["--distributed", "auto"], "--distributed auto: no cluster environment"),
+            "taken": (base + ["--coordinator", f"127.0.0.1:{taken.getsockname()[1]}", "--num-processes", "2",
+                              "--process-id", "0"], "process 0 cannot listen on port"),
+            "absent": (base + ["--coordinator", f"127.0.0.1:{free_port}", "--num-processes", "2", "--process-id",
+                               "1", "--distributed-timeout", "2"], "process 1 of 2 could not reach the coordinator"),
+        }
+        children = {name: subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                                           stderr=subprocess.PIPE, text=True) for name, (command, _) in cases.items()}
+        try:
+            for name, child in children.items():
+                _, err = child.communicate(timeout=180)
+                assert child.returncode == 1, (name, err)
+                assert cases[name][1] in err and "Traceback" not in err, (name, err)
+                assert len(err.strip().splitlines()) == 1, (name, err)
+        finally:
+            for child in children.values():
+                if child.poll() is None:
+                    child.kill()
+                    child.wait(30)
+    finally:
+        taken.close()
+    assert not (tmp_path / "w").exists()
