@@ -162,6 +162,10 @@ class StepRunner:
             return jax.device_put(state, self.devices[0])
         return state
 
+    def eval_params(self, state: TrainState):
+        """The parameters to evaluate (one device-0 copy)."""
+        return self.get_state(state).params
+
     def put_batches(self, batches: Mapping[str, np.ndarray]) -> dict[str, Any]:
         """Place a stack of batches, each array shaped ``(steps, batch_size, ...)``, in the
         contract's layout (:func:`jaxrec.models.normalize_batch`)."""
