@@ -13,10 +13,10 @@ of the data). What each process does:
   (:func:`local_rows` from the batch sharding, :class:`jaxrec.train._data.EpochSampler`
   with ``rows=``) and :func:`global_array` assembles the global batch with
   ``jax.make_array_from_process_local_data``.
-- **evaluation**: the evaluation batches of users are dealt round-robin over processes,
-  each ranks its share on a local device against the full item table, and the per-metric
-  partial sums are added over processes (:func:`evaluate_across_processes`); the result is
-  the one-process result up to float summation order.
+- **evaluation**: the mesh's sharded ranking (:mod:`jaxrec.eval._sharded`): users over the
+  data axis, item-table rows over the model axis, so each process ranks its users against
+  the item rows its devices hold; the metric sums are added over the mesh (the same metrics
+  as one process).
 - **outputs**: process 0 writes the run's files (``config.yaml``, ``history.jsonl``,
   ``metrics.json``, ``curves.png``, events); every process writes its own log
   (``log.txt`` for process 0, ``log.process<I>.txt`` for the others). Checkpoints are
@@ -215,38 +215,3 @@ def host_copy(x) -> Any:
     from jax.experimental import multihost_utils
 
     return multihost_utils.process_allgather(x, tiled=True)
-
-
-def evaluate_across_processes(evaluate, split, metric_keys: tuple[str, ...]) -> dict[str, Any]:
-    """``evaluate(split)`` with the split's user batches dealt round-robin over processes.
-
-    ``evaluate`` is :func:`jaxrec.train._setup.evaluate_params` bound to the parameters: it
-    returns ``metric@k`` averages over the split's ``num_users`` (or ``num_targets``), both
-    fields of the WHOLE split, so each process's value on its batches is its share of the
-    global average and the shares add up over processes. ``metric_keys``: the ``metric@k``
-    names to add up (every process must pass the same).
-    """
-    if not is_multiprocess():
-        return evaluate(split)
-    index, count = jax.process_index(), jax.process_count()
-    n_batches = int(next(iter(split.batches.values())).shape[0])
-    mine = np.arange(index, n_batches, count)
-    result: dict[str, Any] = {}
-    error = ""
-    if mine.size:
-        part = split._replace(batches={k: v[mine] for k, v in split.batches.items()})
-        try:
-            result = evaluate(part)
-        except Exception as failure:  # noqa: BLE001 -- re-raised below on every process, after the gather
-            error = f"{type(failure).__name__}: {failure}"
-    failed = allgather(np.array([bool(error)]))
-    if failed.any():
-        raise RuntimeError(f"evaluation failed on processes {np.flatnonzero(failed[:, 0]).tolist()}"
-                           + (f" (here: {error})" if error else ""))
-    shares = np.array([float(result.get(k, 0.0)) for k in metric_keys], np.float64)
-    totals = allgather(shares).sum(0)
-    out = {k: float(v) for k, v in zip(metric_keys, totals)}
-    for field in ("num_users", "num_targets", "num_dropped_targets"):
-        out[field] = int(getattr(split, field))
-    return out
-

@@ -27,13 +27,13 @@ from jaxrec.train._progress import Progress
 from jaxrec.train._setup import (
     Experiment,
     epoch_context,
-    evaluate_params,
     make_encoder,
     metrics_at_k,
     prepare_eval_splits,
     prepare_experiment,
 )
 from jaxrec.train._state import init_state, non_finite_leaves
+from jaxrec.train._mesh import evaluator, make_runner, sharding_report
 from jaxrec.train._step import StepRunner
 
 
@@ -165,8 +165,7 @@ class _Run:
                  hooks: TrainHooks, resume: bool, extends: int | None = None):
         self.exp, self.workdir, self.checkpoints, self.progress, self.hooks = exp, workdir, checkpoints, progress, hooks
         tcfg = self.tcfg = exp.config.train
-        self.runner = StepRunner(exp.module, exp.tx, exp.loss_weights, parallel=tcfg.parallel,
-                                 batch_size=tcfg.batch_size)
+        self.runner = make_runner(exp)
         self.meta = _empty_meta()
         if resume and checkpoints.last_epoch() is not None:
             state, self.meta = checkpoints.restore(exp.target)
@@ -192,6 +191,7 @@ class _Run:
         self.ctx_epoch: int | None = None  # the epoch index of the hook's context now set
         self.splits = prepare_eval_splits(exp)
         self.encoder = make_encoder(exp.module)
+        self.evaluate = evaluator(self.runner, exp, self.encoder)
 
     def _extend(self, old_epochs: int) -> None:
         """Continue a run whose config raises train.epochs from ``old_epochs``."""
@@ -220,10 +220,7 @@ class _Run:
 
     def _evaluate(self, params, split: str) -> dict[str, float]:
         tick = time.perf_counter()
-        cfg = self.exp.config.eval
-        result = metrics_at_k(_distributed.evaluate_across_processes(
-            lambda layout: evaluate_params(self.exp, self.encoder, params, self.eval_ctx, layout),
-            self.splits[split], tuple(f"{m}@{k}" for m in cfg.metrics for k in cfg.ks)))
+        result = metrics_at_k(self.evaluate(params, self.eval_ctx, self.splits[split]))
         self.meta["eval_seconds"].append(time.perf_counter() - tick)
         return result
 
@@ -326,7 +323,7 @@ class _Run:
     def validate(self, row: dict) -> bool:
         """Evaluate validation into ``row``; update early stopping; True at a new best."""
         n_before = len(self.meta["eval_seconds"])
-        row["valid"] = self._evaluate(self.runner.get_state(self.state).params, "valid")
+        row["valid"] = self._evaluate(self.runner.eval_params(self.state), "valid")
         row["eval_seconds"] = sum(self.meta["eval_seconds"][n_before:])
         self.early_stopping, improved = update_early_stopping(
             self.early_stopping, row["valid"][self.tcfg.valid_metric], row["epoch"], patience=self.tcfg.patience)
@@ -397,7 +394,9 @@ class _Run:
         meta["elapsed_seconds"] += time.perf_counter() - started
         if self.events is not None:
             self.events.close()
-        return _final_metrics(self.exp, meta, self.runner)
+        result = _final_metrics(self.exp, meta, self.runner)
+        result["sharding"] = sharding_report(self.runner, self.state, self.exp)
+        return result
 
 
 def _write_outputs(workdir: Path, result: dict, history: list, valid_metric: str, progress: Progress) -> None:

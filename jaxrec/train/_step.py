@@ -13,9 +13,10 @@ whole epoch (or ``steps_per_call`` batches) is one device call, in one of three 
   count for that). A device whose shard is all padding is fine: its rows weigh 0.
 - ``sharded``: ``jax.jit`` over a 1-D device mesh with the batch sharded and the state and
   context replicated (``NamedSharding``); the compiler partitions the global computation,
-  so every term means exactly what it means on one device. In a multi-process run
-  (:mod:`jaxrec.train._distributed`) the mesh spans every process's devices and each
-  process supplies only its rows of the batch (:attr:`StepRunner.local_rows`).
+  so every term means exactly what it means on one device.
+
+Multi-process runs (:mod:`jaxrec.train._distributed`) go through the mesh runner of
+:mod:`jaxrec.train._mesh`; :class:`StepRunner` is one process's.
 """
 
 from __future__ import annotations
@@ -121,19 +122,15 @@ class StepRunner:
       loss_weights: weight per term.
       parallel: ``"none"``, ``"pmap"`` or ``"sharded"``.
       batch_size: the global batch size (must divide evenly over the devices).
-      devices: devices to use (default: all local devices; one for ``"none"``; in a
-        multi-process run every process's devices, ``"sharded"`` only).
+      devices: devices to use (default: all local devices; one for ``"none"``).
     """
 
     def __init__(self, module, tx, loss_weights, *, parallel: str = "none", batch_size: int,
                  devices=None):
         self.parallel = parallel
-        self.multiprocess = _distributed.is_multiprocess()
-        if self.multiprocess:
-            if parallel != "sharded":
-                raise ConfigError(f"a multi-process run needs train.parallel: sharded (found {parallel!r}): one "
-                                  "jit program over the devices of every process")
-            devices = list(devices or jax.devices())
+        if _distributed.is_multiprocess():
+            raise ConfigError(f"a multi-process run needs train.parallel: sharded (found {parallel!r}): one "
+                              "jit program over the devices of every process")
         if parallel == "none":
             self.devices = list(devices or jax.local_devices())[:1]
         else:
@@ -148,12 +145,8 @@ class StepRunner:
         if parallel not in ("none", "pmap", "sharded"):
             raise ConfigError(f"unknown train.parallel {parallel!r}; expected none, pmap or sharded")
         self._run = _compiled_steps(module, tx, tuple(sorted(loss_weights.items())), parallel, tuple(self.devices))
-        self.batch_size = int(batch_size)
-        here = jax.process_index()
-        self.local_device = next(d for d in self.devices if d.process_index == here)
-        #: The rows of every global batch this process supplies (all of them in one process).
-        self.local_rows = (_distributed.local_rows(self._batch_sharding(2), (1, self.batch_size), 1)
-                           if self.multiprocess else slice(0, self.batch_size))
+        self.local_device = self.devices[0]  # where host code evaluates
+        self.local_rows = slice(0, int(batch_size))  # the rows of each batch this process supplies: all
 
     def _batch_sharding(self, ndim: int) -> NamedSharding:
         return NamedSharding(self.mesh, PartitionSpec(None, _AXIS, *([None] * (ndim - 2))))
@@ -178,15 +171,16 @@ class StepRunner:
         if self.parallel == "pmap":
             return jax.tree.map(lambda x: x[0], state)
         if self.parallel == "sharded":
-            if self.multiprocess:  # this process's full copy (gathered if sharded)
-                return jax.tree.map(_distributed.host_copy, state)
             return jax.device_put(state, self.devices[0])
         return state
 
+    def eval_params(self, state: TrainState):
+        """The parameters to evaluate (one device-0 copy)."""
+        return self.get_state(state).params
+
     def put_batches(self, batches: Mapping[str, np.ndarray]) -> dict[str, Any]:
         """Place a stack of batches, each array shaped ``(steps, batch_size, ...)``, in the
-        contract's layout (:func:`jaxrec.models.normalize_batch`). In a multi-process run each
-        array holds only this process's rows, ``(steps, local_rows, ...)``."""
+        contract's layout (:func:`jaxrec.models.normalize_batch`)."""
         batches = models.normalize_batch(batches)
         if self.parallel == "pmap":
             n = self.n_devices
@@ -197,9 +191,6 @@ class StepRunner:
                 return jax.device_put(np.moveaxis(per_device, 1, 0), self._leading)
 
             return {k: split(v) for k, v in batches.items()}
-        if self.parallel == "sharded" and self.multiprocess:
-            return {k: _distributed.global_array(self._batch_sharding(np.ndim(v)), v, (
-                np.shape(v)[0], self.batch_size, *np.shape(v)[2:])) for k, v in batches.items()}
         if self.parallel == "sharded":
             return {k: jax.device_put(np.asarray(v), self._batch_sharding(np.ndim(v))) for k, v in batches.items()}
         return jax.device_put(dict(batches), self.devices[0])
@@ -212,6 +203,4 @@ class StepRunner:
         elif self.parallel == "sharded":
             # Sharded calls dispatched back to back can deadlock on host-platform devices.
             jax.block_until_ready(state)
-            if self.multiprocess:  # replicated over every process's devices: read the local copy
-                metrics = jax.tree.map(_distributed.host_copy, metrics)
         return state, metrics
