@@ -207,15 +207,25 @@ def test_bpr_two_processes_killed_resumed_match_one_process_and_their_checkpoint
             assert abs(result["test"][key] - value) <= TOLERANCE, (parallel, key, result["test"][key], value)
 
 
-def test_lightgcn_two_processes_match_four_devices_and_one(tmp_path, launcher):
+def test_lightgcn_on_a_two_process_data_model_mesh_matches_four_devices_and_one(tmp_path, launcher):
+    # Mesh {data: 2, model: 2} over 2 processes x 2 devices: each process holds half of each
+    # table's rows (and feeds half of each batch); the graph model propagates over all rows.
     config = _write(tmp_path, "lightgcn", LIGHTGCN)
+    multi_config = _write(tmp_path, "lightgcn_mesh", {**LIGHTGCN, "train": {**LIGHTGCN["train"],
+                                                                           "mesh": {"data": 2, "model": 2}}})
     multi = tmp_path / "multi"
-    launcher.wait(launcher.start(config, multi))
+    launcher.wait(launcher.start(multi_config, multi))
     four, one = tmp_path / "four", tmp_path / "one"
     _in_process(config, four)
     _in_process(config, one, parallel="none")
     _assert_same_run(multi, four)
     _assert_same_run(multi, one)
+    sharding = json.loads((multi / "metrics.json").read_text())["sharding"]
+    assert sharding["mesh"] == {"data": 2, "model": 2} and sharding["processes"] == 2
+    assert set(sharding["table_bytes_total"]) == {"user_embedding", "item_embedding"}
+    row_bytes = 16 * 4  # embedding_size float32: an odd row count pads one row
+    for name, total in sharding["table_bytes_total"].items():
+        assert total / 2 <= sharding["table_bytes_per_device"][name] <= total / 2 + row_bytes, name
     # One run: process 0 wrote the run files, process 1 only its log.
     assert sorted(p.name for p in multi.iterdir() if p.name.startswith("log")) == ["log.process1.txt", "log.txt"]
     assert "process 1" in (multi / "log.process1.txt").read_text()

@@ -276,6 +276,9 @@ class MeshStepRunner:
         return _place(self.layout.pad(jax.tree.map(_host, state)), self._state_shardings)
 
     def put_ctx(self, ctx):
+        if self.multiprocess:  # one process's device arrays cannot be sent to the others' devices: via the host
+            ctx = jax.tree.map(lambda x: np.asarray(x) if isinstance(x, jax.Array) and x.is_fully_addressable
+                               else x, ctx)
         return jax.device_put(ctx, self._replicated)
 
     def get_state(self, state: TrainState) -> TrainState:
