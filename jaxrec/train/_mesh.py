@@ -33,7 +33,7 @@ unchanged (tested), the stored tables and optimizer moments stay ``1/M`` per dev
 step's peak memory holds the full propagated matrices as with ``M = 1``.
 
 Evaluation ranks users sharded over ``data`` against the item table sharded over ``model``
-(:func:`jaxrec.eval._sharded.evaluate_prepared_sharded`: top-k per shard, then merged).
+(:func:`jaxrec.eval.evaluate_prepared_sharded`: top-k per shard, then merged).
 """
 
 from __future__ import annotations
@@ -49,9 +49,9 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from jaxrec import eval as jeval
 from jaxrec import models
 from jaxrec.errors import ConfigError
-from jaxrec.eval._sharded import evaluate_prepared_sharded
 from jaxrec.train._state import TrainState, leaf_name
 from jaxrec.train._step import StepMetrics, StepRunner, make_train_step
 
@@ -301,10 +301,10 @@ class MeshStepRunner:
 
     def evaluate(self, experiment, params, ctx, split_layout) -> dict[str, Any]:
         """:func:`jaxrec.train.evaluate_params` on the mesh: same metrics, tables never
-        gathered (:func:`jaxrec.eval._sharded.evaluate_prepared_sharded`)."""
+        gathered (:func:`jaxrec.eval.evaluate_prepared_sharded`)."""
         user_emb, item_emb = self.encode(params, ctx)
         cfg = experiment.config.eval
-        return evaluate_prepared_sharded(split_layout, user_emb, item_emb, mesh=self.mesh, ks=cfg.ks,
+        return jeval.evaluate_prepared_sharded(split_layout, user_emb, item_emb, mesh=self.mesh, ks=cfg.ks,
                                          metrics=cfg.metrics)
 
 
