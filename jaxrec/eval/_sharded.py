@@ -11,8 +11,9 @@ rows over the model axis, the user batches of a split over the data axis. Each d
 4. gathers the ``M`` short lists over the model axis (``(B/D, M k)`` scores, ids and flags:
    the only item-side communication) and takes the top-``k`` of their concatenation,
 
-then the metric sums are added over the data axis. No device ever holds the whole item table
-or a ``(B, N)`` score block.
+then each batch's per-user metric rows are gathered over the data axis (``(B, len(ks))``
+floats per metric) and summed as one device sums them, so the metrics are bit-identical. No
+device ever holds the whole item table or a ``(B, N)`` score block.
 
 Exactly the one-device ranking: the concatenation is in model-axis order, i.e. ascending
 item id, and ``lax.top_k`` puts the lower index first among equal values, so ties are broken
@@ -127,6 +128,7 @@ def sharded_metric_sums(batches, candidate_mask, user_emb, item_emb, *, mesh: Me
     model-axis size; ``batches`` is an :class:`~jaxrec.eval.EvalSplit`'s ``batches``.
     """
     data_size, model_size = mesh.shape[data_axis], mesh.shape[model_axis]
+    batch_rows = batches["users"].shape[1]
     users = _pad_rows(batches["users"].T, data_size).T  # (num_batches, B'), B' a multiple of D
     num_relevant = _pad_rows(batches["num_relevant"].T, data_size).T  # padding rows: 0, never evaluated
     items_per_shard = item_emb.shape[0] // model_size
@@ -166,14 +168,17 @@ def sharded_metric_sums(batches, candidate_mask, user_emb, item_emb, *, mesh: Me
             best_scores, position = jax.lax.top_k(gathered[0], list_len)
             hits = jnp.take_along_axis(gathered[1], position, axis=1) & (best_scores > -jnp.inf)
             per_user = _metrics.ranking_metrics(hits, b_relevant, ks=ks, metrics=metric_names)
-            sums = jnp.concatenate([jnp.sum(jnp.where(evaluated[:, None], per_user[name], 0.0), axis=0)
+            # The batch's per-user rows gathered over the data axis and summed as one device sums
+            # them (same shape, same order): the metrics are bit-identical, not just close.
+            gather = lambda x: jax.lax.all_gather(x, data_axis, axis=0, tiled=True)[:batch_rows]  # noqa: E731
+            evaluated = gather(evaluated)
+            sums = jnp.concatenate([jnp.sum(jnp.where(evaluated[:, None], gather(per_user[name]), 0.0), axis=0)
                                     for name in metric_names])
             return carry, (sums, num_nan)
 
         _, (sums, num_nan) = jax.lax.scan(one_batch, None, (users, num_relevant, exclude_rows, exclude_items,
                                                        target_rows, target_items))
-        # Every model shard holds the same merged lists: add over the data axis only.
-        return jax.lax.psum(sums, data_axis), jax.lax.psum(jnp.sum(num_nan), (data_axis, model_axis))
+        return sums, jax.lax.psum(jnp.sum(num_nan), (data_axis, model_axis))
 
     run = jax.shard_map(
         per_shard, mesh=mesh,

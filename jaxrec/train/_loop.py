@@ -33,7 +33,7 @@ from jaxrec.train._setup import (
     prepare_experiment,
 )
 from jaxrec.train._state import init_state, non_finite_leaves
-from jaxrec.train._mesh import evaluator, make_runner, sharding_report
+from jaxrec.train._mesh import evaluator, initial_state, make_runner, sharding_report
 from jaxrec.train._step import StepRunner
 
 
@@ -178,7 +178,7 @@ class _Run:
         else:
             if resume:
                 _warn(progress, f"no checkpoint in {workdir} yet: starting from epoch 1")
-            state = init_state(exp.module, exp.built.ctx, exp.sampler.example_batch(), exp.tx, tcfg.seed)
+            state = initial_state(self.runner, exp)
         self.early_stopping = EarlyStopping(**self.meta["early_stopping"])
         self.events = (_outputs.EventLog(workdir, tcfg, exp.steps_per_epoch, first_epoch=self.meta["epochs_done"] + 1)
                        if _distributed.is_main() else None)

@@ -33,7 +33,7 @@ unchanged (tested), the stored tables and optimizer moments stay ``1/M`` per dev
 step's peak memory holds the full propagated matrices as with ``M = 1``.
 
 Evaluation ranks users sharded over ``data`` against the item table sharded over ``model``
-(:func:`jaxrec.eval._sharded.evaluate_prepared_sharded`: top-k per shard, then merged).
+(:func:`jaxrec.eval.evaluate_prepared_sharded`: top-k per shard, then merged).
 """
 
 from __future__ import annotations
@@ -49,9 +49,9 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from jaxrec import eval as jeval
 from jaxrec import models
 from jaxrec.errors import ConfigError
-from jaxrec.eval._sharded import evaluate_prepared_sharded
 from jaxrec.train import _distributed
 from jaxrec.train._state import TrainState, leaf_name
 from jaxrec.train._step import StepMetrics, StepRunner, make_train_step
@@ -272,8 +272,18 @@ class MeshStepRunner:
         return len(self.devices)
 
     def put_state(self, state: TrainState) -> TrainState:
-        """A logical state (host or device arrays) padded and placed on the mesh."""
+        """A logical state (host or device arrays) padded and placed on the mesh; a state
+        already placed (:meth:`init_state`) is returned as it is."""
+        if _is_placed(state, self._state_shardings, self.layout.padded_shapes()):
+            return state
         return _place(self.layout.pad(jax.tree.map(_host, state)), self._state_shardings)
+
+    def init_state(self, module, ctx, example_batch, tx, seed: int) -> TrainState:
+        """:func:`jaxrec.train.init_state` computed directly into the padded, sharded layout: no
+        device ever holds a whole table. The same values (JAX's partitionable threefry draws
+        the same numbers whatever the sharding)."""
+        init = _sharded_init(module, tx, int(seed), self.mesh, _layout_key(self.layout))
+        return init(self.put_ctx(ctx), jax.device_put(example_batch, self._replicated))
 
     def put_ctx(self, ctx):
         if self.multiprocess:  # one process's device arrays cannot be sent to the others' devices: via the host
@@ -311,20 +321,34 @@ class MeshStepRunner:
         """``(user_emb, item_emb)`` in eval mode, each padded to a multiple of ``M`` rows and
         row-sharded over ``model``; ``params`` logical or padded, anywhere."""
         shardings = self.params_layout.shardings(self.mesh)
-        placed = all(isinstance(leaf, jax.Array) and leaf.sharding == sharding and leaf.shape == shape
-                     for leaf, sharding, shape in zip(jax.tree.leaves(params), jax.tree.leaves(shardings),
-                                                      self.params_layout.padded_shapes()))
-        if not placed:  # a logical state (a checkpoint's, the pending best): pad and place it
+        if not _is_placed(params, shardings, self.params_layout.padded_shapes()):
+            # a logical state (a checkpoint's, the pending best): pad and place it
             params = _place(self.params_layout.pad(jax.tree.map(_host, params)), shardings)
         return _sharded_encoder(self.module, self.mesh, _layout_key(self.params_layout))(params, self.put_ctx(ctx))
 
     def evaluate(self, experiment, params, ctx, split_layout) -> dict[str, Any]:
         """:func:`jaxrec.train.evaluate_params` on the mesh: same metrics, tables never
-        gathered (:func:`jaxrec.eval._sharded.evaluate_prepared_sharded`)."""
+        gathered (:func:`jaxrec.eval.evaluate_prepared_sharded`)."""
         user_emb, item_emb = self.encode(params, ctx)
         cfg = experiment.config.eval
-        return evaluate_prepared_sharded(split_layout, user_emb, item_emb, mesh=self.mesh, ks=cfg.ks,
+        return jeval.evaluate_prepared_sharded(split_layout, user_emb, item_emb, mesh=self.mesh, ks=cfg.ks,
                                          metrics=cfg.metrics)
+
+
+def _is_placed(tree, shardings, shapes) -> bool:
+    leaves = jax.tree.leaves(tree)
+    return len(leaves) == len(shapes) and all(
+        isinstance(leaf, jax.Array) and leaf.sharding == sharding and tuple(leaf.shape) == tuple(shape)
+        for leaf, sharding, shape in zip(leaves, jax.tree.leaves(shardings), shapes))
+
+
+@functools.lru_cache(maxsize=8)
+def _sharded_init(module, tx, seed: int, mesh: Mesh, layout_key):
+    from jaxrec.train._state import _init_state
+
+    layout = _LAYOUTS[layout_key]
+    return jax.jit(lambda ctx, batch: layout.pad(_init_state(module, ctx, batch, tx, seed)),
+                   out_shardings=layout.shardings(mesh))
 
 
 @functools.lru_cache(maxsize=16)
@@ -351,6 +375,18 @@ def make_runner(experiment):
     return MeshStepRunner(experiment.module, experiment.tx, experiment.loss_weights, target=experiment.target,
                           n_users=experiment.dataset.n_users, n_items=experiment.dataset.n_items, data=data,
                           model=model, batch_size=tcfg.batch_size)
+
+
+def initial_state(runner, experiment):
+    """A fresh state for ``runner``: built in place on the mesh for a :class:`MeshStepRunner`
+    (:meth:`MeshStepRunner.init_state`), else :func:`jaxrec.train.init_state`."""
+    exp = experiment
+    args = (exp.module, exp.built.ctx, exp.sampler.example_batch(), exp.tx, exp.config.train.seed)
+    if isinstance(runner, MeshStepRunner):
+        return runner.init_state(*args)
+    from jaxrec.train._state import init_state
+
+    return init_state(*args)
 
 
 def evaluator(runner, experiment, encoder):
