@@ -40,7 +40,7 @@ TOLERANCE = 2e-3
 BPR = {
     "model": {"name": "bprmf", "args": {"embedding_size": 16}},
     "data": {"synthetic": {"n_users": 120, "n_items": 80, "n_interactions": 2400, "seed": 1}},
-    "train": {"epochs": 6, "batch_size": 256, "learning_rate": 0.01, "parallel": "sharded", "sampler": "keyed",
+    "train": {"epochs": 4, "batch_size": 256, "learning_rate": 0.01, "parallel": "sharded", "sampler": "keyed",
               "checkpoint_every": 1, "checkpoints_to_keep": 8, "seed": 3},
     "eval": {"ks": [10, 20], "batch_size": 16},
 }
@@ -182,7 +182,7 @@ def test_bpr_two_processes_killed_resumed_match_one_process_and_their_checkpoint
 
     # The checkpoint two processes wrote, read in this process, holds the one-device state.
     experiment = prepare_experiment(load_config(config))
-    for epoch in (2, 6):
+    for epoch in (2, 4):
         saved = [Checkpoints(w / "checkpoints", read_only=True) for w in (multi, one)]
         try:
             (state_multi, _), (state_one, _) = (c.restore(experiment.target, epoch) for c in saved)
@@ -195,14 +195,14 @@ def test_bpr_two_processes_killed_resumed_match_one_process_and_their_checkpoint
     # ... and resumes on one device and on a one-process 4-device mesh like the one-device run.
     reference = tmp_path / "reference"
     shutil.copytree(one, reference)
-    expected = train_and_evaluate(load_config(config, ["train.epochs=7", "train.parallel=none"]), reference,
+    expected = train_and_evaluate(load_config(config, ["train.epochs=5", "train.parallel=none"]), reference,
                                   resume=True, quiet=True)
     for parallel in ("none", "sharded"):
         extended = tmp_path / f"extended_{parallel}"
         shutil.copytree(multi, extended)
-        result = train_and_evaluate(load_config(config, ["train.epochs=7", f"train.parallel={parallel}"]),
+        result = train_and_evaluate(load_config(config, ["train.epochs=5", f"train.parallel={parallel}"]),
                                     extended, resume=True, quiet=True)
-        assert result["epochs_run"] == 7
+        assert result["epochs_run"] == 5
         for key, value in expected["test"].items():
             assert abs(result["test"][key] - value) <= TOLERANCE, (parallel, key, result["test"][key], value)
 
