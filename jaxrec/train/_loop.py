@@ -114,7 +114,8 @@ def train_and_evaluate(config: ExperimentConfig, workdir: str | os.PathLike, *,
     workdir = Path(workdir).expanduser().resolve()
     tcfg = config.train
     # Everything that can fail on the input is checked before the workdir is touched.
-    _workdir.check_workdir(config, workdir, resume)
+    # Processes other than 0 skip the look at the run lock: process 0 of the same run may hold it already.
+    _workdir.check_workdir(config, workdir, resume, locked=not _distributed.is_main())
     if dataset is None:
         dataset = load_dataset(config.data)
     _workdir.check_data(config, dataset)
