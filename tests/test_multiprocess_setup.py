@@ -40,6 +40,18 @@ def test_any_split_of_the_batch_rows_rebuilds_the_same_epoch(distribution):
     assert not np.array_equal(batches.epoch_rows(3)["neg_items"], whole["neg_items"])
 
 
+def test_large_row_sets_drawn_grouped_by_user_equal_small_ones():
+    # Over 65536 rows the negatives are drawn with the queries grouped by user; each half of
+    # the batch (under the threshold) is drawn in row order: the same rows either way.
+    pairs, n_users, n_items = _pairs(3, n_users=2000, n_items=500, n=90_000)
+    batches = KeyedTrainBatches(pairs, n_users=n_users, n_items=n_items, batch_size=8192, n_neg=1, seed=2)
+    whole = batches.epoch_rows(0)
+    assert whole["users"].size > 65536 and whole["users"].size // 2 < 65536
+    halves = [batches.epoch_rows(0, slice(0, 4096)), batches.epoch_rows(0, slice(4096, 8192))]
+    for key in whole:
+        np.testing.assert_array_equal(np.concatenate([h[key] for h in halves], axis=1), whole[key])
+
+
 def test_every_pair_once_per_epoch_padding_weighs_zero_and_negatives_avoid_positives():
     pairs, n_users, n_items = _pairs(1)
     n = len(pairs)

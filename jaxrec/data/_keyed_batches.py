@@ -28,11 +28,11 @@ import numpy as np
 
 from jaxrec.data._negatives import (
     _REJECTION_ROUNDS,
+    _SORT_ABOVE,
     PositiveSets,
     _bisect_negative_mass,
     _popularity_weights,
     _raise_if_no_negatives,
-    _read_only,
 )
 from jaxrec.errors import ConfigError, DataError
 
@@ -117,11 +117,20 @@ class KeyedTrainBatches:
         shape = positions.shape
         flat = positions.reshape(-1)
         pair_index = self.order(epoch)[flat % self.n]
-        # Read the pairs in storage order (a record store reads sequential keys fastest).
-        sorted_index, inverse = np.unique(pair_index, return_inverse=True)
-        pairs = np.asarray(self.pairs[sorted_index], np.int64)[inverse.reshape(-1)]
+        if isinstance(self.pairs, np.ndarray):
+            pairs = self.pairs[pair_index].astype(np.int64)
+        else:  # read a record store in key order (sequential keys read fastest)
+            sorted_index, inverse = np.unique(pair_index, return_inverse=True)
+            pairs = np.asarray(self.pairs[sorted_index], np.int64)[inverse.reshape(-1)]
         users = pairs[:, 0]
-        negatives = self._negatives(epoch, flat, users)
+        if users.size > _SORT_ABOVE:
+            # Binary searches over the positive keys are bound by memory latency: queries grouped
+            # by user hit nearby keys one after another (as in sample_negatives).
+            by_user = np.argsort(users, kind="stable")
+            negatives = np.empty((users.size, self.n_neg), np.int32)
+            negatives[by_user] = self._negatives(epoch, flat[by_user], users[by_user])
+        else:
+            negatives = self._negatives(epoch, flat, users)
         return {"users": users.astype(np.int32).reshape(shape),
                 "pos_items": pairs[:, 1].astype(np.int32).reshape(shape),
                 "neg_items": negatives.reshape(*shape, self.n_neg),
@@ -149,7 +158,7 @@ class KeyedTrainBatches:
                                n_free[:, None] - 1)
             base = (users * sets.n_items)[:, None]
             below = np.searchsorted(sets._gap_keys, base + ranks, side="right") - sets.indptr[users][:, None]
-            return _read_only((ranks + below).astype(np.int32))
+            return (ranks + below).astype(np.int32)
         weights = self._weights
         cdf = np.cumsum(weights)
         positive_cdf = np.concatenate([[0.0], np.cumsum(weights[sets.indices])])
@@ -179,4 +188,4 @@ class KeyedTrainBatches:
             out.flat[bad] = _bisect_negative_mass(users[row], target, sets, cdf, positive_cdf)
             draw_round += 1
             bad = bad[sets.contains(flat_users.flat[bad], out.flat[bad])]
-        return _read_only(out.astype(np.int32))
+        return out.astype(np.int32)
