@@ -42,7 +42,7 @@ def main() -> None:
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2, 4])
     args = parser.parse_args()
     pairs, n_users, n_items = _pairs(args.interactions)
-    common = dict(n_users=n_users, n_items=n_items, batch_size=args.batch_size, n_neg=1, seed=0)
+    common = {"n_users": n_users, "n_items": n_items, "batch_size": args.batch_size, "n_neg": 1, "seed": 0}
     shuffle = TrainBatches(pairs[:, 0], pairs[:, 1], **common)
     keyed = KeyedTrainBatches(pairs, **common)
     whole = _cpu_seconds(lambda: list(shuffle.epoch(1)))
@@ -50,7 +50,7 @@ def main() -> None:
     print(f"shuffle, every process draws the whole epoch: {whole:.3f} CPU s per process per epoch")
     for processes in args.processes:
         share = args.batch_size // processes
-        seconds = _cpu_seconds(lambda: keyed.epoch_rows(1, slice(0, share)))
+        seconds = _cpu_seconds(lambda share=share: keyed.epoch_rows(1, slice(0, share)))
         print(f"keyed, {processes} process(es), {share} rows of each batch: {seconds:.3f} CPU s per process per "
               f"epoch ({seconds / whole:.2f}x shuffle)")
 

@@ -7,7 +7,7 @@ device: the same history and metrics within 2e-3. The BPR case is also the kill-
 case (process 1 is killed once the checkpoint after epoch 2 is on disk, process 0 with it,
 and both are relaunched with ``--resume``) and the checkpoint case (a checkpoint written
 by two processes is read back in this one process, and the run extended here on one device
-and on a 4-device mesh). Every child is killed and reaped when a test ends, passed or not.
+and on a {data: 1, model: 4} mesh). Every child is killed and reaped when a test ends, passed or not.
 """
 
 from __future__ import annotations
@@ -192,16 +192,17 @@ def test_bpr_two_processes_killed_resumed_match_one_process_and_their_checkpoint
         for x, y in zip(jax.tree.leaves(state_multi.params), jax.tree.leaves(state_one.params), strict=True):
             np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-4)
 
-    # ... and resumes on one device and on a one-process 4-device mesh like the one-device run.
+    # ... and resumes on one device and on a one-process {data: 1, model: 4} mesh (tables split
+    # four ways) like the one-device run.
     reference = tmp_path / "reference"
     shutil.copytree(one, reference)
     expected = train_and_evaluate(load_config(config, ["train.epochs=5", "train.parallel=none"]), reference,
                                   resume=True, quiet=True)
-    for parallel in ("none", "sharded"):
+    for parallel, mesh in (("none", "null"), ("sharded", "{data: 1, model: 4}")):
         extended = tmp_path / f"extended_{parallel}"
         shutil.copytree(multi, extended)
-        result = train_and_evaluate(load_config(config, ["train.epochs=5", f"train.parallel={parallel}"]),
-                                    extended, resume=True, quiet=True)
+        result = train_and_evaluate(load_config(config, ["train.epochs=5", f"train.parallel={parallel}",
+                                                         f"train.mesh={mesh}"]), extended, resume=True, quiet=True)
         assert result["epochs_run"] == 5
         for key, value in expected["test"].items():
             assert abs(result["test"][key] - value) <= TOLERANCE, (parallel, key, result["test"][key], value)

@@ -6,6 +6,8 @@ ranges rebuilds the same batch), the sampled distributions against counts made i
 and the checks of the command-line arguments.
 """
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -29,7 +31,7 @@ def test_any_split_of_the_batch_rows_rebuilds_the_same_epoch(distribution):
                                 distribution=distribution)
     whole = batches.epoch_rows(2)
     for cuts in ([0, 24, 48], [0, 12, 24, 36, 48], [0, 5, 48]):  # 2 and 4 equal processes, and uneven rows
-        parts = [batches.epoch_rows(2, slice(a, b)) for a, b in zip(cuts, cuts[1:])]
+        parts = [batches.epoch_rows(2, slice(a, b)) for a, b in itertools.pairwise(cuts)]
         for key in whole:
             np.testing.assert_array_equal(np.concatenate([p[key] for p in parts], axis=1), whole[key])
     # A fresh sampler (another process) draws the same; another epoch draws differently.

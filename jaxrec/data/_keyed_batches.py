@@ -97,13 +97,13 @@ class KeyedTrainBatches:
         self._weights = _popularity_weights(item_popularity, positives) if distribution == "popularity" else None
 
     @classmethod
-    def from_dataset(cls, dataset, *, batch_size: int, **options) -> "KeyedTrainBatches":
+    def from_dataset(cls, dataset, *, batch_size: int, **options) -> KeyedTrainBatches:
         """Batches over a :class:`MultimodalDataset`'s train split (negatives avoid train positives)."""
         return cls(dataset.split_pairs("train"), n_users=dataset.n_users, n_items=dataset.n_items,
                    batch_size=batch_size, **options)
 
     def __len__(self) -> int:
-        return -(-self.n // self.batch_size)
+        return (self.n + self.batch_size - 1) // self.batch_size
 
     def order(self, epoch: int) -> np.ndarray:
         """The epoch's order of the training pairs (position ``p`` holds ``order[p % n]``)."""

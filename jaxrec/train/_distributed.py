@@ -27,6 +27,7 @@ of the data). What each process does:
 from __future__ import annotations
 
 import hashlib
+import itertools
 import re
 import socket
 import time
@@ -193,7 +194,7 @@ def local_rows(sharding, global_shape: tuple[int, ...], axis: int) -> slice:
         start, stop, _ = index[axis].indices(global_shape[axis])
         spans.add((start, stop))
     spans = sorted(spans)
-    for (_, stop), (start, _) in zip(spans, spans[1:]):
+    for (_, stop), (start, _) in itertools.pairwise(spans):
         if start != stop:
             raise ConfigError(f"this process's devices hold non-contiguous batch rows {spans}; order the mesh's "
                               "devices by process (jax.devices() order)")
