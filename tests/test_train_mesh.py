@@ -131,6 +131,13 @@ def test_mesh_steps_match_one_device():
         for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(single)):
             # Float tolerance: the sums are split differently, and Adam divides by small moments.
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=5e-5)
+    # A fresh state built directly into the sharded layout holds the one-device initial values.
+    dataset, built, sampler, tx, _, initial = setup
+    fresh = runner.init_state(built.module, built.ctx, sampler.example_batch(), tx, 0)
+    assert fresh.params["user_embedding"].sharding.spec == jax.sharding.PartitionSpec("model", None)
+    assert runner.put_state(fresh) is fresh  # already placed
+    for a, b in zip(jax.tree.leaves(jax.device_get(runner.get_state(fresh))), jax.tree.leaves(initial)):
+        np.testing.assert_array_equal(a, b)
 
 
 # ---- evaluation: the same ranking -----------------------------------------------------------------
