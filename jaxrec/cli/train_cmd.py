@@ -25,8 +25,12 @@ def add_parser(subparsers) -> None:
                     "(as 'jaxrec search').",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="example:\n  jaxrec train experiments/configs/lfm2k/bpr.yaml --set train.epochs=50 "
-               "--workdir runs/bpr")
+               "--workdir runs/bpr\n\nmulti-process (one command per process; see docs/scaling.md):\n"
+               "  jaxrec train CONFIG --set train.parallel=sharded --coordinator 10.0.0.1:1234 "
+               "--num-processes 2 --process-id 0\n"
+               "  jaxrec train CONFIG --set train.parallel=sharded --distributed auto   # SLURM, Open MPI, TPU pod")
     _add_run_arguments(train)
+    _add_distributed_arguments(train)
     train.set_defaults(func=_train)
 
     search = subparsers.add_parser(
@@ -97,6 +101,30 @@ def _add_run_arguments(parser) -> None:
                              "together as one compiled program")
 
 
+def _add_distributed_arguments(parser) -> None:
+    group = parser.add_argument_group(
+        "multi-process runs", "one logical run over several processes (jax.distributed); every process runs the "
+        "same command with its own --process-id; process 0 writes the run's files; the workdir must be shared")
+    group.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0's coordinator service")
+    group.add_argument("--num-processes", type=int, metavar="N", help="number of processes in the run")
+    group.add_argument("--process-id", type=int, metavar="I", help="this process's index, 0 .. N-1")
+    group.add_argument("--distributed-timeout", type=int, default=300, metavar="SECONDS",
+                       help="how long a process waits for the others to join (default: 300)")
+    group.add_argument("--distributed", choices=("auto",),
+                       help="auto: let jax.distributed.initialize() read the cluster environment (SLURM, Open MPI, "
+                            "TPU pods, Kubernetes)")
+
+
+def _start_distributed(args) -> None:
+    """Join the distributed runtime before any JAX computation (a no-op without the flags)."""
+    from jaxrec.train import initialize_distributed
+
+    if args.distributed_timeout < 1:
+        raise ConfigError(f"--distributed-timeout must be >= 1 second; found {args.distributed_timeout}")
+    initialize_distributed(args.coordinator, args.num_processes, args.process_id, auto=args.distributed == "auto",
+                           timeout_seconds=args.distributed_timeout)
+
+
 def _load(args):
     from jaxrec.train import load_config
 
@@ -107,12 +135,23 @@ def _load(args):
 
 @_out_of_memory
 def _train(args) -> int:
-    config, workdir = _load(args)
+    from jaxrec.train import check_distributed_arguments
+
+    check_distributed_arguments(args.coordinator, args.num_processes, args.process_id, args.distributed == "auto")
+    config, workdir = _load(args)  # reads the config only: no JAX computation before joining the run
     if config.has_search:
+        if args.coordinator is not None or args.distributed is not None:
+            raise ConfigError("a search (grid: or search: section) runs on one process; drop --coordinator/"
+                              "--distributed, or train one setting at a time across processes")
         return _run_search(config, workdir, args)
+    _start_distributed(args)
     from jaxrec.train import train_and_evaluate
 
     metrics = train_and_evaluate(config, workdir, resume=args.resume, quiet=args.quiet)
+    import jax
+
+    if jax.process_index() != 0:  # one report per run: process 0's
+        return 0
     # The result is printed even with --quiet, which silences only the progress output.
     print(f"{metrics['model']} on {metrics['dataset']}: best epoch {metrics['best_epoch']} of "
           f"{metrics['epochs_run']}; results in {workdir.resolve()}\n")

@@ -22,6 +22,7 @@ from jaxrec.data._negatives import sample_negatives as sample_negatives
 from jaxrec.data._negatives_device import DevicePositives as DevicePositives
 from jaxrec.data._negatives_device import sample_negatives_jax as sample_negatives_jax
 from jaxrec.data._train_batches import TrainBatches as TrainBatches
+from jaxrec.data._keyed_batches import KeyedTrainBatches as KeyedTrainBatches
 # --- readers and writers (raw files -> MultimodalDataset) ---
 from jaxrec.data._io import DataWarning as DataWarning
 from jaxrec.data._load import FORMATS as FORMATS

@@ -5,7 +5,8 @@ Imports only jax, numpy and ``jaxrec.errors``; pairs are plain ``(n, 2)`` int nu
 - ``evaluate_split`` ranks every user that has held-out items against all (candidate) items,
   masks each user's known items, and averages recall/NDCG/precision/MAP/hit/MRR at each k
   (MMRec definitions). ``prepare_split`` + ``evaluate_prepared`` split that into a one-off
-  layout and a per-epoch device pass.
+  layout and a per-epoch device pass; ``evaluate_prepared_sharded`` is the same evaluation
+  with the tables row-sharded over a device mesh (top-k per shard, merged; bit-identical).
 - ``evaluate_protocol`` / ``prepare_protocol`` / ``protocol_pairs``: the MMRec protocol
   (mask training items) and the Cornac protocol (also mask validation items at test time).
 - ``top_k_items``: the ranked lists themselves, for serving.
@@ -23,6 +24,7 @@ from jaxrec.eval._ranking import masked_scores as masked_scores
 from jaxrec.eval._evaluate import evaluate_prepared_many as evaluate_prepared_many
 from jaxrec.eval._evaluate import evaluate_split as evaluate_split
 from jaxrec.eval._evaluate import prepare_split as prepare_split
+from jaxrec.eval._sharded import evaluate_prepared_sharded as evaluate_prepared_sharded
 
 # Protocols.
 from jaxrec.eval._protocols import PROTOCOLS as PROTOCOLS

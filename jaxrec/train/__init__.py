@@ -1,5 +1,5 @@
-"""jaxrec.train: configs, the jitted train step (one device, pmap, sharded), Orbax checkpoints,
-early stopping, and ``train_and_evaluate(config, workdir)``.
+"""jaxrec.train: configs, the jitted train step (one device, pmap, sharded on a (data, model)
+mesh), Orbax checkpoints, early stopping, and ``train_and_evaluate(config, workdir)``.
 
 - Configs: ``load_config(path, overrides)`` reads YAML with ``--set key=value`` overrides into
   an :class:`ExperimentConfig` (defaults in code, unknown keys rejected with a suggestion).
@@ -41,6 +41,14 @@ from jaxrec.train._state import make_optimizer as make_optimizer
 from jaxrec.train._step import StepMetrics as StepMetrics
 from jaxrec.train._step import StepRunner as StepRunner
 from jaxrec.train._step import make_train_step as make_train_step
+from jaxrec.train._mesh import MeshStepRunner as MeshStepRunner
+from jaxrec.train._mesh import TableLayout as TableLayout
+from jaxrec.train._mesh import make_mesh as make_mesh
+from jaxrec.train._mesh import make_runner as make_runner
+from jaxrec.train._mesh import sharding_report as sharding_report
+# Multi-process runs (jax.distributed): join before any JAX computation.
+from jaxrec.train._distributed import check_arguments as check_distributed_arguments
+from jaxrec.train._distributed import initialize as initialize_distributed
 
 # Building a run (public: used by the trainer, `jaxrec evaluate`, benchmarks, tests, serving).
 from jaxrec.train._setup import Experiment as Experiment

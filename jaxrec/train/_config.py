@@ -26,6 +26,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd", "adagrad")
 SCHEDULES = ("constant", "cosine", "warmup_cosine", "exponential")
 PARALLEL_MODES = ("none", "pmap", "sharded")
 NEGATIVE_SAMPLING = ("uniform", "popularity")
+SAMPLERS = ("shuffle", "keyed")
 PROTOCOLS = ("mmrec", "cornac")
 SEARCH_METHODS = ("grid", "random")
 RANKING_METRICS = ("recall", "ndcg", "precision", "map", "hit", "mrr", "recall2")
@@ -75,7 +76,15 @@ class TrainConfig:
     one compiled call runs (``lax.scan``); 0 runs a whole epoch per call. The latest
     checkpoint is written every ``checkpoint_every`` epochs and at the end, and the best
     state with the next checkpoint; a run resumed after a kill recomputes the epochs since
-    its last checkpoint exactly, so nothing is lost but time.
+    its last checkpoint exactly, so nothing is lost but time. ``sampler`` is how epochs are
+    drawn: ``shuffle`` (one generator per epoch) or ``keyed`` (every row a function of
+    ``(seed, epoch, row position)``, so each process of a multi-process run draws only its
+    own rows; ``jaxrec.train._data.EpochSampler``).
+
+    ``parallel: sharded`` runs the step through ``jax.jit`` on a ``(data, model)`` device mesh
+    given by ``mesh: {data: D, model: M}`` (``D * M`` = the device count; ``null``: every
+    device on ``data``): embedding tables and their optimizer state row-sharded over
+    ``model``, batches over ``data`` (see ``jaxrec.train._mesh`` and ``docs/scaling.md``).
     """
 
     epochs: int = 1000
@@ -95,8 +104,10 @@ class TrainConfig:
     seed: int = 999
     eval_every: int = 1
     parallel: str = "none"
+    mesh: dict[str, int] | None = None
     n_negatives: int = 1
     negative_sampling: str = "uniform"
+    sampler: str = "shuffle"
     checkpoints_to_keep: int = 2
     checkpoint_every: int = 5
     steps_per_call: int = 0
@@ -292,6 +303,17 @@ def _check_values(config: ExperimentConfig, where: str) -> None:
     choice("train.schedule", t.schedule, SCHEDULES)
     choice("train.parallel", t.parallel, PARALLEL_MODES)
     choice("train.negative_sampling", t.negative_sampling, NEGATIVE_SAMPLING)
+    choice("train.sampler", t.sampler, SAMPLERS)
+    if t.mesh is not None:
+        unknown = sorted(set(t.mesh) - {"data", "model"})
+        if unknown:
+            raise ConfigError(f"{where}config key 'train.mesh' has unknown axis {unknown[0]!r}; expected "
+                              "{data: D, model: M}")
+        for axis, size in t.mesh.items():
+            positive(f"train.mesh.{axis}", size)
+        if t.parallel != "sharded":
+            raise ConfigError(f"{where}config key 'train.mesh' needs train.parallel: sharded (found "
+                              f"{t.parallel!r})")
     choice("eval.protocol", config.eval.protocol, PROTOCOLS)
     for key in ("epochs", "batch_size", "eval_every", "n_negatives", "checkpoints_to_keep", "checkpoint_every"):
         positive(f"train.{key}", getattr(t, key))

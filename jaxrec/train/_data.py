@@ -73,27 +73,36 @@ def select_modalities(dataset: MultimodalDataset, config: DataConfig) -> Multimo
 class EpochSampler:
     """An epoch's batches stacked for one scanned device call.
 
-    Wraps :class:`jaxrec.data.TrainBatches`: every epoch visits the training interactions in
-    a fresh order drawn from ``np.random.default_rng([seed, epoch])``, in
-    ``ceil(n / batch_size)`` batches of exactly ``batch_size`` rows, each positive with
-    ``n_negatives`` negatives outside the user's training items. The last batch is filled up
-    with rows of weight 0 (``weights``), so every batch has one static shape; by the model
-    contract (``jaxrec.models._registry``) those rows count for nothing, which is exactly
-    MMRec's partial last batch. A resumed
-    run redraws epoch ``e`` identically.
+    ``sampler="shuffle"`` wraps :class:`jaxrec.data.TrainBatches`: every epoch visits the
+    training interactions in a fresh order drawn from ``np.random.default_rng([seed, epoch])``,
+    in ``ceil(n / batch_size)`` batches of exactly ``batch_size`` rows, each positive with
+    ``n_negatives`` negatives outside the user's training items. ``sampler="keyed"`` wraps
+    :class:`jaxrec.data.KeyedTrainBatches`: the same batch shapes and distribution, but every
+    row is a function of ``(seed, epoch, global row position)`` alone, so each process of a
+    multi-process run builds only its own rows. With either, the global batch sequence is the
+    same whatever the number of processes (``shuffle`` by drawing the whole epoch in every
+    process and keeping its rows). The last batch is filled up with rows of weight 0
+    (``weights``), so every batch has one static shape; by the model contract
+    (``jaxrec.models._registry``) those rows count for nothing, which is exactly MMRec's
+    partial last batch. A resumed run redraws epoch ``e`` identically.
 
     Args:
       dataset: the dataset (its training split is sampled).
-      batch_size: rows per batch.
+      batch_size: rows per (global) batch.
       n_negatives: negatives per positive.
       method: ``"uniform"`` or ``"popularity"`` (items in proportion to their training count).
       seed: the run's seed.
+      sampler: ``"shuffle"`` or ``"keyed"``.
     """
 
     def __init__(self, dataset: MultimodalDataset, *, batch_size: int, n_negatives: int = 1,
-                 method: str = "uniform", seed: int = 0):
-        self._batches = jdata.TrainBatches.from_dataset(dataset, batch_size=batch_size, n_neg=n_negatives,
-                                                        seed=seed, distribution=method)
+                 method: str = "uniform", seed: int = 0, sampler: str = "shuffle"):
+        if sampler not in ("shuffle", "keyed"):
+            raise ConfigError(f"train.sampler must be 'shuffle' or 'keyed', got {sampler!r}")
+        self.sampler = sampler
+        kind = jdata.TrainBatches if sampler == "shuffle" else jdata.KeyedTrainBatches
+        self._batches = kind.from_dataset(dataset, batch_size=batch_size, n_neg=n_negatives, seed=seed,
+                                          distribution=method)
         self.batch_size = int(batch_size)
         self.n_negatives = int(n_negatives)
         self.steps_per_epoch = len(self._batches)
@@ -102,8 +111,14 @@ class EpochSampler:
         """A batch of zeros with the shapes and dtypes of the real ones."""
         return normalize_batch(example_batch(self.batch_size, self.n_negatives))
 
-    def batches(self, epoch: int) -> dict[str, np.ndarray]:
+    def batches(self, epoch: int, rows: slice | None = None) -> dict[str, np.ndarray]:
         """Epoch ``epoch``'s (0-based) batches stacked: ``users``, ``pos_items``, ``weights``
-        ``(steps, B)`` and ``neg_items`` ``(steps, B, n_negatives)``."""
+        ``(steps, B)`` and ``neg_items`` ``(steps, B, n_negatives)``; with ``rows`` (a slice
+        of ``range(batch_size)``) only those rows of every batch (a process's share)."""
+        if self.sampler == "keyed":
+            return normalize_batch(self._batches.epoch_rows(epoch, rows))
         batches = list(self._batches.epoch(epoch))
-        return normalize_batch({key: np.stack([batch[key] for batch in batches]) for key in batches[0]})
+        stacked = {key: np.stack([batch[key] for batch in batches]) for key in batches[0]}
+        if rows is not None:
+            stacked = {key: value[:, rows] for key, value in stacked.items()}
+        return normalize_batch(stacked)

@@ -17,7 +17,7 @@ import numpy as np
 
 from jaxrec.data import MultimodalDataset
 from jaxrec.errors import ConfigError, TrainingDivergedError
-from jaxrec.train import _outputs, _workdir
+from jaxrec.train import _distributed, _outputs, _workdir
 from jaxrec.train._checkpoint import Checkpoints
 from jaxrec.train._config import ExperimentConfig
 from jaxrec.train._config_io import dump_config
@@ -27,13 +27,13 @@ from jaxrec.train._progress import Progress
 from jaxrec.train._setup import (
     Experiment,
     epoch_context,
-    evaluate_params,
     make_encoder,
     metrics_at_k,
     prepare_eval_splits,
     prepare_experiment,
 )
 from jaxrec.train._state import init_state, non_finite_leaves
+from jaxrec.train._mesh import evaluator, initial_state, make_runner, sharding_report
 from jaxrec.train._step import StepRunner
 
 
@@ -114,34 +114,48 @@ def train_and_evaluate(config: ExperimentConfig, workdir: str | os.PathLike, *,
     workdir = Path(workdir).expanduser().resolve()
     tcfg = config.train
     # Everything that can fail on the input is checked before the workdir is touched.
-    _workdir.check_workdir(config, workdir, resume)
+    # Processes other than 0 skip the look at the run lock: process 0 of the same run may hold it already.
+    _workdir.check_workdir(config, workdir, resume, locked=not _distributed.is_main())
     if dataset is None:
         dataset = load_dataset(config.data)
     _workdir.check_data(config, dataset)
     _workdir.check_batch_memory(config, dataset)
     experiment = prepare_experiment(config, dataset)
     _workdir.check_memory(experiment)
-    with _workdir.WorkdirLock(workdir) as lock:
-        checkpoints = Checkpoints(workdir / "checkpoints", keep=tcfg.checkpoints_to_keep)
-        progress = Progress(workdir / "log.txt", quiet=quiet)
+    # One logical run over every process: same config everywhere; process 0 writes the run's
+    # files, each process its own log and lock (see _distributed).
+    main = _distributed.is_main()
+    _distributed.check_same_everywhere(dump_config(config), "the config")
+    lock_name = _workdir.LOCK_FILE if main else f"{_workdir.LOCK_FILE}.process{_distributed.process_index()}"
+    with _workdir.WorkdirLock(workdir, lock_name) as lock:
+        progress = Progress(workdir / _distributed.log_name(), quiet=quiet or not main)
+        checkpoints = None
         try:
             if lock.stale_holder is not None:
                 progress.log(lock.describe_stale())
             # Again under the lock: another run may have written here since the first look.
             _workdir.check_workdir(config, workdir, resume, locked=True)
+            _distributed.barrier("jaxrec:workdir-checked")  # before process 0 writes anything
+            checkpoints = Checkpoints(workdir / "checkpoints", keep=tcfg.checkpoints_to_keep)
             extends = (_workdir.check_resumable(config, workdir / _outputs.CONFIG_FILE)
                        if resume and checkpoints.last_epoch() is not None else None)
             run = _Run(experiment, workdir, checkpoints, progress, hooks, resume, extends)
-            _outputs.write_atomic(workdir / _outputs.CONFIG_FILE, dump_config(config))
+            if main:
+                _outputs.write_atomic(workdir / _outputs.CONFIG_FILE, dump_config(config))
             progress.log(f"{config.model.name} on {experiment.dataset.name}: {experiment.dataset.n_users} users, "
                          f"{experiment.dataset.n_items} items, {experiment.n_params:,} parameters; "
                          f"{experiment.steps_per_epoch} batches of {tcfg.batch_size} per epoch; loss weights "
-                         f"{experiment.loss_weights}; parallel={tcfg.parallel} on {run.runner.n_devices} device(s)")
+                         f"{experiment.loss_weights}; parallel={tcfg.parallel} on {run.runner.n_devices} device(s)"
+                         + (f" of {_distributed.process_count()} processes (this is process "
+                            f"{_distributed.process_index()})" if _distributed.is_multiprocess() else ""))
             result = run.run(started)
-            _write_outputs(workdir, result, run.meta["history"], tcfg.valid_metric, progress)
+            if main:
+                _write_outputs(workdir, result, run.meta["history"], tcfg.valid_metric, progress)
+            _distributed.barrier("jaxrec:outputs-written")
             return result
         finally:
-            checkpoints.close()
+            if checkpoints is not None:
+                checkpoints.close()
             progress.close()
 
 
@@ -152,8 +166,7 @@ class _Run:
                  hooks: TrainHooks, resume: bool, extends: int | None = None):
         self.exp, self.workdir, self.checkpoints, self.progress, self.hooks = exp, workdir, checkpoints, progress, hooks
         tcfg = self.tcfg = exp.config.train
-        self.runner = StepRunner(exp.module, exp.tx, exp.loss_weights, parallel=tcfg.parallel,
-                                 batch_size=tcfg.batch_size)
+        self.runner = make_runner(exp)
         self.meta = _empty_meta()
         if resume and checkpoints.last_epoch() is not None:
             state, self.meta = checkpoints.restore(exp.target)
@@ -166,18 +179,20 @@ class _Run:
         else:
             if resume:
                 _warn(progress, f"no checkpoint in {workdir} yet: starting from epoch 1")
-            state = init_state(exp.module, exp.built.ctx, exp.sampler.example_batch(), exp.tx, tcfg.seed)
+            state = initial_state(self.runner, exp)
         self.early_stopping = EarlyStopping(**self.meta["early_stopping"])
-        self.events = _outputs.EventLog(workdir, tcfg, exp.steps_per_epoch, first_epoch=self.meta["epochs_done"] + 1)
+        self.events = (_outputs.EventLog(workdir, tcfg, exp.steps_per_epoch, first_epoch=self.meta["epochs_done"] + 1)
+                       if _distributed.is_main() else None)
         self.state = self.runner.put_state(state)
         # The best state not yet on disk: (epoch, host copy, meta copy). Written at the next checkpoint;
         # if the process dies first, the resumed run recomputes it exactly.
         self.pending_best: tuple[int, Any, dict] | None = None
-        self.eval_device = self.runner.devices[0]
+        self.eval_device = self.runner.local_device
         self._set_context(exp.built.ctx)
         self.ctx_epoch: int | None = None  # the epoch index of the hook's context now set
         self.splits = prepare_eval_splits(exp)
         self.encoder = make_encoder(exp.module)
+        self.evaluate = evaluator(self.runner, exp, self.encoder)
 
     def _extend(self, old_epochs: int) -> None:
         """Continue a run whose config raises train.epochs from ``old_epochs``."""
@@ -206,14 +221,14 @@ class _Run:
 
     def _evaluate(self, params, split: str) -> dict[str, float]:
         tick = time.perf_counter()
-        result = metrics_at_k(evaluate_params(self.exp, self.encoder, params, self.eval_ctx, self.splits[split]))
+        result = metrics_at_k(self.evaluate(params, self.eval_ctx, self.splits[split]))
         self.meta["eval_seconds"].append(time.perf_counter() - tick)
         return result
 
     def train_epoch(self, epoch: int) -> dict[str, Any]:
         exp, tcfg = self.exp, self.tcfg
         tick = time.perf_counter()
-        batches = exp.sampler.batches(epoch - 1)
+        batches = exp.sampler.batches(epoch - 1, self.runner.local_rows)
         self._context_for(epoch - 1)
         per_call = tcfg.steps_per_call or exp.steps_per_epoch
         sums: dict[str, float] = {"loss": 0.0}
@@ -269,7 +284,7 @@ class _Run:
         done, host_state = self._last_good_state()
         state = runner.put_state(host_state)
         for replayed in range(done + 1, epoch + 1):
-            batches = exp.sampler.batches(replayed - 1)
+            batches = exp.sampler.batches(replayed - 1, runner.local_rows)
             ctx = (runner.put_ctx(epoch_context(exp.built, runner.get_state(state).params, tcfg.seed, replayed - 1))
                    if exp.built.epoch_update is not None else self.train_ctx)
             for start in range(0, exp.steps_per_epoch, per_call):
@@ -309,7 +324,7 @@ class _Run:
     def validate(self, row: dict) -> bool:
         """Evaluate validation into ``row``; update early stopping; True at a new best."""
         n_before = len(self.meta["eval_seconds"])
-        row["valid"] = self._evaluate(self.runner.get_state(self.state).params, "valid")
+        row["valid"] = self._evaluate(self.runner.eval_params(self.state), "valid")
         row["eval_seconds"] = sum(self.meta["eval_seconds"][n_before:])
         self.early_stopping, improved = update_early_stopping(
             self.early_stopping, row["valid"][self.tcfg.valid_metric], row["epoch"], patience=self.tcfg.patience)
@@ -366,8 +381,9 @@ class _Run:
                 self.save(epoch)
             elif self.early_stopping.best_epoch == epoch:
                 self.pending_best = (epoch, self._host_state(), copy.deepcopy(meta))
-            _outputs.write_history(self.workdir / _outputs.HISTORY_FILE, meta["history"])
-            self.events.epoch(row)
+            if self.events is not None:  # process 0
+                _outputs.write_history(self.workdir / _outputs.HISTORY_FILE, meta["history"])
+                self.events.epoch(row)
             progress.epoch_done(row, tcfg.valid_metric, self.early_stopping)
             if self.hooks.on_epoch_end is not None:
                 self.hooks.on_epoch_end(epoch, row)
@@ -377,8 +393,11 @@ class _Run:
             self._context_for(self.early_stopping.best_epoch, params)
             meta["best_test"] = self._evaluate(params, "test")
         meta["elapsed_seconds"] += time.perf_counter() - started
-        self.events.close()
-        return _final_metrics(self.exp, meta, self.runner)
+        if self.events is not None:
+            self.events.close()
+        result = _final_metrics(self.exp, meta, self.runner)
+        result["sharding"] = sharding_report(self.runner, self.state, self.exp)
+        return result
 
 
 def _write_outputs(workdir: Path, result: dict, history: list, valid_metric: str, progress: Progress) -> None:
@@ -411,6 +430,6 @@ def _final_metrics(exp: Experiment, meta: dict, runner: StepRunner) -> dict[str,
         },
         "n_params": exp.n_params,
         "devices": {"parallel": tcfg.parallel, "count": len(devices), "platform": devices[0].platform,
-                    "kind": devices[0].device_kind},
+                    "kind": devices[0].device_kind, "processes": _distributed.process_count()},
         "loss_weights": exp.loss_weights,
     }

@@ -14,6 +14,9 @@ whole epoch (or ``steps_per_call`` batches) is one device call, in one of three 
 - ``sharded``: ``jax.jit`` over a 1-D device mesh with the batch sharded and the state and
   context replicated (``NamedSharding``); the compiler partitions the global computation,
   so every term means exactly what it means on one device.
+
+Multi-process runs (:mod:`jaxrec.train._distributed`) go through the mesh runner of
+:mod:`jaxrec.train._mesh`; :class:`StepRunner` is one process's.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxrec import losses, models
 from jaxrec.errors import ConfigError
+from jaxrec.train import _distributed
 from jaxrec.train._state import TrainState
 
 _AXIS = "batch"
@@ -124,6 +128,9 @@ class StepRunner:
     def __init__(self, module, tx, loss_weights, *, parallel: str = "none", batch_size: int,
                  devices=None):
         self.parallel = parallel
+        if _distributed.is_multiprocess():
+            raise ConfigError(f"a multi-process run needs train.parallel: sharded (found {parallel!r}): one "
+                              "jit program over the devices of every process")
         if parallel == "none":
             self.devices = list(devices or jax.local_devices())[:1]
         else:
@@ -138,6 +145,11 @@ class StepRunner:
         if parallel not in ("none", "pmap", "sharded"):
             raise ConfigError(f"unknown train.parallel {parallel!r}; expected none, pmap or sharded")
         self._run = _compiled_steps(module, tx, tuple(sorted(loss_weights.items())), parallel, tuple(self.devices))
+        self.local_device = self.devices[0]  # where host code evaluates
+        self.local_rows = slice(0, int(batch_size))  # the rows of each batch this process supplies: all
+
+    def _batch_sharding(self, ndim: int) -> NamedSharding:
+        return NamedSharding(self.mesh, PartitionSpec(None, _AXIS, *([None] * (ndim - 2))))
 
     @property
     def n_devices(self) -> int:
@@ -162,6 +174,10 @@ class StepRunner:
             return jax.device_put(state, self.devices[0])
         return state
 
+    def eval_params(self, state: TrainState):
+        """The parameters to evaluate (one device-0 copy)."""
+        return self.get_state(state).params
+
     def put_batches(self, batches: Mapping[str, np.ndarray]) -> dict[str, Any]:
         """Place a stack of batches, each array shaped ``(steps, batch_size, ...)``, in the
         contract's layout (:func:`jaxrec.models.normalize_batch`)."""
@@ -176,8 +192,7 @@ class StepRunner:
 
             return {k: split(v) for k, v in batches.items()}
         if self.parallel == "sharded":
-            return {k: jax.device_put(np.asarray(v), NamedSharding(
-                self.mesh, PartitionSpec(None, _AXIS, *([None] * (np.ndim(v) - 2))))) for k, v in batches.items()}
+            return {k: jax.device_put(np.asarray(v), self._batch_sharding(np.ndim(v))) for k, v in batches.items()}
         return jax.device_put(dict(batches), self.devices[0])
 
     def run(self, state: TrainState, ctx, batches) -> tuple[TrainState, StepMetrics]:

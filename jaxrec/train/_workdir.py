@@ -39,7 +39,9 @@ LOCK_FILE = ".lock"
 CONFIG_FILE = "config.yaml"
 
 # Keys that may differ between a run and its resumption: they change no number of the run.
-RESUMABLE_CHANGES = {"train.checkpoints_to_keep", "train.checkpoint_every"}
+# train.parallel and train.mesh lay the same computation out on other devices and processes (float
+# rounding aside; the batches do not depend on the layout); a checkpoint holds the unpadded state, which restores onto any of them.
+RESUMABLE_CHANGES = {"train.checkpoints_to_keep", "train.checkpoint_every", "train.parallel", "train.mesh"}
 # Schedules whose learning rate at every step depends on train.epochs: extending such a run
 # would not give the longer run.
 _EPOCH_SCHEDULES = ("cosine", "warmup_cosine")
@@ -71,9 +73,11 @@ class WorkdirLock:
         (a killed process), taken over by :meth:`acquire`; None otherwise.
     """
 
-    def __init__(self, workdir: str | os.PathLike):
+    def __init__(self, workdir: str | os.PathLike, name: str = LOCK_FILE):
+        # ``name``: the lock file; process I > 0 of a multi-process run holds its own
+        # (``.lock.process<I>``) beside process 0's ``.lock``, which any other run checks.
         self.workdir = Path(workdir)
-        self.path = self.workdir / LOCK_FILE
+        self.path = self.workdir / name
         self.stale_holder: dict[str, Any] | None = None
         self._fd: int | None = None
 
@@ -169,7 +173,7 @@ def stored_epochs(workdir: Path) -> list[int]:
 def _flat(tree: dict, prefix: str = "") -> dict[str, Any]:
     out = {}
     for key, value in tree.items():
-        if isinstance(value, dict) and key not in ("args", "loss_weights", "roles", "synthetic", "space", "grid"):
+        if isinstance(value, dict) and key not in ("args", "loss_weights", "roles", "synthetic", "space", "grid", "mesh"):
             out.update(_flat(value, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = value
@@ -238,7 +242,11 @@ def check_data(config: ExperimentConfig, dataset) -> None:
     """Settings that only make sense for some data or machine: every cut-off within the
     items, a batch that divides over the devices in a parallel mode."""
     t = config.train
-    if t.parallel != "none":
+    if t.parallel == "sharded":
+        from jaxrec.train._mesh import check_mesh
+
+        check_mesh(t)
+    elif t.parallel != "none":
         n = len(jax.local_devices())
         if t.batch_size % n:
             raise ConfigError(f"train.batch_size {t.batch_size} does not divide over {n} devices in "
