@@ -226,8 +226,8 @@ class MeshStepRunner:
     """:class:`~jaxrec.train.StepRunner`'s interface on a ``(data, model)`` mesh.
 
     The state on device is padded and sharded (module docstring); :meth:`get_state` gives
-    the logical state on the first device, :meth:`put_state` takes a logical state (host or
-    device) and places it.
+    the logical state on this process's first device, :meth:`put_state` takes a logical
+    state (host or device) and places it.
 
     Args:
       module, tx, loss_weights: as for :class:`~jaxrec.train.StepRunner`.
@@ -279,9 +279,9 @@ class MeshStepRunner:
         return jax.device_put(ctx, self._replicated)
 
     def get_state(self, state: TrainState) -> TrainState:
-        """The logical (unpadded) state on the first device."""
+        """The logical (unpadded) state on this process's first device."""
         host = self.layout.unpad(jax.tree.map(_host, state))
-        return jax.device_put(host, self.devices[0])
+        return jax.device_put(host, jax.local_devices()[0])
 
     def eval_params(self, state: TrainState):
         """The parameters as they are on the mesh (padded, sharded), for :meth:`evaluate`."""
@@ -368,16 +368,6 @@ def initial_state(runner, experiment):
     from jaxrec.train._state import init_state
 
     return init_state(*args)
-
-
-def evaluator(runner, experiment, encoder):
-    """``fn(params, ctx, split_layout) -> result`` for a runner: on the mesh for a
-    :class:`MeshStepRunner`, else :func:`jaxrec.train.evaluate_params` on one device."""
-    if isinstance(runner, MeshStepRunner):
-        return functools.partial(runner.evaluate, experiment)
-    from jaxrec.train._setup import evaluate_params
-
-    return functools.partial(evaluate_params, experiment, encoder)
 
 
 def _device_bytes(x) -> int:
