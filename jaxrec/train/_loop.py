@@ -34,7 +34,7 @@ from jaxrec.train._setup import (
     prepare_experiment,
 )
 from jaxrec.train._state import init_state, non_finite_leaves
-from jaxrec.train._mesh import MeshStepRunner, initial_state, make_runner, sharding_report
+from jaxrec.train._mesh import MeshStepRunner, initial_state, make_runner, restore_target, sharding_report
 from jaxrec.train._step import StepRunner
 
 
@@ -156,7 +156,7 @@ class _Run:
         self.runner = make_runner(exp)
         self.meta = _empty_meta()
         if resume and checkpoints.last_epoch() is not None:
-            state, self.meta = checkpoints.restore(exp.target)
+            state, self.meta = checkpoints.restore(restore_target(self.runner, exp.target))
             for epoch, reason in checkpoints.damaged:
                 _warn(progress, f"warning: {reason}; resuming from the newest intact checkpoint, after epoch "
                                 f"{self.meta['epochs_done']}")
@@ -254,7 +254,7 @@ class _Run:
             return self.pending_best[0], jax.tree.map(lambda x: np.array(x, copy=True), self.pending_best[1])
         if last is not None:
             try:
-                state, meta = self.checkpoints.restore(self.exp.target)
+                state, meta = self.checkpoints.restore(restore_target(self.runner, self.exp.target))
                 return meta["epochs_done"], state
             except ConfigError:
                 pass

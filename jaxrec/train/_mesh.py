@@ -268,6 +268,18 @@ class MeshStepRunner:
             return state
         return _place(self.layout.pad(jax.tree.map(_host, state)), self._state_shardings)
 
+    def restore_target(self, target):
+        """``target`` (the abstract logical state) with shardings, for Orbax to read each
+        device's rows straight into place: tables whose rows divide by ``M`` row-sharded,
+        other tables onto this process's first device (:meth:`put_state` pads and places
+        them), everything else replicated."""
+        first = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        leaves = [jax.ShapeDtypeStruct(leaf.shape, leaf.dtype,
+                                       sharding=first if rows is not None and rows % self.model_size else sharding)
+                  for leaf, sharding, rows in zip(jax.tree.leaves(target), jax.tree.leaves(self._state_shardings),
+                                                  self.layout.rows)]
+        return jax.tree.unflatten(jax.tree.structure(target), leaves)
+
     def init_state(self, module, ctx, example_batch, tx, seed: int) -> TrainState:
         """:func:`jaxrec.train.init_state` computed directly into the padded, sharded layout: no
         device ever holds a whole table. The same values (JAX's partitionable threefry draws
@@ -368,6 +380,13 @@ def initial_state(runner, experiment):
     from jaxrec.train._state import init_state
 
     return init_state(*args)
+
+
+def restore_target(runner, target):
+    """The target a checkpoint of ``target``'s shapes is restored into for ``runner``: with
+    the mesh's shardings for a :class:`MeshStepRunner` (Orbax reads each device's rows), else
+    ``target`` itself."""
+    return runner.restore_target(target) if isinstance(runner, MeshStepRunner) else target
 
 
 def _device_bytes(x) -> int:
