@@ -3,7 +3,7 @@
 Usage (from the project root):
     python benchmarks/bench_mesh.py [--sizes 25000x10000,100000x40000,400000x160000]
         [--dim 64] [--batch 4096] [--steps 8] [--repeats 3] [--models bprmf,lightgcn]
-        [--graph-max-users 100000] [--eval] [--json FILE]
+        [--graph-max-users 100000] [--eval | --eval-only] [--json FILE]
 
 Without accelerators it runs on 4 host-platform devices (``XLA_FLAGS`` is set to that unless
 already set), which share the machine's cores: the memory and communication figures are
@@ -22,7 +22,7 @@ prints, from the compiled step and the live state:
 - ``ms/step`` and examples per second (median of ``--repeats`` calls of ``--steps`` steps).
 
 ``--eval`` also times one full-ranking evaluation of ``--eval-users`` users against the
-largest item table both ways: ``jaxrec.eval.evaluate_prepared_sharded`` (top-k per shard,
+largest item table (``--eval-only``: only that) both ways: ``jaxrec.eval.evaluate_prepared_sharded`` (top-k per shard,
 merged) and the one-device program compiled over sharded inputs (GSPMD decides).
 """
 
@@ -198,6 +198,7 @@ def main(argv=None) -> None:
     parser.add_argument("--graph-max-users", type=int, default=100000,
                         help="skip graph models above this many users (propagation is slow on CPU)")
     parser.add_argument("--eval", action="store_true")
+    parser.add_argument("--eval-only", action="store_true", help="only the evaluation comparison")
     parser.add_argument("--eval-users", type=int, default=8192)
     parser.add_argument("--eval-batch", type=int, default=1024)
     parser.add_argument("--json", default=None)
@@ -211,7 +212,7 @@ def main(argv=None) -> None:
     print(f"{'model':9} {'users x items':>17} {'mesh':>5} {'state/dev MiB':>14} {'temp/dev MiB':>13} "
           f"{'comm/step MiB':>14} {'ms/step':>8} {'ex/s':>9}")
     rows = []
-    for model in args.models.split(","):
+    for model in [] if args.eval_only else args.models.split(","):
         for n_users, n_items in sizes:
             if model != "bprmf" and n_users > args.graph_max_users:
                 continue
@@ -221,11 +222,11 @@ def main(argv=None) -> None:
                 rows.append(row)
                 base = base or row
                 comm = sum(row["comm_bytes_per_step"].values())
+                ratio = row["state_bytes_per_device"] / base["state_bytes_per_device"]
                 print(f"{model:9} {n_users:>8}x{n_items:<8} {row['mesh']:>5} {_mib(row['state_bytes_per_device']):>14} "
                       f"{_mib(row['temp_bytes_per_device']):>13} {_mib(comm):>14} {row['ms_per_step']:8.1f} "
-                      f"{row['examples_per_s']:9.0f}  state x{row['state_bytes_per_device'] / base['state_bytes_per_device']:.2f}",
-                      flush=True)
-    if args.eval:
+                      f"{row['examples_per_s']:9.0f}  state x{ratio:.2f}", flush=True)
+    if args.eval or args.eval_only:
         n_users, n_items = sizes[-1]
         for row in bench_eval(n_users, n_items, args, rng):
             rows.append(row)

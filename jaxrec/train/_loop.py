@@ -27,13 +27,14 @@ from jaxrec.train._progress import Progress
 from jaxrec.train._setup import (
     Experiment,
     epoch_context,
+    evaluate_params,
     make_encoder,
     metrics_at_k,
     prepare_eval_splits,
     prepare_experiment,
 )
 from jaxrec.train._state import init_state, non_finite_leaves
-from jaxrec.train._mesh import evaluator, initial_state, make_runner, sharding_report
+from jaxrec.train._mesh import MeshStepRunner, initial_state, make_runner, restore_target, sharding_report
 from jaxrec.train._step import StepRunner
 
 
@@ -169,7 +170,7 @@ class _Run:
         self.runner = make_runner(exp)
         self.meta = _empty_meta()
         if resume and checkpoints.last_epoch() is not None:
-            state, self.meta = checkpoints.restore(exp.target)
+            state, self.meta = checkpoints.restore(restore_target(self.runner, exp.target))
             for epoch, reason in checkpoints.damaged:
                 _warn(progress, f"warning: {reason}; resuming from the newest intact checkpoint, after epoch "
                                 f"{self.meta['epochs_done']}")
@@ -192,7 +193,6 @@ class _Run:
         self.ctx_epoch: int | None = None  # the epoch index of the hook's context now set
         self.splits = prepare_eval_splits(exp)
         self.encoder = make_encoder(exp.module)
-        self.evaluate = evaluator(self.runner, exp, self.encoder)
 
     def _extend(self, old_epochs: int) -> None:
         """Continue a run whose config raises train.epochs from ``old_epochs``."""
@@ -221,7 +221,12 @@ class _Run:
 
     def _evaluate(self, params, split: str) -> dict[str, float]:
         tick = time.perf_counter()
-        result = metrics_at_k(self.evaluate(params, self.eval_ctx, self.splits[split]))
+        layout = self.splits[split]
+        if isinstance(self.runner, MeshStepRunner):  # ranked where the table shards live
+            result = self.runner.evaluate(self.exp, params, self.eval_ctx, layout)
+        else:
+            result = evaluate_params(self.exp, self.encoder, params, self.eval_ctx, layout)
+        result = metrics_at_k(result)
         self.meta["eval_seconds"].append(time.perf_counter() - tick)
         return result
 
@@ -264,7 +269,7 @@ class _Run:
             return self.pending_best[0], jax.tree.map(lambda x: np.array(x, copy=True), self.pending_best[1])
         if last is not None:
             try:
-                state, meta = self.checkpoints.restore(self.exp.target)
+                state, meta = self.checkpoints.restore(restore_target(self.runner, self.exp.target))
                 return meta["epochs_done"], state
             except ConfigError:
                 pass
