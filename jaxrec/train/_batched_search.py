@@ -2,15 +2,18 @@ r"""Batched hyper-parameter search: the trials of a grid trained together as ONE
 
 Settings that change no shape -- loss weights (hence regularization strengths), the learning
 rate and the seed -- can share one compiled train step: the parameters and optimizer states of
-the ``T`` trials are stacked on a leading trial axis and the step is ``jax.vmap``-ed over it,
-with each trial's loss weights and learning rate as traced arrays. One device call then
-advances every trial by a whole epoch (``lax.scan`` over the epoch's batches), and one call
-ranks every trial's users for validation (:func:`jaxrec.eval.evaluate_prepared_many`).
+the ``T`` trials are stacked on a leading trial axis, with each trial's loss weights and
+learning rate as traced arrays. One device call then advances every trial by a whole epoch
+(``lax.map`` over the trials of ``lax.scan`` over the epoch's batches -- not ``vmap``, which
+XLA:CPU runs far slower here, see :func:`_make_epoch_fn`), and one call ranks every trial's
+users for validation (:func:`jaxrec.eval.evaluate_prepared_many`). What the trials share is
+paid once: start-up, data loading, compilation, the epoch's batches (trials with one seed
+draw the same ones), the evaluation layout, and one dispatch and host sync per epoch.
 
-Each trial early-stops on its own validation metric with MMRec's rule: a stopped trial's
-state is frozen by a mask (``where(active, updated, old)``), so nothing is recompiled when
-trials stop at different epochs; the search ends when every trial has stopped or reached
-``train.epochs``.
+Each trial early-stops on its own validation metric with MMRec's rule: a stopped trial is
+skipped inside the program (``lax.cond`` on its active flag: no compute, state unchanged),
+so nothing is recompiled when trials stop at different epochs; the search ends when every
+trial has stopped or reached ``train.epochs``.
 
 The learning rate enters as a factor after the optimizer: the step uses the optimizer built
 with learning rate 1 (and ``min_learning_rate`` divided by the trial's rate) and multiplies its
@@ -21,8 +24,8 @@ gradient before), so this is the same update up to float rounding.
 
 Deviations from sequential trials, each by float rounding only: a loss term of weight 0 is
 masked with ``where`` instead of left out of the trace (a NaN in such a term stays out of the
-sum, but its gradient path is still traced); batched matrix products may round differently
-from unbatched ones. The test compares both ways on the same grid.
+sum, but its gradient path is still traced); the learning rate multiplies the unit-rate
+update. The test compares both ways on the same grid.
 
 Not batched (the search runs its trials one after another instead, saying why): grids over
 any other key (model arguments such as dropout or the number of layers change the compiled
@@ -107,9 +110,17 @@ def _slice(tree, index: int):
 
 def _make_epoch_fn(module, tx_unit, term_names: tuple[str, ...], per_trial_batches: bool):
     """``epoch(states, lrs, weights, active, ctx, batches) -> (states, (loss, terms, finite))``
-    with every output stacked ``(steps, T, ...)``."""
+    with every output stacked ``(T, steps, ...)``; ``batches`` are ``(steps, B, ...)`` shared by
+    every trial, or ``(T, steps, B, ...)`` with ``per_trial_batches``.
 
-    def step(state, lr, weights, active, ctx, batch):
+    The trials run one after another inside the program (``lax.map``), each a whole epoch
+    (``lax.scan`` over its batches), and an inactive trial is skipped (``lax.cond``): it costs
+    nothing and its state comes back unchanged. ``vmap`` over the trial axis is the obvious
+    alternative, but XLA:CPU turns the embedding lookups and their scatter-add gradients into
+    batched gathers and scatters that ran a 7-trial BPR epoch on lfm2k ~30x slower than one
+    trial's, where the loop costs the sum of the trials' epochs."""
+
+    def step(state, lr, weights, ctx, batch):
         dropout_key = jax.random.fold_in(state.rng, state.step)
 
         def total_loss(params):
@@ -126,20 +137,47 @@ def _make_epoch_fn(module, tx_unit, term_names: tuple[str, ...], per_trial_batch
         updates = jax.tree.map(lambda u: (u * lr).astype(u.dtype), updates)
         params = optax.apply_updates(state.params, updates)
         new = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
-        new = jax.tree.map(lambda n, o: jnp.where(active, n, o), new, state)
         return new, (loss, {k: terms[k] for k in term_names}, finite)
 
-    vstep = jax.vmap(step, in_axes=(0, 0, 0, 0, None, 0 if per_trial_batches else None))
-
     def epoch(states, lrs, weights, active, ctx, batches):
-        return jax.lax.scan(lambda s, b: vstep(s, lrs, weights, active, ctx, b), states, batches)
+        def one(args):
+            state, lr, trial_weights, is_active, trial_batches = args
+
+            def train(_):
+                return jax.lax.scan(lambda s, b: step(s, lr, trial_weights, ctx, b), state, trial_batches)
+
+            shapes = jax.eval_shape(train, None)[1]
+
+            def skip(_):
+                return state, jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)
+
+            return jax.lax.cond(is_active, train, skip, None)
+
+        if per_trial_batches:
+            return jax.lax.map(one, (states, lrs, weights, active, batches))
+        return jax.lax.map(lambda a: one((*a, batches)), (states, lrs, weights, active))
 
     return jax.jit(epoch, donate_argnums=0)
 
 
 def _make_encoder(module):
-    return jax.jit(jax.vmap(lambda params, ctx: module.apply({"params": params}, ctx, False, method="encode"),
-                            in_axes=(0, None)))
+    """``(params (T, ...), ctx, active (T,)) -> (user_embs, item_embs)`` stacked; an inactive
+    trial's rows are zeros (``lax.map``, for the reason given in :func:`_make_epoch_fn`)."""
+
+    def encode_all(params_stack, ctx, active):
+        def one(args):
+            params, is_active = args
+
+            def encode(_):
+                return module.apply({"params": params}, ctx, False, method="encode")
+
+            shapes = jax.eval_shape(encode, None)
+            return jax.lax.cond(is_active, encode,
+                                lambda _: jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes), None)
+
+        return jax.lax.map(one, (params_stack, active))
+
+    return jax.jit(encode_all)
 
 
 def run_batched_search(config: ExperimentConfig, workdir: str | os.PathLike, settings: Sequence[Mapping[str, Any]],
@@ -189,12 +227,12 @@ def run_batched_search(config: ExperimentConfig, workdir: str | os.PathLike, set
     splits = prepare_eval_splits(exp)
     eval_cfg = configs[0].eval
 
-    def evaluate(params_stack, split: str, count: int) -> tuple[list[dict], float]:
+    def evaluate(params_stack, split: str, active) -> tuple[list[dict | None], float]:
         tick = time.perf_counter()
-        user_embs, item_embs = encoder(params_stack, ctx)
+        user_embs, item_embs = encoder(params_stack, ctx, active)
         results = jeval.evaluate_prepared_many(splits[split], user_embs, item_embs, ks=eval_cfg.ks,
-                                               metrics=eval_cfg.metrics)
-        return [metrics_at_k(r) for r in results[:count]], time.perf_counter() - tick
+                                               metrics=eval_cfg.metrics, active=np.asarray(active))
+        return [None if r is None else metrics_at_k(r) for r in results], time.perf_counter() - tick
 
     stopping = [EarlyStopping() for _ in range(n_trials)]
     histories: list[list[dict]] = [[] for _ in range(n_trials)]
@@ -210,7 +248,7 @@ def run_batched_search(config: ExperimentConfig, workdir: str | os.PathLike, set
         tick = time.perf_counter()
         if per_trial_batches:
             per_trial = [s.batches(epoch - 1) for s in samplers]
-            batches = {k: np.stack([b[k] for b in per_trial], axis=1) for k in per_trial[0]}  # (steps, T, B, ...)
+            batches = {k: np.stack([b[k] for b in per_trial]) for k in per_trial[0]}  # (T, steps, B, ...)
         else:
             batches = samplers[0].batches(epoch - 1)
         states, (loss, terms, finite) = epoch_fn(states, lrs, weight_matrix, active, ctx, batches)
@@ -221,14 +259,14 @@ def run_batched_search(config: ExperimentConfig, workdir: str | os.PathLike, set
         evaluate_now = epoch % tcfg.eval_every == 0 or epoch == tcfg.epochs
         valid = eval_time = None
         if evaluate_now:
-            valid, eval_time = evaluate(states.params, "valid", n_trials)
+            valid, eval_time = evaluate(states.params, "valid", active)
             eval_seconds.append(eval_time)
         for t in range(n_trials):
             if not active_list[t]:
                 continue
             epochs_run[t] = epoch
-            row = {"epoch": epoch, "loss": float(np.mean(loss[:, t])),
-                   "terms": {k: float(np.mean(v[:, t])) for k, v in terms.items()},
+            row = {"epoch": epoch, "loss": float(np.mean(loss[t])),
+                   "terms": {k: float(np.mean(v[t])) for k, v in terms.items()},
                    "train_seconds": seconds, "batched_trials": int(sum(active_list))}
             if evaluate_now:
                 row["valid"], row["eval_seconds"] = valid[t], eval_time
@@ -280,15 +318,15 @@ def _check_finite(loss, terms, finite, weights, term_names, active, epoch: int, 
     for t, is_active in enumerate(active):
         if not is_active:
             continue
-        bad = ~np.asarray(finite[:, t]) | ~np.isfinite(loss[:, t])
+        bad = ~np.asarray(finite[t]) | ~np.isfinite(loss[t])
         for name in term_names:
             if weights[t][name] != 0.0:
-                bad |= ~np.isfinite(terms[name][:, t])
+                bad |= ~np.isfinite(terms[name][t])
         if bad.any():
             step = int(np.argmax(bad))
             raise TrainingDivergedError(
                 f"trial {t} diverged at epoch {epoch}, step {(epoch - 1) * steps_per_epoch + step + 1}: a weighted loss "
-                f"term or the gradient is not finite (loss {loss[step, t]}); nothing of this search was saved")
+                f"term or the gradient is not finite (loss {loss[t, step]}); nothing of this search was saved")
 
 
 def _write_trial(trial_dir: Path, trial_cfg, target, metrics, history, stopping, best, last_state, epochs_run,
