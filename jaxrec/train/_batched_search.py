@@ -101,11 +101,13 @@ def batching_obstacle(settings: Sequence[Mapping[str, Any]], configs: Sequence[E
 
 
 def _stack(trees):
-    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+    # On the host: stacking on the device would compile a program per leaf shape.
+    return jax.device_put(jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *trees))
 
 
 def _slice(tree, index: int):
-    return jax.tree.map(lambda x: np.array(x[index], copy=True), tree)
+    # On the host, for the same reason (``x[index]`` on the device compiles per shape).
+    return jax.tree.map(lambda x: np.array(np.asarray(x)[index], copy=True), tree)
 
 
 def _make_epoch_fn(module, tx_unit, term_names: tuple[str, ...], per_trial_batches: bool):
