@@ -395,8 +395,9 @@ def main(argv=None) -> int:
     print(f"reproducing {plan.dataset} from {plan.source} into {out} (load average "
           f"{os.getloadavg()[0]:.1f})", flush=True)
     for row in warm + cold:
-        print(f"-- {row.label}: {len(row.searches)} search(es), "
-              f"{sum(math.prod(len(v) for v in s.grid.values()) for s in row.searches)} trial(s)", flush=True)
+        n_trials = sum(math.prod(len(v) for v in s.grid.values()) for s in row.searches)
+        print(f"-- {row.label}: " + (f"{len(row.searches)} search(es), {n_trials} trial(s)" if row.searches
+                                     else "a single run"), flush=True)
         report = runner.run_row(row)
         stage(row.label, report.pop("seconds"), **report)
     results = out / "results"
