@@ -104,3 +104,7 @@ def test_evaluate_prepared_many_equals_one_by_one():
     for t in range(3):
         one = jeval.evaluate_prepared(split, users[t].astype(np.float32), items[t].astype(np.float32), ks=(5, 20))
         assert many[t] == pytest.approx(one, abs=1e-7)
+    # An inactive model (an early-stopped trial) is skipped; the others are unchanged.
+    some = jeval.evaluate_prepared_many(split, users.astype(np.float32), items.astype(np.float32), ks=(5, 20),
+                                        active=[True, False, True])
+    assert some[1] is None and some[0] == many[0] and some[2] == many[2]
