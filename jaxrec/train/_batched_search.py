@@ -27,9 +27,12 @@ masked with ``where`` instead of left out of the trace (a NaN in such a term sta
 sum, but its gradient path is still traced); the learning rate multiplies the unit-rate
 update. The test compares both ways on the same grid.
 
-Not batched (the search runs its trials one after another instead, saying why): grids over
-any other key (model arguments such as dropout or the number of layers change the compiled
-program), ``train.parallel`` other than ``none``, and models with an epoch hook (``Built.epoch_update``: its context would differ per trial).
+A grid that also varies other keys (model arguments such as dropout or the number of layers
+change the compiled program) runs one batched program per value of those keys
+(:func:`batch_groups`): a 3 x 2 grid of a loss weight by a model argument is two programs of
+three trials. Not batched (the search runs those trials one after another instead, saying
+why): a group of one trial, ``train.parallel`` other than ``none``, and models with an epoch
+hook (``Built.epoch_update``: its context would differ per trial).
 """
 
 from __future__ import annotations
@@ -78,6 +81,21 @@ def _unit_train_config(train_config):
     return dataclasses.replace(train_config, learning_rate=1.0, min_learning_rate=train_config.min_learning_rate / lr)
 
 
+def _fixed_part(setting: Mapping[str, Any]) -> str:
+    """The part of a trial's setting that changes the compiled program (a comparable key)."""
+    return repr(sorted((key, repr(value)) for key, value in setting.items() if not _batchable_key(key)))
+
+
+def batch_groups(settings: Sequence[Mapping[str, Any]]) -> list[list[int]]:
+    """The trials' indices grouped by the settings that change the program (model arguments,
+    batch size, ...): the trials of one group differ only in what can be batched, in grid
+    order within a group and groups ordered by their first trial."""
+    groups: dict[str, list[int]] = {}
+    for index, setting in enumerate(settings):
+        groups.setdefault(_fixed_part(setting), []).append(index)
+    return list(groups.values())
+
+
 def batching_obstacle(settings: Sequence[Mapping[str, Any]], configs: Sequence[ExperimentConfig]) -> str | None:
     """Why these trials cannot train as one program (None when they can).
 
@@ -86,7 +104,8 @@ def batching_obstacle(settings: Sequence[Mapping[str, Any]], configs: Sequence[E
     """
     if len(configs) < 2:
         return "a single trial"
-    varied = sorted({key for setting in settings for key in setting if not _batchable_key(key)})
+    varied = sorted({key for setting in settings for key in setting
+                     if not _batchable_key(key) and len({_fixed_part({key: s.get(key)}) for s in settings}) > 1})
     if varied:
         return (f"the grid varies {', '.join(varied)}; only loss_weights.*, train.learning_rate and train.seed "
                 "can share one compiled program")
@@ -183,10 +202,13 @@ def _make_encoder(module):
 
 
 def run_batched_search(config: ExperimentConfig, workdir: str | os.PathLike, settings: Sequence[Mapping[str, Any]],
-                       configs: Sequence[ExperimentConfig], *, dataset=None, quiet: bool = False) -> list[dict]:
+                       configs: Sequence[ExperimentConfig], *, dataset=None, quiet: bool = False,
+                       trial_ids: Sequence[int] | None = None) -> list[dict]:
     """Train the trials ``configs`` (settings ``settings``) together; write each trial's folder.
 
-    Every trial folder (``workdir/trial_NNN``) gets what a sequential trial writes --
+    ``trial_ids`` are the trials' numbers in the whole search (default ``0 .. T-1``): a grid
+    whose trials differ in a model argument runs one batched group per value of it. Every trial
+    folder (``workdir/trial_NNN``, NNN its number) gets what a sequential trial writes --
     ``config.yaml``, ``history.jsonl``, ``metrics.json`` (with ``"batched_search": {"trials": T}``),
     ``curves.png`` and checkpoints of its best and last epochs, so ``jaxrec evaluate``,
     ``--resume`` and the run records treat it like any run.
@@ -210,6 +232,9 @@ def run_batched_search(config: ExperimentConfig, workdir: str | os.PathLike, set
         raise ConfigError(f"these trials cannot be batched: model {configs[0].model.name!r} updates its "
                           "context between epochs")
     n_trials = len(configs)
+    trial_ids = list(range(n_trials)) if trial_ids is None else [int(i) for i in trial_ids]
+    if len(trial_ids) != n_trials:
+        raise ValueError(f"{len(trial_ids)} trial ids for {n_trials} trials")
     tcfg = configs[0].train
     weights = [resolve_loss_weights(built.default_loss_weights, c.loss_weights, exp.term_names, c.model.name)
                for c in configs]
@@ -294,7 +319,7 @@ def run_batched_search(config: ExperimentConfig, workdir: str | os.PathLike, set
     elapsed = time.perf_counter() - started
     entries = []
     for t, (setting, trial_cfg) in enumerate(zip(settings, configs)):
-        trial_dir = workdir / f"trial_{t:03d}"
+        trial_dir = workdir / f"trial_{trial_ids[t]:03d}"
         metrics = {
             "model": trial_cfg.model.name, "dataset": exp.dataset.name, "seed": trial_cfg.train.seed,
             "best_epoch": stopping[t].best_epoch, "epochs_run": epochs_run[t], "stopped_early": bool(stopping[t].stop),
@@ -311,7 +336,7 @@ def run_batched_search(config: ExperimentConfig, workdir: str | os.PathLike, set
         last_state = _slice(states, t)
         _write_trial(trial_dir, trial_cfg, exp.target, metrics, histories[t], stopping[t], best_states[t],
                      last_state, epochs_run[t], best_valid[t], best_test[t], tcfg)
-        entries.append({"trial": t, "workdir": os.fspath(trial_dir), "setting": dict(setting),
+        entries.append({"trial": trial_ids[t], "workdir": os.fspath(trial_dir), "setting": dict(setting),
                         "valid": best_valid[t], "test": best_test[t], "best_epoch": stopping[t].best_epoch})
     return entries
 
