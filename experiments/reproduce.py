@@ -29,7 +29,8 @@ Usage (from the project root):
                                           [--sequential] [--resume] [--grids FILE]
 
 ``--only`` takes row names (``bpr``, ``coldstart/vbpr``) or stages (``warm``, ``coldstart``,
-``missing_modality``); ``results`` always runs. ``--max-epochs`` caps ``train.epochs`` of
+``missing_modality``); ``results`` always runs, and the cold-start baselines whenever a
+cold-start row does. ``--max-epochs`` caps ``train.epochs`` of
 every run (a smoke run; the table it makes is not the real one).
 """
 
@@ -304,9 +305,16 @@ class Runner:
         return report
 
 
-def _batched(search_folder: Path) -> bool:
-    metrics = search_folder / "trial_000" / "metrics.json"
-    return metrics.exists() and "batched_search" in json.loads(metrics.read_text(encoding="utf-8"))
+def _batched(search_folder: Path) -> str:
+    """How a search's trials ran: "7 trials in 1 batched program", "3 trials one by one", ..."""
+    sizes = []
+    for metrics in sorted(search_folder.glob("trial_*/metrics.json")):
+        sizes.append(json.loads(metrics.read_text(encoding="utf-8")).get("batched_search", {}).get("trials", 1))
+    programs = sum(1 / size for size in sizes if size > 1)
+    alone = sum(1 for size in sizes if size == 1)
+    parts = [f"{round(programs)} batched program(s)"] if programs else []
+    parts += [f"{alone} alone"] if alone and programs else ["one by one"] if alone else []
+    return f"{len(sizes)} trials " + (f"in {' + '.join(parts)}" if programs else "one by one")
 
 
 def _same_run(trial_dir: Path, trial_cfg, final) -> bool:
@@ -345,7 +353,7 @@ def _selected(plan: Plan, only: list[str] | None) -> tuple[list[Row], list[Row],
                             f"(rows: {', '.join(sorted(known - set(STAGES)))}; stages: warm, coldstart, missing_modality)")
     warm = plan.warm if "warm" in only else [r for r in plan.warm if r.label in only]
     cold = plan.coldstart if "coldstart" in only else [r for r in plan.coldstart if r.label in only]
-    return warm, cold, plan.coldstart_baselines and "coldstart" in only, (
+    return warm, cold, plan.coldstart_baselines and bool(cold), (
         plan.missing_modality is not None and "missing_modality" in only)
 
 
@@ -439,8 +447,7 @@ def main(argv=None) -> int:
     os.replace(tmp, target)
     print("\n| stage | seconds | what ran |\n|---|---|---|")
     for entry in times:
-        detail = "; ".join(f"{s['name']}: {s['trials']} trials {'batched' if s['batched'] else 'one by one'} "
-                           f"{s['seconds']} s" for s in entry.get("searches", []))
+        detail = "; ".join(f"{s['name']}: {s['batched']}, {s['seconds']} s" for s in entry.get("searches", []))
         final = entry.get("final")
         if final:
             detail += ("; " if detail else "") + (f"final: trial {final['reused']} reused" if "reused" in final

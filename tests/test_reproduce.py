@@ -99,7 +99,7 @@ def test_the_final_run_is_the_winning_trial_when_it_is_the_same_run(reproduced):
     bpr = times["stages"][0]
     search = json.loads((out / "runs" / "tiny" / "bpr_search" / "search.json").read_text())
     assert bpr["final"]["reused"] == f"runs/tiny/bpr_search/trial_{search['best']['trial']:03d}"
-    assert bpr["searches"][0]["batched"] is True
+    assert bpr["searches"][0]["batched"] == "2 trials in 1 batched program(s)"
     final = [json.loads(line) for line in (out / "records" / "tiny" / "bpr.jsonl").read_text().splitlines()]
     assert final[0]["kind"] == "run" and final[1]["metrics"]["test"] == search["best"]["test"]
 

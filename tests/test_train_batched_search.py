@@ -112,7 +112,7 @@ def test_evaluate_prepared_many_equals_one_by_one():
 
 def test_a_grid_over_a_model_argument_runs_one_batched_program_per_value(tmp_path, dataset, capsys):
     config = config_from_dict(_raw({"model.args.embedding_size": [4, 8], "loss_weights.reg": [0.001, 1.0]},
-                                   epochs=3, patience=10))
+                                   epochs=2, patience=10))
     grouped = run_search(config, tmp_path / "grouped", dataset=dataset, quiet=False)
     assert "4 trials ran batched, one program per value of model.args.embedding_size" in capsys.readouterr().out
     sequential = run_search(config, tmp_path / "sequential", quiet=True, batched="never", dataset=dataset)

@@ -209,7 +209,8 @@ def run_batched_search(config: ExperimentConfig, workdir: str | os.PathLike, set
     ``trial_ids`` are the trials' numbers in the whole search (default ``0 .. T-1``): a grid
     whose trials differ in a model argument runs one batched group per value of it. Every trial
     folder (``workdir/trial_NNN``, NNN its number) gets what a sequential trial writes --
-    ``config.yaml``, ``history.jsonl``, ``metrics.json`` (with ``"batched_search": {"trials": T}``),
+    ``config.yaml``, ``history.jsonl``, ``metrics.json`` (with ``"batched_search": {"trials": T}``;
+    its ``timing`` per epoch is the trial's share: the program's seconds over its active trials),
     ``curves.png`` and checkpoints of its best and last epochs, so ``jaxrec evaluate``,
     ``--resume`` and the run records treat it like any run.
 
@@ -281,13 +282,13 @@ def run_batched_search(config: ExperimentConfig, workdir: str | os.PathLike, set
         states, (loss, terms, finite) = epoch_fn(states, lrs, weight_matrix, active, ctx, batches)
         loss, terms, finite = jax.device_get((loss, terms, finite))
         seconds = time.perf_counter() - tick
-        train_seconds.append(seconds)
+        train_seconds.append(seconds / sum(active_list))  # each active trial's share of the program
         _check_finite(loss, terms, finite, weights, exp.term_names, active_list, epoch, exp.steps_per_epoch)
         evaluate_now = epoch % tcfg.eval_every == 0 or epoch == tcfg.epochs
         valid = eval_time = None
         if evaluate_now:
             valid, eval_time = evaluate(states.params, "valid", active)
-            eval_seconds.append(eval_time)
+            eval_seconds.append(eval_time / sum(active_list))
         for t in range(n_trials):
             if not active_list[t]:
                 continue
@@ -324,6 +325,7 @@ def run_batched_search(config: ExperimentConfig, workdir: str | os.PathLike, set
             "model": trial_cfg.model.name, "dataset": exp.dataset.name, "seed": trial_cfg.train.seed,
             "best_epoch": stopping[t].best_epoch, "epochs_run": epochs_run[t], "stopped_early": bool(stopping[t].stop),
             "valid_metric": tcfg.valid_metric, "valid": best_valid[t], "test": best_test[t],
+            # Per trial: the median over epochs of the program's seconds over its active trials.
             "timing": {"train_seconds_per_epoch": statistics.median(train_seconds) if train_seconds else None,
                        "eval_seconds": statistics.median(eval_seconds) if eval_seconds else None,
                        "total_seconds": elapsed},
