@@ -52,7 +52,7 @@ import yaml
 HERE = Path(__file__).resolve().parent
 PROJECT = HERE.parent
 sys.path.insert(0, str(HERE))
-import records  # noqa: E402  (experiments/records.py, beside this script)
+import records  # experiments/records.py, beside this script
 
 STAGES = ("warm", "coldstart", "missing_modality", "results")
 VALID_METRIC = "recall@20"
@@ -151,13 +151,14 @@ def _rows_from_configs(folder: Path, group: str) -> list[Row]:
     return rows
 
 
-def load_plan(dataset: str, grids: Path | None = None) -> Plan:
+def load_plan(dataset: str, grids: Path | None = None, experiments: Path = HERE) -> Plan:
     """The runs behind ``dataset``'s table: from ``grids`` (default
-    ``experiments/grids/<dataset>.yaml``) or, without that file, from the configs."""
-    default = HERE / "grids" / f"{dataset}.yaml"
+    ``<experiments>/grids/<dataset>.yaml``) or, without that file, from the configs in
+    ``<experiments>/configs/<dataset>/``."""
+    default = experiments / "grids" / f"{dataset}.yaml"
     path = grids or default
     if grids is None and not path.exists():
-        configs = HERE / "configs" / dataset
+        configs = experiments / "configs" / dataset
         if not configs.is_dir():
             raise GridFileError(f"no grid file {path} and no configs folder {configs} for dataset {dataset!r}")
         coldstart = _rows_from_configs(configs / "coldstart", "coldstart") if (configs / "coldstart").is_dir() else []
@@ -330,7 +331,7 @@ def _same_run(trial_dir: Path, trial_cfg, final) -> bool:
 
 def _script(name: str, args: list[str]) -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT), os.environ.get("PYTHONPATH")]))}
-    done = subprocess.run([sys.executable, str(HERE / name), *args], cwd=PROJECT, env=env)
+    done = subprocess.run([sys.executable, str(HERE / name), *args], cwd=PROJECT, env=env, check=False)
     if done.returncode != 0:
         raise SystemExit(f"experiments/{name} failed (exit status {done.returncode}); see its output above")
 

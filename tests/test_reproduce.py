@@ -12,7 +12,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "experiments"))
-import reproduce  # noqa: E402
+import reproduce
 
 DATA = {"synthetic": {"n_users": 60, "n_items": 40, "n_interactions": 900, "seed": 2}}
 
@@ -45,7 +45,7 @@ def _tree_state():
     files = {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in (ROOT / "experiments").rglob("*")
              if p.is_file() and "__pycache__" not in p.parts}
     status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=ROOT,
-                            capture_output=True, text=True).stdout
+                            capture_output=True, text=True, check=False).stdout
     return files, status
 
 
@@ -57,7 +57,7 @@ def reproduced(setup):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run([sys.executable, str(ROOT / "experiments" / "reproduce.py"), "tiny", "--grids", str(grids),
                            "--output", str(out), "--max-epochs", "6", "--quiet", "--anchors", str(root / "none")],
-                          cwd=root, env=env, capture_output=True, text=True, timeout=600)
+                          cwd=root, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return out, done.stdout, before, _tree_state()
 
@@ -155,3 +155,18 @@ def test_the_lfm2k_grid_file_covers_every_config_and_matches_the_records():
             assert settings == expected, search.name
             checked += 1
     assert checked == 32  # 21 warm searches, 11 cold-start ones
+
+
+def test_without_a_grid_file_every_config_is_a_row_and_its_grid_its_search(tmp_path):
+    configs = tmp_path / "configs" / "other"
+    (configs / "coldstart").mkdir(parents=True)
+    (configs / "bpr.yaml").write_text(yaml.safe_dump(_config("bprmf", grid={"loss_weights.reg": [0.1, 1.0]})))
+    (configs / "lightgcn.yaml").write_text(yaml.safe_dump(_config("lightgcn")))
+    (configs / "coldstart" / "vbpr.yaml").write_text(yaml.safe_dump(_config("vbpr")))
+    plan = reproduce.load_plan("other", experiments=tmp_path)
+    assert plan.source == "configs" and plan.missing_modality is None and plan.coldstart_baselines
+    assert [(r.name, [(s.name, s.grid) for s in r.searches]) for r in plan.warm] == [
+        ("bpr", [("bpr_search", {"loss_weights.reg": [0.1, 1.0]})]), ("lightgcn", [])]
+    assert [(r.label, r.searches) for r in plan.coldstart] == [("coldstart/vbpr", [])]
+    with pytest.raises(reproduce.GridFileError, match="no configs folder"):
+        reproduce.load_plan("absent", experiments=tmp_path)
