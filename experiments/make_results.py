@@ -11,7 +11,7 @@ has the model. Cold-start and missing-modality tables come from
 experiments that write them have run.
 
 Usage (from the project root):
-    python experiments/make_results.py [--dataset lfm2k] [--anchors ../shared/anchors]
+    python experiments/make_results.py [--dataset lfm2k] [--anchors ../shared/anchors] [--root DIR]
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def _read_json(path: Path):
         return json.load(handle)
 
 
-def _search_winner(record: records.Record) -> tuple[dict, dict] | None:
+def _search_winner(record: records.Record, root: Path = HERE) -> tuple[dict, dict] | None:
     summary = record.search or {}
     best = summary.get("best")
     if not best:
@@ -60,7 +60,7 @@ def _search_winner(record: records.Record) -> tuple[dict, dict] | None:
             if value not in grid[key]:
                 grid[key].append(value)
     info = {"setting": best.get("setting", {}), "grid": grid, "n_trials": summary.get("n_trials"),
-            "source": os.path.relpath(record.path, HERE)}
+            "source": os.path.relpath(record.path, root)}
     if metrics is None:
         metrics = {"valid": best.get("valid", {}), "test": best.get("test", {}), "best_epoch": best.get("best_epoch")}
     return metrics, info
@@ -71,25 +71,26 @@ def collect_runs(records_dir: Path) -> dict[str, tuple[dict, dict]]:
     (``experiments/records.py``) directly in ``records_dir``."""
     chosen: dict[str, tuple[dict, dict]] = {}
     found = records.records_in(records_dir)
+    root = Path(records_dir).parent.parent  # the experiments folder: sources are named relative to it
     for record in found:
         if record.kind != "run":
             continue
         metrics = next(iter(record.runs.values()))["metrics"]
         searches = [r for r in found if r.kind == "search" and _row_name(r.name) == record.name]
-        search = _search_winner(searches[0]) if searches else None
+        search = _search_winner(searches[0], root) if searches else None
         if search and not _ran_with(next(iter(record.runs.values())).get("config"), search[1]["setting"]):
             print(f"note: {record.path.name} was not run at its search's winning setting {search[1]['setting']}; "
                   "the search's winner is reported instead", file=sys.stderr)
             continue
         info = search[1] if search else {"setting": {}, "grid": {}, "n_trials": 1}
-        info = {**info, "source": os.path.relpath(record.path, HERE)}
+        info = {**info, "source": os.path.relpath(record.path, root)}
         chosen[record.name] = (metrics, info)
     searched: dict[str, tuple[dict, dict]] = {}
     for record in found:
         if record.kind != "search":
             continue
         model = _row_name(record.name)
-        winner = _search_winner(record)
+        winner = _search_winner(record, root)
         # Several searches of one model (a first grid, then a finer one): the better VALIDATION wins.
         if model not in chosen and winner and (
                 model not in searched or _valid(winner[0]) > _valid(searched[model][0])):
@@ -241,8 +242,10 @@ def missing_modality_table(result: dict) -> list[str]:
     return lines
 
 
-def build_report(dataset: str, anchors_dir: Path) -> str:
-    records_dir = HERE / "records" / dataset
+def build_report(dataset: str, anchors_dir: Path, root: Path = HERE) -> str:
+    """The report of ``root/records/<dataset>`` and ``root/results`` (``root``: this folder, or
+    another with the same layout, e.g. ``experiments/reproduce.py --output``)."""
+    records_dir = root / "records" / dataset
     anchors_path = anchors_dir / f"mmrec_{dataset}.json"
     anchors = _read_json(anchors_path) if anchors_path.exists() else {}
     chosen = collect_runs(records_dir)
@@ -258,12 +261,12 @@ def build_report(dataset: str, anchors_dir: Path) -> str:
            "features; measured on this kind of 2-core machine).",
            "",
            "## Warm start: test ranking metrics", ""]
-    speed_path = HERE / "results" / f"{dataset}_speed.json"
+    speed_path = root / "results" / f"{dataset}_speed.json"
     speed = _read_json(speed_path) if speed_path.exists() else {}
     out += ranking_table(chosen, anchors, speed) if chosen else ["No runs found."]
     if speed:
         loads = [v.get("load_average", 0.0) for v in speed.values()]
-        out += ["", f"† seconds from `{speed_path.relative_to(HERE)}` (`benchmarks/bench_train.py`, models timed one "
+        out += ["", f"† seconds from `{speed_path.relative_to(root)}` (`benchmarks/bench_train.py`, models timed one "
                     f"after another, load average {min(loads):.1f}-{max(loads):.1f} on the 2 cores; 'eval s' is valid + "
                     "test there, as MMRec's anchor); other seconds are the runs' own, taken while other jobs shared "
                     "the machine."]
@@ -271,14 +274,14 @@ def build_report(dataset: str, anchors_dir: Path) -> str:
     for title, name, render in (
             ("Cold-start items (new items scored from their features or KG node alone)", "coldstart", coldstart_table),
             ("Missing modality (30% of one modality's rows hidden)", "missing_modality", missing_modality_table)):
-        path = HERE / "results" / f"{dataset}_{name}.json"
+        path = root / "results" / f"{dataset}_{name}.json"
         if path.exists():
             content = _read_json(path)
             try:
                 body = render(content)
             except (KeyError, TypeError):  # a hand-made or older file: show it as it is
                 body = generic_table(content)
-            out += ["", f"## {title}", "", f"From `{path.relative_to(HERE)}`.", ""] + body
+            out += ["", f"## {title}", "", f"From `{path.relative_to(root)}`.", ""] + body
     return "\n".join(out) + "\n"
 
 
@@ -286,9 +289,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="lfm2k")
     parser.add_argument("--anchors", default=str(HERE.parent / ".." / "shared" / "anchors"))
+    parser.add_argument("--root", type=Path, default=HERE,
+                        help="read ROOT/records/<dataset> and ROOT/results, write ROOT/results/<dataset>.md "
+                             "(default: experiments/)")
     args = parser.parse_args(argv)
-    report = build_report(args.dataset, Path(args.anchors))
-    target = HERE / "results" / f"{args.dataset}.md"
+    report = build_report(args.dataset, Path(args.anchors), args.root.resolve())
+    target = args.root.resolve() / "results" / f"{args.dataset}.md"
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("w", dir=target.parent, delete=False, suffix=".tmp", encoding="utf-8") as tmp:
         tmp.write(report)

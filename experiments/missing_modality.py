@@ -18,7 +18,7 @@ Runs, from ``experiments/configs/lfm2k/gan.yaml``:
 Usage (from the project root)::
 
     python experiments/missing_modality.py [--seeds 999 1000 1001] [--scenarios warm cold_start]
-                                           [--skip-training]
+                                           [--skip-training] [--config C] [--out F] [--runs DIR] [--max-epochs N]
 
 Writes ``experiments/results/lfm2k_missing_modality.json`` and the runs under
 ``experiments/runs/lfm2k/missing_modality/<fill>_seed<seed>/`` (scratch workdirs; pack them into
@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import time
 from pathlib import Path
 
@@ -158,13 +159,13 @@ def fill_configs(config) -> dict[str, dict]:
     return configs
 
 
-def train_runs(config, seeds, scenario: str = "warm") -> dict:
+def train_runs(config, seeds, scenario: str = "warm", runs_dir: Path = RUNS) -> dict:
     runs = {}
     for fill, variant in fill_configs(scenario_config(config, scenario)).items():
         per_seed = []
         for seed in seeds:
             variant["train"]["seed"] = int(seed)
-            workdir = RUNS / (f"{fill}_seed{seed}" if scenario == "warm" else f"{scenario}_{fill}_seed{seed}")
+            workdir = runs_dir / (f"{fill}_seed{seed}" if scenario == "warm" else f"{scenario}_{fill}_seed{seed}")
             if (workdir / "metrics.json").exists():
                 metrics = json.loads((workdir / "metrics.json").read_text())
             else:
@@ -187,12 +188,18 @@ def main(argv=None):
     parser.add_argument("--seeds", type=int, nargs="+", default=[999, 1000, 1001])
     parser.add_argument("--scenarios", nargs="+", default=list(SCENARIOS), choices=list(SCENARIOS))
     parser.add_argument("--skip-training", action="store_true", help="only the reconstruction table")
+    parser.add_argument("--config", type=Path, default=CONFIG, help="the GAN config (default: lfm2k's gan.yaml)")
+    parser.add_argument("--out", type=Path, default=RESULT, help="the result JSON")
+    parser.add_argument("--runs", type=Path, default=RUNS, help="folder of the run workdirs")
+    parser.add_argument("--max-epochs", type=int, help="cap train.epochs of every run (smoke runs)")
     options = parser.parse_args(argv)
-    config = yaml.safe_load(CONFIG.read_text())
+    config = yaml.safe_load(options.config.read_text())
+    if options.max_epochs is not None:
+        config["train"]["epochs"] = min(config["train"].get("epochs", options.max_epochs), options.max_epochs)
     # The config's data path is relative to the project root, wherever this script runs from.
     config["data"]["path"] = str((ROOT / config["data"]["path"]).resolve())
     started = time.perf_counter()
-    result = {"config": str(CONFIG.relative_to(ROOT)), "base_model": config["model"]["args"]["base"],
+    result = {"config": os.path.relpath(options.config.resolve(), ROOT), "base_model": config["model"]["args"]["base"],
               "hide_fraction": config["model"]["args"]["hide_fraction"],
               "reconstruction": reconstruction_table(config)}
     print(json.dumps(result["reconstruction"]["errors_on_hidden_rows"], indent=1), flush=True)
@@ -202,11 +209,11 @@ def main(argv=None):
             result["recommendation"][scenario] = {
                 "split": SCENARIOS[scenario].get("split", "the dataset's own (x_label)"),
                 "base_modalities": scenario_config(config, scenario)["model"]["args"]["base_args"]["modalities"],
-                **train_runs(config, options.seeds, scenario)}
+                **train_runs(config, options.seeds, scenario, options.runs)}
     result["seconds"] = time.perf_counter() - started
-    RESULT.parent.mkdir(parents=True, exist_ok=True)
-    RESULT.write_text(json.dumps(result, indent=1) + "\n")
-    print(f"wrote {RESULT}")
+    options.out.parent.mkdir(parents=True, exist_ok=True)
+    options.out.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {options.out}")
 
 
 if __name__ == "__main__":

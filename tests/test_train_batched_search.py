@@ -104,3 +104,23 @@ def test_evaluate_prepared_many_equals_one_by_one():
     for t in range(3):
         one = jeval.evaluate_prepared(split, users[t].astype(np.float32), items[t].astype(np.float32), ks=(5, 20))
         assert many[t] == pytest.approx(one, abs=1e-7)
+    # An inactive model (an early-stopped trial) is skipped; the others are unchanged.
+    some = jeval.evaluate_prepared_many(split, users.astype(np.float32), items.astype(np.float32), ks=(5, 20),
+                                        active=[True, False, True])
+    assert some[1] is None and some[0] == many[0] and some[2] == many[2]
+
+
+def test_a_grid_over_a_model_argument_runs_one_batched_program_per_value(tmp_path, dataset, capsys):
+    config = config_from_dict(_raw({"model.args.embedding_size": [4, 8], "loss_weights.reg": [0.001, 1.0]},
+                                   epochs=2, patience=10))
+    grouped = run_search(config, tmp_path / "grouped", dataset=dataset, quiet=False)
+    assert "4 trials ran batched, one program per value of model.args.embedding_size" in capsys.readouterr().out
+    sequential = run_search(config, tmp_path / "sequential", quiet=True, batched="never", dataset=dataset)
+    assert [t["trial"] for t in grouped["trials"]] == [0, 1, 2, 3]
+    for one, other in zip(grouped["trials"], sequential["trials"]):
+        assert one["setting"] == other["setting"]
+        assert one["valid"]["recall@20"] == pytest.approx(other["valid"]["recall@20"], abs=2e-3)
+        metrics = json.loads((tmp_path / "grouped" / f"trial_{one['trial']:03d}" / "metrics.json").read_text())
+        assert metrics["batched_search"] == {"trials": 2}
+        assert metrics["n_params"] == (90 + 60) * one["setting"]["model.args.embedding_size"]
+    assert grouped["best"]["trial"] == sequential["best"]["trial"]

@@ -300,33 +300,43 @@ def evaluate_prepared_many(
     *,
     ks: Sequence[int] = DEFAULT_KS,
     metrics: Sequence[str] = DEFAULT_METRICS,
-) -> list[dict[str, float | int]]:
+    active: Sequence[bool] | None = None,
+) -> list[dict[str, float | int] | None]:
     """:func:`evaluate_prepared` for ``T`` models at once, in ONE compiled call.
 
-    Used by batched hyper-parameter search: trials that share shapes are ranked together
-    (``jax.vmap`` over the trial axis of the inner-product scorer), so evaluating ``T`` trials
-    costs one dispatch instead of ``T``.
+    Used by batched hyper-parameter search: trials that share shapes are ranked together in
+    one program (``lax.map`` over the trial axis, not ``vmap``: XLA:CPU runs the batched
+    gathers and scatters of a vmapped ranking no faster than ``T`` unbatched ones), so
+    evaluating ``T`` trials costs one dispatch instead of ``T``, and trials marked inactive
+    (early-stopped) are skipped inside it.
 
     Args:
       split: from :func:`prepare_split` (or :func:`jaxrec.eval.prepare_protocol`).
       user_embs: ``(T, num_users, d)``.
       item_embs: ``(T, num_items, d)``.
       ks, metrics: as for :func:`evaluate_prepared`.
+      active: ``(T,)`` bools (default all true); an inactive model is not ranked.
 
     Returns:
-      One result dict per model, in order, each equal to what :func:`evaluate_prepared`
-      returns for that model's embeddings.
+      One entry per model, in order: what :func:`evaluate_prepared` returns for that model's
+      embeddings, or None for an inactive model.
     """
     ks, metrics = check_ks(ks), check_metrics(metrics)
     if np.ndim(user_embs) != 3 or np.ndim(item_embs) != 3 or np.shape(user_embs)[0] != np.shape(item_embs)[0]:
         raise DataError("expected stacked embeddings", field="user_embs/item_embs",
                         found=f"shapes {np.shape(user_embs)} and {np.shape(item_embs)}",
                         expected="(T, num_users, d) and (T, num_items, d) with the same T")
+    n_models = np.shape(user_embs)[0]
+    active = np.ones(n_models, bool) if active is None else np.asarray(active, bool)
+    if active.shape != (n_models,):
+        raise DataError("one active flag per model expected", field="active", found=f"shape {active.shape}",
+                        expected=f"({n_models},)")
     score_fn, device_metrics, list_len = _scoring_for(split, user_embs[0], item_embs[0], None, metrics, ks, "s")
-    sums, num_nan = _many_metric_sums(split.batches, split.candidate_mask, user_embs, item_embs,
+    sums, num_nan = _many_metric_sums(split.batches, split.candidate_mask, user_embs, item_embs, active,
                                       score_fn=score_fn, ks=ks, metric_names=device_metrics, list_len=list_len)
     sums, num_nan = np.asarray(sums, np.float64).sum(1), np.asarray(num_nan).sum(1)
-    return [_metrics_from_sums(split, sums[t], int(num_nan[t]), ks, metrics) for t in range(sums.shape[0])]
+    return [_metrics_from_sums(split, sums[t], int(num_nan[t]), ks, metrics) if active[t] else None
+            for t in range(n_models)]
 
 
 def _scoring_for(split: EvalSplit, user_emb, item_emb, score_fn, metrics, ks, plural: str):
@@ -344,10 +354,20 @@ def _scoring_for(split: EvalSplit, user_emb, item_emb, score_fn, metrics, ks, pl
 
 
 @functools.partial(jax.jit, static_argnames=("score_fn", "ks", "metric_names", "list_len"))
-def _many_metric_sums(batches, candidate_mask, user_embs, item_embs, *, score_fn, ks, metric_names, list_len):
-    return jax.vmap(lambda u, i: _ranking.split_metric_sums(
-        batches, candidate_mask, u, i, score_fn=score_fn, ks=ks, metric_names=metric_names,
-        list_len=list_len))(user_embs, item_embs)
+def _many_metric_sums(batches, candidate_mask, user_embs, item_embs, active, *, score_fn, ks, metric_names,
+                      list_len):
+    def one(args):
+        user_emb, item_emb, is_active = args
+
+        def rank(_):
+            return _ranking.split_metric_sums(batches, candidate_mask, user_emb, item_emb, score_fn=score_fn, ks=ks,
+                                              metric_names=metric_names, list_len=list_len)
+
+        shapes = jax.eval_shape(rank, None)
+        return jax.lax.cond(is_active, rank,
+                            lambda _: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes), None)
+
+    return jax.lax.map(one, (user_embs, item_embs, active))
 
 
 def _metrics_from_sums(split: EvalSplit, sums: np.ndarray, num_nan: int, ks, metrics) -> dict[str, float | int]:

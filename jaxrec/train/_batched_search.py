@@ -2,15 +2,18 @@ r"""Batched hyper-parameter search: the trials of a grid trained together as ONE
 
 Settings that change no shape -- loss weights (hence regularization strengths), the learning
 rate and the seed -- can share one compiled train step: the parameters and optimizer states of
-the ``T`` trials are stacked on a leading trial axis and the step is ``jax.vmap``-ed over it,
-with each trial's loss weights and learning rate as traced arrays. One device call then
-advances every trial by a whole epoch (``lax.scan`` over the epoch's batches), and one call
-ranks every trial's users for validation (:func:`jaxrec.eval.evaluate_prepared_many`).
+the ``T`` trials are stacked on a leading trial axis, with each trial's loss weights and
+learning rate as traced arrays. One device call then advances every trial by a whole epoch
+(``lax.map`` over the trials of ``lax.scan`` over the epoch's batches -- not ``vmap``, which
+XLA:CPU runs far slower here, see :func:`_make_epoch_fn`), and one call ranks every trial's
+users for validation (:func:`jaxrec.eval.evaluate_prepared_many`). What the trials share is
+paid once: start-up, data loading, compilation, the epoch's batches (trials with one seed
+draw the same ones), the evaluation layout, and one dispatch and host sync per epoch.
 
-Each trial early-stops on its own validation metric with MMRec's rule: a stopped trial's
-state is frozen by a mask (``where(active, updated, old)``), so nothing is recompiled when
-trials stop at different epochs; the search ends when every trial has stopped or reached
-``train.epochs``.
+Each trial early-stops on its own validation metric with MMRec's rule: a stopped trial is
+skipped inside the program (``lax.cond`` on its active flag: no compute, state unchanged),
+so nothing is recompiled when trials stop at different epochs; the search ends when every
+trial has stopped or reached ``train.epochs``.
 
 The learning rate enters as a factor after the optimizer: the step uses the optimizer built
 with learning rate 1 (and ``min_learning_rate`` divided by the trial's rate) and multiplies its
@@ -21,12 +24,15 @@ gradient before), so this is the same update up to float rounding.
 
 Deviations from sequential trials, each by float rounding only: a loss term of weight 0 is
 masked with ``where`` instead of left out of the trace (a NaN in such a term stays out of the
-sum, but its gradient path is still traced); batched matrix products may round differently
-from unbatched ones. The test compares both ways on the same grid.
+sum, but its gradient path is still traced); the learning rate multiplies the unit-rate
+update. The test compares both ways on the same grid.
 
-Not batched (the search runs its trials one after another instead, saying why): grids over
-any other key (model arguments such as dropout or the number of layers change the compiled
-program), ``train.parallel`` other than ``none``, and models with an epoch hook (``Built.epoch_update``: its context would differ per trial).
+A grid that also varies other keys (model arguments such as dropout or the number of layers
+change the compiled program) runs one batched program per value of those keys
+(:func:`batch_groups`): a 3 x 2 grid of a loss weight by a model argument is two programs of
+three trials. Not batched (the search runs those trials one after another instead, saying
+why): a group of one trial, ``train.parallel`` other than ``none``, and models with an epoch
+hook (``Built.epoch_update``: its context would differ per trial).
 """
 
 from __future__ import annotations
@@ -75,6 +81,21 @@ def _unit_train_config(train_config):
     return dataclasses.replace(train_config, learning_rate=1.0, min_learning_rate=train_config.min_learning_rate / lr)
 
 
+def _fixed_part(setting: Mapping[str, Any]) -> str:
+    """The part of a trial's setting that changes the compiled program (a comparable key)."""
+    return repr(sorted((key, repr(value)) for key, value in setting.items() if not _batchable_key(key)))
+
+
+def batch_groups(settings: Sequence[Mapping[str, Any]]) -> list[list[int]]:
+    """The trials' indices grouped by the settings that change the program (model arguments,
+    batch size, ...): the trials of one group differ only in what can be batched, in grid
+    order within a group and groups ordered by their first trial."""
+    groups: dict[str, list[int]] = {}
+    for index, setting in enumerate(settings):
+        groups.setdefault(_fixed_part(setting), []).append(index)
+    return list(groups.values())
+
+
 def batching_obstacle(settings: Sequence[Mapping[str, Any]], configs: Sequence[ExperimentConfig]) -> str | None:
     """Why these trials cannot train as one program (None when they can).
 
@@ -83,7 +104,8 @@ def batching_obstacle(settings: Sequence[Mapping[str, Any]], configs: Sequence[E
     """
     if len(configs) < 2:
         return "a single trial"
-    varied = sorted({key for setting in settings for key in setting if not _batchable_key(key)})
+    varied = sorted({key for setting in settings for key in setting
+                     if not _batchable_key(key) and len({_fixed_part({key: s.get(key)}) for s in settings}) > 1})
     if varied:
         return (f"the grid varies {', '.join(varied)}; only loss_weights.*, train.learning_rate and train.seed "
                 "can share one compiled program")
@@ -98,18 +120,28 @@ def batching_obstacle(settings: Sequence[Mapping[str, Any]], configs: Sequence[E
 
 
 def _stack(trees):
-    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+    # On the host: stacking on the device would compile a program per leaf shape.
+    return jax.device_put(jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *trees))
 
 
 def _slice(tree, index: int):
-    return jax.tree.map(lambda x: np.array(x[index], copy=True), tree)
+    # On the host, for the same reason (``x[index]`` on the device compiles per shape).
+    return jax.tree.map(lambda x: np.array(np.asarray(x)[index], copy=True), tree)
 
 
 def _make_epoch_fn(module, tx_unit, term_names: tuple[str, ...], per_trial_batches: bool):
     """``epoch(states, lrs, weights, active, ctx, batches) -> (states, (loss, terms, finite))``
-    with every output stacked ``(steps, T, ...)``."""
+    with every output stacked ``(T, steps, ...)``; ``batches`` are ``(steps, B, ...)`` shared by
+    every trial, or ``(T, steps, B, ...)`` with ``per_trial_batches``.
 
-    def step(state, lr, weights, active, ctx, batch):
+    The trials run one after another inside the program (``lax.map``), each a whole epoch
+    (``lax.scan`` over its batches), and an inactive trial is skipped (``lax.cond``): it costs
+    nothing and its state comes back unchanged. ``vmap`` over the trial axis is the obvious
+    alternative, but XLA:CPU turns the embedding lookups and their scatter-add gradients into
+    batched gathers and scatters that ran a 7-trial BPR epoch on lfm2k ~30x slower than one
+    trial's, where the loop costs the sum of the trials' epochs."""
+
+    def step(state, lr, weights, ctx, batch):
         dropout_key = jax.random.fold_in(state.rng, state.step)
 
         def total_loss(params):
@@ -126,28 +158,59 @@ def _make_epoch_fn(module, tx_unit, term_names: tuple[str, ...], per_trial_batch
         updates = jax.tree.map(lambda u: (u * lr).astype(u.dtype), updates)
         params = optax.apply_updates(state.params, updates)
         new = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
-        new = jax.tree.map(lambda n, o: jnp.where(active, n, o), new, state)
         return new, (loss, {k: terms[k] for k in term_names}, finite)
 
-    vstep = jax.vmap(step, in_axes=(0, 0, 0, 0, None, 0 if per_trial_batches else None))
-
     def epoch(states, lrs, weights, active, ctx, batches):
-        return jax.lax.scan(lambda s, b: vstep(s, lrs, weights, active, ctx, b), states, batches)
+        def one(args):
+            state, lr, trial_weights, is_active, trial_batches = args
+
+            def train(_):
+                return jax.lax.scan(lambda s, b: step(s, lr, trial_weights, ctx, b), state, trial_batches)
+
+            shapes = jax.eval_shape(train, None)[1]
+
+            def skip(_):
+                return state, jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)
+
+            return jax.lax.cond(is_active, train, skip, None)
+
+        if per_trial_batches:
+            return jax.lax.map(one, (states, lrs, weights, active, batches))
+        return jax.lax.map(lambda a: one((*a, batches)), (states, lrs, weights, active))
 
     return jax.jit(epoch, donate_argnums=0)
 
 
 def _make_encoder(module):
-    return jax.jit(jax.vmap(lambda params, ctx: module.apply({"params": params}, ctx, False, method="encode"),
-                            in_axes=(0, None)))
+    """``(params (T, ...), ctx, active (T,)) -> (user_embs, item_embs)`` stacked; an inactive
+    trial's rows are zeros (``lax.map``, for the reason given in :func:`_make_epoch_fn`)."""
+
+    def encode_all(params_stack, ctx, active):
+        def one(args):
+            params, is_active = args
+
+            def encode(_):
+                return module.apply({"params": params}, ctx, False, method="encode")
+
+            shapes = jax.eval_shape(encode, None)
+            return jax.lax.cond(is_active, encode,
+                                lambda _: jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes), None)
+
+        return jax.lax.map(one, (params_stack, active))
+
+    return jax.jit(encode_all)
 
 
 def run_batched_search(config: ExperimentConfig, workdir: str | os.PathLike, settings: Sequence[Mapping[str, Any]],
-                       configs: Sequence[ExperimentConfig], *, dataset=None, quiet: bool = False) -> list[dict]:
+                       configs: Sequence[ExperimentConfig], *, dataset=None, quiet: bool = False,
+                       trial_ids: Sequence[int] | None = None) -> list[dict]:
     """Train the trials ``configs`` (settings ``settings``) together; write each trial's folder.
 
-    Every trial folder (``workdir/trial_NNN``) gets what a sequential trial writes --
-    ``config.yaml``, ``history.jsonl``, ``metrics.json`` (with ``"batched_search": {"trials": T}``),
+    ``trial_ids`` are the trials' numbers in the whole search (default ``0 .. T-1``): a grid
+    whose trials differ in a model argument runs one batched group per value of it. Every trial
+    folder (``workdir/trial_NNN``, NNN its number) gets what a sequential trial writes --
+    ``config.yaml``, ``history.jsonl``, ``metrics.json`` (with ``"batched_search": {"trials": T}``;
+    its ``timing`` per epoch is the trial's share: the program's seconds over its active trials),
     ``curves.png`` and checkpoints of its best and last epochs, so ``jaxrec evaluate``,
     ``--resume`` and the run records treat it like any run.
 
@@ -170,6 +233,9 @@ def run_batched_search(config: ExperimentConfig, workdir: str | os.PathLike, set
         raise ConfigError(f"these trials cannot be batched: model {configs[0].model.name!r} updates its "
                           "context between epochs")
     n_trials = len(configs)
+    trial_ids = list(range(n_trials)) if trial_ids is None else [int(i) for i in trial_ids]
+    if len(trial_ids) != n_trials:
+        raise ValueError(f"{len(trial_ids)} trial ids for {n_trials} trials")
     tcfg = configs[0].train
     weights = [resolve_loss_weights(built.default_loss_weights, c.loss_weights, exp.term_names, c.model.name)
                for c in configs]
@@ -190,12 +256,12 @@ def run_batched_search(config: ExperimentConfig, workdir: str | os.PathLike, set
     splits = prepare_eval_splits(exp)
     eval_cfg = configs[0].eval
 
-    def evaluate(params_stack, split: str, count: int) -> tuple[list[dict], float]:
+    def evaluate(params_stack, split: str, active) -> tuple[list[dict | None], float]:
         tick = time.perf_counter()
-        user_embs, item_embs = encoder(params_stack, ctx)
+        user_embs, item_embs = encoder(params_stack, ctx, active)
         results = jeval.evaluate_prepared_many(splits[split], user_embs, item_embs, ks=eval_cfg.ks,
-                                               metrics=eval_cfg.metrics)
-        return [metrics_at_k(r) for r in results[:count]], time.perf_counter() - tick
+                                               metrics=eval_cfg.metrics, active=np.asarray(active))
+        return [None if r is None else metrics_at_k(r) for r in results], time.perf_counter() - tick
 
     stopping = [EarlyStopping() for _ in range(n_trials)]
     histories: list[list[dict]] = [[] for _ in range(n_trials)]
@@ -211,25 +277,25 @@ def run_batched_search(config: ExperimentConfig, workdir: str | os.PathLike, set
         tick = time.perf_counter()
         if per_trial_batches:
             per_trial = [s.batches(epoch - 1) for s in samplers]
-            batches = {k: np.stack([b[k] for b in per_trial], axis=1) for k in per_trial[0]}  # (steps, T, B, ...)
+            batches = {k: np.stack([b[k] for b in per_trial]) for k in per_trial[0]}  # (T, steps, B, ...)
         else:
             batches = samplers[0].batches(epoch - 1)
         states, (loss, terms, finite) = epoch_fn(states, lrs, weight_matrix, active, ctx, batches)
         loss, terms, finite = jax.device_get((loss, terms, finite))
         seconds = time.perf_counter() - tick
-        train_seconds.append(seconds)
+        train_seconds.append(seconds / sum(active_list))  # each active trial's share of the program
         _check_finite(loss, terms, finite, weights, exp.term_names, active_list, epoch, exp.steps_per_epoch)
         evaluate_now = epoch % tcfg.eval_every == 0 or epoch == tcfg.epochs
         valid = eval_time = None
         if evaluate_now:
-            valid, eval_time = evaluate(states.params, "valid", n_trials)
-            eval_seconds.append(eval_time)
+            valid, eval_time = evaluate(states.params, "valid", active)
+            eval_seconds.append(eval_time / sum(active_list))
         for t in range(n_trials):
             if not active_list[t]:
                 continue
             epochs_run[t] = epoch
-            row = {"epoch": epoch, "loss": float(np.mean(loss[:, t])),
-                   "terms": {k: float(np.mean(v[:, t])) for k, v in terms.items()},
+            row = {"epoch": epoch, "loss": float(np.mean(loss[t])),
+                   "terms": {k: float(np.mean(v[t])) for k, v in terms.items()},
                    "train_seconds": seconds, "batched_trials": int(sum(active_list))}
             if evaluate_now:
                 row["valid"], row["eval_seconds"] = valid[t], eval_time
@@ -255,11 +321,12 @@ def run_batched_search(config: ExperimentConfig, workdir: str | os.PathLike, set
     elapsed = time.perf_counter() - started
     entries = []
     for t, (setting, trial_cfg) in enumerate(zip(settings, configs)):
-        trial_dir = workdir / f"trial_{t:03d}"
+        trial_dir = workdir / f"trial_{trial_ids[t]:03d}"
         metrics = {
             "model": trial_cfg.model.name, "dataset": exp.dataset.name, "seed": trial_cfg.train.seed,
             "best_epoch": stopping[t].best_epoch, "epochs_run": epochs_run[t], "stopped_early": bool(stopping[t].stop),
             "valid_metric": tcfg.valid_metric, "valid": best_valid[t], "test": best_test[t],
+            # Per trial: the median over epochs of the program's seconds over its active trials.
             "timing": {"train_seconds_per_epoch": statistics.median(train_seconds) if train_seconds else None,
                        "eval_seconds": statistics.median(eval_seconds) if eval_seconds else None,
                        "total_seconds": elapsed},
@@ -272,7 +339,7 @@ def run_batched_search(config: ExperimentConfig, workdir: str | os.PathLike, set
         last_state = _slice(states, t)
         _write_trial(trial_dir, trial_cfg, exp.target, metrics, histories[t], stopping[t], best_states[t],
                      last_state, epochs_run[t], best_valid[t], best_test[t], tcfg)
-        entries.append({"trial": t, "workdir": os.fspath(trial_dir), "setting": dict(setting),
+        entries.append({"trial": trial_ids[t], "workdir": os.fspath(trial_dir), "setting": dict(setting),
                         "valid": best_valid[t], "test": best_test[t], "best_epoch": stopping[t].best_epoch})
     return entries
 
@@ -281,15 +348,15 @@ def _check_finite(loss, terms, finite, weights, term_names, active, epoch: int, 
     for t, is_active in enumerate(active):
         if not is_active:
             continue
-        bad = ~np.asarray(finite[:, t]) | ~np.isfinite(loss[:, t])
+        bad = ~np.asarray(finite[t]) | ~np.isfinite(loss[t])
         for name in term_names:
             if weights[t][name] != 0.0:
-                bad |= ~np.isfinite(terms[name][:, t])
+                bad |= ~np.isfinite(terms[name][t])
         if bad.any():
             step = int(np.argmax(bad))
             raise TrainingDivergedError(
                 f"trial {t} diverged at epoch {epoch}, step {(epoch - 1) * steps_per_epoch + step + 1}: a weighted loss "
-                f"term or the gradient is not finite (loss {loss[step, t]}); nothing of this search was saved")
+                f"term or the gradient is not finite (loss {loss[t, step]}); nothing of this search was saved")
 
 
 def _write_trial(trial_dir: Path, trial_cfg, target, metrics, history, stopping, best, last_state, epochs_run,

@@ -2,8 +2,9 @@
 
 Every trial is a full run in its own workdir (``WORKDIR/trial_000``, ...). Trials that differ
 only in loss weights, learning rate and seed train together as one compiled program
-(:mod:`jaxrec.train._batched_search`) unless ``batched="never"``; other grids run their
-trials one after another with :func:`~jaxrec.train.train_and_evaluate`, saying why. The winner is the trial with the best VALIDATION metric
+(:mod:`jaxrec.train._batched_search`) unless ``batched="never"``; a grid that also varies
+other keys (model arguments) runs one such program per value of them, and a trial alone in
+its group runs on its own with :func:`~jaxrec.train.train_and_evaluate`, saying why. The winner is the trial with the best VALIDATION metric
 (ties: the earlier trial); test figures are reported for every trial but never read by any
 choice -- unlike MMRec, whose grid search picks by test. ``search.md`` and ``search.json``
 in the search workdir list all trials.
@@ -93,10 +94,10 @@ def run_search(config: ExperimentConfig, workdir: str | os.PathLike, *, resume: 
       quiet: no progress output from the trials.
       train_fn: the trainer (default :func:`~jaxrec.train.train_and_evaluate`); tests pass
         another (then trials always run one after another).
-      batched: ``"auto"`` trains the trials as one program when the grid allows it (every
-        trial still to run, only loss weights / learning rate / seed varied), else one after
-        another with a notice; ``"always"`` raises when it cannot; ``"never"`` runs them one
-        after another.
+      batched: ``"auto"`` trains the trials as one program per group of trials that differ
+        only in loss weights / learning rate / seed (none when resuming a search with finished
+        trials), the rest one after another with a notice; ``"always"`` raises unless the
+        whole grid is one such group; ``"never"`` runs them one after another.
       **train_kwargs: passed to ``train_fn`` (e.g. ``dataset``).
 
     Returns:
@@ -113,6 +114,8 @@ def run_search(config: ExperimentConfig, workdir: str | os.PathLike, *, resume: 
     valid_metric = config.train.valid_metric
     configs = [trial_config(config, setting) for setting in settings]  # every trial checked before any runs
     workdir.mkdir(parents=True, exist_ok=True)
+    finished: dict[int, dict] = {}  # trial index -> its search.json entry, from batched groups
+    sequential = list(range(len(settings)))
     if batched != "never" and not custom_trainer:
         from jaxrec.train import _batched_search
 
@@ -121,22 +124,39 @@ def run_search(config: ExperimentConfig, workdir: str | os.PathLike, *, resume: 
         obstacle = _batched_search.batching_obstacle(settings, configs)
         if obstacle is None and done:
             obstacle = f"{len(done)} trial(s) already finished (--resume continues the rest one by one)"
-        if obstacle is None:
+        if batched == "always" and obstacle is None:
+            groups = [list(range(len(settings)))]
+        elif batched == "always":
+            raise ConfigError(f"these trials cannot be batched: {obstacle}")
+        elif done or len(settings) < 2:
+            groups = []
+        else:  # one program per value of the keys that change it
+            groups = [g for g in _batched_search.batch_groups(settings) if _batched_search.batching_obstacle(
+                [settings[i] for i in g], [configs[i] for i in g]) is None]
+        for group in groups:
             try:
-                trials = _batched_search.run_batched_search(config, workdir, settings, configs, quiet=quiet,
-                                                            dataset=train_kwargs.get("dataset"))
+                entries = _batched_search.run_batched_search(
+                    config, workdir, [settings[i] for i in group], [configs[i] for i in group], quiet=quiet,
+                    dataset=train_kwargs.get("dataset"), trial_ids=group)
             except ConfigError as error:
                 if batched == "always" or "cannot be batched" not in str(error):
                     raise
                 obstacle = str(error).split("cannot be batched: ", 1)[-1]
-            else:
-                return _write_summary(workdir, trials, valid_metric, len(settings), pick_best(trials, valid_metric))
-        if batched == "always":
-            raise ConfigError(f"these trials cannot be batched: {obstacle}")
-        if not quiet and len(settings) > 1:
+                break
+            finished.update((entry["trial"], entry) for entry in entries)
+        sequential = [i for i in range(len(settings)) if i not in finished]
+        if finished and not quiet and (sequential or len(groups) > 1):
+            keys = sorted({k for s in settings for k in s if not _batched_search._batchable_key(k)})
+            print(f"note: {len(finished)} trials ran batched, one program per value of {', '.join(keys)}"
+                  + (f"; {len(sequential)} run one after another (alone in their group)" if sequential else ""),
+                  flush=True)
+        elif not quiet and sequential and len(settings) > 1:
             print(f"note: trials run one after another ({obstacle})", flush=True)
-    trials = []
-    for index, (setting, trial_cfg) in enumerate(zip(settings, configs)):
+    trials = [finished[i] for i in sorted(finished)]
+    if finished and not sequential:
+        return _write_summary(workdir, trials, valid_metric, len(settings), pick_best(trials, valid_metric))
+    for index in sequential:
+        setting, trial_cfg = settings[index], configs[index]
         trial_dir = workdir / f"trial_{index:03d}"
         metrics_path = trial_dir / _outputs.METRICS_FILE
         if resume and metrics_path.exists():
@@ -150,6 +170,7 @@ def run_search(config: ExperimentConfig, workdir: str | os.PathLike, *, resume: 
         trials.append({"trial": index, "workdir": os.fspath(trial_dir), "setting": setting,
                        "valid": metrics.get("valid", {}), "test": metrics.get("test", {}),
                        "best_epoch": metrics.get("best_epoch")})
+        trials.sort(key=lambda t: t["trial"])
         _write_summary(workdir, trials, valid_metric, len(settings))
     best = pick_best(trials, valid_metric)
     return _write_summary(workdir, trials, valid_metric, len(settings), best)

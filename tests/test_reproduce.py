@@ -1,0 +1,172 @@
+"""experiments/reproduce.py: one command from a grid file to the results table, under --output only."""
+
+import itertools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "experiments"))
+import reproduce
+
+DATA = {"synthetic": {"n_users": 60, "n_items": 40, "n_interactions": 900, "seed": 2}}
+
+
+def _config(name: str, **extra) -> dict:
+    return {"model": {"name": name, "args": {"embedding_size": 8}}, "data": DATA,
+            "train": {"epochs": 50, "batch_size": 128, "learning_rate": 0.05, "patience": 2, "seed": 5,
+                      "checkpoint_every": 100},
+            "eval": {"ks": [10, 20], "metrics": ["recall", "ndcg"]}, **extra}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A dataset of two rows: BPR-MF with a 2-trial grid, LightGCN as a single run."""
+    root = tmp_path_factory.mktemp("reproduce")
+    configs = root / "configs"
+    configs.mkdir()
+    (configs / "bpr.yaml").write_text(yaml.safe_dump(_config("bprmf", loss_weights={"reg": 0.01})))
+    (configs / "lightgcn.yaml").write_text(yaml.safe_dump(_config("lightgcn")))
+    grids = root / "grids.yaml"
+    grids.write_text(yaml.safe_dump({
+        "dataset": "tiny", "configs": str(configs),
+        "warm": {"bpr": {"searches": {"bpr_search": {"grid": {"loss_weights.reg": [0.001, 3.0]}}}},
+                 "lightgcn": {"set": {"model.args.n_layers": 1}}}}))
+    return root, grids
+
+
+def _tree_state():
+    """Every file under experiments/ (size, mtime) and git's view of the work tree."""
+    files = {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in (ROOT / "experiments").rglob("*")
+             if p.is_file() and "__pycache__" not in p.parts}
+    status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=ROOT,
+                            capture_output=True, text=True, check=False).stdout
+    return files, status
+
+
+@pytest.fixture(scope="module")
+def reproduced(setup):
+    root, grids = setup
+    before = _tree_state()
+    out = root / "out"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, str(ROOT / "experiments" / "reproduce.py"), "tiny", "--grids", str(grids),
+                           "--output", str(out), "--max-epochs", "6", "--quiet", "--anchors", str(root / "none")],
+                          cwd=root, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return out, done.stdout, before, _tree_state()
+
+
+def test_the_repository_is_left_untouched(reproduced):
+    _, _, before, after = reproduced
+    assert before == after
+
+
+def test_runs_records_and_table_land_under_output(reproduced):
+    out, stdout, _, _ = reproduced
+    assert sorted(p.name for p in (out / "records" / "tiny").iterdir()) == ["bpr.jsonl", "bpr_search.jsonl",
+                                                                          "lightgcn.jsonl"]
+    table = (out / "results" / "tiny.md").read_text()
+    search = json.loads((out / "runs" / "tiny" / "bpr_search" / "search.json").read_text())
+    trials = search["trials"]
+    assert [t["setting"] for t in trials] == [{"loss_weights.reg": 0.001}, {"loss_weights.reg": 3.0}]
+    # The winner, recomputed here from the trials' valid recall@20 alone.
+    winner = max(trials, key=lambda t: (t["valid"]["recall@20"], -t["trial"]))
+    bpr_row = next(line for line in table.splitlines() if line.startswith("| bpr |"))
+    assert f"**{winner['test']['recall@20']:.4f}**" in bpr_row
+    assert f"loss_weights.reg={winner['setting']['loss_weights.reg']}" in bpr_row
+    lightgcn = json.loads((out / "runs" / "tiny" / "lightgcn" / "metrics.json").read_text())
+    lightgcn_row = next(line for line in table.splitlines() if line.startswith("| lightgcn |"))
+    assert f"**{lightgcn['test']['recall@20']:.4f}**" in lightgcn_row
+    assert lightgcn["epochs_run"] <= 6
+    config = yaml.safe_load((out / "runs" / "tiny" / "lightgcn" / "config.yaml").read_text())
+    assert config["model"]["args"]["n_layers"] == 1 and config["train"]["epochs"] == 6
+    # Stage times: printed and written.
+    times = json.loads((out / "runs" / "tiny" / "reproduce.json").read_text())
+    assert [s["stage"] for s in times["stages"]] == ["bpr", "lightgcn", "results table"]
+    assert all(s["seconds"] >= 0 for s in times["stages"])
+    assert "| bpr |" in stdout and "| total |" in stdout
+
+
+def test_the_final_run_is_the_winning_trial_when_it_is_the_same_run(reproduced):
+    out, _, _, _ = reproduced
+    times = json.loads((out / "runs" / "tiny" / "reproduce.json").read_text())
+    bpr = times["stages"][0]
+    search = json.loads((out / "runs" / "tiny" / "bpr_search" / "search.json").read_text())
+    assert bpr["final"]["reused"] == f"runs/tiny/bpr_search/trial_{search['best']['trial']:03d}"
+    assert bpr["searches"][0]["batched"] == "2 trials in 1 batched program(s)"
+    final = [json.loads(line) for line in (out / "records" / "tiny" / "bpr.jsonl").read_text().splitlines()]
+    assert final[0]["kind"] == "run" and final[1]["metrics"]["test"] == search["best"]["test"]
+
+
+def test_an_existing_output_is_refused_before_anything_runs(setup, reproduced, capsys):
+    _, grids = setup
+    out = reproduced[0]
+    assert reproduce.main(["tiny", "--grids", str(grids), "--output", str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"warm": {"bpr": {"searches": {"bpr_grid": {"grid": {"loss_weights.reg": [1.0]}}}}}},
+     "warm.bpr.searches.bpr_grid: a search's record name must be bpr_search"),
+    ({"warm": {"bpr": {"searches": {"bpr_search": {"grid": {"loss_weights.reg": []}}}}}},
+     "warm.bpr.searches.bpr_search.grid.loss_weights.reg: expected a non-empty list"),
+    ({"warm": {"nothing": {}}}, "warm.nothing.config:"),
+    ({"warm": {"bpr": {"sets": {}}}}, "warm.bpr: unknown key(s) ['sets']"),
+])
+def test_bad_grid_files_are_named_with_the_field(setup, tmp_path, capsys, body, message):
+    root, _ = setup
+    grids = tmp_path / "grids.yaml"
+    grids.write_text(yaml.safe_dump({"dataset": "tiny", "configs": str(root / "configs"), **body}))
+    assert reproduce.main(["tiny", "--grids", str(grids), "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert str(grids) in err and message in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_only_names_an_unknown_row(setup, tmp_path, capsys):
+    _, grids = setup
+    assert reproduce.main(["tiny", "--grids", str(grids), "--output", str(tmp_path / "o"), "--only", "bprr"]) == 2
+    assert "--only bprr: not a row or stage" in capsys.readouterr().err
+
+
+def test_the_lfm2k_grid_file_covers_every_config_and_matches_the_records():
+    """Every lfm2k config is a row, and every search of the grid file is the grid its committed
+    record ran (the record's trials' settings, in order)."""
+    plan = reproduce.load_plan("lfm2k")
+    listed = {row.config.name for row in plan.warm}
+    assert listed == {p.name for p in (ROOT / "experiments/configs/lfm2k").glob("*.yaml")}
+    checked = 0
+    for row in plan.warm + plan.coldstart:
+        for search in row.searches:
+            expected = [dict(zip(search.grid, values)) for values in itertools.product(*search.grid.values())]
+            path = ROOT / "experiments/records/lfm2k" / row.group / f"{search.name}.jsonl"
+            if search.name == "mgcn_search":  # run as single runs (the config header says why)
+                lines = (ROOT / "experiments/records/lfm2k/mgcn_cl_loss_runs.jsonl").read_text().splitlines()[1:]
+                settings = [{"loss_weights.cl": json.loads(line)["config"]["loss_weights"]["cl"]} for line in lines]
+            else:
+                header = json.loads(path.read_text().splitlines()[0])
+                settings = [t["setting"] for t in header["search"]["trials"]]
+            assert settings == expected, search.name
+            checked += 1
+    assert checked == 32  # 21 warm searches, 11 cold-start ones
+
+
+def test_without_a_grid_file_every_config_is_a_row_and_its_grid_its_search(tmp_path):
+    configs = tmp_path / "configs" / "other"
+    (configs / "coldstart").mkdir(parents=True)
+    (configs / "bpr.yaml").write_text(yaml.safe_dump(_config("bprmf", grid={"loss_weights.reg": [0.1, 1.0]})))
+    (configs / "lightgcn.yaml").write_text(yaml.safe_dump(_config("lightgcn")))
+    (configs / "coldstart" / "vbpr.yaml").write_text(yaml.safe_dump(_config("vbpr")))
+    plan = reproduce.load_plan("other", experiments=tmp_path)
+    assert plan.source == "configs" and plan.missing_modality is None and plan.coldstart_baselines
+    assert [(r.name, [(s.name, s.grid) for s in r.searches]) for r in plan.warm] == [
+        ("bpr", [("bpr_search", {"loss_weights.reg": [0.1, 1.0]})]), ("lightgcn", [])]
+    assert [(r.label, r.searches) for r in plan.coldstart] == [("coldstart/vbpr", [])]
+    with pytest.raises(reproduce.GridFileError, match="no configs folder"):
+        reproduce.load_plan("absent", experiments=tmp_path)
