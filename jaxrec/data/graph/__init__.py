@@ -2,6 +2,7 @@
 
 * the user-item training graph, its normalizations and FREEDOM's degree-sensitive pruning;
 * sparse propagation over edge lists (chunked ``segment_sum``, or BCOO) and LightGCN's mean;
+  kNN graphs as (n, K) neighbour tables, propagated in rematerialized row chunks;
 * item-item kNN graphs per modality, built in tiles (never n x n) -- exactly, or
   approximately by an inverted file (spherical k-means, probed clusters) for a million
   items -- normalized, combined across modalities with fixed or learned weights, and cached
@@ -56,6 +57,11 @@ from jaxrec.data.graph._knn import knn_edges as knn_edges
 from jaxrec.data.graph._knn import knn_neighbours as knn_neighbours
 from jaxrec.data.graph._knn import unit_rows as unit_rows
 from jaxrec.data.graph._top_k import tile_top_k as tile_top_k
+from jaxrec.data.graph._neighbours import DEFAULT_CHUNK_ENTRIES as DEFAULT_CHUNK_ENTRIES
+from jaxrec.data.graph._neighbours import neighbour_cosine as neighbour_cosine
+from jaxrec.data.graph._neighbours import neighbour_edges as neighbour_edges
+from jaxrec.data.graph._neighbours import normalize_neighbour_weights as normalize_neighbour_weights
+from jaxrec.data.graph._neighbours import propagate_neighbours as propagate_neighbours
 from jaxrec.data.graph._propagate import lightgcn_propagate as lightgcn_propagate
 from jaxrec.data.graph._propagate import propagate as propagate
 from jaxrec.data.graph._propagate import propagate_bcoo as propagate_bcoo
