@@ -184,8 +184,9 @@ class LATTICE(nn.Module):
       train_features: the raw feature tables are trainable (MMRec: yes).
       learned_graph: ``"step"`` or ``"epoch"`` (module docstring).
       knn_block_size, knn_column_block_size: rows and columns per tile of the learned kNN.
-      knn_method: ``"exact"`` or ``"ivf"``: how :func:`refresh_learned_graph` finds the
-        ``"epoch"`` mode's neighbour lists (``"step"`` mode: always exact, on device).
+      knn_method: ``"exact"``, ``"ivf"``, ``"hnsw"`` or ``"auto"``: how
+        :func:`refresh_learned_graph` finds the ``"epoch"`` mode's neighbour lists (``"step"``
+        mode: always exact, on device).
       knn_n_clusters, knn_n_probe: the IVF settings (0 with ``"exact"``).
       propagation_chunk: neighbour-table entries per rematerialized chunk of the item-graph
         terms (:func:`jaxrec.data.graph.propagate_neighbours`); a memory/speed knob only.
@@ -319,15 +320,18 @@ def refresh_learned_graph(module: LATTICE, params, ctx):
     """``ctx`` with ``"learned_neighbours"`` recomputed from ``params`` (the ``"epoch"`` mode's
     per-epoch step).
 
-    ``knn_method="exact"``: jitted, in tiles on device (:func:`knn_indices`). ``"ivf"``: the
-    projected features are brought to the host and searched by the inverted file of
-    :func:`jaxrec.data.graph.knn_neighbours` (self first, ties to the smaller id, as exact);
-    with ``knn_n_probe == knn_n_clusters`` that is the exact result again.
+    ``knn_method="exact"`` (and ``"auto"`` below ``jaxrec.data.graph.AUTO_APPROXIMATE_FROM``
+    items): jitted, in tiles on device (:func:`knn_indices`). ``"ivf"`` and ``"hnsw"``: the
+    projected features are brought to the host and searched by
+    :func:`jaxrec.data.graph.knn_neighbours` with that method (self first, ties to the smaller
+    id, as exact); IVF with ``knn_n_probe == knn_n_clusters`` is the exact result again.
     """
-    if module.knn_method == "exact":
+    method = jgraph.resolve_knn_method(module.knn_method, module.n_items)
+    if method == "exact":
         return {**ctx, "learned_neighbours": _jitted_neighbours(module)(params, ctx)}
-    settings = jgraph.IvfSettings(n_clusters=module.knn_n_clusters, n_probe=module.knn_n_probe)
-    lists = [jgraph.knn_neighbours(np.asarray(projected), module.knn_k, method="ivf", ivf=settings).indices
+    settings = (jgraph.IvfSettings(n_clusters=module.knn_n_clusters, n_probe=module.knn_n_probe)
+                if method == "ivf" else None)
+    lists = [jgraph.knn_neighbours(np.asarray(projected), module.knn_k, method=method, ivf=settings).indices
              for projected in _jitted_projections(module)(params, ctx)]
     return {**ctx, "learned_neighbours": jnp.asarray(np.concatenate(lists, axis=1), jnp.int32)}
 
@@ -364,10 +368,11 @@ def build(dataset, *, embedding_size: int = 64, feat_embed_dim: int = 64, knn_k:
       learned_graph: ``"step"`` or ``"epoch"`` (module docstring).
       knn_block_size, knn_column_block_size: rows and columns per tile of the learned kNN.
       graph_cache: ``"default"``, a folder, or ``"none"``: where the initial kNN neighbours are cached.
-      knn_method: ``"exact"`` (default) or ``"ivf"``: the inverted-file kNN for the initial
-        graphs and (``learned_graph="epoch"``) the learned graph's refresh, for catalogues
-        where :math:`O(n^2)` is too slow; then ``knn_n_clusters`` and ``knn_n_probe`` are
-        required.
+      knn_method: ``"exact"`` (default), ``"hnsw"`` (hnswlib, the ``ann`` extra), ``"ivf"``
+        (our inverted file; then ``knn_n_clusters`` and ``knn_n_probe`` are required) or
+        ``"auto"`` (exact below 200,000 items, hnsw from there on): the kNN of the initial
+        graphs and (``learned_graph="epoch"``) of the learned graph's refresh, for catalogues
+        where :math:`O(n^2)` is too slow.
 
     Returns:
       :class:`~jaxrec.models.Built`; weights ``{bpr: 1, reg: 1e-4}`` (MMRec's ``reg_weight``
