@@ -34,8 +34,33 @@ each ``--ivf-settings n_clusters:n_probe``; wall and CPU seconds of each, and re
 IVF neighbours against the exact ones, over the 9 non-self neighbours of every item (with
 ``--no-exact``: of ``--recall-queries`` sampled items, against a brute-force top-k).
 
-Measured figures: see the module docstring of jaxrec/data/graph/_knn.py and the report in
-the commit history; the machine is shared, so repeat runs vary by up to 2x.
+ANN (``--ann N``): the same data (unit rows); each ``library:settings`` builds its index of all
+N items and queries every item for its k + 1 nearest (the item itself put first, as our
+builders do); CPU seconds of build + queries (all threads; ``--threads``, default 2) and
+recall@10 over the 9 non-self neighbours of ``--recall-queries`` sampled items against a
+brute-force top-k.
+
+Measured (2026-12-03, 100,000 items, 2,000 sampled items, 2 threads, a 2-core machine at load
+~15-20, so CPU seconds are inflated by contention; M:ef_construction:ef_search):
+
+  method                 CPU s   recall@10
+  hnswlib 8:24:12         10.4    0.916
+  hnswlib 8:32:16          9.7    0.949
+  hnswlib 12:32:16        12.1    0.973
+  hnswlib 16:64:32        27.0    0.998
+  hnswlib 16:100:50       39.8    0.9995
+  usearch 16:64:32        72.3    0.998
+  usearch 16:64:32 (f16)  51.5    0.997
+  faiss HNSW 16:64:32     28.8    0.997
+  faiss IVF 1024:16       12.8    0.953
+  faiss IVF 1024:64       31.7    0.9996
+  our IVF 1024:32         13.8    0.81   (``--ivf``, earlier run)
+
+hnswlib was fastest at equal recall, usearch and faiss's HNSW slower at equal settings, and an
+inverted file's cost grows as n^2 / n_clusters for a fixed probed share, so hnswlib is the
+library behind ``knn_method: hnsw`` (default settings 12:48:24). Other measured figures: the
+module docstring of jaxrec/data/graph/_knn.py; the machine is shared, so repeat runs vary by
+up to 2x.
 """
 
 from __future__ import annotations

@@ -13,18 +13,18 @@ the process's peak RSS so far:
 
 * ``generate``: ``jaxrec.data.make_synthetic``;
 * ``knn:<modality>``: the frozen item kNN graph (k = 10) of each modality, through the on-disk
-  graph cache (``cached`` says whether it was a hit: FREEDOM and LATTICE share it). Rungs
-  below 500,000 items search it exactly (tiled, O(n^2)); from 500,000 items on
-  (``--knn auto``) with the configs' inverted file (IVF: 1,024 spherical k-means clusters, 32
-  probed per cluster), because the exact search of a million items would take about an hour
-  of both cores (120,000 tiles at ~25 ms each, measured). On this data at 100,000 items the
-  IVF's recall@10 against the exact neighbours was 0.81 (``benchmarks/bench_knn.py --ivf
-  100000``); ``knn:<modality>:recall`` reports it at the rung's size on ``--recall-queries``
-  sampled items against a brute-force top-k;
+  graph cache (``cached`` says whether it was a hit: FREEDOM and LATTICE share it). With
+  ``--knn auto`` (the configs' ``knn_method: auto``) rungs below 200,000 items search it
+  exactly (tiled, O(n^2): a million items would take about an hour of both cores), larger
+  ones by an HNSW index (hnswlib, the ``ann`` extra); ``--knn ivf`` uses our inverted file
+  (1,024 clusters, 32 probed), ``--knn hnsw`` / ``exact`` force one method.
+  ``knn:<modality>:recall`` reports an approximate graph's recall@10 on ``--recall-queries``
+  sampled items against a brute-force top-k (``benchmarks/bench_knn.py --ann`` compares the
+  libraries);
 * per model: ``build`` (user-item graph, normalized item graphs, model; the kNN from the
   cache), ``init``, LATTICE's ``learned_knn`` (the learned graph's neighbour lists from the
   initial parameters: n x n similarities in tiles on device, or the IVF from 500,000 items on,
-  then ``learned_knn:recall`` as above) or FREEDOM's ``prune`` (the
+  then ``learned_knn:recall`` as above; the method follows ``--knn``) or FREEDOM's ``prune`` (the
   epoch's degree-sensitive pruning), ``epoch`` (one epoch of training), ``eval``
   (embeddings of all users and items, then full ranking over ALL items for a uniform sample
   of ``--eval-users`` test users, with a popularity baseline on the same users).
@@ -46,6 +46,17 @@ shared the cores, CPU seconds are both cores together; rows from ``--json``):
   1,000,000  lattice:learned_knn (IVF)   199.6    301.3     4.21     sampled recall@10 0.85 (earlier run)
   1,000,000  lattice:epoch                398.9    704.4   18.44     31 steps of 262,144; loss 0.6932 -> 0.3023
   1,000,000  lattice:eval                  76.6    113.7   18.44     recall@20 0.0178 (popularity 0.1463)
+
+(the rows above ran before the HNSW kNN and the chunked LATTICE item graph; kNN by the IVF.)
+
+``--compiled-memory``: XLA's buffer sizes of LATTICE's compiled loss gradient at the ladder's
+shapes, no data allocated (batch 262,144). Measured (2026-12-03): at 1,000,000 items the
+working memory (``temp``) of one step was 14.4 GiB when each item graph was propagated as one
+edge list (its (edges x 64) gathers kept for the backward pass; the 18.44 GiB peak above) and
+4.47 GiB with the item graphs as one neighbour table propagated in rematerialized row chunks
+(``jaxrec.data.graph.propagate_neighbours``); arguments 1.1 GiB, outputs 0.3 GiB. At 100,000
+items: 1.67 -> 1.12 GiB. The saving, 9.9 GiB at 1M, puts the expected peak RSS of the
+``lattice:epoch`` step at about 8.5 GiB (18.44 - 9.9), not yet measured by a 1M run.
 """
 
 from __future__ import annotations

@@ -13,8 +13,11 @@ update took 17.9 ms instead of 27.9 ms (matmul 6.7 ms), and 100,000 items 39 ins
 54 CPU seconds, identical neighbours (``benchmarks/bench_knn.py --tiles``; a shared 2-core
 machine, minimum of repeats).
 
-``method="ivf"`` replaces the :math:`O(n^2)` scan by an approximate inverted-file search
-(:mod:`._ivf`) for catalogues of a million items.
+``method="hnsw"`` replaces the :math:`O(n^2)` scan by an approximate HNSW index (hnswlib, the
+optional ``ann`` extra; :mod:`._hnsw`), ``method="ivf"`` by our inverted-file search
+(:mod:`._ivf`), for catalogues of a million items; ``method="auto"`` is exact below
+``AUTO_APPROXIMATE_FROM`` items and hnsw from there on (``benchmarks/bench_knn.py --ann``
+measures the libraries; HNSW reached the recall the IVF did not).
 
 Order is deterministic: neighbours are ranked by similarity, then by smaller item id, so
 exact ties resolve the same way whatever the block size. With ``include_self`` the item
