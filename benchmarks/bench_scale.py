@@ -13,18 +13,18 @@ the process's peak RSS so far:
 
 * ``generate``: ``jaxrec.data.make_synthetic``;
 * ``knn:<modality>``: the frozen item kNN graph (k = 10) of each modality, through the on-disk
-  graph cache (``cached`` says whether it was a hit: FREEDOM and LATTICE share it). Rungs
-  below 500,000 items search it exactly (tiled, O(n^2)); from 500,000 items on
-  (``--knn auto``) with the configs' inverted file (IVF: 1,024 spherical k-means clusters, 32
-  probed per cluster), because the exact search of a million items would take about an hour
-  of both cores (120,000 tiles at ~25 ms each, measured). On this data at 100,000 items the
-  IVF's recall@10 against the exact neighbours was 0.81 (``benchmarks/bench_knn.py --ivf
-  100000``); ``knn:<modality>:recall`` reports it at the rung's size on ``--recall-queries``
-  sampled items against a brute-force top-k;
+  graph cache (``cached`` says whether it was a hit: FREEDOM and LATTICE share it). With
+  ``--knn auto`` (the configs' ``knn_method: auto``) rungs below 200,000 items search it
+  exactly (tiled, O(n^2): a million items would take about an hour of both cores), larger
+  ones by an HNSW index (hnswlib, the ``ann`` extra); ``--knn ivf`` uses our inverted file
+  (1,024 clusters, 32 probed), ``--knn hnsw`` / ``exact`` force one method.
+  ``knn:<modality>:recall`` reports an approximate graph's recall@10 on ``--recall-queries``
+  sampled items against a brute-force top-k (``benchmarks/bench_knn.py --ann`` compares the
+  libraries);
 * per model: ``build`` (user-item graph, normalized item graphs, model; the kNN from the
   cache), ``init``, LATTICE's ``learned_knn`` (the learned graph's neighbour lists from the
   initial parameters: n x n similarities in tiles on device, or the IVF from 500,000 items on,
-  then ``learned_knn:recall`` as above) or FREEDOM's ``prune`` (the
+  then ``learned_knn:recall`` as above; the method follows ``--knn``) or FREEDOM's ``prune`` (the
   epoch's degree-sensitive pruning), ``epoch`` (one epoch of training), ``eval``
   (embeddings of all users and items, then full ranking over ALL items for a uniform sample
   of ``--eval-users`` test users, with a popularity baseline on the same users).
@@ -46,6 +46,17 @@ shared the cores, CPU seconds are both cores together; rows from ``--json``):
   1,000,000  lattice:learned_knn (IVF)   199.6    301.3     4.21     sampled recall@10 0.85 (earlier run)
   1,000,000  lattice:epoch                398.9    704.4   18.44     31 steps of 262,144; loss 0.6932 -> 0.3023
   1,000,000  lattice:eval                  76.6    113.7   18.44     recall@20 0.0178 (popularity 0.1463)
+
+(the rows above ran before the HNSW kNN and the chunked LATTICE item graph; kNN by the IVF.)
+
+``--compiled-memory``: XLA's buffer sizes of LATTICE's compiled loss gradient at the ladder's
+shapes, no data allocated (batch 262,144). Measured (2026-12-03): at 1,000,000 items the
+working memory (``temp``) of one step was 14.4 GiB when each item graph was propagated as one
+edge list (its (edges x 64) gathers kept for the backward pass; the 18.44 GiB peak above) and
+4.47 GiB with the item graphs as one neighbour table propagated in rematerialized row chunks
+(``jaxrec.data.graph.propagate_neighbours``); arguments 1.1 GiB, outputs 0.3 GiB. At 100,000
+items: 1.67 -> 1.12 GiB. The saving, 9.9 GiB at 1M, puts the expected peak RSS of the
+``lattice:epoch`` step at about 8.5 GiB (18.44 - 9.9), not yet measured by a 1M run.
 """
 
 from __future__ import annotations
@@ -90,7 +101,7 @@ class Steps:
         return result
 
 
-IVF_FROM = 500_000  # rungs with at least this many items use the configs' IVF kNN ("--knn auto")
+IVF_SETTINGS = {"knn_n_clusters": 1024, "knn_n_probe": 32}  # --knn ivf: our inverted file at 1M items
 
 
 def _config(model: str, n_items: int, cache: str | None, batch_size: int | None, knn: str = "auto"):
@@ -106,11 +117,13 @@ def _config(model: str, n_items: int, cache: str | None, batch_size: int | None,
     if batch_size is not None:
         overrides.append(f"train.batch_size={batch_size}")
     raw = apply_overrides(yaml.safe_load(path.read_text()), overrides)
-    if knn == "exact" or (knn == "auto" and n_items < IVF_FROM):  # the exact search takes no IVF settings
-        args = raw["model"]["args"]
-        args["knn_method"] = "exact"
-        args.pop("knn_n_clusters", None)
-        args.pop("knn_n_probe", None)
+    args = raw["model"]["args"]
+    args["knn_method"] = knn
+    for name, value in IVF_SETTINGS.items():  # only the inverted file takes these
+        if knn == "ivf":
+            args[name] = value
+        else:
+            args.pop(name, None)
     return resolve_paths(config_from_dict(raw, source=path))
 
 
@@ -150,7 +163,7 @@ def run_rung(n_items: int, models: list[str], cache: str | None, batch_size: int
     import jax
 
     from jaxrec.data import make_synthetic
-    from jaxrec.data.graph import GraphCache, item_knn_neighbours, knn_cache_key
+    from jaxrec.data.graph import GraphCache, item_knn_neighbours, knn_cache_key, resolve_knn_method
     from jaxrec.models.freedom import knn_search_settings
     from jaxrec.train import StepRunner, epoch_context, init_state, make_encoder, prepare_experiment
 
@@ -168,10 +181,11 @@ def run_rung(n_items: int, models: list[str], cache: str | None, batch_size: int
         modality = dataset.modalities[name]
         key = knn_cache_key(modality.features, modality.mask, k=10, include_self=True, method=method, ivf=ivf)
         hit = graph_cache.load("knn_neighbours", key) is not None
+        resolved = resolve_knn_method(method, int(np.count_nonzero(modality.mask)))
         neighbours = steps.run(f"knn:{name}", lambda name=name: item_knn_neighbours(
             dataset, name, k=10, cache=graph_cache, method=method, ivf=ivf), cached=hit, dim=int(modality.dim),
-            method=method, **({} if ivf is None else {"n_clusters": ivf.n_clusters, "n_probe": ivf.n_probe}))
-        if ivf is not None and recall_queries:
+            method=resolved, **({} if ivf is None else {"n_clusters": ivf.n_clusters, "n_probe": ivf.n_probe}))
+        if resolved != "exact" and recall_queries:
             steps.run(f"knn:{name}:recall", lambda: _sampled_recall(modality.features, neighbours.indices,
                                                                     recall_queries), annotate=lambda r: r)
 
@@ -183,9 +197,10 @@ def run_rung(n_items: int, models: list[str], cache: str | None, batch_size: int
         # The model's epoch hook as the trainer runs it before epoch 1: LATTICE's learned-graph
         # refresh ("epoch" mode), FREEDOM's edge pruning.
         if model == "lattice":
+            resolved = resolve_knn_method(exp.module.knn_method, exp.module.n_items)
             ctx = steps.run(f"{model}:learned_knn", lambda: jax.block_until_ready(epoch_context(
-                exp.built, runner.get_state(state).params, config.train.seed, 0)), method=exp.module.knn_method)
-            if exp.module.knn_method == "ivf" and recall_queries:
+                exp.built, runner.get_state(state).params, config.train.seed, 0)), method=resolved)
+            if resolved != "exact" and recall_queries:
                 project = jax.jit(lambda params, c: exp.module.apply({"params": params}, c,
                                                                      method="projected_features"))
                 projected = np.asarray(project(runner.get_state(state).params, ctx)[0])
@@ -225,6 +240,40 @@ def run_rung(n_items: int, models: list[str], cache: str | None, batch_size: int
     return steps.rows
 
 
+def compiled_memory(n_items: int, batch_size: int) -> dict:
+    """XLA's buffer sizes of LATTICE's compiled loss gradient at the ladder's shapes for n_items
+    (n_items / 5 users, 8 n_items training pairs in both directions plus self-loops, one 128-d
+    modality, k = 10, epoch mode): nothing is allocated, so it runs at a million items on any
+    machine. ``temp_gib`` is the working memory of one step beyond its inputs and outputs."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxrec.data import graph as jgraph
+    from jaxrec.models.lattice import LATTICE
+
+    n_users, k, dim = max(n_items // 5, 10), 10, 128
+    n_edges = 2 * 8 * n_items + n_items + n_users
+    shape = jax.ShapeDtypeStruct
+    ctx = {"graph": jgraph.Edges(shape((n_edges,), jnp.int32), shape((n_edges,), jnp.int32),
+                                 shape((n_edges,), jnp.float32)),
+           "features": (shape((n_items, dim), jnp.float32),), "learned_neighbours": shape((n_items, k), jnp.int32),
+           "original_neighbours": shape((n_items, k), jnp.int32), "original_weights": (shape((n_items, k), jnp.float32),)}
+    module = LATTICE(n_users=n_users, n_items=n_items, feature_dims=(dim,), knn_k=k, train_features=False,
+                     learned_graph="epoch")
+    params = jax.eval_shape(lambda c: module.init(jax.random.PRNGKey(0), c, False, method="encode"), ctx)["params"]
+    batch = {"users": shape((batch_size,), jnp.int32), "pos_items": shape((batch_size,), jnp.int32),
+             "neg_items": shape((batch_size, 1), jnp.int32), "weights": shape((batch_size,), jnp.float32)}
+
+    def loss(p, c, b):
+        terms = module.apply({"params": p}, c, b, True, method="loss_terms")
+        return terms["bpr"] + 1e-4 * terms["reg"]
+
+    analysis = jax.jit(jax.value_and_grad(loss)).lower(params, ctx, batch).compile().memory_analysis()
+    return {"n_items": n_items, "step": "lattice:compiled_gradient", "batch_size": batch_size,
+            **{f"{name}_gib": round(getattr(analysis, f"{name}_size_in_bytes") / 2**30, 2)
+               for name in ("temp", "argument", "output")}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="*", default=[10_000, 100_000])
@@ -234,12 +283,21 @@ def main() -> None:
     parser.add_argument("--eval-users", type=int, default=10_000)
     parser.add_argument("--steps-per-call", type=int, default=16)
     parser.add_argument("--json", default=None, help="append the JSON rows to this file")
-    parser.add_argument("--knn", choices=["auto", "exact", "ivf"], default="auto",
-                        help=f"kNN search: the configs' (ivf) from {IVF_FROM:,} items on (auto), or always exact/ivf")
+    parser.add_argument("--knn", choices=["auto", "exact", "ivf", "hnsw"], default="auto",
+                        help="kNN search: auto (exact below 200,000 items, hnsw from there on), or always "
+                             "exact / ivf (1024 clusters, 32 probed) / hnsw")
     parser.add_argument("--recall-queries", type=int, default=1000,
-                        help="sampled items whose IVF neighbours are checked against a brute-force top-k (0: none)")
+                        help="sampled items whose approximate neighbours are checked against a brute-force top-k "
+                             "(0: none)")
+    parser.add_argument("--compiled-memory", action="store_true",
+                        help="only compile LATTICE's training gradient at each size (abstract shapes, no data) and "
+                             "report XLA's buffer sizes")
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.compiled_memory:
+        for n in args.sizes:
+            print(json.dumps(compiled_memory(n, args.batch_size or 262144)), flush=True)
+        return
     if args.child is not None:
         run_rung(args.child, args.models, args.cache, args.batch_size, args.eval_users, args.steps_per_call,
                  args.knn, args.recall_queries)

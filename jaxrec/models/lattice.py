@@ -166,9 +166,10 @@ def knn_indices(features: jax.Array, k: int, *, block_size: int = 1024, column_b
 class LATTICE(nn.Module):
     """LATTICE (see the module docstring).
 
-    ``ctx``: ``{"graph": Edges, "original": GraphStack, "features": tuple of (n_items, d_m)}``
-    -- the user-item graph :math:`D^{-1}(A+I)`, the M normalized initial item graphs on a
-    common edge pattern, the raw features -- plus ``"learned_neighbours"`` (n_items, M k)
+    ``ctx``: ``{"graph": Edges, "original_neighbours": (n_items, M k) int32, "original_weights":
+    tuple of M (n_items, k), "features": tuple of (n_items, d_m)}`` -- the user-item graph
+    :math:`D^{-1}(A+I)`, the M normalized initial item graphs as one neighbour table (the raw
+    features' kNN lists side by side, each modality's weights), the raw features -- plus ``"learned_neighbours"`` (n_items, M k)
     int32 in ``"epoch"`` mode.
 
     Attributes:
@@ -183,9 +184,12 @@ class LATTICE(nn.Module):
       train_features: the raw feature tables are trainable (MMRec: yes).
       learned_graph: ``"step"`` or ``"epoch"`` (module docstring).
       knn_block_size, knn_column_block_size: rows and columns per tile of the learned kNN.
-      knn_method: ``"exact"`` or ``"ivf"``: how :func:`refresh_learned_graph` finds the
-        ``"epoch"`` mode's neighbour lists (``"step"`` mode: always exact, on device).
+      knn_method: ``"exact"``, ``"ivf"``, ``"hnsw"`` or ``"auto"``: how
+        :func:`refresh_learned_graph` finds the ``"epoch"`` mode's neighbour lists (``"step"``
+        mode: always exact, on device).
       knn_n_clusters, knn_n_probe: the IVF settings (0 with ``"exact"``).
+      propagation_chunk: neighbour-table entries per rematerialized chunk of the item-graph
+        terms (:func:`jaxrec.data.graph.propagate_neighbours`); a memory/speed knob only.
     """
 
     n_users: int
@@ -204,6 +208,7 @@ class LATTICE(nn.Module):
     knn_method: str = "exact"
     knn_n_clusters: int = 0
     knn_n_probe: int = 0
+    propagation_chunk: int = jgraph.DEFAULT_CHUNK_ENTRIES
 
     def setup(self):
         self.user_embedding = self.param("user_embedding", xavier_uniform, (self.n_users, self.embedding_size))
@@ -238,32 +243,46 @@ class LATTICE(nn.Module):
                                             column_block_size=self.knn_column_block_size)
                                 for p in projected], axis=1)
 
-    def item_graphs(self, ctx):
-        """``(learned, original)`` edge lists: :math:`\\hat S` and :math:`\\sum_m \\alpha_m \\tilde S^m`."""
-        projected = self.projected_features(ctx)
-        alpha = jax.nn.softmax(self.modal_weight)
+    def _learned_table(self, ctx, projected, alpha):
+        """The learned graph :math:`\\hat S` as an (n_items, M k) neighbour table: ids and
+        symmetric-normalized weights (modality m's k lists in columns m k ... (m+1) k - 1)."""
         if self.learned_graph == "epoch":
             neighbours = ctx["learned_neighbours"]
         else:
             neighbours = self._neighbour_lists(projected)
-        n, k = self.n_items, self.knn_k
-        rows_k = jnp.repeat(jnp.arange(n, dtype=jnp.int32), k)
-        # Row i's entries: modality 0's k neighbours, then modality 1's, ... (rows stay sorted).
-        entries = [alpha[m] * jgraph.cosine_edge_weights(p, rows_k, neighbours[:, m * k:(m + 1) * k].reshape(-1))
-                   .reshape(n, k) for m, p in enumerate(projected)]
-        rows = jnp.repeat(jnp.arange(n, dtype=jnp.int32), len(projected) * k)
-        learned = jgraph.Edges(rows, neighbours.reshape(-1), jnp.concatenate(entries, axis=1).reshape(-1))
-        learned = jgraph.normalize_edges(learned, n, normalization="sym")
-        original = jgraph.combine_item_graphs(self.modal_weight, ctx["original"])
+        k = self.knn_k
+        entries = jnp.concatenate([alpha[m] * jgraph.neighbour_cosine(p, neighbours[:, m * k:(m + 1) * k])
+                                   for m, p in enumerate(projected)], axis=1)
+        return neighbours, jgraph.normalize_neighbour_weights(neighbours, entries, normalization="sym")
+
+    def _original_weights(self, ctx, alpha):
+        """(n_items, M k) weights of :math:`\\sum_m \\alpha_m \\tilde S^m` on ``ctx["original_neighbours"]``."""
+        return jnp.concatenate([alpha[m] * w for m, w in enumerate(ctx["original_weights"])], axis=1)
+
+    def item_graphs(self, ctx):
+        """``(learned, original)`` edge lists: :math:`\\hat S` and :math:`\\sum_m \\alpha_m \\tilde S^m`
+        (for inspection; :meth:`item_graph_embeddings` propagates the tables directly)."""
+        alpha = jax.nn.softmax(self.modal_weight)
+        learned = jgraph.neighbour_edges(*self._learned_table(ctx, self.projected_features(ctx), alpha))
+        original = jgraph.neighbour_edges(ctx["original_neighbours"], self._original_weights(ctx, alpha))
         return learned, original
 
     def item_graph_embeddings(self, ctx):
-        """:math:`h = S^{L_i} Q`, (n_items, d)."""
-        learned, original = self.item_graphs(ctx)
+        """:math:`h = S^{L_i} Q`, (n_items, d).
+
+        :math:`S = (1-\\lambda) \\hat S + \\lambda \\sum_m \\alpha_m \\tilde S^m` is one (n_items, 2 M k)
+        neighbour table (both graphs' lists side by side, duplicates summed), propagated in
+        rematerialized row chunks (:func:`jaxrec.data.graph.propagate_neighbours`): no
+        (edges x d) array is kept for the backward pass at a million items.
+        """
+        alpha = jax.nn.softmax(self.modal_weight)
+        learned_ids, learned_weights = self._learned_table(ctx, self.projected_features(ctx), alpha)
+        ids = jnp.concatenate([learned_ids, ctx["original_neighbours"]], axis=1)
+        weights = jnp.concatenate([(1.0 - self.lambda_coeff) * learned_weights,
+                                   self.lambda_coeff * self._original_weights(ctx, alpha)], axis=1)
         h = self.item_embedding
         for _ in range(self.n_layers):
-            h = ((1.0 - self.lambda_coeff) * jgraph.propagate(learned, h, indices_are_sorted=True)
-                 + self.lambda_coeff * jgraph.propagate(original, h, indices_are_sorted=True))
+            h = jgraph.propagate_neighbours(ids, weights, h, chunk_entries=self.propagation_chunk)
         return h
 
     # -- the contract ------------------------------------------------------------------------
@@ -301,28 +320,32 @@ def refresh_learned_graph(module: LATTICE, params, ctx):
     """``ctx`` with ``"learned_neighbours"`` recomputed from ``params`` (the ``"epoch"`` mode's
     per-epoch step).
 
-    ``knn_method="exact"``: jitted, in tiles on device (:func:`knn_indices`). ``"ivf"``: the
-    projected features are brought to the host and searched by the inverted file of
-    :func:`jaxrec.data.graph.knn_neighbours` (self first, ties to the smaller id, as exact);
-    with ``knn_n_probe == knn_n_clusters`` that is the exact result again.
+    ``knn_method="exact"`` (and ``"auto"`` below ``jaxrec.data.graph.AUTO_APPROXIMATE_FROM``
+    items): jitted, in tiles on device (:func:`knn_indices`). ``"ivf"`` and ``"hnsw"``: the
+    projected features are brought to the host and searched by
+    :func:`jaxrec.data.graph.knn_neighbours` with that method (self first, ties to the smaller
+    id, as exact); IVF with ``knn_n_probe == knn_n_clusters`` is the exact result again.
     """
-    if module.knn_method == "exact":
+    method = jgraph.resolve_knn_method(module.knn_method, module.n_items)
+    if method == "exact":
         return {**ctx, "learned_neighbours": _jitted_neighbours(module)(params, ctx)}
-    settings = jgraph.IvfSettings(n_clusters=module.knn_n_clusters, n_probe=module.knn_n_probe)
-    lists = [jgraph.knn_neighbours(np.asarray(projected), module.knn_k, method="ivf", ivf=settings).indices
+    settings = (jgraph.IvfSettings(n_clusters=module.knn_n_clusters, n_probe=module.knn_n_probe)
+                if method == "ivf" else None)
+    lists = [jgraph.knn_neighbours(np.asarray(projected), module.knn_k, method=method, ivf=settings).indices
              for projected in _jitted_projections(module)(params, ctx)]
     return {**ctx, "learned_neighbours": jnp.asarray(np.concatenate(lists, axis=1), jnp.int32)}
 
 
 def initial_item_graphs(dataset, modalities, *, knn_k: int, cache, knn_method: str = "exact",
-                        ivf: jgraph.IvfSettings | None = None) -> tuple[jgraph.GraphStack, np.ndarray]:
-    """The M normalized similarity-weighted initial graphs on one edge pattern, and the
-    (n_items, M k) neighbour lists of the raw features (host arrays)."""
+                        ivf: jgraph.IvfSettings | None = None) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+    """The M normalized similarity-weighted initial graphs as one neighbour table (host arrays):
+    (n_items, M k) int32 ids of the raw features' kNN lists side by side, and per modality the
+    (n_items, k) weights of :math:`\\tilde S^m` (0 in unused slots)."""
     neighbours = [jgraph.item_knn_neighbours(dataset, name, k=knn_k, cache=cache, method=knn_method, ivf=ivf)
                   for name in modalities]
-    graphs = [jgraph.knn_edges(nb, weighted=True, normalization="sym") for nb in neighbours]
-    return (jgraph.stack_graphs(graphs, dataset.n_items),
-            np.concatenate([np.asarray(nb.indices, np.int32) for nb in neighbours], axis=1))
+    weights = tuple(np.asarray(jgraph.knn_edges(nb, weighted=True, normalization="sym").weights, np.float32)
+                    .reshape(dataset.n_items, knn_k) for nb in neighbours)
+    return np.concatenate([np.asarray(nb.indices, np.int32) for nb in neighbours], axis=1), weights
 
 
 @register("lattice")
@@ -345,10 +368,11 @@ def build(dataset, *, embedding_size: int = 64, feat_embed_dim: int = 64, knn_k:
       learned_graph: ``"step"`` or ``"epoch"`` (module docstring).
       knn_block_size, knn_column_block_size: rows and columns per tile of the learned kNN.
       graph_cache: ``"default"``, a folder, or ``"none"``: where the initial kNN neighbours are cached.
-      knn_method: ``"exact"`` (default) or ``"ivf"``: the inverted-file kNN for the initial
-        graphs and (``learned_graph="epoch"``) the learned graph's refresh, for catalogues
-        where :math:`O(n^2)` is too slow; then ``knn_n_clusters`` and ``knn_n_probe`` are
-        required.
+      knn_method: ``"exact"`` (default), ``"hnsw"`` (hnswlib, the ``ann`` extra), ``"ivf"``
+        (our inverted file; then ``knn_n_clusters`` and ``knn_n_probe`` are required) or
+        ``"auto"`` (exact below 200,000 items, hnsw from there on): the kNN of the initial
+        graphs and (``learned_graph="epoch"``) of the learned graph's refresh, for catalogues
+        where :math:`O(n^2)` is too slow.
 
     Returns:
       :class:`~jaxrec.models.Built`; weights ``{bpr: 1, reg: 1e-4}`` (MMRec's ``reg_weight``
@@ -369,12 +393,12 @@ def build(dataset, *, embedding_size: int = 64, feat_embed_dim: int = 64, knn_k:
     features, dims, names = item_side_features(dataset, modalities, scaling="none", model=model)
     blocks = tuple(jnp.asarray(block) for block in feature_blocks(features, dims))
     del features
-    stack, raw_neighbours = initial_item_graphs(dataset, names, knn_k=knn_k, cache=graph_cache_of(graph_cache),
-                                                knn_method=knn_method, ivf=ivf)
+    raw_neighbours, raw_weights = initial_item_graphs(dataset, names, knn_k=knn_k, cache=graph_cache_of(graph_cache),
+                                                      knn_method=knn_method, ivf=ivf)
     user_item = jgraph.normalized_adjacency(jgraph.bipartite_graph(dataset, split="train"), normalization="rw",
                                             self_loops=True)
-    ctx = {"graph": user_item.to_device(), "features": blocks,
-           "original": jgraph.GraphStack(*(jnp.asarray(a) for a in stack))}
+    ctx = {"graph": user_item.to_device(), "features": blocks, "original_neighbours": jnp.asarray(raw_neighbours),
+           "original_weights": tuple(jnp.asarray(w) for w in raw_weights)}
     if learned_graph == "epoch":  # the shapes; the trainer's epoch_update replaces the lists
         ctx["learned_neighbours"] = jnp.asarray(raw_neighbours)
     module = LATTICE(n_users=dataset.n_users, n_items=dataset.n_items, feature_dims=dims,

@@ -65,7 +65,7 @@ def learning_rate_schedule(config: TrainConfig, steps_per_epoch: int) -> optax.S
         rate, period = config.decay_rate, config.decay_epochs
 
         def exponential(count):
-            epoch = (count // steps_per_epoch).astype(jnp.float32)
+            epoch = jnp.asarray(count // steps_per_epoch, jnp.float32)  # a traced count or a host int
             return lr * rate ** (epoch / period)
 
         return exponential

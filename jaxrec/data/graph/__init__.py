@@ -2,9 +2,10 @@
 
 * the user-item training graph, its normalizations and FREEDOM's degree-sensitive pruning;
 * sparse propagation over edge lists (chunked ``segment_sum``, or BCOO) and LightGCN's mean;
+  kNN graphs as (n, K) neighbour tables, propagated in rematerialized row chunks;
 * item-item kNN graphs per modality, built in tiles (never n x n) -- exactly, or
-  approximately by an inverted file (spherical k-means, probed clusters) for a million
-  items -- normalized, combined across modalities with fixed or learned weights, and cached
+  approximately by an HNSW index (hnswlib, the ``ann`` extra) or our inverted file
+  (spherical k-means, probed clusters) for a million items -- normalized, combined across modalities with fixed or learned weights, and cached
   on disk by content hash.
 
 Typical use in a model builder (host side) and module (device side)::
@@ -46,16 +47,24 @@ from jaxrec.data.graph._item_graph import KNN_VERSION as KNN_VERSION
 from jaxrec.data.graph._item_graph import item_knn_graph as item_knn_graph
 from jaxrec.data.graph._item_graph import item_knn_neighbours as item_knn_neighbours
 from jaxrec.data.graph._item_graph import knn_cache_key as knn_cache_key
+from jaxrec.data.graph._hnsw import HnswSettings as HnswSettings
 from jaxrec.data.graph._ivf import IvfSettings as IvfSettings
 from jaxrec.data.graph._ivf import spherical_kmeans as spherical_kmeans
 from jaxrec.data.graph._knn import KNN_METHODS as KNN_METHODS
+from jaxrec.data.graph._knn import AUTO_APPROXIMATE_FROM as AUTO_APPROXIMATE_FROM
 from jaxrec.data.graph._knn import MISSING_POLICIES as MISSING_POLICIES
+from jaxrec.data.graph._knn import resolve_knn_method as resolve_knn_method
 from jaxrec.data.graph._knn import KnnNeighbours as KnnNeighbours
 from jaxrec.data.graph._knn import cosine_edge_weights as cosine_edge_weights
 from jaxrec.data.graph._knn import knn_edges as knn_edges
 from jaxrec.data.graph._knn import knn_neighbours as knn_neighbours
 from jaxrec.data.graph._knn import unit_rows as unit_rows
 from jaxrec.data.graph._top_k import tile_top_k as tile_top_k
+from jaxrec.data.graph._neighbours import DEFAULT_CHUNK_ENTRIES as DEFAULT_CHUNK_ENTRIES
+from jaxrec.data.graph._neighbours import neighbour_cosine as neighbour_cosine
+from jaxrec.data.graph._neighbours import neighbour_edges as neighbour_edges
+from jaxrec.data.graph._neighbours import normalize_neighbour_weights as normalize_neighbour_weights
+from jaxrec.data.graph._neighbours import propagate_neighbours as propagate_neighbours
 from jaxrec.data.graph._propagate import lightgcn_propagate as lightgcn_propagate
 from jaxrec.data.graph._propagate import propagate as propagate
 from jaxrec.data.graph._propagate import propagate_bcoo as propagate_bcoo
