@@ -90,13 +90,14 @@ _LFM2K_RUNS = {  # row name -> (run or search folders under --runs, uses feature
     "subspace": (("subspace_search",), True, "modalities aligned by SubspaceProjection"),
     "cke": (("cke_search",), False, "CKE: new items scored from their tag-KG node (TransR), no modality features"),
 }
-# TikTok: the same models but CKE (no knowledge graph in the release; see experiments/configs/tiktok/cke.yaml).
+# TikTok: the same models but CKE (no knowledge graph in the release; see experiments/configs/tiktok/cke.yaml);
+# each row reads its single run at the chosen setting (``<model>.jsonl``) or, where there is none, its search.
 _TIKTOK_RUNS = {
-    "bprmf": _LFM2K_RUNS["bprmf"],
-    "sidemf": (("sidemf_search",), True, _LFM2K_RUNS["sidemf"][2]),
-    "vbpr": (("vbpr_search",), True, _LFM2K_RUNS["vbpr"][2]),
-    **{name: _LFM2K_RUNS[name] for name in ("fusion_mf (early)", "attention", "gated", "ensemble", "kernel",
-                                             "subspace")},
+    name: ((folder, f"{folder}_search"), uses_features, description)
+    for name, folder in (("bprmf", "bprmf"), ("sidemf", "sidemf"), ("vbpr", "vbpr"), ("fusion_mf (early)", "fusion_mf"),
+                         ("attention", "attention"), ("gated", "gated"), ("ensemble", "ensemble"),
+                         ("kernel", "kernel"), ("subspace", "subspace"))
+    for _, uses_features, description in [_LFM2K_RUNS[name]]
 }
 MODEL_RUNS = {"lfm2k": _LFM2K_RUNS, "tiktok": _TIKTOK_RUNS}  # dataset -> row name -> (folders, uses features, ...)
 
