@@ -1,10 +1,11 @@
-"""Cold-start items on lfm2k: feature-free and feature-only baselines beside the trained models.
+"""Cold-start items on lfm2k or TikTok: feature-free and feature-only baselines beside the trained models.
 
-Every figure is on the split of the cold-start configs (``experiments/configs/lfm2k/coldstart/``,
-``data.split: {method: cold_start_items, holdout: 0.2, seed: 0}``): 20% of the interacted items
-are held out with ALL their interactions, half as valid items, half as test items; valid and
-test rank only their own new items (the engine's cold-start protocol), so a top-20 list is a
-choice among the ~142 new test items, none of which has a single train interaction.
+Every figure is on the split of the dataset's cold-start configs
+(``experiments/configs/<dataset>/coldstart/``, ``data.split: {method: cold_start_items,
+holdout: 0.2, seed: 999}``): 20% of the interacted items are held out with ALL their
+interactions, half as valid items, half as test items; valid and test rank only their own new
+items (the engine's cold-start protocol), so a top-20 list is a choice among the new test items
+(~142 on lfm2k, ~670 on TikTok), none of which has a single train interaction.
 
 Baselines (computed here):
 
@@ -30,11 +31,12 @@ Also ``popularity``: the new items ranked by their train interaction count, whic
 every one of them -- a tie broken by item id; it shows that popularity cannot rank new items.
 
 Trained models (read from their run records under ``--runs``, default
-``experiments/records/lfm2k/coldstart``; for a search record, its winner by
+``experiments/records/<dataset>/coldstart``; for a search record, its winner by
 valid recall@20 on the valid new items): BPR-MF (its item vectors of new items are never
-trained, so it ranks them at random), every model of ``MODEL_RUNS`` that scores new items from
-their modality features (SideMF, VBPR, the fusion models at the three levels, kernel,
-subspace) and CKE, which scores them from their tag-KG node.
+trained, so it ranks them at random), every model of ``MODEL_RUNS[dataset]`` that scores new
+items from their modality features (SideMF, VBPR, the fusion models at the three levels,
+kernel, subspace) and, on lfm2k, CKE, which scores them from their tag-KG node (TikTok has no
+knowledge graph, so no CKE row there).
 
 Output (``--out``, JSON)::
 
@@ -48,7 +50,8 @@ Output (``--out``, JSON)::
      "references": [same fields, plus "leaks_test_labels": true]}
 
 Command (from the project root, after the cold-start runs):
-    python experiments/coldstart_baselines.py
+    python experiments/coldstart_baselines.py                     # lfm2k
+    python experiments/coldstart_baselines.py --dataset tiktok    # -> experiments/results/tiktok_coldstart.json
 """
 
 from __future__ import annotations
@@ -74,7 +77,7 @@ KS = (10, 20)
 METRICS = ("recall", "ndcg")
 RIDGE_ALPHAS = (0.1, 1.0, 10.0, 100.0, 1000.0)
 KNN_SIZES = (10, 20, 50, 100, 200, "all")
-MODEL_RUNS = {  # row name -> (run or search folders under --runs, uses features, description)
+_LFM2K_RUNS = {  # row name -> (run or search folders under --runs, uses features, description)
     "bprmf": (("bprmf",), False, "BPR-MF trained on the warm items; new items keep their random initial vectors"),
     "sidemf": (("sidemf_search", "sidemf_search_standardized"), True, "SideMF: new items scored by U_u . W^T z_j (free factor masked)"),
     "vbpr": (("vbpr_search", "vbpr_search_standardized"), True, "VBPR (paper form): new items scored by theta_u . E f_j + beta'.f_j"),
@@ -87,6 +90,16 @@ MODEL_RUNS = {  # row name -> (run or search folders under --runs, uses features
     "subspace": (("subspace_search",), True, "modalities aligned by SubspaceProjection"),
     "cke": (("cke_search",), False, "CKE: new items scored from their tag-KG node (TransR), no modality features"),
 }
+# TikTok: the same models but CKE (no knowledge graph in the release; see experiments/configs/tiktok/cke.yaml);
+# each row reads its single run at the chosen setting (``<model>.jsonl``) or, where there is none, its search.
+_TIKTOK_RUNS = {
+    name: ((folder, f"{folder}_search"), uses_features, description)
+    for name, folder in (("bprmf", "bprmf"), ("sidemf", "sidemf"), ("vbpr", "vbpr"), ("fusion_mf (early)", "fusion_mf"),
+                         ("attention", "attention"), ("gated", "gated"), ("ensemble", "ensemble"),
+                         ("kernel", "kernel"), ("subspace", "subspace"))
+    for _, uses_features, description in [_LFM2K_RUNS[name]]
+}
+MODEL_RUNS = {"lfm2k": _LFM2K_RUNS, "tiktok": _TIKTOK_RUNS}  # dataset -> row name -> (folders, uses features, ...)
 
 
 def load_split(config_path: Path):
@@ -293,9 +306,9 @@ def _winning_run(paths: list[Path]) -> tuple[dict, str, Path] | None:
             "over the valid new items", _source(record.path, Path(str(best["workdir"])).name))
 
 
-def model_rows(runs: Path) -> list[dict]:
+def model_rows(runs: Path, dataset: str = "lfm2k") -> list[dict]:
     rows = []
-    for name, (folders, uses_features, description) in MODEL_RUNS.items():
+    for name, (folders, uses_features, description) in MODEL_RUNS[dataset].items():
         found = _winning_run([runs / f"{folder}.jsonl" for folder in folders])
         if found is None:
             print(f"note: no record of a finished run or search at {runs / folders[0]}.jsonl; row {name!r} left out "
@@ -314,21 +327,29 @@ def model_rows(runs: Path) -> list[dict]:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", type=Path, default=PROJECT / "experiments/configs/lfm2k/coldstart/vbpr.yaml",
-                        help="a cold-start config whose data section defines the split")
-    parser.add_argument("--runs", type=Path, default=PROJECT / "experiments/records/lfm2k/coldstart",
-                        help="folder of the cold-start models' run records (experiments/records.py)")
-    parser.add_argument("--out", type=Path, default=PROJECT / "experiments/results/lfm2k_coldstart.json")
+    parser.add_argument("--dataset", choices=sorted(MODEL_RUNS), default="lfm2k",
+                        help="the benchmark: sets the defaults of --config, --runs and --out and the model rows")
+    parser.add_argument("--config", type=Path, default=None,
+                        help="a cold-start config whose data section defines the split "
+                             "(default: experiments/configs/<dataset>/coldstart/vbpr.yaml)")
+    parser.add_argument("--runs", type=Path, default=None,
+                        help="folder of the cold-start models' run records (experiments/records.py; "
+                             "default: experiments/records/<dataset>/coldstart)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="default: experiments/results/<dataset>_coldstart.json")
     parser.add_argument("--random-draws", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    args.config = args.config or PROJECT / f"experiments/configs/{args.dataset}/coldstart/vbpr.yaml"
+    args.runs = args.runs or PROJECT / f"experiments/records/{args.dataset}/coldstart"
+    args.out = args.out or PROJECT / f"experiments/results/{args.dataset}_coldstart.json"
 
     dataset, split, protocol = load_split(args.config)
     cold = jdata.cold_items(dataset)
     rows = [popularity_baseline(dataset, cold, protocol, args.random_draws, args.seed),
             random_baseline(dataset, cold, protocol, args.random_draws, args.seed),
             feature_popularity(dataset, cold, protocol), feature_knn(dataset, cold, protocol)]
-    rows += model_rows(args.runs)
+    rows += model_rows(args.runs, args.dataset)
     test_pairs = dataset.split_pairs("test")
     result = {
         "dataset": dataset.name,
