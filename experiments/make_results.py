@@ -315,9 +315,13 @@ def unseen_items_table(result: dict) -> list[str]:
              f"({counts['valid']['items']} and {counts['test']['items']} items, {counts['valid']['users']} and "
              f"{counts['test']['users']} users) fall on items without a single train interaction. The warm table "
              "counts them with the rest; here each model's chosen run (its best checkpoint) is scored on them "
-             "ALONE, same protocol (full ranking over all items, train items masked). A model whose item side "
-             "reads content can place such an item by its features; a pure-ID model has only the item's untrained "
-             "random vector (and the item was a sampled negative throughout training).", "",
+             "ALONE, same protocol (full ranking over all items, train items masked). A pure-ID model has only the "
+             "item's own vector, never trained as a positive but trained DOWN as a sampled negative (uniform "
+             "negatives are drawn from every item the user has not met, these included), so it ranks them low. A "
+             "model whose item side reads content can place them by their features only where that content part is "
+             "not outweighed by the same pushed-down ID vector: VBPR zeroes an untrained item's ID part and never "
+             "samples it as a negative; FREEDOM adds the item's own ID vector to its kNN neighbours' (its e_i = "
+             "q_i + S Q), so the pushed-down q_i ranks them low as well.", "",
              "| model | item side | valid R@20 | test R@10 | test R@20 | test R@50 | test N@20 | test users |",
              "|---|---|---|---|---|---|---|---|",
              f"| random ranking (expected) | – | {_fmt(chance['valid'].get('recall@20'))} | "
@@ -329,6 +333,15 @@ def unseen_items_table(result: dict) -> list[str]:
         lines.append(f"| {row['model']} | {side} | {_fmt(valid.get('recall@20'))} | {_fmt(test.get('recall@10'))} | "
                      f"**{_fmt(test.get('recall@20'))}** | {_fmt(test.get('recall@50'))} | "
                      f"{_fmt(test.get('ndcg@20'))} | {test.get('num_users', '–')} |")
+    return lines
+
+
+def feature_probe_table(result: dict) -> list[str]:
+    lines = [f"Train popularity: test R@20 **{result['popularity_test_recall@20']:.4f}**.", "",
+             "| modality | rows | mean cosine of two items | kNN-10 test R@20 |", "|---|---|---|---|"]
+    for name, rows in result["modalities"].items():
+        for how, row in rows.items():
+            lines.append(f"| {name} | {how} | {row['mean_offdiag_cosine']:.3f} | {_fmt(row['knn10_test_recall@20'])} |")
     return lines
 
 
@@ -401,6 +414,13 @@ def build_report(dataset: str, anchors_dir: Path) -> str:
         out += ["", "## Held-out interactions on items unseen in train (scored separately)", "",
                 f"From `{unseen_path.relative_to(HERE)}` (`experiments/unseen_items.py`).", ""]
         out += unseen_items_table(_read_json(unseen_path))
+    probe_path = HERE / "results" / f"{dataset}_feature_probe.json"
+    if probe_path.exists():
+        out += ["", "## What the features carry on their own (no training)", "",
+                f"From `{probe_path.relative_to(HERE)}` (`experiments/feature_probe.py`, numpy): test recall@20 of "
+                "ranking by train popularity, and of an item-kNN scorer on each modality's cosine 10-NN graph (the "
+                "graph FREEDOM freezes, used alone), with the rows raw, centered or standardized.", ""]
+        out += feature_probe_table(_read_json(probe_path))
     ablations = ablation_table(records_dir / "modality_ablation", chosen)
     if ablations:
         out += ["", "## Modality ablations (the model's chosen setting, one modality removed)", "",

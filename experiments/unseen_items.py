@@ -127,8 +127,12 @@ def _check_same_run(folder: Path, run: dict) -> None:
                           f"{ours['test']['recall@20']}) is not the recorded run's; re-pack or re-run it")
 
 
-def build(dataset_name: str, runs_dir: Path) -> dict:
+def build(dataset_name: str, runs_dir: Path, previous: dict | None = None) -> dict:
+    """The output JSON; rows of ``previous`` (an earlier output) are kept for runs it already
+    scored (same model, record file and run folder, the folder checked against its record)."""
     from jaxrec import train
+
+    kept = {(row["model"], row["record"], row["run"]): row for row in (previous or {}).get("rows", [])}
 
     records_dir = HERE / "records" / dataset_name
     found = {record.path.resolve(): record for record in records.records_in(records_dir)}
@@ -144,9 +148,11 @@ def build(dataset_name: str, runs_dir: Path) -> dict:
         if dataset is None:
             experiment = train.prepare_experiment(train.load_config(folder / "config.yaml"))
             dataset, protocol = experiment.dataset, experiment.config.eval.protocol
+        key = (model, info["source"], os.path.relpath(folder, HERE.parent))
+        scores = ({s: kept[key][s] for s in SPLITS if s in kept[key]} if key in kept
+                  else subset_metrics(folder))
         rows.append({"model": model, "item_side": "content" if modalities else "id only", "modalities": modalities,
-                     "record": info["source"], "run": os.path.relpath(folder, HERE.parent),
-                     **subset_metrics(folder)})
+                     "record": key[1], "run": key[2], **scores})
     if dataset is None:
         raise UnseenError(f"no chosen runs in {records_dir}")
     items = unseen_items(dataset)
@@ -165,11 +171,14 @@ def main(argv=None) -> int:
     parser.add_argument("--dataset", default="tiktok")
     parser.add_argument("--runs", default=None, help="run folders (default experiments/runs/<dataset>)")
     parser.add_argument("--out", default=None, help="default experiments/results/<dataset>_unseen_items.json")
+    parser.add_argument("--fresh", action="store_true", help="score every run again (default: keep the rows of "
+                        "runs the existing output already scored)")
     args = parser.parse_args(argv)
     runs_dir = Path(args.runs) if args.runs else HERE / "runs" / args.dataset
     target = Path(args.out) if args.out else HERE / "results" / f"{args.dataset}_unseen_items.json"
+    previous = json.loads(target.read_text()) if target.is_file() and not args.fresh else None
     try:
-        result = build(args.dataset, runs_dir)
+        result = build(args.dataset, runs_dir, previous)
     except (UnseenError, records.RecordError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
