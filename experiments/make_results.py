@@ -333,6 +333,10 @@ def unseen_items_table(result: dict) -> list[str]:
         lines.append(f"| {row['model']} | {side} | {_fmt(valid.get('recall@20'))} | {_fmt(test.get('recall@10'))} | "
                      f"**{_fmt(test.get('recall@20'))}** | {_fmt(test.get('recall@50'))} | "
                      f"{_fmt(test.get('ndcg@20'))} | {test.get('num_users', '–')} |")
+    above = [row["model"] for row in result["rows"]
+             if row.get("test", {}).get("recall@50", 0.0) > chance["test"].get("recall@50", float("inf"))]
+    lines += ["", "Runs above a random ranking on these test interactions (recall@50): "
+              + (", ".join(above) if above else "none") + "."]
     return lines
 
 
