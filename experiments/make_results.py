@@ -398,6 +398,10 @@ def build_report(dataset: str, anchors_dir: Path) -> str:
     speed_path = HERE / "results" / f"{dataset}_speed.json"
     speed = _read_json(speed_path) if speed_path.exists() else {}
     out += ranking_table(chosen, anchors, speed) if chosen else ["No runs found."]
+    if chosen and not speed:
+        out += ["", f"Seconds are the runs' own, taken while other jobs shared the 2 cores; there is no quiet-machine "
+                    f"timing (`results/{dataset}_speed.json`) for this dataset, so the 'slower' ratios to MMRec's seconds "
+                    "are not a speed comparison."]
     if speed:
         loads = [v.get("load_average", 0.0) for v in speed.values()]
         out += ["", f"† seconds from `{speed_path.relative_to(HERE)}` (`benchmarks/bench_train.py`, models timed one "
