@@ -8,7 +8,12 @@ picks by the validation metric only).
 MMRec's figures from ``../shared/anchors/mmrec_<dataset>.json`` stand beside ours where MMRec
 has the model. Cold-start and missing-modality tables come from
 ``results/<dataset>_coldstart.json`` and ``results/<dataset>_missing_modality.json`` when the
-experiments that write them have run.
+experiments that write them have run. Where they exist, also: the field's published figures
+from ``../shared/anchors/<dataset>_published.md`` (another protocol, in a block of their own,
+never mixed into the warm table); the held-out interactions on items unseen in train, from
+``results/<dataset>_unseen_items.json`` (``experiments/unseen_items.py``); and modality
+ablations, the run records in ``records/<dataset>/modality_ablation/`` (one run per model and
+modality subset at the model's chosen setting) beside the model's all-modality row.
 
 Usage (from the project root):
     python experiments/make_results.py [--dataset lfm2k] [--anchors ../shared/anchors] [--root DIR]
@@ -60,7 +65,7 @@ def _search_winner(record: records.Record, root: Path = HERE) -> tuple[dict, dic
             if value not in grid[key]:
                 grid[key].append(value)
     info = {"setting": best.get("setting", {}), "grid": grid, "n_trials": summary.get("n_trials"),
-            "source": os.path.relpath(record.path, root)}
+            "source": os.path.relpath(record.path, root), "modalities": _modalities(winner)}
     if metrics is None:
         metrics = {"valid": best.get("valid", {}), "test": best.get("test", {}), "best_epoch": best.get("best_epoch")}
     return metrics, info
@@ -83,7 +88,8 @@ def collect_runs(records_dir: Path) -> dict[str, tuple[dict, dict]]:
                   "the search's winner is reported instead", file=sys.stderr)
             continue
         info = search[1] if search else {"setting": {}, "grid": {}, "n_trials": 1}
-        info = {**info, "source": os.path.relpath(record.path, root)}
+        info = {**info, "source": os.path.relpath(record.path, root),
+                "modalities": _modalities(next(iter(record.runs.values())))}
         chosen[record.name] = (metrics, info)
     searched: dict[str, tuple[dict, dict]] = {}
     for record in found:
@@ -96,6 +102,12 @@ def collect_runs(records_dir: Path) -> dict[str, tuple[dict, dict]]:
                 model not in searched or _valid(winner[0]) > _valid(searched[model][0])):
             searched[model] = winner
     return {**chosen, **searched}
+
+
+def _modalities(run: dict | None) -> list:
+    """The modalities a run's model reads (``model.args.modalities``; empty for pure-ID models)."""
+    args = (((run or {}).get("config") or {}).get("model") or {}).get("args") or {}
+    return list(args.get("modalities") or [])
 
 
 def _ran_with(config: dict | None, setting: dict) -> bool:
@@ -147,7 +159,10 @@ def ranking_table(chosen, anchors, speed=None) -> list[str]:
             per_epoch, eval_seconds, mark = (speed[model]["train_seconds_per_epoch"],
                                              speed[model]["eval_seconds_valid_plus_test"], "†")
         speed_cell = _fmt(per_epoch, 3) + mark
-        if per_epoch and anchor.get("train_s_per_epoch"):
+        batched = (metrics.get("batched_search") or {}).get("trials") if not mark else None
+        if batched:  # the seconds of a batched search are those of all its trials together
+            speed_cell += f" ({batched} trials batched)"
+        elif per_epoch and anchor.get("train_s_per_epoch"):
             speed_cell += f" ({anchor['train_s_per_epoch'] / per_epoch:.2f}x faster)" if per_epoch < anchor[
                 "train_s_per_epoch"] else f" ({per_epoch / anchor['train_s_per_epoch']:.2f}x slower)"
         setting = ", ".join(f"{k}={v}" for k, v in info.get("setting", {}).items()) or "config as committed"
@@ -242,6 +257,128 @@ def missing_modality_table(result: dict) -> list[str]:
     return lines
 
 
+# Row names of the published tables -> our registry names.
+PUBLISHED_NAMES = {"MF-BPR": "bpr", "BPR": "bpr", "LightGCN": "lightgcn", "VBPR": "vbpr", "MMGCN": "mmgcn",
+                   "LATTICE": "lattice", "FREEDOM": "freedom", "BM3": "bm3", "LGMRec": "lgmrec", "MGCN": "mgcn"}
+
+
+def published_rows(path: Path) -> tuple[list[str], list[list[str]]]:
+    """The first markdown table of ``path``: (header cells, rows of cells)."""
+    header, rows = None, []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line.startswith("|"):
+            if header is not None:
+                break
+            continue
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        if header is None:
+            header = cells
+        elif not all(set(cell) <= set("-: ") for cell in cells):
+            rows.append(cells)
+    return header or [], rows
+
+
+def published_table(path: Path, chosen) -> list[str]:
+    """The published figures, each beside our test R@20 of the same model (different protocols)."""
+    header, rows = published_rows(path)
+    lines = ["| " + " | ".join(header + ["ours, test R@20 (this page's protocol)"]) + " |",
+             "|" + "---|" * (len(header) + 1)]
+    for cells in rows:
+        ours = chosen.get(PUBLISHED_NAMES.get(cells[0], ""))
+        lines.append("| " + " | ".join(cells + [_fmt(ours[0].get("test", {}).get("recall@20")) if ours else "–"]) + " |")
+    return lines
+
+
+def content_ratio_lines(chosen, bpr: str = "bpr") -> list[str]:
+    """The best content model (by VALID recall@20) over tuned BPR-MF, on test recall@20."""
+    if bpr not in chosen:
+        return []
+    content = {m: v for m, v in chosen.items() if v[1].get("modalities")}
+    if not content:
+        return []
+    best = max(content, key=lambda m: _valid(content[m][0]))
+    best_test = content[best][0]["test"]["recall@20"]
+    bpr_test = chosen[bpr][0]["test"]["recall@20"]
+    top_test = max(content, key=lambda m: content[m][0]["test"]["recall@20"])
+    out = [f"Content over tuned BPR-MF (test recall@20): the content model with the best VALID recall@20, "
+           f"{best}, {best_test:.4f} vs {bpr_test:.4f} = **{best_test / bpr_test:.2f}x**"]
+    if top_test != best:
+        out[0] += (f"; the best on test, {top_test}, {content[top_test][0]['test']['recall@20']:.4f} = "
+                   f"{content[top_test][0]['test']['recall@20'] / bpr_test:.2f}x")
+    return [out[0] + "."]
+
+
+def unseen_items_table(result: dict) -> list[str]:
+    """Recall on the held-out interactions whose item has no train interaction."""
+    counts, chance = result["counts"], result["chance"]
+    lines = [f"{counts['valid']['interactions']} valid and {counts['test']['interactions']} test interactions "
+             f"({counts['valid']['items']} and {counts['test']['items']} items, {counts['valid']['users']} and "
+             f"{counts['test']['users']} users) fall on items without a single train interaction. The warm table "
+             "counts them with the rest; here each model's chosen run (its best checkpoint) is scored on them "
+             "ALONE, same protocol (full ranking over all items, train items masked). A pure-ID model has only the "
+             "item's own vector, never trained as a positive but trained DOWN as a sampled negative (uniform "
+             "negatives are drawn from every item the user has not met, these included), so it ranks them low. A "
+             "model whose item side reads content can place them by their features only where that content part is "
+             "not outweighed by the same pushed-down ID vector: VBPR zeroes an untrained item's ID part and never "
+             "samples it as a negative; FREEDOM adds the item's own ID vector to its kNN neighbours' (its e_i = "
+             "q_i + S Q), so the pushed-down q_i ranks them low as well.", "",
+             "| model | item side | valid R@20 | test R@10 | test R@20 | test R@50 | test N@20 | test users |",
+             "|---|---|---|---|---|---|---|---|",
+             f"| random ranking (expected) | – | {_fmt(chance['valid'].get('recall@20'))} | "
+             f"{_fmt(chance['test'].get('recall@10'))} | {_fmt(chance['test'].get('recall@20'))} | "
+             f"{_fmt(chance['test'].get('recall@50'))} | – | {counts['test']['users']} |"]
+    for row in result["rows"]:
+        valid, test = row.get("valid", {}), row.get("test", {})
+        side = row["item_side"] + (f" ({', '.join(row['modalities'])})" if row.get("modalities") else "")
+        lines.append(f"| {row['model']} | {side} | {_fmt(valid.get('recall@20'))} | {_fmt(test.get('recall@10'))} | "
+                     f"**{_fmt(test.get('recall@20'))}** | {_fmt(test.get('recall@50'))} | "
+                     f"{_fmt(test.get('ndcg@20'))} | {test.get('num_users', '–')} |")
+    above = [row["model"] for row in result["rows"]
+             if row.get("test", {}).get("recall@50", 0.0) > chance["test"].get("recall@50", float("inf"))]
+    lines += ["", "Runs above a random ranking on these test interactions (recall@50): "
+              + (", ".join(above) if above else "none") + "."]
+    return lines
+
+
+def feature_probe_table(result: dict) -> list[str]:
+    lines = [f"Train popularity: test R@20 **{result['popularity_test_recall@20']:.4f}**.", "",
+             "| modality | rows | mean cosine of two items | kNN-10 test R@20 |", "|---|---|---|---|"]
+    for name, rows in result["modalities"].items():
+        for how, row in rows.items():
+            lines.append(f"| {name} | {how} | {row['mean_offdiag_cosine']:.3f} | {_fmt(row['knn10_test_recall@20'])} |")
+    return lines
+
+
+def ablation_table(folder: Path, chosen, root: Path = HERE) -> list[str]:
+    """Each ablation run (a model on a subset of the modalities) beside the model's chosen
+    all-modality row."""
+    found = [r for r in records.records_in(folder) if r.kind == "run"]
+    if not found:
+        return []
+    lines = ["| model | modalities | valid R@20 | test R@10 | test R@20 | test N@20 | best epoch | source |",
+             "|---|---|---|---|---|---|---|---|"]
+    by_model: dict[str, list] = {}
+    for record in found:
+        run = next(iter(record.runs.values()))
+        model = run["config"]["model"]["name"]
+        model = next((m for m in chosen if m == model or chosen[m][0].get("model") == model), model)
+        args = run["config"]["model"].get("args") or {}
+        by_model.setdefault(model, []).append((args.get("modalities") or [], run["metrics"],
+                                               os.path.relpath(record.path, root)))
+    for model in sorted(by_model, key=_order_key):
+        rows = sorted(by_model[model], key=lambda r: (len(r[0]), r[0]))
+        if model in chosen:
+            full = chosen[model]
+            rows.append((full[1].get("modalities") or ["all"], full[0], full[1]["source"]))
+        for modalities, metrics, source in rows:
+            test, valid = metrics.get("test", {}), metrics.get("valid", {})
+            lines.append(f"| {model} | {', '.join(modalities)} | {_fmt(valid.get('recall@20'))} | "
+                         f"{_fmt(test.get('recall@10'))} | **{_fmt(test.get('recall@20'))}** | "
+                         f"{_fmt(test.get('ndcg@20'))} | {metrics.get('best_epoch', '–')} | `{source}` |")
+    return lines
+
+
 def build_report(dataset: str, anchors_dir: Path, root: Path = HERE) -> str:
     """The report of ``root/records/<dataset>`` and ``root/results`` (``root``: this folder, or
     another with the same layout, e.g. ``experiments/reproduce.py --output``)."""
@@ -264,12 +401,42 @@ def build_report(dataset: str, anchors_dir: Path, root: Path = HERE) -> str:
     speed_path = root / "results" / f"{dataset}_speed.json"
     speed = _read_json(speed_path) if speed_path.exists() else {}
     out += ranking_table(chosen, anchors, speed) if chosen else ["No runs found."]
+    if chosen and not speed:
+        out += ["", f"Seconds are the runs' own, taken while other jobs shared the 2 cores; there is no quiet-machine "
+                    f"timing (`results/{dataset}_speed.json`) for this dataset, so the 'slower' ratios to MMRec's seconds "
+                    "are not a speed comparison."]
     if speed:
         loads = [v.get("load_average", 0.0) for v in speed.values()]
         out += ["", f"† seconds from `{speed_path.relative_to(root)}` (`benchmarks/bench_train.py`, models timed one "
                     f"after another, load average {min(loads):.1f}-{max(loads):.1f} on the 2 cores; 'eval s' is valid + "
                     "test there, as MMRec's anchor); other seconds are the runs' own, taken while other jobs shared "
                     "the machine."]
+    published = anchors_dir / f"{dataset}_published.md"
+    if published.exists() and chosen:
+        out += ["", "## Published figures (ANOTHER protocol: not comparable cell by cell)", "",
+                f"From `{published.name}` in the anchors folder: the papers' own runs of this data release, which "
+                "differ from ours (see that file: e.g. more modalities, and the best TEST epoch reported instead "
+                "of selection by validation). Shown for the field's ordering and ratios only; the same-protocol "
+                "bar is MMRec's column above (MMRec's own figures: one setting per model, mostly its lfm2k choice, not "
+                "re-tuned on this data; see the anchors' README).", ""] + published_table(published, chosen)
+        out += [""] + content_ratio_lines(chosen)
+    unseen_path = root / "results" / f"{dataset}_unseen_items.json"
+    if unseen_path.exists():
+        out += ["", "## Held-out interactions on items unseen in train (scored separately)", "",
+                f"From `{unseen_path.relative_to(root)}` (`experiments/unseen_items.py`).", ""]
+        out += unseen_items_table(_read_json(unseen_path))
+    probe_path = root / "results" / f"{dataset}_feature_probe.json"
+    if probe_path.exists():
+        out += ["", "## What the features carry on their own (no training)", "",
+                f"From `{probe_path.relative_to(root)}` (`experiments/feature_probe.py`, numpy): test recall@20 of "
+                "ranking by train popularity, and of an item-kNN scorer on each modality's cosine 10-NN graph (the "
+                "graph FREEDOM freezes, used alone), with the rows raw, centered or standardized.", ""]
+        out += feature_probe_table(_read_json(probe_path))
+    ablations = ablation_table(records_dir / "modality_ablation", chosen, root)
+    if ablations:
+        out += ["", "## Modality ablations (the model's chosen setting, one modality removed)", "",
+                f"Records in `records/{dataset}/modality_ablation/`; the last row of each model is its warm-table "
+                "run with every modality.", ""] + ablations
     out += ["", "## Hyper-parameter grids (winner chosen by valid recall@20)", ""] + grid_lines(chosen)
     for title, name, render in (
             ("Cold-start items (new items scored from their features or KG node alone)", "coldstart", coldstart_table),

@@ -5,6 +5,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -87,13 +88,50 @@ def test_malformed_record_files_are_rejected_naming_the_line(tmp_path):
         records.read(path)
 
 
-def test_committed_results_table_regenerates_from_the_committed_records():
-    """The table in experiments/results/lfm2k.md is exactly what make_results renders from the
-    records in experiments/records/lfm2k (nothing typed by hand, nothing stale)."""
-    if not (ANCHORS / "mmrec_lfm2k.json").exists():
+@pytest.mark.parametrize("dataset", ["lfm2k", "tiktok"])
+def test_committed_results_table_regenerates_from_the_committed_records(dataset):
+    """The table in experiments/results/<dataset>.md is exactly what make_results renders from
+    the records in experiments/records/<dataset> (nothing typed by hand, nothing stale)."""
+    if not (ANCHORS / f"mmrec_{dataset}.json").exists():
         pytest.skip(f"MMRec anchors not found at {ANCHORS.resolve()} (they live in ../shared beside the project)")
-    expected = (EXPERIMENTS / "results" / "lfm2k.md").read_text(encoding="utf-8")
-    assert make_results.build_report("lfm2k", ANCHORS) == expected
+    expected = (EXPERIMENTS / "results" / f"{dataset}.md").read_text(encoding="utf-8")
+    assert make_results.build_report(dataset, ANCHORS) == expected
+
+
+def test_unseen_item_metrics_match_a_numpy_count_on_the_restricted_pairs(tiny_run):
+    """experiments/unseen_items.py: recall and ndcg of a run on the held-out pairs of a chosen
+    item subset equal a plain numpy ranking of the same embeddings (train items masked)."""
+    import unseen_items  # experiments/unseen_items.py
+
+    experiment, state, _ = train.restore_best(tiny_run)
+    dataset = experiment.dataset
+    user_emb, item_emb = (np.asarray(a) for a in train.make_encoder(experiment.module)(state.params,
+                                                                                      experiment.built.ctx))
+    items = np.zeros(dataset.n_items, bool)
+    items[::3] = True  # a third of the items stand for "unseen in train"
+    got = unseen_items.subset_metrics(tiny_run, items, ks=(5, 10), metrics=("recall", "ndcg"))
+    train_pairs = dataset.split_pairs("train")
+    for split in ("valid", "test"):
+        target = dataset.split_pairs(split)
+        target = target[items[target[:, 1]]]
+        recalls, ndcgs = {5: [], 10: []}, {5: [], 10: []}
+        for user in np.unique(target[:, 0]):
+            scores = user_emb[user] @ item_emb.T
+            scores[train_pairs[train_pairs[:, 0] == user, 1]] = -np.inf
+            relevant = set(target[target[:, 0] == user, 1].tolist())
+            order = np.argsort(-scores, kind="stable")
+            for k in (5, 10):
+                hits = [int(item) in relevant for item in order[:k]]
+                recalls[k].append(sum(hits) / len(relevant))
+                ideal = sum(1 / np.log2(r + 2) for r in range(min(k, len(relevant))))
+                ndcgs[k].append(sum(h / np.log2(r + 2) for r, h in enumerate(hits)) / ideal)
+        assert got[split]["num_users"] == len(np.unique(target[:, 0])) > 0
+        for k in (5, 10):
+            assert got[split][f"recall@{k}"] == pytest.approx(np.mean(recalls[k]), abs=1e-6)
+            assert got[split][f"ndcg@{k}"] == pytest.approx(np.mean(ndcgs[k]), abs=1e-6)
+    chance = unseen_items.chance_recall(dataset, "test", items, 10)
+    counts = np.bincount(train_pairs[:, 0], minlength=dataset.n_users)[np.unique(target[:, 0])]
+    assert chance == pytest.approx(np.mean(np.minimum(10, dataset.n_items - counts) / (dataset.n_items - counts)))
 
 
 def test_packed_configs_carry_no_absolute_data_path():

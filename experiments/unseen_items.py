@@ -1,0 +1,195 @@
+"""Held-out interactions on items unseen in train: what each chosen run does with them alone.
+
+On TikTok (MMRec's split) a few hundred valid and test interactions fall on items that have
+NO train interaction. The warm table counts them like every other held-out interaction; this
+script scores them separately, from the SAME runs the warm table reports (the run chosen by
+validation for each model, ``make_results.collect_runs``), reloaded from their best checkpoint.
+
+For a split s and the set ``U_s`` of items without a train interaction, the subset metric of
+a run is the split's metric (same protocol: full ranking over all items, training items
+masked) with the held-out pairs restricted to ``{(u, i) in s : i in U_s}`` and the users to
+those who have such a pair: ``recall@k = mean_u |top_k(u) ∩ T_u| / |T_u|`` with ``T_u`` the
+user's held-out unseen items.
+
+Which models can score such an item at all: a model whose item side reads content
+(``model.args.modalities`` in its config: VBPR's ``E f_i``, the graph models' feature
+projections and item-item kNN graphs) places an unseen item by its features; a pure-ID model
+(BPR-MF, LightGCN) has only the item's random initial vector, which training never pulls up
+(the item is never a positive, and is a sampled negative) -- at best chance, usually below.
+``chance`` is the exact expected recall@k of a uniformly random ranking,
+``mean_u k / (n_items - |train_u|)`` over the same users.
+
+Output (``--out``, JSON)::
+
+    {"dataset", "protocol", "ks",
+     "counts": {split: {"interactions", "items", "users"}},
+     "chance": {split: {"recall@k": float}},
+     "rows": [{"model", "item_side": "content" | "id only", "modalities": [...],
+               "record": str, "run": str, split: {"recall@k", "ndcg@k": float, "num_users"}}]}
+
+Command (from the project root, after the runs, with their folders in ``--runs``):
+    python experiments/unseen_items.py --dataset tiktok
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+import make_results  # noqa: E402
+import records  # noqa: E402
+
+KS = (10, 20, 50)
+METRICS = ("recall", "ndcg")
+SPLITS = ("valid", "test")
+
+
+class UnseenError(ValueError):
+    """A run folder missing or not matching its record."""
+
+
+def unseen_items(dataset) -> np.ndarray:
+    """Boolean ``(n_items,)``: the item has no train interaction."""
+    counts = np.bincount(dataset.split_pairs("train")[:, 1], minlength=dataset.n_items)
+    return counts == 0
+
+
+def restricted_pairs(dataset, split: str, items: np.ndarray) -> np.ndarray:
+    """The ``split`` pairs whose item is flagged in the boolean ``items``."""
+    pairs = np.asarray(dataset.split_pairs(split))
+    return pairs[items[pairs[:, 1]]]
+
+
+def chance_recall(dataset, split: str, items: np.ndarray, k: int) -> float:
+    """Expected recall@k of a uniformly random ranking on the restricted pairs of ``split``
+    (mmrec protocol: each user's train items masked)."""
+    target = restricted_pairs(dataset, split, items)
+    users = np.unique(target[:, 0])
+    if users.size == 0:
+        return float("nan")
+    train = np.asarray(dataset.split_pairs("train"))
+    n_train = np.bincount(train[:, 0], minlength=dataset.n_users)[users]
+    return float(np.mean(np.minimum(k, dataset.n_items - n_train) / (dataset.n_items - n_train)))
+
+
+def subset_metrics(workdir, items: np.ndarray | None = None, *, ks=KS, metrics=METRICS) -> dict[str, dict]:
+    """Per split, the run's metrics (its best checkpoint, its own protocol) on the held-out
+    pairs whose item is flagged in ``items`` (default: the items unseen in train)."""
+    from jaxrec import eval as jeval
+    from jaxrec import train
+
+    experiment, state, epoch = train.restore_best(workdir)
+    dataset, cfg = experiment.dataset, experiment.config
+    items = unseen_items(dataset) if items is None else np.asarray(items, bool)
+    ctx = train.epoch_context(experiment.built, state.params, cfg.train.seed, epoch)
+    user_emb, item_emb = train.make_encoder(experiment.module)(state.params, ctx)
+    pairs = {name: np.asarray(dataset.split_pairs(name)) for name in ("train", "valid", "test")}
+    out = {}
+    for split in SPLITS:
+        chosen = dict(pairs)
+        chosen[split] = restricted_pairs(dataset, split, items)
+        if len(chosen[split]) == 0:
+            continue
+        layout = jeval.prepare_protocol(split=split, num_items=dataset.n_items, train_pairs=chosen["train"],
+                                        valid_pairs=chosen["valid"], test_pairs=chosen["test"],
+                                        protocol=cfg.eval.protocol, batch_size=cfg.eval.batch_size)
+        result = jeval.evaluate_prepared(layout, user_emb, item_emb, ks=ks, metrics=metrics)
+        out[split] = {key: float(value) for key, value in result.items() if "@" in key}
+        out[split]["num_users"] = int(result["num_users"])
+    return out
+
+
+def run_folder(record: records.Record, runs_dir: Path) -> Path:
+    """The scratch run folder a record was packed from: ``runs_dir/<name>`` for a run,
+    ``runs_dir/<name>/<winning trial>`` for a search."""
+    folder = runs_dir / record.name
+    if record.kind == "search":
+        folder = folder / Path(str(record.search["best"]["workdir"])).name
+    return folder
+
+
+def _check_same_run(folder: Path, run: dict) -> None:
+    metrics_path = folder / "metrics.json"
+    if not metrics_path.is_file():
+        raise UnseenError(f"{folder}: no finished run there (metrics.json missing); run it or pass --runs")
+    ours = json.loads(metrics_path.read_text())
+    if (ours.get("best_epoch") != run["metrics"].get("best_epoch")
+            or abs(ours["test"]["recall@20"] - run["metrics"]["test"]["recall@20"]) > 1e-9):
+        raise UnseenError(f"{folder}: its metrics.json (best epoch {ours.get('best_epoch')}, test recall@20 "
+                          f"{ours['test']['recall@20']}) is not the recorded run's; re-pack or re-run it")
+
+
+def build(dataset_name: str, runs_dir: Path, previous: dict | None = None) -> dict:
+    """The output JSON; rows of ``previous`` (an earlier output) are kept for runs it already
+    scored (same model, record file and run folder, the folder checked against its record)."""
+    from jaxrec import train
+
+    kept = {(row["model"], row["record"], row["run"]): row for row in (previous or {}).get("rows", [])}
+
+    records_dir = HERE / "records" / dataset_name
+    found = {record.path.resolve(): record for record in records.records_in(records_dir)}
+    chosen = make_results.collect_runs(records_dir)
+    rows, dataset, protocol = [], None, None
+    for model in sorted(chosen, key=make_results._order_key):
+        _, info = chosen[model]
+        record = found[(HERE / info["source"]).resolve()]
+        run = record.winner() if record.kind == "search" else next(iter(record.runs.values()))
+        folder = run_folder(record, runs_dir)
+        _check_same_run(folder, run)
+        modalities = list(((run.get("config") or {}).get("model", {}).get("args") or {}).get("modalities") or [])
+        if dataset is None:
+            experiment = train.prepare_experiment(train.load_config(folder / "config.yaml"))
+            dataset, protocol = experiment.dataset, experiment.config.eval.protocol
+        key = (model, info["source"], os.path.relpath(folder, HERE.parent))
+        scores = ({s: kept[key][s] for s in SPLITS if s in kept[key]} if key in kept
+                  else subset_metrics(folder))
+        rows.append({"model": model, "item_side": "content" if modalities else "id only", "modalities": modalities,
+                     "record": key[1], "run": key[2], **scores})
+    if dataset is None:
+        raise UnseenError(f"no chosen runs in {records_dir}")
+    items = unseen_items(dataset)
+    counts, chance = {}, {}
+    for split in SPLITS:
+        target = restricted_pairs(dataset, split, items)
+        counts[split] = {"interactions": int(len(target)), "items": int(np.unique(target[:, 1]).size),
+                         "users": int(np.unique(target[:, 0]).size)}
+        chance[split] = {f"recall@{k}": chance_recall(dataset, split, items, k) for k in KS}
+    return {"dataset": dataset_name, "protocol": protocol, "ks": list(KS), "counts": counts, "chance": chance,
+            "rows": rows}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="tiktok")
+    parser.add_argument("--runs", default=None, help="run folders (default experiments/runs/<dataset>)")
+    parser.add_argument("--out", default=None, help="default experiments/results/<dataset>_unseen_items.json")
+    parser.add_argument("--fresh", action="store_true", help="score every run again (default: keep the rows of "
+                        "runs the existing output already scored)")
+    args = parser.parse_args(argv)
+    runs_dir = Path(args.runs) if args.runs else HERE / "runs" / args.dataset
+    target = Path(args.out) if args.out else HERE / "results" / f"{args.dataset}_unseen_items.json"
+    previous = json.loads(target.read_text()) if target.is_file() and not args.fresh else None
+    try:
+        result = build(args.dataset, runs_dir, previous)
+    except (UnseenError, records.RecordError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=target.parent, delete=False, suffix=".tmp", encoding="utf-8") as tmp:
+        json.dump(result, tmp, indent=1)
+        tmp.write("\n")
+    os.replace(tmp.name, target)
+    print(json.dumps(result["counts"]), file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
