@@ -154,6 +154,8 @@ class _Run:
         tcfg = self.tcfg = exp.config.train
         self.runner = StepRunner(exp.module, exp.tx, exp.loss_weights, parallel=tcfg.parallel,
                                  batch_size=tcfg.batch_size)
+        if self.runner.notice:
+            progress.log(self.runner.notice)
         self.meta = _empty_meta()
         if resume and checkpoints.last_epoch() is not None:
             state, self.meta = checkpoints.restore(exp.target)
