@@ -71,8 +71,7 @@ from flax import linen as nn
 from jaxrec.data import graph as jgraph
 from jaxrec.errors import ConfigError
 from jaxrec.models._common import (FeatureTable, batch_triples, bpr_of, check_bool, check_modality_weights,
-                                   check_nonnegative_int, check_number, check_positive_int, chunk_size_for, counted_pairs,
-                                   dense_dot_general,
+                                   check_nonnegative_int, check_number, check_positive_int, counted_pairs,
                                    feature_blocks, graph_cache_of, item_side_features, key_seed, knn_search_settings,
                                    rows_or_all)
 from jaxrec.models._init import torch_linear_bias, torch_linear_kernel, xavier_uniform
@@ -110,8 +109,7 @@ class FREEDOM(nn.Module):
         self.user_embedding = self.param("user_embedding", xavier_uniform, (self.n_users, self.embedding_size))
         self.item_embedding = self.param("item_embedding", xavier_uniform, (self.n_items, self.embedding_size))
         self.projections = [nn.Dense(self.feat_embed_dim, kernel_init=torch_linear_kernel,
-                                     bias_init=torch_linear_bias(dim), dot_general=dense_dot_general,
-                                     name=f"projection_{m}")
+                                     bias_init=torch_linear_bias(dim), name=f"projection_{m}")
                             for m, dim in enumerate(self.feature_dims)]
         if self.train_features:
             self.feature_tables = [FeatureTable(name=f"features_{m}") for m in range(len(self.feature_dims))]
@@ -127,8 +125,7 @@ class FREEDOM(nn.Module):
         """``(users (n_users, d), items (n_items, d))``: the layer mean over ``graph`` plus
         the item-graph term."""
         ego = jnp.concatenate([self.user_embedding, self.item_embedding], axis=0)
-        mean, _ = jgraph.lightgcn_propagate(graph, ego, self.n_ui_layers, indices_are_sorted=True,
-                                            chunk_size=chunk_size_for(self.embedding_size))
+        mean, _ = jgraph.lightgcn_propagate(graph, ego, self.n_ui_layers, indices_are_sorted=True)
         return mean[:self.n_users], mean[self.n_users:] + self.item_graph_embeddings(ctx)
 
     def projected_features(self, ctx, m: int, items):
