@@ -92,10 +92,10 @@ def bench_chunks(data: str) -> None:
     graph = jgraph.bipartite_graph(jdata.load(data))
     edges = jgraph.normalized_adjacency(graph).to_device()
     print(f"lfm2k graph: {graph.n_nodes} nodes, {edges.n_edges} directed edges; CPU ms per call (wall ms)")
-    for width in (64, 256, 384):
+    for width in (64, 192, 256, 384):
         x = jax.random.normal(jax.random.PRNGKey(0), (graph.n_nodes, width))
         cells = []
-        for chunk in (None, 256, 1024, 4096, 16384):
+        for chunk in (None, 256, 1024, 4096, 8192, 16384):
             forward = jax.jit(lambda e, x, c=chunk: jgraph.propagate(e, x, indices_are_sorted=True, chunk_size=c))
             grad = jax.jit(jax.grad(lambda x, e, c=chunk: jnp.sum(
                 jgraph.propagate(e, x, indices_are_sorted=True, chunk_size=c) ** 2)))

@@ -43,7 +43,13 @@ def assert_matches(got, expected):
     (1, 2, -1, 1, None),  # scores in {-2..2}: heavy ties and signed zeros
     (2, 1, 0, 1, 5),      # scores 0/1 only: almost everything ties
 ])
-def test_evaluate_split_matches_naive(seed, dim, low, high, batch_size):
+@pytest.mark.parametrize("target_slots", [True, False], ids=["slots", "scatter"])
+def test_evaluate_split_matches_naive(seed, dim, low, high, batch_size, target_slots, monkeypatch):
+    # Both ways of finding the hits: per-row target slots, and (above the slot limit) the
+    # scattered (B, num_items) target matrix.
+    from jaxrec.eval import _evaluate
+    if not target_slots:
+        monkeypatch.setattr(_evaluate, "_MAX_TARGET_SLOTS", 0)
     user_emb, item_emb, train, targets, scores = make_case(
         seed, num_users=37, num_items=23, dim=dim, low=low, high=high, num_train=260,
         num_targets=90)
@@ -53,6 +59,8 @@ def test_evaluate_split_matches_naive(seed, dim, low, high, batch_size):
     expected = naive_evaluate(scores, train_pairs=train, target_pairs=targets, ks=ks,
                               metrics=ALL_METRICS)
     assert 0 < expected["num_users"] < 37  # some users have no held-out items
+    split = jeval.prepare_split(num_items=23, train_pairs=train, target_pairs=targets, batch_size=batch_size)
+    assert ("target_slots" in split.batches) == target_slots
     assert_matches(got, expected)
 
 

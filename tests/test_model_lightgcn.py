@@ -64,8 +64,10 @@ def test_propagation_matches_dense_numpy(n_layers):
         np.testing.assert_allclose(user_emb[6], params["user_embedding"][6] / (n_layers + 1), rtol=1e-6)
 
 
-def test_propagation_in_many_chunks_matches_dense_numpy():
-    # Wide embeddings make the cache-sized chunks smaller than the graph: the scan path runs.
+def test_propagation_in_many_chunks_matches_dense_numpy(monkeypatch):
+    # Wide embeddings and a lowered floor make the chunks smaller than the graph: the scan path runs.
+    from jaxrec.models import _common
+    monkeypatch.setattr(_common, "MIN_CHUNK_EDGES", 256)
     dataset = make_synthetic(40, 30, n_interactions=600, seed=4)
     width = 2048
     assert chunk_size_for(width) == 256 and 2 * len(dataset.split_pairs("train")) > 256
@@ -78,11 +80,12 @@ def test_propagation_in_many_chunks_matches_dense_numpy():
     np.testing.assert_allclose(item_emb, expected_items, rtol=1e-4, atol=1e-5)
 
 
-def test_chunk_size_is_about_one_mebibyte_of_messages():
-    assert chunk_size_for(64) == 4096
-    assert chunk_size_for(384) == 512  # 682 rounded down to a power of two
-    assert chunk_size_for(1) == 2**18
-    assert chunk_size_for(10**6) == 256
+def test_chunk_size_is_about_two_mebibytes_of_messages_and_at_least_8192_edges():
+    assert chunk_size_for(64) == 8192
+    assert chunk_size_for(24) == 16384  # 21845 rounded down to a power of two
+    assert chunk_size_for(384) == 8192  # the floor
+    assert chunk_size_for(1) == 2**19
+    assert chunk_size_for(10**6) == 8192
 
 
 def _numpy_mmrec_lightgcn_loss(dataset, params, n_layers, users, pos, neg, weights):

@@ -74,6 +74,25 @@ def test_outputs_of_a_run(reference):
     assert "epoch 6" in (workdir / "log.txt").read_text()
 
 
+def test_epochs_train_on_their_own_batches(reference, dataset):
+    """The trainer draws each epoch's batches ahead, while the previous epoch's call runs: the
+    losses are those of a plain loop over ``sampler.batches(epoch)``, epoch by epoch."""
+    import jax
+
+    from jaxrec.train import StepRunner, init_state
+
+    workdir, _ = reference
+    exp = prepare_experiment(config_from_dict(RAW), dataset)
+    runner = StepRunner(exp.module, exp.tx, exp.loss_weights, batch_size=exp.config.train.batch_size)
+    state = runner.put_state(init_state(exp.module, exp.built.ctx, exp.sampler.example_batch(), exp.tx,
+                                        exp.config.train.seed))
+    ctx, losses = runner.put_ctx(exp.built.ctx), []
+    for epoch in range(RAW["train"]["epochs"]):
+        state, metrics = runner.run(state, ctx, runner.put_batches(exp.sampler.batches(epoch)))
+        losses.append(float(np.mean(jax.device_get(metrics.loss))))
+    assert [row["loss"] for row in _history(workdir)] == pytest.approx(losses, rel=1e-6)
+
+
 def test_same_seed_same_numbers(reference, dataset, tmp_path):
     workdir, metrics = reference
     again = train_and_evaluate(config_from_dict(RAW), tmp_path / "again", dataset=dataset, quiet=True)

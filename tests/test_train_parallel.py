@@ -73,6 +73,22 @@ def test_pmap_matches_one_device(setup):
     assert int(pmapped.step) == STEPS
 
 
+def test_pmap_on_one_device_runs_the_one_device_step(setup):
+    built, tx, state, batches = setup
+    weights = {"bpr": 1.0, "reg": 0.5}
+    single, single_losses, _ = _train(setup, "none", weights)
+    runner = StepRunner(built.module, tx, weights, parallel="pmap", batch_size=BATCH,
+                        devices=jax.local_devices()[:1])
+    assert runner.parallel == "none" and "single device" in runner.notice
+    out, metrics = runner.run(runner.put_state(state), runner.put_ctx(built.ctx), runner.put_batches(batches))
+    out = jax.device_get(runner.get_state(out))
+    # The same program as "none": bit-identical, not merely close.
+    for x, y in zip(jax.tree.leaves(single.params), jax.tree.leaves(out.params)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    np.testing.assert_array_equal(single_losses, np.asarray(metrics.loss))
+    assert StepRunner(built.module, tx, weights, parallel="pmap", batch_size=BATCH).notice is None
+
+
 def test_one_call_per_step_equals_one_call_per_epoch(setup):
     weights = {"bpr": 1.0, "reg": 0.5}
     scanned, scanned_losses, _ = _train(setup, "none", weights, calls=1)

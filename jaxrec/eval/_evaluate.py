@@ -29,6 +29,9 @@ KNOWN_METRICS = DEFAULT_METRICS + ("recall2",)
 # in float32) keeps the matmul efficient without straining host or accelerator memory.
 _BLOCK_ENTRIES = 2**24
 _MAX_AUTO_BATCH = 4096
+# Up to this many held-out items per user, hits are found by comparing the top-k list with
+# each row's padded target slots (B x k x S compares); above it, by a scattered target matrix.
+_MAX_TARGET_SLOTS = 64
 
 
 class EvalSplit(NamedTuple):
@@ -37,7 +40,11 @@ class EvalSplit(NamedTuple):
     Attributes:
       batches: device arrays with a leading ``num_batches`` axis: ``users`` ``(B,)``,
         ``num_relevant`` ``(B,)`` (0 on padding rows), ``exclude_rows``/``exclude_items``
-        ``(E,)`` and ``target_rows``/``target_items`` ``(T,)`` (row ``B`` marks padding).
+        ``(E,)`` and ``target_rows``/``target_items`` ``(T,)`` (row ``B`` marks padding);
+        and, when no user has more than ``_MAX_TARGET_SLOTS`` held-out items,
+        ``target_slots`` ``(B, S)``: each row's held-out items, ``-1`` in unused slots (the
+        ranking then reads hits off the top-k list against these instead of scattering a
+        ``(B, num_items)`` target matrix).
       candidate_mask: ``(num_items,)`` bool device array, True for rankable items.
       num_items: number of items scored.
       batch_size: users per batch ``B``.
@@ -99,6 +106,17 @@ def layout_batches(users: np.ndarray, batch_size: int, pair_groups: dict) -> dic
             positions, items, batch_size=batch_size, num_batches=num_batches)
         out[f"{name}_rows"], out[f"{name}_items"] = rows, cols
     return out
+
+
+def target_slots(positions: np.ndarray, items: np.ndarray, batch_shape: tuple[int, int], width: int) -> np.ndarray:
+    """``(num_batches, B, width)`` int32: the items of each evaluation position's pairs, ``-1``
+    in unused slots (``positions`` as in :func:`_pairs.layout_by_batch`; pairs distinct)."""
+    slots = np.full((batch_shape[0] * batch_shape[1], max(width, 1)), -1, np.int32)
+    order = np.argsort(positions, kind="stable")
+    ordered = positions[order]
+    slot = np.arange(ordered.size) - np.searchsorted(ordered, ordered)  # rank within its position
+    slots[ordered, slot] = items[order]
+    return slots.reshape(*batch_shape, -1)
 
 
 def candidate_mask_of(candidate_items, num_items: int) -> np.ndarray:
@@ -185,6 +203,9 @@ def prepare_split(
     relevant[: users.size] = num_relevant
     arrays["num_relevant"] = relevant.reshape(arrays["users"].shape)
     del arrays["row_valid"]  # num_relevant > 0 marks the real rows
+    if int(num_relevant.max()) <= _MAX_TARGET_SLOTS:
+        arrays["target_slots"] = target_slots(target_pos, target_item, arrays["users"].shape,
+                                              int(num_relevant.max()))
     max_user_id = int(max(users.max(), exclude_users.max(initial=0)))
     return EvalSplit(
         # device_put, not jnp.asarray: the latter compiles a small program per new shape.

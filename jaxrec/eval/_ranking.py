@@ -96,7 +96,8 @@ def split_metric_sums(
     Args:
       batches: per-batch arrays with a leading ``num_batches`` axis: ``users`` (B,),
         ``num_relevant`` (B,) (0 on padding rows), ``exclude_rows``/``exclude_items`` (E,),
-        ``target_rows``/``target_items`` (T,).
+        ``target_rows``/``target_items`` (T,), and optionally ``target_slots`` (B, S) (each
+        row's held-out items, -1 padded), which replaces the (B, num_items) target scatter.
       candidate_mask: ``(num_items,)`` bool.
       user_emb, item_emb: passed to ``score_fn`` (jit arguments, never constants).
       score_fn: ``(users (B,), user_emb, item_emb) -> (B, num_items)`` scores.
@@ -115,9 +116,13 @@ def split_metric_sums(
         shape, top_scores, top_items, num_nan = _ranked_batch(
             score_fn, batch["users"], user_emb, item_emb, batch["exclude_rows"],
             batch["exclude_items"], candidate_mask, evaluated, list_len)
-        targets = jnp.zeros(shape, bool).at[batch["target_rows"], batch["target_items"]].set(
-            True, mode="drop")
-        hits = jnp.take_along_axis(targets, top_items, axis=1) & (top_scores > -jnp.inf)
+        if "target_slots" in batch:  # few held-out items per user: compare the list with them
+            listed = jnp.any(top_items[:, :, None] == batch["target_slots"][:, None, :], axis=-1)
+        else:
+            targets = jnp.zeros(shape, bool).at[batch["target_rows"], batch["target_items"]].set(
+                True, mode="drop")
+            listed = jnp.take_along_axis(targets, top_items, axis=1)
+        hits = listed & (top_scores > -jnp.inf)
         per_user = _metrics.ranking_metrics(hits, num_relevant, ks=ks, metrics=metric_names)
         sums = [jnp.sum(jnp.where(evaluated[:, None], per_user[name], 0.0), axis=0)
                 for name in metric_names]

@@ -81,7 +81,8 @@ from flax import linen as nn
 from jaxrec import losses
 from jaxrec.data import graph as jgraph
 from jaxrec.models._common import (FeatureTable, check_bool, check_nonnegative_int, check_number, check_positive_int,
-                                   chunk_size_for, feature_blocks, item_side_features, rows_or_all, train_graph)
+                                   chunk_size_for, dense_dot_general, feature_blocks, item_side_features, rows_or_all,
+                                   train_graph)
 from jaxrec.models._init import torch_linear_bias, xavier_normal, xavier_uniform
 from jaxrec.models._registry import Built, register
 
@@ -133,8 +134,9 @@ class BM3(nn.Module):
         d = self.embedding_size
         self.user_embedding = self.param("user_embedding", xavier_uniform, (self.n_users, d))
         self.item_embedding = self.param("item_embedding", xavier_uniform, (self.n_items, d))
-        self.predictor = nn.Dense(d, kernel_init=xavier_normal, bias_init=torch_linear_bias(d), name="predictor")
-        self.projections = [nn.Dense(d, kernel_init=xavier_normal, bias_init=torch_linear_bias(dim),
+        self.predictor = nn.Dense(d, kernel_init=xavier_normal, bias_init=torch_linear_bias(d),
+                                  dot_general=dense_dot_general, name="predictor")
+        self.projections = [nn.Dense(d, kernel_init=xavier_normal, bias_init=torch_linear_bias(dim), dot_general=dense_dot_general,
                                      name=f"projection_{m}") for m, dim in enumerate(self.feature_dims)]
         if self.train_features:
             self.feature_tables = [FeatureTable(name=f"features_{m}") for m in range(len(self.feature_dims))]

@@ -100,7 +100,7 @@ from jaxrec.data import graph as jgraph
 from jaxrec.errors import ConfigError
 from jaxrec.models._common import (batch_triples, bpr_emb_loss, check_choice, check_nonnegative_int, check_number,
                                    check_positive_int, chunk_size_for, counted_pairs, feature_blocks,
-                                   item_side_features, normalize_rows)
+                                   item_side_features, matmul, normalize_rows)
 from jaxrec.models._init import xavier_uniform
 from jaxrec.models._registry import Built, register
 
@@ -254,15 +254,15 @@ class LGMRec(nn.Module):
         modal = []
         for m, features in enumerate(ctx["features"]):
             # R X W = (R X) W: the users' feature sums are constants, so no graph product here.
-            user_feats = (ctx["user_feature_sums"][m] @ self.projections[m]) * ctx["user_inverse_degree"][:, None]
-            modal.append(jnp.concatenate([user_feats, features @ self.projections[m]], axis=0))
+            user_feats = matmul(ctx["user_feature_sums"][m], self.projections[m]) * ctx["user_inverse_degree"][:, None]
+            modal.append(jnp.concatenate([user_feats, matmul(features, self.projections[m])], axis=0))
         collaborative, modal = self._propagate(ctx["graph"], ego, modal)
         items_c = collaborative[self.n_users:]
         local, global_sum, views = collaborative, 0.0, []
         for m, features in enumerate(ctx["features"]):
             local = local + normalize_rows(modal[m])
-            item_logits = features @ self.hyperedges[m]
-            user_logits = ctx["user_feature_sums"][m] @ self.hyperedges[m]  # R X V
+            item_logits = matmul(features, self.hyperedges[m])
+            user_logits = matmul(ctx["user_feature_sums"][m], self.hyperedges[m])  # R X V
             item_dep = self._dependencies(item_logits, noise[m]["item_gumbel"], noise[m]["item_keep"])
             user_dep = self._dependencies(user_logits, noise[m]["user_gumbel"], noise[m]["user_keep"])
             hyper_items = items_c

@@ -70,7 +70,8 @@ from jaxrec import losses
 from jaxrec.data import graph as jgraph
 from jaxrec.errors import ConfigError
 from jaxrec.models._common import (batch_triples, bpr_of, check_bool, check_positive_int, chunk_size_for,
-                                   counted_pairs, item_side_features, normalize_rows, train_graph)
+                                   counted_pairs, dense_dot_general, item_side_features, matmul, normalize_rows,
+                                   train_graph)
 from jaxrec.models._init import torch_linear_bias, torch_linear_kernel, xavier_normal
 from jaxrec.models._registry import Built, register
 
@@ -104,22 +105,23 @@ class ModalityGCN(nn.Module):
         if not self.learn_embeddings:
             preference = jax.lax.stop_gradient(preference)
         if self.latent_dim:
-            features = nn.Dense(self.latent_dim, kernel_init=torch_linear_kernel,
+            features = nn.Dense(self.latent_dim, kernel_init=torch_linear_kernel, dot_general=dense_dot_general,
                                 bias_init=torch_linear_bias(self.feature_dim), name="projection")(features)
         x = normalize_rows(jnp.concatenate([preference, features], axis=0))
         d = self.embedding_size
         for layer in range(1, self.n_layers + 1):
             width = x.shape[1]
             conv = self.param(f"conv_{layer}", xavier_normal, (width, width if layer == 1 else d))
-            messages = x @ conv
+            messages = matmul(x, conv)
             h = nn.leaky_relu(jgraph.propagate(graph, messages, indices_are_sorted=True,
                                                chunk_size=chunk_size_for(messages.shape[1])))
             x_hat = nn.leaky_relu(nn.Dense(d, kernel_init=xavier_normal, bias_init=torch_linear_bias(width),
-                                           name=f"linear_{layer}")(x)) + id_embedding
+                                           dot_general=dense_dot_general, name=f"linear_{layer}")(x)) + id_embedding
             # MMRec re-initializes only the first combination layer (Xavier); the others keep torch's default.
             g_width = (h.shape[1] + d) if self.concat else h.shape[1]
             combine = nn.Dense(d, kernel_init=xavier_normal if layer == 1 else torch_linear_kernel,
-                               bias_init=torch_linear_bias(g_width), name=f"combine_{layer}")
+                               bias_init=torch_linear_bias(g_width), dot_general=dense_dot_general,
+                               name=f"combine_{layer}")
             if self.concat:
                 x = nn.leaky_relu(combine(jnp.concatenate([h, x_hat], axis=1)))
             else:

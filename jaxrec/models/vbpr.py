@@ -65,7 +65,7 @@ from flax import linen as nn
 from jaxrec import losses
 from jaxrec.errors import ConfigError
 from jaxrec.models._common import (bpr_emb_loss, check_bool, check_choice, check_positive_int, counted_pairs,
-                                   item_side_features, masked_rows, rows_or_all, trained_item_mask)
+                                   item_side_features, masked_rows, matmul, rows_or_all, trained_item_mask)
 from jaxrec.models._init import xavier_normal, xavier_uniform
 from jaxrec.models._registry import Built, register
 
@@ -109,10 +109,10 @@ class VBPR(nn.Module):
     def _visual(self, features):
         """(..., D) features -> (..., blocks * K') visual item factors."""
         if self.fusion == "early":
-            return features @ self.embeddings[0]
+            return matmul(features, self.embeddings[0])
         parts, start = [], 0
         for E, dm in zip(self.embeddings, self.feature_dims):
-            parts.append(features[..., start:start + dm] @ E)
+            parts.append(matmul(features[..., start:start + dm], E))
             start += dm
         return jnp.concatenate(parts, axis=-1)
 
@@ -191,7 +191,7 @@ class MMRecVBPR(nn.Module):
     def _item_vectors(self, ctx, *item_arrays):
         """``[γ_i, E f_i + b]`` of each index array (γ zero for never-trained items)."""
         features = ctx["features"]
-        visual = rows_or_all(lambda rows: features[rows] @ self.projection + self.projection_bias, self.n_items,
+        visual = rows_or_all(lambda rows: matmul(features[rows], self.projection) + self.projection_bias, self.n_items,
                              *item_arrays)
         return [jnp.concatenate([masked_rows(self.gamma_item, ctx["trained"], items), v], axis=-1)
                 for items, v in zip(item_arrays, visual)]

@@ -168,6 +168,8 @@ class _Run:
         self.exp, self.workdir, self.checkpoints, self.progress, self.hooks = exp, workdir, checkpoints, progress, hooks
         tcfg = self.tcfg = exp.config.train
         self.runner = make_runner(exp)
+        if getattr(self.runner, "notice", None):
+            progress.log(self.runner.notice)
         self.meta = _empty_meta()
         if resume and checkpoints.last_epoch() is not None:
             state, self.meta = checkpoints.restore(restore_target(self.runner, exp.target))
@@ -188,6 +190,7 @@ class _Run:
         # The best state not yet on disk: (epoch, host copy, meta copy). Written at the next checkpoint;
         # if the process dies first, the resumed run recomputes it exactly.
         self.pending_best: tuple[int, Any, dict] | None = None
+        self.prefetched: tuple[int, dict] | None = None  # (epoch, batches) drawn ahead of their epoch
         self.eval_device = self.runner.local_device
         self._set_context(exp.built.ctx)
         self.ctx_epoch: int | None = None  # the epoch index of the hook's context now set
@@ -230,10 +233,23 @@ class _Run:
         self.meta["eval_seconds"].append(time.perf_counter() - tick)
         return result
 
+    def _batches(self, epoch: int) -> dict[str, np.ndarray]:
+        """Epoch ``epoch``'s (1-based) batches: the prefetched ones, or drawn now."""
+        prefetched, self.prefetched = self.prefetched, None
+        if prefetched is not None and prefetched[0] == epoch:
+            return prefetched[1]
+        return self.exp.sampler.batches(epoch - 1, self.runner.local_rows)
+
+    def _prefetch(self, epoch: int) -> None:
+        """Draw epoch ``epoch``'s batches now (host numpy work), while the device still runs the
+        call just dispatched; the batches are a function of ``(seed, epoch)`` only."""
+        if epoch <= self.tcfg.epochs:
+            self.prefetched = (epoch, self.exp.sampler.batches(epoch - 1, self.runner.local_rows))
+
     def train_epoch(self, epoch: int) -> dict[str, Any]:
         exp, tcfg = self.exp, self.tcfg
         tick = time.perf_counter()
-        batches = exp.sampler.batches(epoch - 1, self.runner.local_rows)
+        batches = self._batches(epoch)
         self._context_for(epoch - 1)
         per_call = tcfg.steps_per_call or exp.steps_per_epoch
         sums: dict[str, float] = {"loss": 0.0}
@@ -241,6 +257,8 @@ class _Run:
         for offset in range(0, exp.steps_per_epoch, per_call):
             chunk = {k: v[offset:offset + per_call] for k, v in batches.items()}
             self.state, metrics = self.runner.run(self.state, self.train_ctx, self.runner.put_batches(chunk))
+            if offset + per_call >= exp.steps_per_epoch:  # the epoch's last call is in flight
+                self._prefetch(epoch + 1)
             metrics = jax.device_get(metrics)
             first_step = (epoch - 1) * exp.steps_per_epoch + offset
             diverged = _first_divergence(metrics, exp.loss_weights, first_step)
