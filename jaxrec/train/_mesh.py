@@ -227,8 +227,8 @@ class MeshStepRunner:
     """:class:`~jaxrec.train.StepRunner`'s interface on a ``(data, model)`` mesh.
 
     The state on device is padded and sharded (module docstring); :meth:`get_state` gives
-    the logical state on the first device, :meth:`put_state` takes a logical state (host or
-    device) and places it.
+    the logical state on this process's first device, :meth:`put_state` takes a logical
+    state (host or device) and places it.
 
     Args:
       module, tx, loss_weights: as for :class:`~jaxrec.train.StepRunner`.
@@ -277,6 +277,18 @@ class MeshStepRunner:
         if _is_placed(state, self._state_shardings, self.layout.padded_shapes()):
             return state
         return _place(self.layout.pad(jax.tree.map(_host, state)), self._state_shardings)
+
+    def restore_target(self, target):
+        """``target`` (the abstract logical state) with shardings, for Orbax to read each
+        device's rows straight into place: tables whose rows divide by ``M`` row-sharded,
+        other tables onto this process's first device (:meth:`put_state` pads and places
+        them), everything else replicated."""
+        first = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        leaves = [jax.ShapeDtypeStruct(leaf.shape, leaf.dtype,
+                                       sharding=first if rows is not None and rows % self.model_size else sharding)
+                  for leaf, sharding, rows in zip(jax.tree.leaves(target), jax.tree.leaves(self._state_shardings),
+                                                  self.layout.rows)]
+        return jax.tree.unflatten(jax.tree.structure(target), leaves)
 
     def init_state(self, module, ctx, example_batch, tx, seed: int) -> TrainState:
         """:func:`jaxrec.train.init_state` computed directly into the padded, sharded layout: no
@@ -389,14 +401,11 @@ def initial_state(runner, experiment):
     return init_state(*args)
 
 
-def evaluator(runner, experiment, encoder):
-    """``fn(params, ctx, split_layout) -> result`` for a runner: on the mesh for a
-    :class:`MeshStepRunner`, else :func:`jaxrec.train.evaluate_params` on one device."""
-    if isinstance(runner, MeshStepRunner):
-        return functools.partial(runner.evaluate, experiment)
-    from jaxrec.train._setup import evaluate_params
-
-    return functools.partial(evaluate_params, experiment, encoder)
+def restore_target(runner, target):
+    """The target a checkpoint of ``target``'s shapes is restored into for ``runner``: with
+    the mesh's shardings for a :class:`MeshStepRunner` (Orbax reads each device's rows), else
+    ``target`` itself."""
+    return runner.restore_target(target) if isinstance(runner, MeshStepRunner) else target
 
 
 def _device_bytes(x) -> int:
