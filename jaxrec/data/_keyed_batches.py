@@ -31,6 +31,8 @@ from jaxrec.data._negatives import (
     _SORT_ABOVE,
     PositiveSets,
     _bisect_negative_mass,
+    _free_rank_to_item,
+    _popularity_masses,
     _popularity_weights,
     _raise_if_no_negatives,
 )
@@ -156,16 +158,8 @@ class KeyedTrainBatches:
             _raise_if_no_negatives(users, n_free <= 0, "the user has every item among its positives")
             ranks = np.minimum((uniforms(0).reshape(streams.shape) * n_free[:, None]).astype(np.int64),
                                n_free[:, None] - 1)
-            base = (users * sets.n_items)[:, None]
-            below = np.searchsorted(sets._gap_keys, base + ranks, side="right") - sets.indptr[users][:, None]
-            return (ranks + below).astype(np.int32)
-        weights = self._weights
-        cdf = np.cumsum(weights)
-        positive_cdf = np.concatenate([[0.0], np.cumsum(weights[sets.indices])])
-        start, end = sets.indptr[users], sets.indptr[users + 1]
-        free_mass = cdf[-1] - (positive_cdf[end] - positive_cdf[start])
-        _raise_if_no_negatives(users, free_mass <= cdf[-1] * 1e-12,
-                               "every item outside the user's positives has zero popularity")
+            return _free_rank_to_item(sets, users, ranks)
+        cdf, positive_cdf, free_mass = _popularity_masses(self._weights, sets, users)
 
         def inverse_cdf(u):
             return np.minimum(np.searchsorted(cdf, u * cdf[-1], side="right"), sets.n_items - 1)

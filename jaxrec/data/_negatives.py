@@ -185,21 +185,18 @@ def sample_negatives(
 def _uniform(rng, users, sets: PositiveSets, n_neg: int) -> np.ndarray:
     n_free = sets.n_items - sets.degrees[users]
     _raise_if_no_negatives(users, n_free <= 0, "the user has every item among its positives")
-    ranks = rng.integers(0, n_free[:, None], size=(users.size, n_neg))
+    return _free_rank_to_item(sets, users, rng.integers(0, n_free[:, None], size=(users.size, n_neg)))
+
+
+def _free_rank_to_item(sets: PositiveSets, users, ranks) -> np.ndarray:
+    """Item ids of ``ranks`` (B, n) counted among each user's NON-positive items, in id order."""
     base = (users * sets.n_items)[:, None]
     below = np.searchsorted(sets._gap_keys, base + ranks, side="right") - sets.indptr[users][:, None]
     return (ranks + below).astype(np.int32)
 
 
 def _popularity(rng, users, sets: PositiveSets, n_neg: int, item_popularity) -> np.ndarray:
-    weights = _popularity_weights(item_popularity, sets)
-    cdf = np.cumsum(weights)
-    positive_cdf = np.concatenate([[0.0], np.cumsum(weights[sets.indices])])
-    start, end = sets.indptr[users], sets.indptr[users + 1]
-    # Computed exactly like the bisection's right end, so that a draw below it always lands.
-    free_mass = cdf[-1] - (positive_cdf[end] - positive_cdf[start])
-    _raise_if_no_negatives(users, free_mass <= cdf[-1] * 1e-12,
-                           "every item outside the user's positives has zero popularity")
+    cdf, positive_cdf, free_mass = _popularity_masses(_popularity_weights(item_popularity, sets), sets, users)
 
     def inverse_cdf(size):
         return np.minimum(np.searchsorted(cdf, rng.random(size) * cdf[-1], side="right"), sets.n_items - 1)
@@ -220,6 +217,19 @@ def _popularity(rng, users, sets: PositiveSets, n_neg: int, item_popularity) -> 
         out.flat[bad] = _bisect_negative_mass(users[row], target, sets, cdf, positive_cdf)
         bad = bad[sets.contains(flat_users.flat[bad], out.flat[bad])]
     raise RuntimeError("popularity sampling did not settle; item weights may be degenerate")
+
+
+def _popularity_masses(weights, sets: PositiveSets, users):
+    """``(cdf, positive_cdf, free_mass)``: cumulative item weights, cumulative weights over the
+    positive keys, and each user's weight outside its positives (DataError where it is 0)."""
+    cdf = np.cumsum(weights)
+    positive_cdf = np.concatenate([[0.0], np.cumsum(weights[sets.indices])])
+    start, end = sets.indptr[users], sets.indptr[users + 1]
+    # Computed exactly like the bisection's right end, so that a draw below it always lands.
+    free_mass = cdf[-1] - (positive_cdf[end] - positive_cdf[start])
+    _raise_if_no_negatives(users, free_mass <= cdf[-1] * 1e-12,
+                           "every item outside the user's positives has zero popularity")
+    return cdf, positive_cdf, free_mass
 
 
 def _bisect_negative_mass(users, target, sets: PositiveSets, cdf, positive_cdf) -> np.ndarray:
