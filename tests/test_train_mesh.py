@@ -230,23 +230,26 @@ def test_bpr_on_meshes_and_checkpoints_across_meshes(tmp_path):
     # Onto one device (jaxrec evaluate's path): the checkpoint holds the unpadded state.
     reloaded = evaluate_run(tmp_path / "bprmf-(2, 2)", "test", dataset=dataset)
     assert reloaded["metrics"] == first["test"]  # the sharded evaluation is bit-identical
-    # Orbax reads a 2 x 2 target's rows straight into place: 62 user rows split over M = 2;
-    # the 45-row item table (not a multiple of 2) comes back whole, to be padded and placed.
+    # The checkpoint holds the padded 2 x 2 state as each device held it (45 item rows stored as
+    # 46) with the logical shapes beside it. Orbax reads a 2 x 2 target's rows straight into
+    # place, both tables split over M = 2, padding rows zero; and the 45-row table onto one device.
     experiment = prepare_experiment(config_from_dict(_raw("bprmf", (2, 2))), dataset)
     runner = make_runner(experiment)
     checkpoints = Checkpoints(tmp_path / "bprmf-(2, 2)" / "checkpoints", read_only=True)
     try:
-        sharded, _ = checkpoints.restore(runner.restore_target(experiment.target), 2)
+        sharded, _ = checkpoints.restore(experiment.target, 2, read_as=runner.restore_target(experiment.target))
         host, _ = checkpoints.restore(experiment.target, 2)
     finally:
         checkpoints.close()
-    users = sharded.params["user_embedding"]
+    users, items = sharded.params["user_embedding"], sharded.params["item_embedding"]
     assert users.sharding.spec == jax.sharding.PartitionSpec("model", None)
     assert {s.data.shape for s in users.addressable_shards} == {(31, 8)}
-    for a, b in zip(jax.tree.leaves(sharded), jax.tree.leaves(host)):
+    assert {s.data.shape for s in items.addressable_shards} == {(23, 8)}
+    assert host.params["item_embedding"].shape == (45, 8)
+    np.testing.assert_array_equal(np.asarray(items)[45:], 0.0)
+    for a, b in zip(jax.tree.leaves(runner.layout.unpad(sharded)), jax.tree.leaves(host)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    placed = runner.put_state(sharded)
-    assert {s.data.shape for s in placed.params["item_embedding"].addressable_shards} == {(23, 8)}
+    assert runner.put_state(sharded) is sharded  # already in place
     # Onto a 4 x 1 mesh, resumed for a third epoch: the three-epoch one-device run.
     config = config_from_dict(_raw("bprmf", (4, 1), epochs=3))
     resumed = train_and_evaluate(config, tmp_path / "bprmf-(2, 2)", dataset=dataset, quiet=True, resume=True)

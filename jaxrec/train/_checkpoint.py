@@ -3,16 +3,33 @@
 Layout: ``WORKDIR/checkpoints/<epochs_done>/{state, meta}`` (absolute paths, as Orbax
 requires). ``state`` is the :class:`~jaxrec.train.TrainState` pytree (params, optimizer
 state, step, PRNG key); ``meta`` is JSON: the epoch counter, early-stopping state, history
-so far and timings, and a digest of the state's bytes. One Orbax manager keeps the newest
+so far and timings, the state's logical shapes and a checksum of its values.
+
+**Sharded arrays are written where they live.** :meth:`Checkpoints.save` takes the state as
+it is -- host arrays, one device's arrays, or global ``jax.Array`` s row-sharded over a
+``(data, model)`` mesh that spans several processes -- and hands it to Orbax unchanged: in a
+multi-process run every process calls ``save`` and writes the shards its devices hold (one
+copy of each replicated array), Orbax's primary process commits the step after all have
+written. No process ever holds the whole state. A mesh's tables are stored with their
+padding rows (zero; see :mod:`jaxrec.train._mesh`); ``meta`` keeps the logical shapes.
+:meth:`Checkpoints.restore` reads into any layout: the abstract target's shardings say
+where each device's rows go (another process count, another mesh, one device), and a
+table's stored row count may differ from the target's (Orbax's non-strict restore pads
+with zero rows or drops the padding rows), so a checkpoint of a 2-process ``{data: 2,
+model: 2}`` run restores into one process on one device or onto a ``{data: 1, model: 4}``
+mesh. One Orbax manager keeps the newest
 ``keep`` checkpoints plus the one saved at the best validation epoch (each save at a new
 best is tagged, and the highest tag is preserved). Orbax writes a step to a temporary
 folder and renames it when complete, so a killed process leaves either a whole checkpoint
 or none. Saves are synchronous: when :meth:`Checkpoints.save` returns, the checkpoint is
 on disk.
 
-Never saved: a state with a NaN or an infinity (:meth:`Checkpoints.save` refuses it).
+Never saved: a state with a NaN or an infinity (:meth:`Checkpoints.save` refuses it; the
+check is a compiled reduction over the arrays where they are, nothing is gathered).
 Verified on restore: a checkpoint whose files cannot be read, or whose arrays no longer
-hash to the digest written with them (a truncated or corrupted file), is *damaged*;
+match the checksum written with them (a truncated or corrupted file), is *damaged*. The
+checksum (:func:`state_checksum`) is computed on the devices and is the same for any
+sharding and any padding, so it is checked after a restore onto another mesh;
 :meth:`Checkpoints.restore` without an epoch falls back to the newest intact checkpoint
 and lists the damaged ones in :attr:`Checkpoints.damaged`.
 """
@@ -28,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
@@ -36,7 +54,9 @@ from jaxrec.errors import ConfigError, TrainingDivergedError
 from jaxrec.train._state import leaf_name, non_finite_leaves
 
 _BEST_TAG = "best_at"
-_DIGEST = "state_digest"
+_DIGEST = "state_digest"  # checkpoints written before the checksum: BLAKE2b of the host state
+_CHECKSUM = "state_checksum"
+_SHAPES = "state_shapes"
 
 
 class DamagedCheckpointError(ConfigError):
@@ -52,6 +72,62 @@ def state_digest(host_state) -> str:
         digest.update(f"{leaf_name(path)}|{array.dtype.str}|{array.shape}|".encode())
         digest.update(array.tobytes())
     return digest.hexdigest()
+
+
+def _as_words(x):
+    """``x``'s bits as uint32 words, one per element (two for 8-byte types)."""
+    x = jnp.asarray(x)
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        x = jax.random.key_data(x)
+    size = np.dtype(x.dtype).itemsize
+    if x.dtype == jnp.bool_ or size == 1:
+        return x.astype(jnp.uint32)
+    if size == 2:
+        return jax.lax.bitcast_convert_type(x, jnp.uint16).astype(jnp.uint32)
+    return jax.lax.bitcast_convert_type(x, jnp.uint32)  # 4 bytes: same shape; 8 bytes: a trailing 2
+
+
+@jax.jit
+def _checksums(leaves):
+    out = []
+    for leaf in leaves:
+        words = _as_words(leaf).reshape(-1)
+        index = jnp.arange(words.size, dtype=jnp.uint32)
+        rotated = (words << 13) | (words >> 19)
+        out.append(jnp.stack([jnp.sum(words * (2 * index + 1), dtype=jnp.uint32),
+                              jnp.sum(rotated * (index * jnp.uint32(0x9E3779B1) | 1), dtype=jnp.uint32)]))
+    return out
+
+
+def state_checksum(state) -> str:
+    """A checksum of a state's values that does not depend on where they are.
+
+    Per leaf, over its elements' bits ``w_i`` (uint32 words, row-major index ``i``):
+    ``sum_i w_i (2i + 1)`` and ``sum_i rotl(w_i, 13) (i * 0x9E3779B1 | 1)``, both mod 2^32.
+    The weights are odd, so any single changed word changes the first sum. Integer sums do not
+    depend on the order of addition, so the value is the same for any sharding; zero rows
+    appended to a table add zero, so a mesh's padded table has the checksum of its logical
+    rows. Computed by one compiled reduction where the arrays are (a collective for global
+    arrays: every process calls it).
+    """
+    leaves = jax.tree.leaves(state)
+    sums = jax.device_get(_checksums(leaves)) if leaves else []
+    return "".join(f"{int(a):08x}{int(b):08x}" for a, b in sums)
+
+
+def _gathered(x) -> np.ndarray:
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
+
+
+def _with_sharding(abstract):
+    """Leaves without a sharding read onto this process's first device."""
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    return jax.tree.map(lambda leaf: leaf if getattr(leaf, "sharding", None) is not None
+                        else jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=device), abstract)
 
 
 def _quiet_closed_loop_reports() -> None:
@@ -130,34 +206,47 @@ class Checkpoints:
         """The newest checkpoint's epoch count, or None."""
         return self._manager.latest_step()
 
-    def save(self, epochs_done: int, state, meta: dict[str, Any], *, is_best: bool) -> None:
+    def save(self, epochs_done: int, state, meta: dict[str, Any], *, is_best: bool,
+             logical_shapes: list[tuple[int, ...]] | None = None) -> None:
         """Write ``state`` and ``meta`` as checkpoint ``epochs_done``.
+
+        Args:
+          state: the train state as it is: host arrays, device arrays, or global arrays sharded
+            over several processes (then every process calls ``save`` and writes its shards).
+          logical_shapes: the state's leaf shapes without a mesh's padding rows (default: the
+            arrays' shapes), stored in ``meta`` for the shape check on restore.
 
         A checkpoint of the same number (a resumed run redoing an epoch whose checkpoint
         was lost) is replaced.
         """
-        host_state = jax.tree.map(np.asarray, jax.device_get(state))
-        bad = non_finite_leaves(host_state)
+        bad = non_finite_leaves(state)
         if bad:
             raise TrainingDivergedError(f"refusing to save non-finite state as checkpoint {epochs_done}: "
                                         f"{', '.join(bad)} hold NaN or infinite values")
-        meta = {**meta, _DIGEST: state_digest(host_state)}
+        leaves = jax.tree.leaves(state)
+        shapes = logical_shapes if logical_shapes is not None else [np.shape(leaf) for leaf in leaves]
+        meta = {**meta, _CHECKSUM: state_checksum(state),
+                _SHAPES: [[list(map(int, shape)), np.dtype(leaf.dtype).str] for shape, leaf in zip(shapes, leaves)]}
+        meta.pop(_DIGEST, None)
         if epochs_done in self._manager.all_steps():
             self._manager.delete(epochs_done)
         self._manager.save(
             epochs_done,
-            args=ocp.args.Composite(state=ocp.args.StandardSave(host_state),
-                                    meta=ocp.args.JsonSave(meta)),
+            args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
             metrics={_BEST_TAG: float(epochs_done)} if is_best else None,
             force=True)
         self._manager.wait_until_finished()
 
-    def restore(self, target_state, epochs_done: int | None = None):
+    def restore(self, target_state, epochs_done: int | None = None, *, read_as=None):
         """``(state, meta)`` of checkpoint ``epochs_done``, or of the newest intact one.
 
         Args:
-          target_state: the state's abstract tree (``jax.eval_shape`` of the initializer),
-            giving the pytree structure (optax's named tuples) and dtypes to restore into.
+          target_state: the state's abstract tree (``jax.eval_shape`` of the initializer) at
+            its logical shapes, giving the pytree structure (optax's named tuples) and dtypes
+            to restore into.
+          read_as: the same tree with the shapes and shardings to read into (a mesh's padded,
+            row-sharded layout: each device reads its own rows); default ``target_state``,
+            leaves without a sharding on this process's first device.
           epochs_done: which checkpoint; None: the newest that is intact, skipping damaged
             ones (listed in :attr:`damaged` as ``(epochs_done, reason)``, newest first).
 
@@ -172,13 +261,13 @@ class Checkpoints:
             if epochs_done not in available:
                 raise ConfigError(f"no checkpoint after epoch {epochs_done} in {self.directory} "
                                   f"(found: {available or 'none'})")
-            return self._restore_verified(target_state, epochs_done)
+            return self._restore_verified(target_state, epochs_done, read_as)
         if not available:
             raise ConfigError(f"no checkpoint in {self.directory} (found: none)")
         self.damaged = []
         for epoch in reversed(available):
             try:
-                return self._restore_verified(target_state, epoch)
+                return self._restore_verified(target_state, epoch, read_as)
             except DamagedCheckpointError as error:
                 self.damaged.append((epoch, str(error)))
         raise DamagedCheckpointError(
@@ -186,12 +275,16 @@ class Checkpoints:
             + ", ".join(str(epoch) for epoch, _ in self.damaged)
             + " (" + "; ".join(reason for _, reason in self.damaged) + ")")
 
-    def _restore_verified(self, target_state, epochs_done: int):
+    def _restore_verified(self, target_state, epochs_done: int, read_as=None):
         where = self.directory / str(epochs_done)
         expected = _shapes(jax.tree.leaves(target_state))
         try:
-            saved = self._manager.item_metadata(epochs_done)["state"]
-            saved = _shapes(jax.tree.leaves(getattr(saved, "tree", saved)))
+            meta = dict(self._manager.restore(epochs_done, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
+            if _SHAPES in meta:  # the logical shapes (a mesh's tables are stored with padding rows)
+                saved = Counter((tuple(shape), dtype) for shape, dtype in meta[_SHAPES])
+            else:  # written before the logical shapes were stored: the arrays' own shapes
+                saved = self._manager.item_metadata(epochs_done)["state"]
+                saved = _shapes(jax.tree.leaves(getattr(saved, "tree", saved)))
         except Exception as error:  # noqa: BLE001 -- any failure to read the metadata is damage
             _quiet_closed_loop_reports()
             raise DamagedCheckpointError(f"checkpoint {where} is damaged: its metadata cannot be read "
@@ -202,18 +295,29 @@ class Checkpoints:
             raise ConfigError(f"checkpoint {where} does not match the model built from the config (the "
                               f"model has arrays {missing} that the checkpoint lacks, the checkpoint has "
                               f"{extra}); was the config changed?")
+        read_as = _with_sharding(target_state if read_as is None else read_as)
         try:
+            # Not strict: a table's stored rows (a mesh's padding included) may differ from the
+            # rows read into; missing rows read as zero, extra (padding) rows are dropped.
             restored = self._manager.restore(epochs_done, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(target_state), meta=ocp.args.JsonRestore()))
+                state=ocp.args.StandardRestore(read_as, strict=False)))
         except Exception as error:  # noqa: BLE001 -- shapes match, so an unreadable array is damage
             _quiet_closed_loop_reports()
             raise DamagedCheckpointError(f"checkpoint {where} is damaged: an array cannot be read "
                                          f"({_short(error)})") from None
         state = jax.tree.unflatten(jax.tree.structure(target_state), jax.tree.leaves(restored["state"]))
-        meta = dict(restored["meta"])
-        digest = meta.pop(_DIGEST, None)
-        if digest is not None and state_digest(jax.tree.map(np.asarray, state)) != digest:
-            raise DamagedCheckpointError(f"checkpoint {where} is damaged: its arrays do not match the digest "
+        checksum, digest = meta.pop(_CHECKSUM, None), meta.pop(_DIGEST, None)
+        meta.pop(_SHAPES, None)
+        if checksum is not None:
+            intact = state_checksum(state) == checksum
+        elif digest is not None:  # an older checkpoint: BLAKE2b of the logical host state
+            intact = state_digest(jax.tree.unflatten(jax.tree.structure(target_state), [
+                _gathered(leaf)[:np.shape(t)[0]] if np.ndim(t) else _gathered(leaf)
+                for leaf, t in zip(jax.tree.leaves(state), jax.tree.leaves(target_state))])) == digest
+        else:
+            intact = True
+        if not intact:
+            raise DamagedCheckpointError(f"checkpoint {where} is damaged: its arrays do not match the checksum "
                                          "written with them (a corrupted file)")
         return state, meta
 

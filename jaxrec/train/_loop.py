@@ -34,7 +34,8 @@ from jaxrec.train._setup import (
     prepare_experiment,
 )
 from jaxrec.train._state import init_state, non_finite_leaves
-from jaxrec.train._mesh import MeshStepRunner, initial_state, make_runner, restore_target, sharding_report
+from jaxrec.train._mesh import (MeshStepRunner, checkpoint_state, initial_state, logical_params, make_runner,
+                                restore_target, sharding_report)
 from jaxrec.train._step import StepRunner
 
 
@@ -172,7 +173,7 @@ class _Run:
             progress.log(self.runner.notice)
         self.meta = _empty_meta()
         if resume and checkpoints.last_epoch() is not None:
-            state, self.meta = checkpoints.restore(restore_target(self.runner, exp.target))
+            state, self.meta = checkpoints.restore(exp.target, read_as=restore_target(self.runner, exp.target))
             for epoch, reason in checkpoints.damaged:
                 _warn(progress, f"warning: {reason}; resuming from the newest intact checkpoint, after epoch "
                                 f"{self.meta['epochs_done']}")
@@ -187,9 +188,10 @@ class _Run:
         self.events = (_outputs.EventLog(workdir, tcfg, exp.steps_per_epoch, first_epoch=self.meta["epochs_done"] + 1)
                        if _distributed.is_main() else None)
         self.state = self.runner.put_state(state)
-        # The best state not yet on disk: (epoch, host copy, meta copy). Written at the next checkpoint;
+        # The best state not yet on disk: (epoch, state copy, meta copy, logical shapes), a mesh's copy
+        # staying sharded on its devices. Written at the next checkpoint;
         # if the process dies first, the resumed run recomputes it exactly.
-        self.pending_best: tuple[int, Any, dict] | None = None
+        self.pending_best: tuple[int, Any, dict, Any] | None = None
         self.prefetched: tuple[int, dict] | None = None  # (epoch, batches) drawn ahead of their epoch
         self.eval_device = self.runner.local_device
         self._set_context(exp.built.ctx)
@@ -218,7 +220,8 @@ class _Run:
         hook or when already set."""
         if self.exp.built.epoch_update is None or self.ctx_epoch == epoch_index:
             return
-        params = self.runner.get_state(self.state).params if params is None else params
+        params = (self.runner.get_state(self.state).params if params is None
+                  else logical_params(self.runner, params))
         self._set_context(epoch_context(self.exp.built, params, self.tcfg.seed, epoch_index))
         self.ctx_epoch = epoch_index
 
@@ -284,10 +287,14 @@ class _Run:
         last = self.checkpoints.last_epoch()
         if self.pending_best is not None and (last is None or self.pending_best[0] > last):
             # A copy: the replay donates the buffers it is given, and the pending best is still to be saved.
-            return self.pending_best[0], jax.tree.map(lambda x: np.array(x, copy=True), self.pending_best[1])
+            tree = self.pending_best[1]
+            if isinstance(self.runner, MeshStepRunner):
+                return self.pending_best[0], self.runner.checkpoint_state(tree, copy=True)[0]
+            return self.pending_best[0], jax.tree.map(lambda x: np.array(x, copy=True), tree)
         if last is not None:
             try:
-                state, meta = self.checkpoints.restore(restore_target(self.runner, self.exp.target))
+                state, meta = self.checkpoints.restore(self.exp.target,
+                                                       read_as=restore_target(self.runner, self.exp.target))
                 return meta["epochs_done"], state
             except ConfigError:
                 pass
@@ -356,21 +363,21 @@ class _Run:
             self.meta["best_valid"] = row["valid"]
         return improved
 
-    def _host_state(self):
-        return jax.tree.map(lambda x: np.array(x, copy=True), self.runner.get_state(self.state))
 
     def flush_best(self) -> None:
         """Write the pending best state as its own checkpoint (before a later one)."""
         if self.pending_best is None:
             return
-        epoch, host_state, meta = self.pending_best
-        self.checkpoints.save(epoch, host_state, meta, is_best=True)
+        epoch, tree, meta, shapes = self.pending_best
+        self.checkpoints.save(epoch, tree, meta, is_best=True, logical_shapes=shapes)
         self.pending_best = None
 
     def save(self, epoch: int) -> None:
         self.flush_best()
-        self.checkpoints.save(epoch, self.runner.get_state(self.state), self.meta,
-                              is_best=self.early_stopping.best_epoch == epoch)
+        # A mesh's state is saved as it is on the devices: each process writes its own shards.
+        tree, shapes = checkpoint_state(self.runner, self.state)
+        self.checkpoints.save(epoch, tree, self.meta, is_best=self.early_stopping.best_epoch == epoch,
+                              logical_shapes=shapes)
 
     def best_params(self):
         """The parameters at the best validation epoch (in memory, or from its checkpoint)."""
@@ -378,8 +385,9 @@ class _Run:
         if self.pending_best is not None and self.pending_best[0] == best:
             return self.pending_best[1].params
         if best == self.meta["epochs_done"]:
-            return self.runner.get_state(self.state).params
-        state, _ = self.checkpoints.restore(self.exp.target, best)
+            return (self.runner.eval_params(self.state) if isinstance(self.runner, MeshStepRunner)
+                    else self.runner.get_state(self.state).params)
+        state, _ = self.checkpoints.restore(self.exp.target, best, read_as=restore_target(self.runner, self.exp.target))
         return state.params
 
     def run(self, started: float) -> dict[str, Any]:
@@ -403,7 +411,8 @@ class _Run:
             if epoch % tcfg.checkpoint_every == 0 or meta["finished"]:
                 self.save(epoch)
             elif self.early_stopping.best_epoch == epoch:
-                self.pending_best = (epoch, self._host_state(), copy.deepcopy(meta))
+                tree, shapes = checkpoint_state(self.runner, self.state, copy=True)
+                self.pending_best = (epoch, tree, copy.deepcopy(meta), shapes)
             if self.events is not None:  # process 0
                 _outputs.write_history(self.workdir / _outputs.HISTORY_FILE, meta["history"])
                 self.events.epoch(row)

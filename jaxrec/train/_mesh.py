@@ -24,7 +24,9 @@ with ``ceil(n / M) * M`` rows, the extra rows zero. Inside the compiled step the
 cut back to ``n`` rows before the model sees it (the model's own shapes are unchanged) and
 padded again after the update: the padding rows get zero gradients, so zero Adam moments and
 zero updates, and stay zero. Host code never sees padding: :meth:`MeshStepRunner.get_state`
-returns the ``n``-row state (what checkpoints store), so a checkpoint restores onto any mesh.
+returns the ``n``-row state. Checkpoints store the padded, sharded state as it is (each
+process writes its shards) with the logical shapes beside it; a restore reads into any
+mesh's padded layout (:mod:`jaxrec.train._checkpoint`).
 
 **Models that need the whole table.** Graph models (lightgcn, freedom, lattice, bm3, lgmrec,
 mgcn, mmgcn) propagate over all users and items in every step; with ``M > 1`` the compiler
@@ -279,16 +281,28 @@ class MeshStepRunner:
         return _place(self.layout.pad(jax.tree.map(_host, state)), self._state_shardings)
 
     def restore_target(self, target):
-        """``target`` (the abstract logical state) with shardings, for Orbax to read each
-        device's rows straight into place: tables whose rows divide by ``M`` row-sharded,
-        other tables onto this process's first device (:meth:`put_state` pads and places
-        them), everything else replicated."""
-        first = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        leaves = [jax.ShapeDtypeStruct(leaf.shape, leaf.dtype,
-                                       sharding=first if rows is not None and rows % self.model_size else sharding)
-                  for leaf, sharding, rows in zip(jax.tree.leaves(target), jax.tree.leaves(self._state_shardings),
-                                                  self.layout.rows)]
+        """``target`` (the abstract logical state) at the mesh's padded shapes with the mesh's
+        shardings: Orbax reads each device's rows straight into place (tables row-sharded,
+        everything else replicated), whatever mesh or process count wrote the checkpoint."""
+        leaves = [jax.ShapeDtypeStruct(shape, leaf.dtype, sharding=sharding)
+                  for leaf, shape, sharding in zip(jax.tree.leaves(target), self.layout.padded_shapes(),
+                                                   jax.tree.leaves(self._state_shardings))]
         return jax.tree.unflatten(jax.tree.structure(target), leaves)
+
+    def checkpoint_state(self, state: TrainState, *, copy: bool = False):
+        """``(tree, logical shapes)`` to checkpoint: the state as it is on the mesh (padded,
+        sharded; each process writes its own shards), or a copy on the same devices (the
+        next step donates the original's buffers)."""
+        if copy:
+            state = _copy_placed(state)
+        return state, self.layout.shapes
+
+    def logical_params(self, params):
+        """Placed (padded) parameters as the model sees them: unpadded, on this process's
+        first device (gathered from every process)."""
+        if _is_placed(params, self.params_layout.shardings(self.mesh), self.params_layout.padded_shapes()):
+            return jax.device_put(self.params_layout.unpad(jax.tree.map(_host, params)), self.local_device)
+        return params
 
     def init_state(self, module, ctx, example_batch, tx, seed: int) -> TrainState:
         """:func:`jaxrec.train.init_state` computed directly into the padded, sharded layout: no
@@ -354,6 +368,11 @@ def _is_placed(tree, shardings, shapes) -> bool:
         for leaf, sharding, shape in zip(leaves, jax.tree.leaves(shardings), shapes))
 
 
+@jax.jit
+def _copy_placed(tree):
+    return jax.tree.map(jnp.copy, tree)  # outputs keep the inputs' shardings
+
+
 @functools.lru_cache(maxsize=8)
 def _sharded_init(module, tx, seed: int, mesh: Mesh, layout_key):
     from jaxrec.train._state import _init_state
@@ -402,10 +421,23 @@ def initial_state(runner, experiment):
 
 
 def restore_target(runner, target):
-    """The target a checkpoint of ``target``'s shapes is restored into for ``runner``: with
-    the mesh's shardings for a :class:`MeshStepRunner` (Orbax reads each device's rows), else
-    ``target`` itself."""
+    """The tree a checkpoint of ``target``'s logical shapes is read into for ``runner``
+    (:meth:`Checkpoints.restore`'s ``read_as``): the mesh's padded shapes and shardings for a
+    :class:`MeshStepRunner` (Orbax reads each device's rows), else ``target`` itself."""
     return runner.restore_target(target) if isinstance(runner, MeshStepRunner) else target
+
+
+def checkpoint_state(runner, state, *, copy: bool = False):
+    """``(tree, logical shapes or None)`` to pass to :meth:`Checkpoints.save`: a mesh's state
+    as it is on the devices (nothing gathered), else a host copy of the one logical state."""
+    if isinstance(runner, MeshStepRunner):
+        return runner.checkpoint_state(state, copy=copy)
+    return jax.tree.map(lambda x: np.array(x, copy=True), runner.get_state(state)), None
+
+
+def logical_params(runner, params):
+    """Parameters as the model sees them (a mesh's placed, padded parameters unpadded)."""
+    return runner.logical_params(params) if isinstance(runner, MeshStepRunner) else params
 
 
 def _device_bytes(x) -> int:
