@@ -1,13 +1,21 @@
 """Multi-process runs: 2 processes x 2 CPU devices on 127.0.0.1 against one process.
 
-Each case launches ``jaxrec train`` twice (process 0 and 1, two fake CPU devices each,
-``jax.distributed`` on a free 127.0.0.1 port, gloo collectives) and compares the run with
-the same config trained in this test process on 4 devices (``parallel: sharded``) and on 1
-device: the same history and metrics within 2e-3. The BPR case is also the kill-and-resume
-case (process 1 is killed once the checkpoint after epoch 2 is on disk, process 0 with it,
-and both are relaunched with ``--resume``) and the checkpoint case (a checkpoint written
-by two processes is read back in this one process, and the run extended here on one device
-and on a {data: 1, model: 4} mesh). Every child is killed and reaped when a test ends, passed or not.
+Three launches of ``jaxrec train`` as two processes (two fake CPU devices each,
+``jax.distributed`` on a free 127.0.0.1 port, gloo collectives), each compared with the same
+config trained in this test process on 4 devices (``parallel: sharded``) and on 1 device: the
+same history and metrics within 2e-3. The one-process reference runs are made once per
+module (fixtures) and shared by the cases that read them.
+
+- BPR on a 2-process ``{data: 2, model: 2}`` mesh is the kill-and-resume case: process 1 is
+  killed once the checkpoint after epoch 1 is on disk, process 0 with it, and both are
+  relaunched with ``--resume`` (two launches). Its checkpoints are the cross-process ones:
+  each process wrote its own shards of the row-sharded tables; read back in this one process
+  they hold the one-device run's state, onto a ``{data: 1, model: 4}`` mesh each device reads
+  a quarter of the rows, and the run resumes on that mesh like the one-device run.
+- LightGCN (a graph model: propagation over all rows) on a 2-process ``{data: 2, model: 2}``
+  mesh: the metrics, the per-device table bytes in ``metrics.json`` and the per-process logs.
+
+Every child is killed and reaped when a fixture ends, passed or not.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ import yaml
 
 from jaxrec.train import load_config, train_and_evaluate
 from jaxrec.train._checkpoint import Checkpoints
+from jaxrec.train._mesh import make_runner
 from jaxrec.train._setup import prepare_experiment
 
 pytestmark = pytest.mark.slow
@@ -37,18 +46,22 @@ ROOT = Path(__file__).resolve().parents[1]
 LAUNCH_TIMEOUT = 240  # seconds for one multi-process run (start-up included) on a loaded 2-core machine
 TOLERANCE = 2e-3
 
+# One small synthetic dataset for both models; 61 users and 41 items are padded to a
+# multiple of M on a mesh (62 and 42 rows for M = 2, 64 and 44 for M = 4).
+DATA = {"synthetic": {"n_users": 61, "n_items": 41, "n_interactions": 1200, "seed": 1}}
+MESH = {"data": 2, "model": 2}
 BPR = {
     "model": {"name": "bprmf", "args": {"embedding_size": 16}},
-    "data": {"synthetic": {"n_users": 120, "n_items": 80, "n_interactions": 2400, "seed": 1}},
-    "train": {"epochs": 4, "batch_size": 256, "learning_rate": 0.01, "parallel": "sharded", "sampler": "keyed",
+    "data": DATA,
+    "train": {"epochs": 3, "batch_size": 128, "learning_rate": 0.01, "parallel": "sharded", "sampler": "keyed",
               "checkpoint_every": 1, "checkpoints_to_keep": 8, "seed": 3},
     "eval": {"ks": [10, 20], "batch_size": 16},
 }
 LIGHTGCN = {
     "model": {"name": "lightgcn", "args": {"embedding_size": 16, "n_layers": 2}},
-    "data": {"synthetic": {"n_users": 100, "n_items": 60, "n_interactions": 1800, "seed": 2}},
-    "train": {"epochs": 3, "batch_size": 256, "learning_rate": 0.01, "parallel": "sharded", "sampler": "keyed",
-              "checkpoint_every": 3, "seed": 4},
+    "data": DATA,
+    "train": {"epochs": 2, "batch_size": 128, "learning_rate": 0.01, "parallel": "sharded", "sampler": "keyed",
+              "checkpoint_every": 2, "seed": 4},
     "eval": {"ks": [10, 20], "batch_size": 16},
 }
 
@@ -62,14 +75,19 @@ def _free_port() -> int:
 class Launcher:
     """Starts ``jaxrec train`` processes and guarantees they are gone afterwards."""
 
-    def __init__(self, tmp_path: Path):
+    def __init__(self, tmp_path: Path, compilation_cache: Path):
         self.tmp_path = tmp_path
+        self.compilation_cache = compilation_cache
         self.children: list[subprocess.Popen] = []
 
     def start(self, config: Path, workdir: Path, *, processes: int = 2, devices: int = 2, resume: bool = False):
         port = _free_port()
+        # The children share JAX's persistent compilation cache: a relaunch (--resume) and the
+        # second process load the programs the first compiled instead of compiling them again.
         env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
-                   PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+                   PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+                   JAX_COMPILATION_CACHE_DIR=str(self.compilation_cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                   JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="-1")
         started = []
         for index in range(processes):
             command = [sys.executable, "-m", "jaxrec.cli.main", "train", str(config), "--workdir", str(workdir),
@@ -115,19 +133,14 @@ class Launcher:
                 pass
 
 
-@pytest.fixture
-def launcher(tmp_path):
-    launch = Launcher(tmp_path)
-    try:
-        yield launch
-    finally:
-        launch.kill_all()
-
-
-def _write(tmp_path: Path, name: str, config: dict) -> Path:
-    path = tmp_path / f"{name}.yaml"
+def _write(directory: Path, name: str, config: dict) -> Path:
+    path = directory / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def _with_mesh(config: dict) -> dict:
+    return {**config, "train": {**config["train"], "mesh": MESH}}
 
 
 def _in_process(config_path: Path, workdir: Path, **overrides) -> dict:
@@ -150,79 +163,120 @@ def _assert_same_run(a: Path, b: Path) -> None:
         assert abs(ra["loss"] - rb["loss"]) <= TOLERANCE * max(1.0, abs(rb["loss"])), (ra, rb)
 
 
-def test_bpr_two_processes_killed_resumed_match_one_process_and_their_checkpoints_restore_anywhere(
-        tmp_path, launcher):
-    config = _write(tmp_path, "bpr", BPR)
-    multi = tmp_path / "multi"
-    # Process 1 dies once the checkpoint after epoch 2 is complete; process 0 goes with it.
-    children = launcher.start(config, multi)
-    deadline = time.monotonic() + LAUNCH_TIMEOUT
-    while not (multi / "checkpoints" / "2" / "meta").exists():
-        if time.monotonic() > deadline or any(c.poll() is not None for c in children):
-            launcher.kill_all()
-            pytest.fail(f"no checkpoint after epoch 2 appeared:\n{launcher.outputs(children)}")
-        time.sleep(0.05)
-    os.killpg(children[1].pid, signal.SIGKILL)
-    children[1].wait(30)
-    os.killpg(children[0].pid, signal.SIGKILL)
-    children[0].wait(30)
-    assert not (multi / "metrics.json").exists(), "the run finished before it could be killed"
-    launcher.wait(launcher.start(config, multi, resume=True))
+def _references(directory: Path, config: Path) -> dict[str, Path]:
+    """The config trained here on 4 devices (a {data: 4} mesh) and on 1 device."""
+    runs = {"four": directory / "four", "one": directory / "one"}
+    _in_process(config, runs["four"])
+    _in_process(config, runs["one"], parallel="none")
+    return runs
+
+
+@pytest.fixture(scope="module")
+def bpr(tmp_path_factory):
+    """BPR: two processes on a {data: 2, model: 2} mesh, killed after epoch 1 and resumed; and
+    the one-process references."""
+    directory = tmp_path_factory.mktemp("bpr")
+    config, multi_config = _write(directory, "bpr", BPR), _write(directory, "bpr_mesh", _with_mesh(BPR))
+    multi = directory / "multi"
+    launch = Launcher(directory, tmp_path_factory.getbasetemp() / "jax-compilation-cache")
+    try:
+        # Process 1 dies once the checkpoint after epoch 1 is complete; process 0 (blocked on
+        # the next step's collectives without it) goes with it.
+        children = launch.start(multi_config, multi)
+        deadline = time.monotonic() + LAUNCH_TIMEOUT
+        while not (multi / "checkpoints" / "1" / "meta").exists():
+            if time.monotonic() > deadline or any(c.poll() is not None for c in children):
+                launch.kill_all()
+                pytest.fail(f"no checkpoint after epoch 1 appeared:\n{launch.outputs(children)}")
+            time.sleep(0.02)
+        os.killpg(children[1].pid, signal.SIGKILL)
+        children[1].wait(30)
+        os.killpg(children[0].pid, signal.SIGKILL)
+        children[0].wait(30)
+        killed_early = not (multi / "metrics.json").exists()
+        launch.wait(launch.start(multi_config, multi, resume=True))
+    finally:
+        launch.kill_all()
+    return {"config": config, "multi": multi, "killed_early": killed_early, **_references(directory, config)}
+
+
+@pytest.fixture(scope="module")
+def lightgcn(tmp_path_factory):
+    """LightGCN: two processes on a {data: 2, model: 2} mesh; and the one-process references."""
+    directory = tmp_path_factory.mktemp("lightgcn")
+    config, multi_config = _write(directory, "lightgcn", LIGHTGCN), _write(directory, "lgcn_mesh", _with_mesh(LIGHTGCN))
+    multi = directory / "multi"
+    launch = Launcher(directory, tmp_path_factory.getbasetemp() / "jax-compilation-cache")
+    try:
+        launch.wait(launch.start(multi_config, multi))
+    finally:
+        launch.kill_all()
+    return {"config": config, "multi": multi, **_references(directory, config)}
+
+
+def test_bpr_killed_and_resumed_on_two_processes_matches_four_devices_and_one(bpr):
+    multi = bpr["multi"]
+    assert bpr["killed_early"], "the run finished before it could be killed"
     assert "resuming" in (multi / "log.txt").read_text()
     assert (multi / "log.process1.txt").exists()
-
-    four = tmp_path / "four"
-    one = tmp_path / "one"
-    _in_process(config, four)
-    _in_process(config, one, parallel="none")
     metrics = json.loads((multi / "metrics.json").read_text())
     assert metrics["devices"]["processes"] == 2 and metrics["devices"]["count"] == 4
-    _assert_same_run(multi, four)
-    _assert_same_run(multi, one)
+    assert metrics["sharding"]["mesh"] == MESH
+    _assert_same_run(multi, bpr["four"])
+    _assert_same_run(multi, bpr["one"])
 
-    # The checkpoint two processes wrote, read in this process, holds the one-device state.
-    experiment = prepare_experiment(load_config(config))
-    for epoch in (2, 4):
-        saved = [Checkpoints(w / "checkpoints", read_only=True) for w in (multi, one)]
-        try:
+
+def test_bpr_checkpoints_of_two_processes_hold_their_shards_and_restore_into_one_process_and_another_mesh(bpr):
+    multi, one = bpr["multi"], bpr["one"]
+    # Each process wrote the shards its devices held (Orbax's per-process OCDBT files).
+    for epoch in (1, 3):
+        written = {p.name for p in (multi / "checkpoints" / str(epoch) / "state").iterdir()}
+        assert {"ocdbt.process_0", "ocdbt.process_1"} <= written, written
+    experiment = prepare_experiment(load_config(bpr["config"]))
+    wide = prepare_experiment(load_config(bpr["config"], ["train.mesh={data: 1, model: 4}"]))
+    runner = make_runner(wide)
+    saved = [Checkpoints(w / "checkpoints", read_only=True) for w in (multi, one)]
+    try:
+        for epoch in (1, 3):
+            # In this process on one device: the one-device run's state (padding rows dropped).
             (state_multi, _), (state_one, _) = (c.restore(experiment.target, epoch) for c in saved)
-        finally:
-            for c in saved:
-                c.close()
-        for x, y in zip(jax.tree.leaves(state_multi.params), jax.tree.leaves(state_one.params), strict=True):
-            np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-4)
+            for x, y in zip(jax.tree.leaves(state_multi), jax.tree.leaves(state_one), strict=True):
+                assert x.shape == y.shape
+                np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-4)
+            # Onto {data: 1, model: 4}: every device reads a quarter of each table's rows.
+            placed, _ = saved[0].restore(experiment.target, epoch, read_as=runner.restore_target(experiment.target))
+            for name, rows in (("user_embedding", 64), ("item_embedding", 44)):
+                leaf = placed.params[name]
+                assert {s.data.shape for s in leaf.addressable_shards} == {(rows // 4, 16)}, name
+                assert len(leaf.addressable_shards) == 4
+            for x, y in zip(jax.tree.leaves(runner.layout.unpad(placed)), jax.tree.leaves(state_one), strict=True):
+                np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-4)
+    finally:
+        for c in saved:
+            c.close()
 
-    # ... and resumes on one device and on a one-process {data: 1, model: 4} mesh (tables split
-    # four ways) like the one-device run.
-    reference = tmp_path / "reference"
+    # The two-process run, extended by an epoch in this process on the {data: 1, model: 4}
+    # mesh, continues as the one-device run extended by an epoch.
+    reference, extended = multi.parent / "one_extended", multi.parent / "multi_extended"
     shutil.copytree(one, reference)
-    expected = train_and_evaluate(load_config(config, ["train.epochs=5", "train.parallel=none"]), reference,
+    shutil.copytree(multi, extended)
+    expected = train_and_evaluate(load_config(bpr["config"], ["train.epochs=4", "train.parallel=none"]), reference,
                                   resume=True, quiet=True)
-    for parallel, mesh in (("none", "null"), ("sharded", "{data: 1, model: 4}")):
-        extended = tmp_path / f"extended_{parallel}"
-        shutil.copytree(multi, extended)
-        result = train_and_evaluate(load_config(config, ["train.epochs=5", f"train.parallel={parallel}",
-                                                         f"train.mesh={mesh}"]), extended, resume=True, quiet=True)
-        assert result["epochs_run"] == 5
-        for key, value in expected["test"].items():
-            assert abs(result["test"][key] - value) <= TOLERANCE, (parallel, key, result["test"][key], value)
+    result = train_and_evaluate(load_config(bpr["config"], ["train.epochs=4", "train.mesh={data: 1, model: 4}"]),
+                                extended, resume=True, quiet=True)
+    assert result["epochs_run"] == 4 and result["sharding"]["mesh"] == {"data": 1, "model": 4}
+    for key, value in expected["test"].items():
+        assert abs(result["test"][key] - value) <= TOLERANCE, (key, result["test"][key], value)
 
 
-def test_lightgcn_on_a_two_process_data_model_mesh_matches_four_devices_and_one(tmp_path, launcher):
+def test_lightgcn_on_a_two_process_data_model_mesh_matches_four_devices_and_one(lightgcn):
     # Mesh {data: 2, model: 2} over 2 processes x 2 devices: each process holds half of each
     # table's rows (and feeds half of each batch); the graph model propagates over all rows.
-    config = _write(tmp_path, "lightgcn", LIGHTGCN)
-    multi_config = _write(tmp_path, "lightgcn_mesh", {**LIGHTGCN, "train": {**LIGHTGCN["train"],
-                                                                           "mesh": {"data": 2, "model": 2}}})
-    multi = tmp_path / "multi"
-    launcher.wait(launcher.start(multi_config, multi))
-    four, one = tmp_path / "four", tmp_path / "one"
-    _in_process(config, four)
-    _in_process(config, one, parallel="none")
-    _assert_same_run(multi, four)
-    _assert_same_run(multi, one)
+    multi = lightgcn["multi"]
+    _assert_same_run(multi, lightgcn["four"])
+    _assert_same_run(multi, lightgcn["one"])
     sharding = json.loads((multi / "metrics.json").read_text())["sharding"]
-    assert sharding["mesh"] == {"data": 2, "model": 2} and sharding["processes"] == 2
+    assert sharding["mesh"] == MESH and sharding["processes"] == 2
     assert set(sharding["table_bytes_total"]) == {"user_embedding", "item_embedding"}
     row_bytes = 16 * 4  # embedding_size float32: an odd row count pads one row
     for name, total in sharding["table_bytes_total"].items():
