@@ -193,3 +193,36 @@ def test_launch_failures_are_one_line_errors_naming_the_flag(tmp_path):
     finally:
         taken.close()
     assert not (tmp_path / "w").exists()
+
+
+def test_processes_reading_only_their_rows_from_the_prepared_records_rebuild_the_in_memory_epoch(tmp_path):
+    # The train split of a prepared (array_record) dataset, read by random access: each of two
+    # "processes" reads only the records of its half of every batch, and together they rebuild
+    # the epoch drawn from the in-memory pairs (the same global batches whatever the process count).
+    from jaxrec.data import make_synthetic, prepare_tfds
+    from jaxrec.data._tfds_reader import PreparedTrainPairs
+    from jaxrec.errors import DataError
+
+    dataset = make_synthetic(50, 30, n_interactions=700, seed=4)
+    prepare_tfds(dataset, tmp_path, name="keyed")
+    train = dataset.split_pairs("train")
+    positives = PositiveSets.from_pairs(train[:, 0], train[:, 1], n_users=50, n_items=30)
+    options = dict(n_users=50, n_items=30, batch_size=64, n_neg=2, seed=7, positives=positives)
+    whole = KeyedTrainBatches(train, **options).epoch_rows(1)
+    parts, reads = [], []
+    for rows in (slice(0, 32), slice(32, 64)):
+        store = PreparedTrainPairs(tmp_path, "keyed")
+        assert len(store) == len(train)
+        np.testing.assert_array_equal(store[np.array([0, 5, len(train) - 1])], train[[0, 5, len(train) - 1]])
+        store.records_read = 0
+        batches = KeyedTrainBatches(store, **options)
+        parts.append(batches.epoch_rows(1, rows))
+        # Only the pairs at this process's positions were read.
+        positions = np.arange(len(batches))[:, None] * 64 + np.arange(64)[rows][None, :]
+        assert store.records_read == np.unique(batches.order(1)[positions.reshape(-1) % len(train)]).size
+        reads.append(store.records_read)
+    for key in whole:
+        np.testing.assert_array_equal(np.concatenate([p[key] for p in parts], axis=1), whole[key])
+    assert all(r < len(train) for r in reads) and sum(reads) >= len(train)
+    with pytest.raises(DataError, match="out of range"):
+        store[np.array([len(train)])]

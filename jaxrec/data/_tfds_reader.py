@@ -239,3 +239,55 @@ def _load_pairs(builder, split: str, fields: tuple[str, ...], n: int) -> np.ndar
     _read_split(builder, split, consume)
     coverage.check()
     return out
+
+
+class PreparedTrainPairs:
+    """The train split of a prepared dataset as a random-access store of (user, item) pairs.
+
+    ``len(pairs)`` is the number of train interactions; ``pairs[index_array]`` reads and
+    decodes only the records at those positions (array_record random access), shaped
+    ``index_array.shape + (2,)``. The tables are written unshuffled, so record ``k`` is the
+    ``k``-th train interaction in dataset order: ``pairs[k]`` equals
+    ``MultimodalDataset.split_pairs("train")[k]``, and :class:`~jaxrec.data.KeyedTrainBatches`
+    over this store (with the training positives given) draws the batches it draws over the
+    in-memory pairs. Each process of a multi-process run then reads only the records of its
+    rows of every global batch. :attr:`records_read` counts the records read so far.
+
+    Raises:
+      DataError: no prepared dataset (as :func:`load_prepared`), or a position outside the split.
+    """
+
+    def __init__(self, data_dir, name: str, version: str | None = None):
+        root = Path(data_dir) / check_name(name)
+        versions = prepared_versions(data_dir, name)
+        if not versions:
+            raise DataError("no prepared TFDS dataset found", path=root,
+                            expected=f"folders {name}/{COMMIT_TABLE}/<version>/ written by `jaxrec data prepare`")
+        version = versions[-1] if version is None else str(check_version(version))
+        if version not in versions:
+            raise DataError("this version is not prepared", path=root, found=version, expected=f"one of {versions}")
+        self._builder = tfds.builder_from_directory(root / COMMIT_TABLE / version)
+        self._source = self._builder.as_data_source(split="train",
+                                                    deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
+        infos = tfds.core.utils.flatten_nest_dict(self._builder.info.features.get_tensor_info())
+        self._dtypes = {key: np.dtype(infos[key].np_dtype) for key in ("user", "item")}
+        self.n = len(self._source)
+        self.records_read = 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index) -> np.ndarray:
+        index = np.asarray(index, np.int64)
+        flat = index.reshape(-1)
+        if flat.size and (flat.min() < 0 or flat.max() >= self.n):
+            raise DataError("train record position out of range", path=self._builder.data_dir, field="index",
+                            found=f"positions {int(flat.min())}..{int(flat.max())}", expected=f"0..{self.n - 1}")
+        records = self._source.__getitems__(flat.tolist()) if flat.size else []
+        self.records_read += len(records)
+        features = [tf_example_pb2.Example.FromString(record).features.feature for record in records]
+        out = np.empty((flat.size, 2), np.int64)
+        for column, key in enumerate(("user", "item")):
+            joined = b"".join(feature[key].bytes_list.value[0] for feature in features)
+            out[:, column] = np.frombuffer(joined, dtype=self._dtypes[key])
+        return out.reshape(*index.shape, 2)
