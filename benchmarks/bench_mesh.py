@@ -4,6 +4,7 @@ Usage (from the project root):
     python benchmarks/bench_mesh.py [--sizes 25000x10000,100000x40000,400000x160000]
         [--dim 64] [--batch 4096] [--steps 8] [--repeats 3] [--models bprmf,lightgcn]
         [--graph-max-users 100000] [--eval | --eval-only] [--json FILE]
+    python benchmarks/bench_mesh.py --checkpoint [--sizes ...] [--dim 64]
 
 Without accelerators it runs on 4 host-platform devices (``XLA_FLAGS`` is set to that unless
 already set), which share the machine's cores: the memory and communication figures are
@@ -24,6 +25,13 @@ prints, from the compiled step and the live state:
 ``--eval`` also times one full-ranking evaluation of ``--eval-users`` users against the
 largest item table (``--eval-only``: only that) both ways: ``jaxrec.eval.evaluate_prepared_sharded`` (top-k per shard,
 merged) and the one-device program compiled over sharded inputs (GSPMD decides).
+
+``--checkpoint`` saves and restores a BPR-MF train state (Adam) of the largest size on a
+``{data: 1, model: N}`` mesh both ways, each in a fresh process: ``sharded`` (the state as it
+is on the mesh: Orbax writes each device's shards; jaxrec's path) and ``gathered`` (the
+logical state copied to the host first, then written: the path before per-shard saves). It
+prints the seconds and CPU seconds of the save, the restore onto the mesh, and the process's
+peak resident memory above the state itself.
 """
 
 from __future__ import annotations
@@ -187,6 +195,57 @@ def bench_eval(n_users: int, n_items: int, args, rng) -> list[dict]:
     return rows
 
 
+def _checkpoint_child(way: str, n_users: int, n_items: int, dim: int, folder: str) -> dict:
+    import resource
+    import tempfile
+
+    from jaxrec.train._checkpoint import Checkpoints
+
+    n = jax.device_count()
+    module, ctx = build("bprmf", n_users, n_items, dim, np.random.default_rng(0))
+    tx = make_optimizer(TrainConfig(learning_rate=1e-3), 1000)
+    example = {"users": np.zeros(8, np.int32), "pos_items": np.zeros(8, np.int32),
+               "neg_items": np.zeros((8, 1), np.int32), "weights": np.ones(8, np.float32)}
+    target = abstract_state(module, ctx, example, tx, 0)
+    runner = MeshStepRunner(module, tx, {"bpr": 1.0}, target=target, n_users=n_users, n_items=n_items, data=1,
+                            model=n, batch_size=8)
+    state = jax.block_until_ready(runner.init_state(module, ctx, example, tx, 0))
+    state_bytes = sum(leaf.nbytes for leaf in jax.tree.leaves(state))
+    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    checkpoints = Checkpoints(tempfile.mkdtemp(dir=folder), keep=1)
+    tick, cpu = time.perf_counter(), time.process_time()
+    if way == "sharded":
+        checkpoints.save(1, state, {}, is_best=False, logical_shapes=runner.layout.shapes)
+    else:
+        checkpoints.save(1, jax.tree.map(np.asarray, runner.get_state(state)), {}, is_best=False)
+    save_s, save_cpu = time.perf_counter() - tick, time.process_time() - cpu
+    save_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    del state
+    tick, cpu = time.perf_counter(), time.process_time()
+    restored, _ = checkpoints.restore(target, 1, read_as=runner.restore_target(target))
+    jax.block_until_ready(restored)
+    restore_s, restore_cpu = time.perf_counter() - tick, time.process_time() - cpu
+    checkpoints.close()
+    return {"way": way, "n_users": n_users, "n_items": n_items, "dim": dim, "mesh": f"1x{n}",
+            "state_bytes": state_bytes, "save_s": save_s, "save_cpu_s": save_cpu, "restore_s": restore_s,
+            "restore_cpu_s": restore_cpu, "save_peak_rss_above_start": save_rss - base_rss}
+
+
+def bench_checkpoint(n_users: int, n_items: int, args) -> list[dict]:
+    import subprocess
+    import tempfile
+
+    rows = []
+    with tempfile.TemporaryDirectory() as folder:
+        for way in ("sharded", "gathered"):
+            code = (f"import json, sys; sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r}); "
+                    f"import bench_mesh; print(json.dumps(bench_mesh._checkpoint_child({way!r}, {n_users}, "
+                    f"{n_items}, {args.dim}, {folder!r})))")
+            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    return rows
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", default="25000x10000,100000x40000,400000x160000")
@@ -201,9 +260,23 @@ def main(argv=None) -> None:
     parser.add_argument("--eval-only", action="store_true", help="only the evaluation comparison")
     parser.add_argument("--eval-users", type=int, default=8192)
     parser.add_argument("--eval-batch", type=int, default=1024)
+    parser.add_argument("--checkpoint", action="store_true", help="only the checkpoint comparison")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     sizes = [tuple(int(x) for x in size.split("x")) for size in args.sizes.split(",")]
+    if args.checkpoint:
+        n_users, n_items = sizes[-1]
+        print(f"checkpoint of a BPR-MF state (Adam), {n_users} x {n_items} x {args.dim}; load average "
+              f"{os.getloadavg()[0]:.1f}")
+        rows = bench_checkpoint(n_users, n_items, args)
+        for row in rows:
+            print(f"{row['way']:>9} on {row['mesh']}: state {_mib(row['state_bytes'])} MiB; save {row['save_s']:.2f} s "
+                  f"({row['save_cpu_s']:.2f} CPU-s), peak RSS +{_mib(row['save_peak_rss_above_start'])} MiB; restore "
+                  f"onto the mesh {row['restore_s']:.2f} s ({row['restore_cpu_s']:.2f} CPU-s)", flush=True)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(rows, f, indent=1)
+        return
     n = jax.device_count()
     meshes = [None] + [(n // m, m) for m in range(1, n + 1) if n % m == 0]
     rng = np.random.default_rng(0)
