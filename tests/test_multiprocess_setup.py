@@ -207,7 +207,7 @@ def test_processes_reading_only_their_rows_from_the_prepared_records_rebuild_the
     prepare_tfds(dataset, tmp_path, name="keyed")
     train = dataset.split_pairs("train")
     positives = PositiveSets.from_pairs(train[:, 0], train[:, 1], n_users=50, n_items=30)
-    options = dict(n_users=50, n_items=30, batch_size=64, n_neg=2, seed=7, positives=positives)
+    options = {"n_users": 50, "n_items": 30, "batch_size": 64, "n_neg": 2, "seed": 7, "positives": positives}
     whole = KeyedTrainBatches(train, **options).epoch_rows(1)
     parts, reads = [], []
     for rows in (slice(0, 32), slice(32, 64)):

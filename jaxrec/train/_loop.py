@@ -23,6 +23,15 @@ from jaxrec.train._config import ExperimentConfig
 from jaxrec.train._config_io import dump_config
 from jaxrec.train._data import load_dataset
 from jaxrec.train._early_stopping import EarlyStopping, update_early_stopping
+from jaxrec.train._mesh import (
+    MeshStepRunner,
+    checkpoint_state,
+    initial_state,
+    logical_params,
+    make_runner,
+    restore_target,
+    sharding_report,
+)
 from jaxrec.train._progress import Progress
 from jaxrec.train._setup import (
     Experiment,
@@ -34,8 +43,6 @@ from jaxrec.train._setup import (
     prepare_experiment,
 )
 from jaxrec.train._state import init_state, non_finite_leaves
-from jaxrec.train._mesh import (MeshStepRunner, checkpoint_state, initial_state, logical_params, make_runner,
-                                restore_target, sharding_report)
 from jaxrec.train._step import StepRunner
 
 
