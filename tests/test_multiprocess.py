@@ -13,7 +13,8 @@ module (fixtures) and shared by the cases that read them.
   they hold the one-device run's state, onto a ``{data: 1, model: 4}`` mesh each device reads
   a quarter of the rows, and the run resumes on that mesh like the one-device run.
 - LightGCN (a graph model: propagation over all rows) on a 2-process ``{data: 2, model: 2}``
-  mesh: the metrics, the per-device table bytes in ``metrics.json`` and the per-process logs.
+  mesh: the metrics, the per-device table bytes in ``metrics.json``, the per-process logs, and
+  the best state kept between checkpoints (a copy on the mesh, saved later by both processes).
 
 Every child is killed and reaped when a fixture ends, passed or not.
 """
@@ -281,6 +282,18 @@ def test_lightgcn_on_a_two_process_data_model_mesh_matches_four_devices_and_one(
     row_bytes = 16 * 4  # embedding_size float32: an odd row count pads one row
     for name, total in sharding["table_bytes_total"].items():
         assert total / 2 <= sharding["table_bytes_per_device"][name] <= total / 2 + row_bytes, name
+    # Epoch 1 (the best so far, not a checkpoint epoch) was kept as a copy on the mesh and
+    # written, by both processes, before the checkpoint of epoch 2: it holds the one-device state.
+    experiment = prepare_experiment(load_config(lightgcn["config"]))
+    saved = [Checkpoints(w / "checkpoints", read_only=True) for w in (multi, lightgcn["one"])]
+    try:
+        assert [c.epochs() for c in saved] == [[1, 2], [1, 2]]
+        (state_multi, _), (state_one, _) = (c.restore(experiment.target, 1) for c in saved)
+    finally:
+        for c in saved:
+            c.close()
+    for x, y in zip(jax.tree.leaves(state_multi), jax.tree.leaves(state_one), strict=True):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-4)
     # One run: process 0 wrote the run files, process 1 only its log.
     assert sorted(p.name for p in multi.iterdir() if p.name.startswith("log")) == ["log.process1.txt", "log.txt"]
     assert "process 1" in (multi / "log.process1.txt").read_text()
