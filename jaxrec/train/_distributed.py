@@ -20,9 +20,10 @@ of the data). What each process does:
 - **outputs**: process 0 writes the run's files (``config.yaml``, ``history.jsonl``,
   ``metrics.json``, ``curves.png``, events); every process writes its own log
   (``log.txt`` for process 0, ``log.process<I>.txt`` for the others). Checkpoints are
-  collective Orbax saves of the logical state gathered onto every process (every process
-  calls them; Orbax's primary process writes the replicated arrays), so the whole train
-  state must fit one host's memory. The workdir must be on a file system every process sees.
+  collective Orbax saves of the sharded state as it is on the mesh: every process calls
+  them and writes the shards its devices hold, Orbax's primary process commits the step
+  (:mod:`jaxrec.train._checkpoint`); no process gathers the whole state. The workdir must be
+  on a file system every process sees.
 """
 
 from __future__ import annotations
