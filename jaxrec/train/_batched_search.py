@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import os
 import statistics
 import time
@@ -125,8 +126,19 @@ def _stack(trees):
 
 
 def _slice(tree, index: int):
-    # On the host, for the same reason (``x[index]`` on the device compiles per shape).
+    # On the host, for the same reason (``x[index]`` on the device compiles per shape); ``tree``
+    # is fetched whole once by the caller (``jax.device_get``), not once per trial.
     return jax.tree.map(lambda x: np.array(np.asarray(x)[index], copy=True), tree)
+
+
+@functools.partial(jax.jit, donate_argnums=0)
+def _keep_best(best, states, improved):
+    """The stacked best states with each improved trial's row replaced by its current state: one
+    device call per epoch, instead of fetching the whole stack to the host per improved trial."""
+    def select(b, s):
+        return jnp.where(improved.reshape((-1,) + (1,) * (s.ndim - 1)), s, b)
+
+    return jax.tree.map(select, best, states)
 
 
 def _make_epoch_fn(module, tx_unit, term_names: tuple[str, ...], per_trial_batches: bool):
@@ -265,7 +277,8 @@ def run_batched_search(config: ExperimentConfig, workdir: str | os.PathLike, set
 
     stopping = [EarlyStopping() for _ in range(n_trials)]
     histories: list[list[dict]] = [[] for _ in range(n_trials)]
-    best_states: list[Any] = [None] * n_trials
+    best_states: list[Any] = [None] * n_trials  # (epoch, early-stopping state) at each trial's best
+    best_stack = jax.tree.map(jnp.copy, states)  # every trial's state at its best epoch, on the device
     best_valid: list[dict] = [{} for _ in range(n_trials)]
     epochs_run = [0] * n_trials
     train_seconds, eval_seconds = [], []
@@ -290,6 +303,7 @@ def run_batched_search(config: ExperimentConfig, workdir: str | os.PathLike, set
         if evaluate_now:
             valid, eval_time = evaluate(states.params, "valid", active)
             eval_seconds.append(eval_time / sum(active_list))
+        improved_list = [False] * n_trials
         for t in range(n_trials):
             if not active_list[t]:
                 continue
@@ -304,8 +318,11 @@ def run_batched_search(config: ExperimentConfig, workdir: str | os.PathLike, set
                 row["best_epoch"] = stopping[t].best_epoch
                 if improved:
                     best_valid[t] = valid[t]
-                    best_states[t] = (epoch, _slice(states, t), stopping[t])
+                    best_states[t] = (epoch, stopping[t])
+                    improved_list[t] = True
             histories[t].append(row)
+        if any(improved_list):
+            best_stack = _keep_best(best_stack, states, np.asarray(improved_list))
         if not quiet:
             bests = ", ".join(f"{es.best_value:.4f}" for es in stopping)
             print(f"epoch {epoch}: {sum(active_list)} of {n_trials} trials training; best valid "
@@ -315,6 +332,8 @@ def run_batched_search(config: ExperimentConfig, workdir: str | os.PathLike, set
     # Test once per trial at its best epoch, one trial at a time with the same call `jaxrec evaluate`
     # makes (the batched valid evaluation can differ from it in the last float bits).
     single_encoder = make_encoder(built.module)
+    best_host, last_host = jax.device_get((best_stack, states))
+    best_states = [None if b is None else (b[0], _slice(best_host, t), b[1]) for t, b in enumerate(best_states)]
     for t in evaluated:
         result = evaluate_params(exp, single_encoder, best_states[t][1].params, ctx, splits["test"])
         best_test[t] = metrics_at_k(result)
@@ -336,7 +355,7 @@ def run_batched_search(config: ExperimentConfig, workdir: str | os.PathLike, set
             "loss_weights": weights[t],
             "batched_search": {"trials": n_trials},
         }
-        last_state = _slice(states, t)
+        last_state = _slice(last_host, t)
         _write_trial(trial_dir, trial_cfg, exp.target, metrics, histories[t], stopping[t], best_states[t],
                      last_state, epochs_run[t], best_valid[t], best_test[t], tcfg)
         entries.append({"trial": trial_ids[t], "workdir": os.fspath(trial_dir), "setting": dict(setting),
