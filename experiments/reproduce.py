@@ -204,6 +204,13 @@ def load_plan(dataset: str, grids: Path | None = None, experiments: Path = HERE)
                 missing)
 
 
+def grid_citation(plan: Plan, row: Row) -> str:
+    """The header line by which a config whose grid comes from the grid file cites it."""
+    section = "coldstart.rows" if row.group else "warm"
+    return (f"# Grid: {plan.source}, {section}.{row.name} ({', '.join(s.name for s in row.searches)}); "
+            f"rerun: python experiments/reproduce.py {plan.dataset} --only {row.label}")
+
+
 # ----------------------------------------------------------------------------- running
 
 
