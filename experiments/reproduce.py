@@ -2,7 +2,9 @@
 the cold-start and missing-modality tables, then ``make_results.py``.
 
 What runs is declared in ``experiments/grids/<dataset>.yaml`` (its header gives the layout;
-the lfm2k file is the one source of truth for the lfm2k grids). Without a grid file, every
+``lfm2k.yaml`` and ``tiktok.yaml`` are the one source of truth for those datasets' grids, and
+the config of each row with searches cites its file in a ``# Grid:`` header line,
+:func:`grid_citation`). Without a grid file, every
 config of ``experiments/configs/<dataset>/`` is a row (its own ``grid:`` section, if any, is
 its search) and every config of ``.../coldstart/`` a cold-start row. In order:
 
