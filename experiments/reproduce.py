@@ -2,7 +2,9 @@
 the cold-start and missing-modality tables, then ``make_results.py``.
 
 What runs is declared in ``experiments/grids/<dataset>.yaml`` (its header gives the layout;
-the lfm2k file is the one source of truth for the lfm2k grids). Without a grid file, every
+``lfm2k.yaml`` and ``tiktok.yaml`` are the one source of truth for those datasets' grids, and
+the config of each row with searches cites its file in a ``# Grid:`` header line,
+:func:`grid_citation`). Without a grid file, every
 config of ``experiments/configs/<dataset>/`` is a row (its own ``grid:`` section, if any, is
 its search) and every config of ``.../coldstart/`` a cold-start row. In order:
 
@@ -202,6 +204,13 @@ def load_plan(dataset: str, grids: Path | None = None, experiments: Path = HERE)
               file=sys.stderr)
     return Plan(dataset, os.path.relpath(path, PROJECT), warm, coldstart, bool(cold.get("baselines", bool(coldstart))),
                 missing)
+
+
+def grid_citation(plan: Plan, row: Row) -> str:
+    """The header line by which a config whose grid comes from the grid file cites it."""
+    section = "coldstart.rows" if row.group else "warm"
+    return (f"# Grid: {plan.source}, {section}.{row.name} ({', '.join(s.name for s in row.searches)}); "
+            f"rerun: python experiments/reproduce.py {plan.dataset} --only {row.label}")
 
 
 # ----------------------------------------------------------------------------- running

@@ -170,3 +170,33 @@ def test_without_a_grid_file_every_config_is_a_row_and_its_grid_its_search(tmp_p
     assert [(r.label, r.searches) for r in plan.coldstart] == [("coldstart/vbpr", [])]
     with pytest.raises(reproduce.GridFileError, match="no configs folder"):
         reproduce.load_plan("absent", experiments=tmp_path)
+
+
+def test_the_tiktok_grid_file_has_a_row_per_record_and_matches_the_records():
+    """Every TikTok config with a committed record is a row; each search is the grid its record
+    ran (trial for trial, in order), and each row without a search has its single-run record."""
+    plan = reproduce.load_plan("tiktok")
+    records_dir = ROOT / "experiments/records/tiktok"
+    for group, rows in (("", plan.warm), ("coldstart", plan.coldstart)):
+        recorded = {p.stem.split("_search")[0] for p in (records_dir / group).glob("*.jsonl")}
+        assert {row.name for row in rows} == recorded, group
+        for row in rows:
+            if not row.searches:
+                header = json.loads((records_dir / group / f"{row.name}.jsonl").read_text().splitlines()[0])
+                assert header["kind"] == "run", row.label
+            for search in row.searches:
+                header = json.loads((records_dir / group / f"{search.name}.jsonl").read_text().splitlines()[0])
+                expected = [dict(zip(search.grid, values)) for values in itertools.product(*search.grid.values())]
+                assert [t["setting"] for t in header["search"]["trials"]] == expected, search.name
+    assert plan.coldstart_baselines and plan.missing_modality is None
+
+
+@pytest.mark.parametrize("dataset", ["lfm2k", "tiktok"])
+def test_configs_whose_grid_is_in_the_grid_file_cite_it(dataset):
+    plan = reproduce.load_plan(dataset)
+    rows = [row for row in plan.warm + plan.coldstart if row.searches]
+    assert rows
+    for row in rows:
+        header = [line for line in row.config.read_text().splitlines() if line.startswith("#")]
+        assert reproduce.grid_citation(plan, row) in header, row.config
+    assert reproduce.grid_citation(plan, rows[0]).startswith(f"# Grid: experiments/grids/{dataset}.yaml, warm.")

@@ -124,3 +124,31 @@ def test_a_grid_over_a_model_argument_runs_one_batched_program_per_value(tmp_pat
         assert metrics["batched_search"] == {"trials": 2}
         assert metrics["n_params"] == (90 + 60) * one["setting"]["model.args.embedding_size"]
     assert grouped["best"]["trial"] == sequential["best"]["trial"]
+
+
+def test_a_model_with_an_epoch_hook_runs_batched_with_each_trials_own_context(tmp_path):
+    """FREEDOM redraws its pruned graph every epoch (``epoch_update``): batched trials get the
+    context a sequential run computes, so both ways give the same figures."""
+    data = dict(n_users=60, n_items=40, n_interactions=900, dims={"text": 8}, seed=2)
+    raw = {"data": {"synthetic": data},
+           "model": {"name": "freedom", "args": {"embedding_size": 8, "feat_embed_dim": 8, "knn_k": 3,
+                                                 "graph_cache": "none", "dropout": 0.5}},
+           "train": {"epochs": 4, "batch_size": 256, "learning_rate": 0.02, "patience": 10, "seed": 3,
+                     "checkpoint_every": 100},
+           "eval": {"ks": [20], "metrics": ["recall", "ndcg"]},
+           "grid": {"loss_weights.modality_bpr": [0.0, 0.1]}}
+    dataset = make_synthetic(**data)
+    config = config_from_dict(raw)
+    batched = run_search(config, tmp_path / "b", quiet=True, batched="always", dataset=dataset)
+    sequential = run_search(config, tmp_path / "s", quiet=True, batched="never", dataset=dataset)
+    for one, other in zip(batched["trials"], sequential["trials"]):
+        assert one["best_epoch"] == other["best_epoch"]
+        for split in ("valid", "test"):
+            assert one[split]["recall@20"] == pytest.approx(other[split]["recall@20"], abs=2e-3), (split, one)
+            assert one[split]["ndcg@20"] == pytest.approx(other[split]["ndcg@20"], abs=2e-3), (split, one)
+    metrics = json.loads((tmp_path / "b" / "trial_001" / "metrics.json").read_text())
+    assert metrics["batched_search"] == {"trials": 2}
+    # The pruned graph differs from epoch to epoch: a batched run that kept epoch 1's graph
+    # (or the built one) would not match the sequential figures above.
+    recomputed = evaluate_run(tmp_path / "b" / "trial_001", split="test", dataset=dataset)
+    assert recomputed["metrics"]["recall@20"] == pytest.approx(batched["trials"][1]["test"]["recall@20"], abs=1e-6)

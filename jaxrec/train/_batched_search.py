@@ -30,15 +30,18 @@ update. The test compares both ways on the same grid.
 A grid that also varies other keys (model arguments such as dropout or the number of layers
 change the compiled program) runs one batched program per value of those keys
 (:func:`batch_groups`): a 3 x 2 grid of a loss weight by a model argument is two programs of
-three trials. Not batched (the search runs those trials one after another instead, saying
-why): a group of one trial, ``train.parallel`` other than ``none``, and models with an epoch
-hook (``Built.epoch_update``: its context would differ per trial).
+three trials. A model with an epoch hook (``Built.epoch_update``: FREEDOM's pruned graph,
+LATTICE's learned graph) gets each trial's own context, computed by the hook exactly as a
+sequential run computes it and stacked on the trial axis where the hook changes it
+(:class:`_TrialContexts`). Not batched (the search runs those trials one after another
+instead, saying why): a group of one trial and ``train.parallel`` other than ``none``.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import os
 import statistics
 import time
@@ -59,6 +62,7 @@ from jaxrec.train._config import ExperimentConfig
 from jaxrec.train._config_io import dump_config
 from jaxrec.train._early_stopping import EarlyStopping, update_early_stopping
 from jaxrec.train._setup import (
+    epoch_context,
     evaluate_params,
     make_encoder,
     metrics_at_k,
@@ -99,8 +103,7 @@ def batch_groups(settings: Sequence[Mapping[str, Any]]) -> list[list[int]]:
 def batching_obstacle(settings: Sequence[Mapping[str, Any]], configs: Sequence[ExperimentConfig]) -> str | None:
     """Why these trials cannot train as one program (None when they can).
 
-    Checked from the configs alone; a model with an epoch hook is found only once it
-    is built (:func:`run_batched_search` raises then).
+    Checked from the configs alone.
     """
     if len(configs) < 2:
         return "a single trial"
@@ -121,18 +124,81 @@ def batching_obstacle(settings: Sequence[Mapping[str, Any]], configs: Sequence[E
 
 def _stack(trees):
     # On the host: stacking on the device would compile a program per leaf shape.
-    return jax.device_put(jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *trees))
+    return jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs]), *trees)
 
 
 def _slice(tree, index: int):
-    # On the host, for the same reason (``x[index]`` on the device compiles per shape).
+    # On the host, for the same reason (``x[index]`` on the device compiles per shape); ``tree``
+    # is fetched whole once by the caller (``jax.device_get``), not once per trial.
     return jax.tree.map(lambda x: np.array(np.asarray(x)[index], copy=True), tree)
 
 
-def _make_epoch_fn(module, tx_unit, term_names: tuple[str, ...], per_trial_batches: bool):
-    """``epoch(states, lrs, weights, active, ctx, batches) -> (states, (loss, terms, finite))``
+@functools.partial(jax.jit, donate_argnums=0)
+def _keep_best(best, states, improved):
+    """The stacked best states with each improved trial's row replaced by its current state: one
+    device call per epoch, instead of fetching the whole stack to the host per improved trial."""
+    def select(b, s):
+        return jnp.where(improved.reshape((-1,) + (1,) * (s.ndim - 1)), s, b)
+
+    return jax.tree.map(select, best, states)
+
+
+class _TrialContexts:
+    """The model's context per trial, for models with an epoch hook (``Built.epoch_update``).
+
+    The hook is applied per trial, on the host, exactly as a sequential run applies it
+    (:func:`~jaxrec.train._setup.epoch_context` of the trial's parameters, seed and epoch
+    index). The context's leaves that the hook returns unchanged (the same objects as the built
+    context's: features, fixed graphs) stay one shared copy; the ones it replaces (FREEDOM's
+    pruned graph, LATTICE's learned neighbours) are stacked on a leading trial axis
+    (``varying``), and :meth:`merge` rebuilds trial ``t``'s context inside the program. Without
+    a hook ``varying`` is empty and every trial reads the built context.
+    """
+
+    def __init__(self, built, seeds: Sequence[int]):
+        self.built, self.seeds = built, list(seeds)
+        self.base_leaves, self.treedef = jax.tree.flatten(built.ctx)
+        self.indices: tuple[int, ...] = ()
+        self.varying: tuple = ()
+
+    def update(self, params_stack, epoch_index: int, active: Sequence[bool]) -> None:
+        """Set every active trial's context for epoch index ``epoch_index`` from its parameters
+        (``params_stack``, stacked, fetched once); inactive trials keep theirs."""
+        if self.built.epoch_update is None:
+            return
+        host = jax.device_get(params_stack)
+        rows: list[list | None] = [None] * len(self.seeds)
+        for t, is_active in enumerate(active):
+            if is_active or not self.varying:
+                ctx = epoch_context(self.built, _slice(host, t), self.seeds[t], epoch_index)
+                leaves, treedef = jax.tree.flatten(ctx)
+                if treedef != self.treedef:
+                    raise ConfigError("these trials cannot be batched: the model's epoch hook changed the "
+                                      "structure of its context")
+                rows[t] = leaves
+        if not self.varying:  # the first call: which leaves the hook replaces
+            self.indices = tuple(i for i, base in enumerate(self.base_leaves)
+                                 if any(row[i] is not base for row in rows))
+        old = [np.asarray(v) for v in jax.device_get(self.varying)] if self.varying else None
+        self.varying = tuple(jax.device_put(np.stack([
+            np.asarray(row[i]) if row is not None else old[j][t] for t, row in enumerate(rows)]))
+            for j, i in enumerate(self.indices))
+
+    def merge(self, ctx, varying_t):
+        """Inside the program: the context with trial ``t``'s rows of the varying leaves."""
+        if not self.indices:
+            return ctx
+        leaves = list(jax.tree.leaves(ctx))
+        for j, i in enumerate(self.indices):
+            leaves[i] = varying_t[j]
+        return self.treedef.unflatten(leaves)
+
+
+def _make_epoch_fn(module, tx_unit, term_names: tuple[str, ...], per_trial_batches: bool, contexts: _TrialContexts):
+    """``epoch(states, lrs, weights, active, ctx, varying, batches) -> (states, (loss, terms, finite))``
     with every output stacked ``(T, steps, ...)``; ``batches`` are ``(steps, B, ...)`` shared by
-    every trial, or ``(T, steps, B, ...)`` with ``per_trial_batches``.
+    every trial, or ``(T, steps, B, ...)`` with ``per_trial_batches``; ``varying`` the stacked
+    leaves of the trials' contexts that an epoch hook replaces (:class:`_TrialContexts`).
 
     The trials run one after another inside the program (``lax.map``), each a whole epoch
     (``lax.scan`` over its batches), and an inactive trial is skipped (``lax.cond``): it costs
@@ -160,12 +226,13 @@ def _make_epoch_fn(module, tx_unit, term_names: tuple[str, ...], per_trial_batch
         new = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
         return new, (loss, {k: terms[k] for k in term_names}, finite)
 
-    def epoch(states, lrs, weights, active, ctx, batches):
+    def epoch(states, lrs, weights, active, ctx, varying, batches):
         def one(args):
-            state, lr, trial_weights, is_active, trial_batches = args
+            state, lr, trial_weights, is_active, trial_varying, trial_batches = args
+            trial_ctx = contexts.merge(ctx, trial_varying)
 
             def train(_):
-                return jax.lax.scan(lambda s, b: step(s, lr, trial_weights, ctx, b), state, trial_batches)
+                return jax.lax.scan(lambda s, b: step(s, lr, trial_weights, trial_ctx, b), state, trial_batches)
 
             shapes = jax.eval_shape(train, None)[1]
 
@@ -175,28 +242,29 @@ def _make_epoch_fn(module, tx_unit, term_names: tuple[str, ...], per_trial_batch
             return jax.lax.cond(is_active, train, skip, None)
 
         if per_trial_batches:
-            return jax.lax.map(one, (states, lrs, weights, active, batches))
-        return jax.lax.map(lambda a: one((*a, batches)), (states, lrs, weights, active))
+            return jax.lax.map(one, (states, lrs, weights, active, varying, batches))
+        return jax.lax.map(lambda a: one((*a, batches)), (states, lrs, weights, active, varying))
 
     return jax.jit(epoch, donate_argnums=0)
 
 
-def _make_encoder(module):
-    """``(params (T, ...), ctx, active (T,)) -> (user_embs, item_embs)`` stacked; an inactive
-    trial's rows are zeros (``lax.map``, for the reason given in :func:`_make_epoch_fn`)."""
+def _make_encoder(module, contexts: _TrialContexts):
+    """``(params (T, ...), ctx, varying, active (T,)) -> (user_embs, item_embs)`` stacked; an
+    inactive trial's rows are zeros (``lax.map``, for the reason given in :func:`_make_epoch_fn`)."""
 
-    def encode_all(params_stack, ctx, active):
+    def encode_all(params_stack, ctx, varying, active):
         def one(args):
-            params, is_active = args
+            params, trial_varying, is_active = args
+            trial_ctx = contexts.merge(ctx, trial_varying)
 
             def encode(_):
-                return module.apply({"params": params}, ctx, False, method="encode")
+                return module.apply({"params": params}, trial_ctx, False, method="encode")
 
             shapes = jax.eval_shape(encode, None)
             return jax.lax.cond(is_active, encode,
                                 lambda _: jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes), None)
 
-        return jax.lax.map(one, (params_stack, active))
+        return jax.lax.map(one, (params_stack, varying, active))
 
     return jax.jit(encode_all)
 
@@ -229,9 +297,6 @@ def run_batched_search(config: ExperimentConfig, workdir: str | os.PathLike, set
     started = time.perf_counter()
     exp = prepare_experiment(configs[0], dataset)
     built = exp.built
-    if built.epoch_update is not None:
-        raise ConfigError(f"these trials cannot be batched: model {configs[0].model.name!r} updates its "
-                          "context between epochs")
     n_trials = len(configs)
     trial_ids = list(range(n_trials)) if trial_ids is None else [int(i) for i in trial_ids]
     if len(trial_ids) != n_trials:
@@ -249,23 +314,29 @@ def run_batched_search(config: ExperimentConfig, workdir: str | os.PathLike, set
                 if per_trial_batches else [exp.sampler])
     tx_unit = make_optimizer(_unit_train_config(tcfg), exp.steps_per_epoch)
     example = exp.sampler.example_batch()
-    states = _stack([init_state(built.module, built.ctx, example, tx_unit, s) for s in seeds])
+    initial = _stack([init_state(built.module, built.ctx, example, tx_unit, s) for s in seeds])
+    states = jax.device_put(initial)
     ctx = jax.device_put(built.ctx)
-    epoch_fn = _make_epoch_fn(built.module, tx_unit, exp.term_names, per_trial_batches)
-    encoder = _make_encoder(built.module)
+    contexts = _TrialContexts(built, seeds)
+    contexts.update(states.params, 0, [True] * n_trials)  # epoch 1's contexts, from the initial parameters
+    epoch_fn = _make_epoch_fn(built.module, tx_unit, exp.term_names, per_trial_batches, contexts)
+    encoder = _make_encoder(built.module, contexts)
     splits = prepare_eval_splits(exp)
     eval_cfg = configs[0].eval
 
     def evaluate(params_stack, split: str, active) -> tuple[list[dict | None], float]:
         tick = time.perf_counter()
-        user_embs, item_embs = encoder(params_stack, ctx, active)
+        user_embs, item_embs = encoder(params_stack, ctx, contexts.varying, active)
         results = jeval.evaluate_prepared_many(splits[split], user_embs, item_embs, ks=eval_cfg.ks,
                                                metrics=eval_cfg.metrics, active=np.asarray(active))
         return [None if r is None else metrics_at_k(r) for r in results], time.perf_counter() - tick
 
     stopping = [EarlyStopping() for _ in range(n_trials)]
     histories: list[list[dict]] = [[] for _ in range(n_trials)]
-    best_states: list[Any] = [None] * n_trials
+    best_states: list[Any] = [None] * n_trials  # (epoch, early-stopping state) at each trial's best
+    # Every trial's state at its best epoch, on the device (its own buffers: `states` is donated).
+    best_stack = jax.device_put(jax.tree.map(np.copy, initial))
+    del initial
     best_valid: list[dict] = [{} for _ in range(n_trials)]
     epochs_run = [0] * n_trials
     train_seconds, eval_seconds = [], []
@@ -280,8 +351,10 @@ def run_batched_search(config: ExperimentConfig, workdir: str | os.PathLike, set
             batches = {k: np.stack([b[k] for b in per_trial]) for k in per_trial[0]}  # (T, steps, B, ...)
         else:
             batches = samplers[0].batches(epoch - 1)
-        states, (loss, terms, finite) = epoch_fn(states, lrs, weight_matrix, active, ctx, batches)
+        states, (loss, terms, finite) = epoch_fn(states, lrs, weight_matrix, active, ctx, contexts.varying, batches)
         loss, terms, finite = jax.device_get((loss, terms, finite))
+        # The contexts after this epoch (index `epoch`): what its evaluation and the next epoch use.
+        contexts.update(states.params, epoch, active_list)
         seconds = time.perf_counter() - tick
         train_seconds.append(seconds / sum(active_list))  # each active trial's share of the program
         _check_finite(loss, terms, finite, weights, exp.term_names, active_list, epoch, exp.steps_per_epoch)
@@ -290,6 +363,7 @@ def run_batched_search(config: ExperimentConfig, workdir: str | os.PathLike, set
         if evaluate_now:
             valid, eval_time = evaluate(states.params, "valid", active)
             eval_seconds.append(eval_time / sum(active_list))
+        improved_list = [False] * n_trials
         for t in range(n_trials):
             if not active_list[t]:
                 continue
@@ -304,8 +378,11 @@ def run_batched_search(config: ExperimentConfig, workdir: str | os.PathLike, set
                 row["best_epoch"] = stopping[t].best_epoch
                 if improved:
                     best_valid[t] = valid[t]
-                    best_states[t] = (epoch, _slice(states, t), stopping[t])
+                    best_states[t] = (epoch, stopping[t])
+                    improved_list[t] = True
             histories[t].append(row)
+        if any(improved_list):
+            best_stack = _keep_best(best_stack, states, np.asarray(improved_list))
         if not quiet:
             bests = ", ".join(f"{es.best_value:.4f}" for es in stopping)
             print(f"epoch {epoch}: {sum(active_list)} of {n_trials} trials training; best valid "
@@ -315,8 +392,12 @@ def run_batched_search(config: ExperimentConfig, workdir: str | os.PathLike, set
     # Test once per trial at its best epoch, one trial at a time with the same call `jaxrec evaluate`
     # makes (the batched valid evaluation can differ from it in the last float bits).
     single_encoder = make_encoder(built.module)
+    best_host, last_host = jax.device_get((best_stack, states))
+    best_states = [None if b is None else (b[0], _slice(best_host, t), b[1]) for t, b in enumerate(best_states)]
     for t in evaluated:
-        result = evaluate_params(exp, single_encoder, best_states[t][1].params, ctx, splits["test"])
+        trial_ctx = ctx if built.epoch_update is None else jax.device_put(
+            epoch_context(built, best_states[t][1].params, seeds[t], best_states[t][0]))
+        result = evaluate_params(exp, single_encoder, best_states[t][1].params, trial_ctx, splits["test"])
         best_test[t] = metrics_at_k(result)
     elapsed = time.perf_counter() - started
     entries = []
@@ -336,7 +417,7 @@ def run_batched_search(config: ExperimentConfig, workdir: str | os.PathLike, set
             "loss_weights": weights[t],
             "batched_search": {"trials": n_trials},
         }
-        last_state = _slice(states, t)
+        last_state = _slice(last_host, t)
         _write_trial(trial_dir, trial_cfg, exp.target, metrics, histories[t], stopping[t], best_states[t],
                      last_state, epochs_run[t], best_valid[t], best_test[t], tcfg)
         entries.append({"trial": trial_ids[t], "workdir": os.fspath(trial_dir), "setting": dict(setting),
