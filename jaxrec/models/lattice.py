@@ -97,7 +97,7 @@ from flax import linen as nn
 from jaxrec import losses
 from jaxrec.data import graph as jgraph
 from jaxrec.errors import ConfigError
-from jaxrec.models._common import (FeatureTable, batch_triples, bpr_of, check_bool, check_choice,
+from jaxrec.models._common import (FeatureTable, batch_triples, bpr_of, check_bool, check_choice, chunk_size_for,
                                    check_nonnegative_int, check_number, check_positive_int, counted_pairs,
                                    feature_blocks, graph_cache_of, item_side_features, knn_search_settings,
                                    normalize_rows)
@@ -338,7 +338,8 @@ class LATTICE(nn.Module):
     def encode(self, ctx, train: bool = False):
         """``(user_emb (n_users, d), item_emb (n_items, d))`` (see the module docstring)."""
         ego = jnp.concatenate([self.user_embedding, self.item_embedding], axis=0)
-        mean, _ = jgraph.lightgcn_propagate(ctx["graph"], ego, self.n_ui_layers, indices_are_sorted=True)
+        mean, _ = jgraph.lightgcn_propagate(ctx["graph"], ego, self.n_ui_layers, indices_are_sorted=True,
+                                            chunk_size=chunk_size_for(self.embedding_size))
         return mean[:self.n_users], mean[self.n_users:] + normalize_rows(self.item_graph_embeddings(ctx, train))
 
     def loss_terms(self, ctx, batch, train: bool = False):
