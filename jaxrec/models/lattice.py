@@ -309,16 +309,29 @@ class LATTICE(nn.Module):
                                    self.lambda_coeff * self._original_weights(ctx, alpha)], axis=1)
         return ids, weights
 
-    def _epoch_table(self, ctx, train: bool):
-        """``"mmrec"`` mode's table: recomputed with gradient in an epoch's first training step,
-        else the detached one of ``ctx`` (set by :func:`refresh_item_graph`)."""
-        if self.is_initializing():
-            return self.item_table(ctx)  # creates the parameters
-        stored = (ctx["item_ids"], jax.lax.stop_gradient(ctx["item_weights"]))
+    def _propagate_items(self, ids, weights, h):
+        for _ in range(self.n_layers):
+            h = jgraph.propagate_neighbours(ids, weights, h, chunk_entries=self.propagation_chunk)
+        return h
+
+    def _epoch_item_embeddings(self, ctx, train: bool):
+        """``"mmrec"`` mode's :math:`h`: over the table recomputed with gradient in an epoch's
+        first training step, else over the detached one of ``ctx`` (:func:`refresh_item_graph`).
+        The propagation is inside the ``lax.cond`` too, so that the other steps skip the
+        gradient of the table's entries."""
+        if self.is_initializing():  # creates the parameters
+            return self._propagate_items(*self.item_table(ctx), self.item_embedding)
+
+        def stored(operands):
+            return self._propagate_items(ctx["item_ids"], jax.lax.stop_gradient(ctx["item_weights"]), operands[1])
+
         if not train:
-            return stored
-        return jax.lax.cond(ctx[EPOCH_STEP] == 0, lambda arrays: self._table_of(ctx, arrays),
-                            lambda arrays: stored, self._graph_arrays())
+            return stored((None, self.item_embedding))
+
+        def fresh(operands):
+            return self._propagate_items(*self._table_of(ctx, operands[0]), operands[1])
+
+        return jax.lax.cond(ctx[EPOCH_STEP] == 0, fresh, stored, (self._graph_arrays(), self.item_embedding))
 
     def item_graph_embeddings(self, ctx, train: bool = False):
         """:math:`h = S^{L_i} Q`, (n_items, d).
@@ -327,11 +340,9 @@ class LATTICE(nn.Module):
         rematerialized row chunks (:func:`jaxrec.data.graph.propagate_neighbours`): no
         (edges x d) array is kept for the backward pass at a million items.
         """
-        ids, weights = self._epoch_table(ctx, train) if self.learned_graph == "mmrec" else self.item_table(ctx)
-        h = self.item_embedding
-        for _ in range(self.n_layers):
-            h = jgraph.propagate_neighbours(ids, weights, h, chunk_entries=self.propagation_chunk)
-        return h
+        if self.learned_graph == "mmrec":
+            return self._epoch_item_embeddings(ctx, train)
+        return self._propagate_items(*self.item_table(ctx), self.item_embedding)
 
     # -- the contract ------------------------------------------------------------------------
 
