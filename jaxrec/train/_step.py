@@ -65,17 +65,15 @@ def make_train_step(module, tx: optax.GradientTransformation, loss_weights: Mapp
     terms with weight 0 are reported but left out of the sum (so that a NaN in an unused
     term cannot reach the parameters). A ``ctx`` with the key :data:`jaxrec.models.EPOCH_STEP`
     gets it set to ``state.step % steps_per_epoch``, the step's index within its epoch (the
-    model contract); such a ctx needs ``steps_per_epoch``.
+    model contract); without ``steps_per_epoch`` (a runner with no epochs, as online updates;
+    the mesh runner) the ctx's own value stays (builders put 0 there: every step is treated as
+    an epoch's first, e.g. LATTICE's ``mmrec`` mode recomputes its graph at every step).
     """
     weights = {name: float(w) for name, w in loss_weights.items()}
 
     def train_step(state: TrainState, ctx, batch) -> tuple[TrainState, StepMetrics]:
         dropout_key = jax.random.fold_in(state.rng, state.step)
-        if isinstance(ctx, Mapping) and models.EPOCH_STEP in ctx:
-            if not steps_per_epoch:
-                raise ConfigError(f"this model's schedule needs each step's place in its epoch (ctx key "
-                                  f"{models.EPOCH_STEP!r}), which this runner does not supply; use "
-                                  "train.parallel none or pmap")
+        if steps_per_epoch and isinstance(ctx, Mapping) and models.EPOCH_STEP in ctx:
             ctx = {**ctx, models.EPOCH_STEP: (state.step % steps_per_epoch).astype(jnp.int32)}
 
         def total_loss(params):
