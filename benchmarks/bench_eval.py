@@ -22,9 +22,13 @@ several runs (median of 10-30 repeats each, best single repeat in brackets):
   lfm2k valid   prepare 0.01-0.03 s, first call 0.7-5.8 s, per evaluation 0.03-0.10 s (0.03 s)
   lfm2k test    prepare 0.01-0.04 s, first call 0.7-2.3 s, per evaluation 0.05-0.14 s (0.04 s)
   large test    prepare 1.1 s, first call 93 s, per evaluation 70 s (66 s)  [one run, 2 repeats]
-Of the lfm2k time, lax.top_k over 1,858 x 1,425 scores (k = 50) is the largest part (~30-55 ms);
-the 64-d score matmul is ~1-5 ms. MMRec takes about 0.16 s per split evaluation on lfm2k on the
-same kind of machine (../shared/anchors: eval_s_valid_plus_test ~ 0.32 s).
+Of that lfm2k time, lax.top_k over 1,858 x 1,425 scores (k = 50) was the largest part (23-31 ms
+CPU at load 4.5, 2026-12-03). Since then a split whose users have at most
+jaxrec.eval._ranking.MAX_RANK_SLOTS (12) held-out items each (lfm2k: 5 valid, 6 test) is ranked
+without it, by counting each held-out item's rank (~1.3 ms per slot): lfm2k test 38-48 -> 21 ms CPU
+per evaluation (median of 30, load 4.5; score matmul ~4.5 ms, masking ~1 ms, ranks ~8 ms, metrics
+~3 ms). MMRec takes about 0.16 s per split evaluation on lfm2k on the same kind of machine
+(../shared/anchors: eval_s_valid_plus_test ~ 0.32 s).
 """
 
 from __future__ import annotations

@@ -89,7 +89,7 @@ def time_one(args, config_path: str) -> dict:
     exp = prepare_experiment(config)
     setup_seconds = time.perf_counter() - tick
     runner = StepRunner(exp.module, exp.tx, exp.loss_weights, parallel=config.train.parallel,
-                        batch_size=config.train.batch_size)
+                        batch_size=config.train.batch_size, steps_per_epoch=exp.steps_per_epoch)
     state = runner.put_state(init_state(exp.module, exp.built.ctx, exp.sampler.example_batch(), exp.tx,
                                         config.train.seed))
     ctx = runner.put_ctx(exp.built.ctx)

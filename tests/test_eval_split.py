@@ -43,12 +43,15 @@ def assert_matches(got, expected):
     (1, 2, -1, 1, None),  # scores in {-2..2}: heavy ties and signed zeros
     (2, 1, 0, 1, 5),      # scores 0/1 only: almost everything ties
 ])
-@pytest.mark.parametrize("target_slots", [True, False], ids=["slots", "scatter"])
-def test_evaluate_split_matches_naive(seed, dim, low, high, batch_size, target_slots, monkeypatch):
-    # Both ways of finding the hits: per-row target slots, and (above the slot limit) the
+@pytest.mark.parametrize("hits_from", ["rank_slots", "target_slots", "scatter"])
+def test_evaluate_split_matches_naive(seed, dim, low, high, batch_size, hits_from, monkeypatch):
+    # Every way of finding the hits: the held-out items' counted ranks (no top-k), the top-k list
+    # against per-row target slots (above the rank-slot limit), and (above the slot limit) the
     # scattered (B, num_items) target matrix.
     from jaxrec.eval import _evaluate
-    if not target_slots:
+    if hits_from != "rank_slots":
+        monkeypatch.setattr(_ranking, "MAX_RANK_SLOTS", 0)
+    if hits_from == "scatter":
         monkeypatch.setattr(_evaluate, "_MAX_TARGET_SLOTS", 0)
     user_emb, item_emb, train, targets, scores = make_case(
         seed, num_users=37, num_items=23, dim=dim, low=low, high=high, num_train=260,
@@ -60,7 +63,8 @@ def test_evaluate_split_matches_naive(seed, dim, low, high, batch_size, target_s
                               metrics=ALL_METRICS)
     assert 0 < expected["num_users"] < 37  # some users have no held-out items
     split = jeval.prepare_split(num_items=23, train_pairs=train, target_pairs=targets, batch_size=batch_size)
-    assert ("target_slots" in split.batches) == target_slots
+    assert [key for key in ("rank_slots", "target_slots") if key in split.batches] == (
+        [] if hits_from == "scatter" else [hits_from])
     assert_matches(got, expected)
 
 

@@ -303,3 +303,44 @@ def test_learns_better_than_popularity(tmp_path):
         train_pairs=dataset.split_pairs("train"), valid_pairs=dataset.split_pairs("valid"),
         test_pairs=dataset.split_pairs("test"), ks=[20], metrics=["recall"])["recall@20"]
     assert metrics["test"]["recall@20"] > 1.3 * baseline, (metrics["test"], baseline)
+
+
+def test_mmrec_mode_fresh_graph_with_gradient_at_an_epochs_first_step_only():
+    # MMRec's schedule: the epoch hook's detached table equals the graph of the same parameters;
+    # epoch step 0 recomputes it with gradient (the "step" mode's loss and gradient), later steps
+    # use it as a constant (same loss value; no gradient to the projections, features, modality
+    # weights; the ID tables' gradient unchanged).
+    data = _small(seed=5)
+    kwargs = dict(embedding_size=6, feat_embed_dim=3, knn_k=3, modalities=["image", "text"], graph_cache="none")
+    step_mode = models.build("lattice", data, **kwargs)
+    built = models.build("lattice", data, learned_graph="mmrec", **kwargs)
+    params = _init(step_mode)
+    ctx = built.epoch_update(params, built.ctx, 0, None)
+    ids, weights = jax.jit(lambda p: step_mode.module.apply({"params": p}, step_mode.ctx, method="item_table"))(params)
+    np.testing.assert_array_equal(np.asarray(ctx["item_ids"]), np.asarray(ids))
+    np.testing.assert_allclose(np.asarray(ctx["item_weights"]), np.asarray(weights), rtol=1e-6)
+    batch = normalize_batch({"users": np.array([0, 3, 7, 9]), "pos_items": np.array([1, 4, 9, 20]),
+                             "neg_items": np.array([[2], [0], [5], [11]])})
+
+    def loss(module, c):
+        return jax.jit(jax.value_and_grad(lambda p: sum(module.apply({"params": p}, c, batch, True,
+                                                                     method="loss_terms").values())))(params)
+
+    value, grads = loss(step_mode.module, step_mode.ctx)
+    first, first_grads = loss(built.module, {**ctx, models.EPOCH_STEP: jnp.int32(0)})
+    later, later_grads = loss(built.module, {**ctx, models.EPOCH_STEP: jnp.int32(3)})
+    np.testing.assert_allclose(float(first), float(value), rtol=1e-6)
+    np.testing.assert_allclose(float(later), float(value), rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(first_grads), jax.tree.leaves(grads)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
+    graph_only = [first_grads["projection_0"]["kernel"], first_grads["modal_weight"], first_grads["features_1"]["table"]]
+    assert all(float(jnp.abs(g).max()) > 0 for g in graph_only)
+    for name in ("projection_0", "projection_1", "modal_weight", "features_0", "features_1"):
+        assert all(float(jnp.abs(g).max()) == 0 for g in jax.tree.leaves(later_grads[name])), name
+    for name in ("user_embedding", "item_embedding"):
+        np.testing.assert_allclose(np.asarray(later_grads[name]), np.asarray(grads[name]), rtol=1e-5, atol=1e-7)
+    # Evaluation encodes with the hook's table: the step mode's embeddings.
+    encoded = built.module.apply({"params": params}, ctx, False, method="encode")
+    expected = step_mode.module.apply({"params": params}, step_mode.ctx, False, method="encode")
+    for a, b in zip(encoded, expected):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)

@@ -180,3 +180,42 @@ def test_a_config_error_surfaces_before_training(dataset, tmp_path):
         train_and_evaluate(config_from_dict({**RAW, "model": {"name": "bprnf"}}), tmp_path / "run2",
                            dataset=dataset, quiet=True)
     assert not os.path.exists(tmp_path / "run" / "metrics.json")
+
+
+def test_ctx_epoch_step_is_each_steps_place_in_its_epoch():
+    # A ctx holding models.EPOCH_STEP gets each step's index within its epoch (state.step modulo
+    # the epoch's steps), across calls; a runner that does not know the epoch length keeps the
+    # ctx's own value.
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from jaxrec import models
+    from jaxrec.train import StepRunner, init_state
+
+    class Probe(nn.Module):
+        def setup(self):
+            self.w = self.param("w", nn.initializers.ones, (2,))
+
+        def encode(self, ctx, train=False):
+            return self.w[None, :], self.w[None, :]
+
+        def loss_terms(self, ctx, batch, train=False):
+            return {"bpr": jnp.sum(self.w ** 2) * jnp.mean(batch["weights"]),
+                    "seen": jnp.asarray(ctx[models.EPOCH_STEP], jnp.float32)}
+
+    ctx = {models.EPOCH_STEP: jnp.zeros((), jnp.int32)}
+    batch = models.normalize_batch({"users": np.zeros((5, 4)), "pos_items": np.zeros((5, 4)),
+                                    "neg_items": np.zeros((5, 4))})
+    tx, weights = optax.sgd(0.1), {"bpr": 1.0, "seen": 0.0}
+    runner = StepRunner(Probe(), tx, weights, batch_size=4, steps_per_epoch=3)
+    state = runner.put_state(init_state(Probe(), ctx, {k: v[0] for k, v in batch.items()}, tx, 0))
+    state, first = runner.run(state, ctx, runner.put_batches(batch))
+    host = jax.device_get(state)  # the next call donates the state
+    _, second = runner.run(state, ctx, runner.put_batches({k: v[:2] for k, v in batch.items()}))
+    assert np.asarray(first.terms["seen"]).tolist() == [0, 1, 2, 0, 1]
+    assert np.asarray(second.terms["seen"]).tolist() == [2, 0]
+    blind = StepRunner(Probe(), tx, weights, batch_size=4)
+    _, kept = blind.run(blind.put_state(host), {models.EPOCH_STEP: jnp.int32(7)}, blind.put_batches(batch))
+    assert np.asarray(kept.terms["seen"]).tolist() == [7] * 5

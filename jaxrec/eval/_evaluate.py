@@ -44,7 +44,9 @@ class EvalSplit(NamedTuple):
         and, when no user has more than ``_MAX_TARGET_SLOTS`` held-out items,
         ``target_slots`` ``(B, S)``: each row's held-out items, ``-1`` in unused slots (the
         ranking then reads hits off the top-k list against these instead of scattering a
-        ``(B, num_items)`` target matrix).
+        ``(B, num_items)`` target matrix); ``rank_slots`` instead when none has more than
+        ``_ranking.MAX_RANK_SLOTS``: the hits are then read off the held-out items' counted
+        ranks, without a top-k).
       candidate_mask: ``(num_items,)`` bool device array, True for rankable items.
       num_items: number of items scored.
       batch_size: users per batch ``B``.
@@ -204,8 +206,9 @@ def prepare_split(
     arrays["num_relevant"] = relevant.reshape(arrays["users"].shape)
     del arrays["row_valid"]  # num_relevant > 0 marks the real rows
     if int(num_relevant.max()) <= _MAX_TARGET_SLOTS:
-        arrays["target_slots"] = target_slots(target_pos, target_item, arrays["users"].shape,
-                                              int(num_relevant.max()))
+        # Very few per user: the ranking counts their ranks instead of a top-k (same hits).
+        key = "rank_slots" if int(num_relevant.max()) <= _ranking.MAX_RANK_SLOTS else "target_slots"
+        arrays[key] = target_slots(target_pos, target_item, arrays["users"].shape, int(num_relevant.max()))
     max_user_id = int(max(users.max(), exclude_users.max(initial=0)))
     return EvalSplit(
         # device_put, not jnp.asarray: the latter compiles a small program per new shape.

@@ -3,6 +3,7 @@
 See ``jaxrec.models._registry`` for the model contract (``encode`` / ``loss_terms``).
 """
 
+from jaxrec.models._registry import EPOCH_STEP as EPOCH_STEP
 from jaxrec.models._registry import Built as Built
 from jaxrec.models._registry import available as available
 from jaxrec.models._registry import build as build

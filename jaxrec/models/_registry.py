@@ -28,6 +28,12 @@ term equals its one-device value. Randomness in a model (dropout, edge dropout) 
 ``"dropout"`` PRNG stream that the trainer passes to ``apply``; it is the same key on every
 device, so draws over whole tables agree across devices (draws per batch row cannot).
 
+A ``ctx`` (dict) holding the key :data:`EPOCH_STEP` (``"epoch_step"``, an int32 scalar) gets
+it filled in by the trainer at every step: the step's index within its epoch (0 at an epoch's
+first step), for a model whose schedule differs there (LATTICE's ``learned_graph: mmrec``).
+Runners without epochs (online updates, the mesh runner) leave the built value, which should
+be 0 (every step an epoch's first).
+
 A model file registers a *builder*: a function ``build(dataset, **model_args) -> Built``
 that reads the static sizes it needs from a ``MultimodalDataset``, prepares the context
 arrays (e.g. a normalized graph), and returns the module and its context. Unknown
@@ -46,6 +52,10 @@ from typing import Any
 from flax import linen as nn
 
 from jaxrec.errors import ConfigError
+
+
+# The ctx key the trainer sets to the step's index within its epoch (see the contract above).
+EPOCH_STEP = "epoch_step"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -70,7 +70,7 @@ from flax import linen as nn
 
 from jaxrec.data import graph as jgraph
 from jaxrec.errors import ConfigError
-from jaxrec.models._common import (FeatureTable, batch_triples, bpr_of, check_bool, check_modality_weights,
+from jaxrec.models._common import (FeatureTable, batch_triples, bpr_of, check_bool, check_modality_weights, chunk_size_for,
                                    check_nonnegative_int, check_number, check_positive_int, counted_pairs,
                                    feature_blocks, graph_cache_of, item_side_features, key_seed, knn_search_settings,
                                    rows_or_all)
@@ -118,14 +118,15 @@ class FREEDOM(nn.Module):
         """:math:`h = S^{L_m} Q`, (n_items, d)."""
         h = self.item_embedding
         for _ in range(self.n_mm_layers):
-            h = jgraph.propagate(ctx["item_graph"], h, indices_are_sorted=True)
+            h = jgraph.propagate(ctx["item_graph"], h, indices_are_sorted=True, chunk_size=chunk_size_for(h.shape[1]))
         return h
 
     def propagated(self, ctx, graph):
         """``(users (n_users, d), items (n_items, d))``: the layer mean over ``graph`` plus
         the item-graph term."""
         ego = jnp.concatenate([self.user_embedding, self.item_embedding], axis=0)
-        mean, _ = jgraph.lightgcn_propagate(graph, ego, self.n_ui_layers, indices_are_sorted=True)
+        mean, _ = jgraph.lightgcn_propagate(graph, ego, self.n_ui_layers, indices_are_sorted=True,
+                                            chunk_size=chunk_size_for(self.embedding_size))
         return mean[:self.n_users], mean[self.n_users:] + self.item_graph_embeddings(ctx)
 
     def projected_features(self, ctx, m: int, items):

@@ -58,12 +58,22 @@ size, so its smaller last batch is regularized less), so ``loss_weights: {reg: Î
   (with gradient) from the current projections in :math:`O(n k d)`. Evaluation after an
   epoch uses lists recomputed from that epoch's parameters. For the million-item scale (see
   ``benchmarks/bench_scale.py``).
+* ``"mmrec"``: MMRec's schedule. The whole item graph :math:`S` (neighbours and entries) is
+  recomputed once per epoch from the parameters at the epoch's start -- WITH gradient in the
+  epoch's first step, and reused DETACHED (a constant: no gradient reaches :math:`W_m, b_m`,
+  the feature tables or :math:`\beta`) in its other steps. The trainer's epoch hook
+  (:func:`refresh_item_graph`) puts the detached table in ``ctx``; the first step (the
+  trainer sets ``ctx["epoch_step"]``, :data:`jaxrec.models.EPOCH_STEP`) recomputes the same
+  table with gradient inside a ``lax.cond``, so only that step pays for the kNN and its
+  backward pass. Evaluation after an epoch uses the table recomputed from that epoch's
+  parameters, as MMRec's ``full_sort_predict`` does.
 
-Deviations from MMRec: MMRec recomputes the learned graph at the first batch of each epoch
-(with gradient there), reuses it DETACHED for the rest of the epoch, and recomputes it for
-evaluation; ``"step"`` recomputes it with gradient at every step (the learned similarity is
-fresh at every step), ``"epoch"`` keeps the neighbour lists for the epoch but refreshes their
-entries (and gradient) every step. Only MMRec's default ``cf_model: lightgcn`` is
+Deviations from MMRec: ``"step"`` recomputes the learned graph with gradient at every step
+(the learned similarity is fresh at every step), ``"epoch"`` keeps the neighbour lists for the
+epoch but refreshes their entries (and gradient) every step. In ``"mmrec"`` mode the
+parameters that only the item graph reaches get a zero gradient between refreshes, and optax's
+Adam still moves them by their decaying momentum, where torch's Adam skips a parameter without
+a gradient. Only MMRec's default ``cf_model: lightgcn`` is
 implemented (not ``ngcf`` or ``mf``). The item itself is forced first among its neighbours
 (MMRec's ``topk`` keeps it because its similarity 1 is the row maximum); an all-zero feature
 row has similarity 0 to every item (MMRec divides by its zero norm: NaN). BPR is a softplus
@@ -87,14 +97,14 @@ from flax import linen as nn
 from jaxrec import losses
 from jaxrec.data import graph as jgraph
 from jaxrec.errors import ConfigError
-from jaxrec.models._common import (FeatureTable, batch_triples, bpr_of, check_bool, check_choice,
+from jaxrec.models._common import (FeatureTable, batch_triples, bpr_of, check_bool, check_choice, chunk_size_for,
                                    check_nonnegative_int, check_number, check_positive_int, counted_pairs,
                                    feature_blocks, graph_cache_of, item_side_features, knn_search_settings,
                                    normalize_rows)
 from jaxrec.models._init import torch_linear_bias, torch_linear_kernel, xavier_uniform
-from jaxrec.models._registry import Built, register
+from jaxrec.models._registry import EPOCH_STEP, Built, register
 
-LEARNED_GRAPH_MODES = ("step", "epoch")
+LEARNED_GRAPH_MODES = ("step", "epoch", "mmrec")
 
 
 def unit_rows(x: jax.Array) -> jax.Array:
@@ -170,7 +180,8 @@ class LATTICE(nn.Module):
     tuple of M (n_items, k), "features": tuple of (n_items, d_m)}`` -- the user-item graph
     :math:`D^{-1}(A+I)`, the M normalized initial item graphs as one neighbour table (the raw
     features' kNN lists side by side, each modality's weights), the raw features -- plus ``"learned_neighbours"`` (n_items, M k)
-    int32 in ``"epoch"`` mode.
+    int32 in ``"epoch"`` mode; in ``"mmrec"`` mode ``"item_ids"``/``"item_weights"`` (n_items, 2 M k), the
+    epoch's item graph :math:`S`, and ``"epoch_step"`` (set by the trainer).
 
     Attributes:
       n_users, n_items: table sizes.
@@ -182,11 +193,11 @@ class LATTICE(nn.Module):
       n_layers: item-graph propagation layers.
       n_ui_layers: LightGCN layers on the user-item graph.
       train_features: the raw feature tables are trainable (MMRec: yes).
-      learned_graph: ``"step"`` or ``"epoch"`` (module docstring).
+      learned_graph: ``"step"``, ``"epoch"`` or ``"mmrec"`` (module docstring).
       knn_block_size, knn_column_block_size: rows and columns per tile of the learned kNN.
       knn_method: ``"exact"``, ``"ivf"``, ``"hnsw"`` or ``"auto"``: how
         :func:`refresh_learned_graph` finds the ``"epoch"`` mode's neighbour lists (``"step"``
-        mode: always exact, on device).
+        and ``"mmrec"`` modes: always exact, on device).
       knn_n_clusters, knn_n_probe: the IVF settings (0 with ``"exact"``).
       propagation_chunk: neighbour-table entries per rematerialized chunk of the item-graph
         terms (:func:`jaxrec.data.graph.propagate_neighbours`); a memory/speed knob only.
@@ -267,32 +278,80 @@ class LATTICE(nn.Module):
         original = jgraph.neighbour_edges(ctx["original_neighbours"], self._original_weights(ctx, alpha))
         return learned, original
 
-    def item_graph_embeddings(self, ctx):
-        """:math:`h = S^{L_i} Q`, (n_items, d).
-
-        :math:`S = (1-\\lambda) \\hat S + \\lambda \\sum_m \\alpha_m \\tilde S^m` is one (n_items, 2 M k)
-        neighbour table (both graphs' lists side by side, duplicates summed), propagated in
-        rematerialized row chunks (:func:`jaxrec.data.graph.propagate_neighbours`): no
-        (edges x d) array is kept for the backward pass at a million items.
-        """
+    def item_table(self, ctx):
+        """:math:`S = (1-\\lambda) \\hat S + \\lambda \\sum_m \\alpha_m \\tilde S^m` as one (n_items, 2 M k)
+        neighbour table ``(ids, weights)`` (both graphs' lists side by side, duplicates summed),
+        computed from the current parameters (learned lists recomputed unless ``"epoch"`` mode)."""
         alpha = jax.nn.softmax(self.modal_weight)
         learned_ids, learned_weights = self._learned_table(ctx, self.projected_features(ctx), alpha)
         ids = jnp.concatenate([learned_ids, ctx["original_neighbours"]], axis=1)
         weights = jnp.concatenate([(1.0 - self.lambda_coeff) * learned_weights,
                                    self.lambda_coeff * self._original_weights(ctx, alpha)], axis=1)
-        h = self.item_embedding
+        return ids, weights
+
+    def _graph_arrays(self):
+        """The parameters only the item graph reads, as plain arrays (for ``lax.cond``)."""
+        return {"projections": [p.variables["params"] for p in self.projections],
+                "tables": ([t.variables["params"]["table"] for t in self.feature_tables]
+                           if self.train_features else None),
+                "modal_weight": self.modal_weight}
+
+    def _table_of(self, ctx, arrays):
+        """:meth:`item_table` as a pure function of :meth:`_graph_arrays`."""
+        projected = []
+        for m, layer in enumerate(arrays["projections"]):
+            features = arrays["tables"][m] if self.train_features else ctx["features"][m]
+            projected.append(jnp.matmul(features, layer["kernel"]) + layer["bias"])
+        alpha = jax.nn.softmax(arrays["modal_weight"])
+        learned_ids, learned_weights = self._learned_table(ctx, projected, alpha)
+        ids = jnp.concatenate([learned_ids, ctx["original_neighbours"]], axis=1)
+        weights = jnp.concatenate([(1.0 - self.lambda_coeff) * learned_weights,
+                                   self.lambda_coeff * self._original_weights(ctx, alpha)], axis=1)
+        return ids, weights
+
+    def _propagate_items(self, ids, weights, h):
         for _ in range(self.n_layers):
             h = jgraph.propagate_neighbours(ids, weights, h, chunk_entries=self.propagation_chunk)
         return h
+
+    def _epoch_item_embeddings(self, ctx, train: bool):
+        """``"mmrec"`` mode's :math:`h`: over the table recomputed with gradient in an epoch's
+        first training step, else over the detached one of ``ctx`` (:func:`refresh_item_graph`).
+        The propagation is inside the ``lax.cond`` too, so that the other steps skip the
+        gradient of the table's entries."""
+        if self.is_initializing():  # creates the parameters
+            return self._propagate_items(*self.item_table(ctx), self.item_embedding)
+
+        def stored(operands):
+            return self._propagate_items(ctx["item_ids"], jax.lax.stop_gradient(ctx["item_weights"]), operands[1])
+
+        if not train:
+            return stored((None, self.item_embedding))
+
+        def fresh(operands):
+            return self._propagate_items(*self._table_of(ctx, operands[0]), operands[1])
+
+        return jax.lax.cond(ctx[EPOCH_STEP] == 0, fresh, stored, (self._graph_arrays(), self.item_embedding))
+
+    def item_graph_embeddings(self, ctx, train: bool = False):
+        """:math:`h = S^{L_i} Q`, (n_items, d).
+
+        :math:`S` (:meth:`item_table`; in ``"mmrec"`` mode the epoch's table) is propagated in
+        rematerialized row chunks (:func:`jaxrec.data.graph.propagate_neighbours`): no
+        (edges x d) array is kept for the backward pass at a million items.
+        """
+        if self.learned_graph == "mmrec":
+            return self._epoch_item_embeddings(ctx, train)
+        return self._propagate_items(*self.item_table(ctx), self.item_embedding)
 
     # -- the contract ------------------------------------------------------------------------
 
     def encode(self, ctx, train: bool = False):
         """``(user_emb (n_users, d), item_emb (n_items, d))`` (see the module docstring)."""
-        del train
         ego = jnp.concatenate([self.user_embedding, self.item_embedding], axis=0)
-        mean, _ = jgraph.lightgcn_propagate(ctx["graph"], ego, self.n_ui_layers, indices_are_sorted=True)
-        return mean[:self.n_users], mean[self.n_users:] + normalize_rows(self.item_graph_embeddings(ctx))
+        mean, _ = jgraph.lightgcn_propagate(ctx["graph"], ego, self.n_ui_layers, indices_are_sorted=True,
+                                            chunk_size=chunk_size_for(self.embedding_size))
+        return mean[:self.n_users], mean[self.n_users:] + normalize_rows(self.item_graph_embeddings(ctx, train))
 
     def loss_terms(self, ctx, batch, train: bool = False):
         """``{"bpr", "reg"}`` for a contract batch (``jaxrec.models._registry``)."""
@@ -314,6 +373,18 @@ def _jitted_neighbours(module):
 @functools.lru_cache(maxsize=8)
 def _jitted_projections(module):
     return jax.jit(lambda params, ctx: module.apply({"params": params}, ctx, method="projected_features"))
+
+
+@functools.lru_cache(maxsize=8)
+def _jitted_item_table(module):
+    return jax.jit(lambda params, ctx: module.apply({"params": params}, ctx, method="item_table"))
+
+
+def refresh_item_graph(module: LATTICE, params, ctx):
+    """``ctx`` with ``"item_ids"``/``"item_weights"``, the item graph :math:`S` recomputed from
+    ``params`` (the ``"mmrec"`` mode's per-epoch step; exact kNN, jitted)."""
+    ids, weights = _jitted_item_table(module)(params, ctx)
+    return {**ctx, "item_ids": ids, "item_weights": weights}
 
 
 def refresh_learned_graph(module: LATTICE, params, ctx):
@@ -365,7 +436,7 @@ def build(dataset, *, embedding_size: int = 64, feat_embed_dim: int = 64, knn_k:
       n_layers: item-graph layers (MMRec: 1). n_ui_layers: user-item layers (MMRec: 2).
       modalities: the modalities used, in order (default: all of the dataset's).
       train_features: the raw features are trainable parameters, as in MMRec.
-      learned_graph: ``"step"`` or ``"epoch"`` (module docstring).
+      learned_graph: ``"step"``, ``"epoch"`` or ``"mmrec"`` (module docstring).
       knn_block_size, knn_column_block_size: rows and columns per tile of the learned kNN.
       graph_cache: ``"default"``, a folder, or ``"none"``: where the initial kNN neighbours are cached.
       knn_method: ``"exact"`` (default), ``"hnsw"`` (hnswlib, the ``ann`` extra), ``"ivf"``
@@ -401,6 +472,10 @@ def build(dataset, *, embedding_size: int = 64, feat_embed_dim: int = 64, knn_k:
            "original_weights": tuple(jnp.asarray(w) for w in raw_weights)}
     if learned_graph == "epoch":  # the shapes; the trainer's epoch_update replaces the lists
         ctx["learned_neighbours"] = jnp.asarray(raw_neighbours)
+    if learned_graph == "mmrec":  # the shapes; the trainer's epoch_update computes the table
+        ids = jnp.concatenate([jnp.asarray(raw_neighbours)] * 2, axis=1)
+        ctx.update({"item_ids": ids, "item_weights": jnp.zeros(ids.shape, jnp.float32),
+                    EPOCH_STEP: jnp.zeros((), jnp.int32)})
     module = LATTICE(n_users=dataset.n_users, n_items=dataset.n_items, feature_dims=dims,
                      embedding_size=embedding_size, feat_embed_dim=feat_embed_dim, knn_k=knn_k,
                      lambda_coeff=float(lambda_coeff), n_layers=n_layers, n_ui_layers=n_ui_layers,
@@ -412,4 +487,8 @@ def build(dataset, *, embedding_size: int = 64, feat_embed_dim: int = 64, knn_k:
         def epoch_update(params, ctx, epoch, rng):
             del epoch, rng  # a function of the parameters only
             return refresh_learned_graph(module, params, ctx)
+    elif learned_graph == "mmrec":
+        def epoch_update(params, ctx, epoch, rng):
+            del epoch, rng  # a function of the parameters only
+            return refresh_item_graph(module, params, ctx)
     return Built(module=module, ctx=ctx, default_loss_weights={"bpr": 1.0, "reg": 1e-4}, epoch_update=epoch_update)

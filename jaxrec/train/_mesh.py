@@ -401,7 +401,7 @@ def make_runner(experiment):
     tcfg = experiment.config.train
     if tcfg.parallel != "sharded":
         return StepRunner(experiment.module, experiment.tx, experiment.loss_weights, parallel=tcfg.parallel,
-                          batch_size=tcfg.batch_size)
+                          batch_size=tcfg.batch_size, steps_per_epoch=experiment.steps_per_epoch)
     data, model = check_mesh(tcfg)
     return MeshStepRunner(experiment.module, experiment.tx, experiment.loss_weights, target=experiment.target,
                           n_users=experiment.dataset.n_users, n_items=experiment.dataset.n_items, data=data,

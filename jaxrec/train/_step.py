@@ -58,17 +58,23 @@ class StepMetrics(NamedTuple):
 
 
 def make_train_step(module, tx: optax.GradientTransformation, loss_weights: Mapping[str, float],
-                    *, axis_name: str | None = None):
+                    *, axis_name: str | None = None, steps_per_epoch: int | None = None):
     """``train_step(state, ctx, batch) -> (state, StepMetrics)`` for one batch.
 
     The weighted sum is :func:`jaxrec.losses.combine`: every term needs a weight, and
     terms with weight 0 are reported but left out of the sum (so that a NaN in an unused
-    term cannot reach the parameters).
+    term cannot reach the parameters). A ``ctx`` with the key :data:`jaxrec.models.EPOCH_STEP`
+    gets it set to ``state.step % steps_per_epoch``, the step's index within its epoch (the
+    model contract); without ``steps_per_epoch`` (a runner with no epochs, as online updates;
+    the mesh runner) the ctx's own value stays (builders put 0 there: every step is treated as
+    an epoch's first, e.g. LATTICE's ``mmrec`` mode recomputes its graph at every step).
     """
     weights = {name: float(w) for name, w in loss_weights.items()}
 
     def train_step(state: TrainState, ctx, batch) -> tuple[TrainState, StepMetrics]:
         dropout_key = jax.random.fold_in(state.rng, state.step)
+        if steps_per_epoch and isinstance(ctx, Mapping) and models.EPOCH_STEP in ctx:
+            ctx = {**ctx, models.EPOCH_STEP: (state.step % steps_per_epoch).astype(jnp.int32)}
 
         def total_loss(params):
             terms = module.apply({"params": params}, ctx, batch, True, method="loss_terms",
@@ -99,15 +105,15 @@ def _scanned(train_step):
 
 
 @functools.lru_cache(maxsize=16)
-def _compiled_steps(module, tx, loss_weights: tuple, parallel: str, devices: tuple):
+def _compiled_steps(module, tx, loss_weights: tuple, parallel: str, devices: tuple, steps_per_epoch: int | None):
     # Cached on (module, optimizer, weights, mode, devices), all hashable and compared by value
     # (modules, weights) or identity (the cached optimizer): runs in one process that agree on
     # them share one compiled program instead of compiling it again.
     weights = dict(loss_weights)
     if parallel == "pmap":
-        step = make_train_step(module, tx, weights, axis_name=_AXIS)
+        step = make_train_step(module, tx, weights, axis_name=_AXIS, steps_per_epoch=steps_per_epoch)
         return jax.pmap(_scanned(step), axis_name=_AXIS, devices=devices, donate_argnums=0)
-    step = make_train_step(module, tx, weights)
+    step = make_train_step(module, tx, weights, steps_per_epoch=steps_per_epoch)
     if parallel == "sharded":
         replicated = NamedSharding(Mesh(np.asarray(devices), (_AXIS,)), PartitionSpec())
         return jax.jit(_scanned(step), donate_argnums=0, out_shardings=replicated)
@@ -127,10 +133,12 @@ class StepRunner:
       parallel: ``"none"``, ``"pmap"`` or ``"sharded"``.
       batch_size: the global batch size (must divide evenly over the devices).
       devices: devices to use (default: all local devices; one for ``"none"``).
+      steps_per_epoch: batches per epoch, for a model whose ctx asks for each step's place in
+        its epoch (:func:`make_train_step`).
     """
 
     def __init__(self, module, tx, loss_weights, *, parallel: str = "none", batch_size: int,
-                 devices=None):
+                 devices=None, steps_per_epoch: int | None = None):
         self.parallel = parallel
         if _distributed.is_multiprocess():
             raise ConfigError(f"a multi-process run needs train.parallel: sharded (found {parallel!r}): one "
@@ -154,7 +162,8 @@ class StepRunner:
                               f"train.parallel={parallel!r} mode; use a multiple of {n}")
         if parallel not in ("none", "pmap", "sharded"):
             raise ConfigError(f"unknown train.parallel {parallel!r}; expected none, pmap or sharded")
-        self._run = _compiled_steps(module, tx, tuple(sorted(loss_weights.items())), parallel, tuple(self.devices))
+        self._run = _compiled_steps(module, tx, tuple(sorted(loss_weights.items())), parallel, tuple(self.devices),
+                                    steps_per_epoch)
         self.local_device = self.devices[0]  # where host code evaluates
         self.local_rows = slice(0, int(batch_size))  # the rows of each batch this process supplies: all
 
