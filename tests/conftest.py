@@ -1,10 +1,16 @@
-"""Test set-up: four fake CPU devices for the multi-device tests, and the shared-data path."""
+"""Test set-up: four fake CPU devices for the multi-device tests, and the shared-data path.
+
+Compilation is most of the suite's time: the test processes compile with FAST_COMPILE
+(tests/_xla_flags.py). An XLA_FLAGS already set in the environment wins.
+"""
 
 import os
 from pathlib import Path
 
 # Must happen before jax is imported anywhere in the test process.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+# Subprocesses that want one device (servers, notebook kernels) set XLA_FLAGS to FAST_COMPILE.
+from _xla_flags import FAST_COMPILE  # noqa: E402
+os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count=4 {FAST_COMPILE}")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import pytest  # noqa: E402

@@ -4,6 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from _xla_flags import FAST_COMPILE
+
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "video_features.ipynb"
 
 
@@ -14,7 +16,7 @@ def test_video_features_notebook_runs_clean(monkeypatch):
     from nbclient import NotebookClient
 
     # One CPU device in the kernel: the test process's fake-device flag is not wanted there.
-    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    monkeypatch.setenv("XLA_FLAGS", FAST_COMPILE)
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     NotebookClient(notebook, timeout=300, kernel_name="python3",
                    resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()

@@ -16,6 +16,8 @@ from jaxrec.errors import ConfigError
 from test_graph_knn import brute_force_knn
 from test_graph_knn_ivf import clustered_features
 
+from _model_testing import init_compiled
+
 pytest.importorskip("hnswlib", reason="hnswlib (the optional 'ann' extra) is not installed")
 
 
@@ -124,7 +126,7 @@ def test_lattice_and_freedom_build_with_hnsw():
     # 60 items, search lists of 24: HNSW finds the exact lists.
     np.testing.assert_array_equal(np.asarray(approximate.ctx["original_neighbours"]),
                                   np.asarray(exact.ctx["original_neighbours"]))
-    params = exact.module.init(jax.random.PRNGKey(0), exact.ctx, False, method="encode")["params"]
+    params = init_compiled(exact.module, jax.random.PRNGKey(0), exact.ctx, False, method="encode")["params"]
     np.testing.assert_array_equal(np.asarray(refresh_learned_graph(approximate.module, params, approximate.ctx)
                                              ["learned_neighbours"]),
                                   np.asarray(refresh_learned_graph(exact.module, params, exact.ctx)

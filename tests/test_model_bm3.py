@@ -13,7 +13,7 @@ from jaxrec.errors import ConfigError
 from jaxrec.models import bm3
 from jaxrec.models.bm3 import BM3, table_dropout
 
-from _model_testing import (compiled_apply, numpy_norm_adj, popularity_recall, randomized_params,
+from _model_testing import (init_compiled, compiled_apply, numpy_norm_adj, popularity_recall, randomized_params,
                             train_tiny)
 
 MODALITIES = ["image", "text"]
@@ -84,7 +84,7 @@ def _setup(dropout, seed=1, n_layers=2):
     weights = np.array([1.0] * 9 + [0.0] * 3, np.float32)
     batch = {"users": users, "pos_items": items, "neg_items": rng.integers(0, data.n_items, (12, 1)),
              "weights": weights}
-    params = built.module.init({"params": jax.random.PRNGKey(2), "dropout": jax.random.PRNGKey(3)}, built.ctx,
+    params = init_compiled(built.module, {"params": jax.random.PRNGKey(2), "dropout": jax.random.PRNGKey(3)}, built.ctx,
                                batch, True, method="loss_terms")["params"]
     train = data.split_pairs("train")
     adj = numpy_norm_adj(train[:, 0], train[:, 1], data.n_users, data.n_items)

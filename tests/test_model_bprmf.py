@@ -11,7 +11,7 @@ from jaxrec.errors import ConfigError
 from jaxrec.models.bprmf import BPRMF
 from jaxrec.models import normalize_batch
 
-from _model_testing import assert_gradient_matches_central_differences, popularity_recall, train_tiny
+from _model_testing import init_compiled, assert_gradient_matches_central_differences, popularity_recall, train_tiny
 
 
 def _tiny_dataset(n_users=6, n_items=9):
@@ -89,7 +89,7 @@ def test_gradient_matches_finite_differences():
 def test_xavier_normal_init_has_mmrec_variance():
     # torch.nn.init.xavier_normal_ on an (n, d) table: N(0, 2 / (n + d)), untruncated.
     module = BPRMF(n_users=3000, n_items=1000, embedding_size=64)
-    variables = module.init(jax.random.PRNGKey(0), {}, False, method="encode")
+    variables = init_compiled(module, jax.random.PRNGKey(0), {}, False, method="encode")
     users = np.asarray(variables["params"]["user_embedding"])
     assert users.shape == (3000, 64)
     np.testing.assert_allclose(users.std(), np.sqrt(2 / (3000 + 64)), rtol=0.02)
@@ -103,7 +103,7 @@ def test_registered_under_both_names_and_checks_arguments():
     built = models.build("bpr", dataset, embedding_size=4)
     assert models.get_builder("bprmf") is models.get_builder("bpr")
     assert built.default_loss_weights == {"bpr": 1.0, "reg": 1.0}
-    variables = built.module.init(jax.random.PRNGKey(0), built.ctx, False, method="encode")
+    variables = init_compiled(built.module, jax.random.PRNGKey(0), built.ctx, False, method="encode")
     user_emb, item_emb = built.module.apply(variables, built.ctx, False, method="encode")
     assert user_emb.shape == (6, 4) and item_emb.shape == (9, 4)
     with pytest.raises(ConfigError, match="embedding_size"):

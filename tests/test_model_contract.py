@@ -3,9 +3,10 @@
 A newly registered model gets all of these with no edit here: ``encode`` shapes and finiteness,
 scalar finite loss terms named as its default weights, padding rows (weight 0) that change no
 term and no gradient, ``jit`` and ``grad`` with finite gradients, and data parallelism: several
-epochs through the real :class:`~jaxrec.train.StepRunner` with ``pmap`` over 2 and over 4
-devices end where one device ends -- including each epoch's padded last batch, whose padding
-leaves whole devices without a real row.
+epochs through the real :class:`~jaxrec.train.StepRunner` with ``pmap`` over 4 devices end
+where one device ends -- including each epoch's padded last batch, whose padding leaves whole
+devices without a real row (the harder case; 2 devices, which VBPR's and the fusion presets'
+own parity tests run, would only check a subset of it).
 
 Builder arguments are shrunk generically (any ``embedding_size``-like argument becomes 8, no
 graph cache); ``TINY_ARGS`` adds what a model cannot run on this dataset without (a kNN size
@@ -98,14 +99,20 @@ def _init(built, seed=0):
     return sampler, tx, jax.device_get(init_state(built.module, built.ctx, sampler.example_batch(), tx, seed=seed))
 
 
-def _terms_and_grads(built, params, batch):
-    # ctx and batch are arguments of the compiled function, as in the trainer.
-    def loss(p, ctx, batch):
-        terms = built.module.apply({"params": p}, ctx, batch, True, method="loss_terms",
-                                   rngs={"dropout": jax.random.PRNGKey(3)})
-        return sum(terms.values()), terms
+_TERMS_AND_GRADS = {}
 
-    (_, terms), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params, built.ctx, batch)
+
+def _terms_and_grads(built, params, batch):
+    # ctx and batch are arguments of the compiled function, as in the trainer; one compiled
+    # function per model, so the tests that evaluate the same batch shape compile it once.
+    if id(built) not in _TERMS_AND_GRADS:
+        def loss(p, ctx, batch):
+            terms = built.module.apply({"params": p}, ctx, batch, True, method="loss_terms",
+                                       rngs={"dropout": jax.random.PRNGKey(3)})
+            return sum(terms.values()), terms
+
+        _TERMS_AND_GRADS[id(built)] = jax.jit(jax.value_and_grad(loss, has_aux=True))
+    (_, terms), grads = _TERMS_AND_GRADS[id(built)](params, built.ctx, batch)
     return terms, grads
 
 
@@ -170,7 +177,7 @@ def _train(built, sampler, tx, start, devices):
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_pmap_over_2_and_4_devices_equals_one_device(name):
+def test_pmap_over_4_devices_equals_one_device(name):
     if jax.device_count() < 4:
         pytest.skip("needs 4 devices (tests/conftest.py sets XLA_FLAGS for 4 fake CPU devices)")
     built = built_model(name)
@@ -180,7 +187,7 @@ def test_pmap_over_2_and_4_devices_equals_one_device(name):
     single, single_history = _train(built, sampler, tx, start, 1)
     moved = [not np.allclose(a, b) for a, b in zip(jax.tree.leaves(single.params), jax.tree.leaves(start.params))]
     assert any(moved)
-    for devices in (2, 4):
+    for devices in (4,):
         parallel, history = _train(built, sampler, tx, start, devices)
         for epoch, (ours, theirs) in enumerate(zip(history, single_history)):
             for term in theirs:

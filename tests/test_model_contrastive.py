@@ -11,7 +11,7 @@ from jaxrec.errors import ConfigError
 from jaxrec.features import fit_standardizer
 from jaxrec.models import Built, register
 
-from _model_testing import popularity_recall, train_tiny
+from _model_testing import init_compiled, popularity_recall, train_tiny
 
 
 def _dataset():
@@ -69,7 +69,7 @@ def _batch(dataset, size=12, padding=3, seed=0):
 
 
 def _init(built, batch, seed=0):
-    variables = built.module.init(jax.random.PRNGKey(seed), built.ctx, batch, False,
+    variables = init_compiled(built.module, jax.random.PRNGKey(seed), built.ctx, batch, False,
                                   method=lambda m, c, b, t: (m.encode(c, t), m.loss_terms(c, b, t)))
     return jax.tree.map(np.asarray, variables["params"])
 

@@ -12,7 +12,7 @@ from jaxrec.errors import ConfigError
 from jaxrec.models.freedom import FREEDOM
 from jaxrec.models import normalize_batch
 
-from _model_testing import numpy_norm_adj, popularity_recall, train_tiny
+from _model_testing import init_compiled, numpy_norm_adj, popularity_recall, train_tiny
 
 
 # ---- dense numpy references (MMRec's src/models/freedom.py, dense) ------------------------
@@ -66,7 +66,7 @@ def test_item_graph_convolution_equals_dense_numpy(n_mm_layers):
     expected_graph = sum(w * _numpy_knn_graph(data.modalities[name].features.astype(np.float64), k)
                          for w, name in zip(weights, ["image", "text"]))
     np.testing.assert_allclose(built.ctx["item_graph"].to_dense(data.n_items), expected_graph, rtol=1e-5, atol=1e-7)
-    variables = built.module.init(jax.random.PRNGKey(1), built.ctx, False, method="encode")
+    variables = init_compiled(built.module, jax.random.PRNGKey(1), built.ctx, False, method="encode")
     h = built.module.apply(variables, built.ctx, method="item_graph_embeddings")
     q = np.asarray(variables["params"]["item_embedding"], np.float64)
     np.testing.assert_allclose(np.asarray(h), np.linalg.matrix_power(expected_graph, n_mm_layers) @ q,
@@ -94,7 +94,7 @@ def test_encode_and_loss_terms_match_mmrec_freedom_in_numpy():
     users, pos, neg = rng.integers(0, data.n_users, 12), rng.integers(0, data.n_items, 12), rng.integers(0, data.n_items, 12)
     weights = np.array([1.0] * 9 + [0.0] * 3, np.float32)
     batch = {"users": users, "pos_items": pos, "neg_items": neg[:, None], "weights": weights}
-    params = module.init(jax.random.PRNGKey(2), ctx, batch, True, method="loss_terms")["params"]
+    params = init_compiled(module, jax.random.PRNGKey(2), ctx, batch, True, method="loss_terms")["params"]
     host = _host(params)
     item_graph = ctx["item_graph"].to_dense(data.n_items)
     train = data.split_pairs("train")
@@ -157,7 +157,7 @@ def test_gradient_matches_finite_differences():
     with jax.enable_x64():
         ctx = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64) if jnp.issubdtype(a.dtype, jnp.floating) else a,
                            built.ctx)
-        params = built.module.init(jax.random.PRNGKey(0), ctx, batch, True, method="loss_terms")["params"]
+        params = init_compiled(built.module, jax.random.PRNGKey(0), ctx, batch, True, method="loss_terms")["params"]
         params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
 
         @jax.jit

@@ -21,6 +21,8 @@ from jaxrec.models.gan import (
     hide_modality_rows,
 )
 
+from _model_testing import init_compiled
+
 
 def _np_mlp(params, x):
     """Dense -> leaky ReLU(0.2) per hidden layer, then a linear layer (flax Dense: x @ W + b)."""
@@ -42,8 +44,8 @@ def test_gan_losses_match_numpy(reconstruction):
     generator, discriminator = Generator((5, 4), 3), Discriminator((6,))
     c, y = rng.normal(size=(7, 2)).astype(np.float32), rng.normal(size=(7, 3)).astype(np.float32)
     z_g, z_d = rng.normal(size=(7, 2)).astype(np.float32), rng.normal(size=(7, 2)).astype(np.float32)
-    g_params = jax.tree.map(np.asarray, generator.init(jax.random.PRNGKey(1), c, z_g))
-    d_params = jax.tree.map(np.asarray, discriminator.init(jax.random.PRNGKey(2), c, y))
+    g_params = jax.tree.map(np.asarray, init_compiled(generator, jax.random.PRNGKey(1), c, z_g))
+    d_params = jax.tree.map(np.asarray, init_compiled(discriminator, jax.random.PRNGKey(2), c, y))
     d_loss, g_adv, g_rec = jax.jit(lambda g, d: gan_losses(generator, discriminator, g, d, c, y, z_g, z_d,
                                                            reconstruction=reconstruction))(g_params, d_params)
     fake_d = _np_mlp(g_params, np.c_[c, z_d])
@@ -62,8 +64,8 @@ def test_each_player_gets_gradients_only_from_its_own_loss():
     generator, discriminator = Generator((4,), 2), Discriminator((3,))
     c, y, z = (rng.normal(size=(5, k)) for k in (2, 2, 2))
     with jax.enable_x64():
-        g_params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), generator.init(jax.random.PRNGKey(0), c, z))
-        d_params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), discriminator.init(jax.random.PRNGKey(1), c, y))
+        g_params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), init_compiled(generator, jax.random.PRNGKey(0), c, z))
+        d_params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), init_compiled(discriminator, jax.random.PRNGKey(1), c, y))
         losses_of = jax.jit(lambda g, d: gan_losses(generator, discriminator, g, d, c, y, z, z))
         # D's loss does not move G; G's adversarial term does not move D.
         g_grad_of_d = jax.grad(lambda g: losses_of(g, d_params)[0])(g_params)

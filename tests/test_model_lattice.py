@@ -16,6 +16,8 @@ from jaxrec.errors import ConfigError
 from jaxrec.models.lattice import LATTICE, knn_indices, refresh_learned_graph
 from jaxrec.models import normalize_batch
 
+from _model_testing import init_compiled
+
 
 # ---- dense numpy references (MMRec's src/models/lattice.py and src/utils/utils.py) ---------
 
@@ -86,7 +88,7 @@ def _host(tree):
 
 
 def _init(built, seed=1):
-    params = built.module.init(jax.random.PRNGKey(seed), built.ctx, False, method="encode")["params"]
+    params = init_compiled(built.module, jax.random.PRNGKey(seed), built.ctx, False, method="encode")["params"]
     # Unequal modality weights, so that the softmax is really exercised.
     return {**params, "modal_weight": jnp.asarray([0.9, -0.4][:params["modal_weight"].shape[0]])}
 

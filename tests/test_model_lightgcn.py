@@ -12,7 +12,7 @@ from jaxrec.errors import ConfigError
 from jaxrec.models.lightgcn import LightGCN, chunk_size_for
 from jaxrec.models import normalize_batch
 
-from _model_testing import assert_gradient_matches_central_differences, popularity_recall, train_tiny
+from _model_testing import init_compiled, assert_gradient_matches_central_differences, popularity_recall, train_tiny
 
 
 def _graph_dataset():
@@ -145,7 +145,7 @@ def test_xavier_uniform_init_and_arguments():
     built = models.build("lightgcn", dataset)
     assert built.default_loss_weights == {"bpr": 1.0, "reg": 1e-2}
     assert isinstance(built.module, LightGCN) and built.module.n_layers == 1 and built.module.embedding_size == 64
-    variables = built.module.init(jax.random.PRNGKey(0), built.ctx, False, method="encode")
+    variables = init_compiled(built.module, jax.random.PRNGKey(0), built.ctx, False, method="encode")
     users = np.asarray(variables["params"]["user_embedding"])
     bound = np.sqrt(6 / (500 + 64))  # torch.nn.init.xavier_uniform_ on a (500, 64) table
     assert users.max() <= bound and users.min() >= -bound and users.max() > 0.98 * bound

@@ -10,7 +10,7 @@ from jaxrec.data import Interactions, Modality, MultimodalDataset, make_syntheti
 from jaxrec.errors import ConfigError
 from jaxrec.models import normalize_batch
 
-from _model_testing import popularity_recall, train_tiny
+from _model_testing import init_compiled, popularity_recall, train_tiny
 
 
 def _dataset():
@@ -62,7 +62,7 @@ def _numpy_representation(dataset, params, concat):
 
 
 def _params(built, seed=0):
-    variables = built.module.init(jax.random.PRNGKey(seed), built.ctx, False, method="encode")
+    variables = init_compiled(built.module, jax.random.PRNGKey(seed), built.ctx, False, method="encode")
     return jax.tree.map(np.asarray, variables["params"])
 
 

@@ -27,6 +27,8 @@ pytest.importorskip("fastapi", reason="jaxrec serve needs the serve extra (fasta
 pytest.importorskip("uvicorn", reason="jaxrec serve needs the serve extra (fastapi, uvicorn)")
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
+from _xla_flags import FAST_COMPILE  # noqa: E402
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
 N_USERS, N_ITEMS, DIMS = 60, 40, {"text": 6, "image": 5}
@@ -46,7 +48,7 @@ class Server:
     """A ``jaxrec serve`` subprocess; :meth:`stop` reaps it whatever state it is in."""
 
     def __init__(self, run_dir: Path, state: Path, *options: str):
-        env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device
+        env = dict(os.environ, XLA_FLAGS=FAST_COMPILE)  # one CPU device
         env["PYTHONPATH"] = os.pathsep.join([str(PROJECT_ROOT), env.get("PYTHONPATH", "")])
         env["JAX_PLATFORMS"] = "cpu"
         self.process = subprocess.Popen(
@@ -387,7 +389,7 @@ def test_metrics_and_status_agree_with_what_was_served(main_server):
 
 
 def test_second_server_on_the_same_state_is_refused(main_server, run_dir):
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env = dict(os.environ, XLA_FLAGS=FAST_COMPILE)  # one CPU device
     env["PYTHONPATH"] = str(PROJECT_ROOT)
     result = subprocess.run([sys.executable, "-m", "jaxrec.cli.main", "serve", str(run_dir), "--port", "0",
                              "--state", str(main_server.state)], capture_output=True, text=True, timeout=180,

@@ -255,8 +255,8 @@ def train_gan(condition, target, present, key, *, holdout: float = 0.1, noise_di
 
     generator, discriminator = Generator(hidden_dims, target.shape[1]), Discriminator(hidden_dims)
     g_key, d_key = jax.random.split(init_key)
-    g_params = generator.init(g_key, condition[:1], jnp.zeros((1, noise_dim)))
-    d_params = discriminator.init(d_key, condition[:1], target[:1])
+    g_params = jax.jit(generator.init)(g_key, condition[:1], jnp.zeros((1, noise_dim)))  # one compiled call
+    d_params = jax.jit(discriminator.init)(d_key, condition[:1], target[:1])
     learning_rates = (float(generator_learning_rate), float(discriminator_learning_rate))
     g_tx, d_tx = _optimizers(learning_rates, float(weight_decay))
     state = GANState(g_params, d_params, g_tx.init(g_params), d_tx.init(d_params))
