@@ -146,8 +146,8 @@ def test_gradient_reaches_the_base_embeddings_through_the_term():
     built = models.build("contrastive", dataset, base="bprmf", base_args={"embedding_size": 4}, modality="image")
     batch = _batch(dataset, padding=0)
     params = _init(built, batch)
-    grads = jax.grad(lambda p: built.module.apply({"params": p}, built.ctx, batch, True,
-                                                  method="loss_terms")["info_nce"])(params)
+    grads = jax.jit(jax.grad(lambda p: built.module.apply({"params": p}, built.ctx, batch, True,
+                                                  method="loss_terms")["info_nce"]))(params)
     item_grad = grads["base"]["item_embedding"]
     touched = np.unique(batch["pos_items"])
     assert np.all(np.any(item_grad[touched] != 0, axis=1))
