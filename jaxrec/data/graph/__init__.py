@@ -47,7 +47,6 @@ from jaxrec.data.graph._item_graph import KNN_VERSION as KNN_VERSION
 from jaxrec.data.graph._item_graph import item_knn_graph as item_knn_graph
 from jaxrec.data.graph._item_graph import item_knn_neighbours as item_knn_neighbours
 from jaxrec.data.graph._item_graph import knn_cache_key as knn_cache_key
-from jaxrec.data.graph._faiss_ivf import FaissIvfSettings as FaissIvfSettings
 from jaxrec.data.graph._hnsw import HnswSettings as HnswSettings
 from jaxrec.data.graph._ivf import IvfSettings as IvfSettings
 from jaxrec.data.graph._ivf import spherical_kmeans as spherical_kmeans

@@ -7,7 +7,6 @@ from jaxrec.data.graph._cache import GraphCache, cache_key
 from jaxrec.data.graph._edges import Edges
 import numpy as np
 
-from jaxrec.data.graph._faiss_ivf import FaissIvfSettings
 from jaxrec.data.graph._hnsw import HnswSettings
 from jaxrec.data.graph._ivf import IvfSettings
 from jaxrec.data.graph._knn import KnnNeighbours, knn_edges, knn_neighbours, resolve_knn_method
@@ -24,8 +23,7 @@ def knn_cache_key(features, mask, *, k: int, include_self: bool = True, method: 
     An exact graph's key is the same as before the ``method`` option existed (its settings
     are k and include_self); an IVF graph's key adds the method and every :class:`IvfSettings`
     field, so graphs from other settings are never reused; an HNSW graph's key adds the
-    method and its :meth:`HnswSettings.key` fields, a faiss graph's those of the default
-    :class:`FaissIvfSettings`. ``"auto"`` is keyed as the method it
+    method and its :meth:`HnswSettings.key` fields. ``"auto"`` is keyed as the method it
     resolves to.
     """
     settings = {"k": int(k), "include_self": bool(include_self)}
@@ -33,8 +31,6 @@ def knn_cache_key(features, mask, *, k: int, include_self: bool = True, method: 
     method = resolve_knn_method(method, n_present)
     if method == "hnsw":
         settings.update(method="hnsw", **(hnsw or HnswSettings()).checked().key())
-    elif method == "faiss":  # faiss's inverted file at its default settings (knn_neighbours' default)
-        settings.update(method="faiss", **FaissIvfSettings().key())
     elif method != "exact":
         if not isinstance(ivf, IvfSettings):
             raise ConfigError(f"kNN method {method!r} needs IvfSettings; found {ivf!r}")

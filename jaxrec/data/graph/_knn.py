@@ -38,14 +38,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrec.data.graph._edges import Edges, check_normalization, normalize_edges_host
-from jaxrec.data.graph._faiss_ivf import FaissIvfSettings, faiss_ivf_top_k
 from jaxrec.data.graph._hnsw import HnswSettings, hnsw_top_k
 from jaxrec.data.graph._ivf import IvfSettings, ivf_top_k
 from jaxrec.data.graph._top_k import merge_later_ids, tile_top_k
 from jaxrec.errors import ConfigError, DataError
 
 MISSING_POLICIES = ("isolated", "self_loop")
-KNN_METHODS = ("exact", "ivf", "hnsw", "faiss", "auto")
+KNN_METHODS = ("exact", "ivf", "hnsw", "auto")
 # "auto": the exact tiles below this many items with the modality, HNSW from it on (the exact
 # scan grows as n^2: ~40 CPU s at 100,000 items, about an hour at 1,000,000).
 AUTO_APPROXIMATE_FROM = 200_000
@@ -152,7 +151,7 @@ def _exact_top_k(features, present, k: int, *, include_self: bool, block_size: i
 
 def knn_neighbours(features, k: int, *, mask=None, include_self: bool = True, block_size: int = 2048,
                    group_size: int = 8, method: str = "exact", ivf: IvfSettings | None = None,
-                   hnsw: HnswSettings | None = None, faiss: FaissIvfSettings | None = None,
+                   hnsw: HnswSettings | None = None,
                    progress: Callable[[int, int], None] | None = None) -> KnnNeighbours:
     r"""The k most cosine-similar items of every item, without an n x n matrix.
 
@@ -177,15 +176,12 @@ def knn_neighbours(features, k: int, *, mask=None, include_self: bool = True, bl
         search of :mod:`jaxrec.data.graph._ivf` (spherical k-means, probed clusters) for
         catalogues where :math:`O(n^2)` is too slow; same ranking and tie rule among the
         candidates it compares.
-        ``"faiss"``: faiss's inverted file (:mod:`jaxrec.data.graph._faiss_ivf`, optional
-        faiss-cpu; k-means lists, one centroid ranking per item for storing and probing).
         ``"hnsw"``: the HNSW index of :mod:`jaxrec.data.graph._hnsw` (optional hnswlib;
         the default approximate method, it reached 0.95 recall@10 at a fraction of the
         IVF's CPU time); ``"auto"``: exact below ``AUTO_APPROXIMATE_FROM`` items with the
         modality, hnsw from there on.
       ivf: :class:`IvfSettings` (n_clusters, n_probe, ...), required with ``method="ivf"``.
       hnsw: :class:`HnswSettings` for ``"hnsw"`` (default: ``HnswSettings()``).
-      faiss: :class:`FaissIvfSettings` for ``"faiss"`` (default: ``FaissIvfSettings()``).
       progress: optional ``fn(done, total)`` called after each row of tiles (exact; a
         million items take about an hour on two CPU cores) or each cluster (ivf).
 
@@ -211,8 +207,6 @@ def knn_neighbours(features, k: int, *, mask=None, include_self: bool = True, bl
         raise ConfigError(f"kNN method must be one of {KNN_METHODS}; found {method!r}")
     if hnsw is not None and not isinstance(hnsw, HnswSettings):
         raise ConfigError(f"kNN method 'hnsw' takes hnsw=HnswSettings(...); found {hnsw!r}")
-    if faiss is not None and not isinstance(faiss, FaissIvfSettings):
-        raise ConfigError(f"kNN method 'faiss' takes faiss=FaissIvfSettings(...); found {faiss!r}")
     if method == "ivf" and not isinstance(ivf, IvfSettings):
         raise ConfigError(f"kNN method 'ivf' needs ivf=IvfSettings(n_clusters=..., n_probe=...); found {ivf!r}")
     if mask is None:
@@ -230,16 +224,12 @@ def knn_neighbours(features, k: int, *, mask=None, include_self: bool = True, bl
         return KnnNeighbours(indices, similarities, valid)
 
     method = resolve_knn_method(method, present.size)
-    if method in ("hnsw", "faiss"):
+    if method == "hnsw":
         units = np.empty((present.size, features.shape[1]), np.float32)
         for start in range(0, present.size, 65536):
             rows = present[start:start + 65536]
             units[start:start + rows.size] = unit_rows(np.asarray(features[rows], np.float32))
-        if method == "hnsw":
-            values, local = hnsw_top_k(units, k, (hnsw or HnswSettings()).checked(), include_self=include_self)
-        else:
-            values, local = faiss_ivf_top_k(units, k, (faiss or FaissIvfSettings()).checked(),
-                                            include_self=include_self)
+        values, local = hnsw_top_k(units, k, (hnsw or HnswSettings()).checked(), include_self=include_self)
         del units
     elif method == "ivf":
         settings = ivf.checked(present.size)
