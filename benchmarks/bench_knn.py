@@ -78,6 +78,12 @@ On the first 100,000 rows of the same data, 1,000 sampled items (one process, ba
   faiss NN-descent K12 S10 R60 L40 it8     32.0    0.997
   faiss NN-descent K12 S8 R40 L24 it5      12.1    0.527
   faiss NN-descent K10 S8 R30 L20 it4       8.6    0.229
+  usearch i8 12:48:24, 16 candidates rescored in float32   18.5    0.988   (``usearch-i8:12:48:24:16``)
+  usearch f16 12:48:24, 16 rescored                        26.6    0.992
+  usearch f32 12:48:24                                     38.6    0.992
+  usearch i8 8:32:20, 11 rescored                          14.6    0.929   (a later pair, back to back:
+  hnswlib 8:32:20                                           8.4    0.963    usearch i8 12:48:24:11 18.9 /
+                                                                            0.952, hnswlib 12:48:24 16.7 / 0.992)
   PCA to 32-d, hnswlib 12:48:24, 20 candidates rescored in 128-d   13.9   0.985
   PCA to 48-d, same                                                15.3   0.988
   PCA to 32-d, hnswlib 8:32:20, 20 rescored                        12.0   0.959
@@ -86,7 +92,8 @@ On the first 100,000 rows of the same data, 1,000 sampled items (one process, ba
 directions, yet the reduced search saved only ~10%: hnswlib's cost here is the graph walk, not
 the 128-d distances.) No library or setting measured reaches recall 0.95 in 120 CPU s at 1M:
 an inverted file needs too many probes on this data, NN-descent is 2-4x hnswlib's CPU at equal
-recall, and usearch and faiss's HNSW were slower than hnswlib at equal settings (above).
+recall, usearch (i8 with rescoring included) and faiss's HNSW were slower than hnswlib at equal
+settings or recall, so hnswlib stays behind ``knn_method: hnsw`` / ``auto``.
 
 hnswlib was fastest at equal recall, usearch and faiss's HNSW slower at equal settings, and an
 inverted file's cost grows as n^2 / n_clusters for a fixed probed share, so hnswlib is the
@@ -309,6 +316,17 @@ def ann_rows(n: int, specs: list[str], recall_queries: int, threads: int) -> lis
                           expansion_add=ef_construction, expansion_search=ef_search)
             index.add(np.arange(n), units, threads=threads)
             found = _self_first(index.search(units, K + 1, threads=threads).keys.astype(np.int64), K)
+        elif name in ("usearch-i8", "usearch-f16"):  # quantized index, candidates rescored in float32
+            from usearch.index import Index
+            m, ef_construction, ef_search, candidates = params
+            index = Index(ndim=units.shape[1], metric="ip", dtype=name.split("-")[1], connectivity=m,
+                          expansion_add=ef_construction, expansion_search=ef_search)
+            index.add(np.arange(n), units, threads=threads)
+            labels = index.search(units, candidates, threads=threads).keys.astype(np.int64)
+            own = np.arange(n)[:, None]
+            labels = np.where(labels >= n, own, labels)  # empty slots
+            sims = np.where(labels == own, -np.inf, np.einsum("nd,nkd->nk", units, units[labels]))
+            found = np.concatenate([own, np.take_along_axis(labels, np.argsort(-sims, 1)[:, :K - 1], 1)], 1)
         elif name in ("faiss-hnsw", "faiss-ivf"):
             import faiss
             faiss.omp_set_num_threads(threads)
@@ -454,7 +472,7 @@ def main() -> None:
                                                               "faiss-hnsw:12:48:24", "faiss-ivf:1024:16"],
                         help="library:settings (hnswlib/usearch/faiss-hnsw/jaxrec-hnsw: M:ef_construction:ef_search; "
                              "faiss-ivf: n_list:n_probe; faiss-ivf-pre: n_list:n_probe:train_per_list:kmeans_iter; "
-                             "faiss-nndescent: K:S:R:L:iter; jaxrec-ivf: n_clusters:n_probe)")
+                             "faiss-nndescent: K:S:R:L:iter; usearch-i8/usearch-f16: M:ef_construction:ef_search:candidates; jaxrec-ivf: n_clusters:n_probe)")
     parser.add_argument("--threads", type=int, default=2, help="library threads (--ann)")
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
