@@ -367,6 +367,62 @@ def freedom_parts(n_items: int, repeats: int) -> list[dict]:
     return rows
 
 
+def lattice_step(n_items: int, batch_size: int, repeats: int) -> dict:
+    """Peak RSS and CPU seconds of LATTICE's training step (gradient + Adam) at the ladder's
+    shapes for n_items, on random arrays of those shapes (the shapes of ``compiled_memory``):
+    the step's real memory without the dataset, the sampler and the kNN builds of a full rung."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from jaxrec.data import graph as jgraph
+    from jaxrec.models.lattice import LATTICE
+
+    n_users, k, dim = max(n_items // 5, 10), 10, 128
+    n_edges = 2 * 8 * n_items + n_items + n_users
+    rng = np.random.default_rng(0)
+    rows = np.sort(rng.integers(0, n_users + n_items, n_edges))
+    ctx = {"graph": jgraph.Edges(jnp.asarray(rows, jnp.int32),
+                                 jnp.asarray(rng.integers(0, n_users + n_items, n_edges), jnp.int32),
+                                 jnp.asarray(rng.random(n_edges, dtype=np.float32) * 0.1)),
+           "features": (jnp.asarray(rng.standard_normal((n_items, dim), dtype=np.float32)),),
+           "learned_neighbours": jnp.asarray(rng.integers(0, n_items, (n_items, k)), jnp.int32),
+           "original_neighbours": jnp.asarray(rng.integers(0, n_items, (n_items, k)), jnp.int32),
+           "original_weights": (jnp.asarray(rng.random((n_items, k), dtype=np.float32)),)}
+    del rows
+    module = LATTICE(n_users=n_users, n_items=n_items, feature_dims=(dim,), knn_k=k, train_features=False,
+                     learned_graph="epoch")
+    params = module.init(jax.random.PRNGKey(0), ctx, False, method="encode")["params"]
+    batch = {"users": jnp.asarray(rng.integers(0, n_users, batch_size), jnp.int32),
+             "pos_items": jnp.asarray(rng.integers(0, n_items, batch_size), jnp.int32),
+             "neg_items": jnp.asarray(rng.integers(0, n_items, (batch_size, 1)), jnp.int32),
+             "weights": jnp.ones((batch_size,), jnp.float32)}
+    tx = optax.adam(1e-3)
+    opt = tx.init(params)
+
+    def loss(p, c, b):
+        terms = module.apply({"params": p}, c, b, True, method="loss_terms")
+        return terms["bpr"] + 1e-4 * terms["reg"]
+
+    @jax.jit
+    def step(p, o, c, b):
+        value, grads = jax.value_and_grad(loss)(p, c, b)
+        updates, o = tx.update(grads, o, p)
+        return optax.apply_updates(p, updates), o, value
+
+    before = peak_rss_gib()
+    params, opt, value = jax.block_until_ready(step(params, opt, ctx, batch))  # compile + first step
+    cpu = time.process_time()
+    for _ in range(repeats):
+        params, opt, value = jax.block_until_ready(step(params, opt, ctx, batch))
+    row = {"n_items": n_items, "step": "lattice:train_step", "batch_size": batch_size,
+           "cpu_seconds_per_step": round((time.process_time() - cpu) / max(repeats, 1), 2),
+           "peak_rss_gib_before_step": round(before, 2), "peak_rss_gib": round(peak_rss_gib(), 2),
+           "loss": round(float(value), 4)}
+    print(json.dumps(row), flush=True)
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="*", default=[10_000, 100_000])
@@ -388,8 +444,14 @@ def main() -> None:
     parser.add_argument("--freedom-parts", action="store_true",
                         help="only time FREEDOM's training step at each size with parts switched off")
     parser.add_argument("--repeats", type=int, default=3, help="steps timed per variant (--freedom-parts)")
+    parser.add_argument("--lattice-step", action="store_true",
+                        help="only LATTICE's training step at each size on random arrays: peak RSS and CPU seconds")
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.lattice_step:
+        for n in args.sizes:
+            lattice_step(n, args.batch_size or 262144, args.repeats)
+        return
     if args.freedom_parts:
         for n in args.sizes:
             freedom_parts(n, args.repeats)
