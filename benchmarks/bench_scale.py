@@ -61,9 +61,16 @@ edge list (its (edges x 64) gathers kept for the backward pass; the 18.44 GiB pe
 4.47 GiB with the item graphs as one neighbour table propagated in rematerialized row chunks
 (``jaxrec.data.graph.propagate_neighbours``); arguments 1.1 GiB, outputs 0.3 GiB. At 100,000
 items: 1.67 -> 1.12 GiB. The saving, 9.9 GiB at 1M, puts the expected peak RSS of the
-``lattice:epoch`` step at about 8.5 GiB (18.44 - 9.9), not yet measured by a 1M run (on
-2026-12-03 the shared machine gave one process ~20% of a core, so the ~1,200 CPU s of a 1M
-LATTICE rung did not fit the session).
+``lattice:epoch`` step at about 8.5 GiB (18.44 - 9.9). A full 1M LATTICE rung was not rerun (on
+2026-12-03 the shared machine gave one process 20-50% of a core, and the rung is ~1,200 CPU s).
+
+``--lattice-step``: the training step alone (gradient + Adam, batch 262,144) on random arrays
+of the 1M ladder's shapes (17.2M user-item edges, 1M x 128 features, 1M x 10 neighbour
+tables), its peak RSS by ``getrusage`` (a watchdog sampling VmRSS every 2 s agreed). Measured
+(2026-12-03, load ~11, ``--sizes 1000000 --repeats 1``): peak RSS 7.05 GiB (4.28 GiB before the
+first step: arrays, parameters, Adam state), 35.8 CPU s per step, loss 0.6884. A full rung adds
+the dataset and sampler (``generate``: 1.18 GiB peak above), so about 8.2-9 GiB is expected for
+``lattice:epoch``, under the 12 GiB target; the rung itself is still to be run.
 
 ``--freedom-parts``: where FREEDOM's epoch goes. CPU seconds of one training step (gradient +
 Adam, batch 32,768) with parts switched off. Measured (2026-12-03, load 10-15, 100,000 items,
