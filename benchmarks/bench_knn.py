@@ -61,6 +61,40 @@ CPU s (153.1 build, 131 s wall on 2 threads); 8:32:20 recall 0.912 in 148.8 CPU 
 1024:32 (benchmarks/bench_scale.py, earlier) 0.82 in 346 CPU s. The target of recall 0.95 in
 120 CPU s was not reached by these settings.
 
+Measured (2026-12-03, load 10-15 on the 2 cores, process CPU seconds of both threads; the scale
+ladder's 1M x 128 data, unit rows; recall@10 of the 9 non-self neighbours against a
+brute-force top-k of sampled items). At 1,000,000 items, 2,000 sampled items:
+
+  faiss IVF-Flat 4096 lists, 4 probed   95.3 CPU s  recall 0.654   (``faiss-ivf-pre:4096:4:16:8``:
+    k-means 8 rounds on 65,536 rows 13.6 s, one centroid ranking of every item 37.3 s, storing
+    1.2 s, searching 43.1 s; the search grows with the probes, so 0.95 is out of reach in 120 s)
+
+On the first 100,000 rows of the same data, 1,000 sampled items (one process, back to back):
+
+  method                                  CPU s   recall@10
+  hnswlib 12:48:24                         15.7    0.991
+  hnswlib 8:32:20                          10.8    0.963
+  faiss NN-descent K16 S10 R100 L66 it10   56.8    0.9997   (``faiss-nndescent:16:10:100:66:10``)
+  faiss NN-descent K12 S10 R60 L40 it8     32.0    0.997
+  faiss NN-descent K12 S8 R40 L24 it5      12.1    0.527
+  faiss NN-descent K10 S8 R30 L20 it4       8.6    0.229
+  usearch i8 12:48:24, 16 candidates rescored in float32   18.5    0.988   (``usearch-i8:12:48:24:16``)
+  usearch f16 12:48:24, 16 rescored                        26.6    0.992
+  usearch f32 12:48:24                                     38.6    0.992
+  usearch i8 8:32:20, 11 rescored                          14.6    0.929   (a later pair, back to back:
+  hnswlib 8:32:20                                           8.4    0.963    usearch i8 12:48:24:11 18.9 /
+                                                                            0.952, hnswlib 12:48:24 16.7 / 0.992)
+  PCA to 32-d, hnswlib 12:48:24, 20 candidates rescored in 128-d   13.9   0.985
+  PCA to 48-d, same                                                15.3   0.988
+  PCA to 32-d, hnswlib 8:32:20, 20 rescored                        12.0   0.959
+
+(the PCA rows by a one-off script: the synthetic features have 89% of their variance in 16
+directions, yet the reduced search saved only ~10%: hnswlib's cost here is the graph walk, not
+the 128-d distances.) No library or setting measured reaches recall 0.95 in 120 CPU s at 1M:
+an inverted file needs too many probes on this data, NN-descent is 2-4x hnswlib's CPU at equal
+recall, usearch (i8 with rescoring included) and faiss's HNSW were slower than hnswlib at equal
+settings or recall, so hnswlib stays behind ``knn_method: hnsw`` / ``auto``.
+
 hnswlib was fastest at equal recall, usearch and faiss's HNSW slower at equal settings, and an
 inverted file's cost grows as n^2 / n_clusters for a fixed probed share, so hnswlib is the
 library behind ``knn_method: hnsw`` (default settings 12:48:24). Other measured figures: the
@@ -282,6 +316,17 @@ def ann_rows(n: int, specs: list[str], recall_queries: int, threads: int) -> lis
                           expansion_add=ef_construction, expansion_search=ef_search)
             index.add(np.arange(n), units, threads=threads)
             found = _self_first(index.search(units, K + 1, threads=threads).keys.astype(np.int64), K)
+        elif name in ("usearch-i8", "usearch-f16"):  # quantized index, candidates rescored in float32
+            from usearch.index import Index
+            m, ef_construction, ef_search, candidates = params
+            index = Index(ndim=units.shape[1], metric="ip", dtype=name.split("-")[1], connectivity=m,
+                          expansion_add=ef_construction, expansion_search=ef_search)
+            index.add(np.arange(n), units, threads=threads)
+            labels = index.search(units, candidates, threads=threads).keys.astype(np.int64)
+            own = np.arange(n)[:, None]
+            labels = np.where(labels >= n, own, labels)  # empty slots
+            sims = np.where(labels == own, -np.inf, np.einsum("nd,nkd->nk", units, units[labels]))
+            found = np.concatenate([own, np.take_along_axis(labels, np.argsort(-sims, 1)[:, :K - 1], 1)], 1)
         elif name in ("faiss-hnsw", "faiss-ivf"):
             import faiss
             faiss.omp_set_num_threads(threads)
@@ -299,6 +344,33 @@ def ann_rows(n: int, specs: list[str], recall_queries: int, threads: int) -> lis
                 index.add(units)
                 index.nprobe = n_probe
             found = _self_first(index.search(units, K + 1)[1].astype(np.int64), K)
+        elif name == "faiss-ivf-pre":  # IVF-Flat, one centroid ranking per item for storing and probing
+            import faiss
+            faiss.omp_set_num_threads(threads)
+            n_list, n_probe, per_list, n_iter = params
+            kmeans = faiss.Kmeans(units.shape[1], n_list, niter=n_iter, spherical=True, seed=0,
+                                  max_points_per_centroid=per_list)
+            kmeans.train(units[np.random.default_rng(0).choice(n, min(n, per_list * n_list), replace=False)])
+            quantizer = faiss.IndexFlatIP(units.shape[1])
+            quantizer.add(kmeans.centroids)
+            index = faiss.IndexIVFFlat(quantizer, units.shape[1], n_list, faiss.METRIC_INNER_PRODUCT)
+            index.is_trained, index.nprobe = True, n_probe
+            centroid_sims, lists = quantizer.search(units, n_probe)
+            primary = np.ascontiguousarray(lists[:, 0], np.int64)  # alive while faiss reads its pointer
+            index.add_core(n, faiss.swig_ptr(units), None, faiss.swig_ptr(primary))
+            found = _self_first(index.search_preassigned(units, K + 1, lists, centroid_sims)[1].astype(np.int64), K)
+        elif name == "faiss-nndescent":  # the NN-descent graph itself, its K candidates ranked exactly
+            import faiss
+            faiss.omp_set_num_threads(threads)
+            graph_k, sample, reverse, pool, rounds = params
+            index = faiss.IndexNNDescentFlat(units.shape[1], graph_k, faiss.METRIC_INNER_PRODUCT)
+            index.nndescent.S, index.nndescent.R, index.nndescent.L, index.nndescent.iter = sample, reverse, pool, \
+                rounds
+            index.add(units)
+            graph = faiss.vector_to_array(index.nndescent.final_graph).reshape(n, graph_k).astype(np.int64)
+            own = np.arange(n)[:, None]
+            sims = np.where(graph == own, -np.inf, np.einsum("nd,nkd->nk", units, units[graph]))
+            found = np.concatenate([own, np.take_along_axis(graph, np.argsort(-sims, 1)[:, :K - 1], 1)], 1)
         else:
             raise SystemExit(f"unknown --ann-settings entry {spec!r}")
         row = {"n_items": n, "method": spec, "seconds": round(time.perf_counter() - start, 1),
@@ -399,7 +471,8 @@ def main() -> None:
                                                               "hnswlib:12:48:24", "usearch:12:48:24",
                                                               "faiss-hnsw:12:48:24", "faiss-ivf:1024:16"],
                         help="library:settings (hnswlib/usearch/faiss-hnsw/jaxrec-hnsw: M:ef_construction:ef_search; "
-                             "faiss-ivf: n_list:n_probe; jaxrec-ivf: n_clusters:n_probe)")
+                             "faiss-ivf: n_list:n_probe; faiss-ivf-pre: n_list:n_probe:train_per_list:kmeans_iter; "
+                             "faiss-nndescent: K:S:R:L:iter; usearch-i8/usearch-f16: M:ef_construction:ef_search:candidates; jaxrec-ivf: n_clusters:n_probe)")
     parser.add_argument("--threads", type=int, default=2, help="library threads (--ann)")
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -29,6 +29,11 @@ the process's peak RSS so far:
   (embeddings of all users and items, then full ranking over ALL items for a uniform sample
   of ``--eval-users`` test users, with a popularity baseline on the same users).
 
+kNN at 1M x 128 (``benchmarks/bench_knn.py --ann``): hnswlib 12:48:24 recall@10 0.974 in 234.8
+CPU s, 8:32:20 0.912 in 148.8 (quiet machine); faiss's inverted file 4096 lists / 4 probed
+0.654 in 95.3 CPU s (2026-12-03, loaded). hnswlib stays; the 120 CPU s target at recall 0.95 is
+not met by any library or setting measured (bench_knn's docstring has the table).
+
 Measured (2026-11-28, this 2-core / 24 GiB machine; wall seconds depend on the other jobs that
 shared the cores, CPU seconds are both cores together; rows from ``--json``):
 
@@ -56,7 +61,39 @@ edge list (its (edges x 64) gathers kept for the backward pass; the 18.44 GiB pe
 4.47 GiB with the item graphs as one neighbour table propagated in rematerialized row chunks
 (``jaxrec.data.graph.propagate_neighbours``); arguments 1.1 GiB, outputs 0.3 GiB. At 100,000
 items: 1.67 -> 1.12 GiB. The saving, 9.9 GiB at 1M, puts the expected peak RSS of the
-``lattice:epoch`` step at about 8.5 GiB (18.44 - 9.9), not yet measured by a 1M run.
+``lattice:epoch`` step at about 8.5 GiB (18.44 - 9.9). A full 1M LATTICE rung was not rerun (on
+2026-12-03 the shared machine gave one process 20-50% of a core, and the rung is ~1,200 CPU s).
+
+``--lattice-step``: the training step alone (gradient + Adam, batch 262,144) on random arrays
+of the 1M ladder's shapes (17.2M user-item edges, 1M x 128 features, 1M x 10 neighbour
+tables), its peak RSS by ``getrusage`` (a watchdog sampling VmRSS every 2 s agreed). Measured
+(2026-12-03, load ~11, ``--sizes 1000000 --repeats 1``): peak RSS 7.05 GiB (4.28 GiB before the
+first step: arrays, parameters, Adam state), 35.8 CPU s per step, loss 0.6884. A full rung adds
+the dataset and sampler (``generate``: 1.18 GiB peak above), so about 8.2-9 GiB is expected for
+``lattice:epoch``, under the 12 GiB target; the rung itself is still to be run.
+
+``--freedom-parts``: where FREEDOM's epoch goes. CPU seconds of one training step (gradient +
+Adam, batch 32,768) with parts switched off. Measured (2026-12-03, load 10-15, 100,000 items,
+``--sizes 100000 --repeats 3``):
+
+  variant                                   CPU s / step
+  full (item graph 1 layer, 2 user-item)        0.437
+  no item graph (n_mm_layers=0)                 0.271    item graph: 0.166 (38%)
+  no user-item layers (n_ui_layers=0)           0.340    user-item layers: 0.097 (22%)
+  neither                                       0.135    the rest (gathers, dense gradients of
+                                                         the (users + items) x 64 tables, Adam)
+
+At 1M the epoch was 745.9 CPU s for 244 steps (3.06 CPU s per step; table above). Every part
+is O(n_items) per step: the item-graph term propagates all n x 10 edges and the user-item
+layers all kept pairs although the loss reads the embeddings of at most 2 x 32,768 items and
+32,768 users, and the gradients and Adam touch the full (1.2M x 64) tables. So the epoch costs
+(steps x n) and grows as n^2 / batch: the cause of the ~1,400 s wall (746 CPU s) epoch. The
+same math at lower cost: the item-graph term h_i only at the batch's items (a gather of their
+k neighbour rows: ~65,536 x 10 instead of 1M x 10 edges), which at the 100k share (38%) would
+cut a 1M epoch to about 0.62 x 746 = ~470 CPU s (a projection, not made or measured: it
+changes ``jaxrec/models/freedom.py``). Time to convergence at 1M is then (epochs to the
+valid-selected epoch) x the epoch: not measured here; at the measured 746 CPU s (1,398 s wall
+at that load) per epoch, 50 epochs would take ~10 CPU hours (~19 hours wall at that load).
 """
 
 from __future__ import annotations
@@ -274,6 +311,125 @@ def compiled_memory(n_items: int, batch_size: int) -> dict:
                for name in ("temp", "argument", "output")}}
 
 
+def freedom_parts(n_items: int, repeats: int) -> list[dict]:
+    """CPU seconds of one FREEDOM training step (gradient + Adam, batch 32,768) at the ladder's
+    shapes for n_items, with parts switched off: the frozen item graph (``n_mm_layers=0``), the
+    user-item layers (``n_ui_layers=0``), both. Random graphs of the ladder's sizes (pruned
+    user-item graph: 10% of 8 n_items pairs, both directions; item graph: k = 10 per item);
+    the cost of a part is the difference to the full step."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from jaxrec.data import graph as jgraph
+    from jaxrec.models.freedom import FREEDOM
+
+    n_users, k, dim, batch_size = max(n_items // 5, 10), 10, 128, 32768
+    rng = np.random.default_rng(0)
+    n_nodes, kept = n_users + n_items, int(8 * n_items * 0.1)
+
+    def random_edges(m, rows=None):
+        rows = np.sort(rng.integers(0, n_nodes, m)) if rows is None else rows
+        return jgraph.Edges(jnp.asarray(rows, jnp.int32), jnp.asarray(rng.integers(0, n_nodes if rows is None else
+                                                                                        n_items, m), jnp.int32),
+                            jnp.asarray(rng.random(m, dtype=np.float32) * 0.1))
+
+    item_rows = np.repeat(np.arange(n_items), k)
+    ctx = {"graph": random_edges(2 * kept), "train_graph": random_edges(2 * kept),
+           "item_graph": jgraph.Edges(jnp.asarray(item_rows, jnp.int32),
+                                      jnp.asarray(rng.integers(0, n_items, n_items * k), jnp.int32),
+                                      jnp.full((n_items * k,), 1.0 / k, jnp.float32)),
+           "features": (jnp.asarray(rng.standard_normal((n_items, dim), dtype=np.float32)),)}
+    batch = {"users": jnp.asarray(rng.integers(0, n_users, batch_size), jnp.int32),
+             "pos_items": jnp.asarray(rng.integers(0, n_items, batch_size), jnp.int32),
+             "neg_items": jnp.asarray(rng.integers(0, n_items, (batch_size, 1)), jnp.int32),
+             "weights": jnp.ones((batch_size,), jnp.float32)}
+    rows = []
+    for name, mm_layers, ui_layers in (("full", 1, 2), ("no_item_graph", 0, 2), ("no_ui_layers", 1, 0),
+                                       ("neither", 0, 0)):
+        module = FREEDOM(n_users=n_users, n_items=n_items, feature_dims=(dim,), train_features=False,
+                         n_mm_layers=mm_layers, n_ui_layers=ui_layers)
+        params = module.init(jax.random.PRNGKey(0), ctx, batch, True, method="loss_terms")["params"]
+        tx = optax.adam(1e-3)
+        opt = tx.init(params)
+
+        def loss(p, c, b, module=module):
+            terms = module.apply({"params": p}, c, b, True, method="loss_terms")
+            return terms["bpr"] + 1e-5 * terms["modality_bpr"]
+
+        @jax.jit
+        def step(p, o, c, b, loss=loss, tx=tx):
+            value, grads = jax.value_and_grad(loss)(p, c, b)
+            updates, o = tx.update(grads, o, p)
+            return optax.apply_updates(p, updates), o, value
+
+        params, opt, _ = jax.block_until_ready(step(params, opt, ctx, batch))  # compile
+        cpu = time.process_time()
+        for _ in range(repeats):
+            params, opt, _ = jax.block_until_ready(step(params, opt, ctx, batch))
+        row = {"n_items": n_items, "step": f"freedom:step:{name}",
+               "cpu_seconds_per_step": round((time.process_time() - cpu) / repeats, 3)}
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
+def lattice_step(n_items: int, batch_size: int, repeats: int) -> dict:
+    """Peak RSS and CPU seconds of LATTICE's training step (gradient + Adam) at the ladder's
+    shapes for n_items, on random arrays of those shapes (the shapes of ``compiled_memory``):
+    the step's real memory without the dataset, the sampler and the kNN builds of a full rung."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from jaxrec.data import graph as jgraph
+    from jaxrec.models.lattice import LATTICE
+
+    n_users, k, dim = max(n_items // 5, 10), 10, 128
+    n_edges = 2 * 8 * n_items + n_items + n_users
+    rng = np.random.default_rng(0)
+    rows = np.sort(rng.integers(0, n_users + n_items, n_edges))
+    ctx = {"graph": jgraph.Edges(jnp.asarray(rows, jnp.int32),
+                                 jnp.asarray(rng.integers(0, n_users + n_items, n_edges), jnp.int32),
+                                 jnp.asarray(rng.random(n_edges, dtype=np.float32) * 0.1)),
+           "features": (jnp.asarray(rng.standard_normal((n_items, dim), dtype=np.float32)),),
+           "learned_neighbours": jnp.asarray(rng.integers(0, n_items, (n_items, k)), jnp.int32),
+           "original_neighbours": jnp.asarray(rng.integers(0, n_items, (n_items, k)), jnp.int32),
+           "original_weights": (jnp.asarray(rng.random((n_items, k), dtype=np.float32)),)}
+    del rows
+    module = LATTICE(n_users=n_users, n_items=n_items, feature_dims=(dim,), knn_k=k, train_features=False,
+                     learned_graph="epoch")
+    params = module.init(jax.random.PRNGKey(0), ctx, False, method="encode")["params"]
+    batch = {"users": jnp.asarray(rng.integers(0, n_users, batch_size), jnp.int32),
+             "pos_items": jnp.asarray(rng.integers(0, n_items, batch_size), jnp.int32),
+             "neg_items": jnp.asarray(rng.integers(0, n_items, (batch_size, 1)), jnp.int32),
+             "weights": jnp.ones((batch_size,), jnp.float32)}
+    tx = optax.adam(1e-3)
+    opt = tx.init(params)
+
+    def loss(p, c, b):
+        terms = module.apply({"params": p}, c, b, True, method="loss_terms")
+        return terms["bpr"] + 1e-4 * terms["reg"]
+
+    @jax.jit
+    def step(p, o, c, b):
+        value, grads = jax.value_and_grad(loss)(p, c, b)
+        updates, o = tx.update(grads, o, p)
+        return optax.apply_updates(p, updates), o, value
+
+    before = peak_rss_gib()
+    params, opt, value = jax.block_until_ready(step(params, opt, ctx, batch))  # compile + first step
+    cpu = time.process_time()
+    for _ in range(repeats):
+        params, opt, value = jax.block_until_ready(step(params, opt, ctx, batch))
+    row = {"n_items": n_items, "step": "lattice:train_step", "batch_size": batch_size,
+           "cpu_seconds_per_step": round((time.process_time() - cpu) / max(repeats, 1), 2),
+           "peak_rss_gib_before_step": round(before, 2), "peak_rss_gib": round(peak_rss_gib(), 2),
+           "loss": round(float(value), 4)}
+    print(json.dumps(row), flush=True)
+    return row
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", type=int, nargs="*", default=[10_000, 100_000])
@@ -292,8 +448,21 @@ def main() -> None:
     parser.add_argument("--compiled-memory", action="store_true",
                         help="only compile LATTICE's training gradient at each size (abstract shapes, no data) and "
                              "report XLA's buffer sizes")
+    parser.add_argument("--freedom-parts", action="store_true",
+                        help="only time FREEDOM's training step at each size with parts switched off")
+    parser.add_argument("--repeats", type=int, default=3, help="steps timed per variant (--freedom-parts)")
+    parser.add_argument("--lattice-step", action="store_true",
+                        help="only LATTICE's training step at each size on random arrays: peak RSS and CPU seconds")
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.lattice_step:
+        for n in args.sizes:
+            lattice_step(n, args.batch_size or 262144, args.repeats)
+        return
+    if args.freedom_parts:
+        for n in args.sizes:
+            freedom_parts(n, args.repeats)
+        return
     if args.compiled_memory:
         for n in args.sizes:
             print(json.dumps(compiled_memory(n, args.batch_size or 262144)), flush=True)
