@@ -27,6 +27,7 @@ SCHEDULES = ("constant", "cosine", "warmup_cosine", "exponential")
 PARALLEL_MODES = ("none", "pmap", "sharded")
 NEGATIVE_SAMPLING = ("uniform", "popularity")
 SAMPLERS = ("shuffle", "keyed")
+NEGATIVE_ITEMS = ("trained", "all")
 PROTOCOLS = ("mmrec", "cornac")
 SEARCH_METHODS = ("grid", "random")
 RANKING_METRICS = ("recall", "ndcg", "precision", "map", "hit", "mrr", "recall2")
@@ -79,7 +80,9 @@ class TrainConfig:
     its last checkpoint exactly, so nothing is lost but time. ``sampler`` is how epochs are
     drawn: ``shuffle`` (one generator per epoch) or ``keyed`` (every row a function of
     ``(seed, epoch, row position)``, so each process of a multi-process run draws only its
-    own rows; ``jaxrec.train._data.EpochSampler``).
+    own rows; ``jaxrec.train._data.EpochSampler``). ``negative_items`` is which items
+    negatives are drawn from: ``trained`` (only items with a train interaction; an item
+    without one would only ever be pushed down) or ``all``.
 
     ``parallel: sharded`` runs the step through ``jax.jit`` on a ``(data, model)`` device mesh
     given by ``mesh: {data: D, model: M}`` (``D * M`` = the device count; ``null``: every
@@ -108,6 +111,7 @@ class TrainConfig:
     n_negatives: int = 1
     negative_sampling: str = "uniform"
     sampler: str = "shuffle"
+    negative_items: str = "trained"
     checkpoints_to_keep: int = 2
     checkpoint_every: int = 5
     steps_per_call: int = 0
@@ -304,6 +308,7 @@ def _check_values(config: ExperimentConfig, where: str) -> None:
     choice("train.parallel", t.parallel, PARALLEL_MODES)
     choice("train.negative_sampling", t.negative_sampling, NEGATIVE_SAMPLING)
     choice("train.sampler", t.sampler, SAMPLERS)
+    choice("train.negative_items", t.negative_items, NEGATIVE_ITEMS)
     if t.mesh is not None:
         unknown = sorted(set(t.mesh) - {"data", "model"})
         if unknown:
