@@ -108,3 +108,23 @@ def test_missing_modality_table_reports_mean_and_std_per_fill():
     assert lines[0].startswith("3 of 10 items' `vggish` rows hidden")
     assert "| gan | 2.5 | 0.9500 | 0.7000 |" in lines
     assert "| cold_start | vggish | gan | 0.2500 ± 0.0100 | 0.1500 | 0.2300 | 3 |" in lines
+
+
+def test_popularity_buckets_partition_items_and_render_ratios_to_bpr():
+    spec_b = importlib.util.spec_from_file_location("popularity_buckets", SCRIPT.parent / "popularity_buckets.py")
+    buckets = importlib.util.module_from_spec(spec_b)
+    spec_b.loader.exec_module(buckets)
+    counts = [0, 1, 2, 3, 5, 6, 20, 21, 400]
+    masks = buckets.bucket_masks(__import__("numpy").array(counts))
+    assert [name for name, mask in masks.items() for c, m in zip(counts, mask) if m] == \
+        ["unseen", "1-2", "1-2", "3-5", "3-5", "6-20", "6-20", ">20", ">20"]
+    names = [b[0] for b in buckets.BUCKETS]
+    result = {"buckets": [{"name": n} for n in names],
+              "counts": {"test": {n: {"interactions": 10 * (i + 1)} for i, n in enumerate(names)}},
+              "chance": {"test": {n: {"recall@20": 0.003} for n in names}},
+              "rows": [{"label": "bpr", "test": {n: {"recall@20": 0.02} for n in names}},
+                       {"label": "freedom", "test": {n: {"recall@20": 0.05} for n in names if n != ">20"}}]}
+    lines = make_results.popularity_buckets_table(result)
+    assert lines[2].startswith("| held-out pairs (share) | 10 (7%) | 20 (13%)")
+    assert lines[3] == "| random ranking (expected) | " + " | ".join(["0.0030"] * 5) + " |"
+    assert lines[5] == "| freedom | " + " | ".join(["0.0500 (2.50x)"] * 4 + ["–"]) + " |"
