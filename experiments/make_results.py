@@ -431,6 +431,47 @@ def transform_table(folder: Path, chosen, root: Path = HERE) -> list[str]:
     return lines
 
 
+def _negative_items(config: dict | None) -> str:
+    """A run's ``train.negative_items``; runs recorded before the setting existed drew from all items."""
+    return ((config or {}).get("train") or {}).get("negative_items", "all")
+
+
+def sampler_table(records_dir: Path, chosen, root: Path = HERE) -> list[str]:
+    """Each chosen run drawn with ``negative_items: trained`` beside the same model's earlier
+    run at the same setting with negatives from all items (the run record kept in
+    ``negatives_all_items/<model>.jsonl``, or the winner of ``<model>_search*.jsonl``)."""
+    found = records.records_in(records_dir)
+    lines = []
+    for model in sorted(chosen, key=_order_key):
+        metrics, info = chosen[model]
+        record = next((r for r in found if os.path.relpath(r.path, root) == info["source"]), None)
+        if record is None or record.kind != "run":
+            continue
+        if _negative_items(next(iter(record.runs.values())).get("config")) != "trained":
+            continue
+        earlier = None
+        kept = Path(records_dir) / "negatives_all_items" / f"{model}.jsonl"
+        if kept.exists():
+            run = next(iter(records.read(kept).runs.values()))
+            earlier = (run["metrics"], os.path.relpath(kept, root))
+        else:
+            for search in (r for r in found if r.kind == "search" and _row_name(r.name) == model):
+                winner = _search_winner(search, root)
+                if winner and _ran_with(next(iter(record.runs.values())).get("config"), winner[1]["setting"]):
+                    earlier = (winner[0], winner[1]["source"])
+                    break
+        if earlier is None:
+            continue
+        before, now = earlier[0], metrics
+        lines.append(f"| {model} | {_fmt(before['valid'].get('recall@20'))} / {_fmt(before['test'].get('recall@20'))} "
+                     f"(epoch {before.get('best_epoch', '–')}) | {_fmt(now['valid'].get('recall@20'))} / "
+                     f"**{_fmt(now['test'].get('recall@20'))}** (epoch {now.get('best_epoch', '–')}) | `{earlier[1]}` |")
+    if not lines:
+        return []
+    return ["| model | negatives from all items: valid / test R@20 | only trained items: valid / test R@20 | earlier "
+            "record |", "|---|---|---|---|"] + lines
+
+
 def build_report(dataset: str, anchors_dir: Path, root: Path = HERE) -> str:
     """The report of ``root/records/<dataset>`` and ``root/results`` (``root``: this folder, or
     another with the same layout, e.g. ``experiments/reproduce.py --output``)."""
@@ -484,6 +525,12 @@ def build_report(dataset: str, anchors_dir: Path, root: Path = HERE) -> str:
                 "ranking by train popularity, and of an item-kNN scorer on each modality's cosine 10-NN graph (the "
                 "graph FREEDOM freezes, used alone), with the rows raw, centered or standardized.", ""]
         out += feature_probe_table(_read_json(probe_path))
+    samplers = sampler_table(records_dir, chosen, root)
+    if samplers:
+        out += ["", "## Negatives only among items with a train interaction (`train.negative_items`)", "",
+                "The warm-table runs drawn with `negative_items: trained` (the default now) beside the same model's "
+                "earlier run at the same setting, whose negatives were drawn from every item (the items without a "
+                "train interaction included):", ""] + samplers
     buckets_path = root / "results" / f"{dataset}_popularity_buckets.json"
     transforms = transform_table(records_dir / "feature_transform", chosen, root)
     if buckets_path.exists() or transforms:

@@ -128,3 +128,26 @@ def test_popularity_buckets_partition_items_and_render_ratios_to_bpr():
     assert lines[2].startswith("| held-out pairs (share) | 10 (7%) | 20 (13%)")
     assert lines[3] == "| random ranking (expected) | " + " | ".join(["0.0030"] * 5) + " |"
     assert lines[5] == "| freedom | " + " | ".join(["0.0500 (2.50x)"] * 4 + ["–"]) + " |"
+
+
+def test_sampler_table_sets_a_trained_items_run_beside_the_earlier_all_items_winner(tmp_path):
+    search = tmp_path / "runs" / "vbpr_search"
+    _write(search / "trial_000" / "metrics.json", _metrics(0.42, 0.40))
+    _write(search / "search.json", {
+        "valid_metric": "recall@20", "n_trials": 1,
+        "trials": [{"trial": 0, "workdir": "trial_000", "setting": {"loss_weights.reg": 1.0}}],
+        "best": {"trial": 0, "workdir": "trial_000", "setting": {"loss_weights.reg": 1.0}}})
+    final = tmp_path / "runs" / "vbpr"
+    _write(final / "metrics.json", _metrics(0.50, 0.49))
+    (final / "config.yaml").write_text("loss_weights:\n  reg: 1.0\ntrain:\n  negative_items: all\n")
+    records_dir = tmp_path / "records" / "tiktok"
+    _pack(search, records_dir)
+    _pack(final, records_dir)
+    chosen = make_results.collect_runs(records_dir)
+    assert make_results.sampler_table(records_dir, chosen, tmp_path) == []  # not a trained-items run
+    (final / "config.yaml").write_text("loss_weights:\n  reg: 1.0\ntrain:\n  negative_items: trained\n")
+    _pack(final, records_dir)
+    chosen = make_results.collect_runs(records_dir)
+    lines = make_results.sampler_table(records_dir, chosen, tmp_path)
+    assert lines[2] == ("| vbpr | 0.4200 / 0.4000 (epoch 7) | 0.5000 / **0.4900** (epoch 7) | "
+                        "`records/tiktok/vbpr_search.jsonl` |")
