@@ -322,15 +322,18 @@ def unseen_items_table(result: dict) -> list[str]:
              "(BPR-MF, LightGCN) has nothing but the item's untrained initial vector. A content model can place them "
              "by their features: VBPR zeroes an untrained item's ID part, FREEDOM zeroes its ID row so that it is "
              "scored by its content neighbours' (e_i = (S Q~)_i).", "",
-             "| model | item side | valid R@20 | test R@10 | test R@20 | test R@50 | test N@20 | test users |",
-             "|---|---|---|---|---|---|---|---|",
-             f"| random ranking (expected) | – | {_fmt(chance['valid'].get('recall@20'))} | "
+             "| model | item side | negatives from | valid R@20 | test R@10 | test R@20 | test R@50 | test N@20 | "
+             "test users |",
+             "|---|---|---|---|---|---|---|---|---|",
+             f"| random ranking (expected) | – | – | {_fmt(chance['valid'].get('recall@20'))} | "
              f"{_fmt(chance['test'].get('recall@10'))} | {_fmt(chance['test'].get('recall@20'))} | "
              f"{_fmt(chance['test'].get('recall@50'))} | – | {counts['test']['users']} |"]
     for row in result["rows"]:
         valid, test = row.get("valid", {}), row.get("test", {})
         side = row["item_side"] + (f" ({', '.join(row['modalities'])})" if row.get("modalities") else "")
-        lines.append(f"| {row['model']} | {side} | {_fmt(valid.get('recall@20'))} | {_fmt(test.get('recall@10'))} | "
+        negatives = {"trained": "trained items", "all": "all items"}.get(row.get("negative_items", "all"), "–")
+        lines.append(f"| {row['model']} | {side} | {negatives} | {_fmt(valid.get('recall@20'))} | "
+                     f"{_fmt(test.get('recall@10'))} | "
                      f"**{_fmt(test.get('recall@20'))}** | {_fmt(test.get('recall@50'))} | "
                      f"{_fmt(test.get('ndcg@20'))} | {test.get('num_users', '–')} |")
     above = [row["model"] for row in result["rows"]

@@ -136,9 +136,18 @@ def _check_same_run(folder: Path, run: dict) -> None:
                           f"{ours['test']['recall@20']}) is not the recorded run's; re-pack or re-run it")
 
 
+def _fingerprint(run: dict) -> dict:
+    """What identifies a recorded run's result: its best epoch and test recall@20."""
+    metrics = run.get("metrics") or {}
+    return {"best_epoch": metrics.get("best_epoch"), "test_recall@20": (metrics.get("test") or {}).get("recall@20")}
+
+
 def build(dataset_name: str, runs_dir: Path, previous: dict | None = None) -> dict:
     """The output JSON; rows of ``previous`` (an earlier output) are kept for runs it already
-    scored (same model, record file and run folder, the folder checked against its record)."""
+    scored (same model, record file and run folder, and the same recorded result: a row whose
+    ``fingerprint`` differs from the record's is scored again). A row is kept without its run
+    folder (scratch, possibly deleted) only for the same record; a run folder at hand is
+    checked against its record."""
     from jaxrec import train
 
     kept = {(row["model"], row["record"], row["run"]): row for row in (previous or {}).get("rows", [])}
@@ -152,18 +161,28 @@ def build(dataset_name: str, runs_dir: Path, previous: dict | None = None) -> di
         record = found[(HERE / info["source"]).resolve()]
         run = record.winner() if record.kind == "search" else next(iter(record.runs.values()))
         folder = run_folder(record, runs_dir)
-        _check_same_run(folder, run)
+        key = (model, info["source"], os.path.relpath(folder, HERE.parent))
+        fingerprint = _fingerprint(run)
+        previous_row = kept.get(key)
+        if previous_row is not None and previous_row.get("fingerprint", fingerprint) != fingerprint:
+            previous_row = None  # the record was re-packed from another run: score it again
+        if (folder / "metrics.json").is_file() or previous_row is None:
+            _check_same_run(folder, run)
+            if previous_row is not None and "fingerprint" not in previous_row:
+                previous_row = None  # an older row without a fingerprint, and the run is at hand: score it
+        # else: the folder is gone, and the earlier row of the same record is kept
         modalities = list(((run.get("config") or {}).get("model", {}).get("args") or {}).get("modalities") or [])
-        if dataset is None:
+        if dataset is None and (folder / "config.yaml").is_file():
             experiment = train.prepare_experiment(train.load_config(folder / "config.yaml"))
             dataset, protocol = experiment.dataset, experiment.config.eval.protocol
-        key = (model, info["source"], os.path.relpath(folder, HERE.parent))
-        scores = ({s: kept[key][s] for s in SPLITS if s in kept[key]} if key in kept
+        scores = ({s: previous_row[s] for s in SPLITS if s in previous_row} if previous_row is not None
                   else subset_metrics(folder))
         rows.append({"model": model, "item_side": "content" if modalities else "id only", "modalities": modalities,
-                     "record": key[1], "run": key[2], **scores})
+                     "record": key[1], "run": key[2], "fingerprint": fingerprint,
+                     "negative_items": ((run.get("config") or {}).get("train") or {}).get("negative_items", "all"),
+                     **scores})
     if dataset is None:
-        raise UnseenError(f"no chosen runs in {records_dir}")
+        raise UnseenError(f"no run folder of a chosen run in {runs_dir} to load the dataset from")
     items = unseen_items(dataset)
     counts, chance = {}, {}
     for split in SPLITS:
