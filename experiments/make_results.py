@@ -309,6 +309,10 @@ def content_ratio_lines(chosen, bpr: str = "bpr") -> list[str]:
     return [out[0] + "."]
 
 
+def _percent(value) -> str:
+    return "–" if value is None else f"{100 * value:.1f}%"
+
+
 def unseen_items_table(result: dict) -> list[str]:
     """Recall on the held-out interactions whose item has no train interaction."""
     counts, chance = result["counts"], result["chance"]
@@ -323,11 +327,11 @@ def unseen_items_table(result: dict) -> list[str]:
              "by their features: VBPR zeroes an untrained item's ID part, FREEDOM zeroes its ID row so that it is "
              "scored by its content neighbours' (e_i = (S Q~)_i).", "",
              "| model | item side | negatives from | valid R@20 | test R@10 | test R@20 | test R@50 | test N@20 | "
-             "test users |",
-             "|---|---|---|---|---|---|---|---|---|",
+             "test median rank | test in top tenth | test users |",
+             "|---|---|---|---|---|---|---|---|---|---|---|",
              f"| random ranking (expected) | – | – | {_fmt(chance['valid'].get('recall@20'))} | "
              f"{_fmt(chance['test'].get('recall@10'))} | {_fmt(chance['test'].get('recall@20'))} | "
-             f"{_fmt(chance['test'].get('recall@50'))} | – | {counts['test']['users']} |"]
+             f"{_fmt(chance['test'].get('recall@50'))} | – | 50% | 10% | {counts['test']['users']} |"]
     for row in result["rows"]:
         valid, test = row.get("valid", {}), row.get("test", {})
         side = row["item_side"] + (f" ({', '.join(row['modalities'])})" if row.get("modalities") else "")
@@ -335,11 +339,17 @@ def unseen_items_table(result: dict) -> list[str]:
         lines.append(f"| {row['model']} | {side} | {negatives} | {_fmt(valid.get('recall@20'))} | "
                      f"{_fmt(test.get('recall@10'))} | "
                      f"**{_fmt(test.get('recall@20'))}** | {_fmt(test.get('recall@50'))} | "
-                     f"{_fmt(test.get('ndcg@20'))} | {test.get('num_users', '–')} |")
+                     f"{_fmt(test.get('ndcg@20'))} | {_percent(test.get('rank_percentile', {}).get('median'))} | "
+                     f"{_percent(test.get('rank_percentile', {}).get('top_tenth'))} | {test.get('num_users', '–')} |")
     above = [row["model"] for row in result["rows"]
              if row.get("test", {}).get("recall@50", 0.0) > chance["test"].get("recall@50", float("inf"))]
     lines += ["", "Runs above a random ranking on these test interactions (recall@50): "
-              + (", ".join(above) if above else "none") + "."]
+              + (", ".join(above) if above else "none") + ". 'median rank': the share of the user's non-train items "
+              "ranked above the held-out unseen item (0% = first); 'in top tenth': how many of them rank in the top "
+              "10% of the list (a random ranking: 50% and 10%)."]
+    if result.get("not_scored"):
+        lines += ["", "Not scored (run folder deleted before this table existed): "
+                  + ", ".join(row["model"] for row in result["not_scored"]) + "."]
     return lines
 
 

@@ -112,8 +112,28 @@ def subsets_metrics(workdir, subsets: dict, *, ks=KS, metrics=METRICS) -> dict[s
             scores = jeval.evaluate_prepared(layout, user_emb, item_emb, ks=ks, metrics=metrics)
             out[split] = {key: float(value) for key, value in scores.items() if "@" in key}
             out[split]["num_users"] = int(scores["num_users"])
+            out[split]["rank_percentile"] = rank_percentiles(user_emb, item_emb, chosen[split], pairs["train"])
         result[name] = out
     return result
+
+
+def rank_percentiles(user_emb, item_emb, target: np.ndarray, train: np.ndarray) -> dict:
+    """Where the held-out items of ``target`` (pairs) land in their user's full ranking: the
+    share of the user's non-train items scored strictly above each one (0: first; a random
+    ranking gives 0.5 on average and puts 10% of them in the top tenth), summarized as
+    ``{"median", "mean", "top_tenth"}`` over the pairs."""
+    users = np.asarray(user_emb, np.float64)
+    items = np.asarray(item_emb, np.float64)
+    order = np.argsort(train[:, 0], kind="stable")
+    starts = np.searchsorted(train[order, 0], np.arange(users.shape[0] + 1))
+    shares = np.empty(len(target))
+    for row, (user, item) in enumerate(np.asarray(target)):
+        scores = items @ users[user]
+        seen = train[order[starts[user]:starts[user + 1]], 1]
+        scores[seen] = -np.inf
+        shares[row] = np.count_nonzero(scores > scores[item]) / (scores.size - np.unique(seen).size)
+    return {"median": float(np.median(shares)), "mean": float(np.mean(shares)),
+            "top_tenth": float(np.mean(shares < 0.1))}
 
 
 def run_folder(record: records.Record, runs_dir: Path) -> Path:
@@ -142,12 +162,13 @@ def _fingerprint(run: dict) -> dict:
     return {"best_epoch": metrics.get("best_epoch"), "test_recall@20": (metrics.get("test") or {}).get("recall@20")}
 
 
-def build(dataset_name: str, runs_dir: Path, previous: dict | None = None) -> dict:
+def build(dataset_name: str, runs_dir: Path, previous: dict | None = None, skip_missing: bool = False) -> dict:
     """The output JSON; rows of ``previous`` (an earlier output) are kept for runs it already
     scored (same model, record file and run folder, and the same recorded result: a row whose
     ``fingerprint`` differs from the record's is scored again). A row is kept without its run
     folder (scratch, possibly deleted) only for the same record; a run folder at hand is
-    checked against its record."""
+    checked against its record. With ``skip_missing``, a chosen run whose folder is gone and
+    that was never scored is left out (listed under ``not_scored``) instead of an error."""
     from jaxrec import train
 
     kept = {(row["model"], row["record"], row["run"]): row for row in (previous or {}).get("rows", [])}
@@ -155,7 +176,7 @@ def build(dataset_name: str, runs_dir: Path, previous: dict | None = None) -> di
     records_dir = HERE / "records" / dataset_name
     found = {record.path.resolve(): record for record in records.records_in(records_dir)}
     chosen = make_results.collect_runs(records_dir)
-    rows, dataset, protocol = [], None, None
+    rows, dataset, protocol, not_scored = [], None, None, []
     for model in sorted(chosen, key=make_results._order_key):
         _, info = chosen[model]
         record = found[(HERE / info["source"]).resolve()]
@@ -166,6 +187,11 @@ def build(dataset_name: str, runs_dir: Path, previous: dict | None = None) -> di
         previous_row = kept.get(key)
         if previous_row is not None and previous_row.get("fingerprint", fingerprint) != fingerprint:
             previous_row = None  # the record was re-packed from another run: score it again
+        if not (folder / "metrics.json").is_file() and previous_row is None and skip_missing:
+            print(f"note: {model}: its run folder {folder} is gone and it was never scored; left out",
+                  file=sys.stderr)
+            not_scored.append({"model": model, "record": key[1], "run": key[2]})
+            continue
         if (folder / "metrics.json").is_file() or previous_row is None:
             _check_same_run(folder, run)
             if previous_row is not None and "fingerprint" not in previous_row:
@@ -191,7 +217,7 @@ def build(dataset_name: str, runs_dir: Path, previous: dict | None = None) -> di
                          "users": int(np.unique(target[:, 0]).size)}
         chance[split] = {f"recall@{k}": chance_recall(dataset, split, items, k) for k in KS}
     return {"dataset": dataset_name, "protocol": protocol, "ks": list(KS), "counts": counts, "chance": chance,
-            "rows": rows}
+            "rows": rows, "not_scored": not_scored}
 
 
 def main(argv=None) -> int:
@@ -201,12 +227,14 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=None, help="default experiments/results/<dataset>_unseen_items.json")
     parser.add_argument("--fresh", action="store_true", help="score every run again (default: keep the rows of "
                         "runs the existing output already scored)")
+    parser.add_argument("--skip-missing", action="store_true", help="leave out chosen runs whose folder is gone "
+                        "and that were never scored (default: an error)")
     args = parser.parse_args(argv)
     runs_dir = Path(args.runs) if args.runs else HERE / "runs" / args.dataset
     target = Path(args.out) if args.out else HERE / "results" / f"{args.dataset}_unseen_items.json"
     previous = json.loads(target.read_text()) if target.is_file() and not args.fresh else None
     try:
-        result = build(args.dataset, runs_dir, previous)
+        result = build(args.dataset, runs_dir, previous, skip_missing=args.skip_missing)
     except (UnseenError, records.RecordError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
