@@ -83,7 +83,8 @@ class KeyedTrainBatches:
       distribution: ``"uniform"`` or ``"popularity"``.
       item_popularity: as :func:`sample_negatives` (default: train counts).
       positives: the items never drawn as a user's negatives (default: built from ``pairs``).
-      negative_items: ``"trained"`` (only items with a training pair are drawn) or ``"all"``.
+      negative_items: ``"trained"`` (only items among the positives, i.e. with a training pair,
+        are drawn) or ``"all"``.
     """
 
     def __init__(self, pairs, *, n_users: int, n_items: int, batch_size: int, n_neg: int = 1, seed: int = 0,
@@ -99,14 +100,11 @@ class KeyedTrainBatches:
         self.n = len(pairs)
         if self.n == 0:
             raise DataError("no training pairs to batch", field="train", found="0 pairs", expected="at least one")
-        everything = None
         if positives is None:
             everything = np.asarray(pairs[np.arange(self.n)], np.int64)
             positives = PositiveSets.from_pairs(everything[:, 0], everything[:, 1], n_users=n_users, n_items=n_items)
-        if negative_items == "trained" and everything is None:
-            everything = np.asarray(pairs[np.arange(self.n)], np.int64)
-        train_items = everything[:, 1] if everything is not None else np.zeros(0, np.int64)
-        self.item_pool = negative_item_pool(negative_items, train_items, int(n_items))
+        # The trained items are those among the (training) positives: no second pass over the pairs.
+        self.item_pool = negative_item_pool(negative_items, positives.indices, int(n_items))
         self.positives = positives
         self.n_items, self.batch_size, self.n_neg = int(n_items), int(batch_size), int(n_neg)
         self.seed, self.distribution = int(seed), distribution
