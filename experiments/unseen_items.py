@@ -83,28 +83,57 @@ def chance_recall(dataset, split: str, items: np.ndarray, k: int) -> float:
 def subset_metrics(workdir, items: np.ndarray | None = None, *, ks=KS, metrics=METRICS) -> dict[str, dict]:
     """Per split, the run's metrics (its best checkpoint, its own protocol) on the held-out
     pairs whose item is flagged in ``items`` (default: the items unseen in train)."""
+    return subsets_metrics(workdir, {"subset": items}, ks=ks, metrics=metrics)["subset"]
+
+
+def subsets_metrics(workdir, subsets: dict, *, ks=KS, metrics=METRICS) -> dict[str, dict[str, dict]]:
+    """``{name: {split: metrics}}`` for each boolean item mask of ``subsets`` (None: the items
+    unseen in train), the run restored and encoded once."""
     from jaxrec import eval as jeval
     from jaxrec import train
 
     experiment, state, epoch = train.restore_best(workdir)
     dataset, cfg = experiment.dataset, experiment.config
-    items = unseen_items(dataset) if items is None else np.asarray(items, bool)
     ctx = train.epoch_context(experiment.built, state.params, cfg.train.seed, epoch)
     user_emb, item_emb = train.make_encoder(experiment.module)(state.params, ctx)
     pairs = {name: np.asarray(dataset.split_pairs(name)) for name in ("train", "valid", "test")}
-    out = {}
-    for split in SPLITS:
-        chosen = dict(pairs)
-        chosen[split] = restricted_pairs(dataset, split, items)
-        if len(chosen[split]) == 0:
-            continue
-        layout = jeval.prepare_protocol(split=split, num_items=dataset.n_items, train_pairs=chosen["train"],
-                                        valid_pairs=chosen["valid"], test_pairs=chosen["test"],
-                                        protocol=cfg.eval.protocol, batch_size=cfg.eval.batch_size)
-        result = jeval.evaluate_prepared(layout, user_emb, item_emb, ks=ks, metrics=metrics)
-        out[split] = {key: float(value) for key, value in result.items() if "@" in key}
-        out[split]["num_users"] = int(result["num_users"])
-    return out
+    result = {}
+    for name, items in subsets.items():
+        items = unseen_items(dataset) if items is None else np.asarray(items, bool)
+        out = {}
+        for split in SPLITS:
+            chosen = dict(pairs)
+            chosen[split] = restricted_pairs(dataset, split, items)
+            if len(chosen[split]) == 0:
+                continue
+            layout = jeval.prepare_protocol(split=split, num_items=dataset.n_items, train_pairs=chosen["train"],
+                                            valid_pairs=chosen["valid"], test_pairs=chosen["test"],
+                                            protocol=cfg.eval.protocol, batch_size=cfg.eval.batch_size)
+            scores = jeval.evaluate_prepared(layout, user_emb, item_emb, ks=ks, metrics=metrics)
+            out[split] = {key: float(value) for key, value in scores.items() if "@" in key}
+            out[split]["num_users"] = int(scores["num_users"])
+            out[split]["rank_percentile"] = rank_percentiles(user_emb, item_emb, chosen[split], pairs["train"])
+        result[name] = out
+    return result
+
+
+def rank_percentiles(user_emb, item_emb, target: np.ndarray, train: np.ndarray) -> dict:
+    """Where the held-out items of ``target`` (pairs) land in their user's full ranking: the
+    share of the user's non-train items scored strictly above each one (0: first; a random
+    ranking gives 0.5 on average and puts 10% of them in the top tenth), summarized as
+    ``{"median", "mean", "top_tenth"}`` over the pairs."""
+    users = np.asarray(user_emb, np.float64)
+    items = np.asarray(item_emb, np.float64)
+    order = np.argsort(train[:, 0], kind="stable")
+    starts = np.searchsorted(train[order, 0], np.arange(users.shape[0] + 1))
+    shares = np.empty(len(target))
+    for row, (user, item) in enumerate(np.asarray(target)):
+        scores = items @ users[user]
+        seen = train[order[starts[user]:starts[user + 1]], 1]
+        scores[seen] = -np.inf
+        shares[row] = np.count_nonzero(scores > scores[item]) / (scores.size - np.unique(seen).size)
+    return {"median": float(np.median(shares)), "mean": float(np.mean(shares)),
+            "top_tenth": float(np.mean(shares < 0.1))}
 
 
 def run_folder(record: records.Record, runs_dir: Path) -> Path:
@@ -127,9 +156,19 @@ def _check_same_run(folder: Path, run: dict) -> None:
                           f"{ours['test']['recall@20']}) is not the recorded run's; re-pack or re-run it")
 
 
-def build(dataset_name: str, runs_dir: Path, previous: dict | None = None) -> dict:
+def _fingerprint(run: dict) -> dict:
+    """What identifies a recorded run's result: its best epoch and test recall@20."""
+    metrics = run.get("metrics") or {}
+    return {"best_epoch": metrics.get("best_epoch"), "test_recall@20": (metrics.get("test") or {}).get("recall@20")}
+
+
+def build(dataset_name: str, runs_dir: Path, previous: dict | None = None, skip_missing: bool = False) -> dict:
     """The output JSON; rows of ``previous`` (an earlier output) are kept for runs it already
-    scored (same model, record file and run folder, the folder checked against its record)."""
+    scored (same model, record file and run folder, and the same recorded result: a row whose
+    ``fingerprint`` differs from the record's is scored again). A row is kept without its run
+    folder (scratch, possibly deleted) only for the same record; a run folder at hand is
+    checked against its record. With ``skip_missing``, a chosen run whose folder is gone and
+    that was never scored is left out (listed under ``not_scored``) instead of an error."""
     from jaxrec import train
 
     kept = {(row["model"], row["record"], row["run"]): row for row in (previous or {}).get("rows", [])}
@@ -137,24 +176,39 @@ def build(dataset_name: str, runs_dir: Path, previous: dict | None = None) -> di
     records_dir = HERE / "records" / dataset_name
     found = {record.path.resolve(): record for record in records.records_in(records_dir)}
     chosen = make_results.collect_runs(records_dir)
-    rows, dataset, protocol = [], None, None
+    rows, dataset, protocol, not_scored = [], None, None, []
     for model in sorted(chosen, key=make_results._order_key):
         _, info = chosen[model]
         record = found[(HERE / info["source"]).resolve()]
         run = record.winner() if record.kind == "search" else next(iter(record.runs.values()))
         folder = run_folder(record, runs_dir)
-        _check_same_run(folder, run)
+        key = (model, info["source"], os.path.relpath(folder, HERE.parent))
+        fingerprint = _fingerprint(run)
+        previous_row = kept.get(key)
+        if previous_row is not None and previous_row.get("fingerprint", fingerprint) != fingerprint:
+            previous_row = None  # the record was re-packed from another run: score it again
+        if not (folder / "metrics.json").is_file() and previous_row is None and skip_missing:
+            print(f"note: {model}: its run folder {folder} is gone and it was never scored; left out",
+                  file=sys.stderr)
+            not_scored.append({"model": model, "record": key[1], "run": key[2]})
+            continue
+        if (folder / "metrics.json").is_file() or previous_row is None:
+            _check_same_run(folder, run)
+            if previous_row is not None and "fingerprint" not in previous_row:
+                previous_row = None  # an older row without a fingerprint, and the run is at hand: score it
+        # else: the folder is gone, and the earlier row of the same record is kept
         modalities = list(((run.get("config") or {}).get("model", {}).get("args") or {}).get("modalities") or [])
-        if dataset is None:
+        if dataset is None and (folder / "config.yaml").is_file():
             experiment = train.prepare_experiment(train.load_config(folder / "config.yaml"))
             dataset, protocol = experiment.dataset, experiment.config.eval.protocol
-        key = (model, info["source"], os.path.relpath(folder, HERE.parent))
-        scores = ({s: kept[key][s] for s in SPLITS if s in kept[key]} if key in kept
+        scores = ({s: previous_row[s] for s in SPLITS if s in previous_row} if previous_row is not None
                   else subset_metrics(folder))
         rows.append({"model": model, "item_side": "content" if modalities else "id only", "modalities": modalities,
-                     "record": key[1], "run": key[2], **scores})
+                     "record": key[1], "run": key[2], "fingerprint": fingerprint,
+                     "negative_items": ((run.get("config") or {}).get("train") or {}).get("negative_items", "all"),
+                     **scores})
     if dataset is None:
-        raise UnseenError(f"no chosen runs in {records_dir}")
+        raise UnseenError(f"no run folder of a chosen run in {runs_dir} to load the dataset from")
     items = unseen_items(dataset)
     counts, chance = {}, {}
     for split in SPLITS:
@@ -163,7 +217,7 @@ def build(dataset_name: str, runs_dir: Path, previous: dict | None = None) -> di
                          "users": int(np.unique(target[:, 0]).size)}
         chance[split] = {f"recall@{k}": chance_recall(dataset, split, items, k) for k in KS}
     return {"dataset": dataset_name, "protocol": protocol, "ks": list(KS), "counts": counts, "chance": chance,
-            "rows": rows}
+            "rows": rows, "not_scored": not_scored}
 
 
 def main(argv=None) -> int:
@@ -173,12 +227,14 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=None, help="default experiments/results/<dataset>_unseen_items.json")
     parser.add_argument("--fresh", action="store_true", help="score every run again (default: keep the rows of "
                         "runs the existing output already scored)")
+    parser.add_argument("--skip-missing", action="store_true", help="leave out chosen runs whose folder is gone "
+                        "and that were never scored (default: an error)")
     args = parser.parse_args(argv)
     runs_dir = Path(args.runs) if args.runs else HERE / "runs" / args.dataset
     target = Path(args.out) if args.out else HERE / "results" / f"{args.dataset}_unseen_items.json"
     previous = json.loads(target.read_text()) if target.is_file() and not args.fresh else None
     try:
-        result = build(args.dataset, runs_dir, previous)
+        result = build(args.dataset, runs_dir, previous, skip_missing=args.skip_missing)
     except (UnseenError, records.RecordError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

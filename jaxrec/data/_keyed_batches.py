@@ -17,6 +17,11 @@ global batch sequence is the same whatever the number of processes:
   :func:`sample_negatives`); popularity negatives draw by inverse CDF and redraw hits on a
   positive with the next rounds, then bisect the user's negative mass exactly.
 
+Negatives are drawn, as in :class:`TrainBatches`, only among the items with a training pair
+(``negative_items="trained"``, the default; ``"all"``: every item), in the pool's compact ids
+(:meth:`PositiveSets.restricted_to`) mapped back; with every item trained the draws are those
+of ``"all"`` exactly.
+
 Only the pairs at the requested positions are read (``pairs[index_array]``), so the pairs
 can live in any random-access store; the positives that negatives avoid are the whole
 training set's (:class:`PositiveSets`).
@@ -35,6 +40,8 @@ from jaxrec.data._negatives import (
     _popularity_masses,
     _popularity_weights,
     _raise_if_no_negatives,
+    in_pool,
+    negative_item_pool,
 )
 from jaxrec.errors import ConfigError, DataError
 
@@ -76,10 +83,13 @@ class KeyedTrainBatches:
       distribution: ``"uniform"`` or ``"popularity"``.
       item_popularity: as :func:`sample_negatives` (default: train counts).
       positives: the items never drawn as a user's negatives (default: built from ``pairs``).
+      negative_items: ``"trained"`` (only items among the positives, i.e. with a training pair,
+        are drawn) or ``"all"``.
     """
 
     def __init__(self, pairs, *, n_users: int, n_items: int, batch_size: int, n_neg: int = 1, seed: int = 0,
-                 distribution: str = "uniform", item_popularity=None, positives: PositiveSets | None = None):
+                 distribution: str = "uniform", item_popularity=None, positives: PositiveSets | None = None,
+                 negative_items: str = "trained"):
         if int(batch_size) != batch_size or batch_size < 1:
             raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         if int(n_neg) != n_neg or n_neg < 1:
@@ -93,10 +103,14 @@ class KeyedTrainBatches:
         if positives is None:
             everything = np.asarray(pairs[np.arange(self.n)], np.int64)
             positives = PositiveSets.from_pairs(everything[:, 0], everything[:, 1], n_users=n_users, n_items=n_items)
+        # The trained items are those among the (training) positives: no second pass over the pairs.
+        self.item_pool = negative_item_pool(negative_items, positives.indices, int(n_items))
         self.positives = positives
         self.n_items, self.batch_size, self.n_neg = int(n_items), int(batch_size), int(n_neg)
         self.seed, self.distribution = int(seed), distribution
-        self._weights = _popularity_weights(item_popularity, positives) if distribution == "popularity" else None
+        # Negatives are drawn in the pool's compact ids (relabeled once here) and mapped back.
+        self._draw_positives, weights = in_pool(positives, self.item_pool, item_popularity)
+        self._weights = _popularity_weights(weights, self._draw_positives) if distribution == "popularity" else None
 
     @classmethod
     def from_dataset(cls, dataset, *, batch_size: int, **options) -> KeyedTrainBatches:
@@ -146,7 +160,11 @@ class KeyedTrainBatches:
         return self.rows(epoch, positions)
 
     def _negatives(self, epoch: int, positions: np.ndarray, users: np.ndarray) -> np.ndarray:
-        sets, n_neg = self.positives, self.n_neg
+        drawn = self._pool_negatives(epoch, positions, users)
+        return drawn if self.item_pool is None else self.item_pool[drawn].astype(np.int32)
+
+    def _pool_negatives(self, epoch: int, positions: np.ndarray, users: np.ndarray) -> np.ndarray:
+        sets, n_neg = self._draw_positives, self.n_neg
         streams = (positions[:, None].astype(np.uint64) * np.uint64(n_neg)
                    + np.arange(n_neg, dtype=np.uint64)[None, :])
 

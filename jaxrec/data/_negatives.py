@@ -10,6 +10,11 @@ key arrays, so that every question is one ``np.searchsorted`` over all samples a
   is ``r + #{i : a_i <= r}``. Uniform negatives are thus drawn exactly, with no rejection:
   ``r ~ U{0, ..., n_items - deg(u) - 1}`` mapped through that count.
 
+Negatives can be limited to a *pool* of items (e.g. the items with a train interaction): the
+positives are relabeled to their rank in the sorted pool (:meth:`PositiveSets.restricted_to`),
+the draw runs in that compact id space and the ids are mapped back through the pool. The map
+is monotone, so with the whole item range as the pool the draws are exactly those without one.
+
 Popularity-weighted negatives are drawn from the item distribution by inverse CDF, and only
 the entries that hit a positive are redrawn, for a few vectorized rounds; what is left
 (users whose positives hold most of the popularity mass) is drawn exactly by bisection on the
@@ -102,6 +107,16 @@ class PositiveSets:
         """(n_users,) int64 number of positives per user."""
         return np.diff(self.indptr)
 
+    def restricted_to(self, pool) -> "PositiveSets":
+        """These sets over a pool of items: ``pool`` (sorted, distinct item ids) relabeled
+        ``0 .. len(pool) - 1`` in order; positives outside the pool are dropped."""
+        pool = check_item_pool(pool, self.n_items)
+        at = np.searchsorted(pool, self.indices)
+        keep = pool[np.minimum(at, pool.size - 1)] == self.indices
+        rows = np.repeat(np.arange(self.n_users, dtype=np.int64), self.degrees)[keep]
+        indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=self.n_users))])
+        return PositiveSets(indptr, at[keep].astype(np.int32), pool.size)
+
     def contains(self, users, items) -> np.ndarray:
         """Bool array (broadcast shape of ``users`` and ``items``): is ``item`` a positive of ``user``."""
         query = np.asarray(users, np.int64) * self.n_items + np.asarray(items, np.int64)
@@ -124,6 +139,51 @@ def as_positive_sets(positives, n_items: int) -> PositiveSets:
                     found=type(positives).__name__, expected="PositiveSets (or indptr/indices)")
 
 
+def check_item_pool(pool, n_items: int) -> np.ndarray:
+    """``pool`` as a (m,) int64 array of sorted, distinct item ids in ``[0, n_items)``, m >= 1
+    (DataError otherwise)."""
+    items = np.asarray(pool)
+    if items.ndim != 1 or items.size == 0 or not np.issubdtype(items.dtype, np.integer):
+        raise DataError("the negative item pool must be a non-empty 1-D array of item ids", field="item_pool",
+                        found=f"shape {items.shape}, dtype {items.dtype}", expected="(m,) integer ids, m >= 1")
+    items = items.astype(np.int64)
+    if items.min() < 0 or items.max() >= n_items or np.any(np.diff(items) <= 0):
+        raise DataError("the negative item pool must hold sorted, distinct item ids in range", field="item_pool",
+                        found=f"range [{items.min()}, {items.max()}]", expected=f"increasing ids in [0, {n_items})")
+    return items
+
+
+def trained_item_pool(train_items, n_items: int) -> np.ndarray | None:
+    """The items with at least one train interaction, sorted; None when that is every item
+    (then a pool would change nothing)."""
+    pool = np.flatnonzero(np.bincount(np.asarray(train_items, np.int64), minlength=n_items))
+    if pool.size == 0:
+        raise DataError("no item has a train interaction", field="train", found="0 pairs", expected="at least one")
+    return None if pool.size == n_items else pool
+
+
+NEGATIVE_ITEMS = ("trained", "all")
+
+
+def negative_item_pool(negative_items: str, train_items, n_items: int) -> np.ndarray | None:
+    """The pool negatives are drawn from: ``"trained"``, the items with a train interaction
+    (:func:`trained_item_pool`), or ``"all"`` (None, every item)."""
+    if negative_items not in NEGATIVE_ITEMS:
+        raise ConfigError(f"negative_items must be one of {NEGATIVE_ITEMS} ('trained': only items with a "
+                          f"train interaction are drawn as negatives; 'all': every item), got {negative_items!r}")
+    return trained_item_pool(train_items, n_items) if negative_items == "trained" else None
+
+
+def in_pool(sets: PositiveSets, pool, item_popularity=None):
+    """``(positives, item_popularity)`` relabeled into ``pool``'s compact ids (unchanged when
+    ``pool`` is None); popularity weights default, as in :func:`sample_negatives`, to the
+    positives' counts."""
+    if pool is None:
+        return sets, item_popularity
+    weights = None if item_popularity is None else _popularity_weights(item_popularity, sets)[pool]
+    return sets.restricted_to(pool), weights
+
+
 def sample_negatives(
     rng: np.random.Generator | int,
     users,
@@ -133,12 +193,16 @@ def sample_negatives(
     n_neg: int = 1,
     distribution: str = "uniform",
     item_popularity=None,
+    item_pool=None,
 ) -> np.ndarray:
     """Draws ``n_neg`` items per user, none of them among the user's positives.
 
     .. math::
-        P(i \\mid u) = \\frac{w_i \\, [i \\notin \\mathcal{P}_u]}{\\sum_j w_j \\, [j \\notin \\mathcal{P}_u]},
+        P(i \\mid u) = \\frac{w_i \\, [i \\notin \\mathcal{P}_u] \\, [i \\in \\mathcal{C}]}
+                           {\\sum_j w_j \\, [j \\notin \\mathcal{P}_u] \\, [j \\in \\mathcal{C}]},
         \\qquad w_i = 1 \\text{ (uniform) or } \\mathrm{pop}_i \\text{ (popularity)}
+
+    with :math:`\\mathcal{C}` the item pool (every item by default).
 
     Draws are independent (with replacement): a row may repeat a negative.
 
@@ -151,6 +215,9 @@ def sample_negatives(
       distribution: ``"uniform"`` or ``"popularity"``.
       item_popularity: (n_items,) non-negative weights for ``"popularity"``; default: the
         number of users having each item among their positives. Zero-weight items are never drawn.
+      item_pool: optional sorted, distinct item ids the negatives are drawn from (e.g.
+        :func:`trained_item_pool`); default every item. Drawn in the pool's compact id space
+        (:meth:`PositiveSets.restricted_to`), so the whole range gives the draws of no pool.
 
     Returns:
       (n, n_neg) int32 item ids.
@@ -165,6 +232,12 @@ def sample_negatives(
         raise ConfigError(f"n_neg must be an integer >= 1, got {n_neg!r}")
     rng = np.random.default_rng(rng)
     sets = as_positive_sets(positives, n_items)
+    if item_pool is not None:
+        pool = check_item_pool(item_pool, n_items)
+        pool_sets, weights = in_pool(sets, pool, item_popularity)
+        drawn = sample_negatives(rng, users, pool.size, pool_sets, n_neg=n_neg,
+                                 distribution=distribution, item_popularity=weights)
+        return pool[drawn].astype(np.int32)
     users = np.asarray(users, np.int64)
     if users.ndim != 1 or (users.size and (users.min() < 0 or users.max() >= sets.n_users)):
         raise DataError("users must be a 1-D array of ids in range", field="users",

@@ -3,7 +3,9 @@
 The same two rules as the host sampler (``jaxrec.data._negatives``), with fixed shapes:
 uniform negatives exactly (the ``r``-th negative is ``r`` plus the number of the user's
 positives whose gap ``p_i - i`` is ``<= r``, found by bisection in the user's CSR segment),
-popularity negatives by inverse CDF with a fixed number of candidates per slot.
+popularity negatives by inverse CDF with a fixed number of candidates per slot. Built with an
+item pool (e.g. :func:`jaxrec.data._negatives.trained_item_pool`), it draws in the pool's
+compact ids and maps back through the pool, as the host samplers do.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrec.data._negatives import PositiveSets
+from jaxrec.data._negatives import PositiveSets, check_item_pool
 from jaxrec.errors import DataError
 
 
@@ -26,18 +28,26 @@ class DevicePositives:
     Attributes:
       indptr: (n_users + 1,) int32. indices: (nnz,) int32. gaps: (nnz,) int32, the number
         of negatives below each positive (``p_i - i`` within the user).
-      n_items: static item count. search_steps: static bisection steps, enough for the
-        longest user (``ceil(log2(max_degree + 1))``).
+      pool: (m,) int32 item ids negatives are drawn from, or None (every item); the other
+        arrays then hold the positives in the pool's compact ids ``0 .. m - 1``.
+      n_items: static size of the id space drawn from (``m`` with a pool). search_steps:
+        static bisection steps, enough for the longest user (``ceil(log2(max_degree + 1))``).
     """
 
     indptr: jax.Array
     indices: jax.Array
     gaps: jax.Array
+    pool: jax.Array | None
     n_items: int
     search_steps: int
 
     @classmethod
-    def from_sets(cls, sets: PositiveSets) -> "DevicePositives":
+    def from_sets(cls, sets: PositiveSets, item_pool=None) -> "DevicePositives":
+        """``sets`` on device; with ``item_pool`` (sorted, distinct ids) negatives are drawn only there."""
+        pool = None
+        if item_pool is not None:
+            pool = jnp.asarray(check_item_pool(item_pool, sets.n_items), jnp.int32)
+            sets = sets.restricted_to(item_pool)
         if sets.indices.size >= 2**31:
             raise DataError("too many positives for int32 device arrays", field="positives",
                             found=sets.indices.size, expected="fewer than 2**31")
@@ -45,10 +55,10 @@ class DevicePositives:
         rows = np.repeat(np.arange(sets.n_users, dtype=np.int64), sets.degrees)
         gaps = sets._gap_keys - rows * sets.n_items
         return cls(jnp.asarray(sets.indptr, jnp.int32), jnp.asarray(sets.indices, jnp.int32),
-                   jnp.asarray(gaps, jnp.int32), sets.n_items, max(1, math.ceil(math.log2(max_degree + 1))))
+                   jnp.asarray(gaps, jnp.int32), pool, sets.n_items, max(1, math.ceil(math.log2(max_degree + 1))))
 
 
-jax.tree_util.register_dataclass(DevicePositives, data_fields=["indptr", "indices", "gaps"],
+jax.tree_util.register_dataclass(DevicePositives, data_fields=["indptr", "indices", "gaps", "pool"],
                                  meta_fields=["n_items", "search_steps"])
 
 
@@ -90,7 +100,8 @@ def sample_negatives_jax(
       users: (n,) int32 user ids.
       positives: :class:`DevicePositives`.
       n_neg: negatives per user (static).
-      item_cdf: optional (n_items,) float32 cumulative item weights (``jnp.cumsum(pop)``).
+      item_cdf: optional (n_items,) float32 cumulative item weights (``jnp.cumsum(pop)``);
+        with a pool, over the pool's items in order (``jnp.cumsum(pop[pool])``).
       n_candidates: candidates per slot for popularity sampling (static).
 
     Returns:
@@ -98,6 +109,15 @@ def sample_negatives_jax(
       draw fell back to uniform (popularity) or the user has no negative at all (the item is
       then meaningless).
     """
+    if item_cdf is not None and item_cdf.shape != (positives.n_items,):
+        raise DataError("item_cdf must hold one cumulative weight per item drawn from", field="item_cdf",
+                        found=f"shape {item_cdf.shape}", expected=f"({positives.n_items},)"
+                        + (" (the pool's items)" if positives.pool is not None else ""))
+    negatives, exact = _draw(key, users, positives, n_neg, item_cdf, n_candidates)
+    return (negatives if positives.pool is None else positives.pool[negatives]), exact
+
+
+def _draw(key, users, positives: DevicePositives, n_neg: int, item_cdf, n_candidates: int):
     users = jnp.asarray(users, jnp.int32)
     start, end = positives.indptr[users][:, None], positives.indptr[users + 1][:, None]
     n_free = positives.n_items - (end - start)

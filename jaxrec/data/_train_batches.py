@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from jaxrec.data._negatives import PositiveSets, _read_only, sample_negatives
+from jaxrec.data._negatives import PositiveSets, _read_only, in_pool, negative_item_pool, sample_negatives
 from jaxrec.errors import ConfigError, DataError
 
 
@@ -41,11 +41,16 @@ class TrainBatches:
       distribution, item_popularity: as in :func:`sample_negatives`.
       drop_remainder: drop the last partial batch instead of padding it.
       positives: items never to draw as a user's negatives; default the training pairs.
+      negative_items: ``"trained"`` (default): negatives are drawn only among the items with
+        a training pair here, since an item without one only ever gets pushed down and its
+        score learns nothing but that; ``"all"``: among every item. When every item has a
+        training pair the two draw exactly the same batches.
     """
 
     def __init__(self, users, items, *, n_users: int, n_items: int, batch_size: int, n_neg: int = 1,
                  seed: int = 0, distribution: str = "uniform", item_popularity=None,
-                 drop_remainder: bool = False, positives: PositiveSets | None = None):
+                 drop_remainder: bool = False, positives: PositiveSets | None = None,
+                 negative_items: str = "trained"):
         users, items = np.asarray(users, np.int32), np.asarray(items, np.int32)
         # Kept grouped by user so that each epoch's negatives need no sort (see sample_negatives).
         by_user = np.argsort(users, kind="stable")
@@ -62,9 +67,11 @@ class TrainBatches:
         self.n_items, self.batch_size, self.n_neg = int(n_items), int(batch_size), int(n_neg)
         self.seed, self.distribution, self.drop_remainder = int(seed), distribution, bool(drop_remainder)
         self.item_popularity = item_popularity
+        # Negatives are drawn in the pool's compact ids (relabeled once here) and mapped back.
+        self.item_pool = negative_item_pool(negative_items, self.items, self.n_items)
+        self._draw_positives, self._draw_popularity = in_pool(self.positives, self.item_pool, item_popularity)
         # Fail now, not at the first epoch, on settings the sampler rejects.
-        sample_negatives(0, self.users[:1], self.n_items, self.positives, n_neg=self.n_neg,
-                         distribution=distribution, item_popularity=item_popularity)
+        self._draw(0, self.users[:1])
 
     @classmethod
     def from_dataset(cls, dataset, *, batch_size: int, **options) -> "TrainBatches":
@@ -72,6 +79,12 @@ class TrainBatches:
         train = dataset.split_pairs("train")
         return cls(train[:, 0], train[:, 1], n_users=dataset.n_users, n_items=dataset.n_items,
                    batch_size=batch_size, **options)
+
+    def _draw(self, rng, users) -> np.ndarray:
+        negatives = sample_negatives(rng, users, self._draw_positives.n_items, self._draw_positives,
+                                     n_neg=self.n_neg, distribution=self.distribution,
+                                     item_popularity=self._draw_popularity)
+        return negatives if self.item_pool is None else self.item_pool[negatives].astype(np.int32)
 
     def __len__(self) -> int:
         whole, rest = divmod(self.users.size, self.batch_size)
@@ -82,8 +95,7 @@ class TrainBatches:
         rng = np.random.default_rng([self.seed, int(epoch)])
         # Negatives are drawn per pair in user order, then everything is shuffled together:
         # the same distribution as drawing after the shuffle, without sorting the queries.
-        negatives = sample_negatives(rng, self.users, self.n_items, self.positives, n_neg=self.n_neg,
-                                     distribution=self.distribution, item_popularity=self.item_popularity)
+        negatives = self._draw(rng, self.users)
         order = rng.permutation(self.users.size)
         n_rows = len(self) * self.batch_size
         rows = order[np.arange(n_rows) % order.size]  # padding wraps to the epoch's first pairs

@@ -309,7 +309,8 @@ def run_batched_search(config: ExperimentConfig, workdir: str | os.PathLike, set
     seeds = [c.train.seed for c in configs]
     per_trial_batches = len(set(seeds)) > 1
     samplers = ([_data.EpochSampler(exp.dataset, batch_size=tcfg.batch_size, n_negatives=tcfg.n_negatives,
-                                    method=tcfg.negative_sampling, seed=s, sampler=tcfg.sampler)
+                                    method=tcfg.negative_sampling, seed=s, sampler=tcfg.sampler,
+                                    negative_items=tcfg.negative_items)
                  for s in seeds]
                 if per_trial_batches else [exp.sampler])
     tx_unit = make_optimizer(_unit_train_config(tcfg), exp.steps_per_epoch)

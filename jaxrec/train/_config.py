@@ -27,6 +27,8 @@ SCHEDULES = ("constant", "cosine", "warmup_cosine", "exponential")
 PARALLEL_MODES = ("none", "pmap", "sharded")
 NEGATIVE_SAMPLING = ("uniform", "popularity")
 SAMPLERS = ("shuffle", "keyed")
+NEGATIVE_ITEMS = ("trained", "all")
+FEATURE_TRANSFORMS = ("none", "center", "standardize", "l2")
 PROTOCOLS = ("mmrec", "cornac")
 SEARCH_METHODS = ("grid", "random")
 RANKING_METRICS = ("recall", "ndcg", "precision", "map", "hit", "mrr", "recall2")
@@ -53,7 +55,10 @@ class DataConfig:
     holdout: 0.2}`` -- then valid and test rank only their held-out items); ``null`` keeps
     the file's split. ``modalities`` keeps only the named item modalities (``null``: all);
     ``roles`` renames modalities to the role a model reads them under, e.g.
-    ``{vision: vggish, text: minilm}``.
+    ``{vision: vggish, text: minilm}``. ``feature_transform`` maps modality names to
+    ``center``, ``standardize``, ``l2`` or ``none``, applied once after loading, before any
+    model, with statistics over every item that has the modality
+    (``jaxrec.data.transform_features``), e.g. ``{visual_feat: center}``.
     """
 
     path: str | None = None
@@ -63,6 +68,7 @@ class DataConfig:
     modalities: list[str] | None = None
     roles: dict[str, str] = dataclasses.field(default_factory=dict)
     synthetic: dict[str, Any] | None = None
+    feature_transform: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -79,7 +85,9 @@ class TrainConfig:
     its last checkpoint exactly, so nothing is lost but time. ``sampler`` is how epochs are
     drawn: ``shuffle`` (one generator per epoch) or ``keyed`` (every row a function of
     ``(seed, epoch, row position)``, so each process of a multi-process run draws only its
-    own rows; ``jaxrec.train._data.EpochSampler``).
+    own rows; ``jaxrec.train._data.EpochSampler``). ``negative_items`` is which items
+    negatives are drawn from: ``trained`` (only items with a train interaction; an item
+    without one would only ever be pushed down) or ``all``.
 
     ``parallel: sharded`` runs the step through ``jax.jit`` on a ``(data, model)`` device mesh
     given by ``mesh: {data: D, model: M}`` (``D * M`` = the device count; ``null``: every
@@ -108,6 +116,7 @@ class TrainConfig:
     n_negatives: int = 1
     negative_sampling: str = "uniform"
     sampler: str = "shuffle"
+    negative_items: str = "trained"
     checkpoints_to_keep: int = 2
     checkpoint_every: int = 5
     steps_per_call: int = 0
@@ -304,6 +313,9 @@ def _check_values(config: ExperimentConfig, where: str) -> None:
     choice("train.parallel", t.parallel, PARALLEL_MODES)
     choice("train.negative_sampling", t.negative_sampling, NEGATIVE_SAMPLING)
     choice("train.sampler", t.sampler, SAMPLERS)
+    choice("train.negative_items", t.negative_items, NEGATIVE_ITEMS)
+    for name, how in config.data.feature_transform.items():
+        choice(f"data.feature_transform.{name}", how, FEATURE_TRANSFORMS)
     if t.mesh is not None:
         unknown = sorted(set(t.mesh) - {"data", "model"})
         if unknown:

@@ -19,7 +19,7 @@ from jaxrec.train._state import example_batch
 def load_dataset(config: DataConfig) -> MultimodalDataset:
     """The dataset of ``config``: ``data.path`` read with ``data.format`` and
     ``data.options``, or the synthetic generator called with ``data.synthetic``; then
-    re-split when ``data.split`` asks."""
+    re-split when ``data.split`` asks; then ``data.feature_transform`` applied."""
     if config.path is not None:
         if not os.path.lexists(config.path):  # a broken link or link loop: the reader says which
             raise DataError("dataset path does not exist", path=config.path, field="data.path",
@@ -35,6 +35,8 @@ def load_dataset(config: DataConfig) -> MultimodalDataset:
     if config.split is not None:
         params = dict(config.split)
         dataset = jdata.split_dataset(dataset, params.pop("method"), **params)
+    if config.feature_transform:
+        dataset = jdata.transform_features(dataset, config.feature_transform)
     warn_unseen_in_train(dataset)
     return dataset
 
@@ -86,6 +88,13 @@ class EpochSampler:
     (``jaxrec.models._registry``) those rows count for nothing, which is exactly MMRec's
     partial last batch. A resumed run redraws epoch ``e`` identically.
 
+    Negatives are drawn only among the items with a training interaction
+    (``negative_items="trained"``, the default; ``"all"`` draws among every item). An item
+    that has no training interaction is never a positive, so as a negative it is only ever
+    pushed down: its ID vector learns nothing but "rank me last", and models that spread ID
+    vectors over content neighbours (FREEDOM) carry that to the items like it. When every item
+    has a training interaction the two settings draw exactly the same batches.
+
     Args:
       dataset: the dataset (its training split is sampled).
       batch_size: rows per (global) batch.
@@ -93,16 +102,21 @@ class EpochSampler:
       method: ``"uniform"`` or ``"popularity"`` (items in proportion to their training count).
       seed: the run's seed.
       sampler: ``"shuffle"`` or ``"keyed"``.
+      negative_items: ``"trained"`` or ``"all"`` (``train.negative_items``).
     """
 
     def __init__(self, dataset: MultimodalDataset, *, batch_size: int, n_negatives: int = 1,
-                 method: str = "uniform", seed: int = 0, sampler: str = "shuffle"):
+                 method: str = "uniform", seed: int = 0, sampler: str = "shuffle",
+                 negative_items: str = "trained"):
         if sampler not in ("shuffle", "keyed"):
             raise ConfigError(f"train.sampler must be 'shuffle' or 'keyed', got {sampler!r}")
+        if negative_items not in jdata.NEGATIVE_ITEMS:
+            raise ConfigError(f"train.negative_items must be 'trained' (negatives only among items with a train "
+                              f"interaction) or 'all' (among every item), got {negative_items!r}")
         self.sampler = sampler
         kind = jdata.TrainBatches if sampler == "shuffle" else jdata.KeyedTrainBatches
         self._batches = kind.from_dataset(dataset, batch_size=batch_size, n_neg=n_negatives, seed=seed,
-                                          distribution=method)
+                                          distribution=method, negative_items=negative_items)
         self.batch_size = int(batch_size)
         self.n_negatives = int(n_negatives)
         self.steps_per_epoch = len(self._batches)

@@ -96,7 +96,7 @@ def prepare_experiment(config: ExperimentConfig, dataset: MultimodalDataset | No
     built = models.build(config.model.name, dataset, **config.model.args)
     sampler = _data.EpochSampler(dataset, batch_size=train.batch_size, n_negatives=train.n_negatives,
                                  method=train.negative_sampling, seed=train.seed,
-                                 sampler=train.sampler)
+                                 sampler=train.sampler, negative_items=train.negative_items)
     tx = make_optimizer(train, sampler.steps_per_epoch)
     batch = sampler.example_batch()
     target = abstract_state(built.module, built.ctx, batch, tx, train.seed)
