@@ -316,13 +316,12 @@ def unseen_items_table(result: dict) -> list[str]:
              f"({counts['valid']['items']} and {counts['test']['items']} items, {counts['valid']['users']} and "
              f"{counts['test']['users']} users) fall on items without a single train interaction. The warm table "
              "counts them with the rest; here each model's chosen run (its best checkpoint) is scored on them "
-             "ALONE, same protocol (full ranking over all items, train items masked). A pure-ID model has only the "
-             "item's own vector, never trained as a positive but trained DOWN as a sampled negative (uniform "
-             "negatives are drawn from every item the user has not met, these included), so it ranks them low. A "
-             "model whose item side reads content can place them by their features only where that content part is "
-             "not outweighed by the same pushed-down ID vector: VBPR zeroes an untrained item's ID part and never "
-             "samples it as a negative; FREEDOM adds the item's own ID vector to its kNN neighbours' (its e_i = "
-             "q_i + S Q), so the pushed-down q_i ranks them low as well.", "",
+             "ALONE, same protocol (full ranking over all items, train items masked). Runs with `train.negative_items: "
+             "trained` (the default) never draw these items as negatives; with `all` (every run before it existed) a "
+             "sampled negative pushes their ID vectors down, and they are ranked below chance. A pure-ID model "
+             "(BPR-MF, LightGCN) has nothing but the item's untrained initial vector. A content model can place them "
+             "by their features: VBPR zeroes an untrained item's ID part, FREEDOM zeroes its ID row so that it is "
+             "scored by its content neighbours' (e_i = (S Q~)_i).", "",
              "| model | item side | valid R@20 | test R@10 | test R@20 | test R@50 | test N@20 | test users |",
              "|---|---|---|---|---|---|---|---|",
              f"| random ranking (expected) | – | {_fmt(chance['valid'].get('recall@20'))} | "
@@ -379,6 +378,100 @@ def ablation_table(folder: Path, chosen, root: Path = HERE) -> list[str]:
     return lines
 
 
+def popularity_buckets_table(result: dict, split: str = "test", k: int = 20) -> list[str]:
+    """Recall@k of each run on the held-out pairs grouped by their item's train interactions,
+    and each row's ratio to the ``bpr`` row per bucket."""
+    buckets = [b["name"] for b in result["buckets"]]
+    counts, chance = result["counts"][split], result["chance"][split]
+    key = f"recall@{k}"
+    head = " | ".join(f"{b} train" if b != "unseen" else "unseen (0)" for b in buckets)
+    lines = [f"| model | {head} |", "|---|" + "---|" * len(buckets),
+             "| held-out pairs (share) | " + " | ".join(
+                 f"{counts[b]['interactions']} ({counts[b]['interactions'] / max(1, sum(c['interactions'] for c in counts.values())):.0%})"
+                 for b in buckets) + " |",
+             "| random ranking (expected) | " + " | ".join(_fmt(chance[b].get(key)) for b in buckets) + " |"]
+    bpr = next((row for row in result["rows"] if row["label"] == "bpr"), None)
+    for row in result["rows"]:
+        cells = []
+        for b in buckets:
+            value = row.get(split, {}).get(b, {}).get(key)
+            cell = _fmt(value)
+            base = (bpr or {}).get(split, {}).get(b, {}).get(key)
+            if row is not bpr and value is not None and base:
+                cell += f" ({value / base:.2f}x)"
+            cells.append(cell)
+        lines.append(f"| {row['label']} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def transform_table(folder: Path, chosen, root: Path = HERE) -> list[str]:
+    """Runs with ``data.feature_transform`` set (records in ``folder``) beside the model's
+    chosen untransformed row."""
+    found = [r for r in records.records_in(folder) if r.kind == "run"]
+    if not found:
+        return []
+    lines = ["| model | feature transform | valid R@20 | test R@20 | test N@20 | best epoch | source |",
+             "|---|---|---|---|---|---|---|"]
+    by_model: dict[str, list] = {}
+    for record in found:
+        run = next(iter(record.runs.values()))
+        model = run["config"]["model"]["name"]
+        transform = (run["config"].get("data") or {}).get("feature_transform") or {}
+        by_model.setdefault(model, []).append((", ".join(f"{k}: {v}" for k, v in transform.items()) or "none",
+                                               run["metrics"], os.path.relpath(record.path, root)))
+    for model in sorted(by_model, key=_order_key):
+        rows = list(by_model[model])
+        if model in chosen:
+            rows.insert(0, ("none (warm-table run)", chosen[model][0], chosen[model][1]["source"]))
+        for transform, metrics, source in rows:
+            test, valid = metrics.get("test", {}), metrics.get("valid", {})
+            lines.append(f"| {model} | {transform} | {_fmt(valid.get('recall@20'))} | "
+                         f"**{_fmt(test.get('recall@20'))}** | {_fmt(test.get('ndcg@20'))} | "
+                         f"{metrics.get('best_epoch', '–')} | `{source}` |")
+    return lines
+
+
+def _negative_items(config: dict | None) -> str:
+    """A run's ``train.negative_items``; runs recorded before the setting existed drew from all items."""
+    return ((config or {}).get("train") or {}).get("negative_items", "all")
+
+
+def sampler_table(records_dir: Path, chosen, root: Path = HERE) -> list[str]:
+    """Each chosen run drawn with ``negative_items: trained`` beside the same model's earlier
+    run at the same setting with negatives from all items (the run record kept in
+    ``negatives_all_items/<model>.jsonl``, or the winner of ``<model>_search*.jsonl``)."""
+    found = records.records_in(records_dir)
+    lines = []
+    for model in sorted(chosen, key=_order_key):
+        metrics, info = chosen[model]
+        record = next((r for r in found if os.path.relpath(r.path, root) == info["source"]), None)
+        if record is None or record.kind != "run":
+            continue
+        if _negative_items(next(iter(record.runs.values())).get("config")) != "trained":
+            continue
+        earlier = None
+        kept = Path(records_dir) / "negatives_all_items" / f"{model}.jsonl"
+        if kept.exists():
+            run = next(iter(records.read(kept).runs.values()))
+            earlier = (run["metrics"], os.path.relpath(kept, root))
+        else:
+            for search in (r for r in found if r.kind == "search" and _row_name(r.name) == model):
+                winner = _search_winner(search, root)
+                if winner and _ran_with(next(iter(record.runs.values())).get("config"), winner[1]["setting"]):
+                    earlier = (winner[0], winner[1]["source"])
+                    break
+        if earlier is None:
+            continue
+        before, now = earlier[0], metrics
+        lines.append(f"| {model} | {_fmt(before['valid'].get('recall@20'))} / {_fmt(before['test'].get('recall@20'))} "
+                     f"(epoch {before.get('best_epoch', '–')}) | {_fmt(now['valid'].get('recall@20'))} / "
+                     f"**{_fmt(now['test'].get('recall@20'))}** (epoch {now.get('best_epoch', '–')}) | `{earlier[1]}` |")
+    if not lines:
+        return []
+    return ["| model | negatives from all items: valid / test R@20 | only trained items: valid / test R@20 | earlier "
+            "record |", "|---|---|---|---|"] + lines
+
+
 def build_report(dataset: str, anchors_dir: Path, root: Path = HERE) -> str:
     """The report of ``root/records/<dataset>`` and ``root/results`` (``root``: this folder, or
     another with the same layout, e.g. ``experiments/reproduce.py --output``)."""
@@ -432,6 +525,28 @@ def build_report(dataset: str, anchors_dir: Path, root: Path = HERE) -> str:
                 "ranking by train popularity, and of an item-kNN scorer on each modality's cosine 10-NN graph (the "
                 "graph FREEDOM freezes, used alone), with the rows raw, centered or standardized.", ""]
         out += feature_probe_table(_read_json(probe_path))
+    samplers = sampler_table(records_dir, chosen, root)
+    if samplers:
+        out += ["", "## Negatives only among items with a train interaction (`train.negative_items`)", "",
+                "The warm-table runs drawn with `negative_items: trained` (the default now) beside the same model's "
+                "earlier run at the same setting, whose negatives were drawn from every item (the items without a "
+                "train interaction included):", ""] + samplers
+    buckets_path = root / "results" / f"{dataset}_popularity_buckets.json"
+    transforms = transform_table(records_dir / "feature_transform", chosen, root)
+    if buckets_path.exists() or transforms:
+        out += ["", "## Investigation: where content pays off, and the features' geometry", ""]
+    if buckets_path.exists():
+        out += [f"Test recall@20 on the held-out pairs grouped by how many train interactions their item has, from "
+                f"`{buckets_path.relative_to(root)}` (`experiments/popularity_buckets.py`; each run's best checkpoint, "
+                "same protocol, ratio to BPR-MF in brackets).", ""]
+        out += popularity_buckets_table(_read_json(buckets_path))
+    if transforms:
+        out += ["", "Data-level feature transforms (`data.feature_transform`, applied once after loading, statistics "
+                    f"over every item's row), records in `records/{dataset}/feature_transform/`, beside the warm-table "
+                    "run on the raw features:", ""] + transforms
+    findings_path = root / "results" / f"{dataset}_findings.md"
+    if findings_path.exists():
+        out += ["", findings_path.read_text(encoding="utf-8").strip()]
     ablations = ablation_table(records_dir / "modality_ablation", chosen, root)
     if ablations:
         out += ["", "## Modality ablations (the model's chosen setting, one modality removed)", "",

@@ -83,28 +83,37 @@ def chance_recall(dataset, split: str, items: np.ndarray, k: int) -> float:
 def subset_metrics(workdir, items: np.ndarray | None = None, *, ks=KS, metrics=METRICS) -> dict[str, dict]:
     """Per split, the run's metrics (its best checkpoint, its own protocol) on the held-out
     pairs whose item is flagged in ``items`` (default: the items unseen in train)."""
+    return subsets_metrics(workdir, {"subset": items}, ks=ks, metrics=metrics)["subset"]
+
+
+def subsets_metrics(workdir, subsets: dict, *, ks=KS, metrics=METRICS) -> dict[str, dict[str, dict]]:
+    """``{name: {split: metrics}}`` for each boolean item mask of ``subsets`` (None: the items
+    unseen in train), the run restored and encoded once."""
     from jaxrec import eval as jeval
     from jaxrec import train
 
     experiment, state, epoch = train.restore_best(workdir)
     dataset, cfg = experiment.dataset, experiment.config
-    items = unseen_items(dataset) if items is None else np.asarray(items, bool)
     ctx = train.epoch_context(experiment.built, state.params, cfg.train.seed, epoch)
     user_emb, item_emb = train.make_encoder(experiment.module)(state.params, ctx)
     pairs = {name: np.asarray(dataset.split_pairs(name)) for name in ("train", "valid", "test")}
-    out = {}
-    for split in SPLITS:
-        chosen = dict(pairs)
-        chosen[split] = restricted_pairs(dataset, split, items)
-        if len(chosen[split]) == 0:
-            continue
-        layout = jeval.prepare_protocol(split=split, num_items=dataset.n_items, train_pairs=chosen["train"],
-                                        valid_pairs=chosen["valid"], test_pairs=chosen["test"],
-                                        protocol=cfg.eval.protocol, batch_size=cfg.eval.batch_size)
-        result = jeval.evaluate_prepared(layout, user_emb, item_emb, ks=ks, metrics=metrics)
-        out[split] = {key: float(value) for key, value in result.items() if "@" in key}
-        out[split]["num_users"] = int(result["num_users"])
-    return out
+    result = {}
+    for name, items in subsets.items():
+        items = unseen_items(dataset) if items is None else np.asarray(items, bool)
+        out = {}
+        for split in SPLITS:
+            chosen = dict(pairs)
+            chosen[split] = restricted_pairs(dataset, split, items)
+            if len(chosen[split]) == 0:
+                continue
+            layout = jeval.prepare_protocol(split=split, num_items=dataset.n_items, train_pairs=chosen["train"],
+                                            valid_pairs=chosen["valid"], test_pairs=chosen["test"],
+                                            protocol=cfg.eval.protocol, batch_size=cfg.eval.batch_size)
+            scores = jeval.evaluate_prepared(layout, user_emb, item_emb, ks=ks, metrics=metrics)
+            out[split] = {key: float(value) for key, value in scores.items() if "@" in key}
+            out[split]["num_users"] = int(scores["num_users"])
+        result[name] = out
+    return result
 
 
 def run_folder(record: records.Record, runs_dir: Path) -> Path:

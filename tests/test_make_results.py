@@ -108,3 +108,46 @@ def test_missing_modality_table_reports_mean_and_std_per_fill():
     assert lines[0].startswith("3 of 10 items' `vggish` rows hidden")
     assert "| gan | 2.5 | 0.9500 | 0.7000 |" in lines
     assert "| cold_start | vggish | gan | 0.2500 ± 0.0100 | 0.1500 | 0.2300 | 3 |" in lines
+
+
+def test_popularity_buckets_partition_items_and_render_ratios_to_bpr():
+    spec_b = importlib.util.spec_from_file_location("popularity_buckets", SCRIPT.parent / "popularity_buckets.py")
+    buckets = importlib.util.module_from_spec(spec_b)
+    spec_b.loader.exec_module(buckets)
+    counts = [0, 1, 2, 3, 5, 6, 20, 21, 400]
+    masks = buckets.bucket_masks(__import__("numpy").array(counts))
+    assert [name for name, mask in masks.items() for c, m in zip(counts, mask) if m] == \
+        ["unseen", "1-2", "1-2", "3-5", "3-5", "6-20", "6-20", ">20", ">20"]
+    names = [b[0] for b in buckets.BUCKETS]
+    result = {"buckets": [{"name": n} for n in names],
+              "counts": {"test": {n: {"interactions": 10 * (i + 1)} for i, n in enumerate(names)}},
+              "chance": {"test": {n: {"recall@20": 0.003} for n in names}},
+              "rows": [{"label": "bpr", "test": {n: {"recall@20": 0.02} for n in names}},
+                       {"label": "freedom", "test": {n: {"recall@20": 0.05} for n in names if n != ">20"}}]}
+    lines = make_results.popularity_buckets_table(result)
+    assert lines[2].startswith("| held-out pairs (share) | 10 (7%) | 20 (13%)")
+    assert lines[3] == "| random ranking (expected) | " + " | ".join(["0.0030"] * 5) + " |"
+    assert lines[5] == "| freedom | " + " | ".join(["0.0500 (2.50x)"] * 4 + ["–"]) + " |"
+
+
+def test_sampler_table_sets_a_trained_items_run_beside_the_earlier_all_items_winner(tmp_path):
+    search = tmp_path / "runs" / "vbpr_search"
+    _write(search / "trial_000" / "metrics.json", _metrics(0.42, 0.40))
+    _write(search / "search.json", {
+        "valid_metric": "recall@20", "n_trials": 1,
+        "trials": [{"trial": 0, "workdir": "trial_000", "setting": {"loss_weights.reg": 1.0}}],
+        "best": {"trial": 0, "workdir": "trial_000", "setting": {"loss_weights.reg": 1.0}}})
+    final = tmp_path / "runs" / "vbpr"
+    _write(final / "metrics.json", _metrics(0.50, 0.49))
+    (final / "config.yaml").write_text("loss_weights:\n  reg: 1.0\ntrain:\n  negative_items: all\n")
+    records_dir = tmp_path / "records" / "tiktok"
+    _pack(search, records_dir)
+    _pack(final, records_dir)
+    chosen = make_results.collect_runs(records_dir)
+    assert make_results.sampler_table(records_dir, chosen, tmp_path) == []  # not a trained-items run
+    (final / "config.yaml").write_text("loss_weights:\n  reg: 1.0\ntrain:\n  negative_items: trained\n")
+    _pack(final, records_dir)
+    chosen = make_results.collect_runs(records_dir)
+    lines = make_results.sampler_table(records_dir, chosen, tmp_path)
+    assert lines[2] == ("| vbpr | 0.4200 / 0.4000 (epoch 7) | 0.5000 / **0.4900** (epoch 7) | "
+                        "`records/tiktok/vbpr_search.jsonl` |")

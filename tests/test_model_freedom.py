@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from jaxrec import models
-from jaxrec.data import make_synthetic
+from jaxrec.data import Interactions, make_synthetic
 from jaxrec.errors import ConfigError
 from jaxrec.models.freedom import FREEDOM
 from jaxrec.models import normalize_batch
@@ -196,3 +196,40 @@ def test_learns_better_than_popularity(tmp_path):
                          loss_weights={"modality_bpr": 1e-3}, parallel="none")
     baseline = popularity_recall(dataset)
     assert metrics["test"]["recall@20"] > 1.3 * baseline, (metrics["test"], baseline)
+
+
+def test_items_without_train_interactions_are_scored_by_their_content_neighbours():
+    data = _small(seed=4)
+    inter = data.interactions
+    untrained = np.array([2, 11, 27])
+    split = np.where(np.isin(inter.items, untrained), 2, inter.split).astype(inter.split.dtype)  # train -> test
+    data = data.replace(interactions=Interactions(inter.users, inter.items, split))
+    built = models.build("freedom", data, embedding_size=8, feat_embed_dim=8, knn_k=3, dropout=0.0,
+                         modalities=["image", "text"], graph_weights=[0.5, 0.5], graph_cache=None)
+    assert built.module.mask_untrained
+    module, ctx = built.module, built.ctx
+    batch = normalize_batch({"users": np.array([0, 5, 9]), "pos_items": np.array([1, 4, 9]),
+                             "neg_items": np.array([[3], [0], [5]])})
+    params = module.init(jax.random.PRNGKey(3), ctx, batch, True, method="loss_terms")["params"]
+    host = _host(params)
+    trained = np.ones(data.n_items, bool)
+    trained[untrained] = False
+    masked = dict(host, item_embedding=host["item_embedding"] * trained[:, None])
+    train = data.split_pairs("train")
+    full = numpy_norm_adj(train[:, 0], train[:, 1], data.n_users, data.n_items)
+    item_graph = ctx["item_graph"].to_dense(data.n_items)
+    _, items = module.apply({"params": params}, ctx, method="encode")
+    _, expected = _numpy_forward(masked, full, item_graph, data.n_users, 2, 1)
+    np.testing.assert_allclose(np.asarray(items), expected, rtol=1e-4, atol=1e-6)
+    # An untrained item is its content neighbours' ID vectors, S Q~ (its own row is zero).
+    np.testing.assert_allclose(np.asarray(items)[untrained], (item_graph @ masked["item_embedding"])[untrained],
+                               rtol=1e-4, atol=1e-6)
+    # Their ID rows get no gradient, from any term, even when drawn as negatives.
+    batch = normalize_batch({"users": np.array([0, 5, 9]), "pos_items": np.array([1, 4, 9]),
+                             "neg_items": np.array([[2], [11], [27]])})
+    grads = jax.grad(lambda p: sum(module.apply({"params": p}, ctx, batch, True, method="loss_terms").values()))(params)
+    item_grads = np.asarray(grads["item_embedding"])
+    assert np.all(item_grads[untrained] == 0) and np.abs(item_grads[trained]).sum() > 0
+    # With every item trained nothing is masked.
+    assert not models.build("freedom", _small(seed=4), embedding_size=8, feat_embed_dim=8, knn_k=3,
+                            graph_cache=None).module.mask_untrained

@@ -21,6 +21,8 @@ from jaxrec.data._negatives import PositiveSets as PositiveSets
 from jaxrec.data._negatives import sample_negatives as sample_negatives
 from jaxrec.data._negatives import NEGATIVE_ITEMS as NEGATIVE_ITEMS
 from jaxrec.data._negatives import trained_item_pool as trained_item_pool
+from jaxrec.data._feature_transform import FEATURE_TRANSFORMS as FEATURE_TRANSFORMS
+from jaxrec.data._feature_transform import transform_features as transform_features
 from jaxrec.data._negatives_device import DevicePositives as DevicePositives
 from jaxrec.data._negatives_device import sample_negatives_jax as sample_negatives_jax
 from jaxrec.data._train_batches import TrainBatches as TrainBatches

@@ -26,6 +26,15 @@ pruning, ``dropout`` = p); evaluation uses the full :math:`\hat A = D^{-1/2} A D
 
 with :math:`L` = ``n_ui_layers`` (2) and :math:`L_m` = ``n_mm_layers`` (1).
 
+**Items without a train interaction.** Their ID rows are masked to zero wherever :math:`Q`
+enters, :math:`\tilde Q = \operatorname{diag}(t)\, Q` with :math:`t_i = [i` has a train
+interaction] (as VBPR masks :math:`\gamma_i`): :math:`E^{(0)} = [P; \tilde Q]`,
+:math:`h = S^{L_m} \tilde Q`. Such an item has no edge in the user-item graph, so it is scored
+by its content neighbours alone, :math:`e_i = (S^{L_m} \tilde Q)_i`. Unmasked, its own row
+is trained by no interaction of its own (only through its neighbours' scores, and pushed down
+whenever it is drawn as a negative) and carries that into its score and its neighbours'. When
+every item has a train interaction the mask is not applied at all.
+
 **Loss terms** (unweighted, as the model contract asks), for a batch of triples (u, i, j):
 
 .. math::
@@ -50,7 +59,8 @@ MMRec's ``torch.multinomial`` without replacement is drawn by the equivalent Gum
 (:func:`jaxrec.data.graph.prune_edges`); the item itself is forced first among its
 neighbours (MMRec's ``topk`` keeps it because its similarity 1 is the row maximum, up to
 rounding); an item lacking a modality (all-zero features) has no neighbours in that
-modality's graph (MMRec would divide by a zero norm and produce NaN); the 1e-7 MMRec adds to
+modality's graph (MMRec would divide by a zero norm and produce NaN); the ID rows of items
+without a train interaction are masked (above; MMRec keeps them); the 1e-7 MMRec adds to
 every degree is left out (degrees are >= 1, so it changes nothing at float32 precision).
 
 References:
@@ -73,7 +83,7 @@ from jaxrec.errors import ConfigError
 from jaxrec.models._common import (FeatureTable, batch_triples, bpr_of, check_bool, check_modality_weights,
                                    check_nonnegative_int, check_number, check_positive_int, counted_pairs,
                                    feature_blocks, graph_cache_of, item_side_features, key_seed, knn_search_settings,
-                                   rows_or_all)
+                                   rows_or_all, trained_item_mask)
 from jaxrec.models._init import torch_linear_bias, torch_linear_kernel, xavier_uniform
 from jaxrec.models._registry import Built, register
 
@@ -82,8 +92,9 @@ class FREEDOM(nn.Module):
     """FREEDOM (see the module docstring).
 
     ``ctx``: ``{"graph": Edges, "train_graph": Edges, "item_graph": Edges, "features":
-    tuple of (n_items, d_m)}`` -- the full normalized user-item graph (ranking), the epoch's
-    pruned graph (training), the frozen item graph :math:`S` and the raw features.
+    tuple of (n_items, d_m), "trained": (n_items,) bool}`` -- the full normalized user-item
+    graph (ranking), the epoch's pruned graph (training), the frozen item graph :math:`S`, the
+    raw features and which items have a train interaction.
 
     Attributes:
       n_users, n_items: table sizes.
@@ -94,6 +105,8 @@ class FREEDOM(nn.Module):
       n_ui_layers: L, user-item propagation layers.
       n_mm_layers: item-graph propagation layers.
       train_features: whether the raw feature tables are trainable (MMRec: yes).
+      mask_untrained: zero the ID rows of items without a train interaction (set by the
+        builder when some item has none).
     """
 
     n_users: int
@@ -104,6 +117,7 @@ class FREEDOM(nn.Module):
     n_ui_layers: int = 2
     n_mm_layers: int = 1
     train_features: bool = True
+    mask_untrained: bool = False
 
     def setup(self):
         self.user_embedding = self.param("user_embedding", xavier_uniform, (self.n_users, self.embedding_size))
@@ -114,9 +128,15 @@ class FREEDOM(nn.Module):
         if self.train_features:
             self.feature_tables = [FeatureTable(name=f"features_{m}") for m in range(len(self.feature_dims))]
 
-    def item_graph_embeddings(self, ctx):
-        """:math:`h = S^{L_m} Q`, (n_items, d)."""
-        h = self.item_embedding
+    def item_ids(self, ctx):
+        """:math:`\\tilde Q`: the item ID table, rows of items without a train interaction zeroed."""
+        if not self.mask_untrained:
+            return self.item_embedding
+        return jnp.where(jnp.asarray(ctx["trained"])[:, None], self.item_embedding, 0.0)
+
+    def item_graph_embeddings(self, ctx, items=None):
+        """:math:`h = S^{L_m} \\tilde Q`, (n_items, d)."""
+        h = self.item_ids(ctx) if items is None else items
         for _ in range(self.n_mm_layers):
             h = jgraph.propagate(ctx["item_graph"], h, indices_are_sorted=True)
         return h
@@ -124,9 +144,10 @@ class FREEDOM(nn.Module):
     def propagated(self, ctx, graph):
         """``(users (n_users, d), items (n_items, d))``: the layer mean over ``graph`` plus
         the item-graph term."""
-        ego = jnp.concatenate([self.user_embedding, self.item_embedding], axis=0)
+        items = self.item_ids(ctx)
+        ego = jnp.concatenate([self.user_embedding, items], axis=0)
         mean, _ = jgraph.lightgcn_propagate(graph, ego, self.n_ui_layers, indices_are_sorted=True)
-        return mean[:self.n_users], mean[self.n_users:] + self.item_graph_embeddings(ctx)
+        return mean[:self.n_users], mean[self.n_users:] + self.item_graph_embeddings(ctx, items)
 
     def projected_features(self, ctx, m: int, items):
         """:math:`\\phi_m(x^m_i)` of the items ``items`` (any int shape), (..., feat_embed_dim).
@@ -223,10 +244,11 @@ def build(dataset, *, embedding_size: int = 64, feat_embed_dim: int = 64, knn_k:
     full = jgraph.normalized_adjacency(graph).to_device()
     item_graph = frozen_item_graph(dataset, names, weights, knn_k=knn_k, cache=graph_cache_of(graph_cache),
                                    knn_method=knn_method, ivf=ivf)
-    ctx = {"graph": full, "item_graph": item_graph.to_device(), "features": blocks}
+    trained = trained_item_mask(dataset)
+    ctx = {"graph": full, "item_graph": item_graph.to_device(), "features": blocks, "trained": jnp.asarray(trained)}
     module = FREEDOM(n_users=dataset.n_users, n_items=dataset.n_items, feature_dims=dims,
                      embedding_size=embedding_size, feat_embed_dim=feat_embed_dim, n_ui_layers=n_ui_layers,
-                     n_mm_layers=n_mm_layers, train_features=train_features)
+                     n_mm_layers=n_mm_layers, train_features=train_features, mask_untrained=not trained.all())
     defaults = {"bpr": 1.0, "modality_bpr": 1e-5}
     if dropout == 0.0:
         ctx["train_graph"] = full

@@ -28,6 +28,7 @@ PARALLEL_MODES = ("none", "pmap", "sharded")
 NEGATIVE_SAMPLING = ("uniform", "popularity")
 SAMPLERS = ("shuffle", "keyed")
 NEGATIVE_ITEMS = ("trained", "all")
+FEATURE_TRANSFORMS = ("none", "center", "standardize", "l2")
 PROTOCOLS = ("mmrec", "cornac")
 SEARCH_METHODS = ("grid", "random")
 RANKING_METRICS = ("recall", "ndcg", "precision", "map", "hit", "mrr", "recall2")
@@ -54,7 +55,10 @@ class DataConfig:
     holdout: 0.2}`` -- then valid and test rank only their held-out items); ``null`` keeps
     the file's split. ``modalities`` keeps only the named item modalities (``null``: all);
     ``roles`` renames modalities to the role a model reads them under, e.g.
-    ``{vision: vggish, text: minilm}``.
+    ``{vision: vggish, text: minilm}``. ``feature_transform`` maps modality names to
+    ``center``, ``standardize``, ``l2`` or ``none``, applied once after loading, before any
+    model, with statistics over every item that has the modality
+    (``jaxrec.data.transform_features``), e.g. ``{visual_feat: center}``.
     """
 
     path: str | None = None
@@ -64,6 +68,7 @@ class DataConfig:
     modalities: list[str] | None = None
     roles: dict[str, str] = dataclasses.field(default_factory=dict)
     synthetic: dict[str, Any] | None = None
+    feature_transform: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -309,6 +314,8 @@ def _check_values(config: ExperimentConfig, where: str) -> None:
     choice("train.negative_sampling", t.negative_sampling, NEGATIVE_SAMPLING)
     choice("train.sampler", t.sampler, SAMPLERS)
     choice("train.negative_items", t.negative_items, NEGATIVE_ITEMS)
+    for name, how in config.data.feature_transform.items():
+        choice(f"data.feature_transform.{name}", how, FEATURE_TRANSFORMS)
     if t.mesh is not None:
         unknown = sorted(set(t.mesh) - {"data", "model"})
         if unknown:

@@ -19,7 +19,7 @@ from jaxrec.train._state import example_batch
 def load_dataset(config: DataConfig) -> MultimodalDataset:
     """The dataset of ``config``: ``data.path`` read with ``data.format`` and
     ``data.options``, or the synthetic generator called with ``data.synthetic``; then
-    re-split when ``data.split`` asks."""
+    re-split when ``data.split`` asks; then ``data.feature_transform`` applied."""
     if config.path is not None:
         if not os.path.lexists(config.path):  # a broken link or link loop: the reader says which
             raise DataError("dataset path does not exist", path=config.path, field="data.path",
@@ -35,6 +35,8 @@ def load_dataset(config: DataConfig) -> MultimodalDataset:
     if config.split is not None:
         params = dict(config.split)
         dataset = jdata.split_dataset(dataset, params.pop("method"), **params)
+    if config.feature_transform:
+        dataset = jdata.transform_features(dataset, config.feature_transform)
     warn_unseen_in_train(dataset)
     return dataset
 
