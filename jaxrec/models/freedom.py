@@ -80,10 +80,24 @@ from flax import linen as nn
 
 from jaxrec.data import graph as jgraph
 from jaxrec.errors import ConfigError
-from jaxrec.models._common import (FeatureTable, batch_triples, bpr_of, check_bool, check_modality_weights, chunk_size_for,
-                                   check_nonnegative_int, check_number, check_positive_int, counted_pairs,
-                                   feature_blocks, graph_cache_of, item_side_features, key_seed, knn_search_settings,
-                                   rows_or_all, trained_item_mask)
+from jaxrec.models._common import (
+    FeatureTable,
+    batch_triples,
+    bpr_of,
+    check_bool,
+    check_modality_weights,
+    check_nonnegative_int,
+    check_number,
+    check_positive_int,
+    counted_pairs,
+    feature_blocks,
+    graph_cache_of,
+    item_side_features,
+    key_seed,
+    knn_search_settings,
+    rows_or_all,
+    trained_item_mask,
+)
 from jaxrec.models._init import torch_linear_bias, torch_linear_kernel, xavier_uniform
 from jaxrec.models._registry import Built, register
 
@@ -138,7 +152,7 @@ class FREEDOM(nn.Module):
         """:math:`h = S^{L_m} \\tilde Q`, (n_items, d)."""
         h = self.item_ids(ctx) if items is None else items
         for _ in range(self.n_mm_layers):
-            h = jgraph.propagate(ctx["item_graph"], h, indices_are_sorted=True, chunk_size=chunk_size_for(h.shape[1]))
+            h = jgraph.propagate(ctx["item_graph"], h, indices_are_sorted=True)
         return h
 
     def propagated(self, ctx, graph):
@@ -146,8 +160,7 @@ class FREEDOM(nn.Module):
         the item-graph term."""
         items = self.item_ids(ctx)
         ego = jnp.concatenate([self.user_embedding, items], axis=0)
-        mean, _ = jgraph.lightgcn_propagate(graph, ego, self.n_ui_layers, indices_are_sorted=True,
-                                            chunk_size=chunk_size_for(self.embedding_size))
+        mean, _ = jgraph.lightgcn_propagate(graph, ego, self.n_ui_layers, indices_are_sorted=True)
         return mean[:self.n_users], mean[self.n_users:] + self.item_graph_embeddings(ctx, items)
 
     def projected_features(self, ctx, m: int, items):
