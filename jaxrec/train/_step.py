@@ -188,7 +188,9 @@ class StepRunner:
     def get_state(self, state: TrainState) -> TrainState:
         """One device-0 copy of a (possibly replicated) state."""
         if self.parallel == "pmap":
-            return jax.tree.map(lambda x: x[0], state)
+            # Device 0's own buffer, reshaped: no gather dispatched on the pmap-sharded array
+            # (an eager ``x[0]`` on it aborted the process once in a CI run on fake CPU devices).
+            return jax.tree.map(lambda x: x.addressable_shards[0].data.reshape(x.shape[1:]), state)
         if self.parallel == "sharded":
             return jax.device_put(state, self.devices[0])
         return state
