@@ -92,8 +92,9 @@ class _Coverage:
                             found=f"row {bad} stored {int(self.seen[bad])} times", expected="once")
 
 
-def load_prepared(data_dir, name: str, version: str | None = None) -> MultimodalDataset:
-    """See :func:`jaxrec.data.load_prepared`."""
+def _prepared_version(data_dir, name: str, version: str | None) -> tuple[Path, str]:
+    """(the dataset's root folder, the prepared version to read: ``version`` or the latest), or
+    ``DataError`` when nothing or not that version is prepared."""
     root = Path(data_dir) / check_name(name)
     versions = prepared_versions(data_dir, name)
     if not versions:
@@ -102,6 +103,12 @@ def load_prepared(data_dir, name: str, version: str | None = None) -> Multimodal
     version = versions[-1] if version is None else str(check_version(version))
     if version not in versions:
         raise DataError("this version is not prepared", path=root, found=version, expected=f"one of {versions}")
+    return root, version
+
+
+def load_prepared(data_dir, name: str, version: str | None = None) -> MultimodalDataset:
+    """See :func:`jaxrec.data.load_prepared`."""
+    root, version = _prepared_version(data_dir, name, version)
     builders = {}
 
     def builder(table: str):
@@ -258,14 +265,7 @@ class PreparedTrainPairs:
     """
 
     def __init__(self, data_dir, name: str, version: str | None = None):
-        root = Path(data_dir) / check_name(name)
-        versions = prepared_versions(data_dir, name)
-        if not versions:
-            raise DataError("no prepared TFDS dataset found", path=root,
-                            expected=f"folders {name}/{COMMIT_TABLE}/<version>/ written by `jaxrec data prepare`")
-        version = versions[-1] if version is None else str(check_version(version))
-        if version not in versions:
-            raise DataError("this version is not prepared", path=root, found=version, expected=f"one of {versions}")
+        root, version = _prepared_version(data_dir, name, version)
         self._builder = tfds.builder_from_directory(root / COMMIT_TABLE / version)
         self._source = self._builder.as_data_source(split="train",
                                                     deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
