@@ -12,7 +12,7 @@ NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "video_features.i
 @pytest.mark.slow
 def test_video_features_notebook_runs_clean(monkeypatch):
     pytest.importorskip("av", reason="PyAV (the 'video' extra, also in 'test') is not installed")
-    nbformat = pytest.importorskip("nbformat")
+    nbformat = pytest.importorskip("nbformat", reason="nbformat (in the test extra) runs the notebook")
     from nbclient import NotebookClient
 
     # One CPU device in the kernel: the test process's fake-device flag is not wanted there.

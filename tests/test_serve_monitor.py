@@ -64,7 +64,7 @@ def test_quality_monitor_bounds_its_open_lists():
 def test_wasserstein_matches_hand_value_and_scipy():
     # F_u steps 1/3 at 0, 2, 4; F_v steps 1/2 at 4, 6: |F_u - F_v| integrates to 2/3 + 4/3 + 1.
     assert wasserstein_1d([0, 2, 4], [4, 6]) == pytest.approx(3.0)
-    scipy_stats = pytest.importorskip("scipy.stats")
+    scipy_stats = pytest.importorskip("scipy.stats", reason="scipy (in the test extra) is the independent reference")
     rng = np.random.default_rng(0)
     u, v = rng.normal(size=50), rng.normal(0.4, 2.0, size=31)
     assert wasserstein_1d(u, v) == pytest.approx(scipy_stats.wasserstein_distance(u, v), rel=1e-12)
