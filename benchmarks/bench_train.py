@@ -35,6 +35,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from jaxrec._atomic import write_json_atomic
 from jaxrec.train import StepRunner, init_state, load_config
 from jaxrec.train import epoch_context, evaluate_params, make_encoder, prepare_eval_splits, prepare_experiment
 
@@ -76,10 +77,7 @@ def _time_each(args) -> None:
                 continue
             results[Path(config_path).stem] = json.loads(out.read_text())
         if args.json:  # after every model, atomically: an interrupted sweep keeps what it measured
-            target = Path(args.json)
-            with tempfile.NamedTemporaryFile("w", dir=target.parent, suffix=".tmp", delete=False) as tmp_file:
-                tmp_file.write(json.dumps(results, indent=1, sort_keys=True) + "\n")
-            os.replace(tmp_file.name, target)
+            write_json_atomic(args.json, results, sort_keys=True)
 
 
 def time_one(args, config_path: str) -> dict:

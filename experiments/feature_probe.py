@@ -25,10 +25,11 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from jaxrec._atomic import write_json_atomic
 
 HERE = Path(__file__).resolve().parent
 K, NEIGHBOURS = 20, 10
@@ -82,10 +83,7 @@ def main(argv=None) -> int:
                          "knn10_test_recall@20": recall_at_k(interactions @ knn, train_rows, targets)}
         result["modalities"][name] = rows
     target = Path(args.out)
-    with tempfile.NamedTemporaryFile("w", dir=target.parent, delete=False, suffix=".tmp", encoding="utf-8") as tmp:
-        json.dump(result, tmp, indent=1)
-        tmp.write("\n")
-    os.replace(tmp.name, target)
+    write_json_atomic(target, result)
     print(json.dumps(result, indent=1))
     return 0
 

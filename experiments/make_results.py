@@ -26,8 +26,9 @@ import json
 import os
 import re
 import sys
-import tempfile
 from pathlib import Path
+
+from jaxrec._atomic import write_atomic
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -590,10 +591,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     report = build_report(args.dataset, Path(args.anchors), args.root.resolve())
     target = args.root.resolve() / "results" / f"{args.dataset}.md"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=target.parent, delete=False, suffix=".tmp", encoding="utf-8") as tmp:
-        tmp.write(report)
-    os.replace(tmp.name, target)
+    write_atomic(target, report)
     print(report)
     return 0
 

@@ -30,10 +30,11 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from jaxrec._atomic import write_json_atomic
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -133,11 +134,7 @@ def main(argv=None) -> int:
     except (unseen_items.UnseenError, records.RecordError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=target.parent, delete=False, suffix=".tmp", encoding="utf-8") as tmp:
-        json.dump(result, tmp, indent=1)
-        tmp.write("\n")
-    os.replace(tmp.name, target)
+    write_json_atomic(target, result)
     print(json.dumps(result["counts"]["test"]), file=sys.stderr)
     return 0
 

@@ -39,11 +39,11 @@ import json
 import math
 import os
 import sys
-import tempfile
 from pathlib import Path
-from typing import Any
 
 import yaml
+
+from jaxrec._atomic import write_atomic
 
 FORMAT = "jaxrec-run-record/1"
 # Metrics kept per epoch in the packed history (the final metrics keep everything).
@@ -164,12 +164,8 @@ def _finite(value):
 
 def write(lines: list[dict], output: Path) -> None:
     """Write record lines atomically (temporary file + rename)."""
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=output.parent, delete=False, suffix=".tmp", encoding="utf-8") as tmp:
-        for line in lines:
-            tmp.write(json.dumps(_finite(line), separators=(",", ":"), allow_nan=False) + "\n")
-    os.replace(tmp.name, output)
+    write_atomic(output, "".join(json.dumps(_finite(line), separators=(",", ":"), allow_nan=False) + "\n"
+                                 for line in lines))
 
 
 def read(path: Path) -> Record:

@@ -51,6 +51,8 @@ from typing import Any
 
 import yaml
 
+from jaxrec._atomic import write_json_atomic
+
 HERE = Path(__file__).resolve().parent
 PROJECT = HERE.parent
 sys.path.insert(0, str(HERE))
@@ -451,10 +453,7 @@ def main(argv=None) -> int:
                "max_epochs": args.max_epochs, "load_average_end": round(os.getloadavg()[0], 1),
                "total_seconds": round(total, 1), "stages": times}
     target = out / "runs" / plan.dataset / "reproduce.json"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(".tmp")
-    tmp.write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, target)
+    write_json_atomic(target, summary)
     print("\n| stage | seconds | what ran |\n|---|---|---|")
     for entry in times:
         detail = "; ".join(f"{s['name']}: {s['batched']}, {s['seconds']} s" for s in entry.get("searches", []))

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from jaxrec._atomic import write_atomic, write_json_atomic
 from jaxrec.errors import DataError
 from jaxrec.features._encoders import ModalityPipeline
 from jaxrec.features._media_io import MediaError
@@ -77,21 +78,8 @@ def output_paths(output) -> dict[str, Path]:
             "frames": output.with_suffix(".frames.npz"), "partial": output.with_suffix(".partial")}
 
 
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def _write_json(path: Path, data) -> None:
-    _atomic_write(path, lambda h: h.write((json.dumps(data, indent=2, sort_keys=False) + "\n").encode()))
+    write_json_atomic(path, data, indent=2, durable=True)
 
 
 def _check_output(output, overwrite: bool, keep_frames: bool) -> dict[str, Path]:
@@ -293,12 +281,12 @@ def _finish(media, pipeline, paths, partial, keep_frames, provenance, encoded_no
     if keep_frames:
         record["frames_layout"] = ("frames (n_rows, T, d_frame) float32, frame t of item k at [k, t], zero past "
                                    "lengths[k]; lengths (n_rows,) int32, 0 for items without video; mask (n_rows,)")
-    _atomic_write(paths["features"], write_features)
-    _atomic_write(paths["mask"], lambda h: np.savez(h, mask=mask))
+    write_atomic(paths["features"], write_features, durable=True)
+    write_atomic(paths["mask"], lambda h: np.savez(h, mask=mask), durable=True)
     if keep_frames:
         # savez streams a memory-mapped array into the archive in buffered chunks
-        _atomic_write(paths["frames"], lambda h: np.savez(h, frames=partial.frames, lengths=partial.lengths,
-                                                          mask=mask))
+        write_atomic(paths["frames"], lambda h: np.savez(h, frames=partial.frames, lengths=partial.lengths, mask=mask),
+                     durable=True)
     _write_json(paths["json"], record)
     del partial.features, partial.status, partial.frames, partial.lengths
     shutil.rmtree(paths["partial"], ignore_errors=True)

@@ -28,6 +28,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from jaxrec import _atomic
 from jaxrec.errors import JaxrecError
 
 LOG_NAME = "log.jsonl"
@@ -81,23 +82,9 @@ class StateLock:
             self._fd = None
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_json_atomic(path: Path, payload: dict) -> None:
-    """Writes ``payload`` to a temp file, fsyncs it, renames it over ``path``: never half-written."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as handle:
-        json.dump(payload, handle, indent=1)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    """Writes ``payload`` durably (fsynced file and folder) and atomically: never half-written."""
+    _atomic.write_json_atomic(path, payload, durable=True)
 
 
 class EventLog:
@@ -136,7 +123,7 @@ class EventLog:
                     os.fsync(handle.fileno())
         self.n_events = len(contents.events)
         self._handle = open(self.path, "ab", buffering=0)
-        _fsync_dir(self.path.parent)
+        _atomic.fsync_dir(self.path.parent)
         return contents
 
     def _read_record(self, record: dict, contents: LogContents) -> None:
@@ -214,7 +201,7 @@ class Snapshots:
         if target.exists():  # left by a crash between save and manifest: never referenced
             shutil.rmtree(target)
         recommender.save(target)
-        _fsync_dir(self.root)
+        _atomic.fsync_dir(self.root)
         manifest = {**manifest, "folder": str(folder)}
         write_json_atomic(self.manifest_path, manifest)
         self._prune(keep_from=number - _KEPT_SNAPSHOTS + 1)

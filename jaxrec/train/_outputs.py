@@ -1,5 +1,5 @@
-"""What a run leaves in its workdir: atomic text/JSON files, the history, the curves plot,
-and the markdown table that compares runs."""
+"""What a run leaves in its workdir: text/JSON files written atomically
+(:func:`jaxrec._atomic.write_atomic`), the history, the curves plot, and the markdown table that compares runs."""
 
 from __future__ import annotations
 
@@ -11,31 +11,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from jaxrec._atomic import write_atomic
 from jaxrec.errors import ConfigError
 
 CONFIG_FILE = "config.yaml"
 HISTORY_FILE = "history.jsonl"
 METRICS_FILE = "metrics.json"
 CURVES_FILE = "curves.png"
-
-
-def write_atomic(path: str | os.PathLike, data: str | bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and a rename, so
-    a reader (or a killed writer) never sees a half-written file. (No fsync: the files
-    are rewritten every epoch and rebuilt from the checkpoint on resume, so surviving a
-    power cut is not worth a disk flush per epoch.)"""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A fresh name opened with "x" (not mkstemp, whose files are private 0600): the file gets
-    # the usual permissions of the user's umask.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb" if isinstance(data, bytes) else "x") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _jsonable(value):
@@ -70,13 +52,7 @@ def plot_curves(path: str | os.PathLike, history: Sequence[Mapping], valid_metri
                 best_epoch: int | None = None) -> None:
     """``curves.png`` (written atomically): the figure of :func:`curves_figure`."""
     fig = curves_figure(history, valid_metric, best_epoch)
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(path, lambda handle: fig.savefig(handle, dpi=100, format="png"))
 
 
 _LOG_SPAN = 20.0  # a positive curve spanning more than this factor gets a log y axis

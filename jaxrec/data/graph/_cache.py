@@ -14,13 +14,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
 
+from jaxrec._atomic import write_atomic
 from jaxrec.errors import ConfigError
 
 _KEY_ENTRY = "__cache_key__"
@@ -111,18 +111,9 @@ class GraphCache:
         """Writes the arrays atomically (temporary file in the same folder, then rename)."""
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.path(kind, key)
-        handle, temp_name = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".tmp", dir=self.directory)
-        try:
-            with os.fdopen(handle, "wb") as file:
-                np.savez(file, **{_KEY_ENTRY: np.asarray(key), _META_ENTRY: np.asarray(json.dumps(dict(meta or {}))),
-                                  **{name: np.asarray(a) for name, a in arrays.items()}})
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temp_name, path)
-        except BaseException:
-            if os.path.exists(temp_name):
-                os.unlink(temp_name)
-            raise
+        write_atomic(path, lambda file: np.savez(
+            file, **{_KEY_ENTRY: np.asarray(key), _META_ENTRY: np.asarray(json.dumps(dict(meta or {}))),
+                     **{name: np.asarray(a) for name, a in arrays.items()}}), durable=True)
         return path
 
     def get_or_build(self, kind: str, key: str, build: Callable[[], Mapping[str, np.ndarray]], *,
