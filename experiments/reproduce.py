@@ -250,7 +250,8 @@ class Runner:
         return config
 
     def _dataset(self, config):
-        """Datasets by their data section: every run of one data set loads it once."""
+        """Datasets by their data section: every run of one data set loads it once (a search's
+        trials with another data section, a grid over ``data.*`` keys, load theirs: run_search)."""
         from jaxrec.train import _data
 
         key = repr(dataclasses.replace(config.data, modalities=None, roles=None))

@@ -200,3 +200,35 @@ def test_configs_whose_grid_is_in_the_grid_file_cite_it(dataset):
         header = [line for line in row.config.read_text().splitlines() if line.startswith("#")]
         assert reproduce.grid_citation(plan, row) in header, row.config
     assert reproduce.grid_citation(plan, rows[0]).startswith(f"# Grid: experiments/grids/{dataset}.yaml, warm.")
+
+
+def test_a_search_over_data_keys_trains_each_trial_on_its_own_data(tmp_path, monkeypatch):
+    """A grid over data.feature_transform: the Runner shares one loaded dataset across runs with
+    the same data section, but a trial with another section must train on its own features."""
+    import numpy as np
+
+    from jaxrec import models
+    from jaxrec.train import _data, load_config
+
+    built = []
+    real_build = models.build
+
+    def spy(name, dataset, **kwargs):
+        built.append(np.asarray(dataset.modalities["image"].features, np.float64))
+        return real_build(name, dataset, **kwargs)
+
+    monkeypatch.setattr(models, "build", spy)
+    config = tmp_path / "bpr.yaml"
+    config.write_text(yaml.safe_dump(_config("bprmf", loss_weights={"reg": 0.01})))
+    grid = {"data.feature_transform": [{}, {"image": "standardize"}]}
+    row = reproduce.Row("bpr", "", config, {}, [reproduce.Search("bpr_search", grid, {})])
+    plan = reproduce.Plan("tiny", "test", [row], [], False, None)
+    runner = reproduce.Runner(plan, tmp_path / "out", max_epochs=2, batched="auto", resume=False, quiet=True)
+    runner.run_row(row)
+    raw = np.asarray(_data.load_dataset(load_config(config).data).modalities["image"].features, np.float64)
+    standardized = (raw - raw.mean(axis=0)) / raw.std(axis=0)  # numpy, every row present
+    trials = built[:2]  # the final run (when it is not the winning trial reused) builds after them
+    assert np.allclose(trials[0], raw)
+    assert np.allclose(trials[1], standardized, atol=1e-5)
+    search = json.loads((tmp_path / "out" / "runs" / "tiny" / "bpr_search" / "search.json").read_text())
+    assert [t["setting"] for t in search["trials"]] == [{"data.feature_transform": v} for v in grid["data.feature_transform"]]

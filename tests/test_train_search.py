@@ -3,6 +3,7 @@
 import json
 import math
 
+import numpy as np
 import pytest
 
 from jaxrec.errors import ConfigError
@@ -98,3 +99,64 @@ def test_resumed_search_resumes_only_trials_that_started(tmp_path):
 
     run_search(config, tmp_path, resume=True, quiet=True, train_fn=fake_train)
     assert calls == {"trial_001": True, "trial_002": False}
+
+
+def _standardized(features: np.ndarray) -> np.ndarray:
+    """Per-dimension (x - mean) / std over every row, in numpy (the synthetic rows are all present)."""
+    x = np.asarray(features, np.float64)
+    return (x - x.mean(axis=0)) / x.std(axis=0)
+
+
+DATA_GRID = {"data.feature_transform": [{}, {"image": "standardize"}], "loss_weights.reg": [0.0, 1.0]}
+SMALL = {"synthetic": {"n_users": 50, "n_items": 30, "n_interactions": 600, "seed": 4}}
+
+
+def test_a_grid_over_data_keys_trains_each_trial_on_its_own_data(tmp_path):
+    # A dataset passed for config.data serves the trials with that data section; a trial whose
+    # data section differs gets its own, loaded once per distinct section.
+    from jaxrec.train import _data
+
+    config = config_from_dict({"data": SMALL, "model": {"name": "bprmf"}, "grid": DATA_GRID})
+    given = _data.load_dataset(config.data)
+    seen = {}
+
+    def fake_train(config, workdir, *, dataset, **kwargs):
+        seen[workdir.name] = dataset
+        return {"valid": {"recall@20": 0.1}, "test": {}, "best_epoch": 1}
+
+    run_search(config, tmp_path, quiet=True, train_fn=fake_train, dataset=given)
+    assert seen["trial_000"] is given and seen["trial_001"] is given
+    assert seen["trial_002"] is seen["trial_003"] and seen["trial_002"] is not given
+    raw = np.asarray(given.modalities["image"].features)
+    np.testing.assert_allclose(seen["trial_002"].modalities["image"].features, _standardized(raw), atol=1e-5)
+    np.testing.assert_array_equal(seen["trial_002"].modalities["text"].features, given.modalities["text"].features)
+
+
+@pytest.mark.parametrize("pass_dataset", [False, True])
+def test_batched_groups_of_a_data_grid_build_their_models_on_their_own_data(tmp_path, monkeypatch, pass_dataset):
+    # jaxrec search (no dataset passed: each group or trial loads its data) and reproduce.py (the
+    # config's dataset passed): the grid runs one batched program per feature transform, and each
+    # builds its model on that transform's features.
+    from jaxrec import models
+    from jaxrec.train import _data
+
+    built = []
+    real_build = models.build
+
+    def spy(name, dataset, **kwargs):
+        built.append(np.asarray(dataset.modalities["image"].features, np.float64))
+        return real_build(name, dataset, **kwargs)
+
+    monkeypatch.setattr(models, "build", spy)
+    config = config_from_dict({"data": SMALL, "model": {"name": "bprmf", "args": {"embedding_size": 4}},
+                               "train": {"epochs": 1, "batch_size": 256, "checkpoint_every": 100},
+                               "eval": {"ks": [20], "metrics": ["recall"]}, "grid": DATA_GRID})
+    raw = np.asarray(_data.load_dataset(config.data).modalities["image"].features, np.float64)
+    extra = {"dataset": _data.load_dataset(config.data)} if pass_dataset else {}
+    summary = run_search(config, tmp_path, quiet=True, **extra)
+    assert len(summary["trials"]) == 4
+    for trial in range(4):  # two batched programs of two trials
+        assert json.loads((tmp_path / f"trial_{trial:03d}" / "metrics.json").read_text())["batched_search"]["trials"] == 2
+    kinds = {("raw" if np.allclose(f, raw) else "standardized" if np.allclose(f, _standardized(raw), atol=1e-5)
+              else "other") for f in built}
+    assert kinds == {"raw", "standardized"}

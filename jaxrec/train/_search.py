@@ -4,7 +4,8 @@ Every trial is a full run in its own workdir (``WORKDIR/trial_000``, ...). Trial
 only in loss weights, learning rate and seed train together as one compiled program
 (:mod:`jaxrec.train._batched_search`) unless ``batched="never"``; a grid that also varies
 other keys (model arguments) runs one such program per value of them, and a trial alone in
-its group runs on its own with :func:`~jaxrec.train.train_and_evaluate`, saying why. The winner is the trial with the best VALIDATION metric
+its group runs on its own with :func:`~jaxrec.train.train_and_evaluate`, saying why. A grid over
+``data.*`` keys (e.g. ``data.feature_transform``) trains each trial on its own data. The winner is the trial with the best VALIDATION metric
 (ties: the earlier trial); test figures are reported for every trial but never read by any
 choice -- unlike MMRec, whose grid search picks by test. ``search.md`` and ``search.json``
 in the search workdir list all trials.
@@ -12,6 +13,7 @@ in the search workdir list all trials.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import os
@@ -98,7 +100,10 @@ def run_search(config: ExperimentConfig, workdir: str | os.PathLike, *, resume: 
         only in loss weights / learning rate / seed (none when resuming a search with finished
         trials), the rest one after another with a notice; ``"always"`` raises unless the
         whole grid is one such group; ``"never"`` runs them one after another.
-      **train_kwargs: passed to ``train_fn`` (e.g. ``dataset``).
+      **train_kwargs: passed to ``train_fn`` (e.g. ``dataset``). A ``dataset`` is the data of
+        ``config.data``: a trial whose data section differs (a grid over ``data.*`` keys, e.g.
+        ``data.feature_transform``) trains on its own, loaded once per distinct data section
+        (``data.modalities`` and ``data.roles`` apply per run and do not count).
 
     Returns:
       ``{"valid_metric", "trials": [{"trial", "workdir", "setting", "valid", "test",
@@ -113,6 +118,7 @@ def run_search(config: ExperimentConfig, workdir: str | os.PathLike, *, resume: 
     settings = expand_trials(config)
     valid_metric = config.train.valid_metric
     configs = [trial_config(config, setting) for setting in settings]  # every trial checked before any runs
+    datasets = _trial_datasets(config, configs, train_kwargs.pop("dataset")) if "dataset" in train_kwargs else None
     workdir.mkdir(parents=True, exist_ok=True)
     finished: dict[int, dict] = {}  # trial index -> its search.json entry, from batched groups
     sequential = list(range(len(settings)))
@@ -137,7 +143,7 @@ def run_search(config: ExperimentConfig, workdir: str | os.PathLike, *, resume: 
             try:
                 entries = _batched_search.run_batched_search(
                     config, workdir, [settings[i] for i in group], [configs[i] for i in group], quiet=quiet,
-                    dataset=train_kwargs.get("dataset"), trial_ids=group)
+                    dataset=None if datasets is None else datasets(group[0]), trial_ids=group)
             except ConfigError as error:
                 if batched == "always" or "cannot be batched" not in str(error):
                     raise
@@ -166,6 +172,8 @@ def run_search(config: ExperimentConfig, workdir: str | os.PathLike, *, resume: 
                 print(f"trial {index + 1}/{len(settings)}: {setting}", flush=True)
             # A trial that never started has nothing to resume (train_and_evaluate would refuse).
             started = (trial_dir / _outputs.CONFIG_FILE).exists()
+            if datasets is not None:
+                train_kwargs["dataset"] = datasets(index)
             metrics = train_fn(trial_cfg, trial_dir, resume=resume and started, quiet=quiet, **train_kwargs)
         trials.append({"trial": index, "workdir": os.fspath(trial_dir), "setting": setting,
                        "valid": metrics.get("valid", {}), "test": metrics.get("test", {}),
@@ -174,6 +182,31 @@ def run_search(config: ExperimentConfig, workdir: str | os.PathLike, *, resume: 
         _write_summary(workdir, trials, valid_metric, len(settings))
     best = pick_best(trials, valid_metric)
     return _write_summary(workdir, trials, valid_metric, len(settings), best)
+
+
+def _data_key(data_config) -> str:
+    """The part of a data section that decides the loaded dataset (``modalities`` and ``roles``
+    are applied to it per run, by ``prepare_experiment``)."""
+    return repr(dataclasses.replace(data_config, modalities=None, roles=None))
+
+
+def _trial_datasets(config: ExperimentConfig, configs: list[ExperimentConfig], dataset) -> Callable[[int], Any]:
+    """Trial index -> the dataset it trains on: ``dataset`` (given for ``config.data``), or for a
+    trial with another data section, that section loaded (once per distinct section, when first
+    needed). ``dataset=None`` leaves every trial to load its own."""
+    loaded = {_data_key(config.data): dataset}
+
+    def for_trial(index: int):
+        if dataset is None:
+            return None
+        key = _data_key(configs[index].data)
+        if key not in loaded:
+            from jaxrec.train import _data
+
+            loaded[key] = _data.load_dataset(configs[index].data)
+        return loaded[key]
+
+    return for_trial
 
 
 def pick_best(trials: list[Mapping[str, Any]], valid_metric: str) -> Mapping[str, Any]:
