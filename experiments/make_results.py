@@ -14,6 +14,10 @@ never mixed into the warm table); the held-out interactions on items unseen in t
 ``results/<dataset>_unseen_items.json`` (``experiments/unseen_items.py``); and modality
 ablations, the run records in ``records/<dataset>/modality_ablation/`` (one run per model and
 modality subset at the model's chosen setting) beside the model's all-modality row.
+A row set beside another for one difference (the negative sampler, a feature transform, the
+modalities) is compared on the two recorded configs (:func:`config_differences`): any other
+difference is named in the row, and a sampler pair that differs in more is not filed as the
+sampler's effect.
 
 Usage (from the project root):
     python experiments/make_results.py [--dataset lfm2k] [--anchors ../shared/anchors] [--root DIR]
@@ -22,6 +26,7 @@ Usage (from the project root):
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import re
@@ -82,8 +87,11 @@ def collect_runs(records_dir: Path) -> dict[str, tuple[dict, dict]]:
         if record.kind != "run":
             continue
         metrics = next(iter(record.runs.values()))["metrics"]
-        searches = [r for r in found if r.kind == "search" and _row_name(r.name) == record.name]
-        search = _search_winner(searches[0], root) if searches else None
+        # Several searches of one row (a first grid, then another): the final run is the winner of
+        # all of them by VALIDATION, so its setting is that of the best winner.
+        winners = [w for w in (_search_winner(r, root) for r in found
+                               if r.kind == "search" and _row_name(r.name) == record.name) if w]
+        search = max(winners, key=lambda w: _valid(w[0])) if winners else None
         if search and not _ran_with(next(iter(record.runs.values())).get("config"), search[1]["setting"]):
             print(f"note: {record.path.name} was not run at its search's winning setting {search[1]['setting']}; "
                   "the search's winner is reported instead", file=sys.stderr)
@@ -126,6 +134,85 @@ def _ran_with(config: dict | None, setting: dict) -> bool:
     return True
 
 
+def _value(value) -> str:
+    """A setting's value as the tables show it: ``{visual_feat: standardize}`` for a mapping."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_value(v)}" for k, v in value.items()) + "}"
+    return str(value)
+
+
+# Keys that do not change what a run computes (checkpointing, evaluation batching, the search
+# section a trial was cut from).
+_NO_RESULT_KEYS = ("train.checkpoint_every", "train.checkpoints_to_keep", "train.steps_per_call", "eval.batch_size",
+                   "grid", "search")
+
+
+def _flat(tree, prefix: str = "") -> dict:
+    out = {}
+    for key, value in (tree or {}).items():
+        if isinstance(value, dict) and value:
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def _config_defaults() -> dict:
+    """The dotted defaults of the config sections (a key a recorded config omits took these)."""
+    from jaxrec.train import config_from_dict, config_to_dict
+
+    defaults = _flat(config_to_dict(config_from_dict({"model": {"name": "bprmf"}, "data": {"synthetic": {}}})))
+    return {k: v for k, v in defaults.items()
+            if v != {} and not k.startswith(("model.", "data.path", "data.synthetic"))}
+
+
+def config_differences(before: dict | None, after: dict | None, expected=()) -> list[str]:
+    """``key: before -> after`` for each dotted config key whose value differs between two
+    recorded runs, apart from ``expected`` (the difference a table is about, each key or any key
+    under it) and keys that do not change a run's result. A key one config omits takes its
+    default, except ``train.negative_items``: a run recorded before it existed drew negatives
+    from all items. An unrecorded config differs in everything ("config not recorded")."""
+    if before is None or after is None:
+        return ["config not recorded"]
+    defaults = _config_defaults()
+
+    def filled(config: dict) -> dict:
+        flat = {k: v for k, v in _flat(config).items()
+                if v != {} and not (k.startswith("data.feature_transform.") and v == "none")}
+        flat.setdefault("train.negative_items", "all")
+        return {**defaults, **flat}
+
+    a, b = filled(before), filled(after)
+    skip = tuple(expected) + _NO_RESULT_KEYS
+
+    def skipped(key: str) -> bool:
+        return any(key == s or key.startswith(s + ".") for s in skip)
+
+    out = []
+    for key in sorted(set(a) | set(b)):
+        if skipped(key) or _same_value(a.get(key), b.get(key)):
+            continue
+        out.append(f"{key}: {_value(a.get(key, '–'))} -> {_value(b.get(key, '–'))}")
+    return out
+
+
+def _same_value(x, y) -> bool:
+    if isinstance(x, (int, float)) and isinstance(y, (int, float)) and not isinstance(x, bool):
+        return abs(float(x) - float(y)) <= 1e-12 * max(1.0, abs(float(y)))
+    return x == y
+
+
+def _chosen_config(chosen, model: str, root: Path) -> dict | None:
+    """The config of the run a model's warm-table row reports (its record at ``source``)."""
+    path = root / chosen[model][1]["source"]
+    if not path.exists():
+        return None
+    record = records.read(path)
+    run = record.winner() if record.kind == "search" else next(iter(record.runs.values()))
+    return (run or {}).get("config")
+
+
 def _valid(metrics: dict) -> float:
     return float(metrics.get("valid", {}).get("recall@20", float("-inf")))
 
@@ -166,7 +253,7 @@ def ranking_table(chosen, anchors, speed=None) -> list[str]:
         elif per_epoch and anchor.get("train_s_per_epoch"):
             speed_cell += f" ({anchor['train_s_per_epoch'] / per_epoch:.2f}x faster)" if per_epoch < anchor[
                 "train_s_per_epoch"] else f" ({per_epoch / anchor['train_s_per_epoch']:.2f}x slower)"
-        setting = ", ".join(f"{k}={v}" for k, v in info.get("setting", {}).items()) or "config as committed"
+        setting = ", ".join(f"{k}={_value(v)}" for k, v in info.get("setting", {}).items()) or "config as committed"
         epochs = f"{metrics.get('epochs_run', '–')} ({metrics.get('best_epoch', '–')})"
         lines.append(
             f"| {model} | {_fmt(test.get('recall@10'))} | **{_fmt(test.get('recall@20'))}** | "
@@ -181,7 +268,8 @@ def grid_lines(chosen) -> list[str]:
     for model in sorted(chosen, key=_order_key):
         _, info = chosen[model]
         if info.get("grid"):
-            grid = "; ".join(f"{k} in {v}" for k, v in info["grid"].items())
+            grid = "; ".join(f"{k} in [{', '.join(_value(x) for x in v)}]" if any(isinstance(x, dict) for x in v)
+                             else f"{k} in {v}" for k, v in info["grid"].items())
             lines.append(f"- **{model}**: {info.get('n_trials')} trials, {grid} (source `{info['source']}`)")
         else:
             lines.append(f"- **{model}**: single setting (source `{info['source']}`)")
@@ -369,8 +457,8 @@ def ablation_table(folder: Path, chosen, root: Path = HERE) -> list[str]:
     found = [r for r in records.records_in(folder) if r.kind == "run"]
     if not found:
         return []
-    lines = ["| model | modalities | valid R@20 | test R@10 | test R@20 | test N@20 | best epoch | source |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | modalities | valid R@20 | test R@10 | test R@20 | test N@20 | best epoch | other differences "
+             "from the warm-table run | source |", "|---|---|---|---|---|---|---|---|---|"]
     by_model: dict[str, list] = {}
     for record in found:
         run = next(iter(record.runs.values()))
@@ -378,17 +466,26 @@ def ablation_table(folder: Path, chosen, root: Path = HERE) -> list[str]:
         model = next((m for m in chosen if m == model or chosen[m][0].get("model") == model), model)
         args = run["config"]["model"].get("args") or {}
         by_model.setdefault(model, []).append((args.get("modalities") or [], run["metrics"],
-                                               os.path.relpath(record.path, root)))
+                                               os.path.relpath(record.path, root), run.get("config")))
     for model in sorted(by_model, key=_order_key):
         rows = sorted(by_model[model], key=lambda r: (len(r[0]), r[0]))
+        base = None
         if model in chosen:
             full = chosen[model]
-            rows.append((full[1].get("modalities") or ["all"], full[0], full[1]["source"]))
-        for modalities, metrics, source in rows:
+            base = _chosen_config(chosen, model, root)
+            rows.append((full[1].get("modalities") or ["all"], full[0], full[1]["source"], None))
+        for modalities, metrics, source, config in rows:
             test, valid = metrics.get("test", {}), metrics.get("valid", {})
+            if config is None:
+                others = "warm-table run" if model in chosen else "–"
+            elif model in chosen:
+                others = "; ".join(config_differences(
+                    base, config, expected=("model.args.modalities", "data.modalities"))) or "none"
+            else:
+                others = "– (no warm-table run)"
             lines.append(f"| {model} | {', '.join(modalities)} | {_fmt(valid.get('recall@20'))} | "
                          f"{_fmt(test.get('recall@10'))} | **{_fmt(test.get('recall@20'))}** | "
-                         f"{_fmt(test.get('ndcg@20'))} | {metrics.get('best_epoch', '–')} | `{source}` |")
+                         f"{_fmt(test.get('ndcg@20'))} | {metrics.get('best_epoch', '–')} | {others} | `{source}` |")
     return lines
 
 
@@ -418,30 +515,44 @@ def popularity_buckets_table(result: dict, split: str = "test", k: int = 20) -> 
     return lines
 
 
+def _transform_label(config: dict | None) -> str:
+    transform = {k: v for k, v in (((config or {}).get("data") or {}).get("feature_transform") or {}).items()
+                 if v != "none"}
+    return ", ".join(f"{k}: {v}" for k, v in transform.items()) or "none"
+
+
 def transform_table(folder: Path, chosen, root: Path = HERE) -> list[str]:
-    """Runs with ``data.feature_transform`` set (records in ``folder``) beside the model's
-    chosen untransformed row."""
+    """Runs with another ``data.feature_transform`` (records in ``folder``) beside the model's
+    warm-table run, labelled by the transform each run used (the warm-table run's own too); a
+    run that differs from the warm-table run in more than the transform names the other keys."""
     found = [r for r in records.records_in(folder) if r.kind == "run"]
     if not found:
         return []
-    lines = ["| model | feature transform | valid R@20 | test R@20 | test N@20 | best epoch | source |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| model | feature transform | valid R@20 | test R@20 | test N@20 | best epoch | other differences from "
+             "the warm-table run | source |", "|---|---|---|---|---|---|---|---|"]
     by_model: dict[str, list] = {}
     for record in found:
         run = next(iter(record.runs.values()))
         model = run["config"]["model"]["name"]
-        transform = (run["config"].get("data") or {}).get("feature_transform") or {}
-        by_model.setdefault(model, []).append((", ".join(f"{k}: {v}" for k, v in transform.items()) or "none",
-                                               run["metrics"], os.path.relpath(record.path, root)))
+        model = next((m for m in chosen if m == model or chosen[m][0].get("model") == model), model)
+        by_model.setdefault(model, []).append((run.get("config"), run["metrics"], os.path.relpath(record.path, root)))
     for model in sorted(by_model, key=_order_key):
-        rows = list(by_model[model])
+        rows = [(config, metrics, source, None) for config, metrics, source in by_model[model]]
+        base = None
         if model in chosen:
-            rows.insert(0, ("none (warm-table run)", chosen[model][0], chosen[model][1]["source"]))
-        for transform, metrics, source in rows:
+            base = _chosen_config(chosen, model, root)
+            rows.insert(0, (base, chosen[model][0], chosen[model][1]["source"], "warm-table run"))
+        for config, metrics, source, mark in rows:
             test, valid = metrics.get("test", {}), metrics.get("valid", {})
-            lines.append(f"| {model} | {transform} | {_fmt(valid.get('recall@20'))} | "
+            if mark:
+                others = mark
+            elif model in chosen:
+                others = "; ".join(config_differences(base, config, expected=("data.feature_transform",))) or "none"
+            else:
+                others = "– (no warm-table run)"
+            lines.append(f"| {model} | {_transform_label(config)} | {_fmt(valid.get('recall@20'))} | "
                          f"**{_fmt(test.get('recall@20'))}** | {_fmt(test.get('ndcg@20'))} | "
-                         f"{metrics.get('best_epoch', '–')} | `{source}` |")
+                         f"{metrics.get('best_epoch', '–')} | {others} | `{source}` |")
     return lines
 
 
@@ -452,38 +563,54 @@ def _negative_items(config: dict | None) -> str:
 
 def sampler_table(records_dir: Path, chosen, root: Path = HERE) -> list[str]:
     """Each chosen run drawn with ``negative_items: trained`` beside the same model's earlier
-    run at the same setting with negatives from all items (the run record kept in
-    ``negatives_all_items/<model>.jsonl``, or the winner of ``<model>_search*.jsonl``)."""
+    run with negatives from all items (the run record kept in
+    ``negatives_all_items/<model>.jsonl``, or the winner of ``<model>_search*.jsonl``). Only a
+    pair whose configs differ in ``train.negative_items`` alone is filed as the sampler's
+    effect; a pair that differs in more (e.g. ``data.feature_transform``) goes to a second table
+    that names every other difference."""
     found = records.records_in(records_dir)
-    lines = []
+    alone, more = [], []
     for model in sorted(chosen, key=_order_key):
         metrics, info = chosen[model]
         record = next((r for r in found if os.path.relpath(r.path, root) == info["source"]), None)
         if record is None or record.kind != "run":
             continue
-        if _negative_items(next(iter(record.runs.values())).get("config")) != "trained":
+        config = next(iter(record.runs.values())).get("config")
+        if _negative_items(config) != "trained":
             continue
         earlier = None
         kept = Path(records_dir) / "negatives_all_items" / f"{model}.jsonl"
         if kept.exists():
             run = next(iter(records.read(kept).runs.values()))
-            earlier = (run["metrics"], os.path.relpath(kept, root))
+            earlier = (run["metrics"], os.path.relpath(kept, root), run.get("config"))
         else:
             for search in (r for r in found if r.kind == "search" and _row_name(r.name) == model):
                 winner = _search_winner(search, root)
-                if winner and _ran_with(next(iter(record.runs.values())).get("config"), winner[1]["setting"]):
-                    earlier = (winner[0], winner[1]["source"])
+                if (winner and _negative_items((search.winner() or {}).get("config")) != "trained"
+                        and _ran_with(config, winner[1]["setting"])):
+                    earlier = (winner[0], winner[1]["source"], (search.winner() or {}).get("config"))
                     break
         if earlier is None:
             continue
         before, now = earlier[0], metrics
-        lines.append(f"| {model} | {_fmt(before['valid'].get('recall@20'))} / {_fmt(before['test'].get('recall@20'))} "
-                     f"(epoch {before.get('best_epoch', '–')}) | {_fmt(now['valid'].get('recall@20'))} / "
-                     f"**{_fmt(now['test'].get('recall@20'))}** (epoch {now.get('best_epoch', '–')}) | `{earlier[1]}` |")
-    if not lines:
-        return []
-    return ["| model | negatives from all items: valid / test R@20 | only trained items: valid / test R@20 | earlier "
-            "record |", "|---|---|---|---|"] + lines
+        cells = (f"| {model} | {_fmt(before['valid'].get('recall@20'))} / {_fmt(before['test'].get('recall@20'))} "
+                 f"(epoch {before.get('best_epoch', '–')}) | {_fmt(now['valid'].get('recall@20'))} / "
+                 f"**{_fmt(now['test'].get('recall@20'))}** (epoch {now.get('best_epoch', '–')}) | `{earlier[1]}` |")
+        others = config_differences(earlier[2], config, expected=("train.negative_items",))
+        (more if others else alone).append(cells + (f" {'; '.join(others)} |" if others else ""))
+    head = ["| model | negatives from all items: valid / test R@20 | only trained items: valid / test R@20 | earlier "
+            "record |", "|---|---|---|---|"]
+    lines = []
+    if alone:
+        lines += ["The warm-table runs drawn with `negative_items: trained` (the default now) beside the same model's "
+                  "earlier run whose config differs in that alone: negatives drawn from every item (the items without "
+                  "a train interaction included).", ""] + head + alone
+    if more:
+        lines += ([""] if lines else []) + [
+            "Warm-table runs whose earlier all-items run differs in MORE than the negatives (the last column lists "
+            "every other difference, earlier -> now), so the change is not the sampler's alone:", "",
+            head[0][:-1] + " other differences |", head[1] + "---|"] + more
+    return lines
 
 
 def build_report(dataset: str, anchors_dir: Path, root: Path = HERE) -> str:
@@ -541,10 +668,7 @@ def build_report(dataset: str, anchors_dir: Path, root: Path = HERE) -> str:
         out += feature_probe_table(_read_json(probe_path))
     samplers = sampler_table(records_dir, chosen, root)
     if samplers:
-        out += ["", "## Negatives only among items with a train interaction (`train.negative_items`)", "",
-                "The warm-table runs drawn with `negative_items: trained` (the default now) beside the same model's "
-                "earlier run at the same setting, whose negatives were drawn from every item (the items without a "
-                "train interaction included):", ""] + samplers
+        out += ["", "## Negatives only among items with a train interaction (`train.negative_items`)", ""] + samplers
     buckets_path = root / "results" / f"{dataset}_popularity_buckets.json"
     transforms = transform_table(records_dir / "feature_transform", chosen, root)
     if buckets_path.exists() or transforms:
@@ -556,8 +680,9 @@ def build_report(dataset: str, anchors_dir: Path, root: Path = HERE) -> str:
         out += popularity_buckets_table(_read_json(buckets_path))
     if transforms:
         out += ["", "Data-level feature transforms (`data.feature_transform`, applied once after loading, statistics "
-                    f"over every item's row), records in `records/{dataset}/feature_transform/`, beside the warm-table "
-                    "run on the raw features:", ""] + transforms
+                    f"over every item's row), records in `records/{dataset}/feature_transform/`, beside each model's "
+                    "warm-table run (first, with the transform it used); where a run differs from the warm-table run "
+                    "in more than the transform, the other keys are listed (warm-table run -> this run):", ""] + transforms
     findings_path = root / "results" / f"{dataset}_findings.md"
     if findings_path.exists():
         out += ["", findings_path.read_text(encoding="utf-8").strip()]
@@ -565,7 +690,8 @@ def build_report(dataset: str, anchors_dir: Path, root: Path = HERE) -> str:
     if ablations:
         out += ["", "## Modality ablations (the model's chosen setting, one modality removed)", "",
                 f"Records in `records/{dataset}/modality_ablation/`; the last row of each model is its warm-table "
-                "run with every modality.", ""] + ablations
+                "run with every modality; an ablation run that differs from it in more than the modalities lists "
+                "the other keys (warm-table run -> ablation run).", ""] + ablations
     out += ["", "## Hyper-parameter grids (winner chosen by valid recall@20)", ""] + grid_lines(chosen)
     for title, name, render in (
             ("Cold-start items (new items scored from their features or KG node alone)", "coldstart", coldstart_table),

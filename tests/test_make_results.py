@@ -133,6 +133,7 @@ def test_popularity_buckets_partition_items_and_render_ratios_to_bpr():
 def test_sampler_table_sets_a_trained_items_run_beside_the_earlier_all_items_winner(tmp_path):
     search = tmp_path / "runs" / "vbpr_search"
     _write(search / "trial_000" / "metrics.json", _metrics(0.42, 0.40))
+    (search / "trial_000" / "config.yaml").write_text("loss_weights:\n  reg: 1.0\n")  # recorded before negative_items
     _write(search / "search.json", {
         "valid_metric": "recall@20", "n_trials": 1,
         "trials": [{"trial": 0, "workdir": "trial_000", "setting": {"loss_weights.reg": 1.0}}],
@@ -149,5 +150,87 @@ def test_sampler_table_sets_a_trained_items_run_beside_the_earlier_all_items_win
     _pack(final, records_dir)
     chosen = make_results.collect_runs(records_dir)
     lines = make_results.sampler_table(records_dir, chosen, tmp_path)
-    assert lines[2] == ("| vbpr | 0.4200 / 0.4000 (epoch 7) | 0.5000 / **0.4900** (epoch 7) | "
+    assert lines[4] == ("| vbpr | 0.4200 / 0.4000 (epoch 7) | 0.5000 / **0.4900** (epoch 7) | "
                         "`records/tiktok/vbpr_search.jsonl` |")
+    assert "differs in that alone" in lines[0]
+
+
+def test_a_sampler_pair_that_differs_in_more_than_the_negatives_is_not_filed_as_the_samplers_effect(tmp_path):
+    # The final run also standardizes the features (a second search chose that): its row must
+    # leave the "negatives alone" table and name the other difference.
+    records_dir = tmp_path / "records" / "tiktok"
+    first = tmp_path / "runs" / "vbpr_search"
+    _write(first / "trial_000" / "metrics.json", _metrics(0.42, 0.40))
+    (first / "trial_000" / "config.yaml").write_text("loss_weights:\n  reg: 1.0\n")
+    _write(first / "search.json", {
+        "valid_metric": "recall@20", "n_trials": 1,
+        "trials": [{"trial": 0, "workdir": "trial_000", "setting": {"loss_weights.reg": 1.0}}],
+        "best": {"trial": 0, "workdir": "trial_000", "setting": {"loss_weights.reg": 1.0}}})
+    second = tmp_path / "runs" / "vbpr_search_feature_transform"
+    standardized = {"data.feature_transform": {"visual_feat": "standardize"}}
+    for trial, (valid, transform) in enumerate([(0.45, {"visual_feat": "none"}), (0.60, {"visual_feat": "standardize"})]):
+        _write(second / f"trial_00{trial}" / "metrics.json", _metrics(valid, valid))
+        (second / f"trial_00{trial}" / "config.yaml").write_text(
+            f"loss_weights:\n  reg: 1.0\ntrain:\n  negative_items: trained\ndata:\n  feature_transform: "
+            f"{json.dumps(transform)}\n")
+    _write(second / "search.json", {
+        "valid_metric": "recall@20", "n_trials": 2,
+        "trials": [{"trial": 0, "workdir": "trial_000", "setting": {"data.feature_transform": {"visual_feat": "none"}}},
+                   {"trial": 1, "workdir": "trial_001", "setting": standardized}],
+        "best": {"trial": 1, "workdir": "trial_001", "setting": standardized}})
+    final = tmp_path / "runs" / "vbpr"
+    _write(final / "metrics.json", _metrics(0.60, 0.60))
+    (final / "config.yaml").write_text("loss_weights:\n  reg: 1.0\ntrain:\n  negative_items: trained\n"
+                                       "  checkpoint_every: 7\ndata:\n  feature_transform: {visual_feat: standardize}\n")
+    for folder in (first, second, final):
+        _pack(folder, records_dir)
+    chosen = make_results.collect_runs(records_dir)
+    # The final run's setting is the better search's winner (valid 0.60), not the first search's.
+    assert chosen["vbpr"][1]["setting"] == standardized
+    assert chosen["vbpr"][1]["source"] == "records/tiktok/vbpr.jsonl"
+    lines = make_results.sampler_table(records_dir, chosen, tmp_path)
+    assert not any("differs in that alone" in line for line in lines)
+    assert "MORE than the negatives" in lines[0]
+    # checkpoint_every does not change a run's result; the transform does.
+    assert lines[-1] == ("| vbpr | 0.4200 / 0.4000 (epoch 7) | 0.6000 / **0.6000** (epoch 7) | "
+                         "`records/tiktok/vbpr_search.jsonl` | data.feature_transform.visual_feat: – -> standardize |")
+    row = next(line for line in make_results.ranking_table(chosen, {}) if line.startswith("| vbpr |"))
+    assert row.endswith("| data.feature_transform={visual_feat: standardize} |")
+
+
+def test_config_differences_fill_defaults_and_old_runs_drew_negatives_from_all_items():
+    diff = make_results.config_differences
+    before = {"train": {"learning_rate": 0.001}, "data": {"feature_transform": {"visual_feat": "none"}}}
+    after = {"train": {"negative_items": "all", "epochs": 1000, "checkpoint_every": 3}, "data": {}}
+    assert diff(before, after) == []  # defaults, an explicit "none" transform, checkpointing
+    assert diff({"train": {}}, {"train": {"negative_items": "trained"}}) == ["train.negative_items: all -> trained"]
+    assert diff({"train": {}}, {"train": {"negative_items": "trained"}}, expected=("train",)) == []
+    assert diff({"model": {"args": {"learned_graph": "epoch"}}}, {"model": {"args": {"learned_graph": "step"}}}) == [
+        "model.args.learned_graph: epoch -> step"]
+    assert diff(None, {}) == ["config not recorded"]
+
+
+def test_transform_table_labels_the_warm_row_by_its_own_transform_and_names_other_differences(tmp_path):
+    records_dir = tmp_path / "records" / "tiktok"
+    final = tmp_path / "runs" / "vbpr"
+    _write(final / "metrics.json", _metrics(0.60, 0.61))
+    (final / "config.yaml").write_text("model:\n  name: vbpr\ntrain:\n  negative_items: trained\n"
+                                       "data:\n  feature_transform: {visual_feat: standardize}\n")
+    _pack(final, records_dir)
+    raw = tmp_path / "runs" / "vbpr_none"
+    _write(raw / "metrics.json", _metrics(0.40, 0.41))
+    (raw / "config.yaml").write_text("model:\n  name: vbpr\ntrain:\n  negative_items: trained\n")
+    centered = tmp_path / "runs" / "vbpr_center"
+    _write(centered / "metrics.json", _metrics(0.45, 0.44))
+    (centered / "config.yaml").write_text("model:\n  name: vbpr\n  args: {fusion: late}\n"
+                                          "data:\n  feature_transform: {visual_feat: center}\n")
+    for folder in (raw, centered):
+        _pack(folder, records_dir / "feature_transform")
+    chosen = make_results.collect_runs(records_dir)
+    lines = make_results.transform_table(records_dir / "feature_transform", chosen, tmp_path)
+    assert lines[2] == ("| vbpr | visual_feat: standardize | 0.6000 | **0.6100** | 0.2000 | 7 | warm-table run | "
+                        "`records/tiktok/vbpr.jsonl` |")
+    assert lines[3] == ("| vbpr | visual_feat: center | 0.4500 | **0.4400** | 0.2000 | 7 | model.args.fusion: – -> late; "
+                        "train.negative_items: trained -> all | `records/tiktok/feature_transform/vbpr_center.jsonl` |")
+    assert lines[4] == ("| vbpr | none | 0.4000 | **0.4100** | 0.2000 | 7 | none | "
+                        "`records/tiktok/feature_transform/vbpr_none.jsonl` |")
