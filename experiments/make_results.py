@@ -609,7 +609,7 @@ def sampler_table(records_dir: Path, chosen, root: Path = HERE) -> list[str]:
         lines += ([""] if lines else []) + [
             "Warm-table runs whose earlier all-items run differs in MORE than the negatives (the last column lists "
             "every other difference, earlier -> now), so the change is not the sampler's alone:", "",
-            head[0][:-1] + " other differences |", head[1] + "---|"] + more
+            head[0] + " other differences |", head[1] + "---|"] + more
     return lines
 
 
