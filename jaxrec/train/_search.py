@@ -5,10 +5,10 @@ only in loss weights, learning rate and seed train together as one compiled prog
 (:mod:`jaxrec.train._batched_search`) unless ``batched="never"``; a grid that also varies
 other keys (model arguments) runs one such program per value of them, and a trial alone in
 its group runs on its own with :func:`~jaxrec.train.train_and_evaluate`, saying why. A grid over
-``data.*`` keys (e.g. ``data.feature_transform``) trains each trial on its own data. The winner is the trial with the best VALIDATION metric
-(ties: the earlier trial); test figures are reported for every trial but never read by any
-choice -- unlike MMRec, whose grid search picks by test. ``search.md`` and ``search.json``
-in the search workdir list all trials.
+``data.*`` keys (e.g. ``data.feature_transform``) trains each trial on its own data. The winner
+is the trial with the best VALIDATION metric (ties: the earlier trial); test figures are
+reported for every trial but never read by any choice -- unlike MMRec, whose grid search picks
+by test. ``search.md`` and ``search.json`` in the search workdir list all trials.
 """
 
 from __future__ import annotations
