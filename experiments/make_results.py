@@ -114,9 +114,24 @@ def collect_runs(records_dir: Path) -> dict[str, tuple[dict, dict]]:
 
 
 def _modalities(run: dict | None) -> list:
-    """The modalities a run's model reads (``model.args.modalities``; empty for pure-ID models)."""
+    """The modalities a run's model reads, for scoring or in a training term (empty for pure-ID
+    models): ``model.args.modalities``; else a wrapper's base's (``model.args.base_args.modalities``,
+    e.g. gan's VBPR); else a training-only term's (``model.args.modality``, a name or a list, e.g.
+    contrastive's InfoNCE, which ranks with its base's ID table)."""
     args = (((run or {}).get("config") or {}).get("model") or {}).get("args") or {}
-    return list(args.get("modalities") or [])
+    found = scoring_modalities(run)
+    if found:
+        return found
+    modality = args.get("modality")
+    return [modality] if isinstance(modality, str) else list(modality or [])
+
+
+def scoring_modalities(run: dict | None) -> list:
+    """The modalities the run's item side is SCORED from: ``model.args.modalities``, else the
+    wrapped base model's ``model.args.base_args.modalities`` (empty: an ID table ranks)."""
+    args = (((run or {}).get("config") or {}).get("model") or {}).get("args") or {}
+    base_args = args.get("base_args") or {}
+    return list(args.get("modalities") or (base_args.get("modalities") if isinstance(base_args, dict) else None) or [])
 
 
 def _ran_with(config: dict | None, setting: dict) -> bool:
@@ -437,7 +452,7 @@ def unseen_items_table(result: dict) -> list[str]:
               "ranked above the held-out unseen item (0% = first); 'in top tenth': how many of them rank in the top "
               "10% of the list (a random ranking: 50% and 10%)."]
     if result.get("not_scored"):
-        lines += ["", "Not scored (run folder deleted before this table existed): "
+        lines += ["", "Not scored (no run folder at hand when this table was made: deleted, or run in another checkout): "
                   + ", ".join(row["model"] for row in result["not_scored"]) + "."]
     return lines
 

@@ -137,6 +137,19 @@ def rank_percentiles(user_emb, item_emb, target: np.ndarray, train: np.ndarray) 
             "top_tenth": float(np.mean(shares < 0.1))}
 
 
+def item_side(run: dict) -> tuple[str, list]:
+    """``(item side, modalities)`` of a recorded run: ``"content"`` when its item side is scored
+    from features (``model.args.modalities``, or a wrapper's ``base_args.modalities`` such as
+    gan's VBPR), ``"id only, content in training"`` when only a training term reads them
+    (contrastive's ``model.args.modality``: ranking is its base's ID table, and an item never
+    seen as a positive is never in that term), else ``"id only"``."""
+    scored = make_results.scoring_modalities(run)
+    if scored:
+        return "content", scored
+    read = make_results._modalities(run)
+    return ("id only, content in training" if read else "id only"), read
+
+
 def run_folder(record: records.Record, runs_dir: Path) -> Path:
     """The scratch run folder a record was packed from: ``runs_dir/<name>`` for a run,
     ``runs_dir/<name>/<winning trial>`` for a search."""
@@ -198,13 +211,13 @@ def build(dataset_name: str, runs_dir: Path, previous: dict | None = None, skip_
             if previous_row is not None and "fingerprint" not in previous_row:
                 previous_row = None  # an older row without a fingerprint, and the run is at hand: score it
         # else: the folder is gone, and the earlier row of the same record is kept
-        modalities = list(((run.get("config") or {}).get("model", {}).get("args") or {}).get("modalities") or [])
+        side, modalities = item_side(run)
         if dataset is None and (folder / "config.yaml").is_file():
             experiment = train.prepare_experiment(train.load_config(folder / "config.yaml"))
             dataset, protocol = experiment.dataset, experiment.config.eval.protocol
         scores = ({s: previous_row[s] for s in SPLITS if s in previous_row} if previous_row is not None
                   else subset_metrics(folder))
-        rows.append({"model": model, "item_side": "content" if modalities else "id only", "modalities": modalities,
+        rows.append({"model": model, "item_side": side, "modalities": modalities,
                      "record": key[1], "run": key[2], "fingerprint": fingerprint,
                      "negative_items": ((run.get("config") or {}).get("train") or {}).get("negative_items", "all"),
                      **scores})
