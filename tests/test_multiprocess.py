@@ -297,3 +297,39 @@ def test_lightgcn_on_a_two_process_data_model_mesh_matches_four_devices_and_one(
     # One run: process 0 wrote the run files, process 1 only its log.
     assert sorted(p.name for p in multi.iterdir() if p.name.startswith("log")) == ["log.process1.txt", "log.txt"]
     assert "process 1" in (multi / "log.process1.txt").read_text()
+
+
+@pytest.fixture(scope="module")
+def per_process(tmp_path_factory):
+    """BPR on a prepared (TFDS) copy of DATA: two processes, each reading half of the train
+    records (``data.per_process_read: auto``), against one process reading all of them."""
+    from jaxrec.data import make_synthetic, prepare_tfds
+
+    directory = tmp_path_factory.mktemp("per_process")
+    dataset = make_synthetic(**DATA["synthetic"])
+    prepare_tfds(dataset, directory / "data", name="synthetic")
+    config = {**BPR, "data": {"path": str(directory / "data" / "synthetic")},
+              "train": {**BPR["train"], "epochs": 2, "checkpoint_every": 2}}
+    path, multi_path = _write(directory, "prepared", config), _write(directory, "prepared_mesh", _with_mesh(config))
+    multi = directory / "multi"
+    launch = Launcher(directory, tmp_path_factory.getbasetemp() / "jax-compilation-cache")
+    try:
+        launch.wait(launch.start(multi_path, multi))
+    finally:
+        launch.kill_all()
+    one = directory / "one"
+    _in_process(path, one, parallel="none")
+    return {"multi": multi, "one": one, "n_train": len(dataset.split_pairs("train"))}
+
+
+def test_two_processes_reading_half_the_train_records_each_match_one_process_reading_all(per_process):
+    multi, one, n_train = per_process["multi"], per_process["one"], per_process["n_train"]
+    _assert_same_run(multi, one)
+    read = json.loads((multi / "metrics.json").read_text())["data_read"]
+    # Contiguous shards [n i // 2, n (i + 1) // 2): half each, every record read once.
+    assert read == {"per_process_read": True, "train_records": n_train,
+                    "train_records_read": [n_train // 2, n_train - n_train // 2]}
+    # One process does not read per process under `auto`.
+    assert "data_read" not in json.loads((one / "metrics.json").read_text())
+    for log in ("log.txt", "log.process1.txt"):
+        assert f"train records read per process: [{n_train // 2}, {n_train - n_train // 2}]" in (multi / log).read_text()

@@ -226,3 +226,131 @@ def test_processes_reading_only_their_rows_from_the_prepared_records_rebuild_the
     assert all(r < len(train) for r in reads) and sum(reads) >= len(train)
     with pytest.raises(DataError, match="out of range"):
         store[np.array([len(train)])]
+
+
+@pytest.mark.parametrize("n, n_shards", [(0, 1), (1, 2), (7, 3), (958, 2), (1000, 7), (5, 8)])
+def test_the_train_record_shards_cover_every_record_once_in_order_with_sizes_one_apart(n, n_shards):
+    from jaxrec.train._per_process import shard_bounds
+
+    bounds = [shard_bounds(n, i, n_shards) for i in range(n_shards)]
+    owner = np.concatenate([np.full(stop - start, i) for i, (start, stop) in enumerate(bounds)]).astype(int)
+    # Naive: record k belongs to the shard whose range holds it, scanning the shards in order.
+    naive = [next(i for i, (start, stop) in enumerate(bounds) if start <= k < stop) for k in range(n)]
+    assert owner.tolist() == naive and len(owner) == n
+    assert np.all(np.diff(owner) >= 0)
+    sizes = [stop - start for start, stop in bounds]
+    assert set(sizes) <= {n // n_shards, -(-n // n_shards)}
+
+
+@pytest.mark.parametrize("with_extras", [False, True])
+def test_train_shards_read_apart_and_joined_in_any_order_give_the_whole_dataset_bitwise(tmp_path, with_extras):
+    from jaxrec.data import load_prepared, load_prepared_side, make_synthetic, prepare_tfds, read_train_shard
+
+    dataset = make_synthetic(40, 25, n_interactions=500, seed=6)
+    if with_extras:  # ratings and float64 timestamps travel through the shards too
+        inter = dataset.interactions
+        rng = np.random.default_rng(0)
+        dataset = dataset.replace(interactions=type(inter)(inter.users, inter.items, inter.split,
+                                                           rng.random(len(inter.users)).astype(np.float32),
+                                                           rng.random(len(inter.users)) * 1e9))
+    prepare_tfds(dataset, tmp_path, name="shards")
+    train = dataset.split_pairs("train")
+    shards = [read_train_shard(tmp_path, "shards", None, i, 3) for i in range(3)]
+    assert all(total == len(train) for _, total in shards)
+    for i, (columns, _) in enumerate(shards):
+        start, stop = len(train) * i // 3, len(train) * (i + 1) // 3
+        # Train record k is the k-th train interaction in dataset order.
+        np.testing.assert_array_equal(np.stack([columns["user"], columns["item"]], 1), train[start:stop])
+        positions = np.flatnonzero(dataset.interactions.split == 0)[start:stop]
+        np.testing.assert_array_equal(columns["index"], positions)
+    joined = {key: np.concatenate([shards[i][0][key] for i in (2, 0, 1)]) for key in shards[0][0]}
+    rebuilt, whole = load_prepared_side(tmp_path, "shards", None, joined), load_prepared(tmp_path, "shards")
+    for field in ("users", "items", "split", "ratings", "timestamps"):
+        a, b, c = (getattr(d.interactions, field) for d in (rebuilt, whole, dataset))
+        if c is None:
+            assert a is None and b is None
+        else:
+            assert a.dtype == c.dtype and np.array_equal(a, c) and np.array_equal(b, c), field
+    for name, modality in dataset.modalities.items():
+        np.testing.assert_array_equal(rebuilt.modalities[name].features, modality.features)
+    # A shard missing: the coverage check names the interactions left out.
+    from jaxrec.errors import DataError
+
+    with pytest.raises(DataError, match="exactly once"):
+        load_prepared_side(tmp_path, "shards", None, shards[0][0])
+
+
+def _example(fields: dict[str, bytes]) -> bytes:
+    from tensorflow_datasets.proto import tf_example_pb2
+
+    example = tf_example_pb2.Example()
+    for key in fields:
+        example.features.feature[key].bytes_list.value.append(fields[key])
+    return example.SerializeToString(deterministic=True)
+
+
+def _hand_encoded_example(fields: list[tuple[str, bytes]]) -> bytes:
+    """A tf.train.Example written by hand, its map entries in the order given (protobuf's own
+    serializer sorts them)."""
+
+    def delimited(number: int, payload: bytes) -> bytes:
+        size, varint = len(payload), b""
+        while True:
+            varint += bytes([(size & 0x7F) | (0x80 if size > 0x7F else 0)])
+            size >>= 7
+            if not size:
+                break
+        return bytes([number << 3 | 2]) + varint + payload
+
+    entries = b"".join(delimited(1, delimited(1, key.encode()) + delimited(2, delimited(1, delimited(1, value))))
+                       for key, value in fields)
+    return delimited(1, entries)
+
+
+def test_the_fixed_layout_decoding_equals_parsing_every_record_and_declines_what_it_cannot_prove():
+    from types import SimpleNamespace
+
+    from jaxrec.data._tfds_reader import _fixed_layout_columns
+
+    infos = {"index": SimpleNamespace(np_dtype=np.int64, shape=()), "user": SimpleNamespace(np_dtype=np.int32, shape=()),
+             "vec": SimpleNamespace(np_dtype=np.float32, shape=(3,))}
+    rng = np.random.default_rng(2)
+    rows = [{"index": np.int64(i).tobytes(), "user": np.int32(rng.integers(0, 2**31 - 1)).tobytes(),
+             "vec": rng.standard_normal(3).astype(np.float32).tobytes()} for i in range(300)]
+    # Large values make protobuf varint lengths differ by record in nothing here: all fields are bytes.
+    columns = _fixed_layout_columns([_example(r) for r in rows], infos)
+    assert columns is not None
+    np.testing.assert_array_equal(columns["index"], np.arange(300))
+    np.testing.assert_array_equal(columns["user"], [np.frombuffer(r["user"], np.int32)[0] for r in rows])
+    np.testing.assert_array_equal(columns["vec"], np.stack([np.frombuffer(r["vec"], np.float32) for r in rows]))
+    assert columns["vec"].shape == (300, 3) and columns["index"].dtype == np.int64
+    # Declined: a record whose fields are in another order (same length), a value of another
+    # length, a missing field, an unknown field, an object column.
+    from tensorflow_datasets.proto import tf_example_pb2
+
+    swapped = [_example(r) for r in rows[:5]] + [_hand_encoded_example([(k, rows[5][k]) for k in ("vec", "user", "index")])]
+    assert swapped[0] == _hand_encoded_example(list(rows[0].items()))  # the encoder writes what protobuf writes
+    parsed = tf_example_pb2.Example.FromString(swapped[5]).features.feature
+    assert parsed["user"].bytes_list.value[0] == rows[5]["user"]
+    assert len({len(r) for r in swapped}) == 1 and _fixed_layout_columns(swapped, infos) is None
+    assert _fixed_layout_columns([_example(rows[0]), _example({**rows[1], "user": b"\0" * 5})], infos) is None
+    assert _fixed_layout_columns([_example({k: v for k, v in rows[0].items() if k != "vec"})], infos) is None
+    assert _fixed_layout_columns([_example({**rows[0], "extra": b"1234"})], infos) is None
+    assert _fixed_layout_columns([_example(rows[0])], {**infos, "id": SimpleNamespace(np_dtype=np.object_, shape=())}) \
+        is None
+
+
+def test_per_process_read_settings_are_checked():
+    from jaxrec.train._config import DataConfig, config_from_dict
+    from jaxrec.train._per_process import enabled
+
+    with pytest.raises(ConfigError, match="data.per_process_read"):
+        config_from_dict({"model": {"name": "bprmf"}, "data": {"synthetic": {}, "per_process_read": "yes"}})
+    assert config_from_dict({"model": {"name": "bprmf"},
+                             "data": {"synthetic": {}, "per_process_read": True}}).data.per_process_read is True
+    with pytest.raises(ConfigError, match="per_process_read: true needs a dataset prepared"):
+        enabled(DataConfig(synthetic={}, per_process_read=True))
+    # auto and one process: off; false: off whatever the data.
+    assert not enabled(DataConfig(synthetic={}))
+    assert not enabled(DataConfig(path="/nonexistent", format="tfds", per_process_read=False))
+    assert enabled(DataConfig(path="/nonexistent", format="tfds", per_process_read=True))

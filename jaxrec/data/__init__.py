@@ -43,8 +43,10 @@ from jaxrec.data._synthetic import SyntheticTruth as SyntheticTruth
 from jaxrec.data._synthetic import default_dataset as default_dataset
 from jaxrec.data._synthetic import make_synthetic as make_synthetic
 from jaxrec.data._tfds import load_prepared as load_prepared
+from jaxrec.data._tfds import load_prepared_side as load_prepared_side
 from jaxrec.data._tfds import prepare_tfds as prepare_tfds
 from jaxrec.data._tfds import prepared_versions as prepared_versions
+from jaxrec.data._tfds import read_train_shard as read_train_shard
 from jaxrec.data._tfds import tfds_builder_class as tfds_builder_class
 
 # Users and items of valid/test never seen in train (warned about by `jaxrec data info` and training).

@@ -90,6 +90,26 @@ def load_prepared(data_dir, name: str, version: str | None = None):
     return _tfds_reader.load_prepared(data_dir, name, version)
 
 
+def read_train_shard(data_dir, name: str, version: str | None, shard: int, n_shards: int):
+    """``(columns, n_train)``: the interaction columns (``index``, ``user``, ``item``, and
+    ``rating`` / ``timestamp`` when stored) of train records ``[n_train * shard // n_shards,
+    n_train * (shard + 1) // n_shards)`` of a prepared dataset, read by random access: no other
+    record is read or decoded. One process's share of a multi-process run
+    (``data.per_process_read``)."""
+    from jaxrec.data import _tfds_reader
+
+    return _tfds_reader.read_train_shard(data_dir, name, version, shard, n_shards)
+
+
+def load_prepared_side(data_dir, name: str, version: str | None = None, train_columns=None):
+    """:func:`load_prepared` with the train records given (``train_columns``: every train
+    record's columns as :func:`read_train_shard` returns them, all shards concatenated in any
+    order) instead of read; everything else is read. The same dataset, bitwise."""
+    from jaxrec.data import _tfds_reader
+
+    return _tfds_reader.load_prepared_side(data_dir, name, version, train_columns)
+
+
 def prepared_versions(data_dir, name: str) -> list[str]:
     """Versions of ``name`` fully prepared (committed) in ``data_dir``, oldest first."""
     from jaxrec.data import _tfds_reader

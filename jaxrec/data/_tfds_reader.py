@@ -36,18 +36,28 @@ def prepared_versions(data_dir, name: str) -> list[str]:
     return [str(v) for v in sorted(found)]
 
 
-def _read_split(builder, split: str, consume: Callable[[dict], None]) -> int:
+def split_length(builder, split: str) -> int:
+    """The number of records in ``split`` (read from the record files' index, no decoding)."""
+    return len(builder.as_data_source(split=split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES))
+
+
+def _read_split(builder, split: str, consume: Callable[[dict], None], rows: tuple[int, int] | None = None) -> int:
     """Feeds ``consume`` the split's columns, a chunk of records at a time; returns the row count.
 
     Reads raw records through ``builder.as_data_source`` and decodes the bytes-encoded fields
-    in bulk: each numeric column of a chunk is one ``np.frombuffer`` of the joined bytes.
+    in bulk: each numeric column of a chunk is one ``np.frombuffer`` of the joined bytes. With
+    ``rows = (start, stop)`` only the records at those positions are read (random access).
     """
     source = builder.as_data_source(split=split, deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
     infos = tfds.core.utils.flatten_nest_dict(builder.info.features.get_tensor_info())
-    total = len(source)
-    for start in range(0, total, _READ_CHUNK):
-        stop = min(start + _READ_CHUNK, total)
+    first, end = (0, len(source)) if rows is None else rows
+    for start in range(first, end, _READ_CHUNK):
+        stop = min(start + _READ_CHUNK, end)
         records = source.__getitems__(list(range(start, stop)))
+        fixed = _fixed_layout_columns(records, infos)
+        if fixed is not None:
+            consume(fixed)
+            continue
         features = [tf_example_pb2.Example.FromString(record).features.feature for record in records]
         columns = {}
         for key, info in infos.items():
@@ -67,7 +77,93 @@ def _read_split(builder, split: str, consume: Callable[[dict], None]) -> int:
                                 expected=f"{dtype} {info.shape} per row")
             columns[key] = np.frombuffer(joined, dtype=dtype).reshape(stop - start, *info.shape)
         consume(columns)
-    return total
+    return end - first
+
+
+def _length_fields(buffer: bytes, start: int, stop: int) -> list[tuple[int, int, int]] | None:
+    """``(field number, value start, value stop)`` of each length-delimited field of the
+    protobuf message in ``buffer[start:stop]``; None on any other wire type or a malformed
+    message."""
+
+    def varint(at: int) -> tuple[int, int]:
+        value = shift = 0
+        while at < stop:
+            byte = buffer[at]
+            value |= (byte & 0x7F) << shift
+            at += 1
+            if not byte & 0x80:
+                return value, at
+            shift += 7
+        raise ValueError
+
+    fields, at = [], start
+    try:
+        while at < stop:
+            tag, at = varint(at)
+            if tag & 7 != 2:
+                return None
+            size, at = varint(at)
+            if at + size > stop:
+                return None
+            fields.append((tag >> 3, at, at + size))
+            at += size
+    except ValueError:
+        return None
+    return fields
+
+
+def _value_spans(record: bytes) -> dict[str, tuple[int, int]] | None:
+    """``{key: (start, stop)}``: where each feature's single bytes value lies in a serialized
+    ``tf.train.Example`` (Example.features -> Features.feature map entries -> key and
+    Feature.bytes_list -> BytesList.value); None for any other shape."""
+    spans = {}
+    for number, a, b in _length_fields(record, 0, len(record)) or [(0, 0, 0)]:
+        if number != 1:
+            return None
+        for entry_number, c, d in _length_fields(record, a, b) or []:
+            entry = _length_fields(record, c, d) if entry_number == 1 else None
+            if not entry or [n for n, _, _ in entry] != [1, 2]:
+                return None
+            key = record[entry[0][1]:entry[0][2]].decode("utf-8", "replace")
+            inner = _length_fields(record, entry[1][1], entry[1][2])
+            if not inner or len(inner) != 1 or inner[0][0] != 1:  # bytes_list
+                return None
+            values = _length_fields(record, inner[0][1], inner[0][2])
+            if not values or len(values) != 1 or values[0][0] != 1:
+                return None
+            spans[key] = values[0][1:]
+    return spans or None
+
+
+def _fixed_layout_columns(records: list[bytes], infos: dict) -> dict[str, np.ndarray] | None:
+    """The chunk's columns decoded without parsing every record, or None when that cannot be
+    proved exact (then every record is parsed).
+
+    When every field is numeric with a fixed shape and the records are byte strings of one
+    length whose bytes outside the first record's field values (the protobuf framing: tags,
+    lengths, keys) are identical in every record, every record has the first one's layout, so
+    each column is one slice of the records stacked as an ``(n, L)`` uint8 array. The value
+    offsets come from walking the first record's wire format.
+    """
+    if not records or any(info.np_dtype == np.object_ for info in infos.values()):
+        return None
+    length = len(records[0])
+    if any(len(record) != length for record in records):
+        return None
+    spans = _value_spans(records[0])
+    if spans is None or set(spans) != set(infos):
+        return None
+    framing = np.ones(length, bool)
+    for key, info in infos.items():
+        a, b = spans[key]
+        if b - a != np.dtype(info.np_dtype).itemsize * int(np.prod(info.shape, dtype=np.int64)):
+            return None
+        framing[a:b] = False
+    stacked = np.frombuffer(b"".join(records), np.uint8).reshape(len(records), length)
+    if not (stacked[:, framing] == stacked[0, framing]).all():
+        return None
+    return {key: np.ascontiguousarray(stacked[:, slice(*spans[key])]).view(np.dtype(info.np_dtype))
+            .reshape(len(records), *info.shape) for key, info in infos.items()}
 
 
 class _Coverage:
@@ -108,6 +204,32 @@ def _prepared_version(data_dir, name: str, version: str | None) -> tuple[Path, s
 
 def load_prepared(data_dir, name: str, version: str | None = None) -> MultimodalDataset:
     """See :func:`jaxrec.data.load_prepared`."""
+    return load_prepared_side(data_dir, name, version)
+
+
+def read_train_shard(data_dir, name: str, version: str | None, shard: int, n_shards: int
+                     ) -> tuple[dict[str, np.ndarray], int]:
+    """``(columns, n_train)``: the interaction columns (``index``, ``user``, ``item`` and, when
+    stored, ``rating`` / ``timestamp``) of train records ``[n_train * shard // n_shards,
+    n_train * (shard + 1) // n_shards)``, read by random access (no other record is read)."""
+    root, version = _prepared_version(data_dir, name, version)
+    builder = tfds.builder_from_directory(root / COMMIT_TABLE / version)
+    total = split_length(builder, "train")
+    rows = (total * shard // n_shards, total * (shard + 1) // n_shards)
+    chunks: list[dict] = []
+    _read_split(builder, "train", chunks.append, rows)
+    infos = tfds.core.utils.flatten_nest_dict(builder.info.features.get_tensor_info())
+    columns = {key: (np.concatenate([c[key] for c in chunks]) if chunks else np.empty(0, np.dtype(info.np_dtype)))
+               for key, info in infos.items()}
+    return columns, total
+
+
+def load_prepared_side(data_dir, name: str, version: str | None = None,
+                       train_columns: dict[str, np.ndarray] | None = None) -> MultimodalDataset:
+    """:func:`load_prepared` with the train records given instead of read: ``train_columns``
+    holds every train record's columns (as :func:`read_train_shard` returns them, the shards
+    of all processes concatenated, in any order); the items, users, graphs and the valid and
+    test records are read from ``data_dir``. ``None`` reads the train records too."""
     root, version = _prepared_version(data_dir, name, version)
     builders = {}
 
@@ -126,7 +248,7 @@ def load_prepared(data_dir, name: str, version: str | None = None) -> Multimodal
                         field="metadata.jaxrec.layout", found=None if not isinstance(manifest, dict) else manifest.get("layout"),
                         expected=LAYOUT)
     counts, rows = manifest["counts"], manifest["rows"]
-    interactions = _load_interactions(builder(COMMIT_TABLE), manifest)
+    interactions = _load_interactions(builder(COMMIT_TABLE), manifest, train_columns)
     modalities, item_ids = _load_items(builder("items") if rows["items"] else None, manifest)
     user_features, user_ids = _load_users(builder("users") if rows["users"] else None, manifest)
     kg = _load_pairs(builder("kg"), "triples", ("item", "relation", "entity"), rows["kg"]) if rows["kg"] else None
@@ -143,7 +265,7 @@ def load_prepared(data_dir, name: str, version: str | None = None) -> Multimodal
     )
 
 
-def _load_interactions(builder, manifest: dict) -> Interactions:
+def _load_interactions(builder, manifest: dict, train_columns: dict | None = None) -> Interactions:
     n = manifest["counts"]["interactions"]
     users, items = np.empty(n, np.int32), np.empty(n, np.int32)
     split = np.empty(n, np.int8)
@@ -162,7 +284,10 @@ def _load_interactions(builder, manifest: dict) -> Interactions:
             if timestamps is not None:
                 timestamps[index] = columns["timestamp"]
 
-        _read_split(builder, split_name, consume)
+        if split_name == "train" and train_columns is not None:
+            consume(train_columns)
+        else:
+            _read_split(builder, split_name, consume)
     coverage.check()
     return Interactions(users, items, split, ratings, timestamps)
 

@@ -59,6 +59,10 @@ class DataConfig:
     ``center``, ``standardize``, ``l2`` or ``none``, applied once after loading, before any
     model, with statistics over every item that has the modality
     (``jaxrec.data.transform_features``), e.g. ``{visual_feat: center}``.
+    ``per_process_read`` (``auto``, ``true`` or ``false``): each process of a multi-process
+    run reads only its shard of the train records of a prepared dataset, the shards then
+    exchanged (``jaxrec.train._per_process``); ``auto``: when the data is prepared (TFDS) and
+    there is more than one process.
     """
 
     path: str | None = None
@@ -69,6 +73,7 @@ class DataConfig:
     roles: dict[str, str] = dataclasses.field(default_factory=dict)
     synthetic: dict[str, Any] | None = None
     feature_transform: dict[str, str] = dataclasses.field(default_factory=dict)
+    per_process_read: Any = "auto"
 
 
 @dataclasses.dataclass
@@ -314,6 +319,9 @@ def _check_values(config: ExperimentConfig, where: str) -> None:
     choice("train.negative_sampling", t.negative_sampling, NEGATIVE_SAMPLING)
     choice("train.sampler", t.sampler, SAMPLERS)
     choice("train.negative_items", t.negative_items, NEGATIVE_ITEMS)
+    if not (isinstance(config.data.per_process_read, bool) or config.data.per_process_read == "auto"):
+        raise ConfigError(f"{where}config key 'data.per_process_read' is {config.data.per_process_read!r} "
+                          "(expected auto, true or false)")
     for name, how in config.data.feature_transform.items():
         choice(f"data.feature_transform.{name}", how, FEATURE_TRANSFORMS)
     if t.mesh is not None:

@@ -32,6 +32,12 @@ def load_dataset(config: DataConfig) -> MultimodalDataset:
             dataset = jdata.make_synthetic(**config.synthetic)
         except TypeError as error:
             raise ConfigError(f"data.synthetic: {error}") from None
+    return finish_dataset(dataset, config)
+
+
+def finish_dataset(dataset: MultimodalDataset, config: DataConfig) -> MultimodalDataset:
+    """The loaded ``dataset`` re-split when ``data.split`` asks, then ``data.feature_transform``
+    applied (a warning for items or users unseen in train)."""
     if config.split is not None:
         params = dict(config.split)
         dataset = jdata.split_dataset(dataset, params.pop("method"), **params)

@@ -17,11 +17,10 @@ import numpy as np
 
 from jaxrec.data import MultimodalDataset
 from jaxrec.errors import ConfigError, TrainingDivergedError
-from jaxrec.train import _distributed, _outputs, _workdir
+from jaxrec.train import _distributed, _outputs, _per_process, _workdir
 from jaxrec.train._checkpoint import Checkpoints
 from jaxrec.train._config import ExperimentConfig
 from jaxrec.train._config_io import dump_config
-from jaxrec.train._data import load_dataset
 from jaxrec.train._early_stopping import EarlyStopping, update_early_stopping
 from jaxrec.train._mesh import (
     MeshStepRunner,
@@ -125,8 +124,9 @@ def train_and_evaluate(config: ExperimentConfig, workdir: str | os.PathLike, *,
     # Everything that can fail on the input is checked before the workdir is touched.
     # Processes other than 0 skip the look at the run lock: process 0 of the same run may hold it already.
     _workdir.check_workdir(config, workdir, resume, locked=not _distributed.is_main())
-    if dataset is None:
-        dataset = load_dataset(config.data)
+    read_report = None
+    if dataset is None:  # with data.per_process_read, each process decodes only its shard of the train records
+        dataset, read_report = _per_process.load(config.data)
     _workdir.check_data(config, dataset)
     _workdir.check_batch_memory(config, dataset)
     experiment = prepare_experiment(config, dataset)
@@ -157,7 +157,13 @@ def train_and_evaluate(config: ExperimentConfig, workdir: str | os.PathLike, *,
                          f"{experiment.loss_weights}; parallel={tcfg.parallel} on {run.runner.n_devices} device(s)"
                          + (f" of {_distributed.process_count()} processes (this is process "
                             f"{_distributed.process_index()})" if _distributed.is_multiprocess() else ""))
+            if read_report is not None:
+                progress.log(f"train records read per process: {list(read_report.records_read)} of "
+                             f"{read_report.train_records} (this is process {_distributed.process_index()}; "
+                             "data.per_process_read)")
             result = run.run(started)
+            if read_report is not None:
+                result["data_read"] = read_report.asdict()
             if main:
                 _write_outputs(workdir, result, run.meta["history"], tcfg.valid_metric, progress)
             _distributed.barrier("jaxrec:outputs-written")
