@@ -1,7 +1,7 @@
 """Seconds per training epoch and per evaluation on lfm2k, against MMRec's measured anchors.
 
 Usage (from the project root):
-    python benchmarks/bench_train.py [--epochs 20] [--parallel none]
+    python benchmarks/bench_train.py [--epochs 20] [--parallel none] [--sampler device]
         [--data ../shared/data/lfm2k] [--config experiments/configs/lfm2k/bpr.yaml ...]
         [--json experiments/results/lfm2k_speed.json]
 
@@ -14,7 +14,8 @@ taken while other jobs shared the two cores).
 Builds the model from the config exactly as ``jaxrec train`` does, compiles, then times
 ``--epochs`` epochs split into host work (numpy negative sampling and batch layout, and the
 model's epoch hook if it has one: FREEDOM's pruning, LATTICE's ``learned_graph: epoch``
-refresh) and device steps (one scanned call per epoch), and ``--epochs`` evaluations of the valid
+refresh) and device steps (one scanned call per epoch; with ``--sampler device`` the batches
+are built inside that call, so the host part is the epoch hook alone), and ``--epochs`` evaluations of the valid
 and test splits (full ranking over all items). Prints medians and the ratio to MMRec's
 anchors in ``../shared/anchors/mmrec_lfm2k.json`` (same data, 2 CPU cores). Compile time
 is reported separately and is not in the medians.
@@ -53,6 +54,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=20, help="timed epochs (and evaluations)")
     parser.add_argument("--parallel", default="none", choices=("none", "pmap", "sharded"))
     parser.add_argument("--steps-per-call", type=int, default=0, help="batches per device call (0: whole epoch)")
+    parser.add_argument("--sampler", default=None, choices=("shuffle", "keyed", "device"),
+                        help="train.sampler (default: the config's); device: batches built inside the epoch program")
     parser.add_argument("--child-json", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if len(args.config) > 1 or args.json:
@@ -70,7 +73,7 @@ def _time_each(args) -> None:
             out = Path(tmp) / "figures.json"
             command = [sys.executable, __file__, "--config", config_path, "--data", args.data, "--epochs",
                        str(args.epochs), "--parallel", args.parallel, "--steps-per-call", str(args.steps_per_call),
-                       "--child-json", str(out)]
+                       "--child-json", str(out)] + (["--sampler", args.sampler] if args.sampler else [])
             finished = subprocess.run(command)
             if finished.returncode != 0 or not out.exists():
                 print(f"{config_path}: failed (exit {finished.returncode}); left out", file=sys.stderr)
@@ -82,7 +85,8 @@ def _time_each(args) -> None:
 
 def time_one(args, config_path: str) -> dict:
     config = load_config(config_path, [f"data.path={args.data}", f"train.parallel={args.parallel}",
-                                       f"train.steps_per_call={args.steps_per_call}"])
+                                       f"train.steps_per_call={args.steps_per_call}"]
+                         + ([f"train.sampler={args.sampler}"] if args.sampler else []))
     tick = time.perf_counter()
     exp = prepare_experiment(config)
     setup_seconds = time.perf_counter() - tick
@@ -95,18 +99,24 @@ def time_one(args, config_path: str) -> dict:
     splits = prepare_eval_splits(exp)
     encoder = make_encoder(exp.module)
     per_call = config.train.steps_per_call or exp.steps_per_epoch
+    on_device = exp.sampler.device_arrays is not None
+    arrays = runner.put_sampler(exp.sampler.device_arrays) if on_device else None
 
     def epoch(index: int, state):
         nonlocal ctx, eval_ctx
         tick = time.perf_counter()
-        batches = exp.sampler.batches(index)
+        batches = None if on_device else exp.sampler.batches(index)
         if exp.built.epoch_update is not None:  # the model's epoch hook, once per epoch as the trainer runs it
             built_ctx = epoch_context(exp.built, runner.get_state(state).params, config.train.seed, index)
             ctx, eval_ctx = runner.put_ctx(built_ctx), jax.device_put(built_ctx, runner.devices[0])
         sampled = time.perf_counter()
         for offset in range(0, exp.steps_per_epoch, per_call):
-            chunk = {k: v[offset:offset + per_call] for k, v in batches.items()}
-            state, metrics = runner.run(state, ctx, runner.put_batches(chunk))
+            if on_device:  # the batches are built inside the call
+                n_steps = min(per_call, exp.steps_per_epoch - offset)
+                state, metrics = runner.run_sampled(state, ctx, arrays, index, offset, n_steps)
+            else:
+                chunk = {k: v[offset:offset + per_call] for k, v in batches.items()}
+                state, metrics = runner.run(state, ctx, runner.put_batches(chunk))
             np.asarray(metrics.loss)  # the loop reads the losses every call, so this is timed too
         return state, sampled - tick, time.perf_counter() - sampled
 
@@ -136,7 +146,8 @@ def time_one(args, config_path: str) -> dict:
     cpu_per_epoch = (time.process_time() - cpu_start) / args.epochs  # train + valid + test, both threads
     load = max(load_start, os.getloadavg()[0])
     print(f"{config.model.name} on {exp.dataset.name}: {exp.dataset.n_users} users, {exp.dataset.n_items} items, "
-          f"{exp.steps_per_epoch} batches of {config.train.batch_size}; parallel={config.train.parallel} on "
+          f"{exp.steps_per_epoch} batches of {config.train.batch_size}; sampler={config.train.sampler}; "
+          f"parallel={config.train.parallel} on "
           f"{runner.n_devices} {runner.devices[0].platform} device(s); {args.epochs} timed epochs; "
           f"{os.cpu_count()} CPUs, load average {load:.1f} (other processes slow every figure)")
     print(f"  setup (load data, build): {setup_seconds:.2f} s; first epoch incl. compile {compile_train:.2f} s; "
@@ -152,6 +163,7 @@ def time_one(args, config_path: str) -> dict:
               f"s valid+test -> ours is {anchor['train_s_per_epoch'] / per_epoch:.1f}x faster per epoch, "
               f"{anchor['eval_s_valid_plus_test'] / eval_pair:.1f}x faster per evaluation")
     return {"model": config.model.name, "config": str(config_path), "epochs_timed": args.epochs,
+            "sampler": config.train.sampler,
             "train_seconds_per_epoch": per_epoch, "eval_seconds_valid_plus_test": eval_pair,
             "cpu_seconds_per_epoch_incl_eval": cpu_per_epoch, "compile_seconds": compile_train + compile_eval,
             "load_average": load, "cpus": os.cpu_count(), "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}

@@ -25,8 +25,12 @@ from jaxrec.data._feature_transform import FEATURE_TRANSFORMS as FEATURE_TRANSFO
 from jaxrec.data._feature_transform import transform_features as transform_features
 from jaxrec.data._negatives_device import DevicePositives as DevicePositives
 from jaxrec.data._negatives_device import sample_negatives_jax as sample_negatives_jax
+from jaxrec.data._negatives_device import popularity_masses as popularity_masses
+from jaxrec.data._negatives_device import sample_popularity_negatives_jax as sample_popularity_negatives_jax
 from jaxrec.data._train_batches import TrainBatches as TrainBatches
 from jaxrec.data._keyed_batches import KeyedTrainBatches as KeyedTrainBatches
+from jaxrec.data._device_batches import DeviceEpochArrays as DeviceEpochArrays
+from jaxrec.data._device_batches import DeviceTrainBatches as DeviceTrainBatches
 # --- readers and writers (raw files -> MultimodalDataset) ---
 from jaxrec.data._io import DataWarning as DataWarning
 from jaxrec.data._load import FORMATS as FORMATS

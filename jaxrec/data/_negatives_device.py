@@ -138,3 +138,71 @@ def _draw(key, users, positives: DevicePositives, n_neg: int, item_cdf, n_candid
     found = jnp.take_along_axis(~is_positive, first_free[..., None], axis=-1)[..., 0]
     chosen = jnp.take_along_axis(candidates, first_free[..., None], axis=-1)[..., 0]
     return jnp.where(found, chosen, uniform).astype(jnp.int32), found & has_negative
+
+
+def popularity_masses(sets: PositiveSets, weights) -> tuple[np.ndarray, np.ndarray]:
+    """``(cdf, local)`` int32 for :func:`sample_popularity_negatives_jax` from integer item
+    weights (the default popularity, training counts, is one): ``cdf`` (n_items,) the
+    cumulative weights, ``local`` (nnz,) each positive's cumulative weight within its user's
+    segment (inclusive), so that no sum exceeds the total weight.
+
+    Raises:
+      DataError: weights that are not integers >= 0, or a total of ``2**31`` or more.
+    """
+    weights = np.asarray(weights)
+    if (weights.shape != (sets.n_items,) or np.any(weights < 0) or not np.all(np.isfinite(weights))
+            or np.any(weights != np.round(weights))):
+        raise DataError("exact device popularity sampling needs one integer weight >= 0 per item",
+                        field="item_popularity", found=f"shape {weights.shape}", expected=f"({sets.n_items},) integers")
+    weights = weights.astype(np.int64)
+    cdf = np.cumsum(weights)
+    if cdf.size and cdf[-1] >= 2**31:
+        raise DataError("item weights too large for int32 device sampling", field="item_popularity",
+                        found=f"total {int(cdf[-1])}", expected="a total below 2**31")
+    running = np.cumsum(weights[sets.indices])
+    segment_start = np.repeat(np.concatenate([[0], running])[sets.indptr[:-1]], sets.degrees)
+    return cdf.astype(np.int32), (running - segment_start).astype(np.int32)
+
+
+def sample_popularity_negatives_jax(key: jax.Array, users: jax.Array, positives: DevicePositives, cdf: jax.Array,
+                                    local: jax.Array, *, n_neg: int = 1) -> tuple[jax.Array, jax.Array]:
+    """Exact popularity negatives on device, with integer weights (:func:`popularity_masses`).
+
+    .. math::
+        P(i \\mid u) = \\frac{w_i [i \\notin \\mathcal{P}_u]}{M_u}, \\qquad
+        M_u = \\sum_j w_j [j \\notin \\mathcal{P}_u]
+
+    A target ``t`` is drawn uniformly among the integers ``0 .. M_u - 1`` and the item is the
+    smallest ``x`` whose cumulative weight over the user's non-positives exceeds ``t`` (a
+    bisection over item ids, each probe counting the user's positives up to ``x`` by an inner
+    bisection in its CSR segment): no rejection, no candidate limit, integer arithmetic only,
+    so the draw is exact (up to ``jax.random.randint``'s ``span / 2**64``-order bias).
+    With a pool the ids are the pool's compact ones and are mapped back, as
+    :func:`sample_negatives_jax` does.
+
+    Returns:
+      ``(negatives, exact)``: (n, n_neg) int32 items; (n, n_neg) bool, False where the user
+      has no weight outside its positives (the item is then meaningless).
+    """
+    users = jnp.asarray(users, jnp.int32)
+    start, end = positives.indptr[users][:, None], positives.indptr[users + 1][:, None]
+    last_local = local[jnp.clip(end - 1, 0, max(local.shape[0] - 1, 0))] if local.shape[0] else jnp.zeros_like(end)
+    free_mass = cdf[-1] - jnp.where(end > start, last_local, 0)
+    target = jax.random.randint(key, (users.shape[0], n_neg), 0, jnp.maximum(free_mass, 1))
+    n = positives.n_items
+    start2, end2 = (jnp.broadcast_to(bound, target.shape) for bound in (start, end))
+
+    def step(_, bounds):
+        low, high = bounds
+        middle = (low + high) // 2
+        after = _upper_bound(positives.indices, start2, end2, middle, positives.search_steps)
+        upto = local[jnp.clip(after - 1, 0, max(local.shape[0] - 1, 0))] if local.shape[0] else jnp.zeros_like(after)
+        negative_mass = cdf[middle] - jnp.where(after > start2, upto, 0)
+        above = negative_mass > target
+        return jnp.where(above, low, middle + 1), jnp.where(above, middle, high)
+
+    low = jnp.zeros(target.shape, jnp.int32)
+    high = jnp.full(target.shape, n - 1, jnp.int32)
+    low, _ = jax.lax.fori_loop(0, max(1, math.ceil(math.log2(max(n, 2)))) + 1, step, (low, high))
+    negatives = low if positives.pool is None else positives.pool[low]
+    return negatives.astype(jnp.int32), jnp.broadcast_to(free_mass > 0, target.shape)

@@ -174,8 +174,12 @@ class Checkpoints:
             policies.BestN(get_metric_fn=lambda metrics: metrics[_BEST_TAG], n=1,
                            keep_checkpoints_without_metrics=False),
         ])
+        # best_fn makes Orbax write each step's metrics (the best tag) beside it and read them back
+        # when the folder is reopened: without it the tags live only in this process, and a resumed
+        # run's first rotation deleted the best checkpoint saved by the previous session.
         options = ocp.CheckpointManagerOptions(
-            preservation_policy=policy, enable_async_checkpointing=False, create=not read_only,
+            preservation_policy=policy, best_fn=lambda metrics: metrics[_BEST_TAG], best_mode="max",
+            enable_async_checkpointing=False, create=not read_only,
             read_only=read_only, cleanup_tmp_directories=not read_only, save_interval_steps=0 if read_only else 1)
         absl_logger = logging.getLogger("absl")
         level = absl_logger.level

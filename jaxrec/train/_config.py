@@ -26,7 +26,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd", "adagrad")
 SCHEDULES = ("constant", "cosine", "warmup_cosine", "exponential")
 PARALLEL_MODES = ("none", "pmap", "sharded")
 NEGATIVE_SAMPLING = ("uniform", "popularity")
-SAMPLERS = ("shuffle", "keyed")
+SAMPLERS = ("shuffle", "keyed", "device")
 NEGATIVE_ITEMS = ("trained", "all")
 FEATURE_TRANSFORMS = ("none", "center", "standardize", "l2")
 PROTOCOLS = ("mmrec", "cornac")
@@ -90,7 +90,9 @@ class TrainConfig:
     its last checkpoint exactly, so nothing is lost but time. ``sampler`` is how epochs are
     drawn: ``shuffle`` (one generator per epoch) or ``keyed`` (every row a function of
     ``(seed, epoch, row position)``, so each process of a multi-process run draws only its
-    own rows; ``jaxrec.train._data.EpochSampler``). ``negative_items`` is which items
+    own rows) or ``device`` (the pair order and negatives drawn on device inside one compiled
+    program per epoch: for GPU/TPU, where the host->device copy of every epoch and per-call
+    dispatch dominate; same distribution; ``jaxrec.train._data.EpochSampler``). ``negative_items`` is which items
     negatives are drawn from: ``trained`` (only items with a train interaction; an item
     without one would only ever be pushed down) or ``all``.
 

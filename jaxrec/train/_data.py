@@ -93,6 +93,13 @@ class EpochSampler:
     (``weights``), so every batch has one static shape; by the model contract
     (``jaxrec.models._registry``) those rows count for nothing, which is exactly MMRec's
     partial last batch. A resumed run redraws epoch ``e`` identically.
+    ``sampler="device"`` wraps :class:`jaxrec.data.DeviceTrainBatches`: the same shapes,
+    padding and distribution, with the pair order and the negatives computed on device from
+    ``(seed, epoch, step)``, so the trainer runs each epoch as one compiled program that builds
+    its batches itself (:meth:`jaxrec.train.StepRunner.run_sampled`; :attr:`device_arrays`).
+    It is for accelerators (GPU/TPU), where copying each epoch's batches to the device and
+    dispatching the calls cost more than drawing them; :meth:`batches` still returns the
+    same batches on the host for anything that wants them (the mesh runner, searches).
 
     Negatives are drawn only among the items with a training interaction
     (``negative_items="trained"``, the default; ``"all"`` draws among every item). An item
@@ -107,25 +114,32 @@ class EpochSampler:
       n_negatives: negatives per positive.
       method: ``"uniform"`` or ``"popularity"`` (items in proportion to their training count).
       seed: the run's seed.
-      sampler: ``"shuffle"`` or ``"keyed"``.
+      sampler: ``"shuffle"``, ``"keyed"`` or ``"device"``.
       negative_items: ``"trained"`` or ``"all"`` (``train.negative_items``).
     """
 
     def __init__(self, dataset: MultimodalDataset, *, batch_size: int, n_negatives: int = 1,
                  method: str = "uniform", seed: int = 0, sampler: str = "shuffle",
                  negative_items: str = "trained"):
-        if sampler not in ("shuffle", "keyed"):
-            raise ConfigError(f"train.sampler must be 'shuffle' or 'keyed', got {sampler!r}")
+        if sampler not in ("shuffle", "keyed", "device"):
+            raise ConfigError(f"train.sampler must be 'shuffle', 'keyed' or 'device', got {sampler!r}")
         if negative_items not in jdata.NEGATIVE_ITEMS:
             raise ConfigError(f"train.negative_items must be 'trained' (negatives only among items with a train "
                               f"interaction) or 'all' (among every item), got {negative_items!r}")
         self.sampler = sampler
-        kind = jdata.TrainBatches if sampler == "shuffle" else jdata.KeyedTrainBatches
+        kind = {"shuffle": jdata.TrainBatches, "keyed": jdata.KeyedTrainBatches,
+                "device": jdata.DeviceTrainBatches}[sampler]
         self._batches = kind.from_dataset(dataset, batch_size=batch_size, n_neg=n_negatives, seed=seed,
                                           distribution=method, negative_items=negative_items)
         self.batch_size = int(batch_size)
         self.n_negatives = int(n_negatives)
         self.steps_per_epoch = len(self._batches)
+
+    @property
+    def device_arrays(self):
+        """``sampler="device"``: the :class:`jaxrec.data.DeviceEpochArrays` the epoch program
+        reads (host arrays; ``StepRunner.put_sampler`` places them); else None."""
+        return self._batches.arrays if self.sampler == "device" else None
 
     def example_batch(self) -> dict[str, np.ndarray]:
         """A batch of zeros with the shapes and dtypes of the real ones."""
@@ -137,6 +151,9 @@ class EpochSampler:
         of ``range(batch_size)``) only those rows of every batch (a process's share)."""
         if self.sampler == "keyed":
             return normalize_batch(self._batches.epoch_rows(epoch, rows))
+        if self.sampler == "device":
+            stacked = self._batches.epoch_stacked(epoch)
+            return normalize_batch(stacked if rows is None else {k: v[:, rows] for k, v in stacked.items()})
         batches = list(self._batches.epoch(epoch))
         stacked = {key: np.stack([batch[key] for batch in batches]) for key in batches[0]}
         if rows is not None:

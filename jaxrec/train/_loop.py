@@ -206,6 +206,14 @@ class _Run:
         # if the process dies first, the resumed run recomputes it exactly.
         self.pending_best: tuple[int, Any, dict, Any] | None = None
         self.prefetched: tuple[int, dict] | None = None  # (epoch, batches) drawn ahead of their epoch
+        # train.sampler: device -- each call builds its batches on device (StepRunner.run_sampled).
+        self.device_sampler = None
+        if exp.sampler.device_arrays is not None:
+            if hasattr(self.runner, "run_sampled"):
+                self.device_sampler = self.runner.put_sampler(exp.sampler.device_arrays)
+            else:
+                progress.log("train.sampler=device with the mesh runner: each epoch's batches are computed by the "
+                             "same device program and fed as host batches (no fused epoch program)")
         self.eval_device = self.runner.local_device
         self._set_context(exp.built.ctx)
         self.ctx_epoch: int | None = None  # the epoch index of the hook's context now set
@@ -265,15 +273,20 @@ class _Run:
     def train_epoch(self, epoch: int) -> dict[str, Any]:
         exp, tcfg = self.exp, self.tcfg
         tick = time.perf_counter()
-        batches = self._batches(epoch)
+        batches = self._batches(epoch) if self.device_sampler is None else None
         self._context_for(epoch - 1)
         per_call = tcfg.steps_per_call or exp.steps_per_epoch
         sums: dict[str, float] = {"loss": 0.0}
         self.progress.start_batches()
         for offset in range(0, exp.steps_per_epoch, per_call):
-            chunk = {k: v[offset:offset + per_call] for k, v in batches.items()}
-            self.state, metrics = self.runner.run(self.state, self.train_ctx, self.runner.put_batches(chunk))
-            if offset + per_call >= exp.steps_per_epoch:  # the epoch's last call is in flight
+            if batches is None:
+                n_steps = min(per_call, exp.steps_per_epoch - offset)
+                self.state, metrics = self.runner.run_sampled(self.state, self.train_ctx, self.device_sampler,
+                                                              epoch - 1, offset, n_steps)
+            else:
+                chunk = {k: v[offset:offset + per_call] for k, v in batches.items()}
+                self.state, metrics = self.runner.run(self.state, self.train_ctx, self.runner.put_batches(chunk))
+            if batches is not None and offset + per_call >= exp.steps_per_epoch:  # the epoch's last call is in flight
                 self._prefetch(epoch + 1)
             metrics = jax.device_get(metrics)
             first_step = (epoch - 1) * exp.steps_per_epoch + offset

@@ -104,6 +104,52 @@ def _scanned(train_step):
     return run_steps
 
 
+def _sampled(train_step, n_steps: int, select):
+    """``run(state, ctx, arrays, epoch, first_step)``: ``n_steps`` updates from step
+    ``first_step`` of epoch ``epoch``, each batch built on device from ``arrays``
+    (:class:`jaxrec.data.DeviceEpochArrays`) and passed through ``select`` (this device's rows
+    or a sharding constraint)."""
+
+    def run(state, ctx, arrays, epoch, first_step):
+        order = arrays.order(epoch)
+
+        def body(carry, step):
+            # Already in the contract's layout (int32 indices, (B, n_neg) negatives, float32 weights).
+            return train_step(carry, ctx, select(arrays.batch(order, epoch, step)))
+
+        return jax.lax.scan(body, state, first_step + jnp.arange(n_steps, dtype=jnp.int32))
+
+    return run
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled_sampled(module, tx, loss_weights: tuple, parallel: str, devices: tuple, steps_per_epoch: int | None,
+                      n_steps: int):
+    # As _compiled_steps, for the fused program of StepRunner.run_sampled.
+    weights = dict(loss_weights)
+    if parallel == "pmap":
+        step = make_train_step(module, tx, weights, axis_name=_AXIS, steps_per_epoch=steps_per_epoch)
+        n = len(devices)
+
+        def own_rows(batch):  # every device builds the whole batch (same keys) and keeps its rows
+            index = jax.lax.axis_index(_AXIS)
+            return {k: jax.lax.dynamic_slice_in_dim(v, index * (v.shape[0] // n), v.shape[0] // n)
+                    for k, v in batch.items()}
+
+        return jax.pmap(_sampled(step, n_steps, own_rows), axis_name=_AXIS, devices=devices, donate_argnums=0)
+    step = make_train_step(module, tx, weights, steps_per_epoch=steps_per_epoch)
+    if parallel == "sharded":
+        mesh = Mesh(np.asarray(devices), (_AXIS,))
+
+        def constrain(batch):
+            return {k: jax.lax.with_sharding_constraint(
+                v, NamedSharding(mesh, PartitionSpec(_AXIS, *([None] * (v.ndim - 1))))) for k, v in batch.items()}
+
+        return jax.jit(_sampled(step, n_steps, constrain), donate_argnums=0,
+                       out_shardings=NamedSharding(mesh, PartitionSpec()))
+    return jax.jit(_sampled(step, n_steps, lambda batch: batch), donate_argnums=0)
+
+
 @functools.lru_cache(maxsize=16)
 def _compiled_steps(module, tx, loss_weights: tuple, parallel: str, devices: tuple, steps_per_epoch: int | None):
     # Cached on (module, optimizer, weights, mode, devices), all hashable and compared by value
@@ -162,8 +208,8 @@ class StepRunner:
                               f"train.parallel={parallel!r} mode; use a multiple of {n}")
         if parallel not in ("none", "pmap", "sharded"):
             raise ConfigError(f"unknown train.parallel {parallel!r}; expected none, pmap or sharded")
-        self._run = _compiled_steps(module, tx, tuple(sorted(loss_weights.items())), parallel, tuple(self.devices),
-                                    steps_per_epoch)
+        self._key = (module, tx, tuple(sorted(loss_weights.items())), parallel, tuple(self.devices), steps_per_epoch)
+        self._run = _compiled_steps(*self._key)
         self.local_device = self.devices[0]  # where host code evaluates
         self.local_rows = slice(0, int(batch_size))  # the rows of each batch this process supplies: all
 
@@ -223,5 +269,29 @@ class StepRunner:
             metrics = jax.tree.map(lambda x: x[0], metrics)  # identical on every device after pmean
         elif self.parallel == "sharded":
             # Sharded calls dispatched back to back can deadlock on host-platform devices.
+            jax.block_until_ready(state)
+        return state, metrics
+
+    def put_sampler(self, arrays):
+        """Place a :class:`jaxrec.data.DeviceEpochArrays` for :meth:`run_sampled` (replicated)."""
+        return self.put_state(arrays)
+
+    def run_sampled(self, state: TrainState, ctx, arrays, epoch: int, first_step: int,
+                    n_steps: int) -> tuple[TrainState, StepMetrics]:
+        """``n_steps`` updates from step ``first_step`` of epoch ``epoch`` (0-based), each batch
+        computed on device inside the same compiled program (``train.sampler: device``);
+        ``arrays`` from :meth:`put_sampler`. The updates are those of :meth:`run` on the
+        batches :meth:`jaxrec.data.DeviceTrainBatches.epoch_stacked` returns."""
+        run = _compiled_sampled(*self._key, int(n_steps))
+        if self.parallel == "pmap":
+            n = self.n_devices
+            epoch_arg = jax.device_put(np.full(n, epoch, np.int32), self._leading)
+            first_arg = jax.device_put(np.full(n, first_step, np.int32), self._leading)
+        else:
+            epoch_arg, first_arg = np.int32(epoch), np.int32(first_step)
+        state, metrics = run(state, ctx, arrays, epoch_arg, first_arg)
+        if self.parallel == "pmap":
+            metrics = jax.tree.map(lambda x: x[0], metrics)
+        elif self.parallel == "sharded":
             jax.block_until_ready(state)
         return state, metrics
