@@ -62,6 +62,17 @@ def test_order_is_a_bijection_with_wrapping_padding(n_pairs, batch_size):
         assert not np.array_equal(first, other)
 
 
+def test_vectorized_steps_are_the_step_by_step_batches():
+    users, items = _pairs()
+    arrays = jax.device_put(DeviceTrainBatches(users, items, n_users=N_USERS, n_items=N_ITEMS, batch_size=16,
+                                               n_neg=2, seed=1, distribution="popularity").arrays)
+    stacked = jax.jit(lambda a: a.epoch_batches(2))(arrays)
+    one = jax.jit(lambda a, step: a.batch(a.order(2), 2, step))
+    for step in range(arrays.steps):
+        for key, value in one(arrays, step).items():
+            np.testing.assert_array_equal(np.asarray(value), np.asarray(stacked[key][step]))
+
+
 @pytest.mark.parametrize("distribution", ["uniform", "popularity"])
 @pytest.mark.parametrize("negative_items", ["trained", "all"])
 def test_each_epoch_covers_every_pair_once_and_negatives_are_allowed(distribution, negative_items):
