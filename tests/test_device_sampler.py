@@ -249,3 +249,16 @@ def test_config_accepts_device_and_names_it_in_errors():
     assert config_from_dict({**RAW}).train.sampler == "device"
     with pytest.raises(ConfigError, match="device"):
         config_from_dict({**RAW, "train": {**RAW["train"], "sampler": "gpu"}})
+
+
+def test_the_mesh_runner_falls_back_to_host_fed_device_batches_with_a_notice(tmp_path):
+    if jax.device_count() < 4:
+        pytest.skip("needs 4 devices (tests/conftest.py sets XLA_FLAGS for 4 fake CPU devices)")
+    short = {"epochs": 2, "checkpoint_every": 2}
+    fused, fused_history = _run(tmp_path, "fused", **short)
+    mesh, mesh_history = _run(tmp_path, "mesh", parallel="sharded", mesh={"data": 2, "model": 2}, **short)
+    assert "no fused epoch program" in (tmp_path / "mesh" / "log.txt").read_text()
+    assert "no fused epoch program" not in (tmp_path / "fused" / "log.txt").read_text()
+    # The same batches: the same losses as the fused one-device program (up to float summation order).
+    np.testing.assert_allclose([row["loss"] for row in mesh_history], [row["loss"] for row in fused_history],
+                               rtol=1e-4)
