@@ -62,6 +62,17 @@ def test_order_is_a_bijection_with_wrapping_padding(n_pairs, batch_size):
         assert not np.array_equal(first, other)
 
 
+def test_vectorized_steps_are_the_step_by_step_batches():
+    users, items = _pairs()
+    arrays = jax.device_put(DeviceTrainBatches(users, items, n_users=N_USERS, n_items=N_ITEMS, batch_size=16,
+                                               n_neg=2, seed=1, distribution="popularity").arrays)
+    stacked = jax.jit(lambda a: a.epoch_batches(2))(arrays)
+    one = jax.jit(lambda a, step: a.batch(a.order(2), 2, step))
+    for step in range(arrays.steps):
+        for key, value in one(arrays, step).items():
+            np.testing.assert_array_equal(np.asarray(value), np.asarray(stacked[key][step]))
+
+
 @pytest.mark.parametrize("distribution", ["uniform", "popularity"])
 @pytest.mark.parametrize("negative_items", ["trained", "all"])
 def test_each_epoch_covers_every_pair_once_and_negatives_are_allowed(distribution, negative_items):
@@ -238,3 +249,16 @@ def test_config_accepts_device_and_names_it_in_errors():
     assert config_from_dict({**RAW}).train.sampler == "device"
     with pytest.raises(ConfigError, match="device"):
         config_from_dict({**RAW, "train": {**RAW["train"], "sampler": "gpu"}})
+
+
+def test_the_mesh_runner_falls_back_to_host_fed_device_batches_with_a_notice(tmp_path):
+    if jax.device_count() < 4:
+        pytest.skip("needs 4 devices (tests/conftest.py sets XLA_FLAGS for 4 fake CPU devices)")
+    short = {"epochs": 2, "checkpoint_every": 2}
+    fused, fused_history = _run(tmp_path, "fused", **short)
+    mesh, mesh_history = _run(tmp_path, "mesh", parallel="sharded", mesh={"data": 2, "model": 2}, **short)
+    assert "no fused epoch program" in (tmp_path / "mesh" / "log.txt").read_text()
+    assert "no fused epoch program" not in (tmp_path / "fused" / "log.txt").read_text()
+    # The same batches: the same losses as the fused one-device program (up to float summation order).
+    np.testing.assert_allclose([row["loss"] for row in mesh_history], [row["loss"] for row in fused_history],
+                               rtol=1e-4)

@@ -33,3 +33,20 @@ def test_extending_a_run_keeps_its_best_checkpoint(tmp_path):
     # The test metrics are those of the best epoch's parameters, which never changed.
     assert extended["test"] == first["test"]
     assert json.loads((workdir / "metrics.json").read_text())["epochs_run"] == 5
+
+
+def test_a_best_checkpoint_written_without_its_tag_is_retagged_on_resume(tmp_path):
+    """A run folder from before the tags were stored on disk: the best checkpoint has no
+    ``metrics`` item. Resuming rewrites it with the tag, so the rotation keeps it."""
+    import shutil
+
+    workdir = tmp_path / "run"
+    first = train_and_evaluate(config_from_dict(_raw(3)), workdir, dataset=make_synthetic(**DATA), quiet=True)
+    tag = workdir / "checkpoints" / "1" / "metrics"
+    assert tag.is_dir() and not (workdir / "checkpoints" / "2" / "metrics").exists()
+    shutil.rmtree(tag)  # as an older jaxrec left it
+    extended = train_and_evaluate(config_from_dict(_raw(5)), workdir, dataset=make_synthetic(**DATA), quiet=True,
+                                  resume=True)
+    assert extended["best_epoch"] == 1 and extended["test"] == first["test"]
+    assert "rewritten with its best tag" in (workdir / "log.txt").read_text()
+    assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [1, 4, 5]

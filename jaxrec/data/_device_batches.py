@@ -94,10 +94,15 @@ class DeviceEpochArrays:
         return {"users": users, "pos_items": self.items[rows], "neg_items": negatives,
                 "weights": (positions < self.n_pairs).astype(jnp.float32)}
 
+    def steps_batches(self, epoch, steps: jax.Array) -> dict[str, jax.Array]:
+        """Batches ``steps`` ((k,) int32) of epoch ``epoch`` stacked: ``(k, B)`` and ``(k, B, n_neg)``
+        arrays, drawn in one vectorized call (the same values as :meth:`batch` step by step)."""
+        order = self.order(epoch)
+        return jax.vmap(lambda step: self.batch(order, epoch, step))(steps)
+
     def epoch_batches(self, epoch) -> dict[str, jax.Array]:
         """Every batch of the epoch stacked: ``(steps, B)`` and ``(steps, B, n_neg)`` arrays."""
-        order = self.order(epoch)
-        return jax.lax.map(lambda step: self.batch(order, epoch, step), jnp.arange(self.steps, dtype=jnp.int32))
+        return self.steps_batches(epoch, jnp.arange(self.steps, dtype=jnp.int32))
 
 
 jax.tree_util.register_dataclass(DeviceEpochArrays, data_fields=["users", "items", "positives", "key", "cdf", "local"],

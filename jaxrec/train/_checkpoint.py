@@ -234,11 +234,18 @@ class Checkpoints:
         meta.pop(_DIGEST, None)
         if epochs_done in self._manager.all_steps():
             self._manager.delete(epochs_done)
-        self._manager.save(
-            epochs_done,
-            args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-            metrics={_BEST_TAG: float(epochs_done)} if is_best else None,
-            force=True)
+        absl_logger = logging.getLogger("absl")
+        level = absl_logger.level
+        if not is_best:  # Orbax warns of every save without metrics when it tracks the best
+            absl_logger.setLevel(logging.ERROR)
+        try:
+            self._manager.save(
+                epochs_done,
+                args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+                metrics={_BEST_TAG: float(epochs_done)} if is_best else None,
+                force=True)
+        finally:
+            absl_logger.setLevel(level)
         self._manager.wait_until_finished()
 
     def restore(self, target_state, epochs_done: int | None = None, *, read_as=None):
@@ -324,6 +331,17 @@ class Checkpoints:
             raise DamagedCheckpointError(f"checkpoint {where} is damaged: its arrays do not match the checksum "
                                          "written with them (a corrupted file)")
         return state, meta
+
+    def tag_best(self, epochs_done: int, target_state, *, read_as=None) -> bool:
+        """Rewrite checkpoint ``epochs_done`` with the best tag when it has none on disk (written
+        before the tags were stored: a reopened manager then saw no best, and its next save's
+        rotation deleted it); True when rewritten. Call it on resume with the run's best epoch."""
+        if epochs_done not in self.epochs() or (self.directory / str(epochs_done) / "metrics").exists():
+            return False
+        state, meta = self._restore_verified(target_state, epochs_done, read_as)
+        self.save(epochs_done, state, meta, is_best=True,
+                  logical_shapes=[np.shape(leaf) for leaf in jax.tree.leaves(target_state)])
+        return True
 
     def close(self) -> None:
         self._await_cleanup()

@@ -191,6 +191,10 @@ class _Run:
                 _warn(progress, f"warning: {reason}; resuming from the newest intact checkpoint, after epoch "
                                 f"{self.meta['epochs_done']}")
             progress.log(f"resuming {workdir} after epoch {self.meta['epochs_done']}")
+            best = self.meta["early_stopping"].get("best_epoch", 0)
+            if best >= 1 and checkpoints.tag_best(best, exp.target, read_as=restore_target(self.runner, exp.target)):
+                progress.log(f"checkpoint {best} (the best so far) rewritten with its best tag, which an older "
+                             "jaxrec did not store, so that the checkpoint rotation keeps it")
             if extends is not None:
                 self._extend(extends)
         else:

@@ -106,18 +106,16 @@ def _scanned(train_step):
 
 def _sampled(train_step, n_steps: int, select):
     """``run(state, ctx, arrays, epoch, first_step)``: ``n_steps`` updates from step
-    ``first_step`` of epoch ``epoch``, each batch built on device from ``arrays``
-    (:class:`jaxrec.data.DeviceEpochArrays`) and passed through ``select`` (this device's rows
-    or a sharding constraint)."""
+    ``first_step`` of epoch ``epoch``, the batches built on device from ``arrays``
+    (:class:`jaxrec.data.DeviceEpochArrays`) for all the steps at once (one vectorized draw, not
+    one per step: fewer, larger kernels) and passed through ``select`` (this device's rows, or a
+    sharding constraint), then scanned as :func:`_scanned` scans host batches."""
 
     def run(state, ctx, arrays, epoch, first_step):
-        order = arrays.order(epoch)
-
-        def body(carry, step):
-            # Already in the contract's layout (int32 indices, (B, n_neg) negatives, float32 weights).
-            return train_step(carry, ctx, select(arrays.batch(order, epoch, step)))
-
-        return jax.lax.scan(body, state, first_step + jnp.arange(n_steps, dtype=jnp.int32))
+        steps = first_step + jnp.arange(n_steps, dtype=jnp.int32)
+        # Already in the contract's layout (int32 indices, (B, n_neg) negatives, float32 weights).
+        batches = select(arrays.steps_batches(epoch, steps))
+        return jax.lax.scan(lambda carry, batch: train_step(carry, ctx, batch), state, batches)
 
     return run
 
@@ -131,19 +129,21 @@ def _compiled_sampled(module, tx, loss_weights: tuple, parallel: str, devices: t
         step = make_train_step(module, tx, weights, axis_name=_AXIS, steps_per_epoch=steps_per_epoch)
         n = len(devices)
 
-        def own_rows(batch):  # every device builds the whole batch (same keys) and keeps its rows
+        def own_rows(batches):  # every device builds the whole batches (same keys) and keeps its rows
             index = jax.lax.axis_index(_AXIS)
-            return {k: jax.lax.dynamic_slice_in_dim(v, index * (v.shape[0] // n), v.shape[0] // n)
-                    for k, v in batch.items()}
+            return {k: jax.lax.dynamic_slice_in_dim(v, index * (v.shape[1] // n), v.shape[1] // n, axis=1)
+                    for k, v in batches.items()}
 
         return jax.pmap(_sampled(step, n_steps, own_rows), axis_name=_AXIS, devices=devices, donate_argnums=0)
     step = make_train_step(module, tx, weights, steps_per_epoch=steps_per_epoch)
     if parallel == "sharded":
         mesh = Mesh(np.asarray(devices), (_AXIS,))
 
-        def constrain(batch):
-            return {k: jax.lax.with_sharding_constraint(
-                v, NamedSharding(mesh, PartitionSpec(_AXIS, *([None] * (v.ndim - 1))))) for k, v in batch.items()}
+        def constrain(batches):
+            def spec(v):  # (steps, B, ...): the rows over the devices
+                return NamedSharding(mesh, PartitionSpec(None, _AXIS, *([None] * (v.ndim - 2))))
+
+            return {k: jax.lax.with_sharding_constraint(v, spec(v)) for k, v in batches.items()}
 
         return jax.jit(_sampled(step, n_steps, constrain), donate_argnums=0,
                        out_shardings=NamedSharding(mesh, PartitionSpec()))
