@@ -15,6 +15,9 @@ module (fixtures) and shared by the cases that read them.
 - LightGCN (a graph model: propagation over all rows) on a 2-process ``{data: 2, model: 2}``
   mesh: the metrics, the per-device table bytes in ``metrics.json``, the per-process logs, and
   the best state kept between checkpoints (a copy on the mesh, saved later by both processes).
+- BPR on a prepared (TFDS) copy of the data: each of the two processes reads only its half of
+  the train records (``data.per_process_read: auto``); the same metrics and history as one
+  process reading them all, and the counts in ``metrics.json`` and both logs.
 
 Every child is killed and reaped when a fixture ends, passed or not.
 """
