@@ -394,8 +394,8 @@ class PreparedTrainPairs:
         self._builder = tfds.builder_from_directory(root / COMMIT_TABLE / version)
         self._source = self._builder.as_data_source(split="train",
                                                     deserialize_method=tfds.decode.DeserializeMethod.RAW_BYTES)
-        infos = tfds.core.utils.flatten_nest_dict(self._builder.info.features.get_tensor_info())
-        self._dtypes = {key: np.dtype(infos[key].np_dtype) for key in ("user", "item")}
+        self._infos = tfds.core.utils.flatten_nest_dict(self._builder.info.features.get_tensor_info())
+        self._dtypes = {key: np.dtype(self._infos[key].np_dtype) for key in ("user", "item")}
         self.n = len(self._source)
         self.records_read = 0
 
@@ -410,8 +410,12 @@ class PreparedTrainPairs:
                             found=f"positions {int(flat.min())}..{int(flat.max())}", expected=f"0..{self.n - 1}")
         records = self._source.__getitems__(flat.tolist()) if flat.size else []
         self.records_read += len(records)
-        features = [tf_example_pb2.Example.FromString(record).features.feature for record in records]
         out = np.empty((flat.size, 2), np.int64)
+        fixed = _fixed_layout_columns(records, self._infos)
+        if fixed is not None:  # no per-record parse
+            out[:, 0], out[:, 1] = fixed["user"], fixed["item"]
+            return out.reshape(*index.shape, 2)
+        features = [tf_example_pb2.Example.FromString(record).features.feature for record in records]
         for column, key in enumerate(("user", "item")):
             joined = b"".join(feature[key].bytes_list.value[0] for feature in features)
             out[:, column] = np.frombuffer(joined, dtype=self._dtypes[key])

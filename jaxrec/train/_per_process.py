@@ -107,7 +107,12 @@ def load(config: DataConfig) -> tuple[MultimodalDataset, ReadReport | None]:
     from jaxrec.data import load_prepared_side, read_train_shard
     from jaxrec.train._data import finish_dataset, load_dataset
 
-    if not enabled(config):
+    on = enabled(config)
+    # Every process must take the same path (the shard exchange is a collective): a process
+    # that sees other files would otherwise wait for the others forever.
+    _distributed.check_same_everywhere(f"per_process_read={on}", "whether the data is a prepared dataset "
+                                       "(data.per_process_read; is data.path the same folder on every host?)")
+    if not on:
         return load_dataset(config), None
     options = dict(config.options)
     version = options.pop("version", None)
