@@ -133,7 +133,7 @@ def test_graph_comes_from_ctx_not_from_the_module():
     params = _random_params(7, 9, 3, seed=4)
     encode = jax.jit(lambda p, c: built.module.apply({"params": p}, c, False, method="encode"))
     graph = built.ctx["graph"]
-    empty = {"graph": graph._replace(weights=jnp.zeros_like(graph.weights))}
+    empty = {"graph": graph._replace(edges=graph.edges._replace(weights=jnp.zeros_like(graph.weights)))}
     users, items = encode(params, empty)  # no edges: only the layer-0 share remains
     np.testing.assert_allclose(users, params["user_embedding"] / 3, rtol=1e-6)
     np.testing.assert_allclose(items, params["item_embedding"] / 3, rtol=1e-6)

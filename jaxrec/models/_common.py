@@ -230,10 +230,24 @@ def chunk_size_for(width: int) -> int:
     return 1 << (edges.bit_length() - 1)
 
 
-def train_graph(dataset, *, normalization: str = "sym", self_loops: bool = False) -> jgraph.Edges:
-    """The normalized adjacency of ``dataset``'s TRAIN pairs as device edges (users first)."""
+GRAPH_FORMS = ("edges", "fixed")
+
+
+def train_graph(dataset, *, normalization: str = "sym", self_loops: bool = False,
+                form: str = "edges") -> jgraph.Edges | jgraph.FixedGraph:
+    """The normalized adjacency of ``dataset``'s TRAIN pairs on the device (users first).
+
+    ``form="edges"``: a row-sorted :class:`~jaxrec.data.graph.Edges` list (differentiable in
+    its weights); ``form="fixed"``: a constant :class:`~jaxrec.data.graph.FixedGraph` whose
+    gradient is propagated over its sorted transpose (the graph itself for ``"sym"``).
+    """
+    if form not in GRAPH_FORMS:
+        raise ConfigError(f"graph form must be one of {GRAPH_FORMS}; found {form!r}")
     graph = jgraph.bipartite_graph(dataset, split="train")
-    return jgraph.normalized_adjacency(graph, normalization=normalization, self_loops=self_loops).to_device()
+    edges = jgraph.normalized_adjacency(graph, normalization=normalization, self_loops=self_loops)
+    if form == "fixed":
+        return jgraph.fixed_graph(edges, symmetric=normalization in ("sym", "none")).to_device()
+    return edges.to_device()
 
 
 def knn_search_settings(method, n_clusters, n_probe, model: str) -> jgraph.IvfSettings | None:

@@ -110,7 +110,7 @@ def table_dropout(key: jax.Array, table_shape: tuple[int, int], rows: jax.Array,
 class BM3(nn.Module):
     """BM3 (see the module docstring).
 
-    ``ctx``: ``{"graph": Edges, "features": tuple of (n_items, d_m)}`` -- the normalized
+    ``ctx``: ``{"graph": FixedGraph, "features": tuple of (n_items, d_m)}`` -- the normalized
     train user-item graph (users first) and the raw item features per modality.
 
     Attributes:
@@ -233,5 +233,5 @@ def build(dataset, *, embedding_size: int = 64, n_layers: int = 1, dropout: floa
     module = BM3(n_users=dataset.n_users, n_items=dataset.n_items, feature_dims=dims,
                  embedding_size=embedding_size, n_layers=n_layers, dropout=float(dropout),
                  train_features=train_features)
-    return Built(module=module, ctx={"graph": train_graph(dataset), "features": blocks},
+    return Built(module=module, ctx={"graph": train_graph(dataset, form="fixed"), "features": blocks},
                  default_loss_weights={"id_alignment": 1.0, "modality_alignment": 2.0, "reg": 0.1})

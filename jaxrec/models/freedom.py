@@ -105,10 +105,12 @@ from jaxrec.models._registry import Built, register
 class FREEDOM(nn.Module):
     """FREEDOM (see the module docstring).
 
-    ``ctx``: ``{"graph": Edges, "train_graph": Edges, "item_graph": Edges, "features":
-    tuple of (n_items, d_m), "trained": (n_items,) bool}`` -- the full normalized user-item
-    graph (ranking), the epoch's pruned graph (training), the frozen item graph :math:`S`, the
-    raw features and which items have a train interaction.
+    ``ctx``: ``{"graph": FixedGraph, "train_graph": FixedGraph, "item_graph": FixedGraph,
+    "features": tuple of (n_items, d_m), "trained": (n_items,) bool}`` -- the full normalized
+    user-item graph (ranking), the epoch's pruned graph (training), the frozen item graph
+    :math:`S` (constants of the step: their gradient is propagated over their sorted transposes,
+    :func:`jaxrec.data.graph.propagate_fixed`), the raw features and which items have a train
+    interaction.
 
     Attributes:
       n_users, n_items: table sizes.
@@ -152,7 +154,7 @@ class FREEDOM(nn.Module):
         """:math:`h = S^{L_m} \\tilde Q`, (n_items, d)."""
         h = self.item_ids(ctx) if items is None else items
         for _ in range(self.n_mm_layers):
-            h = jgraph.propagate(ctx["item_graph"], h, indices_are_sorted=True)
+            h = jgraph.propagate_fixed(ctx["item_graph"], h)
         return h
 
     def propagated(self, ctx, graph):
@@ -255,11 +257,11 @@ def build(dataset, *, embedding_size: int = 64, feat_embed_dim: int = 64, knn_k:
     blocks = tuple(jnp.asarray(block) for block in feature_blocks(features, dims))
     del features
     graph = jgraph.bipartite_graph(dataset, split="train")
-    full = jgraph.normalized_adjacency(graph).to_device()
+    full = jgraph.fixed_graph(jgraph.normalized_adjacency(graph), symmetric=True).to_device()
     item_graph = frozen_item_graph(dataset, names, weights, knn_k=knn_k, cache=graph_cache_of(graph_cache),
                                    knn_method=knn_method, ivf=ivf)
     trained = trained_item_mask(dataset)
-    ctx = {"graph": full, "item_graph": item_graph.to_device(), "features": blocks, "trained": jnp.asarray(trained)}
+    ctx = {"graph": full, "item_graph": jgraph.fixed_graph(item_graph).to_device(), "features": blocks, "trained": jnp.asarray(trained)}
     module = FREEDOM(n_users=dataset.n_users, n_items=dataset.n_items, feature_dims=dims,
                      embedding_size=embedding_size, feat_embed_dim=feat_embed_dim, n_ui_layers=n_ui_layers,
                      n_mm_layers=n_mm_layers, train_features=train_features, mask_untrained=not trained.all())
@@ -273,7 +275,8 @@ def build(dataset, *, embedding_size: int = 64, feat_embed_dim: int = 64, knn_k:
         del params, epoch  # the pruning ignores the parameters; the key already depends on the epoch
         generator = np.random.default_rng(key_seed(rng))
         pruned = jgraph.prune_edges(graph, dropout=float(dropout), rng=generator, sampling_weights=sampling_weights)
-        return {**ctx, "train_graph": pruned.to_device()}
+        # Symmetric by construction (both directions of each kept pair, one weight): no transpose.
+        return {**ctx, "train_graph": jgraph.FixedGraph(pruned.to_device())}
 
     # The built context carries one pruned graph so that shapes are known before training;
     # the trainer replaces it at the start of every epoch.

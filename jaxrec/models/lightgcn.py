@@ -25,9 +25,10 @@ not squared) of the batch's LAYER-0 (ego) user, positive and negative rows, so
 MMRec (``nn.init.xavier_uniform_``: :math:`U(\pm\sqrt{6 / (n + d)})` for an (n, d) table).
 
 The normalized graph is built once on the host from the training split and handed to the
-model in ``ctx["graph"]`` (an :class:`~jaxrec.data.graph.Edges` edge list, row-sorted), so it
-is an argument of the compiled step, never a constant baked into it; propagation is
-:func:`jaxrec.data.graph.lightgcn_propagate` (``segment_sum`` over the edges).
+model in ``ctx["graph"]`` (a :class:`~jaxrec.data.graph.FixedGraph`, row-sorted and symmetric),
+so it is an argument of the compiled step, never a constant baked into it; propagation is
+:func:`jaxrec.data.graph.lightgcn_propagate` (``segment_sum`` over the edges; the gradient is
+propagated over the same graph, :math:`\hat A^\top = \hat A`, instead of JAX's scatter-add).
 
 Deviations from MMRec: its ``BPRLoss`` is :math:`-\log(10^{-10} + \sigma(\cdot))`; softplus is
 the same up to that 1e-10. MMRec adds 1e-7 to every degree before :math:`d^{-1/2}`; here a
@@ -54,7 +55,7 @@ from jaxrec.models._registry import Built, register
 class LightGCN(nn.Module):
     """LightGCN (see the module docstring).
 
-    ``ctx``: ``{"graph": Edges}``, the row-sorted normalized adjacency over the
+    ``ctx``: ``{"graph": FixedGraph}``, the row-sorted normalized adjacency over the
     ``n_users + n_items`` nodes (users first).
 
     Attributes:
@@ -104,11 +105,11 @@ def build(dataset, *, embedding_size: int = 64, n_layers: int = 1) -> Built:
       n_layers: K >= 0 (MMRec's grid: 1-4; chosen on lfm2k by validation: 1).
 
     Returns:
-      :class:`~jaxrec.models.Built` with ``ctx = {"graph": Edges}`` and weights
+      :class:`~jaxrec.models.Built` with ``ctx = {"graph": FixedGraph}`` and weights
       ``{bpr: 1, reg: 1e-2}`` (MMRec's ``reg_weight`` chosen by validation on lfm2k).
     """
     check_positive_int(embedding_size, "embedding_size", "lightgcn")
     check_nonnegative_int(n_layers, "n_layers", "lightgcn")
     module = LightGCN(n_users=dataset.n_users, n_items=dataset.n_items, embedding_size=embedding_size,
                       n_layers=n_layers)
-    return Built(module=module, ctx={"graph": train_graph(dataset)}, default_loss_weights={"bpr": 1.0, "reg": 1e-2})
+    return Built(module=module, ctx={"graph": train_graph(dataset, form="fixed")}, default_loss_weights={"bpr": 1.0, "reg": 1e-2})

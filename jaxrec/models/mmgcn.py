@@ -113,8 +113,7 @@ class ModalityGCN(nn.Module):
             width = x.shape[1]
             conv = self.param(f"conv_{layer}", xavier_normal, (width, width if layer == 1 else d))
             messages = matmul(x, conv)
-            h = nn.leaky_relu(jgraph.propagate(graph, messages, indices_are_sorted=True,
-                                               chunk_size=chunk_size_for(messages.shape[1])))
+            h = nn.leaky_relu(jgraph.propagate_fixed(graph, messages, chunk_size=chunk_size_for(messages.shape[1])))
             x_hat = nn.leaky_relu(nn.Dense(d, kernel_init=xavier_normal, bias_init=torch_linear_bias(width),
                                            dot_general=dense_dot_general, name=f"linear_{layer}")(x)) + id_embedding
             # MMRec re-initializes only the first combination layer (Xavier); the others keep torch's default.
@@ -132,7 +131,8 @@ class ModalityGCN(nn.Module):
 class MMGCN(nn.Module):
     """MMGCN (see the module docstring).
 
-    ``ctx``: ``{"graph": Edges (D^-1 A, row-sorted), "features": {name: (n_items, D_m)}}``.
+    ``ctx``: ``{"graph": FixedGraph (D^-1 A, row-sorted, with its transpose A D^-1 for the gradient),
+    "features": {name: (n_items, D_m)}}``.
 
     Attributes:
       n_users, n_items: table sizes.
@@ -253,5 +253,5 @@ def build(dataset, *, modalities: list[str] | None = None, latent_dims: dict[str
                    feature_dims=tuple(features[n].shape[1] for n in names), latent_dims=latent,
                    embedding_size=embedding_size, n_layers=n_layers, concat=concat,
                    learn_embeddings=learn_embeddings)
-    ctx = {"graph": train_graph(dataset, normalization="rw"), "features": {n: jnp.asarray(features[n]) for n in names}}
+    ctx = {"graph": train_graph(dataset, normalization="rw", form="fixed"), "features": {n: jnp.asarray(features[n]) for n in names}}
     return Built(module=module, ctx=ctx, default_loss_weights={"bpr": 1.0, "reg": 0.0})

@@ -2,6 +2,8 @@
 
 * the user-item training graph, its normalizations and FREEDOM's degree-sensitive pruning;
 * sparse propagation over edge lists (chunked ``segment_sum``, or BCOO) and LightGCN's mean;
+  a constant graph (``FixedGraph``: the user-item adjacency, a frozen kNN graph) propagated with
+  its sorted transpose as gradient (``propagate_fixed``), not JAX's scatter-add;
   kNN graphs as (n, K) neighbour tables, propagated in rematerialized row chunks;
 * item-item kNN graphs per modality, built in tiles (never n x n) -- exactly, or
   approximately by an HNSW index (hnswlib, the ``ann`` extra) or our inverted file
@@ -47,6 +49,9 @@ from jaxrec.data.graph._item_graph import KNN_VERSION as KNN_VERSION
 from jaxrec.data.graph._item_graph import item_knn_graph as item_knn_graph
 from jaxrec.data.graph._item_graph import item_knn_neighbours as item_knn_neighbours
 from jaxrec.data.graph._item_graph import knn_cache_key as knn_cache_key
+from jaxrec.data.graph._fixed import FixedGraph as FixedGraph
+from jaxrec.data.graph._fixed import fixed_graph as fixed_graph
+from jaxrec.data.graph._fixed import propagate_fixed as propagate_fixed
 from jaxrec.data.graph._hnsw import HnswSettings as HnswSettings
 from jaxrec.data.graph._ivf import IvfSettings as IvfSettings
 from jaxrec.data.graph._ivf import spherical_kmeans as spherical_kmeans

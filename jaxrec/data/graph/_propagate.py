@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from jax.experimental import sparse as jsparse
@@ -85,7 +87,10 @@ def lightgcn_propagate(edges: Edges, embeddings: jax.Array, n_layers: int, *,
       \bar E = \frac{1}{L+1} \sum_{l=0}^{L} E^{(l)}
 
     Args:
-      edges: the normalized adjacency :math:`\hat A` (e.g. :func:`normalized_adjacency`).
+      edges: the normalized adjacency :math:`\hat A` (e.g. :func:`normalized_adjacency`), or a
+        constant :class:`~jaxrec.data.graph.FixedGraph` (propagated by
+        :func:`~jaxrec.data.graph.propagate_fixed`: the gradient goes over its sorted
+        transpose; ``indices_are_sorted`` is implied).
       embeddings: (n_users + n_items, d) layer-0 embeddings, users first.
       n_layers: :math:`L \ge 0`, a Python int.
       indices_are_sorted, chunk_size: see :func:`propagate`.
@@ -100,8 +105,14 @@ def lightgcn_propagate(edges: Edges, embeddings: jax.Array, n_layers: int, *,
     """
     if int(n_layers) != n_layers or n_layers < 0:
         raise ConfigError(f"n_layers must be a non-negative integer, got {n_layers!r}")
+    from jaxrec.data.graph._fixed import FixedGraph, propagate_fixed  # _fixed imports this module
+
+    if isinstance(edges, FixedGraph):
+        step = functools.partial(propagate_fixed, edges, chunk_size=chunk_size)
+    else:
+        step = functools.partial(propagate, edges, indices_are_sorted=indices_are_sorted, chunk_size=chunk_size)
     layers = [jnp.asarray(embeddings)]
     for _ in range(int(n_layers)):
-        layers.append(propagate(edges, layers[-1], indices_are_sorted=indices_are_sorted, chunk_size=chunk_size))
+        layers.append(step(layers[-1]))
     mean = layers[0] if len(layers) == 1 else jnp.mean(jnp.stack(layers), axis=0)
     return mean, layers
