@@ -230,3 +230,19 @@ def numpy_norm_adj(users, items, n_users, n_items):
     d = adj.sum(1)
     scale = np.where(d > 0, 1.0 / np.sqrt(np.where(d > 0, d, 1.0)), 0.0)
     return adj * scale[:, None] * scale[None, :]
+
+
+def record_built_features(monkeypatch, modality: str = "image") -> list:
+    """Spy on ``jaxrec.models.build``: the returned list gets, for every model built from then
+    on, the float64 copy of ``modality``'s feature matrix of the dataset it was built on."""
+    from jaxrec import models
+
+    built = []
+    real_build = models.build
+
+    def spy(name, dataset, **kwargs):
+        built.append(np.asarray(dataset.modalities[modality].features, np.float64))
+        return real_build(name, dataset, **kwargs)
+
+    monkeypatch.setattr(models, "build", spy)
+    return built

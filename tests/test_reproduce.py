@@ -13,6 +13,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "experiments"))
 import reproduce
+from _model_testing import record_built_features
 
 DATA = {"synthetic": {"n_users": 60, "n_items": 40, "n_interactions": 900, "seed": 2}}
 
@@ -207,17 +208,9 @@ def test_a_search_over_data_keys_trains_each_trial_on_its_own_data(tmp_path, mon
     the same data section, but a trial with another section must train on its own features."""
     import numpy as np
 
-    from jaxrec import models
     from jaxrec.train import _data, load_config
 
-    built = []
-    real_build = models.build
-
-    def spy(name, dataset, **kwargs):
-        built.append(np.asarray(dataset.modalities["image"].features, np.float64))
-        return real_build(name, dataset, **kwargs)
-
-    monkeypatch.setattr(models, "build", spy)
+    built = record_built_features(monkeypatch)
     config = tmp_path / "bpr.yaml"
     config.write_text(yaml.safe_dump(_config("bprmf", loss_weights={"reg": 0.01})))
     grid = {"data.feature_transform": [{}, {"image": "standardize"}]}

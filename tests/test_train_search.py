@@ -10,6 +10,8 @@ from jaxrec.errors import ConfigError
 from jaxrec.train import config_from_dict, expand_trials, pick_best, run_search
 from jaxrec.train._search import trial_config
 
+from _model_testing import record_built_features
+
 BASE = {"data": {"synthetic": {}}, "model": {"name": "bprmf"}}
 
 
@@ -137,17 +139,9 @@ def test_batched_groups_of_a_data_grid_build_their_models_on_their_own_data(tmp_
     # jaxrec search (no dataset passed: each group or trial loads its data) and reproduce.py (the
     # config's dataset passed): the grid runs one batched program per feature transform, and each
     # builds its model on that transform's features.
-    from jaxrec import models
     from jaxrec.train import _data
 
-    built = []
-    real_build = models.build
-
-    def spy(name, dataset, **kwargs):
-        built.append(np.asarray(dataset.modalities["image"].features, np.float64))
-        return real_build(name, dataset, **kwargs)
-
-    monkeypatch.setattr(models, "build", spy)
+    built = record_built_features(monkeypatch)
     config = config_from_dict({"data": SMALL, "model": {"name": "bprmf", "args": {"embedding_size": 4}},
                                "train": {"epochs": 1, "batch_size": 256, "checkpoint_every": 100},
                                "eval": {"ks": [20], "metrics": ["recall"]}, "grid": DATA_GRID})
