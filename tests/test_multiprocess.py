@@ -204,17 +204,22 @@ def bpr(tmp_path_factory):
     return {"config": config, "multi": multi, "killed_early": killed_early, **_references(directory, config)}
 
 
+def _run_two_processes(directory, tmp_path_factory, config, workdir):
+    """One two-process run of ``config`` into ``workdir``, its processes reaped whatever happens."""
+    launch = Launcher(directory, tmp_path_factory.getbasetemp() / "jax-compilation-cache")
+    try:
+        launch.wait(launch.start(config, workdir))
+    finally:
+        launch.kill_all()
+
+
 @pytest.fixture(scope="module")
 def lightgcn(tmp_path_factory):
     """LightGCN: two processes on a {data: 2, model: 2} mesh; and the one-process references."""
     directory = tmp_path_factory.mktemp("lightgcn")
     config, multi_config = _write(directory, "lightgcn", LIGHTGCN), _write(directory, "lgcn_mesh", _with_mesh(LIGHTGCN))
     multi = directory / "multi"
-    launch = Launcher(directory, tmp_path_factory.getbasetemp() / "jax-compilation-cache")
-    try:
-        launch.wait(launch.start(multi_config, multi))
-    finally:
-        launch.kill_all()
+    _run_two_processes(directory, tmp_path_factory, multi_config, multi)
     return {"config": config, "multi": multi, **_references(directory, config)}
 
 
@@ -315,11 +320,7 @@ def per_process(tmp_path_factory):
               "train": {**BPR["train"], "epochs": 2, "checkpoint_every": 2}}
     path, multi_path = _write(directory, "prepared", config), _write(directory, "prepared_mesh", _with_mesh(config))
     multi = directory / "multi"
-    launch = Launcher(directory, tmp_path_factory.getbasetemp() / "jax-compilation-cache")
-    try:
-        launch.wait(launch.start(multi_path, multi))
-    finally:
-        launch.kill_all()
+    _run_two_processes(directory, tmp_path_factory, multi_path, multi)
     one = directory / "one"
     _in_process(path, one, parallel="none")
     return {"multi": multi, "one": one, "n_train": len(dataset.split_pairs("train"))}
