@@ -284,7 +284,7 @@ def ann_rows(n: int, specs: list[str], recall_queries: int, threads: int) -> lis
     """ANN libraries and our builders on the scale ladder's data: CPU seconds (build + query of
     every item) and recall@10 of sampled items against a brute-force top-k."""
     from jaxrec.data import make_synthetic
-    from jaxrec.data.graph import HnswSettings, IvfSettings, knn_neighbours, unit_rows
+    from jaxrec.data.graph import HnswSettings, IvfSettings, JoinSettings, knn_neighbours, unit_rows
 
     features = make_synthetic(max(n // 5, 10), n, n_interactions=10 * n, dims={"text": 128},
                               seed=0).modalities["text"].features
@@ -301,6 +301,23 @@ def ann_rows(n: int, specs: list[str], recall_queries: int, threads: int) -> lis
             found = knn_neighbours(units, K, method="hnsw", hnsw=HnswSettings(*params)).indices
         elif name == "jaxrec-ivf":
             found = knn_neighbours(units, K, method="ivf", ivf=IvfSettings(*params)).indices
+        elif name == "jaxrec-join":  # the cluster-blocked join, --threads workers
+            fields = dict(zip(("n_lists", "n_probe", "sample_per_list", "n_iterations"), params))
+            found = knn_neighbours(units, K, method="join", join=JoinSettings(**fields, threads=threads)).indices
+        elif name == "pynndescent":
+            import numba
+            import pynndescent
+
+            numba.set_num_threads(threads)
+            n_neighbors, *n_iters = params
+            index = pynndescent.NNDescent(units, metric="dot", n_neighbors=n_neighbors, random_state=0,
+                                          n_jobs=threads, n_iters=n_iters[0] if n_iters else None,
+                                          compressed=True, low_memory=True)
+            graph = index.neighbor_graph[0].astype(np.int64)
+            own = np.arange(n)[:, None]
+            graph = np.where(graph < 0, own, graph)
+            sims = np.where(graph == own, -np.inf, np.einsum("nd,nkd->nk", units, units[graph]))
+            found = np.concatenate([own, np.take_along_axis(graph, np.argsort(-sims, 1)[:, :K - 1], 1)], 1)
         elif name == "hnswlib":
             import hnswlib
             m, ef_construction, ef_search = params
@@ -327,6 +344,16 @@ def ann_rows(n: int, specs: list[str], recall_queries: int, threads: int) -> lis
             labels = np.where(labels >= n, own, labels)  # empty slots
             sims = np.where(labels == own, -np.inf, np.einsum("nd,nkd->nk", units, units[labels]))
             found = np.concatenate([own, np.take_along_axis(labels, np.argsort(-sims, 1)[:, :K - 1], 1)], 1)
+        elif name == "faiss-ivf-hnsw":  # IVF-Flat with an HNSW coarse quantizer (M 32)
+            import faiss
+            faiss.omp_set_num_threads(threads)
+            n_list, n_probe = params
+            quantizer = faiss.IndexHNSWFlat(units.shape[1], 32, faiss.METRIC_INNER_PRODUCT)
+            index = faiss.IndexIVFFlat(quantizer, units.shape[1], n_list, faiss.METRIC_INNER_PRODUCT)
+            index.train(units[np.random.default_rng(0).choice(n, min(n, 32 * n_list), replace=False)])
+            index.add(units)
+            index.nprobe = n_probe
+            found = _self_first(index.search(units, K + 1)[1].astype(np.int64), K)
         elif name in ("faiss-hnsw", "faiss-ivf"):
             import faiss
             faiss.omp_set_num_threads(threads)
@@ -467,11 +494,12 @@ def main() -> None:
     parser.add_argument("--recall-queries", type=int, default=2000)
     parser.add_argument("--ann", type=int, default=None, metavar="N",
                         help="ANN libraries' CPU seconds and recall@10 at N items (sampled queries)")
-    parser.add_argument("--ann-settings", nargs="*", default=["jaxrec-hnsw:12:48:24", "hnswlib:8:32:16",
+    parser.add_argument("--ann-settings", nargs="*", default=["jaxrec-join:0:12", "jaxrec-hnsw:12:48:24", "hnswlib:8:32:16",
                                                               "hnswlib:12:48:24", "usearch:12:48:24",
                                                               "faiss-hnsw:12:48:24", "faiss-ivf:1024:16"],
                         help="library:settings (hnswlib/usearch/faiss-hnsw/jaxrec-hnsw: M:ef_construction:ef_search; "
-                             "faiss-ivf: n_list:n_probe; faiss-ivf-pre: n_list:n_probe:train_per_list:kmeans_iter; "
+                             "jaxrec-join: n_lists:n_probe[:sample_per_list:n_iterations] (n_lists 0: n / 256); "
+                             "pynndescent: n_neighbors[:n_iters]; faiss-ivf, faiss-ivf-hnsw: n_list:n_probe; faiss-ivf-pre: n_list:n_probe:train_per_list:kmeans_iter; "
                              "faiss-nndescent: K:S:R:L:iter; usearch-i8/usearch-f16: M:ef_construction:ef_search:candidates; jaxrec-ivf: n_clusters:n_probe)")
     parser.add_argument("--threads", type=int, default=2, help="library threads (--ann)")
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)

@@ -16,8 +16,9 @@ the process's peak RSS so far:
   graph cache (``cached`` says whether it was a hit: FREEDOM and LATTICE share it). With
   ``--knn auto`` (the configs' ``knn_method: auto``) rungs below 200,000 items search it
   exactly (tiled, O(n^2): a million items would take about an hour of both cores), larger
-  ones by an HNSW index (hnswlib, the ``ann`` extra); ``--knn ivf`` uses our inverted file
-  (1,024 clusters, 32 probed), ``--knn hnsw`` / ``exact`` force one method.
+  ones by the cluster-blocked join (``jaxrec/data/graph/_join.py``); ``--knn ivf`` uses our
+  JAX inverted file (1,024 clusters, 32 probed), ``--knn join`` / ``hnsw`` (hnswlib, the
+  ``ann`` extra) / ``exact`` force one method.
   ``knn:<modality>:recall`` reports an approximate graph's recall@10 on ``--recall-queries``
   sampled items against a brute-force top-k (``benchmarks/bench_knn.py --ann`` compares the
   libraries);
@@ -439,9 +440,9 @@ def main() -> None:
     parser.add_argument("--eval-users", type=int, default=10_000)
     parser.add_argument("--steps-per-call", type=int, default=16)
     parser.add_argument("--json", default=None, help="append the JSON rows to this file")
-    parser.add_argument("--knn", choices=["auto", "exact", "ivf", "hnsw"], default="auto",
-                        help="kNN search: auto (exact below 200,000 items, hnsw from there on), or always "
-                             "exact / ivf (1024 clusters, 32 probed) / hnsw")
+    parser.add_argument("--knn", choices=["auto", "exact", "ivf", "hnsw", "join"], default="auto",
+                        help="kNN search: auto (exact below 200,000 items, join from there on), or always "
+                             "exact / ivf (1024 clusters, 32 probed) / hnsw / join")
     parser.add_argument("--recall-queries", type=int, default=1000,
                         help="sampled items whose approximate neighbours are checked against a brute-force top-k "
                              "(0: none)")

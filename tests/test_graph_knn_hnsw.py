@@ -1,5 +1,5 @@
 """The HNSW kNN (hnswlib): recall against the brute-force kNN, the exact builder's ranking and
-self rule on what it finds, masks, "auto", the cache key, the error without hnswlib, and
+self rule on what it finds, masks, the cache key, the error without hnswlib, and
 LATTICE / FREEDOM built with it."""
 
 import sys
@@ -8,9 +8,7 @@ import numpy as np
 import pytest
 
 from jaxrec.data import Interactions, Modality, MultimodalDataset
-from jaxrec.data.graph import (GraphCache, HnswSettings, item_knn_neighbours, knn_cache_key, knn_neighbours,
-                               resolve_knn_method)
-from jaxrec.data.graph import _knn
+from jaxrec.data.graph import GraphCache, HnswSettings, item_knn_neighbours, knn_cache_key, knn_neighbours
 from jaxrec.errors import ConfigError
 
 from test_graph_knn import brute_force_knn
@@ -66,17 +64,6 @@ def test_fewer_items_than_k_leave_invalid_slots():
     np.testing.assert_array_equal(got.indices[:, 0], np.arange(4))
     assert all(sorted(row[:4]) == [0, 1, 2, 3] for row in got.indices.tolist())
     assert np.all(got.indices[:, 4:] == np.arange(4)[:, None])  # invalid slots hold the row's own id
-
-
-def test_auto_is_exact_for_small_catalogues_and_hnsw_for_large(monkeypatch):
-    features = clustered_features(300, 5, 6, 0.3, 4)
-    assert resolve_knn_method("auto", 300) == "exact"
-    assert resolve_knn_method("auto", 10**6) == "hnsw"
-    np.testing.assert_array_equal(knn_neighbours(features, 5, method="auto").indices,
-                                  knn_neighbours(features, 5).indices)
-    assert knn_cache_key(features, None, k=5, method="auto") == knn_cache_key(features, None, k=5)
-    monkeypatch.setattr(_knn, "AUTO_APPROXIMATE_FROM", 100)
-    assert knn_cache_key(features, None, k=5, method="auto") == knn_cache_key(features, None, k=5, method="hnsw")
 
 
 def test_settings_are_checked_and_part_of_the_cache_key(tmp_path):

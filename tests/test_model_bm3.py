@@ -75,14 +75,14 @@ def _host(tree):
     return jax.tree.map(lambda a: np.asarray(a, np.float64), jax.device_get(tree))
 
 
-def _setup(dropout, seed=1, n_layers=2):
+def _setup(dropout, seed=1, n_layers=2, rows=12):
     data = _small(seed=seed)
     built = models.build("bm3", data, embedding_size=8, n_layers=n_layers, dropout=dropout, modalities=MODALITIES)
     rng = np.random.default_rng(seed)
-    users, items = rng.integers(0, data.n_users, 12), rng.integers(0, data.n_items, 12)
+    users, items = rng.integers(0, data.n_users, rows), rng.integers(0, data.n_items, rows)
     items[:3] = items[3]  # a repeated item: its rows share one table mask, as in MMRec
-    weights = np.array([1.0] * 9 + [0.0] * 3, np.float32)
-    batch = {"users": users, "pos_items": items, "neg_items": rng.integers(0, data.n_items, (12, 1)),
+    weights = np.array([1.0] * (rows - 3) + [0.0] * 3, np.float32)
+    batch = {"users": users, "pos_items": items, "neg_items": rng.integers(0, data.n_items, (rows, 1)),
              "weights": weights}
     params = init_compiled(built.module, {"params": jax.random.PRNGKey(2), "dropout": jax.random.PRNGKey(3)}, built.ctx,
                                batch, True, method="loss_terms")["params"]
@@ -93,9 +93,11 @@ def _setup(dropout, seed=1, n_layers=2):
 
 # ---- encode and the loss terms ------------------------------------------------------------
 
-@pytest.mark.parametrize("n_layers", [0, 2])
-def test_encode_and_loss_terms_match_mmrec_bm3_in_numpy(n_layers):
-    data, built, batch, params, adj = _setup(dropout=0.0, n_layers=n_layers)
+# 12 rows: fewer than the 30 users and 20 items, so the predictor and the projections map the
+# batch's rows; 40 rows: they map every row of the tables, then the batch's rows are gathered.
+@pytest.mark.parametrize("n_layers,rows", [(0, 12), (2, 12), (2, 40)])
+def test_encode_and_loss_terms_match_mmrec_bm3_in_numpy(n_layers, rows):
+    data, built, batch, params, adj = _setup(dropout=0.0, n_layers=n_layers, rows=rows)
     for m, name in enumerate(MODALITIES):  # trainable feature tables start at the raw features
         np.testing.assert_allclose(params[f"features_{m}"]["table"], data.modalities[name].features, rtol=1e-6)
     params = randomized_params(built)  # no leaf at a special value (zero bias, raw features)

@@ -255,7 +255,7 @@ def knn_search_settings(method, n_clusters, n_probe, model: str) -> jgraph.IvfSe
     or ``ConfigError`` for a bad combination."""
     if method not in jgraph.KNN_METHODS:
         raise ConfigError(f"model {model}: knn_method must be one of {jgraph.KNN_METHODS}; found {method!r}")
-    if method != "ivf":  # exact, hnsw (hnswlib, default settings) or auto
+    if method != "ivf":  # exact, hnsw (hnswlib), join (default settings) or auto
         if n_clusters is not None or n_probe is not None:
             raise ConfigError(f"model {model}: knn_n_clusters and knn_n_probe apply to knn_method 'ivf' only; "
                               f"found {n_clusters!r}, {n_probe!r} with {method!r}")

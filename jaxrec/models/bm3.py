@@ -81,7 +81,7 @@ from flax import linen as nn
 from jaxrec import losses
 from jaxrec.data import graph as jgraph
 from jaxrec.models._common import (FeatureTable, check_bool, check_nonnegative_int, check_number, check_positive_int,
-                                   chunk_size_for, dense_dot_general, feature_blocks, item_side_features, rows_or_all,
+                                   chunk_size_for, dense_dot_general, feature_blocks, item_side_features,
                                    train_graph)
 from jaxrec.models._init import torch_linear_bias, xavier_normal, xavier_uniform
 from jaxrec.models._registry import Built, register
@@ -150,22 +150,24 @@ class BM3(nn.Module):
 
     def modality_online(self, ctx, m: int, items):
         """``(h^m, f(h^m))`` of ``items`` (B,), each (B, d): the projection of the (trainable)
-        features and its prediction."""
+        features and its prediction, of the batch's rows or of every item (then gathered),
+        whichever is fewer (the rule of :func:`~jaxrec.models._common.rows_or_all`, without
+        its identity gather of every row, and with one gather per output)."""
         features = ctx["features"][m]
         if self.train_features:
             features = self.feature_tables[m](features)
-
-        def both(rows):
-            projected = self.projections[m](features[rows])
-            return jnp.stack([projected, self.predictor(projected)], axis=1)
-
-        [pair] = rows_or_all(both, self.n_items, items)
-        return pair[:, 0], pair[:, 1]
+        if items.size >= self.n_items:
+            projected = self.projections[m](jnp.asarray(features))
+            return projected[items], self.predictor(projected)[items]
+        projected = self.projections[m](jnp.asarray(features)[items])
+        return projected, self.predictor(projected)
 
     def predicted_rows(self, table, rows):
         """``f(table)[rows]``, (B, d): row-wise, so applied to the gathered rows or to the whole
         table, whichever is fewer."""
-        return rows_or_all(lambda r: self.predictor(table[r]), table.shape[0], rows)[0]
+        if rows.size >= table.shape[0]:
+            return self.predictor(table)[rows]
+        return self.predictor(table[rows])
 
     def encode(self, ctx, train: bool = False):
         """``(f(H_U), f(H_I))``: MMRec's ``full_sort_predict`` scores are their dot products."""

@@ -231,10 +231,11 @@ def build(dataset, *, embedding_size: int = 64, feat_embed_dim: int = 64, knn_k:
       train_features: the raw features are trainable parameters, as in MMRec.
       graph_cache: ``"default"`` (``~/.cache/jaxrec/graphs`` or ``$JAXREC_GRAPH_CACHE``), a
         folder, or ``"none"`` (no cache) for the kNN neighbours.
-      knn_method: ``"exact"`` (default) or ``"ivf"``: the frozen graph's kNN by an inverted
-        file (:func:`jaxrec.data.graph.knn_neighbours`), for catalogues where the exact
-        :math:`O(n^2)` search is too slow; then ``knn_n_clusters`` and ``knn_n_probe`` are
-        required (``experiments/configs/scale/``: 1024 and 32 at a million items).
+      knn_method: ``"exact"`` (default), ``"join"``, ``"hnsw"``, ``"ivf"`` or ``"auto"``
+        (exact below 200,000 items, join from there on): the frozen graph's kNN
+        (:func:`jaxrec.data.graph.knn_neighbours`); the approximate ones for catalogues where
+        the exact :math:`O(n^2)` search is too slow; with ``"ivf"``, ``knn_n_clusters`` and
+        ``knn_n_probe`` are required.
 
     Returns:
       :class:`~jaxrec.models.Built` with an ``epoch_update`` that redraws the pruned graph each

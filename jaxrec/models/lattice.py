@@ -195,7 +195,7 @@ class LATTICE(nn.Module):
       train_features: the raw feature tables are trainable (MMRec: yes).
       learned_graph: ``"step"``, ``"epoch"`` or ``"mmrec"`` (module docstring).
       knn_block_size, knn_column_block_size: rows and columns per tile of the learned kNN.
-      knn_method: ``"exact"``, ``"ivf"``, ``"hnsw"`` or ``"auto"``: how
+      knn_method: ``"exact"``, ``"ivf"``, ``"hnsw"``, ``"join"`` or ``"auto"``: how
         :func:`refresh_learned_graph` finds the ``"epoch"`` mode's neighbour lists (``"step"``
         and ``"mmrec"`` modes: always exact, on device).
       knn_n_clusters, knn_n_probe: the IVF settings (0 with ``"exact"``).
@@ -392,7 +392,7 @@ def refresh_learned_graph(module: LATTICE, params, ctx):
     per-epoch step).
 
     ``knn_method="exact"`` (and ``"auto"`` below ``jaxrec.data.graph.AUTO_APPROXIMATE_FROM``
-    items): jitted, in tiles on device (:func:`knn_indices`). ``"ivf"`` and ``"hnsw"``: the
+    items): jitted, in tiles on device (:func:`knn_indices`). ``"ivf"``, ``"hnsw"`` and ``"join"``: the
     projected features are brought to the host and searched by
     :func:`jaxrec.data.graph.knn_neighbours` with that method (self first, ties to the smaller
     id, as exact); IVF with ``knn_n_probe == knn_n_clusters`` is the exact result again.
@@ -439,9 +439,10 @@ def build(dataset, *, embedding_size: int = 64, feat_embed_dim: int = 64, knn_k:
       learned_graph: ``"step"``, ``"epoch"`` or ``"mmrec"`` (module docstring).
       knn_block_size, knn_column_block_size: rows and columns per tile of the learned kNN.
       graph_cache: ``"default"``, a folder, or ``"none"``: where the initial kNN neighbours are cached.
-      knn_method: ``"exact"`` (default), ``"hnsw"`` (hnswlib, the ``ann`` extra), ``"ivf"``
-        (our inverted file; then ``knn_n_clusters`` and ``knn_n_probe`` are required) or
-        ``"auto"`` (exact below 200,000 items, hnsw from there on): the kNN of the initial
+      knn_method: ``"exact"`` (default), ``"join"`` (the cluster-blocked join),
+        ``"hnsw"`` (hnswlib, the ``ann`` extra), ``"ivf"`` (our inverted file; then
+        ``knn_n_clusters`` and ``knn_n_probe`` are required) or ``"auto"`` (exact below
+        200,000 items, join from there on): the kNN of the initial
         graphs and (``learned_graph="epoch"``) of the learned graph's refresh, for catalogues
         where :math:`O(n^2)` is too slow.
 

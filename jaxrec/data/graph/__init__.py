@@ -6,8 +6,9 @@
   its sorted transpose as gradient (``propagate_fixed``), not JAX's scatter-add;
   kNN graphs as (n, K) neighbour tables, propagated in rematerialized row chunks;
 * item-item kNN graphs per modality, built in tiles (never n x n) -- exactly, or
-  approximately by an HNSW index (hnswlib, the ``ann`` extra) or our inverted file
-  (spherical k-means, probed clusters) for a million items -- normalized, combined across modalities with fixed or learned weights, and cached
+  approximately for a million items by a cluster-blocked join (an inverted file probed per
+  item, list by list as BLAS products), an HNSW index (hnswlib, the ``ann`` extra) or our
+  inverted file in JAX (spherical k-means, probed clusters) -- normalized, combined across modalities with fixed or learned weights, and cached
   on disk by content hash.
 
 Typical use in a model builder (host side) and module (device side)::
@@ -54,6 +55,7 @@ from jaxrec.data.graph._fixed import fixed_graph as fixed_graph
 from jaxrec.data.graph._fixed import propagate_fixed as propagate_fixed
 from jaxrec.data.graph._hnsw import HnswSettings as HnswSettings
 from jaxrec.data.graph._ivf import IvfSettings as IvfSettings
+from jaxrec.data.graph._join import JoinSettings as JoinSettings
 from jaxrec.data.graph._ivf import spherical_kmeans as spherical_kmeans
 from jaxrec.data.graph._knn import KNN_METHODS as KNN_METHODS
 from jaxrec.data.graph._knn import AUTO_APPROXIMATE_FROM as AUTO_APPROXIMATE_FROM

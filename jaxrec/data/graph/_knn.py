@@ -13,11 +13,13 @@ update took 17.9 ms instead of 27.9 ms (matmul 6.7 ms), and 100,000 items 39 ins
 54 CPU seconds, identical neighbours (``benchmarks/bench_knn.py --tiles``; a shared 2-core
 machine, minimum of repeats).
 
-``method="hnsw"`` replaces the :math:`O(n^2)` scan by an approximate HNSW index (hnswlib, the
-optional ``ann`` extra; :mod:`._hnsw`), ``method="ivf"`` by our inverted-file search
-(:mod:`._ivf`), for catalogues of a million items; ``method="auto"`` is exact below
-``AUTO_APPROXIMATE_FROM`` items and hnsw from there on (``benchmarks/bench_knn.py --ann``
-measures the libraries; HNSW reached the recall the IVF did not).
+``method="join"`` replaces the :math:`O(n^2)` scan by a cluster-blocked join (an inverted file
+probed per item, computed list by list as BLAS matrix products; :mod:`._join`),
+``method="hnsw"`` by an approximate HNSW index (hnswlib, the optional ``ann`` extra;
+:mod:`._hnsw`), ``method="ivf"`` by our inverted-file search in JAX (:mod:`._ivf`), for
+catalogues of a million items; ``method="auto"`` is exact below ``AUTO_APPROXIMATE_FROM``
+items and join from there on (``benchmarks/bench_knn.py --ann`` measures them against the
+libraries: the join reached recall@10 0.95 at 1M x 128 in a fraction of hnswlib's CPU time).
 
 Order is deterministic: neighbours are ranked by similarity, then by smaller item id, so
 exact ties resolve the same way whatever the block size. With ``include_self`` the item
@@ -40,22 +42,23 @@ import numpy as np
 from jaxrec.data.graph._edges import Edges, check_normalization, normalize_edges_host
 from jaxrec.data.graph._hnsw import HnswSettings, hnsw_top_k
 from jaxrec.data.graph._ivf import IvfSettings, ivf_top_k
+from jaxrec.data.graph._join import JoinSettings, join_top_k
 from jaxrec.data.graph._top_k import merge_later_ids, tile_top_k
 from jaxrec.errors import ConfigError, DataError
 
 MISSING_POLICIES = ("isolated", "self_loop")
-KNN_METHODS = ("exact", "ivf", "hnsw", "auto")
-# "auto": the exact tiles below this many items with the modality, HNSW from it on (the exact
-# scan grows as n^2: ~40 CPU s at 100,000 items, about an hour at 1,000,000).
+KNN_METHODS = ("exact", "ivf", "hnsw", "join", "auto")
+# "auto": the exact tiles below this many items with the modality, the cluster-blocked join from
+# it on (the exact scan grows as n^2: ~40 CPU s at 100,000 items, about an hour at 1,000,000).
 AUTO_APPROXIMATE_FROM = 200_000
 
 
 def resolve_knn_method(method: str, n_present: int) -> str:
-    """The method ``method`` stands for at ``n_present`` items ("auto": exact or hnsw)."""
+    """The method ``method`` stands for at ``n_present`` items ("auto": exact or join)."""
     if method not in KNN_METHODS:
         raise ConfigError(f"kNN method must be one of {KNN_METHODS}; found {method!r}")
     if method == "auto":
-        return "exact" if n_present < AUTO_APPROXIMATE_FROM else "hnsw"
+        return "exact" if n_present < AUTO_APPROXIMATE_FROM else "join"
     return method
 
 
@@ -151,7 +154,7 @@ def _exact_top_k(features, present, k: int, *, include_self: bool, block_size: i
 
 def knn_neighbours(features, k: int, *, mask=None, include_self: bool = True, block_size: int = 2048,
                    group_size: int = 8, method: str = "exact", ivf: IvfSettings | None = None,
-                   hnsw: HnswSettings | None = None,
+                   hnsw: HnswSettings | None = None, join: JoinSettings | None = None,
                    progress: Callable[[int, int], None] | None = None) -> KnnNeighbours:
     r"""The k most cosine-similar items of every item, without an n x n matrix.
 
@@ -176,12 +179,13 @@ def knn_neighbours(features, k: int, *, mask=None, include_self: bool = True, bl
         search of :mod:`jaxrec.data.graph._ivf` (spherical k-means, probed clusters) for
         catalogues where :math:`O(n^2)` is too slow; same ranking and tie rule among the
         candidates it compares.
-        ``"hnsw"``: the HNSW index of :mod:`jaxrec.data.graph._hnsw` (optional hnswlib;
-        the default approximate method, it reached 0.95 recall@10 at a fraction of the
-        IVF's CPU time); ``"auto"``: exact below ``AUTO_APPROXIMATE_FROM`` items with the
-        modality, hnsw from there on.
+        ``"hnsw"``: the HNSW index of :mod:`jaxrec.data.graph._hnsw` (optional hnswlib).
+        ``"join"``: the cluster-blocked join of :mod:`jaxrec.data.graph._join` (the default
+        approximate method: recall@10 0.95 at a fraction of hnswlib's CPU time); ``"auto"``:
+        exact below ``AUTO_APPROXIMATE_FROM`` items with the modality, join from there on.
       ivf: :class:`IvfSettings` (n_clusters, n_probe, ...), required with ``method="ivf"``.
       hnsw: :class:`HnswSettings` for ``"hnsw"`` (default: ``HnswSettings()``).
+      join: :class:`JoinSettings` for ``"join"`` (default: ``JoinSettings()``).
       progress: optional ``fn(done, total)`` called after each row of tiles (exact; a
         million items take about an hour on two CPU cores) or each cluster (ivf).
 
@@ -207,6 +211,8 @@ def knn_neighbours(features, k: int, *, mask=None, include_self: bool = True, bl
         raise ConfigError(f"kNN method must be one of {KNN_METHODS}; found {method!r}")
     if hnsw is not None and not isinstance(hnsw, HnswSettings):
         raise ConfigError(f"kNN method 'hnsw' takes hnsw=HnswSettings(...); found {hnsw!r}")
+    if join is not None and not isinstance(join, JoinSettings):
+        raise ConfigError(f"kNN method 'join' takes join=JoinSettings(...); found {join!r}")
     if method == "ivf" and not isinstance(ivf, IvfSettings):
         raise ConfigError(f"kNN method 'ivf' needs ivf=IvfSettings(n_clusters=..., n_probe=...); found {ivf!r}")
     if mask is None:
@@ -224,12 +230,15 @@ def knn_neighbours(features, k: int, *, mask=None, include_self: bool = True, bl
         return KnnNeighbours(indices, similarities, valid)
 
     method = resolve_knn_method(method, present.size)
-    if method == "hnsw":
+    if method in ("hnsw", "join"):
         units = np.empty((present.size, features.shape[1]), np.float32)
         for start in range(0, present.size, 65536):
             rows = present[start:start + 65536]
             units[start:start + rows.size] = unit_rows(np.asarray(features[rows], np.float32))
-        values, local = hnsw_top_k(units, k, (hnsw or HnswSettings()).checked(), include_self=include_self)
+        if method == "hnsw":
+            values, local = hnsw_top_k(units, k, (hnsw or HnswSettings()).checked(), include_self=include_self)
+        else:
+            values, local = join_top_k(units, k, (join or JoinSettings()).checked(), include_self=include_self)
         del units
     elif method == "ivf":
         settings = ivf.checked(present.size)
