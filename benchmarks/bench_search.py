@@ -8,7 +8,10 @@ Runs, each in a fresh subprocess (compilation included, as a user sees it) and i
 folder: the config at its own setting (``jaxrec train``), the grid as ONE batched program
 (``jaxrec search``), and with ``--sequential`` the grid's trials one after another
 (``jaxrec search --sequential``). ``--epochs`` caps ``train.epochs`` for every run (early
-stopping still applies), so the ratio compares like with like. ``--repeat N`` runs the pair
+stopping still applies), so the ratio compares like with like. ``--breakdown`` runs each
+process under ``benchmarks/_phase_timer.py`` and prints both runs' CPU and wall seconds per
+phase (start-up, data, compilation, train epochs, validation, test, checkpoints, curves) with
+the epochs each trial ran. ``--repeat N`` runs the pair
 (one setting, batched grid) N times back to back, alternating, and reports every ratio and
 their median. Prints wall seconds, the CPU seconds of each subprocess (user + system, which
 other processes on a loaded machine inflate far less than wall time) and the ratios of both;
@@ -37,15 +40,42 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _run(args: list[str], label: str) -> tuple[float, float]:
-    """``(wall seconds, CPU seconds)`` of ``jaxrec ARGS`` in a fresh subprocess."""
+def _run(args: list[str], label: str, phases: Path | None = None) -> tuple[float, float]:
+    """``(wall seconds, CPU seconds)`` of ``jaxrec ARGS`` in a fresh subprocess (under the phase
+    timer, which writes ``phases``, when given)."""
     cpu = _children_cpu()
     tick = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "jaxrec.cli.main", *args], cwd=ROOT, capture_output=True, text=True)
+    command = ([str(ROOT / "benchmarks" / "_phase_timer.py"), str(phases)] if phases is not None
+               else ["-m", "jaxrec.cli.main"])
+    done = subprocess.run([sys.executable, *command, *args], cwd=ROOT, capture_output=True, text=True)
     seconds = time.perf_counter() - tick
     if done.returncode != 0:
         raise SystemExit(f"{label} failed:\n{done.stderr[-3000:]}")
     return seconds, _children_cpu() - cpu
+
+
+def _print_breakdown(phases: tuple[Path, Path], one_dir: Path, batched_dir: Path) -> None:
+    """Both runs' phases side by side (CPU-s, wall s, calls; per-call CPU after the first) and the
+    epochs each ran."""
+    one, batched = (json.loads(p.read_text()) for p in phases)
+    names = sorted(set(one["phases"]) | set(batched["phases"]),
+                   key=lambda n: -batched["phases"].get(n, {}).get("cpu_s", 0.0))
+    print(f"{'phase':12s} | {'one setting: CPU-s  wall  calls  per call':44s} | batched grid: same")
+    for name in names:
+        cells = []
+        for run in (one, batched):
+            p = run["phases"].get(name)
+            cells.append("-" if p is None else (
+                f"{p['cpu_s']:7.2f} {p['wall_s']:7.2f} {p['calls']:5d}"
+                + (f"  first {p['first_cpu_s']:.2f}, then {1000 * p['rest_median_cpu_s']:.1f} ms"
+                   if p.get("rest_median_cpu_s") is not None else "")))
+        print(f"{name:12s} | {cells[0]:44s} | {cells[1]}")
+    print(f"{'total':12s} | {one['total']['cpu_s']:7.2f} {one['total']['wall_s']:7.2f}{'':30s} | "
+          f"{batched['total']['cpu_s']:7.2f} {batched['total']['wall_s']:7.2f}")
+    epochs = [json.loads((one_dir / "metrics.json").read_text())["epochs_run"]]
+    summary = json.loads((batched_dir / "search.json").read_text())
+    trials = [json.loads((Path(t["workdir"]) / "metrics.json").read_text())["epochs_run"] for t in summary["trials"]]
+    print(f"epochs run: one setting {epochs[0]}; batched trials {trials} (sum {sum(trials)})", flush=True)
 
 
 def main() -> None:
@@ -55,6 +85,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=60, help="cap on train.epochs for every run")
     parser.add_argument("--sequential", action="store_true", help="also time the trials one after another")
     parser.add_argument("--repeat", type=int, default=1, help="times to run the pair back to back")
+    parser.add_argument("--breakdown", action="store_true", help="time each run's phases (benchmarks/_phase_timer.py)")
     args = parser.parse_args()
     key, values = args.grid.split("=", 1)
     common = ["--quiet", "--set", f"train.epochs={args.epochs}"]
@@ -64,9 +95,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         for repeat in range(args.repeat):
-            one = _run(["train", args.config, "--workdir", str(scratch / f"one{repeat}"), *common], "one setting")
+            phases = (scratch / f"one{repeat}.phases.json", scratch / f"batched{repeat}.phases.json")
+            if not args.breakdown:
+                phases = (None, None)
+            one = _run(["train", args.config, "--workdir", str(scratch / f"one{repeat}"), *common], "one setting",
+                       phases[0])
             batched = _run(["search", args.config, "--workdir", str(scratch / f"batched{repeat}"), *common, *grid],
-                           "batched grid")
+                           "batched grid", phases[1])
+            if args.breakdown:
+                _print_breakdown(phases, scratch / f"one{repeat}", scratch / f"batched{repeat}")
             pairs.append((one, batched))
             print(f"pair {repeat + 1}: one setting {one[0]:.2f} s wall / {one[1]:.2f} CPU-s, batched grid "
                   f"{batched[0]:.2f} / {batched[1]:.2f}: {batched[0] / one[0]:.2f}x wall, "

@@ -13,7 +13,7 @@ from jaxrec import eval as jeval
 from jaxrec import models
 from jaxrec.data import make_synthetic
 from jaxrec.errors import ConfigError
-from jaxrec.models.lattice import LATTICE, knn_indices, refresh_learned_graph
+from jaxrec.models.lattice import LATTICE, knn_indices, refresh_learned_graph, table_graph
 from jaxrec.models import normalize_batch
 
 from _model_testing import init_compiled
@@ -346,3 +346,22 @@ def test_mmrec_mode_fresh_graph_with_gradient_at_an_epochs_first_step_only():
     expected = step_mode.module.apply({"params": params}, step_mode.ctx, False, method="encode")
     for a, b in zip(encoded, expected):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
+def test_table_graph_is_the_table_and_its_sorted_transpose():
+    # The mmrec mode's detached item graph: (n, K) table -> row-sorted edges and the transpose
+    # sorted by column (ties in table order); duplicate (row, column) slots are summed.
+    rng = np.random.default_rng(0)
+    n, k = 7, 5
+    ids = rng.integers(0, n, (n, k)).astype(np.int32)
+    ids[:, 1] = ids[:, 0]  # duplicates
+    weights = rng.random((n, k)).astype(np.float32)
+    dense = np.zeros((n, n))
+    np.add.at(dense, (np.repeat(np.arange(n), k), ids.ravel()), weights.ravel())
+    graph = jax.jit(table_graph)(jnp.asarray(ids), jnp.asarray(weights))
+    np.testing.assert_allclose(graph.edges.to_dense(n), dense, rtol=1e-6)
+    np.testing.assert_allclose(graph.transposed.to_dense(n), dense.T, rtol=1e-6)
+    for edges in (graph.edges, graph.transposed):
+        assert np.all(np.diff(np.asarray(edges.rows)) >= 0)
+    order = np.argsort(ids.ravel(), kind="stable")
+    np.testing.assert_array_equal(np.asarray(graph.transposed.cols), np.repeat(np.arange(n), k)[order])

@@ -75,10 +75,10 @@ def test_encode_dot_products_are_the_paper_scores(fusion):
 
 # 6 rows: 18 item rows >= 8 items, so all items are projected once and gathered; 2 rows: 6
 # item rows, projected alone. Both must give the same numbers.
-@pytest.mark.parametrize("rows", [6, 2])
-def test_loss_terms_match_the_paper_objective_in_numpy(rows):
+@pytest.mark.parametrize("rows,fusion", [(6, "early"), (2, "early"), (6, "late")])
+def test_loss_terms_match_the_paper_objective_in_numpy(rows, fusion):
     dataset = _dataset()
-    built = models.build("vbpr", dataset, embedding_size=4, visual_size=3)
+    built = models.build("vbpr", dataset, embedding_size=4, visual_size=3, fusion=fusion)
     params = _init(built, seed=2)
     users = np.array([0, 1, 2, 3, 4, 5])[:rows]
     pos = np.array([0, 1, 2, 3, 4, 5])[:rows]
@@ -89,14 +89,14 @@ def test_loss_terms_match_the_paper_objective_in_numpy(rows):
     p = {k: v.astype(np.float64) for k, v in params.items()}
     f = np.asarray(built.ctx["features"], np.float64)
     trained = np.array([True] * 6 + [False, False])
-    x = _paper_scores(p, f, trained, (3, 2), late=False)
+    x = _paper_scores(p, f, trained, (3, 2), late=fusion == "late")
     triples = [(u, i, j) for b, (u, i) in enumerate(zip(users, pos)) for j in neg[b] if weights[b] and trained[j]]
     assert len(triples) == (8 if rows == 6 else 2)
     bpr = np.mean([np.log1p(np.exp(-(x[u, i] - x[u, j]))) for u, i, j in triples])
     reg_theta = np.mean([
         np.sum(p["gamma_user"][u] ** 2) + np.sum(p["theta_user"][u] ** 2) + np.sum(p["gamma_item"][i] ** 2)
         + p["beta_item"][i] ** 2 + np.sum(p["gamma_item"][j] ** 2) + p["beta_item"][j] ** 2 for u, i, j in triples])
-    reg_e = np.sum(p["E"] ** 2) + np.sum(p["beta_prime"] ** 2)
+    reg_e = sum(np.sum(p[k] ** 2) for k in p if k.startswith("E")) + np.sum(p["beta_prime"] ** 2)
     np.testing.assert_allclose(float(terms["bpr"]), bpr, rtol=1e-5)
     np.testing.assert_allclose(float(terms["reg_theta"]), reg_theta, rtol=1e-5)
     np.testing.assert_allclose(float(terms["reg_e"]), reg_e, rtol=1e-5)

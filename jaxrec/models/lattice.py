@@ -93,6 +93,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
+from jax.ad_checkpoint import checkpoint_name
 
 from jaxrec import losses
 from jaxrec.data import graph as jgraph
@@ -105,6 +106,8 @@ from jaxrec.models._init import torch_linear_bias, torch_linear_kernel, xavier_u
 from jaxrec.models._registry import EPOCH_STEP, Built, register
 
 LEARNED_GRAPH_MODES = ("step", "epoch", "mmrec")
+# The name of the learned kNN lists for jax.checkpoint's policy (kept, not recomputed).
+LEARNED_NEIGHBOURS = "lattice_learned_neighbours"
 
 
 def unit_rows(x: jax.Array) -> jax.Array:
@@ -181,7 +184,8 @@ class LATTICE(nn.Module):
     :math:`D^{-1}(A+I)`, the M normalized initial item graphs as one neighbour table (the raw
     features' kNN lists side by side, each modality's weights), the raw features -- plus ``"learned_neighbours"`` (n_items, M k)
     int32 in ``"epoch"`` mode; in ``"mmrec"`` mode ``"item_ids"``/``"item_weights"`` (n_items, 2 M k), the
-    epoch's item graph :math:`S`, and ``"epoch_step"`` (set by the trainer).
+    epoch's item graph :math:`S`, ``"item_graph"`` (the same :math:`S` as a :func:`table_graph`) and
+    ``"epoch_step"`` (set by the trainer).
 
     Attributes:
       n_users, n_items: table sizes.
@@ -260,7 +264,7 @@ class LATTICE(nn.Module):
         if self.learned_graph == "epoch":
             neighbours = ctx["learned_neighbours"]
         else:
-            neighbours = self._neighbour_lists(projected)
+            neighbours = checkpoint_name(self._neighbour_lists(projected), LEARNED_NEIGHBOURS)
         k = self.knn_k
         entries = jnp.concatenate([alpha[m] * jgraph.neighbour_cosine(p, neighbours[:, m * k:(m + 1) * k])
                                    for m, p in enumerate(projected)], axis=1)
@@ -316,18 +320,27 @@ class LATTICE(nn.Module):
 
     def _epoch_item_embeddings(self, ctx, train: bool):
         """``"mmrec"`` mode's :math:`h`: over the table recomputed with gradient in an epoch's
-        first training step, else over the detached one of ``ctx`` (:func:`refresh_item_graph`).
-        The propagation is inside the ``lax.cond`` too, so that the other steps skip the
-        gradient of the table's entries."""
+        first training step, else over the detached one of ``ctx`` (:func:`refresh_item_graph`),
+        propagated as a constant :class:`~jaxrec.data.graph.FixedGraph` (``ctx["item_graph"]``:
+        the gradient :math:`S^\\top G` over its column-sorted transpose instead of JAX's
+        scatter-add of the (n, 2 M k, d) gathered rows). The propagation is inside the
+        ``lax.cond`` too, so that the other steps skip the gradient of the table's entries."""
         if self.is_initializing():  # creates the parameters
             return self._propagate_items(*self.item_table(ctx), self.item_embedding)
 
         def stored(operands):
-            return self._propagate_items(ctx["item_ids"], jax.lax.stop_gradient(ctx["item_weights"]), operands[1])
+            h = operands[1]
+            for _ in range(self.n_layers):
+                h = jgraph.propagate_fixed(ctx["item_graph"], h, chunk_size=chunk_size_for(h.shape[1]))
+            return h
 
         if not train:
             return stored((None, self.item_embedding))
 
+        # Rematerialized (keeping only the kNN lists): under autodiff a lax.cond carries the
+        # residuals of both branches, so a saved fresh branch would make every other step
+        # write zeros of its (n, 2 M k, d) gathered rows.
+        @functools.partial(jax.checkpoint, policy=jax.checkpoint_policies.save_only_these_names(LEARNED_NEIGHBOURS))
         def fresh(operands):
             return self._propagate_items(*self._table_of(ctx, operands[0]), operands[1])
 
@@ -375,16 +388,37 @@ def _jitted_projections(module):
     return jax.jit(lambda params, ctx: module.apply({"params": params}, ctx, method="projected_features"))
 
 
+def table_graph(ids: jax.Array, weights: jax.Array) -> jgraph.FixedGraph:
+    r"""The (n, K) neighbour table ``(ids, weights)`` as a constant
+    :class:`~jaxrec.data.graph.FixedGraph` (jittable): the edges row by row (row-sorted, in
+    table order) and the transpose :math:`S^\top`, sorted by column with ties in table order.
+    The same matrix as :func:`jaxrec.data.graph.neighbour_edges` (duplicates summed)."""
+    n, k = ids.shape
+    rows = jnp.repeat(jnp.arange(n, dtype=jnp.int32), k)
+    cols, values = ids.reshape(-1).astype(jnp.int32), weights.reshape(-1)
+    positions = jnp.arange(n * k, dtype=jnp.int32)
+    if n * n * k < 2**31:  # one packed int32 key: sorting it is much faster on CPU than a stable argsort
+        order = jax.lax.sort(cols * (n * k) + positions) % (n * k)
+    else:
+        order = jnp.argsort(cols, stable=True)
+    return jgraph.FixedGraph(jgraph.Edges(rows, cols, values),
+                             jgraph.Edges(cols[order], rows[order], values[order]))
+
+
 @functools.lru_cache(maxsize=8)
 def _jitted_item_table(module):
-    return jax.jit(lambda params, ctx: module.apply({"params": params}, ctx, method="item_table"))
+    def table(params, ctx):
+        ids, weights = module.apply({"params": params}, ctx, method="item_table")
+        return ids, weights, table_graph(ids, weights)
+    return jax.jit(table)
 
 
 def refresh_item_graph(module: LATTICE, params, ctx):
     """``ctx`` with ``"item_ids"``/``"item_weights"``, the item graph :math:`S` recomputed from
-    ``params`` (the ``"mmrec"`` mode's per-epoch step; exact kNN, jitted)."""
-    ids, weights = _jitted_item_table(module)(params, ctx)
-    return {**ctx, "item_ids": ids, "item_weights": weights}
+    ``params``, and ``"item_graph"``, the same table as a :func:`table_graph` (the ``"mmrec"``
+    mode's per-epoch step; exact kNN, jitted)."""
+    ids, weights, graph = _jitted_item_table(module)(params, ctx)
+    return {**ctx, "item_ids": ids, "item_weights": weights, "item_graph": graph}
 
 
 def refresh_learned_graph(module: LATTICE, params, ctx):
@@ -475,7 +509,8 @@ def build(dataset, *, embedding_size: int = 64, feat_embed_dim: int = 64, knn_k:
         ctx["learned_neighbours"] = jnp.asarray(raw_neighbours)
     if learned_graph == "mmrec":  # the shapes; the trainer's epoch_update computes the table
         ids = jnp.concatenate([jnp.asarray(raw_neighbours)] * 2, axis=1)
-        ctx.update({"item_ids": ids, "item_weights": jnp.zeros(ids.shape, jnp.float32),
+        zeros = jnp.zeros(ids.shape, jnp.float32)
+        ctx.update({"item_ids": ids, "item_weights": zeros, "item_graph": table_graph(ids, zeros),
                     EPOCH_STEP: jnp.zeros((), jnp.int32)})
     module = LATTICE(n_users=dataset.n_users, n_items=dataset.n_items, feature_dims=dims,
                      embedding_size=embedding_size, feat_embed_dim=feat_embed_dim, knn_k=knn_k,

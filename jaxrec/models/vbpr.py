@@ -116,52 +116,62 @@ class VBPR(nn.Module):
             start += dm
         return jnp.concatenate(parts, axis=-1)
 
-    def _free(self, ctx, items):
-        """``(gamma (.., K), beta (..))`` of ``items`` (any int shape): zero for never-trained items."""
-        return (masked_rows(self.gamma_item, ctx["trained"], items),
-                jnp.where(jnp.asarray(ctx["trained"])[items], self.beta_item[items], 0.0))
+    def _item_tables(self, ctx, items):
+        """Per item, for every item (``items`` None) or for the rows ``items`` (R,):
+        ``([γ, E f] (R, K + blocks K'), β + β'·f (R,), ||γ||² + β² (R,))``, γ and β zero
+        for never-trained items."""
+        features, trained = jnp.asarray(ctx["features"]), jnp.asarray(ctx["trained"])
+        gamma, beta = self.gamma_item, self.beta_item
+        if items is not None:
+            features, trained, gamma, beta = features[items], trained[items], gamma[items], beta[items]
+        gamma = jnp.where(trained[:, None], gamma, 0.0)
+        beta = jnp.where(trained, beta, 0.0)
+        return (jnp.concatenate([gamma, self._visual(features)], axis=1), beta + features @ self.beta_prime,
+                jnp.sum(jnp.square(gamma), axis=-1) + jnp.square(beta))
 
-    def _feature_parts(self, ctx, *item_arrays):
-        """``[(E f (.., blocks K'), β'·f (..)), ...]``, one pair per index array
-        (:func:`~jaxrec.models._common.rows_or_all`)."""
-        features = ctx["features"]
-
-        def parts(rows):  # [E f, β'·f] side by side, so that one rows_or_all maps both
-            return jnp.concatenate([self._visual(features[rows]), (features[rows] @ self.beta_prime)[..., None]],
-                                   axis=-1)
-
-        return [(both[..., :-1], both[..., -1]) for both in rows_or_all(parts, self.n_items, *item_arrays)]
+    def _item_rows(self, ctx, items):
+        """:meth:`_item_tables` at ``items`` (any int shape), each gathered once for all of them:
+        the tables of every item when ``items`` holds at least as many ids as there are items
+        (:func:`~jaxrec.models._common.rows_or_all`'s rule), else the rows alone."""
+        flat = items.reshape(-1)
+        if flat.size >= self.n_items:
+            parts = [part[flat] for part in self._item_tables(ctx, None)]
+        else:
+            parts = list(self._item_tables(ctx, flat))
+        return [part.reshape(items.shape + part.shape[1:]) for part in parts]
 
     def encode(self, ctx, train: bool = False):
         """Users ``[γ_u, θ_u, 1]``, items ``[γ_i, E f_i, β_i + β'·f_i]``."""
         del train
-        items = jnp.arange(self.n_items)
-        gamma, beta = self._free(ctx, items)
-        [(visual, visual_bias)] = self._feature_parts(ctx, items)
+        rows, bias, _ = self._item_tables(ctx, None)
         users = jnp.concatenate([self.gamma_user, self.theta_user, jnp.ones((self.n_users, 1))], axis=1)
-        return users, jnp.concatenate([gamma, visual, (beta + visual_bias)[:, None]], axis=1)
+        return users, jnp.concatenate([rows, bias[:, None]], axis=1)
 
     def loss_terms(self, ctx, batch, train: bool = False):
-        """``{"bpr", "reg_theta", "reg_e"}`` for a contract batch (``jaxrec.models._registry``)."""
+        """``{"bpr", "reg_theta", "reg_e"}`` for a contract batch (``jaxrec.models._registry``).
+
+        The positives and the negatives are gathered together (one gather per item table,
+        and one scatter-add per table in the gradient), and ``[γ_u, θ_u]`` from one user table.
+        """
         del train
-        users, negatives = batch["users"], batch["neg_items"]
+        users, positives, negatives = batch["users"], batch["pos_items"], batch["neg_items"]
         pairs = counted_pairs(batch, ctx["trained"])
-        (pos_gamma, pos_beta), (neg_gamma, neg_beta) = self._free(ctx, batch["pos_items"]), self._free(ctx, negatives)
-        (pos_visual, pos_visual_bias), (neg_visual, neg_visual_bias) = self._feature_parts(
-            ctx, batch["pos_items"], negatives)
-        gamma_u, theta_u = self.gamma_user[users], self.theta_user[users]
-        pos_scores = (pos_beta + pos_visual_bias + jnp.sum(gamma_u * pos_gamma, axis=-1)
-                      + jnp.sum(theta_u * pos_visual, axis=-1))
-        neg_scores = (neg_beta + neg_visual_bias + jnp.einsum("bk,bnk->bn", gamma_u, neg_gamma)
-                      + jnp.einsum("bk,bnk->bn", theta_u, neg_visual))
+        n_pos = positives.size
+        # [γ_i, E f_i] . [γ_u, θ_u]
+        item_rows, bias, norms = self._item_rows(ctx, jnp.concatenate([positives.reshape(-1), negatives.reshape(-1)]))
+        pos_rows, neg_rows = item_rows[:n_pos], item_rows[n_pos:].reshape(negatives.shape + item_rows.shape[-1:])
+        if users.size >= self.n_users:
+            user_rows = jnp.concatenate([self.gamma_user, self.theta_user], axis=1)[users]
+        else:
+            user_rows = jnp.concatenate([self.gamma_user[users], self.theta_user[users]], axis=1)
+        pos_scores = bias[:n_pos] + jnp.sum(user_rows * pos_rows, axis=-1)
+        neg_scores = bias[n_pos:].reshape(negatives.shape) + jnp.einsum("bk,bnk->bn", user_rows, neg_rows)
         pair_weight = pairs.astype(pos_scores.dtype)
         n_pairs = jnp.maximum(losses.batch_sum(pair_weight), 1.0)
         # Per triple: the user's and the positive's parameters count once for each of its pairs.
-        row_norms = (jnp.sum(jnp.square(gamma_u), -1) + jnp.sum(jnp.square(theta_u), -1)
-                     + jnp.sum(jnp.square(pos_gamma), -1) + jnp.square(pos_beta))
-        neg_norms = jnp.sum(jnp.square(neg_gamma), -1) + jnp.square(neg_beta)
+        row_norms = jnp.sum(jnp.square(user_rows), -1) + norms[:n_pos]
         reg_theta = (losses.batch_sum(jnp.sum(pair_weight, axis=1) * row_norms)
-                     + losses.batch_sum(pair_weight * neg_norms)) / n_pairs
+                     + losses.batch_sum(pair_weight * norms[n_pos:].reshape(negatives.shape))) / n_pairs
         reg_e = sum(jnp.sum(jnp.square(E)) for E in self.embeddings) + jnp.sum(jnp.square(self.beta_prime))
         return {"bpr": losses.bpr(pos_scores, neg_scores, where=pairs), "reg_theta": reg_theta, "reg_e": reg_e}
 

@@ -9,9 +9,12 @@ the result differs from the exact one only where HNSW missed a true neighbour.
 
 Why this library: on the scale ladder's synthetic data (128-d, k = 10, recall of the 9
 non-self neighbours; ``benchmarks/bench_knn.py --ann``), hnswlib reached the recall of our
-inverted file (:mod:`._ivf`) at a fraction of its CPU time, and was ahead of usearch and
+JAX inverted file (:mod:`._ivf`) at a fraction of its CPU time, and was ahead of usearch and
 faiss's HNSW at equal settings; faiss's inverted file needs ever more probes as n grows. The
-measured figures are in ``benchmarks/bench_knn.py``'s docstring.
+cluster-blocked join (:mod:`._join`) builds the same all-items graph at a fraction of
+hnswlib's CPU time and is the default approximate method (``knn_method: auto``); hnswlib
+stays for ``method="hnsw"``. The measured figures are in ``benchmarks/bench_knn.py``'s
+docstring.
 
 hnswlib is an optional dependency (``pip install "jaxrec[ann]"``). With ``threads=1``
 (default) the index, hence the neighbours, is deterministic for a given seed; more threads

@@ -34,11 +34,12 @@ neighbours; a shared 2-core machine): at 100,000 items, exact 41 CPU s; IVF
 16-d latent space, with no cluster structure to exploit; clustered data does far better
 (0.999 at 2 of 40 probed in ``tests/test_graph_knn_ivf.py``).
 
-The HNSW index of :mod:`._hnsw` (hnswlib) does better on the same data and is the default
-approximate method (``knn_method: auto``); this inverted file stays for ``method="ivf"``. Its
-weak point is the probe order: clusters are probed by centroid-to-centroid similarity per
-query CLUSTER, not per query item (faiss's inverted file, probing per item, reached recall
-0.95 at 16 of 1,024 clusters at 100,000 items of this data).
+The cluster-blocked join of :mod:`._join` (the default approximate method, ``knn_method:
+auto``) and the HNSW index of :mod:`._hnsw` (hnswlib) do better on the same data; this
+inverted file stays for ``method="ivf"``. Its weak point is the probe order: clusters are
+probed by centroid-to-centroid similarity per query CLUSTER, not per query item (faiss's
+inverted file, probing per item, reached recall 0.95 at 16 of 1,024 clusters at 100,000 items
+of this data); the join probes per item and still computes one product per list.
 
 References:
   Jégou, Douze & Schmid, `Product quantization for nearest neighbor search

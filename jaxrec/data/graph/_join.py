@@ -144,28 +144,34 @@ def _kmeans(units: np.ndarray, n_lists: int, settings: JoinSettings) -> np.ndarr
 def _probes(units: np.ndarray, centroids: np.ndarray, n_probe: int, pool) -> np.ndarray:
     """(n, n_probe) most similar centroids of every row, most similar first."""
     n_lists = len(centroids)
-    groups = -(-n_lists // _GROUP)
+    groups = -(-n_lists // _GROUP)  # group g: the centroids g, g + groups, g + 2 groups, ...
     padded = np.zeros((groups * _GROUP, centroids.shape[1]), np.float32)
     padded[:n_lists] = centroids
     probes = np.empty((len(units), n_probe), np.int32)
     pruned = groups > n_probe
+    rows_per_block = 1024  # a (1024, n_lists) block of similarities stays in cache
 
     def block(start):
-        sims = units[start:start + _CHUNK] @ padded.T
+        sims = units[start:start + rows_per_block] @ padded.T
         sims[:, n_lists:] = -np.inf
-        if pruned:  # top n_probe groups by maximum hold the top n_probe entries
-            best_groups = np.argpartition(-sims.reshape(len(sims), groups, _GROUP).max(axis=2), n_probe - 1,
-                                          axis=1)[:, :n_probe]
-            candidates = (best_groups[:, :, None] * _GROUP + np.arange(_GROUP)).reshape(len(sims), -1)
+        if pruned:  # the top n_probe groups by maximum hold the top n_probe entries
+            maxima = sims.reshape(len(sims), _GROUP, groups).max(axis=1)
+            best_groups = np.argpartition(maxima, groups - n_probe, axis=1)[:, groups - n_probe:]
+            candidates = (best_groups[:, None, :] + groups * np.arange(_GROUP)[:, None]).reshape(len(sims), -1)
             values = np.take_along_axis(sims, candidates, 1)
         else:
             candidates, values = None, sims
-        top = np.argpartition(-values, n_probe - 1, axis=1)[:, :n_probe]
+        top = np.argpartition(values, values.shape[1] - n_probe, axis=1)[:, values.shape[1] - n_probe:]
         top = np.take_along_axis(top, np.argsort(-np.take_along_axis(values, top, 1), axis=1, kind="stable"), 1)
-        probes[start:start + _CHUNK] = top if candidates is None else np.take_along_axis(candidates, top, 1)
+        probes[start:start + rows_per_block] = top if candidates is None else np.take_along_axis(candidates, top, 1)
 
-    list(pool.map(block, range(0, len(units), _CHUNK)))
+    list(pool.map(block, range(0, len(units), rows_per_block)))
     return probes
+
+
+def _small(labels: np.ndarray, n_lists: int) -> np.ndarray:
+    """List ids as int16 where they fit: numpy's stable sort of 16-bit integers is a radix sort."""
+    return labels.astype(np.int16) if n_lists <= np.iinfo(np.int16).max else labels
 
 
 def _true_flat_indices(mask: np.ndarray) -> np.ndarray:
@@ -207,7 +213,7 @@ def join_top_k(units: np.ndarray, k: int, settings: JoinSettings, *,
         centroids = _kmeans(units, n_lists, settings)
         probes = _probes(units, centroids, n_probe, pool)
         own = probes[:, 0].copy()
-        order = np.argsort(own, kind="stable").astype(np.int32)
+        order = np.argsort(_small(own, n_lists), kind="stable").astype(np.int32)
         bounds = np.concatenate([[0], np.cumsum(np.bincount(own, minlength=n_lists))])
         members = [order[bounds[c]:bounds[c + 1]] for c in range(n_lists)]
 
@@ -231,7 +237,7 @@ def join_top_k(units: np.ndarray, k: int, settings: JoinSettings, *,
         # Query blocks: the items probing each list other than their own.
         pairs_query = np.repeat(np.arange(n, dtype=np.int32), n_probe - 1)
         pairs_list = probes[:, 1:].reshape(-1)
-        by_list = np.argsort(pairs_list, kind="stable")
+        by_list = np.argsort(_small(pairs_list, n_lists), kind="stable")
         queries_sorted = pairs_query[by_list]
         query_bounds = np.concatenate([[0], np.cumsum(np.bincount(pairs_list, minlength=n_lists))])
         del pairs_query, pairs_list, by_list
