@@ -1,4 +1,4 @@
-"""Batched search (trials as one vmapped program) against the same trials run one by one."""
+"""Batched search (trials as one compiled program) against the same trials run one by one."""
 
 import json
 
