@@ -1,13 +1,14 @@
-"""Batched search (trials as one vmapped program) against the same trials run one by one."""
+"""Batched search (trials as one compiled program) against the same trials run one by one."""
 
 import json
 
+import jax
 import numpy as np
 import pytest
 
 from jaxrec import eval as jeval
 from jaxrec.data import make_synthetic
-from jaxrec.errors import ConfigError
+from jaxrec.errors import ConfigError, DataError
 from jaxrec.train import config_from_dict, evaluate_run, run_search
 
 DATA_ARGS = dict(n_users=90, n_items=60, n_interactions=1800, seed=4)
@@ -108,6 +109,12 @@ def test_evaluate_prepared_many_equals_one_by_one():
     some = jeval.evaluate_prepared_many(split, users.astype(np.float32), items.astype(np.float32), ks=(5, 20),
                                         active=[True, False, True])
     assert some[1] is None and some[0] == many[0] and some[2] == many[2]
+    # Stacks on the device (what the search passes) rank the same; the checks read one model's shapes.
+    on_device = jeval.evaluate_prepared_many(split, jax.device_put(users.astype(np.float32)),
+                                             jax.device_put(items.astype(np.float32)), ks=(5, 20))
+    assert on_device == many
+    with pytest.raises(DataError, match="same width"):
+        jeval.evaluate_prepared_many(split, users.astype(np.float32), items[:, :, :4].astype(np.float32), ks=(5, 20))
 
 
 def test_a_grid_over_a_model_argument_runs_one_batched_program_per_value(tmp_path, dataset, capsys):

@@ -355,12 +355,20 @@ def evaluate_prepared_many(
     if active.shape != (n_models,):
         raise DataError("one active flag per model expected", field="active", found=f"shape {active.shape}",
                         expected=f"({n_models},)")
-    score_fn, device_metrics, list_len = _scoring_for(split, user_embs[0], item_embs[0], None, metrics, ks, "s")
+    # The checks need one model's shapes only: `user_embs[0]` on a device array would compile and run
+    # a slice program per call.
+    score_fn, device_metrics, list_len = _scoring_for(split, _one_model(user_embs), _one_model(item_embs), None,
+                                                      metrics, ks, "s")
     sums, num_nan = _many_metric_sums(split.batches, split.candidate_mask, user_embs, item_embs, active,
                                       score_fn=score_fn, ks=ks, metric_names=device_metrics, list_len=list_len)
     sums, num_nan = np.asarray(sums, np.float64).sum(1), np.asarray(num_nan).sum(1)
     return [_metrics_from_sums(split, sums[t], int(num_nan[t]), ks, metrics) if active[t] else None
             for t in range(n_models)]
+
+
+def _one_model(stacked) -> jax.ShapeDtypeStruct:
+    """The shape and dtype of one model's array in a ``(T, ...)`` stack."""
+    return jax.ShapeDtypeStruct(np.shape(stacked)[1:], getattr(stacked, "dtype", np.float32))
 
 
 def _scoring_for(split: EvalSplit, user_emb, item_emb, score_fn, metrics, ks, plural: str):

@@ -304,8 +304,9 @@ def run_batched_search(config: ExperimentConfig, workdir: str | os.PathLike, set
     tcfg = configs[0].train
     weights = [resolve_loss_weights(built.default_loss_weights, c.loss_weights, exp.term_names, c.model.name)
                for c in configs]
-    weight_matrix = jnp.asarray([[w[name] for name in exp.term_names] for w in weights], jnp.float32)
-    lrs = jnp.asarray([c.train.learning_rate for c in configs], jnp.float32)
+    # Host arrays, passed to the programs as they are (jnp.asarray would compile a conversion each).
+    weight_matrix = np.asarray([[w[name] for name in exp.term_names] for w in weights], np.float32)
+    lrs = np.asarray([c.train.learning_rate for c in configs], np.float32)
     seeds = [c.train.seed for c in configs]
     per_trial_batches = len(set(seeds)) > 1
     samplers = ([_data.EpochSampler(exp.dataset, batch_size=tcfg.batch_size, n_negatives=tcfg.n_negatives,
@@ -345,7 +346,7 @@ def run_batched_search(config: ExperimentConfig, workdir: str | os.PathLike, set
     while epoch < tcfg.epochs and not all(es.stop for es in stopping):
         epoch += 1
         active_list = [not es.stop for es in stopping]
-        active = jnp.asarray(active_list)
+        active = np.asarray(active_list, bool)
         tick = time.perf_counter()
         if per_trial_batches:
             per_trial = [s.batches(epoch - 1) for s in samplers]
