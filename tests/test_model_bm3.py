@@ -142,6 +142,17 @@ def test_dropout_targets_with_a_fixed_mask_match_numpy(monkeypatch):
         np.testing.assert_allclose(float(terms[name]), expected[name], rtol=1e-5, err_msg=name)
 
 
+@pytest.mark.parametrize("typed", [False, True])
+def test_bernoulli_table_is_jax_random_bernoulli_bit_for_bit(typed):
+    draw = jax.jit(bm3.bernoulli_table, static_argnums=(1, 2))
+    for seed in range(3):
+        key = jax.random.key(seed) if typed else jax.random.PRNGKey(seed)
+        for p in (0.5, 0.7, 0.123):
+            for shape in ((37, 8), (5, 3), (1, 1)):
+                np.testing.assert_array_equal(np.asarray(draw(key, p, shape)),
+                                              np.asarray(jax.random.bernoulli(key, p, shape)))
+
+
 def test_table_dropout_statistics():
     rate, n, d = 0.3, 400, 50
     values = np.arange(1.0, 1.0 + n * d, dtype=np.float32).reshape(n, d)

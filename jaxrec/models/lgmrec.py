@@ -181,9 +181,10 @@ def _weighted_sum_mean(weighted: jax.Array, weights: jax.Array) -> jax.Array:
 class LGMRec(nn.Module):
     """LGMRec (see the module docstring).
 
-    ``ctx``: ``{"graph": Edges, "features": tuple of (n_items, d_m), "user_feature_sums":
+    ``ctx``: ``{"graph": FixedGraph, "features": tuple of (n_items, d_m), "user_feature_sums":
     tuple of (n_users, d_m), "user_inverse_degree": (n_users,)}`` -- :math:`\\hat A`
-    (row-sorted, users first), the raw features :math:`X_m`, :math:`R X_m` and :math:`1/d_u`
+    (row-sorted, users first; a constant :class:`~jaxrec.data.graph.FixedGraph`, symmetric, so
+    its gradient is propagated over the graph itself), the raw features :math:`X_m`, :math:`R X_m` and :math:`1/d_u`
     (0 without train items).
 
     Attributes:
@@ -283,8 +284,7 @@ class LGMRec(nn.Module):
             parts = ([collaborative_layers[-1]] if layer <= self.n_ui_layers else []) + (
                 current if layer <= self.n_mm_layers else [])
             stacked = jnp.concatenate(parts, axis=1)
-            stacked = jgraph.propagate(graph, stacked, indices_are_sorted=True,
-                                       chunk_size=chunk_size_for(stacked.shape[1]))
+            stacked = jgraph.propagate_fixed(graph, stacked, chunk_size=chunk_size_for(stacked.shape[1]))
             pieces = jnp.split(stacked, len(parts), axis=1)
             if layer <= self.n_ui_layers:
                 collaborative_layers.append(pieces.pop(0))
@@ -334,7 +334,8 @@ def lgmrec_context(dataset, blocks: Sequence[np.ndarray]) -> dict:
         total = np.zeros((dataset.n_users, block.shape[1]))
         np.add.at(total, graph.users, block[graph.items].astype(np.float64))
         sums.append(jnp.asarray(total, jnp.float32))
-    return {"graph": jgraph.normalized_adjacency(graph).to_device(), "features": tuple(jnp.asarray(b) for b in blocks),
+    adjacency = jgraph.fixed_graph(jgraph.normalized_adjacency(graph), symmetric=True)
+    return {"graph": adjacency.to_device(), "features": tuple(jnp.asarray(b) for b in blocks),
             "user_feature_sums": tuple(sums), "user_inverse_degree": jnp.asarray(inverse)}
 
 

@@ -156,22 +156,20 @@ class VBPR(nn.Module):
         del train
         users, positives, negatives = batch["users"], batch["pos_items"], batch["neg_items"]
         pairs = counted_pairs(batch, ctx["trained"])
-        n_pos = positives.size
-        # [γ_i, E f_i] . [γ_u, θ_u]
-        item_rows, bias, norms = self._item_rows(ctx, jnp.concatenate([positives.reshape(-1), negatives.reshape(-1)]))
-        pos_rows, neg_rows = item_rows[:n_pos], item_rows[n_pos:].reshape(negatives.shape + item_rows.shape[-1:])
+        # Row b: its positive, then its negatives, all gathered together: (B, 1 + n, ...).
+        item_rows, bias, norms = self._item_rows(ctx, jnp.concatenate([positives[:, None], negatives], axis=1))
         if users.size >= self.n_users:
             user_rows = jnp.concatenate([self.gamma_user, self.theta_user], axis=1)[users]
         else:
             user_rows = jnp.concatenate([self.gamma_user[users], self.theta_user[users]], axis=1)
-        pos_scores = bias[:n_pos] + jnp.sum(user_rows * pos_rows, axis=-1)
-        neg_scores = bias[n_pos:].reshape(negatives.shape) + jnp.einsum("bk,bnk->bn", user_rows, neg_rows)
+        scores = bias + jnp.einsum("bk,bnk->bn", user_rows, item_rows)  # [γ_u, θ_u] . [γ_i, E f_i]
+        pos_scores, neg_scores = scores[:, 0], scores[:, 1:]
         pair_weight = pairs.astype(pos_scores.dtype)
         n_pairs = jnp.maximum(losses.batch_sum(pair_weight), 1.0)
         # Per triple: the user's and the positive's parameters count once for each of its pairs.
-        row_norms = jnp.sum(jnp.square(user_rows), -1) + norms[:n_pos]
+        row_norms = jnp.sum(jnp.square(user_rows), -1) + norms[:, 0]
         reg_theta = (losses.batch_sum(jnp.sum(pair_weight, axis=1) * row_norms)
-                     + losses.batch_sum(pair_weight * norms[n_pos:].reshape(negatives.shape))) / n_pairs
+                     + losses.batch_sum(pair_weight * norms[:, 1:])) / n_pairs
         reg_e = sum(jnp.sum(jnp.square(E)) for E in self.embeddings) + jnp.sum(jnp.square(self.beta_prime))
         return {"bpr": losses.bpr(pos_scores, neg_scores, where=pairs), "reg_theta": reg_theta, "reg_e": reg_e}
 

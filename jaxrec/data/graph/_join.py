@@ -265,11 +265,23 @@ def join_top_k(units: np.ndarray, k: int, settings: JoinSettings, *,
     cols = np.concatenate([f[1] for f in found] + [np.zeros(0, np.int32)])
     sims = np.concatenate([f[2] for f in found] + [np.zeros(0, np.float32)])
     del found
-    # One sort by (row, similarity descending): an int64 key of the row and the similarity's
-    # order-preserving bits (descending), so the ranking is exact without a 3-key lexsort.
+    # Ranking by (row, similarity descending) through a uint64 key: the row, then the
+    # similarity's order-preserving bits (ascending bits = descending similarity), so no 3-key
+    # lexsort. A plain sort of the keys (much cheaper than an argsort) gives each row's
+    # `wanted`-th best bits; only the candidates at or above it (ties included) are argsorted.
     bits = (-sims).view(np.uint32)
     bits = np.where(bits & np.uint32(0x80000000), ~bits, bits | np.uint32(0x80000000))
-    ranked = np.argsort((rows.astype(np.uint64) << np.uint64(32)) | bits.astype(np.uint64))
+    keys = (rows.astype(np.uint64) << np.uint64(32)) | bits.astype(np.uint64)
+    sorted_keys = np.sort(keys)
+    starts = np.searchsorted(sorted_keys, np.arange(n + 1, dtype=np.uint64) << np.uint64(32))
+    enough = np.diff(starts) >= wanted
+    cutoff = np.full(n, np.iinfo(np.uint32).max, np.uint32)
+    cutoff[enough] = (sorted_keys[starts[:-1][enough] + wanted - 1] & np.uint64(0xFFFFFFFF)).astype(np.uint32)
+    del sorted_keys
+    chosen = np.flatnonzero(bits <= cutoff[rows])
+    del bits
+    ranked = chosen[np.argsort(keys[chosen])]
+    del keys
     rows, cols, sims = rows[ranked], cols[ranked], sims[ranked]
     first = np.searchsorted(rows, np.arange(n + 1))
     slot = np.arange(rows.size) - np.repeat(first[:-1], np.diff(first))
