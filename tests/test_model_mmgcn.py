@@ -156,3 +156,25 @@ def test_learns_better_than_popularity(tmp_path):
                          epochs=20, learning_rate=0.01)
     baseline = popularity_recall(dataset)
     assert metrics["test"]["recall@20"] > 1.5 * baseline, (metrics["test"], baseline)
+
+
+def test_raw_modality_constants_match_dense_neighbour_means():
+    dataset = _dataset()
+    built = models.build("mmgcn", dataset, latent_dims={"audio": 4}, embedding_size=3)
+    assert set(built.ctx["raw"]) == {"text"} and set(built.ctx["features"]) == {"audio"}
+    raw = built.ctx["raw"]["text"]
+    features = dataset.modalities["text"].features.astype(np.float64)
+    normalized = features / np.linalg.norm(features, axis=1, keepdims=True)
+    train = np.unique(dataset.split_pairs("train"), axis=0)
+    adjacency = np.zeros((6, 8))
+    adjacency[train[:, 0], train[:, 1]] = 1
+    degree = adjacency.sum(1, keepdims=True)
+    user_means = np.divide(adjacency, degree, out=np.zeros_like(adjacency), where=degree > 0) @ normalized
+    np.testing.assert_allclose(raw["items"], normalized, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(raw["user_means"], user_means, rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(raw["user_means_t"], np.asarray(raw["user_means"]).T)
+    np.testing.assert_array_equal(raw["items_t"], np.asarray(raw["items"]).T)
+    item_rows = built.ctx["raw"]["text"]["item_graph"].to_dense(8)[:8, :6]
+    item_degree = adjacency.sum(0)[:, None]
+    np.testing.assert_allclose(item_rows, np.divide(adjacency.T, item_degree, out=np.zeros((8, 6)),
+                                                    where=item_degree > 0), rtol=1e-6)

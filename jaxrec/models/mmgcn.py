@@ -64,14 +64,15 @@ from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import linen as nn
 
 from jaxrec import losses
 from jaxrec.data import graph as jgraph
+from jaxrec.data.graph import Edges
 from jaxrec.errors import ConfigError
 from jaxrec.models._common import (batch_triples, bpr_of, check_bool, check_positive_int, chunk_size_for,
-                                   counted_pairs, dense_dot_general, item_side_features, matmul, normalize_rows,
-                                   train_graph)
+                                   counted_pairs, dense_dot_general, item_side_features, matmul, normalize_rows)
 from jaxrec.models._init import torch_linear_bias, torch_linear_kernel, xavier_normal
 from jaxrec.models._registry import Built, register
 
@@ -99,40 +100,110 @@ class ModalityGCN(nn.Module):
     learn_embeddings: bool = True
 
     @nn.compact
-    def __call__(self, graph, features, id_embedding):
+    def __call__(self, graph, features, id_embedding, raw=None):
+        """``raw``: for a modality fed raw (``latent_dim == 0``), the constants of
+        :func:`raw_inputs` (``features`` is then not read)."""
         width = self.latent_dim or self.feature_dim
         preference = self.param("preference", xavier_normal, (self.n_users, width))
         if not self.learn_embeddings:
             preference = jax.lax.stop_gradient(preference)
-        if self.latent_dim:
-            features = nn.Dense(self.latent_dim, kernel_init=torch_linear_kernel, dot_general=dense_dot_general,
-                                bias_init=torch_linear_bias(self.feature_dim), name="projection")(features)
-        x = normalize_rows(jnp.concatenate([preference, features], axis=0))
         d = self.embedding_size
-        for layer in range(1, self.n_layers + 1):
+        if raw is not None:
+            x = self._raw_first_layer(raw, normalize_rows(preference), id_embedding)
+        else:
+            if self.latent_dim:
+                features = nn.Dense(self.latent_dim, kernel_init=torch_linear_kernel, dot_general=dense_dot_general,
+                                    bias_init=torch_linear_bias(self.feature_dim), name="projection")(features)
+            x = normalize_rows(jnp.concatenate([preference, features], axis=0))
+        for layer in range(2 if raw is not None else 1, self.n_layers + 1):
             width = x.shape[1]
             conv = self.param(f"conv_{layer}", xavier_normal, (width, width if layer == 1 else d))
             messages = matmul(x, conv)
             h = nn.leaky_relu(jgraph.propagate_fixed(graph, messages, chunk_size=chunk_size_for(messages.shape[1])))
             x_hat = nn.leaky_relu(nn.Dense(d, kernel_init=xavier_normal, bias_init=torch_linear_bias(width),
                                            dot_general=dense_dot_general, name=f"linear_{layer}")(x)) + id_embedding
-            # MMRec re-initializes only the first combination layer (Xavier); the others keep torch's default.
-            g_width = (h.shape[1] + d) if self.concat else h.shape[1]
-            combine = nn.Dense(d, kernel_init=xavier_normal if layer == 1 else torch_linear_kernel,
-                               bias_init=torch_linear_bias(g_width), dot_general=dense_dot_general,
-                               name=f"combine_{layer}")
-            if self.concat:
-                x = nn.leaky_relu(combine(jnp.concatenate([h, x_hat], axis=1)))
-            else:
-                x = nn.leaky_relu(combine(h) + x_hat)
+            x = self._combine(layer, h, x_hat)
         return x, preference
+
+    def _combine(self, layer, h, x_hat):
+        d = self.embedding_size
+        # MMRec re-initializes only the first combination layer (Xavier); the others keep torch's default.
+        g_width = (h.shape[1] + d) if self.concat else h.shape[1]
+        combine = nn.Dense(d, kernel_init=xavier_normal if layer == 1 else torch_linear_kernel,
+                           bias_init=torch_linear_bias(g_width), dot_general=dense_dot_general, name=f"combine_{layer}")
+        if self.concat:
+            return nn.leaky_relu(combine(jnp.concatenate([h, x_hat], axis=1)))
+        return nn.leaky_relu(combine(h) + x_hat)
+
+    def _raw_first_layer(self, raw, users, id_embedding):
+        r"""Layer 1 of a raw modality, split by side (the graph is bipartite, the item inputs
+        :math:`\hat F` are constant): the users' neighbour means :math:`C_u = (D^{-1}A)_{ui}
+        \hat F` are a constant of the data, so
+
+        .. math::
+          h_u = \sigma(C_u W_c), \quad h_i = \sigma\big(((D^{-1}A)_{iu} \hat P) W_c\big),
+          \quad \hat x_u = \sigma(\hat P W_x + b_x) + e_u, \quad \hat x_i = \sigma(\hat F W_x + b_x) + e_i
+
+        (the same products as :math:`(D^{-1}A)(x W_c)` and :math:`x W_x` regrouped; float
+        rounding aside). No product with a constant computes a gradient in it, and the
+        user-side half of the graph is never propagated."""
+        n_items, width, d = raw["items"].shape[0], self.feature_dim, self.embedding_size
+        conv = self.param("conv_1", xavier_normal, (width, width))
+        w_x, b_x = _DenseParams(d, width, name="linear_1")()
+        item_means = _item_means(raw["item_graph"], users, n_items)
+        h = nn.leaky_relu(jnp.concatenate([const_matmul(raw["user_means"], raw["user_means_t"], conv),
+                                           matmul(item_means, conv)], axis=0))
+        x_hat = nn.leaky_relu(jnp.concatenate([matmul(users, w_x), const_matmul(raw["items"], raw["items_t"], w_x)],
+                                              axis=0) + b_x) + id_embedding
+        return self._combine(1, h, x_hat)
+
+
+class _DenseParams(nn.Module):
+    """The kernel (Xavier-normal) and bias (torch's default) of ``nn.Dense(features)`` on
+    ``fan_in`` inputs, same names and initial values, for products written out by hand."""
+
+    features: int
+    fan_in: int
+
+    @nn.compact
+    def __call__(self):
+        kernel = self.param("kernel", xavier_normal, (self.fan_in, self.features))
+        return kernel, self.param("bias", torch_linear_bias(self.fan_in), (self.features,))
+
+
+@jax.custom_vjp
+def const_matmul(x, x_t, w):
+    """``x @ w`` for a constant ``x`` (no gradient) given with its transpose ``x_t``: the
+    gradient ``x_t @ g`` in ``w`` needs no transposed copy per step."""
+    return x @ w
+
+
+def _const_matmul_fwd(x, x_t, w):
+    return x @ w, (x, x_t)
+
+
+def _const_matmul_bwd(residuals, g):
+    x, x_t = residuals
+    return jnp.zeros_like(x), jnp.zeros_like(x_t), x_t @ g
+
+
+const_matmul.defvjp(_const_matmul_fwd, _const_matmul_bwd)
+
+
+def _item_means(item_graph, users, n_items: int):
+    """``(D^-1 A)_{iu} users`` (n_items, w): the users' rows propagated to the items over the
+    item-row block of the graph (a FixedGraph on ``max(n_users, n_items)`` nodes)."""
+    size = max(users.shape[0], n_items)
+    padded = jnp.pad(users, ((0, size - users.shape[0]), (0, 0)))
+    return jgraph.propagate_fixed(item_graph, padded, chunk_size=chunk_size_for(users.shape[1]))[:n_items]
 
 
 class MMGCN(nn.Module):
     """MMGCN (see the module docstring).
 
     ``ctx``: ``{"graph": FixedGraph (D^-1 A, row-sorted, with its transpose A D^-1 for the gradient),
-    "features": {name: (n_items, D_m)}}``.
+    "features": {name: (n_items, D_m)} of the projected modalities, "raw": {name: raw_inputs(...)}
+    of the modalities fed raw}``.
 
     Attributes:
       n_users, n_items: table sizes.
@@ -169,7 +240,8 @@ class MMGCN(nn.Module):
         """``((n_users + n_items, d) modality-averaged representations, users first,
         [preference table per modality])``."""
         ids = self._ids()
-        outputs, preferences = zip(*(gcn(ctx["graph"], ctx["features"][name], ids)
+        raw = ctx.get("raw", {})
+        outputs, preferences = zip(*(gcn(ctx["graph"], ctx["features"].get(name), ids, raw.get(name))
                                      for gcn, name in zip(self.gcns, self.modalities)))
         return sum(outputs) / len(outputs), list(preferences)
 
@@ -199,6 +271,37 @@ class MMGCN(nn.Module):
         return {"bpr": bpr_of(user_rows, nodes[self.n_users + positives], nodes[self.n_users + negatives],
                               counted_pairs(batch)),
                 "reg": id_reg + losses.l2_mean_of_squares(*preferences)}
+
+
+def raw_inputs(edges, n_users: int, features: Mapping[str, np.ndarray]) -> dict:
+    r"""The constants of each raw modality's first layer (``ModalityGCN._raw_first_layer``).
+
+    Args:
+      edges: the host row-sorted :math:`D^{-1}A` of the train graph, users first.
+      n_users: users (the first rows).
+      features: ``{name: (n_items, D)}`` raw item features.
+
+    Returns:
+      ``{name: {"items": F̂, "items_t": F̂^T, "user_means": C_u, "user_means_t": C_u^T,
+      "item_graph": FixedGraph}}`` on the device, with :math:`\hat F` the row-normalized
+      features, :math:`C_u = (D^{-1}A)_{ui} \hat F` (accumulated in float64) and the item-row
+      block :math:`(D^{-1}A)_{iu}` (items renumbered from 0, with its sorted transpose).
+    """
+    rows, cols, weights = (np.asarray(a) for a in edges)
+    on_users = rows < n_users
+    items = Edges(rows[~on_users] - n_users, cols[~on_users], weights[~on_users])
+    item_graph = jgraph.fixed_graph(items).to_device()
+    out = {}
+    for name, block in features.items():
+        normalized = np.asarray(normalize_rows(jnp.asarray(block, jnp.float32)))
+        user_means = np.zeros((n_users, normalized.shape[1]), np.float64)
+        np.add.at(user_means, rows[on_users], weights[on_users, None].astype(np.float64)
+                  * normalized[cols[on_users] - n_users])
+        user_means = user_means.astype(np.float32)
+        out[name] = {"items": jnp.asarray(normalized), "items_t": jnp.asarray(np.ascontiguousarray(normalized.T)),
+                     "user_means": jnp.asarray(user_means),
+                     "user_means_t": jnp.asarray(np.ascontiguousarray(user_means.T)), "item_graph": item_graph}
+    return out
 
 
 def _latent_dims(latent_dims, names: Sequence[str]) -> tuple[int, ...]:
@@ -253,5 +356,10 @@ def build(dataset, *, modalities: list[str] | None = None, latent_dims: dict[str
                    feature_dims=tuple(features[n].shape[1] for n in names), latent_dims=latent,
                    embedding_size=embedding_size, n_layers=n_layers, concat=concat,
                    learn_embeddings=learn_embeddings)
-    ctx = {"graph": train_graph(dataset, normalization="rw", form="fixed"), "features": {n: jnp.asarray(features[n]) for n in names}}
+    edges = jgraph.normalized_adjacency(jgraph.bipartite_graph(dataset, split="train"), normalization="rw")
+    raw = [n for n, width in zip(names, latent) if not width]
+    ctx = {"graph": jgraph.fixed_graph(edges).to_device(),
+           "features": {n: jnp.asarray(features[n]) for n in names if n not in raw}}
+    if raw:
+        ctx["raw"] = raw_inputs(edges, dataset.n_users, {n: features[n] for n in raw})
     return Built(module=module, ctx=ctx, default_loss_weights={"bpr": 1.0, "reg": 0.0})
