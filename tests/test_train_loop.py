@@ -219,32 +219,3 @@ def test_ctx_epoch_step_is_each_steps_place_in_its_epoch():
     blind = StepRunner(Probe(), tx, weights, batch_size=4)
     _, kept = blind.run(blind.put_state(host), {models.EPOCH_STEP: jnp.int32(7)}, blind.put_batches(batch))
     assert np.asarray(kept.terms["seen"]).tolist() == [7] * 5
-
-
-def test_encoder_reuses_its_last_result_only_for_the_same_arrays():
-    import jax
-    import jax.numpy as jnp
-    from flax import linen as nn
-
-    from jaxrec.train import make_encoder
-
-    class Tiny(nn.Module):
-        def setup(self):
-            self.table = self.param("table", nn.initializers.normal(), (4, 2))
-
-        def encode(self, ctx, train=False):
-            return self.table * ctx["scale"], self.table
-
-    module = Tiny()
-    params = module.init(jax.random.PRNGKey(0), {"scale": jnp.ones(())}, method="encode")["params"]
-    ctx = {"scale": jnp.asarray(2.0)}
-    encoder = make_encoder(module)
-    first = encoder(params, ctx)
-    assert encoder(params, ctx) is first  # the same arrays: the valid then the test split
-    other_ctx = {"scale": jnp.asarray(3.0)}
-    np.testing.assert_allclose(encoder(params, other_ctx)[0], 3.0 * np.asarray(params["table"]))
-    new_params = jax.tree.map(lambda x: x + 1.0, params)
-    np.testing.assert_allclose(encoder(new_params, ctx)[1], np.asarray(params["table"]) + 1.0)
-    host_params = jax.tree.map(np.asarray, params)  # mutable numpy leaves are never taken as unchanged
-    again = encoder(host_params, ctx)
-    assert encoder(host_params, ctx) is not again

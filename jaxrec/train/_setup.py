@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
-import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -119,42 +118,8 @@ def prepare_eval_splits(experiment: Experiment, splits=("valid", "test")) -> dic
 
 @functools.lru_cache(maxsize=16)
 def make_encoder(module):
-    """A jitted ``(params, ctx) -> (user_emb, item_emb)`` in eval mode (one per module).
-
-    The encoder remembers its last call: called again with the very same ``params`` and
-    ``ctx`` arrays (identical objects, e.g. the valid and then the test split of one
-    evaluation), it returns the same embeddings without running the model again.
-    """
-    return _LastCallEncoder(jax.jit(lambda params, ctx: module.apply({"params": params}, ctx, False, method="encode")))
-
-
-class _LastCallEncoder:
-    """A jitted ``(params, ctx) -> embeddings`` that reuses its last result when every input
-    leaf is the same live, concrete ``jax.Array`` object as in the last call (JAX arrays are
-    immutable, so equal identity means equal values); anything else (numpy leaves, tracers,
-    deleted buffers, new arrays) runs the function. Only weak references to the inputs are
-    kept; other attributes (``lower``, ...) are the jitted function's."""
-
-    def __init__(self, jitted):
-        self._jitted = jitted
-        self._last = None  # (treedef, weak references to the leaves, result), replaced in one assignment
-
-    def __getattr__(self, name):
-        return getattr(self._jitted, name)
-
-    def __call__(self, params, ctx):
-        leaves, treedef = jax.tree.flatten((params, ctx))
-        last = self._last
-        if (last is not None and last[0] == treedef and len(last[1]) == len(leaves)
-                and all(ref() is leaf for ref, leaf in zip(last[1], leaves))
-                and not any(leaf.is_deleted() for leaf in leaves)):
-            return last[2]
-        result = self._jitted(params, ctx)
-        if all(isinstance(leaf, jax.Array) and not isinstance(leaf, jax.core.Tracer) for leaf in leaves):
-            self._last = (treedef, [weakref.ref(leaf) for leaf in leaves], result)
-        else:
-            self._last = None
-        return result
+    """A jitted ``(params, ctx) -> (user_emb, item_emb)`` in eval mode (one per module)."""
+    return jax.jit(lambda params, ctx: module.apply({"params": params}, ctx, False, method="encode"))
 
 
 def metrics_at_k(result: Mapping[str, Any]) -> dict[str, float]:
