@@ -109,8 +109,11 @@ process per method, run by a scratch script making the same calls as ``--ann`` o
 At 1,000,000 items (the scale ladder's 1M x 128 data):
 
   method                                         CPU s   recall@10
-  join 4,096 lists, 12 probed (the defaults)      83.6    0.968   (89.5 before its probe fix, load 12.7)
+  join 4,096 lists, 12 probed (the defaults)      78.1    0.968   (load 12.4; 83.6 at load 17 before the
+                                                                   ranking cut, 89.5 before the probe fix)
+  join 4,096 lists, 16 probed                     94.5    0.983
   join 4,096 lists, 8 probed                      81.6    0.927   (before the probe fix)
+  hnswlib 8:32:20                                195.8    0.910   (the same minutes; 148.8 on a quiet machine)
 
   (stages of the 89.5 CPU s run: k-means 7.7, probes 37.2 (25 after the fix, measured per
   65,536 rows), own lists 2.9, query blocks 2.1, join 25.5, ranking the 45.6 kept candidates

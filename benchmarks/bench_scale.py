@@ -30,10 +30,11 @@ the process's peak RSS so far:
   (embeddings of all users and items, then full ranking over ALL items for a uniform sample
   of ``--eval-users`` test users, with a popularity baseline on the same users).
 
-kNN at 1M x 128 (``benchmarks/bench_knn.py --ann``): hnswlib 12:48:24 recall@10 0.974 in 234.8
-CPU s, 8:32:20 0.912 in 148.8 (quiet machine); faiss's inverted file 4096 lists / 4 probed
-0.654 in 95.3 CPU s (2026-12-03, loaded). hnswlib stays; the 120 CPU s target at recall 0.95 is
-not met by any library or setting measured (bench_knn's docstring has the table).
+kNN at 1M x 128 (``benchmarks/bench_knn.py --ann``): the cluster-blocked join (``auto``'s
+method from 200,000 items; 4,096 lists, 12 probed) recall@10 0.968 in 78.1 CPU s (2026-12-04,
+load 12); hnswlib 12:48:24 0.974 in 234.8 CPU s, 8:32:20 0.912 in 148.8 (quiet machine; 0.910
+in 195.8 at load 15-17); faiss's inverted file 4096 lists / 4 probed 0.654 in 95.3 CPU s
+(2026-12-03, loaded). bench_knn's docstring has the tables. The rows below predate the join.
 
 Measured (2026-11-28, this 2-core / 24 GiB machine; wall seconds depend on the other jobs that
 shared the cores, CPU seconds are both cores together; rows from ``--json``):

@@ -40,9 +40,10 @@ of float32 products in a different summation order). Similarities are those of t
 BLAS products.
 
 Measured (``benchmarks/bench_knn.py --ann``; figures in its docstring and ``docs/scaling.md``):
-on the scale ladder's 1M x 128 data it reaches recall@10 0.95 of exact in a fraction of
-hnswlib's CPU time, where an inverted file probed per LIST (:mod:`._ivf`) or by a library
-(faiss's IVF scanning each probed list per query) did not.
+on the scale ladder's 1M x 128 data the defaults (4,096 lists, 12 probed) reach recall@10 0.968
+of exact in 78 CPU seconds of 2 threads, under half of hnswlib's at lower recall, where an
+inverted file probed per LIST (:mod:`._ivf`) or by a library (faiss's IVF scanning each probed
+list per query) did not reach 0.95 in the time.
 
 References:
   Jégou, Douze & Schmid, `Product quantization for nearest neighbor search
