@@ -122,8 +122,8 @@ def knn_indices(features: jax.Array, k: int, *, block_size: int = 1024, column_b
 
     .. math::  N_k(i) = \{i\} \cup \operatorname{top}_{k-1,\, j \ne i}\; \hat x_i^\top \hat x_j
 
-    The (n, n) similarity matrix is never formed: a ``lax.map`` over blocks of
-    ``block_size`` rows scans blocks of ``column_block_size`` columns, computing one
+    The (n, n) similarity matrix is never formed: a ``lax.map`` over blocks of at most
+    ``block_size`` rows (as many blocks as ``block_size`` needs, of equal size) scans blocks of ``column_block_size`` columns, computing one
     (rows x columns) similarity tile at a time, its exact group-max pruned top-k
     (:func:`jaxrec.data.graph.tile_top_k`), and merging that into the row block's running
     top-k. Memory is O(n k + block_size * column_block_size). No
@@ -144,9 +144,10 @@ def knn_indices(features: jax.Array, k: int, *, block_size: int = 1024, column_b
     n = units.shape[0]
     if not 1 <= k <= n:
         raise ConfigError(f"k must be in [1, {n}] for {n} items, got {k}")
-    rows_per_tile = max(1, min(int(block_size), n))
+    n_row_tiles = -(-n // max(1, min(int(block_size), n)))
+    rows_per_tile = -(-n // n_row_tiles)  # the same number of tiles, evened out: less padding
     cols_per_tile = max(k, min(int(column_block_size), n))
-    n_row_tiles, n_col_tiles = -(-n // rows_per_tile), -(-n // cols_per_tile)
+    n_col_tiles = -(-n // cols_per_tile)
     row_pad = jnp.pad(units, ((0, n_row_tiles * rows_per_tile - n), (0, 0)))
     col_pad = jnp.pad(units, ((0, n_col_tiles * cols_per_tile - n), (0, 0)))
 
