@@ -246,3 +246,34 @@ def record_built_features(monkeypatch, modality: str = "image") -> list:
 
     monkeypatch.setattr(models, "build", spy)
     return built
+
+
+def assert_lattice_and_freedom_build_the_exact_graphs(knn_method: str) -> None:
+    """LATTICE's original and learned neighbour lists and FREEDOM's whole context, built with
+    ``knn_method`` on 60 synthetic items, equal those built with the exact kNN (a method that
+    compares every pair at this size, as the approximate ones do here, must find the exact lists)."""
+    import warnings
+
+    from jaxrec import models
+    from jaxrec.data import make_synthetic
+    from jaxrec.models.lattice import refresh_learned_graph
+
+    data = make_synthetic(40, 60, n_interactions=500, dims={"text": 6, "image": 5}, seed=4)
+    kwargs = dict(embedding_size=8, feat_embed_dim=4, knn_k=3, modalities=["image", "text"], graph_cache="none",
+                  learned_graph="epoch")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        exact = models.build("lattice", data, **kwargs)
+        approximate = models.build("lattice", data, knn_method=knn_method, **kwargs)
+    np.testing.assert_array_equal(np.asarray(approximate.ctx["original_neighbours"]),
+                                  np.asarray(exact.ctx["original_neighbours"]))
+    params = init_compiled(exact.module, jax.random.PRNGKey(0), exact.ctx, False, method="encode")["params"]
+    np.testing.assert_array_equal(np.asarray(refresh_learned_graph(approximate.module, params, approximate.ctx)
+                                             ["learned_neighbours"]),
+                                  np.asarray(refresh_learned_graph(exact.module, params, exact.ctx)
+                                             ["learned_neighbours"]))
+    freedom = models.build("freedom", data, knn_k=3, modalities=["image", "text"], graph_cache="none",
+                           knn_method=knn_method)
+    reference = models.build("freedom", data, knn_k=3, modalities=["image", "text"], graph_cache="none")
+    for a, b in zip(jax.tree.leaves(freedom.ctx), jax.tree.leaves(reference.ctx)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

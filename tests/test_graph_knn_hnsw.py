@@ -14,7 +14,7 @@ from jaxrec.errors import ConfigError
 from test_graph_knn import brute_force_knn
 from test_graph_knn_ivf import clustered_features
 
-from _model_testing import init_compiled
+from _model_testing import assert_lattice_and_freedom_build_the_exact_graphs
 
 pytest.importorskip("hnswlib", reason="hnswlib (the optional 'ann' extra) is not installed")
 
@@ -95,34 +95,12 @@ def test_a_clear_error_without_hnswlib(monkeypatch):
 
 
 def test_lattice_and_freedom_build_with_hnsw():
-    import warnings
-
-    import jax
-
+    # 60 items, search lists of 24: HNSW finds the exact lists.
+    assert_lattice_and_freedom_build_the_exact_graphs("hnsw")
     from jaxrec import models
     from jaxrec.data import make_synthetic
-    from jaxrec.models.lattice import refresh_learned_graph
 
     data = make_synthetic(40, 60, n_interactions=500, dims={"text": 6, "image": 5}, seed=4)
-    kwargs = dict(embedding_size=8, feat_embed_dim=4, knn_k=3, modalities=["image", "text"], graph_cache="none",
-                  learned_graph="epoch")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        exact = models.build("lattice", data, **kwargs)
-        approximate = models.build("lattice", data, knn_method="hnsw", **kwargs)
-    # 60 items, search lists of 24: HNSW finds the exact lists.
-    np.testing.assert_array_equal(np.asarray(approximate.ctx["original_neighbours"]),
-                                  np.asarray(exact.ctx["original_neighbours"]))
-    params = init_compiled(exact.module, jax.random.PRNGKey(0), exact.ctx, False, method="encode")["params"]
-    np.testing.assert_array_equal(np.asarray(refresh_learned_graph(approximate.module, params, approximate.ctx)
-                                             ["learned_neighbours"]),
-                                  np.asarray(refresh_learned_graph(exact.module, params, exact.ctx)
-                                             ["learned_neighbours"]))
-    freedom = models.build("freedom", data, knn_k=3, modalities=["image", "text"], graph_cache="none",
-                           knn_method="hnsw")
-    reference = models.build("freedom", data, knn_k=3, modalities=["image", "text"], graph_cache="none")
-    for a, b in zip(jax.tree.leaves(freedom.ctx), jax.tree.leaves(reference.ctx)):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     with pytest.raises(ConfigError, match="apply to knn_method 'ivf' only"):
         models.build("freedom", data, knn_k=3, graph_cache="none", knn_method="hnsw", knn_n_clusters=4,
                      knn_n_probe=2)

@@ -16,7 +16,7 @@ from jaxrec.errors import ConfigError
 from test_graph_knn import brute_force_knn, exact_tie_features
 from test_graph_knn_ivf import clustered_features
 
-from _model_testing import init_compiled
+from _model_testing import assert_lattice_and_freedom_build_the_exact_graphs
 
 
 def _recall(found, exact):
@@ -127,31 +127,5 @@ def test_settings_are_checked_and_part_of_the_cache_key(tmp_path):
 
 
 def test_lattice_and_freedom_build_with_join():
-    import warnings
-
-    import jax
-
-    from jaxrec import models
-    from jaxrec.data import make_synthetic
-    from jaxrec.models.lattice import refresh_learned_graph
-
-    data = make_synthetic(40, 60, n_interactions=500, dims={"text": 6, "image": 5}, seed=4)
-    kwargs = dict(embedding_size=8, feat_embed_dim=4, knn_k=3, modalities=["image", "text"], graph_cache="none",
-                  learned_graph="epoch")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        exact = models.build("lattice", data, **kwargs)
-        approximate = models.build("lattice", data, knn_method="join", **kwargs)
     # 60 items: one list, every pair compared.
-    np.testing.assert_array_equal(np.asarray(approximate.ctx["original_neighbours"]),
-                                  np.asarray(exact.ctx["original_neighbours"]))
-    params = init_compiled(exact.module, jax.random.PRNGKey(0), exact.ctx, False, method="encode")["params"]
-    np.testing.assert_array_equal(np.asarray(refresh_learned_graph(approximate.module, params, approximate.ctx)
-                                             ["learned_neighbours"]),
-                                  np.asarray(refresh_learned_graph(exact.module, params, exact.ctx)
-                                             ["learned_neighbours"]))
-    freedom = models.build("freedom", data, knn_k=3, modalities=["image", "text"], graph_cache="none",
-                           knn_method="join")
-    reference = models.build("freedom", data, knn_k=3, modalities=["image", "text"], graph_cache="none")
-    for a, b in zip(jax.tree.leaves(freedom.ctx), jax.tree.leaves(reference.ctx)):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert_lattice_and_freedom_build_the_exact_graphs("join")
