@@ -31,6 +31,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from jaxrec.data.graph._settings import checked_integer_fields, result_fields
 from jaxrec.errors import ConfigError
 
 
@@ -52,17 +53,11 @@ class HnswSettings(NamedTuple):
     threads: int = 1
 
     def checked(self) -> "HnswSettings":
-        values = {}
-        for name, value in self._asdict().items():
-            minimum = 0 if name == "seed" else (2 if name == "m" else 1)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-                raise ConfigError(f"hnsw kNN: {name} must be an integer >= {minimum}; found {value!r}")
-            values[name] = int(value)
-        return HnswSettings(**values)
+        return HnswSettings(**checked_integer_fields(self, "hnsw", {"seed": 0, "m": 2}))
 
     def key(self) -> dict:
         """The fields that decide the result (the cache key's part)."""
-        return {name: int(value) for name, value in self._asdict().items() if name != "threads"}
+        return result_fields(self)
 
 
 def import_hnswlib():

@@ -58,6 +58,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxrec.data.graph._settings import checked_integer_fields
 from jaxrec.data.graph._top_k import merge_later_ids, tile_top_k
 from jaxrec.errors import ConfigError
 
@@ -84,13 +85,7 @@ class IvfSettings(NamedTuple):
 
     def checked(self, n_present: int) -> "IvfSettings":
         """The settings as ints, or ``ConfigError`` naming the bad one."""
-        values = {}
-        for name, value in self._asdict().items():
-            minimum = 0 if name == "seed" else 1
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-                raise ConfigError(f"ivf kNN: {name} must be an integer >= {minimum}; found {value!r}")
-            values[name] = int(value)
-        settings = IvfSettings(**values)
+        settings = IvfSettings(**checked_integer_fields(self, "ivf", {"seed": 0}))
         if settings.n_probe > settings.n_clusters:
             raise ConfigError(f"ivf kNN: n_probe ({settings.n_probe}) must not exceed n_clusters "
                               f"({settings.n_clusters})")

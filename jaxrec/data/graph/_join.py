@@ -61,7 +61,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from jaxrec.errors import ConfigError
+from jaxrec.data.graph._settings import checked_integer_fields, result_fields
 
 _GROUP = 32  # centroids per group of the pruned top-n_probe
 _CHUNK = 8192  # rows per block of the probe products
@@ -88,17 +88,11 @@ class JoinSettings(NamedTuple):
     threads: int = 0
 
     def checked(self) -> "JoinSettings":
-        values = {}
-        for name, value in self._asdict().items():
-            minimum = 0 if name in ("n_lists", "seed", "threads") else 1
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-                raise ConfigError(f"join kNN: {name} must be an integer >= {minimum}; found {value!r}")
-            values[name] = int(value)
-        return JoinSettings(**values)
+        return JoinSettings(**checked_integer_fields(self, "join", {"n_lists": 0, "seed": 0, "threads": 0}))
 
     def key(self) -> dict:
         """The fields that decide the result (the cache key's part)."""
-        return {name: int(value) for name, value in self._asdict().items() if name != "threads"}
+        return result_fields(self)
 
     def lists_for(self, n: int) -> int:
         """The number of lists used for ``n`` items."""
