@@ -198,10 +198,12 @@ def rows_or_all(compute, n_rows: int, *index_arrays: jax.Array) -> list[jax.Arra
 
     Maps every row once and gathers when the arrays hold at least as many ids as there are
     rows (fewer flops on small catalogues), else only the ids asked for; both give the same
-    numbers.
+    numbers. Every row is mapped as ``compute(slice(None))``, so ``compute`` must only index
+    with ``rows`` (``x[rows]``): indexing with ``arange(n)`` instead made XLA:CPU gather the
+    whole table, and scatter-add its gradient back, every step.
     """
     if sum(a.size for a in index_arrays) >= n_rows:
-        every = compute(jnp.arange(n_rows))
+        every = compute(slice(None))
         return [every[a] for a in index_arrays]
     out = []
     for a in index_arrays:

@@ -82,7 +82,7 @@ from flax import linen as nn
 from jaxrec import losses
 from jaxrec.data import graph as jgraph
 from jaxrec.models._common import (FeatureTable, check_bool, check_nonnegative_int, check_number, check_positive_int,
-                                   chunk_size_for, dense_dot_general, feature_blocks, item_side_features,
+                                   chunk_size_for, dense_dot_general, feature_blocks, item_side_features, rows_or_all,
                                    train_graph)
 from jaxrec.models._init import torch_linear_bias, xavier_normal, xavier_uniform
 from jaxrec.models._registry import Built, register
@@ -193,8 +193,8 @@ class BM3(nn.Module):
     def modality_online(self, ctx, m: int, items):
         """``(h^m, f(h^m))`` of ``items`` (B,), each (B, d): the projection of the (trainable)
         features and its prediction, of the batch's rows or of every item (then gathered),
-        whichever is fewer (the rule of :func:`~jaxrec.models._common.rows_or_all`, without
-        its identity gather of every row, and with one gather per output)."""
+        whichever is fewer (the rule of :func:`~jaxrec.models._common.rows_or_all`, with one
+        gather per output instead of one of the stacked pair)."""
         features = ctx["features"][m]
         if self.train_features:
             features = self.feature_tables[m](features)
@@ -207,9 +207,7 @@ class BM3(nn.Module):
     def predicted_rows(self, table, rows):
         """``f(table)[rows]``, (B, d): row-wise, so applied to the gathered rows or to the whole
         table, whichever is fewer."""
-        if rows.size >= table.shape[0]:
-            return self.predictor(table)[rows]
-        return self.predictor(table[rows])
+        return rows_or_all(lambda r: self.predictor(table[r]), table.shape[0], rows)[0]
 
     def encode(self, ctx, train: bool = False):
         """``(f(H_U), f(H_I))``: MMRec's ``full_sort_predict`` scores are their dot products."""

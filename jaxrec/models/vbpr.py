@@ -158,10 +158,8 @@ class VBPR(nn.Module):
         pairs = counted_pairs(batch, ctx["trained"])
         # Row b: its positive, then its negatives, all gathered together: (B, 1 + n, ...).
         item_rows, bias, norms = self._item_rows(ctx, jnp.concatenate([positives[:, None], negatives], axis=1))
-        if users.size >= self.n_users:
-            user_rows = jnp.concatenate([self.gamma_user, self.theta_user], axis=1)[users]
-        else:
-            user_rows = jnp.concatenate([self.gamma_user[users], self.theta_user[users]], axis=1)
+        user_rows = rows_or_all(lambda r: jnp.concatenate([self.gamma_user[r], self.theta_user[r]], axis=1),
+                                self.n_users, users)[0]
         scores = bias + jnp.einsum("bk,bnk->bn", user_rows, item_rows)  # [γ_u, θ_u] . [γ_i, E f_i]
         pos_scores, neg_scores = scores[:, 0], scores[:, 1:]
         pair_weight = pairs.astype(pos_scores.dtype)
