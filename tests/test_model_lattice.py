@@ -348,6 +348,35 @@ def test_mmrec_mode_fresh_graph_with_gradient_at_an_epochs_first_step_only():
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
 
 
+def test_mmrec_mode_first_step_takes_the_hooks_lists_and_a_negative_step_searches_them():
+    # Epoch step 0 (the trainer, right after the hook ran on the same parameters) takes the
+    # learned neighbour lists from ctx["item_ids"]; -1 (the builder's value, which runners
+    # without epochs keep) searches them again. Equal on the hook's ctx; on a ctx from other
+    # parameters, -1 still gives the fresh loss and 0 the loss on that ctx's lists.
+    data = _small(seed=5)
+    built = models.build("lattice", data, learned_graph="mmrec", embedding_size=6, feat_embed_dim=3, knn_k=3,
+                         modalities=["image", "text"], graph_cache="none")
+    assert int(built.ctx[models.EPOCH_STEP]) == -1
+    params, other = _init(built), _init(built, seed=7)
+    current = built.epoch_update(params, built.ctx, 0, None)
+    stale = built.epoch_update(other, built.ctx, 0, None)
+    assert not np.array_equal(np.asarray(current["item_ids"]), np.asarray(stale["item_ids"]))
+    batch = normalize_batch({"users": np.array([0, 3, 7, 9]), "pos_items": np.array([1, 4, 9, 20]),
+                             "neg_items": np.array([[2], [0], [5], [11]])})
+    loss = jax.jit(jax.value_and_grad(lambda p, c: sum(built.module.apply({"params": p}, c, batch, True,
+                                                                         method="loss_terms").values())))
+
+    def at(c, step):
+        return loss(params, {**c, models.EPOCH_STEP: jnp.int32(step)})
+
+    searched, searched_grads = at(current, -1)
+    for value, grads in (at(current, 0), at(stale, -1)):
+        np.testing.assert_allclose(float(value), float(searched), rtol=1e-6)
+        for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(searched_grads)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
+    assert abs(float(at(stale, 0)[0]) - float(searched)) > 1e-6
+
+
 def test_table_graph_is_the_table_and_its_sorted_transpose():
     # The mmrec mode's detached item graph: (n, K) table -> row-sorted edges and the transpose
     # sorted by column (ties in table order); duplicate (row, column) slots are summed.

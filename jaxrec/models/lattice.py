@@ -63,9 +63,13 @@ size, so its smaller last batch is regularized less), so ``loss_weights: {reg: Î
   epoch's first step, and reused DETACHED (a constant: no gradient reaches :math:`W_m, b_m`,
   the feature tables or :math:`\beta`) in its other steps. The trainer's epoch hook
   (:func:`refresh_item_graph`) puts the detached table in ``ctx``; the first step (the
-  trainer sets ``ctx["epoch_step"]``, :data:`jaxrec.models.EPOCH_STEP`) recomputes the same
-  table with gradient inside a ``lax.cond``, so only that step pays for the kNN and its
-  backward pass. Evaluation after an epoch uses the table recomputed from that epoch's
+  trainer sets ``ctx["epoch_step"]``, :data:`jaxrec.models.EPOCH_STEP`, to 0) recomputes the
+  same table's entries with gradient inside a ``lax.switch``, so only that step pays for them
+  and their backward pass. Its learned neighbour lists are the hook's (``ctx["item_ids"]``):
+  the hook chose them from the same parameters and the choice carries no gradient, so a
+  second search would find the same lists. The builder puts -1 in ``ctx["epoch_step"]``:
+  runners without epochs (online updates, the mesh runner) keep it, and there every step
+  searches the lists again (the ctx's lists are from older parameters). Evaluation after an epoch uses the table recomputed from that epoch's
   parameters, as MMRec's ``full_sort_predict`` does.
 
 Deviations from MMRec: ``"step"`` recomputes the learned graph with gradient at every step
@@ -186,7 +190,7 @@ class LATTICE(nn.Module):
     features' kNN lists side by side, each modality's weights), the raw features -- plus ``"learned_neighbours"`` (n_items, M k)
     int32 in ``"epoch"`` mode; in ``"mmrec"`` mode ``"item_ids"``/``"item_weights"`` (n_items, 2 M k), the
     epoch's item graph :math:`S`, ``"item_graph"`` (the same :math:`S` as a :func:`table_graph`) and
-    ``"epoch_step"`` (set by the trainer).
+    ``"epoch_step"`` (set by the trainer; -1 as built).
 
     Attributes:
       n_users, n_items: table sizes.
@@ -259,10 +263,13 @@ class LATTICE(nn.Module):
                                             column_block_size=self.knn_column_block_size)
                                 for p in projected], axis=1)
 
-    def _learned_table(self, ctx, projected, alpha):
+    def _learned_table(self, ctx, projected, alpha, neighbours=None):
         """The learned graph :math:`\\hat S` as an (n_items, M k) neighbour table: ids and
-        symmetric-normalized weights (modality m's k lists in columns m k ... (m+1) k - 1)."""
-        if self.learned_graph == "epoch":
+        symmetric-normalized weights (modality m's k lists in columns m k ... (m+1) k - 1);
+        ``neighbours``: the learned lists to use (else ``ctx``'s in ``"epoch"`` mode, else searched)."""
+        if neighbours is not None:
+            pass
+        elif self.learned_graph == "epoch":
             neighbours = ctx["learned_neighbours"]
         else:
             neighbours = checkpoint_name(self._neighbour_lists(projected), LEARNED_NEIGHBOURS)
@@ -301,14 +308,15 @@ class LATTICE(nn.Module):
                            if self.train_features else None),
                 "modal_weight": self.modal_weight}
 
-    def _table_of(self, ctx, arrays):
-        """:meth:`item_table` as a pure function of :meth:`_graph_arrays`."""
+    def _table_of(self, ctx, arrays, neighbours=None):
+        """:meth:`item_table` as a pure function of :meth:`_graph_arrays` (``neighbours``: the
+        learned lists to use, else searched)."""
         projected = []
         for m, layer in enumerate(arrays["projections"]):
             features = arrays["tables"][m] if self.train_features else ctx["features"][m]
             projected.append(jnp.matmul(features, layer["kernel"]) + layer["bias"])
         alpha = jax.nn.softmax(arrays["modal_weight"])
-        learned_ids, learned_weights = self._learned_table(ctx, projected, alpha)
+        learned_ids, learned_weights = self._learned_table(ctx, projected, alpha, neighbours)
         ids = jnp.concatenate([learned_ids, ctx["original_neighbours"]], axis=1)
         weights = jnp.concatenate([(1.0 - self.lambda_coeff) * learned_weights,
                                    self.lambda_coeff * self._original_weights(ctx, alpha)], axis=1)
@@ -321,11 +329,12 @@ class LATTICE(nn.Module):
 
     def _epoch_item_embeddings(self, ctx, train: bool):
         """``"mmrec"`` mode's :math:`h`: over the table recomputed with gradient in an epoch's
-        first training step, else over the detached one of ``ctx`` (:func:`refresh_item_graph`),
+        first training step (``ctx["epoch_step"]`` 0: on the hook's learned lists; negative: on
+        lists searched again), else over the detached one of ``ctx`` (:func:`refresh_item_graph`),
         propagated as a constant :class:`~jaxrec.data.graph.FixedGraph` (``ctx["item_graph"]``:
         the gradient :math:`S^\\top G` over its column-sorted transpose instead of JAX's
         scatter-add of the (n, 2 M k, d) gathered rows). The propagation is inside the
-        ``lax.cond`` too, so that the other steps skip the gradient of the table's entries."""
+        ``lax.switch`` too, so that the other steps skip the gradient of the table's entries."""
         if self.is_initializing():  # creates the parameters
             return self._propagate_items(*self.item_table(ctx), self.item_embedding)
 
@@ -338,14 +347,21 @@ class LATTICE(nn.Module):
         if not train:
             return stored((None, self.item_embedding))
 
-        # Rematerialized (keeping only the kNN lists): under autodiff a lax.cond carries the
-        # residuals of both branches, so a saved fresh branch would make every other step
+        # Rematerialized (keeping only the kNN lists): under autodiff a lax.switch carries the
+        # residuals of every branch, so a saved fresh branch would make every other step
         # write zeros of its (n, 2 M k, d) gathered rows.
         @functools.partial(jax.checkpoint, policy=jax.checkpoint_policies.save_only_these_names(LEARNED_NEIGHBOURS))
         def fresh(operands):
             return self._propagate_items(*self._table_of(ctx, operands[0]), operands[1])
 
-        return jax.lax.cond(ctx[EPOCH_STEP] == 0, fresh, stored, (self._graph_arrays(), self.item_embedding))
+        @jax.checkpoint
+        def fresh_on_hook_lists(operands):  # the hook chose them from these same parameters
+            lists = ctx["item_ids"][:, :len(self.feature_dims) * self.knn_k]
+            return self._propagate_items(*self._table_of(ctx, operands[0], lists), operands[1])
+
+        step = ctx[EPOCH_STEP]
+        branch = jnp.where(step == 0, 0, jnp.where(step < 0, 1, 2))
+        return jax.lax.switch(branch, (fresh_on_hook_lists, fresh, stored), (self._graph_arrays(), self.item_embedding))
 
     def item_graph_embeddings(self, ctx, train: bool = False):
         """:math:`h = S^{L_i} Q`, (n_items, d).
@@ -504,7 +520,7 @@ def build(dataset, *, embedding_size: int = 64, feat_embed_dim: int = 64, knn_k:
                                                       knn_method=knn_method, ivf=ivf)
     user_item = jgraph.normalized_adjacency(jgraph.bipartite_graph(dataset, split="train"), normalization="rw",
                                             self_loops=True)
-    ctx = {"graph": user_item.to_device(), "features": blocks, "original_neighbours": jnp.asarray(raw_neighbours),
+    ctx = {"graph": jgraph.fixed_graph(user_item).to_device(), "features": blocks, "original_neighbours": jnp.asarray(raw_neighbours),
            "original_weights": tuple(jnp.asarray(w) for w in raw_weights)}
     if learned_graph == "epoch":  # the shapes; the trainer's epoch_update replaces the lists
         ctx["learned_neighbours"] = jnp.asarray(raw_neighbours)
@@ -512,7 +528,7 @@ def build(dataset, *, embedding_size: int = 64, feat_embed_dim: int = 64, knn_k:
         ids = jnp.concatenate([jnp.asarray(raw_neighbours)] * 2, axis=1)
         zeros = jnp.zeros(ids.shape, jnp.float32)
         ctx.update({"item_ids": ids, "item_weights": zeros, "item_graph": table_graph(ids, zeros),
-                    EPOCH_STEP: jnp.zeros((), jnp.int32)})
+                    EPOCH_STEP: jnp.full((), -1, jnp.int32)})  # no epochs: every step searches again
     module = LATTICE(n_users=dataset.n_users, n_items=dataset.n_items, feature_dims=dims,
                      embedding_size=embedding_size, feat_embed_dim=feat_embed_dim, knn_k=knn_k,
                      lambda_coeff=float(lambda_coeff), n_layers=n_layers, n_ui_layers=n_ui_layers,

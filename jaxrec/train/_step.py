@@ -66,8 +66,8 @@ def make_train_step(module, tx: optax.GradientTransformation, loss_weights: Mapp
     term cannot reach the parameters). A ``ctx`` with the key :data:`jaxrec.models.EPOCH_STEP`
     gets it set to ``state.step % steps_per_epoch``, the step's index within its epoch (the
     model contract); without ``steps_per_epoch`` (a runner with no epochs, as online updates;
-    the mesh runner) the ctx's own value stays (builders put 0 there: every step is treated as
-    an epoch's first, e.g. LATTICE's ``mmrec`` mode recomputes its graph at every step).
+    the mesh runner) the ctx's own value stays (LATTICE's builder puts -1 there: its ``mmrec`` mode
+    then recomputes its whole graph at every step).
     """
     weights = {name: float(w) for name, w in loss_weights.items()}
 
