@@ -92,7 +92,8 @@ the dataset and sampler (``generate``: 1.18 GiB peak above), so about 8.2-9 GiB 
 ``lattice:epoch``, under the 12 GiB target; the rung (above, 2026-12-04) measured 9.41 GiB.
 Since then LATTICE's user-item graph is a ``FixedGraph`` (its transpose for the gradient):
 ``--compiled-memory`` at 1M then gives temp 4.34 GiB, arguments 1.26 GiB (+0.19, the
-transpose), outputs 0.29 GiB (2026-12-04).
+transpose), outputs 0.29 GiB, and ``--lattice-step`` peak RSS 7.05 GiB (4.47 before the first
+step), 34.6 CPU s per step, loss 0.6884 (2026-12-04, load ~9): the same peak as before.
 
 ``--freedom-parts``: where FREEDOM's epoch goes. CPU seconds of one training step (gradient +
 Adam, batch 32,768) with parts switched off. Measured (2026-12-03, load 10-15, 100,000 items,
