@@ -34,7 +34,24 @@ kNN at 1M x 128 (``benchmarks/bench_knn.py --ann``): the cluster-blocked join (`
 method from 200,000 items; 4,096 lists, 12 probed) recall@10 0.968 in 78.1 CPU s (2026-12-04,
 load 12); hnswlib 12:48:24 0.974 in 234.8 CPU s, 8:32:20 0.912 in 148.8 (quiet machine; 0.910
 in 195.8 at load 15-17); faiss's inverted file 4096 lists / 4 probed 0.654 in 95.3 CPU s
-(2026-12-03, loaded). bench_knn's docstring has the tables. The rows below predate the join.
+(2026-12-03, loaded). bench_knn's docstring has the tables.
+
+LATTICE's 1M rung with the join (2026-12-04, commit efee696, ``--sizes 1000000 --models lattice
+--batch-size 262144``; load 7-10 from the kNN step on, so wall seconds are 2-3x the CPU seconds;
+peak RSS of the process so far; rows in ``experiments/results/scale_1m.jsonl``):
+
+  n_items    step                       wall s    CPU s   peak GiB  notes
+  1,000,000  generate                     30.3     25.2     1.27
+  1,000,000  knn:text (join)             158.0     72.2     3.52     sampled recall@10 0.966
+  1,000,000  lattice:build                18.1     11.4     4.05
+  1,000,000  lattice:init                  4.4      2.8     4.73
+  1,000,000  lattice:learned_knn (join)  199.5     58.5     6.48     sampled recall@10 0.964
+  1,000,000  lattice:epoch              2175.2    781.8     9.41     31 steps of 262,144; loss 0.6932 -> 0.3349
+  1,000,000  lattice:eval                408.1    112.9     9.41     recall@20 0.0171 (popularity 0.1463)
+
+The whole rung: 1,058 s user + 72 s system CPU, 53.5 min wall, peak RSS 9.41 GiB (``time -v``
+9.87e6 kB), under the 12 GiB target (18.44 GiB before the neighbour-table propagation). The
+epoch is 25.2 CPU s per step. The rows below predate the join (2026-11-28, kNN by the IVF).
 
 Measured (2026-11-28, this 2-core / 24 GiB machine; wall seconds depend on the other jobs that
 shared the cores, CPU seconds are both cores together; rows from ``--json``):
@@ -72,7 +89,11 @@ tables), its peak RSS by ``getrusage`` (a watchdog sampling VmRSS every 2 s agre
 (2026-12-03, load ~11, ``--sizes 1000000 --repeats 1``): peak RSS 7.05 GiB (4.28 GiB before the
 first step: arrays, parameters, Adam state), 35.8 CPU s per step, loss 0.6884. A full rung adds
 the dataset and sampler (``generate``: 1.18 GiB peak above), so about 8.2-9 GiB is expected for
-``lattice:epoch``, under the 12 GiB target; the rung itself is still to be run.
+``lattice:epoch``, under the 12 GiB target; the rung (above, 2026-12-04) measured 9.41 GiB.
+Since then LATTICE's user-item graph is a ``FixedGraph`` (its transpose for the gradient):
+``--compiled-memory`` at 1M then gives temp 4.34 GiB, arguments 1.26 GiB (+0.19, the
+transpose), outputs 0.29 GiB, and ``--lattice-step`` peak RSS 7.05 GiB (4.47 before the first
+step), 34.6 CPU s per step, loss 0.6884 (2026-12-04, load ~9): the same peak as before.
 
 ``--freedom-parts``: where FREEDOM's epoch goes. CPU seconds of one training step (gradient +
 Adam, batch 32,768) with parts switched off. Measured (2026-12-03, load 10-15, 100,000 items,
@@ -293,8 +314,8 @@ def compiled_memory(n_items: int, batch_size: int) -> dict:
     n_users, k, dim = max(n_items // 5, 10), 10, 128
     n_edges = 2 * 8 * n_items + n_items + n_users
     shape = jax.ShapeDtypeStruct
-    ctx = {"graph": jgraph.Edges(shape((n_edges,), jnp.int32), shape((n_edges,), jnp.int32),
-                                 shape((n_edges,), jnp.float32)),
+    edges = jgraph.Edges(shape((n_edges,), jnp.int32), shape((n_edges,), jnp.int32), shape((n_edges,), jnp.float32))
+    ctx = {"graph": jgraph.FixedGraph(edges, edges),  # D^-1 (A + I) and its transpose, as the builder's
            "features": (shape((n_items, dim), jnp.float32),), "learned_neighbours": shape((n_items, k), jnp.int32),
            "original_neighbours": shape((n_items, k), jnp.int32), "original_weights": (shape((n_items, k), jnp.float32),)}
     module = LATTICE(n_users=n_users, n_items=n_items, feature_dims=(dim,), knn_k=k, train_features=False,
@@ -391,14 +412,15 @@ def lattice_step(n_items: int, batch_size: int, repeats: int) -> dict:
     n_edges = 2 * 8 * n_items + n_items + n_users
     rng = np.random.default_rng(0)
     rows = np.sort(rng.integers(0, n_users + n_items, n_edges))
-    ctx = {"graph": jgraph.Edges(jnp.asarray(rows, jnp.int32),
-                                 jnp.asarray(rng.integers(0, n_users + n_items, n_edges), jnp.int32),
-                                 jnp.asarray(rng.random(n_edges, dtype=np.float32) * 0.1)),
+    graph = jgraph.fixed_graph(jgraph.Edges(rows.astype(np.int32), rng.integers(0, n_users + n_items, n_edges,
+                                                                                dtype=np.int32),
+                                            rng.random(n_edges, dtype=np.float32) * 0.1)).to_device()
+    ctx = {"graph": graph,  # with its column-sorted transpose, as the builder's
            "features": (jnp.asarray(rng.standard_normal((n_items, dim), dtype=np.float32)),),
            "learned_neighbours": jnp.asarray(rng.integers(0, n_items, (n_items, k)), jnp.int32),
            "original_neighbours": jnp.asarray(rng.integers(0, n_items, (n_items, k)), jnp.int32),
            "original_weights": (jnp.asarray(rng.random((n_items, k), dtype=np.float32)),)}
-    del rows
+    del rows, graph
     module = LATTICE(n_users=n_users, n_items=n_items, feature_dims=(dim,), knn_k=k, train_features=False,
                      learned_graph="epoch")
     params = module.init(jax.random.PRNGKey(0), ctx, False, method="encode")["params"]
