@@ -357,11 +357,13 @@ def freedom_parts(n_items: int, repeats: int) -> list[dict]:
                                                                                         n_items, m), jnp.int32),
                             jnp.asarray(rng.random(m, dtype=np.float32) * 0.1))
 
-    item_rows = np.repeat(np.arange(n_items), k)
-    ctx = {"graph": random_edges(2 * kept), "train_graph": random_edges(2 * kept),
-           "item_graph": jgraph.Edges(jnp.asarray(item_rows, jnp.int32),
-                                      jnp.asarray(rng.integers(0, n_items, n_items * k), jnp.int32),
-                                      jnp.full((n_items * k,), 1.0 / k, jnp.float32)),
+    # The graphs as the model's constants (FixedGraph; the random user-item lists are not symmetric, but a
+    # transpose costs what the graph costs); the item graph k entries per row, as FREEDOM's builder lays it out.
+    item_graph = jgraph.Edges(np.repeat(np.arange(n_items, dtype=np.int32), k),
+                              rng.integers(0, n_items, n_items * k).astype(np.int32),
+                              np.full((n_items * k,), 1.0 / k, np.float32))
+    ctx = {"graph": jgraph.FixedGraph(random_edges(2 * kept)), "train_graph": jgraph.FixedGraph(random_edges(2 * kept)),
+           "item_graph": jgraph.fixed_graph(item_graph).to_device(),
            "features": (jnp.asarray(rng.standard_normal((n_items, dim), dtype=np.float32)),)}
     batch = {"users": jnp.asarray(rng.integers(0, n_users, batch_size), jnp.int32),
              "pos_items": jnp.asarray(rng.integers(0, n_items, batch_size), jnp.int32),

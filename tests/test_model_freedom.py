@@ -55,6 +55,11 @@ def _host(tree):
     return jax.tree.map(lambda a: np.asarray(a, np.float64), jax.device_get(tree))
 
 
+def _item_graph(ctx, n_items):
+    """The dense S of the context."""
+    return ctx["item_graph"].to_dense(n_items)
+
+
 # ---- the frozen item graph and the item-graph convolution ---------------------------------
 
 @pytest.mark.parametrize("n_mm_layers", [1, 2])
@@ -65,7 +70,7 @@ def test_item_graph_convolution_equals_dense_numpy(n_mm_layers):
                          modalities=["image", "text"], graph_weights=weights, graph_cache=None)
     expected_graph = sum(w * _numpy_knn_graph(data.modalities[name].features.astype(np.float64), k)
                          for w, name in zip(weights, ["image", "text"]))
-    np.testing.assert_allclose(built.ctx["item_graph"].to_dense(data.n_items), expected_graph, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(_item_graph(built.ctx, data.n_items), expected_graph, rtol=1e-5, atol=1e-7)
     variables = init_compiled(built.module, jax.random.PRNGKey(1), built.ctx, False, method="encode")
     h = built.module.apply(variables, built.ctx, method="item_graph_embeddings")
     q = np.asarray(variables["params"]["item_embedding"], np.float64)
@@ -96,7 +101,7 @@ def test_encode_and_loss_terms_match_mmrec_freedom_in_numpy():
     batch = {"users": users, "pos_items": pos, "neg_items": neg[:, None], "weights": weights}
     params = init_compiled(module, jax.random.PRNGKey(2), ctx, batch, True, method="loss_terms")["params"]
     host = _host(params)
-    item_graph = ctx["item_graph"].to_dense(data.n_items)
+    item_graph = _item_graph(ctx, data.n_items)
     train = data.split_pairs("train")
     full = numpy_norm_adj(train[:, 0], train[:, 1], data.n_users, data.n_items)
 
@@ -217,7 +222,7 @@ def test_items_without_train_interactions_are_scored_by_their_content_neighbours
     masked = dict(host, item_embedding=host["item_embedding"] * trained[:, None])
     train = data.split_pairs("train")
     full = numpy_norm_adj(train[:, 0], train[:, 1], data.n_users, data.n_items)
-    item_graph = ctx["item_graph"].to_dense(data.n_items)
+    item_graph = _item_graph(ctx, data.n_items)
     _, items = module.apply({"params": params}, ctx, method="encode")
     _, expected = _numpy_forward(masked, full, item_graph, data.n_users, 2, 1)
     np.testing.assert_allclose(np.asarray(items), expected, rtol=1e-4, atol=1e-6)
@@ -233,3 +238,65 @@ def test_items_without_train_interactions_are_scored_by_their_content_neighbours
     # With every item trained nothing is masked.
     assert not models.build("freedom", _small(seed=4), embedding_size=8, feat_embed_dim=8, knn_k=3,
                             graph_cache=None).module.mask_untrained
+
+
+@pytest.mark.parametrize("n_mm_layers", [0, 1, 2])
+@pytest.mark.parametrize("batch_rows", [5, 40])  # 10 ids < 30 items: the batch's rows only; 80 >= 30: every row
+def test_loss_terms_at_the_batch_rows_equal_the_full_propagation(n_mm_layers, batch_rows):
+    """The terms and their gradients equal those of e = propagated(...) over every item, then gathered."""
+    from jaxrec.models._common import batch_triples, bpr_of, counted_pairs
+
+    data = _small(seed=5)
+    inter = data.interactions
+    split = np.where(np.isin(inter.items, [3, 17]), 2, inter.split).astype(inter.split.dtype)  # two untrained items
+    data = data.replace(interactions=Interactions(inter.users, inter.items, split))
+    built = models.build("freedom", data, embedding_size=8, feat_embed_dim=8, knn_k=3, n_mm_layers=n_mm_layers,
+                         dropout=0.5, modalities=["image", "text"], graph_weights=[0.1, 0.9], graph_cache=None)
+    module, ctx = built.module, built.ctx
+    rng = np.random.default_rng(1)
+    batch = normalize_batch({"users": rng.integers(0, data.n_users, batch_rows),
+                             "pos_items": rng.integers(0, data.n_items, batch_rows),
+                             "neg_items": rng.integers(0, data.n_items, (batch_rows, 1)),
+                             "weights": (rng.random(batch_rows) > 0.2).astype(np.float32)})
+    params = init_compiled(module, jax.random.PRNGKey(4), ctx, batch, True, method="loss_terms")["params"]
+
+    def full_bpr(module):
+        users, positives, negatives, _ = batch_triples(batch)
+        user_all, item_all = module.propagated(ctx, ctx["train_graph"])
+        return bpr_of(user_all[users], item_all[positives], item_all[negatives], counted_pairs(batch))
+
+    def loss(p):
+        return module.apply({"params": p}, ctx, batch, True, method="loss_terms")["bpr"]
+
+    expected, expected_grads = jax.value_and_grad(lambda p: nn_apply(full_bpr, module, p))(params)
+    value, grads = jax.value_and_grad(loss)(params)
+    np.testing.assert_allclose(float(value), float(expected), rtol=1e-6)
+    for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(expected_grads)):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-7)
+    rows = jnp.asarray([0, 3, 3, 29])  # the last layer at these rows only
+    np.testing.assert_allclose(
+        np.asarray(module.apply({"params": params}, ctx, None, rows, method="item_graph_embeddings")),
+        np.asarray(module.apply({"params": params}, ctx, method="item_graph_embeddings"))[np.asarray(rows)],
+        rtol=1e-6, atol=1e-7)
+
+
+def nn_apply(fn, module, params):
+    from flax import linen as nn
+
+    return nn.apply(fn, module)({"params": params})
+
+
+def test_item_graph_edges_are_a_table_row_by_row():
+    data = _small(seed=6)
+    built = models.build("freedom", data, embedding_size=8, feat_embed_dim=8, knn_k=4, modalities=["image", "text"],
+                         graph_cache=None)
+    graph = built.ctx["item_graph"]
+    width = graph.n_edges // data.n_items
+    assert graph.n_edges == width * data.n_items and width <= 8  # at most the two modalities' lists
+    np.testing.assert_array_equal(np.asarray(graph.rows), np.repeat(np.arange(data.n_items), width))
+    entries = np.asarray(graph.weights).reshape(data.n_items, width)
+    ids = np.asarray(graph.cols).reshape(data.n_items, width)
+    unused = entries == 0
+    assert np.all(ids[unused] == np.broadcast_to(np.arange(data.n_items)[:, None], ids.shape)[unused])
+    # No pair twice in a row (the union of the modalities' lists).
+    assert all(len(set(row[~free])) == (~free).sum() for row, free in zip(ids, unused))

@@ -11,7 +11,10 @@ are mixed with fixed weights :math:`\alpha_m` (MMRec: ``mm_image_weight`` = 0.1 
   (A_m)_{ij} = [\,j \in \mathrm{kNN}_k(x^m_i)\,].
 
 It is built once on the host in tiles (never an n x n matrix) and cached on disk by content
-hash (:mod:`jaxrec.data.graph`).
+hash (:mod:`jaxrec.data.graph`). Its union over the modalities is kept as a neighbour table, K
+slots per row (K the largest row count; unused slots have weight 0 and point at the row
+itself), flattened row by row into the edge list of a
+:class:`~jaxrec.data.graph.FixedGraph` (:func:`frozen_item_graph`).
 
 **Denoised user-item graph.** Each epoch keeps :math:`\lfloor E(1-p)\rfloor` of the E training
 pairs, sampled without replacement with probability :math:`\propto 1/\sqrt{d_u d_i}`, and
@@ -25,6 +28,14 @@ pruning, ``dropout`` = p); evaluation uses the full :math:`\hat A = D^{-1/2} A D
   h = S^{L_m} Q, \qquad e_u = \bar p_u, \qquad e_i = \bar q_i + h_i,
 
 with :math:`L` = ``n_ui_layers`` (2) and :math:`L_m` = ``n_mm_layers`` (1).
+
+**Only the rows the loss reads.** :math:`h` feeds the items' side alone (the user embeddings are
+:math:`\bar P`), and the loss reads :math:`e_i` at the batch's positives and negatives only, so
+training computes the last item-graph layer at those rows, :math:`h_i = \sum_{s=1}^{K} W_{is}
+(S^{L_m-1}\tilde Q)_{N_{is}}` (a gather of their neighbour rows), instead of propagating all
+n K entries, when the batch holds fewer ids than there are items (:func:`rows_or_all`;
+otherwise every row once over the sorted edge list, then a gather). The same numbers up to the
+order of float sums.
 
 **Items without a train interaction.** Their ID rows are masked to zero wherever :math:`Q`
 enters, :math:`\tilde Q = \operatorname{diag}(t)\, Q` with :math:`t_i = [i` has a train
@@ -102,6 +113,33 @@ from jaxrec.models._init import torch_linear_bias, torch_linear_kernel, xavier_u
 from jaxrec.models._registry import Built, register
 
 
+@jax.custom_vjp
+def _table_rows(ids, entries, h):
+    """:math:`\\sum_s W_{rs} h_{N_{rs}}` for (R, K) ids and entries: (R, d), differentiable in ``h``
+    only (the frozen graph is a constant, as :func:`jaxrec.data.graph.propagate_fixed` treats it).
+
+    One (R, d) sum over the K slots (no (R, K, d) block of gathered rows); the gradient
+    :math:`\\partial h_j = \\sum_{(r, s): N_{rs} = j} W_{rs} G_r` is K scatter-adds into ONE
+    (n, d) buffer (JAX's own transpose scattered each slot into a zeroed (n, d) buffer and added
+    the K buffers: K full-table passes per step)."""
+    return sum(entries[:, s, None] * h[ids[:, s]] for s in range(ids.shape[1]))
+
+
+def _table_rows_fwd(ids, entries, h):
+    return _table_rows(ids, entries, h), (ids, entries, h)
+
+
+def _table_rows_bwd(residuals, cotangent):
+    ids, entries, h = residuals
+    grad = jnp.zeros_like(h)
+    for s in range(ids.shape[1]):
+        grad = grad.at[ids[:, s]].add(entries[:, s, None] * cotangent)
+    return None, None, grad
+
+
+_table_rows.defvjp(_table_rows_fwd, _table_rows_bwd)
+
+
 class FREEDOM(nn.Module):
     """FREEDOM (see the module docstring).
 
@@ -109,8 +147,9 @@ class FREEDOM(nn.Module):
     "features": tuple of (n_items, d_m), "trained": (n_items,) bool}`` -- the full normalized
     user-item graph (ranking), the epoch's pruned graph (training), the frozen item graph
     :math:`S` (constants of the step: their gradient is propagated over their sorted transposes,
-    :func:`jaxrec.data.graph.propagate_fixed`), the raw features and which items have a train
-    interaction.
+    :func:`jaxrec.data.graph.propagate_fixed`; the item graph's edges are a neighbour table
+    flattened row by row, ``rows = repeat(arange(n_items), K)``: :func:`frozen_item_graph`), the
+    raw features and which items have a train interaction.
 
     Attributes:
       n_users, n_items: table sizes.
@@ -150,20 +189,35 @@ class FREEDOM(nn.Module):
             return self.item_embedding
         return jnp.where(jnp.asarray(ctx["trained"])[:, None], self.item_embedding, 0.0)
 
-    def item_graph_embeddings(self, ctx, items=None):
-        """:math:`h = S^{L_m} \\tilde Q`, (n_items, d)."""
+    def item_graph_embeddings(self, ctx, items=None, rows=slice(None)):
+        """:math:`h = S^{L_m} \\tilde Q` at ``rows``: ``slice(None)`` (all items, (n_items, d)) or
+        an int array of item ids ((R, d)). ``items``: :math:`\\tilde Q` if already computed.
+
+        Layers before the last run over every item; the last one only at ``rows``."""
         h = self.item_ids(ctx) if items is None else items
-        for _ in range(self.n_mm_layers):
-            h = jgraph.propagate_fixed(ctx["item_graph"], h)
-        return h
+        graph = ctx["item_graph"]
+        for layer in range(self.n_mm_layers):
+            if layer < self.n_mm_layers - 1 or isinstance(rows, slice):
+                h = jgraph.propagate_fixed(graph, h)
+                continue
+            # The last layer at `rows` only: the edges are the (n_items, K) table row by row.
+            ids = graph.cols.reshape(self.n_items, -1)[rows]
+            entries = graph.weights.reshape(self.n_items, -1)[rows]
+            return _table_rows(ids, entries, h)
+        return h[rows]
+
+    def ui_propagated(self, ctx, graph, items):
+        """``(users, items)``: the layer means :math:`(\\bar P, \\bar Q)` over ``graph``."""
+        ego = jnp.concatenate([self.user_embedding, items], axis=0)
+        mean, _ = jgraph.lightgcn_propagate(graph, ego, self.n_ui_layers, indices_are_sorted=True)
+        return mean[:self.n_users], mean[self.n_users:]
 
     def propagated(self, ctx, graph):
         """``(users (n_users, d), items (n_items, d))``: the layer mean over ``graph`` plus
         the item-graph term."""
         items = self.item_ids(ctx)
-        ego = jnp.concatenate([self.user_embedding, items], axis=0)
-        mean, _ = jgraph.lightgcn_propagate(graph, ego, self.n_ui_layers, indices_are_sorted=True)
-        return mean[:self.n_users], mean[self.n_users:] + self.item_graph_embeddings(ctx, items)
+        users, ui_items = self.ui_propagated(ctx, graph, items)
+        return users, ui_items + self.item_graph_embeddings(ctx, items)
 
     def projected_features(self, ctx, m: int, items):
         """:math:`\\phi_m(x^m_i)` of the items ``items`` (any int shape), (..., feat_embed_dim).
@@ -185,9 +239,14 @@ class FREEDOM(nn.Module):
         del train
         users, positives, negatives, _ = batch_triples(batch)
         pairs = counted_pairs(batch)
-        user_all, item_all = self.propagated(ctx, ctx["train_graph"])
+        items = self.item_ids(ctx)
+        user_all, ui_items = self.ui_propagated(ctx, ctx["train_graph"], items)
         user_rows = user_all[users]
-        terms = {"bpr": bpr_of(user_rows, item_all[positives], item_all[negatives], pairs)}
+        # e_i only where the loss reads it (the module docstring): h's last layer at those rows.
+        positive_rows, negative_rows = rows_or_all(
+            lambda rows: ui_items[rows] + self.item_graph_embeddings(ctx, items, rows), self.n_items,
+            positives, negatives)
+        terms = {"bpr": bpr_of(user_rows, positive_rows, negative_rows, pairs)}
         modality = [bpr_of(user_rows, self.projected_features(ctx, m, positives),
                            self.projected_features(ctx, m, negatives), pairs)
                     for m in range(len(self.feature_dims))]
@@ -199,13 +258,24 @@ def frozen_item_graph(dataset, modalities: Sequence[str], graph_weights: Sequenc
                       cache: jgraph.GraphCache | None, knn_method: str = "exact",
                       ivf: jgraph.IvfSettings | None = None) -> jgraph.Edges:
     """FREEDOM's :math:`S = \\sum_m \\alpha_m D_m^{-1/2} A_m D_m^{-1/2}` on the union of the
-    modality graphs' edges, row-sorted, on the host."""
+    modality graphs' edges, on the host, as a neighbour table flattened row by row: every row has
+    K entries (K the largest number of distinct neighbours of an item; the unused slots point at
+    the row itself with weight 0), so ``rows = repeat(arange(n_items), K)`` and
+    ``cols.reshape(n_items, K)`` lists each item's neighbours."""
     graphs = [jgraph.knn_edges(jgraph.item_knn_neighbours(dataset, name, k=knn_k, cache=cache, method=knn_method,
                                                           ivf=ivf),
                                weighted=False, normalization="sym") for name in modalities]
     stack = jgraph.stack_graphs(graphs, dataset.n_items)
-    mixed = np.asarray(graph_weights, np.float32) @ np.asarray(stack.weights)
-    return jgraph.Edges(np.asarray(stack.rows), np.asarray(stack.cols), mixed.astype(np.float32))
+    mixed = (np.asarray(graph_weights, np.float32) @ np.asarray(stack.weights)).astype(np.float32)
+    rows, cols = np.asarray(stack.rows), np.asarray(stack.cols)  # row-sorted
+    n = dataset.n_items
+    counts = np.bincount(rows, minlength=n)
+    width = max(int(counts.max(initial=0)), 1)
+    slot = np.arange(rows.size) - np.repeat(np.cumsum(counts) - counts, counts)
+    table = np.repeat(np.arange(n, dtype=np.int32)[:, None], width, axis=1)
+    entries = np.zeros((n, width), np.float32)
+    table[rows, slot], entries[rows, slot] = cols, mixed
+    return jgraph.Edges(np.repeat(np.arange(n, dtype=np.int32), width), table.ravel(), entries.ravel())
 
 
 @register("freedom")
@@ -262,7 +332,8 @@ def build(dataset, *, embedding_size: int = 64, feat_embed_dim: int = 64, knn_k:
     item_graph = frozen_item_graph(dataset, names, weights, knn_k=knn_k, cache=graph_cache_of(graph_cache),
                                    knn_method=knn_method, ivf=ivf)
     trained = trained_item_mask(dataset)
-    ctx = {"graph": full, "item_graph": jgraph.fixed_graph(item_graph).to_device(), "features": blocks, "trained": jnp.asarray(trained)}
+    ctx = {"graph": full, "item_graph": jgraph.fixed_graph(item_graph).to_device(), "features": blocks,
+           "trained": jnp.asarray(trained)}
     module = FREEDOM(n_users=dataset.n_users, n_items=dataset.n_items, feature_dims=dims,
                      embedding_size=embedding_size, feat_embed_dim=feat_embed_dim, n_ui_layers=n_ui_layers,
                      n_mm_layers=n_mm_layers, train_features=train_features, mask_untrained=not trained.all())
