@@ -38,7 +38,8 @@ import numpy as np
 
 from jaxrec._atomic import write_json_atomic
 from jaxrec.train import StepRunner, init_state, load_config
-from jaxrec.train import epoch_context, evaluate_params, make_encoder, prepare_eval_splits, prepare_experiment
+from jaxrec.train import (epoch_context, evaluate_params, make_encoder, make_runner, prepare_eval_splits,
+                          prepare_experiment)
 
 ROOT = Path(__file__).resolve().parents[1]
 ANCHORS = ROOT / ".." / "shared" / "anchors" / "mmrec_lfm2k.json"
@@ -90,8 +91,11 @@ def time_one(args, config_path: str) -> dict:
     tick = time.perf_counter()
     exp = prepare_experiment(config)
     setup_seconds = time.perf_counter() - tick
-    runner = StepRunner(exp.module, exp.tx, exp.loss_weights, parallel=config.train.parallel,
-                        batch_size=config.train.batch_size, steps_per_epoch=exp.steps_per_epoch)
+    # The trainer's runner (make_runner), except in sharded mode, which is timed as the one-process
+    # StepRunner program (the trainer's mesh runner pads tables and has no device sampler).
+    runner = (make_runner(exp) if config.train.parallel != "sharded" else
+              StepRunner(exp.module, exp.tx, exp.loss_weights, parallel=config.train.parallel,
+                         batch_size=config.train.batch_size, steps_per_epoch=exp.steps_per_epoch))
     state = runner.put_state(init_state(exp.module, exp.built.ctx, exp.sampler.example_batch(), exp.tx,
                                         config.train.seed))
     ctx = runner.put_ctx(exp.built.ctx)

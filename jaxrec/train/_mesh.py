@@ -400,8 +400,11 @@ def make_runner(experiment):
     """The step runner of an experiment's ``train.parallel`` (and ``train.mesh``)."""
     tcfg = experiment.config.train
     if tcfg.parallel != "sharded":
+        # Without weight decay every optimizer the config offers leaves a parameter with a zero
+        # gradient and a zero state where it is, so the step may skip the ones the loss never reads.
         return StepRunner(experiment.module, experiment.tx, experiment.loss_weights, parallel=tcfg.parallel,
-                          batch_size=tcfg.batch_size, steps_per_epoch=experiment.steps_per_epoch)
+                          batch_size=tcfg.batch_size, steps_per_epoch=experiment.steps_per_epoch,
+                          keep_unread=not tcfg.weight_decay)
     data, model = check_mesh(tcfg)
     return MeshStepRunner(experiment.module, experiment.tx, experiment.loss_weights, target=experiment.target,
                           n_users=experiment.dataset.n_users, n_items=experiment.dataset.n_items, data=data,

@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.extend.core import Var
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxrec import losses, models
@@ -58,7 +59,8 @@ class StepMetrics(NamedTuple):
 
 
 def make_train_step(module, tx: optax.GradientTransformation, loss_weights: Mapping[str, float],
-                    *, axis_name: str | None = None, steps_per_epoch: int | None = None):
+                    *, axis_name: str | None = None, steps_per_epoch: int | None = None,
+                    keep_unread: bool = False):
     """``train_step(state, ctx, batch) -> (state, StepMetrics)`` for one batch.
 
     The weighted sum is :func:`jaxrec.losses.combine`: every term needs a weight, and
@@ -68,6 +70,17 @@ def make_train_step(module, tx: optax.GradientTransformation, loss_weights: Mapp
     model contract); without ``steps_per_epoch`` (a runner with no epochs, as online updates;
     the mesh runner) the ctx's own value stays (LATTICE's builder puts -1 there: its ``mmrec`` mode
     then recomputes its whole graph at every step).
+
+    ``keep_unread``: parameters that the weighted loss does not read at all (found by tracing it,
+    :func:`unread_params`: e.g. FREEDOM's feature tables and projections when ``modality_bpr``
+    has weight 0) get an exactly zero gradient, and an optimizer that maps a zero gradient on a
+    zero state to a zero update and keeps that state at zero (adam, adamw, sgd, adagrad without
+    weight decay; global-norm clipping keeps a zero a zero) would return them unchanged. With
+    ``keep_unread`` the step returns them, and their optimizer state, as they came in, so the
+    compiler drops their optimizer arithmetic. The same math, provided their optimizer state is
+    zero (it starts so, and stays so while the loss does not read them): those leaves bit for
+    bit, the others up to the rounding of a differently fused program. The caller vouches for
+    the optimizer; one device only (``axis_name`` None; ignored otherwise).
     """
     weights = {name: float(w) for name, w in loss_weights.items()}
 
@@ -91,10 +104,51 @@ def make_train_step(module, tx: optax.GradientTransformation, loss_weights: Mapp
         grads_finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        if keep_unread and axis_name is None:
+            unread = unread_params(lambda p: total_loss(p)[0], state.params)
+            if any(jax.tree.leaves(unread)):
+                params, opt_state = _kept_as_they_were(tx, unread, (params, opt_state),
+                                                       (state.params, state.opt_state))
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
         return new_state, StepMetrics(loss, dict(terms), grads_finite)
 
     return train_step
+
+
+def unread_params(loss_of_params, params):
+    """A tree shaped like ``params`` of Python bools: True where the scalar ``loss_of_params(params)``
+    does not read the leaf at all (no path from it to the output in the traced program; an
+    equation that outputs anything the loss needs counts all its inputs as read, so a call, a
+    scan or a custom derivative is taken whole: the answer errs toward "read")."""
+    closed = jax.make_jaxpr(loss_of_params)(params)
+    program = closed.jaxpr
+    needed = {v for v in program.outvars if isinstance(v, Var)}
+    for eqn in reversed(program.eqns):
+        if eqn.effects or any(isinstance(v, Var) and v in needed for v in eqn.outvars):
+            needed.update(v for v in eqn.invars if isinstance(v, Var))
+    flags = [v not in needed for v in program.invars]
+    return jax.tree.unflatten(jax.tree.structure(params), flags)
+
+
+class _Both:
+    """A pytree leaf holding one optimizer-state leaf after and before the update."""
+
+    __slots__ = ("new", "old")
+
+    def __init__(self, new, old):
+        self.new, self.old = new, old
+
+
+def _kept_as_they_were(tx, unread, updated, before):
+    # The unread leaves of the parameters and of every parameter-shaped part of the optimizer
+    # state (optax.tree_utils.tree_map_params finds those parts) as they were; the rest updated.
+    (new_params, new_opt), (old_params, old_opt) = updated, before
+    params = jax.tree.map(lambda skip, new, old: old if skip else new, unread, new_params, old_params)
+    both = jax.tree.map(_Both, new_opt, old_opt)
+    opt_state = optax.tree_utils.tree_map_params(
+        tx, lambda pair, skip: pair.old if skip else pair.new, both, unread,
+        transform_non_params=lambda part: jax.tree.map(lambda pair: pair.new, part))
+    return params, opt_state
 
 
 def _scanned(train_step):
@@ -135,7 +189,7 @@ def _compiled_sampled(module, tx, loss_weights: tuple, parallel: str, devices: t
                     for k, v in batches.items()}
 
         return jax.pmap(_sampled(step, n_steps, own_rows), axis_name=_AXIS, devices=devices, donate_argnums=0)
-    step = make_train_step(module, tx, weights, steps_per_epoch=steps_per_epoch)
+    step = make_train_step(module, tx, weights, steps_per_epoch=steps_per_epoch, keep_unread=keep_unread)
     if parallel == "sharded":
         mesh = Mesh(np.asarray(devices), (_AXIS,))
 
@@ -151,7 +205,8 @@ def _compiled_sampled(module, tx, loss_weights: tuple, parallel: str, devices: t
 
 
 @functools.lru_cache(maxsize=16)
-def _compiled_steps(module, tx, loss_weights: tuple, parallel: str, devices: tuple, steps_per_epoch: int | None):
+def _compiled_steps(module, tx, loss_weights: tuple, parallel: str, devices: tuple, steps_per_epoch: int | None,
+                    keep_unread: bool):
     # Cached on (module, optimizer, weights, mode, devices), all hashable and compared by value
     # (modules, weights) or identity (the cached optimizer): runs in one process that agree on
     # them share one compiled program instead of compiling it again.
@@ -159,7 +214,7 @@ def _compiled_steps(module, tx, loss_weights: tuple, parallel: str, devices: tup
     if parallel == "pmap":
         step = make_train_step(module, tx, weights, axis_name=_AXIS, steps_per_epoch=steps_per_epoch)
         return jax.pmap(_scanned(step), axis_name=_AXIS, devices=devices, donate_argnums=0)
-    step = make_train_step(module, tx, weights, steps_per_epoch=steps_per_epoch)
+    step = make_train_step(module, tx, weights, steps_per_epoch=steps_per_epoch, keep_unread=keep_unread)
     if parallel == "sharded":
         replicated = NamedSharding(Mesh(np.asarray(devices), (_AXIS,)), PartitionSpec())
         return jax.jit(_scanned(step), donate_argnums=0, out_shardings=replicated)
@@ -181,10 +236,13 @@ class StepRunner:
       devices: devices to use (default: all local devices; one for ``"none"``).
       steps_per_epoch: batches per epoch, for a model whose ctx asks for each step's place in
         its epoch (:func:`make_train_step`).
+      keep_unread: leave the parameters the weighted loss never reads, and their optimizer
+        state, as they are (:func:`make_train_step`; only for an optimizer that would not move
+        them: no weight decay).
     """
 
     def __init__(self, module, tx, loss_weights, *, parallel: str = "none", batch_size: int,
-                 devices=None, steps_per_epoch: int | None = None):
+                 devices=None, steps_per_epoch: int | None = None, keep_unread: bool = False):
         self.parallel = parallel
         if _distributed.is_multiprocess():
             raise ConfigError(f"a multi-process run needs train.parallel: sharded (found {parallel!r}): one "
@@ -208,7 +266,8 @@ class StepRunner:
                               f"train.parallel={parallel!r} mode; use a multiple of {n}")
         if parallel not in ("none", "pmap", "sharded"):
             raise ConfigError(f"unknown train.parallel {parallel!r}; expected none, pmap or sharded")
-        self._key = (module, tx, tuple(sorted(loss_weights.items())), parallel, tuple(self.devices), steps_per_epoch)
+        self._key = (module, tx, tuple(sorted(loss_weights.items())), parallel, tuple(self.devices), steps_per_epoch,
+                     bool(keep_unread))
         self._run = _compiled_steps(*self._key)
         self.local_device = self.devices[0]  # where host code evaluates
         self.local_rows = slice(0, int(batch_size))  # the rows of each batch this process supplies: all
