@@ -107,16 +107,31 @@ Adam, batch 32,768) with parts switched off. Measured (2026-12-03, load 10-15, 1
                                                          the (users + items) x 64 tables, Adam)
 
 At 1M the epoch was 745.9 CPU s for 244 steps (3.06 CPU s per step; table above). Every part
-is O(n_items) per step: the item-graph term propagates all n x 10 edges and the user-item
+is O(n_items) per step: the item-graph term propagated all n x 10 edges and the user-item
 layers all kept pairs although the loss reads the embeddings of at most 2 x 32,768 items and
 32,768 users, and the gradients and Adam touch the full (1.2M x 64) tables. So the epoch costs
-(steps x n) and grows as n^2 / batch: the cause of the ~1,400 s wall (746 CPU s) epoch. The
-same math at lower cost: the item-graph term h_i only at the batch's items (a gather of their
-k neighbour rows: ~65,536 x 10 instead of 1M x 10 edges), which at the 100k share (38%) would
-cut a 1M epoch to about 0.62 x 746 = ~470 CPU s (a projection, not made or measured: it
-changes ``jaxrec/models/freedom.py``). Time to convergence at 1M is then (epochs to the
-valid-selected epoch) x the epoch: not measured here; at the measured 746 CPU s (1,398 s wall
-at that load) per epoch, 50 epochs would take ~10 CPU hours (~19 hours wall at that load).
+(steps x n) and grows as n^2 / batch: the cause of the ~1,400 s wall (746 CPU s) epoch.
+
+Since 2026-12-04 the item-graph term is computed at the batch's items only when the batch holds
+fewer ids than there are items (``jaxrec/models/freedom.py``: h_i as a sum over item i's k
+neighbour rows, its gradient k scatter-adds into one table; the same numbers). Measured
+(2026-12-04, load 5-10, one step of the full variant, CPU s / step, old = the code before):
+
+  n_items     old                     new                     notes
+  100,000     0.422 / 0.390 / 0.343   0.426 / 0.393 / 0.386   65,536 ids per 100,000 items: the
+                                                              k-row gathers cost what the sorted
+                                                              full propagation did; no change
+  1,000,000   3.544 / 4.017           2.623 / 2.636           -26% / -34% (peak RSS of the step
+                                                              alone 5.9 -> 5.8 GB)
+
+(the 100,000 rows: ``--freedom-parts --sizes 100000 --repeats 3``'s full variant and two runs of
+the same step alone; the 1M rows: that step alone, 2 steps, old and new alternated.) The saving at 1M is less than the
+38% item-graph share measured at 100k: the user-item layers (all kept pairs, both directions,
+2 layers, forward and backward over the sorted transpose) and the dense Adam update of the
+(1.2M x 64) tables remain O(n) per step. A 1M epoch (244 steps) is then projected at the table's
+746 CPU s x (0.66-0.74) = ~490-550 CPU s (a projection from the step ratio, not a measured
+epoch). Time to convergence at 1M is (epochs to the valid-selected epoch) x the epoch: not
+measured here; at ~550 CPU s per epoch, 50 epochs would take ~7.6 CPU hours.
 """
 
 from __future__ import annotations
