@@ -176,7 +176,7 @@ def _sampled(train_step, n_steps: int, select):
 
 @functools.lru_cache(maxsize=16)
 def _compiled_sampled(module, tx, loss_weights: tuple, parallel: str, devices: tuple, steps_per_epoch: int | None,
-                      n_steps: int):
+                      keep_unread: bool, n_steps: int):
     # As _compiled_steps, for the fused program of StepRunner.run_sampled.
     weights = dict(loss_weights)
     if parallel == "pmap":
