@@ -7,12 +7,11 @@ import sys
 import numpy as np
 import pytest
 
-from jaxrec.data import Interactions, Modality, MultimodalDataset
-from jaxrec.data.graph import GraphCache, HnswSettings, item_knn_neighbours, knn_cache_key, knn_neighbours
+from jaxrec.data.graph import HnswSettings, knn_neighbours
 from jaxrec.errors import ConfigError
 
 from test_graph_knn import brute_force_knn
-from test_graph_knn_ivf import clustered_features
+from test_graph_knn_ivf import assert_settings_are_checked_and_keyed, clustered_features
 
 from _model_testing import assert_lattice_and_freedom_build_the_exact_graphs
 
@@ -67,25 +66,8 @@ def test_fewer_items_than_k_leave_invalid_slots():
 
 
 def test_settings_are_checked_and_part_of_the_cache_key(tmp_path):
-    features = clustered_features(200, 4, 6, 0.3, 9)
-    keys = {knn_cache_key(features, None, k=5), knn_cache_key(features, None, k=5, method="hnsw"),
-            knn_cache_key(features, None, k=5, method="hnsw", hnsw=HnswSettings(m=8)),
-            knn_cache_key(features, None, k=5, method="hnsw", hnsw=HnswSettings(ef_search=50))}
-    assert len(keys) == 4
-    # Threads change the speed, not the key.
-    assert knn_cache_key(features, None, k=5, method="hnsw", hnsw=HnswSettings(threads=2)) == \
-        knn_cache_key(features, None, k=5, method="hnsw")
-    with pytest.raises(ConfigError, match="hnsw kNN: m must be an integer >= 2"):
-        knn_neighbours(features, 5, method="hnsw", hnsw=HnswSettings(m=1))
-    with pytest.raises(ConfigError, match="HnswSettings"):
-        knn_neighbours(features, 5, method="hnsw", hnsw={"m": 8})
-    dataset = MultimodalDataset("toy", 2, 200, Interactions(np.array([0]), np.array([1]), np.zeros(1, np.int8)),
-                                modalities={"text": Modality("text", features, np.ones(200, bool))})
-    cache = GraphCache(tmp_path)
-    first = item_knn_neighbours(dataset, "text", k=5, cache=cache, method="hnsw")
-    again = item_knn_neighbours(dataset, "text", k=5, cache=cache, method="hnsw")
-    assert len(list(tmp_path.glob("knn_neighbours-*.npz"))) == 1
-    np.testing.assert_array_equal(first.indices, again.indices)
+    assert_settings_are_checked_and_keyed(tmp_path, "hnsw", HnswSettings, (HnswSettings(m=8), HnswSettings(ef_search=50)), HnswSettings(m=1),
+                                          "hnsw kNN: m must be an integer >= 2")
 
 
 def test_a_clear_error_without_hnswlib(monkeypatch):

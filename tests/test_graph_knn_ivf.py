@@ -19,6 +19,31 @@ def clustered_features(n, n_centres, dim, noise, seed):
     return centres[rng.integers(0, n_centres, n)] + noise * rng.standard_normal((n, dim)).astype(np.float32)
 
 
+def assert_settings_are_checked_and_keyed(tmp_path, method, settings_type, changed, bad, bad_match):
+    """A kNN method's settings (``settings_type``, passed as the keyword ``method``): the method's
+    default and each of ``changed`` give cache keys of their own (apart from the exact one); its
+    ``threads`` field changes the speed, not the key; ``bad`` raises ``ConfigError(bad_match)``;
+    a dict in place of ``settings_type`` raises naming the type; two builds through a
+    :class:`GraphCache` store one file and the same lists."""
+    features = clustered_features(200, 4, 6, 0.3, 9)
+    keys = {knn_cache_key(features, None, k=5), knn_cache_key(features, None, k=5, method=method)}
+    keys |= {knn_cache_key(features, None, k=5, method=method, **{method: settings}) for settings in changed}
+    assert len(keys) == 2 + len(changed)
+    assert knn_cache_key(features, None, k=5, method=method, **{method: settings_type(threads=2)}) == \
+        knn_cache_key(features, None, k=5, method=method)
+    with pytest.raises(ConfigError, match=bad_match):
+        knn_neighbours(features, 5, method=method, **{method: bad})
+    with pytest.raises(ConfigError, match=settings_type.__name__):
+        knn_neighbours(features, 5, method=method, **{method: bad._asdict()})
+    dataset = MultimodalDataset("toy", 2, 200, Interactions(np.array([0]), np.array([1]), np.zeros(1, np.int8)),
+                                modalities={"text": Modality("text", features, np.ones(200, bool))})
+    cache = GraphCache(tmp_path)
+    first = item_knn_neighbours(dataset, "text", k=5, cache=cache, method=method)
+    again = item_knn_neighbours(dataset, "text", k=5, cache=cache, method=method)
+    assert len(list(tmp_path.glob("knn_neighbours-*.npz"))) == 1
+    np.testing.assert_array_equal(first.indices, again.indices)
+
+
 @pytest.mark.parametrize("include_self", [True, False])
 def test_probing_every_cluster_equals_the_brute_force_knn_ties_included(include_self):
     # Exact cosine ties (multiples of 1/4) and duplicates; small query and candidate chunks, so

@@ -5,16 +5,12 @@ excluded self, "auto", the cache key, threads, and LATTICE / FREEDOM built with 
 import sys
 
 import numpy as np
-import pytest
 
-from jaxrec.data import Interactions, Modality, MultimodalDataset
-from jaxrec.data.graph import (GraphCache, JoinSettings, item_knn_neighbours, knn_cache_key, knn_edges,
-                               knn_neighbours, resolve_knn_method)
+from jaxrec.data.graph import JoinSettings, knn_cache_key, knn_edges, knn_neighbours, resolve_knn_method
 from jaxrec.data.graph import _knn
-from jaxrec.errors import ConfigError
 
 from test_graph_knn import brute_force_knn, exact_tie_features
-from test_graph_knn_ivf import clustered_features
+from test_graph_knn_ivf import assert_settings_are_checked_and_keyed, clustered_features
 
 from _model_testing import assert_lattice_and_freedom_build_the_exact_graphs
 
@@ -106,24 +102,8 @@ def test_threads_and_threadpoolctl_change_nothing(monkeypatch):
 
 
 def test_settings_are_checked_and_part_of_the_cache_key(tmp_path):
-    features = clustered_features(200, 4, 6, 0.3, 9)
-    keys = {knn_cache_key(features, None, k=5), knn_cache_key(features, None, k=5, method="join"),
-            knn_cache_key(features, None, k=5, method="join", join=JoinSettings(n_lists=8)),
-            knn_cache_key(features, None, k=5, method="join", join=JoinSettings(n_probe=3))}
-    assert len(keys) == 4
-    assert knn_cache_key(features, None, k=5, method="join", join=JoinSettings(threads=2)) == \
-        knn_cache_key(features, None, k=5, method="join")
-    with pytest.raises(ConfigError, match="join kNN: n_probe must be an integer >= 1"):
-        knn_neighbours(features, 5, method="join", join=JoinSettings(n_probe=0))
-    with pytest.raises(ConfigError, match="JoinSettings"):
-        knn_neighbours(features, 5, method="join", join={"n_probe": 3})
-    dataset = MultimodalDataset("toy", 2, 200, Interactions(np.array([0]), np.array([1]), np.zeros(1, np.int8)),
-                                modalities={"text": Modality("text", features, np.ones(200, bool))})
-    cache = GraphCache(tmp_path)
-    first = item_knn_neighbours(dataset, "text", k=5, cache=cache, method="join")
-    again = item_knn_neighbours(dataset, "text", k=5, cache=cache, method="join")
-    assert len(list(tmp_path.glob("knn_neighbours-*.npz"))) == 1
-    np.testing.assert_array_equal(first.indices, again.indices)
+    assert_settings_are_checked_and_keyed(tmp_path, "join", JoinSettings, (JoinSettings(n_lists=8), JoinSettings(n_probe=3)), JoinSettings(n_probe=0),
+                                          "join kNN: n_probe must be an integer >= 1")
 
 
 def test_lattice_and_freedom_build_with_join():
