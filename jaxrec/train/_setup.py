@@ -17,6 +17,7 @@ from jaxrec.data import MultimodalDataset
 from jaxrec.errors import ConfigError, DataError
 from jaxrec.train import _data
 from jaxrec.train._config import ExperimentConfig
+from jaxrec.train._lapack_threads import hold_lapack_threads
 from jaxrec.train._state import abstract_state, count_params, make_optimizer
 
 
@@ -82,7 +83,9 @@ def resolve_loss_weights(defaults: Mapping[str, float], overrides: Mapping[str, 
 
 
 def prepare_experiment(config: ExperimentConfig, dataset: MultimodalDataset | None = None) -> Experiment:
-    """Load the data, build the model, check the loss weights and make the optimizer."""
+    """Load the data, build the model, check the loss weights and make the optimizer (and hold the
+    LAPACK library of jax's CPU kernels to one thread: :mod:`jaxrec.train._lapack_threads`)."""
+    hold_lapack_threads()
     if dataset is None:
         dataset = _data.load_dataset(config.data)
     dataset = _data.select_modalities(dataset, config.data)
