@@ -2,14 +2,21 @@
 
 import json
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from jaxrec import eval as jeval
+from jaxrec import models
 from jaxrec.data import make_synthetic
 from jaxrec.errors import ConfigError, DataError
-from jaxrec.train import config_from_dict, evaluate_run, run_search
+from jaxrec.train import config_from_dict, evaluate_run, init_state, prepare_experiment, run_search
+from jaxrec.train import _batched_search
+from jaxrec.train._checkpoint import Checkpoints
+from jaxrec.train._search import trial_config
 
 DATA_ARGS = dict(n_users=90, n_items=60, n_interactions=1800, seed=4)
 
@@ -159,3 +166,118 @@ def test_a_model_with_an_epoch_hook_runs_batched_with_each_trials_own_context(tm
     # (or the built one) would not match the sequential figures above.
     recomputed = evaluate_run(tmp_path / "b" / "trial_001", split="test", dataset=dataset)
     assert recomputed["metrics"]["recall@20"] == pytest.approx(batched["trials"][1]["test"]["recall@20"], abs=1e-6)
+
+
+class _TwoTables(nn.Module):
+    """``w`` read by the first term, ``v`` only by ``side`` (whose weight may be 0)."""
+
+    def setup(self):
+        self.w = self.param("w", nn.initializers.normal(1.0), (6, 3))
+        self.v = self.param("v", nn.initializers.normal(1.0), (6, 3))
+
+    def encode(self, ctx, train=False):
+        return self.w, self.w + self.v
+
+    def loss_terms(self, ctx, batch, train=False):
+        u, i = self.w[batch["users"]], self.w[batch["pos_items"]]
+        return {"bpr": jnp.mean(jnp.sum(u * i, -1) ** 2), "side": jnp.mean(self.v[batch["pos_items"]] ** 2)}
+
+
+def _two_table_trials(n_trials, tx, moment_on_v=False):
+    rng = np.random.default_rng(1)
+    batches = models.normalize_batch({"users": rng.integers(0, 6, (3, 4)), "pos_items": rng.integers(0, 6, (3, 4)),
+                                      "neg_items": rng.integers(0, 6, (3, 4, 1))})
+    module = _TwoTables()
+    states = []
+    for seed in range(n_trials):
+        state = init_state(module, {}, {k: v[0] for k, v in batches.items()}, tx, seed)
+        if moment_on_v:  # a (precondition-breaking) non-zero Adam moment on the unread table
+            adam = state.opt_state[0]
+            state = state.replace(opt_state=(adam._replace(mu={**adam.mu, "v": jnp.ones((6, 3))}),)
+                                  + tuple(state.opt_state[1:]))
+        states.append(state)
+    return module, batches, _batched_search._stack(states)
+
+
+def test_a_stopped_trial_is_skipped_bit_for_bit():
+    """An early-stopped trial (active False) goes through the epoch program untouched: its
+    parameters, optimizer state, step and key come back bit for bit, its metrics are zeros."""
+    tx = optax.adam(0.05)
+    module, batches, start = _two_table_trials(3, tx)
+    contexts = _batched_search._TrialContexts(models.Built(module=module, ctx={}, default_loss_weights={}), [0, 1, 2])
+    epoch = _batched_search._make_epoch_fn(module, tx, ("bpr", "side"), False, contexts)
+    weights, lrs = np.ones((3, 2), np.float32), np.ones(3, np.float32)
+    states = jax.device_put(jax.tree.map(np.copy, start))
+    for _ in range(2):  # twice: the stopped trial stays where it stopped after further epochs
+        states, (loss, terms, finite) = epoch(states, lrs, weights, np.array([True, False, True]), {}, (), batches)
+    after = jax.device_get(states)
+    for leaf_start, leaf_after in zip(jax.tree.leaves(start), jax.tree.leaves(after)):
+        np.testing.assert_array_equal(np.asarray(leaf_after)[1], np.asarray(leaf_start)[1])
+        if np.asarray(leaf_start).dtype.kind == "f" and np.asarray(leaf_start)[0].size > 1:
+            assert not np.array_equal(np.asarray(leaf_after)[0], np.asarray(leaf_start)[0])
+    assert not np.any(np.asarray(loss)[1]) and np.all(np.asarray(loss)[[0, 2]] != 0)
+
+
+def test_keep_unread_in_the_batched_epoch():
+    """As the sequential step's ``keep_unread``: a table only a term of weight 0 in every trial
+    reads (``off_terms``) comes back with its optimizer state as it went in; without it the
+    full update moves that state."""
+    tx = optax.adam(0.05)
+    module, batches, start = _two_table_trials(2, tx, moment_on_v=True)
+    contexts = _batched_search._TrialContexts(models.Built(module=module, ctx={}, default_loss_weights={}), [0, 1])
+    weights, lrs = np.asarray([[1.0, 0.0], [0.5, 0.0]], np.float32), np.ones(2, np.float32)
+    moved = {}
+    for keep in (False, True):
+        epoch = _batched_search._make_epoch_fn(module, tx, ("bpr", "side"), False, contexts,
+                                               off_terms=frozenset({"side"}), keep_unread=keep)
+        states, _ = epoch(jax.device_put(jax.tree.map(np.copy, start)), lrs, weights, np.ones(2, bool), {}, (),
+                          batches)
+        states = jax.device_get(states)
+        moved[keep] = (not np.array_equal(states.params["v"], start.params["v"]),
+                       not np.all(np.asarray(states.opt_state[0].mu["v"]) == 1.0),
+                       not np.array_equal(states.params["w"], start.params["w"]))
+    assert moved == {False: (True, True, True), True: (False, False, True)}
+
+
+def test_a_grid_with_a_term_off_in_every_trial_keeps_its_parameters_unread(tmp_path, monkeypatch):
+    """FREEDOM with ``modality_bpr`` 0 (every trial): the search leaves the term out of the trace
+    and keeps the parameters only it reads (no weight decay), as a sequential run does, with the
+    same figures; those parameters end bit for bit where they started."""
+    data = dict(n_users=60, n_items=40, n_interactions=900, dims={"text": 8}, seed=2)
+    raw = {"data": {"synthetic": data},
+           "model": {"name": "freedom", "args": {"embedding_size": 8, "feat_embed_dim": 8, "knn_k": 3,
+                                                 "graph_cache": "none", "dropout": 0.0}},
+           "train": {"epochs": 3, "batch_size": 256, "learning_rate": 0.02, "patience": 10, "seed": 3,
+                     "checkpoint_every": 100},
+           "eval": {"ks": [20], "metrics": ["recall", "ndcg"]},
+           "loss_weights": {"modality_bpr": 0.0},
+           "grid": {"train.learning_rate": [0.01, 0.03]}}
+    seen = []
+    make = _batched_search._make_epoch_fn
+
+    def recording(*args, **kwargs):
+        seen.append(kwargs)
+        return make(*args, **kwargs)
+
+    monkeypatch.setattr(_batched_search, "_make_epoch_fn", recording)
+    dataset = make_synthetic(**data)
+    config = config_from_dict(raw)
+    batched = run_search(config, tmp_path / "b", quiet=True, batched="always", dataset=dataset)
+    assert seen == [{"off_terms": frozenset({"modality_bpr"}), "keep_unread": True}]
+    sequential = run_search(config, tmp_path / "s", quiet=True, batched="never", dataset=dataset)
+    for one, other in zip(batched["trials"], sequential["trials"]):
+        assert one["best_epoch"] == other["best_epoch"]
+        for split in ("valid", "test"):
+            assert one[split]["recall@20"] == pytest.approx(other[split]["recall@20"], abs=2e-3), (split, one)
+    exp = prepare_experiment(trial_config(config, batched["trials"][1]["setting"]), dataset)
+    checkpoints = Checkpoints(tmp_path / "b" / "trial_001" / "checkpoints")
+    try:
+        last, _ = checkpoints.restore(exp.target)
+    finally:
+        checkpoints.close()
+    initial = init_state(exp.module, exp.built.ctx, exp.sampler.example_batch(), exp.tx, 3)
+    flat_last = dict(jax.tree_util.tree_flatten_with_path(last.params)[0])
+    unchanged = sorted(jax.tree_util.keystr(path) for path, leaf in jax.tree_util.tree_flatten_with_path(
+        initial.params)[0] if np.array_equal(np.asarray(leaf), np.asarray(flat_last[path])))
+    # Only the feature table and projection (read by modality_bpr alone) are where they started.
+    assert unchanged == ["['features_0']['table']", "['projection_0']['bias']", "['projection_0']['kernel']"]

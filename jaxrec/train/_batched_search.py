@@ -22,10 +22,12 @@ linear in :math:`\eta` (Adam, AdamW with decoupled decay, SGD with momentum and 
 scale their update by the schedule last; coupled weight decay and clipping act on the
 gradient before), so this is the same update up to float rounding.
 
-Deviations from sequential trials, each by float rounding only: a loss term of weight 0 is
-masked with ``where`` instead of left out of the trace (a NaN in such a term stays out of the
-sum, but its gradient path is still traced); the learning rate multiplies the unit-rate
-update. The test compares both ways on the same grid.
+Deviations from sequential trials, each by float rounding only: a loss term of weight 0 in
+some trials but not all is masked with ``where`` instead of left out of the trace (a NaN in
+such a term stays out of the sum, but its gradient path is still traced; a term of weight 0 in
+every trial is left out, as a sequential run leaves it out, and with no weight decay the
+parameters only it reads skip the optimizer as in a sequential run: ``keep_unread``); the
+learning rate multiplies the unit-rate update. The test compares both ways on the same grid.
 
 A grid that also varies other keys (model arguments such as dropout or the number of layers
 change the compiled program) runs one batched program per value of those keys
@@ -71,6 +73,7 @@ from jaxrec.train._setup import (
     resolve_loss_weights,
 )
 from jaxrec.train._state import _OPTIMIZER_FIELDS, init_state, make_optimizer
+from jaxrec.train._step import _kept_as_they_were, unread_params
 
 BATCHABLE_KEYS = ("train.learning_rate", "train.seed")
 
@@ -194,7 +197,8 @@ class _TrialContexts:
         return self.treedef.unflatten(leaves)
 
 
-def _make_epoch_fn(module, tx_unit, term_names: tuple[str, ...], per_trial_batches: bool, contexts: _TrialContexts):
+def _make_epoch_fn(module, tx_unit, term_names: tuple[str, ...], per_trial_batches: bool, contexts: _TrialContexts,
+                   *, off_terms: frozenset = frozenset(), keep_unread: bool = False):
     """``epoch(states, lrs, weights, active, ctx, varying, batches) -> (states, (loss, terms, finite))``
     with every output stacked ``(T, steps, ...)``; ``batches`` are ``(steps, B, ...)`` shared by
     every trial, or ``(T, steps, B, ...)`` with ``per_trial_batches``; ``varying`` the stacked
@@ -205,7 +209,17 @@ def _make_epoch_fn(module, tx_unit, term_names: tuple[str, ...], per_trial_batch
     nothing and its state comes back unchanged. ``vmap`` over the trial axis is the obvious
     alternative, but XLA:CPU turns the embedding lookups and their scatter-add gradients into
     batched gathers and scatters that ran a 7-trial BPR epoch on lfm2k ~30x slower than one
-    trial's, where the loop costs the sum of the trials' epochs."""
+    trial's, where the loop costs the sum of the trials' epochs.
+
+    ``off_terms``: the terms whose weight is 0 in EVERY trial, left out of the weighted sum's trace
+    as :func:`jaxrec.losses.combine` leaves a weight-0 term out of a sequential run's (the others
+    are masked per trial with ``where``). ``keep_unread``: as the sequential trainer's step with
+    ``keep_unread`` (:func:`jaxrec.train._step.make_train_step`; the search sets it when the
+    optimizer has no weight decay, as :func:`jaxrec.train.make_runner` does): the parameters that
+    this trace of the weighted sum never reads, and their optimizer state, come back as they went
+    in, so their optimizer arithmetic is compiled away (FREEDOM's feature tables and projections
+    when ``modality_bpr`` is 0 in every trial)."""
+    summed = [(j, name) for j, name in enumerate(term_names) if name not in off_terms]
 
     def step(state, lr, weights, ctx, batch):
         dropout_key = jax.random.fold_in(state.rng, state.step)
@@ -214,7 +228,7 @@ def _make_epoch_fn(module, tx_unit, term_names: tuple[str, ...], per_trial_batch
             terms = module.apply({"params": params}, ctx, batch, True, method="loss_terms",
                                  rngs={"dropout": dropout_key})
             total = jnp.float32(0.0)
-            for j, name in enumerate(term_names):
+            for j, name in summed:
                 total = total + jnp.where(weights[j] != 0, weights[j] * terms[name], 0.0)
             return total, terms
 
@@ -223,6 +237,11 @@ def _make_epoch_fn(module, tx_unit, term_names: tuple[str, ...], per_trial_batch
         updates, opt_state = tx_unit.update(grads, state.opt_state, state.params)
         updates = jax.tree.map(lambda u: (u * lr).astype(u.dtype), updates)
         params = optax.apply_updates(state.params, updates)
+        if keep_unread:
+            unread = unread_params(lambda p: total_loss(p)[0], state.params)
+            if any(jax.tree.leaves(unread)):
+                params, opt_state = _kept_as_they_were(tx_unit, unread, (params, opt_state),
+                                                       (state.params, state.opt_state))
         new = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
         return new, (loss, {k: terms[k] for k in term_names}, finite)
 
@@ -321,7 +340,9 @@ def run_batched_search(config: ExperimentConfig, workdir: str | os.PathLike, set
     ctx = jax.device_put(built.ctx)
     contexts = _TrialContexts(built, seeds)
     contexts.update(states.params, 0, [True] * n_trials)  # epoch 1's contexts, from the initial parameters
-    epoch_fn = _make_epoch_fn(built.module, tx_unit, exp.term_names, per_trial_batches, contexts)
+    off_terms = frozenset(name for j, name in enumerate(exp.term_names) if not weight_matrix[:, j].any())
+    epoch_fn = _make_epoch_fn(built.module, tx_unit, exp.term_names, per_trial_batches, contexts,
+                              off_terms=off_terms, keep_unread=not tcfg.weight_decay)
     encoder = _make_encoder(built.module, contexts)
     splits = prepare_eval_splits(exp)
     eval_cfg = configs[0].eval
