@@ -8,7 +8,10 @@ learning rate as traced arrays. One device call then advances every trial by a w
 XLA:CPU runs far slower here, see :func:`_make_epoch_fn`), and one call ranks every trial's
 users for validation (:func:`jaxrec.eval.evaluate_prepared_many`). What the trials share is
 paid once: start-up, data loading, compilation, the epoch's batches (trials with one seed
-draw the same ones), the evaluation layout, and one dispatch and host sync per epoch.
+draw the same ones), the evaluation layout, and one dispatch and host sync per epoch. Host
+work overlaps the device's: the next epoch's batches are drawn while an epoch runs, the
+validation and test programs compile on a helper thread during epoch 1, and the trials'
+``curves.png`` are drawn on it while the test evaluations and checkpoints run.
 
 Each trial early-stops on its own validation metric with MMRec's rule: a stopped trial is
 skipped inside the program (``lax.cond`` on its active flag: no compute, state unchanged),
