@@ -4,11 +4,14 @@ Settings that change no shape -- loss weights (hence regularization strengths), 
 rate and the seed -- can share one compiled train step: the parameters and optimizer states of
 the ``T`` trials are stacked on a leading trial axis, with each trial's loss weights and
 learning rate as traced arrays. One device call then advances every trial by a whole epoch
-(``lax.map`` over the trials of ``lax.scan`` over the epoch's batches -- not ``vmap``, which
+(a loop over the trials of ``lax.scan`` over the epoch's batches -- not ``vmap``, which
 XLA:CPU runs far slower here, see :func:`_make_epoch_fn`), and one call ranks every trial's
 users for validation (:func:`jaxrec.eval.evaluate_prepared_many`). What the trials share is
 paid once: start-up, data loading, compilation, the epoch's batches (trials with one seed
-draw the same ones), the evaluation layout, and one dispatch and host sync per epoch.
+draw the same ones), the evaluation layout, and one dispatch and host sync per epoch. Host
+work overlaps the device's: the next epoch's batches are drawn while an epoch runs, the
+validation and test programs compile on a helper thread during epoch 1, and the trials'
+``curves.png`` are drawn on it while the test evaluations and checkpoints run.
 
 Each trial early-stops on its own validation metric with MMRec's rule: a stopped trial is
 skipped inside the program (``lax.cond`` on its active flag: no compute, state unchanged),
@@ -48,6 +51,7 @@ import os
 import statistics
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -204,9 +208,12 @@ def _make_epoch_fn(module, tx_unit, term_names: tuple[str, ...], per_trial_batch
     every trial, or ``(T, steps, B, ...)`` with ``per_trial_batches``; ``varying`` the stacked
     leaves of the trials' contexts that an epoch hook replaces (:class:`_TrialContexts`).
 
-    The trials run one after another inside the program (``lax.map``), each a whole epoch
-    (``lax.scan`` over its batches), and an inactive trial is skipped (``lax.cond``): it costs
-    nothing and its state comes back unchanged. ``vmap`` over the trial axis is the obvious
+    The trials run one after another inside the program (``lax.fori_loop`` over the stacked
+    states, updated in place: each trial's rows are read, trained a whole epoch (``lax.scan`` over
+    its batches) and written back), and an inactive trial is skipped (``lax.cond``): it costs
+    nothing and its state comes back unchanged. (``lax.map`` over the trials, the former form,
+    computes the same bits but copies every trial's state out and into a new stack, active or
+    not: ~6 ms per epoch of a 7-trial lfm2k BPR grid.) ``vmap`` over the trial axis is the obvious
     alternative, but XLA:CPU turns the embedding lookups and their scatter-add gradients into
     batched gathers and scatters that ran a 7-trial BPR epoch on lfm2k ~30x slower than one
     trial's, where the loop costs the sum of the trials' epochs.
@@ -246,23 +253,31 @@ def _make_epoch_fn(module, tx_unit, term_names: tuple[str, ...], per_trial_batch
         return new, (loss, {k: terms[k] for k in term_names}, finite)
 
     def epoch(states, lrs, weights, active, ctx, varying, batches):
-        def one(args):
-            state, lr, trial_weights, is_active, trial_varying, trial_batches = args
-            trial_ctx = contexts.merge(ctx, trial_varying)
+        def at(tree, t):
+            return jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(x, t, keepdims=False), tree)
 
-            def train(_):
-                return jax.lax.scan(lambda s, b: step(s, lr, trial_weights, trial_ctx, b), state, trial_batches)
+        def put(tree, row, t):
+            return jax.tree.map(lambda x, r: jax.lax.dynamic_update_index_in_dim(x, r, t, 0), tree, row)
 
-            shapes = jax.eval_shape(train, None)[1]
+        def train(t, states):
+            state, trial_ctx = at(states, t), contexts.merge(ctx, at(varying, t))
+            trial_batches = at(batches, t) if per_trial_batches else batches
+            lr, trial_weights = lrs[t], weights[t]
+            return jax.lax.scan(lambda s, b: step(s, lr, trial_weights, trial_ctx, b), state, trial_batches)
 
-            def skip(_):
-                return state, jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes)
+        shapes = jax.eval_shape(train, 0, states)[1]
+        n_trials = lrs.shape[0]
+        outputs = jax.tree.map(lambda x: jnp.zeros((n_trials, *x.shape), x.dtype), shapes)
 
-            return jax.lax.cond(is_active, train, skip, None)
+        def body(t, carry):
+            def run(carry):
+                states, outputs = carry
+                state, out = train(t, states)
+                return put(states, state, t), put(outputs, out, t)
 
-        if per_trial_batches:
-            return jax.lax.map(one, (states, lrs, weights, active, varying, batches))
-        return jax.lax.map(lambda a: one((*a, batches)), (states, lrs, weights, active, varying))
+            return jax.lax.cond(active[t], run, lambda carry: carry, carry)
+
+        return jax.lax.fori_loop(0, n_trials, body, (states, outputs))
 
     return jax.jit(epoch, donate_argnums=0)
 
@@ -359,22 +374,33 @@ def run_batched_search(config: ExperimentConfig, workdir: str | os.PathLike, set
     best_states: list[Any] = [None] * n_trials  # (epoch, early-stopping state) at each trial's best
     # Every trial's state at its best epoch, on the device (its own buffers: `states` is donated).
     best_stack = jax.device_put(jax.tree.map(np.copy, initial))
+    single_encoder = make_encoder(built.module)
+    # The validation and test programs compile on a second thread while epoch 1's program compiles
+    # and runs (XLA compiles and runs without the GIL): the valid ranking with every trial
+    # inactive (nothing is ranked; the active flags are an argument, so it is the same program),
+    # then one test evaluation of trial 0's initial parameters (for a model without an epoch hook:
+    # its test context is the built one), both results dropped. Joined before the first valid
+    # evaluation (valid) and before the test evaluations (test).
+    helper = ThreadPoolExecutor(1, thread_name_prefix="jaxrec-search")
+    warm_valid = helper.submit(evaluate, best_stack.params, "valid", np.zeros(n_trials, bool))
+    warm_test = (helper.submit(evaluate_params, exp, single_encoder, _slice(initial, 0).params, ctx, splits["test"])
+                 if built.epoch_update is None else None)
     del initial
     best_valid: list[dict] = [{} for _ in range(n_trials)]
     epochs_run = [0] * n_trials
     train_seconds, eval_seconds = [], []
     epoch = 0
+    next_batches = None
     while epoch < tcfg.epochs and not all(es.stop for es in stopping):
         epoch += 1
         active_list = [not es.stop for es in stopping]
         active = np.asarray(active_list, bool)
         tick = time.perf_counter()
-        if per_trial_batches:
-            per_trial = [s.batches(epoch - 1) for s in samplers]
-            batches = {k: np.stack([b[k] for b in per_trial]) for k in per_trial[0]}  # (T, steps, B, ...)
-        else:
-            batches = samplers[0].batches(epoch - 1)
+        batches = next_batches if next_batches is not None else _epoch_batches(samplers, epoch, per_trial_batches)
         states, (loss, terms, finite) = epoch_fn(states, lrs, weight_matrix, active, ctx, contexts.varying, batches)
+        # The next epoch's batches are drawn on the host while the device runs this one (they are a
+        # function of the seed and the epoch only), as the sequential trainer prefetches them.
+        next_batches = _epoch_batches(samplers, epoch + 1, per_trial_batches) if epoch < tcfg.epochs else None
         loss, terms, finite = jax.device_get((loss, terms, finite))
         # The contexts after this epoch (index `epoch`): what its evaluation and the next epoch use.
         contexts.update(states.params, epoch, active_list)
@@ -384,6 +410,7 @@ def run_batched_search(config: ExperimentConfig, workdir: str | os.PathLike, set
         evaluate_now = epoch % tcfg.eval_every == 0 or epoch == tcfg.epochs
         valid = eval_time = None
         if evaluate_now:
+            warm_valid.result()
             valid, eval_time = evaluate(states.params, "valid", active)
             eval_seconds.append(eval_time / sum(active_list))
         improved_list = [False] * n_trials
@@ -410,11 +437,18 @@ def run_batched_search(config: ExperimentConfig, workdir: str | os.PathLike, set
             bests = ", ".join(f"{es.best_value:.4f}" for es in stopping)
             print(f"epoch {epoch}: {sum(active_list)} of {n_trials} trials training; best valid "
                   f"{tcfg.valid_metric} {bests}", flush=True)
+    warm_valid.result()
+    if warm_test is not None:
+        warm_test.result()
+    # Every trial's curves.png is drawn on the helper thread (matplotlib, on the host) while this
+    # one runs the test evaluations and writes the checkpoints; joined before returning.
+    trial_dirs = [workdir / f"trial_{trial_ids[t]:03d}" for t in range(n_trials)]
+    curves = helper.submit(_draw_curves, trial_dirs, histories, tcfg.valid_metric)
+    helper.shutdown(wait=False)
     evaluated = [t for t in range(n_trials) if best_states[t] is not None]
     best_test: list[dict] = [{} for _ in range(n_trials)]
     # Test once per trial at its best epoch, one trial at a time with the same call `jaxrec evaluate`
     # makes (the batched valid evaluation can differ from it in the last float bits).
-    single_encoder = make_encoder(built.module)
     best_host, last_host = jax.device_get((best_stack, states))
     best_states = [None if b is None else (b[0], _slice(best_host, t), b[1]) for t, b in enumerate(best_states)]
     for t in evaluated:
@@ -425,7 +459,7 @@ def run_batched_search(config: ExperimentConfig, workdir: str | os.PathLike, set
     elapsed = time.perf_counter() - started
     entries = []
     for t, (setting, trial_cfg) in enumerate(zip(settings, configs)):
-        trial_dir = workdir / f"trial_{trial_ids[t]:03d}"
+        trial_dir = trial_dirs[t]
         metrics = {
             "model": trial_cfg.model.name, "dataset": exp.dataset.name, "seed": trial_cfg.train.seed,
             "best_epoch": stopping[t].best_epoch, "epochs_run": epochs_run[t], "stopped_early": bool(stopping[t].stop),
@@ -445,7 +479,22 @@ def run_batched_search(config: ExperimentConfig, workdir: str | os.PathLike, set
                      last_state, epochs_run[t], best_valid[t], best_test[t], tcfg)
         entries.append({"trial": trial_ids[t], "workdir": os.fspath(trial_dir), "setting": dict(setting),
                         "valid": best_valid[t], "test": best_test[t], "best_epoch": stopping[t].best_epoch})
+    curves.result()
     return entries
+
+
+def _epoch_batches(samplers, epoch: int, per_trial_batches: bool):
+    """Epoch ``epoch``'s (1-based) batches: ``(steps, B, ...)`` shared, or ``(T, steps, B, ...)``."""
+    if per_trial_batches:
+        per_trial = [s.batches(epoch - 1) for s in samplers]
+        return {k: np.stack([b[k] for b in per_trial]) for k in per_trial[0]}
+    return samplers[0].batches(epoch - 1)
+
+
+def _draw_curves(trial_dirs, histories, valid_metric: str) -> None:
+    for trial_dir, history in zip(trial_dirs, histories):
+        trial_dir.mkdir(parents=True, exist_ok=True)
+        _outputs.plot_curves(trial_dir / _outputs.CURVES_FILE, history, valid_metric)
 
 
 def _check_finite(loss, terms, finite, weights, term_names, active, epoch: int, steps_per_epoch: int) -> None:
@@ -484,4 +533,3 @@ def _write_trial(trial_dir: Path, trial_cfg, target, metrics, history, stopping,
         checkpoints.close()
     _outputs.write_history(trial_dir / _outputs.HISTORY_FILE, history)
     _outputs.write_json(trial_dir / _outputs.METRICS_FILE, metrics)
-    _outputs.plot_curves(trial_dir / _outputs.CURVES_FILE, history, tcfg.valid_metric)
