@@ -381,7 +381,8 @@ class LATTICE(nn.Module):
         ego = jnp.concatenate([self.user_embedding, self.item_embedding], axis=0)
         mean, _ = jgraph.lightgcn_propagate(ctx["graph"], ego, self.n_ui_layers, indices_are_sorted=True,
                                             chunk_size=chunk_size_for(self.embedding_size))
-        return mean[:self.n_users], mean[self.n_users:] + normalize_rows(self.item_graph_embeddings(ctx, train))
+        users, items = jnp.split(mean, [self.n_users])
+        return users, items + normalize_rows(self.item_graph_embeddings(ctx, train))
 
     def loss_terms(self, ctx, batch, train: bool = False):
         """``{"bpr", "reg"}`` for a contract batch (``jaxrec.models._registry``)."""
