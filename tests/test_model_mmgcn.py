@@ -67,11 +67,12 @@ def _params(built, seed=0):
 
 
 @pytest.mark.parametrize("concat", [True, False])
-def test_forward_matches_numpy_mmrec(concat):
+@pytest.mark.parametrize("latent", [4, 8])  # 8: features (5 wide) + 1 < 8, the folded projection
+def test_forward_matches_numpy_mmrec(concat, latent):
     dataset = _dataset()
-    built = models.build("mmgcn", dataset, latent_dims={"audio": 4}, embedding_size=3, concat=concat)
+    built = models.build("mmgcn", dataset, latent_dims={"audio": latent}, embedding_size=3, concat=concat)
     params = _params(built)
-    assert params["gcn_audio"]["preference"].shape == (6, 4)  # projected modality: preferences of width 4
+    assert params["gcn_audio"]["preference"].shape == (6, latent)  # projected modality: preferences of width latent
     assert params["gcn_text"]["preference"].shape == (6, 3)  # raw modality: of the feature width
     assert "projection" not in params["gcn_text"]
     users, items = built.module.apply({"params": params}, built.ctx, False, method="encode")
@@ -80,9 +81,10 @@ def test_forward_matches_numpy_mmrec(concat):
     np.testing.assert_allclose(items, expected[6:], rtol=2e-5, atol=1e-6)
 
 
-def test_loss_terms_match_numpy_mmrec_with_padding_rows():
+@pytest.mark.parametrize("latent", [4, 8])
+def test_loss_terms_match_numpy_mmrec_with_padding_rows(latent):
     dataset = _dataset()
-    built = models.build("mmgcn", dataset, latent_dims={"audio": 4}, embedding_size=3)
+    built = models.build("mmgcn", dataset, latent_dims={"audio": latent}, embedding_size=3)
     params = _params(built, seed=1)
     rng = np.random.default_rng(3)
     users, pos, neg = rng.integers(0, 6, 9), rng.integers(0, 8, 9), rng.integers(0, 8, 9)

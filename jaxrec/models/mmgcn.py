@@ -72,14 +72,16 @@ from jaxrec.data import graph as jgraph
 from jaxrec.data.graph import Edges
 from jaxrec.errors import ConfigError
 from jaxrec.models._common import (batch_triples, bpr_of, check_bool, check_positive_int, chunk_size_for,
-                                   counted_pairs, dense_dot_general, item_side_features, matmul, normalize_rows)
+                                   counted_pairs, item_side_features, matmul, normalize_rows)
 from jaxrec.models._init import torch_linear_bias, torch_linear_kernel, xavier_normal
 from jaxrec.models._registry import Built, register
 
 
 class ModalityGCN(nn.Module):
-    """One modality's graph network (MMRec's ``GCN``): ``(graph, features, id_embedding) ->
-    (layer-L output (n_nodes, d), preference table (n_users, width))``.
+    """One modality's parameters (MMRec's ``GCN``): ``() -> {name: array}`` with
+    ``preference`` (n_users, width), ``projection`` (a projected modality), and per layer
+    ``conv_l``, ``linear_l``, ``combine_l`` (kernel, bias); :class:`MMGCN` computes the layers
+    of all modalities together (:func:`_first_layer`, :func:`_joint_layer`).
 
     Attributes:
       n_users: users (the first rows of the graph).
@@ -100,75 +102,135 @@ class ModalityGCN(nn.Module):
     learn_embeddings: bool = True
 
     @nn.compact
-    def __call__(self, graph, features, id_embedding, raw=None):
-        """``raw``: for a modality fed raw (``latent_dim == 0``), the constants of
-        :func:`raw_inputs` (``features`` is then not read)."""
+    def __call__(self):
         width = self.latent_dim or self.feature_dim
+        d = self.embedding_size
         preference = self.param("preference", xavier_normal, (self.n_users, width))
-        if not self.learn_embeddings:
-            preference = jax.lax.stop_gradient(preference)
-        d = self.embedding_size
-        if raw is not None:
-            x = self._raw_first_layer(raw, normalize_rows(preference), id_embedding)
-        else:
-            if self.latent_dim:
-                features = nn.Dense(self.latent_dim, kernel_init=torch_linear_kernel, dot_general=dense_dot_general,
-                                    bias_init=torch_linear_bias(self.feature_dim), name="projection")(features)
-            x = normalize_rows(jnp.concatenate([preference, features], axis=0))
-        for layer in range(2 if raw is not None else 1, self.n_layers + 1):
-            width = x.shape[1]
-            conv = self.param(f"conv_{layer}", xavier_normal, (width, width if layer == 1 else d))
-            messages = matmul(x, conv)
-            h = nn.leaky_relu(jgraph.propagate_fixed(graph, messages, chunk_size=chunk_size_for(messages.shape[1])))
-            x_hat = nn.leaky_relu(nn.Dense(d, kernel_init=xavier_normal, bias_init=torch_linear_bias(width),
-                                           dot_general=dense_dot_general, name=f"linear_{layer}")(x)) + id_embedding
-            x = self._combine(layer, h, x_hat)
-        return x, preference
-
-    def _combine(self, layer, h, x_hat):
-        d = self.embedding_size
-        # MMRec re-initializes only the first combination layer (Xavier); the others keep torch's default.
-        g_width = (h.shape[1] + d) if self.concat else h.shape[1]
-        combine = nn.Dense(d, kernel_init=xavier_normal if layer == 1 else torch_linear_kernel,
-                           bias_init=torch_linear_bias(g_width), dot_general=dense_dot_general, name=f"combine_{layer}")
-        if self.concat:
-            return nn.leaky_relu(combine(jnp.concatenate([h, x_hat], axis=1)))
-        return nn.leaky_relu(combine(h) + x_hat)
-
-    def _raw_first_layer(self, raw, users, id_embedding):
-        r"""Layer 1 of a raw modality, split by side (the graph is bipartite, the item inputs
-        :math:`\hat F` are constant): the users' neighbour means :math:`C_u = (D^{-1}A)_{ui}
-        \hat F` are a constant of the data, so
-
-        .. math::
-          h_u = \sigma(C_u W_c), \quad h_i = \sigma\big(((D^{-1}A)_{iu} \hat P) W_c\big),
-          \quad \hat x_u = \sigma(\hat P W_x + b_x) + e_u, \quad \hat x_i = \sigma(\hat F W_x + b_x) + e_i
-
-        (the same products as :math:`(D^{-1}A)(x W_c)` and :math:`x W_x` regrouped; float
-        rounding aside). No product with a constant computes a gradient in it, and the
-        user-side half of the graph is never propagated."""
-        n_items, width, d = raw["items"].shape[0], self.feature_dim, self.embedding_size
-        conv = self.param("conv_1", xavier_normal, (width, width))
-        w_x, b_x = _DenseParams(d, width, name="linear_1")()
-        item_means = _item_means(raw["item_graph"], users, n_items)
-        h = nn.leaky_relu(jnp.concatenate([const_matmul(raw["user_means"], raw["user_means_t"], conv),
-                                           matmul(item_means, conv)], axis=0))
-        x_hat = nn.leaky_relu(jnp.concatenate([matmul(users, w_x), const_matmul(raw["items"], raw["items_t"], w_x)],
-                                              axis=0) + b_x) + id_embedding
-        return self._combine(1, h, x_hat)
+        out = {"preference": preference if self.learn_embeddings else jax.lax.stop_gradient(preference)}
+        if self.latent_dim:
+            out["projection"] = _DenseParams(self.latent_dim, self.feature_dim, torch_linear_kernel,
+                                             name="projection")()
+        for layer in range(1, self.n_layers + 1):
+            in_width = width if layer == 1 else d
+            out[f"conv_{layer}"] = self.param(f"conv_{layer}", xavier_normal, (in_width, in_width if layer == 1 else d))
+            out[f"linear_{layer}"] = _DenseParams(d, in_width, name=f"linear_{layer}")()
+            # MMRec re-initializes only the first combination layer (Xavier); the others keep torch's default.
+            out[f"combine_{layer}"] = _DenseParams(d, in_width + d if self.concat else in_width,
+                                                   xavier_normal if layer == 1 else torch_linear_kernel,
+                                                   name=f"combine_{layer}")()
+        return out
 
 
 class _DenseParams(nn.Module):
-    """The kernel (Xavier-normal) and bias (torch's default) of ``nn.Dense(features)`` on
-    ``fan_in`` inputs, same names and initial values, for products written out by hand."""
+    """The kernel and bias (torch's default) of ``nn.Dense(features)`` on ``fan_in`` inputs,
+    same names and initial values, for products written out by hand."""
 
     features: int
     fan_in: int
+    kernel_init: object = xavier_normal
 
     @nn.compact
     def __call__(self):
-        kernel = self.param("kernel", xavier_normal, (self.fan_in, self.features))
+        kernel = self.param("kernel", self.kernel_init, (self.fan_in, self.features))
         return kernel, self.param("bias", torch_linear_bias(self.fan_in), (self.features,))
+
+
+def _combine(params, layer: int, h, x_hat, concat: bool):
+    """:math:`\\sigma([h, \\hat x] W_g + b_g)` (concatenation) or :math:`\\sigma(h W_g + b_g + \\hat x)`."""
+    kernel, bias = params[f"combine_{layer}"]
+    if concat:
+        return nn.leaky_relu(matmul(jnp.concatenate([h, x_hat], axis=1), kernel) + bias)
+    return nn.leaky_relu(matmul(h, kernel) + bias + x_hat)
+
+
+def _first_layer(params, features, raw, blocks, ids, concat: bool):
+    """Layer 1 of one modality, (n_nodes, d): :func:`_raw_first_layer` with ``raw``
+    (:func:`raw_inputs`) for a modality fed raw, else :func:`_projected_first_layer` with
+    ``blocks`` (:func:`graph_blocks`)."""
+    if raw is not None:
+        return _raw_first_layer(params, raw, ids, concat)
+    return _projected_first_layer(params, blocks, features, ids, concat)
+
+
+def _projected_first_layer(params, blocks, features, ids, concat: bool):
+    r"""Layer 1 of a projected modality, split by side (the graph is bipartite): with
+    :math:`x_u = \hat P_u` and :math:`x_i = s_i (W_\phi^\top f_i + b_\phi)`,
+    :math:`s_i = 1 / \lVert W_\phi^\top f_i + b_\phi \rVert` (the row normalization),
+
+    .. math::
+      h_u = \sigma\big((D^{-1}A)_{ui}\, x_i W_c\big)
+          = \sigma\big(((D^{-1}A)_{ui} [s \odot F, s])\, [W_\phi W_c; b_\phi W_c]\big), \quad
+      h_i = \sigma\big(((D^{-1}A)_{iu}\, \hat P) W_c\big)
+
+    (the same products as :math:`(D^{-1}A)(x W_c)` regrouped; float rounding aside). The
+    folded form propagates the D+1 columns of the scaled features instead of the width-w
+    messages and multiplies the users' means by the folded (D+1, w) weight; it is used when
+    D + 1 < w (MMRec's vision slot on lfm2k: D = 128, w = 256), else the items' messages
+    :math:`x_i W_c` are propagated. No product :math:`x W_c` then spans all n_users + n_items
+    rows (the items' side has n_items rows, the users' side D + 1 columns when folded), and
+    each half of the graph is propagated once."""
+    n_users, n_items = params["preference"].shape[0], features.shape[0]
+    kernel, bias = params["projection"]
+    conv, (w_x, b_x) = params["conv_1"], params["linear_1"]
+    users = normalize_rows(params["preference"])
+    projected = matmul(features, kernel) + bias
+    scale = jax.lax.rsqrt(jnp.maximum(jnp.sum(jnp.square(projected), axis=-1, keepdims=True), 1e-24))
+    items = projected * scale                                  # normalize_rows(projected)
+    if features.shape[1] + 1 < conv.shape[1]:
+        folded = jnp.concatenate([kernel @ conv, (bias @ conv)[None]], axis=0)
+        user_means = _block_propagate(blocks["users"], jnp.concatenate([features * scale, scale], axis=1), n_users)
+        user_h = matmul(user_means, folded)
+    else:
+        user_h = _block_propagate(blocks["users"], matmul(items, conv), n_users)
+    item_h = matmul(_block_propagate(blocks["items"], users, n_items), conv)
+    h = nn.leaky_relu(jnp.concatenate([user_h, item_h], axis=0))
+    x_hat = nn.leaky_relu(jnp.concatenate([matmul(users, w_x), matmul(items, w_x)], axis=0) + b_x) + ids
+    return _combine(params, 1, h, x_hat, concat)
+
+
+def _block_propagate(block, x, n_out: int):
+    """``block @ x`` (n_out, w) for one off-diagonal block of the graph (a FixedGraph on
+    ``max(n_out, len(x))`` nodes, see :func:`graph_blocks`)."""
+    size = max(x.shape[0], n_out)
+    padded = jnp.pad(x, ((0, size - x.shape[0]), (0, 0)))
+    return jgraph.propagate_fixed(block, padded, chunk_size=chunk_size_for(x.shape[1]))[:n_out]
+
+
+def _raw_first_layer(params, raw, ids, concat: bool):
+    r"""Layer 1 of a raw modality, split by side (the graph is bipartite, the item inputs
+    :math:`\hat F` are constant): the users' neighbour means :math:`C_u = (D^{-1}A)_{ui}
+    \hat F` are a constant of the data, so
+
+    .. math::
+      h_u = \sigma(C_u W_c), \quad h_i = \sigma\big(((D^{-1}A)_{iu} \hat P) W_c\big),
+      \quad \hat x_u = \sigma(\hat P W_x + b_x) + e_u, \quad \hat x_i = \sigma(\hat F W_x + b_x) + e_i
+
+    (the same products as :math:`(D^{-1}A)(x W_c)` and :math:`x W_x` regrouped; float
+    rounding aside). No product with a constant computes a gradient in it, and the
+    user-side half of the graph is never propagated."""
+    users = normalize_rows(params["preference"])
+    conv, (w_x, b_x) = params["conv_1"], params["linear_1"]
+    item_means = _item_means(raw["item_graph"], users, raw["items"].shape[0])
+    h = nn.leaky_relu(jnp.concatenate([const_matmul(raw["user_means"], raw["user_means_t"], conv),
+                                       matmul(item_means, conv)], axis=0))
+    x_hat = nn.leaky_relu(jnp.concatenate([matmul(users, w_x), const_matmul(raw["items"], raw["items_t"], w_x)],
+                                          axis=0) + b_x) + ids
+    return _combine(params, 1, h, x_hat, concat)
+
+
+def _joint_layer(all_params, layer: int, graph, xs, ids, concat: bool):
+    r"""Layer ``layer`` >= 2 of every modality at once: each modality's two products with its
+    input, :math:`x [W_c, W_x]`, are one matrix product, and the messages :math:`x_m W_{c,m}` of
+    all modalities (each (n, d)) are propagated side by side as one (n, M d) array (one pass
+    over the edges instead of M; the same sums per column)."""
+    d = xs[0].shape[1]
+    products = [matmul(x, jnp.concatenate([p[f"conv_{layer}"], p[f"linear_{layer}"][0]], axis=1))
+                for x, p in zip(xs, all_params)]
+    messages = jnp.concatenate([y[:, :d] for y in products], axis=1) if len(xs) > 1 else products[0][:, :d]
+    h_all = nn.leaky_relu(jgraph.propagate_fixed(graph, messages, chunk_size=chunk_size_for(messages.shape[1])))
+    return [_combine(p, layer, h_all[:, m * d:(m + 1) * d],
+                     nn.leaky_relu(y[:, d:] + p[f"linear_{layer}"][1]) + ids, concat)
+            for m, (y, p) in enumerate(zip(products, all_params))]
 
 
 @jax.custom_vjp
@@ -201,9 +263,10 @@ def _item_means(item_graph, users, n_items: int):
 class MMGCN(nn.Module):
     """MMGCN (see the module docstring).
 
-    ``ctx``: ``{"graph": FixedGraph (D^-1 A, row-sorted, with its transpose A D^-1 for the gradient),
-    "features": {name: (n_items, D_m)} of the projected modalities, "raw": {name: raw_inputs(...)}
-    of the modalities fed raw}``.
+    ``ctx``: ``{"graph": FixedGraph (D^-1 A, row-sorted, with its transpose A D^-1 for the gradient;
+    layers 2..L), "features": {name: (n_items, D_m)} of the projected modalities, "blocks":
+    graph_blocks(...) (with a projected modality), "raw": {name: raw_inputs(...)} of the modalities
+    fed raw}``.
 
     Attributes:
       n_users, n_items: table sizes.
@@ -241,9 +304,12 @@ class MMGCN(nn.Module):
         [preference table per modality])``."""
         ids = self._ids()
         raw = ctx.get("raw", {})
-        outputs, preferences = zip(*(gcn(ctx["graph"], ctx["features"].get(name), ids, raw.get(name))
-                                     for gcn, name in zip(self.gcns, self.modalities)))
-        return sum(outputs) / len(outputs), list(preferences)
+        all_params = [gcn() for gcn in self.gcns]
+        xs = [_first_layer(p, ctx["features"].get(name), raw.get(name), ctx.get("blocks"), ids, self.concat)
+              for p, name in zip(all_params, self.modalities)]
+        for layer in range(2, self.n_layers + 1):
+            xs = _joint_layer(all_params, layer, ctx["graph"], xs, ids, self.concat)
+        return sum(xs) / len(xs), [p["preference"] for p in all_params]
 
     def encode(self, ctx, train: bool = False):
         """``(user_emb (n_users, d), item_emb (n_items, d))``: the representation's two blocks."""
@@ -274,7 +340,7 @@ class MMGCN(nn.Module):
 
 
 def raw_inputs(edges, n_users: int, features: Mapping[str, np.ndarray]) -> dict:
-    r"""The constants of each raw modality's first layer (``ModalityGCN._raw_first_layer``).
+    r"""The constants of each raw modality's first layer (:func:`_raw_first_layer`).
 
     Args:
       edges: the host row-sorted :math:`D^{-1}A` of the train graph, users first.
@@ -302,6 +368,17 @@ def raw_inputs(edges, n_users: int, features: Mapping[str, np.ndarray]) -> dict:
                      "user_means": jnp.asarray(user_means),
                      "user_means_t": jnp.asarray(np.ascontiguousarray(user_means.T)), "item_graph": item_graph}
     return out
+
+
+def graph_blocks(edges, n_users: int) -> dict:
+    r"""The two off-diagonal blocks of the bipartite :math:`D^{-1}A` (users first), for
+    :func:`_projected_first_layer`: ``{"users": (D^{-1}A)_{ui}, "items": (D^{-1}A)_{iu}}``,
+    each a device :class:`~jaxrec.data.graph.FixedGraph` with both sides numbered from 0."""
+    rows, cols, weights = (np.asarray(a) for a in edges)
+    on_users = rows < n_users
+    return {"users": jgraph.fixed_graph(Edges(rows[on_users], cols[on_users] - n_users, weights[on_users])).to_device(),
+            "items": jgraph.fixed_graph(Edges(rows[~on_users] - n_users, cols[~on_users],
+                                              weights[~on_users])).to_device()}
 
 
 def _latent_dims(latent_dims, names: Sequence[str]) -> tuple[int, ...]:
@@ -339,7 +416,8 @@ def build(dataset, *, modalities: list[str] | None = None, latent_dims: dict[str
         ``"standardize"`` or ``"l2"`` per modality before the projection.
 
     Returns:
-      :class:`~jaxrec.models.Built`, ``ctx = {"graph", "features"}``, weights
+      :class:`~jaxrec.models.Built`, ``ctx = {"graph", "features", "blocks", "raw"}`` (the last
+      two when some modality is projected / fed raw), weights
       ``{bpr: 1, reg: 0}`` (MMRec's ``reg_weight`` chosen by validation on lfm2k).
     """
     check_positive_int(embedding_size, "embedding_size", "mmgcn")
@@ -362,4 +440,6 @@ def build(dataset, *, modalities: list[str] | None = None, latent_dims: dict[str
            "features": {n: jnp.asarray(features[n]) for n in names if n not in raw}}
     if raw:
         ctx["raw"] = raw_inputs(edges, dataset.n_users, {n: features[n] for n in raw})
+    if len(raw) < len(names):
+        ctx["blocks"] = graph_blocks(edges, dataset.n_users)
     return Built(module=module, ctx=ctx, default_loss_weights={"bpr": 1.0, "reg": 0.0})
