@@ -213,7 +213,7 @@ def _make_epoch_fn(module, tx_unit, term_names: tuple[str, ...], per_trial_batch
     its batches) and written back), and an inactive trial is skipped (``lax.cond``): it costs
     nothing and its state comes back unchanged. (``lax.map`` over the trials, the former form,
     computes the same bits but copies every trial's state out and into a new stack, active or
-    not: ~6 ms per epoch of a 7-trial lfm2k BPR grid.) ``vmap`` over the trial axis is the obvious
+    not.) ``vmap`` over the trial axis is the obvious
     alternative, but XLA:CPU turns the embedding lookups and their scatter-add gradients into
     batched gathers and scatters that ran a 7-trial BPR epoch on lfm2k ~30x slower than one
     trial's, where the loop costs the sum of the trials' epochs.
