@@ -208,7 +208,8 @@ class BM3(nn.Module):
         ego = jnp.concatenate([self.user_embedding, self.item_embedding], axis=0)
         mean, _ = jgraph.lightgcn_propagate(ctx["graph"], ego, self.n_layers, indices_are_sorted=True,
                                             chunk_size=chunk_size_for(self.embedding_size))
-        return mean[:self.n_users], mean[self.n_users:] + self.item_embedding
+        users, items = jnp.split(mean, [self.n_users])
+        return users, items + self.item_embedding
 
     def modality_online(self, ctx, m: int, items):
         """``(h^m, f(h^m))`` of ``items`` (B,), each (B, d): the projection of the (trainable)
