@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxrec import models
+from jaxrec import losses, models
 from jaxrec.data import make_synthetic
 from jaxrec.errors import ConfigError
 from jaxrec.models import bm3
@@ -258,3 +258,20 @@ def test_learns_better_than_popularity(tmp_path):
                          epochs=20, learning_rate=0.01, loss_weights={"modality_alignment": 0.2})
     baseline = popularity_recall(dataset)
     assert metrics["test"]["recall@20"] > 1.3 * baseline, (metrics["test"], baseline)
+
+
+def test_cosine_alignments_equal_cosine_alignment_pair_by_pair():
+    rng = np.random.default_rng(5)
+    online = [jnp.asarray(rng.normal(size=(9, 4)), jnp.float32) for _ in range(3)]
+    target = [jnp.asarray(rng.normal(size=(9, 4)), jnp.float32) for _ in range(3)]
+    online[1] = online[1].at[2].set(0.0)  # a zero row: the norms' eps clamp
+    target[0] = target[0].at[4].set(0.0)
+    pairs = [(0, 1), (1, 0), (2, 1), (2, 2)]
+    for weights in (np.array([1.0] * 6 + [0.0] * 3, np.float32), np.zeros(9, np.float32)):
+        got = bm3.cosine_alignments(online, target, pairs, jnp.asarray(weights))
+        for (a, b), value in zip(pairs, got):
+            expected = losses.cosine_alignment(online[a], target[b], weights=jnp.asarray(weights))
+            np.testing.assert_allclose(float(value), float(expected), rtol=1e-6, atol=1e-7)
+    # the targets are constants: no gradient reaches them
+    grads = jax.grad(lambda t: sum(bm3.cosine_alignments(online, t, pairs, jnp.ones(9))))(target)
+    assert all(float(jnp.abs(g).max()) == 0.0 for g in grads)

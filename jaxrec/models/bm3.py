@@ -149,6 +149,26 @@ def table_dropout(key: jax.Array, table_shape: tuple[int, int], rows: jax.Array,
     return jnp.where(keep, values / (1.0 - rate), 0.0)
 
 
+def cosine_alignments(online, target, pairs, weights: jax.Array, eps: float = 1e-8) -> list[jax.Array]:
+    """``[losses.cosine_alignment(online[a], target[b], weights=weights) for a, b in pairs]``, the
+    same values computed together: each row of ``online`` (S of (B, d)) and of ``target``
+    (stop-gradient) normalized once, the P pairs' row dot products as one reduction, then each
+    pair's weighted batch mean (:func:`jaxrec.losses.batch_sum`, so a pmap step still means the
+    whole batch). XLA:CPU runs each small (B, d) row reduction as its own thunk; six cosines
+    made about twenty of them per step."""
+    def unit(x):  # x / max(||x||, eps) per row, as cosine_alignment
+        return x / jnp.sqrt(jnp.maximum(jnp.sum(jnp.square(x), axis=-1, keepdims=True), eps * eps))
+
+    online_units = unit(jnp.stack(online))
+    target_units = unit(jax.lax.stop_gradient(jnp.stack(target)))
+    per_row = 1.0 - jnp.sum(jnp.stack([online_units[a] for a, _ in pairs])
+                            * jnp.stack([target_units[b] for _, b in pairs]), axis=-1)  # (P, B)
+    weights = jnp.asarray(weights, per_row.dtype)
+    count = losses.batch_sum(weights)
+    divisor = jnp.where(count > 0, count, 1.0)
+    return [jnp.where(count > 0, losses.batch_sum(row * weights) / divisor, 0.0) for row in per_row]
+
+
 class BM3(nn.Module):
     """BM3 (see the module docstring).
 
@@ -188,7 +208,8 @@ class BM3(nn.Module):
         ego = jnp.concatenate([self.user_embedding, self.item_embedding], axis=0)
         mean, _ = jgraph.lightgcn_propagate(ctx["graph"], ego, self.n_layers, indices_are_sorted=True,
                                             chunk_size=chunk_size_for(self.embedding_size))
-        return mean[:self.n_users], mean[self.n_users:] + self.item_embedding
+        users, items = jnp.split(mean, [self.n_users])
+        return users, items + self.item_embedding
 
     def modality_online(self, ctx, m: int, items):
         """``(h^m, f(h^m))`` of ``items`` (B,), each (B, d): the projection of the (trainable)
@@ -231,15 +252,19 @@ class BM3(nn.Module):
         user_target = target(user_rows, users, self.n_users)
         item_target = target(item_rows, items, self.n_items)
 
-        def align(online, target_rows):
-            return losses.cosine_alignment(online, target_rows, weights=weights)
-
-        terms = {"id_alignment": align(self.predicted_rows(user_all, users), item_target)
-                 + align(self.predicted_rows(item_all, items), user_target)}
+        online_rows = [self.predicted_rows(user_all, users), self.predicted_rows(item_all, items)]
+        target_rows = [user_target, item_target]
+        pairs = [(0, 1), (1, 0)]  # id_alignment: f(h_u) with the item target, f(h_i) with the user target
+        for m in range(len(self.feature_dims)):
+            projected, predicted = self.modality_online(ctx, m, items)
+            online_rows.append(predicted)
+            target_rows.append(target(projected, items, self.n_items))
+            pairs += [(2 + m, 1), (2 + m, 2 + m)]  # with the item's ID target, with its own target
+        aligned = cosine_alignments(online_rows, target_rows, pairs, weights)
+        terms = {"id_alignment": aligned[0] + aligned[1]}
         modality = jnp.zeros(())
         for m in range(len(self.feature_dims)):
-            projected, online = self.modality_online(ctx, m, items)
-            modality = modality + align(online, item_target) + align(online, target(projected, items, self.n_items))
+            modality = modality + aligned[2 + 2 * m] + aligned[3 + 2 * m]
         terms["modality_alignment"] = modality
         terms["reg"] = losses.l2_mean_norm(user_all, item_all)  # whole tables: not a batch reduction
         return terms
