@@ -154,17 +154,20 @@ def table_info_nce(anchors: jax.Array, targets: jax.Array, ids: jax.Array, weigh
     normalized = normalize_rows(anchors)
     inverse_norms = jax.lax.rsqrt(jnp.maximum(jnp.sum(jnp.square(targets), axis=-1), 1e-24))
     positives = jnp.sum(normalized * targets, axis=-1) * inverse_norms / temperature
+    # 1/tau scales the (n, .) keys, not the (., n) logits: the logits are then the product
+    # itself, and no pass over the (., n) array multiplies them (a full write and read of it).
+    key_scale = (inverse_norms / temperature)[:, None]
     if target_factors is None:
-        queries, keys = normalized, targets * inverse_norms[:, None]
+        queries, keys = normalized, targets * key_scale
     else:
         # Scaling the (n, r) factors, not the (., n) logits: XLA on CPU fused the latter's
         # backward into a much slower loop (docs/models/lgmrec.md).
         factors, basis = target_factors
-        queries, keys = normalized @ basis.T, factors * inverse_norms[:, None]
+        queries, keys = normalized @ basis.T, factors * key_scale
     if whole_table:
-        per_row = jax.nn.logsumexp(queries @ keys.T / temperature, axis=-1) - positives
+        per_row = jax.nn.logsumexp(queries @ keys.T, axis=-1) - positives
         return _weighted_mean(per_row, counts)
-    per_row = jax.nn.logsumexp(queries[ids] @ keys.T / temperature, axis=-1) - positives[ids]
+    per_row = jax.nn.logsumexp(queries[ids] @ keys.T, axis=-1) - positives[ids]
     return _weighted_mean(per_row, weights)
 
 
