@@ -154,18 +154,31 @@ def table_info_nce(anchors: jax.Array, targets: jax.Array, ids: jax.Array, weigh
     normalized = normalize_rows(anchors)
     inverse_norms = jax.lax.rsqrt(jnp.maximum(jnp.sum(jnp.square(targets), axis=-1), 1e-24))
     positives = jnp.sum(normalized * targets, axis=-1) * inverse_norms / temperature
+    # 1/tau scales the (n, .) keys, not the (., n) logits: the logits are then the product
+    # itself, and no pass over the (., n) array multiplies them (a full write and read of it).
+    key_scale = (inverse_norms / temperature)[:, None]
     if target_factors is None:
-        queries, keys = normalized, targets * inverse_norms[:, None]
+        queries, keys = normalized, targets * key_scale
     else:
         # Scaling the (n, r) factors, not the (., n) logits: XLA on CPU fused the latter's
         # backward into a much slower loop (docs/models/lgmrec.md).
         factors, basis = target_factors
-        queries, keys = normalized @ basis.T, factors * inverse_norms[:, None]
+        queries, keys = normalized @ basis.T, factors * key_scale
     if whole_table:
-        per_row = jax.nn.logsumexp(queries @ keys.T / temperature, axis=-1) - positives
+        per_row = _cosine_logsumexp(queries @ keys.T, temperature) - positives
         return _weighted_mean(per_row, counts)
-    per_row = jax.nn.logsumexp(queries[ids] @ keys.T / temperature, axis=-1) - positives[ids]
+    per_row = _cosine_logsumexp(queries[ids] @ keys.T, temperature) - positives[ids]
     return _weighted_mean(per_row, weights)
+
+
+def _cosine_logsumexp(logits: jax.Array, temperature: float) -> jax.Array:
+    r"""Row-wise :math:`\log \sum_k e^{x_k}` of cosine logits :math:`x = \cos / \tau`, shifted
+    by their bound :math:`1/\tau` instead of the row maximum (the same value: every
+    :math:`e^{x - 1/\tau}` lies in :math:`[e^{-2/\tau}, 1]`, so nothing overflows and no term
+    that matters underflows at the temperatures used, e.g. :math:`e^{-10}` at 0.2), which
+    saves the pass over the logits that finds the maximum."""
+    shift = 1.0 / temperature
+    return jnp.log(jnp.sum(jnp.exp(logits - shift), axis=-1)) + shift
 
 
 def _weighted_mean(values: jax.Array, weights: jax.Array) -> jax.Array:
