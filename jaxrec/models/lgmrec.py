@@ -297,11 +297,14 @@ class LGMRec(nn.Module):
         ``n_mm_layers``, propagated side by side as one wide (n, d (1 + M)) array per layer
         (faster on CPU than one (n, d) propagation each: ``docs/models/lgmrec.md``)."""
         collaborative_layers, current = [ego], list(modal)
+        stacked, stacked_parts = None, None
         for layer in range(1, max(self.n_ui_layers, self.n_mm_layers) + 1):
             parts = ([collaborative_layers[-1]] if layer <= self.n_ui_layers else []) + (
                 current if layer <= self.n_mm_layers else [])
-            stacked = jnp.concatenate(parts, axis=1)
+            if stacked_parts != len(parts):  # else the previous layer's output is this layer's input as it is
+                stacked = jnp.concatenate(parts, axis=1)
             stacked = jgraph.propagate_fixed(graph, stacked, chunk_size=chunk_size_for(stacked.shape[1]))
+            stacked_parts = len(parts)
             pieces = jnp.split(stacked, len(parts), axis=1)
             if layer <= self.n_ui_layers:
                 collaborative_layers.append(pieces.pop(0))
