@@ -7,6 +7,7 @@ Plain functions; each test keeps its own assertions and tolerances.
 import functools
 from types import SimpleNamespace
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -277,3 +278,19 @@ def assert_lattice_and_freedom_build_the_exact_graphs(knn_method: str) -> None:
     reference = models.build("freedom", data, knn_k=3, modalities=["image", "text"], graph_cache="none")
     for a, b in zip(jax.tree.leaves(freedom.ctx), jax.tree.leaves(reference.ctx)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+class TwoTables(nn.Module):
+    """A two-table model for the optimizer-skipping tests: ``w`` is read by the BPR-like term
+    ``bpr``, ``v`` only by ``side`` (whose weight a test may set to 0)."""
+
+    def setup(self):
+        self.w = self.param("w", nn.initializers.normal(1.0), (6, 3))
+        self.v = self.param("v", nn.initializers.normal(1.0), (6, 3))
+
+    def encode(self, ctx, train=False):
+        return self.w, self.w + self.v
+
+    def loss_terms(self, ctx, batch, train=False):
+        u, i = self.w[batch["users"]], self.w[batch["pos_items"]]
+        return {"bpr": jnp.mean(jnp.sum(u * i, -1) ** 2), "side": jnp.mean(self.v[batch["pos_items"]] ** 2)}

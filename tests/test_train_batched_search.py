@@ -2,7 +2,6 @@
 
 import json
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,6 +16,7 @@ from jaxrec.train import config_from_dict, evaluate_run, init_state, prepare_exp
 from jaxrec.train import _batched_search
 from jaxrec.train._checkpoint import Checkpoints
 from jaxrec.train._search import trial_config
+from _model_testing import TwoTables
 
 DATA_ARGS = dict(n_users=90, n_items=60, n_interactions=1800, seed=4)
 
@@ -140,17 +140,25 @@ def test_a_grid_over_a_model_argument_runs_one_batched_program_per_value(tmp_pat
     assert grouped["best"]["trial"] == sequential["best"]["trial"]
 
 
-def test_a_model_with_an_epoch_hook_runs_batched_with_each_trials_own_context(tmp_path):
-    """FREEDOM redraws its pruned graph every epoch (``epoch_update``): batched trials get the
-    context a sequential run computes, so both ways give the same figures."""
+def _freedom_grid(*, dropout, epochs, grid, loss_weights=None):
+    """``(raw config, synthetic data arguments)`` of a tiny FREEDOM search with ``grid``."""
     data = dict(n_users=60, n_items=40, n_interactions=900, dims={"text": 8}, seed=2)
     raw = {"data": {"synthetic": data},
            "model": {"name": "freedom", "args": {"embedding_size": 8, "feat_embed_dim": 8, "knn_k": 3,
-                                                 "graph_cache": "none", "dropout": 0.5}},
-           "train": {"epochs": 4, "batch_size": 256, "learning_rate": 0.02, "patience": 10, "seed": 3,
+                                                 "graph_cache": "none", "dropout": dropout}},
+           "train": {"epochs": epochs, "batch_size": 256, "learning_rate": 0.02, "patience": 10, "seed": 3,
                      "checkpoint_every": 100},
            "eval": {"ks": [20], "metrics": ["recall", "ndcg"]},
-           "grid": {"loss_weights.modality_bpr": [0.0, 0.1]}}
+           "grid": grid}
+    if loss_weights is not None:
+        raw["loss_weights"] = loss_weights
+    return raw, data
+
+
+def test_a_model_with_an_epoch_hook_runs_batched_with_each_trials_own_context(tmp_path):
+    """FREEDOM redraws its pruned graph every epoch (``epoch_update``): batched trials get the
+    context a sequential run computes, so both ways give the same figures."""
+    raw, data = _freedom_grid(dropout=0.5, epochs=4, grid={"loss_weights.modality_bpr": [0.0, 0.1]})
     dataset = make_synthetic(**data)
     config = config_from_dict(raw)
     batched = run_search(config, tmp_path / "b", quiet=True, batched="always", dataset=dataset)
@@ -168,26 +176,11 @@ def test_a_model_with_an_epoch_hook_runs_batched_with_each_trials_own_context(tm
     assert recomputed["metrics"]["recall@20"] == pytest.approx(batched["trials"][1]["test"]["recall@20"], abs=1e-6)
 
 
-class _TwoTables(nn.Module):
-    """``w`` read by the first term, ``v`` only by ``side`` (whose weight may be 0)."""
-
-    def setup(self):
-        self.w = self.param("w", nn.initializers.normal(1.0), (6, 3))
-        self.v = self.param("v", nn.initializers.normal(1.0), (6, 3))
-
-    def encode(self, ctx, train=False):
-        return self.w, self.w + self.v
-
-    def loss_terms(self, ctx, batch, train=False):
-        u, i = self.w[batch["users"]], self.w[batch["pos_items"]]
-        return {"bpr": jnp.mean(jnp.sum(u * i, -1) ** 2), "side": jnp.mean(self.v[batch["pos_items"]] ** 2)}
-
-
 def _two_table_trials(n_trials, tx, moment_on_v=False):
     rng = np.random.default_rng(1)
     batches = models.normalize_batch({"users": rng.integers(0, 6, (3, 4)), "pos_items": rng.integers(0, 6, (3, 4)),
                                       "neg_items": rng.integers(0, 6, (3, 4, 1))})
-    module = _TwoTables()
+    module = TwoTables()
     states = []
     for seed in range(n_trials):
         state = init_state(module, {}, {k: v[0] for k, v in batches.items()}, tx, seed)
@@ -243,15 +236,8 @@ def test_a_grid_with_a_term_off_in_every_trial_keeps_its_parameters_unread(tmp_p
     """FREEDOM with ``modality_bpr`` 0 (every trial): the search leaves the term out of the trace
     and keeps the parameters only it reads (no weight decay), as a sequential run does, with the
     same figures; those parameters end bit for bit where they started."""
-    data = dict(n_users=60, n_items=40, n_interactions=900, dims={"text": 8}, seed=2)
-    raw = {"data": {"synthetic": data},
-           "model": {"name": "freedom", "args": {"embedding_size": 8, "feat_embed_dim": 8, "knn_k": 3,
-                                                 "graph_cache": "none", "dropout": 0.0}},
-           "train": {"epochs": 3, "batch_size": 256, "learning_rate": 0.02, "patience": 10, "seed": 3,
-                     "checkpoint_every": 100},
-           "eval": {"ks": [20], "metrics": ["recall", "ndcg"]},
-           "loss_weights": {"modality_bpr": 0.0},
-           "grid": {"train.learning_rate": [0.01, 0.03]}}
+    raw, data = _freedom_grid(dropout=0.0, epochs=3, grid={"train.learning_rate": [0.01, 0.03]},
+                              loss_weights={"modality_bpr": 0.0})
     seen = []
     make = _batched_search._make_epoch_fn
 

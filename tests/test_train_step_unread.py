@@ -3,7 +3,6 @@ and optimizer state without their optimizer arithmetic -- the numbers of the ful
 gradient, zero state: adam/sgd/adagrad move nothing): those leaves bit for bit, the others up to
 the rounding of a differently fused program."""
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,6 +13,7 @@ from jaxrec import losses, models
 from jaxrec.data import make_synthetic
 from jaxrec.train import StepRunner, config_from_dict, init_state, make_runner, prepare_experiment
 from jaxrec.train._step import unread_params
+from _model_testing import TwoTables
 
 
 def test_unread_params_finds_exactly_the_leaves_without_a_path_to_the_loss():
@@ -33,21 +33,6 @@ def test_unread_params_finds_exactly_the_leaves_without_a_path_to_the_loss():
     assert np.all(np.asarray(grads["a"]) != 0) and float(grads["in_scan"]) != 0
 
 
-class _TwoTables(nn.Module):
-    """``w`` read by the BPR-like term, ``v`` only by a term whose weight may be 0."""
-
-    def setup(self):
-        self.w = self.param("w", nn.initializers.normal(1.0), (6, 3))
-        self.v = self.param("v", nn.initializers.normal(1.0), (6, 3))
-
-    def encode(self, ctx, train=False):
-        return self.w, self.w + self.v
-
-    def loss_terms(self, ctx, batch, train=False):
-        u, i = self.w[batch["users"]], self.w[batch["pos_items"]]
-        return {"bpr": jnp.mean(jnp.sum(u * i, -1) ** 2), "side": jnp.mean(self.v[batch["pos_items"]] ** 2)}
-
-
 @pytest.mark.parametrize("tx", [optax.adam(0.05), optax.sgd(0.1, momentum=0.9),
                                 optax.chain(optax.clip_by_global_norm(0.5), optax.adagrad(0.1))],
                          ids=["adam", "sgd-momentum", "clip-adagrad"])
@@ -55,7 +40,7 @@ def test_keep_unread_gives_the_full_updates(tx):
     rng = np.random.default_rng(0)
     batches = models.normalize_batch({"users": rng.integers(0, 6, (7, 4)), "pos_items": rng.integers(0, 6, (7, 4)),
                                       "neg_items": rng.integers(0, 6, (7, 4, 1))})
-    module, weights = _TwoTables(), {"bpr": 1.0, "side": 0.0}
+    module, weights = TwoTables(), {"bpr": 1.0, "side": 0.0}
     start = init_state(module, {}, {k: v[0] for k, v in batches.items()}, tx, 3)
     ends = {}
     for keep in (False, True):
@@ -123,7 +108,7 @@ def test_keep_unread_returns_the_unread_leaves_as_they_came_in():
     rng = np.random.default_rng(1)
     batches = models.normalize_batch({"users": rng.integers(0, 6, (2, 4)), "pos_items": rng.integers(0, 6, (2, 4)),
                                       "neg_items": rng.integers(0, 6, (2, 4, 1))})
-    module, tx, weights = _TwoTables(), optax.adam(0.05), {"bpr": 1.0, "side": 0.0}
+    module, tx, weights = TwoTables(), optax.adam(0.05), {"bpr": 1.0, "side": 0.0}
     start = init_state(module, {}, {k: v[0] for k, v in batches.items()}, tx, 3)
     adam = start.opt_state[0]
     start = start.replace(opt_state=(adam._replace(mu={**adam.mu, "v": jnp.ones((6, 3))},
