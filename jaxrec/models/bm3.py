@@ -153,7 +153,7 @@ def cosine_alignments(online, target, pairs, weights: jax.Array, eps: float = 1e
     """``[losses.cosine_alignment(online[a], target[b], weights=weights) for a, b in pairs]``, the
     same values computed together: each row of ``online`` (S of (B, d)) and of ``target``
     (stop-gradient) normalized once, the P pairs' row dot products as one reduction, then each
-    pair's weighted batch mean (:func:`jaxrec.losses.batch_sum`, so a pmap step still means the
+    pair's weighted batch mean (:func:`jaxrec.losses.batch_mean`, so a pmap step still means the
     whole batch). XLA:CPU runs each small (B, d) row reduction as its own thunk; six cosines
     made about twenty of them per step."""
     def unit(x):  # x / max(||x||, eps) per row, as cosine_alignment
@@ -163,10 +163,7 @@ def cosine_alignments(online, target, pairs, weights: jax.Array, eps: float = 1e
     target_units = unit(jax.lax.stop_gradient(jnp.stack(target)))
     per_row = 1.0 - jnp.sum(jnp.stack([online_units[a] for a, _ in pairs])
                             * jnp.stack([target_units[b] for _, b in pairs]), axis=-1)  # (P, B)
-    weights = jnp.asarray(weights, per_row.dtype)
-    count = losses.batch_sum(weights)
-    divisor = jnp.where(count > 0, count, 1.0)
-    return [jnp.where(count > 0, losses.batch_sum(row * weights) / divisor, 0.0) for row in per_row]
+    return [losses.batch_mean(row, weights) for row in per_row]
 
 
 class BM3(nn.Module):

@@ -267,12 +267,9 @@ class LATTICE(nn.Module):
         """The learned graph :math:`\\hat S` as an (n_items, M k) neighbour table: ids and
         symmetric-normalized weights (modality m's k lists in columns m k ... (m+1) k - 1);
         ``neighbours``: the learned lists to use (else ``ctx``'s in ``"epoch"`` mode, else searched)."""
-        if neighbours is not None:
-            pass
-        elif self.learned_graph == "epoch":
-            neighbours = ctx["learned_neighbours"]
-        else:
-            neighbours = checkpoint_name(self._neighbour_lists(projected), LEARNED_NEIGHBOURS)
+        if neighbours is None:
+            neighbours = (ctx["learned_neighbours"] if self.learned_graph == "epoch"
+                          else checkpoint_name(self._neighbour_lists(projected), LEARNED_NEIGHBOURS))
         k = self.knn_k
         entries = jnp.concatenate([alpha[m] * jgraph.neighbour_cosine(p, neighbours[:, m * k:(m + 1) * k])
                                    for m, p in enumerate(projected)], axis=1)
