@@ -4,11 +4,10 @@ numpy's own BLAS is left as it was; a thread count the user set wins."""
 import numpy as np
 import pytest
 
-threadpoolctl = pytest.importorskip("threadpoolctl")
-scipy = pytest.importorskip("scipy")
+import threadpoolctl  # core dependencies (threadpoolctl: pyproject; scipy: jax's own), never skipped
 
-from jaxrec.train import config_from_dict, prepare_experiment  # noqa: E402
-from jaxrec.train._lapack_threads import hold_lapack_threads  # noqa: E402
+from jaxrec.train import config_from_dict, prepare_experiment
+from jaxrec.train._lapack_threads import hold_lapack_threads
 
 
 def _threads_by_file():
