@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
+import numpy as np
 
 from jaxrec import eval as jeval
 from jaxrec import models
@@ -113,10 +114,26 @@ def prepare_eval_splits(experiment: Experiment, splits=("valid", "test")) -> dic
     """The evaluation layout of each split under the configured protocol (host work, once)."""
     dataset, cfg = experiment.dataset, experiment.config.eval
     pairs = {name: dataset.split_pairs(name) for name in ("train", "valid", "test")}
-    return {split: jeval.prepare_protocol(
-        split=split, num_items=dataset.n_items, train_pairs=pairs["train"], valid_pairs=pairs["valid"],
-        test_pairs=pairs["test"], protocol=cfg.protocol, batch_size=cfg.batch_size,
-        candidate_items=_data.candidate_items(dataset, split)) for split in splits}
+    layouts = {}
+    for split in splits:
+        chosen = pairs if cfg.user_sample is None else sampled_user_pairs(pairs, split, cfg.user_sample,
+                                                                          cfg.user_sample_seed)
+        layouts[split] = jeval.prepare_protocol(
+            split=split, num_items=dataset.n_items, train_pairs=chosen["train"], valid_pairs=chosen["valid"],
+            test_pairs=chosen["test"], protocol=cfg.protocol, batch_size=cfg.batch_size,
+            candidate_items=_data.candidate_items(dataset, split))
+    return layouts
+
+
+def sampled_user_pairs(pairs: Mapping[str, Any], split: str, n_users: int, seed: int) -> dict[str, Any]:
+    """``eval.user_sample``: every split's (user, item) pairs of a uniform sample of ``n_users``
+    of the users with pairs in ``split`` (all of them when there are no more), drawn without
+    replacement by ``numpy.random.default_rng(seed)`` from the sorted user ids, so the sample
+    depends only on the split and the seed."""
+    users = np.unique(pairs[split][:, 0])
+    if users.size > n_users:
+        users = np.sort(np.random.default_rng(seed).choice(users, n_users, replace=False))
+    return {name: p[np.isin(p[:, 0], users)] for name, p in pairs.items()}
 
 
 @functools.lru_cache(maxsize=16)
