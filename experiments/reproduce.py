@@ -94,6 +94,9 @@ class Plan:
     coldstart: list[Row]
     coldstart_baselines: bool
     missing_modality: dict | None
+    # The cold-start config whose data section (split) and modalities the baselines read
+    # (coldstart: baselines: {config: FILE}); None: the first cold-start row's.
+    baselines_config: Path | None = None
 
 
 # ----------------------------------------------------------------------------- the plan
@@ -192,6 +195,18 @@ def load_plan(dataset: str, grids: Path | None = None, experiments: Path = HERE)
                             "expected baselines, rows")
     coldstart = [_row(name, spec, "coldstart", configs / "coldstart", f"{where}: coldstart.rows.{name}")
                  for name, spec in _mapping(cold.get("rows"), f"{where}: coldstart.rows").items()]
+    baselines, baselines_config = cold.get("baselines", bool(coldstart)), None
+    if isinstance(baselines, dict):
+        if set(baselines) != {"config"}:
+            raise GridFileError(f"{where}: coldstart.baselines: expected true, false or {{config: FILE}} (the "
+                                f"cold-start config whose split and modalities the baselines use); found {baselines!r}")
+        baselines_config = configs / "coldstart" / str(baselines["config"])
+        if not baselines_config.is_file():
+            raise GridFileError(f"{where}: coldstart.baselines.config: {baselines_config} does not exist")
+        baselines = True
+    elif not isinstance(baselines, bool):
+        raise GridFileError(f"{where}: coldstart.baselines: expected true, false or {{config: FILE}}; "
+                            f"found {baselines!r}")
     missing = raw.get("missing_modality")
     if missing is not None:
         missing = _mapping(missing, f"{where}: missing_modality")
@@ -204,8 +219,7 @@ def load_plan(dataset: str, grids: Path | None = None, experiments: Path = HERE)
     if unlisted:
         print(f"note: {', '.join(unlisted)} in {configs} have no row in {path}; they are not part of the table",
               file=sys.stderr)
-    return Plan(dataset, os.path.relpath(path, PROJECT), warm, coldstart, bool(cold.get("baselines", bool(coldstart))),
-                missing)
+    return Plan(dataset, os.path.relpath(path, PROJECT), warm, coldstart, baselines, missing, baselines_config)
 
 
 def grid_citation(plan: Plan, row: Row) -> str:
@@ -424,7 +438,11 @@ def main(argv=None) -> int:
     results = out / "results"
     if baselines:
         tick = time.perf_counter()
-        split_config = cold[0].config if cold else plan.coldstart[0].config
+        # The features of the feature baselines are the config's modalities: name the config of
+        # the feature models (the first row may be a model without features, e.g. BPR-MF, whose
+        # config would give every modality of the folder).
+        split_config = plan.baselines_config or (cold[0].config if cold else plan.coldstart[0].config)
+        print(f"-- coldstart baselines: split and modalities of {os.path.relpath(split_config, PROJECT)}", flush=True)
         options = ["--config", str(split_config), "--runs", str(out / "records" / plan.dataset / "coldstart"),
                    "--out", str(results / f"{plan.dataset}_coldstart.json")]
         if _supports("coldstart_baselines.py", "--dataset"):

@@ -134,6 +134,9 @@ def test_an_existing_output_is_refused_before_anything_runs(setup, reproduced, c
      "warm.bpr.searches.bpr_search.grid.loss_weights.reg: expected a non-empty list"),
     ({"warm": {"nothing": {}}}, "warm.nothing.config:"),
     ({"warm": {"bpr": {"sets": {}}}}, "warm.bpr: unknown key(s) ['sets']"),
+    ({"coldstart": {"baselines": {"cfg": "bpr.yaml"}}}, "coldstart.baselines: expected true, false or {config: FILE}"),
+    ({"coldstart": {"baselines": "yes"}}, "coldstart.baselines: expected true, false or {config: FILE}"),
+    ({"coldstart": {"baselines": {"config": "absent.yaml"}}}, "coldstart.baselines.config:"),
 ])
 def test_bad_grid_files_are_named_with_the_field(setup, tmp_path, capsys, body, message):
     root, _ = setup
@@ -240,3 +243,27 @@ def test_a_search_over_data_keys_trains_each_trial_on_its_own_data(tmp_path, mon
     assert np.allclose(trials[1], standardized, atol=1e-5)
     search = json.loads((tmp_path / "out" / "runs" / "tiny" / "bpr_search" / "search.json").read_text())
     assert [t["setting"] for t in search["trials"]] == [{"data.feature_transform": v} for v in grid["data.feature_transform"]]
+
+
+def test_the_coldstart_baselines_use_the_feature_models_split_and_modalities(lfm2k_path):
+    """The grid files name the config the baselines read (coldstart/vbpr.yaml: the feature
+    models' two modalities), and the committed lfm2k baseline figures are what
+    coldstart_baselines.py computes from it. The first row, BPR-MF, names no modalities: its
+    config would give the baselines every modality of the folder (whisper as well), which is what
+    reproduce.py passed before the grid file named the config."""
+    import coldstart_baselines
+
+    for dataset in ("lfm2k", "tiktok"):
+        plan = reproduce.load_plan(dataset)
+        assert plan.baselines_config == ROOT / f"experiments/configs/{dataset}/coldstart/vbpr.yaml"
+    plan = reproduce.load_plan("lfm2k")
+    dataset, _, protocol = coldstart_baselines.load_split(plan.baselines_config)
+    assert list(dataset.modalities) == ["all-MiniLM-L6-v2", "vggish"]
+    first, _, _ = coldstart_baselines.load_split(plan.coldstart[0].config)
+    assert "whisper" in first.modalities  # what the first row's config would have given
+    committed = {row["name"]: row for row in
+                 json.loads((ROOT / "experiments/results/lfm2k_coldstart.json").read_text())["rows"]}
+    knn = coldstart_baselines.feature_knn(dataset, coldstart_baselines.jdata.cold_items(dataset), protocol)
+    assert knn["setting"] == committed["feature_knn"]["setting"]
+    for split in ("valid", "test"):
+        assert knn[split]["recall@20"] == pytest.approx(committed["feature_knn"][split]["recall@20"], abs=1e-6)
