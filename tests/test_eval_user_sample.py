@@ -89,3 +89,13 @@ def test_the_sample_depends_on_the_seed_only_and_covers_small_splits_whole():
 def test_bad_user_sample_settings_name_the_key(key, value, expected):
     with pytest.raises(ConfigError, match=expected):
         _config(**{key: value})
+
+
+def test_a_run_with_a_user_sample_says_so_in_its_metrics(tmp_path):
+    from jaxrec.train import train_and_evaluate
+
+    metrics = train_and_evaluate(_config(user_sample=25), tmp_path / "run", quiet=True)
+    assert metrics["eval_user_sample"] == {"users": 25, "seed": 0}
+    assert 0.0 <= metrics["valid"]["recall@10"] <= 1.0
+    plain = train_and_evaluate(_config(), tmp_path / "plain", quiet=True)
+    assert "eval_user_sample" not in plain

@@ -494,4 +494,7 @@ def _final_metrics(exp: Experiment, meta: dict, runner: StepRunner) -> dict[str,
         "devices": {"parallel": tcfg.parallel, "count": len(devices), "platform": devices[0].platform,
                     "kind": devices[0].device_kind, "processes": _distributed.process_count()},
         "loss_weights": exp.loss_weights,
+        # valid and test above are over a fixed sample of users (eval.user_sample), not all of them
+        **({"eval_user_sample": {"users": exp.config.eval.user_sample, "seed": exp.config.eval.user_sample_seed}}
+           if exp.config.eval.user_sample is not None else {}),
     }
