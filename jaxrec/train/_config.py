@@ -137,8 +137,8 @@ class EvalConfig:
     ``user_sample: N`` evaluates each split (valid during training, test at the end) on a fixed
     uniform sample of N of the users that have interactions in it, drawn once with
     ``user_sample_seed`` (``null``: every user). Each sampled user is still ranked over the
-    whole catalogue with their train (and, for test, valid) items masked; only the average is
-    over fewer users, an unbiased estimate of the full one. For catalogues where ranking every
+    whole catalogue under the protocol's masks; only the average is over fewer users, an
+    unbiased estimate of the full one. For catalogues where ranking every
     user each epoch costs more than the epoch itself (the 1M-item scale: 200,000 users x 1M
     items); a table's numbers come from full evaluation.
     """
