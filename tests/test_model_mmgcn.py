@@ -176,7 +176,7 @@ def test_raw_modality_constants_match_dense_neighbour_means():
     np.testing.assert_allclose(raw["user_means"], user_means, rtol=1e-6, atol=1e-7)
     np.testing.assert_array_equal(raw["user_means_t"], np.asarray(raw["user_means"]).T)
     np.testing.assert_array_equal(raw["items_t"], np.asarray(raw["items"]).T)
-    item_rows = built.ctx["raw"]["text"]["item_graph"].to_dense(8)[:8, :6]
+    item_rows = built.ctx["blocks"]["items"].to_dense(8)[:8, :6]
     item_degree = adjacency.sum(0)[:, None]
     np.testing.assert_allclose(item_rows, np.divide(adjacency.T, item_degree, out=np.zeros((8, 6)),
                                                     where=item_degree > 0), rtol=1e-6)

@@ -145,10 +145,10 @@ def _combine(params, layer: int, h, x_hat, concat: bool):
 
 def _first_layer(params, features, raw, blocks, ids, concat: bool):
     """Layer 1 of one modality, (n_nodes, d): :func:`_raw_first_layer` with ``raw``
-    (:func:`raw_inputs`) for a modality fed raw, else :func:`_projected_first_layer` with
+    (:func:`raw_inputs`) for a modality fed raw, else :func:`_projected_first_layer`; both over
     ``blocks`` (:func:`graph_blocks`)."""
     if raw is not None:
-        return _raw_first_layer(params, raw, ids, concat)
+        return _raw_first_layer(params, raw, blocks, ids, concat)
     return _projected_first_layer(params, blocks, features, ids, concat)
 
 
@@ -196,7 +196,7 @@ def _block_propagate(block, x, n_out: int):
     return jgraph.propagate_fixed(block, padded, chunk_size=chunk_size_for(x.shape[1]))[:n_out]
 
 
-def _raw_first_layer(params, raw, ids, concat: bool):
+def _raw_first_layer(params, raw, blocks, ids, concat: bool):
     r"""Layer 1 of a raw modality, split by side (the graph is bipartite, the item inputs
     :math:`\hat F` are constant): the users' neighbour means :math:`C_u = (D^{-1}A)_{ui}
     \hat F` are a constant of the data, so
@@ -210,7 +210,7 @@ def _raw_first_layer(params, raw, ids, concat: bool):
     user-side half of the graph is never propagated."""
     users = normalize_rows(params["preference"])
     conv, (w_x, b_x) = params["conv_1"], params["linear_1"]
-    item_means = _item_means(raw["item_graph"], users, raw["items"].shape[0])
+    item_means = _block_propagate(blocks["items"], users, raw["items"].shape[0])
     h = nn.leaky_relu(jnp.concatenate([const_matmul(raw["user_means"], raw["user_means_t"], conv),
                                        matmul(item_means, conv)], axis=0))
     x_hat = nn.leaky_relu(jnp.concatenate([matmul(users, w_x), const_matmul(raw["items"], raw["items_t"], w_x)],
@@ -252,20 +252,12 @@ def _const_matmul_bwd(residuals, g):
 const_matmul.defvjp(_const_matmul_fwd, _const_matmul_bwd)
 
 
-def _item_means(item_graph, users, n_items: int):
-    """``(D^-1 A)_{iu} users`` (n_items, w): the users' rows propagated to the items over the
-    item-row block of the graph (a FixedGraph on ``max(n_users, n_items)`` nodes)."""
-    size = max(users.shape[0], n_items)
-    padded = jnp.pad(users, ((0, size - users.shape[0]), (0, 0)))
-    return jgraph.propagate_fixed(item_graph, padded, chunk_size=chunk_size_for(users.shape[1]))[:n_items]
-
-
 class MMGCN(nn.Module):
     """MMGCN (see the module docstring).
 
     ``ctx``: ``{"graph": FixedGraph (D^-1 A, row-sorted, with its transpose A D^-1 for the gradient;
     layers 2..L), "features": {name: (n_items, D_m)} of the projected modalities, "blocks":
-    graph_blocks(...) (with a projected modality), "raw": {name: raw_inputs(...)} of the modalities
+    graph_blocks(...) (the users' block with a projected modality), "raw": {name: raw_inputs(...)} of the modalities
     fed raw}``.
 
     Attributes:
@@ -305,7 +297,7 @@ class MMGCN(nn.Module):
         ids = self._ids()
         raw = ctx.get("raw", {})
         all_params = [gcn() for gcn in self.gcns]
-        xs = [_first_layer(p, ctx["features"].get(name), raw.get(name), ctx.get("blocks"), ids, self.concat)
+        xs = [_first_layer(p, ctx["features"].get(name), raw.get(name), ctx["blocks"], ids, self.concat)
               for p, name in zip(all_params, self.modalities)]
         for layer in range(2, self.n_layers + 1):
             xs = _joint_layer(all_params, layer, ctx["graph"], xs, ids, self.concat)
@@ -348,15 +340,13 @@ def raw_inputs(edges, n_users: int, features: Mapping[str, np.ndarray]) -> dict:
       features: ``{name: (n_items, D)}`` raw item features.
 
     Returns:
-      ``{name: {"items": F̂, "items_t": F̂^T, "user_means": C_u, "user_means_t": C_u^T,
-      "item_graph": FixedGraph}}`` on the device, with :math:`\hat F` the row-normalized
-      features, :math:`C_u = (D^{-1}A)_{ui} \hat F` (accumulated in float64) and the item-row
-      block :math:`(D^{-1}A)_{iu}` (items renumbered from 0, with its sorted transpose).
+      ``{name: {"items": F̂, "items_t": F̂^T, "user_means": C_u, "user_means_t": C_u^T}}`` on
+      the device, with :math:`\hat F` the row-normalized features and
+      :math:`C_u = (D^{-1}A)_{ui} \hat F` (accumulated in float64). The item-row block
+      :math:`(D^{-1}A)_{iu}` the layer also propagates over is :func:`graph_blocks`' ``"items"``.
     """
     rows, cols, weights = (np.asarray(a) for a in edges)
     on_users = rows < n_users
-    items = Edges(rows[~on_users] - n_users, cols[~on_users], weights[~on_users])
-    item_graph = jgraph.fixed_graph(items).to_device()
     out = {}
     for name, block in features.items():
         normalized = np.asarray(normalize_rows(jnp.asarray(block, jnp.float32)))
@@ -366,19 +356,20 @@ def raw_inputs(edges, n_users: int, features: Mapping[str, np.ndarray]) -> dict:
         user_means = user_means.astype(np.float32)
         out[name] = {"items": jnp.asarray(normalized), "items_t": jnp.asarray(np.ascontiguousarray(normalized.T)),
                      "user_means": jnp.asarray(user_means),
-                     "user_means_t": jnp.asarray(np.ascontiguousarray(user_means.T)), "item_graph": item_graph}
+                     "user_means_t": jnp.asarray(np.ascontiguousarray(user_means.T))}
     return out
 
 
-def graph_blocks(edges, n_users: int) -> dict:
-    r"""The two off-diagonal blocks of the bipartite :math:`D^{-1}A` (users first), for
-    :func:`_projected_first_layer`: ``{"users": (D^{-1}A)_{ui}, "items": (D^{-1}A)_{iu}}``,
-    each a device :class:`~jaxrec.data.graph.FixedGraph` with both sides numbered from 0."""
+def graph_blocks(edges, n_users: int, sides=("users", "items")) -> dict:
+    r"""Off-diagonal blocks of the bipartite :math:`D^{-1}A` (users first) for the first layer
+    (:func:`_first_layer`): ``{"users": (D^{-1}A)_{ui}, "items": (D^{-1}A)_{iu}}``, those named in
+    ``sides``, each a device :class:`~jaxrec.data.graph.FixedGraph` with both sides numbered from
+    0 (items renumbered, with its sorted transpose)."""
     rows, cols, weights = (np.asarray(a) for a in edges)
     on_users = rows < n_users
-    return {"users": jgraph.fixed_graph(Edges(rows[on_users], cols[on_users] - n_users, weights[on_users])).to_device(),
-            "items": jgraph.fixed_graph(Edges(rows[~on_users] - n_users, cols[~on_users],
-                                              weights[~on_users])).to_device()}
+    blocks = {"users": Edges(rows[on_users], cols[on_users] - n_users, weights[on_users]),
+              "items": Edges(rows[~on_users] - n_users, cols[~on_users], weights[~on_users])}
+    return {side: jgraph.fixed_graph(blocks[side]).to_device() for side in sides}
 
 
 def _latent_dims(latent_dims, names: Sequence[str]) -> tuple[int, ...]:
@@ -416,8 +407,8 @@ def build(dataset, *, modalities: list[str] | None = None, latent_dims: dict[str
         ``"standardize"`` or ``"l2"`` per modality before the projection.
 
     Returns:
-      :class:`~jaxrec.models.Built`, ``ctx = {"graph", "features", "blocks", "raw"}`` (the last
-      two when some modality is projected / fed raw), weights
+      :class:`~jaxrec.models.Built`, ``ctx = {"graph", "features", "blocks", "raw"}`` (``raw``
+      when some modality is fed raw), weights
       ``{bpr: 1, reg: 0}`` (MMRec's ``reg_weight`` chosen by validation on lfm2k).
     """
     check_positive_int(embedding_size, "embedding_size", "mmgcn")
@@ -440,6 +431,6 @@ def build(dataset, *, modalities: list[str] | None = None, latent_dims: dict[str
            "features": {n: jnp.asarray(features[n]) for n in names if n not in raw}}
     if raw:
         ctx["raw"] = raw_inputs(edges, dataset.n_users, {n: features[n] for n in raw})
-    if len(raw) < len(names):
-        ctx["blocks"] = graph_blocks(edges, dataset.n_users)
+    # The items' block serves every first layer; the users' block only a projected modality's.
+    ctx["blocks"] = graph_blocks(edges, dataset.n_users, ("users", "items") if len(raw) < len(names) else ("items",))
     return Built(module=module, ctx=ctx, default_loss_weights={"bpr": 1.0, "reg": 0.0})
