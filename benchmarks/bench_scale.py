@@ -212,11 +212,10 @@ def _config(model: str, n_items: int, cache: str | None, batch_size: int | None,
 def _sampled_eval(dataset, user_emb, item_emb, n_users: int, ks, metrics, seed: int = 0) -> dict:
     """Full ranking over all items for a uniform sample of test users, and popularity on them."""
     from jaxrec import eval as jeval
+    from jaxrec.train._setup import sampled_user_pairs  # eval.user_sample's draw
 
     pairs = {split: dataset.split_pairs(split) for split in ("train", "valid", "test")}
-    users = np.unique(pairs["test"][:, 0])
-    chosen = np.sort(np.random.default_rng(seed).choice(users, min(n_users, users.size), replace=False))
-    sample = {split: p[np.isin(p[:, 0], chosen)] for split, p in pairs.items()}
+    sample = sampled_user_pairs(pairs, "test", n_users, seed)
     kwargs = dict(split="test", train_pairs=sample["train"], valid_pairs=sample["valid"], test_pairs=sample["test"],
                   ks=ks, metrics=metrics)
     result = jeval.evaluate_protocol(user_emb, item_emb, **kwargs)
@@ -224,7 +223,7 @@ def _sampled_eval(dataset, user_emb, item_emb, n_users: int, ks, metrics, seed: 
     baseline = jeval.evaluate_protocol(np.ones((dataset.n_users, 1), np.float32), popularity[:, None], **kwargs)
     out = {k: round(float(v), 4) for k, v in result.items() if "@" in k}
     out.update({f"popularity_{k}": round(float(v), 4) for k, v in baseline.items() if "@" in k})
-    out["eval_users"] = int(chosen.size)
+    out["eval_users"] = int(np.unique(sample["test"][:, 0]).size)
     return out
 
 
