@@ -196,17 +196,14 @@ def load_plan(dataset: str, grids: Path | None = None, experiments: Path = HERE)
     coldstart = [_row(name, spec, "coldstart", configs / "coldstart", f"{where}: coldstart.rows.{name}")
                  for name, spec in _mapping(cold.get("rows"), f"{where}: coldstart.rows").items()]
     baselines, baselines_config = cold.get("baselines", bool(coldstart)), None
-    if isinstance(baselines, dict):
-        if set(baselines) != {"config"}:
-            raise GridFileError(f"{where}: coldstart.baselines: expected true, false or {{config: FILE}} (the "
-                                f"cold-start config whose split and modalities the baselines use); found {baselines!r}")
+    if isinstance(baselines, dict) and set(baselines) == {"config"}:
         baselines_config = configs / "coldstart" / str(baselines["config"])
         if not baselines_config.is_file():
             raise GridFileError(f"{where}: coldstart.baselines.config: {baselines_config} does not exist")
         baselines = True
     elif not isinstance(baselines, bool):
-        raise GridFileError(f"{where}: coldstart.baselines: expected true, false or {{config: FILE}}; "
-                            f"found {baselines!r}")
+        raise GridFileError(f"{where}: coldstart.baselines: expected true, false or {{config: FILE}} (the "
+                            f"cold-start config whose split and modalities the baselines use); found {baselines!r}")
     missing = raw.get("missing_modality")
     if missing is not None:
         missing = _mapping(missing, f"{where}: missing_modality")
