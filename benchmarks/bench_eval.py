@@ -43,23 +43,28 @@ import numpy as np
 
 import jaxrec.eval as jeval
 
-LFM2K = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "lfm2k" / "lfm2k.inter"
+DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+# Same-size fakes when the data is absent: users, items, train / valid / test pairs.
+REAL_SIZES = {"lfm2k": (1858, 1425, 44327, 4799, 7219), "tiktok": (9308, 6710, 59541, 3051, 6130)}
 
 
-def lfm2k_splits(seed: int):
-    """(num_users, num_items, train, valid, test) pairs of the real split, or same-size fakes."""
-    if LFM2K.exists():
-        table = np.loadtxt(LFM2K, skiprows=1, dtype=np.int64)
+def real_splits(name: str, seed: int):
+    """(num_users, num_items, train, valid, test) pairs of a real split (MMRec layout:
+    ``<name>.inter`` with x_label 0/1/2), or same-size fakes when the data is absent."""
+    inter = DATA / name / f"{name}.inter"
+    if inter.exists():
+        table = np.loadtxt(inter, skiprows=1, dtype=np.int64)
         users, items, label = table[:, 0], table[:, 1], table[:, 3]
         pairs = np.stack([users, items], 1)
         return (int(users.max()) + 1, int(items.max()) + 1, pairs[label == 0], pairs[label == 1],
                 pairs[label == 2], "real")
     rng = np.random.default_rng(seed)
+    num_users, num_items, *counts = REAL_SIZES[name]
 
     def fake(n):
-        return np.stack([rng.integers(0, 1858, n), rng.integers(0, 1425, n)], 1)
+        return np.stack([rng.integers(0, num_users, n), rng.integers(0, num_items, n)], 1)
 
-    return 1858, 1425, fake(44327), fake(4799), fake(7219), "synthetic (data absent)"
+    return (num_users, num_items, *(fake(n) for n in counts), "synthetic (data absent)")
 
 
 def synthetic_splits(num_users: int, num_items: int, train_per_user: int, test_per_user: int,
@@ -105,8 +110,8 @@ def time_split(label: str, num_users: int, num_items: int, train, target, *, rep
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", nargs="+", default=["lfm2k", "large"],
-                        choices=["lfm2k", "large"])
+    parser.add_argument("--sizes", nargs="+", default=["lfm2k", "tiktok", "large"],
+                        choices=["lfm2k", "tiktok", "large"])
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--large-repeats", type=int, default=2)
     parser.add_argument("--large-users", type=int, default=100_000)
@@ -117,10 +122,10 @@ def main() -> None:
     args = parser.parse_args()
     print(f"jax {jax.__version__} on {jax.devices()[0].platform} "
           f"({len(jax.devices())} device(s)); dim {args.dim}")
-    if "lfm2k" in args.sizes:
-        num_users, num_items, train, valid, test, source = lfm2k_splits(args.seed)
-        print(f"lfm2k: {num_users} users x {num_items} items, {source}")
-        for label, target in (("lfm2k valid", valid), ("lfm2k test", test)):
+    for name in [size for size in args.sizes if size in REAL_SIZES]:
+        num_users, num_items, train, valid, test, source = real_splits(name, args.seed)
+        print(f"{name}: {num_users} users x {num_items} items, {source}")
+        for label, target in ((f"{name} valid", valid), (f"{name} test", test)):
             time_split(label, num_users, num_items, train, target, repeats=args.repeats,
                        dim=args.dim, batch_size=args.batch_size, seed=args.seed)
     if "large" in args.sizes:

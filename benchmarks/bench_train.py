@@ -1,9 +1,11 @@
-"""Seconds per training epoch and per evaluation on lfm2k, against MMRec's measured anchors.
+"""Seconds per training epoch and per evaluation (lfm2k, tiktok, ...), against MMRec's measured anchors.
 
 Usage (from the project root):
     python benchmarks/bench_train.py [--epochs 20] [--parallel none] [--sampler device]
         [--data ../shared/data/lfm2k] [--config experiments/configs/lfm2k/bpr.yaml ...]
         [--json experiments/results/lfm2k_speed.json]
+    python benchmarks/bench_train.py --data ../shared/data/tiktok --config experiments/configs/tiktok/*.yaml \
+        --json experiments/results/tiktok_speed.json
 
 Several ``--config`` files are timed one after the other (each in a fresh subprocess, so one
 model's compiled programs and memory do not slow the next); ``--json`` writes every model's
@@ -17,7 +19,8 @@ model's epoch hook if it has one: FREEDOM's pruning, LATTICE's ``learned_graph: 
 refresh) and device steps (one scanned call per epoch; with ``--sampler device`` the batches
 are built inside that call, so the host part is the epoch hook alone), and ``--epochs`` evaluations of the valid
 and test splits (full ranking over all items). Prints medians and the ratio to MMRec's
-anchors in ``../shared/anchors/mmrec_lfm2k.json`` (same data, 2 CPU cores). Compile time
+anchors in ``../shared/anchors/mmrec_<dataset>.json`` (same data, 2 CPU cores; the dataset's
+name is the data folder's). Compile time
 is reported separately and is not in the medians.
 """
 
@@ -42,7 +45,7 @@ from jaxrec.train import (epoch_context, evaluate_params, make_encoder, make_run
                           prepare_experiment)
 
 ROOT = Path(__file__).resolve().parents[1]
-ANCHORS = ROOT / ".." / "shared" / "anchors" / "mmrec_lfm2k.json"
+ANCHORS = ROOT / ".." / "shared" / "anchors"  # mmrec_<dataset>.json
 MMREC_NAMES = {"bprmf": "BPR", "bpr": "BPR", "lightgcn": "LightGCN", "vbpr": "VBPR", "freedom": "FREEDOM",
                "lattice": "LATTICE", "mmgcn": "MMGCN", "bm3": "BM3", "lgmrec": "LGMRec"}
 
@@ -161,8 +164,9 @@ def time_one(args, config_path: str) -> dict:
     print(f"  eval s (median): valid {statistics.median(valid):.4f}, test {statistics.median(test):.4f}, "
           f"valid+test {eval_pair:.4f}")
     anchor_name = MMREC_NAMES.get(config.model.name.lower())
-    if ANCHORS.exists() and anchor_name:
-        anchor = json.loads(ANCHORS.read_text())[anchor_name]
+    anchors = ANCHORS / f"mmrec_{exp.dataset.name}.json"
+    anchor = json.loads(anchors.read_text()).get(anchor_name) if anchors.exists() and anchor_name else None
+    if anchor:
         print(f"  MMRec {anchor_name}: {anchor['train_s_per_epoch']:.4f} s/epoch, {anchor['eval_s_valid_plus_test']:.4f} "
               f"s valid+test -> ours is {anchor['train_s_per_epoch'] / per_epoch:.1f}x faster per epoch, "
               f"{anchor['eval_s_valid_plus_test'] / eval_pair:.1f}x faster per evaluation")

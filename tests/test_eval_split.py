@@ -283,3 +283,33 @@ def test_top_k_items_input_errors():
         jeval.top_k_items(user_emb, item_emb, np.array([5]), k=2)
     with pytest.raises(ConfigError, match="k must be"):
         jeval.top_k_items(user_emb, item_emb, np.array([0]), k=0)
+
+
+@pytest.mark.parametrize("num_items, num_users, platform, expected", [
+    (6710, 9308, "cpu", 2**20 // 6710),   # TikTok on CPU: 156 users per 4 MiB block
+    (6710, 9308, "gpu", 2**24 // 6710),   # the same on an accelerator: 2,500
+    (1425, 1858, "cpu", 2**20 // 1425),   # lfm2k: 735
+    (1425, 1858, "tpu", 1858),            # the whole split in one block
+    (1_000_000, 50_000, "cpu", 8),        # at least 8 users
+    (10, 100_000, "gpu", 4096),           # at most 4096
+    (10, 5, "cpu", 5),                    # never more than the users
+])
+def test_auto_batch_size_keeps_the_cpu_score_block_in_cache(num_items, num_users, platform, expected):
+    from jaxrec.eval._evaluate import auto_batch_size
+
+    assert auto_batch_size(num_items, num_users, platform) == expected
+
+
+def test_the_default_batch_size_follows_the_default_device_and_gives_the_same_metrics():
+    rng = np.random.default_rng(3)
+    train = np.stack([rng.integers(0, 300, 3000), rng.integers(0, 5000, 3000)], 1)
+    targets = np.stack([np.arange(300), rng.integers(0, 5000, 300)], 1)
+    split = jeval.prepare_split(num_items=5000, train_pairs=train, target_pairs=targets)
+    assert jax.default_backend() == "cpu" and split.batch_size == 2**20 // 5000
+    user_emb, item_emb = rng.normal(size=(300, 8)), rng.normal(size=(5000, 8))
+    whole = jeval.prepare_split(num_items=5000, train_pairs=train, target_pairs=targets, batch_size=300)
+    assert whole.batch_size == 300
+    got = jeval.evaluate_prepared(split, user_emb, item_emb)
+    want = jeval.evaluate_prepared(whole, user_emb, item_emb)
+    for key in ("recall@20", "ndcg@20", "mrr@50"):
+        assert got[key] == pytest.approx(want[key], rel=1e-6), key

@@ -25,9 +25,12 @@ DEFAULT_METRICS = ("recall", "ndcg", "precision", "map", "hit", "mrr")
 # "recall2" is MMRec's micro-averaged recall: sum of hits over sum of |T_u|.
 KNOWN_METRICS = DEFAULT_METRICS + ("recall2",)
 
-# Scores of one batch are a dense (batch_size, num_items) block; about 2**24 entries (64 MiB
-# in float32) keeps the matmul efficient without straining host or accelerator memory.
+# Scores of one batch are a dense (batch_size, num_items) block. On an accelerator about 2**24
+# entries (64 MiB in float32) keeps the matmul efficient without straining its memory. On CPU
+# the block is re-read by every pass after the matmul (masking, rank counts, top-k), so it
+# should stay in cache: about 2**20 entries (4 MiB). Measured figures: benchmarks/bench_eval.py.
 _BLOCK_ENTRIES = 2**24
+_CPU_BLOCK_ENTRIES = 2**20
 _MAX_AUTO_BATCH = 4096
 # Up to this many held-out items per user, hits are found by comparing the top-k list with
 # each row's padded target slots (B x k x S compares); above it, by a scattered target matrix.
@@ -66,9 +69,12 @@ class EvalSplit(NamedTuple):
     max_user_id: int
 
 
-def auto_batch_size(num_items: int, num_users: int) -> int:
-    """Users per batch so that one score block has about ``2**24`` entries (at most 4096)."""
-    size = max(8, min(_MAX_AUTO_BATCH, _BLOCK_ENTRIES // max(num_items, 1)))
+def auto_batch_size(num_items: int, num_users: int, platform: str | None = None) -> int:
+    """Users per batch so that one score block has about ``2**24`` entries on an accelerator,
+    ``2**20`` on CPU (``platform``, default: the default device's), at least 8 and at most 4096."""
+    platform = jax.default_backend() if platform is None else platform
+    entries = _CPU_BLOCK_ENTRIES if platform == "cpu" else _BLOCK_ENTRIES
+    size = max(8, min(_MAX_AUTO_BATCH, entries // max(num_items, 1)))
     return max(1, min(size, num_users))
 
 
@@ -153,7 +159,8 @@ def prepare_split(
         interactions at test time, see :func:`jaxrec.eval.protocol_pairs`).
       candidate_items: optional 1-D item ids; only these are ranked (cold-start evaluation).
         Held-out pairs on other items are dropped (counted in ``num_dropped_targets``).
-      batch_size: users per batch; None picks about ``2**24 / num_items`` (at most 4096).
+      batch_size: users per batch; None picks :func:`auto_batch_size`'s (about ``2**20 / num_items``
+        on CPU, ``2**24 / num_items`` on an accelerator; 8 to 4096).
 
     Returns:
       an :class:`EvalSplit` whose arrays are on the default device.
@@ -456,7 +463,7 @@ def evaluate_split(
       extra_exclude_pairs: optional ``(e, 2)`` pairs also excluded (Cornac-style test).
       ks: list cut-offs (default 5, 10, 20, 50).
       metrics: default ``recall, ndcg, precision, map, hit, mrr``; also ``recall2``.
-      batch_size: users per batch (default: about ``2**24 / num_items``, at most 4096).
+      batch_size: users per batch (default: :func:`auto_batch_size`'s).
       candidate_items: optional 1-D item ids; only they are ranked and only held-out pairs
         on them count (cold-start evaluation of new items).
       score_fn: optional jittable ``(users, user_emb, item_emb) -> (B, num_items)``.
