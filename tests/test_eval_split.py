@@ -290,7 +290,10 @@ def test_top_k_items_input_errors():
     (6710, 9308, "gpu", 2**24 // 6710),   # the same on an accelerator: 2,500
     (1425, 1858, "cpu", 2**20 // 1425),   # lfm2k: 735
     (1425, 1858, "tpu", 1858),            # the whole split in one block
-    (1_000_000, 50_000, "cpu", 8),        # at least 8 users
+    (50_000, 100_000, "cpu", 32),         # a large catalogue: at least 32 users per block ...
+    (1_000_000, 50_000, "cpu", 32),       # ... while the block stays within 2**25 entries
+    (10_000_000, 50_000, "cpu", 8),       # past that, at least 8
+    (1_000_000, 50_000, "gpu", 16),
     (10, 100_000, "gpu", 4096),           # at most 4096
     (10, 5, "cpu", 5),                    # never more than the users
 ])

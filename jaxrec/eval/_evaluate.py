@@ -28,9 +28,13 @@ KNOWN_METRICS = DEFAULT_METRICS + ("recall2",)
 # Scores of one batch are a dense (batch_size, num_items) block. On an accelerator about 2**24
 # entries (64 MiB in float32) keeps the matmul efficient without straining its memory. On CPU
 # the block is re-read by every pass after the matmul (masking, rank counts, top-k), so it
-# should stay in cache: about 2**20 entries (4 MiB). Measured figures: benchmarks/bench_eval.py.
+# should stay in cache: about 2**20 entries (4 MiB); but each block also reads the whole item
+# table, so a large catalogue keeps at least 32 users per block while that block stays within
+# 2**25 entries (128 MiB). Measured figures: benchmarks/bench_eval.py.
 _BLOCK_ENTRIES = 2**24
 _CPU_BLOCK_ENTRIES = 2**20
+_CPU_MIN_USERS = 32
+_CPU_MAX_BLOCK_ENTRIES = 2**25
 _MAX_AUTO_BATCH = 4096
 # Up to this many held-out items per user, hits are found by comparing the top-k list with
 # each row's padded target slots (B x k x S compares); above it, by a scattered target matrix.
@@ -71,10 +75,15 @@ class EvalSplit(NamedTuple):
 
 def auto_batch_size(num_items: int, num_users: int, platform: str | None = None) -> int:
     """Users per batch so that one score block has about ``2**24`` entries on an accelerator,
-    ``2**20`` on CPU (``platform``, default: the default device's), at least 8 and at most 4096."""
+    ``2**20`` on CPU (``platform``, default: the default device's), at most 4096 users and at
+    least 8 (on CPU at least 32 while the block stays within ``2**25`` entries)."""
     platform = jax.default_backend() if platform is None else platform
-    entries = _CPU_BLOCK_ENTRIES if platform == "cpu" else _BLOCK_ENTRIES
-    size = max(8, min(_MAX_AUTO_BATCH, entries // max(num_items, 1)))
+    num_items = max(num_items, 1)
+    if platform == "cpu":
+        entries, least = _CPU_BLOCK_ENTRIES, min(_CPU_MIN_USERS, max(8, _CPU_MAX_BLOCK_ENTRIES // num_items))
+    else:
+        entries, least = _BLOCK_ENTRIES, 8
+    size = max(least, min(_MAX_AUTO_BATCH, entries // num_items))
     return max(1, min(size, num_users))
 
 
@@ -160,7 +169,7 @@ def prepare_split(
       candidate_items: optional 1-D item ids; only these are ranked (cold-start evaluation).
         Held-out pairs on other items are dropped (counted in ``num_dropped_targets``).
       batch_size: users per batch; None picks :func:`auto_batch_size`'s (about ``2**20 / num_items``
-        on CPU, ``2**24 / num_items`` on an accelerator; 8 to 4096).
+        on CPU, ``2**24 / num_items`` on an accelerator).
 
     Returns:
       an :class:`EvalSplit` whose arrays are on the default device.
