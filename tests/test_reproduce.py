@@ -165,12 +165,8 @@ def test_the_lfm2k_grid_file_covers_every_config_and_matches_the_records():
         for search in row.searches:
             expected = [dict(zip(search.grid, values)) for values in itertools.product(*search.grid.values())]
             path = ROOT / "experiments/records/lfm2k" / row.group / f"{search.name}.jsonl"
-            if search.name == "mgcn_search":  # run as single runs (the config header says why)
-                lines = (ROOT / "experiments/records/lfm2k/mgcn_cl_loss_runs.jsonl").read_text().splitlines()[1:]
-                settings = [{"loss_weights.cl": json.loads(line)["config"]["loss_weights"]["cl"]} for line in lines]
-            else:
-                header = json.loads(path.read_text().splitlines()[0])
-                settings = [t["setting"] for t in header["search"]["trials"]]
+            header = json.loads(path.read_text().splitlines()[0])
+            settings = [t["setting"] for t in header["search"]["trials"]]
             assert settings == expected, search.name
             checked += 1
     assert checked == 32  # 21 warm searches, 11 cold-start ones
