@@ -1,7 +1,7 @@
 """Seconds per full-ranking evaluation of one split with jaxrec.eval (after compilation).
 
 Usage:
-  python benchmarks/bench_eval.py                      # lfm2k and the large synthetic size
+  python benchmarks/bench_eval.py                      # lfm2k, tiktok and the large synthetic size
   python benchmarks/bench_eval.py --sizes lfm2k --repeats 20
   python benchmarks/bench_eval.py --sizes large --large-users 20000 --large-items 10000
 
@@ -9,6 +9,8 @@ Sizes:
   lfm2k  the real Last.fm 2K split from ../shared/data/lfm2k (1,858 users x 1,425 items; valid
          4,799 pairs / 1,783 users, test 7,219 pairs / 1,858 users, 44,327 train pairs masked),
          random 64-d embeddings; synthetic pairs of the same sizes when the data is absent.
+  tiktok the real TikTok split from ../shared/data/tiktok (9,308 users x 6,710 items; valid
+         3,051 pairs, test 6,130 pairs, 59,541 train pairs masked), the same way.
   large  synthetic: 100,000 users x 50,000 items, 64-d, 20 train pairs and 2 held-out pairs
          per user (2M masked pairs, 200k targets).
 
