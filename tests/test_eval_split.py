@@ -225,6 +225,52 @@ def test_nan_scores_raise_unless_masked():
     assert np.isfinite(got["recall@3"])
 
 
+@pytest.mark.parametrize("nan_count", ["packed", "own pass"])
+@pytest.mark.parametrize("hits_from", ["rank_slots", "target_slots"])
+def test_nan_count_covers_exactly_the_rankable_entries(nan_count, hits_from, monkeypatch):
+    # The rank path counts NaNs on the UNMASKED scores (packed into the first slot's rank count,
+    # or in a pass of its own above 46,339 items) and subtracts the excluded ones: the count
+    # must be the naive one over candidates not excluded, on evaluated users only.
+    if nan_count == "own pass":
+        monkeypatch.setattr(_ranking, "_packs_nan_count", lambda num_items: False)
+    if hits_from != "rank_slots":
+        monkeypatch.setattr(_ranking, "MAX_RANK_SLOTS", 0)
+    user_emb, item_emb, train, targets, _ = make_case(
+        12, num_users=16, num_items=10, dim=2, low=-2, high=2, num_train=50, num_targets=30)
+    user_emb, item_emb = user_emb.copy(), item_emb.copy()
+    item_emb[[2, 6]] = np.nan   # item 6 is not a candidate: never counted
+    user_emb[[5, 4]] = np.nan   # whole rows: user 5 is evaluated, user 4 is not (never counted)
+    train = np.concatenate([train, [[u, 2] for u in range(0, 16, 3)], [[1, 2]]])  # (1, 2) twice
+    candidates = np.array([0, 1, 2, 3, 4, 5, 7, 8, 9])
+    scores = user_emb.astype(np.float64) @ item_emb.T.astype(np.float64)
+    evaluated = np.unique(targets[np.isin(targets[:, 1], candidates), 0])
+    excluded = {(int(u), int(i)) for u, i in train}
+    expected = sum(int(np.isnan(scores[u, i])) for u in evaluated for i in candidates if (u, i) not in excluded)
+    assert expected > 0 and 5 in evaluated and 4 not in evaluated
+    split = jeval.prepare_split(num_items=10, train_pairs=train, target_pairs=targets, candidate_items=candidates,
+                                batch_size=5)
+    assert hits_from in split.batches
+    with pytest.raises(DataError, match=rf"found {expected} NaN scores"):
+        jeval.evaluate_prepared(split, user_emb, item_emb, ks=(3,))
+
+
+def test_rank_counts_subtract_excluded_items_ahead_and_never_count_an_excluded_target():
+    # Hand-worked: one user, scores 5, 4, 4, 3, 0, -0.0 on items 0..5; train excludes items 0
+    # and 2; the held-out items are 2 (also in train: masked, never a hit), 3 and 5.
+    # Rankable order: 1 (4), 3 (3), 4 (0), 5 (-0.0 ties 0 and follows the lower id 4).
+    item_emb = np.array([[5.0], [4.0], [4.0], [3.0], [0.0], [-0.0]], np.float32)
+    user_emb = np.array([[1.0]], np.float32)
+    split = jeval.prepare_split(num_items=6, train_pairs=np.array([[0, 0], [0, 2]]),
+                                target_pairs=np.array([[0, 2], [0, 3], [0, 5]]), batch_size=1)
+    assert "rank_slots" in split.batches
+    got = jeval.evaluate_prepared(split, user_emb, item_emb, ks=(1, 2, 4), metrics=("recall", "precision"))
+    # Hits at places 2 (item 3) and 4 (item 5); recall over the 3 held-out items.
+    assert got["recall@1"] == 0.0
+    assert got["recall@2"] == pytest.approx(1 / 3)
+    assert got["recall@4"] == pytest.approx(2 / 3)
+    assert got["precision@4"] == pytest.approx(2 / 4)
+
+
 @pytest.mark.parametrize("kwargs, error, match", [
     (dict(train_pairs=np.zeros((3, 3), int)), DataError, r"shape \(3, 3\)"),
     (dict(train_pairs=np.array([[0, 1], [2, 99]])), DataError, "row 1.*item id 99"),

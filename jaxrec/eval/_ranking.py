@@ -14,7 +14,10 @@ When each user has at most :data:`MAX_RANK_SLOTS` held-out items (``rank_slots``
 found without ``lax.top_k``: a held-out item's place in the list is the number of items ranked
 ahead of it (higher score, or equal score and lower id), one (B, num_items) compare-and-count
 per slot. That is the position ``lax.top_k`` gives it, so the hits -- and every metric -- are
-the same, at a fraction of the cost on XLA:CPU (whose top-k sorts each row on one thread).
+the same, at a fraction of the cost on XLA:CPU (whose top-k sorts each row on one thread). The
+counts read the unmasked scores and subtract the excluded items ahead (:func:`slot_ranks`), and
+the first slot's count carries the NaN check, so the scores are read once per slot and no
+masked copy is written.
 """
 
 from __future__ import annotations
@@ -94,38 +97,91 @@ def _ranked_batch(score_fn, users, user_emb, item_emb, exclude_rows, exclude_ite
     return scores.shape, top_scores, top_items, num_nan
 
 
-def slot_ranks(scores: jax.Array, slots: jax.Array) -> tuple[jax.Array, jax.Array]:
-    r"""Each slot item's 0-based place in its row's ranking, as ``lax.top_k`` orders it.
+# The rank count of a row's first slot also carries its NaN count, as ``rank + PACK * nans`` in
+# one int32 sum (one pass over the scores instead of two), where ``num_items * (num_items + 2)``
+# fits in int32 (up to 46,339 items); larger catalogues count the NaNs in a pass of their own.
+_INT32_MAX = 2**31 - 1
 
-    .. math::  r_{bs} = \#\{j : x_{bj} > x_{b i_s}\} + \#\{j < i_s : x_{bj} = x_{b i_s}\}
+
+def _packs_nan_count(num_items: int) -> bool:
+    return num_items * (num_items + 2) <= _INT32_MAX
+
+
+def slot_ranks(scores: jax.Array, slots: jax.Array, candidate_mask: jax.Array, exclude_rows: jax.Array,
+               exclude_items: jax.Array, row_valid: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    r"""Each slot item's 0-based place in its row's ranking, as ``lax.top_k`` orders the masked
+    scores (:func:`masked_scores`), counted on the UNMASKED scores.
+
+    With :math:`R_b` the row's rankable items (candidates not excluded for the row),
+
+    .. math::  r_{bs} = \#\{j \in R_b : x_{bj} > x_{b i_s}\} + \#\{j \in R_b : j < i_s,\ x_{bj} = x_{b i_s}\}
+
+    counted as the candidates ahead minus the row's excluded candidates ahead (the exclusion
+    pairs are distinct, as :func:`jaxrec.eval.prepare_split` lays them out; gathered, E of
+    them per batch), so no masked copy of the (B, num_items) block is written. Masked entries
+    are ``-inf`` in the top-k, so they rank behind every slot that counts (finite or
+    ``+inf``); a slot item that is itself masked, or scored ``-inf``, is not counted. IEEE
+    comparison makes ``-0.0`` equal to ``+0.0``, as the top-k's canonical zeros do.
 
     Args:
-      scores: ``(B, num_items)`` masked scores (``-0.0`` already made ``+0.0``).
-      slots: ``(B, S)`` item ids, ``-1`` for an unused slot (its rank is meaningless).
+      scores: ``(B, num_items)`` scores, NOT masked.
+      slots: ``(B, S)`` item ids, ``-1`` for an unused slot.
+      candidate_mask: ``(num_items,)`` bool.
+      exclude_rows, exclude_items: ``(E,)`` excluded (row, item) pairs, distinct; row ``B``
+        marks a padding entry.
+      row_valid: ``(B,)`` bool, the rows whose NaN scores count.
 
     Returns:
-      ``(slot_scores, ranks)``, both ``(B, S)``.
+      ``(ranks, counted, num_nan)``: ``(B, S)`` int32 ranks, ``(B, S)`` bool (a held-out slot
+      whose item is rankable and scored above ``-inf``), and the number of NaN scores on
+      rankable entries of the valid rows.
     """
+    num_rows, num_items = scores.shape
     items = jnp.maximum(slots, 0)
     slot_scores = jnp.take_along_axis(scores, items, axis=1)
-    ids = jnp.arange(scores.shape[1], dtype=items.dtype)[None, :]
+    ids = jnp.arange(num_items, dtype=items.dtype)[None, :]
+    candidates = candidate_mask[None, :]
+    # The excluded entries, gathered: (E,) rows, items, scores; padding entries count nowhere.
+    in_batch = exclude_rows < num_rows
+    e_rows = jnp.where(in_batch, exclude_rows, 0)
+    e_items = jnp.clip(exclude_items, 0, num_items - 1)
+    e_counts = in_batch & candidate_mask[e_items]
+    e_scores = scores[e_rows, e_items]
+    slot_excluded = jnp.zeros(slots.shape, jnp.int32).at[e_rows].add(
+        (e_counts[:, None] & (items[e_rows] == e_items[:, None])).astype(jnp.int32)) > 0
+    counted = (slots >= 0) & candidate_mask[items] & ~slot_excluded & (slot_scores > -jnp.inf)
+    pack = num_items + 1 if _packs_nan_count(num_items) else 0
 
-    def one_slot(_, column):
-        value, item = column
-        ahead = (scores > value[:, None]) | ((scores == value[:, None]) & (ids < item[:, None]))
-        return None, jnp.sum(ahead, axis=1, dtype=jnp.int32)
+    def ahead_count(value, item, with_nans):
+        ahead = candidates & ((scores > value[:, None]) | ((scores == value[:, None]) & (ids < item[:, None])))
+        e_ahead = e_counts & ((e_scores > value[e_rows]) | ((e_scores == value[e_rows]) & (e_items < item[e_rows])))
+        entries, e_entries = ahead.astype(jnp.int32), e_ahead.astype(jnp.int32)
+        if with_nans:
+            entries = entries + pack * (candidates & jnp.isnan(scores)).astype(jnp.int32)
+            e_entries = e_entries + pack * (e_counts & jnp.isnan(e_scores)).astype(jnp.int32)
+        return (jnp.sum(entries, axis=1, dtype=jnp.int32)
+                - jnp.zeros(num_rows, jnp.int32).at[e_rows].add(e_entries))
 
-    # A loop of (B, num_items) counts: written as one (B, S, num_items) reduction, XLA:CPU's fused
-    # loop ran about 6x slower.
-    _, ranks = jax.lax.scan(one_slot, None, (slot_scores.T, items.T))
-    return slot_scores, ranks.T
+    first = ahead_count(slot_scores[:, 0], items[:, 0], with_nans=bool(pack))
+    if pack:
+        nans, first = first // pack, first % pack
+    else:
+        e_nans = (e_counts & jnp.isnan(e_scores)).astype(jnp.int32)
+        nans = (jnp.sum(candidates & jnp.isnan(scores), axis=1, dtype=jnp.int32)
+                - jnp.zeros(num_rows, jnp.int32).at[e_rows].add(e_nans))
+    ranks = first[:, None]
+    if slots.shape[1] > 1:
+        # A loop of (B, num_items) counts: written as one (B, S, num_items) reduction, XLA:CPU's
+        # fused loop ran about 6x slower.
+        _, rest = jax.lax.scan(lambda _, column: (None, ahead_count(*column, with_nans=False)), None,
+                               (slot_scores[:, 1:].T, items[:, 1:].T))
+        ranks = jnp.concatenate([ranks, rest.T], axis=1)
+    return ranks, counted, jnp.sum(jnp.where(row_valid, nans, 0))
 
 
-def _hits_from_ranks(scores: jax.Array, slots: jax.Array, list_len: int) -> jax.Array:
+def _hits_from_ranks(ranks: jax.Array, counted: jax.Array, list_len: int) -> jax.Array:
     """``(B, list_len)`` bool hit matrix of the top-``list_len`` lists, read off the ranks of the
-    held-out items in ``slots`` (``-1`` unused); a ``-inf`` item is never a hit."""
-    slot_scores, ranks = slot_ranks(scores, slots)
-    counted = (slots >= 0) & (slot_scores > -jnp.inf)
+    held-out items (:func:`slot_ranks`); a slot that is not ``counted`` is never a hit."""
     ranks = jnp.where(counted, ranks, list_len)  # never equal to a list position
     return jnp.any(ranks[:, None, :] == jnp.arange(list_len, dtype=ranks.dtype)[None, :, None], axis=-1)
 
@@ -167,9 +223,12 @@ def split_metric_sums(
         num_relevant = batch["num_relevant"]
         evaluated = num_relevant > 0
         if "rank_slots" in batch:  # very few held-out items per user: their ranks, no top-k
-            scores, num_nan = _masked_batch(score_fn, batch["users"], user_emb, item_emb, batch["exclude_rows"],
-                                            batch["exclude_items"], candidate_mask, evaluated)
-            hits = _hits_from_ranks(scores, batch["rank_slots"], list_len)
+            scores = score_fn(batch["users"], user_emb, item_emb)
+            if not jnp.issubdtype(scores.dtype, jnp.floating):
+                scores = scores.astype(jnp.float32)  # as masked_scores does
+            ranks, counted, num_nan = slot_ranks(scores, batch["rank_slots"], candidate_mask, batch["exclude_rows"],
+                                                 batch["exclude_items"], evaluated)
+            hits = _hits_from_ranks(ranks, counted, list_len)
         else:
             shape, top_scores, top_items, num_nan = _ranked_batch(
                 score_fn, batch["users"], user_emb, item_emb, batch["exclude_rows"],
