@@ -656,10 +656,14 @@ def build_report(dataset: str, anchors_dir: Path, root: Path = HERE) -> str:
                     "are not a speed comparison."]
     if speed:
         loads = [v.get("load_average", 0.0) for v in speed.values()]
-        out += ["", f"† seconds from `{speed_path.relative_to(root)}` (`benchmarks/bench_train.py`, models timed one "
-                    f"after another, load average {min(loads):.1f}-{max(loads):.1f} on the 2 cores; 'eval s' is valid + "
+        dates = sorted(str(v["measured"])[:10] for v in speed.values() if v.get("measured"))
+        when = "" if not dates else f"measured {dates[0]}" + ("" if dates[0] == dates[-1] else f" to {dates[-1]}") + ", "
+        out += ["", f"† seconds from `{speed_path.relative_to(root)}` (`benchmarks/bench_train.py`, {when}models timed "
+                    f"one after another, load average {min(loads):.1f}-{max(loads):.1f} on the 2 cores; 'eval s' is valid + "
                     "test there, as MMRec's anchor); other seconds are the runs' own, taken while other jobs shared "
-                    "the machine."]
+                    "the machine. The 'x faster' ratios divide MMRec's anchor seconds, timed on another day and "
+                    "possibly another machine of this kind; side by side on one machine: "
+                    "`results/speed_vs_mmrec.json`."]
     published = anchors_dir / f"{dataset}_published.md"
     if published.exists() and chosen:
         out += ["", "## Published figures (ANOTHER protocol: not comparable cell by cell)", "",
