@@ -47,7 +47,8 @@ class EvalSplit(NamedTuple):
     Attributes:
       batches: device arrays with a leading ``num_batches`` axis: ``users`` ``(B,)``,
         ``num_relevant`` ``(B,)`` (0 on padding rows), ``exclude_rows``/``exclude_items``
-        ``(E,)`` and ``target_rows``/``target_items`` ``(T,)`` (row ``B`` marks padding);
+        ``(E,)`` (distinct pairs, on candidate items: the rank counts subtract them) and
+        ``target_rows``/``target_items`` ``(T,)`` (row ``B`` marks padding);
         and, when no user has more than ``_MAX_TARGET_SLOTS`` held-out items,
         ``target_slots`` ``(B, S)``: each row's held-out items, ``-1`` in unused slots (the
         ranking then reads hits off the top-k list against these instead of scattering a
