@@ -58,6 +58,11 @@ def dot_product_scores(users: jax.Array, user_emb: jax.Array, item_emb: jax.Arra
     return jnp.matmul(user_emb[users], item_emb.T, precision=jax.lax.Precision.HIGHEST)
 
 
+def _float_scores(scores: jax.Array) -> jax.Array:
+    """The scores as floats: integer scores cannot hold ``-inf`` (nor NaN)."""
+    return scores if jnp.issubdtype(scores.dtype, jnp.floating) else scores.astype(jnp.float32)
+
+
 def masked_scores(
     scores: jax.Array,
     exclude_rows: jax.Array,
@@ -75,8 +80,7 @@ def masked_scores(
     Returns:
       ``(B, num_items)`` scores with ``-0.0`` made ``+0.0`` and the masked entries ``-inf``.
     """
-    if not jnp.issubdtype(scores.dtype, jnp.floating):
-        scores = scores.astype(jnp.float32)  # integer scores cannot hold -inf
+    scores = _float_scores(scores)
     # Canonical zero: XLA's top_k puts -0.0 below +0.0, numpy and users treat them as equal.
     scores = jnp.where(scores == 0, jnp.zeros((), scores.dtype), scores)
     scores = scores.at[exclude_rows, exclude_items].set(-jnp.inf, mode="drop")
@@ -151,24 +155,26 @@ def slot_ranks(scores: jax.Array, slots: jax.Array, candidate_mask: jax.Array, e
         (e_counts[:, None] & (items[e_rows] == e_items[:, None])).astype(jnp.int32)) > 0
     counted = (slots >= 0) & candidate_mask[items] & ~slot_excluded & (slot_scores > -jnp.inf)
     pack = num_items + 1 if _packs_nan_count(num_items) else 0
+    nan_entries = (candidates & jnp.isnan(scores)).astype(jnp.int32)
+    e_nans = (e_counts & jnp.isnan(e_scores)).astype(jnp.int32)
+
+    def rankable_sum(entries, e_entries):
+        """Per row: ``entries`` summed over the candidates, less the row's excluded entries."""
+        return jnp.sum(entries, axis=1, dtype=jnp.int32) - jnp.zeros(num_rows, jnp.int32).at[e_rows].add(e_entries)
 
     def ahead_count(value, item, with_nans):
         ahead = candidates & ((scores > value[:, None]) | ((scores == value[:, None]) & (ids < item[:, None])))
         e_ahead = e_counts & ((e_scores > value[e_rows]) | ((e_scores == value[e_rows]) & (e_items < item[e_rows])))
         entries, e_entries = ahead.astype(jnp.int32), e_ahead.astype(jnp.int32)
         if with_nans:
-            entries = entries + pack * (candidates & jnp.isnan(scores)).astype(jnp.int32)
-            e_entries = e_entries + pack * (e_counts & jnp.isnan(e_scores)).astype(jnp.int32)
-        return (jnp.sum(entries, axis=1, dtype=jnp.int32)
-                - jnp.zeros(num_rows, jnp.int32).at[e_rows].add(e_entries))
+            entries, e_entries = entries + pack * nan_entries, e_entries + pack * e_nans
+        return rankable_sum(entries, e_entries)
 
     first = ahead_count(slot_scores[:, 0], items[:, 0], with_nans=bool(pack))
     if pack:
         nans, first = first // pack, first % pack
     else:
-        e_nans = (e_counts & jnp.isnan(e_scores)).astype(jnp.int32)
-        nans = (jnp.sum(candidates & jnp.isnan(scores), axis=1, dtype=jnp.int32)
-                - jnp.zeros(num_rows, jnp.int32).at[e_rows].add(e_nans))
+        nans = rankable_sum(nan_entries, e_nans)
     ranks = first[:, None]
     if slots.shape[1] > 1:
         # A loop of (B, num_items) counts: written as one (B, S, num_items) reduction, XLA:CPU's
@@ -223,9 +229,7 @@ def split_metric_sums(
         num_relevant = batch["num_relevant"]
         evaluated = num_relevant > 0
         if "rank_slots" in batch:  # very few held-out items per user: their ranks, no top-k
-            scores = score_fn(batch["users"], user_emb, item_emb)
-            if not jnp.issubdtype(scores.dtype, jnp.floating):
-                scores = scores.astype(jnp.float32)  # as masked_scores does
+            scores = _float_scores(score_fn(batch["users"], user_emb, item_emb))
             ranks, counted, num_nan = slot_ranks(scores, batch["rank_slots"], candidate_mask, batch["exclude_rows"],
                                                  batch["exclude_items"], evaluated)
             hits = _hits_from_ranks(ranks, counted, list_len)
