@@ -249,7 +249,7 @@ def test_a_grid_with_a_term_off_in_every_trial_keeps_its_parameters_unread(tmp_p
     dataset = make_synthetic(**data)
     config = config_from_dict(raw)
     batched = run_search(config, tmp_path / "b", quiet=True, batched="always", dataset=dataset)
-    assert seen == [{"off_terms": frozenset({"modality_bpr"}), "keep_unread": True}]
+    assert seen == [{"off_terms": frozenset({"modality_bpr"}), "keep_unread": True, "steps_per_epoch": 3}]
     sequential = run_search(config, tmp_path / "s", quiet=True, batched="never", dataset=dataset)
     for one, other in zip(batched["trials"], sequential["trials"]):
         assert one["best_epoch"] == other["best_epoch"]
@@ -267,3 +267,42 @@ def test_a_grid_with_a_term_off_in_every_trial_keeps_its_parameters_unread(tmp_p
         initial.params)[0] if np.array_equal(np.asarray(leaf), np.asarray(flat_last[path])))
     # Only the feature table and projection (read by modality_bpr alone) are where they started.
     assert unchanged == ["['features_0']['table']", "['projection_0']['bias']", "['projection_0']['kernel']"]
+
+
+def _last_params(workdir, config, dataset):
+    exp = prepare_experiment(config, dataset)
+    checkpoints = Checkpoints(workdir / "checkpoints")
+    try:
+        last, _ = checkpoints.restore(exp.target)
+    finally:
+        checkpoints.close()
+    return jax.device_get(last.params)
+
+
+def test_lattice_mmrec_schedule_is_the_same_batched_and_sequential(tmp_path):
+    """LATTICE's ``learned_graph: mmrec`` recomputes its item graph with gradient in an epoch's
+    FIRST step only (the step reads ``ctx["epoch_step"]``, which every trainer's step sets). The
+    batched epoch sets it as the sequential step does, so both ways end at the same parameters up
+    to float rounding; a batched step that left it at the built -1 would search and differentiate
+    the graph at every step, and its feature projections would end elsewhere."""
+    data = dict(n_users=60, n_items=40, n_interactions=900, dims={"text": 8, "audio": 6}, seed=2)
+    raw = {"data": {"synthetic": data},
+           "model": {"name": "lattice", "args": {"embedding_size": 8, "feat_embed_dim": 8, "knn_k": 3,
+                                                 "graph_cache": "none", "learned_graph": "mmrec"}},
+           "train": {"epochs": 3, "batch_size": 128, "learning_rate": 0.05, "patience": 10, "seed": 3,
+                     "checkpoint_every": 100},
+           "eval": {"ks": [20], "metrics": ["recall", "ndcg"]},
+           "grid": {"loss_weights.reg": [1e-4, 1e-3]}}
+    dataset = make_synthetic(**data)
+    config = config_from_dict(raw)
+    batched = run_search(config, tmp_path / "b", quiet=True, batched="always", dataset=dataset)
+    sequential = run_search(config, tmp_path / "s", quiet=True, batched="never", dataset=dataset)
+    for trial, (one, other) in enumerate(zip(batched["trials"], sequential["trials"])):
+        trial_cfg = trial_config(config, one["setting"])
+        mine = _last_params(tmp_path / "b" / f"trial_{trial:03d}", trial_cfg, dataset)
+        theirs = _last_params(tmp_path / "s" / f"trial_{trial:03d}", trial_cfg, dataset)
+        flat_theirs = dict(jax.tree_util.tree_flatten_with_path(theirs)[0])
+        for path, leaf in jax.tree_util.tree_flatten_with_path(mine)[0]:
+            np.testing.assert_allclose(np.asarray(leaf), np.asarray(flat_theirs[path]), rtol=1e-4, atol=1e-5,
+                                       err_msg=jax.tree_util.keystr(path))
+        assert one["test"]["recall@20"] == pytest.approx(other["test"]["recall@20"], abs=1e-6)

@@ -77,7 +77,7 @@ from jaxrec.train._setup import (
     resolve_loss_weights,
 )
 from jaxrec.train._state import _OPTIMIZER_FIELDS, init_state, make_optimizer
-from jaxrec.train._step import _kept_as_they_were, unread_params
+from jaxrec.train._step import _kept_as_they_were, unread_params, with_epoch_step
 
 BATCHABLE_KEYS = ("train.learning_rate", "train.seed")
 
@@ -202,7 +202,8 @@ class _TrialContexts:
 
 
 def _make_epoch_fn(module, tx_unit, term_names: tuple[str, ...], per_trial_batches: bool, contexts: _TrialContexts,
-                   *, off_terms: frozenset = frozenset(), keep_unread: bool = False):
+                   *, off_terms: frozenset = frozenset(), keep_unread: bool = False,
+                   steps_per_epoch: int | None = None):
     """``epoch(states, lrs, weights, active, ctx, varying, batches) -> (states, (loss, terms, finite))``
     with every output stacked ``(T, steps, ...)``; ``batches`` are ``(steps, B, ...)`` shared by
     every trial, or ``(T, steps, B, ...)`` with ``per_trial_batches``; ``varying`` the stacked
@@ -225,11 +226,15 @@ def _make_epoch_fn(module, tx_unit, term_names: tuple[str, ...], per_trial_batch
     optimizer has no weight decay, as :func:`jaxrec.train.make_runner` does): the parameters that
     this trace of the weighted sum never reads, and their optimizer state, come back as they went
     in, so their optimizer arithmetic is compiled away (FREEDOM's feature tables and projections
-    when ``modality_bpr`` is 0 in every trial)."""
+    when ``modality_bpr`` is 0 in every trial). ``steps_per_epoch``: as the sequential step's, it
+    sets a ctx's :data:`jaxrec.models.EPOCH_STEP` to the trial's step within its epoch
+    (:func:`jaxrec.train._step.with_epoch_step`; LATTICE's ``learned_graph: mmrec`` recomputes
+    its graph with gradient in an epoch's first step only)."""
     summed = [(j, name) for j, name in enumerate(term_names) if name not in off_terms]
 
     def step(state, lr, weights, ctx, batch):
         dropout_key = jax.random.fold_in(state.rng, state.step)
+        ctx = with_epoch_step(ctx, state.step, steps_per_epoch)
 
         def total_loss(params):
             terms = module.apply({"params": params}, ctx, batch, True, method="loss_terms",
@@ -357,7 +362,8 @@ def run_batched_search(config: ExperimentConfig, workdir: str | os.PathLike, set
     contexts.update(states.params, 0, [True] * n_trials)  # epoch 1's contexts, from the initial parameters
     off_terms = frozenset(name for j, name in enumerate(exp.term_names) if not weight_matrix[:, j].any())
     epoch_fn = _make_epoch_fn(built.module, tx_unit, exp.term_names, per_trial_batches, contexts,
-                              off_terms=off_terms, keep_unread=not tcfg.weight_decay)
+                              off_terms=off_terms, keep_unread=not tcfg.weight_decay,
+                              steps_per_epoch=exp.steps_per_epoch)
     encoder = _make_encoder(built.module, contexts)
     splits = prepare_eval_splits(exp)
     eval_cfg = configs[0].eval

@@ -86,8 +86,7 @@ def make_train_step(module, tx: optax.GradientTransformation, loss_weights: Mapp
 
     def train_step(state: TrainState, ctx, batch) -> tuple[TrainState, StepMetrics]:
         dropout_key = jax.random.fold_in(state.rng, state.step)
-        if steps_per_epoch and isinstance(ctx, Mapping) and models.EPOCH_STEP in ctx:
-            ctx = {**ctx, models.EPOCH_STEP: (state.step % steps_per_epoch).astype(jnp.int32)}
+        ctx = with_epoch_step(ctx, state.step, steps_per_epoch)
 
         def total_loss(params):
             terms = module.apply({"params": params}, ctx, batch, True, method="loss_terms",
@@ -113,6 +112,17 @@ def make_train_step(module, tx: optax.GradientTransformation, loss_weights: Mapp
         return new_state, StepMetrics(loss, dict(terms), grads_finite)
 
     return train_step
+
+
+def with_epoch_step(ctx, step, steps_per_epoch: int | None):
+    """``ctx`` with :data:`jaxrec.models.EPOCH_STEP` set to ``step % steps_per_epoch`` (the step's
+    index within its epoch, the model contract) where ``ctx`` holds that key and the runner has
+    epochs (``steps_per_epoch``); else ``ctx`` as it is. Every trainer's step calls this, the
+    sequential one and the batched search's alike, so a model's per-epoch schedule (LATTICE's
+    ``learned_graph: mmrec``) is the same in both."""
+    if steps_per_epoch and isinstance(ctx, Mapping) and models.EPOCH_STEP in ctx:
+        return {**ctx, models.EPOCH_STEP: (step % steps_per_epoch).astype(jnp.int32)}
+    return ctx
 
 
 def unread_params(loss_of_params, params):
