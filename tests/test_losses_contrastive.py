@@ -60,6 +60,84 @@ def test_info_nce_mask_keeps_masked_rows_as_negatives():
     np.testing.assert_allclose(losses.info_nce(a, b, 0.2, where=where), expected, rtol=1e-5)
 
 
+def masked_info_nce_reference(a, b, temperature, keep):
+    # Rows with keep False are neither anchors nor anyone's negatives (mask_negatives=True).
+    rows = [i for i in range(len(a)) if keep[i]]
+    per_row = []
+    for i in rows:
+        positive = math.exp(_cosine(a[i], b[i]) / temperature)
+        total = sum(math.exp(_cosine(a[i], b[j]) / temperature) for j in rows)
+        per_row.append(-math.log(positive / total))
+    return np.array(per_row)
+
+
+@pytest.mark.parametrize("temperature", [0.2, 0.02])  # bound-shifted sum, and the row-maximum path
+def test_info_nce_mask_negatives_matches_loop_both_directions(temperature):
+    rng = np.random.default_rng(5)
+    a, b = rng.normal(size=(7, 4)), rng.normal(size=(7, 4))
+    weights = np.array([1.0, 0.0, 1.0, 1.0, 0.0, 1.0, 1.0])
+    keep = weights != 0
+    forward = masked_info_nce_reference(a, b, temperature, keep)
+    backward = masked_info_nce_reference(b, a, temperature, keep)
+    np.testing.assert_allclose(losses.info_nce(a, b, temperature, weights=weights, mask_negatives=True),
+                               forward.mean(), rtol=1e-5)
+    np.testing.assert_allclose(losses.info_nce(a, b, temperature, weights=weights, mask_negatives=True,
+                                               symmetric=True), (0.5 * (forward + backward)).mean(), rtol=1e-5)
+
+
+def test_info_nce_gradient_matches_a_log_softmax_formulation():
+    """The gradient of the bound-shifted, mask-as-factor sum against an independent form:
+    log_softmax over the masked cosine logits (masked columns at -inf), diagonal picked."""
+    rng = np.random.default_rng(6)
+    a, b = jnp.asarray(rng.normal(size=(6, 5)), jnp.float32), jnp.asarray(rng.normal(size=(6, 5)), jnp.float32)
+    weights = jnp.asarray([1.0, 1.0, 0.0, 1.0, 1.0, 0.0])
+    keep = weights != 0
+
+    def reference(x, y):
+        xn = x / jnp.linalg.norm(x, axis=1, keepdims=True)
+        yn = y / jnp.linalg.norm(y, axis=1, keepdims=True)
+        logits = jnp.where(keep[None, :], xn @ yn.T / 0.2, -jnp.inf)
+        per_row = -jnp.diagonal(jax.nn.log_softmax(logits, axis=1))
+        return jnp.sum(jnp.where(keep, per_row, 0.0)) / jnp.sum(keep)
+
+    def ours(x, y):
+        return losses.info_nce(x, y, 0.2, weights=weights, mask_negatives=True)
+
+    np.testing.assert_allclose(ours(a, b), reference(a, b), rtol=1e-5)
+    for mine, theirs in zip(jax.grad(ours, argnums=(0, 1))(a, b), jax.grad(reference, argnums=(0, 1))(a, b)):
+        np.testing.assert_allclose(mine, theirs, rtol=1e-4, atol=1e-6)
+
+
+def test_cosine_logsumexp_paths_agree_and_stay_finite():
+    rng = np.random.default_rng(7)
+    cosines = np.clip(rng.normal(size=(4, 9)) * 0.5, -1.0, 1.0)
+    keep = rng.random(9) < 0.6
+    keep[0] = True
+    for tau in (0.5, 0.2, 0.05):  # the bound-shifted sum, against a float64 log-sum-exp
+        expected = np.log(np.sum(np.exp(cosines / tau) * keep, axis=1))
+        got = losses.cosine_logsumexp(jnp.asarray(cosines / tau, jnp.float32), tau, keep=keep)
+        np.testing.assert_allclose(got, expected, rtol=1e-5)
+        traced = jax.jit(lambda x, t: losses.cosine_logsumexp(x, t, keep=keep))(
+            jnp.asarray(cosines / tau, jnp.float32), tau)  # a traced temperature: the row-maximum path
+        np.testing.assert_allclose(traced, expected, rtol=1e-5)
+    low = np.full((2, 5), -1.0)  # every cosine -1 at tau 0.01: e^(-200) per term, still finite
+    value = losses.cosine_logsumexp(jnp.asarray(low / 0.01, jnp.float32), 0.01)
+    np.testing.assert_allclose(value, -100.0 + math.log(5), rtol=1e-6)
+    nothing_kept = losses.cosine_logsumexp(jnp.zeros((1, 3)), 0.2, keep=np.zeros(3, bool))
+    assert np.all(np.isfinite(nothing_kept))
+
+
+@pytest.mark.parametrize("tau", [0.2, 0.05, 0.01])
+def test_cosine_logsumexp_stays_finite_when_every_cosine_of_a_row_is_low(tau):
+    cosines = np.random.default_rng(0).uniform(-1.0, -0.5, size=(4, 7))  # no row near the bound 1/tau
+    value = np.asarray(losses.cosine_logsumexp(jnp.asarray(cosines / tau, jnp.float32), tau))
+    logits = cosines / tau
+    top = logits.max(axis=1)
+    expected = top + np.log(np.exp(logits - top[:, None]).sum(axis=1))  # float64 reference
+    assert np.all(np.isfinite(value))
+    np.testing.assert_allclose(value, expected, rtol=1e-5)
+
+
 def test_info_nce_errors():
     with pytest.raises(ConfigError, match="temperature"):
         losses.info_nce(jnp.ones((2, 2)), jnp.ones((2, 2)), 0.0)

@@ -28,6 +28,7 @@ from jaxrec.losses._regression import rmse as rmse
 
 # Self-supervised (two views).
 from jaxrec.losses._contrastive import cosine_alignment as cosine_alignment
+from jaxrec.losses._contrastive import cosine_logsumexp as cosine_logsumexp
 from jaxrec.losses._contrastive import info_nce as info_nce
 
 # L2 regularizers, one per MMRec convention.

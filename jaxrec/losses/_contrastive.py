@@ -93,43 +93,54 @@ def info_nce(
         if weights is not None:
             keep = keep & (jnp.asarray(weights) != 0)
         where = keep
+    a_hat, b_hat = _normalize_rows(a, eps), _normalize_rows(b, eps)
     if over_batch and current_axis() is not None:
-        per_row = _sharded_info_nce_rows(_normalize_rows(a, eps), _normalize_rows(b, eps), temperature, symmetric,
-                                         keep)
+        # This device's rows of a data-parallel batch: every device's rows are the negatives.
+        b_all = batch_gather(b_hat)[0]
+        a_all = batch_gather(a_hat)[0] if symmetric else None
+        keep_all = None if keep is None else batch_gather(keep)[0]
     else:
-        similarities = (_normalize_rows(a, eps) @ _normalize_rows(b, eps).T) / temperature
-        if keep is not None:
-            similarities = jnp.where(keep[None, :], similarities, _MASKED)
-        diagonal = jnp.diagonal(similarities)
-        per_row = jax.nn.logsumexp(similarities, axis=1) - diagonal
-        if symmetric:
-            per_row = 0.5 * (per_row + jax.nn.logsumexp(similarities, axis=0) - diagonal)
+        b_all, a_all, keep_all = b_hat, a_hat, keep
+    # 1/tau scales the (B, d) rows, not the (B, B) logits (no extra pass over them).
+    positives = jnp.sum(a_hat * b_hat, axis=-1) / temperature
+    per_row = cosine_logsumexp(a_hat @ (b_all / temperature).T, temperature, keep=keep_all) - positives
+    if symmetric:
+        backward = cosine_logsumexp(b_hat @ (a_all / temperature).T, temperature, keep=keep_all)
+        per_row = 0.5 * (per_row + backward - positives)
     return reduce_losses(per_row, where=where, weights=weights, reduction=reduction,
                          sum_fn=batch_sum if over_batch else jnp.sum)
 
 
-# The logit of a masked negative: exp() of it is 0 next to any real logit, and unlike -inf it
-# leaves a row whose negatives are all masked finite (its loss is masked out anyway).
+# The logit of a masked negative on the row-maximum path: exp() of it is 0 next to any real
+# logit, and unlike -inf it leaves a row whose negatives are all masked finite.
 _MASKED = -1e30
 
 
-def _sharded_info_nce_rows(a, b, temperature, symmetric, keep):
-    # This device's rows of a data-parallel batch: every device's rows of b are the negatives.
-    b_all, start = batch_gather(b)
-    own = start + jnp.arange(a.shape[0])
-    forward = (a @ b_all.T) / temperature
-    if keep is not None:
-        keep_all, _ = batch_gather(keep)
-        forward = jnp.where(keep_all[None, :], forward, _MASKED)
-    diagonal = jnp.take_along_axis(forward, own[:, None], axis=1)[:, 0]
-    per_row = jax.nn.logsumexp(forward, axis=1) - diagonal
-    if symmetric:
-        a_all, _ = batch_gather(a)
-        backward = (b @ a_all.T) / temperature
+def cosine_logsumexp(logits: ArrayLike, temperature, *, keep: ArrayLike | None = None) -> jax.Array:
+    r"""Row-wise :math:`\log \sum_k m_k e^{x_k}` of cosine logits :math:`x = \cos / \tau` (last
+    axis), over the columns with ``keep`` (a bool mask of the last axis; all by default).
+
+    Shifted by the logits' bound :math:`1/\tau` instead of the row maximum -- the same value up
+    to rounding: every :math:`e^{x - 1/\tau}` lies in :math:`[e^{-2/\tau}, 1]`, so nothing
+    overflows and no term that matters underflows (:math:`e^{-10}` at :math:`\tau` = 0.2). That
+    saves the pass that finds the maximum, and the mask is a factor inside the sum instead of a
+    masked copy of the logits. Below :math:`\tau = 1/40` (:math:`e^{-2/\tau} < e^{-80}`, near
+    float32's smallest normal number) a row of low cosines could sum to 0, so there -- and for a
+    traced temperature -- the usual row-maximum shift is used, masked columns set to -1e30.
+    A row with no kept column gives log of the smallest normal number (finite), not -inf.
+    """
+    logits = jnp.asarray(logits)
+    traced = isinstance(temperature, jax.core.Tracer)
+    if traced or 2.0 / float(temperature) > 80.0:
         if keep is not None:
-            backward = jnp.where(keep_all[None, :], backward, _MASKED)
-        per_row = 0.5 * (per_row + jax.nn.logsumexp(backward, axis=1) - diagonal)
-    return per_row
+            logits = jnp.where(jnp.asarray(keep, bool), logits, _MASKED)
+        return jax.nn.logsumexp(logits, axis=-1)
+    shift = 1.0 / float(temperature)
+    terms = jnp.exp(logits - shift)
+    if keep is not None:
+        terms = terms * jnp.asarray(keep, logits.dtype)
+    total = jnp.sum(terms, axis=-1)
+    return jnp.log(jnp.maximum(total, jnp.finfo(logits.dtype).tiny)) + shift
 
 
 def cosine_alignment(

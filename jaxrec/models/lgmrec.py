@@ -165,24 +165,10 @@ def table_info_nce(anchors: jax.Array, targets: jax.Array, ids: jax.Array, weigh
         factors, basis = target_factors
         queries, keys = normalized @ basis.T, factors * key_scale
     if whole_table:
-        per_row = _cosine_logsumexp(queries @ keys.T, temperature) - positives
+        per_row = losses.cosine_logsumexp(queries @ keys.T, temperature) - positives
         return _weighted_mean(per_row, counts)
-    per_row = _cosine_logsumexp(queries[ids] @ keys.T, temperature) - positives[ids]
+    per_row = losses.cosine_logsumexp(queries[ids] @ keys.T, temperature) - positives[ids]
     return _weighted_mean(per_row, weights)
-
-
-def _cosine_logsumexp(logits: jax.Array, temperature: float) -> jax.Array:
-    r"""Row-wise :math:`\log \sum_k e^{x_k}` of cosine logits :math:`x = \cos / \tau`, shifted
-    by their bound :math:`1/\tau` instead of the row maximum (the same value: every
-    :math:`e^{x - 1/\tau}` lies in :math:`[e^{-2/\tau}, 1]`, so nothing overflows and no term
-    that matters underflows at the temperatures used, e.g. :math:`e^{-10}` at 0.2), which
-    saves the pass over the logits that finds the maximum. Below :math:`\tau = 1/40`
-    (:math:`e^{-2/\tau} < e^{-80}`, near float32's smallest normal number) a row whose cosines are
-    all low could sum to 0, so there the usual row-maximum shift is kept."""
-    if isinstance(temperature, (int, float)) and 2.0 / temperature > 80.0:
-        return jax.nn.logsumexp(logits, axis=-1)
-    shift = 1.0 / temperature
-    return jnp.log(jnp.sum(jnp.exp(logits - shift), axis=-1)) + shift
 
 
 def _weighted_mean(values: jax.Array, weights: jax.Array) -> jax.Array:
