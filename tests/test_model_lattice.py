@@ -341,11 +341,51 @@ def test_mmrec_mode_fresh_graph_with_gradient_at_an_epochs_first_step_only():
         assert all(float(jnp.abs(g).max()) == 0 for g in jax.tree.leaves(later_grads[name])), name
     for name in ("user_embedding", "item_embedding"):
         np.testing.assert_allclose(np.asarray(later_grads[name]), np.asarray(grads[name]), rtol=1e-5, atol=1e-7)
+    # The builder's marker (the optimizer skips these leaves outside first steps) is exactly the
+    # set of leaves whose gradient is zero in a later step.
+    marked = dict(jax.tree_util.tree_flatten_with_path(built.epoch_start_params(params))[0])
+    for path, g in jax.tree_util.tree_flatten_with_path(later_grads)[0]:
+        assert marked[path] == (float(jnp.abs(g).max()) == 0), jax.tree_util.keystr(path)
+    assert models.build("lattice", data, learned_graph="epoch", **kwargs).epoch_start_params is None
     # Evaluation encodes with the hook's table: the step mode's embeddings.
     encoded = built.module.apply({"params": params}, ctx, False, method="encode")
     expected = step_mode.module.apply({"params": params}, step_mode.ctx, False, method="encode")
     for a, b in zip(encoded, expected):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
+def test_mmrec_mode_trainer_moves_the_graph_parameters_in_first_steps_only():
+    """MMRec's torch Adam skips the parameters without a gradient: under the trainer's step the
+    item graph's parameters change at each epoch's first step and stay bit for bit through the
+    others (their own optimizer state), while the ID tables move at every step."""
+    from jaxrec.train import config_from_dict, epoch_context, init_state, prepare_experiment
+    from jaxrec.train._step import make_train_step
+
+    data = dict(n_users=40, n_items=30, n_interactions=400, dims={"image": 5, "text": 4}, seed=5)
+    config = config_from_dict({
+        "data": {"synthetic": data},
+        "model": {"name": "lattice", "args": {"embedding_size": 6, "feat_embed_dim": 3, "knn_k": 3,
+                                              "graph_cache": "none", "learned_graph": "mmrec"}},
+        "train": {"epochs": 2, "batch_size": 64, "learning_rate": 0.01, "seed": 3},
+        "eval": {"ks": [20], "metrics": ["recall"]}})
+    exp = prepare_experiment(config)
+    steps = exp.steps_per_epoch
+    assert steps >= 3
+    step = jax.jit(make_train_step(exp.module, exp.tx, exp.loss_weights, steps_per_epoch=steps))
+    state = init_state(exp.module, exp.built.ctx, exp.sampler.example_batch(), exp.tx, 3)
+    marked = jax.tree.leaves(exp.built.epoch_start_params(state.params))
+    history = [jax.tree.leaves(jax.device_get(state.params))]
+    for epoch in range(2):
+        ctx = epoch_context(exp.built, state.params, 3, epoch)
+        batches = exp.sampler.batches(epoch)
+        for s in range(steps):
+            state, _ = step(state, ctx, {k: v[s] for k, v in batches.items()})
+            history.append(jax.tree.leaves(jax.device_get(state.params)))
+    for t in range(1, len(history)):
+        first_step = (t - 1) % steps == 0
+        for is_graph, now, before in zip(marked, history[t], history[t - 1]):
+            moved = not np.array_equal(np.asarray(now), np.asarray(before))
+            assert moved == (first_step or not is_graph), (t, is_graph)
 
 
 def test_mmrec_mode_first_step_takes_the_hooks_lists_and_a_negative_step_searches_them():

@@ -107,3 +107,60 @@ def test_early_stopping_follows_mmrecs_rule():
     assert improvements == [True, True, False, False, False, False]
     assert stops == [False, False, False, False, True, True]
     assert (state.best_value, state.best_epoch) == (0.3, 2)
+
+
+def _torch_adam_skipping(grads_per_step, has_grad, lr_at_step, wd=0.0, b1=0.9, b2=0.999, eps=1e-8):
+    """torch.optim.Adam on one parameter whose ``.grad`` is None in the steps where
+    ``has_grad`` is False: skipped (no update, its moments and own step count unchanged)."""
+    p, m, v, t = P0.copy(), np.zeros(3), np.zeros(3), 0
+    history = []
+    for s, present in enumerate(has_grad):
+        if present:
+            t += 1
+            g = grads_per_step(p) + wd * p
+            m = b1 * m + (1 - b1) * g
+            v = b2 * v + (1 - b2) * g * g
+            p = p - lr_at_step(s) * (m / (1 - b1**t)) / (np.sqrt(v / (1 - b2**t)) + eps)
+        history.append(p.copy())
+    return history
+
+
+@pytest.mark.parametrize("schedule", ["constant", "exponential"])
+def test_epoch_gated_skips_a_parameter_like_torch(schedule):
+    """``epoch_gated``: the marked leaf follows torch's Adam with its grad None outside the
+    epochs' first steps (own step count, moments kept, the schedule at the global step); the
+    other leaf is the plain optimizer, updated every step."""
+    from jaxrec.train import epoch_gated
+
+    config = TrainConfig(optimizer="adam", learning_rate=0.05, weight_decay=0.01, schedule=schedule,
+                         decay_rate=0.5, decay_epochs=1)
+    steps_per_epoch, n_steps = 3, 9
+    tx = epoch_gated(config, steps_per_epoch, lambda params: {"gated": True, "plain": False})
+    plain = make_optimizer(config, steps_per_epoch)
+    schedule_fn = learning_rate_schedule(config, steps_per_epoch)
+    has_grad = [s % steps_per_epoch == 0 for s in range(n_steps)]
+    with jax.enable_x64():
+        params = {"gated": jnp.asarray(P0), "plain": jnp.asarray(P0)}
+        state, plain_state, plain_params = tx.init(params), plain.init(params["plain"]), jnp.asarray(P0)
+        gated_history = []
+        for s in range(n_steps):
+            grads = {"gated": jnp.asarray(_grad(np.asarray(params["gated"]))) * has_grad[s],  # zero: no gradient
+                     "plain": jnp.asarray(_grad(np.asarray(params["plain"])))}
+            updates, state = tx.update(grads, state, params, has_gradient=has_grad[s])
+            params = optax.apply_updates(params, updates)
+            gated_history.append(np.asarray(params["gated"]))
+            plain_updates, plain_state = plain.update(grads["plain"], plain_state, plain_params)
+            plain_params = optax.apply_updates(plain_params, plain_updates)
+        expected = _torch_adam_skipping(_grad, has_grad, lambda s: float(schedule_fn(s)), wd=0.01)
+        np.testing.assert_allclose(np.asarray(gated_history), np.asarray(expected), rtol=1e-10)
+        np.testing.assert_allclose(np.asarray(params["plain"]), np.asarray(plain_params), rtol=1e-12)
+    # Between first steps the gated leaf does not move at all (optax's plain Adam would, by momentum).
+    assert np.array_equal(gated_history[1], gated_history[0]) and not np.array_equal(gated_history[3], gated_history[2])
+
+
+def test_epoch_gated_refuses_clip_norm():
+    from jaxrec.errors import ConfigError
+    from jaxrec.train import epoch_gated
+
+    with pytest.raises(ConfigError, match="clip_norm"):
+        epoch_gated(TrainConfig(clip_norm=1.0), 2, lambda params: params)

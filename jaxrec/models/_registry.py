@@ -76,12 +76,19 @@ class Built:
         the next epoch trains with. So it must be a pure function of its arguments: a
         resumed run and ``jaxrec evaluate`` recompute it from a checkpoint's parameters.
         Its result must have the built ``ctx``'s structure, shapes and dtypes.
+      epoch_start_params: optional ``fn(params) -> tree of bool`` (same structure, Python
+        bools): the parameters that get a gradient only in a step with ``ctx[EPOCH_STEP] <= 0``
+        (an epoch's first step, or every step of a runner without epochs). The trainer's
+        optimizer gives them their own state and skips them in the other steps, as torch's
+        optimizers skip a parameter whose ``.grad`` is None (LATTICE's ``learned_graph:
+        mmrec``: the item graph's parameters; see ``jaxrec.train.epoch_gated``).
     """
 
     module: nn.Module
     ctx: Mapping[str, Any]
     default_loss_weights: Mapping[str, float]
     epoch_update: Callable | None = None
+    epoch_start_params: Callable | None = None
 
 
 _BUILDERS: dict[str, Callable[..., Built]] = {}

@@ -74,10 +74,11 @@ size, so its smaller last batch is regularized less), so ``loss_weights: {reg: Î
 
 Deviations from MMRec: ``"step"`` recomputes the learned graph with gradient at every step
 (the learned similarity is fresh at every step), ``"epoch"`` keeps the neighbour lists for the
-epoch but refreshes their entries (and gradient) every step. In ``"mmrec"`` mode the
-parameters that only the item graph reaches get a zero gradient between refreshes, and optax's
-Adam still moves them by their decaying momentum, where torch's Adam skips a parameter without
-a gradient. Only MMRec's default ``cf_model: lightgcn`` is
+epoch but refreshes their entries (and gradient) every step. (In ``"mmrec"`` mode the
+parameters that only the item graph reaches have a gradient only in an epoch's first step; the
+trainer's optimizer skips them in the other steps with their own optimizer state, as torch's
+Adam skips a parameter without a gradient: :func:`item_graph_parameters`,
+``jaxrec.train.epoch_gated``.) Only MMRec's default ``cf_model: lightgcn`` is
 implemented (not ``ngcf`` or ``mf``). The item itself is forced first among its neighbours
 (MMRec's ``topk`` keeps it because its similarity 1 is the row maximum); an all-zero feature
 row has similarity 0 to every item (MMRec divides by its zero norm: NaN). BPR is a softplus
@@ -533,7 +534,7 @@ def build(dataset, *, embedding_size: int = 64, feat_embed_dim: int = 64, knn_k:
                      train_features=train_features, learned_graph=learned_graph, knn_block_size=knn_block_size,
                      knn_column_block_size=knn_column_block_size, knn_method=knn_method,
                      knn_n_clusters=0 if ivf is None else ivf.n_clusters, knn_n_probe=0 if ivf is None else ivf.n_probe)
-    epoch_update = None
+    epoch_update = epoch_start_params = None
     if learned_graph == "epoch":
         def epoch_update(params, ctx, epoch, rng):
             del epoch, rng  # a function of the parameters only
@@ -542,4 +543,18 @@ def build(dataset, *, embedding_size: int = 64, feat_embed_dim: int = 64, knn_k:
         def epoch_update(params, ctx, epoch, rng):
             del epoch, rng  # a function of the parameters only
             return refresh_item_graph(module, params, ctx)
-    return Built(module=module, ctx=ctx, default_loss_weights={"bpr": 1.0, "reg": 1e-4}, epoch_update=epoch_update)
+        epoch_start_params = item_graph_parameters
+    return Built(module=module, ctx=ctx, default_loss_weights={"bpr": 1.0, "reg": 1e-4}, epoch_update=epoch_update,
+                 epoch_start_params=epoch_start_params)
+
+
+def item_graph_parameters(params):
+    """True for the parameters only the item graph reads (:meth:`LATTICE._graph_arrays`: the
+    projections, the trainable feature tables and the modality weights): in ``"mmrec"`` mode they
+    get a gradient only in an epoch's first step, and the trainer's optimizer skips them in the
+    others, as MMRec's torch Adam skips a parameter without a gradient (``Built.epoch_start_params``)."""
+    def graph_only(path, _):
+        top = str(getattr(path[0], "key", path[0]))
+        return top == "modal_weight" or top.startswith(("projection_", "features_"))
+
+    return jax.tree_util.tree_map_with_path(graph_only, params)

@@ -37,6 +37,7 @@ from jaxrec.train._state import TrainState as TrainState
 from jaxrec.train._state import init_entry_points as init_entry_points
 from jaxrec.train._state import init_state as init_state
 from jaxrec.train._state import learning_rate_schedule as learning_rate_schedule
+from jaxrec.train._state import epoch_gated as epoch_gated
 from jaxrec.train._state import make_optimizer as make_optimizer
 from jaxrec.train._step import StepMetrics as StepMetrics
 from jaxrec.train._step import StepRunner as StepRunner

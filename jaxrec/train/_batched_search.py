@@ -76,7 +76,7 @@ from jaxrec.train._setup import (
     prepare_experiment,
     resolve_loss_weights,
 )
-from jaxrec.train._state import _OPTIMIZER_FIELDS, init_state, make_optimizer
+from jaxrec.train._state import _OPTIMIZER_FIELDS, EpochGated, init_state, model_optimizer, optimizer_update
 from jaxrec.train._step import _kept_as_they_were, unread_params, with_epoch_step
 
 BATCHABLE_KEYS = ("train.learning_rate", "train.seed")
@@ -246,10 +246,10 @@ def _make_epoch_fn(module, tx_unit, term_names: tuple[str, ...], per_trial_batch
 
         (loss, terms), grads = jax.value_and_grad(total_loss, has_aux=True)(state.params)
         finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
-        updates, opt_state = tx_unit.update(grads, state.opt_state, state.params)
+        updates, opt_state = optimizer_update(tx_unit, grads, state.opt_state, state.params, ctx)
         updates = jax.tree.map(lambda u: (u * lr).astype(u.dtype), updates)
         params = optax.apply_updates(state.params, updates)
-        if keep_unread:
+        if keep_unread and not isinstance(tx_unit, EpochGated):
             unread = unread_params(lambda p: total_loss(p)[0], state.params)
             if any(jax.tree.leaves(unread)):
                 params, opt_state = _kept_as_they_were(tx_unit, unread, (params, opt_state),
@@ -353,7 +353,7 @@ def run_batched_search(config: ExperimentConfig, workdir: str | os.PathLike, set
                                     negative_items=tcfg.negative_items)
                  for s in seeds]
                 if per_trial_batches else [exp.sampler])
-    tx_unit = make_optimizer(_unit_train_config(tcfg), exp.steps_per_epoch)
+    tx_unit = model_optimizer(_unit_train_config(tcfg), exp.steps_per_epoch, built)
     example = exp.sampler.example_batch()
     initial = _stack([init_state(built.module, built.ctx, example, tx_unit, s) for s in seeds])
     states = jax.device_put(initial)

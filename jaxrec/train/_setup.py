@@ -19,7 +19,7 @@ from jaxrec.errors import ConfigError, DataError
 from jaxrec.train import _data
 from jaxrec.train._config import ExperimentConfig
 from jaxrec.train._lapack_threads import hold_lapack_threads
-from jaxrec.train._state import abstract_state, count_params, make_optimizer
+from jaxrec.train._state import abstract_state, count_params, model_optimizer
 
 
 @dataclasses.dataclass
@@ -101,7 +101,7 @@ def prepare_experiment(config: ExperimentConfig, dataset: MultimodalDataset | No
     sampler = _data.EpochSampler(dataset, batch_size=train.batch_size, n_negatives=train.n_negatives,
                                  method=train.negative_sampling, seed=train.seed,
                                  sampler=train.sampler, negative_items=train.negative_items)
-    tx = make_optimizer(train, sampler.steps_per_epoch)
+    tx = model_optimizer(train, sampler.steps_per_epoch, built)
     batch = sampler.example_batch()
     target = abstract_state(built.module, built.ctx, batch, tx, train.seed)
     term_names = loss_term_names(built.module, target.params, built.ctx, batch)

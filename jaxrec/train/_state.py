@@ -6,10 +6,11 @@ The state is a pytree (params, optimizer state, step counter, base PRNG key), so
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +18,7 @@ import numpy as np
 import optax
 from flax import struct
 
+from jaxrec import models
 from jaxrec.errors import ConfigError
 from jaxrec.train._config import TrainConfig
 
@@ -111,6 +113,111 @@ def _optimizer(settings: tuple, steps_per_epoch: int) -> optax.GradientTransform
     else:
         raise ConfigError(f"unknown train.optimizer {config.optimizer!r}")
     return parts[0] if len(parts) == 1 else optax.chain(*parts)
+
+
+class EpochGatedState(NamedTuple):
+    """:func:`epoch_gated`'s state: the update count (every step) and the two groups' states."""
+
+    count: jax.Array
+    rest: Any
+    gated: Any
+
+
+class EpochGated(NamedTuple):
+    """An optax-style ``(init, update)`` pair whose ``update`` also takes ``has_gradient`` (a bool
+    scalar: whether the gated parameters have a gradient in this step); see :func:`epoch_gated`."""
+
+    init: Callable
+    update: Callable
+
+
+def epoch_gated(config: TrainConfig, steps_per_epoch: int, gated_params: Callable) -> EpochGated:
+    r"""The config's optimizer, with the parameters ``gated_params(params)`` marks (a tree of
+    Python bools) updated only in the steps where they have a gradient, torch-style.
+
+    torch's optimizers skip a parameter whose ``.grad`` is None: no update, and its state
+    (Adam's moments and its own step count, hence its bias corrections) is left as it was.
+    LATTICE's ``learned_graph: mmrec`` relies on it in MMRec: the item graph's parameters (the
+    feature tables, projections and modality weights) reach the loss only in an epoch's first
+    step. An optax optimizer instead sees a zero gradient there and still moves them by their
+    decaying momentum, with the global count's bias corrections. Here the marked leaves get an
+    optimizer state of their own (the config's optimizer at learning rate 1, its update scaled
+    by the schedule at the global update count: every optimizer jaxrec builds is linear in the
+    learning rate, see :func:`make_optimizer`) that is updated, inside a ``lax.cond``, only when
+    ``has_gradient`` is true; otherwise the marked leaves' update is 0 and their state stays.
+    The other leaves get the config's optimizer as usual. ``clip_norm`` (a global norm over
+    both groups) is refused: torch would clip over the parameters with a gradient, which this
+    split does not model.
+    """
+    if config.clip_norm is not None:
+        raise ConfigError("train.clip_norm cannot be combined with a model whose parameters get a gradient only "
+                          "in an epoch's first step (LATTICE's learned_graph: mmrec)")
+    rest_tx = make_optimizer(config, steps_per_epoch)
+    unit = dataclasses.replace(config, learning_rate=1.0, schedule="constant", min_learning_rate=0.0)
+    gated_tx = make_optimizer(unit, steps_per_epoch)
+    schedule = learning_rate_schedule(config, steps_per_epoch)
+
+    def split(tree, params):
+        flags = jax.tree.structure(params).flatten_up_to(gated_params(params))
+        leaves = jax.tree.structure(params).flatten_up_to(tree)
+        return (tuple(x for x, f in zip(leaves, flags) if not f), tuple(x for x, f in zip(leaves, flags) if f),
+                flags)
+
+    def merge(rest, gated, flags, params):
+        rest, gated = iter(rest), iter(gated)
+        return jax.tree.structure(params).unflatten([next(gated) if f else next(rest) for f in flags])
+
+    def init(params):
+        rest, gated, _ = split(params, params)
+        return EpochGatedState(jnp.zeros([], jnp.int32), rest_tx.init(rest), gated_tx.init(gated))
+
+    def update(updates, state, params=None, *, has_gradient=True):
+        if params is None:
+            raise ValueError("epoch_gated needs the parameters (their structure marks the gated leaves)")
+        rest_grads, gated_grads, flags = split(updates, params)
+        rest_params, gated_params_now, _ = split(params, params)
+        rest_updates, rest_state = rest_tx.update(rest_grads, state.rest, rest_params)
+        rate = schedule(state.count)
+
+        def step(_):
+            out, new_state = gated_tx.update(gated_grads, state.gated, gated_params_now)
+            return tuple((u * rate).astype(u.dtype) for u in out), new_state
+
+        def skip(_):
+            return tuple(jnp.zeros_like(g) for g in gated_grads), state.gated
+
+        gated_updates, gated_state = jax.lax.cond(jnp.asarray(has_gradient, bool), step, skip, None)
+        return (merge(rest_updates, gated_updates, flags, params),
+                EpochGatedState(state.count + 1, rest_state, gated_state))
+
+    return EpochGated(init, update)
+
+
+def model_optimizer(config: TrainConfig, steps_per_epoch: int, built) -> Any:
+    """The optimizer a run of ``built`` trains with: :func:`make_optimizer`, or
+    :func:`epoch_gated` for a model with ``epoch_start_params``."""
+    if getattr(built, "epoch_start_params", None) is None:
+        return make_optimizer(config, steps_per_epoch)
+    return _epoch_gated_cached(tuple(getattr(config, name) for name in _OPTIMIZER_FIELDS), int(steps_per_epoch),
+                               built.epoch_start_params)
+
+
+@functools.lru_cache(maxsize=16)
+def _epoch_gated_cached(settings: tuple, steps_per_epoch: int, gated_params: Callable) -> EpochGated:
+    # One object per settings and marker, so that compiled steps keyed on it are reused.
+    return epoch_gated(TrainConfig(**dict(zip(_OPTIMIZER_FIELDS, settings))), steps_per_epoch, gated_params)
+
+
+def optimizer_update(tx, grads, opt_state, params, ctx):
+    """``tx.update`` for a train step with ``ctx``: an :class:`EpochGated` optimizer also gets
+    whether the gated parameters have a gradient (``ctx[EPOCH_STEP] <= 0``; always, for a ctx
+    without that key)."""
+    if not isinstance(tx, EpochGated):
+        return tx.update(grads, opt_state, params)
+    has_gradient = True
+    if isinstance(ctx, Mapping) and models.EPOCH_STEP in ctx:
+        has_gradient = jnp.asarray(ctx[models.EPOCH_STEP]) <= 0
+    return tx.update(grads, opt_state, params, has_gradient=has_gradient)
 
 
 def init_entry_points(module, ctx, batch):
