@@ -154,6 +154,18 @@ def test_epoch_gated_skips_a_parameter_like_torch(schedule):
         expected = _torch_adam_skipping(_grad, has_grad, lambda s: float(schedule_fn(s)), wd=0.01)
         np.testing.assert_allclose(np.asarray(gated_history), np.asarray(expected), rtol=1e-10)
         np.testing.assert_allclose(np.asarray(params["plain"]), np.asarray(plain_params), rtol=1e-12)
+        # apply (what the train steps call: the gated leaves untouched in a skipped step) is
+        # update + apply_updates, here with a scale as the batched search's trial rate.
+        params2 = {"gated": jnp.asarray(P0), "plain": jnp.asarray(P0)}
+        state2 = tx.init(params2)
+        for s in range(n_steps):
+            grads = {"gated": jnp.asarray(_grad(np.asarray(params2["gated"]))) * has_grad[s],
+                     "plain": jnp.asarray(_grad(np.asarray(params2["plain"])))}
+            applied, _ = tx.apply(grads, state2, params2, has_gradient=has_grad[s], scale=0.5)
+            updates, state2 = tx.update(grads, state2, params2, has_gradient=has_grad[s])
+            params2 = optax.apply_updates(params2, jax.tree.map(lambda u: 0.5 * u, updates))
+            for key in params2:
+                np.testing.assert_allclose(np.asarray(applied[key]), np.asarray(params2[key]), rtol=1e-12)
     # Between first steps the gated leaf does not move at all (optax's plain Adam would, by momentum).
     assert np.array_equal(gated_history[1], gated_history[0]) and not np.array_equal(gated_history[3], gated_history[2])
 

@@ -58,7 +58,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from jaxrec import eval as jeval
 from jaxrec.errors import ConfigError, TrainingDivergedError
@@ -76,7 +75,7 @@ from jaxrec.train._setup import (
     prepare_experiment,
     resolve_loss_weights,
 )
-from jaxrec.train._state import _OPTIMIZER_FIELDS, EpochGated, init_state, model_optimizer, optimizer_update
+from jaxrec.train._state import _OPTIMIZER_FIELDS, EpochGated, init_state, model_optimizer, optimizer_step
 from jaxrec.train._step import _kept_as_they_were, unread_params, with_epoch_step
 
 BATCHABLE_KEYS = ("train.learning_rate", "train.seed")
@@ -246,9 +245,7 @@ def _make_epoch_fn(module, tx_unit, term_names: tuple[str, ...], per_trial_batch
 
         (loss, terms), grads = jax.value_and_grad(total_loss, has_aux=True)(state.params)
         finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
-        updates, opt_state = optimizer_update(tx_unit, grads, state.opt_state, state.params, ctx)
-        updates = jax.tree.map(lambda u: (u * lr).astype(u.dtype), updates)
-        params = optax.apply_updates(state.params, updates)
+        params, opt_state = optimizer_step(tx_unit, grads, state.opt_state, state.params, ctx, scale=lr)
         if keep_unread and not isinstance(tx_unit, EpochGated):
             unread = unread_params(lambda p: total_loss(p)[0], state.params)
             if any(jax.tree.leaves(unread)):

@@ -125,10 +125,14 @@ class EpochGatedState(NamedTuple):
 
 class EpochGated(NamedTuple):
     """An optax-style ``(init, update)`` pair whose ``update`` also takes ``has_gradient`` (a bool
-    scalar: whether the gated parameters have a gradient in this step); see :func:`epoch_gated`."""
+    scalar: whether the gated parameters have a gradient in this step), and ``apply(grads, state,
+    params, *, has_gradient, scale=None) -> (params, state)``: the update applied (times
+    ``scale``), where a skipped step leaves the gated leaves untouched instead of adding zeros to
+    them; see :func:`epoch_gated`."""
 
     init: Callable
     update: Callable
+    apply: Callable
 
 
 def epoch_gated(config: TrainConfig, steps_per_epoch: int, gated_params: Callable) -> EpochGated:
@@ -190,7 +194,26 @@ def epoch_gated(config: TrainConfig, steps_per_epoch: int, gated_params: Callabl
         return (merge(rest_updates, gated_updates, flags, params),
                 EpochGatedState(state.count + 1, rest_state, gated_state))
 
-    return EpochGated(init, update)
+    def apply(grads, state, params, *, has_gradient=True, scale=None):
+        rest_grads, gated_grads, flags = split(grads, params)
+        rest_params, gated_params_now, _ = split(params, params)
+        rest_updates, rest_state = rest_tx.update(rest_grads, state.rest, rest_params)
+        rate = schedule(state.count) if scale is None else schedule(state.count) * scale
+        if scale is not None:
+            rest_updates = tuple((u * scale).astype(u.dtype) for u in rest_updates)
+        rest_new = optax.apply_updates(rest_params, rest_updates)
+
+        def step(_):
+            out, new_state = gated_tx.update(gated_grads, state.gated, gated_params_now)
+            return optax.apply_updates(gated_params_now, tuple((u * rate).astype(u.dtype) for u in out)), new_state
+
+        def skip(_):
+            return gated_params_now, state.gated
+
+        gated_new, gated_state = jax.lax.cond(jnp.asarray(has_gradient, bool), step, skip, None)
+        return merge(rest_new, gated_new, flags, params), EpochGatedState(state.count + 1, rest_state, gated_state)
+
+    return EpochGated(init, update, apply)
 
 
 def model_optimizer(config: TrainConfig, steps_per_epoch: int, built) -> Any:
@@ -208,16 +231,20 @@ def _epoch_gated_cached(settings: tuple, steps_per_epoch: int, gated_params: Cal
     return epoch_gated(TrainConfig(**dict(zip(_OPTIMIZER_FIELDS, settings))), steps_per_epoch, gated_params)
 
 
-def optimizer_update(tx, grads, opt_state, params, ctx):
-    """``tx.update`` for a train step with ``ctx``: an :class:`EpochGated` optimizer also gets
-    whether the gated parameters have a gradient (``ctx[EPOCH_STEP] <= 0``; always, for a ctx
-    without that key)."""
-    if not isinstance(tx, EpochGated):
-        return tx.update(grads, opt_state, params)
-    has_gradient = True
-    if isinstance(ctx, Mapping) and models.EPOCH_STEP in ctx:
-        has_gradient = jnp.asarray(ctx[models.EPOCH_STEP]) <= 0
-    return tx.update(grads, opt_state, params, has_gradient=has_gradient)
+def optimizer_step(tx, grads, opt_state, params, ctx, scale=None):
+    """A train step's ``(params, opt_state)`` after the update of ``tx`` (times ``scale``, the
+    batched search's per-trial learning rate). An :class:`EpochGated` optimizer also gets whether
+    the gated parameters have a gradient (``ctx[EPOCH_STEP] <= 0``; always, for a ctx without
+    that key) and leaves them untouched when not."""
+    if isinstance(tx, EpochGated):
+        has_gradient = True
+        if isinstance(ctx, Mapping) and models.EPOCH_STEP in ctx:
+            has_gradient = jnp.asarray(ctx[models.EPOCH_STEP]) <= 0
+        return tx.apply(grads, opt_state, params, has_gradient=has_gradient, scale=scale)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    if scale is not None:
+        updates = jax.tree.map(lambda u: (u * scale).astype(u.dtype), updates)
+    return optax.apply_updates(params, updates), opt_state
 
 
 def init_entry_points(module, ctx, batch):

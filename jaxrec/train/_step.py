@@ -39,7 +39,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxrec import losses, models
 from jaxrec.errors import ConfigError
 from jaxrec.train import _distributed
-from jaxrec.train._state import EpochGated, TrainState, optimizer_update
+from jaxrec.train._state import EpochGated, TrainState, optimizer_step
 
 _AXIS = "batch"
 
@@ -101,8 +101,7 @@ def make_train_step(module, tx: optax.GradientTransformation, loss_weights: Mapp
             # gradient carries its rows' share times the device count, so the mean is exact.
             grads = jax.lax.pmean(grads, axis_name)
         grads_finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
-        updates, opt_state = optimizer_update(tx, grads, state.opt_state, state.params, ctx)
-        params = optax.apply_updates(state.params, updates)
+        params, opt_state = optimizer_step(tx, grads, state.opt_state, state.params, ctx)
         if keep_unread and axis_name is None and not isinstance(tx, EpochGated):
             unread = unread_params(lambda p: total_loss(p)[0], state.params)
             if any(jax.tree.leaves(unread)):
