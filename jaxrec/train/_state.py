@@ -175,43 +175,44 @@ def epoch_gated(config: TrainConfig, steps_per_epoch: int, gated_params: Callabl
         rest, gated, _ = split(params, params)
         return EpochGatedState(jnp.zeros([], jnp.int32), rest_tx.init(rest), gated_tx.init(gated))
 
-    def update(updates, state, params=None, *, has_gradient=True):
+    def parts(grads, state, params, scale):
+        # The plain group's updates (times scale) and a thunk for the gated group's (times the
+        # schedule at the global count, and scale), each group on its own leaves.
         if params is None:
             raise ValueError("epoch_gated needs the parameters (their structure marks the gated leaves)")
-        rest_grads, gated_grads, flags = split(updates, params)
-        rest_params, gated_params_now, _ = split(params, params)
+        rest_grads, gated_grads, flags = split(grads, params)
+        rest_params, gated_now, _ = split(params, params)
         rest_updates, rest_state = rest_tx.update(rest_grads, state.rest, rest_params)
         rate = schedule(state.count)
+        if scale is not None:
+            rate = rate * scale
+            rest_updates = tuple((u * scale).astype(u.dtype) for u in rest_updates)
 
-        def step(_):
-            out, new_state = gated_tx.update(gated_grads, state.gated, gated_params_now)
+        def gated_update():
+            out, new_state = gated_tx.update(gated_grads, state.gated, gated_now)
             return tuple((u * rate).astype(u.dtype) for u in out), new_state
 
-        def skip(_):
-            return tuple(jnp.zeros_like(g) for g in gated_grads), state.gated
+        return rest_params, rest_updates, rest_state, gated_now, gated_update, flags
 
-        gated_updates, gated_state = jax.lax.cond(jnp.asarray(has_gradient, bool), step, skip, None)
+    def update(updates, state, params=None, *, has_gradient=True):
+        _, rest_updates, rest_state, gated_now, gated_update, flags = parts(updates, state, params, None)
+        gated_updates, gated_state = jax.lax.cond(
+            jnp.asarray(has_gradient, bool), lambda _: gated_update(),
+            lambda _: (tuple(jnp.zeros_like(p) for p in gated_now), state.gated), None)
         return (merge(rest_updates, gated_updates, flags, params),
                 EpochGatedState(state.count + 1, rest_state, gated_state))
 
     def apply(grads, state, params, *, has_gradient=True, scale=None):
-        rest_grads, gated_grads, flags = split(grads, params)
-        rest_params, gated_params_now, _ = split(params, params)
-        rest_updates, rest_state = rest_tx.update(rest_grads, state.rest, rest_params)
-        rate = schedule(state.count) if scale is None else schedule(state.count) * scale
-        if scale is not None:
-            rest_updates = tuple((u * scale).astype(u.dtype) for u in rest_updates)
-        rest_new = optax.apply_updates(rest_params, rest_updates)
+        rest_params, rest_updates, rest_state, gated_now, gated_update, flags = parts(grads, state, params, scale)
 
         def step(_):
-            out, new_state = gated_tx.update(gated_grads, state.gated, gated_params_now)
-            return optax.apply_updates(gated_params_now, tuple((u * rate).astype(u.dtype) for u in out)), new_state
+            gated_updates, new_state = gated_update()
+            return optax.apply_updates(gated_now, gated_updates), new_state
 
-        def skip(_):
-            return gated_params_now, state.gated
-
-        gated_new, gated_state = jax.lax.cond(jnp.asarray(has_gradient, bool), step, skip, None)
-        return merge(rest_new, gated_new, flags, params), EpochGatedState(state.count + 1, rest_state, gated_state)
+        gated_new, gated_state = jax.lax.cond(jnp.asarray(has_gradient, bool), step,
+                                              lambda _: (gated_now, state.gated), None)
+        return (merge(optax.apply_updates(rest_params, rest_updates), gated_new, flags, params),
+                EpochGatedState(state.count + 1, rest_state, gated_state))
 
     return EpochGated(init, update, apply)
 
