@@ -117,17 +117,46 @@ _MASKED = -1e30
 
 
 def cosine_logsumexp(logits: ArrayLike, temperature, *, keep: ArrayLike | None = None) -> jax.Array:
-    r"""Row-wise :math:`\log \sum_k m_k e^{x_k}` of cosine logits :math:`x = \cos / \tau` (last
-    axis), over the columns with ``keep`` (a bool mask of the last axis; all by default).
+    r"""Row-wise log-sum-exp of cosine logits over the kept columns, shifted by their bound.
 
-    Shifted by the logits' bound :math:`1/\tau` instead of the row maximum -- the same value up
+    For logits :math:`x = \cos / \tau` (last axis) and a column mask :math:`m` (``keep``; all
+    columns by default),
+
+    .. math::
+      \operatorname{lse}(x) = \log \sum_k m_k e^{x_k}
+        = \frac{1}{\tau} + \log \sum_k m_k e^{x_k - 1/\tau},
+
+    shifted by the logits' bound :math:`1/\tau` instead of the row maximum -- the same value up
     to rounding: every :math:`e^{x - 1/\tau}` lies in :math:`[e^{-2/\tau}, 1]`, so nothing
     overflows and no term that matters underflows (:math:`e^{-10}` at :math:`\tau` = 0.2). That
     saves the pass that finds the maximum, and the mask is a factor inside the sum instead of a
     masked copy of the logits. Below :math:`\tau = 1/40` (:math:`e^{-2/\tau} < e^{-80}`, near
     float32's smallest normal number) a row of low cosines could sum to 0, so there -- and for a
     traced temperature -- the usual row-maximum shift is used, masked columns set to -1e30.
-    A row with no kept column gives log of the smallest normal number (finite), not -inf.
+
+    Args:
+      logits: (..., K) cosine similarities divided by ``temperature``.
+      temperature: :math:`\tau > 0` (a Python number picks the bound shift; a traced one the
+        row maximum).
+      keep: optional (K,) or broadcastable bool mask of the columns summed.
+
+    Returns:
+      (...,) the log-sum-exp per row; a row with no kept column gives the log of float32's
+      smallest normal number (finite), not -inf.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxrec import losses
+      >>> x = jnp.asarray([[1.0, 0.0, -1.0]]) / 0.5  # cosines 1, 0, -1 at tau 0.5
+      >>> round(float(losses.cosine_logsumexp(x, 0.5)[0]), 4)  # log(e^2 + 1 + e^-2)
+      2.1429
+      >>> round(float(losses.cosine_logsumexp(x, 0.5, keep=jnp.asarray([True, True, False]))[0]), 4)
+      2.1269
+
+    References:
+      The log-sum-exp of InfoNCE (van den Oord, Li and Vinyals, `Representation Learning with
+      Contrastive Predictive Coding <https://arxiv.org/abs/1807.03748>`_, 2018) over cosine
+      logits, whose bound :math:`1/\tau` replaces the row maximum as the shift.
     """
     logits = jnp.asarray(logits)
     traced = isinstance(temperature, jax.core.Tracer)
