@@ -109,8 +109,11 @@ def test_lattice_epoch_mode_refreshes_its_graph_from_the_current_parameters(monk
     assert again["epoch"] == metrics["best_epoch"] and again["metrics"] == metrics["test"]
 
 
-def test_lattice_epoch_mode_resumes_exactly(dataset, tmp_path):
-    config = config_from_dict(RAW)
+@pytest.mark.parametrize("mode", ["epoch", "mmrec"])  # mmrec: its checkpoints hold the epoch-gated optimizer state
+def test_lattice_epoch_mode_resumes_exactly(dataset, tmp_path, mode):
+    raw = {**RAW, "model": {**RAW["model"], "args": {**RAW["model"]["args"], "learned_graph": mode,
+                                                     "train_features": mode == "mmrec"}}}
+    config = config_from_dict(raw)
     reference = train_and_evaluate(config, tmp_path / "reference", dataset=dataset, quiet=True)
 
     def stop(epoch, row):
