@@ -69,7 +69,10 @@ def make_train_step(module, tx: optax.GradientTransformation, loss_weights: Mapp
     gets it set to ``state.step % steps_per_epoch``, the step's index within its epoch (the
     model contract); without ``steps_per_epoch`` (a runner with no epochs, as online updates;
     the mesh runner) the ctx's own value stays (LATTICE's builder puts -1 there: its ``mmrec`` mode
-    then recomputes its whole graph at every step).
+    then recomputes its whole graph at every step). ``tx`` is an optax transformation or a
+    :class:`jaxrec.train._state.EpochGated` optimizer (:func:`jaxrec.train.epoch_gated`), which the
+    step gives whether its gated parameters have a gradient (:func:`~jaxrec.train._state.optimizer_step`);
+    ``keep_unread`` does not apply to the latter.
 
     ``keep_unread``: parameters that the weighted loss does not read at all (found by tracing it,
     :func:`unread_params`: e.g. FREEDOM's feature tables and projections when ``modality_bpr``
