@@ -125,18 +125,22 @@ def _torch_adam_skipping(grads_per_step, has_grad, lr_at_step, wd=0.0, b1=0.9, b
     return history
 
 
+@pytest.mark.parametrize("scale", [None, 0.5])  # 0.5: the batched search's per-trial rate factor
 @pytest.mark.parametrize("schedule", ["constant", "exponential"])
-def test_epoch_gated_skips_a_parameter_like_torch(schedule):
+def test_epoch_gated_skips_a_parameter_like_torch(schedule, scale):
     """``epoch_gated``: the marked leaf follows torch's Adam with its grad None outside the
-    epochs' first steps (own step count, moments kept, the schedule at the global step); the
-    other leaf is the plain optimizer, updated every step."""
+    epochs' first steps (own step count, moments kept, the schedule at the global step, times
+    ``scale``); the other leaf is the plain optimizer at that rate, updated every step."""
+    import dataclasses
+
     from jaxrec.train import epoch_gated
 
     config = TrainConfig(optimizer="adam", learning_rate=0.05, weight_decay=0.01, schedule=schedule,
                          decay_rate=0.5, decay_epochs=1)
+    factor = 1.0 if scale is None else scale
     steps_per_epoch, n_steps = 3, 9
     tx = epoch_gated(config, steps_per_epoch, lambda params: {"gated": True, "plain": False})
-    plain = make_optimizer(config, steps_per_epoch)
+    plain = make_optimizer(dataclasses.replace(config, learning_rate=0.05 * factor), steps_per_epoch)
     schedule_fn = learning_rate_schedule(config, steps_per_epoch)
     has_grad = [s % steps_per_epoch == 0 for s in range(n_steps)]
     with jax.enable_x64():
@@ -146,26 +150,13 @@ def test_epoch_gated_skips_a_parameter_like_torch(schedule):
         for s in range(n_steps):
             grads = {"gated": jnp.asarray(_grad(np.asarray(params["gated"]))) * has_grad[s],  # zero: no gradient
                      "plain": jnp.asarray(_grad(np.asarray(params["plain"])))}
-            updates, state = tx.update(grads, state, params, has_gradient=has_grad[s])
-            params = optax.apply_updates(params, updates)
+            params, state = tx.apply(grads, state, params, has_gradient=has_grad[s], scale=scale)
             gated_history.append(np.asarray(params["gated"]))
             plain_updates, plain_state = plain.update(grads["plain"], plain_state, plain_params)
             plain_params = optax.apply_updates(plain_params, plain_updates)
-        expected = _torch_adam_skipping(_grad, has_grad, lambda s: float(schedule_fn(s)), wd=0.01)
+        expected = _torch_adam_skipping(_grad, has_grad, lambda s: factor * float(schedule_fn(s)), wd=0.01)
         np.testing.assert_allclose(np.asarray(gated_history), np.asarray(expected), rtol=1e-10)
         np.testing.assert_allclose(np.asarray(params["plain"]), np.asarray(plain_params), rtol=1e-12)
-        # apply (what the train steps call: the gated leaves untouched in a skipped step) is
-        # update + apply_updates, here with a scale as the batched search's trial rate.
-        params2 = {"gated": jnp.asarray(P0), "plain": jnp.asarray(P0)}
-        state2 = tx.init(params2)
-        for s in range(n_steps):
-            grads = {"gated": jnp.asarray(_grad(np.asarray(params2["gated"]))) * has_grad[s],
-                     "plain": jnp.asarray(_grad(np.asarray(params2["plain"])))}
-            applied, _ = tx.apply(grads, state2, params2, has_gradient=has_grad[s], scale=0.5)
-            updates, state2 = tx.update(grads, state2, params2, has_gradient=has_grad[s])
-            params2 = optax.apply_updates(params2, jax.tree.map(lambda u: 0.5 * u, updates))
-            for key in params2:
-                np.testing.assert_allclose(np.asarray(applied[key]), np.asarray(params2[key]), rtol=1e-12)
     # Between first steps the gated leaf does not move at all (optax's plain Adam would, by momentum).
     assert np.array_equal(gated_history[1], gated_history[0]) and not np.array_equal(gated_history[3], gated_history[2])
 

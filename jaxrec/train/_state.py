@@ -124,14 +124,12 @@ class EpochGatedState(NamedTuple):
 
 
 class EpochGated(NamedTuple):
-    """An optax-style ``(init, update)`` pair whose ``update`` also takes ``has_gradient`` (a bool
-    scalar: whether the gated parameters have a gradient in this step), and ``apply(grads, state,
-    params, *, has_gradient, scale=None) -> (params, state)``: the update applied (times
-    ``scale``), where a skipped step leaves the gated leaves untouched instead of adding zeros to
-    them; see :func:`epoch_gated`."""
+    """``init(params) -> state`` and ``apply(grads, state, params, *, has_gradient=True,
+    scale=None) -> (params, state)``: the update applied (times ``scale``), ``has_gradient`` (a
+    bool scalar) saying whether the gated parameters have a gradient in this step; a skipped step
+    leaves them untouched. See :func:`epoch_gated`."""
 
     init: Callable
-    update: Callable
     apply: Callable
 
 
@@ -148,7 +146,7 @@ def epoch_gated(config: TrainConfig, steps_per_epoch: int, gated_params: Callabl
     optimizer state of their own (the config's optimizer at learning rate 1, its update scaled
     by the schedule at the global update count: every optimizer jaxrec builds is linear in the
     learning rate, see :func:`make_optimizer`) that is updated, inside a ``lax.cond``, only when
-    ``has_gradient`` is true; otherwise the marked leaves' update is 0 and their state stays.
+    ``has_gradient`` is true; otherwise the marked leaves and their state stay as they were.
     The other leaves get the config's optimizer as usual. ``clip_norm`` (a global norm over
     both groups) is refused: torch would clip over the parameters with a gradient, which this
     split does not model.
@@ -161,66 +159,47 @@ def epoch_gated(config: TrainConfig, steps_per_epoch: int, gated_params: Callabl
     gated_tx = make_optimizer(unit, steps_per_epoch)
     schedule = learning_rate_schedule(config, steps_per_epoch)
 
-    def split(tree, params):
-        flags = jax.tree.structure(params).flatten_up_to(gated_params(params))
+    def flags_of(params):  # per leaf of params (flattened): marked or not
+        return jax.tree.structure(params).flatten_up_to(gated_params(params))
+
+    def split(tree, params, flags):  # (the unmarked leaves, the marked leaves) of a params-shaped tree
         leaves = jax.tree.structure(params).flatten_up_to(tree)
-        return (tuple(x for x, f in zip(leaves, flags) if not f), tuple(x for x, f in zip(leaves, flags) if f),
-                flags)
+        return tuple(x for x, f in zip(leaves, flags) if not f), tuple(x for x, f in zip(leaves, flags) if f)
 
     def merge(rest, gated, flags, params):
         rest, gated = iter(rest), iter(gated)
         return jax.tree.structure(params).unflatten([next(gated) if f else next(rest) for f in flags])
 
     def init(params):
-        rest, gated, _ = split(params, params)
+        rest, gated = split(params, params, flags_of(params))
         return EpochGatedState(jnp.zeros([], jnp.int32), rest_tx.init(rest), gated_tx.init(gated))
 
-    def parts(grads, state, params, scale):
-        # The plain group's updates (times scale) and a thunk for the gated group's (times the
-        # schedule at the global count, and scale), each group on its own leaves.
-        if params is None:
-            raise ValueError("epoch_gated needs the parameters (their structure marks the gated leaves)")
-        rest_grads, gated_grads, flags = split(grads, params)
-        rest_params, gated_now, _ = split(params, params)
+    def apply(grads, state, params, *, has_gradient=True, scale=None):
+        flags = flags_of(params)
+        rest_grads, gated_grads = split(grads, params, flags)
+        rest_params, gated_now = split(params, params, flags)
         rest_updates, rest_state = rest_tx.update(rest_grads, state.rest, rest_params)
         rate = schedule(state.count)
         if scale is not None:
             rate = rate * scale
             rest_updates = tuple((u * scale).astype(u.dtype) for u in rest_updates)
 
-        def gated_update():
-            out, new_state = gated_tx.update(gated_grads, state.gated, gated_now)
-            return tuple((u * rate).astype(u.dtype) for u in out), new_state
-
-        return rest_params, rest_updates, rest_state, gated_now, gated_update, flags
-
-    def update(updates, state, params=None, *, has_gradient=True):
-        _, rest_updates, rest_state, gated_now, gated_update, flags = parts(updates, state, params, None)
-        gated_updates, gated_state = jax.lax.cond(
-            jnp.asarray(has_gradient, bool), lambda _: gated_update(),
-            lambda _: (tuple(jnp.zeros_like(p) for p in gated_now), state.gated), None)
-        return (merge(rest_updates, gated_updates, flags, params),
-                EpochGatedState(state.count + 1, rest_state, gated_state))
-
-    def apply(grads, state, params, *, has_gradient=True, scale=None):
-        rest_params, rest_updates, rest_state, gated_now, gated_update, flags = parts(grads, state, params, scale)
-
         def step(_):
-            gated_updates, new_state = gated_update()
-            return optax.apply_updates(gated_now, gated_updates), new_state
+            out, new_state = gated_tx.update(gated_grads, state.gated, gated_now)
+            return optax.apply_updates(gated_now, tuple((u * rate).astype(u.dtype) for u in out)), new_state
 
         gated_new, gated_state = jax.lax.cond(jnp.asarray(has_gradient, bool), step,
                                               lambda _: (gated_now, state.gated), None)
         return (merge(optax.apply_updates(rest_params, rest_updates), gated_new, flags, params),
                 EpochGatedState(state.count + 1, rest_state, gated_state))
 
-    return EpochGated(init, update, apply)
+    return EpochGated(init, apply)
 
 
 def model_optimizer(config: TrainConfig, steps_per_epoch: int, built) -> Any:
     """The optimizer a run of ``built`` trains with: :func:`make_optimizer`, or
     :func:`epoch_gated` for a model with ``epoch_start_params``."""
-    if getattr(built, "epoch_start_params", None) is None:
+    if built.epoch_start_params is None:
         return make_optimizer(config, steps_per_epoch)
     return _epoch_gated_cached(tuple(getattr(config, name) for name in _OPTIMIZER_FIELDS), int(steps_per_epoch),
                                built.epoch_start_params)
