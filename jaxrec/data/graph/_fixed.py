@@ -29,6 +29,7 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
+from jaxrec.data.graph import _csr_native
 from jaxrec.data.graph._edges import Edges
 from jaxrec.data.graph._propagate import DEFAULT_CHUNK_SIZE, propagate
 from jaxrec.errors import DataError
@@ -101,9 +102,21 @@ def fixed_graph(edges: Edges, *, symmetric: bool = False) -> FixedGraph:
     return FixedGraph(Edges(rows, cols, weights), transposed)
 
 
+def _product(edges: Edges, embeddings: jax.Array, chunk_size: int | None) -> jax.Array:
+    """``edges @ embeddings``: the CSR custom call on CPU where it is available (the same values, bit
+    for bit; :mod:`jaxrec.data.graph._csr_native`), XLA's gather and sorted scatter-add otherwise."""
+    def xla(x):
+        return propagate(edges, x, indices_are_sorted=True, chunk_size=chunk_size)
+
+    if not (_csr_native.dtype_supported(embeddings) and _csr_native.native_available()):
+        return xla(embeddings)
+    return jax.lax.platform_dependent(
+        embeddings, cpu=lambda x: _csr_native.csr_propagate(edges.rows, edges.cols, edges.weights, x), default=xla)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _propagate_fixed(graph: FixedGraph, embeddings: jax.Array, chunk_size: int | None) -> jax.Array:
-    return propagate(graph.edges, embeddings, indices_are_sorted=True, chunk_size=chunk_size)
+    return _product(graph.edges, embeddings, chunk_size)
 
 
 def _fwd(graph, embeddings, chunk_size):
@@ -113,7 +126,7 @@ def _fwd(graph, embeddings, chunk_size):
 def _bwd(chunk_size, graph, cotangent):
     transposed = graph.edges if graph.transposed is None else graph.transposed
     zero_graph = jax.tree.map(_zero_cotangent, graph)
-    return zero_graph, propagate(transposed, cotangent, indices_are_sorted=True, chunk_size=chunk_size)
+    return zero_graph, _product(transposed, cotangent, chunk_size)
 
 
 def _zero_cotangent(leaf):
