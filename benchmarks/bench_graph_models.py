@@ -4,6 +4,7 @@ Usage (from the project root):
     python benchmarks/bench_graph_models.py [--models lightgcn mmgcn] [--epochs 10]
         [--data ../shared/data/lfm2k]
     python benchmarks/bench_graph_models.py --chunks     # propagation chunk sizes (CPU)
+    python benchmarks/bench_graph_models.py --native     # the CSR custom call against XLA's path
 
 Each model is built from its config in ``experiments/configs/lfm2k/`` exactly as
 ``jaxrec train`` builds it, compiled, then timed over ``--epochs`` epochs: the device steps
@@ -17,6 +18,11 @@ LightGCN 0.2895 s/epoch, MMGCN 5.2892 s/epoch.
 
 ``--chunks`` times one propagation and its gradient over the lfm2k graph for several edge
 chunk sizes and widths, the measurement behind ``jaxrec.models.lightgcn.chunk_size_for``.
+
+``--native`` times :func:`jaxrec.data.graph.propagate_fixed` over the lfm2k graph with its CPU
+custom call (``csr_propagate.cc``) and with XLA's gather + sorted scatter-add
+(``JAXREC_NATIVE_KERNELS=0`` at trace time), forward and gradient, per width, checks that the
+two give the same bits and prints the ratio.
 """
 
 from __future__ import annotations
@@ -109,15 +115,56 @@ def bench_chunks(data: str) -> None:
         print(f"d={width}:\n  " + "\n  ".join(cells))
 
 
+def bench_native(data: str) -> None:
+    import numpy as np
+
+    from jaxrec import data as jdata
+    from jaxrec.data import graph as jgraph
+    from jaxrec.data.graph import _csr_native
+
+    if not _csr_native.native_available():
+        raise SystemExit("the native kernel is not available here (no compiler, or JAXREC_NATIVE_KERNELS=0)")
+    graph = jgraph.bipartite_graph(jdata.load(data))
+    fixed = jgraph.fixed_graph(jgraph.normalized_adjacency(graph), symmetric=True).to_device()
+    print(f"lfm2k graph: {graph.n_nodes} nodes, {fixed.n_edges} directed edges; ms per call, median of 10 runs "
+          "of 20 calls (wall; CPU in parentheses); load average %.1f" % os.getloadavg()[0])
+    for width in (64, 128, 192, 384):
+        x = jax.random.normal(jax.random.PRNGKey(0), (graph.n_nodes, width))
+        chunk = max(8192, 2**21 // (4 * width))
+        results, cells = {}, []
+        for path in ("native", "xla"):
+            os.environ["JAXREC_NATIVE_KERNELS"] = "1" if path == "native" else "0"
+            forward = jax.jit(lambda x: jgraph.propagate_fixed(fixed, x, chunk_size=chunk))
+            grad = jax.jit(jax.grad(lambda x: jnp.sum(jnp.sin(jgraph.propagate_fixed(fixed, x, chunk_size=chunk)))))
+            results[path] = (np.asarray(forward(x)), np.asarray(grad(x)))
+            for label, fn in (("fwd", forward), ("grad", grad)):
+                runs = []
+                for _ in range(10):
+                    _, wall, cpu = _timed(lambda: [fn(x) for _ in range(20)][-1])
+                    runs.append((wall / 20, cpu / 20))
+                cells.append((path, label, statistics.median(w for w, _ in runs), statistics.median(c for _, c in runs)))
+        os.environ.pop("JAXREC_NATIVE_KERNELS")
+        same = all(np.array_equal(a, b) for a, b in zip(results["native"], results["xla"]))
+        timing = {(p, l): (w, c) for p, l, w, c in cells}
+        print(f"d={width}: bit-identical {same}; " + "; ".join(
+            f"{label} native {1e3 * timing['native', label][0]:.3f} ({1e3 * timing['native', label][1]:.3f}) "
+            f"xla {1e3 * timing['xla', label][0]:.3f} ({1e3 * timing['xla', label][1]:.3f}) "
+            f"-> {timing['xla', label][0] / timing['native', label][0]:.1f}x" for label in ("fwd", "grad")))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["lightgcn", "mmgcn"], choices=sorted(MMREC_NAMES))
     parser.add_argument("--data", default=str(ROOT / ".." / "shared" / "data" / "lfm2k"))
     parser.add_argument("--epochs", type=int, default=10, help="timed epochs (and evaluations)")
     parser.add_argument("--chunks", action="store_true", help="time propagation chunk sizes instead")
+    parser.add_argument("--native", action="store_true", help="time the CSR custom call against XLA's path instead")
     args = parser.parse_args()
     if args.chunks:
         bench_chunks(args.data)
+        return
+    if args.native:
+        bench_native(args.data)
         return
     print(f"{os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f} at start; jax {jax.__version__}")
     print("| model | train s/epoch wall | CPU s/epoch | eval s (valid+test) wall | MMRec s/epoch | "
