@@ -41,9 +41,14 @@ def _xla(edges, x, chunk_size=None):
                                               chunk_size=chunk_size))(x)
 
 
+def _call(edges, x):
+    """The custom call over (device) ``edges`` with their row starts for x's rows."""
+    return _csr_native.csr_propagate(jgraph.row_starts(edges.rows, x.shape[0]), edges.cols, edges.weights, x)
+
+
 def _native(edges, x):
     device = edges.to_device()
-    return jax.jit(lambda x: _csr_native.csr_propagate(device.rows, device.cols, device.weights, x))(x)
+    return jax.jit(lambda x: _call(device, x))(x)
 
 
 @pytest.mark.parametrize("d", [1, 5, 16, 37, 64, 130, 200])
@@ -64,6 +69,28 @@ def test_no_edges_and_no_columns():
     np.testing.assert_array_equal(np.asarray(_native(empty, x)), np.zeros((6, 4)))
     edges = _random_edges(6, 20, seed=3)
     assert np.asarray(_native(edges, np.ones((6, 0), np.float32))).shape == (6, 0)
+
+
+def test_bad_row_starts_are_an_error_not_a_read_out_of_bounds():
+    edges = _random_edges(6, 20, seed=3).to_device()
+    x = jnp.ones((6, 4))
+    for starts in ([0, 5, 3, 8, 9, 10, 12], [0, 2, 4, 6, 8, 10, 10**6], [-1, 2, 4, 6, 8, 10, 12]):
+        with pytest.raises(Exception, match="non-decreasing within"):
+            jax.block_until_ready(_csr_native.csr_propagate(jnp.asarray(starts, jnp.int32), edges.cols,
+                                                            edges.weights, x))
+
+
+def test_stored_row_starts_of_another_row_count_are_padded_or_cut():
+    """fixed_graph stores starts for max(row, col) + 1 rows; propagate_fixed adapts them to x's rows."""
+    edges = jgraph.Edges(np.array([0, 1, 1, 3], np.int32), np.array([1, 0, 3, 1], np.int32),
+                         np.array([1.0, 2.0, 3.0, 4.0], np.float32))
+    graph = jgraph.fixed_graph(edges).to_device()
+    assert graph.starts.tolist() == [0, 1, 3, 3, 4]
+    for n in (4, 7):  # 7: padded with empty rows
+        x = np.random.default_rng(n).normal(size=(n, 3)).astype(np.float32)
+        np.testing.assert_array_equal(np.asarray(jgraph.propagate_fixed(graph, x)), np.asarray(_xla(edges, x)))
+        np.testing.assert_allclose(np.asarray(jax.grad(lambda x: jnp.sum(jgraph.propagate_fixed(graph, x)))(x)),
+                                   np.asarray(_xla(jgraph.fixed_graph(edges).transposed, np.ones((n, 3), np.float32))))
 
 
 def test_edges_outside_the_nodes_are_dropped():
@@ -87,7 +114,7 @@ def test_threaded_split_equals_one_thread():
     np.testing.assert_array_equal(np.asarray(_native(edges, x)), np.asarray(_xla(edges, x, 8192)))
     device = edges.to_device()
     stacked = np.random.default_rng(3).normal(size=(3, n, 64)).astype(np.float32)
-    batched = jax.jit(jax.vmap(lambda x: _csr_native.csr_propagate(device.rows, device.cols, device.weights, x)))
+    batched = jax.jit(jax.vmap(lambda x: _call(device, x)))
     out = np.asarray(batched(stacked))
     for t in range(3):
         np.testing.assert_array_equal(out[t], np.asarray(_xla(edges, stacked[t], 8192)))
@@ -131,14 +158,14 @@ def test_inside_scan_and_vmap_over_graphs():
 
     rows, cols, weights = (np.stack(parts) for parts in zip(*(padded(g) for g in graphs)))
     x = np.random.default_rng(4).normal(size=(3, n, 8)).astype(np.float32)
-    out = jax.jit(jax.vmap(_csr_native.csr_propagate))(rows, cols, weights, x)
+    out = jax.jit(jax.vmap(lambda r, c, w, x: _call(jgraph.Edges(r, c, w), x)))(rows, cols, weights, x)
     for t, g in enumerate(graphs):
         np.testing.assert_array_equal(np.asarray(out[t]), np.asarray(_xla(g, x[t])))
 
     device = graphs[0].to_device()
 
     def body(h, _):
-        return _csr_native.csr_propagate(device.rows, device.cols, device.weights, h) * 0.5, None
+        return _call(device, h) * 0.5, None
 
     scanned, _ = jax.jit(lambda h: jax.lax.scan(body, h, None, length=3))(x[0])
     dense = _dense(graphs[0], n)

@@ -348,7 +348,8 @@ def build(dataset, *, embedding_size: int = 64, feat_embed_dim: int = 64, knn_k:
         generator = np.random.default_rng(key_seed(rng))
         pruned = jgraph.prune_edges(graph, dropout=float(dropout), rng=generator, sampling_weights=sampling_weights)
         # Symmetric by construction (both directions of each kept pair, one weight): no transpose.
-        return {**ctx, "train_graph": jgraph.FixedGraph(pruned.to_device())}
+        starts = jgraph.row_starts(np.asarray(pruned.rows), dataset.n_users + dataset.n_items)
+        return {**ctx, "train_graph": jgraph.FixedGraph(pruned.to_device(), None, jnp.asarray(starts))}
 
     # The built context carries one pruned graph so that shapes are known before training;
     # the trainer replaces it at the start of every epoch.

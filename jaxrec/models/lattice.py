@@ -417,8 +417,9 @@ def table_graph(ids: jax.Array, weights: jax.Array) -> jgraph.FixedGraph:
         order = jax.lax.sort(cols * (n * k) + positions) % (n * k)
     else:
         order = jnp.argsort(cols, stable=True)
-    return jgraph.FixedGraph(jgraph.Edges(rows, cols, values),
-                             jgraph.Edges(cols[order], rows[order], values[order]))
+    transposed_rows = cols[order]
+    return jgraph.FixedGraph(jgraph.Edges(rows, cols, values), jgraph.Edges(transposed_rows, rows[order], values[order]),
+                             jnp.arange(n + 1, dtype=jnp.int32) * k, jgraph.row_starts(transposed_rows, n))
 
 
 @functools.lru_cache(maxsize=8)

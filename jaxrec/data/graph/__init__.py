@@ -53,6 +53,7 @@ from jaxrec.data.graph._item_graph import knn_cache_key as knn_cache_key
 from jaxrec.data.graph._fixed import FixedGraph as FixedGraph
 from jaxrec.data.graph._fixed import fixed_graph as fixed_graph
 from jaxrec.data.graph._fixed import propagate_fixed as propagate_fixed
+from jaxrec.data.graph._fixed import row_starts as row_starts
 from jaxrec.data.graph._hnsw import HnswSettings as HnswSettings
 from jaxrec.data.graph._ivf import IvfSettings as IvfSettings
 from jaxrec.data.graph._join import JoinSettings as JoinSettings

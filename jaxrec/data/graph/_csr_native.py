@@ -143,16 +143,18 @@ def native_available() -> bool:
         return _registered()
 
 
-def csr_propagate(rows: jax.Array, cols: jax.Array, weights: jax.Array, embeddings: jax.Array) -> jax.Array:
-    r""":math:`\hat A E` for the row-sorted edge list ``(rows, cols, weights)``, by the custom call.
+def csr_propagate(starts: jax.Array, cols: jax.Array, weights: jax.Array, embeddings: jax.Array) -> jax.Array:
+    r""":math:`\hat A E` for a row-sorted edge list given by its CSR row starts, by the custom call.
 
     The same values, bit for bit, as :func:`~jaxrec.data.graph.propagate` with
-    ``indices_are_sorted=True`` on valid edges (rows and cols in ``[0, n)``); edges with a row or
-    column outside ``[0, n)`` are dropped. CPU only: call it where :func:`native_available` and
-    the computation runs on CPU (:func:`~jaxrec.data.graph.propagate_fixed` arranges both).
+    ``indices_are_sorted=True`` over the edges ``(rows, cols, weights)`` whose
+    :func:`~jaxrec.data.graph.row_starts` are ``starts``, on valid edges (cols in ``[0, n)``);
+    edges with a column outside ``[0, n)`` are dropped. CPU only: call it where
+    :func:`native_available` and the computation runs on CPU
+    (:func:`~jaxrec.data.graph.propagate_fixed` arranges both).
 
     Args:
-      rows: (E,) int32, non-decreasing.
+      starts: (n + 1,) int32: row r's edges are ``starts[r]:starts[r + 1]``.
       cols: (E,) int32.
       weights: (E,) float32.
       embeddings: (n, d) float32.
@@ -160,10 +162,7 @@ def csr_propagate(rows: jax.Array, cols: jax.Array, weights: jax.Array, embeddin
     Returns:
       (n, d) float32.
     """
-    n = embeddings.shape[0]
-    rows = jnp.asarray(rows, jnp.int32)
-    indptr = jnp.searchsorted(rows, jnp.arange(n + 1, dtype=jnp.int32), side="left", method="scan_unrolled"
-                              ).astype(jnp.int32)
+    indptr = jnp.asarray(starts, jnp.int32)
     call = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct(embeddings.shape, jnp.float32), vmap_method="sequential")
     return call(indptr, jnp.asarray(cols, jnp.int32), jnp.asarray(weights, jnp.float32),
                 jnp.asarray(embeddings, jnp.float32))

@@ -42,10 +42,16 @@ class FixedGraph(NamedTuple):
       edges: :math:`\\hat A`, rows non-decreasing.
       transposed: :math:`\\hat A^\\top`, rows non-decreasing; ``None`` when :math:`\\hat A` is
         symmetric (the transpose is ``edges`` itself).
+      starts, transposed_starts: optional CSR row starts of ``edges`` / ``transposed``
+        (:func:`row_starts`, for any number of rows: :func:`propagate_fixed` pads or cuts them
+        to the embeddings' rows); ``None``: computed in the step when needed (a binary search
+        per row, ~0.1 ms on lfm2k's graph: :func:`fixed_graph` stores them).
     """
 
     edges: Edges
     transposed: Edges | None = None
+    starts: jax.Array | np.ndarray | None = None
+    transposed_starts: jax.Array | np.ndarray | None = None
 
     @property
     def rows(self):
@@ -68,7 +74,19 @@ class FixedGraph(NamedTuple):
         return self.edges.to_dense(n_nodes)
 
     def to_device(self) -> "FixedGraph":
-        return FixedGraph(self.edges.to_device(), None if self.transposed is None else self.transposed.to_device())
+        def device(starts):
+            return None if starts is None else jax.numpy.asarray(starts, jax.numpy.int32)
+
+        return FixedGraph(self.edges.to_device(), None if self.transposed is None else self.transposed.to_device(),
+                          device(self.starts), device(self.transposed_starts))
+
+
+def row_starts(rows, n_rows: int):
+    """The (n_rows + 1,) CSR starts of row-sorted ``rows``: entry r is the index of row r's first
+    edge (rows outside ``[0, n_rows)`` fall outside every row). numpy in, numpy out (host);
+    a jax array in, jax out (in a jitted builder)."""
+    xp = np if isinstance(rows, np.ndarray) else jax.numpy
+    return xp.searchsorted(rows, xp.arange(n_rows + 1, dtype=rows.dtype), side="left").astype(xp.int32)
 
 
 def _check_sorted(rows: np.ndarray, name: str) -> None:
@@ -90,6 +108,7 @@ def fixed_graph(edges: Edges, *, symmetric: bool = False) -> FixedGraph:
     """
     rows, cols, weights = (np.asarray(a) for a in edges)
     _check_sorted(rows, "edges.rows")
+    n_rows = int(max(rows.max(), cols.max())) + 1 if rows.size else 0
     order = np.lexsort((rows, cols))          # by col, then row: the transpose's row order
     transposed = Edges(cols[order].astype(np.int32), rows[order].astype(np.int32), weights[order].astype(np.float32))
     if symmetric:
@@ -98,11 +117,19 @@ def fixed_graph(edges: Edges, *, symmetric: bool = False) -> FixedGraph:
                 and np.allclose(weights[forward], transposed.weights, rtol=1e-6, atol=0.0)):
             raise DataError("graph declared symmetric is not", field="edges", found="A^T != A",
                             expected="the same weight on (r, c) and (c, r)")
-        return FixedGraph(Edges(rows, cols, weights), None)
-    return FixedGraph(Edges(rows, cols, weights), transposed)
+        return FixedGraph(Edges(rows, cols, weights), None, row_starts(rows, n_rows))
+    return FixedGraph(Edges(rows, cols, weights), transposed, row_starts(rows, n_rows),
+                      row_starts(transposed.rows, n_rows))
 
 
-def _product(edges: Edges, embeddings: jax.Array, chunk_size: int | None) -> jax.Array:
+def _starts_for(starts, n: int):
+    """Row starts of ``n`` rows from stored ones of any length (rows past the stored ones are empty)."""
+    if starts.shape[0] >= n + 1:
+        return starts[:n + 1]
+    return jax.numpy.concatenate([starts, jax.numpy.broadcast_to(starts[-1:], (n + 1 - starts.shape[0],))])
+
+
+def _product(edges: Edges, starts, embeddings: jax.Array, chunk_size: int | None) -> jax.Array:
     """``edges @ embeddings``: the CSR custom call on CPU where it is available (the same values, bit
     for bit; :mod:`jaxrec.data.graph._csr_native`), XLA's gather and sorted scatter-add otherwise."""
     def xla(x):
@@ -110,13 +137,16 @@ def _product(edges: Edges, embeddings: jax.Array, chunk_size: int | None) -> jax
 
     if not (_csr_native.dtype_supported(embeddings) and _csr_native.native_available()):
         return xla(embeddings)
+    n = embeddings.shape[0]
+    starts = row_starts(jax.numpy.asarray(edges.rows, jax.numpy.int32), n) if starts is None else _starts_for(
+        jax.numpy.asarray(starts, jax.numpy.int32), n)
     return jax.lax.platform_dependent(
-        embeddings, cpu=lambda x: _csr_native.csr_propagate(edges.rows, edges.cols, edges.weights, x), default=xla)
+        embeddings, cpu=lambda x: _csr_native.csr_propagate(starts, edges.cols, edges.weights, x), default=xla)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _propagate_fixed(graph: FixedGraph, embeddings: jax.Array, chunk_size: int | None) -> jax.Array:
-    return _product(graph.edges, embeddings, chunk_size)
+    return _product(graph.edges, graph.starts, embeddings, chunk_size)
 
 
 def _fwd(graph, embeddings, chunk_size):
@@ -124,9 +154,12 @@ def _fwd(graph, embeddings, chunk_size):
 
 
 def _bwd(chunk_size, graph, cotangent):
-    transposed = graph.edges if graph.transposed is None else graph.transposed
+    if graph.transposed is None:
+        transposed, starts = graph.edges, graph.starts
+    else:
+        transposed, starts = graph.transposed, graph.transposed_starts
     zero_graph = jax.tree.map(_zero_cotangent, graph)
-    return zero_graph, _product(transposed, cotangent, chunk_size)
+    return zero_graph, _product(transposed, starts, cotangent, chunk_size)
 
 
 def _zero_cotangent(leaf):

@@ -1,11 +1,11 @@
-// Y = A X for a row-sorted sparse matrix A in CSR form (indptr, cols, weights) and a dense
+// Y = A X for a row-sorted sparse matrix A in CSR form (indptr = row starts, cols, weights) and a dense
 // float32 X (..., n, d): the XLA:CPU custom call behind jaxrec.data.graph.propagate_fixed.
 //
 // Each output row is accumulated in registers, edge by edge in the matrix's order, as a
 // product then a sum (compiled with -ffp-contract=off: no fused multiply-add), so the result
 // is bit for bit the one of XLA's gather, multiply and sorted scatter-add (jaxrec's
 // `propagate`), without its (E, d) message array and scatter. Columns outside [0, n) are
-// skipped (the edge is dropped). Leading dimensions of X are independent products (vmap's
+// skipped (the edge is dropped); edges outside [indptr[0], indptr[n]) are not read. Leading dimensions of X are independent products (vmap's
 // expanded dimensions); the graph arrays must not be batched.
 //
 // Work is split into (batch, row range) tasks of about equal edge counts, taken from an
@@ -124,8 +124,10 @@ ffi::Error CsrPropagateImpl(ffi::ThreadPool pool, ffi::Buffer<ffi::S32> indptr, 
     return ffi::Error::InvalidArgument("csr_propagate: cols and weights must have one entry per edge");
   if (batch == 0) return ffi::Error::Success();
   const int32_t* ip = indptr.typed_data();
-  if (ip[0] < 0 || ip[n] > n_edges)
-    return ffi::Error::InvalidArgument("csr_propagate: indptr out of the edge range");
+  for (int64_t r = 0; r < n; ++r) {
+    if (ip[r] < 0 || ip[r] > ip[r + 1] || ip[r + 1] > n_edges)
+      return ffi::Error::InvalidArgument("csr_propagate: indptr must be non-decreasing within [0, E]");
+  }
 
   auto tasks = std::make_shared<Tasks>();
   tasks->problem = Problem{ip, cols.typed_data(), weights.typed_data(), x.typed_data(), y->typed_data(), n, d};
