@@ -102,7 +102,7 @@ def _dense(features: int, fan_in: int, name: str, use_bias: bool = True) -> nn.D
 class MGCN(nn.Module):
     """MGCN (see the module docstring).
 
-    ``ctx``: ``{"graph": Edges, "user_items": Edges, "item_graphs": tuple of Edges,
+    ``ctx``: ``{"graph": FixedGraph, "user_items": FixedGraph, "item_graphs": tuple of FixedGraph,
     "features": tuple of (n_items, d_m)}`` -- the normalized user-item graph :math:`\\hat A`,
     its user rows :math:`\\hat R` (same node numbering, users first), the per-modality kNN
     graphs :math:`S_m` and the raw features.
@@ -145,10 +145,10 @@ class MGCN(nn.Module):
             features = self.feature_tables[m](features)
         purified = self.item_embedding * nn.sigmoid(self.purifiers[m](self.projections[m](features)))
         for _ in range(self.n_mm_layers):
-            purified = jgraph.propagate(ctx["item_graphs"][m], purified, indices_are_sorted=True)
+            purified = jgraph.propagate_fixed(ctx["item_graphs"][m], purified)
         stacked = jnp.concatenate([jnp.zeros((self.n_users, self.embedding_size), purified.dtype), purified])
         # The user rows of the user-item graph write only user rows: R H^m on top, H^m below.
-        return stacked + jgraph.propagate(ctx["user_items"], stacked, indices_are_sorted=True)
+        return stacked + jgraph.propagate_fixed(ctx["user_items"], stacked)
 
     def views(self, ctx):
         """``(content, side)``: the user-item view :math:`C` and the fused modality part
@@ -253,9 +253,13 @@ def build(dataset, *, embedding_size: int = 64, knn_k: int = 10, n_ui_layers: in
     full = jgraph.normalized_adjacency(jgraph.bipartite_graph(dataset, split="train"))
     user_rows = np.asarray(full.rows) < dataset.n_users
     user_items = jgraph.Edges(*(np.asarray(a)[user_rows] for a in full))
-    item_graphs = tuple(jgraph.knn_edges(jgraph.item_knn_neighbours(dataset, name, k=knn_k, cache=cache),
-                                         weighted=True, normalization="sym").to_device() for name in names)
-    ctx = {"graph": full.to_device(), "user_items": user_items.to_device(), "item_graphs": item_graphs,
+    # Constant graphs: gradients over their sorted transposes (propagate_fixed), as the CPU kernel
+    # runs them; the same sums in the same order as XLA's scatter-add of the plain edge lists.
+    item_graphs = tuple(jgraph.fixed_graph(jgraph.knn_edges(jgraph.item_knn_neighbours(dataset, name, k=knn_k, cache=cache),
+                                                            weighted=True, normalization="sym")).to_device()
+                        for name in names)
+    ctx = {"graph": jgraph.fixed_graph(full, symmetric=True).to_device(),
+           "user_items": jgraph.fixed_graph(user_items).to_device(), "item_graphs": item_graphs,
            "features": tuple(jnp.asarray(block) for block in blocks)}
     module = MGCN(n_users=dataset.n_users, n_items=dataset.n_items, feature_dims=tuple(b.shape[1] for b in blocks),
                   embedding_size=embedding_size, n_ui_layers=n_ui_layers, n_mm_layers=n_mm_layers,
