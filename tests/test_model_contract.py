@@ -199,3 +199,41 @@ def test_pmap_over_4_devices_equals_one_device(name):
                 b = b[key.key]
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=RTOL, atol=ATOL,
                                        err_msg=f"{jax.tree_util.keystr(path)}, {devices} devices")
+
+
+def _has_fixed_graph(ctx) -> bool:
+    from jaxrec.data.graph import FixedGraph
+
+    return any(isinstance(leaf, FixedGraph)
+               for leaf in jax.tree.leaves(ctx, is_leaf=lambda x: isinstance(x, FixedGraph)))
+
+
+@pytest.mark.parametrize("name", [name for name in MODELS if _has_fixed_graph(built_model(name).ctx)])
+def test_cpu_propagation_kernel_gives_the_xla_paths_terms_and_gradients(name, monkeypatch):
+    """Every model with a constant graph: the same loss terms and gradients with the CPU kernel
+    (csr_propagate.cc) and with XLA's gather + scatter (JAXREC_NATIVE_KERNELS=0), to float rounding.
+    (The product alone is bit for bit XLA's, tests/test_graph_native.py; inside a model XLA may fuse
+    neighbouring ops into its scatter and round otherwise: it does here on this tiny graph, and on
+    lfm2k's graphs in MGCN only.)"""
+    from jaxrec.data.graph import _csr_native
+
+    if not _csr_native.native_available():
+        pytest.skip("no working C++ compiler for the native kernel")
+    built = built_model(name)
+    _, _, state = _init(built)
+    batch = _real_batch()
+
+    def loss(p, ctx, batch):
+        terms = built.module.apply({"params": p}, ctx, batch, True, method="loss_terms",
+                                   rngs={"dropout": jax.random.PRNGKey(3)})
+        return sum(terms.values()), terms
+
+    results = {}
+    for setting in ("1", "0"):
+        monkeypatch.setenv("JAXREC_NATIVE_KERNELS", setting)
+        compiled = jax.jit(jax.value_and_grad(loss, has_aux=True)).lower(state.params, built.ctx, batch)
+        assert (_csr_native.TARGET in compiled.as_text()) == (setting == "1")
+        (_, terms), grads = compiled.compile()(state.params, built.ctx, batch)
+        results[setting] = jax.tree.map(np.asarray, (terms, grads))
+    for native, xla in zip(jax.tree.leaves(results["1"]), jax.tree.leaves(results["0"])):
+        np.testing.assert_allclose(native, xla, rtol=1e-5, atol=1e-7)

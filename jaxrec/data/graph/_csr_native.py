@@ -4,9 +4,11 @@ XLA:CPU runs :func:`~jaxrec.data.graph.propagate` as a gather of the source rows
 weights, written to an (E, d) message array, then a sorted scatter-add: two passes over E x d
 floats. ``csr_propagate.cc`` (next to this file) accumulates each output row in registers
 instead, edge by edge in the same order, as a product then a sum (no fused multiply-add), so its
-result is BIT FOR BIT the XLA path's (tests/test_graph_native.py) at about a fifth of the time on
-the lfm2k user-item graph (88,654 edges, d = 64: 0.20 ms on one core against 0.84 ms;
-``benchmarks/bench_graph_models.py --native``).
+result is BIT FOR BIT the XLA path's product (tests/test_graph_native.py; inside a bigger program
+XLA may fold a neighbouring add into its scatter and round otherwise: it did in MGCN, not in
+LightGCN, BM3, LATTICE, FREEDOM, LGMRec or MMGCN, whose gradients are bit for bit the same) in a
+fraction of the time (``benchmarks/bench_graph_models.py --native``; figures in the closing note
+of issue 14 and ``experiments/results/lfm2k_speed.json``).
 
 The source is compiled on first use with the system's C++ compiler (``$CXX``, else ``c++``,
 ``g++`` or ``clang++``; ``-O3 -march=native``, falling back to no ``-march`` flag) against the
