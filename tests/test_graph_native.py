@@ -206,6 +206,13 @@ def test_compile_is_atomic_and_reports_compiler_errors(tmp_path):
     assert not broken.exists() and [p.name for p in tmp_path.iterdir()] == ["nested"]
 
 
+def test_unwritable_cache_folder_is_a_failed_build_not_an_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    error = _csr_native._compile(_csr_native._compiler(), _csr_native._BASE_FLAGS, blocker / "sub" / "kernel.so")
+    assert error and ("Not a directory" in error or "File exists" in error)
+
+
 def test_no_compiler_warns_once_and_falls_back(monkeypatch, tmp_path):
     monkeypatch.setattr(_csr_native, "_compiler", lambda: None)
     _csr_native._registered.cache_clear()

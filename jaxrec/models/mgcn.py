@@ -253,11 +253,10 @@ def build(dataset, *, embedding_size: int = 64, knn_k: int = 10, n_ui_layers: in
     full = jgraph.normalized_adjacency(jgraph.bipartite_graph(dataset, split="train"))
     user_rows = np.asarray(full.rows) < dataset.n_users
     user_items = jgraph.Edges(*(np.asarray(a)[user_rows] for a in full))
-    # Constant graphs: gradients over their sorted transposes (propagate_fixed), as the CPU kernel
-    # runs them; the same sums in the same order as XLA's scatter-add of the plain edge lists.
-    item_graphs = tuple(jgraph.fixed_graph(jgraph.knn_edges(jgraph.item_knn_neighbours(dataset, name, k=knn_k, cache=cache),
-                                                            weighted=True, normalization="sym")).to_device()
-                        for name in names)
+    # Constant graphs: gradients over their sorted transposes (propagate_fixed; on CPU its kernel).
+    knn_graphs = (jgraph.knn_edges(jgraph.item_knn_neighbours(dataset, name, k=knn_k, cache=cache), weighted=True,
+                                   normalization="sym") for name in names)
+    item_graphs = tuple(jgraph.fixed_graph(edges).to_device() for edges in knn_graphs)
     ctx = {"graph": jgraph.fixed_graph(full, symmetric=True).to_device(),
            "user_items": jgraph.fixed_graph(user_items).to_device(), "item_graphs": item_graphs,
            "features": tuple(jnp.asarray(block) for block in blocks)}

@@ -175,6 +175,8 @@ _propagate_fixed.defvjp(_fwd, _bwd)
 def propagate_fixed(graph: FixedGraph, embeddings: jax.Array, *, chunk_size: int | None = DEFAULT_CHUNK_SIZE) -> jax.Array:
     r""":math:`\hat A E` as :func:`~jaxrec.data.graph.propagate`, with the gradient
     :math:`\hat A^\top G` propagated over the sorted transpose (see the module docstring).
+    On CPU both products run the CSR custom call of :mod:`jaxrec.data.graph._csr_native` where
+    it builds (the same sums in the same order; float32), XLA's path elsewhere.
 
     Args:
       graph: a :class:`FixedGraph` (device arrays), a constant of the step.
