@@ -117,9 +117,13 @@ def test_cosine_logsumexp_paths_agree_and_stay_finite():
         expected = np.log(np.sum(np.exp(cosines / tau) * keep, axis=1))
         got = losses.cosine_logsumexp(jnp.asarray(cosines / tau, jnp.float32), tau, keep=keep)
         np.testing.assert_allclose(got, expected, rtol=1e-5)
-        traced = jax.jit(lambda x, t: losses.cosine_logsumexp(x, t, keep=keep))(
-            jnp.asarray(cosines / tau, jnp.float32), tau)  # a traced temperature: the row-maximum path
+        # A traced temperature (a batched search's per-trial value) takes the path the Python
+        # number takes, chosen at run time: the same bits as the Python number's jitted result.
+        logits = jnp.asarray(cosines / tau, jnp.float32)
+        traced = jax.jit(lambda x, t: losses.cosine_logsumexp(x, t, keep=keep))(logits, np.float32(tau))
+        fixed = jax.jit(lambda x: losses.cosine_logsumexp(x, tau, keep=keep))(logits)
         np.testing.assert_allclose(traced, expected, rtol=1e-5)
+        np.testing.assert_array_equal(traced, fixed)
     low = np.full((2, 5), -1.0)  # every cosine -1 at tau 0.01: e^(-200) per term, still finite
     value = losses.cosine_logsumexp(jnp.asarray(low / 0.01, jnp.float32), 0.01)
     np.testing.assert_allclose(value, -100.0 + math.log(5), rtol=1e-6)
@@ -131,6 +135,8 @@ def test_cosine_logsumexp_paths_agree_and_stay_finite():
 def test_cosine_logsumexp_stays_finite_when_every_cosine_of_a_row_is_low(tau):
     cosines = np.random.default_rng(0).uniform(-1.0, -0.5, size=(4, 7))  # no row near the bound 1/tau
     value = np.asarray(losses.cosine_logsumexp(jnp.asarray(cosines / tau, jnp.float32), tau))
+    traced = jax.jit(losses.cosine_logsumexp)(jnp.asarray(cosines / tau, jnp.float32), np.float32(tau))
+    np.testing.assert_array_equal(traced, value)  # below tau 1/40 too: the row-maximum path, chosen at run time
     logits = cosines / tau
     top = logits.max(axis=1)
     expected = top + np.log(np.exp(logits - top[:, None]).sum(axis=1))  # float64 reference

@@ -237,3 +237,57 @@ def test_cpu_propagation_kernel_gives_the_xla_paths_terms_and_gradients(name, mo
         results[setting] = jax.tree.map(np.asarray, (terms, grads))
     for native, xla in zip(jax.tree.leaves(results["1"]), jax.tree.leaves(results["0"])):
         np.testing.assert_allclose(native, xla, rtol=1e-5, atol=1e-7)
+
+
+TRACED = [(name, arg) for name in models.available() for arg in models.traced_args(name)]
+
+
+def _built_with(name, **extra):
+    builder = models.get_builder(name)
+    known = inspect.signature(builder).parameters
+    args = {k: v for k, v in SMALL.items() if k in known}
+    args.update(TINY_ARGS.get(name, {}))
+    return models.build(name, DATASET, **args, **extra)
+
+
+def test_traced_arguments_are_declared_for_the_models_whose_grids_vary_them():
+    assert ("lgmrec", "alpha") in TRACED and ("bm3", "dropout") in TRACED and ("contrastive", "temperature") in TRACED
+    assert {name for name, arg in TRACED if arg == "id_dropout"} == {"fusion_mf", "attention", "gated", "ensemble",
+                                                                     "kernel", "subspace"}
+
+
+@pytest.mark.parametrize("name, arg", TRACED)
+def test_a_traced_argument_reaches_the_module_alone_and_computes_as_the_number(name, arg):
+    """``register(traced_args=...)``, which a batched search relies on to train trials that differ
+    in ``arg`` as one program: the builder hands ``arg`` to the module unchanged (the model built
+    with 0.6 is the one built with 0.3, cloned with 0.6) and uses it for nothing else (same
+    context, weights, no epoch hook); and the module cloned with a TRACED 0.6 gives the loss terms
+    and gradients of the module built with the number 0.6 (float rounding of the value's
+    arithmetic aside), with the same dropout draws."""
+    low, high = _built_with(name, **{arg: 0.3}), _built_with(name, **{arg: 0.6})
+    assert high.module == low.module.clone(**{arg: 0.6}) and getattr(high.module, arg) == 0.6
+    assert jax.tree.structure(high.ctx) == jax.tree.structure(low.ctx)
+    for a, b in zip(jax.tree.leaves(high.ctx), jax.tree.leaves(low.ctx)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert high.default_loss_weights == low.default_loss_weights
+    assert high.epoch_update is None and low.epoch_update is None and high.epoch_start_params is None
+    _, _, state = _init(high)
+    batch = _real_batch()
+
+    def loss(module, p, ctx, batch):
+        terms = module.apply({"params": p}, ctx, batch, True, method="loss_terms",
+                             rngs={"dropout": jax.random.PRNGKey(3)})
+        return sum(terms.values()), terms
+
+    fixed = jax.jit(jax.value_and_grad(lambda p, c, b: loss(high.module, p, c, b), has_aux=True))(
+        state.params, high.ctx, batch)
+    traced = jax.jit(jax.value_and_grad(lambda p, c, b, v: loss(low.module.clone(**{arg: v}), p, c, b), has_aux=True))(
+        state.params, high.ctx, batch, np.float32(0.6))
+    for one, other in zip(jax.tree.leaves(fixed), jax.tree.leaves(traced)):
+        np.testing.assert_allclose(np.asarray(one), np.asarray(other), rtol=1e-5, atol=1e-7)
+    users, items = jax.jit(lambda p, c, v: low.module.clone(**{arg: v}).apply({"params": p}, c, False,
+                                                                                method="encode"))(
+        state.params, high.ctx, np.float32(0.6))
+    expected = jax.jit(lambda p, c: high.module.apply({"params": p}, c, False, method="encode"))(state.params, high.ctx)
+    np.testing.assert_allclose(np.asarray(users), np.asarray(expected[0]), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(np.asarray(items), np.asarray(expected[1]), rtol=1e-5, atol=1e-7)

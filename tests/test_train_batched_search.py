@@ -202,7 +202,8 @@ def test_a_stopped_trial_is_skipped_bit_for_bit():
     weights, lrs = np.ones((3, 2), np.float32), np.ones(3, np.float32)
     states = jax.device_put(jax.tree.map(np.copy, start))
     for _ in range(2):  # twice: the stopped trial stays where it stopped after further epochs
-        states, (loss, terms, finite) = epoch(states, lrs, weights, np.array([True, False, True]), {}, (), batches)
+        states, (loss, terms, finite) = epoch(states, lrs, weights, np.zeros((3, 0), np.float32),
+                                              np.array([True, False, True]), {}, (), batches)
     after = jax.device_get(states)
     for leaf_start, leaf_after in zip(jax.tree.leaves(start), jax.tree.leaves(after)):
         np.testing.assert_array_equal(np.asarray(leaf_after)[1], np.asarray(leaf_start)[1])
@@ -223,8 +224,8 @@ def test_keep_unread_in_the_batched_epoch():
     for keep in (False, True):
         epoch = _batched_search._make_epoch_fn(module, tx, ("bpr", "side"), False, contexts,
                                                off_terms=frozenset({"side"}), keep_unread=keep)
-        states, _ = epoch(jax.device_put(jax.tree.map(np.copy, start)), lrs, weights, np.ones(2, bool), {}, (),
-                          batches)
+        states, _ = epoch(jax.device_put(jax.tree.map(np.copy, start)), lrs, weights, np.zeros((2, 0), np.float32),
+                          np.ones(2, bool), {}, (), batches)
         states = jax.device_get(states)
         moved[keep] = (not np.array_equal(states.params["v"], start.params["v"]),
                        not np.all(np.asarray(states.opt_state[0].mu["v"]) == 1.0),
@@ -249,7 +250,8 @@ def test_a_grid_with_a_term_off_in_every_trial_keeps_its_parameters_unread(tmp_p
     dataset = make_synthetic(**data)
     config = config_from_dict(raw)
     batched = run_search(config, tmp_path / "b", quiet=True, batched="always", dataset=dataset)
-    assert seen == [{"off_terms": frozenset({"modality_bpr"}), "keep_unread": True, "steps_per_epoch": 3}]
+    assert seen == [{"off_terms": frozenset({"modality_bpr"}), "keep_unread": True, "steps_per_epoch": 3,
+                     "arg_names": ()}]
     sequential = run_search(config, tmp_path / "s", quiet=True, batched="never", dataset=dataset)
     for one, other in zip(batched["trials"], sequential["trials"]):
         assert one["best_epoch"] == other["best_epoch"]
@@ -306,3 +308,63 @@ def test_lattice_mmrec_schedule_is_the_same_batched_and_sequential(tmp_path):
             np.testing.assert_allclose(np.asarray(leaf), np.asarray(flat_theirs[path]), rtol=1e-4, atol=1e-5,
                                        err_msg=jax.tree_util.keystr(path))
         assert one["test"]["recall@20"] == pytest.approx(other["test"]["recall@20"], abs=1e-6)
+
+
+def _traced_grid(model, args, grid, *, epochs=6):
+    data = dict(n_users=70, n_items=50, n_interactions=1400, dims={"text": 8, "image": 6}, seed=5)
+    raw = {"data": {"synthetic": data}, "model": {"name": model, "args": args},
+           "train": {"epochs": epochs, "batch_size": 256, "learning_rate": 0.02, "patience": 10, "seed": 3,
+                     "checkpoint_every": 100},
+           "eval": {"ks": [10, 20], "metrics": ["recall", "ndcg"]}, "grid": grid}
+    return config_from_dict(raw), make_synthetic(**data)
+
+
+def _same_trials(one, other, tolerance):
+    assert [t["setting"] for t in one["trials"]] == [t["setting"] for t in other["trials"]]
+    for a, b in zip(one["trials"], other["trials"]):
+        assert a["best_epoch"] == b["best_epoch"], a["setting"]
+        for split in ("valid", "test"):
+            for key in ("recall@20", "ndcg@20", "recall@10"):
+                assert a[split][key] == pytest.approx(b[split][key], abs=tolerance), (a["setting"], split, key)
+    assert one["best"]["trial"] == other["best"]["trial"]
+
+
+def test_traced_model_arguments_train_in_one_program_as_their_own_runs(tmp_path):
+    """LGMRec's alpha (it weighs the global embeddings, so the ranking depends on it) and keep_rate
+    (a dropout) are traced arguments: the 2 x 2 grid is ONE program whose trials give their
+    sequential runs' figures -- each trial's module is cloned with its traced values inside the
+    program, in the validation ranking, and with its numbers for the test evaluation."""
+    config, data = _traced_grid("lgmrec", {"embedding_size": 8, "feat_embed_dim": 8, "hyper_num": 2},
+                                {"model.args.alpha": [0.3, 0.9], "model.args.keep_rate": [0.5, 1.0 - 1e-3]})
+    pair = [{"model.args.alpha": a, "model.args.keep_rate": k} for a, k in [(0.3, 0.5), (0.9, 0.999)]]
+    assert _batched_search.batching_obstacle(pair, [trial_config(config, s) for s in pair]) is None
+    batched = run_search(config, tmp_path / "batched", quiet=True, batched="always", dataset=data)
+    sequential = run_search(config, tmp_path / "sequential", quiet=True, batched="never", dataset=data)
+    for t in range(4):
+        metrics = json.loads((tmp_path / "batched" / f"trial_{t:03d}" / "metrics.json").read_text())
+        assert metrics["batched_search"] == {"trials": 4}
+    _same_trials(batched, sequential, 1e-4)
+    # alpha changes the ranking: the trials at 0.3 and 0.9 (same keep rate) do not rank alike.
+    assert batched["trials"][0]["valid"] != batched["trials"][2]["valid"]
+
+
+def test_a_traced_argument_at_its_off_value_runs_in_its_own_program(tmp_path, capsys):
+    """id_dropout 0 leaves the dropout out (no random draw): those trials cannot share the program
+    of the others, which train together; `always` refuses the mix, naming the argument."""
+    config, data = _traced_grid("fusion_mf", {"embedding_size": 8, "modalities": ["text", "image"]},
+                                {"model.args.id_dropout": [0.0, 0.5, 0.9]})
+    assert _batched_search.batch_groups([{"model.args.id_dropout": v} for v in (0.0, 0.5, 0.9)],
+                                        models.traced_args("fusion_mf")) == [[0], [1, 2]]
+    with pytest.raises(ConfigError, match="model.args.id_dropout is at its off value in some trials"):
+        run_search(config, tmp_path / "always", quiet=True, batched="always", dataset=data)
+    grouped = run_search(config, tmp_path / "auto", quiet=False, dataset=data)
+    assert "2 trials ran batched, one program per value of whether model.args.id_dropout is off" in (
+        capsys.readouterr().out)
+    runs = [json.loads((tmp_path / "auto" / f"trial_{t:03d}" / "metrics.json").read_text()) for t in range(3)]
+    assert [r.get("batched_search") for r in runs] == [None, {"trials": 2}, {"trials": 2}]
+    sequential = run_search(config, tmp_path / "sequential", quiet=True, batched="never", dataset=data)
+    _same_trials(grouped, sequential, 1e-4)
+    # Without a registered traced argument the same key is a program per value (embedding_size).
+    assert "model.args.embedding_size" in _batched_search.batching_obstacle(
+        [{"model.args.embedding_size": 4}, {"model.args.embedding_size": 8}],
+        [trial_config(config, {"model.args.embedding_size": v}) for v in (4, 8)])

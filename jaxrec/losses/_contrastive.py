@@ -131,13 +131,14 @@ def cosine_logsumexp(logits: ArrayLike, temperature, *, keep: ArrayLike | None =
     overflows and no term that matters underflows (:math:`e^{-10}` at :math:`\tau` = 0.2). That
     saves the pass that finds the maximum, and the mask is a factor inside the sum instead of a
     masked copy of the logits. Below :math:`\tau = 1/40` (:math:`e^{-2/\tau} < e^{-80}`, near
-    float32's smallest normal number) a row of low cosines could sum to 0, so there -- and for a
-    traced temperature -- the usual row-maximum shift is used, masked columns set to -1e30.
+    float32's smallest normal number) a row of low cosines could sum to 0, so there the usual
+    row-maximum shift is used, masked columns set to -1e30. A traced temperature (a batched
+    search's per-trial value) picks between the two at run time (``lax.cond``: only the chosen
+    one runs), so each trial computes what its own run computes.
 
     Args:
       logits: (..., K) cosine similarities divided by ``temperature``.
-      temperature: :math:`\tau > 0` (a Python number picks the bound shift; a traced one the
-        row maximum).
+      temperature: :math:`\tau > 0`, a Python number or a traced scalar.
       keep: optional (K,) or broadcastable bool mask of the columns summed.
 
     Returns:
@@ -159,17 +160,26 @@ def cosine_logsumexp(logits: ArrayLike, temperature, *, keep: ArrayLike | None =
       logits, whose bound :math:`1/\tau` replaces the row maximum as the shift.
     """
     logits = jnp.asarray(logits)
-    traced = isinstance(temperature, jax.core.Tracer)
-    if traced or 2.0 / float(temperature) > 80.0:
+
+    def row_maximum(logits):
         if keep is not None:
             logits = jnp.where(jnp.asarray(keep, bool), logits, _MASKED)
         return jax.nn.logsumexp(logits, axis=-1)
-    shift = 1.0 / float(temperature)
-    terms = jnp.exp(logits - shift)
-    if keep is not None:
-        terms = terms * jnp.asarray(keep, logits.dtype)
-    total = jnp.sum(terms, axis=-1)
-    return jnp.log(jnp.maximum(total, jnp.finfo(logits.dtype).tiny)) + shift
+
+    def bound(logits, shift):
+        terms = jnp.exp(logits - shift)
+        if keep is not None:
+            terms = terms * jnp.asarray(keep, logits.dtype)
+        total = jnp.sum(terms, axis=-1)
+        return jnp.log(jnp.maximum(total, jnp.finfo(logits.dtype).tiny)) + shift
+
+    if isinstance(temperature, jax.core.Tracer):
+        temperature = jnp.asarray(temperature, logits.dtype)
+        return jax.lax.cond(2.0 / temperature > 80.0, lambda x: row_maximum(x),
+                            lambda x: bound(x, 1.0 / temperature), logits)
+    if 2.0 / float(temperature) > 80.0:
+        return row_maximum(logits)
+    return bound(logits, 1.0 / float(temperature))
 
 
 def cosine_alignment(

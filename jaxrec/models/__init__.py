@@ -9,4 +9,5 @@ from jaxrec.models._registry import available as available
 from jaxrec.models._registry import build as build
 from jaxrec.models._registry import get_builder as get_builder
 from jaxrec.models._registry import register as register
+from jaxrec.models._registry import traced_args as traced_args
 from jaxrec.models._batch import normalize_batch as normalize_batch

@@ -27,6 +27,15 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def is_constant(value, constant: float) -> bool:
+    """Whether the model argument ``value`` is the Python number ``constant`` -- False for a
+    traced value. A batched search passes a traced argument (``register(traced_args=...)``) as
+    a traced scalar per trial, and never batches its off value (the ``constant`` at which the
+    operation is left out) with other values, so ``if is_constant(rate, 0.0): skip`` takes the
+    same branch as each trial's own run."""
+    return not isinstance(value, jax.Array) and value == constant
+
+
 def check_positive_int(value, name: str, model: str) -> int:
     """``value`` if it is an integer >= 1, else ``ConfigError`` naming the model and argument."""
     if not _is_int(value) or value < 1:

@@ -15,7 +15,8 @@ import numpy as np
 
 from jaxrec.errors import ConfigError, DataError
 from jaxrec.features import fit_standardizer
-from jaxrec.models._common import check_number, check_positive_int, counted_pairs, feature_blocks, item_side_features
+from jaxrec.models._common import (check_number, check_positive_int, counted_pairs, feature_blocks, is_constant,
+                                   item_side_features)
 
 
 def modality_inputs(dataset, modalities: Sequence[str] | None, *, scaling: str, model: str):
@@ -115,7 +116,7 @@ def with_id_dropout(module, ctx, rate: float, train: bool):
     with probability ``rate`` while training (DropoutNet's input dropout): the content part must
     then score those items alone, as it will for new items. A fresh draw per step, from the
     ``"dropout"`` stream."""
-    if not train or rate == 0.0:
+    if not train or is_constant(rate, 0.0):
         return ctx
     trained = jnp.asarray(ctx["trained"])
     kept = jax.random.bernoulli(module.make_rng("dropout"), 1.0 - rate, trained.shape)

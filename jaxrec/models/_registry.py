@@ -92,15 +92,25 @@ class Built:
 
 
 _BUILDERS: dict[str, Callable[..., Built]] = {}
+_TRACED_ARGS: dict[str, dict[str, float | None]] = {}
 
 
-def register(name: str, **preset):
+def register(name: str, *, traced_args: Mapping[str, float | None] | None = None, **preset):
     """Decorator registering a model builder under ``name`` (lower case).
 
     With ``preset`` keyword arguments, ``name`` is an alias for a variant of the builder's
     model, e.g. ``register("attention", fusion="attention")``: the preset arguments are fixed
     (a config that sets them gets the usual unknown-argument error) and the rest are the
     builder's own.
+
+    ``traced_args``: ``{argument: off value or None}``, the numeric model arguments whose trials
+    a batched search may train in ONE program (``jaxrec.train``'s batched search passes each
+    trial's value as a traced scalar: the module, cloned with it, must use it in array
+    arithmetic only). The builder must hand each to the module unchanged, as the attribute of
+    that name, and use it nowhere else (no shape, context or epoch hook depends on it); a test
+    builds every registered one twice to check. The off value (e.g. a dropout rate of 0) is one
+    at which the model leaves the operation out (:func:`jaxrec.models._common.is_constant`):
+    trials at it run in a program of their own.
     """
 
     def decorate(builder):
@@ -109,6 +119,7 @@ def register(name: str, **preset):
         if key in _BUILDERS and _BUILDERS[key] is not entry:
             raise ValueError(f"model name {key!r} registered twice")
         _BUILDERS[key] = entry
+        _TRACED_ARGS[key] = dict(traced_args or {})
         return builder
 
     return decorate
@@ -146,6 +157,13 @@ def available() -> list[str]:
     """Names of all registered models."""
     _import_model_files()
     return sorted(_BUILDERS)
+
+
+def traced_args(name: str) -> dict[str, float | None]:
+    """The model arguments of ``name`` a batched search may vary within one program, with their
+    off values (see :func:`register`); empty for an unknown name."""
+    _import_model_files()
+    return dict(_TRACED_ARGS.get(str(name).lower(), {}))
 
 
 def get_builder(name: str) -> Callable[..., Built]:

@@ -82,8 +82,8 @@ from flax import linen as nn
 from jaxrec import losses
 from jaxrec.data import graph as jgraph
 from jaxrec.models._common import (FeatureTable, check_bool, check_nonnegative_int, check_number, check_positive_int,
-                                   chunk_size_for, dense_dot_general, feature_blocks, item_side_features, rows_or_all,
-                                   train_graph)
+                                   chunk_size_for, dense_dot_general, feature_blocks, is_constant, item_side_features,
+                                   rows_or_all, train_graph)
 from jaxrec.models._init import torch_linear_bias, xavier_normal, xavier_uniform
 from jaxrec.models._registry import Built, register
 
@@ -143,7 +143,7 @@ def table_dropout(key: jax.Array, table_shape: tuple[int, int], rows: jax.Array,
       (B, d): ``values * mask[rows] / (1 - p)``, the mask ``jax.random.bernoulli(key, 1 - p,
       table_shape)`` (:func:`bernoulli_table`).
     """
-    if rate == 0.0:
+    if is_constant(rate, 0.0):
         return values
     keep = bernoulli_table(key, 1.0 - rate, table_shape)[rows]
     return jnp.where(keep, values / (1.0 - rate), 0.0)
@@ -242,7 +242,7 @@ class BM3(nn.Module):
         user_rows, item_rows = user_all[users], item_all[items]
 
         def target(values, rows, table_rows):
-            key = self.make_rng("dropout") if rate > 0.0 else None
+            key = None if is_constant(rate, 0.0) else self.make_rng("dropout")
             return jax.lax.stop_gradient(
                 table_dropout(key, (table_rows, self.embedding_size), rows, values, rate))
 
@@ -267,7 +267,7 @@ class BM3(nn.Module):
         return terms
 
 
-@register("bm3")
+@register("bm3", traced_args={"dropout": 0.0})
 def build(dataset, *, embedding_size: int = 64, n_layers: int = 1, dropout: float = 0.5,
           modalities: list[str] | None = None, train_features: bool = True) -> Built:
     """BM3 for ``dataset``.

@@ -160,7 +160,7 @@ def user_profiles(dataset, features: np.ndarray) -> np.ndarray:
     return (totals / np.maximum(counts, 1)[:, None]).astype(np.float32)
 
 
-@register("contrastive")
+@register("contrastive", traced_args={"temperature": None})
 def build(dataset, *, base: str = "bprmf", base_args: dict | None = None, modality: str | list[str] | None = None,
           temperature: float = 0.2, proj_dim: int = 64, user_side: bool = False, contrast_rows: int | None = None,
           feature_scaling: str = "standardize") -> Built:

@@ -318,10 +318,10 @@ class FusionMF(nn.Module):
 # ---- the builder -------------------------------------------------------------------------
 
 
-@register("ensemble", fusion="ensemble")
-@register("gated", fusion="gated")
-@register("attention", fusion="attention")
-@register("fusion_mf")
+@register("ensemble", fusion="ensemble", traced_args={"id_dropout": 0.0})
+@register("gated", fusion="gated", traced_args={"id_dropout": 0.0})
+@register("attention", fusion="attention", traced_args={"id_dropout": 0.0})
+@register("fusion_mf", traced_args={"id_dropout": 0.0})
 def build(dataset, *, fusion: str = "attention", embedding_size: int = 64, modalities: list[str] | None = None,
           feature_scaling: str = "standardize", encoder_hidden: list[int] | None = None,
           attention_hidden: list[int] | None = None, gate_context: str | None = None,

@@ -139,7 +139,7 @@ def _parse_specs(kernels, n_modalities: int) -> list[jfusion.KernelSpec]:
     return specs
 
 
-@register("kernel")
+@register("kernel", traced_args={"id_dropout": 0.0})
 def build(dataset, *, embedding_size: int = 64, modalities: list[str] | None = None,
           feature_scaling: str = "standardize", kernels="cosine", projection: bool = True,
           kernel_seed: int = 0, id_dropout: float = 0.0) -> Built:

@@ -99,7 +99,7 @@ from jaxrec import losses
 from jaxrec.data import graph as jgraph
 from jaxrec.errors import ConfigError
 from jaxrec.models._common import (batch_triples, bpr_emb_loss, check_choice, check_nonnegative_int, check_number,
-                                   check_positive_int, chunk_size_for, counted_pairs, feature_blocks,
+                                   check_positive_int, chunk_size_for, counted_pairs, feature_blocks, is_constant,
                                    item_side_features, matmul, normalize_rows)
 from jaxrec.models._init import xavier_uniform
 from jaxrec.models._registry import Built, register
@@ -243,7 +243,7 @@ class LGMRec(nn.Module):
                 if key is not None:
                     gumbel_key, keep_key = jax.random.split(jax.random.fold_in(key, index))
                     gumbel = jax.random.gumbel(gumbel_key, shape)
-                    if train and self.keep_rate < 1.0:
+                    if train and not is_constant(self.keep_rate, 1.0):
                         keep = jax.random.bernoulli(keep_key, self.keep_rate, shape).astype(jnp.float32) / self.keep_rate
                 draws[f"{side}_gumbel"], draws[f"{side}_keep"] = gumbel, keep
             noise.append(draws)
@@ -345,7 +345,7 @@ def lgmrec_context(dataset, blocks: Sequence[np.ndarray]) -> dict:
             "user_feature_sums": tuple(sums), "user_inverse_degree": jnp.asarray(inverse)}
 
 
-@register("lgmrec")
+@register("lgmrec", traced_args={"keep_rate": 1.0, "alpha": None})
 def build(dataset, *, embedding_size: int = 64, feat_embed_dim: int = 64, n_ui_layers: int = 2,
           n_mm_layers: int = 2, n_hyper_layer: int = 1, hyper_num: int = 4, keep_rate: float = 0.5,
           alpha: float = 0.3, tau: float = 0.2, modalities: list[str] | None = None,

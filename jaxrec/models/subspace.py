@@ -149,7 +149,7 @@ class SubspaceMF(nn.Module):
         return {**terms, "subspace": objective}
 
 
-@register("subspace")
+@register("subspace", traced_args={"id_dropout": 0.0})
 def build(dataset, *, embedding_size: int = 64, modalities: list[str] | None = None,
           feature_scaling: str = "standardize", shared_dim: int = 64, agreement: float = 1.0,
           orthonormal: bool = True, id_dropout: float = 0.0) -> Built:

@@ -1,7 +1,8 @@
 r"""Batched hyper-parameter search: the trials of a grid trained together as ONE program.
 
 Settings that change no shape -- loss weights (hence regularization strengths), the learning
-rate and the seed -- can share one compiled train step: the parameters and optimizer states of
+rate, the seed and the model arguments a model registers as traced -- can share one compiled
+train step: the parameters and optimizer states of
 the ``T`` trials are stacked on a leading trial axis, with each trial's loss weights and
 learning rate as traced arrays. One device call then advances every trial by a whole epoch
 (a loop over the trials of ``lax.scan`` over the epoch's batches -- not ``vmap``, which
@@ -32,10 +33,17 @@ every trial is left out, as a sequential run leaves it out, and with no weight d
 parameters only it reads skip the optimizer as in a sequential run: ``keep_unread``); the
 learning rate multiplies the unit-rate update. The test compares both ways on the same grid.
 
-A grid that also varies other keys (model arguments such as dropout or the number of layers
-change the compiled program) runs one batched program per value of those keys
-(:func:`batch_groups`): a 3 x 2 grid of a loss weight by a model argument is two programs of
-three trials. A model with an epoch hook (``Built.epoch_update``: FREEDOM's pruned graph,
+Model arguments a model registers as traced (``jaxrec.models.register(traced_args=...)``:
+dropout rates, LGMRec's ``alpha`` and ``keep_rate``, the contrastive temperature) are batched
+too: each trial's values enter the program as traced scalars and the module is cloned with
+them per trial (:func:`_with_args`), in training, in the validation ranking, and (as Python
+numbers, the module the trial's own run builds) for its test evaluation. Their arithmetic on
+a float32 value instead of a Python number may round differently in the last bit. At an
+argument's off value (a dropout rate of 0) the model leaves its operation out, so such trials
+form a program of their own. A grid that also varies other keys (the number of layers, a
+fusion's form, ... change the compiled program) runs one batched program per value of those
+keys (:func:`batch_groups`): a 3 x 2 grid of a loss weight by such a model argument is two
+programs of three trials. A model with an epoch hook (``Built.epoch_update``: FREEDOM's pruned graph,
 LATTICE's learned graph) gets each trial's own context, computed by the hook exactly as a
 sequential run computes it and stacked on the trial axis where the hook changes it
 (:class:`_TrialContexts`). Not batched (the search runs those trials one after another
@@ -79,10 +87,25 @@ from jaxrec.train._state import _OPTIMIZER_FIELDS, EpochGated, init_state, model
 from jaxrec.train._step import _kept_as_they_were, unread_params, with_epoch_step
 
 BATCHABLE_KEYS = ("train.learning_rate", "train.seed")
+_ARGS = "model.args."
 
 
-def _batchable_key(key: str) -> bool:
-    return key.startswith("loss_weights.") or key in BATCHABLE_KEYS
+def _batchable_key(key: str, traced: Mapping[str, float | None] = {}) -> bool:  # noqa: B006 (read only)
+    return key.startswith("loss_weights.") or key in BATCHABLE_KEYS or (
+        key.startswith(_ARGS) and key[len(_ARGS):] in traced)
+
+
+def traced_model_args(configs: Sequence[ExperimentConfig]) -> dict[str, float | None]:
+    """The model arguments the trials' model lets vary within one program, with their off values
+    (``jaxrec.models.register(traced_args=...)``); empty when the trials' models differ."""
+    from jaxrec.models import traced_args
+
+    names = {c.model.name for c in configs}
+    return traced_args(next(iter(names))) if len(names) == 1 else {}
+
+
+def _is_off(value, off) -> bool:
+    return off is not None and not isinstance(value, bool) and isinstance(value, (int, float)) and value == off
 
 
 def _unit_train_config(train_config):
@@ -91,18 +114,31 @@ def _unit_train_config(train_config):
     return dataclasses.replace(train_config, learning_rate=1.0, min_learning_rate=train_config.min_learning_rate / lr)
 
 
-def _fixed_part(setting: Mapping[str, Any]) -> str:
-    """The part of a trial's setting that changes the compiled program (a comparable key)."""
-    return repr(sorted((key, repr(value)) for key, value in setting.items() if not _batchable_key(key)))
+def _fixed_part(setting: Mapping[str, Any], traced: Mapping[str, float | None] = {}) -> str:  # noqa: B006
+    """The part of a trial's setting that changes the compiled program (a comparable key): of a
+    traced model argument (``traced``) with an off value, only whether it is at it."""
+    parts = []
+    for key, value in setting.items():
+        if _batchable_key(key):
+            continue
+        if _batchable_key(key, traced):
+            off = traced[key[len(_ARGS):]]
+            if off is not None:
+                parts.append((key, "off" if _is_off(value, off) else "on"))
+        else:
+            parts.append((key, repr(value)))
+    return repr(sorted(parts))
 
 
-def batch_groups(settings: Sequence[Mapping[str, Any]]) -> list[list[int]]:
+def batch_groups(settings: Sequence[Mapping[str, Any]],
+                 traced: Mapping[str, float | None] = {}) -> list[list[int]]:  # noqa: B006 (read only)
     """The trials' indices grouped by the settings that change the program (model arguments,
-    batch size, ...): the trials of one group differ only in what can be batched, in grid
-    order within a group and groups ordered by their first trial."""
+    batch size, ...; of a traced model argument, ``traced``, whether it is off): the trials of
+    one group differ only in what can be batched, in grid order within a group and groups
+    ordered by their first trial."""
     groups: dict[str, list[int]] = {}
     for index, setting in enumerate(settings):
-        groups.setdefault(_fixed_part(setting), []).append(index)
+        groups.setdefault(_fixed_part(setting, traced), []).append(index)
     return list(groups.values())
 
 
@@ -113,10 +149,16 @@ def batching_obstacle(settings: Sequence[Mapping[str, Any]], configs: Sequence[E
     """
     if len(configs) < 2:
         return "a single trial"
+    traced = traced_model_args(configs)
     varied = sorted({key for setting in settings for key in setting
-                     if not _batchable_key(key) and len({_fixed_part({key: s.get(key)}) for s in settings}) > 1})
+                     if len({_fixed_part({key: s.get(key)}, traced) for s in settings}) > 1})
     if varied:
-        return (f"the grid varies {', '.join(varied)}; only loss_weights.*, train.learning_rate and train.seed "
+        switched = [k for k in varied if _batchable_key(k, traced)]
+        if switched:
+            return (f"{', '.join(switched)} is at its off value in some trials and not in others (the model then "
+                    "leaves its operation out: another program)")
+        extra = f", {', '.join(_ARGS + a for a in traced)}" if traced else ""
+        return (f"the grid varies {', '.join(varied)}; only loss_weights.*, train.learning_rate, train.seed{extra} "
                 "can share one compiled program")
     parallel = {c.train.parallel for c in configs}
     if parallel != {"none"}:
@@ -200,13 +242,20 @@ class _TrialContexts:
         return self.treedef.unflatten(leaves)
 
 
+def _with_args(module, arg_names: tuple[str, ...], values):
+    """``module`` with its attributes ``arg_names`` set to ``values`` (traced, one trial's row)."""
+    return module.clone(**{name: values[k] for k, name in enumerate(arg_names)}) if arg_names else module
+
+
 def _make_epoch_fn(module, tx_unit, term_names: tuple[str, ...], per_trial_batches: bool, contexts: _TrialContexts,
                    *, off_terms: frozenset = frozenset(), keep_unread: bool = False,
-                   steps_per_epoch: int | None = None):
-    """``epoch(states, lrs, weights, active, ctx, varying, batches) -> (states, (loss, terms, finite))``
-    with every output stacked ``(T, steps, ...)``; ``batches`` are ``(steps, B, ...)`` shared by
-    every trial, or ``(T, steps, B, ...)`` with ``per_trial_batches``; ``varying`` the stacked
-    leaves of the trials' contexts that an epoch hook replaces (:class:`_TrialContexts`).
+                   steps_per_epoch: int | None = None, arg_names: tuple[str, ...] = ()):
+    """``epoch(states, lrs, weights, args, active, ctx, varying, batches) -> (states, (loss, terms,
+    finite))`` with every output stacked ``(T, steps, ...)``; ``batches`` are ``(steps, B, ...)``
+    shared by every trial, or ``(T, steps, B, ...)`` with ``per_trial_batches``; ``varying`` the
+    stacked leaves of the trials' contexts that an epoch hook replaces (:class:`_TrialContexts`);
+    ``args`` ``(T, len(arg_names))`` the trials' values of the traced model arguments
+    ``arg_names`` (the module is cloned with trial ``t``'s row as traced scalars).
 
     The trials run one after another inside the program (``lax.fori_loop`` over the stacked
     states, updated in place: each trial's rows are read, trained a whole epoch (``lax.scan`` over
@@ -231,7 +280,7 @@ def _make_epoch_fn(module, tx_unit, term_names: tuple[str, ...], per_trial_batch
     its graph with gradient in an epoch's first step only)."""
     summed = [(j, name) for j, name in enumerate(term_names) if name not in off_terms]
 
-    def step(state, lr, weights, ctx, batch):
+    def step(module, state, lr, weights, ctx, batch):
         dropout_key = jax.random.fold_in(state.rng, state.step)
         ctx = with_epoch_step(ctx, state.step, steps_per_epoch)
 
@@ -254,7 +303,7 @@ def _make_epoch_fn(module, tx_unit, term_names: tuple[str, ...], per_trial_batch
         new = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
         return new, (loss, {k: terms[k] for k in term_names}, finite)
 
-    def epoch(states, lrs, weights, active, ctx, varying, batches):
+    def epoch(states, lrs, weights, args, active, ctx, varying, batches):
         def at(tree, t):
             return jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(x, t, keepdims=False), tree)
 
@@ -264,8 +313,9 @@ def _make_epoch_fn(module, tx_unit, term_names: tuple[str, ...], per_trial_batch
         def train(t, states):
             state, trial_ctx = at(states, t), contexts.merge(ctx, at(varying, t))
             trial_batches = at(batches, t) if per_trial_batches else batches
-            lr, trial_weights = lrs[t], weights[t]
-            return jax.lax.scan(lambda s, b: step(s, lr, trial_weights, trial_ctx, b), state, trial_batches)
+            lr, trial_weights, trial_module = lrs[t], weights[t], _with_args(module, arg_names, args[t])
+            return jax.lax.scan(lambda s, b: step(trial_module, s, lr, trial_weights, trial_ctx, b), state,
+                                trial_batches)
 
         shapes = jax.eval_shape(train, 0, states)[1]
         n_trials = lrs.shape[0]
@@ -284,23 +334,25 @@ def _make_epoch_fn(module, tx_unit, term_names: tuple[str, ...], per_trial_batch
     return jax.jit(epoch, donate_argnums=0)
 
 
-def _make_encoder(module, contexts: _TrialContexts):
-    """``(params (T, ...), ctx, varying, active (T,)) -> (user_embs, item_embs)`` stacked; an
-    inactive trial's rows are zeros (``lax.map``, for the reason given in :func:`_make_epoch_fn`)."""
+def _make_encoder(module, contexts: _TrialContexts, arg_names: tuple[str, ...] = ()):
+    """``(params (T, ...), args (T, A), ctx, varying, active (T,)) -> (user_embs, item_embs)``
+    stacked; an inactive trial's rows are zeros (``lax.map``, for the reason given in
+    :func:`_make_epoch_fn`)."""
 
-    def encode_all(params_stack, ctx, varying, active):
-        def one(args):
-            params, trial_varying, is_active = args
+    def encode_all(params_stack, args, ctx, varying, active):
+        def one(row):
+            params, trial_args, trial_varying, is_active = row
             trial_ctx = contexts.merge(ctx, trial_varying)
+            trial_module = _with_args(module, arg_names, trial_args)
 
             def encode(_):
-                return module.apply({"params": params}, trial_ctx, False, method="encode")
+                return trial_module.apply({"params": params}, trial_ctx, False, method="encode")
 
             shapes = jax.eval_shape(encode, None)
             return jax.lax.cond(is_active, encode,
                                 lambda _: jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), shapes), None)
 
-        return jax.lax.map(one, (params_stack, varying, active))
+        return jax.lax.map(one, (params_stack, args, varying, active))
 
     return jax.jit(encode_all)
 
@@ -343,6 +395,14 @@ def run_batched_search(config: ExperimentConfig, workdir: str | os.PathLike, set
     # Host arrays, passed to the programs as they are (jnp.asarray would compile a conversion each).
     weight_matrix = np.asarray([[w[name] for name in exp.term_names] for w in weights], np.float32)
     lrs = np.asarray([c.train.learning_rate for c in configs], np.float32)
+    # The traced model arguments that differ between the trials: each trial's value per program.
+    traced = traced_model_args(configs)
+    arg_names = tuple(sorted(a for a in traced if len({repr(c.model.args.get(a)) for c in configs}) > 1))
+    if arg_names and built.epoch_update is not None:
+        raise ConfigError(f"these trials cannot be batched: they differ in {', '.join(_ARGS + a for a in arg_names)} "
+                          "and the model has an epoch hook")
+    arg_values = np.asarray([[float(c.model.args[a]) for a in arg_names] for c in configs],
+                            np.float32).reshape(n_trials, len(arg_names))
     seeds = [c.train.seed for c in configs]
     per_trial_batches = len(set(seeds)) > 1
     samplers = ([_data.EpochSampler(exp.dataset, batch_size=tcfg.batch_size, n_negatives=tcfg.n_negatives,
@@ -360,14 +420,14 @@ def run_batched_search(config: ExperimentConfig, workdir: str | os.PathLike, set
     off_terms = frozenset(name for j, name in enumerate(exp.term_names) if not weight_matrix[:, j].any())
     epoch_fn = _make_epoch_fn(built.module, tx_unit, exp.term_names, per_trial_batches, contexts,
                               off_terms=off_terms, keep_unread=not tcfg.weight_decay,
-                              steps_per_epoch=exp.steps_per_epoch)
-    encoder = _make_encoder(built.module, contexts)
+                              steps_per_epoch=exp.steps_per_epoch, arg_names=arg_names)
+    encoder = _make_encoder(built.module, contexts, arg_names)
     splits = prepare_eval_splits(exp)
     eval_cfg = configs[0].eval
 
     def evaluate(params_stack, split: str, active) -> tuple[list[dict | None], float]:
         tick = time.perf_counter()
-        user_embs, item_embs = encoder(params_stack, ctx, contexts.varying, active)
+        user_embs, item_embs = encoder(params_stack, arg_values, ctx, contexts.varying, active)
         results = jeval.evaluate_prepared_many(splits[split], user_embs, item_embs, ks=eval_cfg.ks,
                                                metrics=eval_cfg.metrics, active=np.asarray(active))
         return [None if r is None else metrics_at_k(r) for r in results], time.perf_counter() - tick
@@ -400,7 +460,8 @@ def run_batched_search(config: ExperimentConfig, workdir: str | os.PathLike, set
         active = np.asarray(active_list, bool)
         tick = time.perf_counter()
         batches = next_batches if next_batches is not None else _epoch_batches(samplers, epoch, per_trial_batches)
-        states, (loss, terms, finite) = epoch_fn(states, lrs, weight_matrix, active, ctx, contexts.varying, batches)
+        states, (loss, terms, finite) = epoch_fn(states, lrs, weight_matrix, arg_values, active, ctx, contexts.varying,
+                                                 batches)
         # The next epoch's batches are drawn on the host while the device runs this one (they are a
         # function of the seed and the epoch only), as the sequential trainer prefetches them.
         next_batches = _epoch_batches(samplers, epoch + 1, per_trial_batches) if epoch < tcfg.epochs else None
@@ -457,7 +518,10 @@ def run_batched_search(config: ExperimentConfig, workdir: str | os.PathLike, set
     for t in evaluated:
         trial_ctx = ctx if built.epoch_update is None else jax.device_put(
             epoch_context(built, best_states[t][1].params, seeds[t], best_states[t][0]))
-        result = evaluate_params(exp, single_encoder, best_states[t][1].params, trial_ctx, splits["test"])
+        # A trial with its own traced arguments: the module its own run builds (Python values).
+        trial_encoder = single_encoder if not arg_names or t == 0 else make_encoder(built.module.clone(
+            **{a: float(configs[t].model.args[a]) for a in arg_names}))
+        result = evaluate_params(exp, trial_encoder, best_states[t][1].params, trial_ctx, splits["test"])
         best_test[t] = metrics_at_k(result)
     elapsed = time.perf_counter() - started
     entries = []

@@ -1,9 +1,10 @@
 """Hyper-parameter search: a grid (product of lists) or random draws within a budget.
 
 Every trial is a full run in its own workdir (``WORKDIR/trial_000``, ...). Trials that differ
-only in loss weights, learning rate and seed train together as one compiled program
-(:mod:`jaxrec.train._batched_search`) unless ``batched="never"``; a grid that also varies
-other keys (model arguments) runs one such program per value of them, and a trial alone in
+only in loss weights, learning rate, seed and traced model arguments (dropout rates,
+temperatures: ``jaxrec.models.register(traced_args=...)``) train together as one compiled
+program (:mod:`jaxrec.train._batched_search`) unless ``batched="never"``; a grid that also
+varies other keys (other model arguments) runs one such program per value of them, and a trial alone in
 its group runs on its own with :func:`~jaxrec.train.train_and_evaluate`, saying why. A grid over
 ``data.*`` keys (e.g. ``data.feature_transform``) trains each trial on its own data. The winner
 is the trial with the best VALIDATION metric (ties: the earlier trial); test figures are
@@ -97,7 +98,7 @@ def run_search(config: ExperimentConfig, workdir: str | os.PathLike, *, resume: 
       train_fn: the trainer (default :func:`~jaxrec.train.train_and_evaluate`); tests pass
         another (then trials always run one after another).
       batched: ``"auto"`` trains the trials as one program per group of trials that differ
-        only in loss weights / learning rate / seed (none when resuming a search with finished
+        only in loss weights / learning rate / seed / traced model arguments (none when resuming a search with finished
         trials), the rest one after another with a notice; ``"always"`` raises unless the
         whole grid is one such group; ``"never"`` runs them one after another.
       **train_kwargs: passed to ``train_fn`` (e.g. ``dataset``). A ``dataset`` is the data of
@@ -137,7 +138,8 @@ def run_search(config: ExperimentConfig, workdir: str | os.PathLike, *, resume: 
         elif done or len(settings) < 2:
             groups = []
         else:  # one program per value of the keys that change it
-            groups = [g for g in _batched_search.batch_groups(settings) if _batched_search.batching_obstacle(
+            traced = _batched_search.traced_model_args(configs)
+            groups = [g for g in _batched_search.batch_groups(settings, traced) if _batched_search.batching_obstacle(
                 [settings[i] for i in g], [configs[i] for i in g]) is None]
         for group in groups:
             try:
@@ -152,7 +154,11 @@ def run_search(config: ExperimentConfig, workdir: str | os.PathLike, *, resume: 
             finished.update((entry["trial"], entry) for entry in entries)
         sequential = [i for i in range(len(settings)) if i not in finished]
         if finished and not quiet and (sequential or len(groups) > 1):
-            keys = sorted({k for s in settings for k in s if not _batched_search._batchable_key(k)})
+            traced = _batched_search.traced_model_args(configs)
+            keys = sorted({k for s in settings for k in s if not _batched_search._batchable_key(k, traced)}
+                          | {f"whether {k} is off" for s in settings for k in s if not _batched_search._batchable_key(k)
+                             and _batched_search._batchable_key(k, traced)
+                             and traced[k[len("model.args."):]] is not None})
             print(f"note: {len(finished)} trials ran batched, one program per value of {', '.join(keys)}"
                   + (f"; {len(sequential)} run one after another (alone in their group)" if sequential else ""),
                   flush=True)
