@@ -90,9 +90,9 @@ BATCHABLE_KEYS = ("train.learning_rate", "train.seed")
 _ARGS = "model.args."
 
 
-def _batchable_key(key: str, traced: Mapping[str, float | None] = {}) -> bool:  # noqa: B006 (read only)
+def _batchable_key(key: str, traced: Mapping[str, float | None] | None = None) -> bool:
     return key.startswith("loss_weights.") or key in BATCHABLE_KEYS or (
-        key.startswith(_ARGS) and key[len(_ARGS):] in traced)
+        key.startswith(_ARGS) and key[len(_ARGS):] in (traced or {}))
 
 
 def traced_model_args(configs: Sequence[ExperimentConfig]) -> dict[str, float | None]:
@@ -114,7 +114,7 @@ def _unit_train_config(train_config):
     return dataclasses.replace(train_config, learning_rate=1.0, min_learning_rate=train_config.min_learning_rate / lr)
 
 
-def _fixed_part(setting: Mapping[str, Any], traced: Mapping[str, float | None] = {}) -> str:  # noqa: B006
+def _fixed_part(setting: Mapping[str, Any], traced: Mapping[str, float | None] | None = None) -> str:
     """The part of a trial's setting that changes the compiled program (a comparable key): of a
     traced model argument (``traced``) with an off value, only whether it is at it."""
     parts = []
@@ -130,8 +130,16 @@ def _fixed_part(setting: Mapping[str, Any], traced: Mapping[str, float | None] =
     return repr(sorted(parts))
 
 
+def program_keys(settings: Sequence[Mapping[str, Any]], traced: Mapping[str, float | None] | None = None) -> list[str]:
+    """The keys whose values split ``settings`` into programs (:func:`batch_groups`), for notices:
+    ``"model.args.n_layers"``, or ``"whether model.args.dropout is off"`` for a traced argument."""
+    keys = sorted({key for setting in settings for key in setting})
+    split = [key for key in keys if len({_fixed_part({key: s.get(key)}, traced) for s in settings}) > 1]
+    return [f"whether {key} is off" if _batchable_key(key, traced) else key for key in split]
+
+
 def batch_groups(settings: Sequence[Mapping[str, Any]],
-                 traced: Mapping[str, float | None] = {}) -> list[list[int]]:  # noqa: B006 (read only)
+                 traced: Mapping[str, float | None] | None = None) -> list[list[int]]:
     """The trials' indices grouped by the settings that change the program (model arguments,
     batch size, ...; of a traced model argument, ``traced``, whether it is off): the trials of
     one group differ only in what can be batched, in grid order within a group and groups

@@ -154,11 +154,7 @@ def run_search(config: ExperimentConfig, workdir: str | os.PathLike, *, resume: 
             finished.update((entry["trial"], entry) for entry in entries)
         sequential = [i for i in range(len(settings)) if i not in finished]
         if finished and not quiet and (sequential or len(groups) > 1):
-            traced = _batched_search.traced_model_args(configs)
-            keys = sorted({k for s in settings for k in s if not _batched_search._batchable_key(k, traced)}
-                          | {f"whether {k} is off" for s in settings for k in s if not _batched_search._batchable_key(k)
-                             and _batched_search._batchable_key(k, traced)
-                             and traced[k[len("model.args."):]] is not None})
+            keys = _batched_search.program_keys(settings, _batched_search.traced_model_args(configs))
             print(f"note: {len(finished)} trials ran batched, one program per value of {', '.join(keys)}"
                   + (f"; {len(sequential)} run one after another (alone in their group)" if sequential else ""),
                   flush=True)
