@@ -256,16 +256,26 @@ def test_traced_arguments_are_declared_for_the_models_whose_grids_vary_them():
                                                                      "kernel", "subspace"}
 
 
-@pytest.mark.parametrize("name, arg", TRACED)
-def test_a_traced_argument_reaches_the_module_alone_and_computes_as_the_number(name, arg):
+def _traced_cases():
+    cases = []
+    for name, arg in TRACED:
+        cases.append((name, arg, 0.6))
+        if models.traced_args(name)[arg] is not None:  # the value at which the number skips the operation
+            cases.append((name, arg, models.traced_args(name)[arg]))
+    return cases
+
+
+@pytest.mark.parametrize("name, arg, value", _traced_cases())
+def test_a_traced_argument_reaches_the_module_alone_and_computes_as_the_number(name, arg, value):
     """``register(traced_args=...)``, which a batched search relies on to train trials that differ
     in ``arg`` as one program: the builder hands ``arg`` to the module unchanged (the model built
-    with 0.6 is the one built with 0.3, cloned with 0.6) and uses it for nothing else (same
-    context, weights, no epoch hook); and the module cloned with a TRACED 0.6 gives the loss terms
-    and gradients of the module built with the number 0.6 (float rounding of the value's
-    arithmetic aside), with the same dropout draws."""
-    low, high = _built_with(name, **{arg: 0.3}), _built_with(name, **{arg: 0.6})
-    assert high.module == low.module.clone(**{arg: 0.6}) and getattr(high.module, arg) == 0.6
+    with ``value`` is the one built with 0.3, cloned with ``value``) and uses it for nothing else
+    (same context, weights, no epoch hook); and the module cloned with a TRACED ``value`` gives the
+    loss terms, gradients and embeddings of the module built with the number (float rounding of
+    the value's arithmetic aside), with the same dropout draws -- also at the branch value (a
+    dropout rate of 0), where the number leaves the operation out and the traced value runs it."""
+    low, high = _built_with(name, **{arg: 0.3}), _built_with(name, **{arg: value})
+    assert high.module == low.module.clone(**{arg: value}) and getattr(high.module, arg) == value
     assert jax.tree.structure(high.ctx) == jax.tree.structure(low.ctx)
     for a, b in zip(jax.tree.leaves(high.ctx), jax.tree.leaves(low.ctx)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
@@ -282,12 +292,12 @@ def test_a_traced_argument_reaches_the_module_alone_and_computes_as_the_number(n
     fixed = jax.jit(jax.value_and_grad(lambda p, c, b: loss(high.module, p, c, b), has_aux=True))(
         state.params, high.ctx, batch)
     traced = jax.jit(jax.value_and_grad(lambda p, c, b, v: loss(low.module.clone(**{arg: v}), p, c, b), has_aux=True))(
-        state.params, high.ctx, batch, np.float32(0.6))
+        state.params, high.ctx, batch, np.float32(value))
     for one, other in zip(jax.tree.leaves(fixed), jax.tree.leaves(traced)):
         np.testing.assert_allclose(np.asarray(one), np.asarray(other), rtol=1e-5, atol=1e-7)
     users, items = jax.jit(lambda p, c, v: low.module.clone(**{arg: v}).apply({"params": p}, c, False,
                                                                                 method="encode"))(
-        state.params, high.ctx, np.float32(0.6))
+        state.params, high.ctx, np.float32(value))
     expected = jax.jit(lambda p, c: high.module.apply({"params": p}, c, False, method="encode"))(state.params, high.ctx)
     np.testing.assert_allclose(np.asarray(users), np.asarray(expected[0]), rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(np.asarray(items), np.asarray(expected[1]), rtol=1e-5, atol=1e-7)

@@ -348,23 +348,21 @@ def test_traced_model_arguments_train_in_one_program_as_their_own_runs(tmp_path)
     assert batched["trials"][0]["valid"] != batched["trials"][2]["valid"]
 
 
-def test_a_traced_argument_at_its_off_value_runs_in_its_own_program(tmp_path, capsys):
-    """id_dropout 0 leaves the dropout out (no random draw): those trials cannot share the program
-    of the others, which train together; `always` refuses the mix, naming the argument."""
+def test_a_dropout_rate_of_zero_trains_in_the_same_program_as_its_own_run(tmp_path, capsys):
+    """id_dropout 0, which a Python number leaves out, runs in the program as an all-kept mask:
+    the three trials are one program, each with its sequential run's figures (here the same
+    bits); a model argument that is not traced still splits the grid into programs."""
     config, data = _traced_grid("fusion_mf", {"embedding_size": 8, "modalities": ["text", "image"]},
                                 {"model.args.id_dropout": [0.0, 0.5, 0.9]})
-    assert _batched_search.batch_groups([{"model.args.id_dropout": v} for v in (0.0, 0.5, 0.9)],
-                                        models.traced_args("fusion_mf")) == [[0], [1, 2]]
-    with pytest.raises(ConfigError, match="model.args.id_dropout is at its off value in some trials"):
-        run_search(config, tmp_path / "always", quiet=True, batched="always", dataset=data)
-    grouped = run_search(config, tmp_path / "auto", quiet=False, dataset=data)
-    assert "2 trials ran batched, one program per value of whether model.args.id_dropout is off" in (
-        capsys.readouterr().out)
+    traced = models.traced_args("fusion_mf")
+    assert _batched_search.batch_groups([{"model.args.id_dropout": v} for v in (0.0, 0.5, 0.9)], traced) == [[0, 1, 2]]
+    batched = run_search(config, tmp_path / "auto", quiet=True, dataset=data)
     runs = [json.loads((tmp_path / "auto" / f"trial_{t:03d}" / "metrics.json").read_text()) for t in range(3)]
-    assert [r.get("batched_search") for r in runs] == [None, {"trials": 2}, {"trials": 2}]
+    assert [r.get("batched_search") for r in runs] == [{"trials": 3}] * 3
     sequential = run_search(config, tmp_path / "sequential", quiet=True, batched="never", dataset=data)
-    _same_trials(grouped, sequential, 1e-4)
-    # Without a registered traced argument the same key is a program per value (embedding_size).
+    _same_trials(batched, sequential, 1e-6)
+    settings = [{"model.args.id_dropout": d, "model.args.embedding_size": e} for d in (0.0, 0.5) for e in (4, 8)]
+    assert _batched_search.batch_groups(settings, traced) == [[0, 2], [1, 3]]
+    assert _batched_search.program_keys(settings, traced) == ["model.args.embedding_size"]
     assert "model.args.embedding_size" in _batched_search.batching_obstacle(
-        [{"model.args.embedding_size": 4}, {"model.args.embedding_size": 8}],
-        [trial_config(config, {"model.args.embedding_size": v}) for v in (4, 8)])
+        settings, [trial_config(config, setting) for setting in settings])

@@ -29,10 +29,10 @@ def _is_int(value) -> bool:
 
 def is_constant(value, constant: float) -> bool:
     """Whether the model argument ``value`` is the Python number ``constant`` -- False for a
-    traced value. A batched search passes a traced argument (``register(traced_args=...)``) as
-    a traced scalar per trial, and never batches its off value (the ``constant`` at which the
-    operation is left out) with other values, so ``if is_constant(rate, 0.0): skip`` takes the
-    same branch as each trial's own run."""
+    traced value. ``if is_constant(rate, 0.0): skip`` leaves an operation out for the number
+    0; a batched search passes a traced argument (``register(traced_args=...)``) as a traced
+    scalar per trial, and the operation then runs at every value, computing at 0 what leaving
+    it out computes (the contract test checks each registered argument there)."""
     return not isinstance(value, jax.Array) and value == constant
 
 

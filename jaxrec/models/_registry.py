@@ -103,14 +103,17 @@ def register(name: str, *, traced_args: Mapping[str, float | None] | None = None
     (a config that sets them gets the usual unknown-argument error) and the rest are the
     builder's own.
 
-    ``traced_args``: ``{argument: off value or None}``, the numeric model arguments whose trials
-    a batched search may train in ONE program (``jaxrec.train``'s batched search passes each
-    trial's value as a traced scalar: the module, cloned with it, must use it in array
+    ``traced_args``: ``{argument: branch value or None}``, the numeric model arguments whose
+    trials a batched search may train in ONE program (``jaxrec.train``'s batched search passes
+    each trial's value as a traced scalar: the module, cloned with it, must use it in array
     arithmetic only). The builder must hand each to the module unchanged, as the attribute of
-    that name, and use it nowhere else (no shape, context or epoch hook depends on it); a test
-    builds every registered one twice to check. The off value (e.g. a dropout rate of 0) is one
-    at which the model leaves the operation out (:func:`jaxrec.models._common.is_constant`):
-    trials at it run in a program of their own.
+    that name, and use it nowhere else (no shape, context or epoch hook depends on it). The
+    branch value is one at which the module, given the Python number, leaves its operation out
+    (a dropout rate of 0: :func:`jaxrec.models._common.is_constant`); given it traced, the module
+    runs the operation, which must then compute the same (an all-kept mask, a division by 1) and
+    draw no random numbers that another operation would otherwise get. The contract test builds
+    every registered argument twice and compares the traced module with the number's at 0.6 and
+    at the branch value.
     """
 
     def decorate(builder):
@@ -161,7 +164,7 @@ def available() -> list[str]:
 
 def traced_args(name: str) -> dict[str, float | None]:
     """The model arguments of ``name`` a batched search may vary within one program, with their
-    off values (see :func:`register`); empty for an unknown name."""
+    branch values (see :func:`register`); empty for an unknown name."""
     _import_model_files()
     return dict(_TRACED_ARGS.get(str(name).lower(), {}))
 

@@ -38,9 +38,9 @@ dropout rates, LGMRec's ``alpha`` and ``keep_rate``, the contrastive temperature
 too: each trial's values enter the program as traced scalars and the module is cloned with
 them per trial (:func:`_with_args`), in training, in the validation ranking, and (as Python
 numbers, the module the trial's own run builds) for its test evaluation. Their arithmetic on
-a float32 value instead of a Python number may round differently in the last bit. At an
-argument's off value (a dropout rate of 0) the model leaves its operation out, so such trials
-form a program of their own. A grid that also varies other keys (the number of layers, a
+a float32 value instead of a Python number may round differently in the last bit. A dropout
+rate of 0, which a Python number leaves out, runs as an all-kept mask in the program (the
+same values; the contract test checks each argument there). A grid that also varies other keys (the number of layers, a
 fusion's form, ... change the compiled program) runs one batched program per value of those
 keys (:func:`batch_groups`): a 3 x 2 grid of a loss weight by such a model argument is two
 programs of three trials. A model with an epoch hook (``Built.epoch_update``: FREEDOM's pruned graph,
@@ -96,16 +96,12 @@ def _batchable_key(key: str, traced: Mapping[str, float | None] | None = None) -
 
 
 def traced_model_args(configs: Sequence[ExperimentConfig]) -> dict[str, float | None]:
-    """The model arguments the trials' model lets vary within one program, with their off values
+    """The model arguments the trials' model lets vary within one program, with their branch values
     (``jaxrec.models.register(traced_args=...)``); empty when the trials' models differ."""
     from jaxrec.models import traced_args
 
     names = {c.model.name for c in configs}
     return traced_args(next(iter(names))) if len(names) == 1 else {}
-
-
-def _is_off(value, off) -> bool:
-    return off is not None and not isinstance(value, bool) and isinstance(value, (int, float)) and value == off
 
 
 def _unit_train_config(train_config):
@@ -115,35 +111,22 @@ def _unit_train_config(train_config):
 
 
 def _fixed_part(setting: Mapping[str, Any], traced: Mapping[str, float | None] | None = None) -> str:
-    """The part of a trial's setting that changes the compiled program (a comparable key): of a
-    traced model argument (``traced``) with an off value, only whether it is at it."""
-    parts = []
-    for key, value in setting.items():
-        if _batchable_key(key):
-            continue
-        if _batchable_key(key, traced):
-            off = traced[key[len(_ARGS):]]
-            if off is not None:
-                parts.append((key, "off" if _is_off(value, off) else "on"))
-        else:
-            parts.append((key, repr(value)))
-    return repr(sorted(parts))
+    """The part of a trial's setting that changes the compiled program (a comparable key); the
+    model arguments in ``traced`` (:func:`traced_model_args`) do not."""
+    return repr(sorted((key, repr(value)) for key, value in setting.items() if not _batchable_key(key, traced)))
 
 
 def program_keys(settings: Sequence[Mapping[str, Any]], traced: Mapping[str, float | None] | None = None) -> list[str]:
-    """The keys whose values split ``settings`` into programs (:func:`batch_groups`), for notices:
-    ``"model.args.n_layers"``, or ``"whether model.args.dropout is off"`` for a traced argument."""
+    """The keys whose values split ``settings`` into programs (:func:`batch_groups`), for notices."""
     keys = sorted({key for setting in settings for key in setting})
-    split = [key for key in keys if len({_fixed_part({key: s.get(key)}, traced) for s in settings}) > 1]
-    return [f"whether {key} is off" if _batchable_key(key, traced) else key for key in split]
+    return [key for key in keys if len({_fixed_part({key: s.get(key)}, traced) for s in settings}) > 1]
 
 
 def batch_groups(settings: Sequence[Mapping[str, Any]],
                  traced: Mapping[str, float | None] | None = None) -> list[list[int]]:
-    """The trials' indices grouped by the settings that change the program (model arguments,
-    batch size, ...; of a traced model argument, ``traced``, whether it is off): the trials of
-    one group differ only in what can be batched, in grid order within a group and groups
-    ordered by their first trial."""
+    """The trials' indices grouped by the settings that change the program (model arguments
+    other than the ``traced`` ones, batch size, ...): the trials of one group differ only in what
+    can be batched, in grid order within a group and groups ordered by their first trial."""
     groups: dict[str, list[int]] = {}
     for index, setting in enumerate(settings):
         groups.setdefault(_fixed_part(setting, traced), []).append(index)
@@ -161,10 +144,6 @@ def batching_obstacle(settings: Sequence[Mapping[str, Any]], configs: Sequence[E
     varied = sorted({key for setting in settings for key in setting
                      if len({_fixed_part({key: s.get(key)}, traced) for s in settings}) > 1})
     if varied:
-        switched = [k for k in varied if _batchable_key(k, traced)]
-        if switched:
-            return (f"{', '.join(switched)} is at its off value in some trials and not in others (the model then "
-                    "leaves its operation out: another program)")
         extra = f", {', '.join(_ARGS + a for a in traced)}" if traced else ""
         return (f"the grid varies {', '.join(varied)}; only loss_weights.*, train.learning_rate, train.seed{extra} "
                 "can share one compiled program")
