@@ -366,3 +366,13 @@ def test_a_dropout_rate_of_zero_trains_in_the_same_program_as_its_own_run(tmp_pa
     assert _batched_search.program_keys(settings, traced) == ["model.args.embedding_size"]
     assert "model.args.embedding_size" in _batched_search.batching_obstacle(
         settings, [trial_config(config, setting) for setting in settings])
+
+
+def test_every_trials_traced_values_are_checked_by_its_builder_before_training(tmp_path):
+    """The program builds trial 0's model only; a value another trial's builder refuses (a dropout
+    rate of 1.5) raises the builder's error before anything trains or is written."""
+    config, data = _traced_grid("fusion_mf", {"embedding_size": 8, "modalities": ["text", "image"]},
+                                {"model.args.id_dropout": [0.5, 1.5]})
+    with pytest.raises(ConfigError, match="id_dropout"):
+        run_search(config, tmp_path / "search", quiet=True, batched="always", dataset=data)
+    assert not list((tmp_path / "search").glob("trial_*"))

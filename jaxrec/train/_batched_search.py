@@ -388,8 +388,8 @@ def run_batched_search(config: ExperimentConfig, workdir: str | os.PathLike, set
     if arg_names and built.epoch_update is not None:
         raise ConfigError(f"these trials cannot be batched: they differ in {', '.join(_ARGS + a for a in arg_names)} "
                           "and the model has an epoch hook")
-    arg_values = np.asarray([[float(c.model.args[a]) for a in arg_names] for c in configs],
-                            np.float32).reshape(n_trials, len(arg_names))
+    own_args = _check_trial_models(exp, configs, arg_names)
+    arg_values = np.asarray(own_args, np.float32).reshape(n_trials, len(arg_names))
     seeds = [c.train.seed for c in configs]
     per_trial_batches = len(set(seeds)) > 1
     samplers = ([_data.EpochSampler(exp.dataset, batch_size=tcfg.batch_size, n_negatives=tcfg.n_negatives,
@@ -507,7 +507,7 @@ def run_batched_search(config: ExperimentConfig, workdir: str | os.PathLike, set
             epoch_context(built, best_states[t][1].params, seeds[t], best_states[t][0]))
         # A trial with its own traced arguments: the module its own run builds (Python values).
         trial_encoder = single_encoder if not arg_names or t == 0 else make_encoder(built.module.clone(
-            **{a: float(configs[t].model.args[a]) for a in arg_names}))
+            **dict(zip(arg_names, own_args[t]))))
         result = evaluate_params(exp, trial_encoder, best_states[t][1].params, trial_ctx, splits["test"])
         best_test[t] = metrics_at_k(result)
     elapsed = time.perf_counter() - started
@@ -535,6 +535,35 @@ def run_batched_search(config: ExperimentConfig, workdir: str | os.PathLike, set
                         "valid": best_valid[t], "test": best_test[t], "best_epoch": stopping[t].best_epoch})
     curves.result()
     return entries
+
+
+def _check_trial_models(exp, configs: Sequence[ExperimentConfig], arg_names: tuple[str, ...]) -> list[list[float]]:
+    """Each trial's values of the traced arguments ``arg_names`` as its module holds them, after its
+    own builder has checked them (the program builds trial 0's model only): every distinct
+    setting of them is built once on the experiment's data before anything trains, so a value
+    the model refuses raises its ``ConfigError``, and a builder that hands the module anything
+    but trial 0's module with those attributes replaced is refused (the batched program would
+    not train that trial's model)."""
+    if not arg_names:
+        return [[] for _ in configs]
+    from jaxrec import models
+
+    built = exp.built
+    modules = {}
+    rows = []
+    for t, config in enumerate(configs):
+        key = tuple(repr(config.model.args.get(a)) for a in arg_names)
+        if key not in modules:
+            module = built.module if t == 0 else models.build(config.model.name, exp.dataset,
+                                                              **config.model.args).module
+            values = {a: getattr(module, a) for a in arg_names}
+            if module != built.module.clone(**values):
+                raise ConfigError(f"these trials cannot be batched: the model {config.model.name!r} built with "
+                                  f"{', '.join(f'{_ARGS}{a}={config.model.args.get(a)!r}' for a in arg_names)} differs "
+                                  "from trial 0's in more than those arguments")
+            modules[key] = [float(values[a]) for a in arg_names]
+        rows.append(modules[key])
+    return rows
 
 
 def _epoch_batches(samplers, epoch: int, per_trial_batches: bool):
