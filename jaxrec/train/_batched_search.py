@@ -58,7 +58,7 @@ import functools
 import os
 import statistics
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -90,18 +90,18 @@ BATCHABLE_KEYS = ("train.learning_rate", "train.seed")
 _ARGS = "model.args."
 
 
-def _batchable_key(key: str, traced: Mapping[str, float | None] | None = None) -> bool:
+def _batchable_key(key: str, traced: Collection[str] = ()) -> bool:
     return key.startswith("loss_weights.") or key in BATCHABLE_KEYS or (
-        key.startswith(_ARGS) and key[len(_ARGS):] in (traced or {}))
+        key.startswith(_ARGS) and key[len(_ARGS):] in traced)
 
 
-def traced_model_args(configs: Sequence[ExperimentConfig]) -> dict[str, float | None]:
-    """The model arguments the trials' model lets vary within one program, with their branch values
+def traced_model_args(configs: Sequence[ExperimentConfig]) -> frozenset[str]:
+    """The model arguments the trials' model lets vary within one program
     (``jaxrec.models.register(traced_args=...)``); empty when the trials' models differ."""
     from jaxrec.models import traced_args
 
     names = {c.model.name for c in configs}
-    return traced_args(next(iter(names))) if len(names) == 1 else {}
+    return frozenset(traced_args(next(iter(names)))) if len(names) == 1 else frozenset()
 
 
 def _unit_train_config(train_config):
@@ -110,20 +110,20 @@ def _unit_train_config(train_config):
     return dataclasses.replace(train_config, learning_rate=1.0, min_learning_rate=train_config.min_learning_rate / lr)
 
 
-def _fixed_part(setting: Mapping[str, Any], traced: Mapping[str, float | None] | None = None) -> str:
+def _fixed_part(setting: Mapping[str, Any], traced: Collection[str] = ()) -> str:
     """The part of a trial's setting that changes the compiled program (a comparable key); the
     model arguments in ``traced`` (:func:`traced_model_args`) do not."""
     return repr(sorted((key, repr(value)) for key, value in setting.items() if not _batchable_key(key, traced)))
 
 
-def program_keys(settings: Sequence[Mapping[str, Any]], traced: Mapping[str, float | None] | None = None) -> list[str]:
+def program_keys(settings: Sequence[Mapping[str, Any]], traced: Collection[str] = ()) -> list[str]:
     """The keys whose values split ``settings`` into programs (:func:`batch_groups`), for notices."""
     keys = sorted({key for setting in settings for key in setting})
     return [key for key in keys if len({_fixed_part({key: s.get(key)}, traced) for s in settings}) > 1]
 
 
 def batch_groups(settings: Sequence[Mapping[str, Any]],
-                 traced: Mapping[str, float | None] | None = None) -> list[list[int]]:
+                 traced: Collection[str] = ()) -> list[list[int]]:
     """The trials' indices grouped by the settings that change the program (model arguments
     other than the ``traced`` ones, batch size, ...): the trials of one group differ only in what
     can be batched, in grid order within a group and groups ordered by their first trial."""
@@ -141,10 +141,9 @@ def batching_obstacle(settings: Sequence[Mapping[str, Any]], configs: Sequence[E
     if len(configs) < 2:
         return "a single trial"
     traced = traced_model_args(configs)
-    varied = sorted({key for setting in settings for key in setting
-                     if len({_fixed_part({key: s.get(key)}, traced) for s in settings}) > 1})
+    varied = program_keys(settings, traced)
     if varied:
-        extra = f", {', '.join(_ARGS + a for a in traced)}" if traced else ""
+        extra = f", {', '.join(_ARGS + a for a in sorted(traced))}" if traced else ""
         return (f"the grid varies {', '.join(varied)}; only loss_weights.*, train.learning_rate, train.seed{extra} "
                 "can share one compiled program")
     parallel = {c.train.parallel for c in configs}
@@ -502,12 +501,16 @@ def run_batched_search(config: ExperimentConfig, workdir: str | os.PathLike, set
     # makes (the batched valid evaluation can differ from it in the last float bits).
     best_host, last_host = jax.device_get((best_stack, states))
     best_states = [None if b is None else (b[0], _slice(best_host, t), b[1]) for t, b in enumerate(best_states)]
+    # A trial with its own traced arguments: the module its own run builds (Python values), one
+    # encoder per distinct setting of them.
+    encoders = {tuple(own_args[0]): single_encoder}
     for t in evaluated:
         trial_ctx = ctx if built.epoch_update is None else jax.device_put(
             epoch_context(built, best_states[t][1].params, seeds[t], best_states[t][0]))
-        # A trial with its own traced arguments: the module its own run builds (Python values).
-        trial_encoder = single_encoder if not arg_names or t == 0 else make_encoder(built.module.clone(
-            **dict(zip(arg_names, own_args[t]))))
+        values = tuple(own_args[t])
+        if values not in encoders:
+            encoders[values] = make_encoder(built.module.clone(**dict(zip(arg_names, values))))
+        trial_encoder = encoders[values]
         result = evaluate_params(exp, trial_encoder, best_states[t][1].params, trial_ctx, splits["test"])
         best_test[t] = metrics_at_k(result)
     elapsed = time.perf_counter() - started

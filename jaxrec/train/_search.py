@@ -126,6 +126,7 @@ def run_search(config: ExperimentConfig, workdir: str | os.PathLike, *, resume: 
     if batched != "never" and not custom_trainer:
         from jaxrec.train import _batched_search
 
+        traced = _batched_search.traced_model_args(configs)
         done = [i for i in range(len(settings))
                 if resume and (workdir / f"trial_{i:03d}" / _outputs.METRICS_FILE).exists()]
         obstacle = _batched_search.batching_obstacle(settings, configs)
@@ -138,7 +139,6 @@ def run_search(config: ExperimentConfig, workdir: str | os.PathLike, *, resume: 
         elif done or len(settings) < 2:
             groups = []
         else:  # one program per value of the keys that change it
-            traced = _batched_search.traced_model_args(configs)
             groups = [g for g in _batched_search.batch_groups(settings, traced) if _batched_search.batching_obstacle(
                 [settings[i] for i in g], [configs[i] for i in g]) is None]
         for group in groups:
@@ -154,7 +154,7 @@ def run_search(config: ExperimentConfig, workdir: str | os.PathLike, *, resume: 
             finished.update((entry["trial"], entry) for entry in entries)
         sequential = [i for i in range(len(settings)) if i not in finished]
         if finished and not quiet and (sequential or len(groups) > 1):
-            keys = _batched_search.program_keys(settings, _batched_search.traced_model_args(configs))
+            keys = _batched_search.program_keys(settings, traced)
             print(f"note: {len(finished)} trials ran batched, one program per value of {', '.join(keys)}"
                   + (f"; {len(sequential)} run one after another (alone in their group)" if sequential else ""),
                   flush=True)
