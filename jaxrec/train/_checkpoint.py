@@ -25,11 +25,12 @@ or none. Saves are synchronous: when :meth:`Checkpoints.save` returns, the check
 on disk.
 
 Never saved: a state with a NaN or an infinity (:meth:`Checkpoints.save` refuses it; the
-check is a compiled reduction over the arrays where they are, nothing is gathered).
+check runs where the arrays are -- NumPy for host memory, a compiled reduction on an
+accelerator or over other processes' shards -- nothing is gathered).
 Verified on restore: a checkpoint whose files cannot be read, or whose arrays no longer
 match the checksum written with them (a truncated or corrupted file), is *damaged*. The
-checksum (:func:`state_checksum`) is computed on the devices and is the same for any
-sharding and any padding, so it is checked after a restore onto another mesh;
+checksum (:func:`state_checksum`) is computed where the arrays are (the same two paths) and
+is the same for any sharding and any padding, so it is checked after a restore onto another mesh;
 :meth:`Checkpoints.restore` without an epoch falls back to the newest intact checkpoint
 and lists the damaged ones in :attr:`Checkpoints.damaged`.
 """
@@ -51,7 +52,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
 from jaxrec.errors import ConfigError, TrainingDivergedError
-from jaxrec.train._state import leaf_name, non_finite_leaves
+from jaxrec.train._state import host_view, leaf_name, non_finite_leaves
 
 _BEST_TAG = "best_at"
 _DIGEST = "state_digest"  # checkpoints written before the checksum: BLAKE2b of the host state
@@ -99,6 +100,34 @@ def _checksums(leaves):
     return out
 
 
+def _host_words(view: np.ndarray) -> np.ndarray:
+    """:func:`_as_words` of a host array, with NumPy: the same words (a 64-bit leaf first takes
+    the dtype JAX would give it, float32 or int32 unless 64-bit mode is on, as
+    ``jnp.asarray`` does before :func:`_checksums`)."""
+    view = np.asarray(view, dtype=jax.dtypes.canonicalize_dtype(view.dtype))
+    size = view.dtype.itemsize
+    if view.dtype == np.bool_ or size == 1:
+        return view.astype(np.uint32).reshape(-1)
+    if size == 2:
+        return view.view(np.uint16).astype(np.uint32).reshape(-1)
+    return np.ascontiguousarray(view).view(np.uint32).reshape(-1)  # 8 bytes: two words each
+
+
+def _host_checksum(view: np.ndarray, chunk: int = 1 << 20) -> tuple[int, int]:
+    """:func:`_checksums`' two sums of one leaf, in NumPy's uint32 arithmetic (wrapping, mod
+    2^32 as XLA's), over chunks of ``chunk`` words (bounded temporary memory)."""
+    words = _host_words(view)
+    first = second = np.uint32(0)
+    with np.errstate(over="ignore"):
+        for start in range(0, words.size, chunk):
+            w = words[start:start + chunk]
+            index = (np.arange(start, start + w.size, dtype=np.uint64) & 0xFFFFFFFF).astype(np.uint32)
+            rotated = (w << np.uint32(13)) | (w >> np.uint32(19))
+            first = first + np.sum(w * (np.uint32(2) * index + np.uint32(1)), dtype=np.uint32)
+            second = second + np.sum(rotated * ((index * np.uint32(0x9E3779B1)) | np.uint32(1)), dtype=np.uint32)
+    return int(first), int(second)
+
+
 def state_checksum(state) -> str:
     """A checksum of a state's values that does not depend on where they are.
 
@@ -107,11 +136,17 @@ def state_checksum(state) -> str:
     The weights are odd, so any single changed word changes the first sum. Integer sums do not
     depend on the order of addition, so the value is the same for any sharding; zero rows
     appended to a table add zero, so a mesh's padded table has the checksum of its logical
-    rows. Computed by one compiled reduction where the arrays are (a collective for global
-    arrays: every process calls it).
+    rows. A state in host memory (every array a NumPy array or on this process's CPU devices,
+    :func:`~jaxrec.train._state.host_view`) is summed with NumPy, without compiling anything;
+    any other by one compiled reduction where the arrays are (a collective for global arrays:
+    every process calls it). Both give the same sums (tested).
     """
     leaves = jax.tree.leaves(state)
-    sums = jax.device_get(_checksums(leaves)) if leaves else []
+    views = [host_view(leaf) for leaf in leaves]
+    if all(view is not None for view in views):
+        sums = [_host_checksum(view) for view in views]
+    else:
+        sums = jax.device_get(_checksums(leaves)) if leaves else []
     return "".join(f"{int(a):08x}{int(b):08x}" for a, b in sums)
 
 
