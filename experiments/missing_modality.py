@@ -21,7 +21,9 @@ Usage (from the project root)::
                                            [--skip-training] [--config C] [--out F] [--runs DIR] [--max-epochs N]
 
 Writes ``experiments/results/lfm2k_missing_modality.json`` and the runs under
-``experiments/runs/lfm2k/missing_modality/<fill>_seed<seed>/`` (scratch workdirs; pack them into
+``experiments/runs/lfm2k/missing_modality/<fill>/trial_NNN/`` (one search over the seeds per fill and
+scenario, ``cold_start_<fill>`` for the cold-start scenario, its trials trained as one batched program;
+scratch workdirs; pack them into
 the committed record with ``python experiments/records.py pack experiments/runs/lfm2k/missing_modality
 experiments/records/lfm2k/missing_modality.jsonl``).
 """
@@ -46,7 +48,7 @@ from jaxrec.models.gan import (
     gan_conditions,
     hide_modality_rows,
 )
-from jaxrec.train import config_from_dict, train_and_evaluate
+from jaxrec.train import config_from_dict, run_search
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "experiments/configs/lfm2k/gan.yaml"
@@ -160,26 +162,32 @@ def fill_configs(config) -> dict[str, dict]:
 
 
 def train_runs(config, seeds, scenario: str = "warm", runs_dir: Path = RUNS) -> dict:
+    """Each fill's runs over ``seeds``: ONE search over ``train.seed`` per fill, its trials trained
+    together as one batched program (``jaxrec.train.run_search``: the seeds share the model's
+    build, here the GAN fill, the compilation and every epoch's dispatch). Trial ``i`` of
+    ``runs_dir/<fill>`` (``<scenario>_<fill>`` for a scenario other than warm) is seed ``seeds[i]``;
+    a finished search folder is reused."""
     runs = {}
     for fill, variant in fill_configs(scenario_config(config, scenario)).items():
+        workdir = runs_dir / (fill if scenario == "warm" else f"{scenario}_{fill}")
+        search = copy.deepcopy(variant)
+        search["grid"] = {"train.seed": [int(seed) for seed in seeds]}
+        summary = run_search(config_from_dict(search), workdir, resume=True, quiet=True)
+        by_seed = {int(trial["setting"]["train.seed"]): Path(trial["workdir"]) for trial in summary["trials"]}
         per_seed = []
         for seed in seeds:
-            variant["train"]["seed"] = int(seed)
-            workdir = runs_dir / (f"{fill}_seed{seed}" if scenario == "warm" else f"{scenario}_{fill}_seed{seed}")
-            if (workdir / "metrics.json").exists():
-                metrics = json.loads((workdir / "metrics.json").read_text())
-            else:
-                metrics = train_and_evaluate(config_from_dict(variant), workdir, quiet=True)
+            metrics = json.loads((by_seed[int(seed)] / "metrics.json").read_text())
             per_seed.append({"seed": int(seed), "best_epoch": metrics["best_epoch"],
                              "seconds_per_epoch": metrics["timing"]["train_seconds_per_epoch"],
                              **{f"valid_{m}": metrics["valid"][m] for m in ("recall@20",)},
                              **{f"test_{m}": metrics["test"][m] for m in METRICS}})
             print(scenario, fill, seed, {k: round(v, 4) for k, v in per_seed[-1].items() if k.startswith("test")}, flush=True)
-        summary = {}
+        summary_stats = {}
         for key in [f"test_{m}" for m in METRICS] + ["valid_recall@20"]:
             values = np.array([run[key] for run in per_seed])
-            summary[key] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0}
-        runs[fill] = {"summary": summary, "runs": per_seed}
+            summary_stats[key] = {"mean": float(values.mean()),
+                                  "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0}
+        runs[fill] = {"summary": summary_stats, "runs": per_seed}
     return runs
 
 

@@ -20,7 +20,8 @@ File format (``FORMAT``), one JSON object per line:
   ``trials: [{trial, workdir, setting, valid, test, ...}]`` and ``best`` (the trial chosen by
   the validation metric when the search ran).
 - then one line per run: ``{"name", "config", "metrics", "history"}``: ``name`` is the run's
-  folder name (``trial_003`` in a search; the record's own name for a single run),
+  folder name (``trial_003`` in a search; the record's own name for a single run; in a group of
+  runs, ``<run>`` or, for a search in the group, ``<search>/<trial>``),
   ``config`` the parsed ``config.yaml``, ``metrics`` the whole ``metrics.json``, ``history``
   one row per epoch with ``epoch``, ``loss``, ``terms``, ``train_seconds``, ``eval_seconds``,
   ``best_epoch`` and the ``valid`` (and ``test``, when recorded) metrics kept by
@@ -145,10 +146,19 @@ def pack(folder: Path, name: str | None = None) -> list[dict]:
         return lines + [_run_line(trial, trial.name) for trial in trials]
     if (folder / "metrics.json").exists():
         return [{"format": FORMAT, "kind": "run", "name": name}, _run_line(folder, name)]
-    runs = sorted(p for p in folder.iterdir() if p.is_dir() and (p / "metrics.json").exists())
+    # A folder of runs and/or searches (e.g. a search over seeds per variant): every run, a search's
+    # trials named "<search>/<trial>".
+    runs = []
+    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
+        if (sub / "metrics.json").exists():
+            runs.append((sub, sub.name))
+        elif (sub / "search.json").exists():
+            runs += [(trial, f"{sub.name}/{trial.name}") for trial in sorted(sub.iterdir())
+                     if trial.is_dir() and (trial / "metrics.json").exists()]
     if not runs:
-        raise RecordError(f"{folder}: neither a run (metrics.json), a search (search.json) nor a folder of runs")
-    return [{"format": FORMAT, "kind": "runs", "name": name}] + [_run_line(run, run.name) for run in runs]
+        raise RecordError(f"{folder}: neither a run (metrics.json), a search (search.json) nor a folder of runs "
+                          "or searches")
+    return [{"format": FORMAT, "kind": "runs", "name": name}] + [_run_line(run, label) for run, label in runs]
 
 
 def _finite(value):

@@ -72,6 +72,23 @@ def test_pack_a_search_names_trials_by_folder_and_finds_the_winner(tiny_run, tmp
     assert record.winner() is record.runs["trial_001"]
 
 
+def test_pack_a_group_of_runs_and_searches_names_each_trial_by_its_search(tiny_run, tmp_path):
+    # experiments/missing_modality.py: one search over the seeds per fill, beside plain runs.
+    group = tmp_path / "missing_modality"
+    for folder in (group / "single", group / "full" / "trial_000", group / "full" / "trial_001"):
+        folder.mkdir(parents=True)
+        for name in ("metrics.json", "history.jsonl", "config.yaml"):
+            (folder / name).write_bytes((tiny_run / name).read_bytes())
+    (group / "full" / "search.json").write_text(json.dumps({"valid_metric": "recall@20", "trials": []}))
+    (group / "full" / "trial_002").mkdir()  # an unfinished trial (no metrics.json) is not a run
+    (group / "scratch").mkdir()  # neither a run nor a search
+    output = tmp_path / "missing_modality.jsonl"
+    records.write(records.pack(group), output)
+    record = records.read(output)
+    assert record.kind == "runs" and list(record.runs) == ["full/trial_000", "full/trial_001", "single"]
+    assert record.runs["full/trial_001"]["metrics"] == json.loads((tiny_run / "metrics.json").read_text())
+
+
 def test_unfinished_or_unknown_folders_are_refused_by_name(tmp_path):
     (tmp_path / "half").mkdir()
     (tmp_path / "half" / "config.yaml").write_text("model: {name: bprmf}\n")
