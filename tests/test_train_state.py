@@ -167,3 +167,29 @@ def test_epoch_gated_refuses_clip_norm():
 
     with pytest.raises(ConfigError, match="clip_norm"):
         epoch_gated(TrainConfig(clip_norm=1.0), 2, lambda params: params)
+
+
+def test_init_state_compiles_once_for_every_seed_and_keys_as_the_python_integer():
+    """The seed is a traced uint32: one program for any seed, the same state as PRNGKey(int) (the
+    whole 32-bit range the config allows, above 2^31 included)."""
+    from jaxrec import models
+    from jaxrec.data import make_synthetic
+    from jaxrec.train import _state
+
+    dataset = make_synthetic(40, 30, n_interactions=400, seed=1)
+    built = models.build("bprmf", dataset, embedding_size=4)
+    batch = _state.example_batch(16, 1)
+    tx = optax.adam(1e-2)
+    _state._init_state_compiled.clear_cache()
+    for seed in (0, 7, 2**31 + 3, 2**32 - 1):
+        got = _state.init_state(built.module, built.ctx, batch, tx, seed)
+        # The reference: the Python integer closed over, as a static seed was before.
+        want = jax.jit(lambda ctx, b, seed=seed: _state._init_state(built.module, ctx, b, tx, seed))(built.ctx, batch)
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert _state._init_state_compiled._cache_size() == 1
+    first = _state.init_state(built.module, built.ctx, batch, tx, 0).params
+    other = _state.init_state(built.module, built.ctx, batch, tx, 1).params
+    assert not np.array_equal(np.asarray(jax.tree.leaves(first)[0]), np.asarray(jax.tree.leaves(other)[0]))
+    with pytest.raises(ValueError, match="seed"):
+        _state.init_state(built.module, built.ctx, batch, tx, 2**32)

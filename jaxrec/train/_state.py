@@ -235,12 +235,19 @@ def init_entry_points(module, ctx, batch):
 
 def init_state(module, ctx: Mapping, example_batch: Mapping, tx: optax.GradientTransformation,
                seed: int) -> TrainState:
-    """A fresh state: parameters from ``seed``, optimizer state, step 0 (one compiled call)."""
-    return _init_state_compiled(module, ctx, example_batch, tx, int(seed))
+    """A fresh state: parameters from ``seed``, optimizer state, step 0 (one compiled call).
+
+    The seed (0 <= seed < 2^32, as the config allows) is a traced argument: one compilation per
+    model serves every seed (a search over ``train.seed``), and ``PRNGKey`` of the traced uint32
+    gives the key of the Python integer (tested)."""
+    seed = int(seed)
+    if not 0 <= seed < 2**32:
+        raise ValueError(f"seed must be in [0, 2^32); found {seed}")
+    return _init_state_compiled(module, ctx, example_batch, tx, np.uint32(seed))
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3, 4))
-def _init_state_compiled(module, ctx, example_batch, tx, seed: int) -> TrainState:
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _init_state_compiled(module, ctx, example_batch, tx, seed) -> TrainState:
     return _init_state(module, ctx, example_batch, tx, seed)
 
 
