@@ -49,6 +49,14 @@ def test_host_checksum_equals_the_compiled_reduction_for_every_dtype():
         assert state_checksum({name: leaf}) == _compiled_checksum({name: leaf}), name
 
 
+def test_host_checksum_equals_the_compiled_reduction_for_64_bit_leaves_in_x64_mode():
+    rng = np.random.default_rng(2)
+    with jax.enable_x64():  # 8-byte leaves stay 8 bytes: two words each, in XLA's order
+        tree = {"f64": rng.standard_normal((5, 3)), "i64": rng.integers(-2**40, 2**40, (7,)),
+                "scalar": np.array(3, np.int64)}
+        assert state_checksum(tree) == _compiled_checksum(tree)
+
+
 def test_host_checksum_of_a_sharded_padded_table_is_its_logical_rows_checksum():
     devices = np.array(jax.devices()[:4])
     if devices.size < 4:
