@@ -9,14 +9,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from _native_kernel import REASON, UNAVAILABLE
 from jaxrec.data import graph as jgraph
 from jaxrec.data.graph import _csr_native
 
 # Skipped only where no compiler exists (or the kernel is switched off): where one exists, a kernel
 # that fails to build fails these tests (test_the_kernel_builds_where_a_compiler_exists).
-pytestmark = pytest.mark.skipif(_csr_native._compiler() is None or _csr_native.native_disabled(),
-                                reason="no C++ compiler for the native kernel, or JAXREC_NATIVE_KERNELS=0 (the XLA "
-                                       "path is tested by test_graph_fixed.py)")
+pytestmark = pytest.mark.skipif(UNAVAILABLE, reason=REASON)
 
 
 def _random_edges(n, n_edges, seed, *, empty_rows=(), duplicates=True):

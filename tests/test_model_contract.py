@@ -215,10 +215,11 @@ def test_cpu_propagation_kernel_gives_the_xla_paths_terms_and_gradients(name, mo
     (The product alone is bit for bit XLA's, tests/test_graph_native.py; inside a model XLA may fuse
     neighbouring ops into its scatter and round otherwise: it does here on this tiny graph, and on
     lfm2k's graphs in MGCN only.)"""
+    from _native_kernel import REASON, UNAVAILABLE
     from jaxrec.data.graph import _csr_native
 
-    if _csr_native._compiler() is None or _csr_native.native_disabled():
-        pytest.skip("no C++ compiler for the native kernel, or JAXREC_NATIVE_KERNELS=0")
+    if UNAVAILABLE:
+        pytest.skip(REASON)
     built = built_model(name)
     _, _, state = _init(built)
     batch = _real_batch()
