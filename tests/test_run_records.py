@@ -116,6 +116,28 @@ def test_committed_results_table_regenerates_from_the_committed_records(dataset)
     assert make_results.build_report(dataset, ANCHORS) == expected
 
 
+@pytest.mark.parametrize("path", sorted((EXPERIMENTS / "results").glob("*_unseen_items.json")), ids=lambda p: p.name)
+def test_committed_unseen_item_rows_score_the_runs_the_records_choose_now(path):
+    """Every row of a committed unseen-items file scored the run its model's record chooses today
+    (same record file, same best epoch and test recall@20), and every chosen run has a row: a
+    record regenerated without rescoring its row (three were, before 2026-12-05) fails here."""
+    import unseen_items  # experiments/unseen_items.py
+
+    dataset = path.name[: -len("_unseen_items.json")]
+    result = json.loads(path.read_text())
+    rows = {row["model"]: row for row in result["rows"]}
+    chosen = make_results.collect_runs(EXPERIMENTS / "records" / dataset)
+    found = {record.path.resolve(): record for record in records.records_in(EXPERIMENTS / "records" / dataset)}
+    left_out = {entry["model"] for entry in result.get("not_scored", [])}
+    assert set(rows) | left_out == set(chosen)
+    for model, row in rows.items():
+        _, info = chosen[model]
+        record = found[(EXPERIMENTS / info["source"]).resolve()]
+        run = record.winner() if record.kind == "search" else next(iter(record.runs.values()))
+        assert row["record"] == info["source"], model
+        assert row["fingerprint"] == unseen_items._fingerprint(run), model
+
+
 def test_unseen_item_metrics_match_a_numpy_count_on_the_restricted_pairs(tiny_run):
     """experiments/unseen_items.py: recall and ndcg of a run on the held-out pairs of a chosen
     item subset equal a plain numpy ranking of the same embeddings (train items masked)."""
