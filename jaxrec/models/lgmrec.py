@@ -165,9 +165,9 @@ def table_info_nce(anchors: jax.Array, targets: jax.Array, ids: jax.Array, weigh
         factors, basis = target_factors
         queries, keys = normalized @ basis.T, factors * key_scale
     if whole_table:
-        per_row = losses.cosine_logsumexp(queries @ keys.T, temperature) - positives
+        per_row = losses.cosine_logsumexp(matmul(queries, keys.T), temperature) - positives
         return _weighted_mean(per_row, counts)
-    per_row = losses.cosine_logsumexp(queries[ids] @ keys.T, temperature) - positives[ids]
+    per_row = losses.cosine_logsumexp(matmul(queries[ids], keys.T), temperature) - positives[ids]
     return _weighted_mean(per_row, weights)
 
 
