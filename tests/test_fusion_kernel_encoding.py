@@ -178,3 +178,48 @@ def test_bad_configs_raise():
         fusion.KernelEncoding(SPECS).init(jax.random.key(0), xs, [np.ones(3, bool)] * 4)
     with pytest.raises(ConfigError, match="init_weights"):
         fusion.KernelEncoding(SPECS, init_weights=(1.0, 0.0, 1.0, 1.0)).init(jax.random.key(0), xs)
+
+
+def test_projection_by_blocks_is_the_dense_layer_on_the_direct_sum():
+    """The projection is computed per modality block (no concatenation); its parameters, their
+    initial values and the gradients in them are those of ``nn.Dense`` on the direct sum
+    (checked against float64 NumPy of the concatenated form)."""
+    import flax.linen as nn
+
+    xs, masks = _inputs(5, n=9)
+    module = fusion.KernelEncoding(SPECS, out_dim=7, use_bias=True, init_weights=(0.5, 2.0, 1.5, 0.8))
+    key = jax.random.key(11)
+    variables = module.init(key, xs, masks)
+    width = 3 + 15 + 5 + 64
+
+    class DenseOnTheDirectSum(nn.Module):  # the earlier form's parameter path: a Dense named "projection"
+        @nn.compact
+        def __call__(self, phi):
+            return nn.Dense(7, name="projection")(phi)
+
+    reference = DenseOnTheDirectSum().init(key, jnp.zeros((1, width)))["params"]["projection"]
+    params = variables["params"]
+    assert jax.tree.map(jnp.shape, params["projection"]) == {"kernel": (width, 7), "bias": (7,)}
+    np.testing.assert_array_equal(params["projection"]["kernel"], reference["kernel"])
+    np.testing.assert_array_equal(params["projection"]["bias"], reference["bias"])
+
+    raw = fusion.KernelEncoding(SPECS)  # the direct sum itself, (n, width)
+    cotangent = np.random.default_rng(5).normal(size=(9, 7))
+
+    def loss(p):
+        return jnp.sum(module.apply({**variables, "params": p}, xs, masks) * cotangent)
+
+    grads = jax.jit(jax.grad(loss))(params)
+    phi = np.asarray(raw.apply({"params": {"raw_weights": params["raw_weights"]},
+                                "constants": variables["constants"]}, xs, masks), np.float64)
+    kernel = np.asarray(params["projection"]["kernel"], np.float64)
+    np.testing.assert_allclose(module.apply(variables, xs, masks), phi @ kernel, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(grads["projection"]["kernel"], phi.T @ cotangent, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(grads["projection"]["bias"], cotangent.sum(0), rtol=1e-5, atol=1e-5)
+    # d/d theta_m of sqrt(softplus(theta_m)) * phi_m A_m: the block's share over 2 w_m, times sigmoid(theta_m).
+    theta = np.asarray(params["raw_weights"], np.float64)
+    w = np.log1p(np.exp(theta))
+    starts = np.cumsum([0, 3, 15, 5, 64])
+    block_share = [np.sum((phi[:, a:b] @ kernel[a:b]) * cotangent) for a, b in zip(starts[:-1], starts[1:])]
+    want = np.asarray(block_share) / (2 * w) / (1 + np.exp(-theta))
+    np.testing.assert_allclose(grads["raw_weights"], want, rtol=1e-4, atol=1e-5)

@@ -14,6 +14,7 @@ from jax.typing import ArrayLike
 from jaxrec.errors import ConfigError, DataError
 from jaxrec.fusion import _feature_maps, _kernels
 from jaxrec._checks import as_float, canonical_masks, check_modalities
+from jaxrec._matmul import matmul
 
 KERNEL_KINDS = ("linear", "polynomial", "rbf", "cosine")
 
@@ -163,10 +164,9 @@ class KernelEncoding(nn.Module):
             x = jnp.where(mask[:, None], as_float(x), 0.0)
             phi = self._feature_map(m, spec, x)
             features.append(jnp.where(mask[:, None], phi, 0.0))
-        encoded = _feature_maps.direct_sum_features(features, weights)
-        if self.out_dim is not None:
-            encoded = nn.Dense(self.out_dim, use_bias=self.use_bias, name="projection")(encoded)
-        return encoded
+        if self.out_dim is None:
+            return _feature_maps.direct_sum_features(features, weights)
+        return _DirectSumProjection(self.out_dim, self.use_bias, name="projection")(features, weights)
 
     def _feature_map(self, m: int, spec: KernelSpec, x: jax.Array) -> jax.Array:
         if spec.kind == "linear":
@@ -196,3 +196,35 @@ class KernelEncoding(nn.Module):
         Call as ``module.apply(variables, method="modality_weights")``.
         """
         return jax.nn.softplus(self.variables["params"]["raw_weights"])
+
+
+class _DirectSumProjection(nn.Module):
+    r"""``nn.Dense(out_dim)`` of the direct sum :math:`\Phi = [\sqrt{w_1}\,\phi_1, \ldots,
+    \sqrt{w_M}\,\phi_M]`, computed by blocks:
+
+    .. math::
+      A \Phi + b = \sum_m \sqrt{w_m}\, (\phi_m A_m) + b,
+
+    :math:`A_m` the rows of the kernel that multiply modality m. The parameters are the Dense
+    layer's (names ``kernel`` and ``bias``, shapes, LeCun-normal and zero initial values), so
+    checkpoints and initial draws are unchanged; the (n, sum_m F_m) concatenation and its
+    scaled copy are never formed, nor (for constant feature maps) a gradient in them; the
+    kernel's gradient is :func:`jaxrec._matmul.matmul`'s. The same value as the Dense layer on the concatenation up to float rounding (the sum over
+    the feature columns is split by modality).
+    """
+
+    out_dim: int
+    use_bias: bool
+
+    @nn.compact
+    def __call__(self, features: Sequence[jax.Array], weights: jax.Array) -> jax.Array:
+        widths = [f.shape[1] for f in features]
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (sum(widths), self.out_dim))
+        scale = jnp.sqrt(weights)
+        out, start = 0.0, 0
+        for m, (f, width) in enumerate(zip(features, widths)):
+            out = out + scale[m] * matmul(as_float(f), kernel[start:start + width])
+            start += width
+        if self.use_bias:
+            out = out + self.param("bias", nn.initializers.zeros_init(), (self.out_dim,))
+        return out

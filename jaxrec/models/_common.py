@@ -13,6 +13,7 @@ import numpy as np
 from flax import linen as nn
 
 from jaxrec import losses
+from jaxrec._matmul import matmul  # noqa: F401  (re-exported: the models' import of it)
 from jaxrec.data import TRAIN
 from jaxrec.data import graph as jgraph
 from jaxrec.errors import ConfigError, DataError
@@ -165,40 +166,6 @@ def masked_rows(table: jax.Array, keep: jax.Array, rows: jax.Array) -> jax.Array
     return jnp.where(jnp.asarray(keep)[rows][..., None], table[rows], 0.0)
 
 
-@jax.custom_vjp
-def matmul(x: jax.Array, w: jax.Array) -> jax.Array:
-    """``x @ w`` for a 2-D ``x`` (n, D) and ``w`` (D, K), with the same gradients, computed as
-    plain matrix products: the weight gradient :math:`x^\top g` (D, K) with the narrower of
-    ``x`` and the output gradient ``g`` (n, K) as the transposed operand.
-
-    A speed-only rewrite: on XLA's CPU backend the default backward of ``x @ w`` contracts
-    ``x`` over its rows in a transposed product that is slower than the same product on a
-    transposed copy (measured in ``benchmarks/bench_train.py``'s models: VBPR's (n_items, D)
-    feature projection every step). With K >= D the gradient is ``x.T @ g`` from a
-    materialized copy of ``x.T``; with K < D it is :math:`(g^\top x)^\top`, the product
-    contracting the narrow ``g`` over its rows and the small (K, D) result transposed, which
-    moves K instead of D columns per row (MMGCN's (n, 320) -> 64 combination layers). Values agree up to float rounding. When ``x`` needs no gradient (a
-    constant feature matrix) the compiler drops its cotangent.
-    """
-    return x @ w
-
-
-def _matmul_fwd(x, w):
-    return x @ w, (x, w)
-
-
-def _matmul_bwd(residuals, g):
-    x, w = residuals
-    # The barriers keep the transposes materialized instead of being folded back into the
-    # product (which would be XLA's default, slower form).
-    if w.shape[1] < w.shape[0]:
-        dw = jax.lax.optimization_barrier(jax.lax.dot_general(g, x, (((0,), (0,)), ((), ())))).T
-    else:
-        dw = jax.lax.optimization_barrier(jax.lax.optimization_barrier(x.T) @ g)
-    return g @ w.T, dw
-
-
-matmul.defvjp(_matmul_fwd, _matmul_bwd)
 
 
 def dense_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
