@@ -272,6 +272,40 @@ def test_table_info_nce_all_paths_match_numpy(n_rows, batch, factored, tau):
     np.testing.assert_allclose(float(value), expected, rtol=1e-5)
 
 
+
+@pytest.mark.parametrize("n_rows,batch,factored", [(6, 9, False), (6, 9, True), (30, 9, False), (30, 9, True)])
+def test_table_info_nce_gradients_match_the_plain_formula(n_rows, batch, factored):
+    """The gradients in the anchors and in the targets (or their factors) equal autodiff of the
+    loss written plainly (normalized rows, the (B, n) logits, ``jax.nn.logsumexp``), in float64:
+    the logits product's hand-written backward (``matmul``) is the product's gradient."""
+    rng = np.random.default_rng(n_rows + batch)
+    factors, basis = rng.normal(size=(n_rows, 3)), rng.normal(size=(3, 5))
+    anchors = rng.normal(size=(n_rows, 5))
+    ids = jnp.asarray(rng.integers(0, n_rows, batch))
+    weights = jnp.asarray([1.0] * (batch - 1) + [0.0])
+    tau = 0.2
+
+    def ours(anchors, factors, basis):
+        targets = factors @ basis
+        return table_info_nce(anchors, targets, ids, weights, tau,
+                              target_factors=(factors, basis) if factored else None)
+
+    def plain(anchors, factors, basis):
+        unit = lambda x: x / jnp.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+        a, t = unit(anchors)[ids], unit(factors @ basis)
+        logits = a @ t.T / tau
+        per_row = jax.nn.logsumexp(logits, axis=1) - logits[jnp.arange(batch), ids]
+        return jnp.sum(per_row * weights) / jnp.sum(weights)
+
+    f32 = [jnp.asarray(x, jnp.float32) for x in (anchors, factors, basis)]
+    got = jax.jit(jax.grad(ours, argnums=(0, 1, 2)))(*f32)
+    with jax.enable_x64(True):
+        want = jax.grad(plain, argnums=(0, 1, 2))(*(jnp.asarray(x, jnp.float64) for x in (anchors, factors, basis)))
+        want = [np.asarray(w) for w in want]
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(np.asarray(g), w, rtol=2e-4, atol=2e-5)
+
+
 # ---- gradients, arguments --------------------------------------------------------------------
 
 def test_gradients_finite_and_match_finite_differences():
