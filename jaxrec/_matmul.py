@@ -15,11 +15,12 @@ def matmul(x: jax.Array, w: jax.Array) -> jax.Array:
     A speed-only rewrite: on XLA's CPU backend the default backward of ``x @ w`` contracts
     ``x`` over its rows in a transposed product that is slower than the same product on a
     transposed copy (VBPR's (n_items, D) feature projection every step, the kernel encoding's
-    (rows, F_m) feature maps). With K >= D the gradient is ``x.T @ g`` from a
-    materialized copy of ``x.T``; with K < D it is :math:`(g^\top x)^\top`, the product
-    contracting the narrow ``g`` over its rows and the small (K, D) result transposed, which
-    moves K instead of D columns per row (MMGCN's (n, 320) -> 64 combination layers). Values agree up to float rounding. When ``x`` needs no gradient (a
-    constant feature matrix) the compiler drops its cotangent.
+    (rows, F_m) feature maps). With K >= D the gradient is ``x.T @ g`` from a materialized copy
+    of ``x.T``; with K < D it is :math:`(g^\top x)^\top`, the product contracting the narrow
+    ``g`` over its rows and the small (K, D) result transposed, which moves K instead of D
+    columns per row (MMGCN's (n, 320) -> 64 combination layers). Values agree up to float
+    rounding. When ``x`` needs no gradient (a constant feature matrix) the compiler drops its
+    cotangent.
     """
     return x @ w
 

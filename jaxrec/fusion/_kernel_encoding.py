@@ -209,8 +209,9 @@ class _DirectSumProjection(nn.Module):
     layer's (names ``kernel`` and ``bias``, shapes, LeCun-normal and zero initial values), so
     checkpoints and initial draws are unchanged; the (n, sum_m F_m) concatenation and its
     scaled copy are never formed, nor (for constant feature maps) a gradient in them; the
-    kernel's gradient is :func:`jaxrec._matmul.matmul`'s. The same value as the Dense layer on the concatenation up to float rounding (the sum over
-    the feature columns is split by modality).
+    kernel's gradient is :func:`jaxrec._matmul.matmul`'s. The same value as the Dense layer on
+    the concatenation up to float rounding (the sum over the feature columns is split by
+    modality).
     """
 
     out_dim: int

@@ -13,7 +13,7 @@ import numpy as np
 from flax import linen as nn
 
 from jaxrec import losses
-from jaxrec._matmul import matmul  # noqa: F401  (re-exported: the models' import of it)
+from jaxrec._matmul import matmul
 from jaxrec.data import TRAIN
 from jaxrec.data import graph as jgraph
 from jaxrec.errors import ConfigError, DataError
@@ -164,7 +164,6 @@ class FeatureTable(nn.Module):
 def masked_rows(table: jax.Array, keep: jax.Array, rows: jax.Array) -> jax.Array:
     """``table[rows]`` with the rows whose ``keep`` is False set to zero (any int shape of rows)."""
     return jnp.where(jnp.asarray(keep)[rows][..., None], table[rows], 0.0)
-
 
 
 

@@ -1,12 +1,13 @@
-"""``jaxrec.models._common.matmul``: ``x @ w`` with a hand-written backward (the weight
-gradient's transposed operand chosen by shape). Checked against float64 NumPy products."""
+"""``jaxrec._matmul.matmul`` (re-exported by ``jaxrec.models._common``): ``x @ w`` with a
+hand-written backward (the weight gradient's transposed operand chosen by shape), checked
+against float64 NumPy products."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxrec.models._common import matmul
+from jaxrec._matmul import matmul
 
 # (n, D, K): K < D takes the (g^T x)^T branch, K >= D the x^T g one; n = 1 and K = 1 are the edges.
 SHAPES = [(37, 12, 3), (37, 8, 8), (37, 3, 12), (1, 5, 2), (9, 4, 1), (9, 1, 4)]
