@@ -118,8 +118,10 @@ def test_knn_graphs_equal_dense_numpy():
         np.testing.assert_allclose(built.ctx["item_graphs"][m].to_dense(8), expected, rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("missing", [False, True])
-def test_encode_and_loss_terms_match_mmrec_mgcn_in_numpy(missing):
+@pytest.mark.parametrize("missing,batch", [(False, 12), (True, 12), (False, 48)])
+def test_encode_and_loss_terms_match_mmrec_mgcn_in_numpy(missing, batch):
+    """A batch of 12 rows contrasts the gathered rows (the tables hold 30 users, 20 items); one of
+    48 rows (repeated ids) contrasts the tables' distinct rows by their counts (info_nce_by_id)."""
     data = make_synthetic(30, 20, n_interactions=250, dims={"image": 5, "text": 6}, seed=1)
     if missing:  # item 3 lacks the image modality: no neighbours there, zero features
         image = data.modalities["image"]
@@ -136,13 +138,14 @@ def test_encode_and_loss_terms_match_mmrec_mgcn_in_numpy(missing):
     np.testing.assert_allclose(np.asarray(user_emb), expected_u, rtol=2e-4, atol=2e-5)
     np.testing.assert_allclose(np.asarray(item_emb), expected_i, rtol=2e-4, atol=2e-5)
 
-    # Nine real rows and three padding rows (weight 0, arbitrary ids) that must change nothing.
+    # Real rows and three padding rows (weight 0, arbitrary ids) that must change nothing.
     rng = np.random.default_rng(0)
-    users, pos, neg = rng.integers(0, 30, 12), rng.integers(0, 20, 12), rng.integers(0, 20, 12)
-    weights = np.array([1.0] * 9 + [0.0] * 3, np.float32)
-    batch = {"users": users, "pos_items": pos, "neg_items": neg[:, None], "weights": weights}
-    terms = compiled_apply(built.module, params, built.ctx, batch, True, method="loss_terms")
-    expected = _numpy_loss(host, adj, item_graphs, data.n_users, users[:9], pos[:9], neg[:9])
+    users, pos, neg = rng.integers(0, 30, batch), rng.integers(0, 20, batch), rng.integers(0, 20, batch)
+    real = batch - 3
+    weights = np.array([1.0] * real + [0.0] * 3, np.float32)
+    rows = {"users": users, "pos_items": pos, "neg_items": neg[:, None], "weights": weights}
+    terms = compiled_apply(built.module, params, built.ctx, rows, True, method="loss_terms")
+    expected = _numpy_loss(host, adj, item_graphs, data.n_users, users[:real], pos[:real], neg[:real])
     assert set(terms) == set(expected)
     for name, value in expected.items():
         np.testing.assert_allclose(float(terms[name]), value, rtol=2e-5, err_msg=name)
@@ -165,13 +168,16 @@ def test_several_negatives_average_the_regularizer():
     np.testing.assert_allclose(float(terms["reg"]), reg, rtol=1e-5)
 
 
-def test_gradient_matches_central_differences():
+@pytest.mark.parametrize("rows", [4, 8])
+def test_gradient_matches_central_differences(rows):
+    """4 rows contrast the gathered rows; 8 (5 users, 8 items) the tables' distinct rows."""
     presence = np.ones((8, 2), bool)
     presence[5, 1] = False
     data = tiny_multimodal_dataset(presence, [("image", 3), ("text", 4)])
     built = models.build("mgcn", data, embedding_size=3, knn_k=3, graph_cache="none")
-    batch = {"users": np.array([0, 2, 4, 1]), "pos_items": np.array([1, 4, 6, 1]),
-             "neg_items": np.array([[3], [0], [5], [2]]), "weights": np.array([1.0, 1.0, 1.0, 0.0])}
+    batch = {"users": np.array([0, 2, 4, 1, 2, 0, 2, 3])[:rows], "pos_items": np.array([1, 4, 6, 1, 4, 2, 0, 5])[:rows],
+             "neg_items": np.array([[3], [0], [5], [2], [6], [3], [1], [0]])[:rows],
+             "weights": np.array([1.0, 1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 0.0])[:rows]}
     checked = ["item_embedding", "purifier_0/kernel", "projection_1/bias", "query_hidden/kernel",
                "query_out/kernel", "preference_1/kernel", "features_0/table"]
     with jax.enable_x64():

@@ -30,6 +30,7 @@ from jaxrec.losses._regression import rmse as rmse
 from jaxrec.losses._contrastive import cosine_alignment as cosine_alignment
 from jaxrec.losses._contrastive import cosine_logsumexp as cosine_logsumexp
 from jaxrec.losses._contrastive import info_nce as info_nce
+from jaxrec.losses._contrastive import info_nce_by_id as info_nce_by_id
 
 # L2 regularizers, one per MMRec convention.
 from jaxrec.losses._regularizers import l2_mean_norm as l2_mean_norm

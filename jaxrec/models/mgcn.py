@@ -58,8 +58,11 @@ As in MMRec the raw feature tables are trainable (``nn.Embedding.from_pretrained
 freeze=False)``) unless ``train_features=False``; the kNN graphs are built from the raw
 features once. Initializations are torch's: Xavier-uniform ID tables, ``nn.Linear`` defaults
 for every dense layer. Under ``train.parallel: pmap`` the terms equal one device's: the sums go
-through ``jaxrec.losses.batch_sum`` and ``jaxrec.losses.info_nce`` gathers every device's rows
-as in-batch negatives.
+through ``jaxrec.losses.batch_sum`` and every device's rows are in-batch negatives. Each
+:math:`\operatorname{NCE}_\tau` runs as ``jaxrec.losses.info_nce_by_id``: a table (users or
+items) no larger than the batch is contrasted over its distinct rows, each weighted by how many
+batch rows hold it (the same sum: a repeated row is repeated in MMRec's denominator), so an
+lfm2k step forms (1,425 x 1,425) and (1,892 x 1,892) logits instead of two (2,048 x 2,048).
 
 Deviations from MMRec: M modalities instead of exactly image + text (for M = 2, in MMRec's
 order, it is MMRec's fuser, whose divisor is 3); BPR is a softplus (``-logsigmoid``, the same
@@ -186,10 +189,13 @@ class MGCN(nn.Module):
         n_real = losses.batch_sum(weights)
         reg = 0.5 * losses.batch_sum(weights * squares) / jnp.where(n_real > 0, n_real, 1.0)
         # Padding rows are neither anchors nor negatives; under data parallelism every device's
-        # rows are negatives (info_nce gathers them), so the term equals one device's.
-        cl = (losses.info_nce(side[self.n_users + positives], content[self.n_users + positives], self.temperature,
-                              weights=weights, mask_negatives=True)
-              + losses.info_nce(side[users], content[users], self.temperature, weights=weights, mask_negatives=True))
+        # rows are negatives, so the term equals one device's. A table no larger than the batch
+        # is contrasted over its distinct rows, weighted by their counts (info_nce_by_id).
+        n = self.n_users
+        cl = (losses.info_nce_by_id(side[n:], content[n:], positives, self.temperature, weights=weights,
+                                    mask_negatives=True)
+              + losses.info_nce_by_id(side[:n], content[:n], users, self.temperature, weights=weights,
+                                      mask_negatives=True))
         return {"bpr": losses.bpr(pos_scores, neg_scores, weights=weights), "reg": reg, "cl": cl}
 
 
