@@ -115,9 +115,12 @@ def test_encode_and_loss_terms_match_mmrec_bm3_in_numpy(n_layers, rows):
         np.testing.assert_allclose(float(terms[name]), expected[name], rtol=1e-5, err_msg=name)
 
 
-def test_dropout_targets_with_a_fixed_mask_match_numpy(monkeypatch):
+# 40 rows (more than the 20 items): the modality terms are computed once per item and weighted
+# by the item's rows (BM3._alignments_by_item); 12 rows: per row.
+@pytest.mark.parametrize("rows", [12, 40])
+def test_dropout_targets_with_a_fixed_mask_match_numpy(monkeypatch, rows):
     rate = 0.5
-    data, built, batch, params, adj = _setup(dropout=rate)
+    data, built, batch, params, adj = _setup(dropout=rate, rows=rows)
     rng = np.random.default_rng(7)
     shapes = {"user": (data.n_users, 8), "item": (data.n_items, 8), "modality_0": (data.n_items, 8),
               "modality_1": (data.n_items, 8)}
@@ -188,10 +191,12 @@ def test_dropout_changes_with_the_key_and_is_off_outside_training():
 
 # ---- gradients -----------------------------------------------------------------------------
 
-def test_gradient_matches_finite_differences_of_the_online_branch():
+@pytest.mark.parametrize("rows", [12, 40])
+def test_gradient_matches_finite_differences_of_the_online_branch(rows):
     """jax.grad of the weighted loss equals the numpy loss's finite differences in the ONLINE
-    parameters with the targets held at the current parameters (the stop-gradient)."""
-    data, built, batch, params, adj = _setup(dropout=0.0, seed=4)
+    parameters with the targets held at the current parameters (the stop-gradient); 40 rows
+    take the per-item form of the modality terms."""
+    data, built, batch, params, adj = _setup(dropout=0.0, seed=4, rows=rows)
     weights = {"id_alignment": 1.0, "modality_alignment": 2.0, "reg": 0.1}
     with jax.enable_x64():
         ctx = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64) if jnp.issubdtype(a.dtype, jnp.floating) else a,

@@ -213,14 +213,40 @@ class BM3(nn.Module):
         features and its prediction, of the batch's rows or of every item (then gathered),
         whichever is fewer (the rule of :func:`~jaxrec.models._common.rows_or_all`, with one
         gather per output instead of one of the stacked pair)."""
-        features = ctx["features"][m]
-        if self.train_features:
-            features = self.feature_tables[m](features)
         if items.size >= self.n_items:
-            projected = self.projections[m](jnp.asarray(features))
+            projected = self.modality_table(ctx, m)
             return projected[items], self.predictor(projected)[items]
-        projected = self.projections[m](jnp.asarray(features)[items])
+        projected = self.projections[m](jnp.asarray(self._features(ctx, m))[items])
         return projected, self.predictor(projected)
+
+    def modality_table(self, ctx, m: int):
+        """(n_items, d): :math:`h^m` of every item, the projection of the (trainable) features."""
+        return self.projections[m](jnp.asarray(self._features(ctx, m)))
+
+    def _features(self, ctx, m: int):
+        features = ctx["features"][m]
+        return self.feature_tables[m](features) if self.train_features else features
+
+    def _alignments_by_item(self, ctx, user_all, item_all, users, items, weights, user_target, target):
+        r"""The six cosine terms of :meth:`loss_terms` (same order) when the batch holds at least as
+        many rows as there are items. The four modality terms pair an item's row with rows of
+        the same item (its modality prediction with its ID target and with its own modality
+        target; a dropout mask is the table's, so a repeated item has one value), so they are
+        computed once per item of the tables and weighted by :math:`W_i = \sum_{b: i_b = i} w_b`:
+        :math:`\sum_i W_i \ell_i / \sum_b w_b`, the same sum as over the batch's rows without
+        the (B, d) gathers and their scatter-add gradients. The two ID terms pair a user with an
+        item and stay per row. The masks come from the same keys, drawn in the same order."""
+        item_target = target(item_all, slice(None), self.n_items)  # (n_items, d): every item once
+        online_rows = [self.predicted_rows(user_all, users), self.predicted_rows(item_all, items)]
+        aligned = cosine_alignments(online_rows, [user_target, item_target[items]], [(0, 1), (1, 0)], weights)
+        item_weights = jax.ops.segment_sum(jnp.asarray(weights, item_all.dtype), items, num_segments=self.n_items)
+        predictions, targets, pairs = [], [item_target], []
+        for m in range(len(self.feature_dims)):
+            projected = self.modality_table(ctx, m)
+            predictions.append(self.predictor(projected))
+            targets.append(target(projected, slice(None), self.n_items))
+            pairs += [(m, 0), (m, 1 + m)]  # with the item's ID target, with its own target
+        return aligned + cosine_alignments(predictions, targets, pairs, item_weights)
 
     def predicted_rows(self, table, rows):
         """``f(table)[rows]``, (B, d): row-wise, so applied to the gathered rows or to the whole
@@ -247,17 +273,19 @@ class BM3(nn.Module):
                 table_dropout(key, (table_rows, self.embedding_size), rows, values, rate))
 
         user_target = target(user_rows, users, self.n_users)
-        item_target = target(item_rows, items, self.n_items)
-
-        online_rows = [self.predicted_rows(user_all, users), self.predicted_rows(item_all, items)]
-        target_rows = [user_target, item_target]
-        pairs = [(0, 1), (1, 0)]  # id_alignment: f(h_u) with the item target, f(h_i) with the user target
-        for m in range(len(self.feature_dims)):
-            projected, predicted = self.modality_online(ctx, m, items)
-            online_rows.append(predicted)
-            target_rows.append(target(projected, items, self.n_items))
-            pairs += [(2 + m, 1), (2 + m, 2 + m)]  # with the item's ID target, with its own target
-        aligned = cosine_alignments(online_rows, target_rows, pairs, weights)
+        if items.size >= self.n_items:
+            aligned = self._alignments_by_item(ctx, user_all, item_all, users, items, weights, user_target, target)
+        else:
+            item_target = target(item_rows, items, self.n_items)
+            online_rows = [self.predicted_rows(user_all, users), self.predicted_rows(item_all, items)]
+            target_rows = [user_target, item_target]
+            pairs = [(0, 1), (1, 0)]  # id_alignment: f(h_u) with the item target, f(h_i) with the user target
+            for m in range(len(self.feature_dims)):
+                projected, predicted = self.modality_online(ctx, m, items)
+                online_rows.append(predicted)
+                target_rows.append(target(projected, items, self.n_items))
+                pairs += [(2 + m, 1), (2 + m, 2 + m)]  # with the item's ID target, with its own target
+            aligned = cosine_alignments(online_rows, target_rows, pairs, weights)
         terms = {"id_alignment": aligned[0] + aligned[1]}
         modality = jnp.zeros(())
         for m in range(len(self.feature_dims)):
