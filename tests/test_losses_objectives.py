@@ -174,6 +174,44 @@ def test_subspace_objective_hand_worked_two_views():
     np.testing.assert_allclose(losses.subspace_objective(projections, views, 0.0), 4.0, rtol=1e-6)
 
 
+def test_subspace_objective_orthonormal_form_matches_triple_loop_and_hand_worked_case():
+    rng = np.random.default_rng(7)
+    dims, k = (4, 3, 5), 2
+    views = [rng.normal(size=(6, d)) for d in dims]
+    projections = [np.linalg.qr(rng.normal(size=(d, k)))[0] for d in dims]
+    got = losses.subspace_objective(projections, views, 0.7, orthonormal=True)
+    np.testing.assert_allclose(got, subspace_reference(projections, views, 0.7), rtol=1e-5)
+    views = [np.array([[1.0, 0.0], [0.0, 2.0]]), np.array([[2.0], [1.0]])]  # the hand-worked case above
+    projections = [np.array([[1.0], [0.0]]), np.array([[1.0]])]
+    np.testing.assert_allclose(losses.subspace_objective(projections, views, 0.25, orthonormal=True), 5.0, rtol=1e-6)
+
+
+def test_subspace_objective_orthonormal_form_has_the_same_gradient_through_qf():
+    """Through P = qf(W) the two forms' gradients in W agree (they differ in P only along the
+    normal direction P S, S symmetric); off the manifold the plain form's gradient in P does
+    differ, so the test would see a form that is not the objective restricted to the manifold."""
+    from jaxrec.fusion import orthonormalize
+
+    rng = np.random.default_rng(8)
+    dims, k = (6, 4), 3
+    with jax.enable_x64():
+        views = [jnp.asarray(rng.normal(size=(9, d))) for d in dims]
+        raw = [jnp.asarray(rng.normal(size=(d, k))) for d in dims]
+
+        def objective(ws, orthonormal):
+            return losses.subspace_objective([orthonormalize(w) for w in ws], views, 0.4, orthonormal=orthonormal)
+
+        plain = jax.grad(objective)(raw, False)
+        short = jax.grad(objective)(raw, True)
+        for g, h in zip(plain, short):
+            assert np.abs(np.asarray(g)).max() > 1e-3
+            np.testing.assert_allclose(np.asarray(h), np.asarray(g), rtol=1e-9, atol=1e-9)
+        # In P itself (no qf) the gradients differ: the normal component is not zero.
+        ps = [orthonormalize(w) for w in raw]
+        in_p = [jax.grad(lambda p, o=o: losses.subspace_objective(p, views, 0.4, orthonormal=o))(ps) for o in (False, True)]
+        assert max(float(jnp.abs(a - b).max()) for a, b in zip(*in_p)) > 1e-3
+
+
 def test_subspace_objective_errors():
     views = [np.ones((3, 2)), np.ones((3, 4))]
     with pytest.raises(DataError, match="projections"):

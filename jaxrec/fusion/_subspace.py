@@ -191,6 +191,11 @@ class SubspaceProjection(nn.Module):
     Attributes:
       dim: k, the shared dimension.
       lam: the agreement weight :math:`\lambda`.
+      orthonormal: the caller guarantees orthonormal :math:`P_m` (e.g. through
+        ``flax.linen.map_variables`` with :func:`orthonormalize`, as ``SubspaceMF`` does); the
+        reconstruction term is then :math:`\lVert \bar X_m \rVert^2 - \lVert \bar X_m P_m \rVert^2`
+        (``jaxrec.losses.subspace_objective(..., orthonormal=True)``), without the (n, D_m)
+        reconstruction.
 
     References:
       Hotelling, Relations Between Two Sets of Variates, Biometrika 1936 (CCA, the two-view
@@ -200,6 +205,7 @@ class SubspaceProjection(nn.Module):
 
     dim: int
     lam: float = 1.0
+    orthonormal: bool = False
 
     @nn.compact
     def __call__(
@@ -227,7 +233,7 @@ class SubspaceProjection(nn.Module):
         shared = sum(projected) / jnp.maximum(count, 1.0)
         complete = jnp.all(present, axis=1)
         complete_views = [jnp.where(complete[:, None], v, 0.0) for v in views]
-        objective = _losses.subspace_objective(projections, complete_views, self.lam)
+        objective = _losses.subspace_objective(projections, complete_views, self.lam, orthonormal=self.orthonormal)
         return SubspaceOutput(projected, shared, objective)
 
 

@@ -165,7 +165,8 @@ def side_mf_bpr(
     return pairwise + lam * l2_sum_of_squares(U, V, W)
 
 
-def subspace_objective(projections: Sequence[ArrayLike], views: Sequence[ArrayLike], lam) -> jax.Array:
+def subspace_objective(projections: Sequence[ArrayLike], views: Sequence[ArrayLike], lam, *,
+                       orthonormal: bool = False) -> jax.Array:
     r"""Multi-view subspace objective: reconstruct each view, and make the views' projections agree.
 
     .. math::
@@ -174,12 +175,21 @@ def subspace_objective(projections: Sequence[ArrayLike], views: Sequence[ArrayLi
 
     where the second sum runs over ORDERED pairs, so each unordered pair counts twice. With
     orthonormal :math:`P_m` (enforced by the caller, e.g. ``jaxrec.fusion.fit_subspace``) the
-    first term is the variance of :math:`X_m` outside its subspace.
+    first term is the variance of :math:`X_m` outside its subspace,
+    :math:`\lVert X_m - X_m P_m P_m^\top \rVert_F^2 = \lVert X_m \rVert_F^2 - \lVert X_m P_m \rVert_F^2`
+    (:math:`P_m^\top P_m = I_k`), which ``orthonormal=True`` computes: no (N, D_m) reconstruction,
+    one product per view (shared with the agreement term). On the manifold its gradient differs from
+    the general form's only by :math:`2 P_m (P_m^\top X_m^\top X_m P_m)`, a normal direction that a
+    parametrization :math:`P = \operatorname{qf}(W)` maps to zero, so the gradient in :math:`W` is
+    the same (up to float rounding; the difference of the two squared norms rounds relative to
+    :math:`\lVert X_m \rVert_F^2`).
 
     Args:
       projections: M arrays :math:`P_m` of shape (D_m, k).
       views: M arrays :math:`X_m` of shape (N, D_m), rows are samples, rows paired across views.
       lam: agreement weight :math:`\lambda \ge 0`.
+      orthonormal: the caller guarantees :math:`P_m^\top P_m = I_k` (e.g. by construction);
+        the reconstruction term is then computed as the difference of squared norms.
 
     Returns:
       A scalar.
@@ -220,7 +230,10 @@ def subspace_objective(projections: Sequence[ArrayLike], views: Sequence[ArrayLi
         check_shape(x, (n_samples, None), f"views[{m}]")
         check_shape(p, (x.shape[1], k), f"projections[{m}]")
     codes = [x @ p for p, x in zip(projections, views)]
-    reconstruction = sum(jnp.sum(jnp.square(x - z @ p.T)) for p, x, z in zip(projections, views, codes))
+    if orthonormal:
+        reconstruction = sum(jnp.sum(jnp.square(x)) - jnp.sum(jnp.square(z)) for x, z in zip(views, codes))
+    else:
+        reconstruction = sum(jnp.sum(jnp.square(x - z @ p.T)) for p, x, z in zip(projections, views, codes))
     agreement = sum(
         jnp.sum(jnp.square(codes[m] - codes[n])) for m in range(len(codes)) for n in range(m + 1, len(codes))
     )

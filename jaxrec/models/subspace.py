@@ -30,7 +30,10 @@ factor) through ``flax.linen.map_variables``: the optimizer updates the free :ma
 (stored under ``params/subspace/projection_m``) and every forward pass sees exactly
 orthonormal projections, so nothing has to run after each update. With ``orthonormal=False``
 the :math:`W_m` are used as they are and only the reconstruction term holds them near the
-manifold.
+manifold. With orthonormal :math:`P_m` the reconstruction term is computed as
+:math:`\lVert \bar X_m \rVert_F^2 - \lVert \bar X_m P_m \rVert_F^2` (the same value on the manifold, and
+the same gradient in :math:`W_m`; ``jaxrec.losses.subspace_objective(..., orthonormal=True)``),
+which removes the (n, D_m) reconstruction from every step.
 
 Loss terms: ``bpr``, ``reg`` (MMRec's ``EmbLoss`` on the batch's :math:`p_u` and full item
 vectors :math:`q_i`, as :func:`jaxrec.models._common.bpr_emb_loss`) and ``subspace``. Cold-start items are
@@ -93,7 +96,7 @@ class SubspaceMF(nn.Module):
         layer = jfusion.SubspaceProjection
         if self.orthonormal:
             layer = nn.map_variables(layer, "params", trans_in_fn=_orthonormal_projections, init=True)
-        self.subspace = layer(dim=self.shared_dim, lam=self.agreement)
+        self.subspace = layer(dim=self.shared_dim, lam=self.agreement, orthonormal=self.orthonormal)
         self.to_embedding = nn.Dense(d, use_bias=False, kernel_init=xavier_normal)
 
     def _id_vectors(self, ctx, items):
