@@ -2,7 +2,7 @@
 
 Usage (from the project root):
     python benchmarks/profile_epoch.py --config experiments/configs/lfm2k/bm3.yaml
-        [--data ../shared/data/lfm2k] [--epochs 5] [--top 30] [--hlo epoch.hlo.txt]
+        [--data ../shared/data/lfm2k] [--epochs 5] [--top 30] [--hlo epoch.hlo.txt] [--set KEY=VALUE ...]
 
 Builds the model, optimizer and runner from the config as ``jaxrec train`` does
 (``make_runner``), compiles one epoch (the scanned call over ``steps_per_epoch`` batches),
@@ -53,9 +53,13 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5, help="traced epochs (the figures are per epoch)")
     parser.add_argument("--top", type=int, default=30, help="thunks listed")
     parser.add_argument("--hlo", default=None, help="write the compiled epoch's HLO text here")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override as `jaxrec train --set` takes it (repeatable), e.g. "
+                             "loss_weights.modality_bpr=1e-4 to profile a term a grid turns on")
     args = parser.parse_args()
 
-    config = load_config(args.config, [f"data.path={args.data}", "train.parallel=none", "train.steps_per_call=0"])
+    config = load_config(args.config, [*args.set, f"data.path={args.data}", "train.parallel=none",
+                                       "train.steps_per_call=0"])
     exp = prepare_experiment(config)
     runner = make_runner(exp)
     state = runner.put_state(init_state(exp.module, exp.built.ctx, exp.sampler.example_batch(), exp.tx,
