@@ -143,3 +143,19 @@ def test_under_pmap_equals_the_whole_batch_on_one_device():
     one_device = jax.grad(loss, argnums=(0, 1))(a, b, ids, weights)
     for g, e in zip(grads, one_device):
         np.testing.assert_allclose(np.asarray(g)[0], np.asarray(e), rtol=2e-4, atol=2e-6)
+
+
+def test_rows_every_device_holds_alike_are_not_summed_over_devices():
+    """over_batch=False (the contrastive model's ``contrast_rows``): every device holds the same
+    rows, so neither the counts nor the mean run over the devices."""
+    if jax.device_count() < N_DEVICES:
+        pytest.skip("needs 4 devices (tests/conftest.py sets XLA_FLAGS for 4 fake CPU devices)")
+    a, b, ids, weights = _case(seed=6)
+
+    def step(ids, weights):
+        with losses.data_parallel(AXIS):
+            return losses.info_nce_by_id(a, b, ids, 0.2, weights=weights, mask_negatives=True, over_batch=False)
+
+    value = jax.pmap(step, axis_name=AXIS, devices=jax.local_devices()[:N_DEVICES])(
+        np.stack([ids] * N_DEVICES), np.stack([weights] * N_DEVICES))
+    np.testing.assert_allclose(np.asarray(value), _loop_reference(a, b, ids, 0.2, weights, True), rtol=2e-5)

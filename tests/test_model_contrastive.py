@@ -74,13 +74,16 @@ def _init(built, batch, seed=0):
     return jax.tree.map(np.asarray, variables["params"])
 
 
+# 12 rows (40 users, 30 items): the views of the gathered rows; 48 rows: both tables are
+# contrasted over their distinct rows weighted by their counts (losses.info_nce_by_id).
+@pytest.mark.parametrize("rows", [12, 48])
 @pytest.mark.parametrize("base,base_args", [("bprmf", {"embedding_size": 8}),
                                             ("lightgcn", {"embedding_size": 8, "n_layers": 2})])
-def test_info_nce_terms_match_numpy_on_independent_views(base, base_args):
+def test_info_nce_terms_match_numpy_on_independent_views(base, base_args, rows):
     dataset = _dataset()
     built = models.build("contrastive", dataset, base=base, base_args=base_args, modality=["text", "image"],
                          temperature=0.3, proj_dim=5, user_side=True)
-    batch = _batch(dataset)
+    batch = _batch(dataset, size=rows)
     params = _init(built, batch)
     terms = built.module.apply({"params": params}, built.ctx, batch, True, method="loss_terms")
 

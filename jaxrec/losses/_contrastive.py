@@ -121,6 +121,7 @@ def info_nce_by_id(
     eps: float = 1e-12,
     weights: ArrayLike | None = None,
     mask_negatives: bool = False,
+    over_batch: bool = True,
 ) -> jax.Array:
     r""":func:`info_nce` of the batch rows ``a[ids]`` and ``b[ids]`` of two (n, d) tables, computed
     on the tables' distinct rows when the table is no larger than the batch.
@@ -151,6 +152,9 @@ def info_nce_by_id(
       eps: lower bound of a row's norm when normalizing.
       weights: optional (B,) row weights (default 1).
       mask_negatives: rows of weight 0 (padding) are nobody's negatives either.
+      over_batch: the ids are the train step's batch rows (default): under data parallelism
+        every device's rows are negatives and the mean runs over all of them. False for rows
+        that every device holds alike (as :func:`info_nce`'s).
 
     Returns:
       A scalar: the weighted mean over the batch rows.
@@ -176,11 +180,12 @@ def info_nce_by_id(
         raise DataError(f"info_nce_by_id: ids must be integer row ids, got dtype {ids.dtype}")
     n_rows, n_batch = a.shape[0], ids.shape[0]
     if n_rows > n_batch:
-        return info_nce(a[ids], b[ids], temperature, eps=eps, weights=weights, mask_negatives=mask_negatives)
+        return info_nce(a[ids], b[ids], temperature, eps=eps, weights=weights, mask_negatives=mask_negatives,
+                        over_batch=over_batch)
     row_weights = jnp.ones(n_batch, a.dtype) if weights is None else jnp.asarray(weights, a.dtype)
     negatives = (row_weights != 0).astype(a.dtype) if mask_negatives else jnp.ones(n_batch, a.dtype)
     counts = jax.ops.segment_sum(negatives, ids, num_segments=n_rows)
-    axis = current_axis()
+    axis = current_axis() if over_batch else None
     if axis is not None:  # every device's rows are negatives
         counts = lax.psum(counts, axis)
     counts = lax.stop_gradient(counts)
@@ -189,8 +194,9 @@ def info_nce_by_id(
     positives = jnp.sum(a_hat * b_hat, axis=-1) / temperature
     per_id = cosine_logsumexp(a_hat @ (b_hat / temperature).T, temperature, keep=counts) - positives
     # An id no row holds has weight 0; where() keeps a non-finite value of it out of the sum.
-    total = batch_sum(jnp.where(anchor_weights != 0, anchor_weights * per_id, 0.0))
-    weight = batch_sum(row_weights)
+    sum_fn = batch_sum if over_batch else jnp.sum
+    total = sum_fn(jnp.where(anchor_weights != 0, anchor_weights * per_id, 0.0))
+    weight = sum_fn(row_weights)
     return jnp.where(weight != 0, total / jnp.where(weight != 0, weight, 1.0), 0.0)
 
 

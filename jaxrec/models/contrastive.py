@@ -41,7 +41,10 @@ with, which helps items with few interactions. Use it from a config::
 Cost: each term is a (B x B) similarity matrix per modality, which for B = 2048 costs 20x
 a LightGCN step on CPU; ``contrast_rows: R`` contrasts only the first R rows of each batch
 (batches are shuffled every epoch, so these are a random subset), at :math:`(R/B)^2` of the
-cost, with R - 1 negatives per row.
+cost, with R - 1 negatives per row. A table (items, or users with ``user_side``) with no more
+rows than the contrasted rows is contrasted over its distinct rows, each weighted by how many
+rows hold it (:func:`jaxrec.losses.info_nce_by_id`: the same sum, an (n x n) matrix, the heads
+and MLPs applied to each row once).
 
 Notes. The SLMRec paper's FAC task contrasts graph-propagated modality embeddings through
 linear heads; here the modality view is an MLP of the raw features, so the term applies to
@@ -114,20 +117,6 @@ class Contrastive(nn.Module):
         """The base's ``(user_emb, item_emb)``, unchanged."""
         return self.base.encode(ctx["base"], train)
 
-    def views(self, ctx, batch, train: bool = False):
-        """``(item ID view (B, p), [modality view (B, p) per modality], user views or None)``;
-        the user views are ``(ID view (B, p), [modality view (B, p)])``."""
-        user_emb, item_emb = self.base.encode(ctx["base"], train)
-        positives = batch["pos_items"]
-        item_view = self.item_head(item_emb[positives])
-        modality_views = [mlp(ctx["features"][name][positives]) for mlp, name in zip(self.mlps, self.modalities)]
-        if not self.user_side:
-            return item_view, modality_views, None
-        users = batch["users"]
-        user_view = self.user_head(user_emb[users])
-        profiles = [mlp(ctx["user_profiles"][name][users]) for mlp, name in zip(self.mlps, self.modalities)]
-        return item_view, modality_views, (user_view, profiles)
-
     def loss_terms(self, ctx, batch, train: bool = False):
         """The base's terms plus ``"info_nce"`` (and ``"info_nce_user"`` with ``user_side``)."""
         terms = dict(self.base.loss_terms(ctx["base"], batch, train))  # on the whole batch
@@ -139,15 +128,24 @@ class Contrastive(nn.Module):
             batch = {name: losses.batch_gather(batch[name])[0][:self.contrast_rows]
                      for name in ("users", "pos_items", "weights")}
         weights = batch["weights"]
-        item_view, modality_views, user_views = self.views(ctx, batch, train)
+        user_emb, item_emb = self.base.encode(ctx["base"], train)
 
-        def contrast(anchor, others):
-            return sum(losses.info_nce(anchor, other, self.temperature, weights=weights, over_batch=over_batch,
-                                       mask_negatives=True) for other in others)
+        def contrast(ids, table, head, features):
+            """Sum over modalities of InfoNCE(head(table[ids]), mlp_m(features_m[ids])). A table no
+            larger than the rows is contrasted over its distinct rows weighted by their counts
+            (jaxrec.losses.info_nce_by_id's rule: the heads then map each row once)."""
+            mlps = zip(self.mlps, (features[name] for name in self.modalities))
+            if table.shape[0] <= ids.shape[0]:
+                anchor = head(table)
+                return sum(losses.info_nce_by_id(anchor, mlp(x), ids, self.temperature, weights=weights,
+                                                 over_batch=over_batch, mask_negatives=True) for mlp, x in mlps)
+            anchor = head(table[ids])
+            return sum(losses.info_nce(anchor, mlp(x[ids]), self.temperature, weights=weights, over_batch=over_batch,
+                                       mask_negatives=True) for mlp, x in mlps)
 
-        terms["info_nce"] = contrast(item_view, modality_views)
-        if user_views is not None:
-            terms["info_nce_user"] = contrast(*user_views)
+        terms["info_nce"] = contrast(batch["pos_items"], item_emb, self.item_head, ctx["features"])
+        if self.user_side:
+            terms["info_nce_user"] = contrast(batch["users"], user_emb, self.user_head, ctx["user_profiles"])
         return terms
 
 
