@@ -20,6 +20,17 @@ def _normalize_rows(x: jax.Array, eps: float) -> jax.Array:
     return x / jnp.sqrt(jnp.maximum(squared, eps * eps))
 
 
+def _checked_views(a: ArrayLike, b: ArrayLike, temperature, loss: str) -> tuple[jax.Array, jax.Array]:
+    """``(a, b)`` as float (n, d) arrays of one shape, after checking the temperature is > 0."""
+    if not isinstance(temperature, jax.core.Tracer) and not float(temperature) > 0:
+        raise ConfigError(f"{loss} temperature must be > 0, got {temperature!r}")
+    a = as_float(a)
+    b = as_float(b).astype(a.dtype)
+    check_rank(a, 2, "a")
+    check_same_shape(a, b, "a", "b")
+    return a, b
+
+
 def info_nce(
     a: ArrayLike,
     b: ArrayLike,
@@ -80,12 +91,7 @@ def info_nce(
       Chen et al., `A Simple Framework for Contrastive Learning of Visual Representations
       <https://arxiv.org/abs/2002.05709>`_, ICML 2020.
     """
-    if not isinstance(temperature, jax.core.Tracer) and not float(temperature) > 0:
-        raise ConfigError(f"info_nce temperature must be > 0, got {temperature!r}")
-    a = as_float(a)
-    b = as_float(b).astype(a.dtype)
-    check_rank(a, 2, "a")
-    check_same_shape(a, b, "a", "b")
+    a, b = _checked_views(a, b, temperature, "info_nce")
     keep = None
     if mask_negatives:
         keep = jnp.ones(a.shape[0], bool)
@@ -168,12 +174,7 @@ def info_nce_by_id(
       >>> round(float(losses.info_nce(table[ids], table[ids], 0.5)), 4)
       0.5856
     """
-    if not isinstance(temperature, jax.core.Tracer) and not float(temperature) > 0:
-        raise ConfigError(f"info_nce_by_id temperature must be > 0, got {temperature!r}")
-    a = as_float(a)
-    b = as_float(b).astype(a.dtype)
-    check_rank(a, 2, "a")
-    check_same_shape(a, b, "a", "b")
+    a, b = _checked_views(a, b, temperature, "info_nce_by_id")
     ids = jnp.asarray(ids)
     check_rank(ids, 1, "ids")
     if not jnp.issubdtype(ids.dtype, jnp.integer):
