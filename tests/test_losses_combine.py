@@ -101,7 +101,7 @@ def test_public_api_is_explicit_one_name_reexports():
     assert sorted(exported) == sorted(PUBLIC)
     assert set(exported) == {
         "bpr", "softmax_cross_entropy", "sampled_softmax", "mse", "rmse", "binary_cross_entropy",
-        "info_nce", "cosine_logsumexp", "cosine_alignment", "l2_sum_of_squares", "l2_mean_norm", "l2_sum_of_squares_per_example",
+        "info_nce", "info_nce_by_id", "cosine_logsumexp", "cosine_alignment", "l2_sum_of_squares", "l2_mean_norm", "l2_sum_of_squares_per_example",
         "l2_mean_of_squares", "kernel_alignment", "centered_kernel_alignment", "side_mf_objective",
         "side_mf_bpr", "subspace_objective", "combine", "batch_sum", "batch_mean", "batch_gather", "data_parallel",
     }

@@ -173,6 +173,12 @@ def info_nce_by_id(
       0.5856
       >>> round(float(losses.info_nce(table[ids], table[ids], 0.5)), 4)
       0.5856
+
+    References:
+      van den Oord, Li and Vinyals, `Representation Learning with Contrastive Predictive Coding
+      <https://arxiv.org/abs/1807.03748>`_, 2018; Yu et al., `Multi-View Graph Convolutional Network
+      for Multimedia Recommendation <https://arxiv.org/abs/2308.03588>`_, ACM MM 2023 (MGCN, whose
+      in-batch InfoNCE over repeated ids this computes).
     """
     a, b = _checked_views(a, b, temperature, "info_nce_by_id")
     ids = jnp.asarray(ids)
