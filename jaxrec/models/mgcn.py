@@ -62,7 +62,7 @@ through ``jaxrec.losses.batch_sum`` and every device's rows are in-batch negativ
 :math:`\operatorname{NCE}_\tau` runs as ``jaxrec.losses.info_nce_by_id``: a table (users or
 items) no larger than the batch is contrasted over its distinct rows, each weighted by how many
 batch rows hold it (the same sum: a repeated row is repeated in MMRec's denominator), so an
-lfm2k step forms (1,425 x 1,425) and (1,892 x 1,892) logits instead of two (2,048 x 2,048).
+lfm2k step forms (1,425 x 1,425) and (1,858 x 1,858) logits instead of two (2,048 x 2,048).
 
 Deviations from MMRec: M modalities instead of exactly image + text (for M = 2, in MMRec's
 order, it is MMRec's fuser, whose divisor is 3); BPR is a softplus (``-logsigmoid``, the same
