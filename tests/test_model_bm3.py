@@ -115,6 +115,27 @@ def test_encode_and_loss_terms_match_mmrec_bm3_in_numpy(n_layers, rows):
         np.testing.assert_allclose(float(terms[name]), expected[name], rtol=1e-5, err_msg=name)
 
 
+def test_per_item_terms_under_pmap_match_numpy_on_the_whole_batch():
+    """160 rows over 4 devices: 40 per device, more than the 20 items, so every device takes the
+    per-item form; the item weights' sums run over the devices (batch_mean), so the terms are
+    the whole batch's."""
+    if jax.device_count() < 4:
+        pytest.skip("needs 4 devices (tests/conftest.py sets XLA_FLAGS for 4 fake CPU devices)")
+    data, built, batch, params, adj = _setup(dropout=0.0, rows=160)
+    params = randomized_params(built)
+
+    def terms(params, batch):
+        with losses.data_parallel("batch"):
+            return built.module.apply({"params": params}, built.ctx, batch, True, method="loss_terms")
+
+    shards = {name: np.asarray(value).reshape(4, 40, *np.shape(value)[1:]) for name, value in batch.items()}
+    got = jax.pmap(terms, axis_name="batch", in_axes=(None, 0), devices=jax.local_devices()[:4])(params, shards)
+    host = _host(params)
+    expected = _numpy_bm3_loss(host, host, adj, data.n_users, 2, batch["users"], batch["pos_items"], batch["weights"])
+    for name in expected:
+        np.testing.assert_allclose(np.asarray(got[name]), expected[name], rtol=1e-5, err_msg=name)
+
+
 # 40 rows (more than the 20 items): the modality terms are computed once per item and weighted
 # by the item's rows (BM3._alignments_by_item); 12 rows: per row.
 @pytest.mark.parametrize("rows", [12, 40])
