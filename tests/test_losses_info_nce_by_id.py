@@ -20,6 +20,11 @@ AXIS = "batch"
 N_DEVICES = 4
 
 
+def _needs_devices():
+    if jax.device_count() < N_DEVICES:
+        pytest.skip("needs 4 devices (tests/conftest.py sets XLA_FLAGS for 4 fake CPU devices)")
+
+
 def _loop_reference(a, b, ids, temperature, weights, mask_negatives):
     """The weighted mean over rows of -log(exp(cos_bb / t) / sum_c exp(cos_bc / t)), in float64."""
     a, b = np.asarray(a, np.float64)[ids], np.asarray(b, np.float64)[ids]
@@ -120,8 +125,7 @@ def test_bad_input_is_named():
 
 
 def test_under_pmap_equals_the_whole_batch_on_one_device():
-    if jax.device_count() < N_DEVICES:
-        pytest.skip("needs 4 devices (tests/conftest.py sets XLA_FLAGS for 4 fake CPU devices)")
+    _needs_devices()
     # 32 rows over 4 devices: 8 per device, table of 7 rows (the table form on every device);
     # device 3 holds padding only, so its anchors weigh nothing but the others' negatives count.
     a, b, ids, weights = _case(batch=32, seed=5)
@@ -148,8 +152,7 @@ def test_under_pmap_equals_the_whole_batch_on_one_device():
 def test_rows_every_device_holds_alike_are_not_summed_over_devices():
     """over_batch=False (the contrastive model's ``contrast_rows``): every device holds the same
     rows, so neither the counts nor the mean run over the devices."""
-    if jax.device_count() < N_DEVICES:
-        pytest.skip("needs 4 devices (tests/conftest.py sets XLA_FLAGS for 4 fake CPU devices)")
+    _needs_devices()
     a, b, ids, weights = _case(seed=6)
 
     def step(ids, weights):

@@ -210,12 +210,8 @@ class BM3(nn.Module):
 
     def modality_online(self, ctx, m: int, items):
         """``(h^m, f(h^m))`` of ``items`` (B,), each (B, d): the projection of the (trainable)
-        features and its prediction, of the batch's rows or of every item (then gathered),
-        whichever is fewer (the rule of :func:`~jaxrec.models._common.rows_or_all`, with one
-        gather per output instead of one of the stacked pair)."""
-        if items.size >= self.n_items:
-            projected = self.modality_table(ctx, m)
-            return projected[items], self.predictor(projected)[items]
+        features of the batch's rows and its prediction. Only for batches with fewer rows than
+        items; with more, :meth:`_alignments_by_item` maps every item once (:meth:`modality_table`)."""
         projected = self.projections[m](jnp.asarray(self._features(ctx, m))[items])
         return projected, self.predictor(projected)
 
@@ -265,7 +261,7 @@ class BM3(nn.Module):
         users, items, weights = batch["users"], batch["pos_items"], batch["weights"]
         rate = self.dropout if train else 0.0
         user_all, item_all = self.online(ctx)
-        user_rows, item_rows = user_all[users], item_all[items]
+        user_rows = user_all[users]
 
         def target(values, rows, table_rows):
             key = None if is_constant(rate, 0.0) else self.make_rng("dropout")
@@ -276,7 +272,7 @@ class BM3(nn.Module):
         if items.size >= self.n_items:
             aligned = self._alignments_by_item(ctx, user_all, item_all, users, items, weights, user_target, target)
         else:
-            item_target = target(item_rows, items, self.n_items)
+            item_target = target(item_all[items], items, self.n_items)
             online_rows = [self.predicted_rows(user_all, users), self.predicted_rows(item_all, items)]
             target_rows = [user_target, item_target]
             pairs = [(0, 1), (1, 0)]  # id_alignment: f(h_u) with the item target, f(h_i) with the user target
