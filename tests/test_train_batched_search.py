@@ -12,7 +12,7 @@ from jaxrec import eval as jeval
 from jaxrec import models
 from jaxrec.data import make_synthetic
 from jaxrec.errors import ConfigError, DataError
-from jaxrec.train import config_from_dict, evaluate_run, init_state, prepare_experiment, run_search
+from jaxrec.train import config_from_dict, evaluate_run, init_state, make_train_step, prepare_experiment, run_search
 from jaxrec.train import _batched_search
 from jaxrec.train._checkpoint import Checkpoints
 from jaxrec.train._search import trial_config
@@ -223,7 +223,7 @@ def test_keep_unread_in_the_batched_epoch():
     moved = {}
     for keep in (False, True):
         epoch = _batched_search._make_epoch_fn(module, tx, ("bpr", "side"), False, contexts,
-                                               off_terms=frozenset({"side"}), keep_unread=keep)
+                                               off_terms=(frozenset({"side"}),) * 2, keep_unread=keep)
         states, _ = epoch(jax.device_put(jax.tree.map(np.copy, start)), lrs, weights, np.zeros((2, 0), np.float32),
                           np.ones(2, bool), {}, (), batches)
         states = jax.device_get(states)
@@ -231,6 +231,39 @@ def test_keep_unread_in_the_batched_epoch():
                        not np.all(np.asarray(states.opt_state[0].mu["v"]) == 1.0),
                        not np.array_equal(states.params["w"], start.params["w"]))
     assert moved == {False: (True, True, True), True: (False, False, True)}
+
+
+def test_a_term_off_in_some_trials_is_left_out_of_their_steps_only():
+    """Trials 0 and 2 weigh ``side`` 0, trial 1 weighs it: each trial's epoch equals its own
+    sequential steps (``make_train_step`` with its Python weights and ``keep_unread``), so in
+    trials 0 and 2 the table only ``side`` reads and its (non-zero) Adam moment stay as they
+    were, while trial 1 moves them. A ``where``-masked sum shared by all trials would move them
+    in every trial (Adam's moment alone moves a table with a zero gradient)."""
+    tx = optax.adam(0.05)
+    module, batches, start = _two_table_trials(3, tx, moment_on_v=True)
+    contexts = _batched_search._TrialContexts(models.Built(module=module, ctx={}, default_loss_weights={}), [0, 1, 2])
+    weights = np.asarray([[1.0, 0.0], [1.0, 0.5], [0.5, 0.0]], np.float32)
+    off = tuple(frozenset(name for name, w in zip(("bpr", "side"), row) if w == 0) for row in weights)
+    epoch = _batched_search._make_epoch_fn(module, tx, ("bpr", "side"), False, contexts, off_terms=off,
+                                           keep_unread=True)
+    states, (loss, terms, _) = epoch(jax.device_put(jax.tree.map(np.copy, start)), np.ones(3, np.float32), weights,
+                                     np.zeros((3, 0), np.float32), np.ones(3, bool), {}, (), batches)
+    states = jax.device_get(states)
+    for t, row in enumerate(weights):
+        own = jax.tree.map(lambda x: np.array(np.asarray(x)[t]), start)
+        step = jax.jit(make_train_step(module, tx, {"bpr": float(row[0]), "side": float(row[1])}, keep_unread=True))
+        own_losses = []
+        for b in range(3):
+            own, metrics = step(own, {}, {k: v[b] for k, v in batches.items()})
+            own_losses.append(float(metrics.loss))
+        np.testing.assert_allclose(np.asarray(loss)[t], own_losses, rtol=1e-6)
+        for got, want in zip(jax.tree.leaves(states), jax.tree.leaves(jax.device_get(own))):
+            np.testing.assert_allclose(np.asarray(got)[t], np.asarray(want), rtol=1e-6, atol=1e-7)
+        v_kept = np.array_equal(states.params["v"][t], np.asarray(start.params["v"])[t])
+        mu_kept = np.all(np.asarray(states.opt_state[0].mu["v"])[t] == 1.0)
+        assert (v_kept, mu_kept) == ((True, True) if row[1] == 0 else (False, False)), t
+    # The side term is still computed and reported where it weighs nothing.
+    assert np.all(np.asarray(terms["side"]) > 0)
 
 
 def test_a_grid_with_a_term_off_in_every_trial_keeps_its_parameters_unread(tmp_path, monkeypatch):
@@ -250,7 +283,7 @@ def test_a_grid_with_a_term_off_in_every_trial_keeps_its_parameters_unread(tmp_p
     dataset = make_synthetic(**data)
     config = config_from_dict(raw)
     batched = run_search(config, tmp_path / "b", quiet=True, batched="always", dataset=dataset)
-    assert seen == [{"off_terms": frozenset({"modality_bpr"}), "keep_unread": True, "steps_per_epoch": 3,
+    assert seen == [{"off_terms": (frozenset({"modality_bpr"}),) * 2, "keep_unread": True, "steps_per_epoch": 3,
                      "arg_names": ()}]
     sequential = run_search(config, tmp_path / "s", quiet=True, batched="never", dataset=dataset)
     for one, other in zip(batched["trials"], sequential["trials"]):

@@ -26,12 +26,14 @@ linear in :math:`\eta` (Adam, AdamW with decoupled decay, SGD with momentum and 
 scale their update by the schedule last; coupled weight decay and clipping act on the
 gradient before), so this is the same update up to float rounding.
 
-Deviations from sequential trials, each by float rounding only: a loss term of weight 0 in
-some trials but not all is masked with ``where`` instead of left out of the trace (a NaN in
-such a term stays out of the sum, but its gradient path is still traced; a term of weight 0 in
-every trial is left out, as a sequential run leaves it out, and with no weight decay the
-parameters only it reads skip the optimizer as in a sequential run: ``keep_unread``); the
-learning rate multiplies the unit-rate update. The test compares both ways on the same grid.
+A loss term of weight 0 in a trial is left out of that trial's trace, as a sequential run
+leaves it out, and with no weight decay the parameters only it reads skip the optimizer as in
+a sequential run (``keep_unread``): the trials with the same weight-0 terms share a variant of
+the step, and the program picks each trial's variant (``lax.switch``), so a grid that tries a
+term at 0 and on (FREEDOM's ``modality_bpr``) trains its 0 trials at their own cost.
+Deviations from sequential trials, each by float rounding only: the loss weights are traced
+values instead of Python numbers, and the learning rate multiplies the unit-rate update. The
+test compares both ways on the same grid.
 
 Model arguments a model registers as traced (``jaxrec.models.register(traced_args=...)``:
 dropout rates, LGMRec's ``alpha`` and ``keep_rate``, the contrastive temperature) are batched
@@ -234,7 +236,7 @@ def _with_args(module, arg_names: tuple[str, ...], values):
 
 
 def _make_epoch_fn(module, tx_unit, term_names: tuple[str, ...], per_trial_batches: bool, contexts: _TrialContexts,
-                   *, off_terms: frozenset = frozenset(), keep_unread: bool = False,
+                   *, off_terms: Sequence[frozenset] = (), keep_unread: bool = False,
                    steps_per_epoch: int | None = None, arg_names: tuple[str, ...] = ()):
     """``epoch(states, lrs, weights, args, active, ctx, varying, batches) -> (states, (loss, terms,
     finite))`` with every output stacked ``(T, steps, ...)``; ``batches`` are ``(steps, B, ...)``
@@ -253,20 +255,26 @@ def _make_epoch_fn(module, tx_unit, term_names: tuple[str, ...], per_trial_batch
     batched gathers and scatters that ran a 7-trial BPR epoch on lfm2k ~30x slower than one
     trial's, where the loop costs the sum of the trials' epochs.
 
-    ``off_terms``: the terms whose weight is 0 in EVERY trial, left out of the weighted sum's trace
-    as :func:`jaxrec.losses.combine` leaves a weight-0 term out of a sequential run's (the others
-    are masked per trial with ``where``). ``keep_unread``: as the sequential trainer's step with
-    ``keep_unread`` (:func:`jaxrec.train._step.make_train_step`; the search sets it when the
-    optimizer has no weight decay, as :func:`jaxrec.train.make_runner` does): the parameters that
-    this trace of the weighted sum never reads, and their optimizer state, come back as they went
-    in, so their optimizer arithmetic is compiled away (FREEDOM's feature tables and projections
-    when ``modality_bpr`` is 0 in every trial). ``steps_per_epoch``: as the sequential step's, it
+    ``off_terms``: per trial, the terms of weight 0 in it (empty: every term weighs in every
+    trial). The trials with one such set share a variant of the step whose weighted sum leaves
+    those terms out of the trace, as :func:`jaxrec.losses.combine` leaves a weight-0 term out of a
+    sequential run's (they are still computed and reported); the program holds one variant per
+    distinct set and runs each trial's with ``lax.switch``, so a trial's step is its own run's
+    whatever the other trials weigh (FREEDOM's ``modality_bpr`` 0 trials of a grid that also
+    tries it on do not pay for that term's gradient). ``keep_unread``: as the sequential
+    trainer's step with ``keep_unread`` (:func:`jaxrec.train._step.make_train_step`; the search
+    sets it when the optimizer has no weight decay, as :func:`jaxrec.train.make_runner` does):
+    the parameters that a variant's weighted sum never reads, and their optimizer state, come
+    back as they went in, so their optimizer arithmetic is compiled away (FREEDOM's feature
+    tables and projections in a trial with ``modality_bpr`` 0). ``steps_per_epoch``: as the sequential step's, it
     sets a ctx's :data:`jaxrec.models.EPOCH_STEP` to the trial's step within its epoch
     (:func:`jaxrec.train._step.with_epoch_step`; LATTICE's ``learned_graph: mmrec`` recomputes
     its graph with gradient in an epoch's first step only)."""
-    summed = [(j, name) for j, name in enumerate(term_names) if name not in off_terms]
+    variants = list(dict.fromkeys(frozenset(off) for off in off_terms)) or [frozenset()]
+    variant_of = np.asarray([variants.index(frozenset(off)) for off in off_terms], np.int32)
+    summed_by_variant = [[(j, name) for j, name in enumerate(term_names) if name not in off] for off in variants]
 
-    def step(module, state, lr, weights, ctx, batch):
+    def step(module, state, lr, weights, ctx, batch, summed):
         dropout_key = jax.random.fold_in(state.rng, state.step)
         ctx = with_epoch_step(ctx, state.step, steps_per_epoch)
 
@@ -275,7 +283,7 @@ def _make_epoch_fn(module, tx_unit, term_names: tuple[str, ...], per_trial_batch
                                  rngs={"dropout": dropout_key})
             total = jnp.float32(0.0)
             for j, name in summed:
-                total = total + jnp.where(weights[j] != 0, weights[j] * terms[name], 0.0)
+                total = total + weights[j] * terms[name]
             return total, terms
 
         (loss, terms), grads = jax.value_and_grad(total_loss, has_aux=True)(state.params)
@@ -300,11 +308,19 @@ def _make_epoch_fn(module, tx_unit, term_names: tuple[str, ...], per_trial_batch
             state, trial_ctx = at(states, t), contexts.merge(ctx, at(varying, t))
             trial_batches = at(batches, t) if per_trial_batches else batches
             lr, trial_weights, trial_module = lrs[t], weights[t], _with_args(module, arg_names, args[t])
-            return jax.lax.scan(lambda s, b: step(trial_module, s, lr, trial_weights, trial_ctx, b), state,
-                                trial_batches)
 
-        shapes = jax.eval_shape(train, 0, states)[1]
+            def run(summed):
+                return lambda state: jax.lax.scan(
+                    lambda s, b: step(trial_module, s, lr, trial_weights, trial_ctx, b, summed), state, trial_batches)
+
+            if len(variants) == 1:
+                return run(summed_by_variant[0])(state)
+            return jax.lax.switch(jnp.asarray(variant_of)[t], [run(summed) for summed in summed_by_variant], state)
+
         n_trials = lrs.shape[0]
+        if off_terms and len(off_terms) != n_trials:
+            raise ValueError(f"off_terms has {len(off_terms)} entries for {n_trials} trials")
+        shapes = jax.eval_shape(train, 0, states)[1]
         outputs = jax.tree.map(lambda x: jnp.zeros((n_trials, *x.shape), x.dtype), shapes)
 
         def body(t, carry):
@@ -403,7 +419,8 @@ def run_batched_search(config: ExperimentConfig, workdir: str | os.PathLike, set
     ctx = jax.device_put(built.ctx)
     contexts = _TrialContexts(built, seeds)
     contexts.update(states.params, 0, [True] * n_trials)  # epoch 1's contexts, from the initial parameters
-    off_terms = frozenset(name for j, name in enumerate(exp.term_names) if not weight_matrix[:, j].any())
+    off_terms = tuple(frozenset(name for j, name in enumerate(exp.term_names) if weight_matrix[t, j] == 0)
+                      for t in range(n_trials))
     epoch_fn = _make_epoch_fn(built.module, tx_unit, exp.term_names, per_trial_batches, contexts,
                               off_terms=off_terms, keep_unread=not tcfg.weight_decay,
                               steps_per_epoch=exp.steps_per_epoch, arg_names=arg_names)
