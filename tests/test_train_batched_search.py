@@ -264,6 +264,10 @@ def test_a_term_off_in_some_trials_is_left_out_of_their_steps_only():
         assert (v_kept, mu_kept) == ((True, True) if row[1] == 0 else (False, False)), t
     # The side term is still computed and reported where it weighs nothing.
     assert np.all(np.asarray(terms["side"]) > 0)
+    short = _batched_search._make_epoch_fn(module, tx, ("bpr", "side"), False, contexts, off_terms=off[:2])
+    with pytest.raises(ValueError, match="off_terms has 2 entries for 3 trials"):
+        short(jax.device_put(jax.tree.map(np.copy, start)), np.ones(3, np.float32), weights,
+              np.zeros((3, 0), np.float32), np.ones(3, bool), {}, (), batches)
 
 
 def test_a_grid_with_a_term_off_in_every_trial_keeps_its_parameters_unread(tmp_path, monkeypatch):
