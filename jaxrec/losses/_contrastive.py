@@ -200,11 +200,9 @@ def info_nce_by_id(
     a_hat, b_hat = _normalize_rows(a, eps), _normalize_rows(b, eps)
     positives = jnp.sum(a_hat * b_hat, axis=-1) / temperature
     per_id = cosine_logsumexp(a_hat @ (b_hat / temperature).T, temperature, keep=counts) - positives
-    # An id no row holds has weight 0; where() keeps a non-finite value of it out of the sum.
-    sum_fn = batch_sum if over_batch else jnp.sum
-    total = sum_fn(jnp.where(anchor_weights != 0, anchor_weights * per_id, 0.0))
-    weight = sum_fn(row_weights)
-    return jnp.where(weight != 0, total / jnp.where(weight != 0, weight, 1.0), 0.0)
+    # An id no row holds has weight 0; the mask keeps a non-finite value of it out of the sum.
+    return reduce_losses(per_id, where=anchor_weights != 0, weights=anchor_weights,
+                         sum_fn=batch_sum if over_batch else jnp.sum)
 
 
 # The logit of a masked negative on the row-maximum path: exp() of it is 0 next to any real
