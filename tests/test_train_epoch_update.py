@@ -6,6 +6,7 @@ lists each epoch as a numpy kNN of the checkpointed parameters' projections says
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -127,3 +128,47 @@ def test_lattice_epoch_mode_resumes_exactly(dataset, tmp_path, mode):
     rows = [(tmp_path / name / "history.jsonl").read_text().splitlines() for name in ("reference", "run")]
     strip = lambda line: {k: v for k, v in __import__("json").loads(line).items() if "seconds" not in k}  # noqa: E731
     assert [strip(line) for line in rows[0]] == [strip(line) for line in rows[1]]
+
+
+@jax.jit
+def _slow_identity(x):
+    """``x`` unchanged, after ~0.1-0.5 s of dependent matrix products (still running when an
+    asynchronous caller returns)."""
+    def body(_, y):
+        return jnp.tanh(y @ y)
+    heavy = jax.lax.fori_loop(0, 150, body, jnp.full((384, 384), 1e-3, jnp.float32))
+    return x + (jnp.sum(heavy) * 0).astype(x.dtype)
+
+
+def test_the_hooks_work_is_timed_with_its_epoch_not_with_the_evaluation(monkeypatch, dataset, tmp_path):
+    """The context set at an epoch's end is ready when the epoch returns, so its time is in the
+    epoch's ``train_seconds`` rather than in the evaluation dispatched after it."""
+    real_build = models.build
+
+    def build(name, dataset, **args):
+        built = real_build(name, dataset, **args)
+        hook = built.epoch_update
+
+        def slow(params, ctx, epoch, rng):
+            out = dict(hook(params, ctx, epoch, rng))
+            out["learned_neighbours"] = _slow_identity(out["learned_neighbours"])
+            return out
+
+        return dataclasses.replace(built, epoch_update=slow)
+
+    monkeypatch.setattr(models, "build", build)
+    from jaxrec.train import _loop
+
+    ready_at_return = []
+    real_train_epoch = _loop._Run.train_epoch
+
+    def train_epoch(self, epoch):
+        row = real_train_epoch(self, epoch)
+        leaves = jax.tree.leaves((self.train_ctx, self.eval_ctx))
+        ready_at_return.append(all(leaf.is_ready() for leaf in leaves if isinstance(leaf, jax.Array)))
+        return row
+
+    monkeypatch.setattr(_loop._Run, "train_epoch", train_epoch)
+    metrics = train_and_evaluate(config_from_dict(RAW), tmp_path / "run", dataset=dataset, quiet=True)
+    assert metrics["epochs_run"] == 3
+    assert ready_at_return == [True, True, True]
