@@ -55,6 +55,31 @@ def test_ranking_metrics_at_many_ks_matches_naive_loops():
                                        atol=1e-7, err_msg=f"{name}@{k}")
 
 
+def test_metrics_from_the_held_out_items_places_match_naive_loops():
+    # The rank path's form: each user's held-out items given by their places in the list (in a
+    # shuffled slot order; a place >= max(ks) or the sentinel for an item that is no hit, and
+    # users with no held-out item), not by a hit matrix.
+    from jaxrec.eval import _metrics
+    rng = np.random.default_rng(5)
+    num_users, num_slots, ks = 48, 6, (1, 4, 10, 20)
+    places = np.full((num_users, num_slots), 10_000)
+    num_relevant = rng.integers(0, num_slots + 1, num_users)
+    for user, n in enumerate(num_relevant):
+        places[user, :n] = rng.choice(40, size=n, replace=False)  # some beyond max(ks) = 20
+        rng.shuffle(places[user])
+    hit_lists = [[int(rank in set(row)) for rank in range(max(ks))] for row in places]
+    got = _metrics.placed_ranking_metrics(jnp.asarray(places), jnp.asarray(num_relevant), ks=ks,
+                                          metrics=tuple(PER_USER))
+    assert {n for n in num_relevant} >= {0, num_slots}
+    assert any(0 < sum(h) < n for h, n in zip(hit_lists, num_relevant))  # held-out items beyond the list
+    for name in PER_USER:
+        chex.assert_shape(got[name], (num_users, len(ks)))
+        for column, k in enumerate(ks):
+            expected = [naive_user_metrics(hits, int(n), k)[name] if n else 0.0
+                        for hits, n in zip(hit_lists, num_relevant)]
+            np.testing.assert_allclose(got[name][:, column], expected, rtol=1e-6, atol=1e-7, err_msg=f"{name}@{k}")
+
+
 def test_users_without_relevant_items_get_zero():
     hits = np.zeros((3, 4), bool)
     for name, fn in PER_USER.items():

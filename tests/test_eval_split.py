@@ -68,6 +68,21 @@ def test_evaluate_split_matches_naive(seed, dim, low, high, batch_size, hits_fro
     assert_matches(got, expected)
 
 
+@pytest.mark.parametrize("sums", ["float32", "int32"])
+def test_rank_counts_are_exact_in_either_sum(sums, monkeypatch):
+    # The per-slot counts are float32 products with a ones vector while every row total stays
+    # below 2**24 (exact), int32 sums above; both must give the naive metrics. Scores with
+    # heavy ties, so the id tie-break decides many places.
+    if sums == "int32":
+        monkeypatch.setattr(_ranking, "_FLOAT_EXACT", 0)
+    user_emb, item_emb, train, targets, scores = make_case(
+        5, num_users=41, num_items=29, dim=2, low=-1, high=1, num_train=300, num_targets=120)
+    ks = (1, 5, 10, 40)
+    got = jeval.evaluate_split(user_emb, item_emb, train_pairs=train, target_pairs=targets, ks=ks,
+                               metrics=ALL_METRICS, batch_size=16)
+    assert_matches(got, naive_evaluate(scores, train_pairs=train, target_pairs=targets, ks=ks, metrics=ALL_METRICS))
+
+
 def outer_product_scores(users, user_emb, item_emb):
     """Elementwise products (no accumulation), so -1 * 0 stays -0.0 beside +0.0 scores."""
     return user_emb[users][:, :1] * item_emb[:, 0][None, :]

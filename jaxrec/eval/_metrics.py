@@ -116,7 +116,47 @@ def _ranking_metrics(hits: jax.Array, relevant: jax.Array, *, ks, metrics) -> di
     return {name: _FORMULAS[name](ranked, relevant) for name in metrics}
 
 
-class _RankedList:
+def placed_ranking_metrics(places: jax.Array, num_relevant: jax.Array, *, ks: tuple[int, ...],
+                           metrics: tuple[str, ...]) -> dict[str, jax.Array]:
+    r""":func:`ranking_metrics` read off the places of the held-out items instead of a hit matrix.
+
+    ``places`` is ``(..., S)``: each held-out item's 0-based place in the ranked list, or any
+    value ``>= max(ks)`` for one that is not a hit at any cut-off (not rankable, or too far
+    down); the places below ``max(ks)`` are distinct (one item per place). The hit matrix is
+    ``hits[..., i] = 1`` iff some place equals ``i``, so every metric is the same sum over the
+    same terms, taken over the ``S`` held-out items instead of the ``max(ks)`` list places:
+    :math:`O(S^2)` per user instead of :math:`O(\max(k)^2)` (MAP's hits-so-far). The values
+    are equal up to the order of a float sum (NDCG's and MAP's terms; the others are exact).
+
+    Args:
+      places: ``(..., S)`` int places.
+      num_relevant: ``(...,)`` number of held-out items ``|T_u|``.
+      ks, metrics: as for :func:`ranking_metrics` (checked by the caller).
+
+    Returns:
+      name -> ``(..., len(ks))`` float32 per-user values.
+    """
+    ranked = _PlacedHits(places, ks)
+    relevant = jnp.asarray(num_relevant).astype(jnp.float32)[..., None]
+    return {name: _FORMULAS[name](ranked, relevant) for name in metrics}
+
+
+class _Cutoffs:
+    """The constants of a list of ``max(ks)`` places and its cut-offs."""
+
+    def __init__(self, ks: tuple[int, ...]):
+        list_len = max(ks)
+        self.ranks = np.arange(1, list_len + 1, dtype=np.float32)
+        self.discounts = (1.0 / np.log2(self.ranks + 1.0)).astype(np.float32)
+        self.k = np.asarray(ks, np.float32)
+
+    def ideal_dcg(self, relevant: jax.Array) -> jax.Array:
+        """``(..., len(ks))``: DCG of min(|T_u|, k) hits at the top."""
+        ideal_len = jnp.minimum(relevant, self.k)[..., None]  # (..., len(ks), 1)
+        return jnp.sum(jnp.where(self.ranks <= ideal_len, self.discounts, 0.0), axis=-1)
+
+
+class _RankedList(_Cutoffs):
     """A padded hit list and the constants of its cut-offs.
 
     Sums over the top k are masked broadcast reductions against a static ``(len(ks), L)``
@@ -125,11 +165,9 @@ class _RankedList:
     """
 
     def __init__(self, top: jax.Array, ks: tuple[int, ...]):
+        super().__init__(ks)
         list_len = top.shape[-1]
         self.top = top
-        self.ranks = np.arange(1, list_len + 1, dtype=np.float32)
-        self.discounts = (1.0 / np.log2(self.ranks + 1.0)).astype(np.float32)
-        self.k = np.asarray(ks, np.float32)
         self.within = np.arange(list_len)[None, :] < np.asarray(ks)[:, None]  # (len(ks), L)
         self.hits = self.sum_top_k(top)
 
@@ -137,15 +175,52 @@ class _RankedList:
         """``(..., L) -> (..., len(ks))``: the sum over ranks 1..k for every k."""
         return jnp.sum(jnp.where(self.within, per_rank[..., None, :], 0.0), axis=-1)
 
-    def hits_up_to_each_rank(self) -> jax.Array:
-        """``(..., L)``: the number of hits at ranks 1..i, for every i."""
-        at_or_before = self.ranks[None, :] <= self.ranks[:, None]  # [i, j]: rank j <= rank i
-        return jnp.sum(jnp.where(at_or_before, self.top[..., None, :], 0.0), axis=-1)
+    def dcg(self) -> jax.Array:
+        """``(..., len(ks))``: the discounted hits within each cut-off."""
+        return self.sum_top_k(self.top * self.discounts)
 
-    def ideal_dcg(self, relevant: jax.Array) -> jax.Array:
-        """``(..., len(ks))``: DCG of min(|T_u|, k) hits at the top."""
-        ideal_len = jnp.minimum(relevant, self.k)[..., None]  # (..., len(ks), 1)
-        return jnp.sum(jnp.where(self.ranks <= ideal_len, self.discounts, 0.0), axis=-1)
+    def precision_sum(self) -> jax.Array:
+        """``(..., len(ks))``: the precision at each hit's rank, summed over the hits within k."""
+        at_or_before = self.ranks[None, :] <= self.ranks[:, None]  # [i, j]: rank j <= rank i
+        hits_so_far = jnp.sum(jnp.where(at_or_before, self.top[..., None, :], 0.0), axis=-1)
+        return self.sum_top_k(hits_so_far / self.ranks * self.top)
+
+    def first_reciprocal(self) -> jax.Array:
+        """``(..., len(ks))``: 1 / the first hit's rank within k (0 without one)."""
+        # For 0/1 hits the largest hit / rank within the top k is 1 / (rank of the first hit).
+        reciprocal = self.top / self.ranks
+        return jnp.max(jnp.where(self.within, reciprocal[..., None, :], 0.0), axis=-1)
+
+
+class _PlacedHits(_Cutoffs):
+    """The hits of a list given by the held-out items' places (:func:`placed_ranking_metrics`):
+    each sum over the list's hits is a sum over the items whose place is within the cut-off."""
+
+    def __init__(self, places: jax.Array, ks: tuple[int, ...]):
+        super().__init__(ks)
+        self.places = jnp.minimum(places, len(self.ranks))  # max(ks): a hit at no cut-off
+        self.inside = self.places[..., None, :] < np.asarray(ks)[:, None]  # (..., len(ks), S)
+        self.hits = self.sum_inside(jnp.ones(self.places.shape, jnp.float32))
+
+    def sum_inside(self, per_item: jax.Array) -> jax.Array:
+        """``(..., S) -> (..., len(ks))``: the sum over the items placed within each k."""
+        return jnp.sum(jnp.where(self.inside, per_item[..., None, :], 0.0), axis=-1)
+
+    def _rank(self) -> jax.Array:
+        return (self.places + 1).astype(jnp.float32)  # 1-based; max(ks) + 1 for a non-hit
+
+    def dcg(self) -> jax.Array:
+        discounts = jnp.take(self.discounts, jnp.minimum(self.places, len(self.ranks) - 1))
+        return self.sum_inside(discounts)
+
+    def precision_sum(self) -> jax.Array:
+        # Hits at places 0..p of an item placed at p: the items placed no lower (places are distinct).
+        hits_so_far = jnp.sum((self.places[..., None, :] <= self.places[..., :, None])
+                              & (self.places[..., None, :] < len(self.ranks)), axis=-1).astype(jnp.float32)
+        return self.sum_inside(hits_so_far / self._rank())
+
+    def first_reciprocal(self) -> jax.Array:
+        return jnp.max(jnp.where(self.inside, (1.0 / self._rank())[..., None, :], 0.0), axis=-1)
 
 
 def _recall(ranked, relevant):
@@ -157,14 +232,11 @@ def _precision(ranked, relevant):
 
 
 def _ndcg(ranked, relevant):
-    dcg = ranked.sum_top_k(ranked.top * ranked.discounts)
-    return _safe_divide(dcg, ranked.ideal_dcg(relevant))
+    return _safe_divide(ranked.dcg(), ranked.ideal_dcg(relevant))
 
 
 def _map(ranked, relevant):
-    precision_at_rank = ranked.hits_up_to_each_rank() / ranked.ranks
-    return _safe_divide(ranked.sum_top_k(precision_at_rank * ranked.top),
-                        jnp.minimum(relevant, ranked.k))
+    return _safe_divide(ranked.precision_sum(), jnp.minimum(relevant, ranked.k))
 
 
 def _hit(ranked, relevant):
@@ -172,10 +244,7 @@ def _hit(ranked, relevant):
 
 
 def _mrr(ranked, relevant):
-    # For 0/1 hits the largest hit / rank within the top k is 1 / (rank of the first hit).
-    reciprocal = ranked.top / ranked.ranks
-    first = jnp.max(jnp.where(ranked.within, reciprocal[..., None, :], 0.0), axis=-1)
-    return jnp.where(relevant > 0, first, 0.0)
+    return jnp.where(relevant > 0, ranked.first_reciprocal(), 0.0)
 
 
 def _hits(ranked, relevant):

@@ -17,7 +17,9 @@ per slot. That is the position ``lax.top_k`` gives it, so the hits -- and every 
 the same, at a fraction of the cost on XLA:CPU (whose top-k sorts each row on one thread). The
 counts read the unmasked scores and subtract the excluded items ahead (:func:`slot_ranks`), and
 the first slot's count carries the NaN check, so the scores are read once per slot and no
-masked copy is written.
+masked copy is written. The metrics are then read off those places
+(:func:`jaxrec.eval._metrics.placed_ranking_metrics`), not off a (B, max k) hit matrix: the
+same terms, NDCG's and MAP's summed in another order (equal to float32 rounding).
 """
 
 from __future__ import annotations
@@ -105,6 +107,8 @@ def _ranked_batch(score_fn, users, user_emb, item_emb, exclude_rows, exclude_ite
 # one int32 sum (one pass over the scores instead of two), where ``num_items * (num_items + 2)``
 # fits in int32 (up to 46,339 items); larger catalogues count the NaNs in a pass of their own.
 _INT32_MAX = 2**31 - 1
+# Integers below this are exact in float32, and so is any sum of them that stays below it.
+_FLOAT_EXACT = 2**24
 
 
 def _packs_nan_count(num_items: int) -> bool:
@@ -158,9 +162,14 @@ def slot_ranks(scores: jax.Array, slots: jax.Array, candidate_mask: jax.Array, e
     nan_entries = (candidates & jnp.isnan(scores)).astype(jnp.int32)
     e_nans = (e_counts & jnp.isnan(e_scores)).astype(jnp.int32)
 
-    def rankable_sum(entries, e_entries):
-        """Per row: ``entries`` summed over the candidates, less the row's excluded entries."""
-        return jnp.sum(entries, axis=1, dtype=jnp.int32) - jnp.zeros(num_rows, jnp.int32).at[e_rows].add(e_entries)
+    def rankable_sum(entries, e_entries, most):
+        """Per row: ``entries`` (each at most ``most``) summed over the candidates, less the row's
+        excluded entries."""
+        if most * num_items < _FLOAT_EXACT:  # XLA:CPU sums float rows faster; exact below 2**24
+            total = jnp.matmul(entries.astype(jnp.float32), jnp.ones(num_items, jnp.float32), precision=jax.lax.Precision.HIGHEST).astype(jnp.int32)
+        else:
+            total = jnp.sum(entries, axis=1, dtype=jnp.int32)
+        return total - jnp.zeros(num_rows, jnp.int32).at[e_rows].add(e_entries)
 
     def ahead_count(value, item, with_nans):
         ahead = candidates & ((scores > value[:, None]) | ((scores == value[:, None]) & (ids < item[:, None])))
@@ -168,13 +177,13 @@ def slot_ranks(scores: jax.Array, slots: jax.Array, candidate_mask: jax.Array, e
         entries, e_entries = ahead.astype(jnp.int32), e_ahead.astype(jnp.int32)
         if with_nans:
             entries, e_entries = entries + pack * nan_entries, e_entries + pack * e_nans
-        return rankable_sum(entries, e_entries)
+        return rankable_sum(entries, e_entries, 1 + pack if with_nans else 1)
 
     first = ahead_count(slot_scores[:, 0], items[:, 0], with_nans=bool(pack))
     if pack:
         nans, first = first // pack, first % pack
     else:
-        nans = rankable_sum(nan_entries, e_nans)
+        nans = rankable_sum(nan_entries, e_nans, 1)
     ranks = first[:, None]
     if slots.shape[1] > 1:
         # A loop of (B, num_items) counts: written as one (B, S, num_items) reduction, XLA:CPU's
@@ -183,13 +192,6 @@ def slot_ranks(scores: jax.Array, slots: jax.Array, candidate_mask: jax.Array, e
                                (slot_scores[:, 1:].T, items[:, 1:].T))
         ranks = jnp.concatenate([ranks, rest.T], axis=1)
     return ranks, counted, jnp.sum(jnp.where(row_valid, nans, 0))
-
-
-def _hits_from_ranks(ranks: jax.Array, counted: jax.Array, list_len: int) -> jax.Array:
-    """``(B, list_len)`` bool hit matrix of the top-``list_len`` lists, read off the ranks of the
-    held-out items (:func:`slot_ranks`); a slot that is not ``counted`` is never a hit."""
-    ranks = jnp.where(counted, ranks, list_len)  # never equal to a list position
-    return jnp.any(ranks[:, None, :] == jnp.arange(list_len, dtype=ranks.dtype)[None, :, None], axis=-1)
 
 
 @functools.partial(jax.jit, static_argnames=("score_fn", "ks", "metric_names", "list_len"))
@@ -232,7 +234,9 @@ def split_metric_sums(
             scores = _float_scores(score_fn(batch["users"], user_emb, item_emb))
             ranks, counted, num_nan = slot_ranks(scores, batch["rank_slots"], candidate_mask, batch["exclude_rows"],
                                                  batch["exclude_items"], evaluated)
-            hits = _hits_from_ranks(ranks, counted, list_len)
+            # The held-out items' places give the metrics directly (no (B, list_len) hit matrix).
+            per_user = _metrics.placed_ranking_metrics(jnp.where(counted, ranks, max(ks)), num_relevant, ks=ks,
+                                                       metrics=metric_names)
         else:
             shape, top_scores, top_items, num_nan = _ranked_batch(
                 score_fn, batch["users"], user_emb, item_emb, batch["exclude_rows"],
@@ -244,7 +248,7 @@ def split_metric_sums(
                     True, mode="drop")
                 listed = jnp.take_along_axis(targets, top_items, axis=1)
             hits = listed & (top_scores > -jnp.inf)
-        per_user = _metrics.ranking_metrics(hits, num_relevant, ks=ks, metrics=metric_names)
+            per_user = _metrics.ranking_metrics(hits, num_relevant, ks=ks, metrics=metric_names)
         sums = [jnp.sum(jnp.where(evaluated[:, None], per_user[name], 0.0), axis=0)
                 for name in metric_names]
         return carry, (jnp.concatenate(sums), num_nan)
