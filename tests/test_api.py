@@ -4,6 +4,7 @@
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import jax
@@ -28,9 +29,15 @@ CONFIG = {
 
 
 @pytest.fixture(scope="module")
-def run():
-    """One run through the API: a dict config, overrides as a dict, no workdir."""
-    return jaxrec.fit(CONFIG, overrides={"train.epochs": 3, "train.seed": 7})
+def run(tmp_path_factory):
+    """One run through the API: a dict config, overrides as a dict, no workdir (its default
+    temporary folder made under this module's temporary path instead of the system's)."""
+    system_tmp = tmp_path_factory.mktemp("system_tmp")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tempfile, "tempdir", str(system_tmp))
+        run = jaxrec.fit(CONFIG, overrides={"train.epochs": 3, "train.seed": 7})
+    assert run.workdir.parent == system_tmp and run.workdir.name.startswith("jaxrec-run-")
+    return run
 
 
 def test_import_jaxrec_stays_light():

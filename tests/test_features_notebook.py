@@ -10,13 +10,14 @@ NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "video_features.i
 
 
 @pytest.mark.slow
-def test_video_features_notebook_runs_clean(monkeypatch):
+def test_video_features_notebook_runs_clean(monkeypatch, tmp_path):
     pytest.importorskip("av", reason="PyAV (the 'video' extra, also in 'test') is not installed")
     nbformat = pytest.importorskip("nbformat", reason="nbformat (in the test extra) runs the notebook")
     from nbclient import NotebookClient
 
     # One CPU device in the kernel: the test process's fake-device flag is not wanted there.
     monkeypatch.setenv("XLA_FLAGS", FAST_COMPILE)
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # the kernel's temporary folders (the notebook's clips) land here
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     NotebookClient(notebook, timeout=300, kernel_name="python3",
                    resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()

@@ -14,8 +14,9 @@ NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["paper_math.ipynb", "compose_losses.ipynb", "python_api.ipynb"])
-def test_notebook_runs_clean(name, monkeypatch):
+def test_notebook_runs_clean(name, monkeypatch, tmp_path):
     monkeypatch.setenv("JAXREC_NOTEBOOK_SIZE", "small")
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # the kernel's temporary folders (a run without workdir) land here
     # One CPU device in the kernel: the test process's fake-device flag is not wanted there.
     monkeypatch.setenv("XLA_FLAGS", FAST_COMPILE)
     notebook = nbformat.read(NOTEBOOKS / name, as_version=4)

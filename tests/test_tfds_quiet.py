@@ -25,3 +25,18 @@ def test_cli_prepare_prints_only_its_summary(tmp_path, capfd):
     assert out.startswith("prepared ") and "Downloading" not in out and "Generating" not in err
     assert "Shuffling" not in err and "%|" not in err
     assert len(load(tmp_path / "tfds" / "tiny").interactions) == 200
+
+
+def test_prepare_leaves_nothing_in_the_temporary_folder(tmp_path, monkeypatch):
+    # TFDS makes a metadata folder per new builder and never removes it: prepare_tfds has it
+    # made in its own scratch folder, so the system's temporary folder is as it was.
+    import tempfile
+
+    system_tmp = tmp_path / "system_tmp"
+    system_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(system_tmp))
+    data = make_synthetic(30, 20, n_interactions=200, dims={"text": 4}, seed=1)
+    root = prepare_tfds(data, tmp_path / "tfds", name="tiny")
+    assert len(load(root).interactions) == 200
+    assert sorted(p.name for p in system_tmp.iterdir()) == []
+    assert tempfile.gettempdir() == str(system_tmp)  # the redirect is undone

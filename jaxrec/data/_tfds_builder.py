@@ -10,6 +10,7 @@ import io
 import re
 import shutil
 import tempfile
+import threading
 import types
 from pathlib import Path
 
@@ -123,6 +124,24 @@ def _tfds_output(verbose: bool):
         tqdm_utils.display_progress_bar(was_active)
 
 
+# tempfile's default folder is a module global: one redirect at a time.
+_TEMPDIR_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _temporary_folders_under(folder: str):
+    """A new TFDS builder (no ``dataset_info.json`` yet) makes a temporary folder for the
+    GCS bucket's metadata and never removes it (an empty ``/tmp/tmp...tfds`` per builder when
+    GCS is off): made under ``folder`` (removed with it) while the builder is constructed."""
+    with _TEMPDIR_LOCK:
+        saved = tempfile.tempdir
+        tempfile.tempdir = folder
+        try:
+            yield
+        finally:
+            tempfile.tempdir = saved
+
+
 def prepare_tfds(dataset: MultimodalDataset, data_dir, *, name: str | None = None, version: str = "1.0.0",
                  release_notes: str | None = None, overwrite: bool = False, verbose: bool = False) -> Path:
     """See :func:`jaxrec.data.prepare_tfds`."""
@@ -145,6 +164,7 @@ def prepare_tfds(dataset: MultimodalDataset, data_dir, *, name: str | None = Non
         for table in TABLES:  # the commit table is last
             shutil.rmtree(root / table / version, ignore_errors=True)  # leftovers of an interrupted run
             if rows[table]:
-                builder = builder_class(dataset=dataset, data_dir=str(data_dir), config=table)
+                with _temporary_folders_under(scratch):
+                    builder = builder_class(dataset=dataset, data_dir=str(data_dir), config=table)
                 builder.download_and_prepare(download_dir=scratch, file_format="array_record")
     return root
