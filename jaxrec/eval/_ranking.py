@@ -165,8 +165,11 @@ def slot_ranks(scores: jax.Array, slots: jax.Array, candidate_mask: jax.Array, e
     def rankable_sum(entries, e_entries, most):
         """Per row: ``entries`` (each at most ``most``) summed over the candidates, less the row's
         excluded entries."""
-        if most * num_items < _FLOAT_EXACT:  # XLA:CPU sums float rows faster; exact below 2**24
-            total = jnp.matmul(entries.astype(jnp.float32), jnp.ones(num_items, jnp.float32), precision=jax.lax.Precision.HIGHEST).astype(jnp.int32)
+        if most * num_items < _FLOAT_EXACT:
+            # A float32 product with a ones vector, exact below 2**24: XLA:CPU writes an int32 row
+X
+            total = jnp.matmul(entries.astype(jnp.float32), jnp.ones(num_items, jnp.float32),
+                               precision=jax.lax.Precision.HIGHEST).astype(jnp.int32)
         else:
             total = jnp.sum(entries, axis=1, dtype=jnp.int32)
         return total - jnp.zeros(num_rows, jnp.int32).at[e_rows].add(e_entries)
