@@ -145,8 +145,8 @@ class _Cutoffs:
     """The constants of a list of ``max(ks)`` places and its cut-offs."""
 
     def __init__(self, ks: tuple[int, ...]):
-        list_len = max(ks)
-        self.ranks = np.arange(1, list_len + 1, dtype=np.float32)
+        self.list_len = max(ks)
+        self.ranks = np.arange(1, self.list_len + 1, dtype=np.float32)
         self.discounts = (1.0 / np.log2(self.ranks + 1.0)).astype(np.float32)
         self.k = np.asarray(ks, np.float32)
 
@@ -166,9 +166,8 @@ class _RankedList(_Cutoffs):
 
     def __init__(self, top: jax.Array, ks: tuple[int, ...]):
         super().__init__(ks)
-        list_len = top.shape[-1]
-        self.top = top
-        self.within = np.arange(list_len)[None, :] < np.asarray(ks)[:, None]  # (len(ks), L)
+        self.top = top  # (..., max(ks)): padded by _hits_at_k
+        self.within = np.arange(self.list_len)[None, :] < np.asarray(ks)[:, None]  # (len(ks), L)
         self.hits = self.sum_top_k(top)
 
     def sum_top_k(self, per_rank: jax.Array) -> jax.Array:
@@ -198,7 +197,7 @@ class _PlacedHits(_Cutoffs):
 
     def __init__(self, places: jax.Array, ks: tuple[int, ...]):
         super().__init__(ks)
-        self.places = jnp.minimum(places, len(self.ranks))  # max(ks): a hit at no cut-off
+        self.places = jnp.minimum(places, self.list_len)  # max(ks): a hit at no cut-off
         self.inside = self.places[..., None, :] < np.asarray(ks)[:, None]  # (..., len(ks), S)
         self.hits = self.sum_inside(jnp.ones(self.places.shape, jnp.float32))
 
@@ -210,13 +209,13 @@ class _PlacedHits(_Cutoffs):
         return (self.places + 1).astype(jnp.float32)  # 1-based; max(ks) + 1 for a non-hit
 
     def dcg(self) -> jax.Array:
-        discounts = jnp.take(self.discounts, jnp.minimum(self.places, len(self.ranks) - 1))
+        discounts = jnp.take(self.discounts, jnp.minimum(self.places, self.list_len - 1))
         return self.sum_inside(discounts)
 
     def precision_sum(self) -> jax.Array:
         # Hits at places 0..p of an item placed at p: the items placed no lower (places are distinct).
         hits_so_far = jnp.sum((self.places[..., None, :] <= self.places[..., :, None])
-                              & (self.places[..., None, :] < len(self.ranks)), axis=-1).astype(jnp.float32)
+                              & (self.places[..., None, :] < self.list_len), axis=-1).astype(jnp.float32)
         return self.sum_inside(hits_so_far / self._rank())
 
     def first_reciprocal(self) -> jax.Array:
