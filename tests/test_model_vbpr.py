@@ -118,6 +118,7 @@ def test_mmrec_compat_matches_mmrec_vbpr_in_numpy():
     dataset = _dataset()
     built = models.build("vbpr", dataset, embedding_size=4, visual_size=4, mmrec_compat=True)
     assert built.default_loss_weights == {"bpr": 1.0, "reg": 2.0}
+    assert "features_t" not in built.ctx  # its projection is of the gathered rows (MMRec's form)
     # Raw features, text first (MMRec's torch.cat((t_feat, v_feat))).
     np.testing.assert_array_equal(np.asarray(built.ctx["features"][:, :3]), dataset.modalities["text"].features)
     params = _init(built, seed=3)
@@ -153,6 +154,33 @@ def test_gradient_matches_finite_differences():
             table = "gamma_item" if "gamma_item" in grads else "item_embedding"
             assert float(jnp.abs(grads[table][6]).max()) == 0.0
             assert float(jnp.abs(grads[table][1]).max()) > 0.0
+
+
+@pytest.mark.parametrize("fusion", ["early", "late"])
+def test_gradient_through_the_stored_feature_transpose(fusion):
+    """A batch covering every item projects all items at once and takes E's gradient from the
+    ctx's stored transpose of f: finite differences agree, and the gradient equals the one of
+    the same ctx without the transpose (the plain product's backward)."""
+    dataset = _dataset()
+    built = models.build("vbpr", dataset, embedding_size=2, visual_size=2, fusion=fusion)
+    features = np.asarray(built.ctx["features"])
+    np.testing.assert_array_equal(np.asarray(built.ctx["features_t"]), features.T)
+    without = {k: v for k, v in built.ctx.items() if k != "features_t"}
+    # 5 rows x (1 + 1) = 10 item ids >= 8 items: the all-items path.
+    batch = {"users": np.array([0, 3, 5, 1, 2]), "pos_items": np.array([1, 4, 0, 2, 5]),
+             "neg_items": np.array([[2], [6], [3], [7], [0]]), "weights": np.ones(5)}
+    with jax.enable_x64():
+        params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), _init(built, seed=6))
+
+        def loss_with(ctx):
+            return jax.jit(lambda p: sum(built.module.apply({"params": p}, ctx, batch, True,
+                                                            method="loss_terms").values()))
+        loss = loss_with(built.ctx)
+        assert_directional_derivatives(loss, params, eps=1e-5, atol=1e-6, rtol=1e-6)
+        grads, plain = jax.grad(loss)(params), jax.grad(loss_with(without))(params)
+        for name in grads:
+            np.testing.assert_allclose(np.asarray(grads[name]), np.asarray(plain[name]), rtol=1e-6, atol=1e-7)
+        assert any(float(jnp.abs(grads[name]).max()) > 0 for name in grads if name.startswith("E"))
 
 
 def test_init_and_builder_checks():

@@ -60,9 +60,11 @@ References:
 from __future__ import annotations
 
 import jax.numpy as jnp
+import numpy as np
 from flax import linen as nn
 
 from jaxrec import losses
+from jaxrec._matmul import constant_matmul
 from jaxrec.errors import ConfigError
 from jaxrec.models._common import (bpr_emb_loss, check_bool, check_choice, check_positive_int, counted_pairs,
                                    item_side_features, masked_rows, matmul, rows_or_all, trained_item_mask)
@@ -70,12 +72,19 @@ from jaxrec.models._init import xavier_normal, xavier_uniform
 from jaxrec.models._registry import Built, register
 
 FUSIONS = ("early", "late")
+# The builder keeps f's transpose in the paper form's ctx when it takes at most this many bytes (the
+# features then sit twice on the device; on lfm2k 2.9 MB): a step that projects every item's features
+# computes E's gradient from it (VBPR._visual). A larger catalogue's batches rarely cover every item.
+TRANSPOSE_LIMIT = 64 * 2**20
 
 
 class VBPR(nn.Module):
     """VBPR, the paper's form (see the module docstring).
 
-    ``ctx``: ``{"features": (n_items, D) float32 f, "trained": (n_items,) bool t}``.
+    ``ctx``: ``{"features": (n_items, D) float32 f, "trained": (n_items,) bool t}``, optionally
+    with ``"features_t"``, f's transpose (D, n_items) as a constant: where a step projects
+    every item's features, :math:`E`'s gradient is then the plain product with it
+    (:func:`jaxrec._matmul.constant_matmul`; the builder adds it, :data:`TRANSPOSE_LIMIT`).
 
     Attributes:
       n_users, n_items: table sizes.
@@ -106,13 +115,19 @@ class VBPR(nn.Module):
             self.embeddings = [self.param(f"E_{m}", xavier_normal, (dm, kv)) for m, dm in enumerate(self.feature_dims)]
         self.beta_prime = self.param("beta_prime", nn.initializers.zeros, (d,))
 
-    def _visual(self, features):
-        """(..., D) features -> (..., blocks * K') visual item factors."""
+    def _visual(self, features, features_t=None):
+        """(..., D) features -> (..., blocks * K') visual item factors; ``features_t``, the
+        transpose of a 2-D ``features`` (every item's), makes :math:`E`'s gradient a plain
+        product with it (:func:`~jaxrec._matmul.constant_matmul`)."""
+        def project(x, x_t, E):
+            return matmul(x, E) if x_t is None else constant_matmul(x, x_t, E)
+
         if self.fusion == "early":
-            return matmul(features, self.embeddings[0])
+            return project(features, features_t, self.embeddings[0])
         parts, start = [], 0
         for E, dm in zip(self.embeddings, self.feature_dims):
-            parts.append(matmul(features[..., start:start + dm], E))
+            block_t = None if features_t is None else features_t[start:start + dm]  # contiguous rows of f^T
+            parts.append(project(features[..., start:start + dm], block_t, E))
             start += dm
         return jnp.concatenate(parts, axis=-1)
 
@@ -121,12 +136,14 @@ class VBPR(nn.Module):
         ``([γ, E f] (R, K + blocks K'), β + β'·f (R,), ||γ||² + β² (R,))``, γ and β zero
         for never-trained items."""
         features, trained = jnp.asarray(ctx["features"]), jnp.asarray(ctx["trained"])
+        features_t = ctx.get("features_t")
         gamma, beta = self.gamma_item, self.beta_item
         if items is not None:
             features, trained, gamma, beta = features[items], trained[items], gamma[items], beta[items]
+            features_t = None
         gamma = jnp.where(trained[:, None], gamma, 0.0)
         beta = jnp.where(trained, beta, 0.0)
-        return (jnp.concatenate([gamma, self._visual(features)], axis=1), beta + features @ self.beta_prime,
+        return (jnp.concatenate([gamma, self._visual(features, features_t)], axis=1), beta + features @ self.beta_prime,
                 jnp.sum(jnp.square(gamma), axis=-1) + jnp.square(beta))
 
     def _item_rows(self, ctx, items):
@@ -252,5 +269,7 @@ def build(dataset, *, embedding_size: int = 64, visual_size: int = 64, modalitie
                  visual_size=visual_size)
     module = MMRecVBPR(**sizes) if mmrec_compat else VBPR(**sizes, fusion=fusion)
     ctx = {"features": features, "trained": trained_item_mask(dataset)}
+    if not mmrec_compat and np.asarray(features).nbytes <= TRANSPOSE_LIMIT:
+        ctx["features_t"] = np.ascontiguousarray(np.asarray(features).T)
     weights = {"bpr": 1.0, "reg": 2.0} if mmrec_compat else {"bpr": 1.0, "reg_theta": 1e-4, "reg_e": 0.0}
     return Built(module=module, ctx=ctx, default_loss_weights=weights)
