@@ -50,6 +50,48 @@ def test_no_negative_is_a_positive(distribution):
     assert set(negatives[query == 1].ravel().tolist()) == {5}
 
 
+def test_free_table_gives_each_rank_the_users_rank_th_non_positive_item(monkeypatch):
+    """``PositiveSets.with_free_table``: the lookup answers every (user, rank) as the naive list of
+    the user's non-positive items does (and as the binary search does, so draws are unchanged);
+    a user with every item positive has an empty list; above the cell limit the sets stay as they are."""
+    from jaxrec.data import _negatives
+    users, items = random_pairs(seed=3)
+    users, items = np.r_[users, np.full(N_ITEMS, N_USERS - 1)], np.r_[items, np.arange(N_ITEMS)]  # last user: all
+    sets = PositiveSets.from_pairs(users, items, n_users=N_USERS, n_items=N_ITEMS)
+    table = sets.with_free_table()
+    assert table is not sets and table.with_free_table() is table
+    known = positive_set(users, items)
+    query_users, query_ranks = [], []
+    for u in range(N_USERS):
+        free = [i for i in range(N_ITEMS) if (u, i) not in known]  # naive, in id order
+        assert table._free_items[table._free_start[u]:table._free_start[u] + len(free)].tolist() == free
+        query_users += [u] * len(free)
+        query_ranks += list(range(len(free)))
+    q_users, q_ranks = np.array(query_users), np.array(query_ranks)[:, None]
+    want = np.array([[i for i in range(N_ITEMS) if (u, i) not in known][r] for u, r in zip(q_users, q_ranks[:, 0])])
+    looked_up = _negatives._free_rank_to_item(table, q_users, q_ranks)
+    searched = _negatives._free_rank_to_item(sets, q_users, q_ranks)
+    assert looked_up.dtype == np.int32
+    np.testing.assert_array_equal(looked_up[:, 0], want)
+    np.testing.assert_array_equal(searched, looked_up)
+    # The same draws with the table as without, users sorted or not.
+    for query in (np.random.default_rng(2).integers(0, N_USERS - 1, 5000), np.arange(N_USERS - 1).repeat(30)):
+        np.testing.assert_array_equal(sample_negatives(11, query, N_ITEMS, table, n_neg=3),
+                                      sample_negatives(11, query, N_ITEMS, sets, n_neg=3))
+    monkeypatch.setattr(_negatives, "_FREE_TABLE_CELLS", N_USERS * N_ITEMS - 1)
+    assert sets.with_free_table() is sets
+
+
+def test_train_batches_draw_uniform_negatives_from_the_free_table():
+    users, items = random_pairs(seed=4)
+    batches = TrainBatches(users, items, n_users=N_USERS, n_items=N_ITEMS, batch_size=64, seed=5)
+    assert getattr(batches._draw_positives, "_free_items", None) is not None
+    plain = PositiveSets.from_pairs(users, items, n_users=N_USERS, n_items=N_ITEMS)
+    rng_a, rng_b = np.random.default_rng(9), np.random.default_rng(9)
+    np.testing.assert_array_equal(batches._draw(rng_a, batches.users), sample_negatives(rng_b, batches.users, N_ITEMS,
+                                                                                        plain, n_neg=1))
+
+
 def chi_square_p(observed_items, allowed, probabilities):
     counts = np.bincount(observed_items, minlength=N_ITEMS)
     assert counts[~allowed].sum() == 0

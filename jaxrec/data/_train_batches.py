@@ -70,6 +70,8 @@ class TrainBatches:
         # Negatives are drawn in the pool's compact ids (relabeled once here) and mapped back.
         self.item_pool = negative_item_pool(negative_items, self.items, self.n_items)
         self._draw_positives, self._draw_popularity = in_pool(self.positives, self.item_pool, item_popularity)
+        if distribution == "uniform":  # drawn from every epoch: uniform draws read a lookup table
+            self._draw_positives = self._draw_positives.with_free_table()
         # Fail now, not at the first epoch, on settings the sampler rejects.
         self._draw(0, self.users[:1])
 
