@@ -1,5 +1,6 @@
 """Negative sampling: exhaustive positive checks with Python sets, chi-square distribution checks."""
 
+import dataclasses
 from collections import Counter
 
 import jax
@@ -90,6 +91,19 @@ def test_train_batches_draw_uniform_negatives_from_the_free_table():
     rng_a, rng_b = np.random.default_rng(9), np.random.default_rng(9)
     np.testing.assert_array_equal(batches._draw(rng_a, batches.users), sample_negatives(rng_b, batches.users, N_ITEMS,
                                                                                         plain, n_neg=1))
+
+
+def test_keyed_batches_draw_uniform_negatives_from_the_free_table():
+    from jaxrec.data._keyed_batches import KeyedTrainBatches
+    users, items = random_pairs(seed=6)
+    pairs = np.stack([users, items], axis=1)
+    batches = KeyedTrainBatches(pairs, n_users=N_USERS, n_items=N_ITEMS, batch_size=64, seed=5, n_neg=2)
+    assert getattr(batches._draw_positives, "_free_items", None) is not None
+    positions = np.arange(len(pairs))
+    drawn = batches._pool_negatives(3, positions, users)
+    batches._draw_positives = dataclasses.replace(batches._draw_positives)  # the same sets, no table: the search
+    assert getattr(batches._draw_positives, "_free_items", None) is None
+    np.testing.assert_array_equal(drawn, batches._pool_negatives(3, positions, users))
 
 
 def chi_square_p(observed_items, allowed, probabilities):

@@ -110,6 +110,8 @@ class KeyedTrainBatches:
         self.seed, self.distribution = int(seed), distribution
         # Negatives are drawn in the pool's compact ids (relabeled once here) and mapped back.
         self._draw_positives, weights = in_pool(positives, self.item_pool, item_popularity)
+        if distribution == "uniform":  # drawn from every epoch: uniform draws read a lookup table
+            self._draw_positives = self._draw_positives.with_free_table()
         self._weights = _popularity_weights(weights, self._draw_positives) if distribution == "popularity" else None
 
     @classmethod
