@@ -82,6 +82,29 @@ def test_a_batched_trial_is_a_normal_run_for_evaluate(both_ways, dataset):
     assert recomputed["metrics"]["recall@20"] == pytest.approx(trial["test"]["recall@20"], abs=1e-6)
 
 
+def test_test_every_epoch_in_a_batched_search(both_ways, tmp_path, dataset):
+    """With eval.test_every_epoch each batched trial's rows also hold test metrics; valid, the
+    best epochs and the winner are those of the search without it, and the best epoch's row has
+    the trial's reported test metrics (up to the batched encoder's float rounding)."""
+    root, batched, _ = both_ways
+    raw = _raw({"loss_weights.reg": [0.001, 1.0], "train.learning_rate": [0.01, 0.1]})
+    raw["eval"] = {**raw["eval"], "test_every_epoch": True}
+    again = run_search(config_from_dict(raw), tmp_path / "b", quiet=True, batched="always", dataset=dataset)
+    assert again["best"]["trial"] == batched["best"]["trial"]
+    for one, other in zip(again["trials"], batched["trials"]):
+        assert one["best_epoch"] == other["best_epoch"] and one["valid"] == other["valid"]
+        assert one["test"] == other["test"]
+        rows = [json.loads(line) for line in
+                (tmp_path / "b" / f"trial_{one['trial']:03d}" / "history.jsonl").read_text().splitlines()]
+        plain = [json.loads(line) for line in
+                 (root / "batched" / f"trial_{one['trial']:03d}" / "history.jsonl").read_text().splitlines()]
+        assert [row["valid"] for row in rows] == [row["valid"] for row in plain]
+        assert all(set(row["test"]) == set(one["test"]) for row in rows)
+        best_row = rows[one["best_epoch"] - 1]
+        for key, value in one["test"].items():
+            assert best_row["test"][key] == pytest.approx(value, abs=1e-6), key
+
+
 def test_trials_with_different_seeds_draw_their_own_batches(tmp_path, dataset):
     config = config_from_dict(_raw({"train.seed": [3, 11]}, epochs=4, patience=10))
     batched = run_search(config, tmp_path / "b", quiet=True, batched="always", dataset=dataset)

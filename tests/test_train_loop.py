@@ -74,6 +74,35 @@ def test_outputs_of_a_run(reference):
     assert "epoch 6" in (workdir / "log.txt").read_text()
 
 
+def test_test_every_epoch_ranks_test_beside_valid_and_steers_nothing(reference, dataset, tmp_path):
+    """eval.test_every_epoch: every history row also holds the test split's metrics (from the
+    encoding valid's ranking used); the run is otherwise the reference's, bit for bit (valid rows,
+    losses, best epoch, the reported valid and test), and the best epoch's row holds exactly the
+    test metrics the run reports, which the end of the run recomputes on the restored best state."""
+    from jaxrec.train import evaluate_run
+
+    ref_dir, ref_metrics = reference
+    raw = {**RAW, "eval": {**RAW["eval"], "test_every_epoch": True}}
+    workdir = tmp_path / "run"
+    metrics = train_and_evaluate(config_from_dict(raw), workdir, dataset=dataset, quiet=True)
+    assert _without_timing(metrics) == _without_timing(ref_metrics)
+    history = _history(workdir)
+    assert [{k: v for k, v in row.items() if k != "test"} for row in history] == _history(ref_dir)
+    assert all(set(row["test"]) == set(metrics["test"]) for row in history)
+    assert len({row["test"]["recall@20"] for row in history}) > 1  # each epoch its own parameters
+    best_row = history[metrics["best_epoch"] - 1]
+    assert best_row["epoch"] == metrics["best_epoch"] and best_row["test"] == metrics["test"]
+    assert evaluate_run(workdir, "test", dataset=dataset)["metrics"] == best_row["test"]
+    # One evaluation call per epoch (both splits), plus the final test.
+    rows = [json.loads(line) for line in (workdir / "history.jsonl").read_text().splitlines()]
+    assert all(row["eval_seconds"] > 0 for row in rows)
+
+
+def test_test_every_epoch_must_be_a_boolean():
+    with pytest.raises(ConfigError, match=r"eval.test_every_epoch.*expects bool"):
+        config_from_dict({**RAW, "eval": {**RAW["eval"], "test_every_epoch": "yes"}})
+
+
 def test_epochs_train_on_their_own_batches(reference, dataset):
     """The trainer draws each epoch's batches ahead, while the previous epoch's call runs: the
     losses are those of a plain loop over ``sampler.batches(epoch)``, epoch by epoch."""
@@ -150,13 +179,17 @@ def test_early_stopping_reports_test_at_the_best_valid_epoch(monkeypatch, datase
         splits.update(real_prepare(exp))
         return splits
 
-    def fake_evaluate(exp, encoder, params, ctx, layout):
-        if layout is splits["valid"]:
-            return {"recall@20": next(script)}
-        return {"recall@20": float(np.sum(np.asarray(params["user_embedding"], np.float64)))}
+    def fake_evaluate(exp, encoder, params, ctx, layouts):
+        out = {}
+        for name, layout in layouts.items():
+            if layout is splits["valid"]:
+                out[name] = {"recall@20": next(script)}
+            else:
+                out[name] = {"recall@20": float(np.sum(np.asarray(params["user_embedding"], np.float64)))}
+        return out
 
     monkeypatch.setattr(_loop, "prepare_eval_splits", prepare)
-    monkeypatch.setattr(_loop, "evaluate_params", fake_evaluate)
+    monkeypatch.setattr(_loop, "evaluate_params_on_splits", fake_evaluate)
     raw = {**RAW, "train": {**RAW["train"], "epochs": 20, "patience": 2, "checkpoint_every": 3},
            "eval": {"ks": [20], "metrics": ["recall"]}}
     config = config_from_dict(raw)

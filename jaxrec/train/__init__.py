@@ -55,6 +55,7 @@ from jaxrec.train._distributed import initialize as initialize_distributed
 from jaxrec.train._setup import Experiment as Experiment
 from jaxrec.train._setup import epoch_context as epoch_context
 from jaxrec.train._setup import evaluate_params as evaluate_params
+from jaxrec.train._setup import evaluate_params_on_splits as evaluate_params_on_splits
 from jaxrec.train._setup import loss_term_names as loss_term_names
 from jaxrec.train._setup import make_encoder as make_encoder
 from jaxrec.train._setup import prepare_eval_splits as prepare_eval_splits

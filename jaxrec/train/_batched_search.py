@@ -428,12 +428,18 @@ def run_batched_search(config: ExperimentConfig, workdir: str | os.PathLike, set
     splits = prepare_eval_splits(exp)
     eval_cfg = configs[0].eval
 
-    def evaluate(params_stack, split: str, active) -> tuple[list[dict | None], float]:
+    # Ranked at every validation: valid, and test too with eval.test_every_epoch (one encoding for both).
+    epoch_splits = ("valid", "test") if eval_cfg.test_every_epoch else ("valid",)
+
+    def evaluate(params_stack, active) -> tuple[dict[str, list[dict | None]], float]:
         tick = time.perf_counter()
         user_embs, item_embs = encoder(params_stack, arg_values, ctx, contexts.varying, active)
-        results = jeval.evaluate_prepared_many(splits[split], user_embs, item_embs, ks=eval_cfg.ks,
-                                               metrics=eval_cfg.metrics, active=np.asarray(active))
-        return [None if r is None else metrics_at_k(r) for r in results], time.perf_counter() - tick
+        out = {}
+        for split in epoch_splits:
+            results = jeval.evaluate_prepared_many(splits[split], user_embs, item_embs, ks=eval_cfg.ks,
+                                                   metrics=eval_cfg.metrics, active=np.asarray(active))
+            out[split] = [None if r is None else metrics_at_k(r) for r in results]
+        return out, time.perf_counter() - tick
 
     stopping = [EarlyStopping() for _ in range(n_trials)]
     histories: list[list[dict]] = [[] for _ in range(n_trials)]
@@ -442,13 +448,14 @@ def run_batched_search(config: ExperimentConfig, workdir: str | os.PathLike, set
     best_stack = jax.device_put(jax.tree.map(np.copy, initial))
     single_encoder = make_encoder(built.module)
     # The validation and test programs compile on a second thread while epoch 1's program compiles
-    # and runs (XLA compiles and runs without the GIL): the valid ranking with every trial
+    # and runs (XLA compiles and runs without the GIL): the valid ranking (and test's, with
+    # eval.test_every_epoch) with every trial
     # inactive (nothing is ranked; the active flags are an argument, so it is the same program),
     # then one test evaluation of trial 0's initial parameters (for a model without an epoch hook:
     # its test context is the built one), both results dropped. Joined before the first valid
     # evaluation (valid) and before the test evaluations (test).
     helper = ThreadPoolExecutor(1, thread_name_prefix="jaxrec-search")
-    warm_valid = helper.submit(evaluate, best_stack.params, "valid", np.zeros(n_trials, bool))
+    warm_valid = helper.submit(evaluate, best_stack.params, np.zeros(n_trials, bool))
     warm_test = (helper.submit(evaluate_params, exp, single_encoder, _slice(initial, 0).params, ctx, splits["test"])
                  if built.epoch_update is None else None)
     del initial
@@ -478,7 +485,8 @@ def run_batched_search(config: ExperimentConfig, workdir: str | os.PathLike, set
         valid = eval_time = None
         if evaluate_now:
             warm_valid.result()
-            valid, eval_time = evaluate(states.params, "valid", active)
+            evaluated, eval_time = evaluate(states.params, active)
+            valid = evaluated["valid"]
             eval_seconds.append(eval_time / sum(active_list))
         improved_list = [False] * n_trials
         for t in range(n_trials):
@@ -490,6 +498,8 @@ def run_batched_search(config: ExperimentConfig, workdir: str | os.PathLike, set
                    "train_seconds": seconds, "batched_trials": int(sum(active_list))}
             if evaluate_now:
                 row["valid"], row["eval_seconds"] = valid[t], eval_time
+                if "test" in evaluated:
+                    row["test"] = evaluated["test"][t]
                 stopping[t], improved = update_early_stopping(stopping[t], valid[t][tcfg.valid_metric], epoch,
                                                               patience=tcfg.patience)
                 row["best_epoch"] = stopping[t].best_epoch

@@ -141,6 +141,13 @@ class EvalConfig:
     unbiased estimate of the full one. For catalogues where ranking every
     user each epoch costs more than the epoch itself (the 1M-item scale: 200,000 users x 1M
     items); a table's numbers come from full evaluation.
+
+    ``test_every_epoch: true`` also ranks the test split at every validation, from the same
+    encoded embeddings (one encoding for both splits), as MMRec logs valid and test each epoch:
+    each history row then holds ``test`` next to ``valid``. Only valid steers anything (early
+    stopping, the best epoch, a search's winner); the run's reported test metrics are those at
+    the best valid epoch either way, and equal that epoch's row (in a batched search's rows, up
+    to the float rounding of its batched encoder).
     """
 
     ks: list[int] = dataclasses.field(default_factory=lambda: [5, 10, 20, 50])
@@ -150,6 +157,7 @@ class EvalConfig:
     batch_size: int | None = None
     user_sample: int | None = None
     user_sample_seed: int = 0
+    test_every_epoch: bool = False
 
 
 @dataclasses.dataclass

@@ -35,7 +35,7 @@ from jaxrec.train._progress import Progress
 from jaxrec.train._setup import (
     Experiment,
     epoch_context,
-    evaluate_params,
+    evaluate_params_on_splits,
     make_encoder,
     metrics_at_k,
     prepare_eval_splits,
@@ -252,15 +252,21 @@ class _Run:
         return True
 
     def _evaluate(self, params, split: str) -> dict[str, float]:
+        return self._evaluate_splits(params, (split,))[split]
+
+    def _evaluate_splits(self, params, splits: tuple[str, ...]) -> dict[str, dict[str, float]]:
+        """``{split: metrics}`` of ``params``, the splits ranked from one encoding (one
+        ``eval_seconds`` entry for the whole call)."""
         tick = time.perf_counter()
-        layout = self.splits[split]
         if isinstance(self.runner, MeshStepRunner):  # ranked where the table shards live
-            result = self.runner.evaluate(self.exp, params, self.eval_ctx, layout)
+            results = {split: self.runner.evaluate(self.exp, params, self.eval_ctx, self.splits[split])
+                       for split in splits}
         else:
-            result = evaluate_params(self.exp, self.encoder, params, self.eval_ctx, layout)
-        result = metrics_at_k(result)
+            results = evaluate_params_on_splits(self.exp, self.encoder, params, self.eval_ctx,
+                                                {split: self.splits[split] for split in splits})
+        results = {split: metrics_at_k(result) for split, result in results.items()}
         self.meta["eval_seconds"].append(time.perf_counter() - tick)
-        return result
+        return results
 
     def _batches(self, epoch: int) -> dict[str, np.ndarray]:
         """Epoch ``epoch``'s (1-based) batches: the prefetched ones, or drawn now."""
@@ -388,7 +394,8 @@ class _Run:
     def validate(self, row: dict) -> bool:
         """Evaluate validation into ``row``; update early stopping; True at a new best."""
         n_before = len(self.meta["eval_seconds"])
-        row["valid"] = self._evaluate(self.runner.eval_params(self.state), "valid")
+        splits = ("valid", "test") if self.exp.config.eval.test_every_epoch else ("valid",)
+        row.update(self._evaluate_splits(self.runner.eval_params(self.state), splits))
         row["eval_seconds"] = sum(self.meta["eval_seconds"][n_before:])
         self.early_stopping, improved = update_early_stopping(
             self.early_stopping, row["valid"][self.tcfg.valid_metric], row["epoch"], patience=self.tcfg.patience)

@@ -129,8 +129,8 @@ class EventLog:
 
     One point per epoch (the x axis is the epoch): ``train/loss``, ``train/loss_terms/<name>``,
     ``train/learning_rate`` (at the epoch's last update), ``valid/<metric>_<k>`` (e.g.
-    ``valid/recall_20``: TensorBoard tags cannot hold ``@``) for evaluated epochs,
-    ``valid/best_epoch``, and ``time/train_seconds`` / ``time/eval_seconds``. A resumed run
+    ``valid/recall_20``: TensorBoard tags cannot hold ``@``) for evaluated epochs (and
+    ``test/<metric>_<k>`` with ``eval.test_every_epoch``), ``valid/best_epoch``, and ``time/train_seconds`` / ``time/eval_seconds``. A resumed run
     opens a new file with ``purge_step`` at its first recomputed epoch, so TensorBoard hides
     the points the killed process wrote after its last checkpoint instead of doubling them.
     Written with tensorboardX (no TensorFlow needed).
@@ -162,8 +162,9 @@ class EventLog:
             add("train/learning_rate", float(self._schedule(step * self._steps_per_epoch - 1)), step)
         if "train_seconds" in row:
             add("time/train_seconds", float(row["train_seconds"]), step)
-        for name, value in (row.get("valid") or {}).items():
-            add(f"valid/{name.replace('@', '_')}", float(value), step)
+        for split in ("valid", "test"):  # test: with eval.test_every_epoch
+            for name, value in (row.get(split) or {}).items():
+                add(f"{split}/{name.replace('@', '_')}", float(value), step)
         if row.get("eval_seconds") is not None:
             add("time/eval_seconds", float(row["eval_seconds"]), step)
         if row.get("best_epoch"):

@@ -162,9 +162,18 @@ def evaluate_params(experiment: Experiment, encoder, params, ctx, split_layout) 
       :func:`jaxrec.eval.evaluate_prepared`'s result: ``metric@k`` values, ``num_users`` and
       per-user arrays; :func:`metrics_at_k` keeps only the ``metric@k`` floats.
     """
+    return evaluate_params_on_splits(experiment, encoder, params, ctx, {"split": split_layout})["split"]
+
+
+def evaluate_params_on_splits(experiment: Experiment, encoder, params, ctx,
+                              split_layouts: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """:func:`evaluate_params` on several prepared splits (``{name: layout}``) from ONE encoding
+    of ``params``: ``{name: result}``, each result the one :func:`evaluate_params` gives for that
+    split (the same embeddings, the same ranking call)."""
     user_emb, item_emb = encoder(params, ctx)
     cfg = experiment.config.eval
-    return jeval.evaluate_prepared(split_layout, user_emb, item_emb, ks=cfg.ks, metrics=cfg.metrics)
+    return {name: jeval.evaluate_prepared(layout, user_emb, item_emb, ks=cfg.ks, metrics=cfg.metrics)
+            for name, layout in split_layouts.items()}
 
 
 def epoch_context(built: models.Built, params, seed: int, epoch_index: int):
