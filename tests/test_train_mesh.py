@@ -211,6 +211,18 @@ def test_lightgcn_on_meshes_matches_one_device(tmp_path):
         assert per_device == {k: v // mesh[1] for k, v in total.items()}  # 1/M of each table
 
 
+def test_test_every_epoch_on_a_mesh(tmp_path):
+    # The mesh runner ranks each split where the table shards live; with eval.test_every_epoch every
+    # row also holds test, and the best epoch's row has the test metrics the run reports.
+    dataset = make_synthetic(64, 48, n_interactions=900, seed=1)
+    raw = _raw("bprmf", (2, 2), epochs=3)
+    raw["eval"]["test_every_epoch"] = True
+    result = train_and_evaluate(config_from_dict(raw), tmp_path / "run", dataset=dataset, quiet=True)
+    rows = [json.loads(line) for line in (tmp_path / "run" / "history.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in rows] == [1, 2, 3] and all(set(row["test"]) == set(result["test"]) for row in rows)
+    assert rows[result["best_epoch"] - 1]["test"] == result["test"]
+
+
 def test_bpr_on_meshes_and_checkpoints_across_meshes(tmp_path):
     dataset = make_synthetic(62, 45, n_interactions=900, seed=1)  # tables padded to a multiple of M
     single = _train(tmp_path, "bprmf", None, dataset, epochs=3)
