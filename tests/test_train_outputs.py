@@ -101,6 +101,25 @@ def test_curves_have_a_panel_per_term_integer_epochs_and_the_best_epoch(tmp_path
     assert [p.name for p in tmp_path.iterdir()] == ["curves.png"]
 
 
+def test_curves_draw_test_beside_valid_when_the_rows_hold_it():
+    from matplotlib import pyplot as plt
+
+    rows = history()
+    for row in rows:
+        if "valid" in row:
+            row["test"] = {"recall@20": row["valid"]["recall@20"] + 0.05}
+    fig = curves_figure(rows, "recall@20")
+    try:
+        panel = next(ax for ax in fig.axes if ax.get_title() == "valid recall@20 (and test)")
+        lines = {line.get_label(): line for line in panel.get_lines()}
+        assert list(lines["test (selects nothing)"].get_xdata()) == [2, 4, 6]
+        assert list(lines["test (selects nothing)"].get_ydata()) == pytest.approx([0.15, 0.35, 0.25])
+        assert list(lines["valid"].get_ydata()) == pytest.approx([0.1, 0.3, 0.2])
+        assert panel.get_legend_handles_labels()[1] == ["valid", "test (selects nothing)", "best: epoch 4, 0.3000"]
+    finally:
+        plt.close(fig)
+
+
 # ---- runs compare ------------------------------------------------------------------------------
 
 

@@ -63,7 +63,8 @@ def curves_figure(history: Sequence[Mapping], valid_metric: str, best_epoch: int
     each on its own y scale -- logarithmic when the values are positive and span more than a
     factor of 20 -- and one for the validation metric; integer epochs on every x axis; the
     best epoch (default: the last ``best_epoch`` in ``history``) drawn as a dotted line on
-    every panel and a star on the validation curve. Returns the matplotlib figure.
+    every panel and a star on the validation curve; with ``eval.test_every_epoch`` (rows holding
+    ``test``) the test metric as a dashed line beside valid's. Returns the matplotlib figure.
 
     The figure is a bare ``matplotlib.figure.Figure`` on the Agg canvas, not one registered with
     pyplot (nothing to close, no global state), only the panels drawn are created, and the
@@ -98,9 +99,13 @@ def curves_figure(history: Sequence[Mapping], valid_metric: str, best_epoch: int
         ax.set_title(title, fontsize=10)
         ax.set_ylabel("training loss" if title.startswith("loss") else "mean per batch")
     values = [row["valid"].get(valid_metric, math.nan) for row in evaluated]
+    tested = [row for row in evaluated if row.get("test")]  # eval.test_every_epoch
     valid_ax.plot([row["epoch"] for row in evaluated], values, marker="." if len(evaluated) <= 30 else None,
-                  color="tab:green")
-    valid_ax.set_title(f"valid {valid_metric}", fontsize=10)
+                  color="tab:green", label="valid" if tested else "_valid")  # a key only beside test's
+    if tested:
+        valid_ax.plot([row["epoch"] for row in tested], [row["test"].get(valid_metric, math.nan) for row in tested],
+                      linestyle="--", color="tab:orange", label="test (selects nothing)")
+    valid_ax.set_title(f"valid {valid_metric}" + (" (and test)" if tested else ""), fontsize=10)
     valid_ax.set_ylabel(valid_metric)
     best_value = next((row["valid"].get(valid_metric) for row in evaluated if row["epoch"] == best_epoch), None)
     for ax in axes[:n_panels]:
@@ -112,6 +117,7 @@ def curves_figure(history: Sequence[Mapping], valid_metric: str, best_epoch: int
     if best_epoch and best_value is not None:
         valid_ax.plot([best_epoch], [best_value], marker="*", markersize=14, color="tab:red", linestyle="none",
                       label=f"best: epoch {best_epoch}, {best_value:.4f}")
+    if (best_epoch and best_value is not None) or tested:
         valid_ax.legend(loc="best", fontsize=9)
     # Fixed margins in inches (room for tick labels, axis labels and titles), not tight_layout:
     # tight_layout draws the whole figure once more to measure it, doubling the cost of a plot.
