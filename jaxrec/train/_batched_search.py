@@ -449,11 +449,10 @@ def run_batched_search(config: ExperimentConfig, workdir: str | os.PathLike, set
     single_encoder = make_encoder(built.module)
     # The validation and test programs compile on a second thread while epoch 1's program compiles
     # and runs (XLA compiles and runs without the GIL): the valid ranking (and test's, with
-    # eval.test_every_epoch) with every trial
-    # inactive (nothing is ranked; the active flags are an argument, so it is the same program),
-    # then one test evaluation of trial 0's initial parameters (for a model without an epoch hook:
-    # its test context is the built one), both results dropped. Joined before the first valid
-    # evaluation (valid) and before the test evaluations (test).
+    # eval.test_every_epoch) with every trial inactive (nothing is ranked; the active flags are an
+    # argument, so it is the same program), then one test evaluation of trial 0's initial parameters
+    # (for a model without an epoch hook: its test context is the built one), both results dropped.
+    # Joined before the first valid evaluation (valid) and before the test evaluations (test).
     helper = ThreadPoolExecutor(1, thread_name_prefix="jaxrec-search")
     warm_valid = helper.submit(evaluate, best_stack.params, np.zeros(n_trials, bool))
     warm_test = (helper.submit(evaluate_params, exp, single_encoder, _slice(initial, 0).params, ctx, splits["test"])

@@ -136,9 +136,10 @@ class EventLog:
     One point per epoch (the x axis is the epoch): ``train/loss``, ``train/loss_terms/<name>``,
     ``train/learning_rate`` (at the epoch's last update), ``valid/<metric>_<k>`` (e.g.
     ``valid/recall_20``: TensorBoard tags cannot hold ``@``) for evaluated epochs (and
-    ``test/<metric>_<k>`` with ``eval.test_every_epoch``), ``valid/best_epoch``, and ``time/train_seconds`` / ``time/eval_seconds``. A resumed run
-    opens a new file with ``purge_step`` at its first recomputed epoch, so TensorBoard hides
-    the points the killed process wrote after its last checkpoint instead of doubling them.
+    ``test/<metric>_<k>`` with ``eval.test_every_epoch``), ``valid/best_epoch``, and
+    ``time/train_seconds`` / ``time/eval_seconds``. A resumed run opens a new file with
+    ``purge_step`` at its first recomputed epoch, so TensorBoard hides the points the killed
+    process wrote after its last checkpoint instead of doubling them.
     Written with tensorboardX (no TensorFlow needed).
     """
 
