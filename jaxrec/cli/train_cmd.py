@@ -157,8 +157,9 @@ def _train(args) -> int:
           f"{metrics['epochs_run']}; results in {workdir.resolve()}\n")
     print(metrics_table({"valid": metrics["valid"], "test": metrics["test"]}))
     timing = metrics["timing"]
+    evaluated = "valid and test" if config.eval.test_every_epoch else "one split"
     print(f"\n{timing['train_seconds_per_epoch']:.3f} s/epoch (median), {timing['eval_seconds']:.3f} s per "
-          f"evaluation of one split, {timing['total_seconds']:.1f} s in all")
+          f"evaluation of {evaluated}, {timing['total_seconds']:.1f} s in all")
     return 0
 
 
