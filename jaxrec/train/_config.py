@@ -147,7 +147,8 @@ class EvalConfig:
     each history row then holds ``test`` next to ``valid``. Only valid steers anything (early
     stopping, the best epoch, a search's winner); the run's reported test metrics are those at
     the best valid epoch either way, and equal that epoch's row (in a batched search's rows, up
-    to the float rounding of its batched encoder).
+    to the float rounding of its batched encoder). A row's ``eval_seconds`` (and so the median in
+    ``metrics.json``) then times both splits together.
     """
 
     ks: list[int] = dataclasses.field(default_factory=lambda: [5, 10, 20, 50])
