@@ -78,7 +78,8 @@ def test_test_every_epoch_ranks_test_beside_valid_and_steers_nothing(reference, 
     """eval.test_every_epoch: every history row also holds the test split's metrics (from the
     encoding valid's ranking used); the run is otherwise the reference's, bit for bit (valid rows,
     losses, best epoch, the reported valid and test), and the best epoch's row holds exactly the
-    test metrics the run reports, which the end of the run recomputes on the restored best state."""
+    test metrics the run reports, which the end of the run recomputes on the restored best state; a
+    killed and resumed run ends with the same rows."""
     from jaxrec.train import evaluate_run
 
     ref_dir, ref_metrics = reference
@@ -93,9 +94,21 @@ def test_test_every_epoch_ranks_test_beside_valid_and_steers_nothing(reference, 
     best_row = history[metrics["best_epoch"] - 1]
     assert best_row["epoch"] == metrics["best_epoch"] and best_row["test"] == metrics["test"]
     assert evaluate_run(workdir, "test", dataset=dataset)["metrics"] == best_row["test"]
-    # One evaluation call per epoch (both splits), plus the final test.
     rows = [json.loads(line) for line in (workdir / "history.jsonl").read_text().splitlines()]
     assert all(row["eval_seconds"] > 0 for row in rows)
+    # Killed after epoch 3 (its newest checkpoint: epoch 2) and resumed: the same rows, test included.
+    from jaxrec.train import TrainHooks
+
+    def stop(epoch, row):
+        if epoch == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_and_evaluate(config_from_dict(raw), tmp_path / "killed", dataset=dataset, quiet=True,
+                           hooks=TrainHooks(on_epoch_end=stop))
+    resumed = train_and_evaluate(config_from_dict(raw), tmp_path / "killed", dataset=dataset, quiet=True, resume=True)
+    assert _without_timing(resumed) == _without_timing(metrics)
+    assert _history(tmp_path / "killed") == history
 
 
 def test_test_every_epoch_must_be_a_boolean():
