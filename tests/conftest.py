@@ -26,3 +26,19 @@ def lfm2k_path() -> Path:
     if not (LFM2K / "lfm2k.inter").exists():
         pytest.skip(f"real data not found at {LFM2K} (it lives in ../shared/data beside the project)")
     return LFM2K
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session, exitstatus):
+    """Free JAX's compiled programs and arrays while the session is still running.
+
+    An xdist worker reports its end from this hook; pytest then runs gc.collect() five times at
+    unconfigure, and execnet sends a worker still busy 5 s after the controller's shutdown request
+    a SIGINT, which landed in JAX's gc callback as a PytestUnraisableExceptionWarning. Freeing
+    the suite's programs here (the slow part of those collections) keeps the later ones short."""
+    import gc
+    import sys
+
+    if "jax" in sys.modules:
+        sys.modules["jax"].clear_caches()
+    gc.collect()
