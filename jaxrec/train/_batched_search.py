@@ -428,14 +428,11 @@ def run_batched_search(config: ExperimentConfig, workdir: str | os.PathLike, set
     splits = prepare_eval_splits(exp)
     eval_cfg = configs[0].eval
 
-    # Ranked at every validation: valid, and test too with eval.test_every_epoch (one encoding for both).
-    epoch_splits = ("valid", "test") if eval_cfg.test_every_epoch else ("valid",)
-
     def evaluate(params_stack, active) -> tuple[dict[str, list[dict | None]], float]:
         tick = time.perf_counter()
         user_embs, item_embs = encoder(params_stack, arg_values, ctx, contexts.varying, active)
         out = {}
-        for split in epoch_splits:
+        for split in eval_cfg.epoch_splits:  # one encoding for both splits
             results = jeval.evaluate_prepared_many(splits[split], user_embs, item_embs, ks=eval_cfg.ks,
                                                    metrics=eval_cfg.metrics, active=np.asarray(active))
             out[split] = [None if r is None else metrics_at_k(r) for r in results]

@@ -160,6 +160,12 @@ class EvalConfig:
     user_sample_seed: int = 0
     test_every_epoch: bool = False
 
+    @property
+    def epoch_splits(self) -> tuple[str, ...]:
+        """The splits ranked at every validation, from one encoding: valid, and test with
+        ``test_every_epoch``."""
+        return ("valid", "test") if self.test_every_epoch else ("valid",)
+
 
 @dataclasses.dataclass
 class SearchConfig:

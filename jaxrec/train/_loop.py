@@ -394,8 +394,7 @@ class _Run:
     def validate(self, row: dict) -> bool:
         """Evaluate validation into ``row``; update early stopping; True at a new best."""
         n_before = len(self.meta["eval_seconds"])
-        splits = ("valid", "test") if self.exp.config.eval.test_every_epoch else ("valid",)
-        row.update(self._evaluate_splits(self.runner.eval_params(self.state), splits))
+        row.update(self._evaluate_splits(self.runner.eval_params(self.state), self.exp.config.eval.epoch_splits))
         row["eval_seconds"] = sum(self.meta["eval_seconds"][n_before:])
         self.early_stopping, improved = update_early_stopping(
             self.early_stopping, row["valid"][self.tcfg.valid_metric], row["epoch"], patience=self.tcfg.patience)
