@@ -73,7 +73,7 @@ from jaxrec.data.graph._neighbours import neighbour_cosine as neighbour_cosine
 from jaxrec.data.graph._neighbours import neighbour_edges as neighbour_edges
 from jaxrec.data.graph._neighbours import normalize_neighbour_weights as normalize_neighbour_weights
 from jaxrec.data.graph._neighbours import propagate_neighbours as propagate_neighbours
-from jaxrec.data.graph._propagate import lightgcn_propagate as lightgcn_propagate
+from jaxrec.data.graph._lightgcn import lightgcn_propagate as lightgcn_propagate
 from jaxrec.data.graph._propagate import propagate as propagate
 from jaxrec.data.graph._propagate import propagate_bcoo as propagate_bcoo
 from jaxrec.data.graph._propagate import to_bcoo as to_bcoo
