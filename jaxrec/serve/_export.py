@@ -36,6 +36,7 @@ import numpy as np
 
 from jaxrec.errors import ConfigError, DataError
 from jaxrec.serve._persist import replace_folder
+from jaxrec.serve._recommender import Recommender
 
 MANIFEST = "manifest.json"
 FORMAT = "jaxrec-export/1"
@@ -80,8 +81,6 @@ def export_run(source, output, *, k: int = 100, dataset=None) -> Path:
     Returns:
       the output folder.
     """
-    from jaxrec.serve._recommender import Recommender
-
     recommender = source if isinstance(source, Recommender) else Recommender.load(source, dataset=dataset)
     snap = recommender.snapshot
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:

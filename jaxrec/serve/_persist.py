@@ -30,6 +30,8 @@ import orbax.checkpoint as ocp
 from jaxrec.errors import ConfigError
 from jaxrec.serve import _grow, _online
 from jaxrec.serve._load import SERVED_FILE, load_config_of, prepare_experiment
+from jaxrec.serve._online import Learner
+from jaxrec.serve._snapshot import make_snapshot, seen_pairs
 from jaxrec.train import dump_config
 
 FORMAT = "jaxrec-served/1"
@@ -82,8 +84,6 @@ def replace_folder(tmp: Path, target: Path) -> None:
 
 
 def load_served(cls, path: Path, *, dataset=None, online=None, seen_splits=None):
-    from jaxrec.serve._recommender import Learner, _seen_pairs, make_snapshot
-
     try:
         info = json.loads((path / SERVED_FILE).read_text())
     except json.JSONDecodeError as error:
@@ -117,6 +117,6 @@ def load_served(cls, path: Path, *, dataset=None, online=None, seen_splits=None)
                           learner.params, raw["params"])
     learner = dataclasses.replace(learner, params=params)
     splits = tuple(seen_splits or info.get("seen_splits") or ("train",))
-    snapshot = make_snapshot(learner, int(info["version"]), _seen_pairs(base, splits, events),
+    snapshot = make_snapshot(learner, int(info["version"]), seen_pairs(base, splits, events),
                              int(info["events_applied"]), np.asarray(arrays["added_items"], np.int64))
     return cls(snapshot, source=Path(info["run_dir"]), online=online, seen_splits=splits)
