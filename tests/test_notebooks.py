@@ -1,6 +1,5 @@
 """The notebooks run clean, top to bottom, at test size (their cells assert their claims)."""
 
-import os
 from pathlib import Path
 
 import nbformat

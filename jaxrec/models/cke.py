@@ -72,7 +72,6 @@ from flax import linen as nn
 from jax.typing import ArrayLike
 
 from jaxrec import losses
-from jaxrec.data import TRAIN
 from jaxrec.datasets import add_tag_kg
 from jaxrec.errors import ConfigError
 from jaxrec.models._common import (batch_triples, bpr_emb_loss, check_choice, check_positive_int, counted_pairs,
