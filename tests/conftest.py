@@ -13,6 +13,22 @@ from _xla_flags import FAST_COMPILE  # noqa: E402
 os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count=4 {FAST_COMPILE}")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+# A persistent compilation cache for the run: many tests compile programs that another test of
+# the same process, the other xdist worker or a subprocess compiled before (the same models on
+# the same small data), and compiling is most of the suite's time. The first process (the xdist
+# controller, or pytest alone) makes one folder that the workers and every subprocess inherit
+# through the environment, and removes it at the end; a cache folder already set in the
+# environment is used as it is and kept. An entry that does not read back (a process killed
+# while writing it) is a warning and a fresh compile in JAX.
+_OWN_COMPILE_CACHE = None
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    _OWN_COMPILE_CACHE = tempfile.mkdtemp(prefix="jaxrec-tests-xla-cache-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_COMPILE_CACHE
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
 import pytest  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -42,3 +58,11 @@ def pytest_sessionfinish(session, exitstatus):
     if "jax" in sys.modules:
         sys.modules["jax"].clear_caches()
     gc.collect()
+
+
+def pytest_unconfigure(config):
+    """Remove the compilation cache folder this process made (the workers never make one)."""
+    if _OWN_COMPILE_CACHE is not None:
+        import shutil
+
+        shutil.rmtree(_OWN_COMPILE_CACHE, ignore_errors=True)
