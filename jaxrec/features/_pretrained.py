@@ -1,12 +1,12 @@
 """Pretrained image encoders (timm CNNs, open_clip CLIP) and the encoder registry.
 
-Both run on torch and are optional extras: ``pip install torch==2.13.0`` (the CPU wheel) first,
-then ``pip install 'jaxrec[image]'`` (timm, open_clip_torch; ``[video]`` adds PyAV). Nothing is
+Both run on torch and are optional extras: ``pip install 'jaxrec[image]'`` (timm, open_clip_torch
+and torchvision, which brings its matching torch; docs/features.md; ``[video]`` adds PyAV). Nothing is
 downloaded: weights come from ``--weights PATH`` (a checkpoint file) or from the user's local
-Hugging Face / torch cache (``HF_HUB_OFFLINE=1`` is set, so a missing cache entry fails at
-once with a message instead of reaching the network). ``random_init=True`` builds the same
-model with random weights -- the path the tests run, since no weights can be fetched there --
-and says so in the provenance. Each uses its model's own eval preprocessing: timm's
+Hugging Face / torch cache (the hub is kept offline, :func:`~jaxrec.features._hub.offline_hub`, so
+a missing cache entry fails at once with a message instead of reaching the network).
+``random_init=True`` builds the same model with random weights -- the path the tests run, since
+no weights can be fetched there -- and says so in the provenance. Each uses its model's own eval preprocessing: timm's
 ``resolve_data_config`` + ``create_transform`` (resize, centre crop, normalize with the
 model's mean/std), open_clip's validation transform (resize shorter side, centre crop, CLIP
 normalization). CLIP embeddings are L2-normalized (as CLIP compares them).
@@ -22,19 +22,15 @@ import numpy as np
 
 from jaxrec.errors import DataError
 from jaxrec.features._encoders import ClassicAudioEncoder, ClassicImageEncoder
+from jaxrec.features._hub import offline_hub
 from jaxrec.features._media_list import file_sha256
 
 DEFAULT_TIMM_MODEL = "resnet50.a1_in1k"
 DEFAULT_CLIP_MODEL, DEFAULT_CLIP_TAG = "ViT-B-32", "openai"
 ENCODERS = {"image": ("classic", "clip", "timm"), "video": ("classic", "clip", "timm"), "audio": ("classic",),
             "text": ("minilm",)}
-_IMAGE_HINT = ("the {name} encoder needs the 'image' extra: pip install torch==2.13.0 (the CPU wheel) and then "
-               "pip install 'jaxrec[image]'")
-
-
-def _offline() -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+_IMAGE_HINT = ("the {name} encoder needs the 'image' extra: pip install 'jaxrec[image]' (timm, open_clip_torch "
+               "and torchvision with its matching torch; docs/features.md, 'Installing the extras')")
 
 
 def _weights_file(weights) -> Path | None:
@@ -81,26 +77,26 @@ class TimmImageEncoder(_TorchImageEncoder):
 
     def __init__(self, model_name: str = DEFAULT_TIMM_MODEL, *, weights=None, random_init: bool = False,
                  device: str = "cpu"):
-        _offline()
-        try:
-            import timm
-            import timm.data
-        except ImportError as error:
-            raise ImportError(_IMAGE_HINT.format(name="timm")) from error
-        weights = _weights_file(weights)
-        kwargs: dict[str, Any] = {"num_classes": 0, "pretrained": not random_init}
-        if weights is not None and not random_init:
-            kwargs["pretrained_cfg_overlay"] = {"file": os.fspath(weights)}
-        try:
-            self.model = timm.create_model(model_name, **kwargs).eval().to(device)
-        except RuntimeError as error:
-            if "Unknown model" in str(error):
-                raise DataError("unknown timm model", field="model", found=model_name,
-                                expected="a name from timm.list_models()") from None
-            raise
-        except Exception as error:  # hub lookups fail with library-specific errors when offline
-            raise DataError("timm weights not available offline", field="weights", found=f"{model_name}: {error}",
-                            expected="the model in the local Hugging Face cache, or --weights PATH") from None
+        with offline_hub():  # imported and built with the hub offline
+            try:
+                import timm
+                import timm.data
+            except ImportError as error:
+                raise ImportError(_IMAGE_HINT.format(name="timm")) from error
+            weights = _weights_file(weights)
+            kwargs: dict[str, Any] = {"num_classes": 0, "pretrained": not random_init}
+            if weights is not None and not random_init:
+                kwargs["pretrained_cfg_overlay"] = {"file": os.fspath(weights)}
+            try:
+                self.model = timm.create_model(model_name, **kwargs).eval().to(device)
+            except RuntimeError as error:
+                if "Unknown model" in str(error):
+                    raise DataError("unknown timm model", field="model", found=model_name,
+                                    expected="a name from timm.list_models()") from None
+                raise
+            except Exception as error:  # hub lookups fail with library-specific errors when offline
+                raise DataError("timm weights not available offline", field="weights", found=f"{model_name}: {error}",
+                                expected="the model in the local Hugging Face cache, or --weights PATH") from None
         config = timm.data.resolve_data_config({}, model=self.model)
         self.transform = timm.data.create_transform(**config)
         self.device, self.model_name = device, model_name
@@ -133,24 +129,24 @@ class ClipImageEncoder(_TorchImageEncoder):
 
     def __init__(self, model_name: str = DEFAULT_CLIP_MODEL, *, pretrained: str | None = DEFAULT_CLIP_TAG,
                  weights=None, random_init: bool = False, device: str = "cpu"):
-        _offline()
-        try:
-            import open_clip
-        except ImportError as error:
-            raise ImportError(_IMAGE_HINT.format(name="clip")) from error
-        weights = _weights_file(weights)
-        source = None if random_init else (os.fspath(weights) if weights is not None else pretrained)
-        try:
-            model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=source, device=device)
-        except RuntimeError as error:
-            if "not found" in str(error).lower() and "model" in str(error).lower():
-                raise DataError("unknown open_clip model", field="model", found=model_name,
-                                expected="a name from open_clip.list_models()") from None
-            raise DataError("CLIP weights not available offline", field="weights", found=f"{model_name}: {error}",
-                            expected="the weights in the local cache, or --weights PATH") from None
-        except Exception as error:
-            raise DataError("CLIP weights not available offline", field="weights", found=f"{model_name}: {error}",
-                            expected="the weights in the local cache, or --weights PATH") from None
+        with offline_hub():  # imported and built with the hub offline
+            try:
+                import open_clip
+            except ImportError as error:
+                raise ImportError(_IMAGE_HINT.format(name="clip")) from error
+            weights = _weights_file(weights)
+            source = None if random_init else (os.fspath(weights) if weights is not None else pretrained)
+            try:
+                model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=source, device=device)
+            except RuntimeError as error:
+                if "not found" in str(error).lower() and "model" in str(error).lower():
+                    raise DataError("unknown open_clip model", field="model", found=model_name,
+                                    expected="a name from open_clip.list_models()") from None
+                raise DataError("CLIP weights not available offline", field="weights", found=f"{model_name}: {error}",
+                                expected="the weights in the local cache, or --weights PATH") from None
+            except Exception as error:
+                raise DataError("CLIP weights not available offline", field="weights", found=f"{model_name}: {error}",
+                                expected="the weights in the local cache, or --weights PATH") from None
         self.model, self.transform = model.eval(), preprocess
         self.device, self.name = device, f"clip:{model_name}"
         self.dim = int(model.visual.output_dim)

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from jaxrec.data import Modality, MultimodalDataset, align_item_text, read_item_text
 from jaxrec.errors import DataError
+from jaxrec.features._hub import offline_hub
 
 TextEncoder = Callable[[list[str]], np.ndarray]
 DEFAULT_TEXT_MODEL = "all-MiniLM-L6-v2"
@@ -42,12 +43,11 @@ class SentenceTransformerEncoder:
 
     def __init__(self, model_path=None, *, device: str = "cpu", normalize: bool = True):
         # Never reach the Hugging Face hub: every file must already be on disk.
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-        try:
-            import sentence_transformers
-        except ImportError as error:
-            raise ImportError(_INSTALL_HINT) from error
+        with offline_hub():
+            try:
+                import sentence_transformers
+            except ImportError as error:
+                raise ImportError(_INSTALL_HINT) from error
         versions = [f"sentence-transformers {sentence_transformers.__version__}"]
         if model_path is None:
             try:
@@ -64,8 +64,9 @@ class SentenceTransformerEncoder:
                             expected="a local sentence-transformers model folder")
         self.version = ", ".join(versions)
         self.normalize = normalize
-        self.model = sentence_transformers.SentenceTransformer(os.fspath(model_path), device=device,
-                                                               local_files_only=True)
+        with offline_hub():
+            self.model = sentence_transformers.SentenceTransformer(os.fspath(model_path), device=device,
+                                                                   local_files_only=True)
 
     @property
     def dim(self) -> int:
