@@ -1,5 +1,7 @@
 """The weight-free classic descriptors against independent computations on hand-made inputs."""
 
+import math
+
 import numpy as np
 import pytest
 
@@ -83,9 +85,31 @@ def test_motion_statistics_hand_worked():
         _classic.motion_statistics([black, np.zeros((5, 4, 3), np.uint8)])
 
 
+def _naive_mel_filterbank(sample_rate=16000, fft_size=512, bands=64, low=125.0, high=7500.0):
+    """VGGish's filterbank written out from its definition, one weight at a time: the HTK mel
+    scale 1127 ln(1 + f/700); FFT bin k at k * sample_rate / fft_size Hz (k = 0 .. fft_size/2);
+    ``bands + 2`` edges equally spaced in mel from mel(low) to mel(high); band b a triangle in
+    mel from edge b up to 1 at edge b + 1 and down to 0 at edge b + 2 (peak 1, no area
+    normalization); the DC bin carries no weight."""
+    mel = lambda f: 1127.0 * math.log(1.0 + f / 700.0)  # noqa: E731
+    lo, hi = mel(low), mel(high)
+    edges = [lo + (hi - lo) * j / (bands + 1) for j in range(bands + 2)]
+    bank = np.zeros((fft_size // 2 + 1, bands))
+    for k in range(1, fft_size // 2 + 1):
+        m = mel(k * sample_rate / fft_size)
+        for b in range(bands):
+            left, centre, right = edges[b], edges[b + 1], edges[b + 2]
+            if left < m <= centre:
+                bank[k, b] = (m - left) / (centre - left)
+            elif centre < m < right:
+                bank[k, b] = (right - m) / (right - centre)
+    return bank
+
+
 def test_mel_filterbank_triangles_peak_at_mel_spaced_centres():
     bank = _classic.mel_filterbank()
     assert bank.shape == (257, 64)
+    np.testing.assert_allclose(bank, _naive_mel_filterbank(), rtol=1e-12, atol=1e-12)
     freqs = np.linspace(0, 8000, 257)
     mel = lambda f: 1127.0 * np.log(1.0 + f / 700.0)  # noqa: E731 (HTK, written out independently)
     edges = np.linspace(mel(125.0), mel(7500.0), 66)
@@ -94,6 +118,9 @@ def test_mel_filterbank_triangles_peak_at_mel_spaced_centres():
     nearest = np.abs(freqs[:, None] - centres_hz[None, :]).argmin(axis=0)
     assert np.all(np.abs(bank.argmax(axis=0) - nearest) <= 1)
     assert np.all(bank >= 0) and np.all(bank <= 1) and not np.any(bank[freqs > 7500.0 + 31.25])
+    # another sample rate, FFT size and band count: the same definition
+    np.testing.assert_allclose(_classic.mel_filterbank(8000, 256, 20, 100.0, 3800.0),
+                               _naive_mel_filterbank(8000, 256, 20, 100.0, 3800.0), rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("tone", [300.0, 1000.0, 4000.0])
@@ -119,5 +146,5 @@ def test_log_mel_window_matches_a_naive_dft():
     n = np.arange(400)
     k = np.arange(257)
     naive = np.abs(np.exp(-2j * np.pi * np.outer(k, n) / 512) @ (samples * window))
-    expected = np.log(naive @ _classic.mel_filterbank() + 0.01)
+    expected = np.log(naive @ _naive_mel_filterbank() + 0.01)
     np.testing.assert_allclose(_classic.log_mel(samples)[0], expected, rtol=1e-9, atol=1e-9)

@@ -7,7 +7,6 @@ import pytest
 
 from _media_files import require_av, write_ids, write_video
 from jaxrec import features as jf
-from jaxrec import fusion
 from jaxrec.errors import DataError
 from jaxrec.features import _classic
 
@@ -45,6 +44,7 @@ def clips(tmp_path):
     still = [np.full((32, 48, 3), 90, np.uint8)] * 15
     write_video(folder / "still.mp4", 15, frames=still)
     write_video(folder / "wide.mp4", 9, height=24, width=64)
+    write_video(folder / "short.mp4", 4)  # fewer frames than 6 sampled: all 4 kept, the rest padding
     (folder / "garbage.mp4").write_bytes(np.random.default_rng(0).bytes(3000))
     write_video(folder / "empty.mp4", 0)
     (folder / "zero.mp4").write_bytes(b"")
@@ -52,17 +52,20 @@ def clips(tmp_path):
 
 
 def test_video_features_pool_the_frames_and_add_motion(clips, tmp_path):
-    ids = write_ids(tmp_path / "ids.tsv", [(0, "moving.mp4"), (1, "still.mp4"), (3, "wide.mp4")])
+    ids = write_ids(tmp_path / "ids.tsv", [(0, "moving.mp4"), (1, "still.mp4"), (3, "wide.mp4"),
+                                                 (4, "short.mp4")])
     pipeline = jf.ModalityPipeline("video", jf.ClassicImageEncoder(), sampling=jf.FrameSampling("uniform", count=6))
     result = jf.extract_features(jf.read_media_list(ids, clips), pipeline, tmp_path / "v.npy", keep_frames=True,
                                  batch_size=2, progress=False)
     assert result.dim == _classic.VIDEO_DIM == 109
     items = jf.load_features(tmp_path / "v.npy")
     frames = jf.load_features(tmp_path / "v.npy", sequence=True)
-    assert frames.is_sequence and frames.features.shape == (4, 6, 105)
-    assert frames.lengths.tolist() == [6, 6, 0, 6] and items.mask.tolist() == [True, True, False, True]
-    # the pooled part is the masked mean of the kept frames (jaxrec.fusion's temporal pooling)
-    pooled = np.asarray(fusion.masked_mean_pool(frames.features, frames.lengths))
+    assert frames.is_sequence and frames.features.shape == (5, 6, 105)
+    assert frames.lengths.tolist() == [6, 6, 0, 6, 4] and items.mask.tolist() == [True, True, False, True, True]
+    assert not np.any(frames.features[4, 4:])  # the short clip's padding frames are zero
+    # the pooled part is the mean of each item's kept frames (naive numpy; zeros for an item without frames)
+    pooled = np.stack([frames.features[i, :n].astype(np.float64).mean(axis=0) if n else np.zeros(105)
+                       for i, n in enumerate(frames.lengths.tolist())])
     np.testing.assert_allclose(items.features[:, :105], pooled, rtol=1e-5, atol=1e-7)
     assert not np.any(frames.features[2]) and not np.any(items.features[2])
     # motion: the still clip has none, the moving bar a lot

@@ -2,6 +2,7 @@
 
 import itertools
 import json
+import math
 import os
 import subprocess
 import sys
@@ -105,7 +106,9 @@ def test_runs_records_and_table_land_under_output(reproduced):
     # Stage times: printed and written.
     times = json.loads((out / "runs" / "tiny" / "reproduce.json").read_text())
     assert [s["stage"] for s in times["stages"]] == ["bpr", "lightgcn", "results table"]
-    assert all(s["seconds"] >= 0 for s in times["stages"])
+    # stage durations are wall-clock readings: only their form is checked (finite non-negative floats)
+    assert all(isinstance(s["seconds"], float) and math.isfinite(s["seconds"]) and s["seconds"] >= 0
+               for s in times["stages"])
     assert "| bpr |" in stdout and "| total |" in stdout
 
 

@@ -171,8 +171,12 @@ def test_micro_batcher_groups_concurrent_requests():
 
 
 def test_micro_batcher_hands_a_failure_to_every_request_of_the_batch():
+    raised = []  # (payloads of the call, the exception it raised), one per call
+
     def run_batch(payloads):
-        raise RuntimeError("boom")
+        error = RuntimeError(f"boom {list(payloads)}")
+        raised.append((list(payloads), error))
+        raise error
 
     async def main():
         with ThreadPoolExecutor(1) as pool:
@@ -182,7 +186,13 @@ def test_micro_batcher_hands_a_failure_to_every_request_of_the_batch():
             await batcher.stop()
             return results
 
-    assert all(isinstance(r, RuntimeError) for r in asyncio.run(main()))
+    results = asyncio.run(main())
+    assert len(results) == 3
+    # every payload went to exactly one call, and each request got that call's exception object
+    assert sorted(p for payloads, _ in raised for p in payloads) == [0, 1, 2]
+    for n, result in enumerate(results):
+        payloads, error = next((payloads, error) for payloads, error in raised if n in payloads)
+        assert result is error and str(result) == f"boom {payloads}"
 
 
 def test_cli_option_table_matches_serve_options():

@@ -4,6 +4,8 @@ padding rows), a changed bit changes it, and a CPU state never compiles anything
 
 from __future__ import annotations
 
+import struct
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -55,6 +57,73 @@ def test_host_checksum_equals_the_compiled_reduction_for_64_bit_leaves_in_x64_mo
         tree = {"f64": rng.standard_normal((5, 3)), "i64": rng.integers(-2**40, 2**40, (7,)),
                 "scalar": np.array(3, np.int64)}
         assert state_checksum(tree) == _compiled_checksum(tree)
+
+
+def _words_by_hand(leaf) -> list[int]:
+    """A leaf's uint32 words, element by element in row-major order, from Python's ``struct``
+    (little-endian bytes, as the checksum's docstring describes them): 4-byte types are their
+    bits, 2-byte floats their 16 bits zero-extended, booleans 0/1, 8-byte types two words each
+    (low word first); a float64 leaf outside 64-bit mode is first rounded to float32 (as JAX holds
+    it). One-byte integers are the element's VALUE mod 2^32 (int8 -1 -> 0xFFFFFFFF, sign-extended,
+    not its 8 bits 0xFF): that is what both the host and the compiled path do."""
+    leaf = np.asarray(leaf)
+    x64 = jax.config.jax_enable_x64
+    words = []
+    for value in leaf.ravel().tolist():  # Python floats/ints/bools
+        kind, size = leaf.dtype.kind, leaf.dtype.itemsize
+        if kind == "b":
+            words.append(int(value))
+        elif size == 1:
+            words.append(value % 2**32)
+        elif kind == "f" and size == 2:
+            words.append(struct.unpack("<H", struct.pack("<e", value))[0])
+        elif kind == "i" and size == 4:
+            words.append(struct.unpack("<I", struct.pack("<i", value))[0])
+        elif kind == "f" and (size == 4 or not x64):
+            words.append(struct.unpack("<I", struct.pack("<f", value))[0])
+        elif kind == "f":
+            words.extend(struct.unpack("<2I", struct.pack("<d", value)))
+        elif kind == "i" and size == 8 and x64:
+            words.extend(struct.unpack("<2I", struct.pack("<q", value)))
+        else:
+            raise AssertionError(f"no hand reference for {leaf.dtype}")
+    return words
+
+
+def _checksum_by_hand(tree) -> str:
+    """The documented formula with Python integers, leaf by leaf in ``jax.tree.leaves`` order:
+    ``sum_i w_i (2i + 1)`` and ``sum_i rotl(w_i, 13) (i * 0x9E3779B1 | 1)``, both mod 2^32, each
+    leaf as 16 hex digits."""
+    out = []
+    for leaf in jax.tree.leaves(tree):
+        first = second = 0
+        for i, w in enumerate(_words_by_hand(leaf)):
+            rotl = ((w << 13) | (w >> 19)) & 0xFFFFFFFF
+            first = (first + w * (2 * i + 1)) % 2**32
+            second = (second + rotl * (((i * 0x9E3779B1) % 2**32) | 1)) % 2**32
+        out.append(f"{first:08x}{second:08x}")
+    return "".join(out)
+
+
+def test_checksum_of_a_small_tree_is_the_documented_formula_computed_by_hand():
+    rng = np.random.default_rng(5)
+    tree = {"f32": rng.standard_normal((4, 3)).astype(np.float32),
+            "specials": np.array([np.nan, -0.0, np.inf, -np.inf, 1e-45, 3.0e38], np.float32),
+            "i8": np.array([-128, -1, 0, 1, 127], np.int8),
+            "i32": np.array([-7, 2**31 - 1, -2**31], np.int32),
+            "f16": rng.standard_normal(5).astype(np.float16),
+            "mask": np.array([True, False, True]),
+            "f64": rng.standard_normal(4)}  # float32 outside 64-bit mode
+    expected = _checksum_by_hand(tree)
+    assert len(expected) == 16 * len(tree)
+    assert state_checksum(tree) == expected
+    assert state_checksum({k: jnp.asarray(v) for k, v in tree.items()}) == expected  # as CPU jax.Arrays
+    assert _compiled_checksum(tree) == expected
+    with jax.enable_x64():  # 8-byte leaves: two words per element, low word first
+        wide = {"f64": rng.standard_normal((2, 3)), "i64": np.array([-2**40 - 3, 5, 2**62 + 1], np.int64)}
+        expected = _checksum_by_hand(wide)
+        assert state_checksum(wide) == expected
+        assert _compiled_checksum(wide) == expected
 
 
 def test_host_checksum_of_a_sharded_padded_table_is_its_logical_rows_checksum():

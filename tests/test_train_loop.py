@@ -1,6 +1,7 @@
 """train_and_evaluate: determinism, resume after a hard kill, outputs, early stopping, guards."""
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -44,6 +45,11 @@ def _without_timing(metrics):
     return {k: v for k, v in metrics.items() if k != "timing"}
 
 
+def _clock_reading(value) -> bool:
+    """A duration as the run records it: a finite non-negative float (its value is the clock's)."""
+    return isinstance(value, float) and math.isfinite(value) and value >= 0
+
+
 def _history(workdir):
     rows = [json.loads(line) for line in (workdir / "history.jsonl").read_text().splitlines()]
     return [{k: v for k, v in row.items() if "seconds" not in k} for row in rows]
@@ -56,9 +62,10 @@ def test_outputs_of_a_run(reference):
     assert metrics["valid"]["recall@20"] == max(row["valid"]["recall@20"] for row in _history(workdir))
     assert metrics["n_params"] == (120 + 80) * 8
     assert metrics["devices"]["count"] == 1 and metrics["devices"]["parallel"] == "none"
+    # wall-clock readings: only their presence and form are checked (their values are the clock's)
     timing = metrics["timing"]
-    assert timing["train_seconds_per_epoch"] > 0 and timing["eval_seconds"] > 0
-    assert timing["total_seconds"] >= 6 * timing["train_seconds_per_epoch"]
+    assert {"train_seconds_per_epoch", "eval_seconds", "total_seconds"} <= set(timing)
+    assert all(_clock_reading(timing[k]) for k in ("train_seconds_per_epoch", "eval_seconds", "total_seconds"))
     assert json.loads((workdir / "metrics.json").read_text()) == metrics
     history = _history(workdir)
     assert [row["epoch"] for row in history] == [1, 2, 3, 4, 5, 6]
@@ -95,7 +102,7 @@ def test_test_every_epoch_ranks_test_beside_valid_and_steers_nothing(reference, 
     assert best_row["epoch"] == metrics["best_epoch"] and best_row["test"] == metrics["test"]
     assert evaluate_run(workdir, "test", dataset=dataset)["metrics"] == best_row["test"]
     rows = [json.loads(line) for line in (workdir / "history.jsonl").read_text().splitlines()]
-    assert all(row["eval_seconds"] > 0 for row in rows)
+    assert all(_clock_reading(row["eval_seconds"]) for row in rows)
     # Killed after epoch 3 (its newest checkpoint: epoch 2) and resumed: the same rows, test included.
     from jaxrec.train import TrainHooks
 

@@ -76,7 +76,9 @@ def state_digest(host_state) -> str:
 
 
 def _as_words(x):
-    """``x``'s bits as uint32 words, one per element (two for 8-byte types)."""
+    """``x`` as uint32 words, row-major: a 4-byte element's bits; a 2-byte element's bits, zero-extended;
+    a 1-byte element or a bool, its value mod 2^32 (an int8 -1 is 0xFFFFFFFF); an 8-byte element's
+    two words, low word first."""
     x = jnp.asarray(x)
     if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
         x = jax.random.key_data(x)
@@ -131,7 +133,7 @@ def _host_checksum(view: np.ndarray, chunk: int = 1 << 20) -> tuple[int, int]:
 def state_checksum(state) -> str:
     """A checksum of a state's values that does not depend on where they are.
 
-    Per leaf, over its elements' bits ``w_i`` (uint32 words, row-major index ``i``):
+    Per leaf, over its elements' uint32 words ``w_i`` (their bits; :func:`_as_words`; row-major index ``i``):
     ``sum_i w_i (2i + 1)`` and ``sum_i rotl(w_i, 13) (i * 0x9E3779B1 | 1)``, both mod 2^32.
     The weights are odd, so any single changed word changes the first sum. Integer sums do not
     depend on the order of addition, so the value is the same for any sharding; zero rows
