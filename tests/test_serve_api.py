@@ -315,6 +315,45 @@ def test_save_load_and_export(vbpr_run, tmp_path):
         load_export(out)
 
 
+def _tree(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_export_and_save_never_replace_a_folder_that_is_not_theirs(bpr_run, tmp_path, capsys):
+    from jaxrec.cli.main import main
+
+    workdir, dataset = bpr_run
+    run_copy = tmp_path / "run_copy"
+    shutil.copytree(workdir, run_copy)
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "keep.txt").write_text("mine\n")
+    a_file = tmp_path / "metrics.json"
+    a_file.write_text("{}\n")
+    before = {folder: _tree(folder) for folder in (run_copy, other)}
+    rec = Recommender.load(workdir, dataset=dataset)
+    for target, message in ((run_copy, "is not a jaxrec export"), (other, "is not a jaxrec export"),
+                            (a_file, "a file already stands there"), (a_file / "x", "is a file, not a folder")):
+        assert main(["export", str(workdir), "--output", str(target)]) == 1
+        assert message in capsys.readouterr().err
+        with pytest.raises(ConfigError, match="is not a saved served model|a file already|is a file, not"):
+            rec.save(target)
+    assert {folder: _tree(folder) for folder in (run_copy, other)} == before  # untouched, byte for byte
+    assert a_file.read_text() == "{}\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json", "notes", "run_copy"]  # no leftovers
+    # New, empty and earlier folders of the same kind are written (an earlier one replaced whole).
+    (tmp_path / "empty").mkdir()
+    assert main(["export", str(workdir), "--output", str(tmp_path / "empty"), "--k", "3"]) == 0
+    assert main(["export", str(workdir), "--output", str(tmp_path / "empty"), "--k", "4"]) == 0
+    assert json.loads((tmp_path / "empty" / "manifest.json").read_text())["k"] == 4
+    saved = rec.save(tmp_path / "served")
+    assert rec.save(saved) == saved
+    with pytest.raises(ConfigError, match="is not a saved served model"):
+        rec.save(tmp_path / "empty")  # an export is not a served model
+    with pytest.raises(ConfigError, match="is not a jaxrec export"):
+        export_run(rec, saved)  # nor the other way round
+
+
 def test_load_resolves_search_folders_and_refuses_others(bpr_run, tmp_path):
     workdir, dataset = bpr_run
     search = tmp_path / "search"

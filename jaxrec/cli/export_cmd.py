@@ -11,7 +11,8 @@ def add_parser(subparsers) -> None:
         "export", help="export a run's embeddings and scoring function for serving without jaxrec",
         description="Write RUN_DIR's user and item embeddings (.npy), id maps, each user's seen items, a "
                     "manifest (model, version, dims, sha256 of every file) and the scoring and top-k "
-                    "functions as serialized jax.export artifacts to DIR (replaced atomically). RUN_DIR may "
+                    "functions as serialized jax.export artifacts to DIR (new, empty or an earlier export, replaced "
+                    "atomically; any other folder is refused). RUN_DIR may "
                     "be a run, a search folder (its winning trial) or a served model saved by the server.")
     export.add_argument("run_dir", help="a run folder, search folder or saved served model")
     export.add_argument("--output", "-o", required=True, help="the folder to write")

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrec.errors import ConfigError, DataError
-from jaxrec.serve._persist import replace_folder
+from jaxrec.serve._persist import check_replaceable, replace_folder
 from jaxrec.serve._recommender import Recommender
 
 MANIFEST = "manifest.json"
@@ -74,17 +74,20 @@ def export_run(source, output, *, k: int = 100, dataset=None) -> Path:
 
     Args:
       source: a run folder, search folder, saved served model, or a ``Recommender``.
-      output: the folder to write (replaced atomically if it exists).
+      output: the folder to write: new, empty, or an earlier export (replaced atomically); any
+        other folder (a run's, say) or a file there is refused with a :class:`ConfigError`.
       k: the list length of the exported ``top_k`` (at most the number of items).
       dataset: passed to :meth:`Recommender.load`.
 
     Returns:
       the output folder.
     """
-    recommender = source if isinstance(source, Recommender) else Recommender.load(source, dataset=dataset)
-    snap = recommender.snapshot
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ConfigError(f"--k must be a positive integer; found {k!r}")
+    output = Path(output).expanduser().resolve()
+    check_replaceable(output, MANIFEST, FORMAT, "jaxrec export")  # before any work: never a run's folder
+    recommender = source if isinstance(source, Recommender) else Recommender.load(source, dataset=dataset)
+    snap = recommender.snapshot
     k = min(k, snap.n_items)
     user_emb, item_emb = recommender.embeddings()
     if not (np.all(np.isfinite(user_emb)) and np.all(np.isfinite(item_emb))):
@@ -95,7 +98,6 @@ def export_run(source, output, *, k: int = 100, dataset=None) -> Path:
     items = [str(x) for x in base.item_ids] if base.item_ids is not None else [str(i) for i in range(base.n_items)]
     items += [f"added:{i}" for i in range(base.n_items, snap.n_items)]
 
-    output = Path(output).expanduser().resolve()
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
     try:
@@ -124,7 +126,7 @@ def export_run(source, output, *, k: int = 100, dataset=None) -> Path:
             "sha256": {name: _sha256(tmp / name) for name in files},
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        replace_folder(tmp, output)
+        replace_folder(tmp, output, MANIFEST, FORMAT, "jaxrec export")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

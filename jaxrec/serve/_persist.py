@@ -42,6 +42,7 @@ def save_served(recommender, snapshot, directory) -> Path:
     if not all(bool(np.all(np.isfinite(np.asarray(leaf)))) for leaf in jax.tree.leaves(learner.params)):
         raise ConfigError("refusing to save non-finite parameters")
     target = Path(directory).expanduser().resolve()
+    check_replaceable(target, SERVED_FILE, FORMAT, "saved served model")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
@@ -64,16 +65,43 @@ def save_served(recommender, snapshot, directory) -> Path:
         with open(tmp / "arrays.npz", "wb") as handle:
             np.savez(handle, **arrays)
         (tmp / SERVED_FILE).write_text(json.dumps(info, indent=2) + "\n")
-        replace_folder(tmp, target)
+        replace_folder(tmp, target, SERVED_FILE, FORMAT, "saved served model")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
 
 
-def replace_folder(tmp: Path, target: Path) -> None:
-    """Put the finished folder ``tmp`` at ``target`` by renames (an older ``target`` is moved
-    aside first and removed after), so a reader finds the old folder or the new one, whole."""
+def check_replaceable(target: Path, marker: str, fmt: str, what: str) -> None:
+    """Raise :class:`ConfigError` unless ``target`` can take a new ``what`` folder: it does not
+    exist (and no file stands where a parent folder must be), is an empty folder, or is an
+    earlier ``what`` (``marker`` a JSON file with ``"format": fmt``). A run folder, a search
+    folder, a file or any other folder is never replaced."""
+    for parent in target.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ConfigError(f"{target}: {parent} is a file, not a folder; choose another path for the {what}")
+            break
+    if not target.exists():
+        return
+    if not target.is_dir():
+        raise ConfigError(f"{target}: a file already stands there; the {what} is a folder (choose another path)")
+    if not any(target.iterdir()):
+        return
+    try:
+        info = json.loads((target / marker).read_text())
+    except (OSError, ValueError):
+        info = None
+    if not isinstance(info, dict) or info.get("format") != fmt:
+        raise ConfigError(f"{target}: the folder exists and is not a {what} ({marker} with format {fmt!r}); "
+                          f"refusing to replace it: choose a new or empty folder, or an earlier {what}")
+
+
+def replace_folder(tmp: Path, target: Path, marker: str, fmt: str, what: str) -> None:
+    """Put the finished folder ``tmp`` at ``target`` by renames (an older ``target``, which
+    :func:`check_replaceable` accepts, is moved aside first and removed after), so a reader
+    finds the old folder or the new one, whole."""
+    check_replaceable(target, marker, fmt, what)
     old = None
     if target.exists():
         old = target.with_name(f".{target.name}.old-{os.getpid()}")

@@ -352,6 +352,8 @@ class Recommender:
 
     def save(self, directory: str | os.PathLike) -> Path:
         """Write the current version (parameters, grown tables, events, added items) to
-        ``directory`` (atomically: a temporary folder renamed); :meth:`load` reads it back."""
+        ``directory`` (atomically: a temporary folder renamed); :meth:`load` reads it back.
+        ``directory`` must be new, empty or an earlier saved model: a run's folder or any other
+        folder is refused (:class:`~jaxrec.errors.ConfigError`), never replaced."""
         return save_served(self, self._snapshot, directory)
 
