@@ -67,6 +67,7 @@ def test_extracted_rows_become_a_masked_modality(run):
     assert poster.features.shape == (N_ITEMS, 105) and not np.any(poster.features[~expected_mask])
     record = json.loads(output.with_suffix(".json").read_text())
     assert record["rows"]["present"] == 54 and record["failures"][0]["path"] == "broken.png"
+    assert record["encoder"] == "classic" and record["library"].startswith("jaxrec ")
     assert poster.provenance["encoder"] == "classic"
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxrec._version import __version__
 from jaxrec.errors import DataError
 from jaxrec.features import _classic
 from jaxrec.features._media_io import FrameSampling, decode_video, load_audio, load_image, load_text
@@ -55,7 +56,8 @@ class ClassicImageEncoder:
         return _classic.motion_statistics(frames)
 
     def provenance(self) -> dict[str, Any]:
-        return {"encoder": "classic", "weights": None, "weights_sha256": None,
+        return {"encoder": "classic", "library": f"jaxrec {__version__} (numpy)", "weights": None,
+                "weights_sha256": None,
                 "preprocessing": f"RGB (alpha over white, 16-bit scaled to 8), longer side shrunk to <= "
                                  f"{self.max_side} px (bilinear, aspect kept, no crop)",
                 "descriptor": "joint RGB histogram 4x4x4 (64) + gradient-orientation histograms, 8 centred "
@@ -75,7 +77,8 @@ class ClassicAudioEncoder:
         return np.stack([_classic.audio_descriptor(clip, self.sample_rate) for clip in clips])
 
     def provenance(self) -> dict[str, Any]:
-        return {"encoder": "classic", "weights": None, "weights_sha256": None,
+        return {"encoder": "classic", "library": f"jaxrec {__version__} (numpy)", "weights": None,
+                "weights_sha256": None,
                 "preprocessing": "mono, resampled to 16 kHz; log-mel: 25 ms Hann window, 10 ms hop, 512-point "
                                  "FFT, 64 HTK-mel bands 125-7500 Hz, log(mel + 0.01)",
                 "descriptor": "per-band mean (64), std (64) and mean |first difference| (64) over time"}
