@@ -84,6 +84,29 @@ def test_bad_input_is_one_clean_error_line(toy, capsys):
     assert code == 1 and "--option expects KEY=VALUE" in err
 
 
+def test_prepare_into_a_file_is_a_clean_error_and_writes_nothing(toy, tmp_path, capsys):
+    not_a_folder = tmp_path / "README.md"
+    not_a_folder.write_text("a file\n")
+    before = sorted(tmp_path.rglob("*"))
+    cases = [
+        (not_a_folder, f"--data-dir {not_a_folder}: exists and is not a folder"),
+        (not_a_folder / "sub", f"--data-dir {not_a_folder / 'sub'}: cannot create a folder there, "
+                               f"{not_a_folder} is a file, not a folder"),
+    ]
+    for data_dir, expected in cases:
+        code, out, err = run(["data", "prepare", str(toy), "--name", "toy", "--data-dir", str(data_dir)], capsys)
+        assert code == 1 and out == "" and "Traceback" not in err
+        assert err.startswith("jaxrec: error: ") and expected in err
+    assert sorted(tmp_path.rglob("*")) == before  # nothing created
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "toy").write_text("a file where the dataset's folder goes\n")
+    before = sorted(tmp_path.rglob("*"))
+    code, _, err = run(["data", "prepare", str(toy), "--name", "toy", "--data-dir", str(tmp_path / "data")], capsys)
+    assert code == 1 and f"{tmp_path / 'data' / 'toy'} exists and is not a folder" in err
+    assert sorted(tmp_path.rglob("*")) == before
+    assert not_a_folder.read_text() == "a file\n"
+
+
 def test_data_without_a_command_prints_help(capsys):
     code, out, _ = run(["data"], capsys)
     assert code == 2 and "info" in out

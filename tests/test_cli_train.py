@@ -116,3 +116,99 @@ def test_the_demo_runs_its_packaged_config_with_only_the_asked_overrides():
     assert tiny["data"]["synthetic"]["n_users"] == 200 and base["data"]["synthetic"] == {}
     assert {k: v for k, v in tiny.items() if k not in ("train", "data")} == \
         {k: v for k, v in base.items() if k not in ("train", "data")}
+
+def _copy_run_with_metrics(workdir: Path, folder: Path, text: str) -> Path:
+    import shutil
+
+    copy = folder / "copy"
+    shutil.copytree(workdir, copy)
+    (copy / "metrics.json").write_text(text)
+    return copy
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("[1, 2]\n", "metrics.json: expected a JSON object (a run's metrics, as 'jaxrec train' writes them); "
+                 "found a list"),
+    ('{"best_epoch": "2"}\n', "metrics.json, field 'best_epoch': expected an integer or null; found '2'"),
+])
+def test_evaluate_of_a_misshapen_metrics_json_is_a_clean_error(trained, tmp_path, capsys, text, expected):
+    _, workdir = trained
+    copy = _copy_run_with_metrics(workdir, tmp_path, text)
+    capsys.readouterr()
+    assert main(["evaluate", str(copy)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"jaxrec: error: {copy.resolve() / 'metrics.json'}") and expected in err
+    assert "Traceback" not in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("text", ["[1, 2]\n", '{"valid": [1]}\n', '"done"\n'])
+def test_runs_compare_skips_a_misshapen_metrics_json_with_a_note(trained, tmp_path, capsys, text):
+    _, workdir = trained
+    copy = _copy_run_with_metrics(workdir, tmp_path, text)
+    capsys.readouterr()
+    assert main(["runs", "compare", str(workdir), str(copy)]) == 0
+    out = capsys.readouterr().out
+    lines = out.strip().splitlines()
+    assert str(workdir) in lines[2] and not any(line.startswith(f"| {copy}") for line in lines)
+    assert "Skipped 1 folder(s) without a finished run:" in out
+    assert f"- {copy}: {copy / 'metrics.json'}" in out and "expected" in out
+    assert main(["runs", "compare", str(copy)]) == 1  # nothing left to compare: a clean error
+    err = capsys.readouterr().err
+    assert err.startswith("jaxrec: error: no finished run to compare: ") and "Traceback" not in err
+
+
+def test_runs_compare_skips_a_search_json_of_the_wrong_shape(trained, tmp_path, capsys):
+    _, workdir = trained
+    search = tmp_path / "search"
+    search.mkdir()
+    (search / "search.json").write_text("[1, 2]\n")
+    capsys.readouterr()
+    assert main(["runs", "compare", str(workdir), str(search)]) == 0
+    out = capsys.readouterr().out
+    assert f"- {search}: {search / 'search.json'}: expected a JSON object" in out
+
+
+def test_a_config_holding_a_list_is_a_clean_error_also_with_set(tmp_path, capsys):
+    config = tmp_path / "list.yaml"
+    config.write_text("- a\n- b\n")
+    for extra in ([], ["--set", "train.epochs=2"]):
+        assert main(["train", str(config), "--workdir", str(tmp_path / "run"), "--quiet", *extra]) == 1
+        err = capsys.readouterr().err
+        assert err == f"jaxrec: error: {config}: a config must be a mapping of sections; found ['a', 'b']\n"
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("train.epoch=5", "--set train.epoch=5: unknown config key 'train.epoch'; did you mean 'train.epochs'?"),
+    ("trian.epochs=5", "--set trian.epochs=5: unknown config key 'trian'; did you mean 'train'?"),
+    ("train.epochs.x=5", "--set train.epochs.x=5: unknown config key 'train.epochs.x' ('train.epochs' takes a "
+                         "value of type int, not a section of keys)"),
+    ("train={epoch: 5}", "--set train={epoch: 5}: unknown config key 'train.epoch'; did you mean 'train.epochs'?"),
+    ("train.epochs=five", "--set train.epochs=five: config key 'train.epochs' expects int; found 'five' (str)"),
+    ("loss_weights.reg=x", "--set loss_weights.reg=x: config key 'loss_weights.reg' expects float; found 'x'"),
+    ("grid.train.seed=3", "--set grid.train.seed=3: config key 'grid.train.seed' expects list; found 3 (int)"),
+])
+def test_a_bad_set_is_blamed_on_the_set_not_the_file(trained, tmp_path, capsys, override, expected):
+    config_path, _ = trained
+    capsys.readouterr()
+    assert main(["train", str(config_path), "--workdir", str(tmp_path / "run"), "--quiet",
+                 "--set", "train.epochs=2", "--set", override]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"jaxrec: error: {expected}") and str(config_path) not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_set_errors_leave_the_file_blamed_for_its_own_keys(tmp_path):
+    from jaxrec.errors import ConfigError
+    from jaxrec.train import load_config
+
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({**CONFIG, "train": {"epoch": 2}}))
+    with pytest.raises(ConfigError, match=rf"^{config}: unknown config key 'train.epoch'"):
+        load_config(config, ["train.seed=1"])
+    config.write_text(yaml.safe_dump(CONFIG))
+    # an override a later one replaces is not checked; free-form sections take any key
+    loaded = load_config(config, ["train.epochs=abc", "train.epochs=2", "model.args.anything=1"])
+    assert loaded.train.epochs == 2 and loaded.model.args["anything"] == 1
+    with pytest.raises(ConfigError, match=r"^override 'train\.epoch': unknown config key"):
+        load_config(config, [("train.epoch", 2)])

@@ -34,8 +34,16 @@ add_parser = add_prepare_parser
 
 
 def run_prepare(args: argparse.Namespace) -> int:
+    from jaxrec.cli._paths import check_output_folder
     from jaxrec.data import load, prepare_tfds  # the data layer (and TFDS) load only when this command runs
+    from jaxrec.errors import ConfigError
 
+    # The output folders, checked before the (slow) load and before anything is written.
+    data_dir = check_output_folder("--data-dir", args.data_dir)
+    target = data_dir / args.name
+    if target.exists() and not target.is_dir():
+        raise ConfigError(f"--data-dir {args.data_dir} --name {args.name}: {target} exists and is not a folder; "
+                          f"expected the dataset's folder there (or nothing)")
     dataset = load(args.path, format=args.format)
     root = prepare_tfds(dataset, args.data_dir, name=args.name, version=args.version,
                         release_notes=args.release_notes, overwrite=args.overwrite, verbose=args.verbose)

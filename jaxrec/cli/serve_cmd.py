@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import signal
 import socket
+from pathlib import Path
 
+from jaxrec.cli._paths import check_output_folder
 from jaxrec.errors import JaxrecError
 
 
@@ -24,6 +26,17 @@ _OPTIONS = {
 }
 
 
+def _port(text: str) -> int:
+    """``--port``'s type: an integer 0-65535 (argparse names the option in its error)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer 0-65535; found {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port 0-65535 (0 picks a free one); found {port}")
+    return port
+
+
 def add_parser(subparsers) -> None:
     serve = subparsers.add_parser(
         "serve", help="serve a trained run over HTTP: recommend, fold-in, new items, online learning, monitors",
@@ -36,7 +49,7 @@ def add_parser(subparsers) -> None:
                "  curl 'http://127.0.0.1:8000/recommend?user_id=3&k=10'")
     serve.add_argument("run_dir", metavar="RUN_DIR", help="a run folder written by 'jaxrec train'")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0 picks a free one)")
+    serve.add_argument("--port", type=_port, default=8000, help="port (default: 8000; 0 picks a free one)")
     serve.add_argument("--state", metavar="DIR", help="state folder (default: RUN_DIR/serving)")
     group = serve.add_argument_group("batching, online learning and monitors")
     for name, (default, help_text) in _OPTIONS.items():
@@ -58,6 +71,11 @@ def _serve(args) -> int:
         options = ServeOptions(**{name: getattr(args, name) for name in ServeOptions.__dataclass_fields__})
     except ValueError as error:
         raise JaxrecError(str(error)) from None
+    # The state folder, checked before listening or loading anything (the server creates it).
+    if args.state:  # (as Service reads it: an empty --state means the default)
+        check_output_folder("--state", args.state)
+    elif Path(args.run_dir).expanduser().is_dir():  # (a missing RUN_DIR gets its own error)
+        check_output_folder("state folder (the default of --state)", Path(args.run_dir).expanduser() / "serving")
     listener = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,18 @@ from typing import Any
 import yaml
 
 from jaxrec.errors import ConfigError
-from jaxrec.train._config import ExperimentConfig, config_from_dict, config_to_dict
+from jaxrec.train._config import (
+    ExperimentConfig,
+    _build_section,
+    _coerce,
+    _field_types,
+    _is_dataclass_type,
+    _type_name,
+    _unknown_key_error,
+    _unwrap_optional,
+    config_from_dict,
+    config_to_dict,
+)
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -29,7 +41,14 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def apply_overrides(raw: Mapping | None, overrides: Sequence[str | tuple[str, Any]]) -> dict[str, Any]:
-    """A copy of ``raw`` with dotted-key overrides applied (``"a.b=1"`` or ``("a.b", 1)``)."""
+    """A copy of ``raw`` with dotted-key overrides applied (``"a.b=1"`` or ``("a.b", 1)``).
+
+    Raises:
+      ConfigError: ``raw`` is not a mapping (e.g. a YAML file holding a list), or an override
+        is not ``KEY=VALUE``.
+    """
+    if raw is not None and not isinstance(raw, Mapping):
+        raise ConfigError(f"a config must be a mapping of sections; found {raw!r}")
     result = _deep_copy(raw or {})
     for item in overrides:
         key, value = parse_override(item) if isinstance(item, str) else item
@@ -103,8 +122,66 @@ def load_config(path: str | os.PathLike, overrides: Sequence[str | tuple[str, An
         mark = getattr(error, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"{os.fspath(path)}{line}: not valid YAML ({getattr(error, 'problem', error)})") from None
-    raw = apply_overrides(raw, overrides)
+    if raw is not None and not isinstance(raw, Mapping):  # before the overrides, which need a mapping
+        raise ConfigError(f"{os.fspath(path)}: a config must be a mapping of sections; found {raw!r}")
+    overrides = list(overrides)
+    parsed = [parse_override(item) if isinstance(item, str) else tuple(item) for item in overrides]
+    raw = apply_overrides(raw, parsed)
+    for item, (key, value) in zip(overrides, parsed):
+        where = f"--set {item}: " if isinstance(item, str) else f"override {key!r}: "
+        _check_override(raw, key, value, where)
     return resolve_paths(config_from_dict(raw, source=path))
+
+
+_MISSING = object()
+
+
+def _get_set(tree: Mapping, key: str):
+    """What :func:`set_dotted` set for ``key`` (``_MISSING`` if it is gone)."""
+    parts = key.split(".")
+    node = tree
+    for depth, part in enumerate(parts):
+        if not isinstance(node, Mapping) or part not in node:
+            return _MISSING
+        node = node[part]
+        if ".".join(parts[: depth + 1]) in ("grid", "search.space") and depth < len(parts) - 1:
+            rest = ".".join(parts[depth + 1:])
+            return node.get(rest, _MISSING) if isinstance(node, Mapping) else _MISSING
+    return node
+
+
+def _check_override(raw: Mapping, key: str, value, where: str) -> None:
+    """Check one override's key and value as :func:`config_from_dict` would, so that an error
+    names the override (``where``) instead of the config file. Overrides a later one replaced
+    are skipped, and so are keys inside free-form sections (``model.args``, ``grid``, ...)."""
+    if _get_set(raw, key) is not value:  # replaced by a later override
+        return
+    cls, parts = ExperimentConfig, key.split(".")
+    for depth, part in enumerate(parts):
+        dotted = ".".join(parts[: depth + 1])
+        types_ = _field_types(cls)
+        if part not in types_:
+            prefix = ".".join(parts[:depth])
+            raise _unknown_key_error(dotted, [f"{prefix}.{name}" if prefix else name for name in types_], where)
+        tp, optional = _unwrap_optional(types_[part])
+        last = depth == len(parts) - 1
+        if _is_dataclass_type(tp):
+            if last:
+                if not (value is None and optional):
+                    _build_section(tp, value or {}, dotted + ".", where)
+                return
+            cls = tp
+            continue
+        if last:
+            _coerce(value, types_[part], dotted, where)
+        elif (typing.get_origin(tp) or tp) is dict:  # an entry of a free-form mapping
+            if depth == len(parts) - 2 or dotted in ("grid", "search.space"):  # (their keys hold dots)
+                _, value_type = typing.get_args(tp) or (str, Any)
+                _coerce(value, value_type, key, where)
+        elif tp is not Any:
+            raise ConfigError(f"{where}unknown config key {key!r} ({dotted!r} takes a value of type "
+                              f"{_type_name(tp)}, not a section of keys)")
+        return
 
 
 def dump_config(config: ExperimentConfig) -> str:

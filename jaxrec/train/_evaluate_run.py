@@ -26,7 +26,7 @@ def best_epoch_of(workdir: Path, checkpoints: Checkpoints, target) -> int:
     checkpoint's early-stopping state (a run still in progress)."""
     metrics_path = workdir / _outputs.METRICS_FILE
     if metrics_path.exists():
-        best = _outputs.read_json(metrics_path).get("best_epoch")
+        best = _outputs.read_metrics(metrics_path).get("best_epoch")
     else:
         _, meta = checkpoints.restore(target)
         best = meta["early_stopping"]["best_epoch"]

@@ -48,6 +48,45 @@ def read_json(path: str | os.PathLike) -> Any:
         raise ConfigError(f"{path}:{error.lineno}: not valid JSON ({error.msg})") from None
 
 
+def _json_type(value) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null",
+            int: "a number", float: "a number"}.get(type(value), type(value).__name__)
+
+
+def read_json_object(path: str | os.PathLike, what: str) -> dict:
+    """:func:`read_json` of a file whose top level must be a JSON object (``what`` it holds,
+    for the message); a ConfigError naming the file otherwise."""
+    value = read_json(path)
+    if not isinstance(value, dict):
+        raise ConfigError(f"{os.fspath(path)}: expected a JSON object ({what}); found {_json_type(value)}")
+    return value
+
+
+_METRICS_OBJECTS = ("valid", "test", "timing")  # fields of metrics.json that hold an object
+_METRICS_INTEGERS = ("best_epoch", "epochs_run")  # ... and an integer (or null)
+
+
+def read_metrics(path: str | os.PathLike) -> dict:
+    """A run's ``metrics.json``, checked for the shape :func:`~jaxrec.train.train_and_evaluate`
+    writes: an object whose ``valid`` / ``test`` / ``timing`` are objects, ``valid_metric`` a
+    string and ``best_epoch`` / ``epochs_run`` integers (each may be null or absent). A
+    ConfigError naming the file and the field otherwise."""
+    metrics = read_json_object(path, "a run's metrics, as 'jaxrec train' writes them")
+    for field in _METRICS_OBJECTS:
+        value = metrics.get(field)
+        if value is not None and not isinstance(value, dict):
+            raise ConfigError(f"{os.fspath(path)}, field {field!r}: expected an object; found {_json_type(value)}")
+    value = metrics.get("valid_metric")
+    if value is not None and not isinstance(value, str):
+        raise ConfigError(f"{os.fspath(path)}, field 'valid_metric': expected a string such as 'recall@20'; "
+                          f"found {value!r}")
+    for field in _METRICS_INTEGERS:
+        value = metrics.get(field)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ConfigError(f"{os.fspath(path)}, field {field!r}: expected an integer or null; found {value!r}")
+    return metrics
+
+
 def plot_curves(path: str | os.PathLike, history: Sequence[Mapping], valid_metric: str,
                 best_epoch: int | None = None) -> None:
     """``curves.png`` (written atomically): the figure of :func:`curves_figure`."""
@@ -196,13 +235,17 @@ def finished_run(folder: str | os.PathLike) -> tuple[Path | None, str]:
         return folder, ""
     if (folder / SEARCH_FILE).is_file():
         try:
-            summary = read_json(folder / SEARCH_FILE)
+            summary = read_json_object(folder / SEARCH_FILE, "a search's summary, as 'jaxrec search' writes it")
         except ConfigError as error:
             return None, str(error)
         best = summary.get("best")
         if not best:
-            return None, f"a search still in progress ({len(summary.get('trials', []))} of " \
+            trials = summary.get("trials")
+            return None, f"a search still in progress ({len(trials) if isinstance(trials, list) else 0} of " \
                          f"{summary.get('n_trials', '?')} trials done, no winner yet)"
+        if not isinstance(best, dict) or not isinstance(best.get("workdir"), str):
+            return None, f"{folder / SEARCH_FILE}, field 'best': expected an object naming the winner's " \
+                         f"'workdir'; found {best!r}"
         winner = folder / Path(best["workdir"]).name  # trial folders sit in the search folder, even if it moved
         if not (winner / METRICS_FILE).is_file():
             return None, f"a search whose winner {winner.name} has no {METRICS_FILE}"
@@ -226,18 +269,18 @@ def compare_table(run_dirs: Sequence[str | os.PathLike], *, columns: Sequence[st
             skipped.append(f"{os.fspath(run_dir)}: {note}")
             continue
         try:
-            metrics = read_json(folder / METRICS_FILE)
-        except ConfigError as error:  # a damaged metrics.json: say so, keep the others
+            metrics = read_metrics(folder / METRICS_FILE)
+        except ConfigError as error:  # a damaged or misshapen metrics.json: say so, keep the others
             skipped.append(f"{os.fspath(run_dir)}: {error}")
             continue
-        valid_metric = metrics.get("valid_metric", "recall@20")
-        timing = metrics.get("timing", {})
+        valid_metric = metrics.get("valid_metric") or "recall@20"
+        timing = metrics.get("timing") or {}
         rows.append([
             os.fspath(run_dir) + (f" ({note})" if note else ""), str(metrics.get("model")),
             str(metrics.get("dataset")), str(metrics.get("seed")),
             str(metrics.get("best_epoch")), str(metrics.get("epochs_run")),
-            _fmt(metrics.get("valid", {}).get(valid_metric)) + f" ({valid_metric})",
-            *[_fmt(metrics.get("test", {}).get(c)) for c in columns],
+            _fmt((metrics.get("valid") or {}).get(valid_metric)) + f" ({valid_metric})",
+            *[_fmt((metrics.get("test") or {}).get(c)) for c in columns],
             _fmt(timing.get("train_seconds_per_epoch"), 3), _fmt(timing.get("eval_seconds"), 3),
         ])
     if not rows:

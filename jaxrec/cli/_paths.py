@@ -1,0 +1,43 @@
+"""Checks of the folders the subcommands' options name for output, made before anything is created."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+from jaxrec.errors import ConfigError
+
+
+def check_output_folder(option: str, value: str | os.PathLike) -> Path:
+    """The folder an option names for output (``--state``, ``--data-dir``), checked before
+    anything is created: an existing folder, or one that can be created (its first missing
+    level is made and removed again to find out). A ConfigError naming the option otherwise."""
+    path = Path(os.path.expanduser(value)).absolute()
+    label = f"{option} {os.fspath(value)}"
+    if path.exists():
+        if not path.is_dir():
+            raise ConfigError(f"{label}: exists and is not a folder; expected a folder (or a path to create one at)")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise ConfigError(f"{label}: the folder is not writable")
+        return path
+    if os.path.lexists(path):
+        raise ConfigError(f"{label}: a broken symbolic link; expected a folder (or a path to create one at)")
+    first_missing = path
+    while not first_missing.parent.exists():  # the root exists, so this stops
+        first_missing = first_missing.parent
+    parent = first_missing.parent
+    if not parent.is_dir():
+        raise ConfigError(f"{label}: cannot create a folder there, {parent} is a file, not a folder")
+    try:
+        os.mkdir(first_missing)
+    except OSError as error:
+        reason = error.strerror or str(error)
+        if error.errno == errno.ENOENT:
+            reason = "folders cannot be created there"
+        raise ConfigError(f"{label}: cannot create a folder there ({first_missing}: {reason})") from None
+    try:
+        os.rmdir(first_missing)
+    except OSError:  # someone else put something there meanwhile: theirs to keep
+        pass
+    return path
