@@ -436,3 +436,51 @@ def test_every_trials_traced_values_are_checked_by_its_builder_before_training(t
     with pytest.raises(ConfigError, match="id_dropout"):
         run_search(config, tmp_path / "search", quiet=True, batched="always", dataset=data)
     assert not list((tmp_path / "search").glob("trial_*"))
+
+
+def test_a_finished_batched_search_is_refused_without_resume_and_reused_with_it(tmp_path, dataset, monkeypatch):
+    """Running a finished (batched) search again without --resume is refused, as a sequential
+    search and `jaxrec train` refuse a folder holding a run, and changes no file; with --resume its
+    finished trials are reused as the sequential path reuses them: nothing trains again."""
+    from jaxrec.train import _loop
+
+    config = config_from_dict(_raw({"loss_weights.reg": [0.001, 1.0]}, epochs=2, patience=5))
+    workdir = tmp_path / "search"
+    first = run_search(config, workdir, quiet=True, dataset=dataset)
+    for trial in (0, 1):
+        metrics = json.loads((workdir / f"trial_{trial:03d}" / "metrics.json").read_text())
+        assert metrics["batched_search"] == {"trials": 2}
+
+    def files():
+        return {str(p.relative_to(workdir)): (p.read_bytes(), p.stat().st_mtime_ns)
+                for p in sorted(workdir.rglob("*")) if p.is_file()}
+
+    before = files()
+    for batched in ("auto", "always", "never"):
+        with pytest.raises(ConfigError, match=r"^trial 0 \(loss_weights.reg=0.001\): \S+/trial_000 already holds a run "
+                                              r"\(checkpoint after epoch 2\); pass --resume to continue it"):
+            run_search(config, workdir, quiet=True, batched=batched, dataset=dataset)
+    assert files() == before
+
+    def trained(*args, **kwargs):
+        raise AssertionError("a finished trial was trained again")
+
+    monkeypatch.setattr(_loop, "train_and_evaluate", trained)
+    monkeypatch.setattr(_batched_search, "run_batched_search", trained)
+    again = run_search(config, workdir, resume=True, quiet=True, dataset=dataset)
+    assert again["trials"] == first["trials"] and again["best"] == first["best"]
+    after = files()
+    assert {k: v for k, v in after.items() if k.startswith("trial_")} == {
+        k: v for k, v in before.items() if k.startswith("trial_")}
+    assert json.loads((workdir / "search.json").read_text())["best"] == first["best"]
+
+
+def test_a_diverged_batched_search_leaves_no_folder(tmp_path, dataset):
+    """A batched program that fails (here a diverging trial) before any trial is written leaves
+    no search folder behind."""
+    from jaxrec.errors import TrainingDivergedError
+
+    config = config_from_dict(_raw({"train.learning_rate": [0.01, 1e30]}, epochs=3, patience=5))
+    with pytest.raises(TrainingDivergedError):
+        run_search(config, tmp_path / "search", quiet=True, batched="always", dataset=dataset)
+    assert not (tmp_path / "search").exists()

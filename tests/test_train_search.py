@@ -154,3 +154,158 @@ def test_batched_groups_of_a_data_grid_build_their_models_on_their_own_data(tmp_
     kinds = {("raw" if np.allclose(f, raw) else "standardized" if np.allclose(f, _standardized(raw), atol=1e-5)
               else "other") for f in built}
     assert kinds == {"raw", "standardized"}
+
+
+# ---- the search folder checked before anything is written -------------------------------------
+
+TINY = {"data": {"synthetic": {"n_users": 40, "n_items": 30, "n_interactions": 500, "seed": 2}},
+        "model": {"name": "bprmf", "args": {"embedding_size": 4}},
+        "train": {"epochs": 1, "batch_size": 256, "checkpoint_every": 100},
+        "eval": {"ks": [10, 20], "metrics": ["recall"]}, "loss_weights": {"reg": 0.1}}
+
+
+def _no_training(monkeypatch):
+    """Make every way a trial could train fail the test."""
+    from jaxrec.train import _batched_search, _loop
+
+    def trained(*args, **kwargs):
+        raise AssertionError("a trial trained before the search was refused")
+
+    monkeypatch.setattr(_loop, "train_and_evaluate", trained)
+    monkeypatch.setattr(_batched_search, "run_batched_search", trained)
+
+
+def _tree(root):
+    """Every path under ``root`` with the bytes of its files (None for folders)."""
+    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None) for p in sorted(root.rglob("*"))}
+
+
+def _write_yaml(path, raw):
+    import yaml
+
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
+
+
+@pytest.mark.parametrize("batched", ["auto", "never"])
+def test_a_trial_folder_holding_a_run_is_refused_before_any_trial_trains(tmp_path, monkeypatch, batched):
+    # trial_001 holds a run (a finished checkpoint folder), trial_000 nothing: without --resume the
+    # search is refused as `jaxrec train` refuses such a folder, before trial 0 trains, batched or not.
+    _no_training(monkeypatch)
+    config = config_from_dict({**TINY, "grid": {"loss_weights.reg": [0.1, 1.0]}})
+    (tmp_path / "trial_001" / "checkpoints" / "7").mkdir(parents=True)
+    before = _tree(tmp_path)
+    with pytest.raises(ConfigError, match=r"^trial 1 \(loss_weights.reg=1.0\): .*trial_001 already holds a run "
+                                          r"\(checkpoint after epoch 7\); pass --resume to continue it"):
+        run_search(config, tmp_path, quiet=True, batched=batched)
+    assert _tree(tmp_path) == before
+
+
+@pytest.mark.parametrize("folder", ["missing", "empty", "other files"])
+def test_resume_with_nothing_to_resume_is_refused(tmp_path, folder):
+    # As `jaxrec train --resume` on a folder holding no run: refused, and nothing created.
+    config = config_from_dict({**BASE, "grid": {"loss_weights.reg": [0.1, 0.2]}})
+    workdir = tmp_path / "search"
+    if folder != "missing":
+        workdir.mkdir()
+    if folder == "other files":
+        (workdir / "notes.txt").write_text("x")
+        (workdir / "trial_007").mkdir()  # not a trial of this 2-trial grid
+    before = _tree(tmp_path)
+
+    def fake_train(*args, **kwargs):
+        raise AssertionError("nothing should train")
+
+    why = "it does not exist" if folder == "missing" else "none of its 2 trial folders"
+    with pytest.raises(ConfigError, match=rf"^nothing to resume: {workdir} holds no run \({why}.*\); drop --resume"):
+        run_search(config, workdir, resume=True, quiet=True, train_fn=fake_train)
+    assert _tree(tmp_path) == before
+
+
+def test_search_resume_on_a_missing_folder_is_refused_in_trains_words(tmp_path, capsys):
+    # The walkthrough: `jaxrec search CONFIG --workdir DOES_NOT_EXIST --resume` exits 1 with the
+    # message `jaxrec train --resume` gives there, and creates nothing.
+    from jaxrec.cli.main import main
+
+    plain = _write_yaml(tmp_path / "plain.yaml", TINY)
+    grid = _write_yaml(tmp_path / "grid.yaml", {**TINY, "grid": {"loss_weights.reg": [0.1, 1.0]}})
+    assert main(["train", plain, "--workdir", str(tmp_path / "nope"), "--resume", "--quiet"]) == 1
+    train_err = capsys.readouterr().err
+    assert main(["search", grid, "--workdir", str(tmp_path / "nope"), "--resume", "--quiet"]) == 1
+    search_err = capsys.readouterr().err
+    same = f"jaxrec: error: nothing to resume: {tmp_path / 'nope'} holds no run (it does not exist); drop --resume"
+    assert train_err.startswith(same) and search_err.startswith(same)
+    assert not (tmp_path / "nope").exists()
+
+
+def test_a_reused_trial_must_be_this_grids_trial(tmp_path):
+    # --resume reuses a finished trial's metrics as they are: a trial folder written for another
+    # setting is refused (naming the difference) rather than listed under this grid's value; a
+    # raised train.epochs is not a difference (a finished trial is reused, not extended).
+    from jaxrec.train._config_io import dump_config
+
+    cosine = {"train": {"epochs": 1000, "schedule": "cosine"}}
+    old = config_from_dict({**BASE, **cosine, "grid": {"loss_weights.reg": [0.1, 0.2]}})
+    for index, setting in enumerate(expand_trials(old)):
+        trial = tmp_path / f"trial_{index:03d}"
+        trial.mkdir()
+        (trial / "config.yaml").write_text(dump_config(trial_config(old, setting)))
+        (trial / "metrics.json").write_text(json.dumps({"valid": {"recall@20": 0.1 * (index + 1)}, "test": {},
+                                                        "best_epoch": 1}))
+
+    def fake_train(*args, **kwargs):
+        raise AssertionError("finished trials are reused")
+
+    other = config_from_dict({**BASE, **cosine, "grid": {"loss_weights.reg": [0.5, 0.2]}})
+    with pytest.raises(ConfigError, match=r"trial 0 \(loss_weights.reg=0.5\): cannot resume .*trial_000: the "
+                                          r"config differs .*'reg': 0.1\} -> .*'reg': 0.5\}"):
+        run_search(other, tmp_path, resume=True, quiet=True, train_fn=fake_train)
+    assert not (tmp_path / "search.json").exists()
+    longer = config_from_dict({**BASE, "train": {"epochs": 2000, "schedule": "cosine"},
+                               "grid": {"loss_weights.reg": [0.1, 0.2]}})
+    summary = run_search(longer, tmp_path, resume=True, quiet=True, train_fn=fake_train)
+    assert [t["valid"]["recall@20"] for t in summary["trials"]] == [0.1, 0.2] and summary["best"]["trial"] == 1
+
+
+@pytest.mark.parametrize("grid, error", [
+    ({"model.name": ["bprmf", "nosuch"]}, r"trial 1 \(model.name='nosuch'\): unknown model 'nosuch'"),
+    ({"model.args.embedding_size": [4, 0]}, r"trial 1 \(model.args.embedding_size=0\): .*embedding_size must be"),
+    ({"model.args": [{"embedding_size": 4}, {"embedding_sise": 4}]},
+     r"trial 1 .*model 'bprmf' has no argument 'embedding_sise'"),
+    ({"eval.ks": [[10, 20], [20, 500]]}, r"trial 1 .*eval.ks has 500, but the dataset has only 30 items"),
+    ({"model.name": ["bprmf", "lightgcn"], "loss_weights.bpr": [1.0]}, None),  # valid: trains (below)
+])
+@pytest.mark.parametrize("batched", ["auto", "never"])
+def test_every_trial_is_checked_before_anything_is_written(tmp_path, monkeypatch, grid, error, batched):
+    # A value that `jaxrec train` refuses in a later trial fails the search before trial 0 trains
+    # and before the search folder exists -- batched or one by one.
+    if error is None:
+        config = config_from_dict({**TINY, "grid": grid})
+        summary = run_search(config, tmp_path / "search", quiet=True, batched=batched)
+        assert len(summary["trials"]) == 2 and (tmp_path / "search" / "search.json").exists()
+        return
+    _no_training(monkeypatch)
+    config = config_from_dict({**TINY, "grid": grid})
+    with pytest.raises(ConfigError, match=error):
+        run_search(config, tmp_path / "search", quiet=True, batched=batched)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("setting, error", [
+    ("loss_weights.regg", "model 'bprmf' has no loss term 'regg'; did you mean 'reg'?"),
+    ("model.args.embedding_size", "embedding_size must be a positive integer; found 0"),
+])
+def test_a_bad_grid_leaves_no_folder_as_train_leaves_none(tmp_path, capsys, setting, error):
+    # The walkthrough's mistakes: `jaxrec train` with them leaves nothing; so does `jaxrec search`.
+    from jaxrec.cli.main import main
+
+    plain = _write_yaml(tmp_path / "plain.yaml", TINY)
+    grid = _write_yaml(tmp_path / "grid.yaml", TINY)
+    values = "[0.1, 1.0]" if setting.startswith("loss") else "[0, 8]"
+    assert main(["train", plain, "--workdir", str(tmp_path / "t" / "run"), "--quiet",
+                 "--set", f"{setting}={values[1:].split(',')[0]}"]) == 1
+    assert error in capsys.readouterr().err
+    assert main(["search", grid, "--workdir", str(tmp_path / "s" / "x"), "--quiet",
+                 "--set", f"grid.{setting}={values}"]) == 1
+    assert error in capsys.readouterr().err
+    assert not (tmp_path / "t").exists() and not (tmp_path / "s").exists()
