@@ -1,6 +1,7 @@
 """Batched search (trials as one compiled program) against the same trials run one by one."""
 
 import json
+import re
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +18,7 @@ from jaxrec.train import _batched_search
 from jaxrec.train._checkpoint import Checkpoints
 from jaxrec.train._search import trial_config
 from _model_testing import TwoTables
+from _tensorboard_events import read_scalars
 
 DATA_ARGS = dict(n_users=90, n_items=60, n_interactions=1800, seed=4)
 
@@ -57,6 +59,41 @@ def test_batched_trials_match_sequential_trials(both_ways):
             for key in ("recall@20", "ndcg@20", "recall@10"):
                 assert one[split][key] == pytest.approx(other[split][key], abs=2e-3), (one["setting"], split, key)
     assert batched["best"]["trial"] == sequential["best"]["trial"]
+
+
+def _log_epochs(trial_dir):
+    """log.txt's epoch lines without their clock readings (timestamp, seconds)."""
+    lines = (trial_dir / "log.txt").read_text().splitlines()
+    return [re.sub(r"[0-9.]+ s\b", "_ s", line.split("] ", 1)[1]) for line in lines if "] epoch " in line]
+
+
+def test_batched_trial_folders_hold_the_log_and_events_of_a_run(both_ways):
+    root, batched, _ = both_ways
+    for trial in batched["trials"]:
+        name = f"trial_{trial['trial']:03d}"
+        one, other = root / "batched" / name, root / "sequential" / name
+        history = [json.loads(line) for line in (one / "history.jsonl").read_text().splitlines()]
+        # log.txt: the sequential run's epoch lines (figures from the history, early stopping replayed)
+        epochs = _log_epochs(one)
+        assert len(epochs) == len(history) and epochs[0].startswith("epoch 1: loss ")
+        assert [line.split(" | ")[0].split(", _ s")[0] for line in epochs] == [
+            f"epoch {row['epoch']}: loss {row['loss']:.4f} ("
+            + ", ".join(f"{k} {v:.4f}" for k, v in row["terms"].items()) + ")" for row in history]
+        for line, row in zip(epochs, history):  # every epoch is evaluated here
+            best = max(r["valid"]["recall@20"] for r in history[:row["epoch"]])
+            assert line.split(" | ")[1].startswith(f"valid recall@20 {row['valid']['recall@20']:.4f} "
+                                                   f"(best {best:.4f} at epoch {row['best_epoch']}")
+        stopped = json.loads((one / "metrics.json").read_text())["stopped_early"]
+        assert epochs[-1].endswith(", stopping), eval _ s") == stopped and "stopping" not in " ".join(epochs[:-1])
+        assert (one / "log.txt").read_text().splitlines()[-1].split("] ", 1)[1].startswith(
+            f"done: best epoch {trial['best_epoch']} of {len(history)}; valid recall@20 ")
+        # tensorboard/: every tag a sequential run writes, each value as its history holds it
+        scalars, reference = read_scalars(one / "tensorboard"), read_scalars(other / "tensorboard")
+        assert set(scalars) == set(reference)
+        for row in history:
+            assert scalars["train/loss"][row["epoch"]] == pytest.approx(row["loss"], rel=1e-6)
+            assert scalars["valid/recall_20"][row["epoch"]] == pytest.approx(row["valid"]["recall@20"], rel=1e-6)
+            assert scalars["valid/best_epoch"][row["epoch"]] == row["best_epoch"]
 
 
 def test_each_trial_early_stops_on_its_own(both_ways):

@@ -71,11 +71,12 @@ import numpy as np
 
 from jaxrec import eval as jeval
 from jaxrec.errors import ConfigError, TrainingDivergedError
-from jaxrec.train import _data, _outputs
+from jaxrec.train import _data, _distributed, _outputs
 from jaxrec.train._checkpoint import Checkpoints
 from jaxrec.train._config import ExperimentConfig
 from jaxrec.train._config_io import dump_config
 from jaxrec.train._early_stopping import EarlyStopping, update_early_stopping
+from jaxrec.train._progress import Progress
 from jaxrec.train._setup import (
     epoch_context,
     evaluate_params,
@@ -556,7 +557,7 @@ def run_batched_search(config: ExperimentConfig, workdir: str | os.PathLike, set
         }
         last_state = _slice(last_host, t)
         _write_trial(trial_dir, trial_cfg, exp.target, metrics, histories[t], stopping[t], best_states[t],
-                     last_state, epochs_run[t], best_valid[t], best_test[t], tcfg)
+                     last_state, epochs_run[t], best_valid[t], best_test[t], tcfg, exp.steps_per_epoch)
         entries.append({"trial": trial_ids[t], "workdir": os.fspath(trial_dir), "setting": dict(setting),
                         "valid": best_valid[t], "test": best_test[t], "best_epoch": stopping[t].best_epoch})
     curves.result()
@@ -622,7 +623,7 @@ def _check_finite(loss, terms, finite, weights, term_names, active, epoch: int, 
 
 
 def _write_trial(trial_dir: Path, trial_cfg, target, metrics, history, stopping, best, last_state, epochs_run,
-                 best_valid, best_test, tcfg) -> None:
+                 best_valid, best_test, tcfg, steps_per_epoch: int) -> None:
     trial_dir.mkdir(parents=True, exist_ok=True)
     _outputs.write_atomic(trial_dir / _outputs.CONFIG_FILE, dump_config(trial_cfg))
     meta = {"epochs_done": epochs_run, "early_stopping": stopping._asdict(), "history": history,
@@ -641,4 +642,30 @@ def _write_trial(trial_dir: Path, trial_cfg, target, metrics, history, stopping,
     finally:
         checkpoints.close()
     _outputs.write_history(trial_dir / _outputs.HISTORY_FILE, history)
+    _write_log_and_events(trial_dir, trial_cfg, metrics, history, steps_per_epoch)
     _outputs.write_json(trial_dir / _outputs.METRICS_FILE, metrics)
+
+
+def _write_log_and_events(trial_dir: Path, trial_cfg, metrics, history, steps_per_epoch: int) -> None:
+    """A trial's ``log.txt`` and ``tensorboard/`` events, as a sequential run writes them, from
+    its finished history: the batched program has no per-trial loop to write them epoch by
+    epoch, so the log says when its lines were written and its early-stopping figures are
+    replayed from the history (the same rule, :func:`update_early_stopping`)."""
+    tcfg = trial_cfg.train
+    progress = Progress(trial_dir / _distributed.log_name(), quiet=True)
+    events = _outputs.EventLog(trial_dir, tcfg, steps_per_epoch)
+    try:
+        progress.log(f"{trial_cfg.model.name} on {metrics['dataset']}: one of {metrics['batched_search']['trials']} "
+                     "trials trained together as one compiled program (a batched search); these lines were "
+                     "written when it finished")
+        stopping = EarlyStopping()
+        for row in history:
+            if "valid" in row:
+                stopping, _ = update_early_stopping(stopping, row["valid"][tcfg.valid_metric], row["epoch"],
+                                                    patience=tcfg.patience)
+            progress.epoch_done(row, tcfg.valid_metric, stopping)
+            events.epoch(row)
+        progress.log(_outputs.done_line(metrics, tcfg.valid_metric))
+    finally:
+        events.close()
+        progress.close()

@@ -476,9 +476,7 @@ def _write_outputs(workdir: Path, result: dict, history: list, valid_metric: str
     _outputs.write_history(workdir / _outputs.HISTORY_FILE, history)
     _outputs.write_json(workdir / _outputs.METRICS_FILE, result)
     _outputs.plot_curves(workdir / _outputs.CURVES_FILE, history, valid_metric)
-    progress.log(f"done: best epoch {result['best_epoch']} of {result['epochs_run']}; valid {valid_metric} "
-                 f"{result['valid'].get(valid_metric, float('nan')):.4f}; test " +
-                 ", ".join(f"{k} {result['test'][k]:.4f}" for k in ("recall@20", "ndcg@20") if k in result["test"]))
+    progress.log(_outputs.done_line(result, valid_metric))
 
 
 def _final_metrics(exp: Experiment, meta: dict, runner: StepRunner) -> dict[str, Any]:

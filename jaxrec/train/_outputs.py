@@ -87,6 +87,13 @@ def read_metrics(path: str | os.PathLike) -> dict:
     return metrics
 
 
+def done_line(metrics: Mapping[str, Any], valid_metric: str) -> str:
+    """The last line of a run's ``log.txt``: its best epoch and figures (``metrics.json``)."""
+    return (f"done: best epoch {metrics['best_epoch']} of {metrics['epochs_run']}; valid {valid_metric} "
+            f"{metrics['valid'].get(valid_metric, float('nan')):.4f}; test "
+            + ", ".join(f"{k} {metrics['test'][k]:.4f}" for k in ("recall@20", "ndcg@20") if k in metrics["test"]))
+
+
 def plot_curves(path: str | os.PathLike, history: Sequence[Mapping], valid_metric: str,
                 best_epoch: int | None = None) -> None:
     """``curves.png`` (written atomically): the figure of :func:`curves_figure`."""
