@@ -48,6 +48,7 @@ def test_info_table_for_people(toy, capsys):
     assert code == 0
     lines = out.splitlines()
     assert lines[0].startswith("dataset        toy  (mmrec: ")
+    assert lines[1] == f"read from      {toy}  (mmrec)"
     assert "interactions   6  (train 4 / valid 1 / test 1)" in lines
     assert "density        50.0000%" in lines
     assert any(line.split()[:3] == ["image", "5", "1"] for line in lines)

@@ -61,12 +61,16 @@ def _reader_options(pairs: list[str]) -> dict:
 def _info(args) -> int:
     from jaxrec.data import load  # imported here: 'jaxrec --help' should not pay for numpy readers
 
-    from jaxrec.data import unseen_in_train, unseen_messages
+    from jaxrec.data import detect_format, unseen_in_train, unseen_messages
 
     dataset = load(args.path, format=args.format, **_reader_options(args.options))
     summary = dataset.summary()
     summary["unseen_in_train"] = unseen_in_train(dataset)
     summary["warnings"] = unseen_messages(dataset, summary["unseen_in_train"])
+    # Where this command read it; metadata's format and source say where the dataset came from (a
+    # prepared TFDS copy keeps its original's).
+    summary["read_from"] = {"path": str(args.path),
+                            "format": args.format if args.format != "auto" else detect_format(args.path)}
     if args.json:
         print(json.dumps(summary, indent=2, sort_keys=False))
     else:
@@ -80,6 +84,8 @@ def format_summary(summary: dict) -> str:
     meta = summary.get("metadata", {})
     lines = [
         f"dataset        {summary['name']}  ({meta.get('format', '?')}: {meta.get('source', '?')})",
+        *([f"read from      {summary['read_from']['path']}  ({summary['read_from']['format']})"]
+          if "read_from" in summary else []),
         f"users          {summary['n_users']:,}",
         f"items          {summary['n_items']:,}",
         f"interactions   {summary['n_interactions']:,}  (train {splits['train']:,} / valid {splits['valid']:,} / "
