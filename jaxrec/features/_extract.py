@@ -223,10 +223,9 @@ def extract_features(media: MediaList, pipeline: ModalityPipeline, output, *, ba
                     rows.append(row)
                 except MediaError as error:
                     if on_error == "fail":
-                        raise DataError(f"cannot use the media of {media.where(index)}: {error}",
-                                        expected="a readable file (or --on-error mask to mask the item); items "
-                                                 f"finished so far are kept in {paths['partial']} and a rerun "
-                                                 "resumes there") from None
+                        raise DataError(f"cannot use the media of {media.where(index)}: {error}. Fix or replace "
+                                        "the file, or pass --on-error mask to mask such items; items finished "
+                                        f"so far are kept in {paths['partial']} and a rerun resumes there") from None
                     warnings.warn(f"{media.where(index)}: {error}; item masked", MediaWarning, stacklevel=2)
                     partial.record_failure({"item": row, "line": media.lines[index], "path": media.paths[index],
                                             "reason": str(error)})
