@@ -75,7 +75,9 @@ def expand_trials(config: ExperimentConfig) -> list[dict[str, Any]]:
     else:
         return [{}]
     if not space:
-        raise ConfigError("the search space is empty")
+        where = "grid" if config.grid is not None else "search.space"
+        raise ConfigError(f"the search space is empty: {where} holds no key; expected {{dotted key: [values]}}"
+                          + ("" if where == "grid" else f" or {{dotted key: {{{'|'.join(_DISTRIBUTIONS)}: [...]}}}}"))
     keys = list(space)
     if method == "grid":
         for key in keys:
