@@ -172,7 +172,7 @@ def train_runs(config, seeds, scenario: str = "warm", runs_dir: Path = RUNS) -> 
         workdir = runs_dir / (fill if scenario == "warm" else f"{scenario}_{fill}")
         search = copy.deepcopy(variant)
         search["grid"] = {"train.seed": [int(seed) for seed in seeds]}
-        summary = run_search(config_from_dict(search), workdir, resume=True, quiet=True)
+        summary = run_search(config_from_dict(search), workdir, resume="auto", quiet=True)
         by_seed = {int(trial["setting"]["train.seed"]): Path(trial["workdir"]) for trial in summary["trials"]}
         per_seed = []
         for seed in seeds:

@@ -292,7 +292,8 @@ class Runner:
             config = self._config(row.config, row.overrides, search.overrides, {"search": None},
                                   {"grid": search.grid})
             folder = self._folder(row, search.name)
-            summary = run_search(config, folder, resume=self.resume, quiet=self.quiet, batched=self.batched,
+            summary = run_search(config, folder, resume="auto" if self.resume else False, quiet=self.quiet,
+                                 batched=self.batched,
                                  dataset=self._dataset(config))
             records.write(records.pack(folder, search.name), self._record(row, search.name))
             batched = _batched(folder)
@@ -319,7 +320,7 @@ class Runner:
             records.write(records.pack(source, row.name), self._record(row, row.name))
             report["final"] = {"reused": os.path.relpath(source, self.out), "seconds": 0.0}
         else:
-            if not (self.resume and (folder / "metrics.json").exists()):
+            if not (self.resume and _finished_as_asked(folder, final)):  # else trained, resumed or extended
                 train_and_evaluate(final, folder, quiet=self.quiet, dataset=self._dataset(final),
                                    resume=self.resume and (folder / "config.yaml").exists())
             records.write(records.pack(folder, row.name), self._record(row, row.name))
@@ -339,6 +340,25 @@ def _batched(search_folder: Path) -> str:
     parts = [f"{round(programs)} batched program(s)"] if programs else []
     parts += [f"{alone} alone"] if alone and programs else ["one by one"] if alone else []
     return f"{len(sizes)} trials " + (f"in {' + '.join(parts)}" if programs else "one by one")
+
+
+def _finished_as_asked(folder: Path, config) -> bool:
+    """Whether ``folder`` holds a finished run that ``config`` would give: the same config, or
+    one whose ``train.epochs`` is raised but which stopped early (more epochs change nothing).
+    A run that reached a lower epoch cap (a ``--max-epochs`` smoke run) is not: it is extended."""
+    from jaxrec.errors import ConfigError
+    from jaxrec.train._workdir import check_resumable
+
+    if not (folder / "metrics.json").exists():
+        return False
+    stopped_early = bool(json.loads((folder / "metrics.json").read_text(encoding="utf-8")).get("stopped_early"))
+    try:
+        raised_from = check_resumable(config, folder / "config.yaml")
+    except ConfigError as error:  # a schedule spread over train.epochs cannot be extended
+        if str(error).startswith("cannot extend") and stopped_early:
+            return True
+        raise
+    return raised_from is None or stopped_early
 
 
 def _same_run(trial_dir: Path, trial_cfg, final) -> bool:

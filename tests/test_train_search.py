@@ -241,7 +241,9 @@ def test_search_resume_on_a_missing_folder_is_refused_in_trains_words(tmp_path, 
 def test_a_reused_trial_must_be_this_grids_trial(tmp_path):
     # --resume reuses a finished trial's metrics as they are: a trial folder written for another
     # setting is refused (naming the difference) rather than listed under this grid's value; a
-    # raised train.epochs is not a difference (a finished trial is reused, not extended).
+    # raised train.epochs is no difference for a trial that stopped early (more epochs change
+    # nothing), but one that ran to its epoch limit under a schedule spread over train.epochs can
+    # neither be reused (it is not the run asked for) nor extended: refused.
     from jaxrec.train._config_io import dump_config
 
     cosine = {"train": {"epochs": 1000, "schedule": "cosine"}}
@@ -251,7 +253,7 @@ def test_a_reused_trial_must_be_this_grids_trial(tmp_path):
         trial.mkdir()
         (trial / "config.yaml").write_text(dump_config(trial_config(old, setting)))
         (trial / "metrics.json").write_text(json.dumps({"valid": {"recall@20": 0.1 * (index + 1)}, "test": {},
-                                                        "best_epoch": 1}))
+                                                        "best_epoch": 1, "stopped_early": True}))
 
     def fake_train(*args, **kwargs):
         raise AssertionError("finished trials are reused")
@@ -265,6 +267,30 @@ def test_a_reused_trial_must_be_this_grids_trial(tmp_path):
                                "grid": {"loss_weights.reg": [0.1, 0.2]}})
     summary = run_search(longer, tmp_path, resume=True, quiet=True, train_fn=fake_train)
     assert [t["valid"]["recall@20"] for t in summary["trials"]] == [0.1, 0.2] and summary["best"]["trial"] == 1
+    metrics = tmp_path / "trial_001" / "metrics.json"
+    metrics.write_text(json.dumps({**json.loads(metrics.read_text()), "stopped_early": False}))
+    with pytest.raises(ConfigError, match=r"trial 1 .*cannot extend .*trial_001 from 1000 to 2000 epochs"):
+        run_search(longer, tmp_path, resume=True, quiet=True, train_fn=fake_train)
+
+
+@pytest.mark.parametrize("batched", ["auto", "never"])
+def test_resume_extends_trials_that_reached_a_lower_epoch_cap(tmp_path, batched):
+    # A --max-epochs smoke search resumed without the cap: a trial that ran to its epoch limit is
+    # extended to the new one (as `jaxrec train --resume` extends a run), never reused as if it
+    # were the longer run; "auto" starts a search that has nothing to resume.
+    short = {**TINY, "train": {**TINY["train"], "epochs": 2, "patience": 50},
+             "grid": {"loss_weights.reg": [0.1, 1.0]}}
+    first = run_search(config_from_dict(short), tmp_path / "s", resume="auto", quiet=True, batched=batched)
+    assert [t["best_epoch"] for t in first["trials"]] and all(
+        len((tmp_path / "s" / f"trial_{i:03d}" / "history.jsonl").read_text().splitlines()) == 2 for i in (0, 1))
+    longer = {**short, "train": {**short["train"], "epochs": 4}}
+    run_search(config_from_dict(longer), tmp_path / "s", resume=True, quiet=True, batched=batched)
+    for index in (0, 1):
+        trial = tmp_path / "s" / f"trial_{index:03d}"
+        assert [json.loads(line)["epoch"] for line in (trial / "history.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
+        assert json.loads((trial / "metrics.json").read_text())["epochs_run"] == 4
+    with pytest.raises(ConfigError, match="resume must be True, False or 'auto'"):
+        run_search(config_from_dict(longer), tmp_path / "s", resume="yes", quiet=True)
 
 
 @pytest.mark.parametrize("grid, error", [

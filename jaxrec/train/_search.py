@@ -96,7 +96,7 @@ def trial_config(config: ExperimentConfig, setting: Mapping[str, Any]) -> Experi
     return config_from_dict(apply_overrides(raw, list(setting.items())))
 
 
-def run_search(config: ExperimentConfig, workdir: str | os.PathLike, *, resume: bool = False,
+def run_search(config: ExperimentConfig, workdir: str | os.PathLike, *, resume: bool | str = False,
                quiet: bool = False, train_fn: Callable | None = None, batched: str = "auto",
                **train_kwargs) -> dict[str, Any]:
     """Run every trial and pick the winner by the validation metric.
@@ -104,7 +104,10 @@ def run_search(config: ExperimentConfig, workdir: str | os.PathLike, *, resume: 
     Args:
       config: a config with a ``grid:`` or ``search:`` section.
       workdir: the search folder; trial ``i`` runs in ``workdir/trial_{i:03d}``.
-      resume: resume unfinished trials and reuse finished ones.
+      resume: resume unfinished trials and reuse finished ones (a finished trial whose
+        ``train.epochs`` was raised is extended unless it stopped early); ``True`` refuses a
+        search with no started trial (nothing to resume, as ``jaxrec search --resume``),
+        ``"auto"`` then starts it (scripts that rerun until done).
       quiet: no progress output from the trials.
       train_fn: the trainer (default :func:`~jaxrec.train.train_and_evaluate`); tests pass
         another (then trials always run one after another, and the trials' configs are not
@@ -131,6 +134,8 @@ def run_search(config: ExperimentConfig, workdir: str | os.PathLike, *, resume: 
         ``resume``, a folder holding no started trial (nothing to resume), or a started trial
         whose saved config differs from its setting.
     """
+    if resume not in (True, False, "auto"):
+        raise ConfigError(f"resume must be True, False or 'auto'; found {resume!r}")
     if batched not in ("auto", "always", "never"):
         raise ConfigError(f"batched must be auto, always or never; found {batched!r}")
     custom_trainer = train_fn is not None
@@ -248,17 +253,20 @@ def _trial_started(trial_dir: Path) -> bool:
             or bool(_workdir.stored_epochs(trial_dir)))
 
 
-def _check_trial_folders(workdir: Path, settings, configs, resume: bool) -> tuple[set[int], set[int]]:
+def _check_trial_folders(workdir: Path, settings, configs, resume: bool | str) -> tuple[set[int], set[int]]:
     """A read-only look at the search folder before anything is loaded or written, as
     ``jaxrec train`` looks at its workdir (:func:`jaxrec.train._workdir.check_workdir`).
 
     Without ``resume``, a trial folder that holds a run is refused (whether the trials would
-    run batched or one by one). With ``resume``, a folder holding no started trial is refused
-    (nothing to resume), and every started trial's saved config must match its setting.
+    run batched or one by one). With ``resume=True``, a folder holding no started trial is
+    refused (nothing to resume); ``resume="auto"`` starts the search then. Every started trial's
+    saved config must match its setting, except a raised ``train.epochs``: a finished trial that
+    stopped early is reused as it is (more epochs would not change it), one that ran to its
+    epoch limit is extended (resumed), as ``jaxrec train --resume`` extends a run.
 
     Returns:
       ``(started, reused)``: with ``resume``, the trials that already started (resumed, or
-      reused when finished) and those of them that finished (their ``metrics.json`` is read
+      reused when finished) and those of them reused as they are (their ``metrics.json`` is read
       back, nothing retrained); both empty without ``resume``.
     """
     from jaxrec.train import _workdir
@@ -270,26 +278,33 @@ def _check_trial_folders(workdir: Path, settings, configs, resume: bool) -> tupl
                 _workdir.check_workdir(configs[index], trial_dir, False)
         return set(), set()
     started = {index for index, trial_dir in enumerate(trial_dirs) if _trial_started(trial_dir)}
-    if not started:
+    if not started and resume != "auto":
         why = (" (it does not exist)" if not workdir.exists()
                else f" (none of its {len(settings)} trial folders, trial_000 ..., has started)")
         raise ConfigError(f"nothing to resume: {workdir} holds no run{why}; drop --resume to start a new search "
                           "there, or check --workdir")
-    reused = {index for index in started if (trial_dirs[index] / _outputs.METRICS_FILE).exists()}
+    reused = set()
     for index in sorted(started):
+        trial_dir = trial_dirs[index]
         with _naming_trial(index, settings[index]):
-            if index in reused:  # reused as it is (not retrained): it must be this trial's run
-                _workdir.WorkdirLock.check_free(trial_dirs[index])
-                try:
-                    _workdir.check_resumable(configs[index], trial_dirs[index] / _outputs.CONFIG_FILE)
-                except ConfigError as error:
-                    # A raised train.epochs is allowed (a finished trial is reused, not extended),
-                    # whatever its schedule; any other difference is refused.
-                    if not str(error).startswith("cannot extend"):
-                        raise
-            else:
-                _workdir.check_workdir(configs[index], trial_dirs[index], True)
+            if not (trial_dir / _outputs.METRICS_FILE).exists():  # unfinished: resumed as jaxrec train resumes
+                _workdir.check_workdir(configs[index], trial_dir, True)
+                continue
+            _workdir.WorkdirLock.check_free(trial_dir)
+            try:
+                extended_from = _workdir.check_resumable(configs[index], trial_dir / _outputs.CONFIG_FILE)
+            except ConfigError as error:
+                if not str(error).startswith("cannot extend") or not _stopped_early(trial_dir):
+                    raise  # another difference, or a schedule that cannot be extended
+                extended_from = None  # stopped early: reused as it is whatever the schedule
+            if extended_from is None or _stopped_early(trial_dir):
+                reused.add(index)  # the same run, or one that stopped early (more epochs change nothing)
     return started, reused
+
+
+def _stopped_early(trial_dir: Path) -> bool:
+    """Whether a finished trial stopped by early stopping (not at its epoch limit)."""
+    return bool(_outputs.read_metrics(trial_dir / _outputs.METRICS_FILE).get("stopped_early"))
 
 
 def _loader(configs: list[ExperimentConfig]) -> Callable[[int], Any]:
