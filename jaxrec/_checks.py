@@ -3,8 +3,9 @@
 Each check looks at static facts only (shapes, dtypes, Python values), so it costs nothing
 under ``jax.jit`` and raises before tracing goes on: :class:`jaxrec.errors.DataError` for an
 array argument (naming the field, what was found and what was expected) and
-:class:`jaxrec.errors.ConfigError` for an option. Only :func:`check_index_range` looks at
-values, and only at concrete (non-traced) ones.
+:class:`jaxrec.errors.ConfigError` for an option. Only :func:`check_index_range` and
+:func:`check_value_range` (with :func:`check_nonnegative`) look at values, and only at concrete
+(non-traced) ones: under ``jax.jit`` they do nothing.
 """
 
 from __future__ import annotations
@@ -40,13 +41,11 @@ def check_rank(x: ArrayLike, rank: int | Sequence[int], field: str) -> None:
 
 def check_shape(x: ArrayLike, shape: Sequence[int | None], field: str) -> None:
     """Raise a DataError unless ``x`` has ``shape`` (None matches any size)."""
-    try:
-        chex.assert_shape(x, tuple(shape))
-    except AssertionError:
+    found = tuple(np.shape(x))  # np.shape, not chex: also right for a list or a number
+    shape = tuple(shape)
+    if len(found) != len(shape) or any(s is not None and s != f for s, f in zip(shape, found)):
         wanted = tuple("any" if s is None else s for s in shape)
-        raise DataError(
-            "wrong shape", field=field, found=f"shape {np.shape(x)}", expected=f"shape {wanted}"
-        ) from None
+        raise DataError("wrong shape", field=field, found=f"shape {found}", expected=f"shape {wanted}")
 
 
 def check_same_shape(a: ArrayLike, b: ArrayLike, field_a: str, field_b: str) -> None:
@@ -62,11 +61,11 @@ def check_same_shape(a: ArrayLike, b: ArrayLike, field_a: str, field_b: str) -> 
         ) from None
 
 
-def check_integer(x: ArrayLike, field: str) -> None:
-    """Raise a DataError unless ``x`` has an integer dtype (indices)."""
+def check_integer(x: ArrayLike, field: str, what: str = "indices") -> None:
+    """Raise a DataError unless ``x`` has an integer dtype (indices, or the ``what`` named)."""
     dtype = jnp.asarray(x).dtype
     if not jnp.issubdtype(dtype, jnp.integer):
-        raise DataError("indices must be integers", field=field, found=f"dtype {dtype}", expected="an integer dtype")
+        raise DataError(f"{what} must be integers", field=field, found=f"dtype {dtype}", expected="an integer dtype")
 
 
 def check_index_range(x: ArrayLike, size: int, field: str) -> None:
@@ -87,10 +86,92 @@ def check_index_range(x: ArrayLike, size: int, field: str) -> None:
         )
 
 
+def check_value_range(x: ArrayLike, field: str, *, low: float | None = None, high: float | None = None,
+                      expected: str | None = None, message: str = "value out of range") -> None:
+    """Raise a DataError if concrete values fall outside ``[low, high]``.
+
+    ``None`` leaves that side open; NaN is not flagged (a masked-out entry may hold it). As
+    :func:`check_index_range`, a traced ``x`` (under ``jax.jit``) cannot be inspected and the
+    check then does nothing. ``expected`` replaces the default description of the allowed
+    values, ``message`` the default sentence.
+    """
+    if isinstance(x, jax.core.Tracer):
+        return
+    values = np.asarray(x)
+    if values.size == 0:
+        return
+    if values.dtype.kind not in "biuf":
+        values = values.astype(np.float64)
+    outside = np.zeros(values.shape, bool)
+    if low is not None:
+        outside |= values < low
+    if high is not None:
+        outside |= values > high
+    if outside.any():
+        bad = values[outside]
+        if expected is None:
+            if low is not None and high is not None:
+                expected = f"values in [{low}, {high}]"
+            elif low is not None:
+                expected = f"values >= {low}"
+            else:
+                expected = f"values <= {high}"
+        raise DataError(
+            message,
+            field=field,
+            found=f"{bad.size} such value(s), e.g. {bad.flat[0].item()!r}",
+            expected=expected,
+        )
+
+
+def check_nonnegative(x: ArrayLike, field: str) -> None:
+    """Raise a DataError if concrete values are negative; nothing for a tracer."""
+    check_value_range(x, field, low=0, expected="non-negative values", message="negative values are not allowed")
+
+
+def check_broadcastable(x: ArrayLike, shape: Sequence[int], field: str, target: str) -> None:
+    """Raise a DataError unless ``x`` broadcasts to ``shape`` (the shape of ``target``)."""
+    shape = tuple(shape)
+    try:
+        ok = np.broadcast_shapes(np.shape(x), shape) == shape
+    except ValueError:
+        ok = False
+    if not ok:
+        raise DataError(
+            f"cannot be broadcast to the shape of {target}",
+            field=field,
+            found=f"shape {tuple(np.shape(x))}",
+            expected=f"a shape that broadcasts to {shape} (as {target})",
+        )
+
+
+def check_scalar_option(value, name: str) -> None:
+    """Raise a ConfigError unless ``value`` is a scalar (a number or a 0-d array, traced or not)."""
+    if np.ndim(value) != 0:
+        raise ConfigError(f"{name} must be a scalar; found shape {tuple(np.shape(value))}")
+
+
 def check_not_empty(arrays: Sequence, field: str) -> None:
     """Raise a DataError if a variadic list of arrays is empty."""
     if len(arrays) == 0:
         raise DataError("at least one array is needed", field=field, found="no arrays", expected="one or more arrays")
+
+
+def check_separate_arrays(arrays: Sequence, field: str, function: str) -> None:
+    """Raise a DataError if a variadic ``*arrays`` is empty or got a list/tuple of arrays.
+
+    ``f([u, i])`` would otherwise be stacked into one array (a different value from
+    ``f(u, i)``); the arrays must be passed as separate arguments.
+    """
+    check_not_empty(arrays, field)
+    for k, x in enumerate(arrays):
+        if isinstance(x, (list, tuple)):
+            raise DataError(
+                "pass each array as a separate argument, not a list or tuple of arrays",
+                field=f"{field}[{k}]",
+                found=f"a {type(x).__name__} of {len(x)} entries",
+                expected=f"an array; call {function}(u, i) or {function}(*arrays)",
+            )
 
 
 def check_same_length(a: Sequence, b: Sequence, field_a: str, field_b: str) -> None:

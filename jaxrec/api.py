@@ -27,11 +27,22 @@ from pathlib import Path
 from typing import Any
 
 from jaxrec.data import MultimodalDataset
-from jaxrec.errors import ConfigError
+from jaxrec.errors import ConfigError, DataError
 from jaxrec import train as _train
 from jaxrec.train import ExperimentConfig, apply_overrides, config_from_dict, config_to_dict, load_config, resolve_paths
 
 ConfigLike = str | os.PathLike | Mapping[str, Any] | ExperimentConfig
+
+
+def _check_dataset(dataset: Any) -> None:
+    """Raise a DataError unless ``dataset`` is None or a :class:`~jaxrec.data.MultimodalDataset`."""
+    if dataset is not None and not isinstance(dataset, MultimodalDataset):
+        raise DataError(
+            "not a dataset",
+            field="dataset",
+            found=f"an object of type {type(dataset).__qualname__}",
+            expected="a jaxrec.data.MultimodalDataset, or None for the data the config names",
+        )
 
 
 def make_config(config: ConfigLike, overrides: Mapping[str, Any] | Sequence[str] | None = None) -> ExperimentConfig:
@@ -88,9 +99,11 @@ def fit(config: ConfigLike, workdir: str | os.PathLike | None = None, dataset: M
 
     Raises:
       ConfigError: a bad config, or a workdir that already holds a run (without ``resume``).
-      DataError: malformed data, naming the file, line and field.
+      DataError: malformed data, naming the file, line and field; a ``dataset`` that is not a
+        :class:`~jaxrec.data.MultimodalDataset`.
       TrainingDivergedError: the loss or gradient became non-finite.
     """
+    _check_dataset(dataset)
     experiment = make_config(config, overrides)
     if workdir is None:
         workdir = tempfile.mkdtemp(prefix="jaxrec-run-")
@@ -122,7 +135,9 @@ def load_run(workdir: str | os.PathLike, *, dataset: MultimodalDataset | None = 
 
     Raises:
       ConfigError: not a finished run (no ``metrics.json``), or a search without a winner.
+      DataError: a ``dataset`` that is not a :class:`~jaxrec.data.MultimodalDataset`.
     """
+    _check_dataset(dataset)
     folder, note = _train.finished_run(workdir)
     if folder is None:
         raise ConfigError(f"{os.fspath(workdir)} is {note}")
@@ -139,6 +154,9 @@ class Run:
     Attributes:
       workdir: the run folder.
       search: the search summary (``search.json``) when the run is a search's winner.
+
+    Raises:
+      DataError: a ``dataset`` that is not a :class:`~jaxrec.data.MultimodalDataset`.
     """
 
     workdir: Path
@@ -146,6 +164,7 @@ class Run:
     search: dict[str, Any] | None = dataclasses.field(default=None, repr=False)
 
     def __post_init__(self):
+        _check_dataset(self.dataset)
         self.workdir = Path(self.workdir)
 
     @functools.cached_property

@@ -14,7 +14,7 @@ import yaml
 
 import jaxrec
 from jaxrec.cli.main import main
-from jaxrec.errors import ConfigError
+from jaxrec.errors import ConfigError, DataError
 from jaxrec.train import ExperimentConfig, config_from_dict, evaluate_run
 
 from _tensorboard_events import read_scalars
@@ -127,6 +127,27 @@ def test_recommender_of_a_run(run):
         truth.setdefault(user, set()).add(item)
     recall = np.mean([len(truth[u] & set(row)) / len(truth[u]) for u, row in zip(users.tolist(), items.tolist())])
     assert recall == pytest.approx(run.evaluate("valid")["metrics"]["recall@20"], abs=1e-6)
+
+
+def test_a_dataset_that_is_not_a_multimodal_dataset_is_named(run, tmp_path):
+    from jaxrec.api import Run
+    from jaxrec.train import load_dataset
+
+    for bad in ({"a": 1}, "data/ml-100k", [1, 2]):
+        # fit used to fail deep inside with AttributeError: 'dict' object has no attribute 'metadata'.
+        with pytest.raises(DataError, match="'dataset'.*MultimodalDataset"):
+            jaxrec.fit(CONFIG, tmp_path / "never", dataset=bad, overrides={"train.epochs": 1})
+        with pytest.raises(DataError, match="'dataset'.*MultimodalDataset"):
+            jaxrec.load_run(run.workdir, dataset=bad)
+        with pytest.raises(DataError, match="'dataset'.*MultimodalDataset"):
+            Run(run.workdir, dataset=bad)
+    assert not (tmp_path / "never").exists()  # raised before any work
+    # A MultimodalDataset (the run's own data) is taken: the same parameters and test metrics.
+    dataset = load_dataset(run.config.data)
+    again = jaxrec.load_run(run.workdir, dataset=dataset)
+    assert again.evaluate("test")["metrics"] == run.metrics["test"]
+    given = jaxrec.fit(CONFIG, tmp_path / "given", dataset=dataset, overrides={"train.epochs": 3, "train.seed": 7})
+    assert given.metrics["test"] == run.metrics["test"]
 
 
 # ---- a search folder stands for its winner -----------------------------------------------------

@@ -227,3 +227,22 @@ def test_random_fourier_draw_is_deterministic_and_checked():
         fusion.random_fourier_features(np.ones((2, 5)), params_a)
     with pytest.raises(ConfigError, match="num_features"):
         fusion.init_random_fourier(jax.random.key(0), 4, num_features=0)
+
+
+def test_negative_modality_weights_raise_and_non_negative_keep_their_value():
+    xs, ys = [_data(30, 3, 2), _data(31, 3, 4)], [_data(32, 2, 2), _data(33, 2, 4)]
+    kernels = [fusion.linear_kernel, fusion.cosine_kernel]
+    bad = np.array([1.0, -0.5], np.float32)
+    # direct_sum_features took sqrt(-0.5) = NaN; combined_kernel lost positive semi-definiteness.
+    with pytest.raises(DataError, match="'weights'.*negative"):
+        fusion.direct_sum_features(xs, bad)
+    with pytest.raises(DataError, match="'weights'.*negative"):
+        fusion.combined_kernel(kernels, xs, ys, bad)
+    # Concrete values only: traced weights (under jit) are not inspected.
+    jax.jit(lambda w: fusion.combined_kernel(kernels, xs, ys, w))(bad)
+    # Non-negative weights, zero included, keep their values (naive loops).
+    weights = np.array([0.0, 2.5], np.float32)
+    expected = sum(w * _naive_gram(NAIVE[n], x, y) for w, n, x, y in zip(weights, ["linear", "cosine"], xs, ys))
+    np.testing.assert_allclose(fusion.combined_kernel(kernels, xs, ys, weights), expected, rtol=2e-5, atol=2e-5)
+    features = fusion.direct_sum_features(xs, weights)
+    np.testing.assert_allclose(features, np.concatenate([0.0 * xs[0], math.sqrt(2.5) * xs[1]], axis=1), rtol=1e-6)

@@ -233,3 +233,45 @@ def test_attention_fusion_under_vmap_equals_separate_calls():
     np.testing.assert_allclose(
         batched[1], jax.jit(apply)([2 * x for x in xs], other_masks, query), rtol=1e-5, atol=1e-6
     )
+
+
+def test_combine_modality_scores_rejects_negative_weights_and_mismatched_shapes():
+    scores = np.array([[1.0, 2.0, 4.0], [1.0, 2.0, 4.0]])
+    present = np.array([[True, False, True], [False, True, True]])
+    with pytest.raises(DataError, match="'weights'.*negative"):
+        fusion.combine_modality_scores(scores, present, np.array([1.0, -5.0, 3.0]), normalize=True)
+    with pytest.raises(DataError, match="'present'.*\\(2, 4\\)"):  # was a bare broadcast ValueError
+        fusion.combine_modality_scores(scores, np.ones((2, 4), bool), np.ones(3), normalize=True)
+    with pytest.raises(DataError, match="'present'"):
+        fusion.combine_modality_scores(scores, np.ones((3, 3), bool), np.ones(3), normalize=True)
+    with pytest.raises(DataError, match="'weights'.*\\(3,\\)"):
+        fusion.combine_modality_scores(scores, present, np.ones(2), normalize=True)
+    # Concrete values only: traced weights are not inspected.
+    jax.jit(lambda w: fusion.combine_modality_scores(scores, present, w, normalize=False))(np.array([1.0, -5.0, 3.0]))
+    # Allowed shapes keep their values: (..., M) masks and ones that broadcast (a per-modality (M,)).
+    weights = np.array([1.0, 5.0, 3.0])
+    np.testing.assert_allclose(fusion.combine_modality_scores(scores, present, weights, normalize=True),
+                               [(1 + 12) / 4, (10 + 12) / 8], rtol=1e-6)
+    np.testing.assert_allclose(
+        fusion.combine_modality_scores(scores, np.array([True, False, True]), weights, normalize=False), [13.0, 13.0])
+    np.testing.assert_allclose(
+        fusion.combine_modality_scores(np.stack([scores, 2 * scores]), present, weights, normalize=False),
+        [[13.0, 22.0], [26.0, 44.0]])  # pairwise (users, items, M) scores, (items, M) presence
+    np.testing.assert_allclose(fusion.combine_modality_scores(scores, present, [1.0, 5.0, 3.0], normalize=False),
+                               [13.0, 22.0])
+
+
+def test_masked_softmax_names_a_mask_that_does_not_broadcast():
+    with pytest.raises(DataError, match="'mask'.*\\(3, 5\\).*\\(3, 4\\)"):  # was a bare ValueError
+        fusion.masked_softmax(jnp.ones((3, 4)), jnp.ones((3, 5), bool))
+    with pytest.raises(DataError, match="'mask'"):  # broadcasting is to logits, not both ways
+        fusion.masked_softmax(jnp.ones((4,)), jnp.ones((3, 4), bool))
+    # Masks that broadcast keep their values: a per-column (4,) mask and a per-row (3, 1) one.
+    logits = np.log(np.array([[1.0, 3.0, 2.0, 2.0], [1.0, 1.0, 1.0, 1.0], [4.0, 1.0, 1.0, 2.0]]))
+    columns = np.array([True, True, False, True])
+    np.testing.assert_allclose(fusion.masked_softmax(logits, columns),
+                               [[1 / 6, 3 / 6, 0, 2 / 6], [1 / 3, 1 / 3, 0, 1 / 3], [4 / 7, 1 / 7, 0, 2 / 7]],
+                               rtol=1e-6)
+    rows = np.array([[True], [False], [True]])
+    np.testing.assert_allclose(fusion.masked_softmax(logits, rows),
+                               [[1 / 8, 3 / 8, 2 / 8, 2 / 8], [0, 0, 0, 0], [4 / 8, 1 / 8, 1 / 8, 2 / 8]], rtol=1e-6)

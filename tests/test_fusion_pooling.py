@@ -114,3 +114,17 @@ def test_pooling_shape_errors():
         fusion.masked_mean_pool(np.zeros((4, 3, 2)), np.ones(3, int))
     with pytest.raises(DataError, match="rank-3"):
         fusion.masked_mean_pool(np.zeros((4, 3)), np.ones(4, int))
+
+
+def test_lengths_must_be_integers():
+    x = _sequences(3)
+    with pytest.raises(DataError, match="'lengths'.*integers.*float32"):
+        fusion.masked_mean_pool(x, LENGTHS.astype(np.float32))
+    with pytest.raises(DataError, match="'lengths'.*integers"):
+        fusion.lengths_to_mask(np.array([1.5, 2.0]), 3)
+    with pytest.raises(DataError, match="'lengths'.*integers"):
+        fusion.AttentionPooling(attention_dim=2).init(jax.random.key(0), x, LENGTHS.astype(np.float32))
+    # Integer lengths (any integer dtype) keep the per-item mean of the valid steps.
+    expected = np.stack([x[i, :n].mean(0) if n else np.zeros(3) for i, n in enumerate(LENGTHS)])
+    for lengths in (LENGTHS, LENGTHS.astype(np.int32), LENGTHS.astype(np.uint8)):
+        np.testing.assert_allclose(fusion.masked_mean_pool(x, lengths), expected, rtol=1e-6, atol=1e-7)

@@ -213,3 +213,19 @@ def test_subspace_config_errors():
         fusion.cca(views[0], views[1][:5], 1)
     with pytest.raises(ConfigError, match="exceeds"):
         fusion.SubspaceProjection(dim=3).init(jax.random.key(0), views)
+
+
+def test_orthonormalize_rejects_a_wide_matrix():
+    # A (2, 5) matrix used to come back as (2, 2): only D >= k has k orthonormal columns.
+    with pytest.raises(DataError, match="'matrix'.*\\(2, 5\\).*D >= k"):
+        fusion.orthonormalize(np.ones((2, 5)))
+    with pytest.raises(DataError, match="'matrix'"):
+        jax.jit(fusion.orthonormalize)(jnp.ones((3, 4)))  # a static fact: raised under jit too
+    # Square and tall matrices keep the sign-fixed Q factor (numpy's QR, signs flipped to R > 0).
+    for shape in ((4, 4), (5, 2)):
+        a = np.random.default_rng(7).normal(size=shape)
+        q, r = np.linalg.qr(a)
+        expected = q * np.where(np.diag(r) < 0, -1.0, 1.0)[None, :]
+        got = fusion.orthonormalize(a)
+        assert got.shape == shape
+        np.testing.assert_allclose(got, expected, atol=1e-5)

@@ -172,3 +172,32 @@ def test_cosine_alignment_gradient_to_target_is_exactly_zero():
     cos = np.sum(o * t, axis=1, keepdims=True) / (o_norm * t_norm)
     expected = -(t / t_norm - cos * o / o_norm) / o_norm / 4
     np.testing.assert_allclose(grad_online, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_info_nce_temperature_must_be_a_scalar():
+    eye = jnp.eye(2)
+    with pytest.raises(ConfigError, match="temperature must be a scalar"):
+        losses.info_nce(eye, eye, jnp.array([0.5, 0.5]))
+    with pytest.raises(ConfigError, match="temperature must be a scalar"):
+        losses.info_nce(eye, eye, np.array([0.5]))
+    with pytest.raises(ConfigError, match="temperature must be a scalar"):
+        losses.info_nce_by_id(eye, eye, jnp.array([0, 1]), jnp.array([0.5, 0.5]))
+    # A number, a 0-d array and a traced scalar keep the value log(1 + e^(-1/0.5)).
+    expected = math.log(1.0 + math.exp(-2.0))
+    np.testing.assert_allclose(losses.info_nce(eye, eye, 0.5), expected, rtol=1e-5)
+    np.testing.assert_allclose(losses.info_nce(eye, eye, jnp.float32(0.5)), expected, rtol=1e-5)
+    np.testing.assert_allclose(jax.jit(lambda t: losses.info_nce(eye, eye, t))(0.5), expected, rtol=1e-5)
+
+
+def test_info_nce_and_cosine_alignment_where_weights_must_be_per_row():
+    rng = np.random.default_rng(5)
+    a, b = rng.normal(size=(4, 3)), rng.normal(size=(4, 3))
+    with pytest.raises(DataError, match="'where'"):
+        losses.info_nce(a, b, 0.2, where=np.ones(3, bool))
+    with pytest.raises(DataError, match="'weights'"):  # checked before mask_negatives uses them
+        losses.info_nce(a, b, 0.2, weights=np.ones(2), mask_negatives=True)
+    with pytest.raises(DataError, match="'weights'"):
+        losses.cosine_alignment(a, b, weights=np.ones(1))
+    where = np.array([True, False, True, True])
+    expected = info_nce_reference(a, b, 0.2)[where].mean()
+    np.testing.assert_allclose(losses.info_nce(a, b, 0.2, where=where), expected, rtol=1e-5)

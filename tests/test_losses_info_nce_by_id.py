@@ -116,7 +116,7 @@ def test_bad_input_is_named():
     a, b, ids, _ = _case()
     with pytest.raises(ConfigError, match="temperature"):
         losses.info_nce_by_id(a, b, ids, 0.0)
-    with pytest.raises(DataError, match="integer row ids"):
+    with pytest.raises(DataError, match="ids.*must be integers"):
         losses.info_nce_by_id(a, b, ids.astype(np.float32), 0.2)
     with pytest.raises(DataError, match="ids"):
         losses.info_nce_by_id(a, b, ids[:, None], 0.2)
@@ -162,3 +162,31 @@ def test_rows_every_device_holds_alike_are_not_summed_over_devices():
     value = jax.pmap(step, axis_name=AXIS, devices=jax.local_devices()[:N_DEVICES])(
         np.stack([ids] * N_DEVICES), np.stack([weights] * N_DEVICES))
     np.testing.assert_allclose(np.asarray(value), _loop_reference(a, b, ids, 0.2, weights, True), rtol=2e-5)
+
+
+def test_out_of_range_or_negative_ids_raise_and_valid_ids_keep_their_value():
+    a, b, ids, _ = _case()
+    n = a.shape[0]
+    for bad in (np.append(ids, n), np.append(ids, -1)):  # past the table / negative
+        with pytest.raises(DataError, match="'ids'.*index out of range"):
+            losses.info_nce_by_id(a, b, bad, 0.2)
+    table = jnp.eye(3)  # the reported case: id 7 of a 3-row table was silently dropped
+    with pytest.raises(DataError, match="'ids'"):
+        losses.info_nce_by_id(table, table, jnp.array([0, 1, 2, 7]), 0.5)
+    with pytest.raises(DataError, match="'ids'.*integers"):
+        losses.info_nce_by_id(table, table, jnp.array([0.0, 1.0]), 0.5)
+    # Valid ids: the independent float64 loop (the docstring's value 0.5856 for eye(3)).
+    np.testing.assert_allclose(losses.info_nce_by_id(table, table, jnp.array([0, 2, 2]), 0.5),
+                               _loop_reference(np.eye(3), np.eye(3), np.array([0, 2, 2]), 0.5, np.ones(3), False),
+                               rtol=1e-5)
+    np.testing.assert_allclose(losses.info_nce_by_id(a, b, ids, 0.2),
+                               _loop_reference(a, b, ids, 0.2, np.ones(len(ids)), False), rtol=2e-5)
+    # Under jit the ids are traced and cannot be inspected: no check, the same value.
+    run = jax.jit(lambda i: losses.info_nce_by_id(a, b, i, 0.2))
+    np.testing.assert_allclose(run(ids), _loop_reference(a, b, ids, 0.2, np.ones(len(ids)), False), rtol=2e-5)
+
+
+def test_weights_of_the_wrong_length_raise():
+    a, b, ids, _ = _case()
+    with pytest.raises(DataError, match="'weights'"):
+        losses.info_nce_by_id(a, b, ids, 0.2, weights=np.ones(len(ids) + 1))

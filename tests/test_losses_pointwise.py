@@ -76,3 +76,28 @@ def test_pointwise_shape_errors():
         losses.mse(jnp.zeros(3), jnp.zeros(4))
     with pytest.raises(DataError, match="labels"):
         losses.binary_cross_entropy(jnp.zeros((2, 2)), jnp.zeros(2))
+
+
+def test_mse_keeps_its_documented_broadcasting():
+    # mse's where is documented as broadcastable (or a leading part): a per-column mask stays valid.
+    predictions, targets = np.arange(6.0).reshape(2, 3), np.zeros((2, 3))
+    columns = np.array([True, False, True])
+    expected = np.mean(np.square(predictions[:, columns]))
+    np.testing.assert_allclose(losses.mse(predictions, targets, where=columns), expected, rtol=1e-6)
+    with pytest.raises(DataError, match="'where'"):
+        losses.mse(predictions, targets, where=np.ones(4, bool))
+
+
+def test_binary_cross_entropy_labels_must_lie_in_the_unit_interval():
+    logits = np.array([0.5, -1.0, 2.0])
+    for labels in ([0.0, 2.0, 1.0], [-0.5, 0.0, 1.0]):
+        with pytest.raises(DataError, match="'labels'.*\\[0, 1\\]"):
+            losses.binary_cross_entropy(logits, np.array(labels))
+    # Concrete values only: traced labels (under jit) are not inspected.
+    value = jax.jit(losses.binary_cross_entropy)(logits, np.array([0.0, 2.0, 1.0]))
+    assert np.isfinite(value)
+    # Hard, soft and boundary labels keep the formula's value.
+    labels = np.array([1.0, 0.0, 0.3])
+    np.testing.assert_allclose(losses.binary_cross_entropy(logits, labels), bce_reference(logits, labels), rtol=1e-5)
+    np.testing.assert_allclose(losses.binary_cross_entropy(logits, labels.astype(bool)),
+                               bce_reference(logits, labels.astype(bool).astype(float)), rtol=1e-5)

@@ -206,3 +206,44 @@ def test_sampled_softmax_shape_errors():
         losses.sampled_softmax(jnp.zeros(3), jnp.zeros((3, 4)), jnp.zeros(5))
     with pytest.raises(DataError, match="accidental_hits"):
         losses.sampled_softmax(jnp.zeros(3), jnp.zeros((3, 4)), jnp.zeros(4), accidental_hits=jnp.zeros((3, 5), bool))
+
+
+def test_bpr_where_or_weights_of_the_wrong_length_raise_even_when_it_equals_n_neg():
+    pos, neg = jnp.array([3.0, -3.0, 0.0]), jnp.zeros((3, 2))
+    # (2,) == n_neg used to broadcast across the negatives (1.263, no error).
+    with pytest.raises(DataError, match="'where'.*shape \\(3,\\) or shape \\(3, 2\\)"):
+        losses.bpr(pos, neg, where=jnp.array([True, False]))
+    with pytest.raises(DataError, match="'weights'"):
+        losses.bpr(pos, neg, weights=jnp.array([1.0, 2.0]))
+    with pytest.raises(DataError, match="'where'"):
+        losses.bpr(pos, neg, where=jnp.ones((1, 2), bool))
+    with pytest.raises(DataError, match="'where'"):  # one negative per positive: (1,) is no (3,)
+        losses.bpr(pos, jnp.zeros(3), where=jnp.ones(1, bool))
+    with pytest.raises(DataError, match="'where'"):  # raised before tracing under jit as well
+        jax.jit(lambda p, n: losses.bpr(p, n, where=jnp.array([True, False])))(pos, neg)
+    with pytest.raises(DataError, match="'where'"):  # side_mf_bpr reduces through bpr
+        losses.side_mf_bpr(jnp.ones((2, 2)), jnp.ones((3, 2)), jnp.ones((2, 2)), jnp.ones((3, 2)),
+                           jnp.array([0, 1, 1]), jnp.array([0, 1, 2]), jnp.array([[1, 2], [0, 2], [0, 1]]), 0.0,
+                           where=jnp.array([True, False]))
+    # The shapes the docstring allows keep their values (numpy loop reference).
+    where = np.array([True, False, True])
+    np.testing.assert_allclose(losses.bpr(pos, neg, where=where), bpr_reference(pos, neg, where=where), rtol=1e-6)
+    pairs = np.array([[True, False], [True, True], [False, True]])
+    np.testing.assert_allclose(losses.bpr(pos, neg, where=pairs), bpr_reference(pos, neg, where=pairs), rtol=1e-6)
+    weights = np.array([0.5, 1.0, 2.0])
+    np.testing.assert_allclose(losses.bpr(pos, neg, weights=weights), bpr_reference(pos, neg, weights=weights),
+                               rtol=1e-6)
+    np.testing.assert_allclose(losses.bpr(pos, neg, where=jnp.ones((3, 2), bool)), bpr_reference(pos, neg),
+                               rtol=1e-6)
+
+
+def test_per_row_losses_reject_where_or_weights_of_another_length():
+    logits, targets = jnp.zeros((3, 4)), jnp.array([0, 1, 2])
+    with pytest.raises(DataError, match="'where'"):
+        losses.softmax_cross_entropy(logits, targets, where=jnp.ones(1, bool))
+    with pytest.raises(DataError, match="'weights'"):
+        losses.sampled_softmax(jnp.zeros(3), jnp.zeros((3, 2)), jnp.zeros(2), weights=jnp.ones(2))
+    # (B,) still works: log 4 for every row of zero logits.
+    np.testing.assert_allclose(losses.softmax_cross_entropy(logits, targets, where=np.array([True, False, True])),
+                               math.log(4.0), rtol=1e-6)
+

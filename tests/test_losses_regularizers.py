@@ -132,3 +132,41 @@ def test_alignment_shape_errors():
         losses.kernel_alignment(jnp.eye(3), jnp.eye(2))
     with pytest.raises(DataError, match="kernel"):
         losses.centered_kernel_alignment(jnp.ones((2, 3)), jnp.ones((2, 3)))
+
+
+def test_regularizers_reject_a_list_of_arrays(batch_embeddings):
+    users, positives, negatives = batch_embeddings
+    for regularizer in (
+        losses.l2_sum_of_squares,
+        losses.l2_mean_norm,
+        losses.l2_sum_of_squares_per_example,
+        losses.l2_mean_of_squares,
+    ):
+        name = regularizer.__name__
+        # l2_mean_norm([u, i]) used to stack the list into one (2, B, d) array: a wrong value.
+        with pytest.raises(DataError, match=f"separate argument.*{name}\\(u, i\\)"):
+            regularizer([users, positives])
+        with pytest.raises(DataError, match="'arrays\\[1\\]'"):
+            regularizer(users, (positives, negatives))
+    # Separate arrays keep their values (loops over the entries).
+    squares = [sum(v * v for v in _entries(e)) for e in batch_embeddings]
+    np.testing.assert_allclose(losses.l2_sum_of_squares(users, positives, negatives), sum(squares), rtol=1e-6)
+    np.testing.assert_allclose(losses.l2_mean_norm(users, positives, negatives),
+                               sum(math.sqrt(s) for s in squares) / 5, rtol=1e-6)
+    np.testing.assert_allclose(losses.l2_sum_of_squares_per_example(users, positives, negatives),
+                               0.5 * sum(squares) / 5, rtol=1e-6)
+    np.testing.assert_allclose(losses.l2_mean_of_squares(users, positives, negatives),
+                               sum(s / np.size(e) for s, e in zip(squares, batch_embeddings)), rtol=1e-6)
+    np.testing.assert_allclose(losses.l2_mean_norm(*[users, positives]),
+                               (math.sqrt(squares[0]) + math.sqrt(squares[1])) / 4, rtol=1e-6)
+
+
+def test_kernel_alignment_needs_a_square_kernel():
+    # kernel_alignment(ones((2, 3)), ones((2, 3))) returned 1.0; the kernel must be (n, n).
+    with pytest.raises(DataError, match="'kernel'.*\\(2, 3\\).*\\(2, 2\\)"):
+        losses.kernel_alignment(jnp.ones((2, 3)), jnp.ones((2, 3)))
+    with pytest.raises(DataError, match="'kernel'"):
+        losses.kernel_alignment(jnp.ones(3), jnp.ones(3))
+    # Square kernels keep the definition's value.
+    kernel, target = np.array([[2.0, 0.5], [0.5, 1.0]]), np.array([[1.0, -1.0], [-1.0, 1.0]])
+    np.testing.assert_allclose(losses.kernel_alignment(kernel, target), alignment_reference(kernel, target), rtol=1e-6)

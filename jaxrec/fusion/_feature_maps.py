@@ -21,7 +21,7 @@ from jax.typing import ArrayLike
 
 from jaxrec.errors import ConfigError, DataError
 from jaxrec.fusion._kernels import normalize_rows, resolve_gamma
-from jaxrec._checks import as_float, check_modalities, check_positive_int, check_rank
+from jaxrec._checks import as_float, check_modalities, check_nonnegative, check_positive_int, check_rank
 
 # The explicit polynomial map grows like d**degree / degree!; past this many features the
 # random Fourier / sketching route is the sensible one, so fail loudly instead of exhausting memory.
@@ -229,6 +229,11 @@ def direct_sum_features(
 
     Returns:
       (n, sum_m F_m) features.
+
+    Raises:
+      DataError: ``features`` not a non-empty list of (n, F_m) arrays; ``weights`` not of shape
+        (M,), or (concrete weights only: traced ones cannot be inspected) a negative weight,
+        whose square root would be NaN.
     """
     check_modalities(features, "features")
     if weights is None:
@@ -241,5 +246,6 @@ def direct_sum_features(
             found=f"shape {weights.shape}",
             expected=f"({len(features)},)",
         )
+    check_nonnegative(weights, "weights")
     scale = jnp.sqrt(weights)
     return jnp.concatenate([scale[m] * as_float(f) for m, f in enumerate(features)], axis=1)

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from jaxrec.errors import ConfigError, DataError
-from jaxrec._checks import as_float, check_rank, check_same_length
+from jaxrec._checks import as_float, check_nonnegative, check_rank, check_same_length
 
 Kernel = Callable[[ArrayLike, ArrayLike], jax.Array]
 
@@ -173,6 +173,11 @@ def combined_kernel(
     Returns:
       (n, p) Gram block.
 
+    Raises:
+      DataError: ``kernels``, ``xs`` and ``ys`` of different lengths or empty; ``weights`` not
+        of shape (M,), or (concrete weights only: traced ones cannot be inspected) a negative
+        weight, which would make the sum no longer positive semi-definite.
+
     References:
       Gönen & Alpaydın, `Multiple Kernel Learning Algorithms
       <https://jmlr.org/papers/v12/gonen11a.html>`_, JMLR 2011.
@@ -191,4 +196,5 @@ def combined_kernel(
             found=f"shape {weights.shape}",
             expected=f"({len(kernels)},)",
         )
+    check_nonnegative(weights, "weights")
     return sum(weights[m] * kernel(xs[m], ys[m]) for m, kernel in enumerate(kernels))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxrec._checks import check_broadcastable
+
 
 def masked_softmax(logits: jax.Array, mask: jax.Array, axis: int = -1) -> jax.Array:
     r"""Softmax over the entries where ``mask`` is True; zero elsewhere.
@@ -24,12 +26,17 @@ def masked_softmax(logits: jax.Array, mask: jax.Array, axis: int = -1) -> jax.Ar
     Returns:
       weights with the shape of ``logits``; each slice sums to one, or to zero where fully masked.
 
+    Raises:
+      DataError: a ``mask`` that does not broadcast to the shape of ``logits``.
+
     Example:
       >>> logits = jnp.array([[0.0, 0.0, 100.0], [1.0, 1.0, 1.0]])
       >>> masked_softmax(logits, jnp.array([[True, True, False], [False, False, False]]))
       Array([[0.5, 0.5, 0. ],
              [0. , 0. , 0. ]], dtype=float32)
     """
+    logits = jnp.asarray(logits)
+    check_broadcastable(mask, logits.shape, "mask", "logits")
     mask = jnp.broadcast_to(mask, logits.shape)
     # The shift is a constant of the softmax, so no gradient needs to flow through it.
     shift = jnp.max(jnp.where(mask, logits, -jnp.inf), axis=axis, keepdims=True)

@@ -11,7 +11,8 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from jaxrec.errors import ConfigError, DataError
-from jaxrec._checks import as_float, canonical_masks, check_modalities, check_same_length
+from jaxrec._checks import (as_float, canonical_masks, check_broadcastable, check_modalities, check_nonnegative,
+                             check_same_length, check_shape)
 
 MODEL_FUSION_WEIGHTINGS = ("softmax", "nonneg")
 
@@ -36,6 +37,11 @@ def combine_modality_scores(
     Returns:
       (...) combined scores.
 
+    Raises:
+      DataError: ``scores`` a scalar; ``present`` that does not broadcast to ``scores``' shape;
+        ``weights`` not of shape (M,), or (concrete weights only: traced ones cannot be
+        inspected) a negative weight.
+
     Example:
       >>> scores = jnp.array([[1.0, 2.0, 4.0]])
       >>> present = jnp.array([[True, False, True]])
@@ -43,6 +49,12 @@ def combine_modality_scores(
       Array([3.25], dtype=float32)
     """
     scores = as_float(scores)
+    if scores.ndim == 0:
+        raise DataError("per-modality scores need a last axis of modalities", field="scores",
+                        found="shape ()", expected="shape (..., M)")
+    check_broadcastable(present, scores.shape, "present", "scores")
+    check_shape(weights, (scores.shape[-1],), "weights")
+    check_nonnegative(weights, "weights")
     present = jnp.broadcast_to(jnp.asarray(present, bool), scores.shape)
     effective = jnp.where(present, jnp.asarray(weights, scores.dtype), 0.0)
     combined = jnp.sum(effective * jnp.where(present, scores, 0.0), axis=-1)

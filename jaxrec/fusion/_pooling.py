@@ -14,13 +14,14 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from jaxrec.errors import DataError
-from jaxrec._checks import as_float, check_positive_int, check_rank
+from jaxrec._checks import as_float, check_integer, check_positive_int, check_rank
 from jaxrec.fusion._masked_softmax import masked_softmax
 
 
 def _check_sequence(x: ArrayLike, lengths: ArrayLike) -> tuple[jax.Array, jax.Array]:
     check_rank(x, 3, "x")
     check_rank(lengths, 1, "lengths")
+    check_integer(lengths, "lengths", "lengths")
     if jnp.shape(lengths)[0] != jnp.shape(x)[0]:
         raise DataError(
             "need one length per sequence",
@@ -40,8 +41,12 @@ def lengths_to_mask(lengths: ArrayLike, max_length: int) -> jax.Array:
 
     Returns:
       (n, T) bool mask.
+
+    Raises:
+      DataError: ``lengths`` not a rank-1 array of an integer dtype.
     """
     check_rank(lengths, 1, "lengths")
+    check_integer(lengths, "lengths", "lengths")
     return jnp.arange(max_length)[None, :] < jnp.asarray(lengths)[:, None]
 
 
@@ -53,10 +58,13 @@ def masked_mean_pool(x: ArrayLike, lengths: ArrayLike) -> jax.Array:
 
     Args:
       x: (n, T, d) padded sequences; the padding may hold anything, NaN included.
-      lengths: (n,) valid lengths (clipped to [0, T]).
+      lengths: (n,) integer valid lengths (clipped to [0, T]).
 
     Returns:
       (n, d) pooled vectors.
+
+    Raises:
+      DataError: ``x`` not of rank 3, or ``lengths`` not an (n,) array of an integer dtype.
 
     Example:
       >>> x = jnp.array([[[1.0], [3.0], [99.0]], [[5.0], [7.0], [9.0]]])

@@ -45,8 +45,19 @@ def orthonormalize(matrix: ArrayLike) -> jax.Array:
 
     Returns:
       (D, k) with orthonormal columns spanning the same space.
+
+    Raises:
+      DataError: ``matrix`` not of rank 2, or wider than tall (D < k).
     """
     check_rank(matrix, 2, "matrix")
+    rows, columns = np.shape(matrix)
+    if rows < columns:
+        raise DataError(
+            "a wide matrix has no orthonormal columns",
+            field="matrix",
+            found=f"shape {(rows, columns)}",
+            expected=f"a (D, k) matrix with D >= k (at least {columns} rows)",
+        )
     q, r = jnp.linalg.qr(as_float(matrix))
     signs = jnp.where(jnp.diagonal(r) < 0, -1.0, 1.0).astype(q.dtype)
     return q * signs[None, :]

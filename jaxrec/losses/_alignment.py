@@ -46,6 +46,9 @@ def kernel_alignment(kernel: ArrayLike, target: ArrayLike, *, eps: float = 1e-12
     Returns:
       A scalar.
 
+    Raises:
+      DataError: ``kernel`` not a square (n, n) matrix, or ``target`` not of its shape.
+
     Example:
       >>> import jax.numpy as jnp
       >>> from jaxrec import losses
@@ -61,6 +64,7 @@ def kernel_alignment(kernel: ArrayLike, target: ArrayLike, *, eps: float = 1e-12
     kernel = as_float(kernel)
     target = as_float(target).astype(kernel.dtype)
     check_rank(kernel, 2, "kernel")
+    check_shape(kernel, (kernel.shape[0], kernel.shape[0]), "kernel")
     check_same_shape(kernel, target, "kernel", "target")
     return _frobenius_cosine(kernel, target, eps)
 
@@ -83,6 +87,9 @@ def centered_kernel_alignment(kernel: ArrayLike, target: ArrayLike, *, eps: floa
 
     Returns:
       A scalar.
+
+    Raises:
+      DataError: ``kernel`` not a square (n, n) matrix, or ``target`` not of its shape.
 
     Example:
       >>> import jax.numpy as jnp

@@ -7,9 +7,10 @@ import jax.numpy as jnp
 from jax import lax
 from jax.typing import ArrayLike
 
-from jaxrec.errors import ConfigError, DataError
-from jaxrec._checks import as_float, check_rank, check_same_shape
-from jaxrec.losses._reduction import reduce_losses
+from jaxrec.errors import ConfigError
+from jaxrec._checks import (as_float, check_index_range, check_integer, check_rank, check_same_shape,
+                            check_scalar_option)
+from jaxrec.losses._reduction import check_where_weights, reduce_losses
 from jaxrec.losses._parallel import batch_gather, batch_sum, current_axis
 
 
@@ -21,7 +22,8 @@ def _normalize_rows(x: jax.Array, eps: float) -> jax.Array:
 
 
 def _checked_views(a: ArrayLike, b: ArrayLike, temperature, loss: str) -> tuple[jax.Array, jax.Array]:
-    """``(a, b)`` as float (n, d) arrays of one shape, after checking the temperature is > 0."""
+    """``(a, b)`` as float (n, d) arrays of one shape, after checking the temperature is a scalar > 0."""
+    check_scalar_option(temperature, f"{loss} temperature")
     if not isinstance(temperature, jax.core.Tracer) and not float(temperature) > 0:
         raise ConfigError(f"{loss} temperature must be > 0, got {temperature!r}")
     a = as_float(a)
@@ -78,6 +80,12 @@ def info_nce(
     Returns:
       A scalar, or (B,) per-row losses for ``reduction="none"``.
 
+    Raises:
+      ConfigError: a ``temperature`` that is not a scalar (a number or a 0-d array), or a
+        concrete one that is not > 0; an unknown ``reduction``.
+      DataError: ``a`` / ``b`` not (B, d) arrays of one shape, or ``where`` / ``weights`` not
+        of shape (B,) (or scalars).
+
     Example:
       >>> import jax.numpy as jnp
       >>> from jaxrec import losses
@@ -92,6 +100,7 @@ def info_nce(
       <https://arxiv.org/abs/2002.05709>`_, ICML 2020.
     """
     a, b = _checked_views(a, b, temperature, "info_nce")
+    check_where_weights(a.shape[:1], where, weights, leading_only=True)
     keep = None
     if mask_negatives:
         keep = jnp.ones(a.shape[0], bool)
@@ -115,7 +124,7 @@ def info_nce(
         backward = cosine_logsumexp(b_hat @ (a_all / temperature).T, temperature, keep=keep_all)
         per_row = 0.5 * (per_row + backward - positives)
     return reduce_losses(per_row, where=where, weights=weights, reduction=reduction,
-                         sum_fn=batch_sum if over_batch else jnp.sum)
+                         sum_fn=batch_sum if over_batch else jnp.sum, leading_only=True)
 
 
 def info_nce_by_id(
@@ -165,6 +174,12 @@ def info_nce_by_id(
     Returns:
       A scalar: the weighted mean over the batch rows.
 
+    Raises:
+      ConfigError: a ``temperature`` that is not a scalar, or a concrete one that is not > 0.
+      DataError: ``a`` / ``b`` not (n, d) arrays of one shape; ``ids`` not a (B,) array of an
+        integer dtype, or (concrete ids only; traced ids cannot be inspected) an id outside
+        [0, n); ``weights`` not of shape (B,).
+
     Example:
       >>> import jax.numpy as jnp
       >>> from jaxrec import losses
@@ -181,11 +196,12 @@ def info_nce_by_id(
       in-batch InfoNCE over repeated ids this computes).
     """
     a, b = _checked_views(a, b, temperature, "info_nce_by_id")
-    ids = jnp.asarray(ids)
     check_rank(ids, 1, "ids")
-    if not jnp.issubdtype(ids.dtype, jnp.integer):
-        raise DataError(f"info_nce_by_id: ids must be integer row ids, got dtype {ids.dtype}")
+    check_integer(ids, "ids")
+    check_index_range(ids, a.shape[0], "ids")
+    ids = jnp.asarray(ids)
     n_rows, n_batch = a.shape[0], ids.shape[0]
+    check_where_weights((n_batch,), None, weights, leading_only=True)
     if n_rows > n_batch:
         return info_nce(a[ids], b[ids], temperature, eps=eps, weights=weights, mask_negatives=mask_negatives,
                         over_batch=over_batch)
@@ -319,6 +335,11 @@ def cosine_alignment(
     Returns:
       A scalar, or (B,) per-row values for ``reduction="none"``.
 
+    Raises:
+      DataError: ``online`` / ``target`` not (B, d) arrays of one shape, or ``where`` /
+        ``weights`` not of shape (B,) (or scalars).
+      ConfigError: an unknown ``reduction``.
+
     Example:
       >>> import jax.numpy as jnp
       >>> from jaxrec import losses
@@ -336,4 +357,4 @@ def cosine_alignment(
     check_same_shape(online, target, "online", "target")
     per_row = 1.0 - jnp.sum(_normalize_rows(online, eps) * _normalize_rows(target, eps), axis=-1)
     return reduce_losses(per_row, where=where, weights=weights, reduction=reduction,
-                         sum_fn=batch_sum if over_batch else jnp.sum)
+                         sum_fn=batch_sum if over_batch else jnp.sum, leading_only=True)

@@ -47,6 +47,12 @@ def bpr(
     Returns:
       A scalar, or the per-pair losses for ``reduction="none"``.
 
+    Raises:
+      DataError: ``pos_scores`` not (B,), ``neg_scores`` not (B,) or (B, n_neg), or ``where`` /
+        ``weights`` of any shape other than (B,) or ``neg_scores``' shape (or a scalar): a
+        mask of the wrong length is never broadcast across the negatives.
+      ConfigError: an unknown ``reduction``.
+
     Example:
       >>> import jax.numpy as jnp
       >>> from jaxrec import losses
@@ -64,7 +70,7 @@ def bpr(
     check_shape(neg_scores, (pos_scores.shape[0],) + (None,) * (neg_scores.ndim - 1), "neg_scores")
     margins = pos_scores.reshape(pos_scores.shape + (1,) * (neg_scores.ndim - 1)) - neg_scores
     return reduce_losses(jax.nn.softplus(-margins), where=where, weights=weights, reduction=reduction,
-                         sum_fn=batch_sum if over_batch else jnp.sum)
+                         sum_fn=batch_sum if over_batch else jnp.sum, leading_only=True)
 
 
 def softmax_cross_entropy(
@@ -107,6 +113,11 @@ def softmax_cross_entropy(
     Returns:
       A scalar, or (B,) per-row losses for ``reduction="none"``.
 
+    Raises:
+      DataError: inputs of the wrong shapes (named), or ``where`` / ``weights`` not of shape
+        (B,) (or scalars).
+      ConfigError: an unknown ``reduction``.
+
     Example:
       >>> import jax.numpy as jnp
       >>> from jaxrec import losses
@@ -140,7 +151,7 @@ def softmax_cross_entropy(
             expected="integer indices (B,) or float/bool multi-hot targets (B, n_items)",
         )
     return reduce_losses(per_row, where=where, weights=weights, reduction=reduction,
-                         sum_fn=batch_sum if over_batch else jnp.sum)
+                         sum_fn=batch_sum if over_batch else jnp.sum, leading_only=True)
 
 
 def sampled_softmax(
@@ -189,6 +200,11 @@ def sampled_softmax(
     Returns:
       A scalar, or (B,) per-row losses for ``reduction="none"``.
 
+    Raises:
+      DataError: inputs of the wrong shapes (named), or ``where`` / ``weights`` not of shape
+        (B,) (or scalars).
+      ConfigError: an unknown ``reduction``.
+
     Example:
       >>> import jax.numpy as jnp
       >>> from jaxrec import losses
@@ -226,4 +242,4 @@ def sampled_softmax(
     all_logits = jnp.concatenate([corrected_pos[:, None], corrected_neg], axis=1)
     per_row = jax.nn.logsumexp(all_logits, axis=1) - corrected_pos
     return reduce_losses(per_row, where=where, weights=weights, reduction=reduction,
-                         sum_fn=batch_sum if over_batch else jnp.sum)
+                         sum_fn=batch_sum if over_batch else jnp.sum, leading_only=True)

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from jaxrec._checks import as_float, check_same_shape
+from jaxrec._checks import as_float, check_same_shape, check_value_range
 from jaxrec.losses._reduction import reduce_losses
 from jaxrec.losses._parallel import batch_sum
 
@@ -125,6 +125,11 @@ def binary_cross_entropy(
     Returns:
       A scalar, or the per-entry losses for ``reduction="none"``.
 
+    Raises:
+      DataError: ``labels`` not of ``logits``' shape, or (concrete labels only: traced ones
+        cannot be inspected) a label outside [0, 1]; ``where`` / ``weights`` that do not fit.
+      ConfigError: an unknown ``reduction``.
+
     Example:
       >>> import jax.numpy as jnp
       >>> from jaxrec import losses
@@ -137,6 +142,7 @@ def binary_cross_entropy(
     logits = as_float(logits)
     labels = as_float(labels).astype(logits.dtype)
     check_same_shape(logits, labels, "logits", "labels")
+    check_value_range(labels, "labels", low=0, high=1)
     per_entry = -labels * jax.nn.log_sigmoid(logits) - (1.0 - labels) * jax.nn.log_sigmoid(-logits)
     return reduce_losses(per_entry, where=where, weights=weights, reduction=reduction,
                          sum_fn=batch_sum if over_batch else jnp.sum)

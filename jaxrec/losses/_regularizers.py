@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from jaxrec._checks import as_float, check_not_empty
+from jaxrec._checks import as_float, check_separate_arrays
 from jaxrec.losses._parallel import batch_sum
 
 
@@ -81,6 +81,10 @@ def l2_sum_of_squares(*arrays: ArrayLike, half: bool = False) -> jax.Array:
     Returns:
       A scalar.
 
+    Raises:
+      DataError: no arrays, or a list or tuple of arrays passed as one argument (it would be
+        stacked into one array): pass them as separate arguments.
+
     Example:
       >>> import jax.numpy as jnp
       >>> from jaxrec import losses
@@ -91,7 +95,7 @@ def l2_sum_of_squares(*arrays: ArrayLike, half: bool = False) -> jax.Array:
       Rendle et al., `BPR: Bayesian Personalized Ranking from Implicit Feedback
       <https://arxiv.org/abs/1205.2618>`_, UAI 2009 (BPR-Opt's regularizer).
     """
-    check_not_empty(arrays, "arrays")
+    check_separate_arrays(arrays, "arrays", "l2_sum_of_squares")
     total = sum(_squared_norm(as_float(x)) for x in arrays)
     return 0.5 * total if half else total
 
@@ -120,6 +124,10 @@ def l2_mean_norm(*arrays: ArrayLike, batch_size: int | ArrayLike | None = None,
     Returns:
       A scalar.
 
+    Raises:
+      DataError: no arrays, or a list or tuple of arrays passed as one argument (it would be
+        stacked into one array): pass them as separate arguments.
+
     Example:
       >>> import jax.numpy as jnp
       >>> from jaxrec import losses
@@ -130,7 +138,7 @@ def l2_mean_norm(*arrays: ArrayLike, batch_size: int | ArrayLike | None = None,
       Zhou, `MMRec: Simplifying Multimodal Recommendation <https://arxiv.org/abs/2302.03497>`_,
       2023 (``src/common/loss.py``, ``EmbLoss``).
     """
-    check_not_empty(arrays, "arrays")
+    check_separate_arrays(arrays, "arrays", "l2_mean_norm")
     arrays = tuple(as_float(x) for x in arrays)
     total = batch_sum if over_batch else jnp.sum
     return sum(_safe_norm(x, total) for x in arrays) / _batch(arrays, batch_size, over_batch)
@@ -159,6 +167,10 @@ def l2_sum_of_squares_per_example(
     Returns:
       A scalar.
 
+    Raises:
+      DataError: no arrays, or a list or tuple of arrays passed as one argument (it would be
+        stacked into one array): pass them as separate arguments.
+
     Example:
       >>> import jax.numpy as jnp
       >>> from jaxrec import losses
@@ -169,7 +181,7 @@ def l2_sum_of_squares_per_example(
       Zhang et al., `Mining Latent Structures for Multimedia Recommendation
       <https://arxiv.org/abs/2104.09036>`_ (LATTICE), ACM MM 2021.
     """
-    check_not_empty(arrays, "arrays")
+    check_separate_arrays(arrays, "arrays", "l2_sum_of_squares_per_example")
     arrays = tuple(as_float(x) for x in arrays)
     if not over_batch:
         return l2_sum_of_squares(*arrays, half=half) / _batch(arrays, batch_size, False)
@@ -195,6 +207,10 @@ def l2_mean_of_squares(*arrays: ArrayLike, over_batch: bool = False) -> jax.Arra
     Returns:
       A scalar.
 
+    Raises:
+      DataError: no arrays, or a list or tuple of arrays passed as one argument (it would be
+        stacked into one array): pass them as separate arguments.
+
     Example:
       >>> import jax.numpy as jnp
       >>> from jaxrec import losses
@@ -205,7 +221,7 @@ def l2_mean_of_squares(*arrays: ArrayLike, over_batch: bool = False) -> jax.Arra
       Wei et al., `MMGCN: Multi-modal Graph Convolution Network for Personalized Recommendation
       of Micro-video <https://arxiv.org/abs/1908.07165>`_, ACM MM 2019.
     """
-    check_not_empty(arrays, "arrays")
+    check_separate_arrays(arrays, "arrays", "l2_mean_of_squares")
     if not over_batch:
         return sum(jnp.mean(jnp.square(as_float(x))) for x in arrays)
     return sum(batch_sum(jnp.square(as_float(x))) / batch_sum(jnp.ones(jnp.shape(x), jnp.float32)) for x in arrays)
