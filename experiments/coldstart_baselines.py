@@ -28,7 +28,10 @@ test items by their number of TEST interactions -- it reads the answers, and is 
 non-personalized ranking could do; a model that beats it is personalizing.
 
 Also ``popularity``: the new items ranked by their train interaction count, which is 0 for
-every one of them -- a tie broken by item id; it shows that popularity cannot rank new items.
+every one of them -- a tie broken at random (the mean over ``--random-draws`` seeded draws), so
+a random ranking; it shows that popularity cannot rank new items. The same counts with the tie
+broken by item id are reported beside it (``id_order_tie_break``): an artefact of the id order,
+not a baseline.
 
 Trained models (read from their run records under ``--runs``, default
 ``experiments/records/<dataset>/coldstart``; for a search record, its winner by
@@ -66,6 +69,8 @@ import numpy as np
 
 from jaxrec import data as jdata
 from jaxrec import eval as jeval
+from jaxrec._atomic import write_json_atomic
+from jaxrec.errors import ConfigError, JaxrecError
 from jaxrec.features import fit_standardizer
 from jaxrec.train import load_config
 
@@ -107,7 +112,8 @@ def load_split(config_path: Path):
     config = load_config(config_path)
     cfg = config.data
     if not cfg.split or cfg.split.get("method") != "cold_start_items":
-        raise SystemExit(f"{config_path}: data.split is not a cold_start_items split")
+        raise ConfigError(f"{config_path}: data.split is not a cold_start_items split (found {cfg.split!r}); "
+                          "expected a cold-start config (experiments/configs/<dataset>/coldstart/)")
     dataset = jdata.load(cfg.path, format=cfg.format, **cfg.options)
     params = dict(cfg.split)
     dataset = jdata.split_dataset(dataset, params.pop("method"), **params)
@@ -343,13 +349,37 @@ def main(argv=None) -> dict:
     args.config = args.config or PROJECT / f"experiments/configs/{args.dataset}/coldstart/vbpr.yaml"
     args.runs = args.runs or PROJECT / f"experiments/records/{args.dataset}/coldstart"
     args.out = args.out or PROJECT / f"experiments/results/{args.dataset}_coldstart.json"
-
-    dataset, split, protocol = load_split(args.config)
-    cold = jdata.cold_items(dataset)
-    rows = [popularity_baseline(dataset, cold, protocol, args.random_draws, args.seed),
-            random_baseline(dataset, cold, protocol, args.random_draws, args.seed),
-            feature_popularity(dataset, cold, protocol), feature_knn(dataset, cold, protocol)]
-    rows += model_rows(args.runs, args.dataset)
+    # Every argument checked before any work.
+    if args.random_draws < 1:
+        parser.error(f"--random-draws must be at least 1; found {args.random_draws}")
+    if not args.config.is_file():
+        _fail(f"--config {args.config}: no such config file (expected a cold-start config, e.g. "
+              f"experiments/configs/{args.dataset}/coldstart/vbpr.yaml)")
+    if not args.runs.is_dir():
+        _fail(f"--runs {args.runs}: no such folder (expected the cold-start run records, "
+              f"experiments/records/{args.dataset}/coldstart/*.jsonl)")
+    if not any(args.runs.glob("*.jsonl")):
+        _fail(f"--runs {args.runs}: no run records (*.jsonl) there; every model row would be left out")
+    if args.out.is_dir():
+        _fail(f"--out {args.out}: is a folder; expected the result file's path (e.g. {args.out / 'coldstart.json'})")
+    blocking = next((p for p in args.out.parents if p.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        _fail(f"--out {args.out}: {blocking} is a file, not a folder")
+    try:
+        split_config = load_config(args.config).data.split or {}
+        if split_config.get("method") != "cold_start_items":
+            raise ConfigError(f"{args.config}: data.split is not a cold_start_items split (found "
+                              f"{split_config or None!r}); expected a cold-start config")
+        for record in sorted(args.runs.glob("*.jsonl")):
+            records.read(record)
+        dataset, split, protocol = load_split(args.config)
+        cold = jdata.cold_items(dataset)
+        rows = [popularity_baseline(dataset, cold, protocol, args.random_draws, args.seed),
+                random_baseline(dataset, cold, protocol, args.random_draws, args.seed),
+                feature_popularity(dataset, cold, protocol), feature_knn(dataset, cold, protocol)]
+        rows += model_rows(args.runs, args.dataset)
+    except (JaxrecError, records.RecordError, OSError) as error:
+        _fail(str(error))
     test_pairs = dataset.split_pairs("test")
     result = {
         "dataset": dataset.name,
@@ -358,8 +388,10 @@ def main(argv=None) -> dict:
         "protocol": protocol, "ks": list(KS), "rows": rows,
         "references": [oracle_popularity(dataset, cold, protocol)],
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    try:
+        write_json_atomic(args.out, result)
+    except OSError as error:
+        _fail(f"cannot write {args.out}: {error}")
     width = max(len(r["name"]) for r in rows + result["references"])
     print(f"cold-start items: {len(cold.test)} new test items, {result['split']['n_test_users']} users")
     for row in rows + result["references"]:
@@ -368,6 +400,12 @@ def main(argv=None) -> dict:
               f"(valid recall@20 {row['valid']['recall@20']:.4f})  {row['setting']}")
     print(f"wrote {args.out}")
     return result
+
+
+def _fail(message: str):
+    """A clear error line and exit status 2 (no traceback)."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
 
 
 if __name__ == "__main__":

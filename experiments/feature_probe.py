@@ -16,7 +16,10 @@ Beside them, ``popularity``: test recall@20 of ranking every user's unseen items
 interaction count -- the floor a personalized model should clear.
 
 Usage (from the project root):
-    python experiments/feature_probe.py [--dataset ../shared/data/tiktok] [--out experiments/results/tiktok_feature_probe.json]
+    python experiments/feature_probe.py [--dataset tiktok] [--out experiments/results/<dataset>_feature_probe.json]
+
+``--dataset`` is a dataset name, as for the other scripts (``../shared/data/<name>``), or a
+dataset folder; the default ``--out`` is named after the dataset.
 """
 
 from __future__ import annotations
@@ -32,7 +35,16 @@ import numpy as np
 from jaxrec._atomic import write_json_atomic
 
 HERE = Path(__file__).resolve().parent
+DATA = HERE.parent.parent / "shared" / "data"  # the datasets by name
 K, NEIGHBOURS = 20, 10
+
+
+def dataset_folder(text: str) -> Path:
+    """``--dataset``: a name (``tiktok`` -> ``../shared/data/tiktok``) or a folder."""
+    path = Path(text).expanduser()
+    if os.sep not in text and (os.altsep is None or os.altsep not in text) and not path.exists():
+        return DATA / text
+    return path
 
 
 def recall_at_k(scores: np.ndarray, train_rows: list[np.ndarray], targets: list[np.ndarray], k: int = K) -> float:
@@ -48,12 +60,29 @@ def recall_at_k(scores: np.ndarray, train_rows: list[np.ndarray], targets: list[
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", default=str(HERE.parent / ".." / "shared" / "data" / "tiktok"))
-    parser.add_argument("--out", default=str(HERE / "results" / "tiktok_feature_probe.json"))
+    parser.add_argument("--dataset", default="tiktok",
+                        help="a dataset name (../shared/data/<name>) or a dataset folder (default tiktok)")
+    parser.add_argument("--out", default=None, help="default experiments/results/<dataset>_feature_probe.json")
     args = parser.parse_args(argv)
+    folder = dataset_folder(args.dataset)
+    name = os.path.basename(os.path.normpath(folder))
+    target = Path(args.out) if args.out else HERE / "results" / f"{name}_feature_probe.json"
+    if not folder.is_dir():
+        known = sorted(p.name for p in DATA.iterdir() if p.is_dir()) if DATA.is_dir() else []
+        print(f"error: --dataset {args.dataset}: no dataset folder {folder} (expected a name"
+              + (f" such as {', '.join(known)}" if known else "") + " or a dataset folder)", file=sys.stderr)
+        return 2
+    if target.is_dir():
+        print(f"error: --out {target}: is a folder; expected the result file's path", file=sys.stderr)
+        return 2
     from jaxrec import data
+    from jaxrec.errors import JaxrecError
 
-    dataset = data.load(args.dataset)
+    try:
+        dataset = data.load(folder)
+    except (JaxrecError, OSError) as error:
+        print(f"error: --dataset {args.dataset}: {error}", file=sys.stderr)
+        return 2
     train, test = np.asarray(dataset.split_pairs("train")), np.asarray(dataset.split_pairs("test"))
     users = np.unique(test[:, 0])
     train_rows = [train[train[:, 0] == u, 1] for u in users]
@@ -62,7 +91,7 @@ def main(argv=None) -> int:
     for position, seen in enumerate(train_rows):
         interactions[position, seen] = 1.0
     popularity = np.bincount(train[:, 1], minlength=dataset.n_items).astype(np.float64)
-    result = {"dataset": os.path.basename(os.path.normpath(args.dataset)), "test_users": int(len(users)),
+    result = {"dataset": name, "test_users": int(len(users)),
               "popularity_test_recall@20": recall_at_k(np.tile(popularity, (len(users), 1)), train_rows, targets),
               "modalities": {}}
     for name in dataset.modality_names:
@@ -82,8 +111,11 @@ def main(argv=None) -> int:
             rows[how] = {"mean_offdiag_cosine": float(similarity.sum() / (n * (n - 1))),
                          "knn10_test_recall@20": recall_at_k(interactions @ knn, train_rows, targets)}
         result["modalities"][name] = rows
-    target = Path(args.out)
-    write_json_atomic(target, result)
+    try:
+        write_json_atomic(target, result)
+    except OSError as error:
+        print(f"error: cannot write {target}: {error}", file=sys.stderr)
+        return 2
     print(json.dumps(result, indent=1))
     return 0
 

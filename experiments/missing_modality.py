@@ -37,11 +37,15 @@ import os
 import time
 from pathlib import Path
 
+import sys
+
 import jax
 import numpy as np
 import yaml
 
 from jaxrec import data as jdata
+from jaxrec._atomic import write_json_atomic
+from jaxrec.errors import JaxrecError
 from jaxrec.models.gan import (
     fill_missing_with_gan,
     fill_missing_with_mean,
@@ -201,28 +205,80 @@ def main(argv=None):
     parser.add_argument("--runs", type=Path, default=RUNS, help="folder of the run workdirs")
     parser.add_argument("--max-epochs", type=int, help="cap train.epochs of every run (smoke runs)")
     options = parser.parse_args(argv)
-    config = yaml.safe_load(options.config.read_text())
+    if options.max_epochs is not None and options.max_epochs < 1:
+        parser.error(f"--max-epochs must be at least 1; found {options.max_epochs}")
+    if len(set(options.seeds)) != len(options.seeds):
+        parser.error(f"--seeds: a seed listed twice in {options.seeds}")
+    try:  # every argument checked before any work
+        config = check_config(options.config)
+        if options.out.is_dir():
+            raise ValueError(f"--out {options.out}: is a folder; expected the result file's path")
+        for flag, path in (("--out", options.out), ("--runs", options.runs)):
+            blocking = next((p for p in (path if flag == "--runs" else path.parent, *path.parents) if p.exists()),
+                            None)
+            if blocking is not None and not blocking.is_dir():
+                raise ValueError(f"{flag} {path}: {blocking} is a file, not a folder")
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     if options.max_epochs is not None:
         config["train"]["epochs"] = min(config["train"].get("epochs", options.max_epochs), options.max_epochs)
     # The config's data path is relative to the project root, wherever this script runs from.
     config["data"]["path"] = str((ROOT / config["data"]["path"]).resolve())
     started = time.perf_counter()
-    result = {"config": os.path.relpath(options.config.resolve(), ROOT), "base_model": config["model"]["args"]["base"],
-              "hide_fraction": config["model"]["args"]["hide_fraction"],
-              "reconstruction": reconstruction_table(config)}
-    print(json.dumps(result["reconstruction"]["errors_on_hidden_rows"], indent=1), flush=True)
-    if not options.skip_training:
-        result["recommendation"] = {}
-        for scenario in options.scenarios:
-            result["recommendation"][scenario] = {
-                "split": SCENARIOS[scenario].get("split", "the dataset's own (x_label)"),
-                "base_modalities": scenario_config(config, scenario)["model"]["args"]["base_args"]["modalities"],
-                **train_runs(config, options.seeds, scenario, options.runs)}
-    result["seconds"] = time.perf_counter() - started
-    options.out.parent.mkdir(parents=True, exist_ok=True)
-    options.out.write_text(json.dumps(result, indent=1) + "\n")
+    try:
+        result = {"config": os.path.relpath(options.config.resolve(), ROOT), "base_model": config["model"]["args"]["base"],
+                  "hide_fraction": config["model"]["args"]["hide_fraction"],
+                  "reconstruction": reconstruction_table(config)}
+        print(json.dumps(result["reconstruction"]["errors_on_hidden_rows"], indent=1), flush=True)
+        if not options.skip_training:
+            result["recommendation"] = {}
+            for scenario in options.scenarios:
+                result["recommendation"][scenario] = {
+                    "split": SCENARIOS[scenario].get("split", "the dataset's own (x_label)"),
+                    "base_modalities": scenario_config(config, scenario)["model"]["args"]["base_args"]["modalities"],
+                    **train_runs(config, options.seeds, scenario, options.runs)}
+        result["seconds"] = time.perf_counter() - started
+        write_json_atomic(options.out, result)
+    except (JaxrecError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     print(f"wrote {options.out}")
+    return 0
+
+
+# What this script reads of the config, beyond what jaxrec's config check covers.
+_GAN_ARGS = ("modality", "hide_fraction", "hide_seed", "seed", "sources", "id_embedding_dim", "gan", "base",
+             "base_args")
+
+
+def check_config(path: Path) -> dict:
+    """The raw config at ``path`` if it is a GAN config this script can run (``model.name: gan``
+    with a base recommender and the hidden modality), else ValueError naming the file and field."""
+    from jaxrec.train import load_config
+
+    try:
+        load_config(path)  # the keys and values jaxrec itself checks (a missing file, a typo)
+    except JaxrecError as error:
+        raise ValueError(f"--config: {error}") from None
+    config = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    model = (config or {}).get("model") or {}
+    if model.get("name") != "gan":
+        raise ValueError(f"{path}: model.name is {model.get('name')!r}; expected gan (a config of the GAN fill "
+                         "wrapping a recommender, e.g. experiments/configs/lfm2k/gan.yaml)")
+    args = model.get("args") or {}
+    absent = [key for key in _GAN_ARGS if key not in args]
+    if absent:
+        raise ValueError(f"{path}: model.args lacks {', '.join(absent)}; expected every one of "
+                         f"{', '.join(_GAN_ARGS)} (as in experiments/configs/lfm2k/gan.yaml)")
+    if not isinstance(args["base_args"], dict) or "modalities" not in args["base_args"]:
+        raise ValueError(f"{path}: model.args.base_args.modalities: missing; expected the base model's modalities")
+    data = config.get("data") or {}
+    if not data.get("path"):
+        raise ValueError(f"{path}: data.path: missing; expected the dataset folder")
+    data.setdefault("format", "auto")
+    return config
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -87,7 +87,7 @@ def build(dataset_name: str, runs_dir: Path, models=MODELS, extra: dict[str, Pat
             raise unseen_items.UnseenError(f"no chosen run of {model!r} in {records_dir}")
         record = found[(HERE / chosen[model][1]["source"]).resolve()]
         run = record.winner() if record.kind == "search" else next(iter(record.runs.values()))
-        folder = unseen_items.run_folder(record, runs_dir)
+        folder = unseen_items.run_folder(record, runs_dir, found.values())
         unseen_items._check_same_run(folder, run)
         runs.append({"model": model, "label": model, "record": chosen[model][1]["source"], "folder": folder})
     for label, folder in (extra or {}).items():

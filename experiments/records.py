@@ -14,7 +14,10 @@ group of runs (seeds, ablations). ``<model>`` is the row the run fills in the re
 
 File format (``FORMAT``), one JSON object per line:
 
-- line 1, the header: ``{"format", "kind": "run" | "search" | "runs", "name", "search"?}``;
+- line 1, the header: ``{"format", "kind": "run" | "search" | "runs", "name", "search"?, "source"?}``;
+  ``source`` is the folder the record was packed from (relative to the project root when it
+  is inside it, else absolute; e.g. ``.../bpr_search/trial_003`` for a final run that IS a
+  search's winning trial; records packed before it was kept have none);
   ``search`` (kind ``search`` only) is the search's ``search.json`` with each trial's
   ``workdir`` replaced by the trial's folder name: ``valid_metric``, ``n_trials``,
   ``trials: [{trial, workdir, setting, valid, test, ...}]`` and ``best`` (the trial chosen by
@@ -65,6 +68,7 @@ class Record:
     name: str
     search: dict | None
     runs: dict[str, dict]
+    source: str | None = None  # the folder it was packed from (older records: None)
 
     def winner(self) -> dict | None:
         """The search's winning run (``search.best``), or None."""
@@ -130,22 +134,45 @@ def _run_line(folder: Path, name: str) -> dict:
             "history": _compact_history(folder / "history.jsonl")}
 
 
+def _unfinished(search, path: Path, *, need_best: bool) -> str | None:
+    """Why the ``search.json`` at ``path`` is not a finished search (None: it is)."""
+    if not isinstance(search, dict) or not isinstance(search.get("trials", []), list):
+        return f"{path}: expected a search summary with a list of trials"
+    done, total = len(search.get("trials", [])), search.get("n_trials")
+    if isinstance(total, int) and done < total:
+        return f"{path}: {done} of {total} trials finished"
+    if ("best" in search or need_best) and not search.get("best"):
+        return f"{path}: no winning trial (best is null)"
+    return None
+
+
+def _source(folder: Path) -> str:
+    folder = folder.resolve()
+    return os.fspath(folder.relative_to(PROJECT) if folder.is_relative_to(PROJECT) else folder)
+
+
 def pack(folder: Path, name: str | None = None) -> list[dict]:
-    """The record lines of a run folder, a search folder or a folder of run folders."""
+    """The record lines of a run folder, a search folder or a folder of run folders; an
+    unfinished run or search (fewer trials than ``n_trials``, no winner) is refused."""
     folder = Path(folder)
     name = name or folder.name
     if not folder.is_dir():
         raise RecordError(f"{folder}: not a folder")
     if (folder / "search.json").exists():
         search = _read_json(folder / "search.json")
+        why = _unfinished(search, folder / "search.json", need_best=True)
+        if why:
+            raise RecordError(f"{why}: an unfinished search cannot be packed (resume it, e.g. "
+                              "`jaxrec search ... --resume`, then pack it)")
         for entry in [*search.get("trials", []), search.get("best") or {}]:
             if "workdir" in entry:  # recorded paths were absolute on the machine that ran them
                 entry["workdir"] = Path(entry["workdir"]).name
-        lines = [{"format": FORMAT, "kind": "search", "name": name, "search": search}]
+        lines = [{"format": FORMAT, "kind": "search", "name": name, "search": search, "source": _source(folder)}]
         trials = sorted(p for p in folder.iterdir() if p.is_dir() and (p / "metrics.json").exists())
         return lines + [_run_line(trial, trial.name) for trial in trials]
     if (folder / "metrics.json").exists():
-        return [{"format": FORMAT, "kind": "run", "name": name}, _run_line(folder, name)]
+        return [{"format": FORMAT, "kind": "run", "name": name, "source": _source(folder)},
+                _run_line(folder, name)]
     # A folder of runs and/or searches (e.g. a search over seeds per variant): every run, a search's
     # trials named "<search>/<trial>".
     runs = []
@@ -153,12 +180,15 @@ def pack(folder: Path, name: str | None = None) -> list[dict]:
         if (sub / "metrics.json").exists():
             runs.append((sub, sub.name))
         elif (sub / "search.json").exists():
+            why = _unfinished(_read_json(sub / "search.json"), sub / "search.json", need_best=False)
+            if why:
+                raise RecordError(f"{why}: an unfinished search cannot be packed (resume it, then pack {folder})")
             runs += [(trial, f"{sub.name}/{trial.name}") for trial in sorted(sub.iterdir())
                      if trial.is_dir() and (trial / "metrics.json").exists()]
     if not runs:
         raise RecordError(f"{folder}: neither a run (metrics.json), a search (search.json) nor a folder of runs "
                           "or searches")
-    return [{"format": FORMAT, "kind": "runs", "name": name}] + [_run_line(run, label) for run, label in runs]
+    return [{"format": FORMAT, "kind": "runs", "name": name, "source": _source(folder)}] + [_run_line(run, label) for run, label in runs]
 
 
 def _finite(value):
@@ -201,7 +231,8 @@ def read(path: Path) -> Record:
             raise RecordError(f"{path}:{number}: expected a run line with name, config, metrics and history")
         runs[line["name"]] = line
     return Record(path=path, kind=header["kind"], name=header.get("name", path.stem),
-                  search=header.get("search"), runs=runs)
+                  search=header.get("search"), runs=runs,
+                  source=header.get("source") if isinstance(header.get("source"), str) else None)
 
 
 def records_in(folder: Path) -> list[Record]:

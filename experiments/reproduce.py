@@ -21,10 +21,13 @@ its search) and every config of ``.../coldstart/`` a cold-start row. In order:
 4. ``results``: ``experiments/make_results.py`` -> ``results/<dataset>.md``.
 
 Everything is written under ``--output DIR`` (``DIR/runs``, ``DIR/records``, ``DIR/results``,
-the layout of ``experiments/``) and the repository is left untouched; without ``--output``
-the repository's own ``experiments/`` is regenerated (run folders in the ignored
-``experiments/runs/``). The time of every stage is printed at the end and written to
-``DIR/runs/<dataset>/reproduce.json``.
+the layout of ``experiments/``) and the repository is left untouched (a ``DIR`` inside the
+project folder, or a file, is refused); without ``--output`` the repository's own
+``experiments/`` is regenerated (run folders in the ignored ``experiments/runs/``). Before
+anything runs, every config the selected rows will train (each row's, each search's and each
+trial's) is built from the grid file, and a bad key is reported by row. The time of every
+stage is printed at the end and written to ``DIR/runs/<dataset>/reproduce.json``; when a stage
+fails, the stages that finished and the failed one (marked ``failed``) are.
 
 Usage (from the project root):
     python experiments/reproduce.py lfm2k [--output DIR] [--only ROW|STAGE ...] [--max-epochs N]
@@ -32,7 +35,8 @@ Usage (from the project root):
 
 ``--only`` takes row names (``bpr``, ``coldstart/vbpr``) or stages (``warm``, ``coldstart``,
 ``missing_modality``); ``results`` always runs, and the cold-start baselines whenever a
-cold-start row does. ``--max-epochs`` caps ``train.epochs`` of
+cold-start row does (``coldstart_baselines.py`` has model rows for lfm2k and tiktok only: a grid
+file of another dataset with cold-start rows sets ``coldstart: {baselines: false}``). ``--max-epochs`` caps ``train.epochs`` of
 every run (a smoke run; the table it makes is not the real one).
 """
 
@@ -60,6 +64,9 @@ import records  # experiments/records.py, beside this script
 
 STAGES = ("warm", "coldstart", "missing_modality", "results")
 VALID_METRIC = "recall@20"
+# The keys of a grid file's missing_modality section: experiments/missing_modality.py's options
+# that are the plan's to set (--out, --runs and --max-epochs come from reproduce.py itself).
+MISSING_MODALITY_KEYS = ("config", "seeds", "scenarios", "skip_training")
 
 
 class GridFileError(ValueError):
@@ -97,6 +104,12 @@ class Plan:
     # The cold-start config whose data section (split) and modalities the baselines read
     # (coldstart: baselines: {config: FILE}); None: the first cold-start row's.
     baselines_config: Path | None = None
+    path: Path | None = None         # the grid file (None: derived from the configs)
+
+    @property
+    def where(self) -> str:
+        """How errors name the grid file (or the configs folder the plan was derived from)."""
+        return str(self.path) if self.path is not None else f"experiments/configs/{self.dataset}"
 
 
 # ----------------------------------------------------------------------------- the plan
@@ -206,17 +219,46 @@ def load_plan(dataset: str, grids: Path | None = None, experiments: Path = HERE)
                             f"cold-start config whose split and modalities the baselines use); found {baselines!r}")
     missing = raw.get("missing_modality")
     if missing is not None:
-        missing = _mapping(missing, f"{where}: missing_modality")
-        config = configs / missing.get("config", "gan.yaml")
-        if not config.is_file():
-            raise GridFileError(f"{where}: missing_modality.config: {config} does not exist")
-        missing = {**missing, "config": config}
+        missing = _missing_modality(missing, configs, f"{where}: missing_modality")
     listed = {row.config.resolve() for row in warm}
     unlisted = sorted(p.name for p in configs.glob("*.yaml") if p.resolve() not in listed)
     if unlisted:
         print(f"note: {', '.join(unlisted)} in {configs} have no row in {path}; they are not part of the table",
               file=sys.stderr)
-    return Plan(dataset, os.path.relpath(path, PROJECT), warm, coldstart, baselines, missing, baselines_config)
+    return Plan(dataset, os.path.relpath(path, PROJECT), warm, coldstart, baselines, missing, baselines_config,
+                Path(path))
+
+
+def _missing_modality(value, configs: Path, where: str) -> dict:
+    """The ``missing_modality:`` section: experiments/missing_modality.py's options, checked."""
+    spec = _mapping(value, where)
+    unknown = set(spec) - set(MISSING_MODALITY_KEYS)
+    if unknown:
+        raise GridFileError(f"{where}: unknown key(s) {sorted(unknown)}; expected {', '.join(MISSING_MODALITY_KEYS)} "
+                            "(the options of experiments/missing_modality.py)")
+    config = configs / str(spec.get("config", "gan.yaml"))
+    if not config.is_file():
+        raise GridFileError(f"{where}.config: {config} does not exist")
+    seeds = spec.get("seeds", [999, 1000, 1001])
+    if (not isinstance(seeds, list) or not seeds
+            or not all(isinstance(seed, int) and not isinstance(seed, bool) for seed in seeds)):
+        raise GridFileError(f"{where}.seeds: expected a non-empty list of integers; found {seeds!r}")
+    if len(set(seeds)) != len(seeds):
+        raise GridFileError(f"{where}.seeds: a seed listed twice in {seeds!r}")
+    out = {"config": config, "seeds": seeds, "skip_training": spec.get("skip_training", False)}
+    if not isinstance(out["skip_training"], bool):
+        raise GridFileError(f"{where}.skip_training: expected true or false; found {out['skip_training']!r}")
+    if "scenarios" in spec:
+        import missing_modality  # experiments/missing_modality.py: its scenarios are the choices
+
+        scenarios = spec["scenarios"]
+        known = list(missing_modality.SCENARIOS)
+        if (not isinstance(scenarios, list) or not scenarios
+                or any(not isinstance(s, str) or s not in known for s in scenarios)):
+            raise GridFileError(f"{where}.scenarios: expected a non-empty list of {', '.join(known)}; "
+                                f"found {scenarios!r}")
+        out["scenarios"] = scenarios
+    return out
 
 
 def grid_citation(plan: Plan, row: Row) -> str:
@@ -372,16 +414,83 @@ def _same_run(trial_dir: Path, trial_cfg, final) -> bool:
     return bool(metrics.get("stopped_early")) and metrics.get("epochs_run", math.inf) < trial_cfg.train.epochs
 
 
+class StageError(RuntimeError):
+    """A stage's script failed (its own output says why)."""
+
+
 def _script(name: str, args: list[str]) -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(PROJECT), os.environ.get("PYTHONPATH")]))}
     done = subprocess.run([sys.executable, str(HERE / name), *args], cwd=PROJECT, env=env, check=False)
     if done.returncode != 0:
-        raise SystemExit(f"experiments/{name} failed (exit status {done.returncode}); see its output above")
+        raise StageError(f"experiments/{name} failed (exit status {done.returncode}); see its output above")
 
 
-def _supports(script: str, option: str) -> bool:
-    text = (HERE / script).read_text(encoding="utf-8")
-    return f'"{option}"' in text
+def check_configs(plan: Plan, runner: Runner, warm: list[Row], cold: list[Row], baselines: bool,
+                  missing: bool) -> None:
+    """Build every config the selected rows and stages will run (each row's final config, each
+    search's config and each of its trials' configs; the baselines' and the missing-modality
+    config) before anything runs: config parsing only, no data or model is loaded. Raises
+    :class:`GridFileError` naming the grid file and the row (a loss weight the model has no term
+    for is only seen when the model is built, i.e. at the row's turn)."""
+    from jaxrec.errors import ConfigError
+    from jaxrec.train import load_config
+    from jaxrec.train._search import expand_trials, trial_config
+
+    for row in warm + cold:
+        where = f"{plan.where}: {'coldstart.rows' if row.group else 'warm'}.{row.name}"
+        try:
+            runner._config(row.config, row.overrides, {"grid": None, "search": None})
+        except ConfigError as error:
+            raise GridFileError(f"{where} ({row.config.name} with its set): {error}") from None
+        for search in row.searches:
+            swhere = f"{where}.searches.{search.name}"
+            try:
+                config = runner._config(row.config, row.overrides, search.overrides, {"search": None},
+                                        {"grid": search.grid})
+                settings = expand_trials(config)
+            except ConfigError as error:
+                raise GridFileError(f"{swhere}: {error}") from None
+            for index, setting in enumerate(settings):
+                try:
+                    trial_config(config, setting)
+                except ConfigError as error:
+                    raise GridFileError(f"{swhere}: trial {index} ({setting}): {error}") from None
+    if baselines:
+        config_path = plan.baselines_config or (cold[0].config if cold else plan.coldstart[0].config)
+        try:
+            import coldstart_baselines  # experiments/coldstart_baselines.py: the datasets it has model rows for
+        except ImportError as error:
+            raise GridFileError(f"cannot import experiments/coldstart_baselines.py: {error}") from None
+        if plan.dataset not in coldstart_baselines.MODEL_RUNS:
+            raise GridFileError(f"{plan.where}: coldstart.baselines: experiments/coldstart_baselines.py has model rows "
+                                f"for {', '.join(sorted(coldstart_baselines.MODEL_RUNS))} only, not {plan.dataset!r}; "
+                                "set coldstart: {baselines: false} (the cold-start rows still run and are recorded)")
+        try:
+            split = load_config(config_path).data.split or {}
+        except ConfigError as error:
+            raise GridFileError(f"{plan.where}: coldstart.baselines ({config_path}): {error}") from None
+        if split.get("method") != "cold_start_items":
+            raise GridFileError(f"{plan.where}: coldstart.baselines: {config_path}: data.split is not a "
+                                f"cold_start_items split (found {split or None!r})")
+    if missing:
+        try:
+            load_config(plan.missing_modality["config"])
+        except ConfigError as error:
+            raise GridFileError(f"{plan.where}: missing_modality.config: {error}") from None
+
+
+def check_output(out: Path) -> str | None:
+    """Why ``--output`` cannot be used (None: it can): inside the project, or not a folder."""
+    project = PROJECT.resolve()
+    if out == project or out.is_relative_to(project):
+        return (f"--output {out} is inside the project folder {project}; the point of --output is to leave the "
+                "repository untouched: choose a folder outside it (or leave --output out to regenerate experiments/)")
+    for folder in (out, *out.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                return f"--output {out}: {folder} is a file, not a folder"
+            break
+    return None
 
 
 # ----------------------------------------------------------------------------- main
@@ -424,11 +533,17 @@ def main(argv=None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     out = (args.output.expanduser().resolve() if args.output else HERE)
-    if args.output and out == HERE.resolve():
-        print("error: --output is the repository's experiments/ folder; leave --output out for that", file=sys.stderr)
+    problem = check_output(out) if args.output else None
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     runner = Runner(plan, out, max_epochs=args.max_epochs, batched="never" if args.sequential else "auto",
                     resume=args.resume, quiet=args.quiet)
+    try:  # every config the run needs, before anything runs
+        check_configs(plan, runner, warm, cold, baselines, missing)
+    except GridFileError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     if not args.resume:  # refuse before anything runs, not halfway through
         taken = [p for p in runner.folders(warm + cold) if p.exists()]
         if missing and (out / "runs" / plan.dataset / "missing_modality").exists():
@@ -437,59 +552,94 @@ def main(argv=None) -> int:
             print(f"error: {taken[0]} already exists ({len(taken)} run folder(s) in all); pass --resume to reuse "
                   "finished runs or choose another --output", file=sys.stderr)
             return 2
+    return _run(plan, runner, out, args, warm, cold, baselines, missing)
+
+
+def _run(plan: Plan, runner: Runner, out: Path, args, warm: list[Row], cold: list[Row], baselines: bool,
+         missing: bool) -> int:
+    """Run the stages; the times of those that finished (and of a failed one, marked) are
+    printed and written to ``reproduce.json`` however it ends."""
+    from jaxrec.errors import JaxrecError
+
     times: list[dict] = []
     started = time.perf_counter()
+    current: dict[str, Any] = {}  # the stage under way: {"stage", "tick"}
+
+    def begin(name: str) -> None:
+        current.update(stage=name, tick=time.perf_counter())
 
     def stage(name: str, seconds: float, **detail) -> None:
+        current.clear()
         times.append({"stage": name, "seconds": round(seconds, 1), **detail})
         print(f"== {name}: {seconds:.1f} s", flush=True)
 
+    status, results = 1, out / "results"
     print(f"reproducing {plan.dataset} from {plan.source} into {out} (load average "
           f"{os.getloadavg()[0]:.1f})", flush=True)
-    for row in warm + cold:
-        n_trials = sum(math.prod(len(v) for v in s.grid.values()) for s in row.searches)
-        print(f"-- {row.label}: " + (f"{len(row.searches)} search(es), {n_trials} trial(s)" if row.searches
-                                     else "a single run"), flush=True)
-        report = runner.run_row(row)
-        stage(row.label, report.pop("seconds"), **report)
-    results = out / "results"
-    if baselines:
-        tick = time.perf_counter()
-        # The features of the feature baselines are the config's modalities: name the config of
-        # the feature models (the first row may be a model without features, e.g. BPR-MF, whose
-        # config would give every modality of the folder).
-        split_config = plan.baselines_config or (cold[0].config if cold else plan.coldstart[0].config)
-        print(f"-- coldstart baselines: split and modalities of {os.path.relpath(split_config, PROJECT)}", flush=True)
-        options = ["--config", str(split_config), "--runs", str(out / "records" / plan.dataset / "coldstart"),
-                   "--out", str(results / f"{plan.dataset}_coldstart.json")]
-        if _supports("coldstart_baselines.py", "--dataset"):
-            options += ["--dataset", plan.dataset]
-        _script("coldstart_baselines.py", options)
-        stage("coldstart baselines", time.perf_counter() - tick)
-    if missing:
-        tick = time.perf_counter()
-        spec = plan.missing_modality
-        options = ["--config", str(spec["config"]), "--out", str(results / f"{plan.dataset}_missing_modality.json"),
-                   "--runs", str(out / "runs" / plan.dataset / "missing_modality")]
-        options += ["--seeds", *map(str, spec.get("seeds", [999, 1000, 1001]))]
+    try:
+        for row in warm + cold:
+            n_trials = sum(math.prod(len(v) for v in s.grid.values()) for s in row.searches)
+            print(f"-- {row.label}: " + (f"{len(row.searches)} search(es), {n_trials} trial(s)" if row.searches
+                                         else "a single run"), flush=True)
+            begin(row.label)
+            report = runner.run_row(row)
+            stage(row.label, report.pop("seconds"), **report)
+        if baselines:
+            begin("coldstart baselines")
+            # The features of the feature baselines are the config's modalities: name the config of
+            # the feature models (the first row may be a model without features, e.g. BPR-MF, whose
+            # config would give every modality of the folder).
+            split_config = plan.baselines_config or (cold[0].config if cold else plan.coldstart[0].config)
+            print(f"-- coldstart baselines: split and modalities of {os.path.relpath(split_config, PROJECT)}",
+                  flush=True)
+            options = ["--config", str(split_config), "--runs", str(out / "records" / plan.dataset / "coldstart"),
+                       "--out", str(results / f"{plan.dataset}_coldstart.json"), "--dataset", plan.dataset]
+            _script("coldstart_baselines.py", options)
+            stage("coldstart baselines", time.perf_counter() - current["tick"])
+        if missing:
+            begin("missing modality")
+            spec = plan.missing_modality
+            options = ["--config", str(spec["config"]),
+                       "--out", str(results / f"{plan.dataset}_missing_modality.json"),
+                       "--runs", str(out / "runs" / plan.dataset / "missing_modality")]
+            options += ["--seeds", *map(str, spec.get("seeds", [999, 1000, 1001]))]
+            if spec.get("scenarios"):
+                options += ["--scenarios", *spec["scenarios"]]
+            if spec.get("skip_training"):
+                options += ["--skip-training"]
+            if args.max_epochs is not None:
+                options += ["--max-epochs", str(args.max_epochs)]
+            _script("missing_modality.py", options)
+            if not spec.get("skip_training"):  # no runs to pack with the reconstruction table alone
+                records.write(records.pack(out / "runs" / plan.dataset / "missing_modality", "missing_modality"),
+                              out / "records" / plan.dataset / "missing_modality.jsonl")
+            stage("missing modality", time.perf_counter() - current["tick"])
+        begin("results table")
+        options = ["--dataset", plan.dataset, "--anchors", str(args.anchors)]
+        if args.output:
+            options += ["--root", str(out)]
         if args.max_epochs is not None:
             options += ["--max-epochs", str(args.max_epochs)]
-        _script("missing_modality.py", options)
-        records.write(records.pack(out / "runs" / plan.dataset / "missing_modality", "missing_modality"),
-                      out / "records" / plan.dataset / "missing_modality.jsonl")
-        stage("missing modality", time.perf_counter() - tick)
-    tick = time.perf_counter()
-    options = ["--dataset", plan.dataset, "--anchors", str(args.anchors)]
-    if args.output:
-        options += ["--root", str(out)]
-    _script("make_results.py", options)
-    stage("results table", time.perf_counter() - tick)
-    total = time.perf_counter() - started
+        _script("make_results.py", options)
+        stage("results table", time.perf_counter() - current["tick"])
+        status = 0
+    except (JaxrecError, records.RecordError, StageError, OSError) as error:
+        print(f"error: {current.get('stage', 'reproduce')}: {error}", file=sys.stderr)
+    finally:
+        if current:
+            times.append({"stage": current["stage"], "seconds": round(time.perf_counter() - current["tick"], 1),
+                          "failed": True})
+        _report(plan, out, args, times, time.perf_counter() - started, finished=status == 0)
+    if status == 0:
+        print(f"\ntable: {results / (plan.dataset + '.md')}")
+    return status
+
+
+def _report(plan: Plan, out: Path, args, times: list[dict], total: float, *, finished: bool) -> None:
+    """Print the stage times and write them to ``runs/<dataset>/reproduce.json``."""
     summary = {"dataset": plan.dataset, "grids": plan.source, "output": os.fspath(out),
                "max_epochs": args.max_epochs, "load_average_end": round(os.getloadavg()[0], 1),
-               "total_seconds": round(total, 1), "stages": times}
-    target = out / "runs" / plan.dataset / "reproduce.json"
-    write_json_atomic(target, summary)
+               "total_seconds": round(total, 1), "finished": finished, "stages": times}
     print("\n| stage | seconds | what ran |\n|---|---|---|")
     for entry in times:
         detail = "; ".join(f"{s['name']}: {s['batched']}, {s['seconds']} s" for s in entry.get("searches", []))
@@ -497,10 +647,16 @@ def main(argv=None) -> int:
         if final:
             detail += ("; " if detail else "") + (f"final: trial {final['reused']} reused" if "reused" in final
                                                  else f"final run {final['seconds']} s")
+        if entry.get("failed"):
+            detail += ("; " if detail else "") + "FAILED (did not finish)"
         print(f"| {entry['stage']} | {entry['seconds']} | {detail} |")
-    print(f"| total | {total:.1f} | load average {os.getloadavg()[0]:.1f} at the end |")
-    print(f"\ntable: {results / (plan.dataset + '.md')}")
-    return 0
+    print(f"| total | {total:.1f} | load average {os.getloadavg()[0]:.1f} at the end"
+          + ("" if finished else "; STOPPED at a failed stage") + " |", flush=True)
+    target = out / "runs" / plan.dataset / "reproduce.json"
+    try:
+        write_json_atomic(target, summary)
+    except OSError as error:
+        print(f"error: cannot write {target}: {error}", file=sys.stderr)
 
 
 if __name__ == "__main__":

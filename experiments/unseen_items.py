@@ -150,13 +150,29 @@ def item_side(run: dict) -> tuple[str, list]:
     return ("id only, content in training" if read else "id only"), read
 
 
-def run_folder(record: records.Record, runs_dir: Path) -> Path:
-    """The scratch run folder a record was packed from: ``runs_dir/<name>`` for a run,
-    ``runs_dir/<name>/<winning trial>`` for a search."""
-    folder = runs_dir / record.name
+def run_folder(record: records.Record, runs_dir: Path, others=()) -> Path:
+    """The scratch run folder a record was packed from, under ``runs_dir``: ``runs_dir/<name>``
+    for a run, ``runs_dir/<name>/<winning trial>`` for a search; for a final run that was a
+    search's winning trial reused (``experiments/reproduce.py``; the record's ``source`` is
+    ``.../<search>/trial_NNN``), ``runs_dir/<search>/trial_NNN``. Without such a folder under
+    ``runs_dir``, the recorded ``source`` itself when it holds a finished run. A record packed
+    before ``source`` was kept: a trial of the row's search records in ``others`` whose metrics
+    are the run's own (the reused trial), ``runs_dir/<search>/<trial>``. Else the first
+    candidate (whose absence the caller reports)."""
     if record.kind == "search":
-        folder = folder / Path(str(record.search["best"]["workdir"])).name
-    return folder
+        return runs_dir / record.name / Path(str(record.search["best"]["workdir"])).name
+    candidates = [runs_dir / record.name]
+    if record.source:
+        source = Path(record.source)
+        if source.name.startswith("trial_"):
+            candidates.append(runs_dir / source.parent.name / source.name)
+        candidates.append(source if source.is_absolute() else HERE.parent / source)
+    metrics = next(iter(record.runs.values()), {}).get("metrics")
+    for other in others:
+        if other.kind == "search" and make_results._row_name(other.name) == record.name:
+            candidates += [runs_dir / other.name / trial for trial, run in other.runs.items()
+                           if metrics is not None and run.get("metrics") == metrics]
+    return next((c for c in candidates if (c / "metrics.json").is_file()), candidates[0])
 
 
 def _check_same_run(folder: Path, run: dict) -> None:
@@ -195,7 +211,7 @@ def build(dataset_name: str, runs_dir: Path, previous: dict | None = None, skip_
         _, info = chosen[model]
         record = found[(HERE / info["source"]).resolve()]
         run = record.winner() if record.kind == "search" else next(iter(record.runs.values()))
-        folder = run_folder(record, runs_dir)
+        folder = run_folder(record, runs_dir, found.values())
         key = (model, info["source"], os.path.relpath(folder, HERE.parent))
         fingerprint = _fingerprint(run)
         previous_row = kept.get(key)

@@ -234,3 +234,48 @@ def test_transform_table_labels_the_warm_row_by_its_own_transform_and_names_othe
                         "train.negative_items: trained -> all | `records/tiktok/feature_transform/vbpr_center.jsonl` |")
     assert lines[4] == ("| vbpr | none | 0.4000 | **0.4100** | 0.2000 | 7 | none | "
                         "`records/tiktok/feature_transform/vbpr_none.jsonl` |")
+
+
+def _one_record(root: Path) -> None:
+    run = root / "runs" / "vbpr"
+    _write(run / "metrics.json", _metrics(0.42, 0.40))
+    _pack(run, root / "records" / "tiny")
+
+
+def test_a_missing_or_empty_records_folder_is_an_error_and_writes_no_table(tmp_path, capsys):
+    results = SCRIPT.parent / "results"
+    assert make_results.main(["--dataset", "lfm2kk"]) == 2  # a typo: no experiments/records/lfm2kk
+    assert "records/lfm2kk: no such records folder" in capsys.readouterr().err
+    assert not (results / "lfm2kk.md").exists()
+    assert make_results.main(["--dataset", "tiny", "--root", str(tmp_path / "nope")]) == 2
+    assert "no such records folder" in capsys.readouterr().err
+    (tmp_path / "records" / "tiny").mkdir(parents=True)
+    assert make_results.main(["--dataset", "tiny", "--root", str(tmp_path)]) == 2
+    assert "no run records (*.jsonl)" in capsys.readouterr().err
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    assert make_results.main(["--dataset", "tiny", "--root", str(a_file)]) == 2
+    assert "error:" in capsys.readouterr().err
+    assert not (tmp_path / "results").exists()
+
+
+def test_a_malformed_record_is_named_by_line_without_a_traceback(tmp_path, capsys):
+    _one_record(tmp_path)
+    (tmp_path / "records" / "tiny" / "bad.jsonl").write_text('{"format": "jaxrec-run-record/1", "kind": "run"}\n{oops\n')
+    assert make_results.main(["--dataset", "tiny", "--root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "bad.jsonl:2: not valid JSON" in err and "Traceback" not in err
+    assert not (tmp_path / "results" / "tiny.md").exists()
+
+
+def test_the_header_names_the_records_folder_read_and_a_smoke_runs_epoch_cap(tmp_path, capsys):
+    _one_record(tmp_path)
+    assert make_results.main(["--dataset", "tiny", "--root", str(tmp_path), "--anchors", str(tmp_path)]) == 0
+    header = (tmp_path / "results" / "tiny.md").read_text().split("## Warm start")[0]
+    assert f"`{tmp_path.resolve() / 'records' / 'tiny'}/*.jsonl`" in header
+    assert "experiments/records/tiny" not in header and "smoke run" not in header
+    assert make_results.main(["--dataset", "tiny", "--root", str(tmp_path), "--anchors", str(tmp_path),
+                              "--max-epochs", "3"]) == 0
+    header = (tmp_path / "results" / "tiny.md").read_text().split("## Warm start")[0]
+    assert "smoke run" in header and "capped at 3" in header
+    capsys.readouterr()

@@ -266,3 +266,101 @@ def test_the_coldstart_baselines_use_the_feature_models_split_and_modalities(lfm
     assert knn["setting"] == committed["feature_knn"]["setting"]
     for split in ("valid", "test"):
         assert knn[split]["recall@20"] == pytest.approx(committed["feature_knn"][split]["recall@20"], abs=1e-6)
+
+
+@pytest.mark.parametrize("where", [".", "experiments/records", "experiments"])
+def test_an_output_inside_the_project_is_refused(setup, capsys, where):
+    _, grids = setup
+    before = _tree_state()
+    assert reproduce.main(["tiny", "--grids", str(grids), "--output", str(ROOT / where)]) == 2
+    assert "inside the project folder" in capsys.readouterr().err
+    assert _tree_state() == before
+
+
+def test_an_output_that_is_a_file_is_refused_before_anything_runs(setup, tmp_path, capsys):
+    _, grids = setup
+    a_file = tmp_path / "results.txt"
+    a_file.write_text("mine")
+    for output in (a_file, a_file / "sub"):
+        assert reproduce.main(["tiny", "--grids", str(grids), "--output", str(output)]) == 2
+        err = capsys.readouterr().err
+        assert f"{a_file} is a file, not a folder" in err and "Traceback" not in err
+    assert a_file.read_text() == "mine"
+
+
+@pytest.mark.parametrize("row, message", [
+    ({"config": "bpr.yaml", "set": {"train.learning_rat": 0.01}}, "warm.bpr_fast (bpr.yaml with its set): override "
+                                                                  "'train.learning_rat'"),
+    ({"config": "bpr.yaml", "searches": {"bpr_fast_search": {"grid": {"loss_weights.reg": [0.1]},
+                                                             "set": {"train.epochz": 3}}}},
+     "warm.bpr_fast.searches.bpr_fast_search: override 'train.epochz'"),
+    ({"config": "bpr.yaml", "searches": {"bpr_fast_search": {"grid": {"train.learning_rat": [0.1, 0.2]}}}},
+     "warm.bpr_fast.searches.bpr_fast_search: "),  # a grid key: the search's config names it
+])
+def test_config_errors_of_any_row_are_refused_before_the_first_row_runs(setup, tmp_path, capsys, row, message):
+    root, _ = setup
+    grids = tmp_path / "grids.yaml"
+    grids.write_text(yaml.safe_dump({"dataset": "tiny", "configs": str(root / "configs"),
+                                     "warm": {"lightgcn": {}, "bpr_fast": row}}))
+    assert reproduce.main(["tiny", "--grids", str(grids), "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {grids}: ") and message in err and "Traceback" not in err
+    assert ("train.learning_rat" in err or "train.epochz" in err) and err.count("\n") == 1
+    assert not (tmp_path / "out").exists()  # not even the first row ran
+
+
+def test_a_failing_row_is_an_error_line_and_the_finished_stages_are_kept(setup, tmp_path, capsys):
+    """A loss weight the model has no term for is only seen when the model is built (the row's
+    turn): an error line, exit 1, and the stage times of the rows that finished plus the failed one."""
+    root, _ = setup
+    grids = tmp_path / "grids.yaml"
+    grids.write_text(yaml.safe_dump({"dataset": "tiny", "configs": str(root / "configs"), "warm": {
+        "lightgcn": {"set": {"model.args.n_layers": 1}},
+        "bpr": {"searches": {"bpr_search": {"grid": {"loss_weights.regg": [0.1]}}}}}}, sort_keys=False))
+    out = tmp_path / "out"
+    assert reproduce.main(["tiny", "--grids", str(grids), "--output", str(out), "--max-epochs", "1", "--quiet"]) == 1
+    captured = capsys.readouterr()
+    assert "error: bpr: " in captured.err and "regg" in captured.err and "Traceback" not in captured.err
+    times = json.loads((out / "runs" / "tiny" / "reproduce.json").read_text())
+    assert times["finished"] is False
+    assert [(s["stage"], s.get("failed", False)) for s in times["stages"]] == [("lightgcn", False), ("bpr", True)]
+    assert "| lightgcn |" in captured.out and "FAILED" in captured.out
+    assert (out / "records" / "tiny" / "lightgcn.jsonl").exists() and not (out / "results").exists()
+
+
+def test_the_missing_modality_section_takes_the_scripts_options_only(tmp_path, capsys, monkeypatch):
+    configs = ROOT / "experiments" / "configs" / "lfm2k"
+    grids = tmp_path / "grids.yaml"
+    for section, message in (({"config": "gan.yaml", "scenario": ["warm"]}, "missing_modality: unknown key(s) "
+                                                                             "['scenario']"),
+                             ({"scenarios": ["hot"]}, "missing_modality.scenarios: expected a non-empty list of "
+                                                      "warm, cold_start"),
+                             ({"seeds": [1, 1]}, "missing_modality.seeds: a seed listed twice")):
+        grids.write_text(yaml.safe_dump({"dataset": "tiny", "configs": str(configs), "missing_modality": section}))
+        assert reproduce.main(["tiny", "--grids", str(grids), "--output", str(tmp_path / "o")]) == 2
+        assert message in capsys.readouterr().err
+    grids.write_text(yaml.safe_dump({"dataset": "tiny", "configs": str(configs), "missing_modality": {
+        "seeds": [7], "scenarios": ["warm"], "skip_training": True}}))
+    called = []
+    monkeypatch.setattr(reproduce, "_script", lambda name, options: called.append((name, options)))
+    assert reproduce.main(["tiny", "--grids", str(grids), "--output", str(tmp_path / "o"), "--max-epochs", "2"]) == 0
+    (name, options), (last, table) = called
+    assert name == "missing_modality.py" and last == "make_results.py"
+    assert options[options.index("--seeds"):] == ["--seeds", "7", "--scenarios", "warm", "--skip-training",
+                                                  "--max-epochs", "2"]
+    assert table[-2:] == ["--max-epochs", "2"]
+
+
+def test_coldstart_rows_of_a_dataset_without_baseline_rows_are_refused_before_running(setup, tmp_path, capsys):
+    root, _ = setup
+    configs = tmp_path / "configs"
+    (configs / "coldstart").mkdir(parents=True)
+    (configs / "bpr.yaml").write_text((root / "configs" / "bpr.yaml").read_text())
+    (configs / "coldstart" / "bprmf.yaml").write_text((root / "configs" / "bpr.yaml").read_text())
+    grids = tmp_path / "grids.yaml"
+    grids.write_text(yaml.safe_dump({"dataset": "mini", "configs": str(configs), "warm": {"bpr": {}},
+                                     "coldstart": {"rows": {"bprmf": {}}}}))
+    assert reproduce.main(["mini", "--grids", str(grids), "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "coldstart.baselines: experiments/coldstart_baselines.py has model rows for lfm2k, tiktok only" in err
+    assert not (tmp_path / "out").exists()

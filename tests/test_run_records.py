@@ -183,3 +183,62 @@ def test_packed_configs_carry_no_absolute_data_path():
         for run in records.read(path).runs.values():
             data_path = ((run.get("config") or {}).get("data") or {}).get("path")
             assert data_path is None or not Path(data_path).is_absolute(), (path, data_path)
+
+
+def _copy_run(source: Path, folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    for name in ("metrics.json", "history.jsonl", "config.yaml"):
+        (folder / name).write_bytes((source / name).read_bytes())
+    return folder
+
+
+def test_an_unfinished_search_is_refused_and_the_cli_writes_nothing(tiny_run, tmp_path, capsys):
+    search = tmp_path / "bprmf_search"
+    _copy_run(tiny_run, search / "trial_000")
+    (search / "search.json").write_text(json.dumps({
+        "valid_metric": "recall@20", "n_trials": 7, "best": None,
+        "trials": [{"trial": 0, "workdir": "trial_000", "setting": {"loss_weights.reg": 1.0}}]}))
+    with pytest.raises(records.RecordError, match="1 of 7 trials finished: an unfinished search cannot be packed"):
+        records.pack(search)
+    output = tmp_path / "out.jsonl"
+    assert records.main(["pack", str(search), str(output)]) == 2
+    assert "an unfinished search cannot be packed" in capsys.readouterr().err
+    assert not output.exists()
+    # All trials there but no winner recorded: still unfinished.
+    (search / "search.json").write_text(json.dumps({"valid_metric": "recall@20", "n_trials": 1, "best": None,
+                                                    "trials": [{"trial": 0, "workdir": "trial_000"}]}))
+    with pytest.raises(records.RecordError, match="no winning trial"):
+        records.pack(search)
+
+
+def test_the_runs_of_a_reused_trial_are_found_from_the_record(tiny_run, tmp_path):
+    """reproduce.py packs a final run that IS a search's winning trial from
+    runs/<ds>/<model>_search/trial_NNN: unseen_items / popularity_buckets find it there (from the
+    record's ``source``, or for an older record without one, from the search record's trial with
+    the same metrics), not at runs/<ds>/<model>."""
+    import unseen_items
+
+    runs = tmp_path / "runs" / "tiny"
+    trial = _copy_run(tiny_run, runs / "bprmf_search" / "trial_001")
+    line = records.pack(trial, "bprmf")
+    assert line[0]["source"] == str(trial.resolve())
+    records.write(line, tmp_path / "bprmf.jsonl")
+    final = records.read(tmp_path / "bprmf.jsonl")
+    assert final.source == str(trial.resolve())
+    elsewhere = tmp_path / "moved" / "tiny"  # the runs moved: found under --runs by <search>/<trial>
+    _copy_run(tiny_run, elsewhere / "bprmf_search" / "trial_001")
+    assert unseen_items.run_folder(final, elsewhere) == elsewhere / "bprmf_search" / "trial_001"
+    assert unseen_items.run_folder(final, runs) == trial
+    # A record packed before "source" was kept: the search record's trial with the run's metrics.
+    old = tmp_path / "old.jsonl"
+    records.write([{k: v for k, v in line[0].items() if k != "source"}, line[1]], old)
+    old_final = records.read(old)
+    assert old_final.source is None
+    (runs / "bprmf_search" / "search.json").write_text(json.dumps({
+        "valid_metric": "recall@20", "n_trials": 1, "trials": [{"trial": 1, "workdir": "trial_001", "setting": {}}],
+        "best": {"trial": 1, "workdir": "trial_001", "setting": {}}}))
+    records.write(records.pack(runs / "bprmf_search"), tmp_path / "bprmf_search.jsonl")
+    search = records.read(tmp_path / "bprmf_search.jsonl")
+    assert unseen_items.run_folder(old_final, elsewhere, [search]) == elsewhere / "bprmf_search" / "trial_001"
+    assert unseen_items.run_folder(old_final, elsewhere) == elsewhere / "bprmf"  # nothing to go by: as before
+    unseen_items._check_same_run(unseen_items.run_folder(old_final, elsewhere, [search]), old_final.runs["bprmf"])
