@@ -354,6 +354,31 @@ def test_export_and_save_never_replace_a_folder_that_is_not_theirs(bpr_run, tmp_
         export_run(rec, saved)  # nor the other way round
 
 
+def test_a_refused_item_never_reaches_the_servers_log(bpr_run, vbpr_run, tmp_path, monkeypatch):
+    # The server checks an item before it logs it: a crash between logging and refusing would
+    # leave a record the next start replays, and refuses again, so that state never started.
+    from jaxrec.serve._server import InputError, Service
+
+    for (workdir, dataset), refused in ((bpr_run, True), (vbpr_run, False)):
+        service = Service(workdir, tmp_path / f"state_{workdir.name}")
+        service.start()
+        try:
+            widths = dict(Recommender.load(workdir, dataset=dataset).feature_dims) or {"img": 6, "txt": 5}
+            features = {name: np.full((1, d), 0.5, np.float32) for name, d in widths.items()}
+            logged = []
+            original = service.log.append_item
+            monkeypatch.setattr(service.log, "append_item", lambda *a, **k: logged.append(a) or original(*a, **k))
+            version = service.recommender.version
+            if refused:
+                with pytest.raises(InputError, match="ID only|without item features"):
+                    service.add_item(features)
+                assert logged == [] and service.recommender.version == version  # never logged
+            else:
+                assert service.add_item(features) == service.recommender.n_items - 1 and len(logged) == 1
+        finally:
+            service.shutdown(snapshot=False)
+
+
 def test_load_resolves_search_folders_and_refuses_others(bpr_run, tmp_path):
     workdir, dataset = bpr_run
     search = tmp_path / "search"

@@ -9,6 +9,7 @@ server is started through a fixture that kills it at the end, also when a test f
 
 import collections
 import json
+import socket
 import os
 import queue
 import signal
@@ -233,6 +234,7 @@ BAD_INPUTS = [
     ("GET", "/similar?item_id=1&k=-1", None, 422, "k"),
     ("POST", "/recommend", b"{not json", 400, "body"),
     ("POST", "/recommend", b"[1, 2]", 422, "body"),
+    ("POST", "/recommend", b"[" * 100_000, 400, "body"),  # nested past the JSON decoder's recursion limit
     ("POST", "/recommend", {"k": 3}, 422, "history"),
     ("POST", "/recommend", {"history": []}, 422, "history"),
     ("POST", "/recommend", {"history": [1, 4000]}, 404, "history[1]"),
@@ -243,6 +245,7 @@ BAD_INPUTS = [
     ("POST", "/items", {"features": {"text": [0.1] * 5 + [float("nan")]}}, 422, "features.text[5]"),
     ("POST", "/items", b'{"features": {"image": [1, 2, Infinity, 4, 5]}}', 422, "features.image[2]"),
     ("POST", "/items", {"features": {"image": [1, 2, 3, 4, 1e300]}}, 422, "features.image[4]"),
+    ("POST", "/items", b'{"features": {"image": [1, 2, 3, 4, 1' + b"0" * 400 + b"]}}", 422, "features.image[4]"),
     ("POST", "/items", {"features": {"audio": [0.0]}}, 422, "features.audio"),
     ("POST", "/items", {"features": {"text": [0.1] * 5 + [True]}}, 422, "features.text[5]"),
     ("POST", "/items", {"features": {}}, 422, "features"),
@@ -290,6 +293,19 @@ def test_bad_input_is_answered_counted_and_changes_nothing(main_server):
     for key in ("version", "n_users", "n_items", "events_received", "events_applied"):
         assert status_after[key] == status_before[key], key
     assert (log.stat().st_size if log.exists() else 0) == log_size
+    assert get(main_server, "/healthz")[0] == 200
+
+
+def test_a_body_over_the_limit_is_refused_before_it_is_read(main_server):
+    from jaxrec.serve._http import MAX_BODY_BYTES
+
+    host, port = main_server.base.rsplit("/", 1)[-1].rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=60) as conn:
+        conn.sendall(b"POST /events HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                     + f"Content-Length: {MAX_BODY_BYTES + 1}\r\n\r\n".encode() + b'{"events": [')
+        reply = conn.recv(65536).decode()
+    assert reply.startswith("HTTP/1.1 413"), reply[:200]
+    assert json.loads(reply.split("\r\n\r\n", 1)[1])["field"] == "body"
     assert get(main_server, "/healthz")[0] == 200
 
 
@@ -484,4 +500,4 @@ def test_kill9_then_restart_loses_nothing_and_applies_nothing_twice(servers, run
     assert "0 events to replay" in third.log
     _, health = get(third, "/healthz")
     assert health == {"status": "ok", "model": "vbpr", "version": version, "events_received": 7, "events_applied": 7}
-    assert third.signal(signal.SIGTERM) == 0
+    assert third.signal(signal.SIGINT) == 0  # Ctrl-C: the same clean shutdown

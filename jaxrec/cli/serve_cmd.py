@@ -96,9 +96,11 @@ def _serve(args) -> int:
           f"{service.replayed['events']} events to replay)", flush=True)
     config = uvicorn.Config(create_app(service), log_level="warning", access_log=False, lifespan="on",
                             timeout_graceful_shutdown=10)
-    # uvicorn answers SIGTERM with a graceful shutdown (the app's shutdown snapshots the model),
-    # then re-raises the signal to the handler it found: make that one a no-op, so a SIGTERM'ed
-    # server exits 0 after its clean shutdown instead of dying of the re-raised signal.
+    # uvicorn answers SIGTERM and SIGINT (Ctrl-C) with a graceful shutdown (the app's shutdown
+    # snapshots the model), then re-raises the signal to the handler it found: make those no-ops,
+    # so the server exits 0 after its clean shutdown instead of dying of the re-raised signal
+    # (SIGINT's default handler would end it as an interrupted command, exit 130).
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    signal.signal(signal.SIGINT, lambda signum, frame: None)
     uvicorn.Server(config).run(sockets=[listener])
     return 0

@@ -32,6 +32,7 @@ from jaxrec.serve._server import InputError, Service
 
 MAX_EVENTS_PER_REQUEST = 10_000
 MAX_HISTORY = 10_000
+MAX_BODY_BYTES = 16 * 2**20  # a JSON body: 10,000 events or a few items' features take well under 1 MB
 _STATIC = Path(__file__).parent / "static"
 _ROUTES = {("GET", "/healthz"), ("GET", "/recommend"), ("POST", "/recommend"), ("GET", "/similar"),
            ("POST", "/items"), ("POST", "/events"), ("GET", "/metrics"), ("GET", "/status"), ("GET", "/")}
@@ -69,12 +70,29 @@ def _query_bool(request: Request, name: str, default: bool) -> bool:
     raise InputError(name, f"expected true or false, got {raw[:40]!r}")
 
 
+async def _read_body(request: Request) -> bytes:
+    """The request body, read up to :data:`MAX_BODY_BYTES` (a 413 beyond: a large body is refused
+    as it streams in, not after it has been held in memory whole)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise InputError("body", f"{int(declared):,} bytes; at most {MAX_BODY_BYTES:,}", status=413)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise InputError("body", f"more than {MAX_BODY_BYTES:,} bytes", status=413)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 async def _json_object(request: Request, *required: str) -> dict:
-    raw = await request.body()
+    raw = await _read_body(request)
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as error:
         raise InputError("body", f"not valid JSON ({error})", status=400) from None
+    except RecursionError:
+        raise InputError("body", "not valid JSON here: nested too deeply", status=400) from None
     if not isinstance(body, dict):
         raise InputError("body", f"expected a JSON object, got {type(body).__name__}")
     for name in required:
@@ -113,7 +131,11 @@ def _features(body: dict, widths: dict[str, int]) -> dict[str, np.ndarray]:
         for n, value in enumerate(values):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise InputError(f"{field}[{n}]", f"expected a number, got {json.dumps(value)[:40]}")
-            if not math.isfinite(value):
+            try:
+                finite = math.isfinite(value)
+            except OverflowError:  # an integer beyond any float
+                raise InputError(f"{field}[{n}]", f"{str(value)[:20]}... overflows float32") from None
+            if not finite:
                 raise InputError(f"{field}[{n}]", f"must be finite, got {value}")
         with np.errstate(over="ignore"):  # reported below as a 422, not as a warning in the server log
             row = np.asarray(values, dtype=np.float32)[None]

@@ -338,6 +338,8 @@ class Recommender:
                                    events=learner.events, added=learner.added.extended(values, count),
                                    version=version)
 
+        if self._feature_probe is False:
+            raise self._id_only_error()
         grown = with_rows(rows)
         if self._feature_probe is None:
             other = with_rows({name: -2.0 * values - 3.0 for name, values in rows.items()})
@@ -345,10 +347,26 @@ class Recommender:
             self._feature_probe = not np.array_equal(np.asarray(grown.encode()[1][new]),
                                                      np.asarray(other.encode()[1][new]))
         if not self._feature_probe:
-            raise ConfigError(f"model {self.model_name!r} scores items by their ID only: a new item's features "
-                              "do not change its embedding, so add_items cannot place it (serve a feature model "
-                              "such as vbpr, sidemf, fusion_mf, kernel, subspace, freedom or lattice)")
+            raise self._id_only_error()
         return grown
+
+    def _id_only_error(self) -> ConfigError:
+        return ConfigError(f"model {self.model_name!r} scores items by their ID only: a new item's features "
+                           "do not change its embedding, so add_items cannot place it (serve a feature model "
+                           "such as vbpr, sidemf, fusion_mf, kernel, subspace, freedom or lattice)")
+
+    def check_items(self, features: Mapping[str, Any]) -> None:
+        """Raise what :meth:`add_items` would raise for ``features``, adding nothing: the server
+        checks an item before it logs it, so a refused item never reaches its log. The first
+        call on a model may rebuild it once (:meth:`add_items`' test of whether features place
+        items at all; its answer is kept)."""
+        with self._lock:
+            snap = self._snapshot
+            rows, count = self._checked_features(features)
+            if self._feature_probe is None:
+                self._rebuilt_with_items(snap, rows, count, snap.version + 1)  # the test; the rebuild is dropped
+            elif not self._feature_probe:
+                raise self._id_only_error()
 
     def save(self, directory: str | os.PathLike) -> Path:
         """Write the current version (parameters, grown tables, events, added items) to

@@ -266,19 +266,28 @@ class Service:
 
     # ------------------------------------------------------------------ writes (worker threads)
     def add_item(self, features: dict[str, np.ndarray]) -> int:
-        """Logs (fsync) and adds one item; its id. ``features`` are already validated rows (1, d)."""
-        with self._mutate, self._log_lock:
-            item_id = self.recommender.n_items
-            offset = self.log.append_item(item_id, {k: np.asarray(v[0], np.float64).tolist()
-                                                    for k, v in features.items()})
+        """Checks, logs (fsync) and adds one item; its id. ``features`` are already validated rows (1, d).
+
+        The model's check runs before the item is logged and outside the log's lock (its first
+        call may rebuild the model once): a refused item never reaches the log, so no crash can
+        leave one there for the next start to replay, and events are not held up meanwhile."""
+        with self._mutate:
             try:
-                self._add_to_model(item_id, features)
+                self.recommender.check_items(features)
             except JaxrecError as refused:  # an ID-only model, or features it rejects
-                self.log.undo(offset)
                 raise InputError(getattr(refused, "field", None) or "features", str(refused)) from None
-            except BaseException:
-                self.log.undo(offset)
-                raise
+            with self._log_lock:
+                item_id = self.recommender.n_items
+                offset = self.log.append_item(item_id, {k: np.asarray(v[0], np.float64).tolist()
+                                                        for k, v in features.items()})
+                try:
+                    self._add_to_model(item_id, features)
+                except JaxrecError as refused:  # checked above: only a model that changed its mind
+                    self.log.undo(offset)
+                    raise InputError(getattr(refused, "field", None) or "features", str(refused)) from None
+                except BaseException:
+                    self.log.undo(offset)
+                    raise
         self.quality.set_catalog_size(self.recommender.n_items)
         self.drift.record_added(features)
         return item_id
