@@ -229,6 +229,11 @@ BAD_INPUTS = [
     ("GET", "/recommend?user_id=1&k=0", None, 422, "k"),
     ("GET", "/recommend?user_id=1&k=100000", None, 422, "k"),
     ("GET", "/recommend?user_id=1&k=2.5", None, 422, "k"),
+    ("GET", "/recommend?user_id=1_0", None, 422, "user_id"),  # Python's int() syntax, not a plain integer
+    ("GET", "/recommend?user_id=%D9%A3", None, 422, "user_id"),  # an Arabic-Indic 3
+    ("GET", "/recommend?user_id=%205", None, 422, "user_id"),
+    ("GET", "/recommend?user_id=0&user_id=1", None, 422, "user_id"),  # given twice
+    ("GET", "/recommend?user_id=" + "9" * 5000, None, 422, "user_id"),
     ("GET", "/recommend?user_id=1&exclude_seen=perhaps", None, 422, "exclude_seen"),
     ("GET", "/similar?item_id=4000", None, 404, "item_id"),
     ("GET", "/similar?item_id=1&k=-1", None, 422, "k"),
@@ -307,6 +312,32 @@ def test_a_body_over_the_limit_is_refused_before_it_is_read(main_server):
     assert reply.startswith("HTTP/1.1 413"), reply[:200]
     assert json.loads(reply.split("\r\n\r\n", 1)[1])["field"] == "body"
     assert get(main_server, "/healthz")[0] == 200
+
+
+def test_a_wrong_method_names_the_allowed_ones(main_server):
+    req = urllib.request.Request(main_server.base + "/recommend", method="DELETE")
+    with pytest.raises(urllib.error.HTTPError) as caught:
+        urllib.request.urlopen(req, timeout=60)
+    assert caught.value.code == 405 and caught.value.headers["Allow"] == "GET, POST"
+
+
+def test_healthz_says_degraded_while_the_learner_or_snapshots_fail():
+    # The route on a stand-in service (no model): a failing learner keeps serving (200) but says so.
+    import asyncio
+    import types
+
+    from jaxrec.serve._http import create_app
+
+    service = types.SimpleNamespace(recommender=types.SimpleNamespace(model_name="vbpr", version=3),
+                                    events_received=5, events_applied=4, last_update_error=None,
+                                    last_snapshot_error=None)
+    healthz = next(r.endpoint for r in create_app(service).routes if getattr(r, "path", None) == "/healthz")
+    base = {"model": "vbpr", "version": 3, "events_received": 5, "events_applied": 4}
+    assert asyncio.run(healthz()) == {"status": "ok", **base}
+    service.last_update_error = "RuntimeError: boom"
+    assert asyncio.run(healthz()) == {"status": "degraded", **base, "last_update_error": "RuntimeError: boom"}
+    service.last_update_error, service.last_snapshot_error = None, "OSError: disk full"
+    assert asyncio.run(healthz()) == {"status": "degraded", **base, "last_snapshot_error": "OSError: disk full"}
 
 
 def test_items_events_and_online_learning(main_server):

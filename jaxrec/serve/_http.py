@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import re
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -34,6 +35,7 @@ MAX_EVENTS_PER_REQUEST = 10_000
 MAX_HISTORY = 10_000
 MAX_BODY_BYTES = 16 * 2**20  # a JSON body: 10,000 events or a few items' features take well under 1 MB
 _STATIC = Path(__file__).parent / "static"
+_DECIMAL = re.compile(r"-?[0-9]+")
 _ROUTES = {("GET", "/healthz"), ("GET", "/recommend"), ("POST", "/recommend"), ("GET", "/similar"),
            ("POST", "/items"), ("POST", "/events"), ("GET", "/metrics"), ("GET", "/status"), ("GET", "/")}
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
@@ -48,15 +50,21 @@ def _int_value(value, field: str) -> int:
 
 
 def _query_int(request: Request, name: str, default: int | None = None) -> int:
-    raw = request.query_params.get(name)
-    if raw is None:
+    """A query parameter written as a plain decimal integer (ASCII digits, an optional minus; not
+    Python's wider ``int()`` syntax such as ``1_0`` or other scripts' digits), given once."""
+    given = request.query_params.getlist(name)
+    if not given:
         if default is None:
             raise InputError(name, "missing (a query parameter)")
         return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise InputError(name, f"expected an integer, got {raw[:40]!r}") from None
+    if len(given) > 1:
+        raise InputError(name, f"given {len(given)} times; give it once")
+    raw = given[0]
+    if not _DECIMAL.fullmatch(raw):
+        raise InputError(name, f"expected an integer, got {raw[:40]!r}")
+    if len(raw.lstrip("-")) > 18:
+        raise InputError(name, f"out of range ({len(raw)} digits)")
+    return int(raw)
 
 
 def _query_bool(request: Request, name: str, default: bool) -> bool:
@@ -279,8 +287,11 @@ def create_app(service: Service) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def no_route(request: Request, failure: StarletteHTTPException):
-        return error(_route_label(request.method, request.url.path), failure.status_code, "path",
-                     f"path: no route {request.method} {request.url.path} ({failure.detail})")
+        answer = error(_route_label(request.method, request.url.path), failure.status_code, "path",
+                       f"path: no route {request.method} {request.url.path} ({failure.detail})")
+        if failure.status_code == 405:  # HTTP asks a 405 to say which methods the path takes
+            answer.headers["Allow"] = ", ".join(sorted(m for m, p in _ROUTES if p == request.url.path))
+        return answer
 
     @app.exception_handler(Exception)
     async def internal(request: Request, failure: Exception):  # a bug must not take the server down
@@ -289,8 +300,14 @@ def create_app(service: Service) -> FastAPI:
 
     @app.get("/healthz")
     async def healthz():
-        return {"status": "ok", "model": service.recommender.model_name, "version": int(service.recommender.version),
-                "events_received": service.events_received, "events_applied": service.events_applied}
+        health = {"status": "ok", "model": service.recommender.model_name,
+                  "version": int(service.recommender.version),
+                  "events_received": service.events_received, "events_applied": service.events_applied}
+        failing = {name: getattr(service, name) for name in ("last_update_error", "last_snapshot_error")
+                   if getattr(service, name) is not None}
+        if failing:  # still serving (200), but the learner or the snapshots keep failing
+            health.update(status="degraded", **failing)
+        return health
 
     @app.get("/recommend")
     async def recommend(request: Request):
