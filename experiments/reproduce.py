@@ -429,17 +429,20 @@ def check_configs(plan: Plan, runner: Runner, warm: list[Row], cold: list[Row], 
                   missing: bool) -> None:
     """Build every config the selected rows and stages will run (each row's final config, each
     search's config and each of its trials' configs; the baselines' and the missing-modality
-    config) before anything runs: config parsing only, no data or model is loaded. Raises
-    :class:`GridFileError` naming the grid file and the row (a loss weight the model has no term
-    for is only seen when the model is built, i.e. at the row's turn)."""
+    config) before anything runs: config parsing only, no data or model is loaded; each model's
+    name and argument names are checked against its builder. Raises :class:`GridFileError` naming
+    the grid file and the row (a loss weight the model has no term for is only seen when the
+    model is built, i.e. at the row's turn)."""
     from jaxrec.errors import ConfigError
+    from jaxrec.models import check_model_args
     from jaxrec.train import load_config
     from jaxrec.train._search import expand_trials, trial_config
 
     for row in warm + cold:
         where = f"{plan.where}: {'coldstart.rows' if row.group else 'warm'}.{row.name}"
         try:
-            runner._config(row.config, row.overrides, {"grid": None, "search": None})
+            final = runner._config(row.config, row.overrides, {"grid": None, "search": None})
+            check_model_args(final.model.name, final.model.args)
         except ConfigError as error:
             raise GridFileError(f"{where} ({row.config.name} with its set): {error}") from None
         for search in row.searches:
@@ -452,7 +455,8 @@ def check_configs(plan: Plan, runner: Runner, warm: list[Row], cold: list[Row], 
                 raise GridFileError(f"{swhere}: {error}") from None
             for index, setting in enumerate(settings):
                 try:
-                    trial_config(config, setting)
+                    trial = trial_config(config, setting)
+                    check_model_args(trial.model.name, trial.model.args)
                 except ConfigError as error:
                     raise GridFileError(f"{swhere}: trial {index} ({setting}): {error}") from None
     if baselines:

@@ -53,7 +53,9 @@ def make_config(config: ConfigLike, overrides: Mapping[str, Any] | Sequence[str]
     directory.
 
     Raises:
-      ConfigError: an unreadable file, an unknown key (with a suggestion) or a bad value.
+      ConfigError: an unreadable file, an unknown key (with a suggestion), a bad value, an
+        unknown model or an argument its builder does not take (loss weight names are checked
+        when the model is built, by :func:`fit`).
     """
     if overrides is None:
         pairs: list = []
@@ -65,14 +67,18 @@ def make_config(config: ConfigLike, overrides: Mapping[str, Any] | Sequence[str]
         raise ConfigError(f"overrides must be a dict like {{'train.epochs': 5}} or a list of 'key=value' "
                           f"strings; found {type(overrides).__name__}")
     if isinstance(config, (str, os.PathLike)):
-        return load_config(config, pairs)
-    if isinstance(config, ExperimentConfig):
-        if not pairs:
-            return config
-        return resolve_paths(config_from_dict(apply_overrides(config_to_dict(config), pairs)))
-    if isinstance(config, Mapping):
-        return resolve_paths(config_from_dict(apply_overrides(config, pairs)))
-    raise ConfigError(f"config must be a YAML file path, a dict or an ExperimentConfig; found {type(config).__name__}")
+        made = load_config(config, pairs)
+    elif isinstance(config, ExperimentConfig):
+        made = config if not pairs else resolve_paths(config_from_dict(apply_overrides(config_to_dict(config), pairs)))
+    elif isinstance(config, Mapping):
+        made = resolve_paths(config_from_dict(apply_overrides(config, pairs)))
+    else:
+        raise ConfigError(f"config must be a YAML file path, a dict or an ExperimentConfig; found "
+                          f"{type(config).__name__}")
+    from jaxrec.models import check_model_args  # the model's name and argument names, nothing built
+
+    check_model_args(made.model.name, made.model.args)
+    return made
 
 
 def fit(config: ConfigLike, workdir: str | os.PathLike | None = None, dataset: MultimodalDataset | None = None,

@@ -129,6 +129,15 @@ def test_recommender_of_a_run(run):
     assert recall == pytest.approx(run.evaluate("valid")["metrics"]["recall@20"], abs=1e-6)
 
 
+def test_make_config_names_an_unknown_model_or_model_argument():
+    with pytest.raises(ConfigError, match=r"unknown model 'bprm'\. Did you mean bprmf"):
+        jaxrec.make_config(CONFIG, {"model.name": "bprm"})
+    with pytest.raises(ConfigError, match=r"model 'bprmf' has no argument 'embeding_size'\. Did you mean "
+                                          r"'embedding_size'"):
+        jaxrec.make_config(CONFIG, {"model.args": {"embeding_size": 4}})
+    assert jaxrec.make_config(CONFIG, {"model.args": {"embedding_size": 4}}).model.args == {"embedding_size": 4}
+
+
 def test_a_dataset_that_is_not_a_multimodal_dataset_is_named(run, tmp_path):
     from jaxrec.api import Run
     from jaxrec.train import load_dataset

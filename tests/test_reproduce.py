@@ -296,6 +296,11 @@ def test_an_output_that_is_a_file_is_refused_before_anything_runs(setup, tmp_pat
      "warm.bpr_fast.searches.bpr_fast_search: override 'train.epochz'"),
     ({"config": "bpr.yaml", "searches": {"bpr_fast_search": {"grid": {"train.learning_rat": [0.1, 0.2]}}}},
      "warm.bpr_fast.searches.bpr_fast_search: "),  # a grid key: the search's config names it
+    ({"config": "bpr.yaml", "set": {"model.args.embeding_size": 8}}, "model 'bprmf' has no argument 'embeding_size'"),
+    ({"config": "bpr.yaml", "searches": {"bpr_fast_search": {"grid": {"model.args.embedding_sise": [4, 8]}}}},
+     "warm.bpr_fast.searches.bpr_fast_search: trial 0 ({'model.args.embedding_sise': 4}): model 'bprmf' has no "
+     "argument 'embedding_sise'"),
+    ({"config": "bpr.yaml", "set": {"model.name": "bprm"}}, "unknown model 'bprm'"),
 ])
 def test_config_errors_of_any_row_are_refused_before_the_first_row_runs(setup, tmp_path, capsys, row, message):
     root, _ = setup
@@ -305,7 +310,8 @@ def test_config_errors_of_any_row_are_refused_before_the_first_row_runs(setup, t
     assert reproduce.main(["tiny", "--grids", str(grids), "--output", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {grids}: ") and message in err and "Traceback" not in err
-    assert ("train.learning_rat" in err or "train.epochz" in err) and err.count("\n") == 1
+    assert any(typo in err for typo in ("train.learning_rat", "train.epochz", "embeding_size", "embedding_sise",
+                                        "'bprm'")) and err.count("\n") == 1
     assert not (tmp_path / "out").exists()  # not even the first row ran
 
 

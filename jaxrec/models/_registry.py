@@ -180,6 +180,30 @@ def get_builder(name: str) -> Callable[..., Built]:
     return _BUILDERS[key]
 
 
+def _unknown_argument(name: str, builder, bad: str) -> ConfigError:
+    import inspect
+
+    known = [p for p in inspect.signature(builder).parameters if p != "dataset"]
+    close = difflib.get_close_matches(bad, known, n=1)
+    hint = f" Did you mean {close[0]!r}?" if close else ""
+    return ConfigError(f"model {name!r} has no argument {bad!r}.{hint} Known: {', '.join(known)}")
+
+
+def check_model_args(name: str, model_args: Mapping[str, Any]) -> None:
+    """Raise the ConfigError :func:`build` would for an unknown model ``name`` or an argument
+    its builder does not take, without building anything (no data needed; the values are
+    checked by the builder itself)."""
+    import inspect
+
+    builder = get_builder(name)
+    parameters = inspect.signature(builder).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    for arg in model_args:
+        if arg not in parameters or arg == "dataset":
+            raise _unknown_argument(name, builder, str(arg))
+
+
 def build(name: str, dataset, **model_args) -> Built:
     """Build model ``name`` for ``dataset``; bad ``model_args`` raise ``ConfigError``."""
     builder = get_builder(name)
@@ -187,11 +211,6 @@ def build(name: str, dataset, **model_args) -> Built:
         return builder(dataset, **model_args)
     except TypeError as error:
         if "unexpected keyword argument" in str(error):
-            import inspect
-
-            known = [p for p in inspect.signature(builder).parameters if p != "dataset"]
             bad = str(error).split("'")[-2] if "'" in str(error) else str(error)
-            close = difflib.get_close_matches(bad, known, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"model {name!r} has no argument {bad!r}.{hint} Known: {', '.join(known)}") from None
+            raise _unknown_argument(name, builder, bad) from None
         raise
