@@ -93,7 +93,9 @@ def _serve(args) -> int:
     host, port = listener.getsockname()[:2]
     print(f"jaxrec serve: {service.recommender.model_name} version {service.recommender.version} from "
           f"{service.run_dir} on http://{host}:{port} (state {service.state_dir}; "
-          f"{service.replayed['events']} events to replay)", flush=True)
+          f"{service.replayed['events']} events to replay"
+          + (f"; a torn last log line of {service.replayed['torn_bytes']} bytes, never acknowledged, was cut off"
+             if service.replayed["torn_bytes"] else "") + ")", flush=True)
     config = uvicorn.Config(create_app(service), log_level="warning", access_log=False, lifespan="on",
                             timeout_graceful_shutdown=10)
     # uvicorn answers SIGTERM and SIGINT (Ctrl-C) with a graceful shutdown (the app's shutdown

@@ -115,6 +115,8 @@ class Service:
             if manifest or loaded is None:
                 loaded = Recommender.load(manifest["path"] if manifest else self.run_dir)
             self.recommender = loaded
+            if manifest:  # the items the newest snapshot holds (an idle stop then writes no copy of it)
+                self._snapshot_items = int(self.recommender.n_items)
             self.training = self._training_view(self.recommender)
             contents = self.log.open()
             if manifest:
@@ -139,7 +141,7 @@ class Service:
             for _, features in contents.items:  # every item added over the state's life
                 self.drift.record_added({k: np.asarray(v, np.float64)[None] for k, v in features.items()})
             self.timeline = LatencyTimeline()
-            self.replayed = {"events": len(self._pending), "items": readded}
+            self.replayed = {"events": len(self._pending), "items": readded, "torn_bytes": contents.torn_bytes}
         except BaseException:
             self.log.close()
             self._lock.release()
