@@ -385,22 +385,15 @@ def _batched(search_folder: Path) -> str:
 
 
 def _finished_as_asked(folder: Path, config) -> bool:
-    """Whether ``folder`` holds a finished run that ``config`` would give: the same config, or
-    one whose ``train.epochs`` is raised but which stopped early (more epochs change nothing).
-    A run that reached a lower epoch cap (a ``--max-epochs`` smoke run) is not: it is extended."""
-    from jaxrec.errors import ConfigError
-    from jaxrec.train._workdir import check_resumable
+    """Whether ``folder`` holds a finished run that ``config`` would give
+    (``jaxrec.train._workdir.reusable_finished_run``). A run that reached a lower epoch cap (a
+    ``--max-epochs`` smoke run) is not: it is extended."""
+    from jaxrec.train._workdir import reusable_finished_run
 
     if not (folder / "metrics.json").exists():
         return False
     stopped_early = bool(json.loads((folder / "metrics.json").read_text(encoding="utf-8")).get("stopped_early"))
-    try:
-        raised_from = check_resumable(config, folder / "config.yaml")
-    except ConfigError as error:  # a schedule spread over train.epochs cannot be extended
-        if str(error).startswith("cannot extend") and stopped_early:
-            return True
-        raise
-    return raised_from is None or stopped_early
+    return reusable_finished_run(config, folder, stopped_early=stopped_early)
 
 
 def _same_run(trial_dir: Path, trial_cfg, final) -> bool:

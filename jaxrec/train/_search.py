@@ -291,13 +291,7 @@ def _check_trial_folders(workdir: Path, settings, configs, resume: bool | str) -
                 _workdir.check_workdir(configs[index], trial_dir, True)
                 continue
             _workdir.WorkdirLock.check_free(trial_dir)
-            try:
-                extended_from = _workdir.check_resumable(configs[index], trial_dir / _outputs.CONFIG_FILE)
-            except ConfigError as error:
-                if not str(error).startswith("cannot extend") or not _stopped_early(trial_dir):
-                    raise  # another difference, or a schedule that cannot be extended
-                extended_from = None  # stopped early: reused as it is whatever the schedule
-            if extended_from is None or _stopped_early(trial_dir):
+            if _workdir.reusable_finished_run(configs[index], trial_dir, stopped_early=_stopped_early(trial_dir)):
                 reused.add(index)  # the same run, or one that stopped early (more epochs change nothing)
     return started, reused
 

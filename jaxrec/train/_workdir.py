@@ -187,6 +187,29 @@ def check_resumable(config: ExperimentConfig, saved_config_path: Path) -> int | 
     Returns:
       The run's ``train.epochs`` when the config raises it (an extension), else None.
     """
+    old = _epochs_raised_from(config, saved_config_path)
+    if old is not None and config.train.schedule in _EPOCH_SCHEDULES:
+        raise ConfigError(f"cannot extend {saved_config_path.parent} from {old} to {config.train.epochs} epochs: "
+                          f"schedule {config.train.schedule!r} spreads its decay over train.epochs, so the learning "
+                          "rate of every step already taken would differ; start a new run instead")
+    return old
+
+
+def reusable_finished_run(config: ExperimentConfig, workdir: Path, *, stopped_early: bool) -> bool:
+    """Whether the finished run in ``workdir`` is ``config``'s run as it is: the same config, or
+    one whose ``train.epochs`` ``config`` raises but which stopped early (more epochs change
+    nothing). False when ``config`` raises the epochs of a run that reached its limit: resuming
+    it extends it. Raises the ConfigError of :func:`check_resumable` for any other difference,
+    and for an extension its schedule forbids."""
+    if _epochs_raised_from(config, workdir / CONFIG_FILE) is None or stopped_early:
+        return True
+    check_resumable(config, workdir / CONFIG_FILE)
+    return False
+
+
+def _epochs_raised_from(config: ExperimentConfig, saved_config_path: Path) -> int | None:
+    """The run's ``train.epochs`` when ``config`` raises it, None when the configs agree; a
+    ConfigError for any other difference (:data:`RESUMABLE_CHANGES` aside) or lowered epochs."""
     import yaml
 
     if not saved_config_path.exists():
@@ -205,10 +228,6 @@ def check_resumable(config: ExperimentConfig, saved_config_path: Path) -> int | 
     if not isinstance(old, int) or new < old:
         raise ConfigError(f"cannot resume {saved_config_path.parent}: {detail(changed)}; train.epochs can only be "
                           "raised (to extend a run), not lowered")
-    if config.train.schedule in _EPOCH_SCHEDULES:
-        raise ConfigError(f"cannot extend {saved_config_path.parent} from {old} to {new} epochs: schedule "
-                          f"{config.train.schedule!r} spreads its decay over train.epochs, so the learning rate of "
-                          "every step already taken would differ; start a new run instead")
     return old
 
 
