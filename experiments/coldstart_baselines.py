@@ -69,7 +69,7 @@ import numpy as np
 
 from jaxrec import data as jdata
 from jaxrec import eval as jeval
-from jaxrec._atomic import write_json_atomic
+from jaxrec._atomic import file_in_the_way, write_json_atomic
 from jaxrec.errors import ConfigError, JaxrecError
 from jaxrec.features import fit_standardizer
 from jaxrec.train import load_config
@@ -362,8 +362,8 @@ def main(argv=None) -> dict:
         _fail(f"--runs {args.runs}: no run records (*.jsonl) there; every model row would be left out")
     if args.out.is_dir():
         _fail(f"--out {args.out}: is a folder; expected the result file's path (e.g. {args.out / 'coldstart.json'})")
-    blocking = next((p for p in args.out.parents if p.exists()), None)
-    if blocking is not None and not blocking.is_dir():
+    blocking = file_in_the_way(args.out.parent)
+    if blocking is not None:
         _fail(f"--out {args.out}: {blocking} is a file, not a folder")
     try:
         split_config = load_config(args.config).data.split or {}

@@ -44,7 +44,7 @@ import numpy as np
 import yaml
 
 from jaxrec import data as jdata
-from jaxrec._atomic import write_json_atomic
+from jaxrec._atomic import file_in_the_way, write_json_atomic
 from jaxrec.errors import JaxrecError
 from jaxrec.models.gan import (
     fill_missing_with_gan,
@@ -214,9 +214,8 @@ def main(argv=None):
         if options.out.is_dir():
             raise ValueError(f"--out {options.out}: is a folder; expected the result file's path")
         for flag, path in (("--out", options.out), ("--runs", options.runs)):
-            blocking = next((p for p in (path if flag == "--runs" else path.parent, *path.parents) if p.exists()),
-                            None)
-            if blocking is not None and not blocking.is_dir():
+            blocking = file_in_the_way(path if flag == "--runs" else path.parent)
+            if blocking is not None:
                 raise ValueError(f"{flag} {path}: {blocking} is a file, not a folder")
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -55,7 +55,7 @@ from typing import Any
 
 import yaml
 
-from jaxrec._atomic import write_json_atomic
+from jaxrec._atomic import file_in_the_way, write_json_atomic
 
 HERE = Path(__file__).resolve().parent
 PROJECT = HERE.parent
@@ -482,12 +482,8 @@ def check_output(out: Path) -> str | None:
     if out == project or out.is_relative_to(project):
         return (f"--output {out} is inside the project folder {project}; the point of --output is to leave the "
                 "repository untouched: choose a folder outside it (or leave --output out to regenerate experiments/)")
-    for folder in (out, *out.parents):
-        if folder.exists():
-            if not folder.is_dir():
-                return f"--output {out}: {folder} is a file, not a folder"
-            break
-    return None
+    blocking = file_in_the_way(out)
+    return None if blocking is None else f"--output {out}: {blocking} is a file, not a folder"
 
 
 # ----------------------------------------------------------------------------- main

@@ -21,6 +21,16 @@ from typing import BinaryIO
 Writer = Callable[[BinaryIO], object]
 
 
+def file_in_the_way(folder: Path) -> Path | None:
+    """The nearest existing one of ``folder`` and its parents when it is not a folder: a file
+    standing where ``folder``, or a folder above it, would have to be created. None when the
+    nearest existing one is a folder (or nothing exists)."""
+    for candidate in (folder, *folder.parents):
+        if candidate.exists():
+            return None if candidate.is_dir() else candidate
+    return None
+
+
 def fsync_dir(path: Path) -> None:
     """Flush a folder's entries (a rename inside it) to disk."""
     fd = os.open(path, os.O_RDONLY)

@@ -47,3 +47,14 @@ def test_permissions_follow_the_umask_not_private(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+def test_file_in_the_way_is_the_nearest_existing_path_when_it_is_a_file(tmp_path):
+    from jaxrec._atomic import file_in_the_way
+
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("x")
+    assert file_in_the_way(tmp_path / "new" / "deeper") is None  # the nearest existing one is a folder
+    assert file_in_the_way(tmp_path) is None
+    assert file_in_the_way(a_file) == a_file
+    assert file_in_the_way(a_file / "sub" / "deeper") == a_file

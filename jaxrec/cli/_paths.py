@@ -6,6 +6,7 @@ import errno
 import os
 from pathlib import Path
 
+from jaxrec._atomic import file_in_the_way
 from jaxrec.errors import ConfigError
 
 
@@ -23,12 +24,12 @@ def check_output_folder(option: str, value: str | os.PathLike) -> Path:
         return path
     if os.path.lexists(path):
         raise ConfigError(f"{label}: a broken symbolic link; expected a folder (or a path to create one at)")
+    blocking = file_in_the_way(path)
+    if blocking is not None:
+        raise ConfigError(f"{label}: cannot create a folder there, {blocking} is a file, not a folder")
     first_missing = path
     while not first_missing.parent.exists():  # the root exists, so this stops
         first_missing = first_missing.parent
-    parent = first_missing.parent
-    if not parent.is_dir():
-        raise ConfigError(f"{label}: cannot create a folder there, {parent} is a file, not a folder")
     try:
         os.mkdir(first_missing)
     except OSError as error:

@@ -27,6 +27,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from jaxrec._atomic import file_in_the_way
 from jaxrec.errors import ConfigError
 from jaxrec.serve import _grow, _online
 from jaxrec.serve._load import SERVED_FILE, load_config_of, prepare_experiment
@@ -77,11 +78,9 @@ def check_replaceable(target: Path, marker: str, fmt: str, what: str) -> None:
     exist (and no file stands where a parent folder must be), is an empty folder, or is an
     earlier ``what`` (``marker`` a JSON file with ``"format": fmt``). A run folder, a search
     folder, a file or any other folder is never replaced."""
-    for parent in target.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise ConfigError(f"{target}: {parent} is a file, not a folder; choose another path for the {what}")
-            break
+    blocking = file_in_the_way(target.parent)
+    if blocking is not None:
+        raise ConfigError(f"{target}: {blocking} is a file, not a folder; choose another path for the {what}")
     if not target.exists():
         return
     if not target.is_dir():
