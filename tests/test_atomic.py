@@ -7,7 +7,7 @@ import stat
 import numpy as np
 import pytest
 
-from jaxrec._atomic import write_atomic, write_json_atomic
+from jaxrec._atomic import file_in_the_way, write_atomic, write_json_atomic
 
 
 @pytest.mark.parametrize("durable", [False, True])
@@ -50,8 +50,6 @@ def test_permissions_follow_the_umask_not_private(tmp_path):
 
 
 def test_file_in_the_way_is_the_nearest_existing_path_when_it_is_a_file(tmp_path):
-    from jaxrec._atomic import file_in_the_way
-
     a_file = tmp_path / "notes.txt"
     a_file.write_text("x")
     assert file_in_the_way(tmp_path / "new" / "deeper") is None  # the nearest existing one is a folder

@@ -66,6 +66,11 @@ class InputError(ValueError):
         self.status = status
 
 
+def _refused_item(refused: JaxrecError) -> InputError:
+    """The request error for an item the model refuses (its field, else ``features``)."""
+    return InputError(getattr(refused, "field", None) or "features", str(refused))
+
+
 class Service:
     """One served model with its state folder (see the module doc). Call :meth:`start` first."""
 
@@ -277,7 +282,7 @@ class Service:
             try:
                 self.recommender.check_items(features)
             except JaxrecError as refused:  # an ID-only model, or features it rejects
-                raise InputError(getattr(refused, "field", None) or "features", str(refused)) from None
+                raise _refused_item(refused) from None
             with self._log_lock:
                 item_id = self.recommender.n_items
                 offset = self.log.append_item(item_id, {k: np.asarray(v[0], np.float64).tolist()
@@ -286,7 +291,7 @@ class Service:
                     self._add_to_model(item_id, features)
                 except JaxrecError as refused:  # checked above: only a model that changed its mind
                     self.log.undo(offset)
-                    raise InputError(getattr(refused, "field", None) or "features", str(refused)) from None
+                    raise _refused_item(refused) from None
                 except BaseException:
                     self.log.undo(offset)
                     raise
