@@ -250,3 +250,17 @@ def test_a_clean_split_and_a_cold_start_split_do_not_warn(tmp_path, capsys):
         from jaxrec.train._data import load_dataset
 
         load_dataset(DataConfig(path=str(mmrec(tmp_path, name="clean"))))
+
+
+@pytest.mark.parametrize("header, blamed", [("user_id:token\titem_id:token\trating:flot", "rating:flot"),
+                                            ("user_id:token\titem_id\trating:float", "item_id")])
+def test_a_misspelt_recbole_type_is_named_not_read_as_mmrec(tmp_path, header, blamed):
+    # A RecBole file with one misspelt or missing type was detected as MMRec's layout, whose
+    # reader then asked for a 'userID' column the user never meant to have.
+    folder = tmp_path / "typo"
+    folder.mkdir()
+    (folder / "typo.inter").write_text(header + "\n1\t2\t3\n")
+    with pytest.raises(DataError, match=f"field '{blamed}': malformed RecBole header field"):
+        load(folder)
+    # MMRec's plain header is still MMRec's.
+    assert mmrec(tmp_path).name == "toy" and load(tmp_path / "toy").metadata["format"] == "mmrec"

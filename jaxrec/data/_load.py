@@ -35,8 +35,10 @@ def detect_format(path) -> str:
     """The format of a dataset folder (or of the folder of a ``.inter`` file).
 
     ``movielens`` when a MovieLens ratings file (``u.data``, ``ratings.dat``, ``ratings.csv``)
-    is there; ``tfds`` for a folder written by ``jaxrec data prepare`` (``DATA_DIR/NAME``); otherwise, from the header of the ``.inter`` file: ``recbole`` when every column
-    is typed ``name:type``, ``mmrec`` when it has plain ``userID`` / ``itemID`` columns.
+    is there; ``tfds`` for a folder written by ``jaxrec data prepare`` (``DATA_DIR/NAME``);
+    otherwise, from the header of the ``.inter`` file: ``recbole`` when its columns are typed
+    ``name:type`` (every column, or any with a RecBole type: the reader then checks the
+    types), ``mmrec`` when it has plain ``userID`` / ``itemID`` columns.
 
     Raises:
       DataError: the folder is missing or matches no known format.
@@ -60,7 +62,10 @@ def detect_format(path) -> str:
     # Latin-1 decodes any bytes: the typed header of a RecBole file is ASCII in every encoding.
     first_line = read_text(preferred[0], encoding="latin-1").split("\n", 1)[0]
     fields = [field.strip() for field in first_line.split("\t")]
-    if all(field.partition(":")[2] in FIELD_TYPES for field in fields):
+    # Typed columns mean RecBole, whose reader then names a misspelt type (``rating:flot``);
+    # MMRec's headers are plain names (userID, itemID, ...).
+    typed = [field.partition(":")[2] for field in fields if ":" in field]
+    if len(typed) == len(fields) or any(kind in FIELD_TYPES for kind in typed):
         return "recbole"
     return "mmrec"
 
