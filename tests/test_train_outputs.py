@@ -170,3 +170,14 @@ def test_compare_from_the_command_line_does_not_abort(tmp_path, capsys):
     assert main(["runs", "compare", str(done), str(tmp_path / "stub")]) == 0
     out = capsys.readouterr().out
     assert "0.2500 (recall@20)" in out and "stub: an unfinished or failed run" in out
+
+
+def test_done_line_reports_test_figures_at_the_selection_cutoff():
+    # A run validated on recall@10 with ks [5, 10] has no @20 figures: the log's last line
+    # showed "test " with nothing after it.
+    metrics = {"best_epoch": 2, "epochs_run": 3, "valid": {"recall@10": 0.33333, "ndcg@10": 0.2},
+               "test": {"recall@5": 0.1, "recall@10": 0.3, "ndcg@10": 0.14523, "map@10": 0.09}}
+    assert _outputs.done_line(metrics, "recall@10") == (
+        "done: best epoch 2 of 3; valid recall@10 0.3333; test recall@10 0.3000, ndcg@10 0.1452")
+    assert _outputs.done_line(metrics, "map@10").endswith("test recall@10 0.3000, ndcg@10 0.1452, map@10 0.0900")
+    assert _outputs.done_line({**metrics, "test": {}}, "recall@10").endswith("; test not ranked")

@@ -88,10 +88,13 @@ def read_metrics(path: str | os.PathLike) -> dict:
 
 
 def done_line(metrics: Mapping[str, Any], valid_metric: str) -> str:
-    """The last line of a run's ``log.txt``: its best epoch and figures (``metrics.json``)."""
+    """The last line of a run's ``log.txt``: its best epoch and figures (``metrics.json``):
+    valid's selection metric, and test's at the selection metric's cut-off (recall and NDCG)."""
+    cutoff = valid_metric.rsplit("@", 1)[-1]
+    keys = [k for k in dict.fromkeys((f"recall@{cutoff}", f"ndcg@{cutoff}", valid_metric)) if k in metrics["test"]]
     return (f"done: best epoch {metrics['best_epoch']} of {metrics['epochs_run']}; valid {valid_metric} "
             f"{metrics['valid'].get(valid_metric, float('nan')):.4f}; test "
-            + ", ".join(f"{k} {metrics['test'][k]:.4f}" for k in ("recall@20", "ndcg@20") if k in metrics["test"]))
+            + (", ".join(f"{k} {metrics['test'][k]:.4f}" for k in keys) or "not ranked"))
 
 
 def plot_curves(path: str | os.PathLike, history: Sequence[Mapping], valid_metric: str,
