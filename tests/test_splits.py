@@ -202,5 +202,32 @@ def test_split_dataset_dispatches_by_name():
     assert split_dataset(data, "cold_start_items", holdout=0.3).metadata["split_method"] == "cold_start_items"
     with pytest.raises(ConfigError, match="unknown split method"):
         split_dataset(data, "temporal_global")
-    with pytest.raises(ConfigError, match="bad parameters"):
+    with pytest.raises(ConfigError, match=r"unknown parameter\(s\) \['holdout'\] for split method 'ratio'; "
+                                          r"it takes \['ratios', 'order', 'seed', 'short_history'\]"):
         split_dataset(data, "ratio", holdout=0.1)
+    with pytest.raises(ConfigError, match=r"\['ratios'\] for split method 'cold_start_items'; it takes \['holdout', 'seed'\]"):
+        split_dataset(data, "cold_start_items", ratios=[0.8, 0.1, 0.1])
+
+
+@pytest.mark.parametrize("method, params, message", [
+    ("ratio", {"ratios": 0.8}, "ratios must be three finite numbers"),
+    ("ratio", {"ratios": "811"}, "ratios must be three finite numbers"),
+    ("ratio", {"ratios": ["a", "b", "c"]}, "ratios must be three finite numbers"),
+    ("ratio", {"seed": "abc"}, "seed must be an integer >= 0, got 'abc'"),
+    ("ratio", {"seed": 1.5}, "seed must be an integer >= 0"),
+    ("ratio", {"short_history": "x"}, "short_history must be an integer >= 0"),
+    ("leave_one_out", {"seed": -1}, "seed must be an integer >= 0, got -1"),
+    ("cold_start_items", {"seed": "abc"}, "seed must be an integer >= 0"),
+    ("cold_start_items", {"holdout": "abc"}, "holdout must be in \\(0, 1\\)"),
+])
+def test_split_parameters_of_the_wrong_kind_are_config_errors(method, params, message):
+    # A config's YAML gives any kind of value: these were raw TypeErrors / ValueErrors.
+    with pytest.raises(ConfigError, match=message):
+        split_dataset(make_dataset([12, 14, 30]), method, **params)
+
+
+def test_a_config_split_error_names_data_split():
+    from jaxrec.train._config import DataConfig
+    from jaxrec.train._data import finish_dataset
+    with pytest.raises(ConfigError, match="^data.split: seed must be an integer"):
+        finish_dataset(make_dataset([12, 14, 30]), DataConfig(split={"method": "ratio", "seed": "x"}))

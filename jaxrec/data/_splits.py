@@ -24,7 +24,9 @@ leave no train interaction or fail) keeps everything in train.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
+import numbers
 from collections.abc import Sequence
 
 import numpy as np
@@ -105,7 +107,7 @@ def ratio_split(
       A new dataset with the new labels; ``metadata["split_params"]`` records the arguments.
 
     Raises:
-      ConfigError: bad ratios or order.
+      ConfigError: bad ratios, order, seed or short_history.
       DataError: ``order="time"`` without timestamps (field ``timestamp``), or a split with
         a positive ratio that ends up empty.
 
@@ -113,7 +115,8 @@ def ratio_split(
       MMRec, ``preprocessing/1splitting.ipynb`` (github.com/enoche/MMRec).
     """
     shares = _normalized_ratios(ratios)
-    if int(short_history) != short_history or short_history < 0:
+    seed = _checked_seed(seed)
+    if isinstance(short_history, bool) or not isinstance(short_history, numbers.Real) or int(short_history) != short_history or short_history < 0:
         raise ConfigError(f"short_history must be an integer >= 0, got {short_history!r}")
     counts = np.bincount(dataset.interactions.users, minlength=dataset.n_users).astype(np.int64)
     n_valid, n_test = _ratio_counts(counts, shares, int(short_history))
@@ -143,8 +146,10 @@ def leave_one_out_split(
       A new dataset with the new labels and ``metadata["split_method"] = "leave_one_out"``.
 
     Raises:
+      ConfigError: a bad order, or a seed that is not an integer >= 0.
       DataError: ``order="time"`` without timestamps, or no user with 3 interactions.
     """
+    seed = _checked_seed(seed)
     counts = np.bincount(dataset.interactions.users, minlength=dataset.n_users).astype(np.int64)
     held = (counts >= 3).astype(np.int64)
     labels = _label_by_rank(dataset, order, seed, held, held)
@@ -173,10 +178,11 @@ def cold_start_item_split(
       :func:`cold_items` reads them back.
 
     Raises:
-      ConfigError: ``holdout`` outside (0, 1).
+      ConfigError: ``holdout`` outside (0, 1), or a seed that is not an integer >= 0.
       DataError: fewer than two interacted items to hold out, or an empty split.
     """
-    if not 0.0 < float(holdout) < 1.0:
+    seed = _checked_seed(seed)
+    if isinstance(holdout, bool) or not isinstance(holdout, numbers.Real) or not 0.0 < float(holdout) < 1.0:
         raise ConfigError(f"holdout must be in (0, 1), got {holdout!r}")
     inter = dataset.interactions
     interacted = np.flatnonzero(np.bincount(inter.items, minlength=dataset.n_items))
@@ -226,23 +232,27 @@ def split_dataset(dataset: MultimodalDataset, method: str, **params) -> Multimod
     Raises:
       ConfigError: an unknown method or parameter.
     """
-    if method == "cold_start_items":
-        function = lambda d, **kw: cold_start_item_split(d, **kw)[0]  # noqa: E731
-    elif method in _METHODS:
-        function = _METHODS[method]
-    else:
-        raise ConfigError(f"unknown split method {method!r}; expected one of "
-                          f"{sorted([*_METHODS, 'cold_start_items'])}")
-    try:
-        return function(dataset, **params)
-    except TypeError as error:
-        raise ConfigError(f"bad parameters for split method {method!r}: {error}") from None
+    methods = {**_METHODS, "cold_start_items": cold_start_item_split}
+    if method not in methods:
+        raise ConfigError(f"unknown split method {method!r}; expected one of {sorted(methods)}")
+    function = methods[method]
+    accepted = [name for name, p in list(inspect.signature(function).parameters.items())[1:]  # after the dataset
+                if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    unknown = [key for key in params if key not in accepted]
+    if unknown:
+        raise ConfigError(f"unknown parameter(s) {unknown} for split method {method!r}; "
+                          f"it takes {accepted}")
+    result = function(dataset, **params)
+    return result[0] if method == "cold_start_items" else result
 
 
 # ---- helpers ----------------------------------------------------------------------------
 
 
 def _normalized_ratios(ratios) -> tuple[float, float, float]:
+    if (isinstance(ratios, (str, bytes)) or not isinstance(ratios, Sequence | np.ndarray)
+            or not all(isinstance(r, numbers.Real) and not isinstance(r, bool) for r in ratios)):
+        raise ConfigError(f"ratios must be three finite numbers >= 0 (train, valid, test), got {ratios!r}")
     values = tuple(float(r) for r in ratios)
     if len(values) != 3 or not all(math.isfinite(v) and v >= 0 for v in values):
         raise ConfigError(f"ratios must be three finite numbers >= 0 (train, valid, test), got {ratios!r}")
@@ -250,6 +260,12 @@ def _normalized_ratios(ratios) -> tuple[float, float, float]:
         raise ConfigError(f"ratios need a positive train share and a positive valid or test share, got {ratios!r}")
     total = sum(values)
     return tuple(v / total for v in values)
+
+
+def _checked_seed(seed) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ConfigError(f"seed must be an integer >= 0, got {seed!r}")
+    return int(seed)
 
 
 def _ratio_counts(counts: np.ndarray, shares, short_history: int) -> tuple[np.ndarray, np.ndarray]:

@@ -40,7 +40,10 @@ def finish_dataset(dataset: MultimodalDataset, config: DataConfig) -> Multimodal
     applied (a warning for items or users unseen in train)."""
     if config.split is not None:
         params = dict(config.split)
-        dataset = jdata.split_dataset(dataset, params.pop("method"), **params)
+        try:
+            dataset = jdata.split_dataset(dataset, params.pop("method"), **params)
+        except ConfigError as error:
+            raise ConfigError(f"data.split: {error}") from None
     if config.feature_transform:
         dataset = jdata.transform_features(dataset, config.feature_transform)
     warn_unseen_in_train(dataset)
