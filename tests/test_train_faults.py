@@ -101,6 +101,23 @@ def test_cut_offs_beyond_the_number_of_items_are_refused_before_the_workdir_exis
     assert not (tmp_path / "run").exists()
 
 
+def test_cut_offs_that_reach_a_cold_start_splits_candidates_are_refused(dataset, tmp_path):
+    # A cold-start split ranks only its held-out items (here 40 items x 0.2 = 8: 4 valid, 4
+    # test); at K >= 4 every held-out item is in the list and every metric was trivially 1.
+    from jaxrec.data import cold_start_item_split
+    from jaxrec.train._workdir import check_data
+
+    split, cold = cold_start_item_split(dataset, holdout=0.2, seed=0)
+    assert (len(cold.valid), len(cold.test)) == (4, 4)
+    message = r"eval.ks has 5, 10, but the cold-start valid split ranks only its 4 held-out items"
+    with pytest.raises(ConfigError, match=message):
+        check_data(config_from_dict(_raw()), split)
+    with pytest.raises(ConfigError, match=message):
+        train_and_evaluate(config_from_dict(_raw()), tmp_path / "run", dataset=split, quiet=True)
+    assert not (tmp_path / "run").exists()
+    check_data(config_from_dict(_raw(eval={"ks": [1, 3]}, train={"valid_metric": "recall@3"})), split)  # below 4
+
+
 # ---- 1. never save non-finite state --------------------------------------------------------------
 
 

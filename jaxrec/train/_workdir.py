@@ -275,6 +275,16 @@ def check_data(config: ExperimentConfig, dataset) -> None:
         raise ConfigError(f"eval.ks has {', '.join(map(str, too_large))}, but the dataset has only "
                           f"{dataset.n_items} items: a top-{too_large[0]} list cannot be formed (use cut-offs up to "
                           f"{dataset.n_items})")
+    if dataset.metadata.get("split_method") == "cold_start_items":
+        from jaxrec.train._data import candidate_items
+
+        # A split ranks only its held-out items: at a cut-off of that many, every metric is trivially 1.
+        fewest = min(((len(candidate_items(dataset, split)), split) for split in ("valid", "test")), key=lambda c: c[0])
+        too_large = [k for k in config.eval.ks if k >= fewest[0]]
+        if too_large:
+            raise ConfigError(f"eval.ks has {', '.join(map(str, too_large))}, but the cold-start {fewest[1]} split "
+                              f"ranks only its {fewest[0]} held-out items: at a cut-off that large every item is "
+                              f"recommended (use cut-offs below {fewest[0]}, or a larger data.split.holdout)")
 
 
 def _read_int(path: str) -> int | None:
