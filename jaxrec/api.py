@@ -222,9 +222,11 @@ class Run:
     def __repr__(self) -> str:
         try:
             metrics = self.metrics
+            test = metrics.get("test") or {}
+            shown = [k for k in _train.test_figures(metrics.get("valid_metric") or "recall@20") if k in test]
             summary = (f"{metrics.get('model')} on {metrics.get('dataset')}, best epoch {metrics.get('best_epoch')} "
-                       f"of {metrics.get('epochs_run')}, test recall@20 "
-                       f"{metrics.get('test', {}).get('recall@20', float('nan')):.4f}")
+                       f"of {metrics.get('epochs_run')}, test "
+                       + (", ".join(f"{k} {test[k]:.4f}" for k in shown) or "not ranked"))
         except ConfigError:
             summary = "unreadable"
         return f"Run({os.fspath(self.workdir)!r}: {summary})"

@@ -177,3 +177,14 @@ def test_a_search_through_fit_and_evaluate_on_its_folder(tmp_path, capsys):
     assert f"(the search's winner, {winner.workdir.name})" in out
     assert f"| recall@20 | {winner.metrics['test']['recall@20']:.4f} |" in out
     assert jaxrec.load_run(tmp_path / "grid").workdir == winner.workdir
+
+
+def test_a_runs_repr_shows_test_figures_at_its_selection_cutoff(tmp_path):
+    # The repr showed "test recall@20 nan" for a run selected on recall@10 with ks [5, 10].
+    from jaxrec.api import Run
+
+    metrics = {"model": "bprmf", "dataset": "toy", "best_epoch": 2, "epochs_run": 3, "valid_metric": "recall@10",
+               "valid": {"recall@10": 0.3}, "test": {"recall@10": 0.31234, "ndcg@10": 0.2, "recall@5": 0.1}}
+    (tmp_path / "metrics.json").write_text(json.dumps(metrics))
+    assert repr(Run(tmp_path)) == (f"Run({str(tmp_path)!r}: bprmf on toy, best epoch 2 of 3, "
+                                   "test recall@10 0.3123, ndcg@10 0.2000)")

@@ -78,6 +78,22 @@ def test_the_winner_is_chosen_by_validation_never_by_test(tmp_path):
     assert table.count("**(best)**") == 1
 
 
+def test_the_search_table_shows_test_figures_at_the_selection_cutoff(tmp_path):
+    # A grid selected on ndcg@10 (eval.ks [5, 10]) has no @20 figures: its table's test
+    # columns were recall@20 / ndcg@20, all '-'.
+    def fake_train(config, workdir, **kwargs):
+        reg = config.loss_weights["reg"]
+        return {"valid": {"ndcg@10": reg}, "test": {"recall@10": 0.5 + reg, "ndcg@10": 0.25, "recall@5": 0.1},
+                "best_epoch": 2}
+
+    raw = {**BASE, "eval": {"ks": [5, 10]}, "train": {"valid_metric": "ndcg@10"},
+           "grid": {"loss_weights.reg": [0.1, 0.2]}}
+    run_search(config_from_dict(raw), tmp_path, quiet=True, train_fn=fake_train)
+    table = (tmp_path / "search.md").read_text().splitlines()
+    assert table[2] == "| trial | loss_weights.reg | valid ndcg@10 | test recall@10 | test ndcg@10 | best epoch |"
+    assert table[5] == "| 1 **(best)** | 0.2 | 0.2000 | 0.7000 | 0.2500 | 2 |"
+
+
 def test_ties_and_missing_values_in_pick_best():
     trials = [{"trial": 0, "valid": {"recall@20": math.nan}}, {"trial": 1, "valid": {"recall@20": 0.2}},
               {"trial": 2, "valid": {"recall@20": 0.2}}, {"trial": 3, "valid": {}}]

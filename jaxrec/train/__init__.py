@@ -78,6 +78,7 @@ from jaxrec.train._outputs import SEARCH_FILE as SEARCH_FILE
 from jaxrec.train._outputs import finished_run as finished_run
 from jaxrec.train._outputs import read_json as read_json
 from jaxrec.train._outputs import compare_table as compare_table
+from jaxrec.train._outputs import test_figures as test_figures
 from jaxrec.train._search import expand_trials as expand_trials
 from jaxrec.train._search import pick_best as pick_best
 from jaxrec.train._search import run_search as run_search

@@ -87,14 +87,20 @@ def read_metrics(path: str | os.PathLike) -> dict:
     return metrics
 
 
-def done_line(metrics: Mapping[str, Any], valid_metric: str) -> str:
-    """The last line of a run's ``log.txt``: its best epoch and figures (``metrics.json``):
-    valid's selection metric, and test's at the selection metric's cut-off (recall and NDCG)."""
+def test_figures(valid_metric: str) -> list[str]:
+    """The test metrics a run's summaries show: recall and NDCG at the cut-off of the metric
+    that selected it (``valid_metric``), and that metric itself when it is neither."""
     cutoff = valid_metric.rsplit("@", 1)[-1]
-    keys = [k for k in dict.fromkeys((f"recall@{cutoff}", f"ndcg@{cutoff}", valid_metric)) if k in metrics["test"]]
+    return list(dict.fromkeys((f"recall@{cutoff}", f"ndcg@{cutoff}", valid_metric)))
+
+
+def done_line(metrics: Mapping[str, Any], valid_metric: str) -> str:
+    """The last line of a run's ``log.txt``: its best epoch, valid's selection metric and the
+    test figures of :func:`test_figures` (``metrics.json``)."""
+    shown = [k for k in test_figures(valid_metric) if k in metrics["test"]]
     return (f"done: best epoch {metrics['best_epoch']} of {metrics['epochs_run']}; valid {valid_metric} "
             f"{metrics['valid'].get(valid_metric, float('nan')):.4f}; test "
-            + (", ".join(f"{k} {metrics['test'][k]:.4f}" for k in keys) or "not ranked"))
+            + (", ".join(f"{k} {metrics['test'][k]:.4f}" for k in shown) or "not ranked"))
 
 
 def plot_curves(path: str | os.PathLike, history: Sequence[Mapping], valid_metric: str,

@@ -389,14 +389,15 @@ def _write_summary(workdir: Path, trials, valid_metric: str, n_total: int, best=
     workdir.mkdir(parents=True, exist_ok=True)  # created with the first results, never before
     _outputs.write_json(workdir / "search.json", summary)
     keys = list(dict.fromkeys(k for t in trials for k in t["setting"]))
-    columns = [f"valid {valid_metric}", "test recall@20", "test ndcg@20", "best epoch"]
+    tested = _outputs.test_figures(valid_metric)
+    columns = [f"valid {valid_metric}", *[f"test {k}" for k in tested], "best epoch"]
     lines = [f"# Search: {len(trials)} of {n_total} trials, winner by valid {valid_metric}", "",
              "| trial | " + " | ".join(keys + columns) + " |", "|" + "---|" * (1 + len(keys) + len(columns))]
     for trial in trials:
         mark = " **(best)**" if best is not None and trial["trial"] == best["trial"] else ""
         values = [str(trial["setting"].get(k)) for k in keys]
-        values += [_fmt(trial["valid"].get(valid_metric)), _fmt(trial["test"].get("recall@20")),
-                   _fmt(trial["test"].get("ndcg@20")), str(trial["best_epoch"])]
+        values += [_fmt(trial["valid"].get(valid_metric)), *[_fmt(trial["test"].get(k)) for k in tested],
+                   str(trial["best_epoch"])]
         lines.append(f"| {trial['trial']}{mark} | " + " | ".join(values) + " |")
     _outputs.write_atomic(workdir / "search.md", "\n".join(lines) + "\n")
     return summary
