@@ -68,7 +68,12 @@ def test_errors_are_one_line_with_a_suggestion(trained, capsys):
     assert main(["train", str(config_path), "--workdir", str(workdir), "--quiet"]) == 1
     assert "already holds a run" in capsys.readouterr().err
     assert main(["evaluate", str(config_path.parent)]) == 1
-    assert "is not a jaxrec run" in capsys.readouterr().err
+    assert "is not a jaxrec run: config.yaml is missing" in capsys.readouterr().err
+    # A mistyped folder or a file was also called "config.yaml is missing".
+    assert main(["evaluate", str(workdir) + "_typo"]) == 1
+    assert capsys.readouterr().err.strip().endswith("is not a jaxrec run: no such folder")
+    assert main(["evaluate", str(config_path)]) == 1
+    assert capsys.readouterr().err.strip().endswith("is not a jaxrec run: it is a file, not a run folder")
 
 
 def test_search_command_runs_every_trial_and_names_the_winner(tmp_path, capsys):

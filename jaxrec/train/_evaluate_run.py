@@ -44,6 +44,9 @@ def restore_best(workdir: str | os.PathLike, *, dataset: MultimodalDataset | Non
     """
     workdir = Path(workdir).expanduser().resolve()
     config_path = workdir / _outputs.CONFIG_FILE
+    if not workdir.is_dir():
+        raise ConfigError(f"{workdir} is not a jaxrec run: "
+                          + ("it is a file, not a run folder" if workdir.exists() else "no such folder"))
     if not config_path.exists():
         raise ConfigError(f"{workdir} is not a jaxrec run: {config_path.name} is missing")
     experiment = prepare_experiment(load_config(config_path), dataset)
