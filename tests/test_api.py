@@ -136,6 +136,15 @@ def test_make_config_names_an_unknown_model_or_model_argument():
                                           r"'embedding_size'"):
         jaxrec.make_config(CONFIG, {"model.args": {"embeding_size": 4}})
     assert jaxrec.make_config(CONFIG, {"model.args": {"embedding_size": 4}}).model.args == {"embedding_size": 4}
+    # A required argument left out was a raw TypeError from the builder ("missing 1 required
+    # keyword-only argument"), at build time only.
+    with pytest.raises(ConfigError, match=r"^model 'gan' needs model.args.modality \(no default\); it takes "
+                                          r"modality, base, "):
+        jaxrec.make_config(CONFIG, {"model.name": "gan", "model.args": {}})
+    from jaxrec import models
+
+    with pytest.raises(ConfigError, match=r"^model 'gan' needs model.args.modality"):
+        models.build("gan", jaxrec.data.make_synthetic(n_users=20, n_items=15, n_interactions=100))
 
 
 def test_a_dataset_that_is_not_a_multimodal_dataset_is_named(run, tmp_path):

@@ -189,24 +189,38 @@ def _unknown_argument(name: str, builder, bad: str) -> ConfigError:
     return ConfigError(f"model {name!r} has no argument {bad!r}.{hint} Known: {', '.join(known)}")
 
 
+def _missing_arguments(name: str, builder, model_args: Mapping[str, Any]) -> None:
+    """A ConfigError naming the builder's required arguments (no default) absent from ``model_args``."""
+    import inspect
+
+    parameters = list(inspect.signature(builder).parameters.values())[1:]  # after the dataset
+    missing = [p.name for p in parameters if p.default is inspect.Parameter.empty
+               and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name not in model_args]
+    if missing:
+        raise ConfigError(f"model {name!r} needs model.args.{missing[0]}" + "".join(
+            f", model.args.{m}" for m in missing[1:]) + f" (no default); it takes "
+            f"{', '.join(p.name for p in parameters)}")
+
+
 def check_model_args(name: str, model_args: Mapping[str, Any]) -> None:
-    """Raise the ConfigError :func:`build` would for an unknown model ``name`` or an argument
-    its builder does not take, without building anything (no data needed; the values are
-    checked by the builder itself)."""
+    """Raise the ConfigError :func:`build` would for an unknown model ``name``, an argument
+    its builder does not take or a required one missing, without building anything (no data
+    needed; the values are checked by the builder itself)."""
     import inspect
 
     builder = get_builder(name)
     parameters = inspect.signature(builder).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        return
-    for arg in model_args:
-        if arg not in parameters or arg == "dataset":
-            raise _unknown_argument(name, builder, str(arg))
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        for arg in model_args:
+            if arg not in parameters or arg == "dataset":
+                raise _unknown_argument(name, builder, str(arg))
+    _missing_arguments(name, builder, model_args)
 
 
 def build(name: str, dataset, **model_args) -> Built:
-    """Build model ``name`` for ``dataset``; bad ``model_args`` raise ``ConfigError``."""
+    """Build model ``name`` for ``dataset``; bad or missing ``model_args`` raise ``ConfigError``."""
     builder = get_builder(name)
+    _missing_arguments(name, builder, model_args)
     try:
         return builder(dataset, **model_args)
     except TypeError as error:
