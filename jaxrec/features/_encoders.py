@@ -16,6 +16,7 @@ and, for video, the per-frame vectors. A video's item vector is the mean of its 
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import numpy as np
@@ -58,7 +59,7 @@ class ClassicImageEncoder:
     def provenance(self) -> dict[str, Any]:
         return {"encoder": "classic", "library": f"jaxrec {__version__} (numpy)", "weights": None,
                 "weights_sha256": None,
-                "preprocessing": f"RGB (alpha over white, 16-bit scaled to 8), longer side shrunk to <= "
+                "preprocessing": f"RGB (alpha over white, 16-bit grey: high byte), longer side shrunk to <= "
                                  f"{self.max_side} px (bilinear, aspect kept, no crop)",
                 "descriptor": "joint RGB histogram 4x4x4 (64) + gradient-orientation histograms, 8 centred "
                               "bins, whole image and 2x2 cells (40) + mean gradient magnitude / 255 (1)",
@@ -105,6 +106,11 @@ class ModalityPipeline:
             raise DataError("unknown modality", field="modality", found=self.modality, expected=", ".join(MODALITIES))
         if self.modality == "video" and self.sampling is None:
             self.sampling = FrameSampling()
+        seconds = self.max_audio_seconds
+        if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, (int, float))
+                                    or not math.isfinite(seconds) or seconds <= 0):
+            raise DataError("the audio length limit must be a positive number of seconds", field="max_audio_seconds",
+                            found=seconds, expected="a finite number > 0 (or no limit)")
         dim = getattr(self.encoder, "dim", None)
         if not isinstance(dim, int) or dim < 1:
             raise DataError("the encoder must say its output width", field="encoder.dim", found=dim,

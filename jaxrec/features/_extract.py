@@ -43,6 +43,7 @@ from jaxrec.features._media_list import ON_ERROR, MediaList, MediaWarning
 
 FORMAT = "jaxrec-features/1"
 PENDING, DONE, FAILED = 0, 1, 2
+_FINISHING = "finishing"  # in the partial folder while the outputs are being written
 _COPY_ROWS = 65536
 
 
@@ -82,7 +83,7 @@ def _write_json(path: Path, data) -> None:
     write_json_atomic(path, data, indent=2, durable=True)
 
 
-def _check_output(output, overwrite: bool, keep_frames: bool) -> dict[str, Path]:
+def _check_output(output, overwrite: bool, keep_frames: bool, fingerprint: str) -> dict[str, Path]:
     paths = output_paths(output)
     target = paths["features"]
     if target.suffix != ".npy":
@@ -92,10 +93,49 @@ def _check_output(output, overwrite: bool, keep_frames: bool) -> dict[str, Path]
         raise DataError("output folder not found", path=target.parent, field="output", found="no such folder",
                         expected="an existing folder")
     existing = [p for key, p in paths.items() if key != "partial" and (key != "frames" or keep_frames) and p.exists()]
-    if existing and not overwrite:
+    # Outputs that this same extraction was writing when it was interrupted are its own to finish.
+    if existing and not overwrite and not _was_finishing(paths["partial"], fingerprint):
         raise DataError("output exists", path=existing[0], field="output", found="an existing file",
                         expected="a new path (or --overwrite)")
     return paths
+
+
+def check_output(output, *, overwrite: bool = False, keep_frames: bool = False) -> dict[str, Path]:
+    """The checks of ``output`` that need no encoder (run before loading a model): a ``.npy`` in an
+    existing folder, and no finished output there unless ``overwrite`` or an interrupted run of
+    it waits in its ``.partial`` folder (:func:`extract_features` then checks that it is this one)."""
+    paths = output_paths(output)
+    if paths["partial"].exists():
+        overwrite = True  # decided later, against the partial run's settings
+    return _check_output(output, overwrite, keep_frames, "")
+
+
+def _fingerprint(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _was_finishing(folder: Path, fingerprint: str) -> bool:
+    """Whether ``folder`` holds this extraction, interrupted while writing its outputs."""
+    try:
+        state = json.loads((folder / "state.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return state.get("fingerprint") == fingerprint and (folder / _FINISHING).is_file()
+
+
+def _check_space(folder: Path, n_rows: int, dim: int, steps: int, frame_dim: int, keep_frames: bool,
+                 resumed: bool, media: MediaList) -> None:
+    """Refuses an output the disk cannot hold (a mistyped huge item id makes a huge matrix)."""
+    out_bytes = 4 * n_rows * (dim + (steps * frame_dim + 2 if keep_frames else 0)) + n_rows
+    needed = out_bytes if resumed else 2 * out_bytes  # the work files, then the outputs
+    free = shutil.disk_usage(folder).free
+    if needed > free:
+        largest = int(np.argmax(media.items))
+        raise DataError("the output would not fit on the disk", path=media.source, line=media.lines[largest],
+                        field="itemID",
+                        found=f"{n_rows} rows x {dim} (largest id {int(media.items[largest])}), about "
+                              f"{needed / 1e9:.1f} GB with the work files; {free / 1e9:.1f} GB free",
+                        expected="dense item ids 0, 1, 2, ... (--n-items for the dataset's item count)")
 
 
 def _library_versions() -> dict[str, str]:
@@ -116,7 +156,7 @@ class _Partial:
     def __init__(self, folder: Path, settings: dict, n_rows: int, dim: int, steps: int, frame_dim: int,
                  keep_frames: bool):
         self.folder = folder
-        fingerprint = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
+        fingerprint = _fingerprint(settings)
         state_path = folder / "state.json"
         self.resumed = folder.exists()
         if self.resumed:
@@ -133,12 +173,22 @@ class _Partial:
             folder.mkdir()
         mode = "r+" if self.resumed else "w+"
         open_map = np.lib.format.open_memmap
-        self.features = open_map(folder / "features.npy", mode=mode, dtype=np.float32, shape=(n_rows, dim))
-        self.status = open_map(folder / "status.npy", mode=mode, dtype=np.int8, shape=(n_rows,))
-        self.frames = self.lengths = None
-        if keep_frames:
-            self.frames = open_map(folder / "frames.npy", mode=mode, dtype=np.float32, shape=(n_rows, steps, frame_dim))
-            self.lengths = open_map(folder / "lengths.npy", mode=mode, dtype=np.int32, shape=(n_rows,))
+        try:
+            self.features = open_map(folder / "features.npy", mode=mode, dtype=np.float32, shape=(n_rows, dim))
+            self.status = open_map(folder / "status.npy", mode=mode, dtype=np.int8, shape=(n_rows,))
+            self.frames = self.lengths = None
+            if keep_frames:
+                self.frames = open_map(folder / "frames.npy", mode=mode, dtype=np.float32,
+                                       shape=(n_rows, steps, frame_dim))
+                self.lengths = open_map(folder / "lengths.npy", mode=mode, dtype=np.int32, shape=(n_rows,))
+        except (OSError, ValueError) as error:
+            if not self.resumed:  # nothing of ours is in it yet: leave no folder that blocks a rerun
+                shutil.rmtree(folder, ignore_errors=True)
+                raise DataError("cannot create the work files", path=folder, field="output",
+                                found=f"{n_rows} rows x {dim}: {error}",
+                                expected="a matrix the disk can hold (dense item ids)") from None
+            raise DataError("unreadable partial extraction", path=folder, found=str(error),
+                            expected="the folder an interrupted extraction left; delete it to start over") from None
         if not self.resumed:
             for array in (self.features, self.status, self.frames, self.lengths):
                 if array is not None:
@@ -147,9 +197,17 @@ class _Partial:
         self.failures_path = folder / "failures.jsonl"
 
     def failures(self) -> list[dict]:
+        """The recorded failures, one per item (a run killed between recording a failure and
+        marking the item retries it on resume and records it again: the last record counts)."""
         if not self.failures_path.exists():
             return []
-        return [json.loads(line) for line in self.failures_path.read_text().splitlines() if line.strip()]
+        entries: dict[int, dict] = {}
+        for line in self.failures_path.read_text().splitlines():
+            if line.strip():
+                entry = json.loads(line)
+                entries.pop(entry["item"], None)
+                entries[entry["item"]] = entry
+        return list(entries.values())
 
     def record_failure(self, entry: dict) -> None:
         with open(self.failures_path, "a") as handle:
@@ -202,11 +260,13 @@ def extract_features(media: MediaList, pipeline: ModalityPipeline, output, *, ba
     if keep_frames and pipeline.modality != "video":
         raise DataError("only videos have frames to keep", field="keep_frames", found=pipeline.modality,
                         expected="--modality video")
-    paths = _check_output(output, overwrite, keep_frames)
     provenance = pipeline.provenance()
     settings = {"format": FORMAT, "provenance": provenance, "ids_sha256": media.sha256,
                 "folder": os.fspath(media.folder.resolve()), "n_rows": media.n_rows, "dim": pipeline.dim,
                 "keep_frames": bool(keep_frames), "steps": pipeline.steps, "skipped": list(media.skipped)}
+    paths = _check_output(output, overwrite, keep_frames, _fingerprint(settings))
+    _check_space(paths["features"].parent, media.n_rows, pipeline.dim, pipeline.steps, pipeline.frame_dim,
+                 keep_frames, paths["partial"].exists(), media)
     partial = _Partial(paths["partial"], settings, media.n_rows, pipeline.dim, pipeline.steps, pipeline.frame_dim,
                        keep_frames)
     status = partial.status
@@ -278,8 +338,13 @@ def _finish(media, pipeline, paths, partial, keep_frames, provenance, encoded_no
         **({"command": dict(command)} if command else {}),
     }
     if keep_frames:
+        record["frame_dim"] = int(pipeline.frame_dim)
         record["frames_layout"] = ("frames (n_rows, T, d_frame) float32, frame t of item k at [k, t], zero past "
                                    "lengths[k]; lengths (n_rows,) int32, 0 for items without video; mask (n_rows,)")
+    # The sidecar goes first and comes back last: load_features needs it, so a reader never pairs
+    # new rows with an old sidecar, and the marker lets a rerun of this command finish the job.
+    write_atomic(partial.folder / _FINISHING, b"", durable=True)
+    paths["json"].unlink(missing_ok=True)
     write_atomic(paths["features"], write_features, durable=True)
     write_atomic(paths["mask"], lambda h: np.savez(h, mask=mask), durable=True)
     if keep_frames:

@@ -70,10 +70,24 @@ def load_features(path, *, name: str | None = None, n_items: int | None = None, 
             raise DataError("cannot read the features", path=paths["features"], found=str(error),
                             expected="a complete .npy") from None
         features = np.asarray(features, np.float32)
-    if features.shape[0] != mask.shape[0] or list(features.shape[:1]) != record["shape"][:1]:
+    shape = list(record.get("shape") or [None, None])
+    if features.shape[0] != mask.shape[0] or list(features.shape[:1]) != shape[:1]:
         raise DataError("features and mask disagree", path=paths["features"], field="shape",
-                        found=f"{features.shape[0]} rows, mask {mask.shape[0]}, sidecar {record['shape']}",
+                        found=f"{features.shape[0]} rows, mask {mask.shape[0]}, sidecar {shape}",
                         expected="the files of one extraction")
+    width = features.shape[1] if not sequence else (features.shape[2] if features.ndim == 3 else None)
+    wanted = shape[1] if not sequence else record.get("frame_dim", width)
+    if features.ndim != (3 if sequence else 2) or width != wanted:
+        raise DataError("features and sidecar disagree", path=paths["frames" if sequence else "features"],
+                        field="shape", found=f"shape {features.shape}, sidecar {shape}",
+                        expected="the files of one extraction")
+    finite = np.isfinite(features)
+    if not finite.all():  # never written by an extraction: a damaged or edited file
+        where = tuple(int(i) for i in np.argwhere(~finite)[0])
+        raise DataError("features contain NaN or inf", path=paths["frames" if sequence else "features"],
+                        field="frames" if sequence else "features",
+                        found=f"{features[where]} at row {where[0]} (item {where[0]}), index {where}",
+                        expected="finite values (an extraction writes zero, masked rows for missing media)")
     if n_items is not None:
         if features.shape[0] > n_items:
             raise DataError("more feature rows than items", path=paths["features"], field="shape",

