@@ -99,6 +99,21 @@ def test_demo_smoke(capsys):
     assert "| recall@20 |" in out and "| ndcg@10 |" in out
 
 
+def test_demo_refusals_speak_its_own_options(trained, tmp_path, capsys):
+    # The demo has no --resume, yet a --workdir holding a run said "pass --resume"; --epochs 0
+    # was blamed on "config key 'train.epochs'", and a file at --workdir was "File exists".
+    _, workdir = trained
+    (tmp_path / "a_file").write_text("x")
+    cases = [(["--workdir", str(workdir)], f"--workdir {workdir}: the folder is not empty"),
+             (["--workdir", str(tmp_path / "a_file")], "exists and is not a folder"),
+             (["--epochs", "0"], "--epochs 0: expected a positive number of epochs")]
+    for extra, message in cases:
+        assert main(["demo", "--size", "tiny", "--quiet", *extra]) == 1
+        err = capsys.readouterr().err
+        assert message in err and "--resume to" not in err and "train.epochs" not in err
+    assert (tmp_path / "a_file").read_text() == "x"
+
+
 def test_lfm2k_config_runs_on_the_real_data(lfm2k_path, tmp_path):
     config = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "lfm2k" / "bpr.yaml"
     assert main(["train", str(config), "--workdir", str(tmp_path / "run"), "--quiet",

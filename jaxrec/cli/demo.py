@@ -55,9 +55,18 @@ def demo_config(size: str = "default", epochs: int | None = None):
 
 
 def run_demo(args) -> int:
+    from jaxrec.cli._paths import check_output_folder
     from jaxrec.cli.train_cmd import metrics_table
+    from jaxrec.errors import ConfigError
     from jaxrec.train import train_and_evaluate
 
+    if args.epochs is not None and args.epochs < 1:
+        raise ConfigError(f"--epochs {args.epochs}: expected a positive number of epochs")
+    if args.workdir:  # the demo has no --resume: it trains into a new or empty folder only
+        folder = check_output_folder("--workdir", args.workdir)
+        if folder.is_dir() and any(folder.iterdir()):
+            raise ConfigError(f"--workdir {args.workdir}: the folder is not empty; the demo trains a fresh run into "
+                              "a new or empty folder (to continue a run: jaxrec train CONFIG --workdir DIR --resume)")
     config = demo_config(args.size, args.epochs)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="jaxrec-demo-") as scratch:
