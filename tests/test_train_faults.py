@@ -101,6 +101,15 @@ def test_cut_offs_beyond_the_number_of_items_are_refused_before_the_workdir_exis
     assert not (tmp_path / "run").exists()
 
 
+def test_a_file_at_the_workdir_is_named_before_anything_is_made(dataset, tmp_path):
+    # Was "cannot create the workdir ...: File exists" / "Not a directory", from the lock's mkdir.
+    (tmp_path / "taken").write_text("x")
+    for where in (tmp_path / "taken", tmp_path / "taken" / "run"):
+        with pytest.raises(ConfigError, match=f"cannot use {where} as a run folder: {tmp_path / 'taken'} is a file"):
+            train_and_evaluate(config_from_dict(_raw()), where, dataset=dataset, quiet=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
+
+
 def test_cut_offs_that_reach_a_cold_start_splits_candidates_are_refused(dataset, tmp_path):
     # A cold-start split ranks only its held-out items (here 40 items x 0.2 = 8: 4 valid, 4
     # test); at K >= 4 every held-out item is in the list and every metric was trivially 1.

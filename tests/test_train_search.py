@@ -351,3 +351,15 @@ def test_a_bad_grid_leaves_no_folder_as_train_leaves_none(tmp_path, capsys, sett
                  "--set", f"grid.{setting}={values}"]) == 1
     assert error in capsys.readouterr().err
     assert not (tmp_path / "t").exists() and not (tmp_path / "s").exists()
+
+
+def test_a_file_at_the_search_folder_is_a_config_error(tmp_path):
+    # Was a raw NotADirectoryError from the first trial's folder, after the trials' checks.
+    (tmp_path / "taken").write_text("x")
+    config = config_from_dict({**BASE, "data": {"synthetic": {"n_users": 30, "n_items": 25, "n_interactions": 200}},
+                               "eval": {"ks": [5, 10]}, "train": {"epochs": 1, "valid_metric": "recall@10"},
+                               "grid": {"loss_weights.reg": [0.1, 0.2]}})
+    for where in (tmp_path / "taken", tmp_path / "taken" / "search"):
+        with pytest.raises(ConfigError, match=f"cannot use {where} as a run folder: {tmp_path / 'taken'} is a file"):
+            run_search(config, where, quiet=True)
+    assert (tmp_path / "taken").read_text() == "x" and sorted(p.name for p in tmp_path.iterdir()) == ["taken"]

@@ -149,6 +149,9 @@ def run_search(config: ExperimentConfig, workdir: str | os.PathLike, *, resume: 
         with _naming_trial(index, setting):
             configs.append(trial_config(config, setting))
     # The trial folders as they are: read-only, before anything is loaded or written.
+    from jaxrec.train._workdir import check_run_folder_path
+
+    check_run_folder_path(workdir)
     started, reused = _check_trial_folders(workdir, settings, configs, resume)
     datasets = _trial_datasets(config, configs, train_kwargs.pop("dataset")) if "dataset" in train_kwargs else None
     finished: dict[int, dict] = {}  # trial index -> its search.json entry, from batched groups

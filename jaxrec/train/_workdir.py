@@ -32,6 +32,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from jaxrec._atomic import file_in_the_way
 from jaxrec.errors import ConfigError, ResourceError
 from jaxrec.train._config import ExperimentConfig, config_to_dict
 
@@ -231,14 +232,23 @@ def _epochs_raised_from(config: ExperimentConfig, saved_config_path: Path) -> in
     return old
 
 
+def check_run_folder_path(workdir: Path) -> None:
+    """A ConfigError when a file stands where the run (or search) folder, or a folder above
+    it, would have to be: checked before anything is created."""
+    blocking = file_in_the_way(Path(workdir))
+    if blocking is not None:
+        raise ConfigError(f"cannot use {workdir} as a run folder: {blocking} is a file, not a folder")
+
+
 def check_workdir(config: ExperimentConfig, workdir: Path, resume: bool, *, locked: bool = False) -> None:
     """A read-only look at ``workdir`` before anything is loaded or written.
 
     Raises:
-      ConfigError: the folder is locked by a live run; ``resume`` with nothing to resume (no
-        folder, or a folder holding no run); a folder holding a run without ``resume``; a
-        config that differs from the run's.
+      ConfigError: a file where the folder must be; the folder is locked by a live run;
+        ``resume`` with nothing to resume (no folder, or a folder holding no run); a folder
+        holding a run without ``resume``; a config that differs from the run's.
     """
+    check_run_folder_path(workdir)
     if not locked:  # (a second flock by the holder itself would conflict with its own)
         WorkdirLock.check_free(workdir)
     epochs = stored_epochs(workdir)
