@@ -267,3 +267,49 @@ def test_bpr_on_meshes_and_checkpoints_across_meshes(tmp_path):
     resumed = train_and_evaluate(config, tmp_path / "bprmf-(2, 2)", dataset=dataset, quiet=True, resume=True)
     assert resumed["sharding"]["mesh"] == {"data": 4, "model": 1}
     _assert_close(resumed, single)
+
+
+def test_mesh_runner_gives_a_model_each_steps_place_in_its_epoch():
+    # LATTICE's learned_graph: mmrec reads ctx["epoch_step"] (0 at an epoch's first step): only
+    # that step recomputes the item graph with gradient, and the epoch-gated optimizer leaves
+    # the graph's parameters alone in the epoch's other steps. The mesh runner must tell the
+    # step where it is in its epoch exactly as the one-device runner does (it once left the
+    # builder's -1 there: every step an epoch's first, the gated parameters moved at every step).
+    from jaxrec.train._setup import epoch_context
+
+    dataset = make_synthetic(62, 45, n_interactions=700, seed=1)
+    raw = {"data": {"synthetic": {}},
+           "model": {"name": "lattice", "args": {"embedding_size": 8, "feat_embed_dim": 8, "knn_k": 3,
+                                                 "learned_graph": "mmrec", "graph_cache": "none"}},
+           "train": {"batch_size": 64, "learning_rate": 0.05}}
+    steps = 3
+
+    def run(mesh, steps=steps):
+        train = {"parallel": "none"} if mesh is None else {"parallel": "sharded",
+                                                           "mesh": {"data": mesh[0], "model": mesh[1]}}
+        experiment = prepare_experiment(config_from_dict({**raw, "train": {**raw["train"], **train}}), dataset)
+        assert experiment.steps_per_epoch > steps  # steps 1 and 2 are not an epoch's first
+        runner = make_runner(experiment)
+        state = runner.put_state(jax.device_get(init_state(
+            experiment.module, experiment.built.ctx, experiment.sampler.example_batch(), experiment.tx, 0)))
+        ctx = runner.put_ctx(epoch_context(experiment.built, jax.device_get(runner.get_state(state).params), 0, 0))
+        batches = experiment.sampler.batches(0)
+        for j in range(steps):  # one call per step, blocked on each
+            state, _ = runner.run(state, ctx, runner.put_batches({k: v[j:j + 1] for k, v in batches.items()}))
+        return experiment, jax.device_get(runner.get_state(state))
+
+    experiment, single = run(None)
+    _, first = run(None, steps=1)
+    initial = jax.device_get(init_state(experiment.module, experiment.built.ctx,
+                                        experiment.sampler.example_batch(), experiment.tx, 0))
+    gated = jax.tree.leaves(experiment.built.epoch_start_params(single.params))
+    assert any(gated)  # the item graph's parameters
+    _, sharded = run((2, 2))
+    for flag, new, one, old, mesh in zip(gated, *(jax.tree.leaves(t.params) for t in (single, first, initial, sharded)),
+                                         strict=True):
+        if flag:  # moved in the epoch's first step only, on one device and on the mesh
+            assert not np.array_equal(one, old)
+            np.testing.assert_array_equal(new, one)
+            np.testing.assert_allclose(mesh, one, rtol=1e-4, atol=5e-5)
+    for a, b in zip(jax.tree.leaves(sharded), jax.tree.leaves(single), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=5e-5)

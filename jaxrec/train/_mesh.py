@@ -195,9 +195,9 @@ def _place(host_tree, shardings):
 
 
 @functools.lru_cache(maxsize=16)
-def _compiled_mesh_steps(module, tx, loss_weights: tuple, mesh: Mesh, layout_key):
+def _compiled_mesh_steps(module, tx, loss_weights: tuple, mesh: Mesh, layout_key, steps_per_epoch: int | None):
     layout = _LAYOUTS[layout_key]
-    step = make_train_step(module, tx, dict(loss_weights))
+    step = make_train_step(module, tx, dict(loss_weights), steps_per_epoch=steps_per_epoch)
     state_sharding = layout.shardings(mesh)
 
     def run_steps(state, ctx, batches):
@@ -239,12 +239,15 @@ class MeshStepRunner:
       data, model: the mesh shape ``(D, M)``; ``D * M`` devices.
       batch_size: the global batch size (a multiple of ``D``).
       devices: the devices (default ``jax.devices()``).
+      steps_per_epoch: batches per epoch, for a model whose ctx asks for each step's place in
+        its epoch (:func:`jaxrec.train.make_train_step`), as for
+        :class:`~jaxrec.train.StepRunner`; a run passes it (:func:`make_runner`).
     """
 
     parallel = "sharded"
 
     def __init__(self, module, tx, loss_weights, *, target, n_users: int, n_items: int, data: int, model: int,
-                 batch_size: int, devices=None):
+                 batch_size: int, devices=None, steps_per_epoch: int | None = None):
         if batch_size % data:
             raise ConfigError(f"train.batch_size {batch_size} does not divide over the mesh's data axis of {data}; "
                               f"use a multiple of {data}")
@@ -258,7 +261,7 @@ class MeshStepRunner:
         self._state_shardings = self.layout.shardings(self.mesh)
         self._replicated = NamedSharding(self.mesh, P())
         self._run = _compiled_mesh_steps(module, tx, tuple(sorted(loss_weights.items())), self.mesh,
-                                         _layout_key(self.layout))
+                                         _layout_key(self.layout), steps_per_epoch)
         # A multi-process run (the mesh spans every process's devices): this process's first
         # device (host code evaluates there) and its rows of each global batch.
         self.batch_size = int(batch_size)
@@ -408,7 +411,7 @@ def make_runner(experiment):
     data, model = check_mesh(tcfg)
     return MeshStepRunner(experiment.module, experiment.tx, experiment.loss_weights, target=experiment.target,
                           n_users=experiment.dataset.n_users, n_items=experiment.dataset.n_items, data=data,
-                          model=model, batch_size=tcfg.batch_size)
+                          model=model, batch_size=tcfg.batch_size, steps_per_epoch=experiment.steps_per_epoch)
 
 
 def initial_state(runner, experiment):
