@@ -110,6 +110,18 @@ def test_a_file_at_the_workdir_is_named_before_anything_is_made(dataset, tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
 
 
+def test_a_multi_process_run_outside_the_sharded_mode_is_refused_before_its_folder(dataset, tmp_path, monkeypatch):
+    # StepRunner refused it, but only after the lock had made the folder, log.txt and checkpoints/.
+    from jaxrec.train import _distributed
+
+    monkeypatch.setattr(_distributed, "is_multiprocess", lambda: True)
+    for parallel in ("none", "pmap"):
+        with pytest.raises(ConfigError, match=f"a multi-process run needs train.parallel: sharded \\(found '{parallel}'"):
+            train_and_evaluate(config_from_dict(_raw(train={"parallel": parallel})), tmp_path / "run",
+                               dataset=dataset, quiet=True)
+    assert not (tmp_path / "run").exists()
+
+
 def test_cut_offs_that_reach_a_cold_start_splits_candidates_are_refused(dataset, tmp_path):
     # A cold-start split ranks only its held-out items (here 40 items x 0.2 = 8: 4 valid, 4
     # test); at K >= 4 every held-out item is in the list and every metric was trivially 1.

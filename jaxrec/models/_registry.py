@@ -31,7 +31,7 @@ device, so draws over whole tables agree across devices (draws per batch row can
 A ``ctx`` (dict) holding the key :data:`EPOCH_STEP` (``"epoch_step"``, an int32 scalar) gets
 it filled in by the trainer at every step: the step's index within its epoch (0 at an epoch's
 first step), for a model whose schedule differs there (LATTICE's ``learned_graph: mmrec``).
-Runners without epochs (online updates, the mesh runner) leave the built value (LATTICE puts
+Runners without epochs (online updates) leave the built value (LATTICE puts
 -1 there: every step an epoch's first, its neighbour lists searched again).
 
 A model file registers a *builder*: a function ``build(dataset, **model_args) -> Built``

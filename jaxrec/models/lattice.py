@@ -68,7 +68,7 @@ size, so its smaller last batch is regularized less), so ``loss_weights: {reg: Î
   and their backward pass. Its learned neighbour lists are the hook's (``ctx["item_ids"]``):
   the hook chose them from the same parameters and the choice carries no gradient, so a
   second search would find the same lists. The builder puts -1 in ``ctx["epoch_step"]``:
-  runners without epochs (online updates, the mesh runner) keep it, and there every step
+  runners without epochs (online updates) keep it, and there every step
   searches the lists again (the ctx's lists are from older parameters). Evaluation after an epoch uses the table recomputed from that epoch's
   parameters, as MMRec's ``full_sort_predict`` does.
 

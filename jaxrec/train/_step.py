@@ -67,8 +67,8 @@ def make_train_step(module, tx: optax.GradientTransformation, loss_weights: Mapp
     terms with weight 0 are reported but left out of the sum (so that a NaN in an unused
     term cannot reach the parameters). A ``ctx`` with the key :data:`jaxrec.models.EPOCH_STEP`
     gets it set to ``state.step % steps_per_epoch``, the step's index within its epoch (the
-    model contract); without ``steps_per_epoch`` (a runner with no epochs, as online updates;
-    the mesh runner) the ctx's own value stays (LATTICE's builder puts -1 there: its ``mmrec`` mode
+    model contract); without ``steps_per_epoch`` (a runner with no epochs, as online updates)
+    the ctx's own value stays (LATTICE's builder puts -1 there: its ``mmrec`` mode
     then recomputes its whole graph at every step). ``tx`` is an optax transformation or a
     :class:`jaxrec.train._state.EpochGated` optimizer (:func:`jaxrec.train.epoch_gated`), which the
     step gives whether its gated parameters have a gradient (:func:`~jaxrec.train._state.optimizer_step`);
@@ -256,9 +256,7 @@ class StepRunner:
     def __init__(self, module, tx, loss_weights, *, parallel: str = "none", batch_size: int,
                  devices=None, steps_per_epoch: int | None = None, keep_unread: bool = False):
         self.parallel = parallel
-        if _distributed.is_multiprocess():
-            raise ConfigError(f"a multi-process run needs train.parallel: sharded (found {parallel!r}): one "
-                              "jit program over the devices of every process")
+        _distributed.check_parallel_mode(parallel)
         if parallel == "none":
             self.devices = list(devices or jax.local_devices())[:1]
         else:

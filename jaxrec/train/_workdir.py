@@ -269,13 +269,18 @@ def check_workdir(config: ExperimentConfig, workdir: Path, resume: bool, *, lock
 
 def check_data(config: ExperimentConfig, dataset) -> None:
     """Settings that only make sense for some data or machine: every cut-off within the
-    items, a batch that divides over the devices in a parallel mode."""
+    items (and below a cold-start split's held-out items), a batch that divides over the
+    devices in a parallel mode, the sharded mode in a multi-process run."""
     t = config.train
     if t.parallel == "sharded":
         from jaxrec.train._mesh import check_mesh
 
         check_mesh(t)
-    elif t.parallel != "none":
+    else:
+        from jaxrec.train import _distributed
+
+        _distributed.check_parallel_mode(t.parallel)  # before the run folder exists (StepRunner checks it too)
+    if t.parallel not in ("none", "sharded"):
         n = len(jax.local_devices())
         if t.batch_size % n:
             raise ConfigError(f"train.batch_size {t.batch_size} does not divide over {n} devices in "
