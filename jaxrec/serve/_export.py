@@ -12,7 +12,8 @@
                         -> (b, n) float32, b symbolic
   top_k.jaxexport       serialized jax.export of top_k(user_vectors (b, d), item_emb (n, d),
                         exclude (b, n) bool) -> (scores (b, k), items (b, k) int32), ranked as
-                        ``jaxrec evaluate`` ranks (excluded items -inf; ties by item id)
+                        ``jaxrec evaluate`` ranks (excluded items -inf; ties by item id);
+                        a slot only an excluded item could fill holds item -1, score -inf
   manifest.json         model, version, dims, k, jax version, and each file's sha256
 
 Both functions are plain inner products and ``lax.top_k``: any model's ranking is a dot product
@@ -52,7 +53,8 @@ def _top_k_fn(k: int):
         scores = jnp.where(scores == 0, jnp.zeros((), scores.dtype), scores)
         scores = jnp.where(exclude, -jnp.inf, scores)
         values, items = jax.lax.top_k(scores, k)
-        return values, items.astype(jnp.int32)
+        # A slot only an excluded item can fill is item -1 (as Recommender.recommend), never a seen item.
+        return values, jnp.where(values == -jnp.inf, -1, items).astype(jnp.int32)
 
     return top_k
 
@@ -121,7 +123,7 @@ def export_run(source, output, *, k: int = 100, dataset=None) -> Path:
             "functions": {
                 "score": "score(user_vectors f32[b, dim], item_emb f32[n_items, dim]) -> f32[b, n_items]",
                 "top_k": "top_k(user_vectors f32[b, dim], item_emb f32[n_items, dim], exclude bool[b, n_items]) "
-                         "-> (f32[b, k], i32[b, k])",
+                         "-> (f32[b, k], i32[b, k]); item -1, score -inf where only excluded items remain",
             },
             "sha256": {name: _sha256(tmp / name) for name in files},
         }

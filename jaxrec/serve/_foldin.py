@@ -14,8 +14,10 @@ frozen item embeddings,
      \big(\langle c + v, e_{j_m}\rangle - \langle c + v, e_i\rangle\big)
      + \lambda \lVert v \rVert^2 ,
 
-over the history :math:`H`, with :math:`M` negatives :math:`j_m` drawn uniformly outside it at
-each step (a fixed key: the same history gives the same vector). :math:`c` holds the columns
+over the history :math:`H`, with :math:`M` negatives :math:`j_m` drawn uniformly from the
+catalogue at each step and those inside :math:`H` dropped (the mean is over the pairs kept). The
+draws come from a fixed key and are the same for every user of a call, so a history gives the
+same vector whichever users it is folded in with. :math:`c` holds the columns
 that are the same for every trained user -- bias columns such as VBPR's constant 1 opposite
 the item bias :math:`\beta_i + \beta'^\top f_i` -- and :math:`v` is zero there, so an item's
 bias counts for a folded-in user exactly as for a trained one. For BPR-MF this is the model's
@@ -23,17 +25,25 @@ own objective with the item table frozen (its EmbLoss on the user row becomes th
 
 ``"propagate"`` (the default for LightGCN-style user towers -- LightGCN, FREEDOM, LATTICE,
 whose user embedding is the layer mean over the normalized user-item graph): one propagation
-step from the history. With the items' layer embeddings :math:`e_i^{(k)}` of the trained graph
-and the new edges' weights :math:`w_i = 1 / \sqrt{|H| (d_i + 1)}` (:math:`d_i` the item's
-training degree, plus the new edge),
+step from the history, the new user's row of the model's normalized adjacency with the user
+added. With the items' layer embeddings :math:`e_i^{(k)}` of the trained graph, for the
+symmetric normalization (LightGCN, FREEDOM) with the new edges' weights
+:math:`w_i = 1 / \sqrt{|H| (d_i + 1)}` (:math:`d_i` the item's degree in the model's graph --
+its distinct training users -- plus the new edge),
 
 .. math::
   e_u^{(k+1)} = \sum_{i \in H} w_i\, e_i^{(k)}, \qquad
   e_u = \frac{1}{K + 1}\Big(e_u^{(0)} + \sum_{k=0}^{K-1} e_u^{(k+1)}\Big),
 
+and for LATTICE's random-walk normalization with self-loops, :math:`\hat A = D^{-1}(A + I)`,
+
+.. math::
+  e_u^{(k+1)} = \frac{1}{|H| + 1}\Big(e_u^{(k)} + \sum_{i \in H} e_i^{(k)}\Big),
+
 exactly the model's own formula for a user with that history, except that the new user's
-edges are not propagated back into the items (one step, no retraining) and its free layer-0
-row :math:`e_u^{(0)}` is fitted by the ``"bpr"`` steps above with the propagated part as the
+edges are not propagated back into the items (one step, no retraining). :math:`e_u` is the
+propagated part (computed with :math:`e_u^{(0)} = 0`) plus a term linear in the free layer-0
+row :math:`e_u^{(0)}`; the ``"bpr"`` steps above fit that term with the propagated part as the
 fixed offset :math:`c` (``"propagate_only"`` leaves it at zero).
 """
 
@@ -53,6 +63,9 @@ METHODS = ("auto", "bpr", "propagate", "propagate_only")
 # Models whose user embedding is LightGCN's layer mean over ctx["graph"], and the attribute
 # holding their number of user-item layers.
 PROPAGATION_LAYERS = {"lightgcn": "n_layers", "freedom": "n_ui_layers", "lattice": "n_ui_layers"}
+# How each of them normalizes that graph (jaxrec.data.graph.normalized_adjacency): "sym" without
+# self-loops unless named here.
+RANDOM_WALK_SELF_LOOPS = frozenset({"lattice"})
 
 
 @functools.partial(jax.jit, static_argnames=("steps", "n_neg"))
@@ -67,7 +80,8 @@ def _bpr_fit(item_emb, offset, free_mask, history, history_valid, is_history, n_
 
     def loss(v, step_key):
         u = offset + v * free_mask
-        negatives = jax.random.randint(step_key, (n, n_neg), 0, n_items)
+        # The same draws for every row: a user's vector does not depend on the others in the call.
+        negatives = jnp.broadcast_to(jax.random.randint(step_key, (n_neg,), 0, n_items), (n, n_neg))
         neg_valid = ~jnp.take_along_axis(is_history, negatives, axis=1)
         pos = jnp.einsum("nd,nld->nl", u, pos_emb)
         neg = jnp.einsum("nd,nmd->nm", u, item_emb[negatives])
@@ -121,10 +135,12 @@ def _item_layers(graph, user_table, item_table, *, n_layers: int, n_users: int):
     return jnp.stack([layer[n_users:] for layer in layers[:n_layers]]) if n_layers else item_table[None, :0]
 
 
-def propagated_offsets(learner, histories: list[np.ndarray], item_degrees: np.ndarray) -> np.ndarray:
-    """``(n, d)``: :math:`\\frac{1}{K+1}\\sum_{k<K} e_u^{(k+1)}` of each history (``"propagate"``)."""
+def propagated_offsets(learner, histories: list[np.ndarray]) -> np.ndarray:
+    """``(n, d)``: :math:`\\frac{1}{K+1}\\sum_{k<K} e_u^{(k+1)}` of each history with
+    :math:`e_u^{(0)} = 0` (``"propagate"``, module docstring)."""
     module = learner.module
-    n_layers = int(getattr(module, PROPAGATION_LAYERS[learner.config.model.name]))
+    name = learner.config.model.name
+    n_layers = int(getattr(module, PROPAGATION_LAYERS[name]))
     params = learner.params
     d = params["user_embedding"].shape[1]
     if n_layers == 0:
@@ -132,8 +148,17 @@ def propagated_offsets(learner, histories: list[np.ndarray], item_degrees: np.nd
     layers = np.asarray(_item_layers(learner.ctx["graph"], params["user_embedding"], params["item_embedding"],
                                      n_layers=n_layers, n_users=int(params["user_embedding"].shape[0])))
     out = np.zeros((len(histories), d), np.float32)
+    if name in RANDOM_WALK_SELF_LOOPS:
+        for row, items in enumerate(histories):
+            layer, total = np.zeros(d, np.float64), np.zeros(d, np.float64)
+            for k in range(n_layers):
+                layer = (layer + layers[k, items].sum(0, dtype=np.float64)) / (len(items) + 1)
+                total += layer
+            out[row] = total / (n_layers + 1)
+        return out
+    degrees = learner.item_degrees
     for row, items in enumerate(histories):
-        weights = 1.0 / np.sqrt(len(items) * (item_degrees[items] + 1.0))
+        weights = 1.0 / np.sqrt(len(items) * (degrees[items] + 1.0))
         out[row] = np.einsum("i,kid->d", weights, layers[:, items]) / (n_layers + 1)
     return out
 

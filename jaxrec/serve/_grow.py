@@ -16,6 +16,13 @@ is random (ID embedding tables): a new user or item starts with almost no ID sig
 item is scored from its features (or its feature-graph neighbours) and a new user's rows are
 learned from its events -- but not exactly zero, since a model that normalizes parameter rows
 (MMGCN's preference rows) has an undefined gradient at a zero row.
+
+Padding must be inert: the real users' and items' embeddings may not depend on it. Some models
+read every row of their item tables -- LATTICE's learned kNN graph and LGMRec's hypergraph run
+over all items, so featureless padding items became neighbours of real ones and moved their
+embeddings. :func:`padding_moves_real_rows` tests this once, at the first growth (padding rows
+of the grown parameters perturbed, real rows compared); a model that fails is served at exact
+capacities (no padding: its programs recompile whenever a count grows).
 """
 
 from __future__ import annotations
@@ -166,3 +173,49 @@ def transplant(old_tree, fresh_tree, deterministic_tree, grown_sizes) -> object:
 def deterministic_leaves(first, second):
     """Per leaf, whether two initializations from different seeds are equal."""
     return jax.tree.map(lambda a, b: bool(np.array_equal(np.asarray(a), np.asarray(b))), first, second)
+
+
+def _padding_slices(size: int, *, n_users: int, n_items: int, cap_users: int, cap_items: int) -> list[slice]:
+    """The padding rows along an axis of ``size`` (a capacity: users, items, or users then items)."""
+    out = []
+    if size == cap_users + cap_items and cap_users + cap_items not in (cap_users, cap_items):
+        return [slice(n_users, cap_users), slice(cap_users + n_items, cap_users + cap_items)]
+    if size == cap_users and size == cap_items:  # ambiguous: rows past both counts only
+        return [slice(max(n_users, n_items), size)]
+    if size == cap_users:
+        out.append(slice(n_users, cap_users))
+    if size == cap_items:
+        out.append(slice(n_items, cap_items))
+    return out
+
+
+def padding_moves_real_rows(encode, ctx, old_params, params, *, n_users: int, n_items: int, cap_users: int,
+                            cap_items: int, grown_sizes, seed: int = 0) -> bool:
+    """Whether the real rows of ``encode(params, ctx)`` change when the padding rows of the
+    leaves that grew from ``old_params`` are perturbed (module docstring)."""
+    rng = np.random.default_rng(seed)
+    old_leaves = jax.tree.leaves(old_params)
+    new_leaves, treedef = jax.tree.flatten(params)
+    perturbed, touched = [], False
+    for old, new in zip(old_leaves, new_leaves):
+        new = np.asarray(new)
+        axis = _grown_axis(np.shape(old), new.shape, grown_sizes)
+        if axis is None:
+            perturbed.append(new)
+            continue
+        new = np.array(new, copy=True)
+        for rows in _padding_slices(new.shape[axis], n_users=n_users, n_items=n_items, cap_users=cap_users,
+                                    cap_items=cap_items):
+            index = [slice(None)] * new.ndim
+            index[axis] = rows
+            block = new[tuple(index)]
+            if block.size and np.issubdtype(new.dtype, np.floating):
+                new[tuple(index)] = block + rng.normal(1.0, 1.0, size=block.shape).astype(new.dtype)
+                touched = True
+        perturbed.append(new)
+    if not touched:
+        return False
+    users, items = encode(params, ctx)
+    users2, items2 = encode(jax.tree.unflatten(treedef, perturbed), ctx)
+    return not (np.array_equal(np.asarray(users[:n_users]), np.asarray(users2[:n_users]))
+                and np.array_equal(np.asarray(items[:n_items]), np.asarray(items2[:n_items])))

@@ -16,6 +16,7 @@ from typing import Any
 from jaxrec.data import MultimodalDataset
 from jaxrec.errors import ConfigError
 from jaxrec.train import CONFIG_FILE, load_config, restore_best
+from jaxrec.train._workdir import available_memory  # noqa: F401  (re-exported: list lengths vs memory)
 from jaxrec.train import (  # noqa: F401  (re-exported for the rest of jaxrec.serve)
     Experiment,
     StepRunner,
@@ -26,8 +27,8 @@ from jaxrec.train import (  # noqa: F401  (re-exported for the rest of jaxrec.se
     prepare_experiment,
 )
 
-__all__ = ["Experiment", "LoadedRun", "StepRunner", "epoch_context", "init_state", "load_run", "make_encoder",
-           "prepare_eval_splits", "prepare_experiment", "resolve_run_dir", "SERVED_FILE"]
+__all__ = ["Experiment", "LoadedRun", "StepRunner", "available_memory", "epoch_context", "init_state", "load_run",
+           "make_encoder", "prepare_eval_splits", "prepare_experiment", "resolve_run_dir", "SERVED_FILE"]
 
 # A folder written by Recommender.save holds this file (and is not a training run).
 SERVED_FILE = "served.json"

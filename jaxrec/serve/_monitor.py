@@ -32,6 +32,8 @@ import threading
 
 import numpy as np
 
+from jaxrec.errors import DataError
+
 
 def popularity_percentiles(train_counts: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """Mid-rank percentile of each value of ``counts`` among ``train_counts`` (see the module doc)."""
@@ -174,12 +176,22 @@ class DriftMonitor:
         self._added: dict[str, list[np.ndarray]] = {name: [] for name in self._stats}
 
     def record_added(self, features: dict[str, np.ndarray]) -> None:
+        """Added items' rows per modality: ``(n, d)``, or one item's ``(d,)`` row."""
+        checked = {}
+        for name, rows in features.items():
+            if name not in self._added:
+                continue
+            rows = np.asarray(rows, dtype=np.float64)
+            rows = rows[None, :] if rows.ndim == 1 else rows.reshape(len(rows), -1)
+            width = self._stats[name]["mean"].shape[0]
+            if rows.shape[1] != width:
+                raise DataError("wrong feature width", field=f"features.{name}", found=f"shape {rows.shape}",
+                                expected=f"(n, {width}) rows, the training width")
+            checked[name] = rows
         with self._lock:
-            for name, rows in features.items():
-                if name in self._added:
-                    rows = np.asarray(rows, dtype=np.float64)
-                    self._added[name].extend(rows.reshape(len(rows), -1))
-                    del self._added[name][:-self.max_added]
+            for name, rows in checked.items():
+                self._added[name].extend(rows)
+                del self._added[name][:-self.max_added]
 
     def summary(self) -> dict:
         with self._lock:

@@ -15,6 +15,7 @@ fresh one per update. Nothing is swapped in when a loss term or gradient turns n
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -24,6 +25,7 @@ import numpy as np
 from jaxrec import data as jdata
 from jaxrec import models
 from jaxrec.data import MultimodalDataset
+from jaxrec.data import graph as jgraph
 from jaxrec.errors import ConfigError, TrainingDivergedError
 from jaxrec.serve import _grow
 from jaxrec.serve._load import StepRunner, init_state, make_encoder
@@ -54,22 +56,27 @@ class OnlineConfig:
     seed: int = 0
 
     def __post_init__(self):
-        for name in ("passes", "new_share"):
+        def number(value) -> bool:
+            return not isinstance(value, bool) and isinstance(value, (int, float, np.integer, np.floating))
+
+        for name in ("passes", "new_share", "learning_rate"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise ConfigError(f"online.{name} must be a positive number; found {value!r}")
+            if value is None and name == "learning_rate":
+                continue
+            if not number(value) or not math.isfinite(value) or not value > 0:
+                raise ConfigError(f"online.{name} must be a finite positive number; found {value!r}")
         if not self.new_share <= 1.0:
             raise ConfigError(f"online.new_share must be in (0, 1]; found {self.new_share!r}")
-        for name in ("min_steps", "max_steps", "batch_size"):
+        for name in ("min_steps", "max_steps", "batch_size", "seed"):
             value = getattr(self, name)
             if value is None and name == "batch_size":
                 continue
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"online.{name} must be a positive integer; found {value!r}")
+            lowest = 0 if name == "seed" else 1
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lowest:
+                kind = "a non-negative integer" if name == "seed" else "a positive integer"
+                raise ConfigError(f"online.{name} must be {kind}; found {value!r}")
         if self.min_steps > self.max_steps:
             raise ConfigError(f"online.min_steps ({self.min_steps}) exceeds online.max_steps ({self.max_steps})")
-        if self.learning_rate is not None and (isinstance(self.learning_rate, bool) or not self.learning_rate > 0):
-            raise ConfigError(f"online.learning_rate must be a positive number; found {self.learning_rate!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,6 +96,8 @@ class Learner:
       events: ``(m, 2)`` int32 every applied (user, item) event, in order.
       added: the items added after training.
       n_users, n_items: real counts; cap_users, cap_items: table capacities.
+      padding_safe: whether padding rows leave the real rows' embeddings alone (None: not
+        tested yet; False: the model is served at exact capacities, :mod:`jaxrec.serve._grow`).
     """
 
     config: ExperimentConfig
@@ -106,6 +115,7 @@ class Learner:
     n_items: int
     cap_users: int
     cap_items: int
+    padding_safe: bool | None = None
 
     @property
     def module(self):
@@ -114,6 +124,15 @@ class Learner:
     def train_pairs(self) -> np.ndarray:
         """``(n, 2)`` every training interaction: the run's train split, then the events."""
         return np.concatenate([self.base.split_pairs("train").astype(np.int32), self.events]).reshape(-1, 2)
+
+    @functools.cached_property
+    def item_degrees(self) -> np.ndarray:
+        """``(n_items,)`` each item's degree in the user-item graph the model builds from
+        :meth:`train_pairs`: its distinct users (a repeated pair is one edge)."""
+        pairs = self.train_pairs()
+        graph = jgraph.BipartiteGraph.from_pairs(pairs[:, 0], pairs[:, 1], n_users=self.cap_users,
+                                                 n_items=self.n_items)
+        return graph.item_degrees()
 
     def encode(self):
         """``(user_emb, item_emb)`` of the current parameters (eval mode, jitted)."""
@@ -129,14 +148,20 @@ def _init_params(module, ctx, batch_size: int, n_negatives: int, tx, seed: int):
 def rebuilt(learner: Learner, *, n_users: int, n_items: int, events: np.ndarray, added: _grow.AddedItems,
             version: int, params_from_init: bool = False) -> Learner:
     """The learner rebuilt for new counts, events and added items, parameters carried over
-    (or, with ``params_from_init``, freshly initialized: the caller restores them)."""
-    cap_users = _grow.grown_capacity(learner.cap_users, n_users)
-    cap_items = _grow.grown_capacity(learner.cap_items, n_items)
+    (or, with ``params_from_init``, freshly initialized: the caller restores them).
+
+    Capacities double as counts outgrow them, except for a model whose padding reaches its real
+    rows (tested at the first growth, :func:`jaxrec.serve._grow.padding_moves_real_rows`): it
+    grows to the exact counts."""
+    exact = learner.padding_safe is False
+    cap_users = max(learner.cap_users, n_users) if exact else _grow.grown_capacity(learner.cap_users, n_users)
+    cap_items = max(learner.cap_items, n_items) if exact else _grow.grown_capacity(learner.cap_items, n_items)
     dataset = _grow.extended_dataset(learner.base, n_users=n_users, n_items=n_items, cap_users=cap_users,
                                      cap_items=cap_items, events=events, added=added)
     config = learner.config
     built = models.build(config.model.name, dataset, **config.model.args)
     params = learner.params
+    padding_safe = learner.padding_safe
     tcfg = config.train
     tx = make_optimizer(tcfg, 1)
     if params_from_init:
@@ -147,6 +172,13 @@ def rebuilt(learner: Learner, *, n_users: int, n_items: int, events: np.ndarray,
         grown = {(learner.cap_users, cap_users), (learner.cap_items, cap_items),
                  (learner.cap_users + learner.cap_items, cap_users + cap_items)}
         params = _grow.transplant(params, first, _grow.deterministic_leaves(first, second), grown)
+        if padding_safe is None and (cap_users > n_users or cap_items > n_items):
+            padding_safe = not _grow.padding_moves_real_rows(
+                make_encoder(built.module), built.ctx, learner.params, params, n_users=n_users, n_items=n_items,
+                cap_users=cap_users, cap_items=cap_items, grown_sizes=grown)
+            if not padding_safe:
+                return rebuilt(dataclasses.replace(learner, padding_safe=False), n_users=n_users, n_items=n_items,
+                               events=events, added=added, version=version)
     opt_state = None  # re-made for the new shapes at the next training call
     if learner.opt_state is not None and (cap_users, cap_items) == (learner.cap_users, learner.cap_items):
         opt_state = learner.opt_state
@@ -156,7 +188,7 @@ def rebuilt(learner: Learner, *, n_users: int, n_items: int, events: np.ndarray,
         ctx = built.epoch_update(params, built.ctx, version, key)
     return dataclasses.replace(learner, built=built, ctx=ctx, params=params, opt_state=opt_state, events=events,
                                added=added, n_users=n_users, n_items=n_items, cap_users=cap_users,
-                               cap_items=cap_items)
+                               cap_items=cap_items, padding_safe=padding_safe)
 
 
 def online_optimizer(config: ExperimentConfig, online: OnlineConfig):

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrec.errors import DataError
+from jaxrec.errors import DataError, ResourceError
 from jaxrec.eval import masked_scores
 
 
@@ -64,8 +64,13 @@ def rank(user_vectors, item_emb, exclude_lists: list[np.ndarray], candidate_mask
     Returns:
       ``(items (n, k) int32, scores (n, k) float32)``, best first; slots no rankable item can
       fill hold item ``-1`` and score ``-inf``.
+
+    Raises:
+      ResourceError: ``(n, k)`` lists that would not fit in the memory left (a ``k`` far past
+        the catalogue asks for nothing but fill), refused before anything is computed.
     """
     n = len(exclude_lists)
+    check_list_memory(n, k, n_rankable)
     capacity = int(item_emb.shape[0])
     rows = bucket(n)
     vectors = np.zeros((rows, int(item_emb.shape[1])), np.float32)
@@ -85,6 +90,19 @@ def rank(user_vectors, item_emb, exclude_lists: list[np.ndarray], candidate_mask
         top_scores = np.pad(top_scores, pad, constant_values=-np.inf)
         top_items = np.pad(top_items, pad, constant_values=-1)
     return top_items, top_scores.astype(np.float32)
+
+
+def check_list_memory(n: int, k: int, n_rankable: int) -> None:
+    """Raise :class:`ResourceError` when ``n`` lists of length ``k`` (an int32 item and a
+    float32 score per slot, held twice while the fill is padded on) exceed the memory left."""
+    from jaxrec.serve._load import available_memory
+
+    need = 16 * int(n) * int(k)
+    have = available_memory()
+    if need > have:
+        raise ResourceError(f"field 'k': {n} list(s) of k={k} would need {need / 2**30:.1f} GiB, more than the "
+                            f"{have / 2**30:.1f} GiB available; {n_rankable} item(s) can be ranked, so slots "
+                            f"past that are only fill (item -1, score -inf): ask for k <= {n_rankable}")
 
 
 @jax.jit

@@ -41,6 +41,8 @@ class Recommender:
         self._lock = threading.Lock()
         self._source = source
         self._seen_splits = tuple(seen_splits)
+        if online is not None and not isinstance(online, OnlineConfig):
+            raise ConfigError(f"online must be a jaxrec.serve.OnlineConfig (or None); found {type(online).__name__}")
         self.online = online or OnlineConfig()
         self._feature_probe: bool | None = None
 
@@ -48,7 +50,7 @@ class Recommender:
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, dataset: MultimodalDataset | None = None,
-             online: OnlineConfig | None = None, seen_splits: Sequence[str] = ("train",)) -> "Recommender":
+             online: OnlineConfig | None = None, seen_splits: Sequence[str] | str | None = None) -> "Recommender":
         """Serve a run: its ``config.yaml`` and BEST checkpoint (a search folder serves its
         winning trial), or a served model written by :meth:`save`.
 
@@ -58,19 +60,28 @@ class Recommender:
             the data its ``config.yaml`` names; relative paths resolve against the current
             directory, as in ``jaxrec evaluate``).
           online: how :meth:`update` trains (default :class:`OnlineConfig`).
-          seen_splits: the splits whose interactions ``exclude_seen`` removes, besides streamed
-            events (default the train split: the ranking ``jaxrec evaluate`` uses for the test
-            split under the ``mmrec`` protocol; add ``"valid"`` for the ``cornac`` one).
+          seen_splits: the splits (or one split's name) whose interactions ``exclude_seen``
+            removes, besides streamed events (default: a saved model's own, else the train split:
+            the ranking ``jaxrec evaluate`` uses for the test split under the ``mmrec`` protocol;
+            add ``"valid"`` for the ``cornac`` one).
 
         Raises:
-          ConfigError: not a run, a search without a winner, or a checkpoint that does not fit.
+          ConfigError: not a run, a search without a winner, a checkpoint that does not fit, or
+            an ``online`` that is not an :class:`OnlineConfig`.
         """
-        bad = [s for s in seen_splits if s not in jdata.SPLIT_NAMES]
-        if bad:
-            raise ConfigError(f"seen_splits: unknown split {bad[0]!r}; known: {', '.join(jdata.SPLIT_NAMES)}")
+        if online is not None and not isinstance(online, OnlineConfig):  # before the model is built
+            raise ConfigError(f"online must be a jaxrec.serve.OnlineConfig (or None); found {type(online).__name__}")
+        if isinstance(seen_splits, str):  # one split's name, not its letters
+            seen_splits = (seen_splits,)
+        if seen_splits is not None:
+            seen_splits = tuple(seen_splits)
+            bad = [s for s in seen_splits if s not in jdata.SPLIT_NAMES]
+            if bad:
+                raise ConfigError(f"seen_splits: unknown split {bad[0]!r}; known: {', '.join(jdata.SPLIT_NAMES)}")
         path = Path(path).expanduser().resolve()
-        if (path / SERVED_FILE).exists():
-            return load_served(cls, path, dataset=dataset, online=online, seen_splits=tuple(seen_splits))
+        if (path / SERVED_FILE).exists():  # None: the splits it was served with
+            return load_served(cls, path, dataset=dataset, online=online, seen_splits=seen_splits)
+        seen_splits = ("train",) if seen_splits is None else seen_splits
         run = load_run(resolve_run_dir(path), dataset)
         exp = run.experiment
         base = exp.dataset
@@ -205,7 +216,7 @@ class Recommender:
         offset = np.broadcast_to(snap.fixed_values, (len(histories), snap.fixed_values.size)).copy()
         free = ~snap.fixed_columns
         if method.startswith("propagate"):
-            offset = offset + _foldin.propagated_offsets(snap.learner, histories, snap.item_counts)
+            offset = offset + _foldin.propagated_offsets(snap.learner, histories)
             if method == "propagate_only":
                 return offset
         return _foldin.bpr_vectors(snap.item_emb, offset, free, histories, snap.n_items)
