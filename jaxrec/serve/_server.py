@@ -161,8 +161,9 @@ class Service:
         Popularity is the model's item counts (train split, plus events a snapshot has learned)
         over the items it was trained with; the added items are the cold ones.
         """
-        n_items = int(recommender.n_items - len(recommender.added_items()))
-        return {"n_items": n_items, "item_counts": np.asarray(recommender.item_counts())[:n_items],
+        snap = recommender.snapshot  # one version for all three (an update may land meanwhile)
+        n_items = int(snap.n_items - len(snap.added_items))
+        return {"n_items": n_items, "item_counts": np.array(snap.item_counts[:n_items]),
                 "features": recommender.training_features()}
 
     @property
