@@ -71,7 +71,6 @@ def add_parser(subparsers) -> None:
 def _extract(args) -> int:
     from jaxrec import features as jfeatures
     from jaxrec.errors import ConfigError
-    from jaxrec.features._extract import check_output
 
     sampling = None
     if args.modality == "video":
@@ -81,7 +80,7 @@ def _extract(args) -> int:
     with warnings.catch_warnings():
         warnings.simplefilter("always", jfeatures.MediaWarning)
         warnings.showwarning = _show_warning
-        check_output(args.output, overwrite=args.overwrite, keep_frames=args.keep_frames)  # before a model loads
+        jfeatures.check_output(args.output, overwrite=args.overwrite, keep_frames=args.keep_frames)  # before a model loads
         media = jfeatures.read_media_list(args.ids, args.input, n_items=args.n_items, on_error=args.on_error)
         try:
             encoder = jfeatures.make_encoder(args.modality, args.encoder, model=args.model, weights=args.weights,

@@ -30,6 +30,7 @@ from jaxrec.features._encoders import ClassicImageEncoder as ClassicImageEncoder
 from jaxrec.features._encoders import ModalityPipeline as ModalityPipeline
 from jaxrec.features._extract import ExtractionResult as ExtractionResult
 from jaxrec.features._extract import extract_features as extract_features
+from jaxrec.features._extract import check_output as check_output
 from jaxrec.features._extract import output_paths as output_paths
 from jaxrec.features._feature_files import add_features as add_features
 from jaxrec.features._feature_files import load_features as load_features

@@ -16,9 +16,9 @@ from typing import Any
 from jaxrec.data import MultimodalDataset
 from jaxrec.errors import ConfigError
 from jaxrec.train import CONFIG_FILE, load_config, restore_best
-from jaxrec.train._workdir import available_memory  # noqa: F401  (re-exported: list lengths vs memory)
 from jaxrec.train import (  # noqa: F401  (re-exported for the rest of jaxrec.serve)
     Experiment,
+    available_memory,
     StepRunner,
     epoch_context,
     init_state,

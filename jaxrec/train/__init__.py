@@ -82,3 +82,6 @@ from jaxrec.train._outputs import test_figures as test_figures
 from jaxrec.train._search import expand_trials as expand_trials
 from jaxrec.train._search import pick_best as pick_best
 from jaxrec.train._search import run_search as run_search
+
+# The machine.
+from jaxrec.train._workdir import available_memory as available_memory
