@@ -4,9 +4,10 @@ Imports only jax, numpy and ``jaxrec.errors``; pairs are plain ``(n, 2)`` int nu
 
 - ``evaluate_split`` ranks every user that has held-out items against all (candidate) items,
   masks each user's known items, and averages recall/NDCG/precision/MAP/hit/MRR at each k
-  (MMRec definitions). ``prepare_split`` + ``evaluate_prepared`` split that into a one-off
-  layout and a per-epoch device pass; ``evaluate_prepared_sharded`` is the same evaluation
-  with the tables row-sharded over a device mesh (top-k per shard, merged; bit-identical).
+  (MMRec's definitions; hit and MRR RecBole's). ``prepare_split`` + ``evaluate_prepared`` split
+  that into a one-off layout and a per-epoch device pass; ``evaluate_prepared_sharded`` is the
+  same evaluation with the tables row-sharded over a device mesh (top-k per shard, merged;
+  bit-identical).
 - ``evaluate_protocol`` / ``prepare_protocol`` / ``protocol_pairs``: the MMRec protocol
   (mask training items) and the Cornac protocol (also mask validation items at test time).
 - ``top_k_items``: the ranked lists themselves, for serving.

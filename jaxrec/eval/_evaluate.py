@@ -91,9 +91,9 @@ def auto_batch_size(num_items: int, num_users: int, platform: str | None = None)
 def check_batch_size(batch_size: int | None, num_items: int, num_users: int) -> int:
     if batch_size is None:
         return auto_batch_size(num_items, num_users)
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+    if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, (bool, np.bool_)) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive int or None; found {batch_size!r}")
-    return max(1, min(batch_size, num_users))
+    return max(1, min(int(batch_size), num_users))
 
 
 def layout_batches(users: np.ndarray, batch_size: int, pair_groups: dict) -> dict[str, np.ndarray]:
@@ -241,26 +241,36 @@ def prepare_split(
 
 
 def check_ks(ks) -> tuple[int, ...]:
+    """The distinct cut-offs in order, as Python ints: one int or a sequence of them (numpy too)."""
+    given = ks
     if isinstance(ks, (int, np.integer)):
         ks = (ks,)
+    if isinstance(ks, str):  # tuple("10") would read as the cut-offs "1" and "0"
+        ks = None
     try:
         ks = tuple(ks)
     except TypeError:
-        raise ConfigError(f"ks must be a sequence of positive ints; found {ks!r}") from None
-    if not ks or not all(isinstance(k, (int, np.integer)) and not isinstance(k, bool) and k >= 1
+        raise ConfigError(f"ks must be a sequence of positive ints; found {given!r}") from None
+    if not ks or not all(isinstance(k, (int, np.integer)) and not isinstance(k, (bool, np.bool_)) and k >= 1
                          for k in ks):
-        raise ConfigError(f"ks must be a non-empty sequence of positive ints; found {ks!r}")
+        raise ConfigError(f"ks must be a non-empty sequence of positive ints; found {given!r}")
     return tuple(dict.fromkeys(int(k) for k in ks))
 
 
 def check_metrics(metrics) -> tuple[str, ...]:
+    """The distinct metric names in order, lower-cased: one name or a sequence of them."""
+    given = metrics
     if isinstance(metrics, str):
         metrics = (metrics,)
-    metrics = tuple(str(m).lower() for m in metrics)
+    try:
+        metrics = tuple(str(m).lower() for m in metrics)
+    except TypeError:
+        raise ConfigError(f"metrics must be a metric name or a sequence of them; found {given!r} "
+                          f"(known: {', '.join(KNOWN_METRICS)})") from None
     unknown = [m for m in metrics if m not in KNOWN_METRICS]
     if not metrics or unknown:
         raise ConfigError(
-            f"unknown ranking metric(s) {unknown or metrics!r}; known: {', '.join(KNOWN_METRICS)}")
+            f"unknown ranking metric(s) {unknown or given!r} in metrics; known: {', '.join(KNOWN_METRICS)}")
     return tuple(dict.fromkeys(metrics))
 
 
@@ -353,8 +363,8 @@ def evaluate_prepared_many(
 
     Args:
       split: from :func:`prepare_split` (or :func:`jaxrec.eval.prepare_protocol`).
-      user_embs: ``(T, num_users, d)``.
-      item_embs: ``(T, num_items, d)``.
+      user_embs: ``(T, num_users, d)`` (or a list of ``T`` tables, stacked).
+      item_embs: ``(T, num_items, d)`` (or a list of ``T`` tables, stacked).
       ks, metrics: as for :func:`evaluate_prepared`.
       active: ``(T,)`` bools (default all true); an inactive model is not ranked.
 
@@ -363,6 +373,9 @@ def evaluate_prepared_many(
       embeddings, or None for an inactive model.
     """
     ks, metrics = check_ks(ks), check_metrics(metrics)
+    # A list or tuple of T tables is a pytree to jax, not one (T, ...) array: stack it.
+    user_embs, item_embs = (jnp.stack(embs) if isinstance(embs, (list, tuple)) else embs
+                            for embs in (user_embs, item_embs))
     if np.ndim(user_embs) != 3 or np.ndim(item_embs) != 3 or np.shape(user_embs)[0] != np.shape(item_embs)[0]:
         raise DataError("expected stacked embeddings", field="user_embs/item_embs",
                         found=f"shapes {np.shape(user_embs)} and {np.shape(item_embs)}",

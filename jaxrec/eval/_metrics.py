@@ -31,10 +31,36 @@ from jaxrec.errors import ConfigError, DataError
 
 
 def _check_ks(ks) -> tuple[int, ...]:
-    ks = tuple(ks)
-    if not ks or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in ks):
-        raise ConfigError(f"k must be a positive int; found {ks!r}")
-    return ks
+    """The cut-offs as a tuple of Python ints: one int or a sequence of them (numpy ints too)."""
+    given = ks
+    if isinstance(ks, (int, np.integer)):
+        ks = (ks,)
+    elif isinstance(ks, str):
+        ks = None
+    else:
+        try:
+            ks = tuple(ks)
+        except TypeError:
+            ks = None
+    if not ks or not all(isinstance(k, (int, np.integer)) and not isinstance(k, (bool, np.bool_)) and k >= 1
+                         for k in ks):
+        raise ConfigError(f"ks (k) must be a positive int or a non-empty sequence of them; found {given!r}")
+    return tuple(int(k) for k in ks)
+
+
+def _check_metric_names(metrics) -> tuple[str, ...]:
+    """The metric names, lower-cased (one name or a sequence of them), each known."""
+    given = metrics
+    if isinstance(metrics, str):
+        metrics = (metrics,)
+    try:
+        metrics = tuple(str(m).lower() for m in metrics)
+    except TypeError:
+        metrics = ()
+    unknown = [name for name in metrics if name not in _FORMULAS]
+    if not metrics or unknown:
+        raise ConfigError(f"unknown ranking metric(s) {unknown or given!r} in metrics; known: {', '.join(_FORMULAS)}")
+    return metrics
 
 
 def _hits_at_k(hits: jax.Array, k: int) -> jax.Array:
@@ -84,8 +110,8 @@ def ranking_metrics(
       hits: ``(..., list_len)`` bool or 0/1; ``hits[..., i]`` is 1 when rank ``i + 1`` holds
         a held-out item. A list shorter than ``k`` is padded with non-hits.
       num_relevant: ``(...,)`` number of held-out items ``|T_u|`` of each user.
-      ks: cut-offs, positive ints.
-      metrics: metric names.
+      ks: cut-offs, positive ints (or one int).
+      metrics: metric names, case-insensitive (or one name).
 
     Returns:
       name -> ``(..., len(ks))`` float32 per-user values (0 where ``num_relevant == 0``).
@@ -95,10 +121,7 @@ def ranking_metrics(
       >>> out["recall"].tolist(), out["mrr"].tolist()
       ([[0.0, 1.0]], [[0.0, 0.5]])
     """
-    ks = _check_ks(ks)
-    unknown = [name for name in metrics if name not in _FORMULAS]
-    if unknown:
-        raise ConfigError(f"unknown ranking metric(s) {unknown}; known: {', '.join(_FORMULAS)}")
+    ks, metrics = _check_ks(ks), _check_metric_names(metrics)
     hits = jnp.asarray(hits)
     if hits.ndim < 1:
         raise DataError(
@@ -106,7 +129,7 @@ def ranking_metrics(
             expected="shape (..., list_len)",
         )
     relevant = _relevant(num_relevant, hits)
-    return _ranking_metrics(hits, relevant, ks=ks, metrics=tuple(metrics))
+    return _ranking_metrics(hits, relevant, ks=ks, metrics=metrics)
 
 
 @functools.partial(jax.jit, static_argnames=("ks", "metrics"))

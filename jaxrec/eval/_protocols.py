@@ -14,7 +14,9 @@ MMRec builds both evaluation loaders with only the training set as the mask sour
 additional_dataset=train_dataset)``). Cornac's ``ranking_eval``
 (``cornac/eval_methods/base_method.py``) drops train and validation positives from the
 candidate list at test time, validates with ``val_set=None``, and always keeps the user's
-test positives rankable.
+test positives rankable. Deviation: Cornac's default ``exclude_unknowns=True`` also drops
+held-out pairs whose user or item has no training interaction and ranks only items seen in
+training; here such pairs are evaluated and such items ranked, under both protocols.
 """
 
 from __future__ import annotations

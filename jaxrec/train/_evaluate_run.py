@@ -72,14 +72,16 @@ def evaluate_run(workdir: str | os.PathLike, split: str = "test", *,
 
     Returns:
       ``{"split", "epoch", "metrics": {metric@k: value}, "num_users", "workdir"}``, with
-      ``"search_winner"`` (the trial folder's name) for a search folder.
+      ``"search_winner"`` (the trial folder's name) for a search folder, and for a run with
+      ``eval.user_sample`` ``"eval_user_sample": {"users", "seed"}`` (as in its
+      ``metrics.json``): the metrics are then those of the same user sample, not of every user.
 
     Raises:
       ConfigError: not a run folder, a search without a winner yet, or no checkpoint at the
         best epoch.
     """
     if split not in ("valid", "test"):
-        raise ConfigError(f"--split must be valid or test; found {split!r}")
+        raise ConfigError(f"split (--split) must be 'valid' or 'test'; found {split!r}")
     workdir = Path(workdir).expanduser().resolve()
     winner = None
     if (workdir / _outputs.SEARCH_FILE).is_file() and not (workdir / _outputs.CONFIG_FILE).exists():
@@ -94,6 +96,8 @@ def evaluate_run(workdir: str | os.PathLike, split: str = "test", *,
     result = evaluate_params(experiment, make_encoder(experiment.module), state.params, ctx, layout)
     out = {"split": split, "epoch": epoch, "metrics": metrics_at_k(result), "num_users": result["num_users"],
            "workdir": os.fspath(workdir)}
+    if config.eval.user_sample is not None:  # the recomputation ranks the run's sample, not every user
+        out["eval_user_sample"] = {"users": config.eval.user_sample, "seed": config.eval.user_sample_seed}
     if winner is not None:
         out["search_winner"] = winner
     return out
