@@ -186,9 +186,9 @@ def test_interrupted_preparation_commits_nothing_and_the_next_run_recovers(tmp_p
     monkeypatch.setattr("jaxrec.data._tfds_builder.table_examples", failing_examples)
     with pytest.raises(KeyboardInterrupt):
         prepare_tfds(data, tmp_path, name="crash")
-    assert (tmp_path / "crash/items/1.0.0").exists()  # earlier tables were written ...
-    assert prepared_versions(tmp_path, "crash") == []  # ... but nothing is committed
+    assert prepared_versions(tmp_path, "crash") == []  # nothing is committed
     assert not list(tmp_path.rglob("incomplete*"))
+    assert not list(tmp_path.glob(".crash-*"))  # the staging folder is gone
     with pytest.raises(DataError, match="no prepared TFDS dataset"):
         load_prepared(tmp_path, "crash")
     monkeypatch.setattr("jaxrec.data._tfds_builder.table_examples", real_examples)

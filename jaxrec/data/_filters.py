@@ -78,7 +78,8 @@ def compact_ids(dataset: MultimodalDataset) -> MultimodalDataset:
 
     Returns:
       The re-indexed dataset, with ``user_ids`` / ``item_ids`` mapping new ids to the
-      original ones and ``metadata["filters"]`` recording ``{"name": "compact_ids", ...}``.
+      original ones and ``metadata["filters"]`` recording ``{"name": "compact_ids", ...}``;
+      the per-item metadata arrays ``item_entity`` and ``item_titles`` are renumbered too.
     """
     rows = np.arange(len(dataset.interactions), dtype=np.int64)
     return _subset(dataset, rows, {"name": "compact_ids"})
@@ -130,6 +131,11 @@ def _subset(dataset: MultimodalDataset, rows: np.ndarray, record: dict) -> Multi
         metadata[COLD_START_KEY] = {
             part: [int(i) for i in item_map[np.asarray(ids, np.int64)] if i >= 0]
             for part, ids in metadata[COLD_START_KEY].items()}
+    for key in ITEM_ALIGNED_METADATA:  # one entry per item: follow the renumbering
+        if key in metadata and len(metadata[key]) == dataset.n_items:
+            kept = np.asarray(metadata[key])[kept_items]
+            kept.flags.writeable = False
+            metadata[key] = kept
     metadata["filters"] = [*metadata.get("filters", []), record]
     return dataset.replace(
         n_users=kept_users.size, n_items=kept_items.size, interactions=inter, modalities=modalities,
@@ -139,6 +145,11 @@ def _subset(dataset: MultimodalDataset, rows: np.ndarray, record: dict) -> Multi
         item_ids=kept_items if dataset.item_ids is None else dataset.item_ids[kept_items],
         metadata=metadata,
     )
+
+
+# Metadata arrays the readers align with the item ids: RecBole's item -> entity links
+# (``item_entity``, -1 when unlinked) and MovieLens' titles (``item_titles``).
+ITEM_ALIGNED_METADATA = ("item_entity", "item_titles")
 
 
 def _dense_map(kept: np.ndarray, size: int) -> np.ndarray:

@@ -83,6 +83,15 @@ def require_file(path, *, what: str = "file") -> Path:
     return path
 
 
+def require_inter_file(path: Path) -> Path:
+    """``path`` (a file given for a dataset) when it is a ``.inter`` file, else a DataError."""
+    if path.suffix != ".inter":
+        raise DataError("not a dataset folder or interaction file", path=path,
+                        found=f"a {path.suffix} file" if path.suffix else "a file without the .inter suffix",
+                        expected="the dataset folder, or its <name>.inter file")
+    return path
+
+
 def require_folder(path) -> Path:
     path = Path(path)
     problem = _stat_problem(path)
@@ -99,10 +108,10 @@ def require_folder(path) -> Path:
 
 def prepared_tfds_roots(path) -> list[Path]:
     """The ``DATA_DIR/NAME`` folders of datasets prepared by ``jaxrec data prepare`` at ``path``:
-    ``path`` itself, the dataset above a table or version folder inside it, or the datasets of
+    ``path`` itself, the dataset above a table or version folder (or file) inside it, or the datasets of
     a TFDS data directory. Empty when there is none (used to point a user at ``format: tfds``)."""
     path = Path(path)
-    for candidate in (path, path.parent, path.parent.parent):
+    for candidate in (path, path.parent, path.parent.parent, path.parent.parent.parent):  # down to a table's file
         if any(candidate.glob("interactions/*/dataset_info.json")):
             return [candidate]
     try:
@@ -468,11 +477,14 @@ def dense_ids(values, *, order: str = "sorted") -> tuple[np.ndarray, np.ndarray]
 
 
 def deduplicate(users: np.ndarray, items: np.ndarray, table: DelimitedTable, *, duplicates: str,
-                user_field: str, item_field: str) -> np.ndarray | None:
+                user_field: str, item_field: str, user_ids: np.ndarray | None = None,
+                item_ids: np.ndarray | None = None) -> np.ndarray | None:
     """Row indices to keep (the first of each repeated (user, item) pair), or None when all are unique.
 
     ``duplicates="warn"`` keeps the first occurrence and warns with a :class:`DataWarning`
-    naming the repeated lines; ``"error"`` raises a DataError naming the first repeat.
+    naming the repeated lines; ``"error"`` raises a DataError naming the first repeat. The
+    message shows the ids as the file writes them: ``user_ids`` / ``item_ids`` (dense id ->
+    the file's id) when the reader remapped them.
     """
     if duplicates not in ("warn", "error"):
         raise DataError("unknown duplicates policy", field="duplicates", found=duplicates,
@@ -488,7 +500,9 @@ def deduplicate(users: np.ndarray, items: np.ndarray, table: DelimitedTable, *, 
     repeats = np.flatnonzero(~keep)
     row = int(repeats[0])
     original = int(first[inverse[row]])
-    described = (f"({user_field}={users[row]}, {item_field}={items[row]}) on line {table.line_of(row)} "
+    user = users[row] if user_ids is None else user_ids[users[row]]
+    item = items[row] if item_ids is None else item_ids[items[row]]
+    described = (f"({user_field}={user}, {item_field}={item}) on line {table.line_of(row)} "
                  f"repeats line {table.line_of(original)}")
     if duplicates == "error":
         raise DataError("duplicate interaction", path=table.path, line=table.line_of(row),

@@ -6,7 +6,8 @@ import inspect
 from pathlib import Path
 
 from jaxrec.data._dataset import MultimodalDataset
-from jaxrec.data._io import FORMAT_HINT, prepared_tfds_roots, read_text, require_folder, tfds_format_error
+from jaxrec.data._io import FORMAT_HINT, prepared_tfds_roots, read_text, require_folder, require_inter_file, \
+    tfds_format_error
 from jaxrec.data._readers_mmrec import read_mmrec
 from jaxrec.data._readers_movielens import detect_movielens, read_movielens
 from jaxrec.data._readers_recbole import FIELD_TYPES, read_recbole
@@ -19,6 +20,13 @@ def read_tfds(path, *, version: str | None = None) -> MultimodalDataset:
     from jaxrec.data._tfds import load_prepared
 
     path = Path(path)
+    if not _is_tfds_folder(path):
+        roots = [root for root in prepared_tfds_roots(path) if root != path]
+        if roots:
+            shown = " or ".join(repr(str(root)) for root in roots[:3])
+            raise DataError("not the folder of a prepared dataset", path=path,
+                            found="a folder above or inside datasets prepared by 'jaxrec data prepare'",
+                            expected=f"the DATA_DIR/NAME folder: {shown}")
     return load_prepared(path.parent, path.name, version)
 
 
@@ -47,6 +55,10 @@ def detect_format(path) -> str:
     if not path.exists():
         require_folder(path)  # says which: missing, a symbolic-link loop, a dangling link, unreachable
     folder = path.parent if path.is_file() else path
+    if path.is_file() and path.suffix != ".inter" and (roots := prepared_tfds_roots(path)):
+        raise tfds_format_error(path, roots, "raw dataset")
+    if path.is_file():
+        require_inter_file(path)
     if path.is_dir() and detect_movielens(folder):
         return "movielens"
     if path.is_dir() and _is_tfds_folder(folder):

@@ -25,7 +25,7 @@ import numpy as np
 
 from jaxrec.data._dataset import SPLIT_NAMES, Interactions, Modality, MultimodalDataset, check_id_density
 from jaxrec.data._io import FLOAT, ID, INT, TIME, DataWarning, deduplicate, read_table, require_file, \
-    require_folder, unreadable, NAME_HINT, prepared_tfds_roots, tfds_format_error
+    require_folder, require_inter_file, unreadable, NAME_HINT, prepared_tfds_roots, tfds_format_error
 from jaxrec.errors import DataError
 
 DEFAULT_SOCIAL_FILE = "user_friends.dat"
@@ -69,10 +69,12 @@ def read_mmrec(
     Returns:
       The dataset; features are float32 (float64 files are converted, the original dtype is
       kept in each modality's provenance), ratings float32, timestamps int64 or float64.
-      ``user_ids`` / ``item_ids`` hold the original ids when the og-ids file is present.
+      ``user_ids`` / ``item_ids`` hold the original ids when the og-ids file is present: int64
+      when every id there is written as a plain integer, else str (``"007"`` stays ``"007"``).
 
     Raises:
-      DataError: naming the file, line and column of any malformed input.
+      DataError: naming the file, line and column of any malformed input, or an ``x_label``
+        column that leaves the train, valid or test split empty.
     """
     folder, inter_path = _resolve_inter(path, name)
     name = inter_path.stem
@@ -123,7 +125,7 @@ def read_mmrec(
 def _resolve_inter(path, name: str | None) -> tuple[Path, Path]:
     path = Path(path)
     if path.is_file():
-        return path.parent, path
+        return path.parent, require_inter_file(path)
     folder = require_folder(path)
     if name is not None:
         return folder, require_file(folder / f"{name}.inter", what="interaction file")
@@ -193,11 +195,20 @@ def load_feature_matrix(path) -> np.ndarray:
     if array.ndim != 2:
         raise DataError("features must be a matrix with one row per item", path=path, field="shape",
                         found=str(array.shape), expected="(n_items, d)")
+    if array.shape[1] == 0:
+        raise DataError("features have no columns", path=path, field="shape", found=str(array.shape),
+                        expected="(n_items, d) with d >= 1")
     finite = np.isfinite(array)
     if not finite.all():
         row, column = (int(k) for k in np.argwhere(~finite)[0])
         raise DataError("features contain NaN or inf", path=path, field=f"row {row} (item {row}), column {column}",
                         found=str(array[row, column]), expected="finite values (write zeros for missing items)")
+    limit = np.finfo(np.float32).max  # beyond it a value would become inf as float32
+    if array.dtype.itemsize > 4 and array.size and max(array.max(), -array.min()) > limit:
+        row, column = (int(k) for k in np.argwhere(np.abs(array) > limit)[0])
+        raise DataError("feature value beyond the float32 range", path=path, field=f"row {row} (item {row}), "
+                        f"column {column}", found=f"{float(array[row, column])!r} ({array.dtype})",
+                        expected=f"values within +-{float(limit):.4g} (features are stored as float32)")
     return array
 
 
@@ -221,7 +232,8 @@ def _count_items(table, items: np.ndarray, features: dict, item_field: str) -> i
 
 def _as_modality(name: str, array: np.ndarray, source: Path, dtype: str, zero_rows_missing: bool) -> Modality:
     features = array.astype(np.float32, copy=False)
-    mask = np.any(features != 0, axis=1) if zero_rows_missing else np.ones(len(features), dtype=bool)
+    # Zero rows as written in the file: a float64 row of tiny values is not missing once cast.
+    mask = np.any(array != 0, axis=1) if zero_rows_missing else np.ones(len(features), dtype=bool)
     provenance = {"encoder": source.stem, "source": os.fspath(source), "original_dtype": dtype}
     if dtype != "float32":
         provenance["converted_to"] = "float32"
@@ -242,12 +254,17 @@ def _original_ids(folder: Path, name: str, table, users, items, n_users: int, n_
 
 
 def _id_column(table, field: str, *, as_strings: bool | None = None) -> np.ndarray:
-    """Original ids: int64 when every value is an integer (or ``as_strings`` is False), else str."""
+    """Original ids: int64 when every value is written as a plain integer (or ``as_strings`` is
+    False), else str, so that ``"007"`` keeps its spelling and stays apart from ``"7"``."""
     if as_strings is None:
         try:
-            return table.numbers({field: INT})[field]
+            numbers = table.numbers({field: INT})[field]
         except DataError:
             as_strings = True
+        else:
+            if table.strings(field) == [str(value) for value in numbers.tolist()]:
+                return numbers
+            as_strings = True  # leading zeros or a sign: the spelling is the id
     if as_strings:
         return np.asarray(table.strings(field), dtype=str)
     return table.numbers({field: INT})[field]
@@ -318,16 +335,26 @@ def save_mmrec(dataset: MultimodalDataset, folder, *, overwrite: bool = False) -
     ``<modality>.npy`` (float32) per 2-D modality with zeros on rows whose mask is False, and,
     when the dataset has both id maps, ``<name>_og_ids.inter``; social edges go to
     ``user_friends.dat`` (in original ids when there are id maps). Reading the folder back with
-    :func:`read_mmrec` gives the same arrays. KG triples, user features and sequence
+    :func:`read_mmrec` gives the same arrays; a split dataset with an empty split is refused, as
+    :func:`read_mmrec` would refuse the folder. KG triples, user features and sequence
     modalities have no place in this layout: they are left out with a :class:`DataWarning`.
 
     Returns:
       The folder written.
+
+    Raises:
+      DataError: the folder exists (without ``overwrite``), or the dataset is split with an
+        empty split.
     """
     folder = Path(folder)
     if folder.exists() and not overwrite:
         raise DataError("target folder exists", path=folder, found="an existing folder",
                         expected="a new path (or overwrite=True)")
+    counts = np.bincount(dataset.interactions.split, minlength=3)
+    if counts[1:].any() and not counts.all():  # read_mmrec refuses an x_label column with an empty split
+        raise DataError("an MMRec x_label column needs every split", path=folder, field="interactions.split",
+                        found=f"counts train/valid/test: {counts.tolist()}",
+                        expected="train, valid and test interactions, or an unsplit dataset (all train)")
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".tmp", dir=folder.parent))
     try:

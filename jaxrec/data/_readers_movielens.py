@@ -88,7 +88,8 @@ def read_movielens(path, *, variant: str = "auto", duplicates: str = "warn", gen
     columns = table.numbers({user_col: ID, item_col: ID, rating_col: FLOAT, time_col: TIME})
     users, user_ids = dense_ids(columns[user_col])
     items, item_ids = dense_ids(columns[item_col])
-    keep = deduplicate(users, items, table, duplicates=duplicates, user_field=user_col, item_field=item_col)
+    keep = deduplicate(users, items, table, duplicates=duplicates, user_field=user_col, item_field=item_col,
+                       user_ids=user_ids, item_ids=item_ids)
     rows = slice(None) if keep is None else keep
     interactions = Interactions(users[rows], items[rows], np.zeros(len(users), np.int8)[rows],
                                 columns[rating_col][rows], columns[time_col][rows])

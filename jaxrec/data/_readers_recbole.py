@@ -24,7 +24,7 @@ import numpy as np
 
 from jaxrec.data._dataset import Interactions, Modality, MultimodalDataset
 from jaxrec.data._io import FLOAT, TIME, DelimitedTable, deduplicate, dense_ids, frozen, read_table, \
-    require_file, require_folder, NAME_HINT, prepared_tfds_roots, tfds_format_error
+    require_file, require_folder, require_inter_file, NAME_HINT, prepared_tfds_roots, tfds_format_error
 from jaxrec.errors import DataError
 
 FIELD_TYPES = ("token", "token_seq", "float", "float_seq")
@@ -78,7 +78,8 @@ def read_recbole(
     columns = inter.table.numbers({_typed_name(inter, f): kind for f, kind in numeric.items()})
     users, user_ids = dense_ids(user_tokens, order="first_seen")
     items, item_ids = dense_ids(item_tokens, order="first_seen")
-    keep = deduplicate(users, items, inter.table, duplicates=duplicates, user_field=user_field, item_field=item_field)
+    keep = deduplicate(users, items, inter.table, duplicates=duplicates, user_field=user_field, item_field=item_field,
+                       user_ids=user_ids, item_ids=item_ids)
     rows = slice(None) if keep is None else keep
     rating = columns.get(_typed_name(inter, rating_field)) if rating_field in numeric else None
     timestamp = columns.get(_typed_name(inter, timestamp_field)) if timestamp_field in numeric else None
@@ -146,7 +147,7 @@ def _tokens(typed: _TypedTable, field: str, *, expected_type: str = "token") -> 
 def _resolve(path, name: str | None) -> tuple[Path, str]:
     path = Path(path)
     if path.is_file():
-        return path.parent, path.stem
+        return path.parent, require_inter_file(path).stem
     folder = require_folder(path)
     if name is not None:
         require_file(folder / f"{name}.inter", what="interaction file")

@@ -7,10 +7,11 @@ social, interactions; see ``_tfds_schema``) under ``data_dir/<name>/<table>/<ver
 ``tfds.data_source("<name>/interactions:<version>", split="train", data_dir=...)`` gives
 random access to the training interactions (the interactions table is the default config).
 
-Atomicity: TFDS writes each config into an ``incomplete.*`` folder and renames it when done.
-The interactions config, which carries the manifest, is written last, so its presence commits
-the whole dataset; an interrupted preparation commits nothing, and the next one clears the
-leftovers before writing.
+Atomicity: every table is written into a staging data directory beside the dataset
+(``data_dir/.<name>-<version>.*.partial``) and moved into place when all are written, the
+interactions config, which carries the manifest, last, so its presence commits the whole
+dataset. An interrupted preparation commits nothing and leaves an earlier preparation of the
+same version (``overwrite``) as it was; the next one clears the leftovers before writing.
 
 This module imports TFDS only when one of its functions runs, so ``import jaxrec.data`` stays
 light; the implementation is in ``_tfds_builder`` (writing) and ``_tfds_reader`` (reading).
@@ -38,7 +39,8 @@ def prepare_tfds(dataset, data_dir, *, name: str | None = None, version: str = "
       version: ``MAJOR.MINOR.PATCH``; versions live side by side.
       release_notes: notes for this version (``dataset_info.json``); by default, the jaxrec
         version that prepared it.
-      overwrite: replace an already prepared dataset of the same name and version.
+      overwrite: replace an already prepared dataset of the same name and version (kept as it
+        was until the new one is fully written).
       verbose: let TFDS print its "Downloading and preparing dataset" messages and progress
         bars (silenced by default: jaxrec downloads nothing and the tables are small).
 
@@ -47,7 +49,8 @@ def prepare_tfds(dataset, data_dir, *, name: str | None = None, version: str = "
 
     Raises:
       DataError: the version is already prepared (and ``overwrite`` is False), the dataset
-        has no interactions, or its metadata holds values that cannot be stored.
+        has no interactions, its metadata holds values that cannot be stored, or
+        ``data_dir`` or ``data_dir/name`` is a file.
       ConfigError: an invalid name or version.
 
     Example:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import re
 import shutil
 import tempfile
@@ -155,16 +156,61 @@ def prepare_tfds(dataset: MultimodalDataset, data_dir, *, name: str | None = Non
         raise DataError("cannot prepare a dataset without interactions", field="interactions", found="0 rows",
                         expected="at least one interaction")
     build_manifest(dataset)  # fails early on metadata that cannot be stored, before touching disk
-    if committed.exists():
-        if not overwrite:
-            raise DataError("this dataset version is already prepared", path=committed, found=f"{name} {version}",
-                            expected="a new version (--version) or overwrite=True (--overwrite)")
-        shutil.rmtree(committed)  # un-commit first, so a crash below never leaves a mixed dataset
-    with tempfile.TemporaryDirectory(prefix="jaxrec_tfds_") as scratch, _tfds_output(verbose):
-        for table in TABLES:  # the commit table is last
-            shutil.rmtree(root / table / version, ignore_errors=True)  # leftovers of an interrupted run
-            if rows[table]:
-                with _temporary_folders_under(scratch):
-                    builder = builder_class(dataset=dataset, data_dir=str(data_dir), config=table)
-                builder.download_and_prepare(download_dir=scratch, file_format="array_record")
+    if committed.exists() and not overwrite:
+        raise DataError("this dataset version is already prepared", path=committed, found=f"{name} {version}",
+                        expected="a new version (--version) or overwrite=True (--overwrite)")
+    data_dir = Path(data_dir)
+    for folder in (data_dir, root):
+        if folder.exists() and not folder.is_dir():
+            raise DataError("cannot prepare into a file", path=folder, found="a file",
+                            expected="a folder (or nothing) for the TFDS data directory and its dataset")
+    data_dir.mkdir(parents=True, exist_ok=True)
+    _clear_leftovers(data_dir, name, version)
+    # Every table is written into a staging data directory beside the dataset and moved into
+    # place only when all are written: an interrupted run (even a killed one) leaves an
+    # already prepared version untouched.
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}-{version}.", suffix=_STAGING_SUFFIX, dir=data_dir))
+    try:
+        with tempfile.TemporaryDirectory(prefix="jaxrec_tfds_") as scratch, _tfds_output(verbose):
+            for table in TABLES:
+                if rows[table]:
+                    with _temporary_folders_under(scratch):
+                        builder = builder_class(dataset=dataset, data_dir=str(staging), config=table)
+                    builder.download_and_prepare(download_dir=scratch, file_format="array_record")
+        _commit(staging, name, root, version, rows)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return root
+
+
+_STAGING_SUFFIX = ".partial"
+
+
+def _clear_leftovers(data_dir: Path, name: str, version: str) -> None:
+    """Removes what interrupted preparations of ``name`` ``version`` left: staging folders and
+    TFDS ``incomplete.*`` folders."""
+    for leftover in data_dir.glob(f".{name}-{version}.*{_STAGING_SUFFIX}"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    for table in TABLES:
+        for leftover in (data_dir / name / table).glob(f"incomplete.*_{version}"):
+            shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _commit(staging: Path, name: str, root: Path, version: str, rows: dict) -> None:
+    """Moves the staged tables into ``root``: the old commit table out first (so a crash in
+    between never leaves a committed mix of old and new tables), the new commit table last."""
+    retired = staging / ".retired"
+    retired.mkdir()
+    for table in (COMMIT_TABLE, *TABLES):
+        if (root / table / version).exists():
+            os.replace(root / table / version, retired / table)
+    root.mkdir(parents=True, exist_ok=True)
+    for entry in (staging / name).iterdir():  # TFDS's own files beside the tables (.config: the default table)
+        if entry.name not in TABLES:
+            if (root / entry.name).exists():
+                os.replace(root / entry.name, retired / entry.name)
+            os.replace(entry, root / entry.name)
+    for table in TABLES:  # the commit table is last
+        if rows[table]:
+            (root / table).mkdir(parents=True, exist_ok=True)
+            os.replace(staging / name / table / version, root / table / version)

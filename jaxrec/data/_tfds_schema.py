@@ -63,6 +63,8 @@ def encode_json(value: Any, field: str) -> Any:
         data = np.ascontiguousarray(value)
         return {"__ndarray__": value.dtype.str, "shape": list(value.shape),
                 "base64": base64.b64encode(data.tobytes()).decode("ascii")}
+    if isinstance(value, np.ndarray) and value.dtype.kind == "U":  # names: RecBole entities, MovieLens titles
+        return {"__ndarray__": value.dtype.str, "shape": list(value.shape), "strings": value.ravel().tolist()}
     if isinstance(value, list):
         return [encode_json(v, f"{field}[{i}]") for i, v in enumerate(value)]
     if isinstance(value, tuple):
@@ -73,7 +75,7 @@ def encode_json(value: Any, field: str) -> Any:
             return dict(items)
         return {"__mapping__": [list(pair) for pair in items]}
     raise DataError("metadata value cannot be stored", field=field, found=f"{type(value).__name__} {value!r:.80}",
-                    expected="None, bool, int, float, str, list, tuple, mappings, numpy scalars or numeric arrays")
+                    expected="None, bool, int, float, str, list, tuple, mappings, numpy scalars, numeric or str arrays")
 
 
 def decode_json(value: Any) -> Any:
@@ -88,6 +90,8 @@ def decode_json(value: Any) -> Any:
         return {_hashable(decode_json(k)): decode_json(v) for k, v in value["__mapping__"]}
     if "__numpy_scalar__" in value:
         return np.dtype(value["__numpy_scalar__"]).type(value["value"])
+    if "__ndarray__" in value and "strings" in value:
+        return np.asarray(value["strings"], dtype=np.dtype(value["__ndarray__"])).reshape(value["shape"])
     if "__ndarray__" in value:
         raw = base64.b64decode(value["base64"])
         return np.frombuffer(raw, dtype=np.dtype(value["__ndarray__"])).reshape(value["shape"]).copy()
