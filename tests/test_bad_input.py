@@ -97,7 +97,7 @@ def test_non_utf8_bytes_name_line_and_column(tmp_path):
     assert str(error) == (f"{folder / 'toy.inter'}:3: bytes that are not valid utf-8; found b'\\xff' at column 3; "
                           "expected utf-8 text (if the file is in another encoding, e.g. Latin-1, pass the reader "
                           "option encoding='latin-1' (data.options.encoding in a config; --option encoding=latin-1 "
-                          "for 'jaxrec data info'))")
+                          "for 'jaxrec data info' and 'jaxrec data prepare'))")
 
 
 @pytest.mark.parametrize("raw, found", [(b"", "0 bytes"), (b"\n\n", "2 bytes")])

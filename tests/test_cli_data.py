@@ -122,3 +122,21 @@ def test_lfm2k_through_the_installed_command(lfm2k_path):
     assert (summary["n_users"], summary["n_items"], summary["n_interactions"]) == (1858, 1425, 56345)
     assert summary["splits"] == {"train": 44327, "valid": 4799, "test": 7219}
     assert summary["modalities"] == {"all-MiniLM-L6-v2": 384, "vggish": 128, "whisper": 512}
+
+
+def test_prepare_takes_the_reader_options_its_hints_name(tmp_path, capsys):
+    # A Latin-1 dataset could not be prepared: the reader's hint names --option encoding=latin-1,
+    # which only 'data info' took.
+    folder = tmp_path / "lat"
+    folder.mkdir()
+    (folder / "lat.inter").write_bytes(b"user_id:token\titem_id:token\n\xe9\t1\nb\t2\nc\t1\nb\t1\n")
+    data_dir = tmp_path / "data"
+    code, _, err = run(["data", "prepare", str(folder), "--name", "lat", "--data-dir", str(data_dir)], capsys)
+    assert code == 1 and "--option encoding=latin-1 for 'jaxrec data info' and 'jaxrec data prepare'" in err
+    code, _, err = run(["data", "prepare", str(folder), "--name", "lat", "--data-dir", str(data_dir),
+                        "--option", "encoding=latin-1"], capsys)
+    assert code == 0, err
+    from jaxrec.data import load_prepared
+
+    prepared = load_prepared(data_dir, "lat")
+    assert list(prepared.user_ids) == ["\xe9", "b", "c"] and len(prepared.interactions.users) == 4

@@ -57,6 +57,11 @@ def test_wrong_types_and_values_name_the_key():
     assert "'train.parallel' is 'pmapp'; did you mean 'pmap'?" in message
     assert "not in eval.ks" in _error({**BASE, "train": {"valid_metric": "recall@30"}})
     assert "NAME@K" in _error({**BASE, "train": {"valid_metric": "recall"}})
+    # recall2, a metric eval.metrics allows, was refused as not NAME@K.
+    recall2 = {**BASE, "train": {"valid_metric": "recall2@20"}, "eval": {"metrics": ["recall", "recall2"]}}
+    assert config_from_dict(recall2).train.valid_metric == "recall2@20"
+    assert "is not among eval.metrics" in _error({**BASE, "train": {"valid_metric": "recall2@20"},
+                                                  "eval": {"metrics": ["recall"]}})
     assert "data.path" in _error({"model": {"name": "bprmf"}})
     assert "'loss_weights.reg' expects float; found 'big'" in _error({**BASE, "loss_weights": {"reg": "big"}})
     assert "'loss_weights.reg' must be a finite number" in _error({**BASE, "loss_weights": {"reg": float("inf")}})

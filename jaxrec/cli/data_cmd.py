@@ -13,7 +13,7 @@ import argparse
 import importlib
 import json
 
-import yaml
+from jaxrec.cli._reader_options import add_reader_option, reader_options
 
 _DATA_SUBCOMMAND_MODULES = ("data_prepare",)
 
@@ -40,22 +40,9 @@ def _add_info_parser(data_subparsers) -> None:
     info.add_argument("path", help="dataset folder (or its .inter file)")
     info.add_argument("--format", default="auto", choices=("auto", "mmrec", "recbole", "movielens", "tfds"),
                       help="on-disk format (default: detected from the folder)")
-    info.add_argument("--option", dest="options", action="append", default=[], metavar="KEY=VALUE",
-                      help="reader option, value parsed as YAML (e.g. social=null, duplicates=error); repeatable")
+    add_reader_option(info)
     info.add_argument("--json", action="store_true", help="print the summary as JSON")
     info.set_defaults(func=_info)
-
-
-def _reader_options(pairs: list[str]) -> dict:
-    from jaxrec.errors import ConfigError
-
-    options = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--option expects KEY=VALUE, got {pair!r}")
-        options[key.strip()] = yaml.safe_load(value) if value.strip() else None
-    return options
 
 
 def _info(args) -> int:
@@ -63,7 +50,7 @@ def _info(args) -> int:
 
     from jaxrec.data import detect_format, unseen_in_train, unseen_messages
 
-    dataset = load(args.path, format=args.format, **_reader_options(args.options))
+    dataset = load(args.path, format=args.format, **reader_options(args.options))
     summary = dataset.summary()
     summary["unseen_in_train"] = unseen_in_train(dataset)
     summary["warnings"] = unseen_messages(dataset, summary["unseen_in_train"])

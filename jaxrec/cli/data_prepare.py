@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 
+from jaxrec.cli._reader_options import add_reader_option, reader_options
+
 
 def add_prepare_parser(data_subparsers) -> argparse.ArgumentParser:
     """Adds ``prepare PATH --name N --data-dir D [--format F] [--version V]`` to ``jaxrec data``."""
@@ -26,6 +28,7 @@ def add_prepare_parser(data_subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--release-notes", default=None, help="what this version changes")
     parser.add_argument("--overwrite", action="store_true", help="replace this version if it is already prepared")
     parser.add_argument("--verbose", action="store_true", help="show TFDS's own messages and progress bars")
+    add_reader_option(parser)
     parser.set_defaults(func=run_prepare)
     return parser
 
@@ -44,7 +47,7 @@ def run_prepare(args: argparse.Namespace) -> int:
     if target.exists() and not target.is_dir():
         raise ConfigError(f"--data-dir {args.data_dir} --name {args.name}: {target} exists and is not a folder; "
                           f"expected the dataset's folder there (or nothing)")
-    dataset = load(args.path, format=args.format)
+    dataset = load(args.path, format=args.format, **reader_options(args.options))
     root = prepare_tfds(dataset, args.data_dir, name=args.name, version=args.version,
                         release_notes=args.release_notes, overwrite=args.overwrite, verbose=args.verbose)
     sizes = dataset.split_sizes()

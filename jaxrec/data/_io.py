@@ -129,12 +129,14 @@ def tfds_format_error(path, roots: Sequence[Path], reader: str) -> DataError:
                               "for 'jaxrec data info': --format tfds)")
 
 
-NAME_HINT = "the reader option name (data.options.name in a config; --option name=NAME for 'jaxrec data info')"
-FORMAT_HINT = "data.format in a config; --format for 'jaxrec data info'"
+NAME_HINT = ("the reader option name (data.options.name in a config; --option name=NAME for 'jaxrec data info' "
+             "and 'jaxrec data prepare')")
+FORMAT_HINT = "data.format in a config; --format for 'jaxrec data info' and 'jaxrec data prepare'"
 
 
 ENCODING_HINT = ("if the file is in another encoding, e.g. Latin-1, pass the reader option encoding='latin-1' "
-                 "(data.options.encoding in a config; --option encoding=latin-1 for 'jaxrec data info')")
+                 "(data.options.encoding in a config; --option encoding=latin-1 for 'jaxrec data info' and "
+                 "'jaxrec data prepare')")
 
 
 def read_text(path, *, encoding: str = "utf-8") -> str:
@@ -509,7 +511,7 @@ def deduplicate(users: np.ndarray, items: np.ndarray, table: DelimitedTable, *, 
                         field=f"{user_field}, {item_field}", found=described,
                         expected="each (user, item) pair once (or keep the first with the reader option "
                                  "duplicates='warn': data.options.duplicates in a config, --option duplicates=warn "
-                                 "for 'jaxrec data info')")
+                                 "for 'jaxrec data info' and 'jaxrec data prepare')")
     warnings.warn(f"{os.fspath(table.path)}: dropped {repeats.size} duplicate interaction(s), keeping the first "
                   f"of each; first: {described}", DataWarning, stacklevel=3)
     return np.flatnonzero(keep)

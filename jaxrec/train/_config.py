@@ -138,7 +138,7 @@ class EvalConfig:
     uniform sample of N of the users that have interactions in it, drawn once with
     ``user_sample_seed`` (``null``: every user). Each sampled user is still ranked over the
     whole catalogue under the protocol's masks; only the average is over fewer users, an
-    unbiased estimate of the full one. For catalogues where ranking every
+    unbiased estimate of the full one (``recall2``, a ratio of sums: consistent, not unbiased). For catalogues where ranking every
     user each epoch costs more than the epoch itself (the 1M-item scale: 200,000 users x 1M
     items); a table's numbers come from full evaluation.
 
@@ -383,7 +383,7 @@ def _check_values(config: ExperimentConfig, where: str) -> None:
     seed("eval.user_sample_seed", config.eval.user_sample_seed)
     for metric in config.eval.metrics:
         choice("eval.metrics", metric, RANKING_METRICS)
-    match = re.fullmatch(r"([a-z_]+)@(\d+)", t.valid_metric)
+    match = re.fullmatch(r"([a-z_][a-z0-9_]*)@(\d+)", t.valid_metric)
     if not match:
         raise ConfigError(f"{where}config key 'train.valid_metric' is {t.valid_metric!r}; expected NAME@K, "
                           "e.g. recall@20")
