@@ -40,28 +40,28 @@ def is_constant(value, constant: float) -> bool:
 def check_positive_int(value, name: str, model: str) -> int:
     """``value`` if it is an integer >= 1, else ``ConfigError`` naming the model and argument."""
     if not _is_int(value) or value < 1:
-        raise ConfigError(f"model {model}: {name} must be a positive integer; found {value!r}")
+        raise ConfigError(f"model {model}: model.args.{name} must be a positive integer; found {value!r}")
     return value
 
 
 def check_nonnegative_int(value, name: str, model: str) -> int:
     """``value`` if it is an integer >= 0 (a layer count), else ``ConfigError``."""
     if not _is_int(value) or value < 0:
-        raise ConfigError(f"model {model}: {name} must be a non-negative integer; found {value!r}")
+        raise ConfigError(f"model {model}: model.args.{name} must be a non-negative integer; found {value!r}")
     return value
 
 
 def check_choice(value, name: str, choices, model: str) -> str:
     """``value`` if it is one of ``choices``, else ``ConfigError`` listing them."""
     if value not in choices:
-        raise ConfigError(f"model {model}: {name} must be one of {', '.join(choices)}; found {value!r}")
+        raise ConfigError(f"model {model}: model.args.{name} must be one of {', '.join(choices)}; found {value!r}")
     return value
 
 
 def check_bool(value, name: str, model: str) -> bool:
     """``value`` if it is ``True`` or ``False``, else ``ConfigError``."""
     if not isinstance(value, bool):
-        raise ConfigError(f"model {model}: {name} must be true or false; found {value!r}")
+        raise ConfigError(f"model {model}: model.args.{name} must be true or false; found {value!r}")
     return value
 
 
@@ -72,7 +72,7 @@ def check_number(value, name: str, model: str, low: float = -math.inf, high: flo
     ok = ok and (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
     if not ok:
         bounds = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
-        raise ConfigError(f"model {model}: {name} must be a number in {bounds}; found {value!r}")
+        raise ConfigError(f"model {model}: model.args.{name} must be a number in {bounds}; found {value!r}")
     return float(value)
 
 
@@ -82,9 +82,22 @@ def check_modality_weights(weights, modalities, name: str, model: str) -> tuple[
         return tuple(1.0 / len(modalities) for _ in modalities)
     if (not isinstance(weights, (list, tuple)) or len(weights) != len(modalities)
             or not all(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in weights)):
-        raise ConfigError(f"model {model}: {name} must be {len(modalities)} non-negative numbers, one per "
+        raise ConfigError(f"model {model}: model.args.{name} must be {len(modalities)} non-negative numbers, one per "
                           f"modality {list(modalities)}; found {weights!r}")
     return tuple(float(w) for w in weights)
+
+
+def modality_names(dataset, modalities, model: str, name: str = "modalities") -> tuple[str, ...]:
+    """``modalities`` (a list of modality names; None: all of the dataset's, in its order) as a
+    tuple, or ``ConfigError`` for anything else (a bare string would otherwise be read letter by
+    letter)."""
+    if modalities is None:
+        return tuple(dataset.modalities)
+    if (isinstance(modalities, (str, bytes)) or not isinstance(modalities, Sequence)
+            or not all(isinstance(m, str) for m in modalities)):
+        raise ConfigError(f"model {model}: model.args.{name} must be a list of modality names (the dataset has "
+                          f"{', '.join(dataset.modalities) or 'none'}); found {modalities!r}")
+    return tuple(modalities)
 
 
 # ---- item features -----------------------------------------------------------------------
@@ -110,8 +123,9 @@ def item_side_features(dataset, modalities: Sequence[str] | None = None, *, scal
       ConfigError: no modality, an unknown name or scaling, or a sequence modality.
     """
     if scaling not in FEATURE_SCALINGS:
-        raise ConfigError(f"model {model}: feature_scaling must be one of {FEATURE_SCALINGS}; found {scaling!r}")
-    names = tuple(dataset.modalities) if modalities is None else tuple(modalities)
+        raise ConfigError(f"model {model}: model.args.feature_scaling must be one of {FEATURE_SCALINGS}; "
+                          f"found {scaling!r}")
+    names = modality_names(dataset, modalities, model)
     if not names:
         raise ConfigError(f"model {model} needs item modalities; the dataset has none "
                           "(check data.modalities)")
@@ -240,7 +254,7 @@ def knn_search_settings(method, n_clusters, n_probe, model: str) -> jgraph.IvfSe
     """The :class:`~jaxrec.data.graph.IvfSettings` of ``knn_method: ivf`` (None for ``exact``),
     or ``ConfigError`` for a bad combination."""
     if method not in jgraph.KNN_METHODS:
-        raise ConfigError(f"model {model}: knn_method must be one of {jgraph.KNN_METHODS}; found {method!r}")
+        raise ConfigError(f"model {model}: model.args.knn_method must be one of {jgraph.KNN_METHODS}; found {method!r}")
     if method != "ivf":  # exact, hnsw (hnswlib), join (default settings) or auto
         if n_clusters is not None or n_probe is not None:
             raise ConfigError(f"model {model}: knn_n_clusters and knn_n_probe apply to knn_method 'ivf' only; "

@@ -16,7 +16,7 @@ import numpy as np
 from jaxrec.errors import ConfigError, DataError
 from jaxrec.features import fit_standardizer
 from jaxrec.models._common import (check_number, check_positive_int, counted_pairs, feature_blocks, is_constant,
-                                   item_side_features)
+                                   item_side_features, modality_names)
 
 
 def modality_inputs(dataset, modalities: Sequence[str] | None, *, scaling: str, model: str):
@@ -44,7 +44,7 @@ def sequence_inputs(dataset, modalities: Sequence[str] | None, *, scaling: str, 
       ``(features, masks, names, lengths)``: as :func:`modality_inputs`, plus ``lengths``, a
       dict ``{str(m): (n_items,) int32}`` of valid steps for each sequence modality ``m``.
     """
-    names = tuple(dataset.modalities) if modalities is None else tuple(modalities)
+    names = modality_names(dataset, modalities, model)
     unknown = [n for n in names if n not in dataset.modalities]
     if not names or unknown:  # item_side_features words these errors
         return (*modality_inputs(dataset, modalities, scaling=scaling, model=model), {})

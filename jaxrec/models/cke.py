@@ -74,8 +74,9 @@ from jax.typing import ArrayLike
 from jaxrec import losses
 from jaxrec.datasets import add_tag_kg
 from jaxrec.errors import ConfigError
-from jaxrec.models._common import (batch_triples, bpr_emb_loss, check_choice, check_positive_int, counted_pairs,
-                                   item_side_features, masked_rows, normalize_rows, trained_item_mask)
+from jaxrec.models._common import (batch_triples, bpr_emb_loss, check_bool, check_choice, check_number,
+                                   check_positive_int, counted_pairs, item_side_features, masked_rows, normalize_rows,
+                                   trained_item_mask)
 from jaxrec.models._init import xavier_normal
 from jaxrec.models._registry import Built, register
 
@@ -300,10 +301,19 @@ def build(dataset, *, embedding_size: int = 64, kg_embedding_size: int = 64, kg_
                         (kg_batch_size, "kg_batch_size")):
         check_positive_int(value, name, "cke")
     check_choice(kg_loss, "kg_loss", KG_LOSSES, "cke")
+    margin = check_number(margin, "margin", "cke", 0.0)
+    check_bool(kg_normalize, "kg_normalize", "cke")
     if tag_kg is not None:
         if not isinstance(tag_kg, dict) or "path" not in tag_kg:
-            raise ConfigError(f"model cke: tag_kg must be a mapping with a path (and optional min_count); "
+            raise ConfigError(f"model cke: model.args.tag_kg must be a mapping with a path (and optional min_count); "
                               f"found {tag_kg!r}")
+        import inspect
+
+        known = list(inspect.signature(add_tag_kg).parameters)[1:]  # after the dataset
+        unknown = sorted(set(tag_kg) - set(known))
+        if unknown:
+            raise ConfigError(f"model cke: model.args.tag_kg has no option {unknown[0]!r}; its options are "
+                              f"{', '.join(known)}")
         if dataset.kg_triples is None:
             dataset = add_tag_kg(dataset, **tag_kg)
     if dataset.kg_triples is None or len(dataset.kg_triples) == 0:

@@ -70,7 +70,7 @@ from flax import linen as nn
 
 from jaxrec import losses
 from jaxrec.errors import ConfigError
-from jaxrec.models._common import check_bool, check_positive_int, feature_blocks, item_side_features
+from jaxrec.models._common import check_bool, check_positive_int, feature_blocks, item_side_features, modality_names
 from jaxrec.models._registry import Built, build as build_model, register
 
 
@@ -182,17 +182,18 @@ def build(dataset, *, base: str = "bprmf", base_args: dict | None = None, modali
       and parameters.
     """
     if not isinstance(base, str) or base.lower() == "contrastive":
-        raise ConfigError(f"model contrastive: base must name another registered model; found {base!r}")
+        raise ConfigError(f"model contrastive: model.args.base must name another registered model; found {base!r}")
     if base_args is not None and not isinstance(base_args, dict):
-        raise ConfigError(f"model contrastive: base_args must be a mapping of the base's arguments; found {base_args!r}")
+        raise ConfigError(f"model contrastive: model.args.base_args must be a mapping of the base's arguments; found {base_args!r}")
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (
             math.isfinite(temperature) and temperature > 0):
-        raise ConfigError(f"model contrastive: temperature must be a positive number; found {temperature!r}")
+        raise ConfigError(f"model contrastive: model.args.temperature must be a positive number; found {temperature!r}")
     check_positive_int(proj_dim, "proj_dim", "contrastive")
     if contrast_rows is not None:
         check_positive_int(contrast_rows, "contrast_rows", "contrastive")
     check_bool(user_side, "user_side", "contrastive")
-    names = [modality] if isinstance(modality, str) else (None if modality is None else list(modality))
+    names = ([modality] if isinstance(modality, str)
+             else None if modality is None else list(modality_names(dataset, modality, "contrastive", "modality")))
     if names is not None and not names:
         raise ConfigError("model contrastive: modality must name at least one modality")
     inner = build_model(base, dataset, **(base_args or {}))

@@ -41,6 +41,7 @@ import numpy as np
 from jaxrec.data import TRAIN, Modality, MultimodalDataset
 from jaxrec.errors import ConfigError, DataError
 from jaxrec.models import _registry
+from jaxrec.models._common import check_nonnegative_int, check_number
 from jaxrec.models._gan_training import generate, train_gan
 from jaxrec.models._registry import Built, register
 
@@ -208,6 +209,38 @@ def fill_missing_with_mean(dataset: MultimodalDataset, modality: str, *, mark_pr
     return dataset.with_modality(Modality(mod.name, features, mask, None, provenance))
 
 
+def _check_gan_args(*, modality, base_args, hide_fraction, hide_seed, seed, sources, id_embedding_dim, gan) -> None:
+    """``ConfigError`` naming ``model.args.<name>`` for a mistyped or out-of-range argument of
+    :func:`build` (checked whatever ``fill`` is, so that a typo never passes unnoticed)."""
+    import inspect
+
+    model = "gan"
+    if not isinstance(modality, str):
+        raise ConfigError(f"model {model}: model.args.modality must be a modality name; found {modality!r}")
+    for name, value in (("base_args", base_args), ("gan", gan)):
+        if value is not None and not isinstance(value, dict):
+            raise ConfigError(f"model {model}: model.args.{name} must be a mapping of options; found {value!r}")
+    check_number(hide_fraction, "hide_fraction", model, 0.0, 1.0)
+    for name, value in (("hide_seed", hide_seed), ("seed", seed), ("id_embedding_dim", id_embedding_dim)):
+        check_nonnegative_int(value, name, model)
+    if sources is not None and (isinstance(sources, (str, bytes)) or not isinstance(sources, Sequence)
+                                or not all(isinstance(s, str) for s in sources)):
+        raise ConfigError(f"model {model}: model.args.sources must be a list of modality names; found {sources!r}")
+    known = [p for p in inspect.signature(train_gan).parameters][4:]  # after condition, target, present, key
+    unknown = sorted(set(gan or {}) - set(known))
+    if unknown:
+        raise ConfigError(f"model {model}: model.args.gan has no option {unknown[0]!r}; its options are "
+                          f"{', '.join(known)}")
+    if gan and "holdout" in gan:
+        check_number(gan["holdout"], "gan.holdout", model, 0.0, 1.0, high_open=True)
+    if gan and "hidden_dims" in gan:
+        dims = gan["hidden_dims"]
+        if (isinstance(dims, (str, bytes)) or not isinstance(dims, Sequence)
+                or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 1 for d in dims)):
+            raise ConfigError(f"model {model}: model.args.gan.hidden_dims must be a list of positive integers; "
+                              f"found {dims!r}")
+
+
 @register("gan")
 def build(dataset, *, modality: str, base: str = "vbpr", base_args: dict | None = None, fill: str = "gan",
           hide_fraction: float = 0.0, hide_seed: int = 0, seed: int = 0, sources: list[str] | None = None,
@@ -232,9 +265,11 @@ def build(dataset, *, modality: str, base: str = "vbpr", base_args: dict | None 
       The base model's :class:`~jaxrec.models.Built` (its loss terms and weights).
     """
     if fill not in FILLS:
-        raise ConfigError(f"model gan: fill must be one of {', '.join(FILLS)}; found {fill!r}")
+        raise ConfigError(f"model gan: model.args.fill must be one of {', '.join(FILLS)}; found {fill!r}")
     if base == "gan":
         raise ConfigError("model gan: base must be a recommender, not 'gan' itself")
+    _check_gan_args(modality=modality, base_args=base_args, hide_fraction=hide_fraction, hide_seed=hide_seed,
+                    seed=seed, sources=sources, id_embedding_dim=id_embedding_dim, gan=gan)
     if hide_fraction:
         dataset, _ = hide_modality_rows(dataset, modality, hide_fraction, seed=hide_seed)
     if fill == "gan":

@@ -126,16 +126,19 @@ def _parse_specs(kernels, n_modalities: int) -> list[jfusion.KernelSpec]:
     if isinstance(kernels, (str, Mapping)):
         kernels = [kernels] * n_modalities
     if not isinstance(kernels, Sequence) or len(kernels) != n_modalities:
-        raise ConfigError(f"model kernel: kernels must be one kernel or a list of {n_modalities} (one per "
+        raise ConfigError(f"model kernel: model.args.kernels must be one kernel or a list of {n_modalities} (one per "
                           f"modality); found {kernels!r}")
     specs = []
     for entry in kernels:
-        options = {"kind": entry} if isinstance(entry, str) else dict(entry)
+        options = {"kind": entry} if isinstance(entry, str) else dict(entry) if isinstance(entry, Mapping) else {}
         unknown = sorted(set(options) - set(_SPEC_KEYS))
         if unknown or "kind" not in options:
-            raise ConfigError(f"model kernel: a kernel is a kind name or a mapping with keys {_SPEC_KEYS} "
-                              f"(kind required); found {entry!r}")
-        specs.append(jfusion.KernelSpec(**options))
+            raise ConfigError(f"model kernel: a kernel (model.args.kernels) is a kind name or a mapping with keys "
+                              f"{_SPEC_KEYS} (kind required); found {entry!r}")
+        try:
+            specs.append(jfusion.KernelSpec(**options))
+        except (ConfigError, TypeError, ValueError) as error:
+            raise ConfigError(f"model kernel: model.args.kernels: {error}") from None
     return specs
 
 
@@ -164,9 +167,9 @@ def build(dataset, *, embedding_size: int = 64, modalities: list[str] | None = N
     """
     check_positive_int(embedding_size, "embedding_size", "kernel")
     if not isinstance(projection, bool):
-        raise ConfigError(f"model kernel: projection must be true or false; found {projection!r}")
+        raise ConfigError(f"model kernel: model.args.projection must be true or false; found {projection!r}")
     if isinstance(kernel_seed, bool) or not isinstance(kernel_seed, int):
-        raise ConfigError(f"model kernel: kernel_seed must be an integer; found {kernel_seed!r}")
+        raise ConfigError(f"model kernel: model.args.kernel_seed must be an integer; found {kernel_seed!r}")
     features, masks, names = modality_inputs(dataset, modalities, scaling=feature_scaling, model="kernel")
     specs = _parse_specs(kernels, len(features))
     keys = jax.random.split(jax.random.PRNGKey(kernel_seed), len(specs))

@@ -91,7 +91,8 @@ from flax import linen as nn
 from jaxrec import losses
 from jaxrec.data import graph as jgraph
 from jaxrec.errors import ConfigError, DataError
-from jaxrec.models._common import FeatureTable, check_nonnegative_int, check_positive_int, graph_cache_of
+from jaxrec.models._common import (FeatureTable, check_nonnegative_int, check_positive_int, graph_cache_of,
+                                   modality_names)
 from jaxrec.models._init import torch_linear_bias, torch_linear_kernel, xavier_uniform
 from jaxrec.models._registry import Built, register
 
@@ -201,7 +202,7 @@ class MGCN(nn.Module):
 
 def _raw_features(dataset, modalities: Sequence[str] | None) -> tuple[list[np.ndarray], tuple[str, ...]]:
     """The raw (n_items, d_m) float32 features of the modalities, absent rows zero."""
-    names = tuple(dataset.modalities) if modalities is None else tuple(modalities)
+    names = modality_names(dataset, modalities, "mgcn")
     if not names:
         raise ConfigError("model mgcn needs item modalities; the dataset has none (check data.modalities)")
     blocks = []
@@ -251,9 +252,9 @@ def build(dataset, *, embedding_size: int = 64, knn_k: int = 10, n_ui_layers: in
     for name, value in (("n_ui_layers", n_ui_layers), ("n_mm_layers", n_mm_layers)):
         check_nonnegative_int(value, name, "mgcn")
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
-        raise ConfigError(f"model mgcn: temperature must be a positive number; found {temperature!r}")
+        raise ConfigError(f"model mgcn: model.args.temperature must be a positive number; found {temperature!r}")
     if not isinstance(train_features, bool):
-        raise ConfigError(f"model mgcn: train_features must be true or false; found {train_features!r}")
+        raise ConfigError(f"model mgcn: model.args.train_features must be true or false; found {train_features!r}")
     cache = graph_cache_of(graph_cache)
     blocks, names = _raw_features(dataset, modalities)
     full = jgraph.normalized_adjacency(jgraph.bipartite_graph(dataset, split="train"))

@@ -72,7 +72,8 @@ from jaxrec.data import graph as jgraph
 from jaxrec.data.graph import Edges
 from jaxrec.errors import ConfigError
 from jaxrec.models._common import (batch_triples, bpr_of, check_bool, check_positive_int, chunk_size_for,
-                                   counted_pairs, item_side_features, matmul, normalize_rows)
+                                   counted_pairs, item_side_features, matmul, modality_names,
+                                   normalize_rows)
 from jaxrec.models._init import torch_linear_bias, torch_linear_kernel, xavier_normal
 from jaxrec.models._registry import Built, register
 
@@ -375,7 +376,7 @@ def graph_blocks(edges, n_users: int, sides=("users", "items")) -> dict:
 def _latent_dims(latent_dims, names: Sequence[str]) -> tuple[int, ...]:
     latent_dims = {} if latent_dims is None else latent_dims
     if not isinstance(latent_dims, Mapping):
-        raise ConfigError(f"model mmgcn: latent_dims must map modality names to widths; found {latent_dims!r}")
+        raise ConfigError(f"model mmgcn: model.args.latent_dims must map modality names to widths; found {latent_dims!r}")
     unknown = [n for n in latent_dims if n not in names]
     if unknown:
         raise ConfigError(f"model mmgcn: latent_dims names {unknown[0]!r}, which is not among the model's "
@@ -415,7 +416,7 @@ def build(dataset, *, modalities: list[str] | None = None, latent_dims: dict[str
     check_positive_int(n_layers, "n_layers", "mmgcn")
     for flag, value in (("concat", concat), ("learn_embeddings", learn_embeddings)):
         check_bool(value, flag, "mmgcn")
-    names = tuple(dataset.modalities) if modalities is None else tuple(modalities)
+    names = modality_names(dataset, modalities, "mmgcn")
     features = {}
     for name in names:
         block, _, _ = item_side_features(dataset, [name], scaling=feature_scaling, model="mmgcn")

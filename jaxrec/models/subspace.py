@@ -175,9 +175,9 @@ def build(dataset, *, embedding_size: int = 64, modalities: list[str] | None = N
     check_positive_int(embedding_size, "embedding_size", "subspace")
     check_positive_int(shared_dim, "shared_dim", "subspace")
     if isinstance(agreement, bool) or not isinstance(agreement, (int, float)) or not agreement >= 0:
-        raise ConfigError(f"model subspace: agreement must be a number >= 0; found {agreement!r}")
+        raise ConfigError(f"model subspace: model.args.agreement must be a number >= 0; found {agreement!r}")
     if not isinstance(orthonormal, bool):
-        raise ConfigError(f"model subspace: orthonormal must be true or false; found {orthonormal!r}")
+        raise ConfigError(f"model subspace: model.args.orthonormal must be true or false; found {orthonormal!r}")
     features, masks, names = modality_inputs(dataset, modalities, scaling=feature_scaling, model="subspace")
     narrowest = min(x.shape[1] for x in features)
     if shared_dim > narrowest:
