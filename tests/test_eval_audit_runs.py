@@ -5,10 +5,11 @@ protocol with a user sample, following the documented definitions only (no jaxre
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pytest
+
+from test_eval_audit_inputs import _hand_metrics  # one hand-written reference for both files
 
 KS = (1, 5, 40)  # 40 = every item
 SAMPLE, SAMPLE_SEED = 20, 4
@@ -41,20 +42,9 @@ def _naive(scores, masked_pairs, target_pairs, ks):
         drop = masked.get(u, set()) - items
         ranked = sorted((i for i in range(scores.shape[1]) if i not in drop), key=lambda i: (-scores[u, i], i))
         for k in ks:
-            top = [int(i in items) for i in ranked[:k]] + [0] * max(0, k - len(ranked))
-            hits = sum(top)
-            total_hits[k] += hits
-            running, ap = 0, 0.0
-            for r, h in enumerate(top):
-                if h:
-                    running += 1
-                    ap += running / (r + 1)
-            first = next((r for r, h in enumerate(top) if h), None)
-            values = {"recall": hits / len(items), "precision": hits / k,
-                      "ndcg": sum(1 / math.log2(r + 2) for r, h in enumerate(top) if h)
-                      / sum(1 / math.log2(r + 2) for r in range(min(len(items), k))),
-                      "map": ap / min(len(items), k), "hit": float(hits > 0),
-                      "mrr": 0.0 if first is None else 1 / (first + 1)}
+            hit_list = [int(i in items) for i in ranked]
+            total_hits[k] += sum(hit_list[:k])
+            values = _hand_metrics(hit_list, len(items), k)
             for name, value in values.items():
                 out.setdefault(f"{name}@{k}", []).append(value)
     result = {key: float(np.mean(values)) for key, values in out.items()}

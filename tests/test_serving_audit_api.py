@@ -9,23 +9,15 @@ import jax
 import numpy as np
 import pytest
 
-from jaxrec.data._synthetic import make_synthetic
 from jaxrec.errors import ResourceError
 from jaxrec.serve import OnlineConfig, Recommender
 from jaxrec.serve._foldin import bpr_vectors
-from jaxrec.train import config_from_dict, train_and_evaluate
 
-DATA = dict(n_users=60, n_items=40, n_interactions=900, seed=2, dims={"img": 6, "txt": 5})
+from test_serve_api import _run as _serve_run  # one small served-run recipe for both files
 
 
 def _run(tmp_path_factory, model, args, epochs=1):
-    dataset = make_synthetic(**DATA)
-    raw = {"data": {"synthetic": DATA}, "model": {"name": model, "args": args},
-           "train": {"epochs": epochs, "batch_size": 128, "learning_rate": 0.02, "seed": 5},
-           "eval": {"ks": [10, 20]}}
-    workdir = tmp_path_factory.mktemp(model)
-    train_and_evaluate(config_from_dict(raw), workdir, dataset=dataset, quiet=True)
-    return workdir, dataset
+    return _serve_run(tmp_path_factory, model, args, epochs=epochs)
 
 
 @pytest.fixture(scope="module")

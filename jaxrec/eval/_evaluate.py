@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrec.errors import ConfigError, DataError
-from jaxrec.eval import _pairs, _ranking
+from jaxrec.eval import _metrics, _pairs, _ranking
 
 DEFAULT_KS = (5, 10, 20, 50)
 DEFAULT_METRICS = ("recall", "ndcg", "precision", "map", "hit", "mrr")
@@ -242,36 +242,12 @@ def prepare_split(
 
 def check_ks(ks) -> tuple[int, ...]:
     """The distinct cut-offs in order, as Python ints: one int or a sequence of them (numpy too)."""
-    given = ks
-    if isinstance(ks, (int, np.integer)):
-        ks = (ks,)
-    if isinstance(ks, str):  # tuple("10") would read as the cut-offs "1" and "0"
-        ks = None
-    try:
-        ks = tuple(ks)
-    except TypeError:
-        raise ConfigError(f"ks must be a sequence of positive ints; found {given!r}") from None
-    if not ks or not all(isinstance(k, (int, np.integer)) and not isinstance(k, (bool, np.bool_)) and k >= 1
-                         for k in ks):
-        raise ConfigError(f"ks must be a non-empty sequence of positive ints; found {given!r}")
-    return tuple(dict.fromkeys(int(k) for k in ks))
+    return _metrics.check_cutoffs(ks, distinct=True)
 
 
 def check_metrics(metrics) -> tuple[str, ...]:
     """The distinct metric names in order, lower-cased: one name or a sequence of them."""
-    given = metrics
-    if isinstance(metrics, str):
-        metrics = (metrics,)
-    try:
-        metrics = tuple(str(m).lower() for m in metrics)
-    except TypeError:
-        raise ConfigError(f"metrics must be a metric name or a sequence of them; found {given!r} "
-                          f"(known: {', '.join(KNOWN_METRICS)})") from None
-    unknown = [m for m in metrics if m not in KNOWN_METRICS]
-    if not metrics or unknown:
-        raise ConfigError(
-            f"unknown ranking metric(s) {unknown or given!r} in metrics; known: {', '.join(KNOWN_METRICS)}")
-    return tuple(dict.fromkeys(metrics))
+    return _metrics.check_metric_names(metrics, KNOWN_METRICS)
 
 
 def resolve_scorer(user_emb, item_emb, score_fn, num_items_hint: int | None = None):

@@ -30,12 +30,13 @@ from jax.typing import ArrayLike
 from jaxrec.errors import ConfigError, DataError
 
 
-def _check_ks(ks) -> tuple[int, ...]:
-    """The cut-offs as a tuple of Python ints: one int or a sequence of them (numpy ints too)."""
+def check_cutoffs(ks, *, distinct: bool = False) -> tuple[int, ...]:
+    """The cut-offs as Python ints: one int or a sequence of them (numpy ints too); ``distinct``:
+    each once, in order."""
     given = ks
     if isinstance(ks, (int, np.integer)):
         ks = (ks,)
-    elif isinstance(ks, str):
+    elif isinstance(ks, str):  # tuple("10") would read as the cut-offs "1" and "0"
         ks = None
     else:
         try:
@@ -45,22 +46,25 @@ def _check_ks(ks) -> tuple[int, ...]:
     if not ks or not all(isinstance(k, (int, np.integer)) and not isinstance(k, (bool, np.bool_)) and k >= 1
                          for k in ks):
         raise ConfigError(f"ks (k) must be a positive int or a non-empty sequence of them; found {given!r}")
-    return tuple(int(k) for k in ks)
+    ints = tuple(int(k) for k in ks)
+    return tuple(dict.fromkeys(ints)) if distinct else ints
 
 
-def _check_metric_names(metrics) -> tuple[str, ...]:
-    """The metric names, lower-cased (one name or a sequence of them), each known."""
+def check_metric_names(metrics, known) -> tuple[str, ...]:
+    """The distinct metric names in order, lower-cased (one name or a sequence of them), each in
+    ``known``."""
     given = metrics
     if isinstance(metrics, str):
         metrics = (metrics,)
     try:
         metrics = tuple(str(m).lower() for m in metrics)
     except TypeError:
-        metrics = ()
-    unknown = [name for name in metrics if name not in _FORMULAS]
+        raise ConfigError(f"metrics must be a metric name or a sequence of them; found {given!r} "
+                          f"(known: {', '.join(known)})") from None
+    unknown = [name for name in metrics if name not in known]
     if not metrics or unknown:
-        raise ConfigError(f"unknown ranking metric(s) {unknown or given!r} in metrics; known: {', '.join(_FORMULAS)}")
-    return metrics
+        raise ConfigError(f"unknown ranking metric(s) {unknown or given!r} in metrics; known: {', '.join(known)}")
+    return tuple(dict.fromkeys(metrics))
 
 
 def _hits_at_k(hits: jax.Array, k: int) -> jax.Array:
@@ -121,7 +125,7 @@ def ranking_metrics(
       >>> out["recall"].tolist(), out["mrr"].tolist()
       ([[0.0, 1.0]], [[0.0, 0.5]])
     """
-    ks, metrics = _check_ks(ks), _check_metric_names(metrics)
+    ks, metrics = check_cutoffs(ks), check_metric_names(metrics, tuple(_FORMULAS))
     hits = jnp.asarray(hits)
     if hits.ndim < 1:
         raise DataError(
