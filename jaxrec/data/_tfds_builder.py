@@ -17,6 +17,7 @@ from pathlib import Path
 
 import tensorflow_datasets as tfds
 
+from jaxrec._atomic import file_in_the_way
 from jaxrec.data._dataset import MultimodalDataset
 from jaxrec.data._tfds_schema import (COMMIT_TABLE, LAYOUT, TABLE_SPLITS, TABLES, build_manifest, table_examples,
                                       table_features, table_rows)
@@ -160,10 +161,10 @@ def prepare_tfds(dataset: MultimodalDataset, data_dir, *, name: str | None = Non
         raise DataError("this dataset version is already prepared", path=committed, found=f"{name} {version}",
                         expected="a new version (--version) or overwrite=True (--overwrite)")
     data_dir = Path(data_dir)
-    for folder in (data_dir, root):
-        if folder.exists() and not folder.is_dir():
-            raise DataError("cannot prepare into a file", path=folder, found="a file",
-                            expected="a folder (or nothing) for the TFDS data directory and its dataset")
+    blocking = file_in_the_way(Path(root))  # the dataset's folder, the data directory or a folder above
+    if blocking is not None:
+        raise DataError("cannot prepare into a file", path=blocking, found="a file",
+                        expected="a folder (or nothing) for the TFDS data directory and its dataset")
     data_dir.mkdir(parents=True, exist_ok=True)
     _clear_leftovers(data_dir, name, version)
     # Every table is written into a staging data directory beside the dataset and moved into

@@ -41,8 +41,7 @@ class Recommender:
         self._lock = threading.Lock()
         self._source = source
         self._seen_splits = tuple(seen_splits)
-        if online is not None and not isinstance(online, OnlineConfig):
-            raise ConfigError(f"online must be a jaxrec.serve.OnlineConfig (or None); found {type(online).__name__}")
+        _check_online(online)
         self.online = online or OnlineConfig()
         self._feature_probe: bool | None = None
 
@@ -69,8 +68,7 @@ class Recommender:
           ConfigError: not a run, a search without a winner, a checkpoint that does not fit, or
             an ``online`` that is not an :class:`OnlineConfig`.
         """
-        if online is not None and not isinstance(online, OnlineConfig):  # before the model is built
-            raise ConfigError(f"online must be a jaxrec.serve.OnlineConfig (or None); found {type(online).__name__}")
+        _check_online(online)  # before the model is built
         if isinstance(seen_splits, str):  # one split's name, not its letters
             seen_splits = (seen_splits,)
         if seen_splits is not None:
@@ -386,3 +384,7 @@ class Recommender:
         folder is refused (:class:`~jaxrec.errors.ConfigError`), never replaced."""
         return save_served(self, self._snapshot, directory)
 
+
+def _check_online(online) -> None:
+    if online is not None and not isinstance(online, OnlineConfig):
+        raise ConfigError(f"online must be a jaxrec.serve.OnlineConfig (or None); found {type(online).__name__}")
