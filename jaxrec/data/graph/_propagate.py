@@ -42,6 +42,12 @@ def propagate(edges: Edges, embeddings: jax.Array, *, indices_are_sorted: bool =
     rows, cols = jnp.asarray(edges.rows), jnp.asarray(edges.cols)
     weights = jnp.asarray(edges.weights, embeddings.dtype)
     n_nodes, n_edges = embeddings.shape[0], rows.shape[0]
+    # An edge outside [0, n) adds nothing: XLA's gather would clamp (or wrap) its column and the
+    # chunked scatter-add wrap a negative row, so its weight is zeroed and its ids clipped (a
+    # monotone map: sorted rows stay sorted). Edges inside are summed exactly as before.
+    inside = (rows >= 0) & (rows < n_nodes) & (cols >= 0) & (cols < n_nodes)
+    weights = jnp.where(inside, weights, jnp.zeros((), weights.dtype))
+    rows, cols = jnp.clip(rows, 0, max(n_nodes - 1, 0)), jnp.clip(cols, 0, max(n_nodes - 1, 0))
     if chunk_size is None or n_edges <= chunk_size:
         return jax.ops.segment_sum(weights[:, None] * embeddings[cols], rows, num_segments=n_nodes,
                                    indices_are_sorted=indices_are_sorted)
