@@ -132,6 +132,7 @@ def make_synthetic(
       ConfigError: on impossible or inconsistent arguments.
 
     Example:
+      >>> from jaxrec.data import make_synthetic
       >>> data = make_synthetic(50, 40, n_interactions=600, seed=1)
       >>> data.n_users, data.n_items, len(data.interactions), data.modality_names
       (50, 40, 600, ('text', 'image', 'audio'))

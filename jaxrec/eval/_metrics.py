@@ -121,6 +121,8 @@ def ranking_metrics(
       name -> ``(..., len(ks))`` float32 per-user values (0 where ``num_relevant == 0``).
 
     Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxrec.eval import ranking_metrics
       >>> out = ranking_metrics(jnp.array([[0, 1, 1]]), jnp.array([2]), ks=(1, 3))
       >>> out["recall"].tolist(), out["mrr"].tolist()
       ([[0.0, 1.0]], [[0.0, 0.5]])

@@ -56,6 +56,8 @@ def rmse(
       scalar RMSE; NaN when no entry is selected.
 
     Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxrec.eval import rmse
       >>> round(float(rmse(jnp.array([3.0, 4.0]), jnp.array([1.0, 4.0]))), 4)
       1.4142
     """
@@ -80,6 +82,8 @@ def mae(
       scalar MAE; NaN when no entry is selected.
 
     Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxrec.eval import mae
       >>> float(mae(jnp.array([3.0, 4.0]), jnp.array([1.0, 5.0])))
       1.5
     """

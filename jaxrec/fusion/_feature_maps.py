@@ -61,6 +61,7 @@ def polynomial_feature_dim(input_dim: int, *, degree: int, coef0: float = 1.0) -
       \binom{d + p}{p} \text{ if } c_0 > 0, \qquad \binom{d + p - 1}{p} \text{ if } c_0 = 0.
 
     Example:
+      >>> from jaxrec.fusion import polynomial_feature_dim
       >>> polynomial_feature_dim(64, degree=3)
       47905
     """

@@ -65,6 +65,7 @@ def linear_kernel(x: ArrayLike, y: ArrayLike) -> jax.Array:
       (n, p) Gram block.
 
     Example:
+      >>> from jaxrec.fusion import linear_kernel
       >>> linear_kernel([[1.0, 2.0]], [[3.0, 4.0]])
       Array([[11.]], dtype=float32)
     """
@@ -91,6 +92,7 @@ def polynomial_kernel(
       (n, p) Gram block.
 
     Example:
+      >>> from jaxrec.fusion import polynomial_kernel
       >>> polynomial_kernel([[1.0, 2.0]], [[3.0, 4.0]], degree=2, coef0=1.0, gamma=1.0)
       Array([[144.]], dtype=float32)
     """
@@ -116,6 +118,7 @@ def rbf_kernel(x: ArrayLike, y: ArrayLike, *, gamma: float | None = None) -> jax
       (n, p) Gram block with entries in (0, 1].
 
     Example:
+      >>> from jaxrec.fusion import rbf_kernel
       >>> rbf_kernel([[0.0, 0.0]], [[1.0, 0.0]], gamma=0.5)
       Array([[0.60653067]], dtype=float32)
     """
@@ -143,6 +146,7 @@ def cosine_kernel(x: ArrayLike, y: ArrayLike) -> jax.Array:
       (n, p) Gram block with entries in [-1, 1].
 
     Example:
+      >>> from jaxrec.fusion import cosine_kernel
       >>> cosine_kernel([[3.0, 4.0]], [[6.0, 8.0]])
       Array([[1.]], dtype=float32)
     """

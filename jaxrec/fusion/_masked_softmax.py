@@ -30,6 +30,8 @@ def masked_softmax(logits: jax.Array, mask: jax.Array, axis: int = -1) -> jax.Ar
       DataError: a ``mask`` that does not broadcast to the shape of ``logits``.
 
     Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxrec.fusion import masked_softmax
       >>> logits = jnp.array([[0.0, 0.0, 100.0], [1.0, 1.0, 1.0]])
       >>> masked_softmax(logits, jnp.array([[True, True, False], [False, False, False]]))
       Array([[0.5, 0.5, 0. ],

@@ -43,6 +43,8 @@ def combine_modality_scores(
         inspected) a negative weight.
 
     Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxrec.fusion import combine_modality_scores
       >>> scores = jnp.array([[1.0, 2.0, 4.0]])
       >>> present = jnp.array([[True, False, True]])
       >>> combine_modality_scores(scores, present, jnp.array([1.0, 5.0, 3.0]), normalize=True)

@@ -67,6 +67,8 @@ def masked_mean_pool(x: ArrayLike, lengths: ArrayLike) -> jax.Array:
       DataError: ``x`` not of rank 3, or ``lengths`` not an (n,) array of an integer dtype.
 
     Example:
+      >>> import jax.numpy as jnp
+      >>> from jaxrec.fusion import masked_mean_pool
       >>> x = jnp.array([[[1.0], [3.0], [99.0]], [[5.0], [7.0], [9.0]]])
       >>> masked_mean_pool(x, jnp.array([2, 0]))
       Array([[2.],

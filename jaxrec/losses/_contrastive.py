@@ -254,8 +254,9 @@ def cosine_logsumexp(logits: ArrayLike, temperature, *, keep: ArrayLike | None =
         :func:`info_nce_by_id`'s repeated negatives).
 
     Returns:
-      (...,) the log-sum-exp per row; a row with no kept column gives the log of float32's
-      smallest normal number (finite), not -inf.
+      (...,) the log-sum-exp per row; a row with no kept column gives a finite value, not -inf:
+      :math:`\log(\text{float32 tiny}) + 1/\tau` with the :math:`1/\tau` shift (-82.34 at
+      :math:`\tau` = 0.2), -1e30 on the row-maximum path (:math:`\tau < 1/40`).
 
     Example:
       >>> import jax.numpy as jnp
