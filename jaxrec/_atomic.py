@@ -1,5 +1,6 @@
 """Atomic file writes: a reader (or a writer killed half-way) sees the old file or the new one,
-never a half-written one.
+never a half-written one; and :func:`exclusive_lock`, the inter-process lock of a folder that
+one writer at a time may replace.
 
 Every writer in jaxrec and in ``experiments/`` goes through :func:`write_atomic`: the bytes go
 to a fresh temporary file in the target's folder, which is then renamed over the target
@@ -11,10 +12,12 @@ resume) and the serving state log and feature files pay.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -29,6 +32,44 @@ def file_in_the_way(folder: Path) -> Path | None:
         if candidate.exists():
             return None if candidate.is_dir() else candidate
     return None
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | os.PathLike, *, wait: bool = True) -> Iterator[Path]:
+    """Hold an exclusive ``flock`` on the file ``path`` for the ``with`` block: one holder at a
+    time across processes (and across open handles of one process).
+
+    The file is created on entry and removed on exit while still held, so nothing is left
+    behind; a holder that finds, once locked, that the file it opened was removed in between
+    (by the previous holder's exit) opens the new one. The kernel drops a lock when its holder
+    dies, so a killed holder never leaves it held (only its file, which the next holder reuses).
+
+    Args:
+      path: the lock file; its folder must exist.
+      wait: block until the lock is free; with False, raise :class:`BlockingIOError` at once
+        when another holder has it.
+    """
+    path = Path(path)
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            try:
+                current = os.stat(path)
+            except FileNotFoundError:
+                current = None
+        except BaseException:
+            os.close(fd)
+            raise
+        if current is not None and os.path.samestat(os.fstat(fd), current):
+            break
+        os.close(fd)  # locked a file its holder has just removed: take the one now at ``path``
+    try:
+        yield path
+    finally:
+        path.unlink(missing_ok=True)  # while held: no one else can hold the removed file
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
 
 
 def fsync_dir(path: Path) -> None:

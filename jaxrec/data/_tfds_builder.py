@@ -17,7 +17,7 @@ from pathlib import Path
 
 import tensorflow_datasets as tfds
 
-from jaxrec._atomic import file_in_the_way
+from jaxrec._atomic import exclusive_lock, file_in_the_way
 from jaxrec.data._dataset import MultimodalDataset
 from jaxrec.data._tfds_schema import (COMMIT_TABLE, LAYOUT, TABLE_SPLITS, TABLES, build_manifest, table_examples,
                                       table_features, table_rows)
@@ -166,7 +166,26 @@ def prepare_tfds(dataset: MultimodalDataset, data_dir, *, name: str | None = Non
         raise DataError("cannot prepare into a file", path=blocking, found="a file",
                         expected="a folder (or nothing) for the TFDS data directory and its dataset")
     data_dir.mkdir(parents=True, exist_ok=True)
-    _clear_leftovers(data_dir, name, version)
+    # One preparation of a name and version at a time: another one would clear this one's
+    # staging folder as a leftover, and the two commits would interleave.
+    lock = data_dir / f".{name}-{version}.lock"
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(exclusive_lock(lock, wait=False))
+        except BlockingIOError:
+            raise DataError("another process is preparing this dataset version now", path=lock,
+                            found=f"{name} {version}", expected="its preparation to finish first (or another --version)"
+                            ) from None
+        if committed.exists() and not overwrite:  # committed by a preparation that held the lock before us
+            raise DataError("this dataset version is already prepared", path=committed, found=f"{name} {version}",
+                            expected="a new version (--version) or overwrite=True (--overwrite)")
+        _clear_leftovers(data_dir, name, version)
+        _prepare_staged(dataset, builder_class, data_dir, name, root, version, rows, verbose)
+    return root
+
+
+def _prepare_staged(dataset, builder_class, data_dir: Path, name: str, root: Path, version: str, rows: dict,
+                    verbose: bool) -> None:
     # Every table is written into a staging data directory beside the dataset and moved into
     # place only when all are written: an interrupted run (even a killed one) leaves an
     # already prepared version untouched.
@@ -181,7 +200,6 @@ def prepare_tfds(dataset: MultimodalDataset, data_dir, *, name: str | None = Non
         _commit(staging, name, root, version, rows)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return root
 
 
 _STAGING_SUFFIX = ".partial"

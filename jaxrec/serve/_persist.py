@@ -16,6 +16,8 @@ online optimizer's moments are not saved: they restart at zero after a load.
 Orbax's checkpointer is not safe to run from two threads of one process at once (its
 completion signals collide and a save can hang for minutes or fail): saves and restores of
 this module take one process-wide lock, so concurrent ``save`` calls run one after the other.
+Saves of one folder from several processes write their own temporary folders and swap them in
+one at a time (:func:`replace_folder`'s inter-process lock): the last save wins, whole.
 
 Older layout: folders saved before added-item rows were kept aligned with item ids hold one
 feature row per item added by ``add_items`` only (none for items that first appeared in an
@@ -37,7 +39,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from jaxrec._atomic import file_in_the_way
+from jaxrec._atomic import exclusive_lock, file_in_the_way
 from jaxrec.data import SPLIT_NAMES
 from jaxrec.errors import ConfigError
 from jaxrec.serve import _grow, _online
@@ -116,15 +118,18 @@ def check_replaceable(target: Path, marker: str, fmt: str, what: str) -> None:
 def replace_folder(tmp: Path, target: Path, marker: str, fmt: str, what: str) -> None:
     """Put the finished folder ``tmp`` at ``target`` by renames (an older ``target``, which
     :func:`check_replaceable` accepts, is moved aside first and removed after), so a reader
-    finds the old folder or the new one, whole."""
-    check_replaceable(target, marker, fmt, what)
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-    os.replace(tmp, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    finds the old folder or the new one, whole. Writers of one ``target`` (other processes, or
+    threads not already serialized) swap one at a time under an inter-process lock beside it
+    (``.<name>.lock``): the last one wins and every one succeeds."""
+    with exclusive_lock(target.with_name(f".{target.name}.lock")):
+        check_replaceable(target, marker, fmt, what)
+        old = None
+        if target.exists():
+            old = target.with_name(f".{target.name}.old-{os.getpid()}")
+            os.replace(target, old)
+        os.replace(tmp, target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def load_served(cls, path: Path, *, dataset=None, online=None, seen_splits=None):
