@@ -145,3 +145,15 @@ def test_cke_arguments_are_checked(dataset, tag_table, args, message):
     with pytest.raises(ConfigError, match=message):
         models.build("cke", dataset, embedding_size=4, kg_embedding_size=3, kg_loss="margin",
                      **{"tag_kg": tag_kg, **args})
+
+
+@pytest.mark.parametrize("name,extra", [("freedom", {"embedding_size": 4, "feat_embed_dim": 4}), ("mgcn", {}),
+                                        ("lattice", {"embedding_size": 4, "feat_embed_dim": 4})],
+                         ids=["freedom", "mgcn", "lattice"])
+def test_more_knn_neighbours_than_items_is_refused_alike_by_every_knn_model(dataset, name, extra):
+    """8 items: knn_k 9 would link every item to every item (freedom and mgcn built it silently
+    while lattice refused); 8 builds."""
+    with pytest.raises(ConfigError, match=rf"^model {name}: model.args.knn_k must be at most the number of items "
+                                          r"\(8\); found 9$"):
+        models.build(name, dataset, knn_k=9, graph_cache="none", **extra)
+    models.build(name, dataset, knn_k=8, graph_cache="none", **extra)

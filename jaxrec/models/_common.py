@@ -44,6 +44,16 @@ def check_positive_int(value, name: str, model: str) -> int:
     return value
 
 
+def check_knn_k(value, n_items: int, model: str) -> int:
+    """``value`` if it is an integer in [1, n_items] (neighbours per item of an item kNN graph),
+    else ``ConfigError``: more neighbours than items would link every item to every item."""
+    check_positive_int(value, "knn_k", model)
+    if value > n_items:
+        raise ConfigError(f"model {model}: model.args.knn_k must be at most the number of items ({n_items}); "
+                          f"found {value!r}")
+    return value
+
+
 def check_nonnegative_int(value, name: str, model: str) -> int:
     """``value`` if it is an integer >= 0 (a layer count), else ``ConfigError``."""
     if not _is_int(value) or value < 0:

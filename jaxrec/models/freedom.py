@@ -96,6 +96,7 @@ from jaxrec.models._common import (
     batch_triples,
     bpr_of,
     check_bool,
+    check_knn_k,
     check_modality_weights,
     check_nonnegative_int,
     check_number,
@@ -313,8 +314,9 @@ def build(dataset, *, embedding_size: int = 64, feat_embed_dim: int = 64, knn_k:
       validation on lfm2k).
     """
     model = "freedom"
-    for name, value in (("embedding_size", embedding_size), ("feat_embed_dim", feat_embed_dim), ("knn_k", knn_k)):
+    for name, value in (("embedding_size", embedding_size), ("feat_embed_dim", feat_embed_dim)):
         check_positive_int(value, name, model)
+    check_knn_k(knn_k, dataset.n_items, model)
     for name, value in (("n_ui_layers", n_ui_layers), ("n_mm_layers", n_mm_layers)):
         check_nonnegative_int(value, name, model)
     if feat_embed_dim != embedding_size:

@@ -104,7 +104,7 @@ from jaxrec import losses
 from jaxrec.data import graph as jgraph
 from jaxrec.errors import ConfigError
 from jaxrec.models._common import (FeatureTable, batch_triples, bpr_of, check_bool, check_choice, chunk_size_for,
-                                   check_nonnegative_int, check_number, check_positive_int, counted_pairs,
+                                   check_knn_k, check_nonnegative_int, check_number, check_positive_int, counted_pairs,
                                    feature_blocks, graph_cache_of, item_side_features, knn_search_settings,
                                    normalize_rows)
 from jaxrec.models._init import torch_linear_bias, torch_linear_kernel, xavier_uniform
@@ -510,8 +510,7 @@ def build(dataset, *, embedding_size: int = 64, feat_embed_dim: int = 64, knn_k:
     lambda_coeff = check_number(lambda_coeff, "lambda_coeff", model, 0.0, 1.0)
     check_choice(learned_graph, "learned_graph", LEARNED_GRAPH_MODES, model)
     check_bool(train_features, "train_features", model)
-    if knn_k > dataset.n_items:
-        raise ConfigError(f"model {model}: knn_k ({knn_k}) exceeds the number of items ({dataset.n_items})")
+    check_knn_k(knn_k, dataset.n_items, model)
     ivf = knn_search_settings(knn_method, knn_n_clusters, knn_n_probe, model)
     features, dims, names = item_side_features(dataset, modalities, scaling="none", model=model)
     blocks = tuple(jnp.asarray(block) for block in feature_blocks(features, dims))

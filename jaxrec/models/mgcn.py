@@ -91,7 +91,7 @@ from flax import linen as nn
 from jaxrec import losses
 from jaxrec.data import graph as jgraph
 from jaxrec.errors import ConfigError, DataError
-from jaxrec.models._common import (FeatureTable, check_nonnegative_int, check_positive_int, graph_cache_of,
+from jaxrec.models._common import (FeatureTable, check_knn_k, check_nonnegative_int, check_positive_int, graph_cache_of,
                                    modality_names)
 from jaxrec.models._init import torch_linear_bias, torch_linear_kernel, xavier_uniform
 from jaxrec.models._registry import Built, register
@@ -247,8 +247,8 @@ def build(dataset, *, embedding_size: int = 64, knn_k: int = 10, n_ui_layers: in
       :class:`~jaxrec.models.Built` with weights ``{bpr: 1, reg: 1e-4, cl: 0.01}`` (MMRec's
       ``reg_weight``; ``cl_loss`` 0.01 from its grid, chosen by validation on lfm2k).
     """
-    for name, value in (("embedding_size", embedding_size), ("knn_k", knn_k)):
-        check_positive_int(value, name, "mgcn")
+    check_positive_int(embedding_size, "embedding_size", "mgcn")
+    check_knn_k(knn_k, dataset.n_items, "mgcn")
     for name, value in (("n_ui_layers", n_ui_layers), ("n_mm_layers", n_mm_layers)):
         check_nonnegative_int(value, name, "mgcn")
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
