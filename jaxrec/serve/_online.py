@@ -90,7 +90,7 @@ class Learner:
       ctx: its context (with the latest ``epoch_update`` applied).
       params: the parameters.
       opt_state: the online optimizer's state (None before the first update).
-      step: online updates applied (drives the dropout keys).
+      step: online train steps taken (one per batch of an update; drives the dropout keys).
       rng: the run's base PRNG key.
       loss_weights: the run's weight per loss term.
       events: ``(m, 2)`` int32 every applied (user, item) event, in order.

@@ -11,7 +11,7 @@ class EarlyStopping(NamedTuple):
 
     Attributes:
       best_value: the best validation value so far (``-inf`` before the first evaluation).
-      best_epoch: the epoch (0-based) that reached it, -1 before the first evaluation.
+      best_epoch: the epoch (1-based, as the trainer counts them) that reached it, -1 before the first evaluation.
       bad_evals: evaluations in a row since the last strict improvement.
       stop: whether training should stop now.
     """

@@ -71,6 +71,11 @@ def _empty_meta() -> dict[str, Any]:
             "elapsed_seconds": 0.0, "finished": False}
 
 
+def _leaf_kind(name: str) -> str:
+    """What a train-state leaf named ``name`` (:func:`jaxrec.train._state.leaf_name`) is, for messages."""
+    return "optimizer state" if name.startswith("opt_state") else "parameter"
+
+
 def _first_divergence(metrics, weights, first_step: int) -> tuple[int, str, str] | None:
     """``(step, term, description)`` of a call's first non-finite update, or None.
 
@@ -367,7 +372,7 @@ class _Run:
                     bad = non_finite_leaves(runner.get_state(state))
                     if bad:
                         step = (epoch - 1) * exp.steps_per_epoch + offset + j + 1
-                        return step, bad[0], (f"parameter {bad[0]} is not finite (every loss term and gradient "
+                        return step, bad[0], (f"{_leaf_kind(bad[0])} {bad[0]} is not finite (every loss term and gradient "
                                               f"was): the update overflowed" + (
                                                   f"; also non-finite: {', '.join(bad[1:4])}" if bad[1:] else ""))
                 break
@@ -376,7 +381,7 @@ class _Run:
         first = (epoch - 1) * exp.steps_per_epoch + offset
         last = first + min(per_call, exp.steps_per_epoch - offset)
         return last, bad[0] if bad else "state", (
-            f"parameter {bad[0] if bad else '(unknown)'} is not finite after updates {first + 1}-{last} (every loss "
+            f"{_leaf_kind(bad[0]) if bad else 'parameter'} {bad[0] if bad else '(unknown)'} is not finite after updates {first + 1}-{last} (every loss "
             "term and gradient was)")
 
     def _diverged(self, epoch: int, offset: int, first_step: int, step: int, term: str, what: str):
