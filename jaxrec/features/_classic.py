@@ -21,8 +21,8 @@ deviation over frame pairs of the mean absolute luminance difference :math:`\ove
 the mean share of pixels whose luminance changes by more than 25.5 (10 %), and the mean L1
 distance between the frames' colour histograms. :data:`VIDEO_DIM` = 109.
 
-Audio: the log-mel spectrogram of 16 kHz mono audio with VGGish's front end (25 ms Hann
-windows, 10 ms hop, 512-point FFT, 64 mel bands over 125-7500 Hz, :math:`\log(\text{mel} + 0.01)`)
+Audio: the log-mel spectrogram of 16 kHz mono audio with VGGish's front end (25 ms periodic
+Hann windows, 10 ms hop, 512-point FFT, 64 mel bands over 125-7500 Hz, :math:`\log(\text{mel} + 0.01)`)
 and its statistics: per-band mean and standard deviation over time and the per-band mean
 absolute first difference (:data:`AUDIO_DIM` = 192).
 """
@@ -162,7 +162,8 @@ def log_mel(samples: np.ndarray, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
         samples = np.pad(samples, (0, window - samples.size))
     count = 1 + (samples.size - window) // hop
     starts = np.arange(count)[:, None] * hop + np.arange(window)[None, :]
-    frames = samples[starts] * np.hanning(window + 2)[1:-1]  # periodic-free symmetric Hann without zero ends
+    # VGGish's periodic Hann (mel_features.periodic_hann): 0.5 - 0.5 cos(2 pi n / N), n < N.
+    frames = samples[starts] * (0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(window) / window))
     spectrum = np.abs(np.fft.rfft(frames, n=FFT_SIZE, axis=1))
     return np.log(spectrum @ mel_filterbank(sample_rate) + LOG_OFFSET)
 
