@@ -365,3 +365,27 @@ def test_an_unreadable_ids_file_is_named_without_a_traceback(tmp_path, monkeypat
     monkeypatch.setattr(Path, "read_bytes", denied)  # as for a file of another user (root reads anything)
     with pytest.raises(DataError, match=r"ids\.tsv: cannot read the ids file; found Permission denied"):
         jf.read_media_list(ids, tmp_path)
+
+
+# EXIF Orientation -> what a viewer shows, in numpy terms (TIFF/EXIF 2.3 orientation values).
+_UPRIGHT = {1: lambda a: a, 2: np.fliplr, 3: lambda a: np.rot90(a, 2), 4: np.flipud,
+            5: lambda a: a.transpose(1, 0, 2), 6: lambda a: np.rot90(a, -1), 7: lambda a: np.rot90(a, 2).transpose(1, 0, 2),
+            8: lambda a: np.rot90(a, 1)}
+
+
+@pytest.mark.parametrize("orientation", sorted(_UPRIGHT))
+def test_a_photo_stored_sideways_is_read_upright_as_its_exif_orientation_says(tmp_path, orientation):
+    # Phones store the sensor's pixels and an Orientation tag; the features must see the picture
+    # a viewer shows (before: the stored pixels, a portrait photo read as a sideways landscape).
+    stored = np.random.default_rng(orientation).integers(0, 256, (3, 5, 3), dtype=np.uint8)
+    image = Image.fromarray(stored)
+    exif = image.getexif()
+    exif[0x0112] = orientation
+    image.save(tmp_path / "photo.png", exif=exif)
+    upright = np.ascontiguousarray(_UPRIGHT[orientation](stored))
+    np.testing.assert_array_equal(np.asarray(load_image(tmp_path / "photo.png")), upright)
+    if orientation == 6:  # through the extractor: the descriptor of the upright pixels
+        ids = write_ids(tmp_path / "ids.tsv", [(0, "photo.png")])
+        jf.extract_features(jf.read_media_list(ids, tmp_path), jf.ModalityPipeline("image", jf.ClassicImageEncoder()),
+                            tmp_path / "f.npy", progress=False)
+        np.testing.assert_array_equal(np.load(tmp_path / "f.npy")[0], _classic.image_descriptor(upright))

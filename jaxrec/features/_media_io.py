@@ -76,8 +76,10 @@ class FrameSampling:
 
 
 def load_image(path) -> "PIL.Image.Image":  # noqa: F821
-    """The image at ``path`` as an RGB PIL image (fully decoded: a truncated file raises here)."""
-    from PIL import Image, UnidentifiedImageError
+    """The image at ``path`` as an RGB PIL image (fully decoded: a truncated file raises here),
+    upright as a viewer shows it: an EXIF Orientation tag (phone photos store their pixels
+    sideways and say so there) is applied (``PIL.ImageOps.exif_transpose``)."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
         with warnings.catch_warnings(record=True) as caught:
@@ -89,6 +91,7 @@ def load_image(path) -> "PIL.Image.Image":  # noqa: F821
             image.load()
             if image.width < 1 or image.height < 1:
                 raise MediaError("empty image", path=path, found=f"{image.width}x{image.height} pixels")
+            image = ImageOps.exif_transpose(image)
             if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
                 background = Image.new("RGB", image.size, (255, 255, 255))  # transparency over white
                 converted = image.convert("RGBA")
