@@ -389,3 +389,32 @@ def test_a_photo_stored_sideways_is_read_upright_as_its_exif_orientation_says(tm
         jf.extract_features(jf.read_media_list(ids, tmp_path), jf.ModalityPipeline("image", jf.ClassicImageEncoder()),
                             tmp_path / "f.npy", progress=False)
         np.testing.assert_array_equal(np.load(tmp_path / "f.npy")[0], _classic.image_descriptor(upright))
+
+
+@pytest.mark.parametrize("degrees", [90, -90, 180])
+def test_a_video_stored_sideways_is_read_upright_as_its_display_matrix_says(tmp_path, degrees):
+    # The same frames encoded twice, once with a display rotation (degrees counter-clockwise, as
+    # phones write it): the rotated file's frames are the plain file's turned by np.rot90.
+    av = require_av()
+    frames = [frame_pattern(i, 32, 48) for i in range(3)]
+
+    def write(path, rotation):
+        with av.open(str(path), "w") as container:
+            stream = container.add_stream("mpeg4", rate=10)
+            stream.width, stream.height, stream.pix_fmt = 48, 32, "yuv420p"
+            stream.options = {"qscale": "1"}
+            if rotation:
+                stream.set_display_rotation(rotation)
+            for array in frames:
+                for packet in stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
+                    container.mux(packet)
+            for packet in stream.encode():
+                container.mux(packet)
+        return path
+
+    sampling = jf.FrameSampling("uniform", count=3)
+    plain = decode_video(write(tmp_path / "plain.mp4", 0), sampling, np.asarray)
+    turned = decode_video(write(tmp_path / "turned.mp4", degrees), sampling, np.asarray)
+    assert len(plain) == len(turned) == 3
+    for a, b in zip(plain, turned):
+        np.testing.assert_array_equal(b, np.rot90(a, degrees // 90))

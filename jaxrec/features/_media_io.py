@@ -166,7 +166,9 @@ def _count_video_frames(av, path) -> int:
 
 
 def decode_video(path, sampling: FrameSampling, prepare: Callable, *, max_side: int | None = None) -> list:
-    """The sampled frames of the video at ``path``, each passed through ``prepare(PIL image)``.
+    """The sampled frames of the video at ``path``, each passed through ``prepare(PIL image)``,
+    upright as a player shows them (the stream's display-matrix rotation applied, as FFmpeg's
+    own autorotation does: :func:`_upright_frame`).
 
     Args:
       path: the video file.
@@ -218,7 +220,8 @@ def decode_video(path, sampling: FrameSampling, prepare: Callable, *, max_side: 
                             scale = max_side / max(width, height)
                             width, height = max(1, round(width * scale)), max(1, round(height * scale))
                         size = (width, height)
-                    frames.append(prepare(frame.to_image(width=size[0], height=size[1])))
+                    frames.append(prepare(_upright_frame(frame.to_image(width=size[0], height=size[1]),
+                                                         getattr(frame, "rotation", 0))))
                     if len(frames) >= sampling.steps:
                         break
     except av.FFmpegError as error:
@@ -228,6 +231,17 @@ def decode_video(path, sampling: FrameSampling, prepare: Callable, *, max_side: 
     if not frames:
         raise MediaError("video has no decodable frames", path=path, found="0 frames", expected="a non-empty video")
     return frames
+
+
+def _upright_frame(image, rotation):
+    """``image`` turned as the stream's display matrix says (``rotation``: degrees counter-clockwise,
+    PyAV's ``VideoFrame.rotation``; phone videos are stored sideways with 90 or -90 there).
+    Multiples of 90 only; any other angle (none seen in practice) leaves the frame as stored."""
+    from PIL import Image
+
+    turn = {90: Image.Transpose.ROTATE_90, 180: Image.Transpose.ROTATE_180,
+            270: Image.Transpose.ROTATE_270}.get(round(float(rotation or 0)) % 360)
+    return image if turn is None else image.transpose(turn)
 
 
 def load_audio(path, sample_rate: int = 16_000, *, max_seconds: float | None = None) -> np.ndarray:
