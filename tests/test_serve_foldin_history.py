@@ -7,7 +7,7 @@ import numpy as np
 from jaxrec.data import make_synthetic
 from jaxrec.train import config_from_dict, prepare_experiment
 
-from test_serve_foldin_chunks import _numpy_bpr_fold_in  # the objective's Adam steps by hand
+from _foldin_reference import numpy_bpr_fold_in  # the objective's Adam steps by hand
 from test_serve_online_optimizer import served  # a served model at its initial parameters
 
 
@@ -19,7 +19,7 @@ def test_a_history_with_repeated_items_is_folded_in_as_its_distinct_items():
     assert not rec.snapshot.fixed_columns.any()  # BPR-MF: every column of the user vector is free
     _, item_emb = rec.embeddings()
     d = item_emb.shape[1]
-    expected = _numpy_bpr_fold_in(item_emb, np.zeros(d), np.ones(d), np.array([3, 5]), rec.n_items)
+    expected = numpy_bpr_fold_in(item_emb, np.zeros(d), np.ones(d), np.array([3, 5]), rec.n_items)
     got = rec.fold_in_vectors([[5, 3, 5, 5], [3, 5]])
     np.testing.assert_allclose(got[0], expected, rtol=0, atol=1e-4 * np.abs(expected).max())
     np.testing.assert_array_equal(got[0], got[1])

@@ -13,6 +13,7 @@ from jaxrec.errors import ResourceError
 from jaxrec.serve import OnlineConfig, Recommender
 from jaxrec.serve._foldin import bpr_vectors
 
+from _foldin_reference import numpy_bpr_fold_in
 from test_serve_api import _run as _serve_run  # one small served-run recipe for both files
 
 
@@ -32,26 +33,6 @@ def vbpr_run(tmp_path_factory):
 
 # -- fold-in against numpy -------------------------------------------------------------------
 
-def _numpy_bpr_fold_in(item_emb, offset, free, history, n_items, *, steps=100, n_neg=64, lr=0.05, reg=0.01):
-    """The documented objective's Adam steps in float64 numpy: only the negatives' draws are
-    jax's (the fixed key, split once per step); softplus gradient, ridge, Adam by hand."""
-    emb = np.asarray(item_emb, np.float64)
-    keys = jax.random.split(jax.random.PRNGKey(0), steps)
-    v, m, s = np.zeros(emb.shape[1]), np.zeros(emb.shape[1]), np.zeros(emb.shape[1])
-    for t in range(steps):
-        negatives = np.asarray(jax.random.randint(keys[t], (n_neg,), 0, n_items))
-        negatives = negatives[~np.isin(negatives, history)]  # drawn outside the history
-        u = offset + v * free
-        z = (emb[negatives] @ u)[None, :] - (emb[history] @ u)[:, None]
-        weight = 1 / (1 + np.exp(-z))
-        grad = (weight[:, :, None] * (emb[negatives][None] - emb[history][:, None])).sum((0, 1)) / max(z.size, 1)
-        grad = grad * free + 2 * reg * v * free
-        m = 0.9 * m + 0.1 * grad
-        s = 0.999 * s + 0.001 * grad * grad
-        v = v - lr * (m / (1 - 0.9 ** (t + 1))) / (np.sqrt(s / (1 - 0.999 ** (t + 1))) + 1e-8)
-    return offset + v * free
-
-
 def test_bpr_fold_in_of_a_history_does_not_depend_on_the_other_users_of_the_call():
     # The fold-in draws its negatives from a fixed key, so "the same history gives the same
     # vector" -- also when the server's micro-batcher folds it in together with other users
@@ -64,7 +45,7 @@ def test_bpr_fold_in_of_a_history_does_not_depend_on_the_other_users_of_the_call
     offset_row = np.array([0, 0, 0, 0, 1], np.float32)
     history = np.array([2, 5, 11])
     others = [np.array([0, 1]), np.array([7]), np.array([3, 4, 8, 9])]
-    expected = _numpy_bpr_fold_in(item_emb, offset_row.astype(np.float64), free.astype(np.float64), history, n_items)
+    expected = numpy_bpr_fold_in(item_emb, offset_row.astype(np.float64), free.astype(np.float64), history, n_items)
     for lists in ([history], others + [history], [np.array([i % n_items]) for i in range(69)] + [history]):
         offset = np.tile(offset_row, (len(lists), 1))
         got = bpr_vectors(item_emb, offset, free, lists, n_items)[-1]

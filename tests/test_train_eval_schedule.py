@@ -5,11 +5,12 @@ validation values, the expectations from a plain-Python replay of MMRec's rule w
 import json
 import math
 
-import numpy as np
 import pytest
 
 from jaxrec.data import make_synthetic
-from jaxrec.train import Checkpoints, _loop, config_from_dict, prepare_experiment, train_and_evaluate
+from jaxrec.train import Checkpoints, config_from_dict, prepare_experiment, train_and_evaluate
+
+from _scripted_validation import parameter_fingerprint, script_validation
 
 DATA_ARGS = dict(n_users=40, n_items=30, n_interactions=500, seed=4)
 
@@ -44,22 +45,7 @@ def _replay(values, epochs, eval_every, patience):
 ])
 def test_validated_epochs_patience_and_best_epoch(monkeypatch, dataset, tmp_path, epochs, eval_every, patience,
                                                    values):
-    script = iter(values)
-    splits = {}
-    real_prepare = _loop.prepare_eval_splits
-
-    def prepare(exp):
-        splits.update(real_prepare(exp))
-        return splits
-
-    def fake_evaluate(exp, encoder, params, ctx, layouts):
-        # valid: the scripted value; test: a fingerprint of the parameters it was given.
-        return {name: {"recall@20": next(script)} if layout is splits["valid"]
-                else {"recall@20": float(np.sum(np.asarray(params["user_embedding"], np.float64)))}
-                for name, layout in layouts.items()}
-
-    monkeypatch.setattr(_loop, "prepare_eval_splits", prepare)
-    monkeypatch.setattr(_loop, "evaluate_params_on_splits", fake_evaluate)
+    script_validation(monkeypatch, values)
     raw = {"data": {"synthetic": DATA_ARGS}, "model": {"name": "bprmf", "args": {"embedding_size": 4}},
            "train": {"epochs": epochs, "batch_size": 128, "learning_rate": 0.05, "patience": patience, "seed": 1,
                      "eval_every": eval_every, "checkpoint_every": 100},
@@ -81,4 +67,4 @@ def test_validated_epochs_patience_and_best_epoch(monkeypatch, dataset, tmp_path
     finally:
         checkpoints.close()
     assert meta["epochs_done"] == best_epoch
-    assert metrics["test"]["recall@20"] == float(np.sum(np.asarray(state.params["user_embedding"], np.float64)))
+    assert metrics["test"]["recall@20"] == parameter_fingerprint(state.params)

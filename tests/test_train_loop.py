@@ -14,8 +14,9 @@ import yaml
 from jaxrec.data import make_synthetic
 from jaxrec.errors import ConfigError
 from jaxrec.train import Checkpoints, config_from_dict, dump_config, load_config, train_and_evaluate
-from jaxrec.train import _loop
 from jaxrec.train import prepare_experiment
+
+from _scripted_validation import parameter_fingerprint, script_validation
 
 DATA_ARGS = dict(n_users=120, n_items=80, n_interactions=2400, seed=2)
 RAW = {
@@ -191,25 +192,7 @@ def test_early_stopping_reports_test_at_the_best_valid_epoch(monkeypatch, datase
     # Scripted validation values: best at epoch 2; epochs 3, 4, 5 do not beat it strictly,
     # so with patience 2 training stops after epoch 5. Test "metrics" are a fingerprint of
     # the parameters they were computed from, to check which epoch's parameters they used.
-    script = iter([0.1, 0.3, 0.2, 0.3, 0.25, 0.9, 0.9])
-    splits = {}
-    real_prepare = _loop.prepare_eval_splits
-
-    def prepare(exp):
-        splits.update(real_prepare(exp))
-        return splits
-
-    def fake_evaluate(exp, encoder, params, ctx, layouts):
-        out = {}
-        for name, layout in layouts.items():
-            if layout is splits["valid"]:
-                out[name] = {"recall@20": next(script)}
-            else:
-                out[name] = {"recall@20": float(np.sum(np.asarray(params["user_embedding"], np.float64)))}
-        return out
-
-    monkeypatch.setattr(_loop, "prepare_eval_splits", prepare)
-    monkeypatch.setattr(_loop, "evaluate_params_on_splits", fake_evaluate)
+    script_validation(monkeypatch, [0.1, 0.3, 0.2, 0.3, 0.25, 0.9, 0.9])
     raw = {**RAW, "train": {**RAW["train"], "epochs": 20, "patience": 2, "checkpoint_every": 3},
            "eval": {"ks": [20], "metrics": ["recall"]}}
     config = config_from_dict(raw)
@@ -222,7 +205,7 @@ def test_early_stopping_reports_test_at_the_best_valid_epoch(monkeypatch, datase
     state, meta = checkpoints.restore(prepare_experiment(config, dataset).target, 2)
     checkpoints.close()
     assert meta["epochs_done"] == 2
-    assert metrics["test"]["recall@20"] == float(np.sum(np.asarray(state.params["user_embedding"], np.float64)))
+    assert metrics["test"]["recall@20"] == parameter_fingerprint(state.params)
 
 
 def test_a_config_error_surfaces_before_training(dataset, tmp_path):
