@@ -170,8 +170,9 @@ def _with_sharding(abstract):
 def _quiet_closed_loop_reports() -> None:
     """After a failed read, TensorStore still completes the reads it had started and calls
     back into the event loop Orbax has closed meanwhile; Python reports each such callback
-    as an "Exception ignored" traceback on stderr, at a moment of the threads' choosing.
-    From the first damaged checkpoint on, those reports (and only those) are dropped."""
+    as an "Exception ignored" traceback on stderr, at a moment of the threads' choosing (also
+    before Orbax's error reaches us). From the first checkpoint read on, those reports (and
+    only those: a RuntimeError "Event loop is closed") are dropped."""
     previous = sys.unraisablehook
     if getattr(previous, "_jaxrec_closed_loop_filter", False):
         return
@@ -326,6 +327,7 @@ class Checkpoints:
     def _restore_verified(self, target_state, epochs_done: int, read_as=None):
         where = self.directory / str(epochs_done)
         expected = _shapes(jax.tree.leaves(target_state))
+        _quiet_closed_loop_reports()  # before the read: a damaged one's late callbacks can come first
         try:
             meta = dict(self._manager.restore(epochs_done, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
             if _SHAPES in meta:  # the logical shapes (a mesh's tables are stored with padding rows)
@@ -334,7 +336,6 @@ class Checkpoints:
                 saved = self._manager.item_metadata(epochs_done)["state"]
                 saved = _shapes(jax.tree.leaves(getattr(saved, "tree", saved)))
         except Exception as error:  # noqa: BLE001 -- any failure to read the metadata is damage
-            _quiet_closed_loop_reports()
             raise DamagedCheckpointError(f"checkpoint {where} is damaged: its metadata cannot be read "
                                          f"({_short(error)})") from None
         if saved != expected:
@@ -350,7 +351,6 @@ class Checkpoints:
             restored = self._manager.restore(epochs_done, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(read_as, strict=False)))
         except Exception as error:  # noqa: BLE001 -- shapes match, so an unreadable array is damage
-            _quiet_closed_loop_reports()
             raise DamagedCheckpointError(f"checkpoint {where} is damaged: an array cannot be read "
                                          f"({_short(error)})") from None
         state = jax.tree.unflatten(jax.tree.structure(target_state), jax.tree.leaves(restored["state"]))
