@@ -76,7 +76,9 @@ class ModelLevelFusion(nn.Module):
     with, for ``weighting="softmax"``, :math:`\tilde w_m(i) = r_m(i) e^{\theta_m} / \sum_l r_l(i)
     e^{\theta_l}` (a softmax over the item's present modalities) and, for ``"nonneg"``,
     :math:`\tilde w_m(i) = r_m(i) \operatorname{softplus}(\theta_m)`. An item with no modality
-    scores 0.
+    scores 0. Initialization: equal logits :math:`\theta_m = 0` for ``"softmax"`` (the mean over
+    the present modalities) and :math:`\operatorname{softplus}(\theta_m) = 1` for ``"nonneg"`` (MMGCN's
+    plain sum); the bilinear :math:`B_m` LeCun-normal.
 
     ``pairwise=True`` scores every user against every item (full ranking): users (B, d) and items
     (I, d) give (B, I); otherwise users and items are aligned rows, (n, d) each, giving (n,).
