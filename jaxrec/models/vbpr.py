@@ -48,7 +48,10 @@ Two consequences worth knowing: :math:`b` adds :math:`\theta_u^\top b` to a posi
 negative alike, so its exact BPR gradient is 0 (it only picks up rounding noise, which Adam's
 normalized steps turn into a random walk that EmbLoss pulls back): the variant has no bias of
 any kind; and raw vggish rows (entries up to ~250, norm ~1500) make :math:`E f_i`
-dominate the item vector at initialization. (Its lfm2k results: the header of
+dominate the item vector at initialization. One deviation from MMRec's code in this variant too: an
+item never seen in training has its :math:`\gamma_i` masked to zero and is never a training
+negative, as in the paper variant above (MMRec scores it with its random initial :math:`\gamma_i`;
+with a warm split every item is trained and nothing differs). (Its lfm2k results: the header of
 ``experiments/configs/lfm2k/vbpr.yaml``.)
 
 References:
