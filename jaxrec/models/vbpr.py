@@ -51,7 +51,7 @@ any kind; and raw vggish rows (entries up to ~250, norm ~1500) make :math:`E f_i
 dominate the item vector at initialization. One deviation from MMRec's code in this variant too: an
 item never seen in training has its :math:`\gamma_i` masked to zero and is never a training
 negative, as in the paper variant above (MMRec scores it with its random initial :math:`\gamma_i`;
-with a warm split every item is trained and nothing differs). (Its lfm2k results: the header of
+where every item has a training interaction nothing differs). (Its lfm2k results: the header of
 ``experiments/configs/lfm2k/vbpr.yaml``.)
 
 References:
