@@ -96,7 +96,8 @@ _LFM2K_RUNS = {  # row name -> (run or search folders under --runs, uses feature
     "cke": (("cke_search",), False, "CKE: new items scored from their tag-KG node (TransR), no modality features"),
 }
 # TikTok: the same models but CKE (no knowledge graph in the release; see experiments/configs/tiktok/cke.yaml);
-# each row reads its single run at the chosen setting (``<model>.jsonl``) or, where there is none, its search.
+# each row reads its search's winning trial by valid recall@20 (``<model>_search.jsonl``), or its single run
+# (``<model>.jsonl``) where that is the only record (``_winning_run``).
 _TIKTOK_RUNS = {
     name: ((folder, f"{folder}_search"), uses_features, description)
     for name, folder in (("bprmf", "bprmf"), ("sidemf", "sidemf"), ("vbpr", "vbpr"), ("fusion_mf (early)", "fusion_mf"),

@@ -361,6 +361,14 @@ def missing_modality_table(result: dict) -> list[str]:
     return lines
 
 
+def _missing_modality_title(result) -> str:
+    """The section's heading, with the result's ``hide_fraction`` (e.g. 0.3 -> "30%")."""
+    fraction = result.get("hide_fraction") if isinstance(result, dict) else None
+    share = (f"{100 * fraction:g}%" if isinstance(fraction, (int, float)) and not isinstance(fraction, bool)
+             else "part")
+    return f"Missing modality ({share} of one modality's rows hidden)"
+
+
 # Row names of the published tables -> our registry names.
 PUBLISHED_NAMES = {"MF-BPR": "bpr", "BPR": "bpr", "LightGCN": "lightgcn", "VBPR": "vbpr", "MMGCN": "mmgcn",
                    "LATTICE": "lattice", "FREEDOM": "freedom", "BM3": "bm3", "LGMRec": "lgmrec", "MGCN": "mgcn"}
@@ -727,6 +735,8 @@ def build_report(dataset: str, anchors_dir: Path, root: Path = HERE, max_epochs:
         path = root / "results" / f"{dataset}_{name}.json"
         if path.exists():
             content = _read_json(path)
+            if name == "missing_modality":  # the fraction the result file says was hidden
+                title = _missing_modality_title(content)
             try:
                 body = render(content)
             except (KeyError, TypeError):  # a hand-made or older file: show it as it is
