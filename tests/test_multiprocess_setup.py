@@ -147,7 +147,9 @@ def test_complete_launch_arguments_pass():
 def test_launch_failures_are_one_line_errors_naming_the_flag(tmp_path):
     """Run as `jaxrec train` children (JAX aborts a process it cannot connect, so these are
     checked before joining): no cluster for --distributed auto, a coordinator port already
-    taken for process 0, no coordinator for process 1 within --distributed-timeout."""
+    taken for process 0, no coordinator for process 1 within --distributed-timeout, and a mode
+    other than sharded for --num-processes 2 (refused at once: it waited for the other process
+    for the whole --distributed-timeout before)."""
     import os
     import socket
     import subprocess
@@ -169,6 +171,10 @@ def test_launch_failures_are_one_line_errors_naming_the_flag(tmp_path):
         free.bind(("127.0.0.1", 0))
         free_port = free.getsockname()[1]
         free.close()  # nothing listens there: process 1 finds no coordinator
+        other = socket.socket()
+        other.bind(("127.0.0.1", 0))
+        other_port = other.getsockname()[1]
+        other.close()
         base = [sys.executable, "-m", "jaxrec.cli.main", "train", str(config), "--workdir", str(tmp_path / "w")]
         cases = {
             "auto": (base + ["--distributed", "auto"], "--distributed auto: no cluster environment"),
@@ -176,6 +182,9 @@ def test_launch_failures_are_one_line_errors_naming_the_flag(tmp_path):
                               "--process-id", "0"], "process 0 cannot listen on port"),
             "absent": (base + ["--coordinator", f"127.0.0.1:{free_port}", "--num-processes", "2", "--process-id",
                                "1", "--distributed-timeout", "2"], "process 1 of 2 could not reach the coordinator"),
+            "pmap": (base + ["--set", "train.parallel=pmap", "--coordinator", f"127.0.0.1:{other_port}",
+                             "--num-processes", "2", "--process-id", "0", "--distributed-timeout", "120"],
+                     "a multi-process run needs train.parallel: sharded (found 'pmap')"),
         }
         children = {name: subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.PIPE,
                                            stderr=subprocess.PIPE, text=True) for name, (command, _) in cases.items()}

@@ -135,7 +135,7 @@ def _load(args):
 
 @_out_of_memory
 def _train(args) -> int:
-    from jaxrec.train import check_distributed_arguments
+    from jaxrec.train import check_distributed_arguments, check_parallel_mode
 
     check_distributed_arguments(args.coordinator, args.num_processes, args.process_id, args.distributed == "auto")
     config, workdir = _load(args)  # reads the config only: no JAX computation before joining the run
@@ -144,6 +144,8 @@ def _train(args) -> int:
             raise ConfigError("a search (grid: or search: section) runs on one process; drop --coordinator/"
                               "--distributed, or train one setting at a time across processes")
         return _run_search(config, workdir, args)
+    if args.num_processes is not None:  # before joining: the other processes may never start
+        check_parallel_mode(config.train.parallel, args.num_processes)
     _start_distributed(args)
     from jaxrec.train import train_and_evaluate
 

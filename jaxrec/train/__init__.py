@@ -49,6 +49,7 @@ from jaxrec.train._mesh import make_runner as make_runner
 from jaxrec.train._mesh import sharding_report as sharding_report
 # Multi-process runs (jax.distributed): join before any JAX computation.
 from jaxrec.train._distributed import check_arguments as check_distributed_arguments
+from jaxrec.train._distributed import check_parallel_mode
 from jaxrec.train._distributed import initialize as initialize_distributed
 
 # Building a run (public: used by the trainer, `jaxrec evaluate`, benchmarks, tests, serving).
