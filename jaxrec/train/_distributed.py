@@ -297,7 +297,7 @@ def _join_handshake(host: str, port: int, process_id: int, num_processes: int, t
 def check_parallel_mode(parallel: str, processes: int | None = None) -> None:
     """ConfigError for a multi-process run in a mode other than ``sharded``: of ``processes``
     (the launch's ``--num-processes``, checked before joining) or, by default, of the joined run."""
-    if parallel != "sharded" and (jax.process_count() if processes is None else processes) > 1:
+    if parallel != "sharded" and (is_multiprocess() if processes is None else processes > 1):
         raise ConfigError(f"a multi-process run needs train.parallel: sharded (found {parallel!r}): one "
                           "jit program over the devices of every process")
 
