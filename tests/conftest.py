@@ -44,29 +44,6 @@ def lfm2k_path() -> Path:
     return LFM2K
 
 
-# The slowest test files, slowest first (one xdist worker's seconds on 2 CPU cores, 2026-12-06).
-# xdist's loadfile scheduler (with --no-loadscope-reorder, pyproject's addopts) hands files out in
-# collection order, one at a time as a worker frees up. Its default order, most tests first, put
-# the files of few heavy tests (meshes, processes, servers) last, where one worker ran them alone
-# while the other idled (a 16-minute -n 3 run held ~600 s of test time per worker). Heaviest first,
-# the workers end together.
-_SLOWEST_FILES = (
-    "test_model_contract.py", "test_train_batched_search.py", "test_multiprocess.py", "test_train_mesh.py",
-    "test_serving_audit_api.py", "test_model_fusion.py", "test_model_lattice.py", "test_notebooks.py",
-    "test_device_sampler.py", "test_model_mmgcn.py", "test_serve_http.py", "test_model_vbpr.py",
-    "test_train_epoch_update.py", "test_model_contrastive.py", "test_model_lgmrec.py",
-    "test_missing_modality_runs.py", "test_model_freedom.py", "test_train_search.py", "test_model_mgcn.py",
-    "test_serve_api.py",
-)
-
-
-def pytest_collection_modifyitems(config, items):
-    """The slowest files first (:data:`_SLOWEST_FILES`), the others after them in their own order;
-    the tests of a file keep theirs (a stable sort by file)."""
-    rank = {name: index for index, name in enumerate(_SLOWEST_FILES)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
-
-
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionfinish(session, exitstatus):
     """Free JAX's compiled programs and arrays while the session is still running.
