@@ -15,18 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "experiments"))
 import missing_modality  # noqa: E402  (experiments/missing_modality.py)
 
-CONFIG = {
-    "model": {"name": "gan", "args": {
-        "modality": "audio", "fill": "gan", "hide_fraction": 0.3, "hide_seed": 0, "seed": 0,
-        "sources": ["text"], "id_embedding_dim": 0,
-        "gan": {"steps": 20, "eval_every": 10, "batch_size": 32, "hidden_dims": [16], "noise_dim": 4},
-        "base": "vbpr", "base_args": {"embedding_size": 8, "visual_size": 8, "modalities": ["text", "audio"]}}},
-    "data": {"synthetic": {"n_users": 80, "n_items": 60, "n_interactions": 1200, "dims": {"text": 12, "audio": 6},
-                           "seed": 3}},
-    "train": {"epochs": 4, "batch_size": 256, "learning_rate": 0.01, "patience": 10, "seed": 1},
-    "eval": {"ks": [10, 20]},
-    "loss_weights": {"bpr": 1.0, "reg_theta": 0.01, "reg_e": 0.01},
-}
+from test_missing_modality_runs import CONFIG  # noqa: E402  (one small GAN-fill config for both files)
 
 # seed -> test recall@20; the other metrics are fixed multiples of it, valid recall@20 is 0.5 + it.
 FIGURES = {11: 0.10, 22: 0.20, 33: 0.60}
