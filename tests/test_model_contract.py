@@ -236,8 +236,10 @@ def test_cpu_propagation_kernel_gives_the_xla_paths_terms_and_gradients(name, mo
         assert (_csr_native.TARGET in compiled.as_text()) == (setting == "1")
         (_, terms), grads = compiled.compile()(state.params, built.ctx, batch)
         results[setting] = jax.tree.map(np.asarray, (terms, grads))
+    # atol 1e-6: LGMRec's hypergraph gradients (~3e-3) differ by up to 1.5e-7 between the two when the
+    # tests compile with XLA's older fusion emitters (tests/_xla_flags.py); a wrong kernel row is O(1e-3).
     for native, xla in zip(jax.tree.leaves(results["1"]), jax.tree.leaves(results["0"])):
-        np.testing.assert_allclose(native, xla, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(native, xla, rtol=1e-5, atol=1e-6)
 
 
 TRACED = [(name, arg) for name in models.available() for arg in models.traced_args(name)]
