@@ -115,7 +115,7 @@ def test_bpr_fold_in_reaches_the_optimum_of_the_expected_objective():
     # (every item outside the history), minimized by scipy's L-BFGS in float64. The fold-in's Adam
     # steps on sampled negatives end within a few percent of its optimum (a wrong sign, a bias
     # column left free or a 10x ridge end 7% or more above it on this case).
-    scipy_optimize = pytest.importorskip("scipy.optimize")
+    scipy_optimize = pytest.importorskip("scipy.optimize", reason="scipy is in the test extra: pip install -e '.[test]'")
     rng = np.random.default_rng(3)
     n_items, d, reg = 30, 6, 0.01
     item_emb = rng.normal(size=(n_items, d)).astype(np.float32)  # the last column: a bias, user value 1
