@@ -1,4 +1,4 @@
-"""Media a user brings that broke feature extraction: 16-bit images, non-UTF-8 stream tags, an
+"""Media a user brings that broke feature extraction: 16-bit, 32-bit and float images, non-UTF-8 stream tags, an
 MPEG-TS whose second program starts after the header, spreadsheet-made ids files, a mistyped
 huge item id, and runs interrupted while writing their outputs or recording a failure."""
 
@@ -47,6 +47,58 @@ def test_sixteen_bit_images_are_scaled_by_a_fixed_factor_not_their_own_maximum(t
     jf.extract_features(media, jf.ModalityPipeline("image", jf.ClassicImageEncoder()), tmp_path / "f.npy",
                         progress=False)
     np.testing.assert_array_equal(np.load(tmp_path / "f.npy")[0], _classic.image_descriptor(expected))
+
+
+def _tiff_with_sample_format(source: Path, target: Path, sample_format: int) -> Path:
+    """``source`` (a little-endian TIFF Pillow wrote, SampleFormat 2) with its SampleFormat tag
+    (339, one SHORT) set to ``sample_format``: Pillow always writes 32-bit integer TIFFs as
+    signed, other software writes them unsigned (1)."""
+    data = bytearray(source.read_bytes())
+    entry = bytes([0x53, 0x01, 0x03, 0x00, 0x01, 0x00, 0x00, 0x00, 0x02, 0x00])
+    assert data.count(entry) == 1
+    at = data.find(entry)
+    data[at + 8] = sample_format
+    target.write_bytes(bytes(data))
+    return target
+
+
+def test_thirty_two_bit_integer_tiffs_keep_their_top_byte_by_their_declared_depth(tmp_path):
+    # signed 32-bit (Pillow's mode I, SampleFormat 2): levels 0 .. 2^31 - 1, negative ones black
+    signed = np.array([[-5, 0, 2 ** 23, 2 ** 30, 2 ** 31 - 1]], np.int32)
+    Image.fromarray(signed).save(tmp_path / "signed.tif")
+    assert Image.open(tmp_path / "signed.tif").mode == "I"
+    np.testing.assert_array_equal(np.asarray(load_image(tmp_path / "signed.tif")),
+                                  _grey_rgb(np.array([[0, 0, 1, 128, 255]])))
+    # unsigned 32-bit (SampleFormat 1): the same mode in Pillow, levels 0 .. 2^32 - 1 (the last
+    # reads as -1 through Pillow's signed mode and is white, not black)
+    bits = np.array([[0, 2 ** 24, 2 ** 31, 2 ** 32 - 1]], np.uint64).astype(np.uint32).view(np.int32)
+    Image.fromarray(bits).save(tmp_path / "as_signed.tif")
+    unsigned = _tiff_with_sample_format(tmp_path / "as_signed.tif", tmp_path / "unsigned.tif", 1)
+    assert Image.open(unsigned).mode == "I"
+    np.testing.assert_array_equal(np.asarray(load_image(unsigned)), _grey_rgb(np.array([[0, 1, 128, 255]])))
+
+
+def test_float_images_in_the_unit_range_are_scaled_to_eight_bits_and_others_read_as_levels(tmp_path):
+    # a float TIFF of 0..1 intensities (mode F) is not black: v -> round(255 v)
+    unit = np.array([[0.0, 0.1, 0.5, 1.0]], np.float32)
+    Image.fromarray(unit).save(tmp_path / "unit.tif")
+    assert Image.open(tmp_path / "unit.tif").mode == "F"
+    np.testing.assert_array_equal(np.asarray(load_image(tmp_path / "unit.tif")),
+                                  _grey_rgb(np.array([[0, 26, 128, 255]])))
+    # a dark one stays dark (a fixed scale, not the image's maximum)
+    Image.fromarray(np.full((2, 2), 0.2, np.float32)).save(tmp_path / "dark.tif")
+    np.testing.assert_array_equal(np.asarray(load_image(tmp_path / "dark.tif")), np.full((2, 2, 3), 51, np.uint8))
+    # values past 1 are 8-bit levels, as Pillow reads them; past 255 or below 0 clipped, with a
+    # warning naming the file and the range found; NaN black
+    levels = np.array([[0.0, 2.0, 127.6, 255.0]], np.float32)
+    Image.fromarray(levels).save(tmp_path / "levels.tif")
+    np.testing.assert_array_equal(np.asarray(load_image(tmp_path / "levels.tif")),
+                                  _grey_rgb(np.array([[0, 2, 128, 255]])))
+    wide = np.array([[-3.0, np.nan, 100.0, 4000.0]], np.float32)
+    Image.fromarray(wide).save(tmp_path / "wide.tif")
+    with pytest.warns(UserWarning, match=r"wide\.tif.*-3.*4000.*clipped"):
+        np.testing.assert_array_equal(np.asarray(load_image(tmp_path / "wide.tif")),
+                                      _grey_rgb(np.array([[0, 0, 100, 255]])))
 
 
 def _with_non_utf8_tag(path: Path) -> Path:

@@ -91,14 +91,15 @@ def load_image(path) -> "PIL.Image.Image":  # noqa: F821
             image.load()
             if image.width < 1 or image.height < 1:
                 raise MediaError("empty image", path=path, found=f"{image.width}x{image.height} pixels")
+            depth = _tiff_depth(image)  # read before exif_transpose, whose copy has no TIFF tags
             image = ImageOps.exif_transpose(image)
             if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
                 background = Image.new("RGB", image.size, (255, 255, 255))  # transparency over white
                 converted = image.convert("RGBA")
                 background.paste(converted, mask=converted.getchannel("A"))
                 return background
-            if image.mode.startswith("I"):  # 16-bit grey (I;16, I;16B, I;16L, I;16N; Pillow opens 16-bit PGM as I)
-                return Image.fromarray(_sixteen_to_eight(np.asarray(image)), "L").convert("RGB")
+            if image.mode.startswith(("I", "F")):  # 16- and 32-bit integer grey, float grey
+                return Image.fromarray(_grey_to_eight(image, path, depth), "L").convert("RGB")
             return image.convert("RGB")
     except MediaError:
         raise
@@ -115,13 +116,58 @@ def load_image(path) -> "PIL.Image.Image":  # noqa: F821
                          expected="a complete image file") from None
 
 
-def _sixteen_to_eight(values: np.ndarray) -> np.ndarray:
-    """16-bit grey levels to 8 bits: the high byte, ``v >> 8`` of ``v`` clipped to [0, 65535].
+_TIFF_BITS_PER_SAMPLE, _TIFF_SAMPLE_FORMAT = 258, 339
 
-    A fixed scale, as Pillow reduces 16-bit colour PNGs, never the image's own maximum (which
-    would turn a dark image white).
+
+def _tiff_depth(image) -> tuple[int, bool] | None:
+    """``(bits per sample, signed)`` a TIFF declares (BitsPerSample, SampleFormat 2 = signed;
+    the TIFF defaults 1 bit and unsigned), or None for another format."""
+    tags = getattr(image, "tag_v2", None)
+    if tags is None:
+        return None
+    bits = int(np.atleast_1d(tags.get(_TIFF_BITS_PER_SAMPLE, 1))[0])
+    return bits, int(np.atleast_1d(tags.get(_TIFF_SAMPLE_FORMAT, 1))[0]) == 2
+
+
+def _grey_to_eight(image, path, tiff_depth: tuple[int, bool] | None) -> np.ndarray:
+    """8-bit levels of a grey image Pillow holds as integers wider than 8 bits (modes ``I;16*``,
+    ``I``) or floats (``F``): always a fixed scale, never the image's own maximum (which would
+    turn a dark image white).
+
+    - ``I;16*``, and ``I`` from anything but a TIFF (Pillow opens a 16-bit PGM as ``I``): the
+      high byte of the 16-bit level, ``v >> 8`` (as Pillow reduces 16-bit colour PNGs).
+    - ``I`` from a TIFF: its declared depth ``b`` (BitsPerSample; Pillow's ``I`` is 32-bit
+      signed whatever the file says): the top 8 of its ``n`` value bits, ``v >> (n - 8)`` of
+      ``v`` clipped to [0, 2^n - 1], with ``n = b`` unsigned (SampleFormat 1, the TIFF default;
+      a 32-bit level read as unsigned) and ``n = b - 1`` signed (2; negative levels black);
+      fewer than 8 value bits are stretched, ``255 v / (2^n - 1)``.
+    - ``F``: a float image has no declared range; levels within [0, 1] are intensities
+      (the float convention of scikit-image, matplotlib and OpenCV), ``floor(255 v + 1/2)``;
+      otherwise they are 8-bit levels, as Pillow reads them, rounded and clipped to [0, 255] with
+      a warning naming the file and the range when any falls outside. A NaN is black.
     """
-    return (np.clip(values.astype(np.int64), 0, 65535) >> 8).astype(np.uint8)
+    values = np.asarray(image)
+    if image.mode == "F":
+        values = values.astype(np.float64)
+        finite = np.isfinite(values)
+        low, high = (float(values[finite].min()), float(values[finite].max())) if finite.any() else (0.0, 0.0)
+        if 0.0 <= low and high <= 1.0:
+            values = values * 255.0
+        elif low < 0.0 or high > 255.0 or not finite.all():
+            warnings.warn(f"{path}: float pixel values from {low:g} to {high:g} lie outside [0, 255] (read as 8-bit "
+                          f"levels: values in [0, 1] are taken as intensities only when all are); clipped"
+                          + ("; NaN read as black" if np.isnan(values).any() else ""), UserWarning, stacklevel=3)
+        values = np.where(np.isnan(values), 0.0, values)
+        return np.clip(np.floor(values + 0.5), 0, 255).astype(np.uint8)
+    levels = values.astype(np.int64)
+    if image.mode == "I" and tiff_depth is not None and 1 < tiff_depth[0] <= 32:  # the TIFF's own depth
+        bits, signed = tiff_depth
+        if not signed and bits == 32:
+            levels = values.astype(np.int32).view(np.uint32).astype(np.int64)  # Pillow's I is signed
+        top = bits - 1 if signed else bits  # value bits
+        levels = np.clip(levels, 0, (1 << top) - 1)
+        return (levels >> (top - 8) if top >= 8 else levels * 255 // ((1 << top) - 1)).astype(np.uint8)
+    return (np.clip(levels, 0, 65535) >> 8).astype(np.uint8)
 
 
 def _library_errors(av) -> tuple:
