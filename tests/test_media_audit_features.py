@@ -470,3 +470,40 @@ def test_a_video_stored_sideways_is_read_upright_as_its_display_matrix_says(tmp_
     assert len(plain) == len(turned) == 3
     for a, b in zip(plain, turned):
         np.testing.assert_array_equal(b, np.rot90(a, degrees // 90))
+
+
+@pytest.mark.parametrize("degrees", [0, 90, 180, -90])
+@pytest.mark.parametrize("hflip,vflip", [(True, False), (False, True), (True, True)])
+def test_a_mirrored_video_is_read_as_its_display_matrix_shows_it_not_turned(tmp_path, degrees, hflip, vflip):
+    # A display matrix with a mirror (front-camera clips): the frame is turned counter-clockwise by
+    # ``degrees``, then mirrored left-right and/or top-bottom, as PyAV writes the matrix
+    # (``set_display_rotation(degrees, hflip, vflip)``: "hflip / vflip mirror after it").
+    # Reading only the matrix's rotation angle gave a 180-degree turn for a plain left-right mirror.
+    av = require_av()
+    frames = [frame_pattern(i, 32, 48) for i in range(2)]
+    for frame in frames:  # a mark in the top-left corner: the bars alone are symmetric top to bottom
+        frame[:8, :8] = 120
+
+    def write(path, mirrored):
+        with av.open(str(path), "w") as container:
+            stream = container.add_stream("mpeg4", rate=10)
+            stream.width, stream.height, stream.pix_fmt = 48, 32, "yuv420p"
+            stream.options = {"qscale": "1"}
+            if mirrored:
+                stream.set_display_rotation(degrees, hflip=hflip, vflip=vflip)
+            for array in frames:
+                for packet in stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
+                    container.mux(packet)
+            for packet in stream.encode():
+                container.mux(packet)
+        return path
+
+    sampling = jf.FrameSampling("uniform", count=2)
+    plain = decode_video(write(tmp_path / "plain.mp4", False), sampling, np.asarray)
+    shown = decode_video(write(tmp_path / "shown.mp4", True), sampling, np.asarray)
+    assert len(plain) == len(shown) == 2
+    for a, b in zip(plain, shown):
+        expected = np.rot90(a, degrees // 90)
+        expected = expected[:, ::-1] if hflip else expected
+        expected = expected[::-1] if vflip else expected
+        np.testing.assert_array_equal(b, expected)

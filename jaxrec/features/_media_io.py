@@ -213,8 +213,8 @@ def _count_video_frames(av, path) -> int:
 
 def decode_video(path, sampling: FrameSampling, prepare: Callable, *, max_side: int | None = None) -> list:
     """The sampled frames of the video at ``path``, each passed through ``prepare(PIL image)``,
-    upright as a player shows them (the stream's display-matrix rotation applied, as FFmpeg's
-    own autorotation does: :func:`_upright_frame`).
+    upright as a player shows them (the stream's display matrix applied, rotation and mirror, as
+    FFmpeg's own autorotation does: :func:`_upright_frame`).
 
     Args:
       path: the video file.
@@ -267,7 +267,7 @@ def decode_video(path, sampling: FrameSampling, prepare: Callable, *, max_side: 
                             width, height = max(1, round(width * scale)), max(1, round(height * scale))
                         size = (width, height)
                     frames.append(prepare(_upright_frame(frame.to_image(width=size[0], height=size[1]),
-                                                         getattr(frame, "rotation", 0))))
+                                                         _display_matrix(av, frame))))
                     if len(frames) >= sampling.steps:
                         break
     except av.FFmpegError as error:
@@ -279,15 +279,56 @@ def decode_video(path, sampling: FrameSampling, prepare: Callable, *, max_side: 
     return frames
 
 
-def _upright_frame(image, rotation):
-    """``image`` turned as the stream's display matrix says (``rotation``: degrees counter-clockwise,
-    PyAV's ``VideoFrame.rotation``; phone videos are stored sideways with 90 or -90 there).
-    Multiples of 90 only; any other angle (none seen in practice) leaves the frame as stored."""
+def _display_matrix(av, frame) -> np.ndarray | None:
+    """The frame's display matrix (FFmpeg's ``AV_FRAME_DATA_DISPLAYMATRIX``: 9 int32, the first
+    two columns 16.16 fixed point), or None when the stream has none."""
+    entry = frame.side_data.get(av.sidedata.sidedata.Type.DISPLAYMATRIX)
+    if entry is None:
+        return None
+    matrix = np.frombuffer(bytes(entry), dtype=np.int32)
+    return matrix if matrix.size == 9 else None
+
+
+def _upright_frame(image, matrix):
+    r"""``image`` shown as its display matrix says, by FFmpeg's own rule (``ffmpeg`` and ``ffplay``
+    autorotation): with :math:`\theta` the clockwise angle of the matrix's rotation
+    (``-av_display_rotation_get``: :math:`\operatorname{atan2}(m_1, m_0)` of the column-normalized
+    matrix, rounded to degrees, in [0, 360)),
+
+    - :math:`\theta \approx 90`: turned clockwise, or transposed (turned counter-clockwise and
+      flipped top to bottom) when :math:`m_3 > 0` (a mirrored matrix);
+    - :math:`\theta \approx 270`: turned counter-clockwise, or anti-transposed when :math:`m_3 < 0`;
+    - :math:`\theta \approx 180`: mirrored left to right when :math:`m_0 < 0`, top to bottom when
+      :math:`m_4 < 0` (both: a half turn);
+    - :math:`\theta \approx 0`: flipped top to bottom when :math:`m_4 < 0`.
+
+    Phone videos are stored sideways with a 90 or 270 degree matrix; front-camera clips add a
+    mirror, which the rotation angle alone (PyAV's ``VideoFrame.rotation``) reads as a half
+    turn. Any other angle (none seen in practice; FFmpeg rotates by it) leaves the frame as stored.
+    """
     from PIL import Image
 
-    turn = {90: Image.Transpose.ROTATE_90, 180: Image.Transpose.ROTATE_180,
-            270: Image.Transpose.ROTATE_270}.get(round(float(rotation or 0)) % 360)
-    return image if turn is None else image.transpose(turn)
+    if matrix is None:
+        return image
+    m = matrix.astype(np.float64) / 65536.0
+    scale0, scale1 = math.hypot(m[0], m[3]), math.hypot(m[1], m[4])
+    if scale0 == 0.0 or scale1 == 0.0:
+        return image
+    theta = float(np.round(math.degrees(math.atan2(m[1] / scale1, m[0] / scale0))))
+    theta -= 360.0 * math.floor(theta / 360.0 + 0.9 / 360.0)
+    turns = []
+    if abs(theta - 90) < 1.0:
+        turns = [Image.Transpose.TRANSPOSE if matrix[3] > 0 else Image.Transpose.ROTATE_270]
+    elif abs(theta - 180) < 1.0:
+        turns = ([Image.Transpose.FLIP_LEFT_RIGHT] if matrix[0] < 0 else []) + \
+                ([Image.Transpose.FLIP_TOP_BOTTOM] if matrix[4] < 0 else [])
+    elif abs(theta - 270) < 1.0:
+        turns = [Image.Transpose.TRANSVERSE if matrix[3] < 0 else Image.Transpose.ROTATE_90]
+    elif abs(theta) < 1.0 and matrix[4] < 0:
+        turns = [Image.Transpose.FLIP_TOP_BOTTOM]
+    for turn in turns:
+        image = image.transpose(turn)
+    return image
 
 
 def load_audio(path, sample_rate: int = 16_000, *, max_seconds: float | None = None) -> np.ndarray:
