@@ -1,6 +1,7 @@
 """Atomic file writes: a reader (or a writer killed half-way) sees the old file or the new one,
-never a half-written one; and :func:`exclusive_lock`, the inter-process lock of a folder that
-one writer at a time may replace.
+never a half-written one; and :func:`lock_file` / :func:`exclusive_lock`, the inter-process
+lock of a folder that one writer at a time may replace (also the run folder's and the serving
+state folder's locks).
 
 Every writer in jaxrec and in ``experiments/`` goes through :func:`write_atomic`: the bytes go
 to a fresh temporary file in the target's folder, which is then renamed over the target
@@ -13,6 +14,7 @@ resume) and the serving state log and feature files pay.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import os
@@ -34,26 +36,74 @@ def file_in_the_way(folder: Path) -> Path | None:
     return None
 
 
-@contextlib.contextmanager
-def exclusive_lock(path: str | os.PathLike, *, wait: bool = True) -> Iterator[Path]:
-    """Hold an exclusive ``flock`` on the file ``path`` for the ``with`` block: one holder at a
+class LockHeld(BlockingIOError):
+    """:func:`lock_file` without waiting found the lock held; ``holder`` is what its holder wrote
+    into the file (its record; empty when it wrote none)."""
+
+    def __init__(self, path: Path, holder: bytes):
+        super().__init__(f"{path} is locked by another holder")
+        self.path, self.holder = path, holder
+
+
+class LockReplaced(OSError):
+    """:func:`lock_file` kept locking files that their holders removed at once (100 times)."""
+
+
+@dataclasses.dataclass
+class LockedFile:
+    """An exclusive ``flock`` held on ``path`` (:func:`lock_file`) until :meth:`release`.
+
+    Attributes:
+      path: the lock file.
+      previous: what the file held when it was locked: the record of a holder that ended
+        without removing it (a killed process), empty for a new file.
+    """
+
+    path: Path
+    previous: bytes
+    _fd: int | None
+
+    def release(self, *, remove: bool = True) -> None:
+        """Drop the lock (once; later calls do nothing). ``remove``: delete the file first, while
+        still holding it, so that nothing is left behind and no one else locks a removed file."""
+        if self._fd is None:
+            return
+        if remove:
+            self.path.unlink(missing_ok=True)
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+        self._fd = None
+
+
+def lock_file(path: str | os.PathLike, *, wait: bool = True, record: bytes | None = None) -> LockedFile:
+    """Take an exclusive ``flock`` on the file ``path`` (created if missing): one holder at a
     time across processes (and across open handles of one process).
 
-    The file is created on entry and removed on exit while still held, so nothing is left
-    behind; a holder that finds, once locked, that the file it opened was removed in between
-    (by the previous holder's exit) opens the new one. The kernel drops a lock when its holder
-    dies, so a killed holder never leaves it held (only its file, which the next holder reuses).
+    A holder releasing with ``remove`` deletes the file while still holding it; one that finds,
+    once locked, that the file it opened was removed in between opens the one now at ``path``.
+    The kernel drops a lock when its holder dies, so a killed holder never leaves it held (only
+    its file and record, which the next holder gets as :attr:`LockedFile.previous`).
 
     Args:
       path: the lock file; its folder must exist.
-      wait: block until the lock is free; with False, raise :class:`BlockingIOError` at once
-        when another holder has it.
+      wait: block until the lock is free; with False, raise :class:`LockHeld` (a
+        :class:`BlockingIOError`, carrying the holder's record) at once when another holder has it.
+      record: bytes that replace the file's contents once locked (who holds it), for a refused
+        process to read.
+
+    Raises:
+      LockHeld: ``wait`` is False and another holder has the lock.
+      LockReplaced: 100 files in a row were removed between opening and locking them.
+      OSError: the file cannot be opened or created.
     """
     path = Path(path)
-    while True:
+    for _ in range(100):
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise LockHeld(path, _read_record(fd)) from None
             try:
                 current = os.stat(path)
             except FileNotFoundError:
@@ -62,14 +112,32 @@ def exclusive_lock(path: str | os.PathLike, *, wait: bool = True) -> Iterator[Pa
             os.close(fd)
             raise
         if current is not None and os.path.samestat(os.fstat(fd), current):
-            break
+            previous = _read_record(fd)
+            if record is not None:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, record, 0)
+            return LockedFile(path, previous, fd)
         os.close(fd)  # locked a file its holder has just removed: take the one now at ``path``
+    raise LockReplaced(f"could not lock {path}: it keeps being replaced")
+
+
+def _read_record(fd: int) -> bytes:
     try:
-        yield path
+        return os.pread(fd, 4096, 0)
+    except OSError:
+        return b""
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | os.PathLike, *, wait: bool = True) -> Iterator[Path]:
+    """:func:`lock_file` for the ``with`` block, the file removed on exit (nothing is left
+    behind). With ``wait=False`` a held lock raises :class:`LockHeld` (a
+    :class:`BlockingIOError`) at once."""
+    locked = lock_file(path, wait=wait)
+    try:
+        yield locked.path
     finally:
-        path.unlink(missing_ok=True)  # while held: no one else can hold the removed file
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
+        locked.release(remove=True)
 
 
 def fsync_dir(path: Path) -> None:

@@ -1,7 +1,8 @@
 """Inter-process locks of folders one writer at a time may replace: a served model's or an
 export's folder (`jaxrec.serve._persist.replace_folder`) and a TFDS dataset version being prepared
 (`jaxrec.data.prepare_tfds`). flock locks belong to open file handles, so a handle the test opens
-itself stands for another process."""
+itself stands for another process. Also the primitive under them and under the run folder's and
+the serving state folder's locks (`jaxrec._atomic.lock_file`)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import time
 
 import pytest
 
-from jaxrec._atomic import exclusive_lock
+from jaxrec._atomic import LockHeld, LockReplaced, exclusive_lock, lock_file
 from jaxrec.data import load_prepared, make_synthetic, prepare_tfds
 from jaxrec.errors import DataError
 from jaxrec.serve._persist import replace_folder
@@ -110,3 +111,37 @@ def test_the_lock_file_is_removed_on_release_and_a_waiter_takes_the_new_one(tmp_
 def _hold(path, order):
     with exclusive_lock(path):
         order.append("second held")
+
+
+# ---- lock_file: the one flock holder under exclusive_lock, the run folder's and the state folder's locks
+
+def test_a_refused_locker_reads_the_holders_record_and_a_dead_holders_record_is_handed_on(tmp_path):
+    path = tmp_path / "run.lock"
+    first = lock_file(path, wait=False, record=b"pid 1\n")
+    assert first.previous == b""  # a new file
+    with pytest.raises(LockHeld) as refused:
+        lock_file(path, wait=False, record=b"pid 2\n")
+    assert isinstance(refused.value, BlockingIOError) and refused.value.holder == b"pid 1\n"
+    assert path.read_bytes() == b"pid 1\n"  # the refused one wrote nothing
+    os.close(first._fd)  # the holder dies: the kernel drops its lock, its file and record stay
+    second = lock_file(path, wait=False, record=b"pid 3\n")
+    assert second.previous == b"pid 1\n" and path.read_bytes() == b"pid 3\n"
+    second.release(remove=False)
+    assert path.read_bytes() == b"pid 3\n"  # kept: the serving state folder's lock file stays
+    third = lock_file(path, wait=False)  # no record: the file keeps what it holds
+    assert third.previous == b"pid 3\n" and path.read_bytes() == b"pid 3\n"
+    third.release()
+    third.release()  # a second release does nothing
+    assert not path.exists()
+
+
+def test_a_lock_file_replaced_every_time_it_is_locked_gives_up_with_a_clear_error(tmp_path, monkeypatch):
+    path, other = tmp_path / "churn.lock", tmp_path / "other"
+    other.write_text("")
+    real_stat = os.stat
+    # every file locked has been removed and replaced by another by the time it is checked
+    monkeypatch.setattr(os, "stat", lambda p, *a, **k: real_stat(other if str(p) == str(path) else p, *a, **k))
+    with pytest.raises(LockReplaced, match="keeps being replaced"):
+        lock_file(path, wait=False)
+    monkeypatch.undo()
+    lock_file(path, wait=False).release()  # nothing was left held

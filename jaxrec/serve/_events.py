@@ -21,7 +21,6 @@ it is cut off when the log is opened. A bad line anywhere else is an error namin
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import shutil
@@ -52,7 +51,8 @@ class LogContents:
 
 
 class StateLock:
-    """An exclusive ``flock`` on ``DIR/lock``: one server per state folder.
+    """An exclusive ``flock`` on ``DIR/lock`` (:func:`jaxrec._atomic.lock_file`): one server per
+    state folder. The file holds the server's pid and stays when it stops.
 
     The kernel drops the lock when the process dies, also on ``kill -9``, so a crashed server
     never leaves a stale lock behind.
@@ -60,26 +60,20 @@ class StateLock:
 
     def __init__(self, state_dir: Path):
         self.path = Path(state_dir) / LOCK_NAME
-        self._fd: int | None = None
+        self._locked: _atomic.LockedFile | None = None
 
     def acquire(self) -> None:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
+            self._locked = _atomic.lock_file(self.path, wait=False, record=f"{os.getpid()}\n".encode())
+        except _atomic.LockHeld as held:
+            holder = held.holder[:64].decode(errors="replace").strip() or "unknown"
             raise StateError(f"{self.path.parent}: another server (pid {holder}) is using this state folder; "
                              "stop it or pass a different --state") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._fd = fd
 
     def release(self) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
+        if self._locked is not None:
+            self._locked.release(remove=False)
+            self._locked = None
 
 
 def write_json_atomic(path: Path, payload: dict) -> None:

@@ -32,7 +32,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from jaxrec._atomic import file_in_the_way
+from jaxrec._atomic import LockedFile, LockHeld, LockReplaced, file_in_the_way, lock_file
 from jaxrec.errors import ConfigError, ResourceError
 from jaxrec.train._config import ExperimentConfig, config_to_dict
 
@@ -58,11 +58,20 @@ def _describe(holder: dict[str, Any] | None) -> str:
     return f"pid {holder.get('pid')} on {holder.get('host')}, since {since}"
 
 
+def _parse_holder(record: bytes) -> dict[str, Any] | None:
+    """A holder's record (:meth:`WorkdirLock.acquire` writes one JSON line), None if empty or unreadable."""
+    try:
+        text = record.decode("utf-8", "replace").strip()
+        holder = json.loads(text) if text else None
+    except ValueError:
+        return None
+    return holder if isinstance(holder, dict) else None
+
+
 def _read_holder(fd: int) -> dict[str, Any] | None:
     try:
-        text = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip()
-        return json.loads(text) if text else None
-    except (OSError, ValueError):
+        return _parse_holder(os.pread(fd, 4096, 0))
+    except OSError:
         return None
 
 
@@ -80,7 +89,7 @@ class WorkdirLock:
         self.workdir = Path(workdir)
         self.path = self.workdir / name
         self.stale_holder: dict[str, Any] | None = None
-        self._fd: int | None = None
+        self._locked: LockedFile | None = None
 
     def acquire(self) -> "WorkdirLock":
         """Take the lock, or raise ConfigError naming the run that holds it."""
@@ -88,35 +97,19 @@ class WorkdirLock:
             self.workdir.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise ConfigError(f"cannot create the workdir {self.workdir}: {error.strerror}") from None
-        for _ in range(100):
-            try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-            except OSError as error:
-                raise ConfigError(f"cannot write in the workdir {self.workdir}: {error.strerror}") from None
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = _read_holder(fd)
-                os.close(fd)
-                raise ConfigError(f"{self.workdir} is in use by another run ({_describe(holder)}); wait for it "
-                                  "to finish, or use another --workdir") from None
-            # The previous holder removes the file when it releases; if that happened between our
-            # open and our flock, we hold a lock on a removed file: open the new one instead.
-            try:
-                current = os.stat(self.path)
-            except FileNotFoundError:
-                current = None
-            if current is None or not os.path.samestat(os.fstat(fd), current):
-                os.close(fd)
-                continue
-            self.stale_holder = _read_holder(fd)
-            record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
-                      "command": " ".join(sys.argv)[:500]}
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, (json.dumps(record) + "\n").encode(), 0)
-            self._fd = fd
-            return self
-        raise ConfigError(f"could not lock {self.path}: it keeps being replaced by other runs")
+        record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
+                  "command": " ".join(sys.argv)[:500]}
+        try:
+            self._locked = lock_file(self.path, wait=False, record=(json.dumps(record) + "\n").encode())
+        except LockHeld as held:
+            raise ConfigError(f"{self.workdir} is in use by another run ({_describe(_parse_holder(held.holder))}); "
+                              "wait for it to finish, or use another --workdir") from None
+        except LockReplaced:
+            raise ConfigError(f"could not lock {self.path}: it keeps being replaced by other runs") from None
+        except OSError as error:
+            raise ConfigError(f"cannot write in the workdir {self.workdir}: {error.strerror}") from None
+        self.stale_holder = _parse_holder(self._locked.previous)
+        return self
 
     @staticmethod
     def check_free(workdir: str | os.PathLike) -> None:
@@ -142,15 +135,9 @@ class WorkdirLock:
                 "it is no longer running)")
 
     def release(self) -> None:
-        if self._fd is None:
-            return
-        try:
-            os.unlink(self.path)  # while still holding it, so no one else holds a removed file
-        except FileNotFoundError:
-            pass
-        fcntl.flock(self._fd, fcntl.LOCK_UN)
-        os.close(self._fd)
-        self._fd = None
+        if self._locked is not None:
+            self._locked.release(remove=True)
+            self._locked = None
 
     def __enter__(self) -> "WorkdirLock":
         return self.acquire()
