@@ -507,3 +507,60 @@ def test_a_mirrored_video_is_read_as_its_display_matrix_shows_it_not_turned(tmp_
         expected = expected[:, ::-1] if hflip else expected
         expected = expected[::-1] if vflip else expected
         np.testing.assert_array_equal(b, expected)
+
+
+@pytest.fixture
+def pillow_without_heif(monkeypatch):
+    """``forget()``: Pillow as a fresh process has it, no HEIF opener registered (pillow-heif
+    registers one into Pillow's global tables, which this test or another of this process may
+    have done), and load_image's registration memo cleared; both restored afterwards."""
+    from jaxrec.features import _media_io
+
+    opener = _media_io._heif_opener
+
+    def forget():
+        monkeypatch.setattr(Image, "OPEN", {k: v for k, v in Image.OPEN.items() if k != "HEIF"})
+        monkeypatch.setattr(Image, "ID", [k for k in Image.ID if k != "HEIF"])
+        opener.cache_clear()
+
+    forget()
+    yield forget
+    opener.cache_clear()
+
+
+def test_an_iphone_heic_photo_is_read_upright_with_pillow_heif(tmp_path, pillow_without_heif):
+    # HEIC is the iPhone camera's default format; load_image reads it through the pillow-heif
+    # plugin (the heif extra, in the test extra), registered on first use. Lossless HEVC, so the
+    # pixels come back exactly. A photo taken turned (EXIF orientation 6: shown turned 90 degrees
+    # clockwise) is stored as the plugin writes it, as an iPhone does (the turn as the HEIF's own
+    # rotation), and read upright: turned once, not twice.
+    pillow_heif = pytest.importorskip("pillow_heif", reason="the heif extra (pillow-heif) is in the test extra")
+    pixels = np.zeros((32, 48, 3), np.uint8)
+    pixels[:8, :8] = 200  # a mark in the top-left corner
+    pixels[:, 20:26] = 90
+    image = Image.fromarray(pixels)
+    pillow_heif.register_heif_opener()  # to write through Pillow, as a camera app's library does
+    image.save(tmp_path / "plain.heic", quality=-1)
+    exif = image.getexif()
+    exif[0x0112] = 6
+    image.save(tmp_path / "turned.heic", quality=-1, exif=exif.tobytes())
+    pillow_without_heif()
+    assert "HEIF" not in Image.OPEN
+    np.testing.assert_array_equal(np.asarray(load_image(tmp_path / "plain.heic")), pixels)
+    np.testing.assert_array_equal(np.asarray(load_image(tmp_path / "turned.heic")), np.rot90(pixels, -1))
+
+
+def test_a_heic_photo_without_the_plugin_names_what_to_install(tmp_path, monkeypatch, pillow_without_heif):
+    pillow_heif = pytest.importorskip("pillow_heif", reason="the heif extra (pillow-heif) is in the test extra")
+    path = tmp_path / "IMG_0001.HEIC"
+    pillow_heif.from_pillow(Image.new("RGB", (16, 8), (10, 20, 30))).save(path, quality=-1)
+    from jaxrec.features import _media_io
+
+    monkeypatch.setattr(_media_io, "_heif_opener", lambda: False)  # as without pillow-heif installed
+    with pytest.raises(DataError, match=r"IMG_0001\.HEIC.*HEIF.*pip install 'jaxrec\[heif\]'"):
+        load_image(path)
+    # a file that is not an image at all keeps the general message
+    (tmp_path / "notes.jpg").write_bytes(b"plain text, not a picture")
+    with pytest.raises(DataError, match="not a readable image") as error:
+        load_image(tmp_path / "notes.jpg")
+    assert "jaxrec[heif]" not in str(error.value)

@@ -17,6 +17,7 @@ frames of one size.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import warnings
 import wave
@@ -78,9 +79,12 @@ class FrameSampling:
 def load_image(path) -> "PIL.Image.Image":  # noqa: F821
     """The image at ``path`` as an RGB PIL image (fully decoded: a truncated file raises here),
     upright as a viewer shows it: an EXIF Orientation tag (phone photos store their pixels
-    sideways and say so there) is applied (``PIL.ImageOps.exif_transpose``)."""
+    sideways and say so there) is applied (``PIL.ImageOps.exif_transpose``). HEIF/HEIC images
+    (the iPhone camera's format) are read through pillow-heif when it is installed (the ``heif``
+    extra), which applies their stored rotation and mirror itself and resets the EXIF tag."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
+    heif = _heif_opener()
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", Image.DecompressionBombWarning)
@@ -109,11 +113,41 @@ def load_image(path) -> "PIL.Image.Image":  # noqa: F821
         raise MediaError("image too large to decode safely", path=path, found=str(error),
                          expected="an image within Pillow's pixel limit") from None
     except UnidentifiedImageError:
+        if not heif and _is_heif(path):
+            raise MediaError("a HEIF (HEIC) image, which Pillow reads only with the pillow-heif plugin", path=path,
+                             found="HEIF image data, pillow-heif not installed",
+                             expected="pip install 'jaxrec[heif]' (or pip install pillow-heif)") from None
         raise MediaError("not a readable image", path=path, found="unknown or corrupt image data",
-                         expected="an image Pillow can read (JPEG, PNG, WebP, ...)") from None
+                         expected="an image Pillow can read (JPEG, PNG, WebP, AVIF, HEIC with pillow-heif, ...)") from None
     except (OSError, ValueError, SyntaxError) as error:
         raise MediaError("corrupt or truncated image", path=path, found=str(error) or type(error).__name__,
                          expected="a complete image file") from None
+
+
+# ISO-BMFF brands of HEIF images (HEVC-coded: iPhone photos are "heic"; "mif1"/"msf1" are the
+# general image and sequence brands, which AVIF files, read by Pillow itself, carry too).
+_HEIF_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1", b"msf1"}
+
+
+@functools.cache
+def _heif_opener() -> bool:
+    """Register pillow-heif's HEIF/HEIC opener with Pillow (once); False when it is not installed."""
+    try:
+        import pillow_heif
+    except ImportError:
+        return False
+    pillow_heif.register_heif_opener()
+    return True
+
+
+def _is_heif(path) -> bool:
+    """Whether the file starts as a HEIF image does: an ISO-BMFF ``ftyp`` box with a HEIF brand."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(12)
+    except OSError:
+        return False
+    return len(head) == 12 and head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS
 
 
 _TIFF_BITS_PER_SAMPLE, _TIFF_SAMPLE_FORMAT = 258, 339
