@@ -96,9 +96,17 @@ def test_float_images_in_the_unit_range_are_scaled_to_eight_bits_and_others_read
                                   _grey_rgb(np.array([[0, 2, 128, 255]])))
     wide = np.array([[-3.0, np.nan, 100.0, 4000.0]], np.float32)
     Image.fromarray(wide).save(tmp_path / "wide.tif")
-    with pytest.warns(UserWarning, match=r"wide\.tif.*-3.*4000.*clipped"):
+    with pytest.warns(UserWarning, match=r"wide\.tif.*-3.*4000.*clipped.*NaN read as black"):
         np.testing.assert_array_equal(np.asarray(load_image(tmp_path / "wide.tif")),
                                       _grey_rgb(np.array([[0, 0, 100, 255]])))
+    # intensities with a hole: still intensities, the NaN black, said once
+    holed = np.array([[0.0, np.nan, 0.5, np.inf]], np.float32)
+    Image.fromarray(holed).save(tmp_path / "holed.tif")
+    with pytest.warns(UserWarning) as caught:
+        np.testing.assert_array_equal(np.asarray(load_image(tmp_path / "holed.tif")),
+                                      _grey_rgb(np.array([[0, 0, 128, 255]])))
+    assert len(caught) == 1 and "infinite values clipped; NaN read as black" in str(caught[0].message)
+    assert "outside" not in str(caught[0].message)
 
 
 def _with_non_utf8_tag(path: Path) -> Path:

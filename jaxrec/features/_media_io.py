@@ -178,20 +178,26 @@ def _grey_to_eight(image, path, tiff_depth: tuple[int, bool] | None) -> np.ndarr
     - ``F``: a float image has no declared range; levels within [0, 1] are intensities
       (the float convention of scikit-image, matplotlib and OpenCV), ``floor(255 v + 1/2)``;
       otherwise they are 8-bit levels, as Pillow reads them, rounded and clipped to [0, 255] with
-      a warning naming the file and the range when any falls outside. A NaN is black.
+      a warning naming the file and the range when any falls outside. A NaN is black and an
+      infinity clipped, with a warning.
     """
     values = np.asarray(image)
     if image.mode == "F":
         values = values.astype(np.float64)
         finite = np.isfinite(values)
         low, high = (float(values[finite].min()), float(values[finite].max())) if finite.any() else (0.0, 0.0)
-        if 0.0 <= low and high <= 1.0:
-            values = values * 255.0
-        elif low < 0.0 or high > 255.0 or not finite.all():
-            warnings.warn(f"{path}: float pixel values from {low:g} to {high:g} lie outside [0, 255] (read as 8-bit "
-                          f"levels: values in [0, 1] are taken as intensities only when all are); clipped"
-                          + ("; NaN read as black" if np.isnan(values).any() else ""), UserWarning, stacklevel=3)
-        values = np.where(np.isnan(values), 0.0, values)
+        unit = 0.0 <= low and high <= 1.0
+        notes = []
+        if not unit and (low < 0.0 or high > 255.0):
+            notes.append(f"values from {low:g} to {high:g} lie outside [0, 255] (read as 8-bit levels: values in "
+                         "[0, 1] are taken as intensities only when all are); clipped")
+        if np.isinf(values).any():
+            notes.append("infinite values clipped")
+        if np.isnan(values).any():
+            notes.append("NaN read as black")
+        if notes:
+            warnings.warn(f"{path}: float pixels: {'; '.join(notes)}", UserWarning, stacklevel=3)
+        values = np.where(np.isnan(values), 0.0, values * 255.0 if unit else values)
         return np.clip(np.floor(values + 0.5), 0, 255).astype(np.uint8)
     levels = values.astype(np.int64)
     if image.mode == "I" and tiff_depth is not None and 1 < tiff_depth[0] <= 32:  # the TIFF's own depth
