@@ -1,4 +1,5 @@
-"""Media a user brings that broke feature extraction: 16-bit, 32-bit and float images, non-UTF-8 stream tags, an
+"""Media a user brings that broke feature extraction: 16-bit, 32-bit and float images, colour
+profiles, HEIC photos, mirrored videos, non-UTF-8 stream tags, an
 MPEG-TS whose second program starts after the header, spreadsheet-made ids files, a mistyped
 huge item id, and runs interrupted while writing their outputs or recording a failure."""
 
@@ -9,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from _media_files import frame_pattern, noise_image, require_av, write_ids, write_image, write_video
+from _media_files import (frame_pattern, linear_light_icc_profile, noise_image, require_av, write_ids, write_image,
+                          write_video)
 from jaxrec import features as jf
 from jaxrec.errors import DataError
 from jaxrec.features import _classic
@@ -572,3 +574,47 @@ def test_a_heic_photo_without_the_plugin_names_what_to_install(tmp_path, monkeyp
     with pytest.raises(DataError, match="not a readable image") as error:
         load_image(tmp_path / "notes.jpg")
     assert "jaxrec[heif]" not in str(error.value)
+
+
+def _srgb_colorants():
+    from PIL import ImageCms
+
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).profile
+    return srgb.red_colorant[0], srgb.green_colorant[0], srgb.blue_colorant[0]
+
+
+def _srgb_encode(levels: np.ndarray) -> np.ndarray:
+    """IEC 61966-2-1's transfer function of linear levels 0..255, as 8-bit levels."""
+    v = levels.astype(np.float64) / 255.0
+    return np.round(255 * np.where(v <= 0.0031308, 12.92 * v, 1.055 * v ** (1 / 2.4) - 0.055)).astype(np.uint8)
+
+
+def test_an_embedded_colour_profile_is_converted_to_srgb_as_a_browser_shows_the_image(tmp_path):
+    # A PNG whose ICC profile says its values are linear light (sRGB's primaries, identity tone
+    # curves): shown as sRGB each level v becomes the sRGB encoding of v / 255 (64 -> 137).
+    icc = linear_light_icc_profile(*_srgb_colorants())
+    levels = np.array([[0, 1, 10, 64, 128, 200, 255]], np.uint8)
+    rgb = np.stack([levels, np.roll(levels, 1, axis=1), np.roll(levels, 2, axis=1)], axis=-1)
+    Image.fromarray(rgb).save(tmp_path / "linear.png", icc_profile=icc)
+    np.testing.assert_allclose(np.asarray(load_image(tmp_path / "linear.png")).astype(int), _srgb_encode(rgb), atol=1)
+    # with transparency: composited over white first, then converted (white stays white)
+    rgba = np.concatenate([rgb, np.array([[[255], [255], [255], [255], [0], [0], [255]]], np.uint8)], axis=-1)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "linear_alpha.png", icc_profile=icc)
+    expected = _srgb_encode(np.where(rgba[..., 3:] == 0, 255, rgb))
+    np.testing.assert_allclose(np.asarray(load_image(tmp_path / "linear_alpha.png")).astype(int), expected, atol=1)
+    # an sRGB profile changes nothing (no transform: not even rounding); no profile changes nothing
+    from PIL import ImageCms
+
+    srgb_icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    Image.fromarray(rgb).save(tmp_path / "srgb.png", icc_profile=srgb_icc)
+    Image.fromarray(rgb).save(tmp_path / "plain.png")
+    np.testing.assert_array_equal(np.asarray(load_image(tmp_path / "srgb.png")), rgb)
+    np.testing.assert_array_equal(np.asarray(load_image(tmp_path / "plain.png")), rgb)
+
+
+def test_an_unreadable_colour_profile_is_named_and_the_pixels_are_read_as_srgb(tmp_path):
+    rgb = np.full((4, 4, 3), 64, np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "odd.png", icc_profile=b"not an ICC profile at all" * 8)
+    with pytest.warns(UserWarning, match=r"odd\.png.*colour profile"):
+        image = load_image(tmp_path / "odd.png")
+    np.testing.assert_array_equal(np.asarray(image), rgb)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import io
 import math
 import warnings
 import wave
@@ -81,7 +82,8 @@ def load_image(path) -> "PIL.Image.Image":  # noqa: F821
     upright as a viewer shows it: an EXIF Orientation tag (phone photos store their pixels
     sideways and say so there) is applied (``PIL.ImageOps.exif_transpose``). HEIF/HEIC images
     (the iPhone camera's format) are read through pillow-heif when it is installed (the ``heif``
-    extra), which applies their stored rotation and mirror itself and resets the EXIF tag."""
+    extra), which applies their stored rotation and mirror itself and resets the EXIF tag. An
+    embedded ICC colour profile is applied (:func:`_in_srgb`): the values are sRGB's."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     heif = _heif_opener()
@@ -96,15 +98,16 @@ def load_image(path) -> "PIL.Image.Image":  # noqa: F821
             if image.width < 1 or image.height < 1:
                 raise MediaError("empty image", path=path, found=f"{image.width}x{image.height} pixels")
             depth = _tiff_depth(image)  # read before exif_transpose, whose copy has no TIFF tags
+            icc = image.info.get("icc_profile")
             image = ImageOps.exif_transpose(image)
             if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
                 background = Image.new("RGB", image.size, (255, 255, 255))  # transparency over white
                 converted = image.convert("RGBA")
                 background.paste(converted, mask=converted.getchannel("A"))
-                return background
+                return _in_srgb(background, icc, path)
             if image.mode.startswith(("I", "F")):  # 16- and 32-bit integer grey, float grey
                 return Image.fromarray(_grey_to_eight(image, path, depth), "L").convert("RGB")
-            return image.convert("RGB")
+            return _in_srgb(image if image.mode in _ICC_SPACES else image.convert("RGB"), icc, path)
     except MediaError:
         raise
     except FileNotFoundError:
@@ -122,6 +125,58 @@ def load_image(path) -> "PIL.Image.Image":  # noqa: F821
     except (OSError, ValueError, SyntaxError) as error:
         raise MediaError("corrupt or truncated image", path=path, found=str(error) or type(error).__name__,
                          expected="a complete image file") from None
+
+
+# The image modes a colour profile is applied to, by the profile's colour space.
+_ICC_SPACES = {"RGB": "RGB", "L": "GRAY", "CMYK": "CMYK"}
+
+
+@functools.lru_cache(maxsize=32)
+def _srgb_transform(icc: bytes, mode: str):
+    """Little CMS's transform from the profile ``icc`` to sRGB for images of ``mode``; None when
+    the profile describes another colour space than the mode's (e.g. a grey profile left on a
+    picture converted to RGB) or is sRGB itself (:func:`_is_identity`). Cached: a folder of
+    photos shares a few profiles."""
+    from PIL import ImageCms
+
+    source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+    if source.profile.xcolor_space.strip() != _ICC_SPACES[mode]:
+        return None
+    transform = ImageCms.buildTransform(source, ImageCms.createProfile("sRGB"), mode, "RGB")
+    return None if mode == "RGB" and _is_identity(transform) else transform
+
+
+def _is_identity(transform) -> bool:
+    """Whether an RGB -> sRGB transform leaves every level of every channel (each alone and all
+    three together) within one level: the profile is sRGB itself (cameras' "sRGB IEC61966-2.1"),
+    and skipping the transform, which costs more than decoding a photo, changes nothing."""
+    from PIL import Image, ImageCms
+
+    ramp = np.arange(256, dtype=np.uint8)
+    zero = np.zeros_like(ramp)
+    probe = np.concatenate([np.stack([ramp, ramp, ramp], -1), np.stack([ramp, zero, zero], -1),
+                            np.stack([zero, ramp, zero], -1), np.stack([zero, zero, ramp], -1)])[None]
+    shown = np.asarray(ImageCms.applyTransform(Image.fromarray(probe, "RGB"), transform))
+    return int(np.abs(shown.astype(np.int16) - probe).max()) <= 1
+
+
+def _in_srgb(image, icc, path):
+    """``image`` (mode RGB, L or CMYK) as RGB in sRGB, as a browser shows it: through its embedded
+    ICC colour profile (Display P3 on phones, Adobe RGB, a printer's CMYK; Little CMS, the
+    profile's default rendering intent) when it has one, else its values taken as sRGB. An
+    unreadable profile is named in a warning and the values are taken as sRGB."""
+    from PIL import ImageCms
+
+    if icc and image.mode in _ICC_SPACES:
+        try:
+            transform = _srgb_transform(bytes(icc), image.mode)
+        except (ImageCms.PyCMSError, OSError, ValueError, TypeError) as error:
+            warnings.warn(f"{path}: its embedded ICC colour profile is unreadable ({error}); its pixel values "
+                          "are read as sRGB", UserWarning, stacklevel=3)
+            transform = None
+        if transform is not None:
+            return ImageCms.applyTransform(image, transform)
+    return image.convert("RGB")
 
 
 # ISO-BMFF brands of HEIF images (HEVC-coded: iPhone photos are "heic"; "mif1"/"msf1" are the
