@@ -87,17 +87,12 @@ def measure_one(config_path: str, data: str, epochs: int, count_only: bool) -> d
     """The flop count of one step and (unless ``count_only``) the epoch's wall seconds."""
     import jax
 
-    from jaxrec.train import init_state, load_config, make_runner, prepare_experiment
+    from _epoch_program import epoch_program  # benchmarks/, beside this script
 
-    config = load_config(config_path, ["grid=null", f"data.path={data}", "train.parallel=none",
-                                       "train.steps_per_call=0"])
-    exp = prepare_experiment(config)
-    runner = make_runner(exp)
-    state = runner.put_state(init_state(exp.module, exp.built.ctx, exp.sampler.example_batch(), exp.tx,
-                                        config.train.seed))
-    ctx = runner.put_ctx(exp.built.ctx)
-    batches = runner.put_batches(exp.sampler.batches(0))
-    flops, conditionals = count_flops(runner._run.lower(state, ctx, batches).compile())
+    program = epoch_program(config_path, data, ["grid=null"])
+    config, exp, runner = program.config, program.experiment, program.runner
+    state, ctx, batches = program.state, program.ctx, program.batches
+    flops, conditionals = count_flops(program.compiled())
     figures = {"model": config.model.name, "dataset": exp.dataset.name, "steps_per_epoch": exp.steps_per_epoch,
                "flops_per_step": flops, "conditionals": conditionals}
     if count_only:

@@ -38,7 +38,7 @@ from pathlib import Path
 import jax
 from jax.profiler import ProfileData
 
-from jaxrec.train import init_state, load_config, make_runner, prepare_experiment
+from _epoch_program import epoch_program  # benchmarks/, beside this script
 
 ROOT = Path(__file__).resolve().parents[1]
 # Trace events that are the executor's bookkeeping, not a thunk's work (a while loop's event
@@ -58,15 +58,10 @@ def main() -> None:
                              "loss_weights.modality_bpr=1e-4 to profile a term a grid turns on")
     args = parser.parse_args()
 
-    config = load_config(args.config, [*args.set, f"data.path={args.data}", "train.parallel=none",
-                                       "train.steps_per_call=0"])
-    exp = prepare_experiment(config)
-    runner = make_runner(exp)
-    state = runner.put_state(init_state(exp.module, exp.built.ctx, exp.sampler.example_batch(), exp.tx,
-                                        config.train.seed))
-    ctx = runner.put_ctx(exp.built.ctx)
-    batches = runner.put_batches(exp.sampler.batches(0))
-    hlo = runner._run.lower(state, ctx, batches).compile().as_text()
+    program = epoch_program(args.config, args.data, args.set)
+    config, exp, runner = program.config, program.experiment, program.runner
+    state, ctx, batches = program.state, program.ctx, program.batches
+    hlo = program.compiled().as_text()
     if args.hlo:
         Path(args.hlo).write_text(hlo)
     op_names = {}

@@ -40,13 +40,18 @@ def frame_pattern(index: int, height: int = 32, width: int = 48) -> np.ndarray:
 
 
 def write_video(path: Path, n_frames: int, *, fps: int = 10, height: int = 32, width: int = 48,
-                frames=None) -> Path:
-    """An MPEG-4 clip of ``n_frames`` frames (``frame_pattern`` unless ``frames`` is given)."""
+                frames=None, display: tuple[int, bool, bool] | None = None) -> Path:
+    """An MPEG-4 clip of ``n_frames`` frames (``frame_pattern`` unless ``frames`` is given);
+    ``display``: a display matrix ``(degrees counter-clockwise, hflip, vflip)`` as a phone writes
+    one (PyAV's ``set_display_rotation``: the mirrors after the turn)."""
     av = require_av()
     with av.open(str(path), "w") as container:
         stream = container.add_stream("mpeg4", rate=fps)
         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
         stream.options = {"qscale": "1"}  # near-lossless: decoded grey levels stay close to the written ones
+        if display is not None:
+            degrees, hflip, vflip = display
+            stream.set_display_rotation(degrees, hflip=hflip, vflip=vflip)
         if n_frames == 0:
             container.start_encoding()  # a header and no frames
         for index in range(n_frames):

@@ -453,64 +453,22 @@ def test_a_photo_stored_sideways_is_read_upright_as_its_exif_orientation_says(tm
         np.testing.assert_array_equal(np.load(tmp_path / "f.npy")[0], _classic.image_descriptor(upright))
 
 
-@pytest.mark.parametrize("degrees", [90, -90, 180])
-def test_a_video_stored_sideways_is_read_upright_as_its_display_matrix_says(tmp_path, degrees):
-    # The same frames encoded twice, once with a display rotation (degrees counter-clockwise, as
-    # phones write it): the rotated file's frames are the plain file's turned by np.rot90.
-    av = require_av()
-    frames = [frame_pattern(i, 32, 48) for i in range(3)]
-
-    def write(path, rotation):
-        with av.open(str(path), "w") as container:
-            stream = container.add_stream("mpeg4", rate=10)
-            stream.width, stream.height, stream.pix_fmt = 48, 32, "yuv420p"
-            stream.options = {"qscale": "1"}
-            if rotation:
-                stream.set_display_rotation(rotation)
-            for array in frames:
-                for packet in stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
-                    container.mux(packet)
-            for packet in stream.encode():
-                container.mux(packet)
-        return path
-
-    sampling = jf.FrameSampling("uniform", count=3)
-    plain = decode_video(write(tmp_path / "plain.mp4", 0), sampling, np.asarray)
-    turned = decode_video(write(tmp_path / "turned.mp4", degrees), sampling, np.asarray)
-    assert len(plain) == len(turned) == 3
-    for a, b in zip(plain, turned):
-        np.testing.assert_array_equal(b, np.rot90(a, degrees // 90))
-
-
 @pytest.mark.parametrize("degrees", [0, 90, 180, -90])
-@pytest.mark.parametrize("hflip,vflip", [(True, False), (False, True), (True, True)])
-def test_a_mirrored_video_is_read_as_its_display_matrix_shows_it_not_turned(tmp_path, degrees, hflip, vflip):
-    # A display matrix with a mirror (front-camera clips): the frame is turned counter-clockwise by
-    # ``degrees``, then mirrored left-right and/or top-bottom, as PyAV writes the matrix
-    # (``set_display_rotation(degrees, hflip, vflip)``: "hflip / vflip mirror after it").
+@pytest.mark.parametrize("hflip,vflip", [(False, False), (True, False), (False, True), (True, True)])
+def test_a_video_is_read_as_its_display_matrix_shows_it_turned_and_mirrored(tmp_path, degrees, hflip, vflip):
+    # The same frames encoded twice, once with a display matrix (phones store their videos
+    # sideways and say so there; front-camera clips add a mirror): the frame is turned
+    # counter-clockwise by ``degrees``, then mirrored left-right and/or top-bottom, as PyAV writes
+    # the matrix (``set_display_rotation(degrees, hflip, vflip)``: "hflip / vflip mirror after it").
     # Reading only the matrix's rotation angle gave a 180-degree turn for a plain left-right mirror.
-    av = require_av()
+    require_av()
     frames = [frame_pattern(i, 32, 48) for i in range(2)]
     for frame in frames:  # a mark in the top-left corner: the bars alone are symmetric top to bottom
         frame[:8, :8] = 120
-
-    def write(path, mirrored):
-        with av.open(str(path), "w") as container:
-            stream = container.add_stream("mpeg4", rate=10)
-            stream.width, stream.height, stream.pix_fmt = 48, 32, "yuv420p"
-            stream.options = {"qscale": "1"}
-            if mirrored:
-                stream.set_display_rotation(degrees, hflip=hflip, vflip=vflip)
-            for array in frames:
-                for packet in stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
-                    container.mux(packet)
-            for packet in stream.encode():
-                container.mux(packet)
-        return path
-
     sampling = jf.FrameSampling("uniform", count=2)
-    plain = decode_video(write(tmp_path / "plain.mp4", False), sampling, np.asarray)
-    shown = decode_video(write(tmp_path / "shown.mp4", True), sampling, np.asarray)
+    plain = decode_video(write_video(tmp_path / "plain.mp4", 2, frames=frames), sampling, np.asarray)
+    shown = decode_video(write_video(tmp_path / "shown.mp4", 2, frames=frames, display=(degrees, hflip, vflip)),
+                         sampling, np.asarray)
     assert len(plain) == len(shown) == 2
     for a, b in zip(plain, shown):
         expected = np.rot90(a, degrees // 90)
