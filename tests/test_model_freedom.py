@@ -241,7 +241,8 @@ def test_items_without_train_interactions_are_scored_by_their_content_neighbours
 
 
 @pytest.mark.parametrize("n_mm_layers", [0, 1, 2])
-@pytest.mark.parametrize("batch_rows", [5, 40])  # 10 ids < 30 items: the batch's rows only; 80 >= 30: every row
+# 2 ids < 30 / 8 (ROWS_ONLY_BELOW of the 30 items): the batch's rows only; 10 and 80 ids: every row
+@pytest.mark.parametrize("batch_rows", [1, 5, 40])
 def test_loss_terms_at_the_batch_rows_equal_the_full_propagation(n_mm_layers, batch_rows):
     """The terms and their gradients equal those of e = propagated(...) over every item, then gathered."""
     from jaxrec.models._common import batch_triples, bpr_of, counted_pairs

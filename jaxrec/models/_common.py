@@ -201,16 +201,18 @@ def dense_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_ele
                                preferred_element_type=preferred_element_type)
 
 
-def rows_or_all(compute, n_rows: int, *index_arrays: jax.Array) -> list[jax.Array]:
+def rows_or_all(compute, n_rows: int, *index_arrays: jax.Array, all_from: float = 1.0) -> list[jax.Array]:
     """``compute(rows)`` (a row-wise map of (R,) row ids to (R, ...)) at each index array.
 
-    Maps every row once and gathers when the arrays hold at least as many ids as there are
-    rows (fewer flops on small catalogues), else only the ids asked for; both give the same
-    numbers. Every row is mapped as ``compute(slice(None))``, so ``compute`` must only index
-    with ``rows`` (``x[rows]``): indexing with ``arange(n)`` instead made XLA:CPU gather the
-    whole table, and scatter-add its gradient back, every step.
+    Maps every row once and gathers when the arrays hold at least ``all_from * n_rows`` ids
+    (by default as many ids as there are rows: fewer flops on small catalogues), else only the
+    ids asked for; both give the same numbers. A caller whose per-row path costs more per row
+    than its whole-table path passes a smaller ``all_from``. Every row is mapped as
+    ``compute(slice(None))``, so ``compute`` must only index with ``rows`` (``x[rows]``):
+    indexing with ``arange(n)`` instead made XLA:CPU gather the whole table, and scatter-add its
+    gradient back, every step.
     """
-    if sum(a.size for a in index_arrays) >= n_rows:
+    if sum(a.size for a in index_arrays) >= all_from * n_rows:
         every = compute(slice(None))
         return [every[a] for a in index_arrays]
     out = []

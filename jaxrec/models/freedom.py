@@ -33,9 +33,9 @@ with :math:`L` = ``n_ui_layers`` (2) and :math:`L_m` = ``n_mm_layers`` (1).
 :math:`\bar P`), and the loss reads :math:`e_i` at the batch's positives and negatives only, so
 training computes the last item-graph layer at those rows, :math:`h_i = \sum_{s=1}^{K} W_{is}
 (S^{L_m-1}\tilde Q)_{N_{is}}` (a gather of their neighbour rows), instead of propagating all
-n K entries, when the batch holds fewer ids than there are items (:func:`rows_or_all`;
-otherwise every row once over the sorted edge list, then a gather). The same numbers up to the
-order of float sums.
+n K entries, when the batch holds fewer than an eighth as many ids as there are items
+(:func:`rows_or_all`, ``ROWS_ONLY_BELOW``; otherwise every row once over the sorted edge list,
+then a gather). The same numbers up to the order of float sums.
 
 **Items without a train interaction.** Their ID rows are masked to zero wherever :math:`Q`
 enters, :math:`\tilde Q = \operatorname{diag}(t)\, Q` with :math:`t_i = [i` has a train
@@ -112,6 +112,16 @@ from jaxrec.models._common import (
 )
 from jaxrec.models._init import torch_linear_bias, torch_linear_kernel, xavier_uniform
 from jaxrec.models._registry import Built, register
+
+
+# The batch's rows only when it holds fewer than ROWS_ONLY_BELOW * n_items ids. The rows' gradient
+# is K scatter-adds of the batch's rows, which XLA:CPU runs far slower per entry than the CSR
+# kernel propagates the whole table both ways: TikTok (6,710 items, K = 10, 30 steps; A/B on
+# the 2-core VM, 2026-12-06, two pairs each) per epoch 498 / 418 ms by rows against 442 / 332 ms
+# whole at batch 2,048 (4,096 ids, 0.61 of the items), 614 / 866 against 617 / 516 at 1,024,
+# 1,008 / 948 against 930 / 924 at 512 (0.15). A catalogue far larger than the batch (the
+# 1M-item ladder) keeps the rows.
+ROWS_ONLY_BELOW = 1 / 8
 
 
 @jax.custom_vjp
@@ -246,7 +256,7 @@ class FREEDOM(nn.Module):
         # e_i only where the loss reads it (the module docstring): h's last layer at those rows.
         positive_rows, negative_rows = rows_or_all(
             lambda rows: ui_items[rows] + self.item_graph_embeddings(ctx, items, rows), self.n_items,
-            positives, negatives)
+            positives, negatives, all_from=ROWS_ONLY_BELOW)
         terms = {"bpr": bpr_of(user_rows, positive_rows, negative_rows, pairs)}
         modality = [bpr_of(user_rows, self.projected_features(ctx, m, positives),
                            self.projected_features(ctx, m, negatives), pairs)
