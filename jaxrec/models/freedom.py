@@ -114,13 +114,10 @@ from jaxrec.models._init import torch_linear_bias, torch_linear_kernel, xavier_u
 from jaxrec.models._registry import Built, register
 
 
-# The batch's rows only when it holds fewer than ROWS_ONLY_BELOW * n_items ids. The rows' gradient
+# The batch's rows only when it holds fewer than ROWS_ONLY_BELOW * n_items ids: the rows' gradient
 # is K scatter-adds of the batch's rows, which XLA:CPU runs far slower per entry than the CSR
-# kernel propagates the whole table both ways: TikTok (6,710 items, K = 10, 30 steps; A/B on
-# the 2-core VM, 2026-12-06, two pairs each) per epoch 498 / 418 ms by rows against 442 / 332 ms
-# whole at batch 2,048 (4,096 ids, 0.61 of the items), 614 / 866 against 617 / 516 at 1,024,
-# 1,008 / 948 against 930 / 924 at 512 (0.15). A catalogue far larger than the batch (the
-# 1M-item ladder) keeps the rows.
+# kernel propagates the whole table both ways (the measured crossover: docs/scaling.md, "How
+# close an epoch runs"). A catalogue far larger than the batch (the 1M-item ladder) keeps the rows.
 ROWS_ONLY_BELOW = 1 / 8
 
 
