@@ -73,13 +73,13 @@ def write_wav(path: Path, samples: np.ndarray, rate: int = 16000) -> Path:
     return path
 
 
-def linear_light_icc_profile(red, green, blue, white=(0.9642, 1.0, 0.8249)) -> bytes:
-    """An ICC v2 RGB display profile with the given D50 colorants (XYZ of each primary) and
-    identity tone curves: pixel values are LINEAR light. With sRGB's colorants (those of Little
-    CMS's built-in sRGB profile) the only difference from sRGB is the tone curve, so a pixel
-    ``v`` shown as sRGB is ``255 * srgb_encode(v / 255)``: a closed form to test colour
-    management against. Written field by field from the ICC.1:2001-04 layout (header, tag table,
-    ``desc`` / ``XYZ `` / ``curv`` tags)."""
+def linear_light_icc_profile(red=None, green=None, blue=None, white=(0.9642, 1.0, 0.8249)) -> bytes:
+    """An ICC v2 display profile whose pixel values are LINEAR light (identity tone curves): RGB
+    with the given D50 colorants (XYZ of each primary), or grey when no colorants are given. With
+    sRGB's colorants (those of Little CMS's built-in sRGB profile), or grey, the only difference
+    from sRGB is the tone curve, so a level ``v`` shown as sRGB is ``255 * srgb_encode(v / 255)``:
+    a closed form to test colour management against. Written field by field from the
+    ICC.1:2001-04 layout (header, tag table, ``desc`` / ``XYZ `` / ``curv`` tags)."""
     import struct
 
     def s15f16(value):
@@ -88,11 +88,13 @@ def linear_light_icc_profile(red, green, blue, white=(0.9642, 1.0, 0.8249)) -> b
     def xyz(values):
         return b"XYZ " + b"\0" * 4 + b"".join(s15f16(v) for v in values)
 
-    text = b"linear-light sRGB primaries\0"
+    grey = red is None
+    text = b"linear-light grey\0" if grey else b"linear-light sRGB primaries\0"
     desc = (b"desc" + b"\0" * 4 + struct.pack(">I", len(text)) + text + b"\0" * 8 + b"\0" * 3 + b"\0" * 67)
     curve = b"curv" + b"\0" * 4 + struct.pack(">I", 0)  # no entries: the identity
-    tags = [(b"desc", desc), (b"wtpt", xyz(white)), (b"rXYZ", xyz(red)), (b"gXYZ", xyz(green)),
-            (b"bXYZ", xyz(blue)), (b"rTRC", curve), (b"gTRC", curve), (b"bTRC", curve)]
+    tags = [(b"desc", desc), (b"wtpt", xyz(white))] + (
+        [(b"kTRC", curve)] if grey else [(b"rXYZ", xyz(red)), (b"gXYZ", xyz(green)), (b"bXYZ", xyz(blue)),
+                                        (b"rTRC", curve), (b"gTRC", curve), (b"bTRC", curve)])
     offset = 128 + 4 + 12 * len(tags)
     table, data = [], b""
     for signature, body in tags:
@@ -100,7 +102,7 @@ def linear_light_icc_profile(red, green, blue, white=(0.9642, 1.0, 0.8249)) -> b
         table.append(signature + struct.pack(">II", offset + len(data), len(body)))
         data += body
     size = offset + len(data)
-    header = (struct.pack(">I", size) + b"\0" * 4 + bytes([2, 0x10, 0, 0]) + b"mntr" + b"RGB " + b"XYZ "
+    header = (struct.pack(">I", size) + b"\0" * 4 + bytes([2, 0x10, 0, 0]) + b"mntr" + (b"GRAY" if grey else b"RGB ") + b"XYZ "
               + b"\0" * 12 + b"acsp" + b"\0" * 4 + b"\0" * 4 + b"\0" * 4 + b"\0" * 4 + b"\0" * 8
               + b"\0" * 4 + xyz(white)[8:] + b"\0" * 4 + b"\0" * 16 + b"\0" * 28)
     assert len(header) == 128

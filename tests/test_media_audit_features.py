@@ -560,6 +560,13 @@ def test_an_embedded_colour_profile_is_converted_to_srgb_as_a_browser_shows_the_
     Image.fromarray(rgba, "RGBA").save(tmp_path / "linear_alpha.png", icc_profile=icc)
     expected = _srgb_encode(np.where(rgba[..., 3:] == 0, 255, rgb))
     np.testing.assert_allclose(np.asarray(load_image(tmp_path / "linear_alpha.png")).astype(int), expected, atol=1)
+    # a grey picture with a grey profile: the same tone curve, shown as sRGB grey
+    # (Little CMS's grey transform is coarse at the darkest levels, where this curve is steepest:
+    # level 1 comes out 6, not 13; from 10 up it is within one level)
+    grey = np.array([[0, 10, 64, 128, 200, 255]], np.uint8)
+    Image.fromarray(grey, "L").save(tmp_path / "linear_grey.png", icc_profile=linear_light_icc_profile())
+    np.testing.assert_allclose(np.asarray(load_image(tmp_path / "linear_grey.png")).astype(int),
+                               _grey_rgb(_srgb_encode(grey)), atol=1)
     # an sRGB profile changes nothing (no transform: not even rounding); no profile changes nothing
     from PIL import ImageCms
 
