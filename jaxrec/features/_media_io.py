@@ -142,7 +142,10 @@ def _srgb_transform(icc: bytes, mode: str):
     source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
     if source.profile.xcolor_space.strip() != _ICC_SPACES[mode]:
         return None
-    transform = ImageCms.buildTransform(source, ImageCms.createProfile("sRGB"), mode, "RGB")
+    # NOCACHE: no one-pixel cache inside the transform, which threads sharing it (this cache is
+    # per process) would race on.
+    transform = ImageCms.buildTransform(source, ImageCms.createProfile("sRGB"), mode, "RGB",
+                                        flags=ImageCms.Flags.NOCACHE)
     return None if mode == "RGB" and _is_identity(transform) else transform
 
 
