@@ -142,8 +142,8 @@ def _srgb_transform(icc: bytes, mode: str):
     source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
     if source.profile.xcolor_space.strip() != _ICC_SPACES[mode]:
         return None
-    # NOCACHE: no one-pixel cache inside the transform, which threads sharing it (this cache is
-    # per process) would race on.
+    # NOCACHE: no one-pixel cache inside the transform; threads share each cached transform and
+    # would race on it.
     transform = ImageCms.buildTransform(source, ImageCms.createProfile("sRGB"), mode, "RGB",
                                         flags=ImageCms.Flags.NOCACHE)
     return None if mode == "RGB" and _is_identity(transform) else transform
@@ -242,20 +242,20 @@ def _grey_to_eight(image, path, tiff_depth: tuple[int, bool] | None) -> np.ndarr
     values = np.asarray(image)
     if image.mode == "F":
         values = values.astype(np.float64)
-        finite = np.isfinite(values)
+        finite, nan = np.isfinite(values), np.isnan(values)
         low, high = (float(values[finite].min()), float(values[finite].max())) if finite.any() else (0.0, 0.0)
         unit = 0.0 <= low and high <= 1.0
         notes = []
         if not unit and (low < 0.0 or high > 255.0):
             notes.append(f"values from {low:g} to {high:g} lie outside [0, 255] (read as 8-bit levels: values in "
                          "[0, 1] are taken as intensities only when all are); clipped")
-        if np.isinf(values).any():
+        if not (finite | nan).all():
             notes.append("infinite values clipped")
-        if np.isnan(values).any():
+        if nan.any():
             notes.append("NaN read as black")
         if notes:
             warnings.warn(f"{path}: float pixels: {'; '.join(notes)}", UserWarning, stacklevel=3)
-        values = np.where(np.isnan(values), 0.0, values * 255.0 if unit else values)
+        values = np.where(nan, 0.0, values * 255.0 if unit else values)
         return np.clip(np.floor(values + 0.5), 0, 255).astype(np.uint8)
     levels = values.astype(np.int64)
     if image.mode == "I" and tiff_depth is not None and 1 < tiff_depth[0] <= 32:  # the TIFF's own depth
