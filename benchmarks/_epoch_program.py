@@ -24,14 +24,15 @@ class EpochProgram:
         return self.runner._run.lower(self.state, self.ctx, self.batches).compile()
 
 
-def epoch_program(config_path: str, data: str, overrides: list[str] = ()) -> EpochProgram:
+def epoch_program(config_path: str, data: str | None, overrides: list[str] = ()) -> EpochProgram:
     """Build the model, optimizer and runner from ``config_path`` as ``jaxrec train`` does
-    (``make_runner``, ``train.parallel=none``, ``train.steps_per_call=0``), data from ``data``,
-    then ``overrides`` (``KEY=VALUE`` as ``--set`` takes them)."""
+    (``make_runner``, ``train.parallel=none``, ``train.steps_per_call=0``), data from ``data``
+    (None: the config's own data section, e.g. synthetic data), then ``overrides`` (``KEY=VALUE``
+    as ``--set`` takes them)."""
     from jaxrec.train import init_state, load_config, make_runner, prepare_experiment
 
-    config = load_config(config_path, [*overrides, f"data.path={data}", "train.parallel=none",
-                                       "train.steps_per_call=0"])
+    data_path = [f"data.path={data}"] if data is not None else []
+    config = load_config(config_path, [*overrides, *data_path, "train.parallel=none", "train.steps_per_call=0"])
     exp = prepare_experiment(config)
     runner = make_runner(exp)
     state = runner.put_state(init_state(exp.module, exp.built.ctx, exp.sampler.example_batch(), exp.tx,

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import re
 import statistics
@@ -81,6 +82,29 @@ def count_flops(compiled) -> tuple[float, int]:
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     return float(cost.get("flops", 0.0)), len(re.findall(r"\bconditional\(", compiled.as_text()))
+
+
+_DEFINITION = re.compile(r"^\s*(?:ROOT\s+)?(%[\w.\-]+)\s*=\s*\w+\[([\d,]*)\]")
+
+
+def count_dot_flops(hlo_text: str) -> float:
+    """The flops of the dot products in a compiled program's HLO text: ``2 prod(output dims)
+    prod(contracted dims)`` per ``dot`` instruction wherever it is (fused or not), each counted
+    once as XLA's cost analysis counts a ``while`` body; every branch of a ``conditional`` counts."""
+    shapes = {}
+    for line in hlo_text.splitlines():
+        found = _DEFINITION.match(line)
+        if found:
+            shapes[found.group(1)] = [int(size) for size in found.group(2).split(",") if size]
+    flops = 0
+    for line in hlo_text.splitlines():
+        if " dot(" not in line:
+            continue
+        output = shapes[_DEFINITION.match(line).group(1)]
+        lhs = shapes[re.search(r" dot\((%[\w.\-]+)", line).group(1)]
+        contracted = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", line).group(1)
+        flops += 2 * math.prod(output) * math.prod(lhs[int(i)] for i in contracted.split(",") if i)
+    return float(flops)
 
 
 def measure_one(config_path: str, data: str, epochs: int, count_only: bool) -> dict:

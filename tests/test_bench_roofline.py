@@ -55,3 +55,24 @@ def test_a_conditional_counts_as_its_costliest_branch_and_is_found():
 def test_matmul_peak_is_a_finite_rate():
     rate = bench_roofline.matmul_peak(n=128, rounds=1, repeats=3)
     assert math.isfinite(rate) and rate > 0
+
+
+@pytest.mark.parametrize("steps", [2, 7])
+def test_the_dot_count_reads_each_product_of_a_scanned_loop_once(steps):
+    assert bench_roofline.count_dot_flops(_scanned(steps).as_text()) == PRODUCT
+
+
+def test_the_dot_count_multiplies_batch_and_contracted_dimensions():
+    a = jnp.ones((3, 4, 5, 6), jnp.float32)
+    b = jnp.ones((3, 5, 6, 7), jnp.float32)
+    # per batch entry: a (4, 7) output, 5 * 6 multiply-adds each
+    compiled = jax.jit(lambda a, b: jnp.einsum("bijk,bjkl->bil", a, b)).lower(a, b).compile()
+    assert bench_roofline.count_dot_flops(compiled.as_text()) == 2 * 3 * 4 * 7 * 5 * 6
+
+
+def test_the_dot_count_reads_every_branch_and_nothing_else():
+    x = jnp.ones((N, N), jnp.float32)
+    compiled = jax.jit(lambda p, x: jax.lax.cond(p, lambda x: x @ x, lambda x: x @ x @ x @ x, x)).lower(True, x).compile()
+    assert bench_roofline.count_dot_flops(compiled.as_text()) == 4 * PRODUCT
+    elementwise = jax.jit(lambda x: jnp.exp(x) * x + 1.0).lower(x).compile()
+    assert bench_roofline.count_dot_flops(elementwise.as_text()) == 0

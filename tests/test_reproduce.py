@@ -1,5 +1,6 @@
 """experiments/reproduce.py: one command from a grid file to the results table, under --output only."""
 
+import importlib.util
 import itertools
 import json
 import math
@@ -370,3 +371,64 @@ def test_coldstart_rows_of_a_dataset_without_baseline_rows_are_refused_before_ru
     err = capsys.readouterr().err
     assert "coldstart.baselines: experiments/coldstart_baselines.py has model rows for lfm2k, tiktok only" in err
     assert not (tmp_path / "out").exists()
+
+
+def _bench_table_arithmetic():
+    spec = importlib.util.spec_from_file_location("bench_table_arithmetic",
+                                                  ROOT / "benchmarks" / "bench_table_arithmetic.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_table_arithmetic_benchmark_counts_what_reproduce_trained(setup, reproduced):
+    """``benchmarks/bench_table_arithmetic.py`` lists the runs the reproduction trained (the final
+    bpr run is its winning trial, reused: not counted again) with the epochs their run folders
+    report, and counts the ranking's inner products as ``2 n_items d`` per ranked user."""
+    bench = _bench_table_arithmetic()
+    _, grids = setup
+    out = reproduced[0]
+    runs = bench.table_runs("tiny", out / "records" / "tiny", grids)
+    folders = out / "runs" / "tiny"
+    search = json.loads((folders / "bpr_search" / "search.json").read_text())
+    expected = [("bpr", f"trial_{t['trial']:03d}",
+                 json.loads((folders / "bpr_search" / f"trial_{t['trial']:03d}" / "metrics.json").read_text())
+                 ["epochs_run"]) for t in search["trials"]]
+    expected.append(("lightgcn", "lightgcn", json.loads((folders / "lightgcn" / "metrics.json").read_text())["epochs_run"]))
+    assert [(r["row"], r["name"], r["epochs"]) for r in runs] == expected
+    assert "reused" in json.loads((folders / "reproduce.json").read_text())["stages"][0]["final"]
+    # eval_every is 1: valid ranked after every epoch, test once at the end
+    assert all(r["evaluations"] == {"valid": r["epochs"], "test": 1} for r in runs)
+
+    configs = {bench.shape_key(r["config"]): r["config"] for r in runs}
+    assert len(configs) == 2  # the two bpr trials differ in a non-zero loss weight only: one program
+    counts = bench._count_in_child(configs)
+    bpr, lightgcn = (counts[bench.shape_key(r["config"])] for r in (runs[0], runs[-1]))
+    n_items, d = DATA["synthetic"]["n_items"], 8
+    assert bpr["score_flops_per_user"] == lightgcn["score_flops_per_user"] == 2 * n_items * d
+    assert bpr["encode_flops"] == 0  # BPR-MF's eval embeddings are its tables
+    # LightGCN's one layer multiplies and adds the d values of every training pair, both ways
+    from jaxrec.train import config_from_dict, prepare_experiment
+
+    n_train = len(prepare_experiment(config_from_dict(runs[-1]["config"])).dataset.split_pairs("train"))
+    assert lightgcn["encode_flops"] >= 2 * 2 * n_train * d
+    assert bpr["flops_per_step"] > 0 and bpr["conditionals"] == lightgcn["conditionals"] == 0
+    assert 0 < bpr["users"]["valid"] <= DATA["synthetic"]["n_users"]
+    flops = bench.run_flops(runs[0], bpr)
+    assert flops["train"] == bpr["flops_per_step"] * bpr["steps_per_epoch"] * runs[0]["epochs"]
+    ranking = (runs[0]["epochs"] * bpr["users"]["valid"] + bpr["users"]["test"]) * 2 * n_items * d
+    assert flops["eval"] == flops["eval_dot"] == pytest.approx(ranking)
+
+
+def test_the_table_arithmetic_benchmark_counts_one_program_per_shape():
+    """Seeds, learning rates, epochs and a loss weight's non-zero value change no shape; a weight
+    of 0 (its term left out) and a model argument do."""
+    bench = _bench_table_arithmetic()
+    base = _config("bprmf", loss_weights={"bpr": 1.0, "reg": 0.01})
+    same = _config("bprmf", loss_weights={"bpr": 1.0, "reg": 2.0})
+    same["train"].update(seed=9, learning_rate=0.5, epochs=3, patience=7)
+    zero = _config("bprmf", loss_weights={"bpr": 1.0, "reg": 0.0})
+    wider = _config("bprmf", loss_weights={"bpr": 1.0, "reg": 0.01})
+    wider["model"]["args"]["embedding_size"] = 16
+    assert bench.shape_key(base) == bench.shape_key(same)
+    assert len({bench.shape_key(c) for c in (base, zero, wider)}) == 3
