@@ -5,6 +5,7 @@ Plain functions; each test keeps its own assertions and tolerances.
 """
 
 import functools
+import re
 from types import SimpleNamespace
 
 import flax.linen as nn
@@ -294,3 +295,13 @@ class TwoTables(nn.Module):
     def loss_terms(self, ctx, batch, train=False):
         u, i = self.w[batch["users"]], self.w[batch["pos_items"]]
         return {"bpr": jnp.mean(jnp.sum(u * i, -1) ** 2), "side": jnp.mean(self.v[batch["pos_items"]] ** 2)}
+
+
+def count_products(fn, *args, shape) -> int:
+    """How many matrix products (``dot_general``) with an output of ``shape`` the traced program of
+    ``fn(*args)`` holds, before the compiler's clean-ups (XLA merges equal forward products, but a
+    value used twice still gets two transposed products in its gradient)."""
+    text = jax.jit(fn).lower(*args).as_text()
+    wanted = "x".join(map(str, shape)) + "xf32>"
+    return sum(1 for line in re.findall(r"stablehlo\.dot_general[^\n]*", text)
+               if line.rstrip().endswith("-> tensor<" + wanted))

@@ -229,3 +229,39 @@ def test_orthonormalize_rejects_a_wide_matrix():
         got = fusion.orthonormalize(a)
         assert got.shape == shape
         np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_the_layer_multiplies_each_view_by_its_projection_once():
+    """The output and the objective share one product X_m P_m per view (the objective's complete
+    rows are rows of it), so the gradient has one weight product per view too."""
+    from _model_testing import count_products
+
+    views, _ = _planted(3, n=40, dims=(5, 4))
+    views = [v.astype(np.float32) for v in views]
+    masks = [np.ones(40, bool), np.arange(40) % 4 != 0]
+    module = fusion.SubspaceProjection(dim=2, lam=0.5, orthonormal=True)
+    params = module.init(jax.random.key(0), views, masks)["params"]
+
+    def loss(params):
+        out = module.apply({"params": params}, views, masks)
+        return out.objective + jnp.sum(out.shared ** 2)
+
+    for m, width in enumerate((5, 4)):
+        assert count_products(loss, params, shape=(40, 2)) == 2  # X_0 P_0 and X_1 P_1
+        assert count_products(jax.grad(loss), params, shape=(2, width)) == 1  # (X_m^T g_m)^T
+
+
+def test_the_objective_takes_the_callers_products():
+    from jaxrec import losses
+
+    rng = np.random.default_rng(4)
+    views = [rng.normal(size=(6, 3)).astype(np.float32), rng.normal(size=(6, 2)).astype(np.float32)]
+    ps = [_orthonormal(rng, 3, 2).astype(np.float32), _orthonormal(rng, 2, 2).astype(np.float32)]
+    for orthonormal in (False, True):
+        given = losses.subspace_objective(ps, views, 0.7, orthonormal=orthonormal, codes=[x @ p for p, x in zip(ps, views)])
+        np.testing.assert_allclose(float(given), _numpy_objective([p.astype(np.float64) for p in ps],
+                                                                  [v.astype(np.float64) for v in views], 0.7), rtol=1e-5)
+    with pytest.raises(DataError, match=r"codes\[1\]"):
+        losses.subspace_objective(ps, views, 0.7, codes=[views[0] @ ps[0], np.zeros((6, 3), np.float32)])
+    with pytest.raises(DataError, match="codes"):
+        losses.subspace_objective(ps, views, 0.7, codes=[views[0] @ ps[0]])

@@ -301,3 +301,34 @@ def test_item_graph_edges_are_a_table_row_by_row():
     assert np.all(ids[unused] == np.broadcast_to(np.arange(data.n_items)[:, None], ids.shape)[unused])
     # No pair twice in a row (the union of the modalities' lists).
     assert all(len(set(row[~free])) == (~free).sum() for row, free in zip(ids, unused))
+
+
+def test_positives_and_negatives_share_one_projection_of_the_features():
+    """With the whole table projected (the batch holds as many ids as there are items), each
+    modality's features are multiplied by its projection once, and its gradient takes one
+    product per weight and per (trained) feature table, as MMRec's ``text_trs(text_embedding.weight)``
+    read at the positives and the negatives does."""
+    from _model_testing import count_products
+
+    data = _small(seed=2)
+    d = 8
+    built = models.build("freedom", data, embedding_size=d, feat_embed_dim=d, knn_k=3, dropout=0.5,
+                         modalities=["image", "text"], graph_weights=[0.1, 0.9], graph_cache=None)
+    module, ctx = built.module, built.ctx
+    rng = np.random.default_rng(3)
+    n = data.n_items  # 2n ids >= n items: the whole-table path
+    batch = normalize_batch({"users": rng.integers(0, data.n_users, n), "pos_items": rng.integers(0, data.n_items, n),
+                             "neg_items": rng.integers(0, data.n_items, (n, 1)), "weights": np.ones(n, np.float32)})
+    params = init_compiled(module, jax.random.PRNGKey(0), ctx, batch, True, method="loss_terms")["params"]
+
+    def modality_bpr(p):
+        return module.apply({"params": p}, ctx, batch, True, method="loss_terms")["modality_bpr"]
+
+    widths = [data.modalities[name].features.shape[1] for name in ("image", "text")]
+    assert count_products(modality_bpr, params, shape=(data.n_items, d)) == len(widths)
+    for width in widths:
+        # the weight gradient (d, width) or (width, d), the feature table's (n_items, width)
+        weight = (count_products(jax.grad(modality_bpr), params, shape=(d, width))
+                  + count_products(jax.grad(modality_bpr), params, shape=(width, d)))
+        assert weight == 1
+        assert count_products(jax.grad(modality_bpr), params, shape=(data.n_items, width)) == 1

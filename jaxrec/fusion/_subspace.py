@@ -236,15 +236,18 @@ class SubspaceProjection(nn.Module):
                     f"projection_{m}", nn.initializers.orthogonal(), (view.shape[1], self.dim)
                 )
             )
-        projected = [
-            jnp.where(mask[:, None], v @ p, 0.0) for v, p, mask in zip(views, projections, masks)
-        ]
+        # One product X_m P_m per view, for the output and the objective alike: the objective's
+        # complete rows are rows of it (zeroing rows of X_m zeroes the same rows of X_m P_m).
+        codes = [v @ p for v, p in zip(views, projections)]
+        projected = [jnp.where(mask[:, None], z, 0.0) for z, mask in zip(codes, masks)]
         present = jnp.stack(masks, axis=1)
         count = jnp.sum(present, axis=1, keepdims=True).astype(projected[0].dtype)
         shared = sum(projected) / jnp.maximum(count, 1.0)
         complete = jnp.all(present, axis=1)
         complete_views = [jnp.where(complete[:, None], v, 0.0) for v in views]
-        objective = _losses.subspace_objective(projections, complete_views, self.lam, orthonormal=self.orthonormal)
+        complete_codes = [jnp.where(complete[:, None], z, 0.0) for z in codes]
+        objective = _losses.subspace_objective(projections, complete_views, self.lam, orthonormal=self.orthonormal,
+                                               codes=complete_codes)
         return SubspaceOutput(projected, shared, objective)
 
 

@@ -166,7 +166,7 @@ def side_mf_bpr(
 
 
 def subspace_objective(projections: Sequence[ArrayLike], views: Sequence[ArrayLike], lam, *,
-                       orthonormal: bool = False) -> jax.Array:
+                       orthonormal: bool = False, codes: Sequence[ArrayLike] | None = None) -> jax.Array:
     r"""Multi-view subspace objective: reconstruct each view, and make the views' projections agree.
 
     .. math::
@@ -190,6 +190,8 @@ def subspace_objective(projections: Sequence[ArrayLike], views: Sequence[ArrayLi
       lam: agreement weight :math:`\lambda \ge 0`.
       orthonormal: the caller guarantees :math:`P_m^\top P_m = I_k` (e.g. by construction);
         the reconstruction term is then computed as the difference of squared norms.
+      codes: the products :math:`X_m P_m` (N, k), when the caller has them already (a layer that
+        also outputs the projections): they are used instead of computing them again here.
 
     Returns:
       A scalar.
@@ -229,7 +231,15 @@ def subspace_objective(projections: Sequence[ArrayLike], views: Sequence[ArrayLi
     for m, (p, x) in enumerate(zip(projections, views)):
         check_shape(x, (n_samples, None), f"views[{m}]")
         check_shape(p, (x.shape[1], k), f"projections[{m}]")
-    codes = [x @ p for p, x in zip(projections, views)]
+    if codes is None:
+        codes = [x @ p for p, x in zip(projections, views)]
+    else:
+        codes = [as_float(z) for z in codes]
+        if len(codes) != len(views):
+            raise DataError("need one code array per view", field="codes",
+                            found=f"{len(codes)} code arrays for {len(views)} views", expected=f"{len(views)}")
+        for m, z in enumerate(codes):
+            check_shape(z, (n_samples, k), f"codes[{m}]")
     if orthonormal:
         reconstruction = sum(jnp.sum(jnp.square(x)) - jnp.sum(jnp.square(z)) for x, z in zip(views, codes))
     else:

@@ -227,15 +227,18 @@ class FREEDOM(nn.Module):
         users, ui_items = self.ui_propagated(ctx, graph, items)
         return users, ui_items + self.item_graph_embeddings(ctx, items)
 
-    def projected_features(self, ctx, m: int, items):
-        """:math:`\\phi_m(x^m_i)` of the items ``items`` (any int shape), (..., feat_embed_dim).
+    def projected_features(self, ctx, m: int, *items):
+        """:math:`\\phi_m(x^m_i)` of each of the item arrays ``items`` (any int shapes), a list of
+        (..., feat_embed_dim).
 
         The projection is row-wise, so it is applied to whichever is smaller: the gathered
-        rows (large catalogues) or all items (then gathered)."""
+        rows (large catalogues) or all items, once for every array (then gathered): the
+        positives and negatives share one projection of the table, and one transposed product
+        per gradient (projecting the table once per array doubled both)."""
         features = ctx["features"][m]
         if self.train_features:
             features = self.feature_tables[m](features)
-        return rows_or_all(lambda rows: self.projections[m](features[rows]), self.n_items, items)[0]
+        return rows_or_all(lambda rows: self.projections[m](features[rows]), self.n_items, *items)
 
     def encode(self, ctx, train: bool = False):
         """``(user_emb, item_emb)`` over the FULL user-item graph (as MMRec ranks)."""
@@ -255,8 +258,7 @@ class FREEDOM(nn.Module):
             lambda rows: ui_items[rows] + self.item_graph_embeddings(ctx, items, rows), self.n_items,
             positives, negatives, all_from=ROWS_ONLY_BELOW)
         terms = {"bpr": bpr_of(user_rows, positive_rows, negative_rows, pairs)}
-        modality = [bpr_of(user_rows, self.projected_features(ctx, m, positives),
-                           self.projected_features(ctx, m, negatives), pairs)
+        modality = [bpr_of(user_rows, *self.projected_features(ctx, m, positives, negatives), pairs)
                     for m in range(len(self.feature_dims))]
         terms["modality_bpr"] = sum(modality) if modality else jnp.zeros(())
         return terms
