@@ -244,7 +244,7 @@ def test_ctx_epoch_step_is_each_steps_place_in_its_epoch():
     ctx = {models.EPOCH_STEP: jnp.zeros((), jnp.int32)}
     batch = models.normalize_batch({"users": np.zeros((5, 4)), "pos_items": np.zeros((5, 4)),
                                     "neg_items": np.zeros((5, 4))})
-    tx, weights = optax.sgd(0.1), {"bpr": 1.0, "seen": 0.0}
+    tx, weights = optax.sgd(0.1), {"bpr": 1.0, "seen": 1.0}  # reported (weighted); it reads no parameter
     runner = StepRunner(Probe(), tx, weights, batch_size=4, steps_per_epoch=3)
     state = runner.put_state(init_state(Probe(), ctx, {k: v[0] for k, v in batch.items()}, tx, 0))
     state, first = runner.run(state, ctx, runner.put_batches(batch))

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flax import linen as nn
 
 from jaxrec import losses, models
 from jaxrec.data import make_synthetic
@@ -49,7 +50,7 @@ def test_keep_unread_gives_the_full_updates(tx):
         ends[keep] = jax.device_get((state, metrics))
     (full, full_metrics), (kept, kept_metrics) = ends[False], ends[True]
     _assert_same_state(full, kept, unread=("['v']",))
-    np.testing.assert_array_equal(full_metrics.terms["side"], kept_metrics.terms["side"])  # still reported
+    assert "side" not in full_metrics.terms and "side" not in kept_metrics.terms  # weight 0: not computed
     np.testing.assert_array_equal(kept.params["v"], start.params["v"])  # never moved ...
     assert not np.array_equal(kept.params["w"], start.params["w"])       # ... the read table did
 
@@ -121,3 +122,40 @@ def test_keep_unread_returns_the_unread_leaves_as_they_came_in():
         moved[keep] = (not np.array_equal(state.params["v"], start.params["v"]),
                        not np.all(state.opt_state[0].mu["v"] == 1.0))
     assert moved == {False: (True, True), True: (False, False)}
+
+
+class _ProductSide(nn.Module):
+    """``side`` is a (9, 9) product that only it computes."""
+
+    def setup(self):
+        self.w = self.param("w", nn.initializers.normal(1.0), (6, 3))
+        self.v = self.param("v", nn.initializers.normal(1.0), (9, 5))
+
+    def encode(self, ctx, train=False):
+        return self.w, self.w
+
+    def loss_terms(self, ctx, batch, train=False):
+        u, i = self.w[batch["users"]], self.w[batch["pos_items"]]
+        return {"bpr": jnp.mean(jnp.sum(u * i, -1) ** 2), "side": jnp.sum(jnp.tanh(self.v @ self.v.T))}
+
+
+@pytest.mark.parametrize("side_weight", [0.0, 0.5])
+def test_a_term_of_weight_0_is_neither_reported_nor_computed(side_weight):
+    """What a weight-0 term computes is compiled away with it (MMRec computes it and multiplies by 0)."""
+    import re
+
+    from jaxrec.train._step import make_train_step
+
+    rng = np.random.default_rng(1)
+    batch = models.normalize_batch({"users": rng.integers(0, 6, 4), "pos_items": rng.integers(0, 6, 4),
+                                    "neg_items": rng.integers(0, 6, (4, 1))})
+    tx = optax.adam(0.05)
+    state = init_state(_ProductSide(), {}, batch, tx, 0)
+    step = jax.jit(make_train_step(_ProductSide(), tx, {"bpr": 1.0, "side": side_weight}))
+    compiled = step.lower(state, {}, batch).compile().as_text()
+    products = [line for line in compiled.splitlines() if re.search(r"= f32\[9,9\]\{[\d,]*\} dot\(", line)]
+    _, metrics = step(state, {}, batch)
+    if side_weight == 0.0:
+        assert products == [] and set(metrics.terms) == {"bpr"}
+    else:
+        assert products and set(metrics.terms) == {"bpr", "side"}

@@ -59,6 +59,14 @@ def test_a_sequential_run_ignores_a_nan_term_of_weight_0(tmp_path):
                                  quiet=True)
     assert metrics["epochs_run"] == 2 and metrics["loss_weights"] == {"fit": 1.0, "side": 0.0}
     assert np.isfinite(metrics["valid"]["recall@20"])
+    assert _history_terms(tmp_path / "run") == [{"fit"}, {"fit"}]  # a weight-0 term is not computed
+
+
+def _history_terms(run_dir):
+    import json
+
+    rows = [json.loads(line) for line in (run_dir / "history.jsonl").read_text().splitlines()]
+    return [set(row["terms"]) for row in rows]
 
 
 def test_a_batched_search_ignores_a_nan_term_of_weight_0(tmp_path):
@@ -67,3 +75,4 @@ def test_a_batched_search_ignores_a_nan_term_of_weight_0(tmp_path):
     assert len(result["trials"]) == 2
     for trial in result["trials"]:
         assert trial["best_epoch"] >= 1 and np.isfinite(trial["valid"]["recall@20"])
+        assert _history_terms(tmp_path / "search" / f"trial_{trial['trial']:03d}") == [{"fit"}, {"fit"}]

@@ -259,7 +259,8 @@ def _make_epoch_fn(module, tx_unit, term_names: tuple[str, ...], per_trial_batch
     ``off_terms``: per trial, the terms of weight 0 in it (empty: every term weighs in every
     trial). The trials with one such set share a variant of the step whose weighted sum leaves
     those terms out of the trace, as :func:`jaxrec.losses.combine` leaves a weight-0 term out of a
-    sequential run's (they are still computed and reported); the program holds one variant per
+    sequential run's (and, as there, neither computes nor reports them: the variant outputs 0 for
+    them, which the trial's history leaves out); the program holds one variant per
     distinct set and runs each trial's with ``lax.switch``, so a trial's step is its own run's
     whatever the other trials weigh (FREEDOM's ``modality_bpr`` 0 trials of a grid that also
     tries it on do not pay for that term's gradient). ``keep_unread``: as the sequential
@@ -296,7 +297,10 @@ def _make_epoch_fn(module, tx_unit, term_names: tuple[str, ...], per_trial_batch
                 params, opt_state = _kept_as_they_were(tx_unit, unread, (params, opt_state),
                                                        (state.params, state.opt_state))
         new = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
-        return new, (loss, {k: terms[k] for k in term_names}, finite)
+        # Every variant outputs every term (one structure for lax.switch); a term this variant
+        # leaves out of its sum is a 0 here, so its computation is dropped as in a sequential run.
+        kept = {name for _, name in summed}
+        return new, (loss, {k: terms[k] if k in kept else jnp.zeros((), jnp.float32) for k in term_names}, finite)
 
     def epoch(states, lrs, weights, args, active, ctx, varying, batches):
         def at(tree, t):
@@ -491,7 +495,7 @@ def run_batched_search(config: ExperimentConfig, workdir: str | os.PathLike, set
                 continue
             epochs_run[t] = epoch
             row = {"epoch": epoch, "loss": float(np.mean(loss[t])),
-                   "terms": {k: float(np.mean(v[t])) for k, v in terms.items()},
+                   "terms": {k: float(np.mean(v[t])) for k, v in terms.items() if weights[t][k] != 0.0},
                    "train_seconds": seconds, "batched_trials": int(sum(active_list))}
             if evaluate_now:
                 row["valid"], row["eval_seconds"] = valid[t], eval_time

@@ -64,8 +64,11 @@ def make_train_step(module, tx: optax.GradientTransformation, loss_weights: Mapp
     """``train_step(state, ctx, batch) -> (state, StepMetrics)`` for one batch.
 
     The weighted sum is :func:`jaxrec.losses.combine`: every term needs a weight, and
-    terms with weight 0 are reported but left out of the sum (so that a NaN in an unused
-    term cannot reach the parameters). A ``ctx`` with the key :data:`jaxrec.models.EPOCH_STEP`
+    terms with weight 0 are left out of the sum (so that a NaN in an unused term cannot reach
+    the parameters) and out of the step's reported terms, so the compiler drops their
+    computation too (MMRec computes such a term and multiplies it by 0; FREEDOM's
+    ``modality_bpr`` at 0 would project every feature table each step for nothing, see
+    docs/scaling.md). The history's ``terms`` are the weighted ones. A ``ctx`` with the key :data:`jaxrec.models.EPOCH_STEP`
     gets it set to ``state.step % steps_per_epoch``, the step's index within its epoch (the
     model contract); without ``steps_per_epoch`` (a runner with no epochs, as online updates)
     the ctx's own value stays (LATTICE's builder puts -1 there: its ``mmrec`` mode
@@ -95,7 +98,8 @@ def make_train_step(module, tx: optax.GradientTransformation, loss_weights: Mapp
             terms = module.apply({"params": params}, ctx, batch, True, method="loss_terms",
                                  rngs={"dropout": dropout_key})
             total, terms = losses.combine(terms, weights)
-            return jnp.asarray(total, jnp.float32), terms
+            # Only the weighted terms leave the step: a term of weight 0 that nothing reads is not computed.
+            return jnp.asarray(total, jnp.float32), {name: v for name, v in terms.items() if weights[name] != 0.0}
 
         with losses.data_parallel(axis_name):
             (loss, terms), grads = jax.value_and_grad(total_loss, has_aux=True)(state.params)
