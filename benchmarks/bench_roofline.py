@@ -18,7 +18,10 @@ scanned call per epoch) and:
   program has one (LATTICE refreshes its learned graph in a branch taken at the epoch's first
   step only), the count is an upper bound, marked ``<=`` (and the rate and share above the
   real ones). The model's epoch hook (LATTICE's graph refresh, FREEDOM's pruning) and the
-  host's negative sampling are outside the program and not counted or timed here.
+  host's negative sampling are outside the program and not counted or timed here. The JSON
+  also gives the step's dot products alone (``dot_gflop_per_step``, :func:`count_dot_flops`, every
+  branch of a conditional counted), the figure ``benchmarks/mmrec_dense_flops.py`` measures in
+  MMRec's own step.
 - **s/epoch**: the median wall time of ``--epochs`` calls of the compiled epoch (batches
   already on the device), after one warm-up call.
 - **GFLOP/s** achieved, and its share of the **matmul peak** measured in the parent process
@@ -116,9 +119,11 @@ def measure_one(config_path: str, data: str, epochs: int, count_only: bool) -> d
     program = epoch_program(config_path, data, ["grid=null"])
     config, exp, runner = program.config, program.experiment, program.runner
     state, ctx, batches = program.state, program.ctx, program.batches
-    flops, conditionals = count_flops(program.compiled())
+    compiled = program.compiled()
+    flops, conditionals = count_flops(compiled)
     figures = {"model": config.model.name, "dataset": exp.dataset.name, "steps_per_epoch": exp.steps_per_epoch,
-               "flops_per_step": flops, "conditionals": conditionals}
+               "flops_per_step": flops, "dot_flops_per_step": count_dot_flops(compiled.as_text()),
+               "conditionals": conditionals}
     if count_only:
         return figures
     state, _ = runner.run(state, ctx, batches)
@@ -180,7 +185,7 @@ def main() -> None:
         mmrec = anchor["train_s_per_epoch"] if anchor else None
         bound = counted["conditionals"] > 0
         row = {"model": timed["model"], "flops_upper_bound": bound, "steps_per_epoch": timed["steps_per_epoch"],
-               "gflop_per_epoch": gflop,
+               "gflop_per_epoch": gflop, "dot_gflop_per_step": counted["dot_flops_per_step"] / 1e9,
                "gflop_per_epoch_native_path": timed["flops_per_step"] * timed["steps_per_epoch"] / 1e9,
                "seconds_per_epoch": seconds, "gflops": gflop / seconds, "share_of_peak": gflop / seconds / peak,
                "mmrec_seconds_per_epoch": mmrec,
