@@ -3,7 +3,7 @@ compiled step, the epoch's wall time, the rate achieved, and the machine's measu
 
 Usage (from the project root):
     python benchmarks/bench_roofline.py [--config experiments/configs/lfm2k/bm3.yaml ...]
-        [--data ../shared/data/lfm2k] [--epochs 10] [--json FILE]
+        [--data ../shared/data/lfm2k] [--epochs 10] [--set KEY=VALUE ...] [--json FILE]
 
 For each config (default: the eight models MMRec also has, lfm2k), in a fresh subprocess, the
 model is built as ``jaxrec train`` builds it (``make_runner``, ``train.parallel=none``, one
@@ -110,13 +110,13 @@ def count_dot_flops(hlo_text: str) -> float:
     return float(flops)
 
 
-def measure_one(config_path: str, data: str, epochs: int, count_only: bool) -> dict:
+def measure_one(config_path: str, data: str, epochs: int, count_only: bool, overrides: list[str] = ()) -> dict:
     """The flop count of one step and (unless ``count_only``) the epoch's wall seconds."""
     import jax
 
     from _epoch_program import epoch_program  # benchmarks/, beside this script
 
-    program = epoch_program(config_path, data, ["grid=null"])
+    program = epoch_program(config_path, data, ["grid=null", *overrides])
     config, exp, runner = program.config, program.experiment, program.runner
     state, ctx, batches = program.state, program.ctx, program.batches
     compiled = program.compiled()
@@ -144,6 +144,7 @@ def _child(config_path: str, args, count_only: bool) -> dict | None:
         env = dict(os.environ, **({"JAXREC_NATIVE_KERNELS": "0"} if count_only else {}))
         command = [sys.executable, __file__, "--config", config_path, "--data", args.data, "--epochs",
                    str(args.epochs), "--child-json", str(out)] + (["--count-only"] if count_only else [])
+        command += [f"--set={override}" for override in args.set]
         finished = subprocess.run(command, env=env)
         if finished.returncode != 0 or not out.exists():
             print(f"{config_path}: failed (exit {finished.returncode}); left out", file=sys.stderr)
@@ -157,11 +158,13 @@ def main() -> None:
     parser.add_argument("--data", default=str(ROOT / ".." / "shared" / "data" / "lfm2k"))
     parser.add_argument("--epochs", type=int, default=10, help="timed epochs per model")
     parser.add_argument("--json", default=None, help="write the figures to this file")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override for every model (as jaxrec train --set)")
     parser.add_argument("--child-json", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--count-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_json:
-        figures = measure_one(args.config[0], args.data, args.epochs, args.count_only)
+        figures = measure_one(args.config[0], args.data, args.epochs, args.count_only, args.set)
         Path(args.child_json).write_text(json.dumps(figures))
         return
 

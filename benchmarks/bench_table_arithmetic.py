@@ -47,6 +47,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -124,9 +125,11 @@ def count_configs(configs: dict[str, dict]) -> dict[str, dict]:
     import yaml
 
     from _epoch_program import epoch_program  # benchmarks/
+    from jaxrec.data import DataWarning
     from jaxrec.train._setup import make_encoder
     from bench_roofline import count_dot_flops, count_flops
 
+    warnings.filterwarnings("ignore", category=DataWarning)  # the data's notes, once per config: no count needs them
     counts = {}
     with tempfile.TemporaryDirectory() as tmp:
         for index, (key, config) in enumerate(configs.items()):
