@@ -74,8 +74,17 @@ def shape_key(config: dict) -> str:
     return json.dumps(config, sort_keys=True)
 
 
+class RecordsMissing(SystemExit):
+    """A record the plan names is not there (the table was not reproduced into ``--records``)."""
+
+
 def _read_lines(path: Path) -> list[dict]:
-    lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise RecordsMissing(f"{path}: no such run record; run experiments/reproduce.py for this dataset first "
+                             "(or point --records at the records it wrote)") from None
+    lines = [json.loads(line) for line in text.splitlines() if line.strip()]
     return lines[1:]  # the header line first
 
 

@@ -420,6 +420,13 @@ def test_the_table_arithmetic_benchmark_counts_what_reproduce_trained(setup, rep
     assert flops["eval"] == flops["eval_dot"] == pytest.approx(ranking)
 
 
+def test_the_table_arithmetic_benchmark_names_a_missing_record(setup, tmp_path):
+    bench = _bench_table_arithmetic()
+    _, grids = setup
+    with pytest.raises(bench.RecordsMissing, match=r"bpr_search\.jsonl: no such run record; run experiments/reproduce"):
+        bench.table_runs("tiny", tmp_path / "empty", grids)
+
+
 def test_the_table_arithmetic_benchmark_counts_one_program_per_shape():
     """Seeds, learning rates, epochs and a loss weight's non-zero value change no shape; a weight
     of 0 (its term left out) and a model argument do."""
