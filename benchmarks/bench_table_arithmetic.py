@@ -127,8 +127,11 @@ def table_runs(dataset: str, records_dir: Path, grids: Path | None = None) -> li
 
 
 def count_configs(configs: dict[str, dict]) -> dict[str, dict]:
-    """``{key: {"flops_per_step", "steps_per_epoch", "conditionals"}}`` for each recorded config,
-    compiled in this process (``JAXREC_NATIVE_KERNELS=0`` must be set before jaxrec is imported)."""
+    """For each recorded config: its epoch program's ``flops_per_step``, ``dot_flops_per_step``,
+    ``steps_per_epoch`` and ``conditionals``; its eval-mode forward's ``encode_flops`` and
+    ``encode_dot_flops``; the ranking's ``score_flops_per_user`` (``2 n_items d``) and the ranked
+    ``users`` of each split. Compiled in this process (``JAXREC_NATIVE_KERNELS=0`` must be set
+    before jaxrec is imported: ``_count_in_child`` does)."""
     import jax
     import numpy as np
     import yaml
