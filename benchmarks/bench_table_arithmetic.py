@@ -78,14 +78,15 @@ class RecordsMissing(SystemExit):
     """A record the plan names is not there (the table was not reproduced into ``--records``)."""
 
 
-def _read_lines(path: Path) -> list[dict]:
+def _read_runs(path: Path) -> list[dict]:
+    """The run lines of a record file (``experiments/records.py``'s reader), in file order."""
+    import records  # experiments/records.py
+
     try:
-        text = path.read_text(encoding="utf-8")
+        return list(records.read(path).runs.values())
     except FileNotFoundError:
         raise RecordsMissing(f"{path}: no such run record; run experiments/reproduce.py for this dataset first "
                              "(or point --records at the records it wrote)") from None
-    lines = [json.loads(line) for line in text.splitlines() if line.strip()]
-    return lines[1:]  # the header line first
 
 
 def _losses(run: dict) -> list:
@@ -111,17 +112,17 @@ def table_runs(dataset: str, records_dir: Path, grids: Path | None = None) -> li
         folder = records_dir / row.group if row.group else records_dir
         trials = []
         for search in row.searches:
-            for run in _read_lines(folder / f"{search.name}.jsonl"):
+            for run in _read_runs(folder / f"{search.name}.jsonl"):
                 trials.append(run)
                 add(row.label, run)
         final_path = folder / f"{row.name}.jsonl"
         if not final_path.exists() and trials:
             continue  # no record of its own: the final run is the winning trial (make_results.py reads it there)
-        final = _read_lines(final_path)[0]
+        final = _read_runs(final_path)[0]
         if not any(_losses(final) == _losses(trial) for trial in trials):
             add(row.label, final)
     if plan.missing_modality is not None and not plan.missing_modality.get("skip_training"):
-        for run in _read_lines(records_dir / "missing_modality.jsonl"):
+        for run in _read_runs(records_dir / "missing_modality.jsonl"):
             add("missing_modality", run)
     return runs
 
