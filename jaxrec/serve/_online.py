@@ -240,7 +240,8 @@ def train_on_events(learner: Learner, new_events: np.ndarray, online: OnlineConf
     state = runner.put_state(jax.tree.map(lambda x: np.array(x, copy=True), state))
     state, metrics = runner.run(state, runner.put_ctx(learner.ctx), runner.put_batches(batches))
     metrics = jax.device_get(metrics)
-    weighted = [np.asarray(v) for name, v in metrics.terms.items() if learner.loss_weights.get(name, 0.0) != 0.0]
+    # The step reports the weighted terms only (a weight-0 term is not computed).
+    weighted = [np.asarray(v) for v in metrics.terms.values()]
     finite = np.all(np.asarray(metrics.grads_finite)) and all(np.all(np.isfinite(v)) for v in weighted)
     finite = finite and all(bool(np.all(np.isfinite(np.asarray(leaf)))) for leaf in jax.tree.leaves(state.params))
     if not finite:

@@ -76,12 +76,13 @@ def _leaf_kind(name: str) -> str:
     return "optimizer state" if name.startswith("opt_state") else "parameter"
 
 
-def _first_divergence(metrics, weights, first_step: int) -> tuple[int, str, str] | None:
+def _first_divergence(metrics, first_step: int) -> tuple[int, str, str] | None:
     """``(step, term, description)`` of a call's first non-finite update, or None.
 
-    Only weighted terms count (a zero-weight term never reaches the parameters).
+    The step reports the weighted terms only (a zero-weight term is neither computed nor
+    reported: it never reaches the parameters), so every reported term counts.
     """
-    terms = {name: np.asarray(v) for name, v in metrics.terms.items() if weights.get(name, 0.0) != 0.0}
+    terms = {name: np.asarray(v) for name, v in metrics.terms.items()}
     bad = ~np.asarray(metrics.grads_finite)
     for values in terms.values():
         bad |= ~np.isfinite(values)
@@ -306,7 +307,7 @@ class _Run:
                 self._prefetch(epoch + 1)
             metrics = jax.device_get(metrics)
             first_step = (epoch - 1) * exp.steps_per_epoch + offset
-            diverged = _first_divergence(metrics, exp.loss_weights, first_step)
+            diverged = _first_divergence(metrics, first_step)
             if diverged is not None:
                 self._diverged(epoch, offset, first_step, *diverged)
             if non_finite_leaves(self.state):  # finite terms and gradients, yet an update overflowed
